@@ -1,0 +1,25 @@
+"""Registers every command group. One module per group; each exposes `register(cli)`."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# Modules are listed here as they land; each owns its commands.
+_MODULES = [
+    "orchestrator.cli.cluster_cmd",
+    "orchestrator.cli.db_cmd",
+    "orchestrator.cli.runs_cmd",
+]
+
+
+def register(cli: click.Group) -> None:
+    for name in _MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # not written yet
+                continue
+            raise
+        module.register(cli)

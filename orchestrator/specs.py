@@ -1,0 +1,152 @@
+"""Pure data: what the cluster is and what a job asks for. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from orchestrator.errors import TopologyError
+
+_TOPOLOGY = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """`NxM`: N nodes, M processes (accelerators) per node."""
+
+    nnodes: int
+    nproc_per_node: int
+
+    @classmethod
+    def parse(cls, text: str) -> Topology:
+        match = _TOPOLOGY.match(text or "")
+        if not match:
+            raise TopologyError(
+                f"topology {text!r} is not of the form NxM",
+                "write nodes x processes per node, e.g. 1x1, 1x8 or 2x8",
+            )
+        nnodes, nproc = int(match.group(1)), int(match.group(2))
+        if nnodes < 1 or nproc < 1:
+            raise TopologyError(
+                f"topology {text!r} asks for zero nodes or processes",
+                "both numbers must be at least 1, e.g. 2x8",
+            )
+        if nnodes > 4096 or nproc > 256:
+            raise TopologyError(f"topology {text!r} is implausibly large", "check the numbers")
+        return cls(nnodes, nproc)
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def __str__(self) -> str:
+        return f"{self.nnodes}x{self.nproc_per_node}"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One machine of the cluster. `address` 'local' means: run here without SSH."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    accelerators: int = 1
+    ib_hcas: tuple[str, ...] = ()  # e.g. ("mlx5_0", "mlx5_1") -> NCCL_IB_HCA
+    socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
+    python: str = "python3"  # interpreter with torch for the host runtime
+    workdir: str = "/tmp/orchestrator"  # where run folders live on the node
+
+    @property
+    def is_local(self) -> bool:
+        return self.address == "local"
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    known_hosts: tuple[str, ...] = ()  # extra known_hosts files besides ~/.ssh/known_hosts
+    accept_new_host_keys: bool = False  # explicit, recorded choice
+    jump_host: str | None = None  # [user@]host[:port]
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 120.0
+    keepalive_s: int = 15
+
+
+@dataclass(frozen=True)
+class CaseSettings:
+    """Where the Faster R-CNN case finds its inputs on the nodes."""
+
+    data_dir: str = "./data/coco-synth"
+    backbone_weights: str = "none"  # a .pth path, or 'none' to train from scratch
+    config_name: str | None = None  # vendor/topology override set, e.g. 'metax-c500:2x8'
+    hparams: dict[str, str] = field(default_factory=dict)  # defaults for every submit
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    vendor: str
+    nodes: tuple[NodeSpec, ...]
+    ssh: SshSettings = SshSettings()
+    store_url: str | None = None
+    case: CaseSettings = CaseSettings()
+    runtime: str = "host"  # 'host' (python on the node) or 'docker'
+    master_port: int = 29500
+    source: str = "<embedded default>"  # the file it came from, for messages
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise TopologyError(f"no node named {name!r} in {self.source}", f"known nodes: {known}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One benchmark run as asked for: pure data, turned into a Plan by orchestrator.plan."""
+
+    run_id: str
+    cluster: ClusterSpec
+    topology: Topology
+    nodes: tuple[NodeSpec, ...]  # the chosen nodes, node rank = index
+    precision: str = "fp32"
+    hparams: dict[str, str] = field(default_factory=dict)  # --set key=value, as strings
+    case: str = "faster_rcnn"
+    timeout_s: float | None = None
+    no_progress_timeout_s: float | None = None
+    submitted_by: str = ""
+
+    def run_dir_on(self, node: NodeSpec) -> PurePosixPath:
+        return PurePosixPath(node.workdir) / "runs" / self.run_id
+
+
+def pick_nodes(cluster: ClusterSpec, topology: Topology, names: list[str] | None = None) -> tuple[NodeSpec, ...]:
+    """Choose the nodes for a topology: the named ones, or the first that fit."""
+    if names:
+        chosen = [cluster.node(n) for n in names]
+        if len(set(names)) != len(names):
+            raise TopologyError("a node is named twice in --nodes", "name each node once")
+        if len(chosen) != topology.nnodes:
+            raise TopologyError(
+                f"topology {topology} needs {topology.nnodes} node(s) but --nodes names {len(chosen)}",
+                "name exactly as many nodes as the topology's first number",
+            )
+    else:
+        if topology.nnodes > len(cluster.nodes):
+            raise TopologyError(
+                f"topology {topology} needs {topology.nnodes} nodes but cluster "
+                f"{cluster.name!r} has {len(cluster.nodes)}",
+                f"add nodes to {cluster.source} or ask for fewer",
+            )
+        chosen = list(cluster.nodes[: topology.nnodes])
+    for node in chosen:
+        if topology.nproc_per_node > node.accelerators:
+            raise TopologyError(
+                f"topology {topology} needs {topology.nproc_per_node} processes per node but node "
+                f"{node.name!r} has {node.accelerators} accelerator(s)",
+                f"ask for at most {node.accelerators} per node, or fix accelerators in {cluster.source}",
+            )
+    return tuple(chosen)

@@ -1,0 +1,237 @@
+"""The per-rank result file: one JSON document per rank, schema `orchestrator.rank-result` v1.
+
+This module is the single definition of the format. The workload writes it; the control plane
+(`orchestrator ingest`) validates it with `validate()` from this same module. It must stay pure
+Python 3.8 with no third-party imports: it runs inside vendor images and on the laptop alike.
+Documented with an example in docs/rank-result.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+SCHEMA_NAME = "orchestrator.rank-result"
+SCHEMA_VERSION = 1
+FILE_PATTERN = "rank-{rank:05d}.json"
+PRECISIONS = ("fp32", "amp", "fp16")
+STATUSES = ("ok", "failed")
+
+# field -> (types, required). Types: "int", "float" (int accepted), "str", "bool", "dict", "list",
+# with "?" suffix meaning null is allowed.
+_SECTIONS: Dict[str, Dict[str, str]] = {
+    "identity": {
+        "rank": "int",
+        "local_rank": "int",
+        "node_rank": "int",
+        "world_size": "int",
+        "local_world_size": "int",
+        "nnodes": "int",
+        "host": "str",
+        "pid": "int",
+    },
+    "config": {
+        "case": "str",
+        "config_name": "str?",
+        "precision": "str",
+        "batch_size": "int",
+        "lr": "float",
+        "epochs": "int",
+        "max_iters": "int?",
+        "target_map": "float?",
+        "eval": "bool",
+        "eval_max_images": "int?",
+        "workers": "int",
+        "seed": "int",
+        "backend": "str",
+        "device": "str",
+        "hparams": "dict",
+    },
+    "software": {
+        "python": "str",
+        "torch": "str",
+        "torchvision": "str",
+        "pycocotools": "str?",
+    },
+    "device": {
+        "type": "str",
+        "name": "str",
+        "count": "int",
+        "total_mem_bytes": "int?",
+    },
+    "timings": {
+        "start_unix": "float",
+        "end_unix": "float",
+        "e2e_s": "float",
+        "init_s": "float",
+        "train_s": "float",
+        "train_no_eval_s": "float",
+        "core_s": "float",
+        "eval_s": "float",
+    },
+    "samples": {
+        "rank_images": "int",
+        "global_images": "int",
+        "rank_iterations": "int",
+        "epochs_completed": "int",
+    },
+    "throughput": {
+        "p_whole": "float?",
+        "p_train": "float?",
+        "p_core": "float?",
+    },
+    "memory": {
+        "peak_allocated_bytes": "int?",
+        "peak_reserved_bytes": "int?",
+        "total_bytes": "int?",
+    },
+}
+_EVAL_FIELDS = {"map": "float?", "map50": "float?", "map75": "float?", "images": "int"}
+_EPOCH_FIELDS = {
+    "epoch": "int",
+    "iterations": "int",
+    "images": "int",
+    "loss": "float?",
+    "lr": "float",
+    "train_s": "float",
+    "core_s": "float",
+    "eval_s": "float?",
+    "map": "float?",
+}
+_ERROR_FIELDS = {"type": "str", "message": "str", "traceback": "str?"}
+
+
+class ResultFormatError(ValueError):
+    """A rank result document does not match the schema; `field` is a dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__("{}: {}".format(field, message))
+        self.field = field
+        self.message = message
+
+
+def _check_type(path: str, value: Any, kind: str) -> None:
+    nullable = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None:
+        if nullable:
+            return
+        raise ResultFormatError(path, "is missing or null, expected {}".format(base))
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "dict": isinstance(value, dict),
+        "list": isinstance(value, list),
+    }[base]
+    if not ok:
+        raise ResultFormatError(path, "expected {}, got {}".format(base, type(value).__name__))
+    if base == "float" and not math.isfinite(float(value)):
+        raise ResultFormatError(path, "must be a finite number")
+
+
+def _check_fields(prefix: str, obj: Any, fields: Dict[str, str]) -> None:
+    if not isinstance(obj, dict):
+        raise ResultFormatError(prefix, "expected an object")
+    for name, kind in fields.items():
+        path = "{}.{}".format(prefix, name)
+        if name not in obj and not kind.endswith("?"):
+            raise ResultFormatError(path, "is missing")
+        _check_type(path, obj.get(name), kind)
+
+
+def validate(doc: Any) -> Dict[str, Any]:
+    """Check `doc` against schema v1 and return it; raise ResultFormatError naming the field."""
+    if not isinstance(doc, dict):
+        raise ResultFormatError("$", "expected a JSON object")
+    if doc.get("schema") != SCHEMA_NAME:
+        raise ResultFormatError("schema", "expected {!r}".format(SCHEMA_NAME))
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ResultFormatError(
+            "schema_version",
+            "unsupported version {!r}, this reader knows {}".format(
+                doc.get("schema_version"), SCHEMA_VERSION
+            ),
+        )
+    _check_type("run_id", doc.get("run_id"), "str")
+    status = doc.get("status")
+    if status not in STATUSES:
+        raise ResultFormatError("status", "expected one of {}".format(", ".join(STATUSES)))
+    for section, fields in _SECTIONS.items():
+        _check_fields(section, doc.get(section), fields)
+    if doc["config"]["precision"] not in PRECISIONS:
+        raise ResultFormatError("config.precision", "expected one of {}".format(", ".join(PRECISIONS)))
+    ident = doc["identity"]
+    if not 0 <= ident["rank"] < ident["world_size"]:
+        raise ResultFormatError("identity.rank", "must be in [0, world_size)")
+    if not 0 <= ident["node_rank"] < ident["nnodes"]:
+        raise ResultFormatError("identity.node_rank", "must be in [0, nnodes)")
+    for name in ("p_whole", "p_train", "p_core"):
+        value = doc["throughput"].get(name)
+        if value is not None and value < 0:
+            raise ResultFormatError("throughput." + name, "must not be negative")
+    if doc.get("eval") is not None:
+        _check_fields("eval", doc["eval"], _EVAL_FIELDS)
+    epochs = doc.get("epochs")
+    _check_type("epochs", epochs, "list")
+    for i, epoch in enumerate(epochs):
+        _check_fields("epochs[{}]".format(i), epoch, _EPOCH_FIELDS)
+    _check_type("converged", doc.get("converged"), "bool")
+    if status == "failed":
+        _check_fields("error", doc.get("error"), _ERROR_FIELDS)
+    elif doc.get("error") is not None:
+        raise ResultFormatError("error", "must be null when status is 'ok'")
+    return doc
+
+
+def load(path: str) -> Dict[str, Any]:
+    """Read and validate one rank file; errors name the file and the field."""
+    with open(path, "r", encoding="utf-8") as fh:
+        try:
+            doc = json.load(fh)
+        except ValueError as exc:
+            raise ResultFormatError("$", "not valid JSON ({})".format(exc)) from None
+    return validate(doc)
+
+
+def dump(doc: Dict[str, Any], path: str) -> None:
+    """Write atomically (temp file + rename) so a reader never sees half a file."""
+    import os
+
+    tmp = "{}.tmp{}".format(path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=True, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def empty_sections() -> Tuple[List[str], Dict[str, Dict[str, str]]]:
+    """The section names and field kinds, for writers that build a document field by field."""
+    return list(_SECTIONS), {k: dict(v) for k, v in _SECTIONS.items()}
+
+
+def file_name(rank: int) -> str:
+    return FILE_PATTERN.format(rank=rank)
+
+
+def progress_line(**fields: Any) -> str:
+    """One progress event for stdout: `{"event": "progress", ...}` as a single JSON line."""
+    event = {"event": "progress"}
+    event.update(fields)
+    return json.dumps(event, sort_keys=True)
+
+
+__all__ = [
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "PRECISIONS",
+    "ResultFormatError",
+    "validate",
+    "load",
+    "dump",
+    "file_name",
+    "progress_line",
+    "empty_sections",
+]

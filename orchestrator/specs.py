@@ -58,6 +58,7 @@ class NodeSpec:
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     python: str = "python3"  # interpreter with torch for the host runtime
     workdir: str = "/tmp/orchestrator"  # where run folders live on the node
+    docker_host: str | None = None  # the node's Docker daemon socket, when not the default
 
     @property
     def is_local(self) -> bool:
@@ -93,6 +94,7 @@ class ClusterSpec:
     store_url: str | None = None
     case: CaseSettings = CaseSettings()
     runtime: str = "host"  # 'host' (python on the node) or 'docker'
+    backend: str = "ssh"  # 'ssh' (our own launcher) or 'slurm'
     master_port: int = 29500
     source: str = "<embedded default>"  # the file it came from, for messages
 
@@ -123,7 +125,9 @@ class JobSpec:
         return PurePosixPath(node.workdir) / "runs" / self.run_id
 
 
-def pick_nodes(cluster: ClusterSpec, topology: Topology, names: list[str] | None = None) -> tuple[NodeSpec, ...]:
+def pick_nodes(
+    cluster: ClusterSpec, topology: Topology, names: list[str] | None = None
+) -> tuple[NodeSpec, ...]:
     """Choose the nodes for a topology: the named ones, or the first that fit."""
     if names:
         chosen = [cluster.node(n) for n in names]

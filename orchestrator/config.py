@@ -1,0 +1,283 @@
+"""Cluster file (TOML) -> ClusterSpec. Validation only: every error names the file, the key and
+the fix. Without a file the embedded default is this machine alone with a SQLite store."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError
+from orchestrator.specs import CaseSettings, ClusterSpec, NodeSpec, SshSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CLUSTER_FILE = "cluster.toml"
+DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
+RUNTIMES = ("host", "docker")
+BACKENDS = ("ssh", "slurm")
+
+_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes"}
+_CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port"}
+_SSH_KEYS = {
+    "user",
+    "port",
+    "key_file",
+    "known_hosts",
+    "accept_new_host_keys",
+    "jump_host",
+    "connect_timeout_s",
+    "command_timeout_s",
+    "keepalive_s",
+}
+_NODE_KEYS = {
+    "name",
+    "address",
+    "port",
+    "user",
+    "key_file",
+    "accelerators",
+    "ib_hcas",
+    "socket_ifname",
+    "python",
+    "workdir",
+    "docker_host",
+}
+_NODE_DEFAULT_KEYS = _NODE_KEYS - {"name", "address"}
+_CASE_KEYS = {"data_dir", "backbone_weights", "config", "hparams"}
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that say where and how to fix."""
+
+    def __init__(self, source: str, path: str, table: Any, allowed: set[str]) -> None:
+        self.source, self.path = source, path
+        if not isinstance(table, Mapping):
+            self.fail(path, "must be a table", f"write it as [{path}]")
+        self.table: Mapping[str, Any] = table
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            where = f"{path}.{unknown[0]}" if path else unknown[0]
+            self.fail(where, "is not a known key", f"known keys here: {', '.join(sorted(allowed))}")
+
+    def fail(self, key: str, problem: str, remedy: str) -> None:
+        raise ConfigError(f"{self.source}: {key} {problem}", remedy)
+
+    def _key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.table.get(name, default)
+        if value is None:
+            if required:
+                self.fail(self._key(name), "is missing", f'add {name} = "..."')
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.fail(
+                self._key(name),
+                f"must be a non-empty string, got {value!r}",
+                f'e.g. {name} = "..."',
+            )
+        return value.strip()
+
+    def int(self, name: str, default: int, low: int = 1, high: int = 1 << 31) -> int:
+        value = self.table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(
+                self._key(name),
+                f"must be an integer between {low} and {high}, got {value!r}",
+                f"e.g. {name} = {default}",
+            )
+        return int(value)
+
+    def float(self, name: str, default: float) -> float:
+        value = self.table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            self.fail(
+                self._key(name),
+                f"must be a positive number, got {value!r}",
+                f"e.g. {name} = {default}",
+            )
+        return float(value)
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.table.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(
+                self._key(name),
+                f"must be true or false, got {value!r}",
+                f"e.g. {name} = {str(default).lower()}",
+            )
+        return bool(value)
+
+    def str_list(self, name: str) -> tuple[str, ...]:
+        value = self.table.get(name, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(
+                self._key(name),
+                f"must be a list of strings, got {value!r}",
+                f'e.g. {name} = ["a", "b"]',
+            )
+        return tuple(value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.str(name, default)
+        if value not in choices:
+            self.fail(
+                self._key(name),
+                f"must be one of {', '.join(choices)}, got {value!r}",
+                f'e.g. {name} = "{default}"',
+            )
+        return value  # type: ignore[return-value]
+
+
+def _expand(path: str | None) -> str | None:
+    return None if path is None else os.path.expanduser(path)
+
+
+def _node(
+    source: str, index: int, table: Any, defaults: Mapping[str, Any], ssh: Mapping[str, Any]
+) -> NodeSpec:
+    merged = {**defaults, **(table if isinstance(table, Mapping) else {})}
+    if not isinstance(table, Mapping):
+        raise ConfigError(
+            f"{source}: nodes[{index}] must be a table", "write each node as [[nodes]]"
+        )
+    r = _Reader(source, f"nodes[{index}]", merged, _NODE_KEYS)
+    name = r.str("name", required=True)
+    address = r.str("address", required=True)
+    assert name is not None and address is not None
+    return NodeSpec(
+        name=name,
+        address=address,
+        port=r.int("port", int(ssh.get("port", 22)), 1, 65535),
+        user=r.str("user", ssh.get("user")),
+        key_file=_expand(r.str("key_file", ssh.get("key_file"))),
+        accelerators=r.int("accelerators", 1, 1, 1024),
+        ib_hcas=r.str_list("ib_hcas"),
+        socket_ifname=r.str("socket_ifname"),
+        python=r.str("python", "python3") or "python3",
+        workdir=r.str("workdir", "/tmp/orchestrator") or "/tmp/orchestrator",
+        docker_host=r.str("docker_host"),
+    )
+
+
+def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
+    """Validate a parsed cluster file into a ClusterSpec."""
+    top = _Reader(source, "", data, _TOP_KEYS)
+    cl = _Reader(source, "cluster", data.get("cluster", {}), _CLUSTER_KEYS)
+    store = _Reader(source, "store", data.get("store", {}), {"url"})
+    ssh_t = _Reader(source, "ssh", data.get("ssh", {}), _SSH_KEYS)
+    case = _Reader(source, "case", data.get("case", {}), _CASE_KEYS)
+    node_defaults = _Reader(
+        source, "node_defaults", data.get("node_defaults", {}), _NODE_DEFAULT_KEYS
+    )
+    del top
+    if ssh_t.table.get("port") is not None:
+        ssh_t.int("port", 22, 1, 65535)
+    ssh = SshSettings(
+        known_hosts=tuple(_expand(p) or p for p in ssh_t.str_list("known_hosts")),
+        accept_new_host_keys=ssh_t.bool("accept_new_host_keys", False),
+        jump_host=ssh_t.str("jump_host"),
+        connect_timeout_s=ssh_t.float("connect_timeout_s", 10.0),
+        command_timeout_s=ssh_t.float("command_timeout_s", 120.0),
+        keepalive_s=ssh_t.int("keepalive_s", 15, 0, 3600),
+    )
+    raw_nodes = data.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError(
+            f"{source}: nodes is missing or empty",
+            "add at least one [[nodes]] table with name and address",
+        )
+    nodes = tuple(
+        _node(source, i, t, node_defaults.table, ssh_t.table) for i, t in enumerate(raw_nodes)
+    )
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        if node.name in seen:
+            raise ConfigError(
+                f"{source}: nodes[{i}].name {node.name!r} is used twice",
+                "give every node its own name",
+            )
+        seen.add(node.name)
+    hparams_raw = case.table.get("hparams", {})
+    if not isinstance(hparams_raw, Mapping):
+        case.fail(
+            "case.hparams", "must be a table", "write it as [case.hparams] with key = value lines"
+        )
+    return ClusterSpec(
+        name=cl.str("name", Path(source).stem) or "cluster",
+        vendor=cl.str("vendor", "cpu") or "cpu",
+        nodes=nodes,
+        ssh=ssh,
+        store_url=store.str("url"),
+        case=CaseSettings(
+            data_dir=case.str("data_dir", CaseSettings.data_dir) or CaseSettings.data_dir,
+            backbone_weights=case.str("backbone_weights", "none") or "none",
+            config_name=case.str("config"),
+            hparams={str(k): str(v) for k, v in hparams_raw.items()},
+        ),
+        runtime=cl.choice("runtime", RUNTIMES, "host"),
+        backend=cl.choice("backend", BACKENDS, "ssh"),
+        master_port=cl.int("master_port", 29500, 1024, 65535),
+        source=source,
+    )
+
+
+def embedded_default() -> ClusterSpec:
+    """This machine as the only node (no SSH), CPU 'accelerators', SQLite in the working dir."""
+    return ClusterSpec(
+        name="local",
+        vendor="cpu",
+        nodes=(
+            NodeSpec(
+                name="localhost",
+                address="local",
+                accelerators=max(1, os.cpu_count() or 1),
+                python=sys.executable,
+                workdir=str(Path.home() / ".cache" / "orchestrator"),
+            ),
+        ),
+        case=CaseSettings(data_dir=str(Path("data/coco-synth").absolute())),
+        source="<embedded default>",
+    )
+
+
+def load_cluster(path: str | None) -> ClusterSpec:
+    """The cluster file named, else ./cluster.toml if present, else the embedded default."""
+    if path is None:
+        if not Path(DEFAULT_CLUSTER_FILE).is_file():
+            return embedded_default()
+        path = DEFAULT_CLUSTER_FILE
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"cluster file {path} does not exist", "check --cluster / $ORCHESTRATOR_CLUSTER"
+        )
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid TOML ({exc})", "fix the syntax at the position shown"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read cluster file {path}: {exc}", "check the path and permissions"
+        ) from None
+    return parse_cluster(data, str(path))
+
+
+def resolve_store_url(cli_url: str | None, cluster: ClusterSpec | None) -> str:
+    """--db / $ORCHESTRATOR_DB (click merges both), then the cluster file, then SQLite here."""
+    if cli_url:
+        return cli_url
+    if cluster is not None and cluster.store_url:
+        return cluster.store_url
+    return DEFAULT_STORE_URL

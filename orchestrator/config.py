@@ -71,7 +71,7 @@ class _Reader:
     def _key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, name: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.table.get(name, default)
         if value is None:
             if required:
@@ -85,7 +85,7 @@ class _Reader:
             )
         return value.strip()
 
-    def int(self, name: str, default: int, low: int = 1, high: int = 1 << 31) -> int:
+    def integer(self, name: str, default: int, low: int = 1, high: int = 1 << 31) -> int:
         value = self.table.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.fail(
@@ -95,7 +95,7 @@ class _Reader:
             )
         return int(value)
 
-    def float(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float) -> float:
         value = self.table.get(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             self.fail(
@@ -105,7 +105,7 @@ class _Reader:
             )
         return float(value)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         value = self.table.get(name, default)
         if not isinstance(value, bool):
             self.fail(
@@ -115,7 +115,7 @@ class _Reader:
             )
         return bool(value)
 
-    def str_list(self, name: str) -> tuple[str, ...]:
+    def text_list(self, name: str) -> tuple[str, ...]:
         value = self.table.get(name, [])
         if isinstance(value, str):
             value = [value]
@@ -128,14 +128,15 @@ class _Reader:
         return tuple(value)
 
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if value not in choices:
             self.fail(
                 self._key(name),
                 f"must be one of {', '.join(choices)}, got {value!r}",
                 f'e.g. {name} = "{default}"',
             )
-        return value  # type: ignore[return-value]
+        assert value is not None
+        return value
 
 
 def _expand(path: str | None) -> str | None:
@@ -151,21 +152,21 @@ def _node(
             f"{source}: nodes[{index}] must be a table", "write each node as [[nodes]]"
         )
     r = _Reader(source, f"nodes[{index}]", merged, _NODE_KEYS)
-    name = r.str("name", required=True)
-    address = r.str("address", required=True)
+    name = r.text("name", required=True)
+    address = r.text("address", required=True)
     assert name is not None and address is not None
     return NodeSpec(
         name=name,
         address=address,
-        port=r.int("port", int(ssh.get("port", 22)), 1, 65535),
-        user=r.str("user", ssh.get("user")),
-        key_file=_expand(r.str("key_file", ssh.get("key_file"))),
-        accelerators=r.int("accelerators", 1, 1, 1024),
-        ib_hcas=r.str_list("ib_hcas"),
-        socket_ifname=r.str("socket_ifname"),
-        python=r.str("python", "python3") or "python3",
-        workdir=r.str("workdir", "/tmp/orchestrator") or "/tmp/orchestrator",
-        docker_host=r.str("docker_host"),
+        port=r.integer("port", int(ssh.get("port", 22)), 1, 65535),
+        user=r.text("user", ssh.get("user")),
+        key_file=_expand(r.text("key_file", ssh.get("key_file"))),
+        accelerators=r.integer("accelerators", 1, 1, 1024),
+        ib_hcas=r.text_list("ib_hcas"),
+        socket_ifname=r.text("socket_ifname"),
+        python=r.text("python", "python3") or "python3",
+        workdir=r.text("workdir", "/tmp/orchestrator") or "/tmp/orchestrator",
+        docker_host=r.text("docker_host"),
     )
 
 
@@ -181,14 +182,14 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
     )
     del top
     if ssh_t.table.get("port") is not None:
-        ssh_t.int("port", 22, 1, 65535)
+        ssh_t.integer("port", 22, 1, 65535)
     ssh = SshSettings(
-        known_hosts=tuple(_expand(p) or p for p in ssh_t.str_list("known_hosts")),
-        accept_new_host_keys=ssh_t.bool("accept_new_host_keys", False),
-        jump_host=ssh_t.str("jump_host"),
-        connect_timeout_s=ssh_t.float("connect_timeout_s", 10.0),
-        command_timeout_s=ssh_t.float("command_timeout_s", 120.0),
-        keepalive_s=ssh_t.int("keepalive_s", 15, 0, 3600),
+        known_hosts=tuple(_expand(p) or p for p in ssh_t.text_list("known_hosts")),
+        accept_new_host_keys=ssh_t.flag("accept_new_host_keys", False),
+        jump_host=ssh_t.text("jump_host"),
+        connect_timeout_s=ssh_t.number("connect_timeout_s", 10.0),
+        command_timeout_s=ssh_t.number("command_timeout_s", 120.0),
+        keepalive_s=ssh_t.integer("keepalive_s", 15, 0, 3600),
     )
     raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
@@ -213,20 +214,20 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
             "case.hparams", "must be a table", "write it as [case.hparams] with key = value lines"
         )
     return ClusterSpec(
-        name=cl.str("name", Path(source).stem) or "cluster",
-        vendor=cl.str("vendor", "cpu") or "cpu",
+        name=cl.text("name", Path(source).stem) or "cluster",
+        vendor=cl.text("vendor", "cpu") or "cpu",
         nodes=nodes,
         ssh=ssh,
-        store_url=store.str("url"),
+        store_url=store.text("url"),
         case=CaseSettings(
-            data_dir=case.str("data_dir", CaseSettings.data_dir) or CaseSettings.data_dir,
-            backbone_weights=case.str("backbone_weights", "none") or "none",
-            config_name=case.str("config"),
+            data_dir=case.text("data_dir", CaseSettings.data_dir) or CaseSettings.data_dir,
+            backbone_weights=case.text("backbone_weights", "none") or "none",
+            config_name=case.text("config"),
             hparams={str(k): str(v) for k, v in hparams_raw.items()},
         ),
         runtime=cl.choice("runtime", RUNTIMES, "host"),
         backend=cl.choice("backend", BACKENDS, "ssh"),
-        master_port=cl.int("master_port", 29500, 1024, 65535),
+        master_port=cl.integer("master_port", 29500, 1024, 65535),
         source=source,
     )
 

@@ -1,0 +1,252 @@
+"""JobSpec -> Plan: per node, the exact torchrun command, its environment and where files go.
+
+Pure: no I/O. `orchestrator submit --dry-run` prints `Plan.render()`; the launcher executes the
+same Plan, so what is shown is what runs. A container runtime wraps each node's command through
+`wrap` without changing anything else.
+"""
+
+from __future__ import annotations
+
+import shlex
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+
+from orchestrator.errors import ConfigError
+from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
+
+WORKLOAD_MODULE = "workload.faster_rcnn"
+PRECISIONS = ("fp32", "amp", "fp16")
+# Short names admins type (`--set bs=16`), mapped to the workload's hyper-parameter keys.
+HPARAM_ALIASES = {"bs": "batch_size", "batch": "batch_size", "learning_rate": "lr"}
+
+
+def new_run_id(now: datetime | None = None, salt: str = "") -> str:
+    """Sortable and unique enough: UTC time plus a short hash."""
+    now = now or datetime.now(timezone.utc)
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    tail = f"{zlib.crc32(f'{now.isoformat()}{salt}'.encode()) & 0xFFFFFF:06x}"
+    return f"{stamp}-{tail}"
+
+
+def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`--set key=value` options -> {key: value}, aliases resolved, last one wins."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise ConfigError(
+                f"--set {item!r} is not key=value", "write e.g. --set bs=16 --set lr=0.16"
+            )
+        result[HPARAM_ALIASES.get(key, key)] = value.strip()
+    return result
+
+
+def master_address(node: NodeSpec) -> str:
+    return "127.0.0.1" if node.is_local else node.address
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: NodeSpec
+    node_rank: int
+    run_dir: str  # on the node
+    output_dir: str  # rank files land here
+    log_path: str  # torchrun's stdout+stderr on the node
+    env: tuple[tuple[str, str], ...]
+    torchrun_argv: tuple[str, ...]
+    argv: tuple[str, ...]  # what is spawned: torchrun, or its container wrapper
+    workload_dir: str | None  # host runtime: where the workload source is staged
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def shell_line(self) -> str:
+        """The command as one quoted shell line, exactly as it is run."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
+        return f"cd {shlex.quote(self.run_dir)} && env {env} {shlex.join(self.argv)}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: JobSpec
+    master_addr: str
+    master_port: int
+    nodes: tuple[NodePlan, ...]
+    runtime: str
+    image: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def render(self) -> str:
+        job = self.job
+        hp = " ".join(f"{k}={v}" for k, v in sorted(job.hparams.items())) or "(defaults)"
+        lines = [
+            f"run {job.run_id}: {job.case} on cluster {job.cluster.name} "
+            f"(vendor {job.cluster.vendor}), topology {job.topology}, precision {job.precision}",
+            f"runtime {self.runtime}" + (f", image {self.image}" if self.image else ""),
+            f"rendezvous static, master {self.master_addr}:{self.master_port}, "
+            f"world size {job.topology.world_size}",
+            f"hparams {hp}",
+            f"timeouts: overall {_secs(job.timeout_s)}, no progress {_secs(job.no_progress_timeout_s)}",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        for np_ in self.nodes:
+            node = np_.node
+            where = (
+                "this machine"
+                if node.is_local
+                else f"{node.user or ''}{'@' if node.user else ''}{node.address}:{node.port}"
+            )
+            lines += [
+                "",
+                f"node {node.name} (node rank {np_.node_rank}, {where})",
+                "  preflight: connect; probe python, torch, accelerators, dataset, weights, "
+                "disk" + (f", IB {','.join(node.ib_hcas)} active" if node.ib_hcas else ""),
+            ]
+            if np_.workload_dir:
+                lines.append(f"  stage:     workload source -> {np_.workload_dir}")
+            lines += [
+                f"  run dir:   {np_.run_dir}",
+                f"  command:   {np_.shell_line()}",
+                f"  log:       {np_.log_path}",
+                f"  collect:   {np_.output_dir}/rank-*.json, log",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def _secs(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}s"
+
+
+def workload_args(job: JobSpec, output_dir: str) -> list[str]:
+    case = job.cluster.case
+    args = [
+        "--data-dir",
+        case.data_dir,
+        "--backbone-weights",
+        case.backbone_weights,
+        "--output-dir",
+        output_dir,
+        "--run-id",
+        job.run_id,
+        "--precision",
+        job.precision,
+    ]
+    if case.config_name:
+        args += ["--config", f"{case.config_name}:{job.topology}"]
+    for key, value in sorted(job.hparams.items()):
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def node_env(
+    job: JobSpec, node: NodeSpec, vendor_env: Mapping[str, str], visible_devices_var: str | None
+) -> dict[str, str]:
+    env = {"ORCHESTRATOR_RUN_ID": job.run_id, "PYTHONUNBUFFERED": "1"}
+    env.update(vendor_env)
+    if node.ib_hcas:
+        env["NCCL_IB_HCA"] = ",".join(node.ib_hcas)
+    if node.socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = node.socket_ifname
+        env["GLOO_SOCKET_IFNAME"] = node.socket_ifname
+    if visible_devices_var:
+        env[visible_devices_var] = ",".join(str(i) for i in range(job.topology.nproc_per_node))
+    return env
+
+
+def build_plan(
+    job: JobSpec,
+    *,
+    workload_hash: str,
+    vendor_env: Mapping[str, str] | None = None,
+    visible_devices_var: str | None = None,
+    wrap: Callable[[NodePlan], tuple[str, ...]] | None = None,
+    image: str | None = None,
+) -> Plan:
+    """The plan for every node. `wrap` turns a node's command into its container command."""
+    if job.precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision {job.precision!r} is not known", f"use one of {', '.join(PRECISIONS)}"
+        )
+    topo = job.topology
+    master = master_address(job.nodes[0])
+    port = job.cluster.master_port
+    runtime = "docker" if wrap else "host"
+    plans = []
+    for rank, node in enumerate(job.nodes):
+        run_dir = str(job.run_dir_on(node))
+        output_dir = str(PurePosixPath(run_dir) / "ranks")
+        workload_dir = (
+            None if wrap else str(PurePosixPath(node.workdir) / "workload" / workload_hash)
+        )
+        env = node_env(job, node, vendor_env or {}, visible_devices_var)
+        if workload_dir:
+            env["PYTHONPATH"] = workload_dir
+        torchrun = (
+            node.python,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={topo.nnodes}",
+            f"--nproc-per-node={topo.nproc_per_node}",
+            f"--node-rank={rank}",
+            f"--master-addr={master}",
+            f"--master-port={port}",
+            "--max-restarts=0",
+            "-m",
+            WORKLOAD_MODULE,
+            *workload_args(job, output_dir),
+        )
+        np_ = NodePlan(
+            node=node,
+            node_rank=rank,
+            run_dir=run_dir,
+            output_dir=output_dir,
+            log_path=str(PurePosixPath(run_dir) / "node.log"),
+            env=tuple(sorted(env.items())),
+            torchrun_argv=torchrun,
+            argv=torchrun,
+            workload_dir=workload_dir,
+        )
+        if wrap:
+            np_ = replace(np_, argv=wrap(np_))
+        plans.append(np_)
+    return Plan(
+        job=job,
+        master_addr=master,
+        master_port=port,
+        nodes=tuple(plans),
+        runtime=runtime,
+        image=image,
+    )
+
+
+def make_job(
+    cluster: ClusterSpec,
+    topology: Topology,
+    nodes: tuple[NodeSpec, ...],
+    *,
+    run_id: str,
+    precision: str = "fp32",
+    sets: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+    no_progress_timeout_s: float | None = None,
+    submitted_by: str = "",
+) -> JobSpec:
+    """Cluster defaults (case.hparams) overridden by the command line's --set."""
+    hparams = {HPARAM_ALIASES.get(k, k): v for k, v in cluster.case.hparams.items()}
+    hparams.update(sets or {})
+    return JobSpec(
+        run_id=run_id,
+        cluster=cluster,
+        topology=topology,
+        nodes=nodes,
+        precision=precision,
+        hparams=hparams,
+        timeout_s=timeout_s,
+        no_progress_timeout_s=no_progress_timeout_s,
+        submitted_by=submitted_by,
+    )

@@ -1,0 +1,260 @@
+"""Putting an image on every node without a registry.
+
+Each node's daemon is asked for the image id (one short command per node, in parallel); nodes
+that lack it get one `docker save` stream from the build host, teed to a `docker load` on each of
+them over SSH at the same time. A node that already has the image costs no transfer. With a
+registry named in the cluster file, push once and pull on the nodes instead.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ImageError, NodeError
+from orchestrator.images.containers import Runner, docker_argv
+
+if TYPE_CHECKING:
+    import docker
+
+CHUNK = 1 << 20
+QUEUE_CHUNKS = 32  # per node: how far the fastest node may run ahead of the slowest
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """A node's daemon as seen from here: its name, a runner (Transport) and its docker_host."""
+
+    name: str
+    runner: Runner
+    docker_host: str | None = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    node: str
+    image_id: str | None  # what the node has under the tag, None when nothing
+    seconds: float  # how long it took to find out
+
+    def has(self, expected_id: str) -> bool:
+        return self.image_id == expected_id
+
+
+@dataclass(frozen=True)
+class Transfer:
+    node: str
+    bytes_sent: int
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class DistributionReport:
+    tag: str
+    image_id: str
+    presence: dict[str, Presence]
+    transfers: dict[str, Transfer]  # only the nodes that received the image
+    method: str  # "stream" or "registry" or "none"
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(t.bytes_sent for t in self.transfers.values())
+
+
+ProgressFn = Callable[[str, int, int], None]  # node, bytes sent, expected total
+
+
+def inspect_argv(tag: str, docker_host: str | None = None) -> list[str]:
+    return docker_argv(docker_host) + ["image", "inspect", "--format", "{{.Id}}", tag]
+
+
+def load_argv(docker_host: str | None = None) -> list[str]:
+    return docker_argv(docker_host) + ["load", "--quiet"]
+
+
+def node_image_id(target: NodeTarget, tag: str, timeout: float = 30.0) -> str | None:
+    result = target.runner.run(inspect_argv(tag, target.docker_host), timeout=timeout, check=False)
+    if result.exit_code == 0:
+        return str(result.stdout).strip() or None
+    stderr = str(result.stderr)
+    if "No such image" in stderr or "No such object" in stderr:
+        return None
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {result.exit_code}"
+    raise ImageError(f"cannot ask the Docker daemon: {last}")
+
+
+def fan_out(targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any], what: str) -> dict[str, Any]:
+    """Run `fn` on every node at once; one NodeError naming every node that failed."""
+    results: dict[str, Any] = {}
+    failures: dict[str, str] = {}
+    if not targets:
+        return results
+    with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
+        futures = {t.name: pool.submit(fn, t) for t in targets}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:  # every node is reported, not only the first
+                failures[name] = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if failures:
+        raise NodeError(f"{what} failed on {len(failures)} node(s)", failures)
+    return results
+
+
+def check_presence(targets: Sequence[NodeTarget], tag: str, timeout: float = 30.0) -> dict[str, Presence]:
+    def one(target: NodeTarget) -> Presence:
+        started = time.monotonic()
+        found = node_image_id(target, tag, timeout)
+        return Presence(target.name, found, time.monotonic() - started)
+
+    return fan_out(targets, one, f"checking for image {tag}")
+
+
+def distribute(
+    api: docker.APIClient,
+    tag: str,
+    targets: Sequence[NodeTarget],
+    *,
+    progress: ProgressFn | None = None,
+    registry: str | None = None,
+    timeout_s: float = 3600,
+) -> DistributionReport:
+    """Make `tag` (as it is on the build host `api`) present on every target node."""
+    from orchestrator.images.build import image_id
+
+    expected = image_id(api, tag)
+    if expected is None:
+        raise ImageError(f"image {tag} is not on the build host", "build it first: orchestrator image build")
+    presence = check_presence(targets, tag)
+    missing = [t for t in targets if not presence[t.name].has(expected)]
+    if not missing:
+        return DistributionReport(tag, expected, presence, {}, "none")
+    if registry:
+        transfers = _via_registry(api, tag, registry, missing, timeout_s)
+        method = "registry"
+    else:
+        total = int(api.inspect_image(tag).get("Size") or 0)
+        transfers = stream_to_nodes(lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s)
+        method = "stream"
+    after = check_presence(missing, tag)
+    wrong = {n: f"has {p.image_id or 'nothing'} instead of {expected}" for n, p in after.items() if not p.has(expected)}
+    if wrong:
+        raise NodeError(f"image {tag} did not arrive intact", wrong, "run orchestrator image push-to-nodes again")
+    return DistributionReport(tag, expected, {**presence, **after}, transfers, method)
+
+
+def stream_to_nodes(
+    open_source: Callable[[], Any],
+    targets: Sequence[NodeTarget],
+    expected_bytes: int,
+    progress: ProgressFn | None = None,
+    timeout_s: float = 3600,
+) -> dict[str, Transfer]:
+    """One `docker save` stream, teed into `docker load` on every target in parallel.
+
+    Each node has a bounded queue; a node that fails is dropped from the tee and reported, the
+    others go on. Raises NodeError naming every node that failed, after all have finished.
+    """
+    queues = {t.name: queue.Queue[bytes | None](maxsize=QUEUE_CHUNKS) for t in targets}
+    done = {t.name: threading.Event() for t in targets}
+    sent = {t.name: 0 for t in targets}
+    source_error: list[BaseException] = []
+
+    def feed() -> None:
+        # Reads the source once; each chunk goes to every node still loading.
+        try:
+            for chunk in open_source():
+                if not chunk:
+                    continue
+                live = [n for n in queues if not done[n].is_set()]
+                if not live:
+                    return
+                for name in live:
+                    while not done[name].is_set():
+                        try:
+                            queues[name].put(chunk, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as exc:
+            source_error.append(exc)
+        finally:
+            for name, q in queues.items():
+                while not done[name].is_set():
+                    try:
+                        q.put(None, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+
+    def chunks_for(name: str) -> Iterator[bytes]:
+        q = queues[name]
+        while True:
+            chunk = q.get()
+            if chunk is None:
+                if source_error:
+                    raise ImageError(f"docker save on the build host failed: {source_error[0]}")
+                return
+            sent[name] += len(chunk)
+            if progress:
+                progress(name, sent[name], expected_bytes)
+            yield chunk
+
+    def load(target: NodeTarget) -> Transfer:
+        started = time.monotonic()
+        try:
+            result = target.runner.run(
+                load_argv(target.docker_host), stdin=chunks_for(target.name), timeout=timeout_s, check=False
+            )
+        finally:
+            done[target.name].set()
+        if source_error:
+            raise ImageError(f"docker save on the build host failed: {source_error[0]}")
+        if result.exit_code != 0:
+            lines = str(result.stderr).strip().splitlines()
+            raise ImageError(f"docker load failed: {lines[-1] if lines else 'exit ' + str(result.exit_code)}")
+        return Transfer(target.name, sent[target.name], time.monotonic() - started)
+
+    feeder = threading.Thread(target=feed, name="docker-save", daemon=True)
+    feeder.start()
+    try:
+        return fan_out(targets, load, "loading the image")
+    finally:
+        for event in done.values():
+            event.set()
+        feeder.join(5)
+
+
+def _via_registry(
+    api: docker.APIClient, tag: str, registry: str, targets: Sequence[NodeTarget], timeout_s: float
+) -> dict[str, Transfer]:
+    """Push once from the build host, pull on every node, and tag it there under `tag`."""
+    repository, _, version = tag.rpartition(":")
+    remote_repo = f"{registry.rstrip('/')}/{repository}"
+    remote = f"{remote_repo}:{version}"
+    api.tag(tag, remote_repo, version)
+    for event in api.push(remote_repo, tag=version, stream=True, decode=True):
+        if "error" in event:
+            raise ImageError(f"push of {remote} failed: {event['error']}", "check the registry in the cluster file")
+
+    def pull(target: NodeTarget) -> Transfer:
+        started = time.monotonic()
+        for argv in (
+            docker_argv(target.docker_host) + ["pull", "--quiet", remote],
+            docker_argv(target.docker_host) + ["tag", remote, tag],
+        ):
+            result = target.runner.run(argv, timeout=timeout_s, check=False)
+            if result.exit_code != 0:
+                lines = str(result.stderr).strip().splitlines()
+                raise ImageError(f"{argv[-2]} failed: {lines[-1] if lines else result.exit_code}")
+        return Transfer(target.name, 0, time.monotonic() - started)
+
+    return fan_out(targets, pull, f"pulling {remote}")

@@ -11,6 +11,7 @@ _MODULES = [
     "orchestrator.cli.cluster_cmd",
     "orchestrator.cli.db_cmd",
     "orchestrator.cli.runs_cmd",
+    "orchestrator.cli.submit_cmd",
 ]
 
 

@@ -176,6 +176,7 @@ def validate(doc: Any) -> Dict[str, Any]:
         _check_fields("eval", doc["eval"], _EVAL_FIELDS)
     epochs = doc.get("epochs")
     _check_type("epochs", epochs, "list")
+    assert isinstance(epochs, list)
     for i, epoch in enumerate(epochs):
         _check_fields("epochs[{}]".format(i), epoch, _EPOCH_FIELDS)
     _check_type("converged", doc.get("converged"), "bool")

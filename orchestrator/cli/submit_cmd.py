@@ -1,0 +1,205 @@
+"""`orchestrator submit` and `orchestrator doctor`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from orchestrator.cli.context import AppContext
+from orchestrator.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | None, option: str) -> float | None:
+    if text is None or text in ("", "none", "0"):
+        return None
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{option} {text!r} is not a duration", "write e.g. 90s, 45m or 2h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(submit)
+    cli.add_command(doctor)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set an event the launcher checks every poll; it then stops all nodes."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            print(
+                f"\n{signal.Signals(signum).name}: stopping the run on every node…", file=sys.stderr
+            )
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def open_store_for_submit(app: AppContext) -> Any:
+    """The embedded SQLite default is created on first use; any other store must be upgraded
+    explicitly (`orchestrator db upgrade`), so a lab's database never changes behind its back."""
+    from orchestrator.config import DEFAULT_STORE_URL
+    from orchestrator.store import open_store
+
+    url = app.store_url
+    fresh_default = url == DEFAULT_STORE_URL and not Path("orchestrator.db").exists()
+    return open_store(url, create=fresh_default)
+
+
+@click.command()
+@click.argument("topology")
+@click.option(
+    "--nodes", "node_names", help="Comma-separated node names (default: the first that fit)."
+)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "amp", "fp16"]), default="fp32", show_default=True
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a hyper-parameter, e.g. --set bs=16 --set lr=0.16.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Run N times in a row.",
+)
+@click.option(
+    "--timeout", "timeout", default=None, help="Overall limit per run, e.g. 2h (default: none)."
+)
+@click.option(
+    "--no-progress-timeout",
+    default="30m",
+    show_default=True,
+    help="Stop when rank 0 reports nothing for this long.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local run folders [default: $ORCHESTRATOR_RUNS_DIR or ./runs].",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan (every node's exact command) and touch nothing."
+)
+@click.pass_obj
+def submit(
+    app: AppContext,
+    topology: str,
+    node_names: str | None,
+    precision: str,
+    sets: tuple[str, ...],
+    repeat: int,
+    timeout: str | None,
+    no_progress_timeout: str | None,
+    runs_dir: str | None,
+    dry_run: bool,
+) -> None:
+    """Run the Faster R-CNN benchmark on TOPOLOGY (NODESxPROCESSES, e.g. 2x8).
+
+    Connects to the nodes, checks them (preflight), starts torchrun on all of them at once,
+    shows rank 0's progress, stops every node on any failure or Ctrl-C, collects the per-rank
+    results into ./runs/RUN_ID and stores them. Exit code 0 only when every run succeeded.
+
+    \b
+    Examples:
+      orchestrator submit 1x2 --set max_iters=20
+      orchestrator --cluster lab.toml submit 2x8 --precision amp --set bs=16 --set lr=0.16
+      orchestrator --cluster lab.toml submit 2x8 --dry-run
+    """
+    from orchestrator.plan import parse_sets
+    from orchestrator.specs import Topology
+    from orchestrator.submit import SubmitRequest, execute, make_plan, raise_for
+
+    topo = Topology.parse(topology)
+    req = SubmitRequest(
+        topology=topo,
+        node_names=tuple(n.strip() for n in node_names.split(",") if n.strip())
+        if node_names
+        else None,
+        precision=precision,
+        sets=tuple(parse_sets(list(sets)).items()),
+        timeout_s=parse_duration(timeout, "--timeout"),
+        no_progress_timeout_s=parse_duration(no_progress_timeout, "--no-progress-timeout"),
+        command=shlex.join(["orchestrator", *sys.argv[1:]]),
+    )
+    cluster = app.cluster
+    if dry_run:
+        click.echo(make_plan(cluster, req).render(), nl=False)
+        return
+    console = Console(stderr=True)
+    folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
+    with open_store_for_submit(app) as store, stop_on_signals() as stop:
+        outcomes = []
+        for i in range(repeat):
+            plan = make_plan(cluster, req)
+            console.print(
+                f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {topo} on "
+                f"{', '.join(n.node.name for n in plan.nodes)}, {precision}"
+            )
+            outcome = execute(plan, req, store, folder, stop, console)
+            outcomes.append(outcome)
+            _print_outcome(store, outcome)
+            if stop.is_set():
+                break
+    for outcome in outcomes:
+        raise_for(outcome)
+
+
+def _print_outcome(store: Any, outcome: Any) -> None:
+    from orchestrator.report import seed_table_for_runs
+
+    if outcome.status == "succeeded":
+        click.echo(seed_table_for_runs(store, [outcome.run_id]))
+    else:
+        click.echo(
+            f"run {outcome.run_id} {outcome.status}: {outcome.failure.reason if outcome.failure else ''}",
+            err=True,
+        )
+    click.echo(f"run folder: {outcome.run_dir}", err=True)
+
+
+@click.command()
+@click.argument("topology", default="")
+@click.option("--nodes", "node_names", help="Comma-separated node names (default: every node).")
+@click.pass_obj
+def doctor(app: AppContext, topology: str, node_names: str | None) -> None:
+    """Check that nodes are ready to run TOPOLOGY: reachable, host key known, torch (or Docker),
+    accelerators, dataset, weights, disk, InfiniBand. Prints a report per node.
+
+    \b
+    Examples:
+      orchestrator doctor
+      orchestrator --cluster lab.toml doctor 2x8
+    """
+    from orchestrator.doctor import run_doctor
+
+    ok = run_doctor(app.cluster, topology or None, node_names, Console())
+    if not ok:
+        raise SystemExit(3)

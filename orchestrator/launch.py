@@ -1,0 +1,233 @@
+"""Executes a Plan on its nodes: stage, start torchrun everywhere at once, watch, stop
+everything on any ending, collect the run folder. Side effects go through the transport layer;
+the store is touched only by the caller (orchestrator.submit)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.progress import ProgressView, parse_event
+from orchestrator.workload_source import workload_files
+
+if TYPE_CHECKING:
+    from orchestrator.plan import NodePlan, Plan
+    from orchestrator.transport import NodeSession, RemoteProcess, Transport
+
+POLL_S = 0.2
+TAIL_LINES = 40
+KILL_GRACE_S = 5.0
+
+
+@dataclass
+class Failure:
+    reason: str
+    node: str | None = None
+    rank: int | None = None
+    exit_code: int | None = None
+    log_tail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Execution:
+    status: str  # succeeded | failed | cancelled
+    started_at: datetime
+    finished_at: datetime
+    failure: Failure | None = None
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
+    """Make the run folders; copy the workload source where the host runtime needs it."""
+    by_node = {np_.node.name: np_ for np_ in plan.nodes}
+    files = workload_files() if plan.runtime == "host" else []
+
+    def one(t: Transport) -> None:
+        np_ = by_node[t.node.name]
+        t.makedirs(np_.output_dir)
+        if np_.workload_dir is None:
+            return
+        marker = f"{np_.workload_dir}/.complete"
+        if t.exists(marker):
+            return  # content-addressed: same hash, same files
+        for rel, local in files:
+            remote = str(PurePosixPath(np_.workload_dir) / rel)
+            t.makedirs(str(PurePosixPath(remote).parent))
+            t.put_file(local, remote)
+        t.write_text(marker, "")
+
+    session.fan_out(one, timeout=timeout, what="staging")
+
+
+_ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
+_TRACEBACK = re.compile(r"traceback\s*:\s*(.+)")
+
+
+def diagnose(node: str, exit_code: int | None, tail: list[str]) -> Failure:
+    """Name the rank and cause from torchrun's failure summary in the node's output."""
+    text = "\n".join(tail)
+    rank = None
+    cause = ""
+    match = _ROOT_CAUSE.search(text)
+    if match:
+        rank = int(match.group(1))
+        code = int(match.group(2))
+        tb = _TRACEBACK.search(text[match.end() :])
+        cause = tb.group(1).strip() if tb else ""
+        if code < 0 and not cause:
+            cause = f"killed by signal {-code}"
+        if cause.startswith("To enable traceback"):
+            cause = ""
+    if not cause:
+        errors = [ln for ln in tail if "Error" in ln or "error" in ln]
+        cause = errors[-1].strip() if errors else ""
+    who = f"rank {rank} on node {node}" if rank is not None else f"node {node}"
+    reason = f"{who} failed (torchrun exit {exit_code})" + (f": {cause}" if cause else "")
+    return Failure(
+        reason=reason[:500], node=node, rank=rank, exit_code=exit_code, log_tail=text[-4000:]
+    )
+
+
+class Watch:
+    """Starts every node's command and follows it to an ending; stops all nodes on any failure."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        session: NodeSession,
+        view: ProgressView,
+        stop: threading.Event,
+        on_stop: Callable[[Transport, NodePlan], None] | None = None,
+    ) -> None:
+        self.plan, self.session, self.view, self.stop = plan, session, view, stop
+        self.on_stop = on_stop  # e.g. remove the run's containers on that node
+        self.procs: dict[str, RemoteProcess] = {}
+        self.tails: dict[str, deque[str]] = {
+            n.node.name: deque(maxlen=TAIL_LINES) for n in plan.nodes
+        }
+        self.by_node = {np_.node.name: np_ for np_ in plan.nodes}
+
+    def start(self, timeout: float) -> None:
+        def one(t: Transport) -> RemoteProcess:
+            np_ = self.by_node[t.node.name]
+            return t.spawn(list(np_.argv), env=np_.env_dict, cwd=np_.run_dir, log_path=np_.log_path)
+
+        results = self.session.fan_out_results(one, timeout=timeout, what="start")
+        self.procs = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
+        failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
+        if failed:
+            self.stop_all()
+            from orchestrator.errors import NodeError
+
+            raise NodeError("could not start the workload", {n: str(e) for n, e in failed.items()})
+
+    def _drain(self, name: str, proc: RemoteProcess, wait: float) -> None:
+        first = self.plan.nodes[0].node.name
+        for line in proc.lines(wait):
+            self.tails[name].append(line)
+            if name == first:
+                event = parse_event(line)
+                if event is not None:
+                    self.view.event(event)
+
+    def follow(self, timeout_s: float | None, no_progress_s: float | None) -> Execution:
+        started = utcnow()
+        t0 = time.monotonic()
+        self.view.last_event_at = t0
+        exits: dict[str, int | None] = {n: None for n in self.procs}
+        order: list[str] = []  # nodes in the order their exit was seen
+        while True:
+            names = list(self.procs)
+            for i, name in enumerate(names):
+                self._drain(name, self.procs[name], POLL_S if i == 0 else 0.0)
+            for name, proc in self.procs.items():
+                if exits[name] is None:
+                    code = proc.poll()
+                    if code is not None:
+                        exits[name] = code
+                        order.append(name)
+                        self._drain(name, proc, 0.0)
+            failed = [n for n in order if exits[n] != 0]
+            now = time.monotonic()
+            failure = None
+            status = "failed"
+            if failed:
+                failure = self._first_failure(failed, exits)
+            elif all(code == 0 for code in exits.values()):
+                return Execution("succeeded", started, utcnow(), None, exits)
+            elif self.stop.is_set():
+                status, failure = "cancelled", Failure("cancelled by the user (SIGINT/SIGTERM)")
+            elif timeout_s is not None and now - t0 > timeout_s:
+                failure = Failure(f"overall timeout of {timeout_s:g}s reached")
+            elif no_progress_s is not None and now - self.view.last_event_at > no_progress_s:
+                failure = Failure(f"no progress from rank 0 for {no_progress_s:g}s")
+            if failure is not None:
+                self.stop_all()
+                for name, proc in self.procs.items():
+                    if exits[name] is None:
+                        exits[name] = proc.poll()
+                return Execution(status, started, utcnow(), failure, exits)
+
+    def _first_failure(self, failed: list[str], exits: dict[str, int | None]) -> Failure:
+        # Peers of a dead rank fail too, moments later: the first exit seen is the cause; among
+        # exits seen in the same poll, a signal (negative exit code in torchrun's summary) wins.
+        diagnosed = [diagnose(n, exits[n], list(self.tails[n])) for n in failed]
+        first = diagnosed[0]
+        for f in diagnosed[1:]:
+            if "signal" in f.reason and "signal" not in first.reason:
+                first = f
+                break
+        return first
+
+    def stop_all(self) -> None:
+        """TERM then KILL every node's process group; then the runtime's own cleanup."""
+
+        def one(t: Transport) -> None:
+            proc = self.procs.get(t.node.name)
+            if proc is not None:
+                proc.kill_tree(grace_s=KILL_GRACE_S)
+            if self.on_stop is not None:
+                self.on_stop(t, self.by_node[t.node.name])
+
+        self.session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
+
+
+def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -> dict[str, str]:
+    """Fetch rank files and logs from every node into the local run folder, then remove the
+    node's run folder. Returns per-node problems (a failed run may lack files)."""
+    by_node = {np_.node.name: np_ for np_ in plan.nodes}
+    (local_dir / "ranks").mkdir(parents=True, exist_ok=True)
+    (local_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    def one(t: Transport) -> None:
+        np_ = by_node[t.node.name]
+        if t.exists(np_.output_dir):
+            t.get_tree(np_.output_dir, local_dir / "ranks")
+        if t.exists(np_.log_path):
+            t.get_file(np_.log_path, local_dir / "logs" / f"{t.node.name}.log")
+        t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
+
+    results = session.fan_out_results(one, timeout=timeout, what="collect")
+    return {n: str(r) for n, r in results.items() if isinstance(r, BaseException)}
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,254 @@
+"""Runs ON a node (sent as `python -c <this file> <json>`): preflight checks and the
+environment of the node, printed as one JSON object. Standard library only, Python 3.8+,
+because the node's interpreter may be a vendor image's. Imports nothing from orchestrator.
+
+Input (argv[1], JSON): nproc, data_dir, weights, workdir, min_free_gb, ib_hcas, smi,
+need_torch, need_docker, docker_host.
+Output: {"checks": [{"name", "ok", "detail"}], "env": {...}}
+"""
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+
+
+def _run(argv, timeout=20, env=None):
+    try:
+        out = subprocess.run(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, env=env
+        )
+        return out.returncode, out.stdout.decode("utf-8", "replace").strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return 127, str(exc)
+
+
+def _os_name():
+    try:
+        with open("/etc/os-release") as fh:
+            for line in fh:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.platform()
+
+
+def _cpu():
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return model, os.cpu_count() or 1
+
+
+def _mem_total():
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _ib_ports():
+    ports = []
+    base = "/sys/class/infiniband"
+    if not os.path.isdir(base):
+        return ports
+    for hca in sorted(os.listdir(base)):
+        pdir = os.path.join(base, hca, "ports")
+        for port in sorted(os.listdir(pdir)) if os.path.isdir(pdir) else []:
+            info = {"hca": hca, "port": port}
+            for key in ("state", "rate", "link_layer"):
+                try:
+                    with open(os.path.join(pdir, port, key)) as fh:
+                        info[key] = fh.read().strip()
+                except OSError:
+                    info[key] = None
+            ports.append(info)
+    return ports
+
+
+def _torch_info():
+    try:
+        import torch  # noqa: F401
+    except Exception as exc:  # any import failure is a finding, not a crash
+        return None, f"cannot import torch with {sys.executable}: {exc}"
+    info = {"torch": torch.__version__}
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except Exception as exc:
+        return None, f"cannot import torchvision: {exc}"
+    try:
+        import pycocotools  # noqa: F401
+
+        info["pycocotools"] = getattr(pycocotools, "__version__", "present")
+    except Exception as exc:
+        return None, f"cannot import pycocotools: {exc}"
+    if torch.cuda.is_available():
+        info["device_type"] = "cuda"
+        info["accelerator_count"] = torch.cuda.device_count()
+        info["accelerator_model"] = torch.cuda.get_device_name(0)
+        props = torch.cuda.get_device_properties(0)
+        info["accelerator_mem_bytes"] = int(props.total_memory)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device_type"] = "cpu"
+    return info, None
+
+
+def _smi(tool):
+    if not tool or shutil.which(tool) is None:
+        return {"tool": tool, "present": False}
+    if os.path.basename(tool) == "nvidia-smi":
+        code, out = _run(
+            [tool, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        )
+        rows = [r.split(", ") for r in out.splitlines() if r.strip()] if code == 0 else []
+        if rows:
+            return {
+                "tool": tool,
+                "present": True,
+                "accelerator_model": rows[0][0],
+                "driver": rows[0][1] if len(rows[0]) > 1 else None,
+                "accelerator_count": len(rows),
+            }
+    code, out = _run([tool])
+    return {"tool": tool, "present": True, "summary": "\n".join(out.splitlines()[:12])}
+
+
+def main():
+    args = json.loads(sys.argv[1])
+    checks = []
+
+    def check(name, ok, detail):
+        checks.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    model, ncpu = _cpu()
+    env = {
+        "hostname": socket.gethostname(),
+        "os": _os_name(),
+        "kernel": platform.release(),
+        "cpu": model,
+        "cpu_count": ncpu,
+        "mem_total_bytes": _mem_total(),
+        "python": platform.python_version(),
+        "python_path": sys.executable,
+        "ib": _ib_ports(),
+    }
+    docker_env = dict(os.environ)
+    if args.get("docker_host"):
+        docker_env["DOCKER_HOST"] = args["docker_host"]
+    if shutil.which("docker"):
+        code, out = _run(["docker", "version", "--format", "{{.Server.Version}}"], env=docker_env)
+        env["docker"] = out if code == 0 else None
+        if args.get("need_docker"):
+            check("docker", code == 0, out if code == 0 else "daemon not reachable: " + out[-200:])
+    else:
+        env["docker"] = None
+        if args.get("need_docker"):
+            check("docker", False, "the docker command is not installed")
+
+    smi = _smi(args.get("smi"))
+    env["smi"] = smi
+    env["driver"] = smi.get("driver")
+    env["accelerator_model"] = smi.get("accelerator_model")
+    env["accelerator_count"] = smi.get("accelerator_count")
+
+    nproc = int(args.get("nproc", 1))
+    if args.get("need_torch"):
+        info, problem = _torch_info()
+        check(
+            "torch",
+            info is not None,
+            problem or "torch {} torchvision {}".format(info["torch"], info["torchvision"]),
+        )
+        if info:
+            env.update({k: info.get(k) for k in ("torch", "torchvision", "pycocotools", "cuda")})
+            if info.get("device_type") == "cuda":
+                env["accelerator_model"] = env["accelerator_model"] or info["accelerator_model"]
+                env["accelerator_count"] = info["accelerator_count"]
+                env["accelerator_mem_bytes"] = info["accelerator_mem_bytes"]
+                have = info["accelerator_count"]
+                check("accelerators", have >= nproc, f"{have} visible, {nproc} needed")
+            else:
+                env["accelerator_model"] = env["accelerator_model"] or "CPU: " + model
+                env["accelerator_count"] = env["accelerator_count"] or ncpu
+                check(
+                    "accelerators",
+                    ncpu >= nproc,
+                    f"no accelerator; {ncpu} CPU cores for {nproc} processes",
+                )
+
+    data_dir = args.get("data_dir")
+    if data_dir:
+        missing = [
+            p
+            for p in (
+                "train2017",
+                "val2017",
+                "annotations/instances_train2017.json",
+                "annotations/instances_val2017.json",
+            )
+            if not os.path.exists(os.path.join(data_dir, p))
+        ]
+        check(
+            "dataset",
+            not missing,
+            "{} ({})".format(
+                data_dir, "missing " + ", ".join(missing) if missing else "COCO 2017 layout"
+            ),
+        )
+    weights = args.get("weights")
+    if weights and weights != "none":
+        check(
+            "weights",
+            os.path.isfile(weights),
+            weights + ("" if os.path.isfile(weights) else " does not exist"),
+        )
+
+    workdir = args.get("workdir") or "/tmp"
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        free = shutil.disk_usage(workdir).free
+        need = float(args.get("min_free_gb", 1.0)) * 2**30
+        check(
+            "disk",
+            free >= need,
+            f"{free / 2**30:.1f} GiB free in {workdir}, {need / 2**30:.1f} needed",
+        )
+    except OSError as exc:
+        check("disk", False, f"cannot use workdir {workdir}: {exc}")
+
+    hcas = args.get("ib_hcas") or []
+    for hca in hcas:
+        ports = [p for p in env["ib"] if p["hca"] == hca]
+        active = [p for p in ports if (p.get("state") or "").endswith("ACTIVE")]
+        check(
+            "ib " + hca,
+            bool(active),
+            "{} port(s), {} active{}".format(
+                len(ports),
+                len(active),
+                ", rate " + active[0]["rate"] if active and active[0].get("rate") else "",
+            ),
+        )
+
+    print(json.dumps({"checks": checks, "env": env}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

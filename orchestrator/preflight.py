@@ -1,0 +1,121 @@
+"""Preflight and environment capture: one probe per node, all nodes in parallel.
+
+The probe (orchestrator/node_probe.py, standard library only) runs with the node's own Python
+and answers in one round trip: pass/fail checks plus the node's environment (OS, kernel, CPU,
+memory, accelerators, driver, Docker, torch, InfiniBand), which becomes the run's environment
+block. Nothing starts unless every node passes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import PreflightError
+
+if TYPE_CHECKING:
+    from orchestrator.specs import JobSpec, NodeSpec
+    from orchestrator.transport import NodeSession, Transport
+
+PROBE_SOURCE = (Path(__file__).parent / "node_probe.py").read_text(encoding="utf-8")
+
+
+@dataclass
+class NodeReport:
+    node: str
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c["ok"] for c in self.checks)
+
+    def failures(self) -> list[str]:
+        return [f"{c['name']}: {c['detail']}" for c in self.checks if not c["ok"]]
+
+
+def probe_args(job: JobSpec, node: NodeSpec, *, smi: str | None, docker: bool) -> dict[str, Any]:
+    return {
+        "nproc": job.topology.nproc_per_node,
+        "data_dir": job.cluster.case.data_dir,
+        "weights": job.cluster.case.backbone_weights,
+        "workdir": node.workdir,
+        "min_free_gb": 1.0,
+        "ib_hcas": list(node.ib_hcas),
+        "smi": smi,
+        "need_torch": not docker,
+        "need_docker": docker,
+        "docker_host": node.docker_host,
+    }
+
+
+def probe_node(
+    transport: Transport, python: str, args: dict[str, Any], timeout: float
+) -> NodeReport:
+    result = transport.run(
+        [python, "-c", PROBE_SOURCE, json.dumps(args)], timeout=timeout, check=False
+    )
+    name = transport.node.name
+    if result.exit_code != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        reason = (
+            f"{python} not found"
+            if result.exit_code == 127
+            else f"probe exited {result.exit_code}: {tail[0]}"
+        )
+        return NodeReport(name, [{"name": "python", "ok": False, "detail": reason}])
+    try:
+        data = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return NodeReport(name, [{"name": "probe", "ok": False, "detail": "unreadable output"}])
+    checks = [{"name": "connect", "ok": True, "detail": "reachable"}, *data["checks"]]
+    return NodeReport(name, checks, data["env"])
+
+
+def probe_all(
+    session: NodeSession,
+    job: JobSpec,
+    *,
+    smi: str | None = None,
+    docker: bool = False,
+    timeout: float = 120.0,
+) -> dict[str, NodeReport]:
+    """Probe every connected node in parallel; a node whose probe breaks gets a failed check."""
+    nodes = {n.name: n for n in job.nodes}
+
+    def one(t: Transport) -> NodeReport:
+        node = nodes[t.node.name]
+        python = "python3" if docker else node.python
+        return probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
+
+    outcomes = session.fan_out_results(one, timeout=timeout + 5, what="preflight")
+    reports: dict[str, NodeReport] = {}
+    for name, value in outcomes.items():
+        if isinstance(value, BaseException):
+            detail = getattr(value, "failures", {}).get(name) or str(value)
+            reports[name] = NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
+        else:
+            reports[name] = value
+    return reports
+
+
+def run_preflight(
+    session: NodeSession,
+    job: JobSpec,
+    *,
+    smi: str | None = None,
+    docker: bool = False,
+    timeout: float = 120.0,
+) -> dict[str, NodeReport]:
+    """Probe every node; raise PreflightError naming each failing node and check."""
+    reports = probe_all(session, job, smi=smi, docker=docker, timeout=timeout)
+    bad = {name: "; ".join(r.failures()) for name, r in reports.items() if not r.ok}
+    if bad:
+        raise PreflightError(
+            f"preflight failed on {len(bad)} of {len(reports)} node(s), nothing was started",
+            bad,
+            remedy="fix the nodes named, then run `orchestrator doctor` to check again",
+        )
+    return reports

@@ -1,0 +1,236 @@
+"""One submission end to end: plan -> run row -> connect -> preflight + environment -> stage ->
+start on all nodes -> watch -> stop everything -> collect -> publish. Every ending, including
+Ctrl-C, leaves the run row final, the run folder written, and nothing running on any node."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import __version__
+from orchestrator.errors import NodeError, OrchestratorError, RunCancelled, RunFailed
+from orchestrator.launch import Execution, Failure, Watch, collect, stage, utcnow, write_json
+from orchestrator.plan import Plan, build_plan, make_job, new_run_id
+from orchestrator.preflight import run_preflight
+from orchestrator.progress import ProgressView
+from orchestrator.runfolder import ImageRef, NodeRef, RunManifest, write_manifest
+from orchestrator.specs import ClusterSpec, Topology, pick_nodes
+from orchestrator.workload_source import workload_hash
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.store import Store
+    from orchestrator.store.ingest import RunSummary
+
+STAGE_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 60.0
+COLLECT_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    topology: Topology
+    node_names: tuple[str, ...] | None = None
+    precision: str = "fp32"
+    sets: tuple[tuple[str, str], ...] = ()
+    timeout_s: float | None = None
+    no_progress_timeout_s: float | None = None
+    command: str = ""
+    campaign_id: str | None = None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    run_dir: Path
+    failure: Failure | None
+    summary: RunSummary | None
+
+
+def submitter() -> str:
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def make_plan(cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = None) -> Plan:
+    """Pure: the plan a submission would execute (what --dry-run prints)."""
+    from orchestrator.images.profiles import load_profile
+
+    nodes = pick_nodes(cluster, req.topology, list(req.node_names) if req.node_names else None)
+    run_id = run_id or new_run_id(salt=req.command)
+    job = make_job(
+        cluster,
+        req.topology,
+        nodes,
+        run_id=run_id,
+        precision=req.precision,
+        sets=dict(req.sets),
+        timeout_s=req.timeout_s,
+        no_progress_timeout_s=req.no_progress_timeout_s,
+        submitted_by=submitter(),
+    )
+    runtime = load_profile(cluster.vendor).runtime
+    return build_plan(
+        job,
+        workload_hash=workload_hash(),
+        vendor_env=runtime.env,
+        visible_devices_var=runtime.visible_devices_env or None,
+    )
+
+
+def manifest_for(plan: Plan, req: SubmitRequest, status: str, **extra: Any) -> RunManifest:
+    from orchestrator.images.profiles import load_profile
+
+    job = plan.job
+    return RunManifest(
+        run_id=job.run_id,
+        case=job.case,
+        vendor=job.cluster.vendor,
+        hardware_label=getattr(load_profile(job.cluster.vendor), "label", None),
+        cluster=job.cluster.name,
+        backend="ssh",
+        runtime=plan.runtime,
+        topology=str(job.topology),
+        nnodes=job.topology.nnodes,
+        nproc_per_node=job.topology.nproc_per_node,
+        precision=job.precision,
+        hparams=dict(job.hparams),
+        config_name=job.cluster.case.config_name,
+        submitted_by=job.submitted_by,
+        submitted_at=extra.pop("submitted_at"),
+        status=status,
+        nodes=tuple(NodeRef(n.node.name, n.node.address, n.node_rank) for n in plan.nodes),
+        image=ImageRef(plan.image) if plan.image else None,
+        campaign_id=req.campaign_id,
+        command=req.command,
+        orchestrator_version=__version__,
+        **extra,
+    )
+
+
+def execute(
+    plan: Plan,
+    req: SubmitRequest,
+    store: Store,
+    runs_dir: Path,
+    stop: threading.Event,
+    console: Console,
+) -> Outcome:
+    """Run the plan; the run row and folder are final whatever happens. Raises nothing for a
+    run that fails on the nodes: the Outcome says how it ended."""
+    from orchestrator.transport import NodeSession
+
+    job = plan.job
+    run_dir = runs_dir / job.run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    submitted_at = utcnow()
+    store.create_run(
+        manifest_for(plan, req, "running", submitted_at=submitted_at), status="running"
+    )
+    started_at = None
+    execution: Execution | None = None
+    failure: Failure | None = None
+    status = "failed"
+    ssh = job.cluster.ssh
+    try:
+        with NodeSession([n.node for n in plan.nodes], ssh) as session:
+            _check_stop(stop)
+            console.print(f"[dim]preflight on {len(plan.nodes)} node(s)…[/]")
+            reports = run_preflight(
+                session, job, smi=_smi(job.cluster.vendor), docker=plan.runtime == "docker"
+            )
+            for np_ in plan.nodes:
+                env = reports[np_.node.name].env
+                env["preflight"] = reports[np_.node.name].checks
+                store.record_environment(job.run_id, np_.node.name, np_.node_rank, env)
+                write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
+            _check_stop(stop)
+            stage(session, plan, STAGE_TIMEOUT_S)
+            _check_stop(stop)
+            with ProgressView(job.run_id, console) as view:
+                watch = Watch(plan, session, view, stop)
+                started_at = utcnow()
+                watch.start(START_TIMEOUT_S)
+                try:
+                    execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
+                except BaseException:
+                    watch.stop_all()
+                    raise
+            status, failure = execution.status, execution.failure
+            problems = collect(session, plan, run_dir, COLLECT_TIMEOUT_S)
+            if problems and status == "succeeded":
+                status = "failed"
+                failure = Failure(
+                    "collection failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items())
+                )
+    except _Cancelled:
+        status, failure = "cancelled", Failure("cancelled by the user before the workload started")
+    except OrchestratorError as exc:
+        node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
+        failure = Failure(exc.one_line(), node=node)
+    finished_at = utcnow()
+    manifest = manifest_for(
+        plan,
+        req,
+        status,
+        submitted_at=submitted_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        failure=failure.as_dict() if failure else None,
+    )
+    write_manifest(run_dir / "manifest.json", manifest)
+    summary = None
+    try:
+        summary = store.publish(run_dir)
+    except OrchestratorError as exc:
+        # The workload's files disagree with the format: keep the folder, record why.
+        if status == "succeeded":
+            status, failure = "failed", Failure(f"results rejected: {exc.one_line()}")
+        reason = failure.reason if failure else exc.one_line()
+        store.set_status(
+            job.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
+        )
+        write_manifest(
+            run_dir / "manifest.json",
+            replace(manifest, status=status, failure=failure.as_dict() if failure else None),
+        )
+    return Outcome(job.run_id, status, run_dir, failure, summary)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _check_stop(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise _Cancelled()
+
+
+def _smi(vendor: str) -> str | None:
+    from orchestrator.images.profiles import load_profile
+
+    monitor = load_profile(vendor).runtime.monitor
+    return monitor[0] if monitor else None
+
+
+def raise_for(outcome: Outcome) -> None:
+    """Exit status of a submission: 0 only for a succeeded run."""
+    if outcome.status == "succeeded":
+        return
+    reason = outcome.failure.reason if outcome.failure else "unknown reason"
+    if outcome.status == "cancelled":
+        raise RunCancelled(
+            f"run {outcome.run_id} cancelled: {reason}", f"run folder {outcome.run_dir}"
+        )
+    raise RunFailed(
+        f"run {outcome.run_id} {outcome.status}: {reason}",
+        f"logs in {outcome.run_dir / 'logs'}; `orchestrator runs show {outcome.run_id}`",
+    )

@@ -12,6 +12,7 @@ _MODULES = [
     "orchestrator.cli.db_cmd",
     "orchestrator.cli.runs_cmd",
     "orchestrator.cli.submit_cmd",
+    "orchestrator.cli.image_cmd",
 ]
 
 

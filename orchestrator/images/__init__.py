@@ -20,7 +20,12 @@ from orchestrator.images.containers import (
     find_containers,
     remove_run_containers,
 )
-from orchestrator.images.profiles import RuntimeOptions, VendorProfile, available_profiles, load_profile
+from orchestrator.images.profiles import (
+    RuntimeOptions,
+    VendorProfile,
+    available_profiles,
+    load_profile,
+)
 from orchestrator.images.spec import ImageSpec, make_image_spec, render_dockerfile
 
 __all__ = [

@@ -48,6 +48,7 @@ class BuiltImage:
     build_seconds: float  # 0.0 when the image was already there
     log_path: str | None
     reused: bool  # the tag was already on the build host: nothing was built
+    created: str | None = None  # the daemon's creation time of the image (RFC 3339)
 
 
 @dataclass
@@ -100,11 +101,15 @@ def require_base(api: docker.APIClient, spec_base: str, profile_name: str) -> st
             if profile_name == "cpu"
             else "load the vendor's base image there first: docker load -i <base image>.tar"
         )
-        raise ImageError(f"base image {spec_base} is not on the build host (there is no registry)", hint)
+        raise ImageError(
+            f"base image {spec_base} is not on the build host (there is no registry)", hint
+        )
     return base_id
 
 
-def context_chunks(spec: ImageSpec, on_upload: Callable[[int, int], None] | None = None) -> Iterator[bytes]:
+def context_chunks(
+    spec: ImageSpec, on_upload: Callable[[int, int], None] | None = None
+) -> Iterator[bytes]:
     """The build context as a tar stream: Dockerfile, wheels/<name>, workload files."""
     total = spec.context_bytes
     chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=16)
@@ -156,7 +161,9 @@ def context_chunks(spec: ImageSpec, on_upload: Callable[[int, int], None] | None
                 break
             if isinstance(item, BaseException):
                 if isinstance(item, OSError):
-                    raise ImageError(f"cannot read a build context file: {item}", "check the wheels") from item
+                    raise ImageError(
+                        f"cannot read a build context file: {item}", "check the wheels"
+                    ) from item
                 raise item
             sent += len(item)
             if on_upload:
@@ -172,7 +179,9 @@ def context_chunks(spec: ImageSpec, on_upload: Callable[[int, int], None] | None
 
 
 def default_log_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(base) / "orchestrator" / "image-builds"
 
 
@@ -196,7 +205,9 @@ def build_image(
             "run the command again",
         )
     if spec.base_id is None:
-        raise ImageError("image spec has no base image id", "resolve the base on the build host first")
+        raise ImageError(
+            "image spec has no base image id", "resolve the base on the build host first"
+        )
     existing = image_id(api, spec.tag)
     if existing is not None and not rebuild:
         return _built(api, spec, existing, 0.0, None, reused=True)
@@ -226,7 +237,9 @@ def build_image(
             )
             for event in stream:
                 if "error" in event:
-                    detail = str(event.get("errorDetail", {}).get("message") or event["error"]).strip()
+                    detail = str(
+                        event.get("errorDetail", {}).get("message") or event["error"]
+                    ).strip()
                     log.write(f"ERROR: {detail}\n")
                     tail = [*step_lines, detail]
                     raise ImageBuildError(
@@ -286,7 +299,9 @@ def _notify_step(observer: BuildObserver, header: str) -> None:
         pass
 
 
-def _built(api: Any, spec: ImageSpec, iid: str, seconds: float, log_path: str | None, reused: bool) -> BuiltImage:
+def _built(
+    api: Any, spec: ImageSpec, iid: str, seconds: float, log_path: str | None, reused: bool
+) -> BuiltImage:
     info = api.inspect_image(iid)
     return BuiltImage(
         tag=spec.tag,
@@ -295,6 +310,7 @@ def _built(api: Any, spec: ImageSpec, iid: str, seconds: float, log_path: str | 
         build_seconds=round(seconds, 3),
         log_path=log_path,
         reused=reused,
+        created=info.get("Created"),
     )
 
 

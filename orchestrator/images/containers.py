@@ -23,7 +23,9 @@ LABEL_RUN_ID = "orchestrator.run_id"
 LABEL_NODE_RANK = "orchestrator.node_rank"
 LABEL_MANAGED = "orchestrator.managed"
 CONTAINER_PYTHON = "/opt/venv/bin/python"  # the image's interpreter (with torch)
-CONTAINER_WORKLOAD_ROOT = "/opt/orchestrator"  # PYTHONPATH root: `python -m workload.faster_rcnn...`
+CONTAINER_WORKLOAD_ROOT = (
+    "/opt/orchestrator"  # PYTHONPATH root: `python -m workload.faster_rcnn...`
+)
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -78,7 +80,9 @@ def container_argv(
     merged = {**runtime.env, **(env or {})}
     for key in merged:
         if not _ENV_NAME.match(key):
-            raise ImageError(f"environment variable name {key!r} is invalid", "use letters, digits and _")
+            raise ImageError(
+                f"environment variable name {key!r} is invalid", "use letters, digits and _"
+            )
     argv = docker_argv(docker_host) + [
         "run",
         "--rm",
@@ -121,11 +125,21 @@ def container_argv(
 def list_containers_argv(run_id: str | None = None, docker_host: str | None = None) -> list[str]:
     """IDs, run ids, names and states of our containers (of one run, or of every run)."""
     label = f"{LABEL_RUN_ID}={run_id}" if run_id is not None else LABEL_RUN_ID
-    fmt = "{{.ID}}\t{{.Label \"" + LABEL_RUN_ID + "\"}}\t{{.Names}}\t{{.State}}"
-    return docker_argv(docker_host) + ["ps", "-a", "--no-trunc", "--filter", f"label={label}", "--format", fmt]
+    fmt = '{{.ID}}\t{{.Label "' + LABEL_RUN_ID + '"}}\t{{.Names}}\t{{.State}}'
+    return docker_argv(docker_host) + [
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--filter",
+        f"label={label}",
+        "--format",
+        fmt,
+    ]
 
 
-def remove_containers_argv(container_ids: Sequence[str], docker_host: str | None = None) -> list[str]:
+def remove_containers_argv(
+    container_ids: Sequence[str], docker_host: str | None = None
+) -> list[str]:
     return docker_argv(docker_host) + ["rm", "-f", "-v", *container_ids]
 
 
@@ -149,7 +163,9 @@ def parse_container_list(stdout: str) -> list[ContainerInfo]:
 def _check(result: Any, what: str) -> str:
     if getattr(result, "exit_code", 0) != 0:
         stderr = str(getattr(result, "stderr", "")).strip().splitlines()
-        raise ImageError(f"{what} failed: {stderr[-1] if stderr else 'exit ' + str(result.exit_code)}")
+        raise ImageError(
+            f"{what} failed: {stderr[-1] if stderr else 'exit ' + str(result.exit_code)}"
+        )
     return str(getattr(result, "stdout", ""))
 
 
@@ -170,7 +186,9 @@ def remove_run_containers(
         argv = remove_containers_argv([c.container_id for c in found], docker_host)
         result = runner.run(argv, timeout=timeout, check=False)
         # A container that ended (--rm) between listing and removal is already gone: fine.
-        if getattr(result, "exit_code", 0) != 0 and "No such container" not in str(getattr(result, "stderr", "")):
+        if getattr(result, "exit_code", 0) != 0 and "No such container" not in str(
+            getattr(result, "stderr", "")
+        ):
             _check(result, "docker rm")
     return found
 

@@ -91,7 +91,9 @@ def node_image_id(target: NodeTarget, tag: str, timeout: float = 30.0) -> str | 
     raise ImageError(f"cannot ask the Docker daemon: {last}")
 
 
-def fan_out(targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any], what: str) -> dict[str, Any]:
+def fan_out(
+    targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any], what: str
+) -> dict[str, Any]:
     """Run `fn` on every node at once; one NodeError naming every node that failed."""
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
@@ -109,7 +111,9 @@ def fan_out(targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any], what
     return results
 
 
-def check_presence(targets: Sequence[NodeTarget], tag: str, timeout: float = 30.0) -> dict[str, Presence]:
+def check_presence(
+    targets: Sequence[NodeTarget], tag: str, timeout: float = 30.0
+) -> dict[str, Presence]:
     def one(target: NodeTarget) -> Presence:
         started = time.monotonic()
         found = node_image_id(target, tag, timeout)
@@ -132,7 +136,9 @@ def distribute(
 
     expected = image_id(api, tag)
     if expected is None:
-        raise ImageError(f"image {tag} is not on the build host", "build it first: orchestrator image build")
+        raise ImageError(
+            f"image {tag} is not on the build host", "build it first: orchestrator image build"
+        )
     presence = check_presence(targets, tag)
     missing = [t for t in targets if not presence[t.name].has(expected)]
     if not missing:
@@ -142,12 +148,22 @@ def distribute(
         method = "registry"
     else:
         total = int(api.inspect_image(tag).get("Size") or 0)
-        transfers = stream_to_nodes(lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s)
+        transfers = stream_to_nodes(
+            lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s
+        )
         method = "stream"
     after = check_presence(missing, tag)
-    wrong = {n: f"has {p.image_id or 'nothing'} instead of {expected}" for n, p in after.items() if not p.has(expected)}
+    wrong = {
+        n: f"has {p.image_id or 'nothing'} instead of {expected}"
+        for n, p in after.items()
+        if not p.has(expected)
+    }
     if wrong:
-        raise NodeError(f"image {tag} did not arrive intact", wrong, "run orchestrator image push-to-nodes again")
+        raise NodeError(
+            f"image {tag} did not arrive intact",
+            wrong,
+            "run orchestrator image push-to-nodes again",
+        )
     return DistributionReport(tag, expected, {**presence, **after}, transfers, method)
 
 
@@ -212,7 +228,10 @@ def stream_to_nodes(
         started = time.monotonic()
         try:
             result = target.runner.run(
-                load_argv(target.docker_host), stdin=chunks_for(target.name), timeout=timeout_s, check=False
+                load_argv(target.docker_host),
+                stdin=chunks_for(target.name),
+                timeout=timeout_s,
+                check=False,
             )
         finally:
             done[target.name].set()
@@ -220,7 +239,9 @@ def stream_to_nodes(
             raise ImageError(f"docker save on the build host failed: {source_error[0]}")
         if result.exit_code != 0:
             lines = str(result.stderr).strip().splitlines()
-            raise ImageError(f"docker load failed: {lines[-1] if lines else 'exit ' + str(result.exit_code)}")
+            raise ImageError(
+                f"docker load failed: {lines[-1] if lines else 'exit ' + str(result.exit_code)}"
+            )
         return Transfer(target.name, sent[target.name], time.monotonic() - started)
 
     feeder = threading.Thread(target=feed, name="docker-save", daemon=True)
@@ -243,7 +264,10 @@ def _via_registry(
     api.tag(tag, remote_repo, version)
     for event in api.push(remote_repo, tag=version, stream=True, decode=True):
         if "error" in event:
-            raise ImageError(f"push of {remote} failed: {event['error']}", "check the registry in the cluster file")
+            raise ImageError(
+                f"push of {remote} failed: {event['error']}",
+                "check the registry in the cluster file",
+            )
 
     def pull(target: NodeTarget) -> Transfer:
         started = time.monotonic()

@@ -144,7 +144,9 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
         )
     requirements = _strings(source, "image.requirements", image.get("requirements"))
     if not requirements:
-        raise ImageError(f"{source}: image.requirements is empty", 'e.g. requirements = ["torch", "torchvision"]')
+        raise ImageError(
+            f"{source}: image.requirements is empty", 'e.g. requirements = ["torch", "torchvision"]'
+        )
     return VendorProfile(
         name=name,
         description=str(data.get("description", "")),
@@ -179,16 +181,22 @@ def _check_keys(source: str, where: str, table: Mapping[str, Any], allowed: set[
     unknown = sorted(set(table) - allowed)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ImageError(f"{source}: {key} is not a known key", f"known keys: {', '.join(sorted(allowed))}")
+        raise ImageError(
+            f"{source}: {key} is not a known key", f"known keys: {', '.join(sorted(allowed))}"
+        )
 
 
 def _string(source: str, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ImageError(f"{source}: {key} must be a non-empty string, got {value!r}", f'write {key} = "..."')
+        raise ImageError(
+            f"{source}: {key} must be a non-empty string, got {value!r}", f'write {key} = "..."'
+        )
     return value.strip()
 
 
 def _strings(source: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ImageError(f"{source}: {key} must be a list of strings, got {value!r}", f'e.g. {key} = ["a"]')
+        raise ImageError(
+            f"{source}: {key} must be a list of strings, got {value!r}", f'e.g. {key} = ["a"]'
+        )
     return tuple(value)

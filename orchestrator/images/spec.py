@@ -57,7 +57,9 @@ class ImageSpec:
 
     @property
     def digest(self) -> str:
-        return content_digest(self.dockerfile, self.wheels, self.workload, self.base_image, self.base_id)
+        return content_digest(
+            self.dockerfile, self.wheels, self.workload, self.base_image, self.base_id
+        )
 
     @property
     def tag(self) -> str:
@@ -69,12 +71,18 @@ class ImageSpec:
 
     @property
     def context_bytes(self) -> int:
-        return sum(f.size for f in self.wheels) + sum(f.size for f in self.workload) + len(self.dockerfile)
+        return (
+            sum(f.size for f in self.wheels)
+            + sum(f.size for f in self.workload)
+            + len(self.dockerfile)
+        )
 
     def vendor_wheel_files(self) -> tuple[HashedFile, ...]:
         """The wheels named by the profile (torch, torchvision), for the run's environment block."""
         return tuple(
-            w for w in self.wheels if any(fnmatch.fnmatch(w.name, p) for p in self.profile.vendor_wheels)
+            w
+            for w in self.wheels
+            if any(fnmatch.fnmatch(w.name, p) for p in self.profile.vendor_wheels)
         )
 
 
@@ -83,7 +91,9 @@ def render_dockerfile(profile: VendorProfile, base_image: str | None = None) -> 
     try:
         template = profile.template_path.read_text()
     except OSError as exc:
-        raise ImageError(f"cannot read template {profile.template_path}: {exc}", "check images/") from exc
+        raise ImageError(
+            f"cannot read template {profile.template_path}: {exc}", "check images/"
+        ) from exc
     values = {
         "profile": profile.name,
         "base_image": base_image or profile.base_image,
@@ -128,8 +138,15 @@ def find_wheels(sources: Iterable[str | os.PathLike[str]], profile: VendorProfil
             candidates = sorted(path.glob("*.whl"))
         elif path.is_file() and path.suffix == ".whl":
             candidates = [path]
+        elif not path.exists():
+            raise ImageError(
+                f"wheel source {path} does not exist",
+                f"put the {profile.name} wheels there, or pass --wheels FILE_OR_DIR",
+            )
         else:
-            raise ImageError(f"wheel source {str(path)!r} is neither a .whl file nor a directory", "check --wheels")
+            raise ImageError(
+                f"wheel source {path} is neither a .whl file nor a directory", "check --wheels"
+            )
         for wheel in candidates:
             if wheel.name in found and found[wheel.name].resolve() != wheel.resolve():
                 raise ImageError(
@@ -191,11 +208,19 @@ class Sha256Cache:
         key = str(path.resolve())
         with self._lock:
             entry = self._entries.get(key)
-        if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+        if (
+            entry
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+        ):
             return HashedFile(name, str(path), stat.st_size, str(entry["sha256"]))
         digest = file_sha256(path)
         with self._lock:
-            self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+            self._entries[key] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": digest,
+            }
             self._dirty = True
         return HashedFile(name, str(path), stat.st_size, digest)
 

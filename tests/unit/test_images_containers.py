@@ -23,7 +23,15 @@ from orchestrator.images.profiles import load_profile
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "images"
 RUN_ID = "20261128-120000-abcdef"
-TORCHRUN = [CONTAINER_PYTHON, "-m", "torch.distributed.run", "--nnodes=2", "--node-rank=1", "-m", "workload.faster_rcnn"]
+TORCHRUN = [
+    CONTAINER_PYTHON,
+    "-m",
+    "torch.distributed.run",
+    "--nnodes=2",
+    "--node-rank=1",
+    "-m",
+    "workload.faster_rcnn",
+]
 
 
 def assert_golden(text: str, name: str) -> None:
@@ -43,14 +51,19 @@ def _argv(vendor, **kw):
         1,
         TORCHRUN,
         {"MASTER_ADDR": "10.0.0.1", "NCCL_IB_HCA": "mlx5_0,mlx5_1", "NOTE": "two words; $HOME"},
-        [Mount("/raid/dataset/coco2017", read_only=True), Mount("/var/tmp/orchestrator/runs/" + RUN_ID)],
+        [
+            Mount("/raid/dataset/coco2017", read_only=True),
+            Mount("/var/tmp/orchestrator/runs/" + RUN_ID),
+        ],
         **kw,
     )
 
 
 @pytest.mark.parametrize("vendor", ["metax-c500", "nvidia", "cpu"])
 def test_container_command_matches_golden(vendor):
-    argv = _argv(vendor, docker_host="unix:///run/orch-test/docker1.sock" if vendor == "cpu" else None)
+    argv = _argv(
+        vendor, docker_host="unix:///run/orch-test/docker1.sock" if vendor == "cpu" else None
+    )
     # One argv item per line, then the shell line exactly as a node receives it.
     assert_golden("\n".join(argv) + "\n\n" + shlex.join(argv) + "\n", f"container-{vendor}.txt")
 
@@ -81,7 +94,9 @@ def test_metax_container_has_devices_group_env_and_ulimits():
 
 
 def test_plan_env_overrides_the_vendor_env():
-    argv = container_argv(load_profile("metax-c500"), "img", "r1", 0, ["true"], {"METAX_USE_TF32": "0"})
+    argv = container_argv(
+        load_profile("metax-c500"), "img", "r1", 0, ["true"], {"METAX_USE_TF32": "0"}
+    )
     assert "METAX_USE_TF32=0" in argv and "METAX_USE_TF32=1" not in argv
 
 
@@ -117,7 +132,9 @@ class _FakeNode:
         return _Result(0, self.listing) if "ps" in argv else self.rm_result
 
 
-LISTING = f"abc123\t{RUN_ID}\torch-{RUN_ID}-n0\trunning\ndef456\t{RUN_ID}\torch-{RUN_ID}-n1\texited\n"
+LISTING = (
+    f"abc123\t{RUN_ID}\torch-{RUN_ID}-n0\trunning\ndef456\t{RUN_ID}\torch-{RUN_ID}-n1\texited\n"
+)
 
 
 def test_cleanup_lists_by_label_and_removes_what_it_found():
@@ -167,7 +184,13 @@ def test_node_wrapper_mounts_paths_at_the_same_place_and_uses_the_image_python()
         data_dir="./data/coco-synth",
         backbone_weights="/w/resnet50.pth",
     )
-    np_ = _NodePlan(_Node("unix:///n1.sock"), 1, f"/tmp/o/runs/{RUN_ID}", (("A", "1"),), ("/usr/bin/python3", "-m", "x"))
+    np_ = _NodePlan(
+        _Node("unix:///n1.sock"),
+        1,
+        f"/tmp/o/runs/{RUN_ID}",
+        (("A", "1"),),
+        ("/usr/bin/python3", "-m", "x"),
+    )
     argv = list(wrap(np_))
     assert argv[:3] == ["docker", "-H", "unix:///n1.sock"]
     assert f"/tmp/o/runs/{RUN_ID}/data/coco-synth:/tmp/o/runs/{RUN_ID}/data/coco-synth:ro" in argv

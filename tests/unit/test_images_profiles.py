@@ -79,7 +79,9 @@ monitor = ["xpu-smi"]
 
 
 def test_a_new_vendor_is_a_folder_of_data(tmp_path):
-    (tmp_path / "Dockerfile.template").write_text((REPO / "images" / "Dockerfile.template").read_text())
+    (tmp_path / "Dockerfile.template").write_text(
+        (REPO / "images" / "Dockerfile.template").read_text()
+    )
     _write(tmp_path, "kunlunxin-r300", NEW_VENDOR)
     p = load_profile("kunlunxin-r300", tmp_path)
     assert p.runtime.devices == ("/dev/xpu0", "/dev/xpuctrl")
@@ -91,7 +93,10 @@ def test_a_vendor_template_of_its_own_wins(tmp_path):
     (tmp_path / "Dockerfile.template").write_text("FROM {{base_image}}\n")
     _write(tmp_path, "kunlunxin-r300", NEW_VENDOR)
     (tmp_path / "kunlunxin-r300" / "Dockerfile.template").write_text("FROM {{base_image}} AS own\n")
-    assert render_dockerfile(load_profile("kunlunxin-r300", tmp_path)) == "FROM vendor/xpu-base:1.0 AS own\n"
+    assert (
+        render_dockerfile(load_profile("kunlunxin-r300", tmp_path))
+        == "FROM vendor/xpu-base:1.0 AS own\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,7 +112,11 @@ def test_a_vendor_template_of_its_own_wins(tmp_path):
 )
 def test_profile_mistakes_name_the_file_and_key(tmp_path, change, words):
     (tmp_path / "Dockerfile.template").write_text("FROM {{base_image}}\n")
-    text = NEW_VENDOR.replace("[runtime]", "[runtime]\nshm_size = \"1g\"") if change[0] == "shm_size" else NEW_VENDOR
+    text = (
+        NEW_VENDOR.replace("[runtime]", '[runtime]\nshm_size = "1g"')
+        if change[0] == "shm_size"
+        else NEW_VENDOR
+    )
     _write(tmp_path, "kunlunxin-r300", text.replace(*change))
     with pytest.raises(ImageError) as err:
         load_profile("kunlunxin-r300", tmp_path)

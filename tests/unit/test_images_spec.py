@@ -86,7 +86,11 @@ def _spec(wheel_dir, workload_dir, tmp_path, base_id=BASE_ID, profile=None):
 
 def test_workload_files_are_the_shipped_sources_only(workload_dir):
     names = [rel for rel, _ in workload_files(workload_dir)]
-    assert names == ["workload/__init__.py", "workload/faster_rcnn/__init__.py", "workload/faster_rcnn/train.py"]
+    assert names == [
+        "workload/__init__.py",
+        "workload/faster_rcnn/__init__.py",
+        "workload/faster_rcnn/train.py",
+    ]
 
 
 def test_default_workload_is_this_checkouts_package():
@@ -108,7 +112,9 @@ def test_each_input_changes_the_tag(wheel_dir, workload_dir, tmp_path):
     tags = {_spec(wheel_dir, workload_dir, tmp_path).tag}
     (workload_dir / "faster_rcnn" / "train.py").write_text("print('train v2')\n")
     tags.add(_spec(wheel_dir, workload_dir, tmp_path).tag)
-    (wheel_dir / "pycocotools-2.0.11-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"rebuilt coco")
+    (wheel_dir / "pycocotools-2.0.11-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(
+        b"rebuilt coco"
+    )
     tags.add(_spec(wheel_dir, workload_dir, tmp_path).tag)
     tags.add(_spec(wheel_dir, workload_dir, tmp_path, base_id="sha256:" + "cd" * 32).tag)
     spec = _spec(wheel_dir, workload_dir, tmp_path)
@@ -152,8 +158,11 @@ def test_wheel_sources_may_be_files_and_dirs_but_not_duplicates(wheel_dir, tmp_p
     (other / "pycocotools-2.0.11-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"another")
     with pytest.raises(ImageError, match="given twice"):
         find_wheels([wheel_dir, other], profile)
-    with pytest.raises(ImageError, match="neither a .whl file nor a directory"):
+    with pytest.raises(ImageError, match="does not exist"):
         find_wheels([tmp_path / "nope"], profile)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ImageError, match="neither a .whl file nor a directory"):
+        find_wheels([tmp_path / "notes.txt"], profile)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ImageError, match="no wheels found"):

@@ -1,0 +1,155 @@
+"""The image steps that `submit` and `orchestrator image ...` share:
+
+    spec    = image_spec(cluster, settings, api)          # hash inputs, render, tag
+    built   = build_image(spec, api, observer=...)        # or reuse what the build host has
+    report  = distribute(api, spec.tag, targets(...))     # only to nodes that lack it
+
+`ensure_image` does all three and records the image in the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ImageError
+from orchestrator.images.build import BuildObserver, BuiltImage, build_image, image_id, open_api
+from orchestrator.images.distribute import DistributionReport, NodeTarget, ProgressFn, distribute
+from orchestrator.images.profiles import VendorProfile, load_profile
+from orchestrator.images.records import record_for
+from orchestrator.images.spec import ImageSpec, Sha256Cache, default_cache_path, make_image_spec
+
+if TYPE_CHECKING:
+    import docker
+
+    from orchestrator.specs import ClusterSpec, NodeSpec
+
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """What the cluster file's [image] table (or command-line options) say about images."""
+
+    vendor: str | None = None  # profile name; default: the cluster's vendor
+    wheels: tuple[str, ...] = ()  # wheel files or directories; default: the profile's wheel_dir
+    base_image: str | None = None  # overrides the profile's base image
+    build_host: str = LOCAL  # 'local' (this machine's daemon) or a node name
+    registry: str | None = None  # push/pull through it instead of streaming to each node
+
+
+def settings_for(cluster: ClusterSpec, **overrides: Any) -> ImageSettings:
+    """The cluster's image settings (a ClusterSpec.image field, when present) with overrides."""
+    base = getattr(cluster, "image", None)
+    settings = base if isinstance(base, ImageSettings) else ImageSettings()
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value not in (None, ()):
+            changes[key] = tuple(value) if key == "wheels" else value
+    return replace(settings, **changes)
+
+
+def profile_for(cluster: ClusterSpec, settings: ImageSettings) -> VendorProfile:
+    return load_profile(settings.vendor or cluster.vendor)
+
+
+@contextmanager
+def build_host_api(
+    cluster: ClusterSpec, settings: ImageSettings, transports: Mapping[str, Any] | None = None
+) -> Iterator[docker.APIClient]:
+    """A docker client for the build host: this machine's daemon, or a node's over SSH."""
+    if settings.build_host == LOCAL:
+        api = open_api()
+        own_transport = None
+    else:
+        node = cluster.node(settings.build_host)
+        if node.is_local:
+            api, own_transport = open_api(node.docker_host), None
+        else:
+            from orchestrator.images.remote_api import open_api_over_ssh
+
+            transport = (transports or {}).get(node.name)
+            own_transport = None
+            if transport is None:
+                from orchestrator.transport import connect
+
+                transport = own_transport = connect(node, cluster.ssh)
+            api = open_api_over_ssh(transport, node.docker_host)
+    try:
+        yield api
+    finally:
+        api.close()
+        if own_transport is not None:
+            own_transport.close()
+
+
+def image_spec(
+    cluster: ClusterSpec,
+    settings: ImageSettings,
+    api: docker.APIClient | None,
+    cache: Sha256Cache | None = None,
+) -> ImageSpec:
+    """The spec with the base image's id from the build host (unresolved without `api`)."""
+    profile = profile_for(cluster, settings)
+    base = settings.base_image or profile.base_image
+    base_id = image_id(api, base) if api is not None else None
+    return make_image_spec(
+        profile,
+        list(settings.wheels) or None,
+        base_id,
+        base_image=base,
+        cache=cache if cache is not None else Sha256Cache(default_cache_path()),
+    )
+
+
+def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Any]) -> list[NodeTarget]:
+    return [NodeTarget(n.name, transports[n.name], n.docker_host) for n in nodes]
+
+
+@dataclass
+class PreparedImage:
+    spec: ImageSpec
+    built: BuiltImage
+    distribution: DistributionReport | None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return self.spec.tag
+
+
+def record_in_store(store: Any, record: dict[str, Any]) -> None:
+    """store.record_image(record); idempotent by image id, so a reused image is recorded too."""
+    recorder = getattr(store, "record_image", None)
+    if recorder is None:
+        raise ImageError(
+            "the results store cannot record images", "upgrade it: orchestrator db upgrade"
+        )
+    recorder(record)
+
+
+def ensure_image(
+    cluster: ClusterSpec,
+    nodes: Sequence[NodeSpec],
+    transports: Mapping[str, Any],
+    settings: ImageSettings | None = None,
+    *,
+    store: Any = None,
+    observer: BuildObserver | None = None,
+    progress: ProgressFn | None = None,
+    rebuild: bool = False,
+) -> PreparedImage:
+    """Build the image if the build host lacks it, record it, and put it on every node."""
+    settings = settings or settings_for(cluster)
+    with build_host_api(cluster, settings, transports) as api:
+        spec = image_spec(cluster, settings, api)
+        built = build_image(spec, api, observer=observer, rebuild=rebuild)
+        record = record_for(spec, built)
+        if store is not None:
+            record_in_store(store, record)
+        report = distribute(
+            api, spec.tag, targets(nodes, transports), progress=progress, registry=settings.registry
+        )
+    return PreparedImage(spec, built, report, record)

@@ -1,0 +1,280 @@
+"""`orchestrator ingest`, `runs list|show`, `report` and `query`: the history in the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from orchestrator.cli.context import AppContext
+from orchestrator.report import REPORT_FORMATS, console, fmt, parse_since, table, to_csv, to_json
+
+STATUS_CHOICES = click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "lost"])
+
+
+@click.command("ingest")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.pass_obj
+def ingest(app: AppContext, run_dirs: tuple[str, ...]) -> None:
+    """Load run folders (manifest.json + ranks/rank-*.json) into the results store.
+
+    Every folder is checked before anything is written, then all are written in one
+    transaction. Ingesting a folder again changes nothing.
+
+    \b
+    Example: orchestrator ingest runs/20260114-101500-2x8-metax
+    """
+    with app.open_store() as store:
+        summaries = store.ingest(list(run_dirs))
+    for s in summaries:
+        what = "stored" if s.changed else "unchanged (already in the store)"
+        metrics = f", p_core {s.metrics.p_core:.1f} img/s" if s.metrics else ""
+        click.echo(f"{s.run_id}: {s.status}, {s.ranks} rank file(s){metrics}: {what}")
+
+
+@click.group("runs")
+def runs() -> None:
+    """List and inspect the runs in the results store.
+
+    \b
+    Example: orchestrator runs list --vendor metax --since 2026-01-01
+    """
+
+
+@runs.command("list")
+@click.option("--vendor", help="Only this vendor, e.g. metax.")
+@click.option("--topology", help="Only this topology, e.g. 2x8.")
+@click.option("--status", type=STATUS_CHOICES, help="Only runs with this status.")
+@click.option("--since", help="Submitted on or after: 2026-01-01, an ISO time, or 90d / 12h / 2w.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.pass_obj
+def list_command(
+    app: AppContext,
+    vendor: str | None,
+    topology: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+) -> None:
+    """Runs, newest first.
+
+    \b
+    Example: orchestrator runs list --topology 2x8 --status failed --since 90d
+    """
+    from orchestrator.store.queries import list_runs
+
+    since_at = parse_since(since)
+    with app.open_store() as store, store.reading() as conn:
+        rows = list_runs(conn, vendor, topology, status, since_at, limit)
+    columns = [
+        "run",
+        "status",
+        "config",
+        "precision",
+        "fix_hp",
+        "p_core",
+        "mAP",
+        "by",
+        "submitted",
+        "reason",
+    ]
+    data = [
+        [
+            r["run_id"],
+            r["status"],
+            r["config"],
+            r["precision"],
+            r["fix_hp"],
+            fmt(r["p_core"], "{:.1f}"),
+            fmt(r["map"], "{:.3f}"),
+            r["submitted_by"],
+            r["submitted_at"],
+            r["reason"],
+        ]
+        for r in rows
+    ]
+    out = console()
+    if not data:
+        out.print("no runs match")
+        return
+    out.print(table(None, columns, data))
+
+
+@runs.command("show")
+@click.argument("run")
+@click.pass_obj
+def show_command(app: AppContext, run: str) -> None:
+    """One run: what was asked, status history, nodes and their environment, ranks, epochs.
+
+    RUN is a run id or an unambiguous prefix of one.
+
+    \b
+    Example: orchestrator runs show 20260114-101500
+    """
+    from orchestrator.store.queries import run_detail
+
+    with app.open_store() as store, store.reading() as conn:
+        detail = run_detail(conn, run)
+    out = console()
+    fields = [
+        (k, v) for k, v in detail.run.items() if v is not None and k not in ("hparams", "failure")
+    ]
+    fields.append(
+        ("hparams", ", ".join(f"{k}={v}" for k, v in (detail.run["hparams"] or {}).items()) or "/")
+    )
+    if detail.run["failure"]:
+        fields += [(f"failure.{k}", v) for k, v in detail.run["failure"].items() if k != "log_tail"]
+    out.print(table(f"run {detail.run['run_id']}", ["field", "value"], fields))
+    out.print(
+        table(
+            "status history",
+            ["status", "at", "reason"],
+            [[h["status"], h["at"], h["reason"]] for h in detail.history],
+        )
+    )
+    node_keys = [k for k in (detail.nodes[0].keys() if detail.nodes else []) if k != "captured_at"]
+    out.print(table("nodes", node_keys, [[_short(n[k]) for k in node_keys] for n in detail.nodes]))
+    if detail.image is not None:
+        image_rows = [
+            [detail.image["tag"], detail.image["image_id"], w["filename"], w["sha256"]]
+            for w in detail.wheels
+        ]
+        out.print(
+            table(
+                "image",
+                ["tag", "image id", "wheel", "sha256"],
+                image_rows or [[detail.image["tag"], detail.image["image_id"], "", ""]],
+            )
+        )
+    rank_cols = [
+        "rank",
+        "node_rank",
+        "host",
+        "status",
+        "e2e_s",
+        "train_s",
+        "train_no_eval_s",
+        "core_s",
+        "rank_images",
+        "p_core",
+        "peak_reserved_bytes",
+        "error_type",
+    ]
+    out.print(table("ranks", rank_cols, [[_short(r[c]) for c in rank_cols] for r in detail.ranks]))
+    if detail.epochs:
+        epoch_cols = [
+            "epoch",
+            "ranks",
+            "images",
+            "loss",
+            "lr",
+            "train_s",
+            "core_s",
+            "eval_s",
+            "p_core",
+            "map",
+        ]
+        out.print(
+            table("epochs", epoch_cols, [[_short(e[c]) for c in epoch_cols] for e in detail.epochs])
+        )
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1 else f"{value:.1f}"
+    if isinstance(value, list):
+        from orchestrator.store.queries import describe_ib
+
+        return describe_ib(value) or ""
+    return value
+
+
+@click.command("report")
+@click.option("--vendor", help="Only this vendor, e.g. metax.")
+@click.option("--topology", help="Only this topology, e.g. 2x8.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "amp", "fp16"]), help="Only this precision."
+)
+@click.option("--since", help="Finished on or after: 2026-01-01, an ISO time, or 90d / 12h / 2w.")
+@click.option(
+    "--run", "run_ids", multiple=True, help="These runs (any status); repeat for several."
+)
+@click.option(
+    "--format", "output", type=click.Choice(REPORT_FORMATS), default="markdown", show_default=True
+)
+@click.pass_obj
+def report(
+    app: AppContext,
+    vendor: str | None,
+    topology: str | None,
+    precision: str | None,
+    since: str | None,
+    run_ids: tuple[str, ...],
+    output: str,
+) -> None:
+    """The seed's table (environment block, then one row per run) for a selection of runs.
+
+    Without --run, only succeeded runs are shown.
+
+    \b
+    Example: orchestrator report --vendor metax --topology 2x8 > metax-2x8.md
+    """
+    from orchestrator.report import render_report
+    from orchestrator.store.queries import Selection, environment, seed_rows
+
+    selection = Selection(
+        vendor=vendor,
+        topology=topology,
+        precision=precision,
+        since=parse_since(since),
+        run_ids=run_ids,
+    )
+    with app.open_store() as store, store.reading() as conn:
+        rows = seed_rows(conn, selection)
+        env = environment(conn, [r["run_id"] for r in rows])
+    click.echo(render_report(env, rows, output), nl=False)
+
+
+@click.command("query")
+@click.argument("sql")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--max-rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
+@click.pass_obj
+def query(app: AppContext, sql: str, output: str, max_rows: int) -> None:
+    """Run one read-only SQL statement against the results store.
+
+    The database refuses writes (SQLite read-only connection, PostgreSQL READ ONLY
+    transaction). Tables and views are described in docs/schema.md.
+
+    \b
+    Example: orchestrator query "SELECT config, max(p_core) FROM seed_table GROUP BY config"
+    """
+    from orchestrator.store.readonly import run_query
+
+    url = app.store_url
+    app.open_store().close()  # checks the schema revision first, with its remedy
+    result = run_query(url, sql, max_rows)
+    if output == "csv":
+        click.echo(to_csv(result.columns, result.rows), nl=False)
+    elif output == "json":
+        click.echo(to_json([dict(zip(result.columns, row)) for row in result.rows]), nl=False)
+    else:
+        out = console()
+        if result.columns:
+            out.print(table(None, result.columns, result.rows))
+        out.print(f"{len(result.rows)} row(s)")
+    if result.truncated:
+        click.echo(f"warning: output stopped at {max_rows} rows (raise --max-rows)", err=True)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(ingest)
+    cli.add_command(runs)
+    cli.add_command(report)
+    cli.add_command(query)

@@ -1,0 +1,427 @@
+"""The run folder: what a run leaves on disk, and its manifest (`orchestrator.run-manifest` v1).
+
+    RUN_DIR/manifest.json               RunManifest: what was asked, where, how it ended
+    RUN_DIR/ranks/rank-00000.json ...   one per rank, workload/faster_rcnn/result_format.py
+    RUN_DIR/nodes/<node>/env.json       the environment captured on that node
+    RUN_DIR/logs/<node>.log             the node's combined output
+
+`read_run_folder()` reads and validates all of it without touching a database; every error is an
+IngestError that names the file and the field. docs/run-folder.md documents the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import IngestError, TopologyError
+from orchestrator.specs import Topology
+from workload.faster_rcnn import result_format
+
+MANIFEST_SCHEMA = "orchestrator.run-manifest"
+MANIFEST_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+RANKS_DIR = "ranks"
+NODES_DIR = "nodes"
+LOGS_DIR = "logs"
+ENV_FILE = "env.json"
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "lost")
+BACKENDS = ("ssh", "slurm")
+RUNTIMES = ("host", "docker")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RANK_FILE = re.compile(r"^rank-(\d{5})\.json$")
+_FIX = "fix the file; docs/run-folder.md describes every field"
+
+# Known keys of nodes/<node>/env.json and their JSON types; other keys are kept as they are.
+ENV_FIELDS: dict[str, tuple[type, ...]] = {
+    "os": (str,),
+    "kernel": (str,),
+    "cpu": (str,),
+    "mem_total_bytes": (int,),
+    "accelerator_model": (str,),
+    "accelerator_count": (int,),
+    "driver": (str,),
+    "docker": (str,),
+    "torch": (str,),
+    "torchvision": (str,),
+    "python": (str,),
+    "ib": (list,),
+}
+
+
+@dataclass(frozen=True)
+class NodeRef:
+    name: str
+    address: str
+    node_rank: int
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    tag: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """manifest.json. Times are timezone-aware; `failure` is {node, rank, exit_code, reason,
+    log_tail} or None; `hparams` are the --set values as strings."""
+
+    run_id: str
+    case: str
+    vendor: str
+    cluster: str
+    backend: str
+    runtime: str
+    topology: str
+    nnodes: int
+    nproc_per_node: int
+    precision: str
+    submitted_by: str
+    submitted_at: datetime
+    status: str
+    nodes: tuple[NodeRef, ...]
+    hparams: dict[str, str] = field(default_factory=dict)
+    config_name: str | None = None
+    hardware_label: str | None = None  # short accelerator name for tables, e.g. 'MXC500'
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    failure: dict[str, Any] | None = None
+    image: ImageRef | None = None
+    campaign_id: str | None = None
+    slurm_job_id: str | None = None
+    command: str = ""
+    orchestrator_version: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @property
+    def reason(self) -> str | None:
+        return (
+            str(self.failure.get("reason")) if self.failure and self.failure.get("reason") else None
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "schema_version": MANIFEST_VERSION,
+            "run_id": self.run_id,
+            "case": self.case,
+            "vendor": self.vendor,
+            "hardware_label": self.hardware_label,
+            "cluster": self.cluster,
+            "backend": self.backend,
+            "runtime": self.runtime,
+            "topology": self.topology,
+            "nnodes": self.nnodes,
+            "nproc_per_node": self.nproc_per_node,
+            "precision": self.precision,
+            "hparams": dict(self.hparams),
+            "config_name": self.config_name,
+            "submitted_by": self.submitted_by,
+            "submitted_at": _iso(self.submitted_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "status": self.status,
+            "failure": self.failure,
+            "nodes": [
+                {"name": n.name, "address": n.address, "node_rank": n.node_rank} for n in self.nodes
+            ],
+            "image": None if self.image is None else {"tag": self.image.tag, "id": self.image.id},
+            "campaign_id": self.campaign_id,
+            "slurm_job_id": self.slurm_job_id,
+            "command": self.command,
+            "orchestrator_version": self.orchestrator_version,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # the control plane works in UTC; say so in the file
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+class _Fields:
+    """Reads one JSON object field by field; every problem names the file and the field."""
+
+    def __init__(self, source: str, data: dict[str, Any], prefix: str = "") -> None:
+        self.source, self.data, self.prefix = source, data, prefix
+
+    def fail(self, name: str, problem: str) -> IngestError:
+        return IngestError(f"{self.source}: field {self.prefix}{name}: {problem}", _FIX)
+
+    def get(self, name: str, kinds: tuple[type, ...], required: bool = True) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise self.fail(name, "is missing")
+            return None
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(name, f"expected {wanted}, got {type(value).__name__}")
+        return value
+
+    def text(self, name: str, required: bool = True) -> Any:
+        return self.get(name, (str,), required)
+
+    def integer(self, name: str, low: int = 0) -> int:
+        value = int(self.get(name, (int,)))
+        if value < low:
+            raise self.fail(name, f"must be at least {low}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = str(self.text(name))
+        if value not in choices:
+            raise self.fail(name, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def time(self, name: str, required: bool = False) -> datetime | None:
+        text = self.text(name, required)
+        if text is None:
+            return None
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise self.fail(name, f"{text!r} is not an ISO 8601 time") from None
+        if value.tzinfo is None:
+            raise self.fail(name, f"{text!r} has no time zone, write e.g. {text}+00:00")
+        return value
+
+
+def manifest_from_dict(data: Any, source: str) -> RunManifest:
+    """Validate a parsed manifest.json; raise IngestError naming `source` and the field."""
+    if not isinstance(data, dict):
+        raise IngestError(f"{source}: expected a JSON object", _FIX)
+    f = _Fields(source, data)
+    if data.get("schema") != MANIFEST_SCHEMA:
+        raise f.fail("schema", f"expected {MANIFEST_SCHEMA!r}")
+    if data.get("schema_version") != MANIFEST_VERSION:
+        raise f.fail(
+            "schema_version",
+            f"unsupported version {data.get('schema_version')!r}, this orchestrator reads "
+            f"{MANIFEST_VERSION}",
+        )
+    run_id = str(f.text("run_id"))
+    if not RUN_ID_PATTERN.match(run_id):
+        raise f.fail("run_id", f"{run_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    topology_text = str(f.text("topology"))
+    try:
+        topology = Topology.parse(topology_text)
+    except TopologyError:
+        raise f.fail("topology", f"{topology_text!r} is not of the form NxM") from None
+    nnodes, nproc = f.integer("nnodes", 1), f.integer("nproc_per_node", 1)
+    if (nnodes, nproc) != (topology.nnodes, topology.nproc_per_node):
+        raise f.fail(
+            "topology", f"{topology_text!r} disagrees with nnodes={nnodes}, nproc_per_node={nproc}"
+        )
+    hparams = f.get("hparams", (dict,), required=False) or {}
+    for key, value in hparams.items():
+        if not isinstance(value, str):
+            raise f.fail(
+                f"hparams.{key}", f"expected str (as given by --set), got {type(value).__name__}"
+            )
+    nodes = _nodes(f, nnodes)
+    image_data = f.get("image", (dict,), required=False)
+    image = None
+    if image_data is not None:
+        image_fields = _Fields(source, image_data, "image.")
+        image = ImageRef(
+            tag=str(image_fields.text("tag")), id=image_fields.text("id", required=False)
+        )
+    failure = f.get("failure", (dict,), required=False)
+    submitted_at = f.time("submitted_at", required=True)
+    assert submitted_at is not None  # required=True raised otherwise
+    return RunManifest(
+        run_id=run_id,
+        case=str(f.text("case")),
+        vendor=str(f.text("vendor")),
+        hardware_label=f.text("hardware_label", required=False),
+        cluster=str(f.text("cluster")),
+        backend=f.choice("backend", BACKENDS),
+        runtime=f.choice("runtime", RUNTIMES),
+        topology=str(topology),
+        nnodes=nnodes,
+        nproc_per_node=nproc,
+        precision=f.choice("precision", tuple(result_format.PRECISIONS)),
+        hparams=dict(hparams),
+        config_name=f.text("config_name", required=False),
+        submitted_by=str(f.text("submitted_by")),
+        submitted_at=submitted_at,
+        started_at=f.time("started_at"),
+        finished_at=f.time("finished_at"),
+        status=f.choice("status", RUN_STATUSES),
+        failure=dict(failure) if failure is not None else None,
+        nodes=nodes,
+        image=image,
+        campaign_id=f.text("campaign_id", required=False),
+        slurm_job_id=f.text("slurm_job_id", required=False),
+        command=f.text("command", required=False) or "",
+        orchestrator_version=f.text("orchestrator_version", required=False) or "",
+    )
+
+
+def _nodes(f: _Fields, nnodes: int) -> tuple[NodeRef, ...]:
+    items = f.get("nodes", (list,))
+    if len(items) != nnodes:
+        raise f.fail("nodes", f"lists {len(items)} node(s) but nnodes is {nnodes}")
+    nodes = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise f.fail(f"nodes[{i}]", "expected an object {name, address, node_rank}")
+        node = _Fields(f.source, item, f"nodes[{i}].")
+        nodes.append(
+            NodeRef(str(node.text("name")), str(node.text("address")), node.integer("node_rank"))
+        )
+    if sorted(n.node_rank for n in nodes) != list(range(nnodes)):
+        raise f.fail("nodes", f"node_rank values must be 0..{nnodes - 1}, each once")
+    if len({n.name for n in nodes}) != len(nodes):
+        raise f.fail("nodes", "a node name appears twice")
+    return tuple(sorted(nodes, key=lambda n: n.node_rank))
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (write null or a number)")
+
+
+def _read_json(path: Path, shown: str) -> tuple[Any, str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise IngestError(
+            f"{shown}: cannot read: {exc.strerror}", "check the file and its permissions"
+        ) from None
+    except UnicodeDecodeError:
+        raise IngestError(f"{shown}: not UTF-8 text", _FIX) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant), text
+    except ValueError as exc:
+        raise IngestError(f"{shown}: not valid JSON ({exc})", _FIX) from None
+
+
+def load_manifest(path: str | os.PathLike[str]) -> RunManifest:
+    file = Path(path)
+    data, _ = _read_json(file, str(file))
+    return manifest_from_dict(data, str(file))
+
+
+def write_manifest(path: str | os.PathLike[str], manifest: RunManifest) -> None:
+    """Write atomically (temp file + rename): a reader never sees half a manifest."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
+    tmp.write_text(
+        json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    os.replace(tmp, file)
+
+
+@dataclass(frozen=True)
+class RankFile:
+    path: str  # as shown in messages
+    rank: int
+    doc: dict[str, Any]
+    text: str  # the file as read, stored byte for byte
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder, read and validated file by file (cross-rank checks are in store.metrics)."""
+
+    path: str
+    manifest: RunManifest
+    manifest_text: str
+    ranks: tuple[RankFile, ...]
+    envs: dict[str, dict[str, Any]]  # node name -> env.json
+    digest: str  # sha256 over every file read: same digest, same content
+
+
+def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
+    root = Path(path)
+    if not root.is_dir():
+        raise IngestError(f"{root} is not a folder", "pass a run folder (it holds manifest.json)")
+    manifest_path = root / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise IngestError(
+            f"{manifest_path} is missing", "is this a run folder? see docs/run-folder.md"
+        )
+    data, manifest_text = _read_json(manifest_path, str(manifest_path))
+    manifest = manifest_from_dict(data, str(manifest_path))
+    digest = hashlib.sha256()
+    digest.update(manifest_text.encode())
+    ranks = []
+    for file in sorted((root / RANKS_DIR).glob("rank-*.json")):
+        rank = _read_rank(file, manifest)
+        ranks.append(rank)
+        digest.update(b"\0" + file.name.encode() + b"\0" + rank.text.encode())
+    envs = {}
+    known = {n.name for n in manifest.nodes}
+    nodes_dir = root / NODES_DIR
+    for env_path in sorted(nodes_dir.glob(f"*/{ENV_FILE}")):
+        name = env_path.parent.name
+        if name not in known:
+            raise IngestError(
+                f"{env_path}: node {name!r} is not in {MANIFEST_FILE}'s nodes ({', '.join(sorted(known))})",
+                "remove the folder or fix the manifest",
+            )
+        envs[name] = _read_env(env_path)
+        digest.update(b"\0" + name.encode() + b"\0" + env_path.read_bytes())
+    return RunFolder(
+        path=str(root),
+        manifest=manifest,
+        manifest_text=manifest_text,
+        ranks=tuple(ranks),
+        envs=envs,
+        digest=digest.hexdigest(),
+    )
+
+
+def _read_rank(file: Path, manifest: RunManifest) -> RankFile:
+    match = _RANK_FILE.match(file.name)
+    if not match:
+        raise IngestError(f"{file}: not a rank file name", "rank files are named rank-00000.json")
+    doc, text = _read_json(file, str(file))
+    try:
+        result_format.validate(doc)
+    except result_format.ResultFormatError as exc:
+        raise IngestError(f"{file}: field {exc.field}: {exc.message}", _FIX) from None
+    rank = int(match.group(1))
+    checks = (
+        ("run_id", doc["run_id"], manifest.run_id),
+        ("identity.rank", doc["identity"]["rank"], rank),
+        ("identity.world_size", doc["identity"]["world_size"], manifest.world_size),
+        ("identity.nnodes", doc["identity"]["nnodes"], manifest.nnodes),
+        ("config.precision", doc["config"]["precision"], manifest.precision),
+    )
+    for name, found, expected in checks:
+        if found != expected:
+            raise IngestError(
+                f"{file}: field {name}: is {found!r} but the run folder says {expected!r}",
+                "the file belongs to another run or rank; remove it or fix the folder",
+            )
+    epochs = [e["epoch"] for e in doc["epochs"]]
+    if len(set(epochs)) != len(epochs):
+        raise IngestError(f"{file}: field epochs: an epoch number appears twice", _FIX)
+    return RankFile(path=str(file), rank=rank, doc=doc, text=text)
+
+
+def _read_env(path: Path) -> dict[str, Any]:
+    data, _ = _read_json(path, str(path))
+    if not isinstance(data, dict):
+        raise IngestError(f"{path}: expected a JSON object", _FIX)
+    fields = _Fields(str(path), data)
+    for name, kinds in ENV_FIELDS.items():
+        fields.get(name, kinds, required=False)
+    return data

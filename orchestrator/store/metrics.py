@@ -1,0 +1,132 @@
+"""A run's metrics from its rank files: the documented definitions (docs/schema.md, "Run metrics").
+
+Pure functions, no database. Data-parallel training is synchronous: every step waits for the
+slowest rank, so a run's time is the *maximum* over ranks and its image count is the *sum* of what
+every rank trained. FlagPerf divides a global count by one process's time instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from orchestrator.errors import IngestError
+from orchestrator.runfolder import RankFile, RunFolder
+from workload.faster_rcnn.result_format import file_name
+
+GIB = 1 << 30
+# --set names shown abbreviated in the seed's fix_hp column, in this order, then the rest sorted.
+_FIX_HP_NAMES = {"batch_size": "bs", "bs": "bs", "lr": "lr"}
+_FIX = "fix or remove the file; docs/schema.md explains the checks"
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    global_images: int
+    e2e_time_s: float
+    p_whole: float
+    p_train: float
+    p_core: float
+    map: float | None
+    mem_used_bytes: int | None
+    mem_total_bytes: int | None
+    epochs_completed: int
+    converged: bool
+
+    @property
+    def mem_label(self) -> str | None:
+        return mem_label(self.mem_used_bytes, self.mem_total_bytes)
+
+
+def mem_label(used: int | None, total: int | None) -> str | None:
+    """'37.1/64.0': device memory used / total in GiB, as in the seed's mem column."""
+    if used is None:
+        return None
+    return f"{used / GIB:.1f}/{total / GIB:.1f}" if total else f"{used / GIB:.1f}"
+
+
+def fix_hp(hparams: Mapping[str, str]) -> str:
+    """'bs=16, lr=0.16' from the run's --set values; '/' when it ran with the defaults."""
+    if not hparams:
+        return "/"
+    order = list(dict.fromkeys(_FIX_HP_NAMES.values()))
+    known = [(_FIX_HP_NAMES[k], v) for k, v in hparams.items() if k in _FIX_HP_NAMES]
+    known.sort(key=lambda kv: order.index(kv[0]))
+    rest = sorted((k, v) for k, v in hparams.items() if k not in _FIX_HP_NAMES)
+    return ", ".join(f"{k}={v}" for k, v in known + rest)
+
+
+def config_label(vendor: str, hardware_label: str | None, topology: str) -> str:
+    return f"{hardware_label or vendor} {topology}"
+
+
+def _fail(rank: RankFile, field: str, problem: str) -> IngestError:
+    return IngestError(f"{rank.path}: field {field}: {problem}", _FIX)
+
+
+def _slowest(ranks: Sequence[RankFile], field: str) -> float:
+    rank = max(ranks, key=lambda r: r.doc["timings"][field])
+    value = float(rank.doc["timings"][field])
+    if value <= 0:
+        raise _fail(
+            rank, f"timings.{field}", "is 0 on every rank; a succeeded run must have trained"
+        )
+    return value
+
+
+def check_complete(folder: RunFolder) -> None:
+    """A succeeded run has every rank's file, and every rank says ok."""
+    present = {r.rank for r in folder.ranks}
+    world = folder.manifest.world_size
+    missing = [r for r in range(world) if r not in present]
+    if missing:
+        shown = ", ".join(file_name(r) for r in missing[:4]) + (" ..." if len(missing) > 4 else "")
+        raise IngestError(
+            f"{folder.path}: ranks/{shown} missing: the manifest says status succeeded, which needs "
+            f"all {world} rank files",
+            "collect the missing files, or set the manifest's status to failed with a reason",
+        )
+    for rank in folder.ranks:
+        if rank.doc["status"] != "ok":
+            raise _fail(rank, "status", "is 'failed' but the manifest says the run succeeded")
+
+
+def aggregate(folder: RunFolder) -> RunMetrics | None:
+    """The run's metrics, or None unless it succeeded (failed runs keep their rank rows only)."""
+    if folder.manifest.status != "succeeded":
+        return None
+    check_complete(folder)
+    ranks = sorted(folder.ranks, key=lambda r: r.rank)
+    global_images = sum(int(r.doc["samples"]["rank_images"]) for r in ranks)
+    for rank in ranks:
+        claimed = rank.doc["samples"]["global_images"]
+        if claimed != global_images:
+            raise _fail(
+                rank,
+                "samples.global_images",
+                f"says {claimed} but the ranks' samples.rank_images add up to {global_images}",
+            )
+    first = ranks[0].doc
+    used, total = _memory(ranks)
+    return RunMetrics(
+        global_images=global_images,
+        e2e_time_s=max(float(r.doc["timings"]["e2e_s"]) for r in ranks),
+        p_whole=global_images / _slowest(ranks, "train_s"),
+        p_train=global_images / _slowest(ranks, "train_no_eval_s"),
+        p_core=global_images / _slowest(ranks, "core_s"),
+        map=(first.get("eval") or {}).get("map"),
+        mem_used_bytes=used,
+        mem_total_bytes=total,
+        epochs_completed=int(first["samples"]["epochs_completed"]),
+        converged=bool(first["converged"]),
+    )
+
+
+def _memory(ranks: Sequence[RankFile]) -> tuple[int | None, int | None]:
+    """Peak reserved device memory of the hungriest rank, and that device's total."""
+    measured = [r for r in ranks if r.doc["memory"].get("peak_reserved_bytes") is not None]
+    if not measured:
+        return None, None
+    top = max(measured, key=lambda r: r.doc["memory"]["peak_reserved_bytes"])
+    total = top.doc["memory"].get("total_bytes") or top.doc["device"].get("total_mem_bytes")
+    return int(top.doc["memory"]["peak_reserved_bytes"]), (int(total) if total else None)

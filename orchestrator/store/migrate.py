@@ -1,0 +1,143 @@
+"""Alembic, driven from code: the only way the store's schema is created or changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+import orchestrator
+from orchestrator.errors import SchemaOutOfDate, StoreError
+from orchestrator.store.engine import make_engine, parse_url, redact_url
+
+MIGRATIONS_DIR = Path(orchestrator.__file__).resolve().parents[1] / "migrations"
+UPGRADE_REMEDY = "run: orchestrator db upgrade"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What `db upgrade` / `db downgrade` did."""
+
+    url: str  # redacted
+    before: str | None
+    after: str | None
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise StoreError(
+            f"the migrations folder {MIGRATIONS_DIR} is missing",
+            "reinstall orchestrator from its repository (pip install -e .)",
+        )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    head = _script().get_current_head()
+    if head is None:  # pragma: no cover - the repository always has migrations
+        raise StoreError(f"no migrations in {MIGRATIONS_DIR}", "reinstall orchestrator")
+    return head
+
+
+def known_revisions() -> set[str]:
+    return {rev.revision for rev in _script().walk_revisions()}
+
+
+def revision_of(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_revision(connection: Connection, url: str) -> None:
+    """Raise SchemaOutOfDate unless the database is exactly at this orchestrator's head."""
+    current = revision_of(connection)
+    needed = head_revision()
+    if current == needed:
+        return
+    where = f"results store at {redact_url(url)}"
+    if current is not None and current not in known_revisions():
+        raise SchemaOutOfDate(
+            f"{where} is at revision {current}, which this orchestrator does not know "
+            f"(it needs {needed})",
+            "a newer orchestrator upgraded it: install that version",
+        )
+    raise SchemaOutOfDate(
+        f"{where} is at revision {current or 'none (empty)'}, this orchestrator needs {needed}",
+        UPGRADE_REMEDY,
+    )
+
+
+def _run(url: str, action: str, revision: str) -> Migration:
+    parsed = parse_url(url)
+    engine: Engine = make_engine(parsed)
+    shown = redact_url(url)
+    try:
+        # One outer transaction for the whole step: on Postgres and (thanks to the engine's
+        # explicit BEGIN) on SQLite, a failing migration leaves the schema as it was.
+        with engine.connect() as connection, connection.begin():
+            before = revision_of(connection)
+            config = alembic_config(connection)
+            try:
+                if action == "upgrade":
+                    command.upgrade(config, revision)
+                else:
+                    command.downgrade(config, revision)
+            except CommandError as exc:
+                raise StoreError(
+                    f"cannot {action} results store at {shown} to {revision!r}: {exc}",
+                    "see `orchestrator db current`; revisions are listed in migrations/versions/",
+                ) from None
+            after = revision_of(connection)
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"{action} of results store at {shown} failed: {_first_line(exc)}",
+            "nothing was changed; check the URL, the server and the role's rights",
+        ) from None
+    finally:
+        engine.dispose()
+    return Migration(url=shown, before=before, after=after)
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def upgrade_store(url: str, revision: str = "head") -> Migration:
+    """Bring the schema up to `revision` (default: this orchestrator's head), in one transaction."""
+    return _run(url, "upgrade", revision)
+
+
+def downgrade_store(url: str, revision: str) -> Migration:
+    """Take the schema down to `revision` ('base' drops every table)."""
+    return _run(url, "downgrade", revision)
+
+
+def current_revision(url: str) -> str | None:
+    parsed = parse_url(url)
+    engine = make_engine(parsed)
+    try:
+        with engine.connect() as connection:
+            return revision_of(connection)
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"cannot read results store at {redact_url(url)}: {_first_line(exc)}",
+            "check the URL, that the server runs, and the credentials",
+        ) from None
+    finally:
+        engine.dispose()

@@ -1,0 +1,330 @@
+"""The results store's tables, as typed SQLAlchemy 2.0 models.
+
+Designed for the whole mission, not one issue: runs and what they measured (per run, per rank,
+per epoch), where they ran (nodes and the environment captured on each), with what software
+(images and their wheels), why they ended (status history, failure), campaigns, node leases for the
+queue, and monitor time series. The schema itself is only ever created by the Alembic migrations in
+migrations/ (a test checks that these models and the migrations agree). docs/schema.md describes
+every table for people who write SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from orchestrator.runfolder import RUN_STATUSES
+
+CAMPAIGN_STATUSES = ("queued", "running", "finished", "cancelled")
+
+# Stable constraint names, so later migrations (batch mode on SQLite) can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps are stored in UTC and always come back timezone-aware.
+
+    Postgres keeps them as timestamptz; SQLite has no time zones, so the UTC wall time is stored
+    as text ('2026-01-14 09:30:12.000000'), which sorts and compares correctly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store needs timezone-aware times")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+# JSON documents: JSONB on Postgres (indexable, `->>` operators), JSON text on SQLite (json_extract).
+# Python None is stored as SQL NULL, not as the JSON text 'null'.
+JsonDoc = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+# 64-bit ids that still autoincrement on SQLite (only INTEGER PRIMARY KEY does).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JsonDoc}
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Campaign(Base):
+    """A matrix of runs (vendors x topologies x precisions x repeats) scheduled together."""
+
+    __tablename__ = "campaigns"
+    __table_args__ = (CheckConstraint(_in("status", CAMPAIGN_STATUSES), name="status"),)
+
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonDoc)  # the campaign file, as parsed
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class Image(Base):
+    """A Docker image built from a vendor's wheels; runs refer to it by image_id."""
+
+    __tablename__ = "images"
+
+    image_id: Mapped[str] = mapped_column(String(128), primary_key=True)  # 'sha256:...'
+    tag: Mapped[str] = mapped_column(String(255), index=True)
+    base: Mapped[str | None] = mapped_column(String(255))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    build_seconds: Mapped[float | None] = mapped_column(Float)
+    build_log_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime | None]
+    recorded_at: Mapped[datetime]
+
+
+class ImageWheel(Base):
+    __tablename__ = "image_wheels"
+
+    image_id: Mapped[str] = mapped_column(
+        ForeignKey("images.image_id", ondelete="CASCADE"), primary_key=True
+    )
+    filename: Mapped[str] = mapped_column(String(255), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+
+
+class Run(Base):
+    """One benchmark run: what was asked, where, with what, how it ended, and its metrics."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        # The admins' usual filter and sort: a configuration over time.
+        Index("ix_runs_config_time", "vendor", "topology", "precision", "finished_at"),
+        Index("ix_runs_finished_at", "finished_at"),
+        Index("ix_runs_p_core", "p_core"),
+    )
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str | None] = mapped_column(
+        ForeignKey("campaigns.campaign_id", ondelete="SET NULL"), index=True
+    )
+    # What was asked
+    case: Mapped[str] = mapped_column(String(64))
+    vendor: Mapped[str] = mapped_column(String(64))
+    hardware_label: Mapped[str | None] = mapped_column(String(64))  # e.g. 'MXC500'
+    cluster: Mapped[str] = mapped_column(String(128))
+    backend: Mapped[str] = mapped_column(String(16))  # 'ssh' | 'slurm'
+    runtime: Mapped[str] = mapped_column(String(16))  # 'host' | 'docker'
+    topology: Mapped[str] = mapped_column(String(16))  # '2x8'
+    nnodes: Mapped[int] = mapped_column(Integer)
+    nproc_per_node: Mapped[int] = mapped_column(Integer)
+    world_size: Mapped[int] = mapped_column(Integer)
+    precision: Mapped[str] = mapped_column(String(16))
+    hparams: Mapped[dict[str, Any]] = mapped_column(JsonDoc)  # --set key=value, as strings
+    fix_hp: Mapped[str] = mapped_column(String(255))  # 'bs=16, lr=0.16', or '/' when none
+    config_name: Mapped[str | None] = mapped_column(String(128))
+    config_label: Mapped[str] = mapped_column(String(128))  # 'MXC500 2x8'
+    # Who, when, how it ended
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    failure: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    submitted_by: Mapped[str] = mapped_column(String(100))
+    submitted_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    command: Mapped[str | None] = mapped_column(Text)
+    orchestrator_version: Mapped[str | None] = mapped_column(String(32))
+    slurm_job_id: Mapped[str | None] = mapped_column(String(32))
+    image_tag: Mapped[str | None] = mapped_column(String(255))
+    image_id: Mapped[str | None] = mapped_column(String(128), index=True)  # images.image_id
+    # The seed's metrics (docs/schema.md, "Run metrics"); NULL unless the run succeeded.
+    global_images: Mapped[int | None] = mapped_column(BigInteger)
+    e2e_time_s: Mapped[float | None] = mapped_column(Float)
+    p_whole: Mapped[float | None] = mapped_column(Float)
+    p_train: Mapped[float | None] = mapped_column(Float)
+    p_core: Mapped[float | None] = mapped_column(Float)
+    map: Mapped[float | None] = mapped_column(Float)
+    mem_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mem_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mem_label: Mapped[str | None] = mapped_column(String(32))  # '37.1/64.0' (GiB)
+    epochs_completed: Mapped[int | None] = mapped_column(Integer)
+    converged: Mapped[bool | None] = mapped_column(Boolean)
+    device_name: Mapped[str | None] = mapped_column(String(128))
+    torch_version: Mapped[str | None] = mapped_column(String(64))
+    # Provenance of the row
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)  # manifest.json as published
+    source_digest: Mapped[str | None] = mapped_column(String(64))  # sha256 of the run folder
+    created_at: Mapped[datetime]
+    published_at: Mapped[datetime | None]
+
+
+class RunStatusChange(Base):
+    """Every status a run went through, with the reason: the run's history."""
+
+    __tablename__ = "run_status_history"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        Index("ix_run_status_history_run", "run_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]
+
+
+class RunNode(Base):
+    """A node of a run and the environment captured on it (nodes/<name>/env.json)."""
+
+    __tablename__ = "run_nodes"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    node_rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(128), index=True)
+    address: Mapped[str | None] = mapped_column(String(255))
+    os: Mapped[str | None] = mapped_column(String(255))
+    kernel: Mapped[str | None] = mapped_column(String(255))
+    cpu: Mapped[str | None] = mapped_column(String(255))
+    mem_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    accelerator_model: Mapped[str | None] = mapped_column(String(255))
+    accelerator_count: Mapped[int | None] = mapped_column(Integer)
+    driver: Mapped[str | None] = mapped_column(String(128))
+    docker: Mapped[str | None] = mapped_column(String(128))
+    torch: Mapped[str | None] = mapped_column(String(128))
+    torchvision: Mapped[str | None] = mapped_column(String(128))
+    python: Mapped[str | None] = mapped_column(String(64))
+    ib: Mapped[list[Any] | None] = mapped_column(JsonDoc)  # InfiniBand ports as captured
+    env: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)  # the whole env.json
+    captured_at: Mapped[datetime | None]
+
+
+class RankResult(Base):
+    """One rank's result file: the fields admins query as columns, and the whole document."""
+
+    __tablename__ = "rank_results"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_rank: Mapped[int] = mapped_column(Integer)
+    local_rank: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # 'ok' | 'failed'
+    device_name: Mapped[str | None] = mapped_column(String(128))
+    e2e_s: Mapped[float] = mapped_column(Float)
+    init_s: Mapped[float] = mapped_column(Float)
+    train_s: Mapped[float] = mapped_column(Float)
+    train_no_eval_s: Mapped[float] = mapped_column(Float)
+    core_s: Mapped[float] = mapped_column(Float)
+    eval_s: Mapped[float] = mapped_column(Float)
+    rank_images: Mapped[int] = mapped_column(BigInteger)
+    global_images: Mapped[int] = mapped_column(BigInteger)
+    rank_iterations: Mapped[int] = mapped_column(Integer)
+    epochs_completed: Mapped[int] = mapped_column(Integer)
+    p_whole: Mapped[float | None] = mapped_column(Float)
+    p_train: Mapped[float | None] = mapped_column(Float)
+    p_core: Mapped[float | None] = mapped_column(Float)
+    map: Mapped[float | None] = mapped_column(Float)
+    peak_allocated_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_reserved_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    total_mem_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    converged: Mapped[bool] = mapped_column(Boolean)
+    error_type: Mapped[str | None] = mapped_column(String(128))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    document: Mapped[dict[str, Any]] = mapped_column(JsonDoc)  # the rank file, byte for byte
+
+
+class RunEpoch(Base):
+    """One epoch of a run, over all ranks: the training curve and per-epoch throughput.
+
+    images add up over ranks, times are the slowest rank's (as for the run's metrics), loss, lr
+    and mAP are rank 0's. Each rank's own epochs stay in rank_results.document.
+    """
+
+    __tablename__ = "run_epochs"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ranks: Mapped[int] = mapped_column(Integer)  # how many ranks reported this epoch
+    iterations: Mapped[int] = mapped_column(Integer)  # per rank
+    images: Mapped[int] = mapped_column(BigInteger)  # over all ranks
+    loss: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    train_s: Mapped[float] = mapped_column(Float)
+    core_s: Mapped[float] = mapped_column(Float)
+    eval_s: Mapped[float | None] = mapped_column(Float)
+    p_train: Mapped[float | None] = mapped_column(Float)
+    p_core: Mapped[float | None] = mapped_column(Float)
+    map: Mapped[float | None] = mapped_column(Float)
+
+
+class MonitorSample(Base):
+    """A narrow time series: one metric of one node (or device) at one time."""
+
+    __tablename__ = "monitor_samples"
+    __table_args__ = (Index("ix_monitor_samples_run_metric_ts", "run_id", "metric", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"))
+    node_name: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[datetime]
+    device_index: Mapped[int | None] = mapped_column(Integer)  # NULL: a whole-node metric
+    metric: Mapped[str] = mapped_column(String(64))  # e.g. 'device_mem_used_bytes'
+    value: Mapped[float] = mapped_column(Float)
+
+
+class NodeLease(Base):
+    """A node held by one worker for one run; the primary key makes double-booking impossible."""
+
+    __tablename__ = "node_leases"
+
+    cluster: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), index=True
+    )
+    holder: Mapped[str] = mapped_column(String(128))  # worker id: host:pid or a queue worker
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -1,0 +1,289 @@
+"""Reading the history: runs lists, one run in full, the seed's table and its environment block."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Connection, Float, MetaData, String, Table, select
+from sqlalchemy.engine import RowMapping
+
+from orchestrator.errors import StoreError
+from orchestrator.store.models import (
+    Image,
+    ImageWheel,
+    RankResult,
+    Run,
+    RunEpoch,
+    RunNode,
+    RunStatusChange,
+    UtcDateTime,
+)
+
+# The views made by the migrations, described for SQLAlchemy (they are not in Base.metadata, so
+# schema comparisons and create_all never see them).
+_views = MetaData()
+SEED_TABLE = Table(
+    "seed_table",
+    _views,
+    Column("run_id", String),
+    Column("config", String),
+    Column("precision", String),
+    Column("fix_hp", String),
+    Column("e2e_time", Float),
+    Column("p_whole", Float),
+    Column("p_train", Float),
+    Column("p_core", Float),
+    Column("map", Float),
+    Column("mem", String),
+    Column("vendor", String),
+    Column("topology", String),
+    Column("status", String),
+    Column("finished_at", UtcDateTime),
+    Column("campaign_id", String),
+)
+SEED_COLUMNS = (
+    "config",
+    "precision",
+    "fix_hp",
+    "e2e_time",
+    "p_whole",
+    "p_train",
+    "p_core",
+    "map",
+    "mem",
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which runs a report or a list shows. Without run_ids, only `status` runs (default succeeded)."""
+
+    vendor: str | None = None
+    topology: str | None = None
+    precision: str | None = None
+    status: str | None = "succeeded"
+    since: datetime | None = None
+    run_ids: tuple[str, ...] = ()
+    limit: int | None = None
+
+
+def resolve_run(conn: Connection, ref: str) -> str:
+    """A run id, or an unambiguous prefix of one."""
+    if conn.scalar(select(Run.run_id).where(Run.run_id == ref)) is not None:
+        return ref
+    escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    matches = list(
+        conn.scalars(select(Run.run_id).where(Run.run_id.like(escaped + "%", escape="\\")).limit(6))
+    )
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise StoreError(
+            f"no run {ref!r} in the results store", "list runs with: orchestrator runs list"
+        )
+    shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+    raise StoreError(f"run {ref!r} is ambiguous: {shown}", "give more of the run id")
+
+
+def list_runs(
+    conn: Connection,
+    vendor: str | None = None,
+    topology: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+) -> list[RowMapping]:
+    """Newest first by submission time."""
+    query = select(
+        Run.run_id,
+        Run.status,
+        Run.config_label.label("config"),
+        Run.precision,
+        Run.fix_hp,
+        Run.p_core,
+        Run.map,
+        Run.submitted_by,
+        Run.submitted_at,
+        Run.finished_at,
+        Run.reason,
+    )
+    if vendor:
+        query = query.where(Run.vendor == vendor)
+    if topology:
+        query = query.where(Run.topology == topology)
+    if status:
+        query = query.where(Run.status == status)
+    if since:
+        query = query.where(Run.submitted_at >= since)
+    query = query.order_by(Run.submitted_at.desc(), Run.run_id.desc()).limit(limit)
+    return list(conn.execute(query).mappings())
+
+
+@dataclass
+class RunDetail:
+    run: RowMapping
+    history: list[RowMapping] = field(default_factory=list)
+    nodes: list[RowMapping] = field(default_factory=list)
+    ranks: list[RowMapping] = field(default_factory=list)
+    epochs: list[RowMapping] = field(default_factory=list)
+    image: RowMapping | None = None
+    wheels: list[RowMapping] = field(default_factory=list)
+
+
+def run_detail(conn: Connection, ref: str) -> RunDetail:
+    run_id = resolve_run(conn, ref)
+    run_columns = [c for c in Run.__table__.c if c.name not in ("manifest",)]
+    run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
+    detail = RunDetail(run=run)
+    detail.history = list(
+        conn.execute(
+            select(RunStatusChange.status, RunStatusChange.reason, RunStatusChange.at)
+            .where(RunStatusChange.run_id == run_id)
+            .order_by(RunStatusChange.at, RunStatusChange.id)
+        ).mappings()
+    )
+    node_columns = [c for c in RunNode.__table__.c if c.name not in ("env", "run_id")]
+    detail.nodes = list(
+        conn.execute(
+            select(*node_columns).where(RunNode.run_id == run_id).order_by(RunNode.node_rank)
+        ).mappings()
+    )
+    rank_columns = [c for c in RankResult.__table__.c if c.name not in ("document", "run_id")]
+    detail.ranks = list(
+        conn.execute(
+            select(*rank_columns).where(RankResult.run_id == run_id).order_by(RankResult.rank)
+        ).mappings()
+    )
+    detail.epochs = list(
+        conn.execute(
+            select(RunEpoch).where(RunEpoch.run_id == run_id).order_by(RunEpoch.epoch)
+        ).mappings()
+    )
+    if run["image_id"]:
+        detail.image = (
+            conn.execute(select(Image).where(Image.image_id == run["image_id"])).mappings().first()
+        )
+        detail.wheels = list(
+            conn.execute(
+                select(ImageWheel.filename, ImageWheel.sha256)
+                .where(ImageWheel.image_id == run["image_id"])
+                .order_by(ImageWheel.filename)
+            ).mappings()
+        )
+    return detail
+
+
+def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
+    """Rows of the seed_table view for a selection, in configuration order."""
+    view = SEED_TABLE
+    query = select(view)
+    if selection.run_ids:
+        ids = [resolve_run(conn, ref) for ref in selection.run_ids]
+        query = query.where(view.c.run_id.in_(ids))
+    elif selection.status:
+        query = query.where(view.c.status == selection.status)
+    if selection.vendor:
+        query = query.where(view.c.vendor == selection.vendor)
+    if selection.topology:
+        query = query.where(view.c.topology == selection.topology)
+    if selection.precision:
+        query = query.where(view.c.precision == selection.precision)
+    if selection.since:
+        query = query.where(view.c.finished_at >= selection.since)
+    query = query.order_by(
+        view.c.vendor, view.c.topology, view.c.precision, view.c.finished_at, view.c.run_id
+    )
+    if selection.limit:
+        query = query.limit(selection.limit)
+    return list(conn.execute(query).mappings())
+
+
+# The seed page's environment block: label -> how to read it from run_nodes / images.
+ENVIRONMENT_FIELDS = (
+    ("machine, accelerator", "accelerator_model"),
+    ("network", "ib"),
+    ("OS", "os"),
+    ("kernel", "kernel"),
+    ("accelerator driver", "driver"),
+    ("Docker", "docker"),
+    ("framework", "framework"),
+)
+
+
+def environment(conn: Connection, run_ids: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """For each environment field, the distinct values over the runs' nodes (sorted)."""
+    values: dict[str, set[str]] = {key: set() for _, key in ENVIRONMENT_FIELDS}
+    wheels_by_image: dict[str, list[str]] = {}
+    ids = list(run_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        query = (
+            select(
+                RunNode.accelerator_model,
+                RunNode.accelerator_count,
+                RunNode.ib,
+                RunNode.os,
+                RunNode.kernel,
+                RunNode.driver,
+                RunNode.docker,
+                RunNode.torch,
+                Run.image_id,
+                Run.vendor,
+            )
+            .join(Run, Run.run_id == RunNode.run_id)
+            .where(RunNode.run_id.in_(chunk))
+        )
+        for row in conn.execute(query).mappings():
+            _collect(values, row)
+            if row["image_id"]:
+                wheels_by_image.setdefault(row["image_id"], [])
+        if wheels_by_image:
+            wheel_query = select(ImageWheel.image_id, ImageWheel.filename).where(
+                ImageWheel.image_id.in_(list(wheels_by_image)), ImageWheel.filename.like("torch-%")
+            )
+            for image_id, filename in conn.execute(wheel_query):
+                wheels_by_image[image_id].append(filename)
+    wheels = {w for names in wheels_by_image.values() for w in names}
+    if wheels:  # the wheel file names say more than a version string
+        values["framework"] = wheels
+    return [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
+
+
+def _collect(values: dict[str, set[str]], row: RowMapping) -> None:
+    if row["accelerator_model"]:
+        count = f"{row['accelerator_count']} x " if row["accelerator_count"] else ""
+        values["accelerator_model"].add(f"{count}{row['accelerator_model']}")
+    network = describe_ib(row["ib"])
+    if network:
+        values["ib"].add(network)
+    for key in ("os", "kernel", "driver", "docker"):
+        if row[key]:
+            values[key].add(str(row[key]))
+    if row["torch"]:
+        values["framework"].add(f"torch {row['torch']}")
+
+
+def describe_ib(ports: Any) -> str | None:
+    """'InfiniBand, 2 x 200 Gb/s' from env.json's ib list (items with rate_gbps, or strings)."""
+    if not ports or not isinstance(ports, list):
+        return None
+    rates: dict[str, int] = {}
+    for port in ports:
+        if isinstance(port, dict):
+            if port.get("state") not in (None, "ACTIVE", "active", 4, "4: ACTIVE"):
+                continue
+            rate = port.get("rate_gbps") or port.get("rate")
+            key = f"{rate:g} Gb/s" if isinstance(rate, (int, float)) else str(rate or "?")
+        else:
+            key = str(port)
+        rates[key] = rates.get(key, 0) + 1
+    if not rates:
+        return None
+    return "InfiniBand, " + ", ".join(f"{n} x {rate}" for rate, n in sorted(rates.items()))
+
+
+def rows_as_dicts(rows: Sequence[RowMapping]) -> list[dict[str, Any]]:
+    return [dict(row) for row in rows]

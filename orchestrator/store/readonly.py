@@ -1,0 +1,156 @@
+"""`orchestrator query`: an admin's SQL, run so that the database itself refuses any write.
+
+SQLite: a connection opened with `mode=ro`, `PRAGMA query_only`, and an authorizer that allows
+only reading (no ATTACH, no VACUUM INTO, no PRAGMA that sets a value). PostgreSQL: a READ ONLY
+transaction, the statement sent as one prepared statement (so `COMMIT; DELETE ...` cannot run),
+rolled back afterwards. No SQL text is inspected here: the refusal comes from the database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy.engine import URL
+
+from orchestrator.errors import QueryError, StoreError
+from orchestrator.store.engine import SQLITE_BUSY_TIMEOUT_MS, parse_url, redact_url
+
+READ_ONLY_MESSAGE = "the query tries to write; `orchestrator query` is read-only"
+READ_ONLY_REMEDY = "use SELECT (or WITH ... SELECT); change results with orchestrator commands"
+MAX_ROWS_DEFAULT = 10_000
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool  # more rows existed than max_rows
+
+
+def run_query(url: str, sql: str, max_rows: int = MAX_ROWS_DEFAULT) -> QueryResult:
+    parsed = parse_url(url)
+    if not sql.strip():
+        raise QueryError(
+            "the query is empty", 'pass SQL, e.g. orchestrator query "SELECT * FROM seed_table"'
+        )
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite(parsed, sql, max_rows)
+    return _postgres(parsed, sql, max_rows)
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+_SQLITE_ALLOWED = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
+
+
+def _authorize(
+    action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None
+) -> int:
+    if action in _SQLITE_ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is None:  # reading a pragma, e.g. table_info
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
+
+
+def _sqlite(url: URL, sql: str, max_rows: int) -> QueryResult:
+    path = Path(url.database or "")
+    if not path.is_file():
+        raise StoreError(
+            f"results store {redact_url(url)} does not exist",
+            "create it with: orchestrator db upgrade, then ingest runs",
+        )
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    try:
+        connection.execute("PRAGMA query_only = 1")
+        connection.set_authorizer(_authorize)
+        try:
+            cursor = connection.execute(sql)
+            columns = [d[0] for d in cursor.description or ()]
+            rows = cursor.fetchmany(max_rows + 1)
+        except sqlite3.Error as exc:
+            raise _sqlite_error(exc) from None
+    finally:
+        connection.close()
+    return QueryResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
+
+
+def _sqlite_error(exc: sqlite3.Error) -> QueryError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = text.lower()
+    if "readonly" in lowered or "read-only" in lowered or "not authorized" in lowered:
+        return QueryError(READ_ONLY_MESSAGE, READ_ONLY_REMEDY)
+    if "one statement at a time" in lowered:
+        return QueryError("the query holds more than one statement", "run one statement per call")
+    return QueryError(
+        f"SQL error: {text}", "check the SQL; docs/schema.md lists the tables and columns"
+    )
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+_PG_READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction
+
+
+def _postgres(url: URL, sql: str, max_rows: int) -> QueryResult:
+    import psycopg
+
+    shown = redact_url(url)
+    params: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+        "connect_timeout": 10,
+        "application_name": "orchestrator query",
+        **{k: v for k, v in url.query.items() if isinstance(v, str)},
+    }
+    try:
+        connection = psycopg.connect(**{k: v for k, v in params.items() if v is not None})
+    except psycopg.Error as exc:
+        raise StoreError(
+            f"cannot connect to results store at {shown}: {_pg_text(exc)}",
+            "check the URL, that the server runs, and the credentials",
+        ) from None
+    try:
+        connection.read_only = True  # every transaction starts with BEGIN READ ONLY
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute("SET LOCAL statement_timeout = '5min'")
+                # prepare=True: the extended protocol, which runs exactly one statement.
+                cursor.execute(sql, prepare=True)
+                columns = [d.name for d in cursor.description or ()]
+                rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
+            except psycopg.Error as exc:
+                raise _pg_error(exc) from None
+    finally:
+        connection.rollback()
+        connection.close()
+    return QueryResult(columns, [tuple(r) for r in rows[:max_rows]], len(rows) > max_rows)
+
+
+def _pg_text(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _pg_error(exc: Any) -> QueryError:
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate == _PG_READ_ONLY_SQLSTATE:
+        return QueryError(READ_ONLY_MESSAGE, READ_ONLY_REMEDY)
+    if sqlstate == "42601" and "multiple commands" in str(exc):
+        return QueryError("the query holds more than one statement", "run one statement per call")
+    return QueryError(
+        f"SQL error: {_pg_text(exc)}", "check the SQL; docs/schema.md lists the tables and columns"
+    )

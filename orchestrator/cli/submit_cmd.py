@@ -173,10 +173,14 @@ def submit(
 
 
 def _print_outcome(store: Any, outcome: Any) -> None:
-    from orchestrator.report import seed_table_for_runs
+    from orchestrator.report import render_report
+    from orchestrator.store.queries import Selection, environment, seed_rows
 
     if outcome.status == "succeeded":
-        click.echo(seed_table_for_runs(store, [outcome.run_id]))
+        with store.reading() as conn:
+            rows = seed_rows(conn, Selection(run_ids=(outcome.run_id,)))
+            env = environment(conn, [outcome.run_id])
+        click.echo(render_report(env, rows, "markdown"), nl=False)
     else:
         click.echo(
             f"run {outcome.run_id} {outcome.status}: {outcome.failure.reason if outcome.failure else ''}",

@@ -1,0 +1,266 @@
+"""Operations fanned out to all nodes in parallel, and the session that holds their connections.
+
+Every node runs in its own thread; the caller waits for all of them (each with the timeout),
+then gets every node's result, or ONE error naming every node that failed and why (fabric's
+GroupResult/GroupException, with the timeouts it lacks).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from orchestrator.errors import NodeError, OrchestratorError
+from orchestrator.specs import NodeSpec, SshSettings
+from orchestrator.transport.base import Transport
+
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+class FanOutTimeout(NodeError):
+    """A node's share of a fan-out did not finish within the fan-out's timeout."""
+
+
+class FanOutError(NodeError, Generic[T]):
+    """`what` failed on some nodes. `failures` maps node -> reason, `errors` node -> exception,
+    `results` holds what the other nodes returned."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        errors: dict[str, BaseException],
+        results: dict[str, T],
+    ) -> None:
+        self.errors = errors
+        self.results = results
+        remedies = []
+        for exc in errors.values():
+            remedy = getattr(exc, "remedy", None)
+            if remedy and remedy not in remedies:
+                remedies.append(remedy)
+        super().__init__(
+            f"{what} failed on {len(errors)} of {total} node{'s' if total != 1 else ''}",
+            {node: failure_reason(node, exc) for node, exc in errors.items()},
+            "; ".join(remedies) or None,
+        )
+
+
+def failure_reason(node: str, exc: BaseException) -> str:
+    """One line saying why `node` failed, without repeating the node's name."""
+    if isinstance(exc, NodeError) and node in exc.failures:
+        return exc.failures[node]
+    if isinstance(exc, OrchestratorError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def fan_out_calls(
+    items: Mapping[str, K],
+    fn: Callable[[K], T],
+    *,
+    timeout: float,
+    what: str,
+    on_late: Callable[[T], object] | None = None,
+) -> dict[str, T | BaseException]:
+    """Call fn(item) for every item in its own thread, wait for all (up to `timeout` seconds
+    from the start), and return each key's result or exception, in the items' order. A call
+    still running at the deadline counts as a FanOutTimeout; its thread is left to finish on
+    its own (the operations it runs have their own timeouts) and `on_late(result)` disposes
+    of what it returns then (e.g. closes a connection nobody will use)."""
+    outcomes: dict[str, T | BaseException] = {}
+    done = threading.Condition()
+    gave_up = False
+
+    def call(key: str, item: K) -> None:
+        try:
+            value: T | BaseException = fn(item)
+        except BaseException as exc:  # reported per node, never lost
+            value = exc
+        with done:
+            if not gave_up:
+                outcomes[key] = value
+                done.notify_all()
+                return
+        if on_late is not None and not isinstance(value, BaseException):
+            on_late(value)
+
+    threads = [
+        threading.Thread(target=call, args=(key, item), name=f"fan-out-{key}", daemon=True)
+        for key, item in items.items()
+    ]
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.start()
+    with done:
+        done.wait_for(lambda: len(outcomes) == len(threads), max(0.0, deadline - time.monotonic()))
+        gave_up = True
+        snapshot = dict(outcomes)
+    ordered: dict[str, T | BaseException] = {}
+    for key in items:
+        if key in snapshot:
+            ordered[key] = snapshot[key]
+        else:
+            ordered[key] = FanOutTimeout(
+                f"{what} timed out", {key: f"{what} did not finish within {timeout:g}s"}
+            )
+    return ordered
+
+
+def results_or_raise(what: str, outcomes: Mapping[str, T | BaseException]) -> dict[str, T]:
+    """The results if every node succeeded, else one FanOutError for all the failures.
+    KeyboardInterrupt and SystemExit from a node are re-raised as they are."""
+    errors = {k: v for k, v in outcomes.items() if isinstance(v, BaseException)}
+    for exc in errors.values():
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+    results = {k: v for k, v in outcomes.items() if not isinstance(v, BaseException)}
+    if errors:
+        raise FanOutError(what, len(outcomes), errors, results)
+    return results
+
+
+class NodeSession:
+    """The connections to a set of nodes: one per node, opened in parallel, reused for every
+    operation of a run, all closed on exit (even on errors).
+
+        with NodeSession(job.nodes, cluster.ssh) as session:
+            session.fan_out(lambda t: t.run(["nproc"]), timeout=30, what="counting CPUs")
+
+    With `require_all=False` the session opens whatever it can: `transports` has the nodes
+    that answered and `connect_failures` the reasons of the others (for `doctor`).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        ssh: SshSettings,
+        connect_timeout: float | None = None,
+        *,
+        require_all: bool = True,
+    ) -> None:
+        names = [n.name for n in nodes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"nodes named twice: {', '.join(duplicates)}")
+        self.nodes = tuple(nodes)
+        self.ssh = ssh
+        self.connect_timeout = ssh.connect_timeout_s if connect_timeout is None else connect_timeout
+        self.require_all = require_all
+        self.transports: dict[str, Transport] = {}
+        self.connect_failures: dict[str, str] = {}
+        self.connect_errors: dict[str, BaseException] = {}
+        #: node (or "jump host ...") -> SHA256 fingerprint of each host key accepted and
+        #: recorded while connecting (accept_new_host_keys); the run stores them.
+        self.accepted_new_host_keys: dict[str, str] = {}
+        self._jump: Any = None  # ssh.JumpHost, imported lazily with paramiko
+        self._opened = False
+
+    def open(self) -> NodeSession:
+        """Connect to every node in parallel (done by `with`); one error for all failures."""
+        if self._opened:
+            return self
+        self._opened = True
+        try:
+            outcomes = self._connect_all()
+            self.transports = {k: v for k, v in outcomes.items() if isinstance(v, Transport)}
+            self.connect_errors = {
+                k: v for k, v in outcomes.items() if isinstance(v, BaseException)
+            }
+            self.connect_failures = {
+                k: failure_reason(k, v) for k, v in self.connect_errors.items()
+            }
+            for name, transport in self.transports.items():
+                if transport.accepted_new_host_key:
+                    self.accepted_new_host_keys[name] = transport.accepted_new_host_key
+            if self._jump is not None and self._jump.accepted_new_host_key:
+                self.accepted_new_host_keys[f"jump host {self._jump.label}"] = (
+                    self._jump.accepted_new_host_key
+                )
+            if self.require_all or any(
+                isinstance(e, (KeyboardInterrupt, SystemExit)) for e in self.connect_errors.values()
+            ):
+                results_or_raise("connect", outcomes)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _connect_all(self) -> dict[str, Transport | BaseException]:
+        from orchestrator.transport.local import LocalTransport
+
+        remote = [n for n in self.nodes if not n.is_local]
+        known = None
+        if remote:
+            from orchestrator.transport.hostkeys import KnownHosts
+            from orchestrator.transport.ssh import JumpHost, connect_ssh
+
+            known = KnownHosts.from_settings(self.ssh)
+            if self.ssh.jump_host:
+                try:
+                    key_files = sorted({n.key_file for n in remote if n.key_file})
+                    self._jump = JumpHost(
+                        self.ssh.jump_host, self.ssh, known, key_files, self.connect_timeout
+                    )
+                except NodeError as exc:
+                    # Every node behind the jump host fails for the same reason.
+                    failed: dict[str, Transport | BaseException] = {}
+                    for node in self.nodes:
+                        failed[node.name] = LocalTransport(node, self.ssh) if node.is_local else exc
+                    return failed
+
+        def open_one(node: NodeSpec) -> Transport:
+            if node.is_local:
+                return LocalTransport(node, self.ssh)
+            return connect_ssh(
+                node, self.ssh, known=known, jump=self._jump, timeout=self.connect_timeout
+            )
+
+        # Each connect is bounded by its own watchdog; the margin only guards against bugs.
+        outcomes: dict[str, Transport | BaseException] = fan_out_calls(
+            {n.name: n for n in self.nodes},
+            open_one,
+            timeout=self.connect_timeout + 5.0,
+            what="connect",
+            on_late=lambda transport: transport.close(),
+        )
+        return outcomes
+
+    def fan_out(self, fn: Callable[[Transport], T], *, timeout: float, what: str) -> dict[str, T]:
+        """fn(transport) on every node in parallel; waits for all (each up to `timeout`
+        seconds), then returns node -> result, or raises ONE FanOutError
+        (`what failed on k of n nodes: node: reason; ...`) carrying `.results` of the nodes
+        that succeeded and `.errors` with each failure's exception."""
+        return results_or_raise(what, self.fan_out_results(fn, timeout=timeout, what=what))
+
+    def fan_out_results(
+        self, fn: Callable[[Transport], T], *, timeout: float, what: str
+    ) -> dict[str, T | BaseException]:
+        """Like `fan_out`, without raising: node -> result or the exception it raised."""
+        if not self._opened:
+            self.open()
+        return fan_out_calls(self.transports, fn, timeout=timeout, what=what)
+
+    def close(self) -> None:
+        """Close every connection (and the jump host's); spawned jobs keep running."""
+        transports, self.transports = self.transports, {}
+        for transport in transports.values():
+            try:
+                transport.close()
+            except Exception:  # closing must not hide the error that got us here
+                pass
+        if self._jump is not None:
+            jump, self._jump = self._jump, None
+            try:
+                jump.close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> NodeSession:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,296 @@
+"""Commands, jobs and files: the same tests against a real sshd node and the local transport."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import NodeError
+from orchestrator.specs import NodeSpec, SshSettings
+from orchestrator.transport import (
+    CommandFailed,
+    CommandTimedOut,
+    Transport,
+    connect,
+    kill_process_group,
+)
+from tests.support.sshd_fixtures import SshdCluster
+
+NASTY = "a b 'c' \"d\" $(touch {tmp}/pwned) ;rm -rf x `touch {tmp}/pwned2` \\n $HOME"
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running (zombies waiting for init to reap them do not count)."""
+    return _state(pid) not in (None, "Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry))
+    return members
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.sshd)])
+def node_and_settings(
+    request: pytest.FixtureRequest, sshd_nodes: Callable[[int], SshdCluster]
+) -> tuple[NodeSpec, SshSettings]:
+    if request.param == "local":
+        return NodeSpec(name="localhost", address="local"), SshSettings()
+    cluster = sshd_nodes(3)
+    return cluster.nodes[0], cluster.ssh
+
+
+@pytest.fixture
+def transport(node_and_settings: tuple[NodeSpec, SshSettings]) -> Iterator[Transport]:
+    node, settings = node_and_settings
+    with connect(node, settings) as opened:
+        yield opened
+
+
+def test_run_returns_exit_code_stdout_and_stderr(transport: Transport) -> None:
+    result = transport.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert result.node == transport.name and result.argv[0] == "sh" and result.duration_s > 0
+
+
+def test_nasty_argument_arrives_verbatim_and_executes_nothing(
+    transport: Transport, tmp_path: Path
+) -> None:
+    nasty = NASTY.format(tmp=tmp_path)
+    workdir = tmp_path / "dir with 'quotes' and $(x)"
+    workdir.mkdir()
+    (workdir / "x").write_text("still here")
+    result = transport.run(
+        ["printf", "%s\n", nasty, "--", ";", "&&"],
+        env={"NASTY": nasty},
+        cwd=str(workdir),
+    )
+    assert result.stdout == f"{nasty}\n--\n;\n&&\n"
+    assert transport.run(["printenv", "NASTY"], env={"NASTY": nasty}).stdout == nasty + "\n"
+    assert transport.run(["pwd"], cwd=str(workdir)).stdout == f"{workdir}\n"
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+    assert (workdir / "x").read_text() == "still here"
+
+
+def test_program_names_are_not_shell_words(transport: Transport, tmp_path: Path) -> None:
+    # An argv[0] that looks like an assignment or a reserved word is a program name.
+    assert transport.run(["A=B"], check=False).exit_code == 127
+    assert transport.run(["if"], check=False).exit_code == 127
+    # echo is /bin/echo, not the shell's builtin that would interpret backslashes.
+    assert transport.run(["echo", "a\\nb"]).stdout == "a\\nb\n"
+
+
+def test_check_raises_command_failed_with_exit_code_and_stderr_tail(transport: Transport) -> None:
+    with pytest.raises(CommandFailed) as caught:
+        transport.run(["sh", "-c", "echo first >&2; echo 'disk is full' >&2; exit 4"])
+    error = caught.value
+    assert error.result.exit_code == 4
+    assert "exited with 4" in error.failures[transport.name]
+    assert "disk is full" in error.one_line() and transport.name in error.one_line()
+
+
+def test_missing_directory_and_program_fail_like_a_shell(
+    transport: Transport, tmp_path: Path
+) -> None:
+    missing = transport.run(["true"], cwd=str(tmp_path / "nope"), check=False)
+    assert missing.exit_code != 0 and "nope" in missing.stderr
+    assert transport.run(["no-such-program-xyz"], check=False).exit_code == 127
+
+
+def test_timeout_kills_the_command_and_its_children(transport: Transport, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut) as caught:
+        transport.run(["sh", "-c", f"sleep 60 & echo $! > '{pid_file}'; wait"], timeout=1.5)
+    assert time.monotonic() - started < 10
+    assert transport.name in caught.value.one_line() and "1.5s" in caught.value.one_line()
+    child = int(pid_file.read_text())
+    assert wait_until(lambda: not alive(child), 5), "the timed-out command's child survived"
+
+
+def test_stdin_bytes_and_streamed_chunks(transport: Transport) -> None:
+    assert transport.run(["cat"], stdin=b"hello\n").stdout == "hello\n"
+    assert transport.run(["cat"]).stdout == ""  # no stdin: EOF at once, no hang
+    chunks = [bytes([i]) * 65536 for i in range(40)]  # 2.5 MiB, more than a channel window
+    seen: list[int] = []
+    result = transport.run_streaming_stdin(["sha256sum"], iter(chunks), progress=seen.append)
+    import hashlib
+
+    assert result.stdout.split()[0] == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert result.stdin_bytes == 40 * 65536 and seen[-1] == 40 * 65536 and len(seen) == 40
+
+
+def test_failing_stdin_source_is_reported(transport: Transport) -> None:
+    def broken() -> Iterator[bytes]:
+        yield b"partial"
+        raise OSError(5, "docker save died")
+
+    with pytest.raises(NodeError) as caught:
+        transport.run_streaming_stdin(["cat"], broken(), timeout=20)
+    assert "docker save died" in caught.value.one_line()
+
+
+def test_spawn_preserves_exit_code_and_streams_lines_into_the_log(
+    transport: Transport, tmp_path: Path
+) -> None:
+    log = tmp_path / "job log.txt"
+    log.write_text("earlier run\n")
+    job = transport.spawn(
+        [
+            "sh",
+            "-c",
+            'echo "one $1"; sleep 0.2; echo two >&2; printf tail-no-newline; exit 7',
+            "sh",
+            "x y",
+        ],
+        env={"GREETING": "hi"},
+        cwd=str(tmp_path),
+        log_path=str(log),
+    )
+    assert job.pgid > 1
+    assert job.wait(20) == 7
+    lines: list[str] = []
+    while chunk := job.lines(0.1):
+        lines += chunk
+    assert lines == ["one x y", "two", "tail-no-newline"]
+    assert log.read_text() == "earlier run\none x y\ntwo\ntail-no-newline"
+
+
+def test_spawn_runs_in_its_cwd_with_its_env(transport: Transport, tmp_path: Path) -> None:
+    job = transport.spawn(
+        ["sh", "-c", 'echo "$GREETING from $(pwd)"'],
+        env={"GREETING": "hello there"},
+        cwd=str(tmp_path),
+        log_path=str(tmp_path / "log"),
+    )
+    assert job.wait(20) == 0
+    assert job.lines(1) == [f"hello there from {tmp_path}"]
+
+
+def test_kill_tree_leaves_nothing_of_the_group(transport: Transport, tmp_path: Path) -> None:
+    job = transport.spawn(
+        ["sh", "-c", "sleep 1000 & sleep 1000 & echo started; wait"], log_path=str(tmp_path / "log")
+    )
+    assert job.lines(10) == ["started"]
+    assert len(group_members(job.pgid)) >= 3  # sh and both sleeps (and the wrappers)
+    job.kill_tree(grace_s=5)
+    assert group_members(job.pgid) == []
+    assert job.poll() == 128 + signal.SIGTERM
+
+
+def test_kill_tree_escalates_to_sigkill(transport: Transport, tmp_path: Path) -> None:
+    job = transport.spawn(
+        ["sh", "-c", "trap '' TERM; echo stubborn; while :; do sleep 0.1; done"],
+        log_path=str(tmp_path / "log"),
+    )
+    assert job.lines(10) == ["stubborn"]
+    started = time.monotonic()
+    job.kill_tree(grace_s=0.5)
+    assert group_members(job.pgid) == []
+    assert 0.5 <= time.monotonic() - started < 10
+
+
+def test_signal_reaches_the_job(transport: Transport, tmp_path: Path) -> None:
+    # SIGINT matters: a job started in the background of a shell would ignore it.
+    job = transport.spawn(
+        ["sh", "-c", "trap 'echo got INT; exit 5' INT; echo ready; while :; do sleep 0.1; done"],
+        log_path=str(tmp_path / "log"),
+    )
+    assert job.lines(10) == ["ready"]
+    job.signal(signal.SIGINT)
+    assert job.wait(10) == 5
+    assert job.lines(1) == ["got INT"]
+
+
+def test_job_survives_the_controller_and_is_killed_by_pgid(
+    node_and_settings: tuple[NodeSpec, SshSettings], tmp_path: Path
+) -> None:
+    node, settings = node_and_settings
+    log = tmp_path / "log"
+    with connect(node, settings) as first:
+        job = first.spawn(
+            ["sh", "-c", "while :; do echo tick; sleep 0.05; done"], log_path=str(log)
+        )
+        assert job.lines(10)
+    size = log.stat().st_size
+    assert wait_until(lambda: log.stat().st_size > size, 5), "the job stopped with the connection"
+    assert group_members(job.pgid)
+    with connect(node, settings) as second:
+        kill_process_group(second, job.pgid, grace_s=2)
+    assert group_members(job.pgid) == []
+
+
+def test_files_round_trip(transport: Transport, tmp_path: Path) -> None:
+    remote = tmp_path / "remote dir" / "nested 'q'"
+    transport.makedirs(str(remote))
+    transport.makedirs(str(remote))  # exists already: fine
+    assert transport.exists(str(remote)) and not transport.exists(str(remote / "none"))
+
+    transport.write_text(str(remote / "config.json"), '{"a": "é"}\n', mode=0o600)
+    assert transport.read_text(str(remote / "config.json")) == '{"a": "é"}\n'
+    assert (remote / "config.json").stat().st_mode & 0o777 == 0o600
+
+    source = tmp_path / "run.sh"
+    source.write_bytes(b"#!/bin/sh\necho run\n" + bytes(range(256)) * 1000)
+    source.chmod(0o750)
+    transport.put_file(source, str(remote / "run.sh"))
+    assert (remote / "run.sh").read_bytes() == source.read_bytes()
+    assert (remote / "run.sh").stat().st_mode & 0o777 == 0o750
+    back = tmp_path / "back.sh"
+    transport.get_file(str(remote / "run.sh"), back)
+    assert back.read_bytes() == source.read_bytes()
+    leftovers = [p.name for p in remote.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # the temporary names were renamed away
+
+
+def test_get_tree_copies_a_run_folder(transport: Transport, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run 1"
+    (run_dir / "ranks").mkdir(parents=True)
+    (run_dir / "ranks" / "rank-00000.json").write_text('{"rank": 0}')
+    (run_dir / "ranks" / "rank-00001.json").write_text('{"rank": 1}')
+    (run_dir / "stdout.log").write_text("log\n")
+    (run_dir / "link.log").symlink_to(run_dir / "stdout.log")
+    (run_dir / "loop").symlink_to(run_dir)  # a link to a directory is skipped
+    target = tmp_path / "collected"
+    transport.get_tree(str(run_dir), target)
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert files == ["link.log", "ranks/rank-00000.json", "ranks/rank-00001.json", "stdout.log"]
+    assert (target / "ranks" / "rank-00001.json").read_text() == '{"rank": 1}'
+
+
+def test_file_errors_name_the_node_and_the_path(transport: Transport, tmp_path: Path) -> None:
+    with pytest.raises(NodeError) as caught:
+        transport.read_text(str(tmp_path / "missing.json"))
+    assert transport.name in caught.value.one_line()
+    assert "missing.json" in caught.value.one_line()
+    with pytest.raises(NodeError):
+        transport.get_tree(str(tmp_path / "missing"), tmp_path / "out")

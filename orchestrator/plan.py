@@ -80,6 +80,8 @@ class Plan:
     runtime: str
     image: str | None = None
     notes: tuple[str, ...] = field(default=())
+    hardware_label: str | None = None  # the vendor profile's short name, e.g. 'MXC500'
+    monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled
 
     def render(self) -> str:
         job = self.job

@@ -8,6 +8,7 @@ import getpass
 import socket
 import threading
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,24 +78,28 @@ def make_plan(cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = Non
         no_progress_timeout_s=req.no_progress_timeout_s,
         submitted_by=submitter(),
     )
-    runtime = load_profile(cluster.vendor).runtime
-    return build_plan(
+    profile = load_profile(cluster.vendor)
+    runtime = profile.runtime
+    plan = build_plan(
         job,
         workload_hash=workload_hash(),
         vendor_env=runtime.env,
         visible_devices_var=runtime.visible_devices_env or None,
     )
+    return replace(
+        plan,
+        hardware_label=getattr(profile, "label", None),
+        monitor_tool=runtime.monitor[0] if runtime.monitor else None,
+    )
 
 
 def manifest_for(plan: Plan, req: SubmitRequest, status: str, **extra: Any) -> RunManifest:
-    from orchestrator.images.profiles import load_profile
-
     job = plan.job
     return RunManifest(
         run_id=job.run_id,
         case=job.case,
         vendor=job.cluster.vendor,
-        hardware_label=getattr(load_profile(job.cluster.vendor), "label", None),
+        hardware_label=plan.hardware_label,
         cluster=job.cluster.name,
         backend="ssh",
         runtime=plan.runtime,
@@ -145,7 +150,7 @@ def execute(
             _check_stop(stop)
             console.print(f"[dim]preflight on {len(plan.nodes)} node(s)…[/]")
             reports = run_preflight(
-                session, job, smi=_smi(job.cluster.vendor), docker=plan.runtime == "docker"
+                session, job, smi=plan.monitor_tool, docker=plan.runtime == "docker"
             )
             for np_ in plan.nodes:
                 env = reports[np_.node.name].env
@@ -176,14 +181,43 @@ def execute(
     except OrchestratorError as exc:
         node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
         failure = Failure(exc.one_line(), node=node)
-    finished_at = utcnow()
+    except BaseException as exc:
+        # A bug or an interrupt outside the watch: the row must still end final, then re-raise.
+        cancelled = isinstance(exc, KeyboardInterrupt)
+        failure = Failure("cancelled by the user" if cancelled else f"internal error: {exc!r}")
+        _finalize(
+            plan,
+            req,
+            run_dir,
+            store,
+            "cancelled" if cancelled else "failed",
+            failure,
+            submitted_at,
+            started_at,
+        )
+        raise
+    return _finalize(plan, req, run_dir, store, status, failure, submitted_at, started_at)
+
+
+def _finalize(
+    plan: Plan,
+    req: SubmitRequest,
+    run_dir: Path,
+    store: Store,
+    status: str,
+    failure: Failure | None,
+    submitted_at: datetime,
+    started_at: datetime | None,
+) -> Outcome:
+    """Write the manifest and publish the folder; if the files are rejected, the row still ends
+    with a final status and the reason."""
     manifest = manifest_for(
         plan,
         req,
         status,
         submitted_at=submitted_at,
         started_at=started_at,
-        finished_at=finished_at,
+        finished_at=utcnow(),
         failure=failure.as_dict() if failure else None,
     )
     write_manifest(run_dir / "manifest.json", manifest)
@@ -191,18 +225,17 @@ def execute(
     try:
         summary = store.publish(run_dir)
     except OrchestratorError as exc:
-        # The workload's files disagree with the format: keep the folder, record why.
         if status == "succeeded":
             status, failure = "failed", Failure(f"results rejected: {exc.one_line()}")
         reason = failure.reason if failure else exc.one_line()
         store.set_status(
-            job.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
+            plan.job.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
         )
         write_manifest(
             run_dir / "manifest.json",
             replace(manifest, status=status, failure=failure.as_dict() if failure else None),
         )
-    return Outcome(job.run_id, status, run_dir, failure, summary)
+    return Outcome(plan.job.run_id, status, run_dir, failure, summary)
 
 
 class _Cancelled(Exception):
@@ -212,13 +245,6 @@ class _Cancelled(Exception):
 def _check_stop(stop: threading.Event) -> None:
     if stop.is_set():
         raise _Cancelled()
-
-
-def _smi(vendor: str) -> str | None:
-    from orchestrator.images.profiles import load_profile
-
-    monitor = load_profile(vendor).runtime.monitor
-    return monitor[0] if monitor else None
 
 
 def raise_for(outcome: Outcome) -> None:

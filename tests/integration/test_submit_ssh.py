@@ -1,0 +1,237 @@
+"""`orchestrator submit` end to end against real sshd nodes on loopback addresses, running the
+real workload under real torchrun, results in SQLite (Postgres: test_submit_postgres.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster_fixtures import (
+    TINY_SETS,
+    run_cli,
+    run_processes,
+    start_cli,
+    stop,
+    wait_for,
+    write_cluster_file,
+)
+
+pytestmark = [pytest.mark.sshd, pytest.mark.torch]
+
+HOSTILE = 'co co\'s "set" $(touch {canary}) ;x'
+
+
+def _sets(*extra: str) -> list[str]:
+    args = []
+    for item in [*TINY_SETS, *extra]:
+        args += ["--set", item]
+    return args
+
+
+def _db_rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def two_nodes(sshd_nodes, tiny_coco, tmp_path):
+    cluster = sshd_nodes(3)
+    cfg = write_cluster_file(
+        tmp_path / "cluster.toml",
+        cluster.nodes,
+        cluster.ssh,
+        data_dir=tiny_coco,
+        workdir_root=tmp_path / "nodes",
+    )
+    return cluster, cfg
+
+
+def test_submit_2x1_runs_on_two_nodes_with_a_hostile_dataset_path(sshd_nodes, tiny_coco, tmp_path):
+    cluster = sshd_nodes(3)
+    canary = tmp_path / "pwned"
+    data = tmp_path / HOSTILE.format(canary=canary)
+    shutil.copytree(tiny_coco, data)
+    cfg = write_cluster_file(
+        tmp_path / "cluster.toml",
+        cluster.nodes,
+        cluster.ssh,
+        data_dir=data,
+        workdir_root=tmp_path / "nodes",
+    )
+    db = tmp_path / "results.db"
+    assert run_cli(["--db", f"sqlite:///{db}", "db", "upgrade"], tmp_path).returncode == 0
+
+    proc = run_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not canary.exists(), "a $(...) in the dataset path was executed"
+    (run_id, status, topology, p_core, e2e) = _db_rows(
+        db, "SELECT run_id, status, topology, p_core, e2e_time_s FROM runs"
+    )[0]
+    assert status == "succeeded" and topology == "2x1"
+    assert p_core > 0 and e2e > 0
+    ranks = _db_rows(
+        db, f"SELECT rank, node_rank FROM rank_results WHERE run_id = '{run_id}' ORDER BY rank"
+    )
+    assert ranks == [(0, 0), (1, 1)]
+    nodes = _db_rows(
+        db,
+        f"SELECT node_name, os, kernel FROM run_nodes WHERE run_id = '{run_id}' ORDER BY node_rank",
+    )
+    assert [n[0] for n in nodes] == [cluster.nodes[0].name, cluster.nodes[1].name]
+    assert all(n[1] and n[2] for n in nodes), "environment not captured"
+    # The run folder holds both rank files and both logs; the seed table row was printed.
+    run_dir = tmp_path / "runs" / run_id
+    assert sorted(p.name for p in (run_dir / "ranks").iterdir()) == [
+        "rank-00000.json",
+        "rank-00001.json",
+    ]
+    assert (run_dir / "logs" / f"{cluster.nodes[1].name}.log").stat().st_size > 0
+    assert "| cpu 2x1 |" in proc.stdout
+    # Nothing is left on the nodes: no process, no run folder.
+    assert run_processes(run_id) == []
+    assert not any((tmp_path / "nodes").glob(f"*/runs/{run_id}"))
+
+
+def test_killed_rank_fails_the_run_within_seconds_naming_its_node(two_nodes, tmp_path):
+    cluster, cfg = two_nodes
+    db = tmp_path / "results.db"
+    proc = start_cli(
+        [
+            "--cluster",
+            str(cfg),
+            "--db",
+            f"sqlite:///{db}",
+            "submit",
+            "2x1",
+            *_sets("max_iters=400", "log_every=1"),
+        ],
+        tmp_path,
+    )
+    try:
+        victim = wait_for(
+            lambda: [
+                p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"
+            ],
+            timeout=120,
+            what="rank of node 1 to start",
+        )[0]
+        run_id = victim["run_id"]
+        # Let training begin (rank files and progress need a live process group), then kill it.
+        time.sleep(3)
+        killed_at = time.monotonic()
+        import os
+
+        os.kill(victim["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=90)
+        took = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    assert took < 30, f"the run took {took:.1f}s to fail after the kill"
+    node1 = cluster.nodes[1].name
+    assert f"node {node1}" in err
+    status, reason, failure = _db_rows(
+        db, f"SELECT status, reason, failure FROM runs WHERE run_id = '{run_id}'"
+    )[0]
+    assert status == "failed" and json.loads(failure)["node"] == node1 and "rank 1" in reason
+    assert run_processes(run_id) == [], "workload processes left behind"
+
+
+def test_unreachable_node_fails_preflight_and_starts_nothing(
+    sshd_nodes, silent_node, tiny_coco, tmp_path
+):
+    cluster = sshd_nodes(3)
+    nodes = [cluster.nodes[0], silent_node("banner")]
+    cfg = write_cluster_file(
+        tmp_path / "cluster.toml",
+        nodes,
+        cluster.ssh,
+        data_dir=tiny_coco,
+        workdir_root=tmp_path / "nodes",
+        connect_timeout_s=2,
+    )
+    db = tmp_path / "results.db"
+    t0 = time.monotonic()
+    proc = run_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+    )
+    assert proc.returncode == 1
+    assert time.monotonic() - t0 < 30
+    assert nodes[1].name in proc.stderr and proc.stderr.count("\n") <= 4
+    assert "Traceback" not in proc.stderr
+    status, reason = _db_rows(db, "SELECT status, reason FROM runs")[0]
+    assert status == "failed" and nodes[1].name in reason
+    assert run_processes() == []
+    assert not (tmp_path / "nodes" / cluster.nodes[0].name / "runs").exists(), (
+        "something was staged"
+    )
+
+
+def test_changed_host_key_is_refused(changed_host_key_node, tiny_coco, tmp_path):
+    cluster = changed_host_key_node
+    cfg = write_cluster_file(
+        tmp_path / "cluster.toml",
+        cluster.nodes[:1],
+        cluster.ssh,
+        data_dir=tiny_coco,
+        workdir_root=tmp_path / "nodes",
+    )
+    proc = run_cli(
+        [
+            "--cluster",
+            str(cfg),
+            "--db",
+            f"sqlite:///{tmp_path / 'r.db'}",
+            "submit",
+            "1x1",
+            *_sets(),
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 1
+    assert "host key" in proc.stderr.lower() and cluster.nodes[0].name in proc.stderr
+    assert run_processes() == []
+
+
+def test_sigint_cancels_the_run_and_cleans_every_node(two_nodes, tmp_path):
+    cluster, cfg = two_nodes
+    db = tmp_path / "results.db"
+    proc = start_cli(
+        [
+            "--cluster",
+            str(cfg),
+            "--db",
+            f"sqlite:///{db}",
+            "submit",
+            "2x1",
+            *_sets("max_iters=400", "log_every=1"),
+        ],
+        tmp_path,
+    )
+    try:
+        wait_for(
+            lambda: len([p for p in run_processes() if p["local_rank"] is not None]) == 2,
+            120,
+            "both ranks",
+        )
+        run_id = run_processes()[0]["run_id"]
+        code, out, err = stop(proc, signal.SIGINT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130, err[-2000:]
+    assert "cancelled" in err
+    assert _db_rows(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'")[0][0] == "cancelled"
+    assert run_processes(run_id) == []
+    manifest = json.loads((tmp_path / "runs" / run_id / "manifest.json").read_text())
+    assert manifest["status"] == "cancelled"

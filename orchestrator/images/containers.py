@@ -101,11 +101,9 @@ def container_argv(
         "host",
         "--shm-size",
         runtime.shm_size,
-        "--ulimit",
-        "memlock=-1",
-        "--ulimit",
-        "stack=67108864",
     ]
+    for limit in runtime.ulimits:
+        argv += ["--ulimit", limit]
     if runtime.gpus:
         argv += ["--gpus", runtime.gpus]
     for device in runtime.devices:

@@ -25,6 +25,7 @@ IMAGES_DIR_ENV = "ORCHESTRATOR_IMAGES_DIR"
 PROFILE_FILE = "profile.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_ULIMITS = ("memlock=-1", "stack=67108864")
 
 _TOP_KEYS = {"name", "description", "image", "runtime"}
 _IMAGE_KEYS = {
@@ -42,6 +43,7 @@ _RUNTIME_KEYS = {
     "gpus",
     "options",
     "shm_size",
+    "ulimits",
     "env",
     "visible_devices_env",
     "monitor",
@@ -57,6 +59,8 @@ class RuntimeOptions:
     gpus: str = ""  # --gpus VALUE (NVIDIA Container Toolkit), e.g. all
     options: tuple[str, ...] = ()  # further `docker run` options, one argv item each
     shm_size: str = "8g"
+    # RDMA (InfiniBand) needs unlimited locked memory; torch's dataloader likes a large stack.
+    ulimits: tuple[str, ...] = DEFAULT_ULIMITS
     env: Mapping[str, str] = field(default_factory=dict)  # vendor switches, e.g. METAX_USE_TF32=1
     visible_devices_env: str = ""  # e.g. CUDA_VISIBLE_DEVICES
     monitor: tuple[str, ...] = ()  # argv of the vendor's monitor tool, e.g. ("mx-smi",)
@@ -163,6 +167,9 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
             gpus=str(runtime.get("gpus", "")),
             options=_strings(source, "runtime.options", runtime.get("options", [])),
             shm_size=_string(source, "runtime.shm_size", runtime.get("shm_size", "8g")),
+            ulimits=_strings(
+                source, "runtime.ulimits", runtime.get("ulimits", list(DEFAULT_ULIMITS))
+            ),
             env=dict(env),
             visible_devices_env=str(runtime.get("visible_devices_env", "")),
             monitor=_strings(source, "runtime.monitor", runtime.get("monitor", [])),

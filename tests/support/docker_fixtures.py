@@ -1,0 +1,367 @@
+"""A real Docker daemon, real images and per-node daemons, for tests and bench/.
+
+Session fixtures (built once, reused by content across sessions on the same machine):
+- `docker_api`: the local daemon (fails, never skips, when it is not running).
+- `base_image`: the debootstrap bookworm base (scripts/make-base-image.sh), tagged by content.
+- `wheelhouse`: torch 2.14.1, torchvision 0.29.1, pycocotools wheels (scripts/make-wheelhouse.sh)
+  in /var/cache/orchestrator-test/wheelhouse (or $ORCHESTRATOR_TEST_WHEELHOUSE).
+- `cpu_image`: the `cpu` profile's image built from that wheelhouse: (ImageSpec, BuiltImage).
+- `node_daemons(n)`: n extra dockerd, one per test node, each with its own data root and socket
+  (so "is the image on the node" is a real question); `docker_nodes(n)` pairs them with
+  `sshd_nodes(n)`: NodeSpecs whose docker_host is their own daemon, plus SshSettings.
+
+Function fixtures:
+- `small_image(name, payload_mb=0, workload_change="")`: a quick image of a test-only profile
+  (a tiny real wheel, a copy of the workload with an optional payload file) on the local daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.images.build import BuiltImage, build_image, image_id, open_api
+from orchestrator.images.profiles import load_profile
+from orchestrator.images.records import record_for
+from orchestrator.images.spec import ImageSpec, Sha256Cache, make_image_spec
+from orchestrator.specs import NodeSpec, SshSettings
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("ORCHESTRATOR_TEST_CACHE", "/var/cache/orchestrator-test"))
+RUN_DIR = Path("/run/orch-test")
+DATA_DIR = Path("/var/lib/orch-test")
+_DAEMON_READY_S = 60.0
+
+
+def _script(name: str, *args: str) -> str:
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"scripts/{name} failed: {proc.stderr[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def docker_api() -> Iterator[Any]:
+    try:
+        api = open_api()
+    except Exception as exc:  # a missing daemon is a failure with the fix, not a skip
+        raise RuntimeError(
+            f"the Docker daemon is not reachable ({exc}): start it with scripts/start-services.sh"
+        ) from exc
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_api: Any) -> str:
+    """The bookworm base image reference (made once per machine, ~70 s the first time)."""
+    ref = _script("make-base-image.sh")
+    assert image_id(docker_api, ref) is not None
+    return ref
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    override = os.environ.get("ORCHESTRATOR_TEST_WHEELHOUSE")
+    return Path(_script("make-wheelhouse.sh", override or str(CACHE_DIR / "wheelhouse")))
+
+
+@pytest.fixture(scope="session")
+def sha_cache() -> Sha256Cache:
+    return Sha256Cache(CACHE_DIR / "sha256-cache.json")
+
+
+@pytest.fixture(scope="session")
+def build_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("build-logs")
+
+
+@pytest.fixture(scope="session")
+def cpu_image(
+    docker_api: Any, base_image: str, wheelhouse: Path, sha_cache: Sha256Cache
+) -> tuple[ImageSpec, BuiltImage]:
+    """The cpu profile's image with torch: ~3.5 min the first time on a machine, then reused
+    (or ~30 s when only the workload changed: the wheel-install stage is cached)."""
+    profile = load_profile("cpu")
+    spec = make_image_spec(
+        profile,
+        [wheelhouse],
+        image_id(docker_api, base_image),
+        base_image=base_image,
+        cache=sha_cache,
+    )
+    built = build_image(spec, docker_api)
+    record_for(spec, built)  # its build record, as `orchestrator image build` keeps it
+    return spec, built
+
+
+# -- a quick test-only profile -------------------------------------------------------------
+
+
+def tiny_wheel(directory: Path, name: str = "orchtest", version: str = "1.0") -> Path:
+    """A minimal valid pure-Python wheel (one module) that pip installs without an index."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": b"VALUE = 42\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: orchestrator-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for path, data in files.items():
+            info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            zf.writestr(info, data)
+    wheel.write_bytes(buf.getvalue())
+    return wheel
+
+
+TEST_PROFILE = """
+name = "{name}"
+description = "test-only profile: the bookworm base and one tiny wheel"
+[image]
+base = "{base}"
+python = "/usr/bin/python3"
+wheel_dir = "{wheels}"
+vendor_wheels = ["orchtest-*.whl"]
+requirements = {requirements}
+venv_options = []
+[runtime]
+shm_size = "256m"
+env = {{ ORCH_TEST_VENDOR = "1" }}
+"""
+
+
+def write_test_profile(
+    root: Path, name: str, base: str, wheels: Path, requirements: str = '["orchtest"]'
+) -> Path:
+    """images/<name>/profile.toml in `root` (with the shared template): a vendor added as data."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "images" / "Dockerfile.template", root / "Dockerfile.template")
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "profile.toml").write_text(
+        TEST_PROFILE.format(name=name, base=base, wheels=wheels, requirements=requirements)
+    )
+    return root
+
+
+def copy_workload(dest: Path, change: str = "", payload_mb: int = 0) -> Path:
+    """A copy of this checkout's workload/ (optionally one file changed, plus a payload)."""
+    target = dest / "workload"
+    shutil.copytree(REPO / "workload", target, ignore=shutil.ignore_patterns("__pycache__"))
+    if change:
+        with open(target / "faster_rcnn" / "__init__.py", "a") as handle:
+            handle.write(f"# {change}\n")
+    if payload_mb:
+        # Random bytes (hex, so the workload's .txt filter ships it): incompressible payload.
+        with open(target / "payload.txt", "wb") as handle:
+            for _ in range(payload_mb):
+                handle.write(os.urandom(1 << 19).hex().encode())
+    return target
+
+
+@dataclass
+class SmallImage:
+    spec: ImageSpec
+    built: BuiltImage
+    images_root: Path
+    workload: Path
+
+
+@pytest.fixture
+def small_image(
+    docker_api: Any, base_image: str, build_logs: Path, tmp_path: Path
+) -> Iterator[Callable[..., SmallImage]]:
+    made: list[str] = []
+
+    def make(
+        name: str = "orchtest",
+        payload_mb: int = 0,
+        workload_change: str = "",
+        requirements: str = '["orchtest"]',
+    ) -> SmallImage:
+        work = tmp_path / f"{name}-{len(made)}"
+        wheels = work / "wheels"
+        tiny_wheel(wheels)
+        root = write_test_profile(work / "images", name, base_image, wheels, requirements)
+        workload = copy_workload(work / "src", workload_change, payload_mb)
+        spec = make_image_spec(
+            load_profile(name, root),
+            None,
+            image_id(docker_api, base_image),
+            workload_dir=workload,
+            cache=Sha256Cache(None),
+        )
+        built = build_image(spec, docker_api, log_dir=build_logs)
+        made.append(spec.tag)
+        return SmallImage(spec, built, root, workload)
+
+    yield make
+    for tag in made:
+        try:
+            docker_api.remove_image(tag, force=True)
+        except Exception:
+            pass
+
+
+# -- per-node Docker daemons -----------------------------------------------------------------
+
+
+@dataclass
+class NodeDaemon:
+    """A dockerd of its own for one test node; it shares the host's docker0 bridge (never
+    --bridge=none: that would delete docker0 for the machine's main daemon)."""
+
+    name: str
+    data_root: Path
+    exec_root: Path
+    pidfile: Path
+    socket: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "-H", self.docker_host, *args], capture_output=True, text=True, check=check
+        )
+
+    def start(self) -> NodeDaemon:
+        for path in (self.data_root, self.exec_root):
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+        self.socket.unlink(missing_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "dockerd",
+                    "--data-root",
+                    str(self.data_root),
+                    "--exec-root",
+                    str(self.exec_root),
+                    "--pidfile",
+                    str(self.pidfile),
+                    "-H",
+                    self.docker_host,
+                    "--iptables=false",
+                    "--ip-masq=false",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + _DAEMON_READY_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"dockerd for {self.name} exited: {self.log.read_text()[-2000:]}"
+                )
+            if self.docker("info", check=False).returncode == 0:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"dockerd for {self.name} did not answer within {_DAEMON_READY_S:g}s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        for path in (self.data_root, self.exec_root):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_image(self, tag: str) -> None:
+        self.docker("rmi", "-f", tag, check=False)
+
+
+def start_node_daemons(count: int, prefix: str = "") -> list[NodeDaemon]:
+    prefix = prefix or f"p{os.getpid()}"
+    daemons = []
+    try:
+        for i in range(1, count + 1):
+            name = f"{prefix}-node{i}"
+            daemons.append(
+                NodeDaemon(
+                    name=name,
+                    data_root=DATA_DIR / name,
+                    exec_root=RUN_DIR / f"{name}-exec",
+                    pidfile=RUN_DIR / f"{name}.pid",
+                    socket=RUN_DIR / f"{name}.sock",
+                    log=DATA_DIR / f"{name}.log",
+                ).start()
+            )
+    except BaseException:
+        for daemon in daemons:
+            daemon.stop()
+        raise
+    return daemons
+
+
+@pytest.fixture(scope="session")
+def node_daemons() -> Iterator[Callable[[int], list[NodeDaemon]]]:
+    started: dict[int, list[NodeDaemon]] = {}
+
+    def get(count: int) -> list[NodeDaemon]:
+        if count not in started:
+            RUN_DIR.mkdir(parents=True, exist_ok=True)
+            DATA_DIR.mkdir(parents=True, exist_ok=True)
+            started[count] = start_node_daemons(count, f"p{os.getpid()}n{count}")
+        return started[count]
+
+    yield get
+    for daemons in started.values():
+        for daemon in daemons:
+            daemon.stop()
+
+
+@dataclass
+class DockerNodes:
+    nodes: tuple[NodeSpec, ...]  # docker_host set to each node's own daemon
+    ssh: SshSettings
+    daemons: list[NodeDaemon]
+
+
+@pytest.fixture(scope="session")
+def docker_nodes(
+    sshd_nodes: Callable[[int], Any], node_daemons: Callable[[int], list[NodeDaemon]]
+) -> Callable[[int], DockerNodes]:
+    """`docker_nodes(2)`: two sshd nodes, each with its own Docker daemon."""
+
+    def get(count: int) -> DockerNodes:
+        cluster = sshd_nodes(count)
+        daemons = node_daemons(count)
+        nodes = tuple(replace(n, docker_host=d.docker_host) for n, d in zip(cluster.nodes, daemons))
+        return DockerNodes(nodes, cluster.ssh, daemons)
+
+    return get

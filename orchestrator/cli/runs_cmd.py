@@ -111,6 +111,7 @@ def show_command(app: AppContext, run: str) -> None:
     \b
     Example: orchestrator runs show 20260114-101500
     """
+    from orchestrator.store.metrics import mem_label
     from orchestrator.store.queries import run_detail
 
     with app.open_store() as store, store.reading() as conn:
@@ -132,8 +133,15 @@ def show_command(app: AppContext, run: str) -> None:
             [[h["status"], h["at"], h["reason"]] for h in detail.history],
         )
     )
-    node_keys = [k for k in (detail.nodes[0].keys() if detail.nodes else []) if k != "captured_at"]
-    out.print(table("nodes", node_keys, [[_short(n[k]) for k in node_keys] for n in detail.nodes]))
+    # One column per node: environments are long strings, nodes are few.
+    node_fields = [k for k in (detail.nodes[0].keys() if detail.nodes else []) if k != "node_name"]
+    out.print(
+        table(
+            "nodes",
+            ["field", *[n["node_name"] for n in detail.nodes]],
+            [[k, *[_short(n[k]) for n in detail.nodes]] for k in node_fields],
+        )
+    )
     if detail.image is not None:
         image_rows = [
             [detail.image["tag"], detail.image["image_id"], w["filename"], w["sha256"]]
@@ -157,10 +165,16 @@ def show_command(app: AppContext, run: str) -> None:
         "core_s",
         "rank_images",
         "p_core",
-        "peak_reserved_bytes",
         "error_type",
     ]
-    out.print(table("ranks", rank_cols, [[_short(r[c]) for c in rank_cols] for r in detail.ranks]))
+    rank_rows = [
+        [
+            *[_short(r[c]) for c in rank_cols],
+            mem_label(r["peak_reserved_bytes"], r["total_mem_bytes"]),
+        ]
+        for r in detail.ranks
+    ]
+    out.print(table("ranks", [*rank_cols, "mem GiB"], rank_rows))
     if detail.epochs:
         epoch_cols = [
             "epoch",
@@ -181,7 +195,7 @@ def show_command(app: AppContext, run: str) -> None:
 
 def _short(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:.1f}"
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
     if isinstance(value, list):
         from orchestrator.store.queries import describe_ib
 

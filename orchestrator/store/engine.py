@@ -36,7 +36,7 @@ def redact_url(url: str | URL) -> str:
     """The URL with its password replaced by ***, for every message and log line."""
     try:
         parsed = url if isinstance(url, URL) else make_url(str(url))
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         # Not a URL SQLAlchemy understands: hide anything between ':' and '@' in the netloc.
         return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
     return parsed.render_as_string(hide_password=True)
@@ -51,7 +51,7 @@ def parse_url(url: str) -> URL:
         text = "sqlite:///" + text
     try:
         parsed = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise StoreError(
             f"results store URL {redact_url(text)!r} is not a database URL",
             "use sqlite:///path/results.db or postgresql://user@host/dbname",

@@ -267,22 +267,31 @@ def _collect(values: dict[str, set[str]], row: RowMapping) -> None:
 
 
 def describe_ib(ports: Any) -> str | None:
-    """'InfiniBand, 2 x 200 Gb/s' from env.json's ib list (items with rate_gbps, or strings)."""
+    """'InfiniBand, 2 x 200 Gb/sec (4X HDR)' from env.json's `ib` list of active ports.
+
+    Items are as the node probe reads them from /sys/class/infiniband: {hca, port, state,
+    rate, link_layer}; a port whose state does not end in ACTIVE is left out.
+    """
     if not ports or not isinstance(ports, list):
         return None
-    rates: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     for port in ports:
-        if isinstance(port, dict):
-            if port.get("state") not in (None, "ACTIVE", "active", 4, "4: ACTIVE"):
-                continue
-            rate = port.get("rate_gbps") or port.get("rate")
-            key = f"{rate:g} Gb/s" if isinstance(rate, (int, float)) else str(rate or "?")
+        if not isinstance(port, dict):
+            key = ("InfiniBand", str(port))
+        elif not str(port.get("state") or "ACTIVE").upper().endswith("ACTIVE"):
+            continue
         else:
-            key = str(port)
-        rates[key] = rates.get(key, 0) + 1
-    if not rates:
+            key = (
+                str(port.get("link_layer") or "InfiniBand"),
+                str(port.get("rate") or "rate unknown"),
+            )
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
         return None
-    return "InfiniBand, " + ", ".join(f"{n} x {rate}" for rate, n in sorted(rates.items()))
+    layers: dict[str, list[str]] = {}
+    for (layer, rate), n in sorted(counts.items()):
+        layers.setdefault(layer, []).append(f"{n} x {rate}")
+    return "; ".join(f"{layer}, {', '.join(rates)}" for layer, rates in layers.items())
 
 
 def rows_as_dicts(rows: Sequence[RowMapping]) -> list[dict[str, Any]]:

@@ -1,0 +1,194 @@
+"""Schema lifecycle on SQLite: Alembic up and down, the revision check, engine settings, URLs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from orchestrator.errors import SchemaOutOfDate, StoreError
+from orchestrator.store import (
+    current_revision,
+    downgrade_store,
+    head_revision,
+    open_store,
+    redact_url,
+    upgrade_store,
+)
+from orchestrator.store.engine import make_engine, parse_url
+from orchestrator.store.models import Base
+
+TABLES = {
+    "alembic_version",
+    "campaigns",
+    "images",
+    "image_wheels",
+    "runs",
+    "run_status_history",
+    "run_nodes",
+    "rank_results",
+    "run_epochs",
+    "monitor_samples",
+    "node_leases",
+}
+VIEWS = {"seed_table", "config_history"}
+
+
+def _schema(url: str) -> tuple[set[str], set[str]]:
+    engine = make_engine(url)
+    try:
+        inspector = inspect(engine)
+        return set(inspector.get_table_names()), set(inspector.get_view_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_every_table_and_view_then_downgrade_removes_them(sqlite_url: str) -> None:
+    done = upgrade_store(sqlite_url)
+    assert (done.before, done.after) == (None, head_revision())
+    tables, views = _schema(sqlite_url)
+    assert tables == TABLES
+    assert views == VIEWS
+
+    down = downgrade_store(sqlite_url, "base")
+    assert (down.before, down.after) == (head_revision(), None)
+    tables, views = _schema(sqlite_url)
+    assert tables == {"alembic_version"}
+    assert views == set()
+
+    again = upgrade_store(sqlite_url)
+    assert again.after == head_revision()
+    assert _schema(sqlite_url) == (TABLES, VIEWS)
+
+
+def test_upgrade_twice_is_a_no_op(sqlite_url: str) -> None:
+    upgrade_store(sqlite_url)
+    second = upgrade_store(sqlite_url)
+    assert second.before == second.after == head_revision()
+
+
+def test_models_match_the_migrations(sqlite_url: str) -> None:
+    upgrade_store(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_open_store_on_an_empty_database_names_the_upgrade_command(sqlite_url: str) -> None:
+    with pytest.raises(SchemaOutOfDate) as caught:
+        open_store(sqlite_url)
+    assert "is at revision none (empty)" in caught.value.message
+    assert f"this orchestrator needs {head_revision()}" in caught.value.message
+    assert caught.value.remedy == "run: orchestrator db upgrade"
+
+
+def test_open_store_on_an_older_revision_is_out_of_date(sqlite_url: str) -> None:
+    upgrade_store(sqlite_url)
+    engine = make_engine(sqlite_url)
+    with engine.begin() as conn:  # pretend an older schema: a revision that precedes ours
+        conn.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    engine.dispose()
+    with pytest.raises(SchemaOutOfDate) as caught:
+        open_store(sqlite_url)
+    assert "revision ffff" in caught.value.message
+    assert "does not know" in caught.value.message  # a newer orchestrator wrote it
+
+
+def test_open_store_create_upgrades_first(sqlite_url: str) -> None:
+    store = open_store(sqlite_url, create=True)
+    store.close()
+    assert current_revision(sqlite_url) == head_revision()
+
+
+def test_sqlite_engine_settings(sqlite_url: str) -> None:
+    upgrade_store(sqlite_url)
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+            assert conn.exec_driver_sql("PRAGMA page_size").scalar() == 16_384
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_parent_folder_is_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a' / 'b' / 'results.db'}"
+    upgrade_store(url)
+    assert (tmp_path / "a" / "b" / "results.db").is_file()
+
+
+def test_a_failed_migration_leaves_the_schema_as_it_was(sqlite_url: str) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:  # a table in the way: the migration fails half-way
+        conn.execute("CREATE TABLE run_nodes (x INTEGER)")
+    with pytest.raises(StoreError) as caught:
+        upgrade_store(sqlite_url)
+    assert "nothing was changed" in (caught.value.remedy or "")
+    with sqlite3.connect(path) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert names == {"run_nodes"}  # runs, images, ... created before the failure were rolled back
+
+
+def test_unknown_target_revision_is_a_one_line_error(sqlite_url: str) -> None:
+    with pytest.raises(StoreError) as caught:
+        upgrade_store(sqlite_url, "nope")
+    assert "nope" in caught.value.one_line()
+    assert "\n" not in caught.value.one_line()
+
+
+def test_redact_url_hides_the_password() -> None:
+    assert (
+        redact_url("postgresql://bench:s3cret@db:5432/results")
+        == "postgresql://bench:***@db:5432/results"
+    )
+    assert "s3cret" not in redact_url("postgresql+psycopg://u:s3cret@h/d?sslmode=require")
+    assert redact_url("sqlite:///results.db") == "sqlite:///results.db"
+
+
+def test_parse_url_accepts_what_an_admin_types() -> None:
+    assert parse_url("postgresql://u@h/d").drivername == "postgresql+psycopg"
+    assert parse_url("postgres://u@h/d").drivername == "postgresql+psycopg"
+    assert parse_url("results.db").database == "results.db"
+    with pytest.raises(StoreError, match="in-memory"):
+        parse_url("sqlite://")
+    with pytest.raises(StoreError, match="mysql"):
+        parse_url("mysql://u@h/d")
+    with pytest.raises(StoreError) as caught:
+        parse_url("postgresql://u:s3cret@h:notaport/d")
+    assert "s3cret" not in caught.value.one_line()
+
+
+def test_cli_db_commands(run_cli, sqlite_url: str) -> None:
+    current = run_cli("--db", sqlite_url, "db", "current")
+    assert current.exit_code == 0
+    assert "revision none (empty)" in current.out and "out of date" in current.out
+
+    up = run_cli("--db", sqlite_url, "db", "upgrade")
+    assert up.exit_code == 0, up.err
+    assert f"upgraded from none (empty) to {head_revision()}" in up.out
+
+    again = run_cli("--db", sqlite_url, "db", "upgrade")
+    assert "already at revision" in again.out
+
+    down = run_cli("--db", sqlite_url, "db", "downgrade", "base")
+    assert down.exit_code == 0
+    assert f"downgraded from {head_revision()} to none (empty)" in down.out
+
+
+def test_cli_on_an_empty_store_prints_one_line_with_the_remedy(run_cli, sqlite_url: str) -> None:
+    result = run_cli("--db", sqlite_url, "runs", "list")
+    assert result.exit_code == 2
+    assert result.err.count("\n") == 1
+    assert result.err.startswith("error: results store at ")
+    assert "(run: orchestrator db upgrade)" in result.err

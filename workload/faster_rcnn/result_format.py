@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 SCHEMA_NAME = "orchestrator.rank-result"
 SCHEMA_VERSION = 1
@@ -106,7 +106,7 @@ class ResultFormatError(ValueError):
     """A rank result document does not match the schema; `field` is a dotted path."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__("{}: {}".format(field, message))
+        super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
 
@@ -117,7 +117,7 @@ def _check_type(path: str, value: Any, kind: str) -> None:
     if value is None:
         if nullable:
             return
-        raise ResultFormatError(path, "is missing or null, expected {}".format(base))
+        raise ResultFormatError(path, f"is missing or null, expected {base}")
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -127,7 +127,7 @@ def _check_type(path: str, value: Any, kind: str) -> None:
         "list": isinstance(value, list),
     }[base]
     if not ok:
-        raise ResultFormatError(path, "expected {}, got {}".format(base, type(value).__name__))
+        raise ResultFormatError(path, f"expected {base}, got {type(value).__name__}")
     if base == "float" and not math.isfinite(float(value)):
         raise ResultFormatError(path, "must be a finite number")
 
@@ -136,7 +136,7 @@ def _check_fields(prefix: str, obj: Any, fields: Dict[str, str]) -> None:
     if not isinstance(obj, dict):
         raise ResultFormatError(prefix, "expected an object")
     for name, kind in fields.items():
-        path = "{}.{}".format(prefix, name)
+        path = f"{prefix}.{name}"
         if name not in obj and not kind.endswith("?"):
             raise ResultFormatError(path, "is missing")
         _check_type(path, obj.get(name), kind)
@@ -147,7 +147,7 @@ def validate(doc: Any) -> Dict[str, Any]:
     if not isinstance(doc, dict):
         raise ResultFormatError("$", "expected a JSON object")
     if doc.get("schema") != SCHEMA_NAME:
-        raise ResultFormatError("schema", "expected {!r}".format(SCHEMA_NAME))
+        raise ResultFormatError("schema", f"expected {SCHEMA_NAME!r}")
     if doc.get("schema_version") != SCHEMA_VERSION:
         raise ResultFormatError(
             "schema_version",
@@ -162,7 +162,9 @@ def validate(doc: Any) -> Dict[str, Any]:
     for section, fields in _SECTIONS.items():
         _check_fields(section, doc.get(section), fields)
     if doc["config"]["precision"] not in PRECISIONS:
-        raise ResultFormatError("config.precision", "expected one of {}".format(", ".join(PRECISIONS)))
+        raise ResultFormatError(
+            "config.precision", "expected one of {}".format(", ".join(PRECISIONS))
+        )
     ident = doc["identity"]
     if not 0 <= ident["rank"] < ident["world_size"]:
         raise ResultFormatError("identity.rank", "must be in [0, world_size)")
@@ -178,7 +180,7 @@ def validate(doc: Any) -> Dict[str, Any]:
     _check_type("epochs", epochs, "list")
     assert isinstance(epochs, list)
     for i, epoch in enumerate(epochs):
-        _check_fields("epochs[{}]".format(i), epoch, _EPOCH_FIELDS)
+        _check_fields(f"epochs[{i}]", epoch, _EPOCH_FIELDS)
     _check_type("converged", doc.get("converged"), "bool")
     if status == "failed":
         _check_fields("error", doc.get("error"), _ERROR_FIELDS)
@@ -189,11 +191,11 @@ def validate(doc: Any) -> Dict[str, Any]:
 
 def load(path: str) -> Dict[str, Any]:
     """Read and validate one rank file; errors name the file and the field."""
-    with open(path, "r", encoding="utf-8") as fh:
+    with open(path, encoding="utf-8") as fh:
         try:
             doc = json.load(fh)
         except ValueError as exc:
-            raise ResultFormatError("$", "not valid JSON ({})".format(exc)) from None
+            raise ResultFormatError("$", f"not valid JSON ({exc})") from None
     return validate(doc)
 
 
@@ -201,7 +203,7 @@ def dump(doc: Dict[str, Any], path: str) -> None:
     """Write atomically (temp file + rename) so a reader never sees half a file."""
     import os
 
-    tmp = "{}.tmp{}".format(path, os.getpid())
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=2, sort_keys=True, allow_nan=False)
         fh.write("\n")
@@ -218,10 +220,12 @@ def file_name(rank: int) -> str:
 
 
 def progress_line(**fields: Any) -> str:
-    """One progress event for stdout: `{"event": "progress", ...}` as a single JSON line."""
-    event = {"event": "progress"}
-    event.update(fields)
-    return json.dumps(event, sort_keys=True)
+    """One progress event for stdout: `{"event": "progress", ...}` as a single JSON line.
+
+    "event" is the first key (the rest sorted): readers spot event lines by that prefix."""
+    fields.pop("event", None)
+    event = dict([("event", "progress")] + sorted(fields.items()))
+    return json.dumps(event)
 
 
 __all__ = [

@@ -1,0 +1,171 @@
+"""The device side: which device and backend, synchronisation, memory statistics, precision.
+
+`cuda` covers NVIDIA and MetaX (whose wheel exposes the torch.cuda API). Other accelerator types
+(xpu, npu, musa, mlu, ...) are reached through `torch.<type>` when their wheel registers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from typing import Any, Callable, ContextManager, Dict, List, Optional
+
+import torch
+
+from .errors import DeviceError
+
+
+def _module(device_type: str) -> Any:
+    return None if device_type == "cpu" else getattr(torch, device_type, None)
+
+
+def choose_device(requested: Optional[str], local_rank: int) -> torch.device:
+    """`auto`: cuda when available, else cpu. An accelerator type gets index LOCAL_RANK."""
+    name = (requested or "auto").strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(
+            f"--device {requested}: not a device torch knows", "use auto, cpu or cuda"
+        ) from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    module = _module(device.type)
+    if module is None or not module.is_available():
+        raise DeviceError(
+            f"--device {requested}: no {device.type} device is available to this process",
+            "check the container's devices and *_VISIBLE_DEVICES, or use --device cpu",
+        )
+    index = device.index if device.index is not None else local_rank
+    count = module.device_count()
+    if index >= count:
+        raise DeviceError(
+            f"LOCAL_RANK {local_rank} needs {device.type} device {index} but only {count} are visible",
+            f"start at most {count} processes per node (--nproc-per-node)",
+        )
+    device = torch.device(device.type, index)
+    if hasattr(module, "set_device"):
+        module.set_device(device)
+    return device
+
+
+def choose_backend(requested: Optional[str], device: torch.device) -> Optional[str]:
+    """nccl on cuda, gloo on the CPU; other devices: torch's default for the device (None)."""
+    if requested and requested.lower() != "auto":
+        return requested.lower()
+    return {"cuda": "nccl", "cpu": "gloo"}.get(device.type)
+
+
+class DeviceOps:
+    """Synchronisation and statistics for one device; no-ops on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._module = _module(device.type)
+
+    def synchronize(self) -> None:
+        if self._module is not None and hasattr(self._module, "synchronize"):
+            self._module.synchronize(self.device)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        fn = getattr(self._module, name, None) if self._module is not None else None
+        return fn(*args) if fn is not None else None
+
+    def reset_peak_memory(self) -> None:
+        self._call("reset_peak_memory_stats", self.device)
+
+    def name(self) -> str:
+        if self._module is None:
+            return platform.processor() or platform.machine() or "cpu"
+        return str(self._call("get_device_name", self.device) or self.device.type)
+
+    def count(self) -> int:
+        if self._module is None:
+            return 1
+        return int(self._call("device_count") or 1)
+
+    def total_memory(self) -> Optional[int]:
+        props = self._call("get_device_properties", self.device)
+        total = getattr(props, "total_memory", None)
+        return int(total) if total is not None else None
+
+    def memory(self) -> Dict[str, Optional[int]]:
+        allocated = self._call("max_memory_allocated", self.device)
+        reserved = self._call("max_memory_reserved", self.device)
+        return {
+            "peak_allocated_bytes": int(allocated) if allocated is not None else None,
+            "peak_reserved_bytes": int(reserved) if reserved is not None else None,
+            "total_bytes": self.total_memory(),
+        }
+
+
+class Precision:
+    """fp32: plain. amp: autocast (float16 on accelerators with a GradScaler, bfloat16 on the CPU).
+    fp16: model and inputs in float16 with a static loss scale; accelerators only."""
+
+    def __init__(self, name: str, device: torch.device, loss_scale: float) -> None:
+        self.name = name
+        self.device = device
+        self.loss_scale = loss_scale
+        self.scaler: Any = None
+        self.autocast_dtype: Optional[torch.dtype] = None
+        self.half = False
+        if name == "amp":
+            self.autocast_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+            if device.type != "cpu":
+                self.scaler = _grad_scaler(device.type)
+        elif name == "fp16":
+            if device.type == "cpu":
+                raise DeviceError(
+                    "--precision fp16 needs an accelerator, this process runs on the CPU",
+                    "use --precision amp (bfloat16 autocast) or fp32 on the CPU",
+                )
+            self.half = True
+        elif name != "fp32":
+            raise DeviceError(f"unknown precision {name!r}", "use fp32, amp or fp16")
+
+    def autocast(self) -> ContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.half() if self.half else model
+
+    def prepare_images(self, images: List[torch.Tensor]) -> List[torch.Tensor]:
+        return [im.half() for im in images] if self.half else images
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+        """Backward and optimizer step; False when an fp16 step was skipped for overflow."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return True
+        if not self.half:
+            loss.backward()
+            optimizer.step()
+            return True
+        (loss.float() * self.loss_scale).backward()
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch._foreach_mul_(grads, 1.0 / self.loss_scale)
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if finite:
+            optimizer.step()
+        return finite
+
+
+def _grad_scaler(device_type: str) -> Any:
+    amp_scaler: Optional[Callable[..., Any]] = getattr(
+        getattr(torch, "amp", None), "GradScaler", None
+    )
+    if amp_scaler is not None:
+        try:
+            return amp_scaler(device_type)
+        except TypeError:  # torch 2.0-2.2: torch.amp.GradScaler does not exist or takes no device
+            pass
+    if device_type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    return None

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.errors import IngestError
 from orchestrator.runfolder import RankFile, RunFolder
+from workload.faster_rcnn.hparams import HPARAMS
 from workload.faster_rcnn.result_format import file_name
 
 GIB = 1 << 30
-# --set names shown abbreviated in the seed's fix_hp column, in this order, then the rest sorted.
-_FIX_HP_NAMES = {"batch_size": "bs", "bs": "bs", "lr": "lr"}
+# Names shortened in the seed's fix_hp column and shown first, in this order; the rest sorted.
+_SHORT_NAMES = {"batch_size": "bs"}
+_SHORT_ORDER = ("bs", "lr")
 _FIX = "fix or remove the file; docs/schema.md explains the checks"
 
 
@@ -45,15 +48,38 @@ def mem_label(used: int | None, total: int | None) -> str | None:
     return f"{used / GIB:.1f}/{total / GIB:.1f}" if total else f"{used / GIB:.1f}"
 
 
-def fix_hp(hparams: Mapping[str, str]) -> str:
-    """'bs=16, lr=0.16' from the run's --set values; '/' when it ran with the defaults."""
-    if not hparams:
+def fix_hp(given: Mapping[str, str], resolved: Mapping[str, Any] | None = None) -> str:
+    """The seed's fix_hp column: 'bs=16, lr=0.08', or '/' when the run used the defaults.
+
+    `resolved` is what the workload ran with (rank 0's config.hparams): every value that differs
+    from the workload's reference defaults is listed, whether it came from --set or from a
+    vendor's config set (FlagPerf's per-topology overrides). Without it (a run that wrote no
+    rank file), the --set values as given. Precision has its own column.
+    """
+    if resolved is not None:
+        shown = {
+            name: _show(value)
+            for name, value in resolved.items()
+            if name in HPARAMS and name != "precision" and value != HPARAMS[name][1]
+        }
+    else:
+        shown = {name: str(value) for name, value in given.items() if name != "precision"}
+    if not shown:
         return "/"
-    order = list(dict.fromkeys(_FIX_HP_NAMES.values()))
-    known = [(_FIX_HP_NAMES[k], v) for k, v in hparams.items() if k in _FIX_HP_NAMES]
-    known.sort(key=lambda kv: order.index(kv[0]))
-    rest = sorted((k, v) for k, v in hparams.items() if k not in _FIX_HP_NAMES)
-    return ", ".join(f"{k}={v}" for k, v in known + rest)
+    short = {_SHORT_NAMES.get(name, name): value for name, value in shown.items()}
+    first = [name for name in _SHORT_ORDER if name in short]
+    rest = sorted(name for name in short if name not in _SHORT_ORDER)
+    return ", ".join(f"{name}={short[name]}" for name in first + rest)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def config_label(vendor: str, hardware_label: str | None, topology: str) -> str:

@@ -88,7 +88,10 @@ def _sqlite(url: URL, sql: str, max_rows: int) -> QueryResult:
 def _sqlite_error(exc: sqlite3.Error) -> QueryError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     lowered = text.lower()
-    if any(word in lowered for word in ("readonly", "read-only", "not authorized", "authorization denied")):
+    if any(
+        word in lowered
+        for word in ("readonly", "read-only", "not authorized", "authorization denied")
+    ):
         return QueryError(READ_ONLY_MESSAGE, READ_ONLY_REMEDY)
     if "one statement at a time" in lowered:
         return QueryError("the query holds more than one statement", "run one statement per call")

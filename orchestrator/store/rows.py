@@ -54,6 +54,8 @@ def published_run_row(
 ) -> dict[str, Any]:
     row = run_row(folder.manifest, now)
     first = min(folder.ranks, key=lambda r: r.rank).doc if folder.ranks else None
+    if first is not None:  # what the run really used, a vendor config set included
+        row["fix_hp"] = fix_hp(folder.manifest.hparams, first["config"]["hparams"])
     row.update(
         global_images=metrics.global_images if metrics else None,
         e2e_time_s=metrics.e2e_time_s if metrics else None,

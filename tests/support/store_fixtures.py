@@ -151,3 +151,28 @@ def table_snapshot(store: object) -> dict[str, list[tuple[object, ...]]]:
             rows = [tuple(str(v) for v in row) for row in conn.execute(select(table))]
             snapshot[table.name] = sorted(rows)
     return snapshot
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def docs_queries(backend: str) -> list[tuple[str, str]]:
+    """(heading, SQL) for every ```sql block of docs/queries.md that runs on `backend`.
+
+    A block tagged `sql` is portable; `sql sqlite` / `sql postgresql` runs on that backend only.
+    """
+    import re
+
+    text = (DOCS / "queries.md").read_text(encoding="utf-8")
+    found = []
+    heading = ""
+    for block in re.finditer(
+        r"^## ([^\n]+)$|^```sql( \w+)?\n(.*?)^```", text, re.MULTILINE | re.DOTALL
+    ):
+        if block.group(1):
+            heading = block.group(1).strip()
+            continue
+        only = (block.group(2) or "").strip()
+        if only in ("", backend):
+            found.append((heading, block.group(3).strip()))
+    return found

@@ -70,7 +70,7 @@ def test_stored_metrics_follow_the_documented_definitions(
     assert run["map"] == docs[0]["eval"]["map"]
     assert run["mem_used_bytes"] == max(d["memory"]["peak_reserved_bytes"] for d in docs)
     assert run["mem_label"] == "37.1/64.0"
-    assert run["fix_hp"] == "bs=16, lr=0.08"
+    assert run["fix_hp"] == "bs=16, lr=0.08, epochs=2"
     assert run["config_label"] == "MXC500 2x8"
     assert run["status"] == "succeeded" and run["reason"] is None
 

@@ -39,7 +39,7 @@ def test_render_markdown_has_the_environment_block_then_the_seed_columns() -> No
     row = {
         "config": "MXC500 2x8",
         "precision": "fp32",
-        "fix_hp": "bs=16, lr=0.08",
+        "fix_hp": "bs=16, lr=0.08, epochs=2",
         "e2e_time": 856.49,
         "p_whole": 292.2137,
         "p_train": 380.98,
@@ -62,7 +62,7 @@ def test_render_markdown_has_the_environment_block_then_the_seed_columns() -> No
         in text
     )
     assert (
-        "| MXC500 2x8 | fp32 | bs=16, lr=0.08 | 856 | 292.2 | 381.0 | 513.5 | 0.188 | 37.1/64.0 | r1 |"
+        "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 | 856 | 292.2 | 381.0 | 513.5 | 0.188 | 37.1/64.0 | r1 |"
         in text
     )
 
@@ -136,8 +136,8 @@ def test_cli_report_shows_succeeded_runs_with_their_environment(run_cli: Any, hi
     assert "- machine, accelerator: 8 x MetaX C500 64G" in out
     assert "- network: InfiniBand, 2 x 200 Gb/sec (4X HDR)" in out
     assert "- kernel: 5.4.0-26-generic" in out
-    assert "| MXC500 1x8 | fp32 | bs=8, lr=0.0001 |" in out
-    assert "| MXC500 2x8 | fp32 | bs=16, lr=0.08 |" in out
+    assert "| MXC500 1x8 | fp32 | bs=8, lr=0.0001, epochs=2 |" in out
+    assert "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 |" in out
     assert RUN_2X8_FAILED not in out  # only succeeded runs without --run
     assert "A100" not in out
 

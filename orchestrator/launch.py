@@ -103,6 +103,38 @@ def diagnose(node: str, exit_code: int | None, tail: list[str]) -> Failure:
     )
 
 
+# Every process of a run carries ORCHESTRATOR_RUN_ID in its environment, inherited from the
+# node command, including torchrun's workers, which torchrun starts in sessions of their own
+# (so killing torchrun's process group alone would orphan them). TERM them all, wait up to
+# $2 tenths of a second, KILL what is left. Zombies have an empty environ and do not match.
+KILL_RUN_SCRIPT = """\
+rid=$1; steps=$2
+find_pids() {
+  grep -lxzs -- "ORCHESTRATOR_RUN_ID=$rid" /proc/[0-9]*/environ 2>/dev/null |
+    sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p' | grep -vx "$$"
+}
+pids=$(find_pids)
+[ -z "$pids" ] && exit 0
+kill -TERM $pids 2>/dev/null
+i=0
+while [ "$i" -lt "$steps" ]; do
+  sleep 0.1
+  pids=$(find_pids)
+  [ -z "$pids" ] && exit 0
+  i=$((i + 1))
+done
+kill -KILL $pids 2>/dev/null
+sleep 0.2
+[ -z "$(find_pids)" ]
+"""
+
+
+def kill_run_processes(transport: Transport, run_id: str, grace_s: float = KILL_GRACE_S) -> None:
+    """End every process of the run on this node, whatever session it is in."""
+    steps = str(max(1, int(grace_s * 10)))
+    transport.run(["sh", "-c", KILL_RUN_SCRIPT, "sh", run_id, steps], timeout=grace_s + 30)
+
+
 class Watch:
     """Starts every node's command and follows it to an ending; stops all nodes on any failure."""
 
@@ -198,6 +230,7 @@ class Watch:
         """TERM then KILL every node's process group; then the runtime's own cleanup."""
 
         def one(t: Transport) -> None:
+            kill_run_processes(t, self.plan.job.run_id)
             proc = self.procs.get(t.node.name)
             if proc is not None:
                 proc.kill_tree(grace_s=KILL_GRACE_S)

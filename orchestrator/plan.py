@@ -45,6 +45,19 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return result
 
 
+def check_hparams(hparams: Mapping[str, str]) -> None:
+    """Refuse unknown keys and bad values here, before any node is touched. The workload's
+    own table (pure Python) is the single definition of what it accepts."""
+    from workload.faster_rcnn import hparams as table
+    from workload.faster_rcnn.errors import WorkloadError
+
+    for key, value in hparams.items():
+        try:
+            table.parse_value(key, value)
+        except WorkloadError as exc:
+            raise ConfigError(exc.message, exc.remedy) from None
+
+
 def master_address(node: NodeSpec) -> str:
     return "127.0.0.1" if node.is_local else node.address
 
@@ -241,6 +254,7 @@ def make_job(
     """Cluster defaults (case.hparams) overridden by the command line's --set."""
     hparams = {HPARAM_ALIASES.get(k, k): v for k, v in cluster.case.hparams.items()}
     hparams.update(sets or {})
+    check_hparams(hparams)
     return JobSpec(
         run_id=run_id,
         cluster=cluster,

@@ -6,6 +6,7 @@ typed errors (orchestrator.errors); `main()` prints them as one line and exits n
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -47,7 +48,16 @@ def _register() -> None:
     commands.register(cli)
 
 
+def _quiet_libraries() -> None:
+    # paramiko logs a traceback for every failed handshake; we report each node's failure
+    # ourselves, in one line.
+    paramiko_log = logging.getLogger("paramiko")
+    paramiko_log.addHandler(logging.NullHandler())
+    paramiko_log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
     _register()
     try:
         cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)

@@ -58,14 +58,16 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def open_store_for_submit(app: AppContext) -> Any:
-    """The embedded SQLite default is created on first use; any other store must be upgraded
-    explicitly (`orchestrator db upgrade`), so a lab's database never changes behind its back."""
-    from orchestrator.config import DEFAULT_STORE_URL
+    """A SQLite store that does not exist yet is created on first use (the embedded default
+    works out of the box); an existing store of any kind must be upgraded explicitly
+    (`orchestrator db upgrade`), so a lab's database never changes behind its back."""
     from orchestrator.store import open_store
+    from orchestrator.store.engine import parse_url
 
     url = app.store_url
-    fresh_default = url == DEFAULT_STORE_URL and not Path("orchestrator.db").exists()
-    return open_store(url, create=fresh_default)
+    parsed = parse_url(url)
+    new_file = parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists()
+    return open_store(url, create=new_file)
 
 
 @click.command()
@@ -181,11 +183,6 @@ def _print_outcome(store: Any, outcome: Any) -> None:
             rows = seed_rows(conn, Selection(run_ids=(outcome.run_id,)))
             env = environment(conn, [outcome.run_id])
         click.echo(render_report(env, rows, "markdown"), nl=False)
-    else:
-        click.echo(
-            f"run {outcome.run_id} {outcome.status}: {outcome.failure.reason if outcome.failure else ''}",
-            err=True,
-        )
     click.echo(f"run folder: {outcome.run_dir}", err=True)
 
 

@@ -34,6 +34,12 @@ def _sets(*extra: str) -> list[str]:
     return args
 
 
+def _alive(proc) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+    return True
+
+
 def _db_rows(db: Path, sql: str) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
@@ -112,15 +118,14 @@ def test_killed_rank_fails_the_run_within_seconds_naming_its_node(two_nodes, tmp
             f"sqlite:///{db}",
             "submit",
             "2x1",
-            *_sets("max_iters=400", "log_every=1"),
+            *_sets("max_iters=400", "epochs=400", "eval=false"),
         ],
         tmp_path,
     )
     try:
         victim = wait_for(
-            lambda: [
-                p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"
-            ],
+            lambda: _alive(proc)
+            and [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"],
             timeout=120,
             what="rank of node 1 to start",
         )[0]
@@ -214,13 +219,14 @@ def test_sigint_cancels_the_run_and_cleans_every_node(two_nodes, tmp_path):
             f"sqlite:///{db}",
             "submit",
             "2x1",
-            *_sets("max_iters=400", "log_every=1"),
+            *_sets("max_iters=400", "epochs=400", "eval=false"),
         ],
         tmp_path,
     )
     try:
         wait_for(
-            lambda: len([p for p in run_processes() if p["local_rank"] is not None]) == 2,
+            lambda: _alive(proc)
+            and len([p for p in run_processes() if p["local_rank"] is not None]) == 2,
             120,
             "both ranks",
         )

@@ -78,7 +78,7 @@ def write_cluster_file(
             f"address = {_toml_str(node.address)}",
             f"port = {node.port}",
             f"user = {_toml_str(node.user or 'root')}",
-            f"key_file = {_toml_str(node.key_file or '')}",
+            *([f"key_file = {_toml_str(node.key_file)}"] if node.key_file else []),
             f"accelerators = {accelerators}",
             'socket_ifname = "lo"',
             f"python = {_toml_str(sys.executable)}",

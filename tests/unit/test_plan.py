@@ -81,3 +81,10 @@ def test_bad_set_options(bad):
 def test_unknown_precision_refused():
     with pytest.raises(ConfigError, match="precision 'fp8'"):
         _plan(precision="fp8")
+
+
+def test_unknown_or_malformed_hyper_parameters_are_refused_before_anything_runs():
+    with pytest.raises(ConfigError, match="log_every: unknown hyper-parameter"):
+        _plan(sets=("log_every=1",))
+    with pytest.raises(ConfigError, match="not a valid int"):
+        _plan(sets=("bs=sixteen",))

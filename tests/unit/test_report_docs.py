@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.store.readonly import run_query
-from tests.support.store_fixtures import ALL_RUNS, docs_queries
+from tests.support.store_fixtures import ALL_RUNS, DOCS, docs_queries
 
 QUERIES = docs_queries("sqlite")
 
@@ -28,3 +28,58 @@ def test_docs_query_runs_on_sqlite(
         assert [row[:1] for row in result.rows] == [("me-node2",)]
     if heading.startswith("5."):
         assert {row[0] for row in result.rows} == {"metax", "nvidia"}
+
+
+def _json_blocks(name: str) -> list[Any]:
+    import json
+    import re
+
+    text = (DOCS / name).read_text(encoding="utf-8")
+    return [
+        json.loads(block)
+        for block in re.findall(r"^```json\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    ]
+
+
+def _documented(name: str) -> set[str]:
+    import re
+
+    text = (DOCS / name).read_text(encoding="utf-8")
+    return {
+        m
+        for row in re.findall(r"^\| (.+?) \|", text, re.MULTILINE)
+        for m in re.findall(r"`([\w.]+)`", row)
+    }
+
+
+def test_rank_result_doc_describes_every_field_and_its_example_validates() -> None:
+    from workload.faster_rcnn import result_format
+
+    sections, fields = result_format.empty_sections()
+    expected = set(sections) | {name for kinds in fields.values() for name in kinds}
+    expected |= set(result_format._EVAL_FIELDS) | set(result_format._EPOCH_FIELDS)
+    expected |= set(result_format._ERROR_FIELDS)
+    expected |= {
+        "schema",
+        "schema_version",
+        "run_id",
+        "status",
+        "eval",
+        "epochs",
+        "converged",
+        "error",
+    }
+    assert expected - _documented("rank-result.md") == set()
+    (example,) = _json_blocks("rank-result.md")
+    assert result_format.validate(example)["identity"]["world_size"] == 16
+
+
+def test_run_folder_doc_describes_every_manifest_field_and_its_examples_load() -> None:
+    from orchestrator.runfolder import ENV_FIELDS, manifest_from_dict
+
+    manifest_doc, env_doc = _json_blocks("run-folder.md")
+    manifest = manifest_from_dict(manifest_doc, "docs/run-folder.md")
+    assert set(manifest.to_dict()) - _documented("run-folder.md") == set()
+    assert set(ENV_FIELDS) - _documented("run-folder.md") == set()
+    assert manifest.status == "failed" and manifest.reason
+    assert isinstance(env_doc["ib"], list)

@@ -80,6 +80,22 @@ def _ib_ports():
     return ports
 
 
+def _installed_versions():
+    """torch, torchvision, pycocotools versions from package metadata: no import (fast)."""
+    try:
+        from importlib import metadata
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return None, f"Python {platform.python_version()} is too old (3.8+ needed)"
+    info = {}
+    for name in ("torch", "torchvision", "pycocotools"):
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None, f"{name} is not installed for {sys.executable}"
+    info["device_type"] = "cpu"
+    return info, None
+
+
 def _torch_info():
     try:
         import torch  # noqa: F401
@@ -170,7 +186,8 @@ def main():
 
     nproc = int(args.get("nproc", 1))
     if args.get("need_torch"):
-        info, problem = _torch_info()
+        # Counting accelerators needs torch itself; a CPU-only vendor needs only the versions.
+        info, problem = _torch_info() if args.get("count_accelerators") else _installed_versions()
         check(
             "torch",
             info is not None,

@@ -46,6 +46,7 @@ def probe_args(job: JobSpec, node: NodeSpec, *, smi: str | None, docker: bool) -
         "ib_hcas": list(node.ib_hcas),
         "smi": smi,
         "need_torch": not docker,
+        "count_accelerators": job.cluster.vendor != "cpu",
         "need_docker": docker,
         "docker_host": node.docker_host,
     }

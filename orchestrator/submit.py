@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import socket
 import threading
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -145,13 +146,16 @@ def execute(
     failure: Failure | None = None
     status = "failed"
     ssh = job.cluster.ssh
+    phases = PhaseClock()
     try:
         with NodeSession([n.node for n in plan.nodes], ssh) as session:
             _check_stop(stop)
             console.print(f"[dim]preflight on {len(plan.nodes)} node(s)…[/]")
+            phases.lap("connect")
             reports = run_preflight(
                 session, job, smi=plan.monitor_tool, docker=plan.runtime == "docker"
             )
+            phases.lap("preflight")
             for np_ in plan.nodes:
                 env = reports[np_.node.name].env
                 env["preflight"] = reports[np_.node.name].checks
@@ -159,18 +163,22 @@ def execute(
                 write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
             _check_stop(stop)
             stage(session, plan, STAGE_TIMEOUT_S)
+            phases.lap("stage")
             _check_stop(stop)
             with ProgressView(job.run_id, console) as view:
                 watch = Watch(plan, session, view, stop)
                 started_at = utcnow()
                 watch.start(START_TIMEOUT_S)
+                phases.lap("start")
                 try:
                     execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
                 except BaseException:
                     watch.stop_all()
                     raise
+                phases.lap("workload")
             status, failure = execution.status, execution.failure
             problems = collect(session, plan, run_dir, COLLECT_TIMEOUT_S)
+            phases.lap("collect")
             if problems and status == "succeeded":
                 status = "failed"
                 failure = Failure(
@@ -196,7 +204,10 @@ def execute(
             started_at,
         )
         raise
-    return _finalize(plan, req, run_dir, store, status, failure, submitted_at, started_at)
+    outcome = _finalize(plan, req, run_dir, store, status, failure, submitted_at, started_at)
+    phases.lap("publish")
+    write_json(run_dir / "timings.json", phases.as_dict())
+    return outcome
 
 
 def _finalize(
@@ -236,6 +247,25 @@ def _finalize(
             replace(manifest, status=status, failure=failure.as_dict() if failure else None),
         )
     return Outcome(plan.job.run_id, status, run_dir, failure, summary)
+
+
+class PhaseClock:
+    """Seconds spent in each phase of a submission (runs/RUN/timings.json): where the
+    orchestrator's own overhead goes, next to the workload's lifetime."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.monotonic()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = round(now - self.last, 4)
+        self.last = now
+
+    def as_dict(self) -> dict[str, float]:
+        total = round(time.monotonic() - self.t0, 4)
+        overhead = round(total - self.phases.get("workload", 0.0), 4)
+        return {**self.phases, "total": total, "overhead": overhead}
 
 
 class _Cancelled(Exception):

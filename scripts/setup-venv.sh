@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates ./.venv with the control plane, the workload's packages (torch, torchvision,
+# pycocotools: needed to run the workload on this machine) and, with --dev, the test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="workload,plots"
+[ "${1:-}" = "--dev" ] && extras="workload,plots,dev"
+py=${PYTHON:-$(command -v python3.11 || command -v python3)}
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# torch 2.14.1 + torchvision 0.29.1 pair (see shared/TESTBED.md); any torch >= 2.0 works.
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[${extras}]" 2>&1 |
+  grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, torchvision, orchestrator" >/dev/null
+echo "venv ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -92,6 +92,7 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     runtime: str
     image: str | None = None
+    image_id: str | None = None
     notes: tuple[str, ...] = field(default=())
     hardware_label: str | None = None  # the vendor profile's short name, e.g. 'MXC500'
     monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled

@@ -62,8 +62,16 @@ def submitter() -> str:
         return "unknown"
 
 
-def make_plan(cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = None) -> Plan:
-    """Pure: the plan a submission would execute (what --dry-run prints)."""
+def make_plan(
+    cluster: ClusterSpec,
+    req: SubmitRequest,
+    run_id: str | None = None,
+    image: str | None = None,
+    image_id: str | None = None,
+) -> Plan:
+    """The plan a submission executes (what --dry-run prints). With the docker runtime each
+    node's command is wrapped in `docker run` of `image` (default: the content tag the vendor's
+    wheels and the workload give, computed without a daemon)."""
     from orchestrator.images.profiles import load_profile
 
     nodes = pick_nodes(cluster, req.topology, list(req.node_names) if req.node_names else None)
@@ -81,17 +89,47 @@ def make_plan(cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = Non
     )
     profile = load_profile(cluster.vendor)
     runtime = profile.runtime
+    wrap = None
+    notes: tuple[str, ...] = ()
+    if cluster.runtime == "docker":
+        from orchestrator.images.containers import node_wrapper
+
+        if image is None:
+            image, notes = _expected_image(cluster)
+        wrap = node_wrapper(
+            profile,
+            image,
+            run_id,
+            data_dir=cluster.case.data_dir,
+            backbone_weights=cluster.case.backbone_weights,
+        )
     plan = build_plan(
         job,
         workload_hash=workload_hash(),
         vendor_env=runtime.env,
         visible_devices_var=runtime.visible_devices_env or None,
+        wrap=wrap,
+        image=image,
     )
     return replace(
         plan,
+        notes=notes,
+        image_id=image_id,
         hardware_label=getattr(profile, "label", None),
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
     )
+
+
+def _expected_image(cluster: ClusterSpec) -> tuple[str, tuple[str, ...]]:
+    """The image tag without asking a daemon (the base image's id is resolved at build time)."""
+    from orchestrator.errors import ImageError
+    from orchestrator.images.workflow import image_spec, settings_for
+
+    try:
+        spec = image_spec(cluster, settings_for(cluster), None)
+    except ImageError as exc:
+        return "<image of profile " + cluster.vendor + ">", (f"image: {exc.one_line()}",)
+    return spec.tag, ("image tag before the build host resolves the base image's id",)
 
 
 def manifest_for(plan: Plan, req: SubmitRequest, status: str, **extra: Any) -> RunManifest:
@@ -114,7 +152,7 @@ def manifest_for(plan: Plan, req: SubmitRequest, status: str, **extra: Any) -> R
         submitted_at=extra.pop("submitted_at"),
         status=status,
         nodes=tuple(NodeRef(n.node.name, n.node.address, n.node_rank) for n in plan.nodes),
-        image=ImageRef(plan.image) if plan.image else None,
+        image=ImageRef(plan.image, plan.image_id) if plan.image else None,
         campaign_id=req.campaign_id,
         command=req.command,
         orchestrator_version=__version__,
@@ -162,11 +200,14 @@ def execute(
                 store.record_environment(job.run_id, np_.node.name, np_.node_rank, env)
                 write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
             _check_stop(stop)
+            if plan.runtime == "docker":
+                plan = _with_image(plan, req, session, store, console)
+                phases.lap("image")
             stage(session, plan, STAGE_TIMEOUT_S)
             phases.lap("stage")
             _check_stop(stop)
             with ProgressView(job.run_id, console) as view:
-                watch = Watch(plan, session, view, stop)
+                watch = Watch(plan, session, view, stop, on_stop=_container_cleanup(plan))
                 started_at = utcnow()
                 watch.start(START_TIMEOUT_S)
                 phases.lap("start")
@@ -247,6 +288,42 @@ def _finalize(
             replace(manifest, status=status, failure=failure.as_dict() if failure else None),
         )
     return Outcome(plan.job.run_id, status, run_dir, failure, summary)
+
+
+def _with_image(
+    plan: Plan, req: SubmitRequest, session: Any, store: Store, console: Console
+) -> Plan:
+    """Build the image where the build host lacks it, put it on every node that lacks it,
+    record it, and wrap every node's command in it."""
+    from orchestrator.images.progress_ui import build_progress, transfer_progress
+    from orchestrator.images.workflow import ensure_image
+
+    job = plan.job
+    with build_progress(console) as observer, transfer_progress(console) as progress:
+        prepared = ensure_image(
+            job.cluster,
+            list(job.nodes),
+            session.transports,
+            store=store,
+            observer=observer,
+            progress=progress,
+        )
+    image_id = prepared.record.get("image_id") if prepared.record else None
+    console.print(f"[dim]image {prepared.tag} on every node[/]")
+    rebuilt = make_plan(job.cluster, req, job.run_id, image=prepared.tag, image_id=image_id)
+    return replace(rebuilt, job=job)
+
+
+def _container_cleanup(plan: Plan) -> Any:
+    """Watch's on_stop for the docker runtime: the run's containers go, whatever ended it."""
+    if plan.runtime != "docker":
+        return None
+    from orchestrator.images.containers import remove_run_containers
+
+    def cleanup(transport: Any, node_plan: Any) -> None:
+        remove_run_containers(transport, plan.job.run_id, node_plan.node.docker_host)
+
+    return cleanup
 
 
 class PhaseClock:

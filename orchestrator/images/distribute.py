@@ -91,35 +91,42 @@ def node_image_id(target: NodeTarget, tag: str, timeout: float = 30.0) -> str | 
     raise ImageError(f"cannot ask the Docker daemon: {last}")
 
 
-def fan_out(
-    targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any], what: str
-) -> dict[str, Any]:
-    """Run `fn` on every node at once; one NodeError naming every node that failed."""
+def fan_out_results(
+    targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run `fn` on every node at once: (results, failures) by node name, every node reported."""
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     if not targets:
-        return results
+        return results, failures
     with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
         futures = {t.name: pool.submit(fn, t) for t in targets}
         for name, future in futures.items():
             try:
                 results[name] = future.result()
-            except Exception as exc:  # every node is reported, not only the first
-                failures[name] = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            except Exception as exc:
+                failures[name] = _reason(name, exc)
+    return results, failures
+
+
+def _reason(node: str, exc: BaseException) -> str:
+    if isinstance(exc, NodeError) and node in exc.failures:
+        return exc.failures[node]
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+
+
+def _presence(target: NodeTarget, tag: str, timeout: float = 30.0) -> Presence:
+    started = time.monotonic()
+    found = node_image_id(target, tag, timeout)
+    return Presence(target.name, found, time.monotonic() - started)
+
+
+def check_presence(targets: Sequence[NodeTarget], tag: str) -> dict[str, Presence]:
+    """Which image each node has under `tag`; one NodeError naming every node that failed."""
+    results, failures = fan_out_results(targets, lambda t: _presence(t, tag))
     if failures:
-        raise NodeError(f"{what} failed on {len(failures)} node(s)", failures)
+        raise NodeError(f"checking for image {tag} failed on {len(failures)} node(s)", failures)
     return results
-
-
-def check_presence(
-    targets: Sequence[NodeTarget], tag: str, timeout: float = 30.0
-) -> dict[str, Presence]:
-    def one(target: NodeTarget) -> Presence:
-        started = time.monotonic()
-        found = node_image_id(target, tag, timeout)
-        return Presence(target.name, found, time.monotonic() - started)
-
-    return fan_out(targets, one, f"checking for image {tag}")
 
 
 def distribute(
@@ -131,7 +138,11 @@ def distribute(
     registry: str | None = None,
     timeout_s: float = 3600,
 ) -> DistributionReport:
-    """Make `tag` (as it is on the build host `api`) present on every target node."""
+    """Make `tag` (as it is on the build host `api`) present on every target node.
+
+    Every node that can be served is; the ones that cannot are named together in one NodeError
+    at the end (a later call skips the nodes that have the image by then).
+    """
     from orchestrator.images.build import image_id
 
     expected = image_id(api, tag)
@@ -139,32 +150,34 @@ def distribute(
         raise ImageError(
             f"image {tag} is not on the build host", "build it first: orchestrator image build"
         )
-    presence = check_presence(targets, tag)
-    missing = [t for t in targets if not presence[t.name].has(expected)]
-    if not missing:
-        return DistributionReport(tag, expected, presence, {}, "none")
-    if registry:
-        transfers = _via_registry(api, tag, registry, missing, timeout_s)
-        method = "registry"
-    else:
-        total = int(api.inspect_image(tag).get("Size") or 0)
-        transfers = stream_to_nodes(
-            lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s
-        )
-        method = "stream"
-    after = check_presence(missing, tag)
-    wrong = {
-        n: f"has {p.image_id or 'nothing'} instead of {expected}"
-        for n, p in after.items()
-        if not p.has(expected)
-    }
-    if wrong:
+    presence, failures = fan_out_results(targets, lambda t: _presence(t, tag))
+    missing = [t for t in targets if t.name in presence and not presence[t.name].has(expected)]
+    transfers: dict[str, Transfer] = {}
+    method = "none"
+    if missing:
+        method = "registry" if registry else "stream"
+        if registry:
+            transfers, failed = _via_registry(api, tag, registry, missing, timeout_s)
+        else:
+            total = int(api.inspect_image(tag).get("Size") or 0)
+            transfers, failed = stream_to_nodes(
+                lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s
+            )
+        failures.update(failed)
+        received = [t for t in missing if t.name in transfers]
+        after, failed = fan_out_results(received, lambda t: _presence(t, tag))
+        failures.update(failed)
+        for name, found in after.items():
+            if not found.has(expected):
+                failures[name] = f"has {found.image_id or 'nothing'} under {tag}, not {expected}"
+        presence.update(after)
+    if failures:
         raise NodeError(
-            f"image {tag} did not arrive intact",
-            wrong,
-            "run orchestrator image push-to-nodes again",
+            f"putting image {tag} on the nodes failed on {len(failures)} of {len(targets)} node(s)",
+            failures,
+            "fix those nodes, then run `orchestrator image push-to-nodes` (it skips nodes that have it)",
         )
-    return DistributionReport(tag, expected, {**presence, **after}, transfers, method)
+    return DistributionReport(tag, expected, presence, transfers, method)
 
 
 def stream_to_nodes(
@@ -173,11 +186,11 @@ def stream_to_nodes(
     expected_bytes: int,
     progress: ProgressFn | None = None,
     timeout_s: float = 3600,
-) -> dict[str, Transfer]:
+) -> tuple[dict[str, Transfer], dict[str, str]]:
     """One `docker save` stream, teed into `docker load` on every target in parallel.
 
-    Each node has a bounded queue; a node that fails is dropped from the tee and reported, the
-    others go on. Raises NodeError naming every node that failed, after all have finished.
+    Each node has a bounded queue; a node that fails is dropped from the tee and the others go
+    on. Returns (transfers, failures) by node, once every node has finished.
     """
     queues = {t.name: queue.Queue[bytes | None](maxsize=QUEUE_CHUNKS) for t in targets}
     done = {t.name: threading.Event() for t in targets}
@@ -247,7 +260,7 @@ def stream_to_nodes(
     feeder = threading.Thread(target=feed, name="docker-save", daemon=True)
     feeder.start()
     try:
-        return fan_out(targets, load, "loading the image")
+        return fan_out_results(targets, load)
     finally:
         for event in done.values():
             event.set()
@@ -256,7 +269,7 @@ def stream_to_nodes(
 
 def _via_registry(
     api: docker.APIClient, tag: str, registry: str, targets: Sequence[NodeTarget], timeout_s: float
-) -> dict[str, Transfer]:
+) -> tuple[dict[str, Transfer], dict[str, str]]:
     """Push once from the build host, pull on every node, and tag it there under `tag`."""
     repository, _, version = tag.rpartition(":")
     remote_repo = f"{registry.rstrip('/')}/{repository}"
@@ -281,4 +294,4 @@ def _via_registry(
                 raise ImageError(f"{argv[-2]} failed: {lines[-1] if lines else result.exit_code}")
         return Transfer(target.name, 0, time.monotonic() - started)
 
-    return fan_out(targets, pull, f"pulling {remote}")
+    return fan_out_results(targets, pull)

@@ -1,14 +1,13 @@
 """Building images on the real Docker daemon: the cpu profile with torch from a wheelhouse."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import ImageError
-from orchestrator.images.build import ImageBuildError, build_image, image_id
+from orchestrator.images.build import ImageBuildError, build_image
 from orchestrator.images.containers import container_argv
 from orchestrator.images.profiles import load_profile
 from orchestrator.images.spec import Sha256Cache, make_image_spec
@@ -123,23 +122,12 @@ def test_missing_base_image_is_a_clear_error(docker_api, tmp_path):
     assert "docker load" in err.value.one_line()
 
 
-def _cli(*args, cwd, env=None):
-    return subprocess.run(
-        [str(REPO / ".venv" / "bin" / "orchestrator"), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=900,
-    )
-
-
 def test_cli_dry_run_shows_dockerfile_and_tag_and_builds_nothing(
-    cpu_image, docker_api, wheelhouse, tmp_path
+    cpu_image, docker_api, wheelhouse, sha_cache, cli_snapshot
 ):
     spec, _ = cpu_image
     before = sorted(i["Id"] for i in docker_api.images(all=True))
-    result = _cli(
+    result = cli_snapshot(
         "image",
         "build",
         "--vendor",
@@ -149,23 +137,32 @@ def test_cli_dry_run_shows_dockerfile_and_tag_and_builds_nothing(
         "--base",
         spec.base_image,
         "--dry-run",
-        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert f"FROM {spec.base_image} AS builder" in result.stdout
     assert "COPY --from=builder /opt/venv /opt/venv" in result.stdout
     assert "# wheel torch-2.14.1-" in result.stdout
-    # The CLI computes the very tag the session built: same content, same tag.
-    assert result.stdout.strip().splitlines()[-1] == f"tag: {spec.tag}"
+    # The tag the CLI shows is the tag of exactly this content.
+    expected = make_image_spec(
+        spec.profile,
+        [wheelhouse],
+        spec.base_id,
+        base_image=spec.base_image,
+        workload_dir=cli_snapshot.workload,
+        cache=sha_cache,
+    )
+    assert result.stdout.strip().splitlines()[-1] == f"tag: {expected.tag}"
     assert sorted(i["Id"] for i in docker_api.images(all=True)) == before
 
 
-def test_cli_build_reuses_and_records_the_image_in_the_store(cpu_image, wheelhouse, tmp_path):
+def test_cli_build_records_the_image_in_the_store_and_then_reuses_it(
+    cpu_image, docker_api, wheelhouse, cli_snapshot
+):
     spec, built = cpu_image
-    db = f"sqlite:///{tmp_path / 'results.db'}"
-    up = _cli("--db", db, "db", "upgrade", cwd=tmp_path)
+    db = f"sqlite:///{cli_snapshot.cwd / 'results.db'}"
+    up = cli_snapshot("--db", db, "db", "upgrade")
     assert up.returncode == 0, up.stderr
-    result = _cli(
+    args = (
         "--db",
         db,
         "image",
@@ -176,33 +173,39 @@ def test_cli_build_reuses_and_records_the_image_in_the_store(cpu_image, wheelhou
         str(wheelhouse),
         "--base",
         spec.base_image,
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == spec.tag
-    assert "already on the build host" in result.stderr
-    query = _cli(
-        "--db",
-        db,
-        "query",
-        "--format",
-        "json",
-        "SELECT i.tag, i.image_id, i.size_bytes, i.build_seconds, i.build_log_path, w.filename, w.sha256 "
-        "FROM images i JOIN image_wheels w ON w.image_id = i.image_id WHERE w.filename LIKE 'torch-%'",
-        cwd=tmp_path,
-    )
-    assert query.returncode == 0, query.stderr
-    rows = json.loads(query.stdout)
-    assert len(rows) == 1
-    row = rows[0]
-    torch = next(w for w in spec.wheels if w.name.startswith("torch-"))
-    assert row["tag"] == spec.tag and row["image_id"] == built.image_id
-    assert row["size_bytes"] == built.size_bytes and row["sha256"] == torch.sha256
-    assert row["build_log_path"] is None or Path(row["build_log_path"]).name.startswith("cpu-")
+    first = cli_snapshot(*args)
+    assert first.returncode == 0, first.stderr
+    tag = first.stdout.strip()
+    try:
+        second = cli_snapshot(*args)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.strip() == tag and "already on the build host" in second.stderr
+        query = cli_snapshot(
+            "--db",
+            db,
+            "query",
+            "--format",
+            "json",
+            "SELECT i.tag, i.image_id, i.size_bytes, i.build_seconds, i.build_log_path, w.filename, w.sha256 "
+            "FROM images i JOIN image_wheels w ON w.image_id = i.image_id WHERE w.filename LIKE 'torch-%'",
+        )
+        assert query.returncode == 0, query.stderr
+        rows = json.loads(query.stdout)
+        assert len(rows) == 1
+        row = rows[0]
+        torch = next(w for w in spec.wheels if w.name.startswith("torch-"))
+        assert row["tag"] == tag and row["image_id"] == docker_api.inspect_image(tag)["Id"]
+        assert row["size_bytes"] > 1e9 and row["sha256"] == torch.sha256
+        if tag != spec.tag:  # built by the CLI just now: its build time and log are recorded
+            assert row["build_seconds"] > 0 and Path(row["build_log_path"]).is_file()
+    finally:
+        if tag != spec.tag:
+            docker_api.remove_image(tag, force=True)
 
 
-def test_cli_build_of_an_unknown_vendor_is_one_line(tmp_path):
-    result = _cli("image", "build", "--vendor", "acme", cwd=tmp_path)
+def test_cli_build_of_an_unknown_vendor_is_one_line(cli_snapshot):
+    result = cli_snapshot("image", "build", "--vendor", "acme")
     assert result.returncode == 2
     assert result.stderr.startswith("error: no vendor profile 'acme'")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

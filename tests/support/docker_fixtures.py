@@ -365,3 +365,43 @@ def docker_nodes(
         return DockerNodes(nodes, cluster.ssh, daemons)
 
     return get
+
+
+# -- the CLI on a frozen copy of this checkout -------------------------------------------------
+
+
+@dataclass
+class CliSnapshot:
+    """`orchestrator` run from a copy of orchestrator/, workload/ and images/: image tags cover
+    the workload source, so a copy keeps them stable while the checkout is being edited."""
+
+    root: Path
+    cwd: Path
+
+    @property
+    def workload(self) -> Path:
+        return self.root / "workload"
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "orchestrator", *args],
+            capture_output=True,
+            text=True,
+            cwd=self.cwd,
+            env={**os.environ, "PYTHONPATH": str(self.root), **(env or {})},
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture
+def cli_snapshot(tmp_path: Path) -> CliSnapshot:
+    root = tmp_path / "checkout"
+    for part in ("orchestrator", "workload", "images", "migrations"):
+        if (REPO / part).exists():
+            shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return CliSnapshot(root, cwd)

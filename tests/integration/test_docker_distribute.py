@@ -1,0 +1,150 @@
+"""Distribution without a registry: `docker save` streamed into `docker load` over real SSH,
+to real per-node Docker daemons, only where the image is missing."""
+
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.errors import NodeError
+from orchestrator.images.distribute import check_presence, distribute
+from orchestrator.images.workflow import targets
+from orchestrator.transport import NodeSession
+
+pytestmark = [pytest.mark.docker, pytest.mark.sshd]
+
+
+def test_image_goes_only_where_missing_and_a_second_time_moves_nothing(
+    docker_nodes, small_image, docker_api
+):
+    cluster = docker_nodes(2)
+    image = small_image("orchdist", payload_mb=48)
+    for daemon in cluster.daemons:
+        daemon.remove_image(image.spec.tag)
+    seen = []
+    with NodeSession(cluster.nodes, cluster.ssh) as session:
+        first = distribute(
+            docker_api,
+            image.spec.tag,
+            targets(cluster.nodes, session.transports),
+            progress=lambda node, sent, total: seen.append((node, sent, total)),
+        )
+        assert first.method == "stream"
+        assert set(first.transfers) == {n.name for n in cluster.nodes}
+        for transfer in first.transfers.values():
+            assert transfer.bytes_sent > 48e6
+        assert {node for node, _, _ in seen} == {n.name for n in cluster.nodes}
+        # Both nodes were served at once, from one stream: each began before the other ended.
+        order = [node for node, _, _ in seen]
+        a, b = (n.name for n in cluster.nodes)
+        assert order.index(a) < len(order) - 1 - order[::-1].index(b)
+        assert order.index(b) < len(order) - 1 - order[::-1].index(a)
+        for daemon in cluster.daemons:
+            found = daemon.docker(
+                "image", "inspect", "--format", "{{.Id}}", image.spec.tag
+            ).stdout.strip()
+            assert found == image.built.image_id
+
+        second = distribute(docker_api, image.spec.tag, targets(cluster.nodes, session.transports))
+        assert second.method == "none" and second.transfers == {} and second.bytes_moved == 0
+        # (How long deciding that takes is measured by bench/bench_image_distribution.py.)
+        assert all(p.image_id == image.built.image_id for p in second.presence.values())
+
+        cluster.daemons[1].remove_image(image.spec.tag)
+        third = distribute(docker_api, image.spec.tag, targets(cluster.nodes, session.transports))
+        assert set(third.transfers) == {cluster.nodes[1].name}
+
+
+def test_a_changed_workload_is_a_new_tag_that_is_sent_again(docker_nodes, small_image, docker_api):
+    cluster = docker_nodes(2)
+    old = small_image("orchdist2")
+    new = small_image("orchdist2", workload_change="a changed line")
+    assert new.spec.tag != old.spec.tag and new.built.image_id != old.built.image_id
+    with NodeSession(cluster.nodes, cluster.ssh) as session:
+        nodes = targets(cluster.nodes, session.transports)
+        distribute(docker_api, old.spec.tag, nodes)
+        presence = check_presence(nodes, new.spec.tag)
+        assert all(p.image_id is None for p in presence.values())
+        report = distribute(docker_api, new.spec.tag, nodes)
+        assert set(report.transfers) == {n.name for n in cluster.nodes}
+
+
+def test_a_node_that_cannot_load_is_named_and_the_others_still_get_the_image(
+    docker_nodes, small_image, docker_api
+):
+    cluster = docker_nodes(2)
+    image = small_image("orchdist3", payload_mb=8)
+    for daemon in cluster.daemons:
+        daemon.remove_image(image.spec.tag)
+    broken = replace(cluster.nodes[1], docker_host="unix:///run/orch-test/no-such-daemon.sock")
+    nodes = (cluster.nodes[0], broken)
+    with NodeSession(nodes, cluster.ssh) as session:
+        with pytest.raises(NodeError) as err:
+            distribute(docker_api, image.spec.tag, targets(nodes, session.transports))
+    assert broken.name in err.value.failures
+    assert "no-such-daemon.sock" in err.value.failures[broken.name]
+    assert cluster.nodes[0].name not in err.value.failures
+    assert (
+        cluster.daemons[0].docker("image", "inspect", image.spec.tag, check=False).returncode == 0
+    )
+
+
+def _cluster_file(tmp_path, cluster, vendor, images_root):
+    lines = [
+        "[cluster]",
+        'name = "docker-test"',
+        f'vendor = "{vendor}"',
+        'runtime = "docker"',
+        "[ssh]",
+        f"known_hosts = [{', '.join(repr(k) for k in cluster.ssh.known_hosts)}]".replace("'", '"'),
+    ]
+    for node in cluster.nodes:
+        lines += [
+            "[[nodes]]",
+            f'name = "{node.name}"',
+            f'address = "{node.address}"',
+            f"port = {node.port}",
+            f'user = "{node.user}"',
+            f'key_file = "{node.key_file}"',
+            f'docker_host = "{node.docker_host}"',
+        ]
+    path = tmp_path / "cluster.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cli_ls_and_push_to_nodes(docker_nodes, small_image, cli_snapshot, docker_api, tmp_path):
+    cluster = docker_nodes(2)
+    image = small_image("orchcli")  # the profile (data) and its wheel; the CLI builds its own tag
+    cluster_file = _cluster_file(tmp_path, cluster, "orchcli", image.images_root)
+    env = {"ORCHESTRATOR_IMAGES_DIR": str(image.images_root)}
+    db = f"sqlite:///{tmp_path / 'results.db'}"
+
+    def cli(*args):
+        return cli_snapshot("--cluster", str(cluster_file), "--db", db, *args, env=env)
+
+    assert cli("db", "upgrade").returncode == 0
+    made = cli("image", "build")
+    assert made.returncode == 0, made.stderr
+    tag = made.stdout.strip()
+    try:
+        before = cli("image", "ls")
+        assert before.returncode == 0, before.stderr
+        assert before.stdout.splitlines()[0] == f"image {tag}"
+        assert before.stdout.count("missing") == 2 and before.stdout.count("present") == 1
+
+        pushed = cli("image", "push-to-nodes")
+        assert pushed.returncode == 0, pushed.stderr
+        for node in cluster.nodes:
+            assert f"{node.name}: received" in pushed.stderr
+        after = cli("image", "ls")
+        assert after.stdout.count("present") == 3 and "missing" not in after.stdout
+        again = cli("image", "push-to-nodes")
+        assert again.returncode == 0 and again.stderr.count("already had") == 2
+
+        pruned = cli("image", "prune", "--dry-run")
+        assert pruned.returncode == 0, pruned.stderr
+        assert tag not in pruned.stdout  # the current image is never pruned
+    finally:
+        docker_api.remove_image(tag, force=True)
+        for daemon in cluster.daemons:
+            daemon.remove_image(tag)

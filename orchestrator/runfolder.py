@@ -346,6 +346,7 @@ class RunFolder:
     ranks: tuple[RankFile, ...]
     envs: dict[str, dict[str, Any]]  # node name -> env.json
     digest: str  # sha256 over every file read: same digest, same content
+    env_texts: dict[str, str] = field(default_factory=dict)  # node name -> env.json as read
 
 
 def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
@@ -366,7 +367,7 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
         rank = _read_rank(file, manifest)
         ranks.append(rank)
         digest.update(b"\0" + file.name.encode() + b"\0" + rank.text.encode())
-    envs = {}
+    envs, env_texts = {}, {}
     known = {n.name for n in manifest.nodes}
     nodes_dir = root / NODES_DIR
     for env_path in sorted(nodes_dir.glob(f"*/{ENV_FILE}")):
@@ -376,8 +377,8 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
                 f"{env_path}: node {name!r} is not in {MANIFEST_FILE}'s nodes ({', '.join(sorted(known))})",
                 "remove the folder or fix the manifest",
             )
-        envs[name] = _read_env(env_path)
-        digest.update(b"\0" + name.encode() + b"\0" + env_path.read_bytes())
+        envs[name], env_texts[name] = _read_env(env_path)
+        digest.update(b"\0" + name.encode() + b"\0" + env_texts[name].encode())
     return RunFolder(
         path=str(root),
         manifest=manifest,
@@ -385,6 +386,7 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
         ranks=tuple(ranks),
         envs=envs,
         digest=digest.hexdigest(),
+        env_texts=env_texts,
     )
 
 
@@ -417,11 +419,11 @@ def _read_rank(file: Path, manifest: RunManifest) -> RankFile:
     return RankFile(path=str(file), rank=rank, doc=doc, text=text)
 
 
-def _read_env(path: Path) -> dict[str, Any]:
-    data, _ = _read_json(path, str(path))
+def _read_env(path: Path) -> tuple[dict[str, Any], str]:
+    data, text = _read_json(path, str(path))
     if not isinstance(data, dict):
         raise IngestError(f"{path}: expected a JSON object", _FIX)
     fields = _Fields(str(path), data)
     for name, kinds in ENV_FIELDS.items():
         fields.get(name, kinds, required=False)
-    return data
+    return data, text

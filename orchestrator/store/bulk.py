@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Boolean, Connection, Float, Table
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.store.models import Base
@@ -22,8 +22,15 @@ from orchestrator.store.models import Base
 def _processors(
     conn: Connection, table: Table, columns: Sequence[str]
 ) -> list[Callable[[Any], Any] | None]:
+    # Numbers and booleans reach both drivers as they are (SQLite's Float processor only
+    # re-casts to float); every other type keeps its processor.
     dialect = conn.dialect
-    return [table.c[name].type._cached_bind_processor(dialect) for name in columns]
+    return [
+        None
+        if isinstance(table.c[name].type, (Float, Boolean))
+        else table.c[name].type._cached_bind_processor(dialect)
+        for name in columns
+    ]
 
 
 def insert_rows(

@@ -175,14 +175,13 @@ def write(
     for p in new_runs + replaced:
         folder, run_id = p.folder, p.folder.manifest.run_id
         for node in folder.manifest.nodes:
-            env = folder.envs.get(node.name)
-            captured = now
-            if env is None and (run_id, node.node_rank) in kept_envs:
-                env, captured = (
-                    kept_envs[(run_id, node.node_rank)]["env"],
-                    kept_envs[(run_id, node.node_rank)]["captured_at"],
-                )
-            node_rows.append(rows.node_row(run_id, node, env, captured))
+            if node.name in folder.envs:
+                env_text = folder.env_texts.get(node.name)
+                row = rows.node_row(run_id, node, folder.envs[node.name], now, env_text)
+            else:  # keep what record_environment stored while the run was live, if anything
+                kept = kept_envs.get((run_id, node.node_rank), {})
+                row = rows.node_row(run_id, node, kept.get("env"), kept.get("captured_at"))
+            node_rows.append(row)
         rank_rows.extend(rows.rank_row(run_id, rank) for rank in folder.ranks)
         epoch_rows.extend(rows.run_epoch_rows(run_id, folder.ranks))
     insert_rows(conn, RunNode, node_rows)

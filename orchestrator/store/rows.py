@@ -110,14 +110,19 @@ def env_columns(env: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def node_row(
-    run_id: str, node: NodeRef, env: dict[str, Any] | None, captured_at: datetime | None
+    run_id: str,
+    node: NodeRef,
+    env: dict[str, Any] | None,
+    captured_at: datetime | None,
+    env_text: str | None = None,
 ) -> dict[str, Any]:
+    """`env_text`: env.json as read, stored as is instead of serialising `env` again."""
     row = {
         "run_id": run_id,
         "node_rank": node.node_rank,
         "node_name": node.name,
         "address": node.address,
-        "env": env,
+        "env": RawJson(env_text) if env_text is not None else env,
         "captured_at": captured_at if env is not None else None,
     }
     row.update(env_columns(env))
@@ -125,7 +130,7 @@ def node_row(
 
 
 # rank_row() values that need no type processing: the document is the file's JSON text.
-RANK_READY_COLUMNS = frozenset({"document", "converged"})
+RANK_READY_COLUMNS = frozenset({"document"})
 
 
 def rank_row(run_id: str, rank: RankFile) -> dict[str, Any]:

@@ -152,6 +152,7 @@ requirements = {requirements}
 venv_options = []
 [runtime]
 shm_size = "256m"
+ulimits = ["stack=67108864"]  # as the cpu profile: this machine caps locked memory
 env = {{ ORCH_TEST_VENDOR = "1" }}
 """
 

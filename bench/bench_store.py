@@ -210,7 +210,7 @@ def measure(name: str, url: str, args: argparse.Namespace) -> None:
         def report() -> int:
             with store.reading() as conn:
                 rows = seed_rows(conn, selection)
-                env = environment(conn, [r["run_id"] for r in rows])
+                env = environment(conn, selection)
             render_report(env, rows, "markdown")
             return len(rows)
 

@@ -245,7 +245,7 @@ def report(
     )
     with app.open_store() as store, store.reading() as conn:
         rows = seed_rows(conn, selection)
-        env = environment(conn, [r["run_id"] for r in rows])
+        env = environment(conn, selection)
     click.echo(render_report(env, rows, output), nl=False)
 
 

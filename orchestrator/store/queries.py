@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Float, MetaData, String, Table, select
+from sqlalchemy import Column, Connection, Float, MetaData, Select, String, Table, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
@@ -176,10 +176,8 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
     return detail
 
 
-def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
-    """Rows of the seed_table view for a selection, in configuration order."""
+def _where(conn: Connection, query: Select[Any], selection: Selection) -> Select[Any]:
     view = SEED_TABLE
-    query = select(view)
     if selection.run_ids:
         ids = [resolve_run(conn, ref) for ref in selection.run_ids]
         query = query.where(view.c.run_id.in_(ids))
@@ -196,9 +194,12 @@ def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
     query = query.order_by(
         view.c.vendor, view.c.topology, view.c.precision, view.c.finished_at, view.c.run_id
     )
-    if selection.limit:
-        query = query.limit(selection.limit)
-    return list(conn.execute(query).mappings())
+    return query.limit(selection.limit) if selection.limit else query
+
+
+def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
+    """Rows of the seed_table view for a selection, in configuration order."""
+    return list(conn.execute(_where(conn, select(SEED_TABLE), selection)).mappings())
 
 
 # The seed page's environment block: label -> how to read it from run_nodes / images.
@@ -211,42 +212,47 @@ ENVIRONMENT_FIELDS = (
     ("Docker", "docker"),
     ("framework", "framework"),
 )
+_ENV_COLUMNS = (
+    RunNode.accelerator_model,
+    RunNode.accelerator_count,
+    RunNode.ib,
+    RunNode.os,
+    RunNode.kernel,
+    RunNode.driver,
+    RunNode.docker,
+    RunNode.torch,
+    Run.image_id,
+)
 
 
-def environment(conn: Connection, run_ids: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """For each environment field, the distinct values over the runs' nodes (sorted)."""
+def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple[str, list[str]]]:
+    """For each environment field, the distinct values over the nodes of the runs (sorted).
+
+    `runs` is a Selection (one query, the database finds the distinct environments) or run ids.
+    """
+    base = select(*_ENV_COLUMNS).join(Run, Run.run_id == RunNode.run_id).distinct()
+    if isinstance(runs, Selection):
+        chosen = _where(conn, select(SEED_TABLE.c.run_id), runs).subquery()
+        queries = [base.where(RunNode.run_id.in_(select(chosen.c.run_id)))]
+    else:
+        ids = list(runs)
+        queries = [
+            base.where(RunNode.run_id.in_(ids[i : i + 500])) for i in range(0, len(ids), 500)
+        ]
     values: dict[str, set[str]] = {key: set() for _, key in ENVIRONMENT_FIELDS}
-    wheels_by_image: dict[str, list[str]] = {}
-    ids = list(run_ids)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        query = (
-            select(
-                RunNode.accelerator_model,
-                RunNode.accelerator_count,
-                RunNode.ib,
-                RunNode.os,
-                RunNode.kernel,
-                RunNode.driver,
-                RunNode.docker,
-                RunNode.torch,
-                Run.image_id,
-                Run.vendor,
-            )
-            .join(Run, Run.run_id == RunNode.run_id)
-            .where(RunNode.run_id.in_(chunk))
-        )
+    images: set[str] = set()
+    for query in queries:
         for row in conn.execute(query).mappings():
             _collect(values, row)
             if row["image_id"]:
-                wheels_by_image.setdefault(row["image_id"], [])
-        if wheels_by_image:
-            wheel_query = select(ImageWheel.image_id, ImageWheel.filename).where(
-                ImageWheel.image_id.in_(list(wheels_by_image)), ImageWheel.filename.like("torch-%")
-            )
-            for image_id, filename in conn.execute(wheel_query):
-                wheels_by_image[image_id].append(filename)
-    wheels = {w for names in wheels_by_image.values() for w in names}
+                images.add(row["image_id"])
+    wheels: set[str] = set()
+    ordered = sorted(images)
+    for i in range(0, len(ordered), 500):
+        wheel_query = select(ImageWheel.filename).where(
+            ImageWheel.image_id.in_(ordered[i : i + 500]), ImageWheel.filename.like("torch-%")
+        )
+        wheels.update(conn.scalars(wheel_query))
     if wheels:  # the wheel file names say more than a version string
         values["framework"] = wheels
     return [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]

@@ -235,7 +235,7 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
         chosen = _where(conn, select(SEED_TABLE.c.run_id), runs).subquery()
         queries = [base.where(RunNode.run_id.in_(select(chosen.c.run_id)))]
     else:
-        ids = list(runs)
+        ids = [runs] if isinstance(runs, str) else list(runs)
         queries = [
             base.where(RunNode.run_id.in_(ids[i : i + 500])) for i in range(0, len(ids), 500)
         ]

@@ -336,3 +336,28 @@ def test_cli_ingest_bad_folder_is_one_line_on_stderr(
     assert (
         "rank-00004.json: field memory.peak_reserved_bytes: expected int, got float" in result.err
     )
+
+
+def test_console_script_bad_folder_exits_2_without_traceback(
+    sqlite_url: str, run_copy: Callable[..., Path]
+) -> None:
+    import subprocess
+    import sys
+
+    from orchestrator.store import upgrade_store
+
+    upgrade_store(sqlite_url)
+    folder = run_copy(RUN_1X8)
+    (folder / "manifest.json").write_text("{not json")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--db", sqlite_url, "ingest", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(folder.parent)},
+        cwd=folder.parent,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: {folder / 'manifest.json'}: not valid JSON")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

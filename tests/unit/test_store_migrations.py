@@ -192,3 +192,17 @@ def test_cli_on_an_empty_store_prints_one_line_with_the_remedy(run_cli, sqlite_u
     assert result.err.count("\n") == 1
     assert result.err.startswith("error: results store at ")
     assert "(run: orchestrator db upgrade)" in result.err
+
+
+def test_unreachable_postgres_is_one_line_without_the_password(run_cli) -> None:
+    url = "postgresql://bench:Sup3rSecret@127.0.0.1:1/results"
+    with pytest.raises(StoreError) as caught:
+        open_store(url)
+    line = caught.value.one_line()
+    assert line.startswith(
+        "cannot open results store at postgresql://bench:***@127.0.0.1:1/results: "
+    )
+    assert "Sup3rSecret" not in line
+    result = run_cli("--db", url, "runs", "list")
+    assert result.exit_code == 2 and result.err.count("\n") == 1
+    assert "Sup3rSecret" not in result.err + result.out

@@ -31,7 +31,7 @@ def connect(node: NodeSpec, ssh: SshSettings) -> Transport:
         from orchestrator.transport.local import LocalTransport
 
         return LocalTransport(node, ssh)
-    from orchestrator.transport.ssh import connect_ssh
+    from orchestrator.transport.connection import connect_ssh
 
     return connect_ssh(node, ssh)
 

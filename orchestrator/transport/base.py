@@ -34,6 +34,7 @@ Stdin = Union[bytes, Iterable[bytes], None]
 #: Called with the number of stdin bytes sent so far.
 ProgressCallback = Callable[[int], None]
 
+UNREACHABLE_REMEDY = "check that the node is up, its address and port, and that sshd runs there"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STDERR_TAIL_LINES = 5
 _STDERR_TAIL_CHARS = 400
@@ -270,9 +271,9 @@ class Transport(ABC):
 
         One command on the node does all of it, so tearing down N nodes costs one round trip.
         """
-        tenths = max(0, math.ceil(grace_s * 10))
+        steps = max(0, math.ceil(grace_s / shell.KILL_STEP_S))
         self.run(
-            ["sh", "-c", shell.KILL_GROUP_SCRIPT, "sh", str(_pgid(pgid)), str(tenths)],
+            ["sh", "-c", shell.KILL_GROUP_SCRIPT, "sh", str(_pgid(pgid)), str(steps)],
             timeout=grace_s + 15.0,
             check=True,
         )

@@ -195,8 +195,8 @@ class NodeSession:
         remote = [n for n in self.nodes if not n.is_local]
         known = None
         if remote:
+            from orchestrator.transport.connection import JumpHost, connect_ssh
             from orchestrator.transport.hostkeys import KnownHosts
-            from orchestrator.transport.ssh import JumpHost, connect_ssh
 
             known = KnownHosts.from_settings(self.ssh)
             if self.ssh.jump_host:

@@ -19,26 +19,28 @@ PGID_MARKER = "orchestrator-pgid "
 EXIT_MARKER = "orchestrator-exit "
 
 # A spawned job: the wrapper is a new session leader (setsid), so its pid is the process
-# group id. The job's output goes to the log file, never to the SSH channel, so the job does
-# not depend on the controller; `tail` streams the log back and ends shortly after the wrapper
-# (--pid). tail ignores SIGTERM so that the last lines still arrive when the group is
-# TERMinated; the wrapper catches it so it can still report the job's exit code. Caught
-# signals are reset for the job itself, which runs in the foreground (a background job would
-# start with SIGINT ignored).
+# group id; it reports it on stderr first, and the job's exit code on stderr last. The job's
+# output goes through `tee -p`, appended to the log and streamed back; -p keeps tee writing
+# the log when the controller's connection (its stdout) is gone, so the job never depends on
+# the controller. tee ignores TERM/INT so the job's last words still reach the log while the
+# group is being terminated, and ends when the job and its children close the pipe. The job
+# runs in the foreground of a pipeline (a background job would start with SIGINT ignored);
+# its parent catches TERM/INT so it can still report the exit code, and caught signals are
+# reset for the job itself.
 SPAWN_SCRIPT = """\
 log=$1; dir=$2; shift 2
+: >>"$log" || exit 126
 echo "orchestrator-pgid $$" >&2
-: >>"$log" || { echo "orchestrator-exit 126" >&2; exit 126; }
-start=$(($(wc -c <"$log") + 1))
-(trap '' TERM; exec tail -c "+$start" -s 0.05 --pid=$$ -f -- "$log") &
 trap : TERM INT HUP
-(
-  if [ -n "$dir" ]; then cd -- "$dir" || exit; fi
-  exec "$@"
-) >>"$log" 2>&1 </dev/null
-rc=$?
-echo "orchestrator-exit $rc" >&2
-exit "$rc"
+exec 3>&2
+{
+  trap : TERM INT HUP
+  (
+    if [ -n "$dir" ]; then cd -- "$dir" || exit; fi
+    exec "$@"
+  ) </dev/null 2>&1
+  echo "orchestrator-exit $?" >&3
+} | (trap '' TERM INT HUP; exec tee -p -a -- "$log")
 """
 
 # Local commands run through the same tiny script, so that a missing program (127) or
@@ -133,8 +135,7 @@ def spawn_line(
 ) -> str:
     """The remote command line of `Transport.spawn`: the wrapper script in a new session."""
     words = with_env(argv, env)
-    # -w: setsid's parent waits for the wrapper, so the wrapper is reaped at once and tail's
-    # --pid check ends promptly even where init is slow to reap orphans.
+    # -w: setsid's parent waits for the wrapper and reaps it at once.
     wrapper = ["setsid", "-w", "sh", "-c", SPAWN_SCRIPT, "sh", log_path, cwd or "", *words]
     return "exec " + join(wrapper)
 

@@ -1,29 +1,28 @@
-"""SSH transport (paramiko): one connection per node, reused for every command and file.
+"""SSH transport (paramiko): one connection per node, reused for every command, job and file.
 
-Connecting is bounded by the connect timeout as a whole (TCP, banner, key exchange, auth): a
-watchdog shuts the socket at the deadline. Host keys are checked by `hostkeys`; a jump host is
-one more connection whose `direct-tcpip` channels carry the nodes' connections.
+Commands run on exec channels (see `shell` for the command lines), jobs through the spawn
+wrapper, files over one SFTP session. Connections are opened by `connection`.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import select
-import socket
 import stat
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 
-from orchestrator.errors import HostKeyError, NodeError
+from orchestrator.errors import NodeError
 from orchestrator.specs import NodeSpec, SshSettings
 from orchestrator.transport import shell
 from orchestrator.transport.base import (
+    UNREACHABLE_REMEDY,
     CommandResult,
     CommandTimedOut,
     NodeUnreachable,
@@ -37,238 +36,13 @@ from orchestrator.transport.base import (
     file_errors,
     node_error,
 )
-from orchestrator.transport.hostkeys import (
-    HostKeyPolicy,
-    KnownHosts,
-    changed_key_error,
-    host_key_name,
-    revoked_key_error,
-)
+
+if TYPE_CHECKING:
+    from orchestrator.transport.connection import JumpHost
 
 _READ_SIZE = 1 << 16
 _KILL_TIMEOUT_S = 10.0
-_TAIL_DRAIN_S = 5.0  # after a job's exit line, how long its last output may take to arrive
-_UNREACHABLE_REMEDY = "check that the node is up, its address and port, and that sshd runs there"
-
-
-def parse_jump_host(text: str) -> tuple[str | None, str, int]:
-    """`[user@]host[:port]` (IPv6 as `[addr]:port`) -> (user, host, port)."""
-    user, _, hostport = text.strip().rpartition("@")
-    host, port = hostport, "22"
-    if hostport.startswith("["):
-        host, _, rest = hostport[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else "22"
-    elif hostport.count(":") == 1:
-        host, port = hostport.split(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise NodeError(
-            "invalid jump host",
-            {"jump host": f"{text!r} is not of the form [user@]host[:port]"},
-            "fix jump_host in the cluster file's [ssh] section",
-        )
-    return user or None, host, int(port)
-
-
-def _shutdown(sock: socket.socket | paramiko.Channel) -> None:
-    try:
-        if isinstance(sock, socket.socket):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
-    except OSError:
-        pass
-
-
-def open_client(
-    *,
-    label: str,
-    address: str,
-    port: int,
-    user: str | None,
-    key_files: Sequence[str],
-    ssh: SshSettings,
-    known: KnownHosts,
-    timeout: float,
-    jump: JumpHost | None = None,
-) -> tuple[paramiko.SSHClient, str | None]:
-    """An authenticated SSHClient whose host key was verified, within `timeout` seconds in all;
-    also the fingerprint of a newly accepted host key, if any. Raises NodeError subclasses
-    whose failures are keyed by `label`."""
-    deadline = time.monotonic() + timeout
-    where = f"{address}:{port}" + (f" via jump host {jump.label}" if jump else "")
-    login = user or getpass.getuser()
-    for path in key_files:
-        if not os.access(path, os.R_OK):
-            raise NodeUnreachable(
-                "connect failed",
-                {label: f"key_file {path} does not exist or is not readable"},
-                "fix key_file in the cluster file",
-            )
-    sock = (
-        jump.open_socket(label, address, port, timeout)
-        if jump
-        else _tcp_connect(label, address, port, timeout)
-    )
-    client = paramiko.SSHClient()
-    policy = HostKeyPolicy(known, ssh.accept_new_host_keys, label, address, port)
-    client.set_missing_host_key_policy(policy)
-    name = host_key_name(address, port)
-    for key in known.lookup(name):
-        client.get_host_keys().add(name, key.get_name(), key)
-    remaining = max(0.05, deadline - time.monotonic())
-    fired = threading.Event()
-
-    def abort() -> None:
-        fired.set()
-        _shutdown(sock)
-
-    watchdog = threading.Timer(remaining, abort)
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        client.connect(
-            address,
-            port=port,
-            username=login,
-            sock=sock,
-            timeout=remaining,
-            banner_timeout=remaining,
-            auth_timeout=remaining,
-            channel_timeout=ssh.command_timeout_s,
-            key_filename=list(key_files) or None,  # type: ignore[arg-type]  # a list works
-            allow_agent=True,
-            look_for_keys=not key_files,
-        )
-        if fired.is_set():
-            raise TimeoutError("connect deadline reached")
-        server_key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
-        if known.is_revoked(server_key):
-            raise revoked_key_error(label, name, server_key)
-    except HostKeyError:
-        client.close()
-        raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise changed_key_error(label, name, exc.expected_key, exc.key, known) from None
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        how = f"key_file {', '.join(key_files)}" if key_files else "the SSH agent and ~/.ssh keys"
-        raise NodeUnreachable(
-            "connect failed",
-            {label: f"authentication as {login} to {where} failed with {how} ({exc})"},
-            "check the node's user and key_file and that the key is in its authorized_keys",
-        ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        client.close()
-        if fired.is_set():
-            why = (
-                f"{where} accepted the connection but did not complete the SSH handshake "
-                f"within {timeout:g}s"
-            )
-        else:
-            why = f"SSH handshake with {where} failed: {exc or type(exc).__name__}"
-        raise NodeUnreachable("connect failed", {label: why}, _UNREACHABLE_REMEDY) from None
-    finally:
-        watchdog.cancel()
-    transport = client.get_transport()
-    assert transport is not None
-    transport.set_keepalive(ssh.keepalive_s)
-    return client, policy.accepted
-
-
-def _tcp_connect(label: str, address: str, port: int, timeout: float) -> socket.socket:
-    try:
-        return socket.create_connection((address, port), timeout=timeout)
-    except TimeoutError:
-        why = f"no answer from {address}:{port} within {timeout:g}s (TCP connect timed out)"
-    except ConnectionRefusedError:
-        why = f"connection refused by {address}:{port} (no sshd listening there?)"
-    except socket.gaierror as exc:
-        why = f"cannot resolve host name {address!r} ({exc.strerror})"
-    except OSError as exc:
-        why = f"cannot connect to {address}:{port}: {exc.strerror or exc}"
-    raise NodeUnreachable("connect failed", {label: why}, _UNREACHABLE_REMEDY)
-
-
-class JumpHost:
-    """One authenticated connection to the jump host; each node's connection is a
-    `direct-tcpip` channel through it (the jump host's sshd needs AllowTcpForwarding yes)."""
-
-    def __init__(
-        self,
-        spec: str,
-        ssh: SshSettings,
-        known: KnownHosts,
-        key_files: Sequence[str] = (),
-        timeout: float | None = None,
-    ) -> None:
-        user, host, port = parse_jump_host(spec)
-        self.label = spec
-        self.client, self.accepted_new_host_key = open_client(
-            label=f"jump host {spec}",
-            address=host,
-            port=port,
-            user=user,
-            key_files=[k for k in key_files if os.access(k, os.R_OK)],
-            ssh=ssh,
-            known=known,
-            timeout=ssh.connect_timeout_s if timeout is None else timeout,
-        )
-
-    def open_socket(self, label: str, address: str, port: int, timeout: float) -> paramiko.Channel:
-        transport = self.client.get_transport()
-        try:
-            if transport is None or not transport.is_active():
-                raise paramiko.SSHException("the connection to the jump host was lost")
-            return transport.open_channel(
-                "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout
-            )
-        except paramiko.ChannelException as exc:
-            remedy = _UNREACHABLE_REMEDY
-            if exc.code == 1:  # administratively prohibited
-                remedy = "set AllowTcpForwarding yes in the jump host's sshd_config"
-            why = f"jump host {self.label} could not open a connection to {address}:{port} ({exc.text})"
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            remedy = _UNREACHABLE_REMEDY
-            why = f"no connection to {address}:{port} through jump host {self.label} ({exc})"
-        raise NodeUnreachable("connect failed", {label: why}, remedy)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def connect_ssh(
-    node: NodeSpec,
-    ssh: SshSettings,
-    *,
-    known: KnownHosts | None = None,
-    jump: JumpHost | None = None,
-    timeout: float | None = None,
-) -> SshTransport:
-    """Connect to one node. Without `jump`, a jump host of the settings is opened for this
-    node alone (NodeSession shares one among all nodes)."""
-    known = known or KnownHosts.from_settings(ssh)
-    timeout = ssh.connect_timeout_s if timeout is None else timeout
-    key_files = [node.key_file] if node.key_file else []
-    owned_jump = None
-    if jump is None and ssh.jump_host:
-        owned_jump = jump = JumpHost(ssh.jump_host, ssh, known, key_files, timeout)
-    try:
-        client, accepted = open_client(
-            label=node.name,
-            address=node.address,
-            port=node.port,
-            user=node.user,
-            key_files=key_files,
-            ssh=ssh,
-            known=known,
-            timeout=timeout,
-            jump=jump,
-        )
-    except BaseException:
-        if owned_jump is not None:
-            owned_jump.close()
-        raise
-    return SshTransport(node, ssh, client, accepted, owned_jump)
+_DRAIN_S = 5.0  # after a job's exit line, how long its last output may take to arrive
 
 
 class SshTransport(Transport):
@@ -280,7 +54,7 @@ class SshTransport(Transport):
         settings: SshSettings,
         client: paramiko.SSHClient,
         accepted_new_host_key: str | None = None,
-        owned_jump: JumpHost | None = None,
+        owned_jump: JumpHost | None = None,  # a jump host opened for this node alone
     ) -> None:
         self.node = node
         self.settings = settings
@@ -290,6 +64,12 @@ class SshTransport(Transport):
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_lock = threading.Lock()
         self._closed = False
+
+    @property
+    def paramiko_client(self) -> paramiko.SSHClient:
+        """The node's connection, for protocols beyond commands and files (e.g. the Docker API
+        over `docker system dial-stdio`). Owned by this transport: do not close it."""
+        return self._client
 
     @property
     def is_active(self) -> bool:
@@ -303,7 +83,7 @@ class SshTransport(Transport):
             {
                 self.name: f"the SSH connection to {self.node.address}:{self.node.port} was lost{detail}"
             },
-            _UNREACHABLE_REMEDY,
+            UNREACHABLE_REMEDY,
         )
 
     def _channel(self, command: str, doing: str, timeout: float) -> paramiko.Channel:
@@ -425,7 +205,7 @@ class SshTransport(Transport):
         limit = self.settings.command_timeout_s
         chan = self._channel(line, f"starting `{words[0]}`", limit)
         chan.shutdown_write()
-        return SshProcess(self, chan, words, limit)
+        return SshProcess(self, chan, words, log_path, limit)
 
     # -- files (SFTP, one session per connection, used by one thread at a time) ---------------
 
@@ -433,6 +213,8 @@ class SshTransport(Transport):
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
+                # Every SFTP read waits at most this long: a hung node cannot hang us.
+                self._sftp.get_channel().settimeout(self.settings.command_timeout_s)  # type: ignore[union-attr]
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise NodeError(
                     "opening SFTP failed",
@@ -554,10 +336,15 @@ class SshTransport(Transport):
 
 
 class SshProcess(StreamedProcess):
-    """A spawned job: reads the wrapper's output (the log's lines) and control lines."""
+    """A spawned job: a thread reads its output lines and the wrapper's control lines."""
 
     def __init__(
-        self, transport: SshTransport, chan: paramiko.Channel, argv: Sequence[str], timeout: float
+        self,
+        transport: SshTransport,
+        chan: paramiko.Channel,
+        argv: Sequence[str],
+        log_path: str,
+        timeout: float,
     ):
         self._chan = chan
         self._ssh = transport
@@ -571,10 +358,14 @@ class SshProcess(StreamedProcess):
         if not self._pgid_known.wait(timeout) or self.pgid < 0:
             chan.close()
             reason = self._startup_error() or f"no process group reported within {timeout:g}s"
+            if log_path in reason:
+                remedy = "create the log's directory first (makedirs) and check it is writable"
+            else:
+                remedy = "the node needs a POSIX sh, setsid -w (util-linux 2.31+) and tee -p (coreutils 8.24+)"
             raise NodeError(
                 "starting a job failed",
                 {self.node: f"`{self._argv[0]}` did not start: {reason}"},
-                "the node needs a POSIX sh, setsid (util-linux) and GNU tail",
+                remedy,
             )
 
     def _startup_error(self) -> str:
@@ -595,8 +386,8 @@ class SshProcess(StreamedProcess):
                     break
                 if self._reported_exit is not None:
                     exit_seen_at = exit_seen_at or time.monotonic()
-                    if time.monotonic() - exit_seen_at > _TAIL_DRAIN_S:
-                        break  # tail did not end: do not wait forever for the last lines
+                    if time.monotonic() - exit_seen_at > _DRAIN_S:
+                        break  # its children keep the output open: stop waiting for more
                 select.select([chan], [], [], 0.5)
         except (paramiko.SSHException, OSError, EOFError):
             pass

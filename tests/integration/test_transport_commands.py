@@ -196,6 +196,13 @@ def test_spawn_runs_in_its_cwd_with_its_env(transport: Transport, tmp_path: Path
     assert job.lines(1) == [f"hello there from {tmp_path}"]
 
 
+def test_spawn_with_an_unwritable_log_fails_at_once(transport: Transport, tmp_path: Path) -> None:
+    with pytest.raises(NodeError) as caught:
+        transport.spawn(["true"], log_path=str(tmp_path / "no such dir" / "log"))
+    assert transport.name in caught.value.one_line()
+    assert "no such dir" in caught.value.one_line()
+
+
 def test_kill_tree_leaves_nothing_of_the_group(transport: Transport, tmp_path: Path) -> None:
     job = transport.spawn(
         ["sh", "-c", "sleep 1000 & sleep 1000 & echo started; wait"], log_path=str(tmp_path / "log")
@@ -217,6 +224,23 @@ def test_kill_tree_escalates_to_sigkill(transport: Transport, tmp_path: Path) ->
     job.kill_tree(grace_s=0.5)
     assert group_members(job.pgid) == []
     assert 0.5 <= time.monotonic() - started < 10
+
+
+def test_last_words_of_a_terminated_job_are_kept(transport: Transport, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    job = transport.spawn(
+        [
+            "sh",
+            "-c",
+            "trap 'echo cleaning up; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+        log_path=str(log),
+    )
+    assert job.lines(10) == ["ready"]
+    job.kill_tree(grace_s=5)
+    assert job.poll() == 3
+    assert job.lines(1)[-1] == "cleaning up"  # after the shell's own "Terminated", if any
+    assert log.read_text().startswith("ready\n") and log.read_text().endswith("cleaning up\n")
 
 
 def test_signal_reaches_the_job(transport: Transport, tmp_path: Path) -> None:

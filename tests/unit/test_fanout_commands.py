@@ -11,8 +11,8 @@ import pytest
 from orchestrator.errors import ConfigError, NodeError
 from orchestrator.transport import shell
 from orchestrator.transport.base import check_argv, check_env, stderr_tail
+from orchestrator.transport.connection import parse_jump_host
 from orchestrator.transport.hostkeys import KnownHosts, host_key_name
-from orchestrator.transport.ssh import parse_jump_host
 
 # Two real ed25519 public keys (from ssh-keygen), for known_hosts parsing.
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINUPj6x7KHcYEGqYxvNu1hFbVe1amgPcvExcYbAxi+hb"

@@ -106,73 +106,91 @@ def write(
     now = now or datetime.now(timezone.utc)
     _check_campaigns(conn, prepared)
     existing = _existing(conn, [p.folder.manifest.run_id for p in prepared])
+    summaries: list[RunSummary] = []
     new_runs: list[PreparedRun] = []
     replaced: list[PreparedRun] = []
-    summaries: list[RunSummary] = []
     for p in prepared:
-        manifest = p.folder.manifest
-        before = existing.get(manifest.run_id)
+        before = existing.get(p.folder.manifest.run_id)
         unchanged = before is not None and before[1] == p.folder.digest
         summaries.append(
             RunSummary(
-                manifest.run_id,
-                manifest.status,
+                p.folder.manifest.run_id,
+                p.folder.manifest.status,
                 not unchanged,
                 len(p.folder.ranks),
                 p.metrics,
                 p.folder.path,
             )
         )
-        if unchanged:
-            continue
-        (replaced if before is not None else new_runs).append(p)
+        if not unchanged:
+            (replaced if before is not None else new_runs).append(p)
 
-    replaced_ids = [p.folder.manifest.run_id for p in replaced]
-    kept_envs = _kept_envs(conn, replaced_ids)
-    for chunk in _chunks(replaced_ids):
+    kept_envs = _delete_children(conn, [p.folder.manifest.run_id for p in replaced])
+    history = _insert_runs(conn, new_runs, now)
+    history += _update_runs(conn, replaced, {k: v[0] for k, v in existing.items()}, now)
+    insert_rows(conn, RunStatusChange, history)
+    _insert_children(conn, new_runs + replaced, kept_envs, now)
+    return summaries
+
+
+def _delete_children(conn: Connection, run_ids: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Remove the rank, epoch and node rows of runs about to be replaced; return the node
+    environments recorded live, which a folder without env.json keeps."""
+    kept = _kept_envs(conn, run_ids)
+    for chunk in _chunks(run_ids):
         conn.execute(delete(RunEpoch).where(RunEpoch.run_id.in_(chunk)))
         conn.execute(delete(RankResult).where(RankResult.run_id.in_(chunk)))
         conn.execute(delete(RunNode).where(RunNode.run_id.in_(chunk)))
+    return kept
 
-    history: list[dict[str, Any]] = []
-    if new_runs:
-        insert_rows(
-            conn,
-            Run,
-            [rows.published_run_row(p.folder, p.metrics, now) for p in new_runs],
-        )
-        for p in new_runs:
-            history.extend(rows.history_rows(p.folder.manifest, now))
-    if replaced:
-        updates = []
-        for p in replaced:
-            row = rows.published_run_row(p.folder, p.metrics, now)
-            del row["created_at"]  # the row keeps its first creation time
-            updates.append({f"b_{k}": v for k, v in row.items()})
-            manifest = p.folder.manifest
-            if existing[manifest.run_id][0] != manifest.status:
-                at = manifest.finished_at or now
-                history.append(
-                    {
-                        "run_id": manifest.run_id,
-                        "status": manifest.status,
-                        "reason": manifest.reason,
-                        "at": at,
-                    }
-                )
-        columns = [k for k in updates[0] if k != "b_run_id"]
-        statement = (
-            update(Run)
-            .where(Run.run_id == bindparam("b_run_id"))
-            .values({k[2:]: bindparam(k) for k in columns})
-        )
-        conn.execute(statement, updates)
-    insert_rows(conn, RunStatusChange, history)
 
+def _insert_runs(conn: Connection, runs: list[PreparedRun], now: datetime) -> list[dict[str, Any]]:
+    """Insert new run rows; return their status history as the manifests tell it."""
+    insert_rows(conn, Run, [rows.published_run_row(p.folder, p.metrics, now) for p in runs])
+    return [h for p in runs for h in rows.history_rows(p.folder.manifest, now)]
+
+
+def _update_runs(
+    conn: Connection, runs: list[PreparedRun], status_before: dict[str, str], now: datetime
+) -> list[dict[str, Any]]:
+    """Overwrite existing run rows (all but created_at); return a history row per status change."""
+    if not runs:
+        return []
+    updates, history = [], []
+    for p in runs:
+        row = rows.published_run_row(p.folder, p.metrics, now)
+        del row["created_at"]  # the row keeps its first creation time
+        updates.append({f"b_{k}": v for k, v in row.items()})
+        manifest = p.folder.manifest
+        if status_before[manifest.run_id] != manifest.status:
+            history.append(
+                {
+                    "run_id": manifest.run_id,
+                    "status": manifest.status,
+                    "reason": manifest.reason,
+                    "at": manifest.finished_at or now,
+                }
+            )
+    columns = [k for k in updates[0] if k != "b_run_id"]
+    statement = (
+        update(Run)
+        .where(Run.run_id == bindparam("b_run_id"))
+        .values({k[2:]: bindparam(k) for k in columns})
+    )
+    conn.execute(statement, updates)
+    return history
+
+
+def _insert_children(
+    conn: Connection,
+    runs: list[PreparedRun],
+    kept_envs: dict[tuple[str, int], dict[str, Any]],
+    now: datetime,
+) -> None:
     node_rows: list[dict[str, Any]] = []
     rank_rows: list[dict[str, Any]] = []
     epoch_rows: list[dict[str, Any]] = []
-    for p in new_runs + replaced:
+    for p in runs:
         folder, run_id = p.folder, p.folder.manifest.run_id
         for node in folder.manifest.nodes:
             if node.name in folder.envs:
@@ -187,4 +205,3 @@ def write(
     insert_rows(conn, RunNode, node_rows)
     insert_rows(conn, RankResult, rank_rows, ready=rows.RANK_READY_COLUMNS)
     insert_rows(conn, RunEpoch, epoch_rows)
-    return summaries

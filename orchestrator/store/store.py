@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from orchestrator.errors import IngestError, StoreError
+from orchestrator.errors import StoreError
 from orchestrator.runfolder import RUN_STATUSES, RunFolder, RunManifest, read_run_folder
 from orchestrator.store import ingest, rows
 from orchestrator.store.engine import READ_ONLY_OPTION, make_engine, parse_url, redact_url
@@ -198,18 +198,10 @@ class Store:
         return self.write_folders(folders)
 
     def write_folders(self, folders: Sequence[RunFolder]) -> list[RunSummary]:
-        """The bulk path: already-read folders, many runs per transaction, Core executemany."""
+        """The bulk path: already-read folders, checked, then written in one transaction."""
         prepared = ingest.prepare(folders)
-        try:
-            with self.engine.begin() as conn:
-                return ingest.write(conn, prepared)
-        except IngestError:
-            raise
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"results store at {self.url} refused the ingest: {_first_line(exc)}",
-                "nothing was written; check the server and retry",
-            ) from None
+        with self.transaction() as conn:
+            return ingest.write(conn, prepared)
 
 
 def _check_status(status: str) -> None:

@@ -132,12 +132,13 @@ def train_loader(
     seed: int,
     pin_memory: bool,
 ) -> Tuple[DataLoader, DistributedSampler]:
-    sampler = DistributedSampler(
+    sampler: DistributedSampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
     )
     if len(sampler) < batch_size:
         raise DatasetError(
-            f"{len(dataset)} training images give each of {world_size} processes {len(sampler)} image(s), fewer than one batch of {batch_size}",
+            f"{len(dataset)} training images give each of {world_size} processes "
+            f"{len(sampler)} image(s), fewer than one batch of {batch_size}",
             "use a larger dataset or a smaller --batch-size",
         )
     batch_sampler: Sampler

@@ -42,7 +42,8 @@ def choose_device(requested: Optional[str], local_rank: int) -> torch.device:
     count = module.device_count()
     if index >= count:
         raise DeviceError(
-            f"LOCAL_RANK {local_rank} needs {device.type} device {index} but only {count} are visible",
+            f"LOCAL_RANK {local_rank} needs {device.type} device {index} "
+            f"but only {count} are visible",
             f"start at most {count} processes per node (--nproc-per-node)",
         )
     device = torch.device(device.type, index)
@@ -56,6 +57,18 @@ def choose_backend(requested: Optional[str], device: torch.device) -> Optional[s
     if requested and requested.lower() != "auto":
         return requested.lower()
     return {"cuda": "nccl", "cpu": "gloo"}.get(device.type)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 class DeviceOps:
@@ -78,7 +91,7 @@ class DeviceOps:
 
     def name(self) -> str:
         if self._module is None:
-            return platform.processor() or platform.machine() or "cpu"
+            return _cpu_model()
         return str(self._call("get_device_name", self.device) or self.device.type)
 
     def count(self) -> int:

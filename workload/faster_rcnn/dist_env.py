@@ -55,7 +55,8 @@ def from_environ(env: Optional[Mapping[str, str]] = None) -> DistEnv:
         )
     if not 0 <= rank < world_size or not 0 <= local_rank < local_world_size:
         raise ConfigError(
-            f"RANK={rank} / LOCAL_RANK={local_rank} out of range for WORLD_SIZE={world_size} / LOCAL_WORLD_SIZE={local_world_size}",
+            f"RANK={rank} / LOCAL_RANK={local_rank} out of range for "
+            f"WORLD_SIZE={world_size} / LOCAL_WORLD_SIZE={local_world_size}",
             "start with torchrun, which sets them consistently",
         )
     node_rank = _int(env, "GROUP_RANK", rank // local_world_size)

@@ -14,17 +14,20 @@ def rate(images: int, seconds: float) -> Optional[float]:
     return images / seconds
 
 
-def throughputs(global_images: int, max_times: Dict[str, float]) -> Dict[str, Optional[float]]:
-    """p_whole, p_train, p_core from the global image count and the slowest rank's times.
+def throughputs(global_images: int, times: Dict[str, float]) -> Dict[str, Optional[float]]:
+    """p_whole, p_train, p_core: the global image count over train_s, train_no_eval_s, core_s.
+
+    With one rank's own times this is FlagPerf's formula seen from that rank (what the rank file
+    stores); with the slowest rank's times it is the run's throughput (what the store computes).
 
     p_whole = images / train_s          (training loops + per-epoch evaluation)
     p_train = images / train_no_eval_s  (training loops with data loading, no evaluation)
     p_core  = images / core_s           (forward + loss + backward + step, device-synchronised)
     """
     return {
-        "p_whole": rate(global_images, max_times["train_s"]),
-        "p_train": rate(global_images, max_times["train_no_eval_s"]),
-        "p_core": rate(global_images, max_times["core_s"]),
+        "p_whole": rate(global_images, times["train_s"]),
+        "p_train": rate(global_images, times["train_no_eval_s"]),
+        "p_core": rate(global_images, times["core_s"]),
     }
 
 

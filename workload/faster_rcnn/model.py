@@ -56,13 +56,15 @@ def load_backbone_weights(body: nn.Module, path: str) -> None:
     unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise WeightsError(
-            f"{path} is not a ResNet-50 checkpoint ({len(missing)} missing keys e.g. {missing[:2]}; {len(unexpected)} unexpected e.g. {unexpected[:2]})",
+            f"{path} is not a ResNet-50 checkpoint ({len(missing)} missing keys e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected e.g. {unexpected[:2]})",
             _WEIGHTS_REMEDY,
         )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             raise WeightsError(
-                f"{path}: {key} has shape {tuple(state[key].shape)}, ResNet-50 needs {tuple(tensor.shape)}",
+                f"{path}: {key} has shape {tuple(state[key].shape)}, "
+                f"ResNet-50 needs {tuple(tensor.shape)}",
                 _WEIGHTS_REMEDY,
             )
     body.load_state_dict(state, strict=False)

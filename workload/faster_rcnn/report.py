@@ -126,8 +126,10 @@ class RankReport:
         self.eval: Optional[Dict[str, Any]] = None
         self.epochs: List[Dict[str, Any]] = []
         self.converged = False
-        self.extra: Dict[str, Any] = {}
+        self.extra: Dict[str, Any] = {}  # optional top-level fields (e.g. "plan")
         self.training_started = False
+        # the run's throughputs (global images / slowest rank), for the done event; not in the file
+        self.run_throughput: Dict[str, Optional[float]] = {}
 
     def set_config(
         self, hparams: Dict[str, Any], config_name: Optional[str], env: Dict[str, str]

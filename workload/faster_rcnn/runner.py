@@ -20,7 +20,8 @@ from .report import RankReport, error_record, new_run_id
 
 def _on_signal(signum: int, _frame: Any) -> None:
     raise Terminated(
-        f"received signal {signum} (the launcher stopped this rank, e.g. because another rank failed)"
+        f"received signal {signum} "
+        "(the launcher stopped this rank, e.g. because another rank failed)"
     )
 
 
@@ -30,16 +31,16 @@ def _apply_env(env: dict) -> None:
         os.environ.setdefault(key, value)
 
 
-def _identity(report: RankReport) -> Optional[dist_env.DistEnv]:
+def _fill_identity(report: RankReport) -> None:
+    """Where this rank sits, as far as the environment says; run() reports a bad environment."""
     try:
         env = dist_env.from_environ()
     except ConfigError:
         rank = os.environ.get("RANK", "0")
         report.identity["rank"] = int(rank) if rank.isdigit() else 0
         report.identity["world_size"] = report.identity["rank"] + 1
-        return None
+        return
     report.identity.update(env._asdict())
-    return env
 
 
 def _backbone(text: str) -> Optional[str]:
@@ -86,13 +87,11 @@ def main(
         started_unix=time.time() if started_unix is None else started_unix,
         started_perf=time.perf_counter() if started_perf is None else started_perf,
     )
-    env = _identity(report)
+    _fill_identity(report)
     events = Events(enabled=report.identity["rank"] == 0)
     output_dir = cli.output_dir_hint(argv)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM,)}
     try:
-        if env is None:
-            dist_env.from_environ()  # raises the ConfigError describing the bad environment
         run(argv, report, events)
         doc = report.document("ok")
         path = report.write(output_dir or ".", doc)
@@ -103,7 +102,7 @@ def main(
             map=report.eval["map"] if report.eval else None,
             converged=report.converged,
             e2e_s=doc["timings"]["e2e_s"],
-            **report.throughput,
+            **report.run_throughput,
         )
         return 0
     except BaseException as exc:  # every failure, even KeyboardInterrupt, leaves a rank file
@@ -115,8 +114,9 @@ def main(
 
 
 def _fail(exc: BaseException, report: RankReport, events: Events, output_dir: Optional[str]) -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the report short
     record = error_record(exc)
-    log("rank {} failed: {}".format(report.identity["rank"], record["message"]))
+    log(f"rank {report.identity['rank']} failed: {record['message']}")
     if not isinstance(exc, WorkloadError):
         sys.stderr.write(record["traceback"])
     written = None

@@ -7,7 +7,7 @@ import argparse
 import random
 import time
 from datetime import timedelta
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -18,12 +18,14 @@ from .comm import Comm
 from .device import DeviceOps, Precision, choose_backend, choose_device
 from .dist_env import DistEnv
 from .hparams import Resolved
-from .metrics import RunTotals, planned_iterations, throughputs
+from .metrics import EpochMeter, RunTotals, planned_iterations, throughputs
 from .model import build_model
 from .progress import Events, log
 from .report import RankReport
 from .schedule import resolve_warmup_iters
 from .train import Trainer
+
+_TIMES = ("train_s", "train_no_eval_s", "core_s")
 
 
 def init_distributed(env: DistEnv, backend: Optional[str], timeout_s: float) -> None:
@@ -54,187 +56,167 @@ class Session:
         self.backbone_weights = backbone_weights
         self.report = report
         self.events = events
+        self.val_loader: Any = None
+        self.val_ids: List[int] = []
+        self.coco_val: Any = None
 
     def run(self, coco_train: Any, coco_val: Any) -> None:
         """Train and evaluate; `coco_val` is None when evaluation is off."""
-        args, env, hp, report = self.args, self.env, self.hp, self.report
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        device = choose_device(args.device, env.local_rank)
-        backend = choose_backend(args.backend, device)
-        ops = DeviceOps(device)
-        report.config.update({"device": str(device), "backend": backend or "default"})
-        report.device = {
-            "type": device.type,
-            "name": ops.name(),
-            "count": ops.count(),
-            "total_mem_bytes": ops.total_memory(),
-        }
-        precision = Precision(hp["precision"], device, hp["fp16_loss_scale"])
-        init_distributed(env, backend, args.dist_timeout_s)
-        comm = Comm(env.world_size, device, backend)
-        report.run_id = comm.broadcast_object(report.run_id)
-
-        torch.manual_seed(hp["seed"])
-        random.seed(hp["seed"])
-        pin = device.type == "cuda"
-        train_set = data.CocoDetection(
-            self.layout.train_images, coco_train, coco.train_image_ids(coco_train), flip=True
-        )
-        loader, sampler = data.train_loader(
-            train_set,
-            hp["batch_size"],
-            hp["aspect_ratio_group_factor"],
-            hp["workers"],
-            env.rank,
-            env.world_size,
-            hp["seed"],
-            pin,
-        )
-        val_loader, val_ids = None, []
-        if coco_val is not None:
-            val_ids = coco.val_image_ids(coco_val, hp["eval_max_images"])
-            val_set = data.CocoDetection(
-                self.layout.val_images,
-                coco_val,
-                data.shard(val_ids, env.rank, env.world_size),
-                flip=False,
-            )
-            val_loader = data.val_loader(val_set, hp["eval_batch_size"], hp["workers"], pin)
-
-        model, layers = build_model(
-            self.backbone_weights,
-            hp["num_classes"],
-            hp["trainable_backbone_layers"],
-            hp["min_size"],
-            hp["max_size"],
-            hp["box_batch_size_per_image"],
-        )
-        hp["trainable_backbone_layers"] = layers
-        report.config["hparams"] = dict(hp)
-        model = precision.prepare_model(model.to(device))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
-        )
-        net: torch.nn.Module = model
-        if env.distributed:
-            device_ids = [device.index] if device.type == "cuda" else None
-            net = DistributedDataParallel(model, device_ids=device_ids)
-
-        iters_per_epoch = len(loader)
-        planned = planned_iterations(iters_per_epoch, hp["epochs"], hp["max_iters"])
-        warmup = resolve_warmup_iters(hp["warmup_iters"], iters_per_epoch)
-        report.extra["plan"] = {
+        self._setup_device()
+        torch.manual_seed(self.hp["seed"])
+        random.seed(self.hp["seed"])
+        train_images = self._build_data(coco_train, coco_val)
+        self._build_model()
+        iters_per_epoch = len(self.loader)
+        planned = planned_iterations(iters_per_epoch, self.hp["epochs"], self.hp["max_iters"])
+        warmup = resolve_warmup_iters(self.hp["warmup_iters"], iters_per_epoch)
+        self.report.extra["plan"] = {
             "iterations_per_epoch": iters_per_epoch,
             "planned_iterations": planned,
             "warmup_iters": warmup,
         }
         trainer = Trainer(
-            net,
-            optimizer,
-            loader,
-            sampler,
-            ops,
-            precision,
-            comm,
-            self.events,
-            hp,
-            warmup,
-            planned,
-            self.args.log_every,
-        )
+            self.net, self.optimizer, self.loader, self.sampler, self.ops, self.precision,
+            self.comm, self.events, self.hp, warmup, planned, self.args.log_every,
+        )  # fmt: skip
         self.events.emit(
             "start",
-            run_id=report.run_id,
-            world_size=env.world_size,
-            nnodes=env.nnodes,
-            device=str(device),
-            backend=backend,
-            precision=hp["precision"],
-            batch_size=hp["batch_size"],
-            epochs=hp["epochs"],
+            run_id=self.report.run_id,
+            world_size=self.env.world_size,
+            nnodes=self.env.nnodes,
+            device=str(self.device),
+            backend=self.backend,
+            precision=self.hp["precision"],
+            batch_size=self.hp["batch_size"],
+            epochs=self.hp["epochs"],
             iterations_per_epoch=iters_per_epoch,
             steps=planned,
-            train_images=len(train_set),
-            val_images=len(val_ids),
-            config_name=report.config["config_name"],
+            train_images=train_images,
+            val_images=len(self.val_ids),
+            config_name=self.report.config["config_name"],
         )
         log(
-            f"rank {env.rank}/{env.world_size} on {device} ({backend}), {len(train_set)} train images, {iters_per_epoch} iterations/epoch, {planned} planned"
+            f"rank {self.env.rank}/{self.env.world_size} on {self.device} ({self.backend}): "
+            f"{train_images} training images, {iters_per_epoch} iterations per epoch, "
+            f"{planned} planned"
         )
+        self._train(trainer, planned)
 
+    def _setup_device(self) -> None:
+        args, report = self.args, self.report
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.device = choose_device(args.device, self.env.local_rank)
+        self.backend = choose_backend(args.backend, self.device)
+        self.ops = DeviceOps(self.device)
+        report.config.update({"device": str(self.device), "backend": self.backend or "default"})
+        report.device = {
+            "type": self.device.type,
+            "name": self.ops.name(),
+            "count": self.ops.count(),
+            "total_mem_bytes": self.ops.total_memory(),
+        }
+        self.precision = Precision(self.hp["precision"], self.device, self.hp["fp16_loss_scale"])
+        init_distributed(self.env, self.backend, args.dist_timeout_s)
+        self.comm = Comm(self.env.world_size, self.device, self.backend)
+        report.run_id = self.comm.broadcast_object(report.run_id)  # one id, even if generated
+
+    def _build_data(self, coco_train: Any, coco_val: Any) -> int:
+        hp, env = self.hp, self.env
+        pin = self.device.type == "cuda"
+        train_set = data.CocoDetection(
+            self.layout.train_images, coco_train, coco.train_image_ids(coco_train), flip=True
+        )
+        self.loader, self.sampler = data.train_loader(
+            train_set, hp["batch_size"], hp["aspect_ratio_group_factor"], hp["workers"],
+            env.rank, env.world_size, hp["seed"], pin,
+        )  # fmt: skip
+        if coco_val is not None:
+            self.coco_val = coco_val
+            self.val_ids = coco.val_image_ids(coco_val, hp["eval_max_images"])
+            shard = data.shard(self.val_ids, env.rank, env.world_size)
+            val_set = data.CocoDetection(self.layout.val_images, coco_val, shard, flip=False)
+            self.val_loader = data.val_loader(val_set, hp["eval_batch_size"], hp["workers"], pin)
+        return len(train_set)
+
+    def _build_model(self) -> None:
+        hp = self.hp
+        model, layers = build_model(
+            self.backbone_weights, hp["num_classes"], hp["trainable_backbone_layers"],
+            hp["min_size"], hp["max_size"], hp["box_batch_size_per_image"],
+        )  # fmt: skip
+        hp["trainable_backbone_layers"] = layers  # what was actually used
+        self.report.config["hparams"] = dict(hp)
+        self.model = self.precision.prepare_model(model.to(self.device))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
+        )
+        self.net: torch.nn.Module = self.model
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _train(self, trainer: Trainer, planned: int) -> None:
+        report, ops, hp = self.report, self.ops, self.hp
         ops.reset_peak_memory()
-        comm.barrier()  # everyone starts training together: init ends here
+        self.comm.barrier()  # every rank starts training together: init ends here
         ops.synchronize()
         t_train = time.perf_counter()
         report.training_started = True
         report.timings["init_s"] = t_train - report.started_perf
         totals = RunTotals()
-        last_eval: Optional[Dict[str, float]] = None
         for epoch in range(hp["epochs"]):
             left = planned - totals.iterations
             if left <= 0:
                 break
             meter = trainer.train_epoch(epoch, left)
             self.events.emit(
-                "epoch_end",
-                epoch=epoch,
-                epochs=hp["epochs"],
-                iterations=meter.iterations,
-                loss=meter.loss_mean,
-                lr=meter.lr,
-                train_s=meter.train_s,
-                core_s=meter.core_s,
-            )
-            if val_loader is not None:
-                ops.synchronize()
-                t_eval = time.perf_counter()
-                last_eval = evaluate.evaluate(
-                    model, val_loader, coco_val, val_ids, device, precision, env.world_size
-                )
-                ops.synchronize()
-                meter.eval_s = time.perf_counter() - t_eval
-                meter.map = last_eval["map"]
-                self.events.emit(
-                    "eval", epoch=epoch, eval_s=meter.eval_s, images=len(val_ids), **last_eval
-                )
-                report.eval = dict(last_eval, images=len(val_ids))
+                "epoch_end", epoch=epoch, epochs=hp["epochs"], iterations=meter.iterations,
+                loss=meter.loss_mean, lr=meter.lr, train_s=meter.train_s, core_s=meter.core_s,
+            )  # fmt: skip
+            if self.val_loader is not None:
+                self._evaluate(meter)
             totals.add(meter)
             report.epochs = totals.records()
             report.samples.update(
-                {
-                    "rank_images": totals.images,
-                    "rank_iterations": totals.iterations,
-                    "epochs_completed": len(totals.epochs),
-                }
+                rank_images=totals.images,
+                rank_iterations=totals.iterations,
+                epochs_completed=len(totals.epochs),
             )
-            if (
-                last_eval is not None
-                and hp["target_map"] is not None
-                and last_eval["map"] >= hp["target_map"]
-            ):
-                report.converged = True
+            target = hp["target_map"]
+            if meter.map is not None and target is not None and meter.map >= target:
+                report.converged = True  # every rank has the same mAP: all stop together
                 break
         ops.synchronize()
-        train_s = time.perf_counter() - t_train
-        self._finish(report, comm, ops, totals, train_s)
+        self._finish(totals, time.perf_counter() - t_train)
 
-    def _finish(
-        self, report: RankReport, comm: Comm, ops: DeviceOps, totals: RunTotals, train_s: float
-    ) -> None:
-        report.timings.update(
-            {
-                "train_s": train_s,
-                "train_no_eval_s": totals.train_no_eval_s,
-                "core_s": totals.core_s,
-                "eval_s": totals.eval_s,
-            }
-        )
-        (global_images,) = comm.sum([totals.images])
-        slowest = comm.max([train_s, totals.train_no_eval_s, totals.core_s])
-        max_times = dict(zip(("train_s", "train_no_eval_s", "core_s"), slowest))
+    def _evaluate(self, meter: EpochMeter) -> None:
+        self.ops.synchronize()
+        t_eval = time.perf_counter()
+        result = evaluate.evaluate(
+            self.model, self.val_loader, self.coco_val, self.val_ids, self.device,
+            self.precision, self.env.world_size,
+        )  # fmt: skip
+        self.ops.synchronize()
+        meter.eval_s = time.perf_counter() - t_eval
+        meter.map = result["map"]
+        images = len(self.val_ids)
+        self.events.emit("eval", epoch=meter.epoch, eval_s=meter.eval_s, images=images, **result)
+        self.report.eval = dict(result, images=images)
+
+    def _finish(self, totals: RunTotals, train_s: float) -> None:
+        """Global image count, this rank's throughputs, the run's (for the done event), memory."""
+        report = self.report
+        own = {
+            "train_s": train_s,
+            "train_no_eval_s": totals.train_no_eval_s,
+            "core_s": totals.core_s,
+        }
+        report.timings.update(own, eval_s=totals.eval_s)
+        (global_images,) = self.comm.sum([totals.images])
+        slowest = dict(zip(_TIMES, self.comm.max([own[k] for k in _TIMES])))
         report.samples["global_images"] = int(global_images)
-        report.throughput = throughputs(int(global_images), max_times)
-        report.extra["slowest_rank_timings"] = max_times
-        report.memory = ops.memory()
+        report.throughput = throughputs(int(global_images), own)
+        report.run_throughput = throughputs(int(global_images), slowest)
+        report.memory = self.ops.memory()

@@ -42,15 +42,15 @@ def _shape(
     x, y, w, h = box
     if category == 1:
         draw.rectangle([x, y, x + w - 1, y + h - 1], fill=colour)
-        poly = [x, y, x + w, y, x + w, y + h, x, y + h]
-        return [float(v) for v in poly], float(w * h)
+        corners = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+        return [float(v) for point in corners for v in point], float(w * h)
     if category == 2:
         draw.ellipse([x, y, x + w - 1, y + h - 1], fill=colour)
-        poly = []
+        outline: List[float] = []
         for k in range(16):
             angle = 2 * math.pi * k / 16
-            poly += [x + w / 2 * (1 + math.cos(angle)), y + h / 2 * (1 + math.sin(angle))]
-        return poly, math.pi * w * h / 4
+            outline += [x + w / 2 * (1 + math.cos(angle)), y + h / 2 * (1 + math.sin(angle))]
+        return outline, math.pi * w * h / 4
     draw.polygon([(x, y + h - 1), (x + w - 1, y + h - 1), (x + (w - 1) / 2.0, y)], fill=colour)
     return [float(x), float(y + h), float(x + w), float(y + h), x + w / 2.0, float(y)], w * h / 2.0
 
@@ -58,8 +58,8 @@ def _shape(
 def _image(
     rng: random.Random, width: int, height: int, objects: int
 ) -> Tuple[Image.Image, List[Dict[str, Any]]]:
-    background = tuple(rng.randint(150, 245) for _ in range(3))
-    img = Image.new("RGB", (width, height), background)  # type: ignore[arg-type]
+    background = (rng.randint(150, 245), rng.randint(150, 245), rng.randint(150, 245))
+    img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
     placed: List[Box] = []
     anns: List[Dict[str, Any]] = []

@@ -107,7 +107,8 @@ class Trainer:
                 if not math.isfinite(value):
                     raise TrainingDiverged(
                         f"loss is {value} at epoch {epoch} iteration {i + 1}",
-                        "lower the learning rate (--lr / --set warmup_iters=...) or use --precision fp32",
+                        "lower the learning rate (--lr, or a longer --set warmup_iters=N) "
+                        "or use --precision fp32",
                     )
                 self._progress(
                     meter, epoch, i + 1, n_iters, value, lr, t_log, last_log_images, t_end - t_epoch

@@ -12,7 +12,8 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,6 @@ from orchestrator.transport.base import (
     Transport,
     check_argv,
     check_env,
-    file_errors,
     node_error,
 )
 
@@ -90,16 +90,21 @@ class SshTransport(Transport):
         transport = self._client.get_transport()
         if self._closed or transport is None or not transport.is_active():
             raise self._lost(doing)
+        chan = None
         try:
             chan = transport.open_session(timeout=min(timeout, self.settings.command_timeout_s))
             chan.exec_command(command)
         except paramiko.ChannelException as exc:
+            if chan is not None:
+                chan.close()
             raise NodeError(
                 f"{doing} failed",
                 {self.name: f"the node refused a new SSH session ({exc.text})"},
                 "raise MaxSessions in the node's sshd_config",
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            if chan is not None:
+                chan.close()
             raise self._lost(doing, exc) from None
         return chan
 
@@ -118,6 +123,7 @@ class SshTransport(Transport):
         deadline = started + timeout
         doing = f"running `{argv[0]}`"
         chan = self._channel(shell.run_line(argv, env, cwd), doing, timeout)
+        output = _Output()
         feeder = None
         try:
             if stdin is None:
@@ -125,17 +131,18 @@ class SshTransport(Transport):
             else:
                 feeder = _ChannelFeeder(chan, stdin, progress)
                 feeder.start()
-            out, err, pid = self._collect(chan, deadline)
-            if out is None:  # ran past the deadline
-                self._kill_pid(pid)
-                raise CommandTimedOut(self.name, argv, timeout)
-            if not _await_exit(chan, deadline):
-                self._kill_pid(pid)
+            if not self._collect(chan, deadline, output) or not _await_exit(chan, deadline):
+                self._kill_pid(output.pid)
                 raise CommandTimedOut(self.name, argv, timeout)
             if not self.is_active and chan.exit_status == -1:
                 raise self._lost(doing)
+        except NodeError:
+            raise
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(doing, exc) from None
+        except BaseException:  # Ctrl-C or a bug: leave nothing running on the node
+            self._kill_pid(output.pid)
+            raise
         finally:
             chan.close()
         sent = 0
@@ -149,36 +156,33 @@ class SshTransport(Transport):
             node=self.name,
             argv=argv,
             exit_code=255 if code < 0 else code,  # no status: as ssh(1) reports it
-            stdout=out.decode("utf-8", errors="replace"),
-            stderr=err.decode("utf-8", errors="replace"),
+            stdout=output.out.decode("utf-8", errors="replace"),
+            stderr=output.err.decode("utf-8", errors="replace"),
             duration_s=time.monotonic() - started,
             stdin_bytes=sent,
         )
 
-    def _collect(
-        self, chan: paramiko.Channel, deadline: float
-    ) -> tuple[bytes | None, bytes, int | None]:
-        """stdout and stderr until EOF (stdout None past the deadline), and the command's pid."""
-        out, err = bytearray(), bytearray()
-        pid: int | None = None
+    def _collect(self, chan: paramiko.Channel, deadline: float, output: _Output) -> bool:
+        """Read stdout and stderr until EOF (False past the deadline), noting the pid."""
         while True:
             while chan.recv_ready():
-                out += chan.recv(_READ_SIZE)
+                output.out += chan.recv(_READ_SIZE)
             while chan.recv_stderr_ready():
-                err += chan.recv_stderr(_READ_SIZE)
-            if pid is None and b"\n" in err and len(err) < _READ_SIZE:
-                err, pid = _strip_pid_line(err)
+                output.err += chan.recv_stderr(_READ_SIZE)
+            if output.pid is None and b"\n" in output.err and len(output.err) < _READ_SIZE:
+                output.err, output.pid = _strip_pid_line(output.err)
             if chan.eof_received or chan.closed:
                 if not chan.recv_ready() and not chan.recv_stderr_ready():
-                    return bytes(out), bytes(err), pid
+                    return True
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None, bytes(err), pid
+                return False
             select.select([chan], [], [], min(remaining, 1.0))
 
     def _kill_pid(self, pid: int | None) -> None:
-        """Kill a timed-out command's process group on the node (best effort)."""
+        """Kill a command's process group on the node (best effort): it timed out, or the
+        controller was interrupted while waiting for it."""
         if pid is None or pid <= 1:
             return
         try:
@@ -223,10 +227,32 @@ class SshTransport(Transport):
                 ) from None
         return self._sftp
 
+    @contextmanager
+    def _sftp_session(self, doing: str) -> Iterator[paramiko.SFTPClient]:
+        """The SFTP session, for one thread at a time; errors become NodeErrors naming the
+        node and `doing`. A session that timed out or broke is dropped (reopened next time)."""
+        with self._sftp_lock:
+            try:
+                yield self._sftp_client()
+            except (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError) as exc:
+                if not self.is_active:
+                    self._drop_sftp()
+                    raise self._lost(doing, exc) from None
+                if not isinstance(exc, OSError) or isinstance(exc, TimeoutError):
+                    self._drop_sftp()  # the session is out of step: reopen it next time
+                raise node_error(self.name, doing, exc) from exc
+
+    def _drop_sftp(self) -> None:
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            try:
+                sftp.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+
     def put_file(self, local: Path, remote: str) -> None:
         tmp = _temp_name(remote)
-        with self._sftp_lock, file_errors(self.name, f"copying {local} to {remote}"):
-            sftp = self._sftp_client()
+        with self._sftp_session(f"copying {local} to {remote}") as sftp:
             try:
                 sftp.put(str(local), tmp)
                 sftp.chmod(tmp, stat.S_IMODE(os.stat(local).st_mode))
@@ -236,8 +262,8 @@ class SshTransport(Transport):
                 raise
 
     def get_file(self, remote: str, local: Path) -> None:
-        with self._sftp_lock, file_errors(self.name, f"copying {remote} to {local}"):
-            self._get(self._sftp_client(), remote, Path(local))
+        with self._sftp_session(f"copying {remote} to {local}") as sftp:
+            self._get(sftp, remote, Path(local))
 
     @staticmethod
     def _get(sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
@@ -250,8 +276,7 @@ class SshTransport(Transport):
             raise
 
     def get_tree(self, remote_dir: str, local_dir: Path) -> None:
-        with self._sftp_lock, file_errors(self.name, f"copying directory {remote_dir}"):
-            sftp = self._sftp_client()
+        with self._sftp_session(f"copying directory {remote_dir}") as sftp:
             if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode or 0):
                 raise NotADirectoryError(20, "not a directory", remote_dir)
             self._get_tree(sftp, remote_dir.rstrip("/") or "/", Path(local_dir))
@@ -274,15 +299,14 @@ class SshTransport(Transport):
                 self._get(sftp, remote, local_dir / entry.filename)
 
     def read_text(self, remote: str) -> str:
-        with self._sftp_lock, file_errors(self.name, f"reading {remote}"):
-            with self._sftp_client().open(remote, "rb") as handle:
+        with self._sftp_session(f"reading {remote}") as sftp:
+            with sftp.open(remote, "rb") as handle:
                 handle.prefetch()
                 return handle.read().decode("utf-8")
 
     def write_text(self, remote: str, text: str, mode: int = 0o644) -> None:
         tmp = _temp_name(remote)
-        with self._sftp_lock, file_errors(self.name, f"writing {remote}"):
-            sftp = self._sftp_client()
+        with self._sftp_session(f"writing {remote}") as sftp:
             try:
                 with sftp.open(tmp, "wb") as handle:
                     handle.write(text.encode("utf-8"))
@@ -293,16 +317,16 @@ class SshTransport(Transport):
                 raise
 
     def exists(self, remote: str) -> bool:
-        with self._sftp_lock, file_errors(self.name, f"checking {remote}"):
+        with self._sftp_session(f"checking {remote}") as sftp:
             try:
-                self._sftp_client().lstat(remote)
+                sftp.lstat(remote)
             except FileNotFoundError:
                 return False
             return True
 
     def makedirs(self, remote: str) -> None:
-        with self._sftp_lock, file_errors(self.name, f"creating directory {remote}"):
-            self._makedirs(self._sftp_client(), remote.rstrip("/"))
+        with self._sftp_session(f"creating directory {remote}") as sftp:
+            self._makedirs(sftp, remote.rstrip("/"))
 
     def _makedirs(self, sftp: paramiko.SFTPClient, path: str) -> None:
         if not path:
@@ -325,11 +349,7 @@ class SshTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass
+        self._drop_sftp()
         self._client.close()
         if self._owned_jump is not None:
             self._owned_jump.close()
@@ -456,6 +476,15 @@ class _ChannelFeeder(threading.Thread):
         finally:
             if self.error is not None and not self.remote_closed:
                 self.chan.close()  # the command must not wait for input that will not come
+
+
+class _Output:
+    """What a command wrote so far, and its pid once reported."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.err = bytearray()
+        self.pid: int | None = None
 
 
 def _await_exit(chan: paramiko.Channel, deadline: float) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,35 +18,9 @@ from orchestrator.transport import (
     connect,
     kill_process_group,
 )
-from tests.support.sshd_fixtures import SshdCluster
+from tests.support.sshd_fixtures import SshdCluster, alive, group_members
 
 NASTY = "a b 'c' \"d\" $(touch {tmp}/pwned) ;rm -rf x `touch {tmp}/pwned2` \\n $HOME"
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """Running (zombies waiting for init to reap them do not count)."""
-    return _state(pid) not in (None, "Z", "X")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry))
-    return members
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -135,6 +108,24 @@ def test_timeout_kills_the_command_and_its_children(transport: Transport, tmp_pa
     assert transport.name in caught.value.one_line() and "1.5s" in caught.value.one_line()
     child = int(pid_file.read_text())
     assert wait_until(lambda: not alive(child), 5), "the timed-out command's child survived"
+
+
+def test_interrupted_run_kills_the_command(transport: Transport, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C while waiting for the command
+            transport.run(["sh", "-c", f"sleep 60 & echo $! > '{pid_file}'; wait"], timeout=60)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int(pid_file.read_text())
+    assert wait_until(lambda: not alive(child), 5), "the interrupted command's child survived"
 
 
 def test_stdin_bytes_and_streamed_chunks(transport: Transport) -> None:

@@ -19,8 +19,9 @@ from orchestrator.transport import (
     NodeUnreachable,
     Transport,
     connect,
+    kill_process_group,
 )
-from tests.support.sshd_fixtures import SshdCluster, keygen
+from tests.support.sshd_fixtures import SshdCluster, group_members, keygen
 
 pytestmark = pytest.mark.sshd
 
@@ -306,3 +307,30 @@ def test_jump_host_without_forwarding_is_a_clear_error(
             connect(targets.nodes[0], settings)
     assert "AllowTcpForwarding yes" in caught.value.one_line()
     assert "node1" in caught.value.one_line()
+
+
+def test_lost_connection_is_reported_and_the_job_is_killed_later(
+    private_sshd_nodes: Callable[[int], SshdCluster], tmp_path: Path
+) -> None:
+    cluster = private_sshd_nodes(1)
+    transport = connect(cluster.nodes[0], cluster.ssh)
+    log = tmp_path / "job.log"
+    job = transport.spawn(
+        ["sh", "-c", "while :; do echo tick; sleep 0.05; done"], log_path=str(log)
+    )
+    assert job.lines(10)
+    transport.write_text(str(tmp_path / "f"), "x")  # the SFTP session is open too
+    cluster.drop_connections(0)
+    with pytest.raises(NodeUnreachable) as caught:
+        job.wait(10)
+    assert "node1: the SSH connection to 127.0.0.2" in caught.value.one_line()
+    with pytest.raises(NodeUnreachable):
+        transport.run(["true"])
+    with pytest.raises(NodeUnreachable):
+        transport.read_text(str(tmp_path / "f"))
+    transport.close()
+    size = log.stat().st_size
+    assert wait_for(lambda: log.stat().st_size > size, 5), "the job died with the connection"
+    with connect(cluster.nodes[0], cluster.ssh) as again:
+        kill_process_group(again, job.pgid, grace_s=2)
+    assert group_members(job.pgid) == []

@@ -13,6 +13,9 @@ Fixtures:
   still lists the old one).
 - `silent_node(mode)`: a NodeSpec for an address that never answers SSH: "banner" accepts the
   TCP connection and says nothing; "syn" never completes the TCP handshake (full backlog).
+
+Helpers: `alive(pid)` and `group_members(pgid)` look at /proc for live (non-zombie) processes;
+`SshdCluster.drop_connections(i)` cuts node i's connections as a crashed node would.
 """
 
 from __future__ import annotations
@@ -103,18 +106,62 @@ def _wait_for_banner(address: str, port: int, proc: subprocess.Popen[bytes]) -> 
     return False
 
 
-def _children_of(pid: int) -> list[int]:
-    """Direct children of pid (sshd's per-connection processes), from /proc."""
-    children = []
+def _parents() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every process, from /proc."""
+    table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry))
-    return children
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            table[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), name)
+    return table
+
+
+def _children_of(pid: int) -> list[int]:
+    """Direct children of pid (sshd's per-connection processes)."""
+    return [child for child, (parent, _) in _parents().items() if parent == pid]
+
+
+def _sshd_descendants(pid: int) -> list[int]:
+    """sshd processes below the listener `pid`: those serving its connections."""
+    table = _parents()
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, name) in table.items():
+            if ppid == parent and name.startswith("sshd"):
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running (zombies waiting for init to reap them do not count)."""
+    return _process_state(pid) not in (None, "Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                members.append(int(entry))
+    return members
 
 
 @dataclass
@@ -211,6 +258,16 @@ class SshdCluster:
         """How many SSH connections node `index`'s sshd is serving now."""
         proc = self.sshd_nodes[index].proc
         return len(_children_of(proc.pid)) if proc is not None else 0
+
+    def drop_connections(self, index: int) -> None:
+        """Cut every connection to node `index` the hard way (SIGKILL to the sshd processes
+        serving them), as a crashed or rebooted node would; the listener stays up."""
+        proc = self.sshd_nodes[index].proc
+        for pid in _sshd_descendants(proc.pid) if proc is not None else []:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def accepted_logins(self, index: int) -> int:
         """How many logins node `index`'s sshd accepted so far (from its log)."""

@@ -8,6 +8,7 @@ one more connection whose `direct-tcpip` channels carry the nodes' connections.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import socket
 import threading
@@ -27,6 +28,10 @@ from orchestrator.transport.hostkeys import (
     revoked_key_error,
 )
 from orchestrator.transport.ssh import SshTransport
+
+# paramiko logs a traceback at ERROR when a handshake fails; our errors already say why in one
+# line. Without this, Python's last-resort handler would print it on stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def parse_jump_host(text: str) -> tuple[str | None, str, int]:
@@ -108,9 +113,10 @@ def open_client(
             port=port,
             username=login,
             sock=sock,
-            timeout=remaining,
-            banner_timeout=remaining,
-            auth_timeout=remaining,
+            # paramiko's own timeouts only back up the watchdog, which fires first.
+            timeout=remaining + 1.0,
+            banner_timeout=remaining + 1.0,
+            auth_timeout=remaining + 1.0,
             channel_timeout=ssh.command_timeout_s,
             key_filename=list(key_files) or None,  # type: ignore[arg-type]  # a list works
             allow_agent=True,
@@ -129,6 +135,8 @@ def open_client(
         raise changed_key_error(label, name, exc.expected_key, exc.key, known) from None
     except paramiko.AuthenticationException as exc:
         client.close()
+        if fired.is_set():  # the watchdog cut the authentication short
+            raise _handshake_timeout(label, where, timeout) from None
         how = f"key_file {', '.join(key_files)}" if key_files else "the SSH agent and ~/.ssh keys"
         raise NodeUnreachable(
             "connect failed",
@@ -137,13 +145,9 @@ def open_client(
         ) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         client.close()
-        if fired.is_set():
-            why = (
-                f"{where} accepted the connection but did not complete the SSH handshake "
-                f"within {timeout:g}s"
-            )
-        else:
-            why = f"SSH handshake with {where} failed: {exc or type(exc).__name__}"
+        if fired.is_set() or time.monotonic() >= deadline:
+            raise _handshake_timeout(label, where, timeout) from None
+        why = f"SSH handshake with {where} failed: {exc or type(exc).__name__}"
         raise NodeUnreachable("connect failed", {label: why}, UNREACHABLE_REMEDY) from None
     finally:
         watchdog.cancel()
@@ -151,6 +155,11 @@ def open_client(
     assert transport is not None
     transport.set_keepalive(ssh.keepalive_s)
     return client, policy.accepted
+
+
+def _handshake_timeout(label: str, where: str, timeout: float) -> NodeUnreachable:
+    why = f"{where} accepted the connection but did not complete the SSH handshake within {timeout:g}s"
+    return NodeUnreachable("connect failed", {label: why}, UNREACHABLE_REMEDY)
 
 
 def _tcp_connect(label: str, address: str, port: int, timeout: float) -> socket.socket:

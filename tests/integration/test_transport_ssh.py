@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -154,15 +156,39 @@ def test_node_that_does_not_answer_fails_within_the_connect_timeout(
     silent = silent_node(mode)
     settings = cluster.settings(connect_timeout_s=1.5)
     started = time.monotonic()
+    with pytest.raises(NodeUnreachable) as alone:
+        connect(silent, settings)
+    elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 1.5 + 1.0, f"took {elapsed:.1f}s"
+    assert "1.5s" in alone.value.failures[silent.name]
+    # In a session: one error naming that node only, after the others connected.
     with pytest.raises(NodeError) as caught:
         NodeSession([*cluster.nodes[:2], silent], settings).open()
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.5 + 1.0, f"took {elapsed:.1f}s"
     error = caught.value
     assert isinstance(error, FanOutError) and set(error.failures) == {silent.name}
     assert "connect failed on 1 of 3 nodes" in error.one_line()
-    assert "1.5s" in error.failures[silent.name]
     assert "\n" not in error.one_line()
+
+
+def test_a_failed_handshake_prints_no_traceback(silent_node: Callable[[str], NodeSpec]) -> None:
+    silent = silent_node("banner")
+    script = (
+        "import sys\n"
+        "from orchestrator.specs import NodeSpec, SshSettings\n"
+        "from orchestrator.transport import connect\n"
+        "from orchestrator.errors import NodeError\n"
+        f"node = NodeSpec(name='n', address={silent.address!r}, port={silent.port})\n"
+        "try:\n"
+        "    connect(node, SshSettings(connect_timeout_s=1))\n"
+        "except NodeError as exc:\n"
+        "    print(exc.one_line(), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.stderr.startswith("connect failed: n: ") and done.stderr.count("\n") == 1, (
+        done.stderr
+    )
 
 
 def test_refused_connection_fails_at_once(sshd_nodes: Callable[[int], SshdCluster]) -> None:

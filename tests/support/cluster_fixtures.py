@@ -51,12 +51,14 @@ def write_cluster_file(
     accelerators: int = 2,
     connect_timeout_s: float = 5.0,
     store_url: str | None = None,
+    runtime: str = "host",
 ) -> Path:
     """A cluster file as a lab admin would write it, for test nodes on loopback addresses."""
     lines = [
         "[cluster]",
         'name = "test"',
         'vendor = "cpu"',
+        f"runtime = {_toml_str(runtime)}",
         f"master_port = {_free_port()}",
         "",
         "[ssh]",
@@ -79,6 +81,7 @@ def write_cluster_file(
             f"port = {node.port}",
             f"user = {_toml_str(node.user or 'root')}",
             *([f"key_file = {_toml_str(node.key_file)}"] if node.key_file else []),
+            *([f"docker_host = {_toml_str(node.docker_host)}"] if node.docker_host else []),
             f"accelerators = {accelerators}",
             'socket_ifname = "lo"',
             f"python = {_toml_str(sys.executable)}",

@@ -185,7 +185,7 @@ def upgrade() -> None:
         _num("converged", sa.Boolean, nullable=True),
         _str("device_name", 128, nullable=True),
         _str("torch_version", 64, nullable=True),
-        sa.Column("manifest", _json(), nullable=True),
+        sa.Column("manifest", sa.JSON(), nullable=True),  # json, not jsonb: kept as written
         _str("source_digest", 64, nullable=True),
         _time("created_at", nullable=False),
         _time("published_at"),
@@ -205,7 +205,7 @@ def upgrade() -> None:
     op.create_index("ix_runs_finished_at", "runs", ["finished_at"])
     op.create_index(op.f("ix_runs_image_id"), "runs", ["image_id"])
     op.create_index("ix_runs_p_core", "runs", ["p_core"])
-    op.create_index(op.f("ix_runs_status"), "runs", ["status"])
+    op.create_index("ix_runs_status_time", "runs", ["status", "finished_at"])
     op.create_table(
         "run_status_history",
         _big_id(),
@@ -278,7 +278,7 @@ def upgrade() -> None:
         _num("converged", sa.Boolean),
         _str("error_type", 128, nullable=True),
         _num("error_message", sa.Text, nullable=True),
-        sa.Column("document", _json(), nullable=False),
+        sa.Column("document", sa.JSON(), nullable=False),  # json, not jsonb: kept as written
         sa.ForeignKeyConstraint(
             ["run_id"],
             ["runs.run_id"],

@@ -119,7 +119,7 @@ def list_runs(
     if since:
         query = query.where(Run.submitted_at >= since)
     query = query.order_by(Run.submitted_at.desc(), Run.run_id.desc()).limit(limit)
-    return list(conn.execute(query).mappings())
+    return list(conn.execute(query).mappings().all())
 
 
 @dataclass
@@ -199,7 +199,7 @@ def _where(conn: Connection, query: Select[Any], selection: Selection) -> Select
 
 def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
     """Rows of the seed_table view for a selection, in configuration order."""
-    return list(conn.execute(_where(conn, select(SEED_TABLE), selection)).mappings())
+    return list(conn.execute(_where(conn, select(SEED_TABLE), selection)).mappings().all())
 
 
 # The seed page's environment block: label -> how to read it from run_nodes / images.

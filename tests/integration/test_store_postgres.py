@@ -112,6 +112,12 @@ def test_ingest_metrics_idempotency_and_documents(pg_store: Any, fixture_runs: P
     assert run["mem_label"] == "37.1/64.0"
     assert run["submitted_at"].tzinfo is not None
     assert core == docs[5]["timings"]["core_s"]
+    with pg_store.engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "SELECT document::text FROM rank_results WHERE run_id = %(run)s AND rank = 5",
+            {"run": RUN_2X8},
+        ).scalar()
+    assert stored == (fixture_runs / RUN_2X8 / "ranks" / "rank-00005.json").read_text()
 
     before = table_snapshot(pg_store)
     assert [s.changed for s in pg_store.ingest(folders)] == [False] * 4

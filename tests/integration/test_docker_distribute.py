@@ -1,6 +1,7 @@
 """Distribution without a registry: `docker save` streamed into `docker load` over real SSH,
 to real per-node Docker daemons, only where the image is missing."""
 
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -126,6 +127,7 @@ def test_cli_ls_and_push_to_nodes(docker_nodes, small_image, cli_snapshot, docke
     made = cli("image", "build")
     assert made.returncode == 0, made.stderr
     tag = made.stdout.strip()
+    tags = [tag]
     try:
         before = cli("image", "ls")
         assert before.returncode == 0, before.stderr
@@ -141,10 +143,27 @@ def test_cli_ls_and_push_to_nodes(docker_nodes, small_image, cli_snapshot, docke
         again = cli("image", "push-to-nodes")
         assert again.returncode == 0 and again.stderr.count("already had") == 2
 
-        pruned = cli("image", "prune", "--dry-run")
+        # A new workload makes a new current tag; prune then drops the old one everywhere.
+        with open(cli_snapshot.workload / "faster_rcnn" / "__init__.py", "a") as handle:
+            handle.write("# next version\n")
+        remade = cli("image", "build")
+        assert remade.returncode == 0, remade.stderr
+        new_tag = remade.stdout.strip()
+        tags.append(new_tag)
+        assert new_tag != tag
+        assert cli("image", "push-to-nodes").returncode == 0
+        dry = cli("image", "prune", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.count(f"would remove {tag}") == 3 and new_tag not in dry.stdout
+        pruned = cli("image", "prune")
         assert pruned.returncode == 0, pruned.stderr
-        assert tag not in pruned.stdout  # the current image is never pruned
-    finally:
-        docker_api.remove_image(tag, force=True)
+        assert pruned.stdout.count(f"removed {tag}") == 3
+        assert docker_api.images(name=tag) == []
         for daemon in cluster.daemons:
-            daemon.remove_image(tag)
+            assert daemon.docker("image", "inspect", tag, check=False).returncode != 0
+            assert daemon.docker("image", "inspect", new_tag, check=False).returncode == 0
+    finally:
+        for each in tags:
+            subprocess.run(["docker", "rmi", "-f", each], capture_output=True)
+            for daemon in cluster.daemons:
+                daemon.remove_image(each)

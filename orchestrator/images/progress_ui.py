@@ -114,3 +114,54 @@ def transfer_progress(console: Console) -> Iterator[ProgressFn]:
             progress.update(task, completed=sent, total=max(total, sent) or None)
 
         yield update
+
+
+@contextmanager
+def image_progress(
+    console: Console, verbose: bool = False
+) -> Iterator[tuple[BuildObserver, ProgressFn]]:
+    """Build and transfer progress in ONE live display (older Rich allows only one at a time):
+    `with image_progress(console) as (observer, progress): ensure_image(..., observer=observer,
+    progress=progress)`."""
+    if not console.is_terminal:
+        with build_progress(console, verbose) as plain_observer, transfer_progress(
+            console
+        ) as plain:
+            yield plain_observer, plain
+        return
+    display = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    lock = threading.Lock()
+    tasks: dict[str, TaskID] = {}
+
+    def task(name: str, total: int) -> TaskID:
+        with lock:
+            if name not in tasks:
+                tasks[name] = display.add_task(name, total=total or None)
+            return tasks[name]
+
+    def on_line(line: str) -> None:
+        if verbose:
+            display.console.print(line, markup=False, highlight=False)
+
+    observer = BuildObserver(
+        on_line=on_line,
+        on_step=lambda n, m, what: display.console.print(
+            f"[bold]step {n}/{m}[/]: {what}", highlight=False
+        ),
+        on_upload=lambda sent, total: display.update(
+            task("build context", total), completed=sent, total=total
+        ),
+    )
+
+    def progress(node: str, sent: int, total: int) -> None:
+        display.update(task(node, total), completed=sent, total=max(total, sent) or None)
+
+    with display:
+        yield observer, progress

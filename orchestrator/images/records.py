@@ -51,9 +51,7 @@ def save_sidecar(spec: ImageSpec, record: dict[str, Any], log_dir: Path | None =
     return path
 
 
-def record_for(
-    spec: ImageSpec, built: BuiltImage, created: str | None = None, log_dir: Path | None = None
-) -> dict[str, Any]:
+def record_for(spec: ImageSpec, built: BuiltImage, log_dir: Path | None = None) -> dict[str, Any]:
     """The record of `built`: fresh for a new build, else the one saved when it was built, else
     what the daemon tells (its creation time; no build time or log)."""
     if not built.reused:
@@ -67,7 +65,7 @@ def record_for(
             return dict(saved)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return image_record(spec, built, parse_docker_time(created))
+    return image_record(spec, built, parse_docker_time(built.created))
 
 
 def parse_docker_time(text: str | None) -> datetime | None:

@@ -132,7 +132,7 @@ class SshTransport(Transport):
                 feeder = _ChannelFeeder(chan, stdin, progress)
                 feeder.start()
             if not self._collect(chan, deadline, output) or not _await_exit(chan, deadline):
-                self._kill_pid(output.pid)
+                self._kill_pid(self._pid_of(chan, output))
                 raise CommandTimedOut(self.name, argv, timeout)
             if not self.is_active and chan.exit_status == -1:
                 raise self._lost(doing)
@@ -141,7 +141,7 @@ class SshTransport(Transport):
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(doing, exc) from None
         except BaseException:  # Ctrl-C or a bug: leave nothing running on the node
-            self._kill_pid(output.pid)
+            self._kill_pid(self._pid_of(chan, output))
             raise
         finally:
             chan.close()
@@ -179,6 +179,22 @@ class SshTransport(Transport):
             if remaining <= 0:
                 return False
             select.select([chan], [], [], min(remaining, 1.0))
+
+    def _pid_of(self, chan: paramiko.Channel, output: _Output) -> int | None:
+        """The command's pid; if it has not arrived yet (a slow node), wait a little for it."""
+        deadline = time.monotonic() + _KILL_TIMEOUT_S
+        while output.pid is None and time.monotonic() < deadline and not chan.closed:
+            if chan.recv_stderr_ready():
+                output.err += chan.recv_stderr(_READ_SIZE)
+                if b"\n" in output.err and len(output.err) < _READ_SIZE:
+                    output.err, output.pid = _strip_pid_line(output.err)
+            elif chan.eof_received:
+                break
+            else:
+                select.select([chan], [], [], 0.1)
+                while chan.recv_ready():
+                    chan.recv(_READ_SIZE)  # make room: the node may block writing stdout
+        return output.pid
 
     def _kill_pid(self, pid: int | None) -> None:
         """Kill a command's process group on the node (best effort): it timed out, or the

@@ -161,9 +161,12 @@ def test_node_that_does_not_answer_fails_within_the_connect_timeout(
     elapsed = time.monotonic() - started
     assert 1.4 < elapsed < 1.5 + 1.0, f"took {elapsed:.1f}s"
     assert "1.5s" in alone.value.failures[silent.name]
-    # In a session: one error naming that node only, after the others connected.
+    if mode == "syn":
+        return
+    # In a session: one error naming that node only, after the others connected (a timeout
+    # the busy test machine's real nodes always meet).
     with pytest.raises(NodeError) as caught:
-        NodeSession([*cluster.nodes[:2], silent], settings).open()
+        NodeSession([*cluster.nodes[:2], silent], cluster.settings(connect_timeout_s=4)).open()
     error = caught.value
     assert isinstance(error, FanOutError) and set(error.failures) == {silent.name}
     assert "connect failed on 1 of 3 nodes" in error.one_line()
@@ -232,11 +235,11 @@ def test_session_without_require_all_reports_unreachable_nodes(
 ) -> None:
     cluster = sshd_nodes(3)
     silent = silent_node("syn")
-    settings = cluster.settings(connect_timeout_s=1)
+    settings = cluster.settings(connect_timeout_s=3)
     with NodeSession([cluster.nodes[0], silent], settings, require_all=False) as session:
         assert list(session.transports) == ["node1"]
         assert list(session.connect_failures) == [silent.name]
-        assert "within 1s" in session.connect_failures[silent.name]
+        assert "within 3s" in session.connect_failures[silent.name]
         assert session.fan_out(lambda t: t.run(["true"]).exit_code, timeout=20, what="ping") == {
             "node1": 0
         }
@@ -266,15 +269,15 @@ def test_fan_out_timeout_names_the_slow_node(sshd_nodes: Callable[[int], SshdClu
     cluster = sshd_nodes(3)
 
     def work(t: Transport) -> int:
-        seconds = "5" if t.name == "node3" else "0"
+        seconds = "10" if t.name == "node3" else "0"
         return t.run(["sleep", seconds], timeout=30).exit_code
 
     with NodeSession(cluster.nodes, cluster.ssh) as session:
         started = time.monotonic()
-        outcomes = session.fan_out_results(work, timeout=2, what="sleeping")
-        assert time.monotonic() - started < 4
+        outcomes = session.fan_out_results(work, timeout=4, what="sleeping")
+        assert time.monotonic() - started < 7
     assert outcomes["node1"] == 0 and outcomes["node2"] == 0
-    assert "sleeping did not finish within 2s" in str(outcomes["node3"])
+    assert "sleeping did not finish within 4s" in str(outcomes["node3"])
 
 
 def test_missing_key_file_and_wrong_key_are_clear_errors(

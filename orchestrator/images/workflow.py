@@ -9,12 +9,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import ImageError
+from orchestrator.errors import ConfigError, ImageError
 from orchestrator.images.build import BuildObserver, BuiltImage, build_image, image_id, open_api
 from orchestrator.images.distribute import DistributionReport, NodeTarget, ProgressFn, distribute
 from orchestrator.images.profiles import VendorProfile, load_profile
@@ -38,6 +39,52 @@ class ImageSettings:
     base_image: str | None = None  # overrides the profile's base image
     build_host: str = LOCAL  # 'local' (this machine's daemon) or a node name
     registry: str | None = None  # push/pull through it instead of streaming to each node
+
+
+_IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry"}
+
+
+def parse_image_table(table: Mapping[str, Any], source: str) -> ImageSettings:
+    """A cluster file's [image] table -> ImageSettings, for the config loader:
+
+    [image]
+    wheels = ["/opt/wheels/metax"]     # files or directories
+    base = "metax/c500-pytorch-base:2.19.0.6-ubuntu20.04"
+    build_host = "c500-01"             # or "local"
+    registry = "registry.lab:5000"     # optional: push/pull instead of streaming
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: image must be a table", "write it as [image]")
+    unknown = sorted(set(table) - _IMAGE_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{source}: image.{unknown[0]} is not a known key",
+            f"known keys: {', '.join(sorted(_IMAGE_KEYS))}",
+        )
+    text: dict[str, str | None] = {}
+    for key in ("vendor", "base", "build_host", "registry"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(
+                f"{source}: image.{key} must be a non-empty string, got {value!r}",
+                f'e.g. {key} = "..."',
+            )
+        text[key] = value.strip() if isinstance(value, str) else None
+    wheels = table.get("wheels", [])
+    if isinstance(wheels, str):
+        wheels = [wheels]
+    if not isinstance(wheels, list) or not all(isinstance(w, str) and w for w in wheels):
+        raise ConfigError(
+            f"{source}: image.wheels must be a list of paths, got {wheels!r}",
+            'e.g. wheels = ["/opt/wheels"]',
+        )
+    return ImageSettings(
+        vendor=text["vendor"],
+        wheels=tuple(os.path.expanduser(w) for w in wheels),
+        base_image=text["base"],
+        build_host=text["build_host"] or LOCAL,
+        registry=text["registry"],
+    )
 
 
 def settings_for(cluster: ClusterSpec, **overrides: Any) -> ImageSettings:

@@ -167,3 +167,28 @@ def test_cli_ls_and_push_to_nodes(docker_nodes, small_image, cli_snapshot, docke
             subprocess.run(["docker", "rmi", "-f", each], capture_output=True)
             for daemon in cluster.daemons:
                 daemon.remove_image(each)
+
+
+def test_with_a_registry_the_build_host_pushes_once_and_nodes_pull(
+    docker_nodes, small_image, docker_api, local_registry
+):
+    cluster = docker_nodes(2)
+    image = small_image("orchreg", payload_mb=4)
+    for daemon in cluster.daemons:
+        daemon.remove_image(image.spec.tag)
+    with NodeSession(cluster.nodes, cluster.ssh) as session:
+        report = distribute(
+            docker_api,
+            image.spec.tag,
+            targets(cluster.nodes, session.transports),
+            registry=local_registry,
+        )
+    assert report.method == "registry" and set(report.transfers) == {n.name for n in cluster.nodes}
+    for daemon in cluster.daemons:
+        # Same image id as on the build host, under the content tag.
+        found = daemon.docker(
+            "image", "inspect", "--format", "{{.Id}}", image.spec.tag
+        ).stdout.strip()
+        assert found == image.built.image_id
+        daemon.remove_image(f"{local_registry}/{image.spec.tag}")
+    docker_api.remove_image(f"{local_registry}/{image.spec.tag}")

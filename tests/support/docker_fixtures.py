@@ -406,3 +406,51 @@ def cli_snapshot(tmp_path: Path) -> CliSnapshot:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     return CliSnapshot(root, cwd)
+
+
+# -- a registry on loopback (Debian's docker-registry) -----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`127.0.0.1:PORT` of a real registry (docker-registry, apt package) for this session.
+    Docker trusts plain-HTTP registries on loopback addresses without configuration."""
+    import socket
+    import urllib.request
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise RuntimeError("docker-registry is not installed: apt-get install -y docker-registry")
+    root = tmp_path_factory.mktemp("registry")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {root / 'data'}\n"
+        "http:\n"
+        f"  addr: 127.0.0.1:{port}\n"
+        "log:\n  level: warn\n"
+    )
+    with open(root / "registry.log", "wb") as log:
+        proc = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"docker-registry did not start: {(root / 'registry.log').read_text()[-1000:]}"
+                    ) from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,31 @@
+"""The cluster file's [image] table and command-line overrides."""
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.images.workflow import ImageSettings, parse_image_table, settings_for
+from orchestrator.specs import ClusterSpec, NodeSpec
+
+
+def test_image_table_is_read_and_checked():
+    settings = parse_image_table(
+        {"wheels": "~/wheels", "base": "b:1", "build_host": "n1", "registry": "r:5000"}, "c.toml"
+    )
+    assert settings.wheels[0].endswith("/wheels") and not settings.wheels[0].startswith("~")
+    assert (settings.base_image, settings.build_host, settings.registry) == ("b:1", "n1", "r:5000")
+    assert parse_image_table({}, "c.toml") == ImageSettings()
+    with pytest.raises(ConfigError, match="image.regsitry is not a known key"):
+        parse_image_table({"regsitry": "r"}, "c.toml")
+    with pytest.raises(ConfigError, match="image.wheels must be a list"):
+        parse_image_table({"wheels": [1]}, "c.toml")
+    with pytest.raises(ConfigError, match="image.build_host must be a non-empty string"):
+        parse_image_table({"build_host": ""}, "c.toml")
+
+
+def test_command_line_overrides_the_cluster_settings():
+    cluster = ClusterSpec("c", "cpu", (NodeSpec("n1", "local"),))
+    assert settings_for(cluster) == ImageSettings()
+    # What the config loader puts in ClusterSpec.image from the [image] table.
+    object.__setattr__(cluster, "image", ImageSettings(wheels=("/a",), registry="r:1"))
+    merged = settings_for(cluster, wheels=("/b",), vendor=None, build_host="n1")
+    assert merged == ImageSettings(wheels=("/b",), build_host="n1", registry="r:1")

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from orchestrator.specs import NodeSpec, SshSettings
 from orchestrator.transport import (
     CommandFailed,
     CommandTimedOut,
+    RemoteProcess,
     Transport,
     connect,
     kill_process_group,
@@ -44,11 +46,28 @@ def node_and_settings(
     return cluster.nodes[0], cluster.ssh
 
 
+def kill_leftovers(pgids: list[int]) -> None:
+    """Whatever a failed test left running (the processes are local either way)."""
+    for pgid in pgids:
+        if group_members(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+
+
 @pytest.fixture
 def transport(node_and_settings: tuple[NodeSpec, SshSettings]) -> Iterator[Transport]:
     node, settings = node_and_settings
+    spawned: list[int] = []
     with connect(node, settings) as opened:
+        spawn = opened.spawn
+
+        def spawn_and_record(*args: Any, **kwargs: Any) -> RemoteProcess:
+            job = spawn(*args, **kwargs)
+            spawned.append(job.pgid)
+            return job
+
+        opened.spawn = spawn_and_record  # type: ignore[method-assign]
         yield opened
+    kill_leftovers(spawned)
 
 
 def test_run_returns_exit_code_stdout_and_stderr(transport: Transport) -> None:
@@ -261,12 +280,17 @@ def test_job_survives_the_controller_and_is_killed_by_pgid(
             ["sh", "-c", "while :; do echo tick; sleep 0.05; done"], log_path=str(log)
         )
         assert job.lines(10)
-    size = log.stat().st_size
-    assert wait_until(lambda: log.stat().st_size > size, 5), "the job stopped with the connection"
-    assert group_members(job.pgid)
-    with connect(node, settings) as second:
-        kill_process_group(second, job.pgid, grace_s=2)
-    assert group_members(job.pgid) == []
+    try:
+        size = log.stat().st_size
+        assert wait_until(lambda: log.stat().st_size > size, 5), (
+            "the job stopped with the connection"
+        )
+        assert group_members(job.pgid)
+        with connect(node, settings) as second:
+            kill_process_group(second, job.pgid, grace_s=2)
+        assert group_members(job.pgid) == []
+    finally:
+        kill_leftovers([job.pgid])
 
 
 def test_files_round_trip(transport: Transport, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -347,19 +349,24 @@ def test_lost_connection_is_reported_and_the_job_is_killed_later(
     job = transport.spawn(
         ["sh", "-c", "while :; do echo tick; sleep 0.05; done"], log_path=str(log)
     )
-    assert job.lines(10)
-    transport.write_text(str(tmp_path / "f"), "x")  # the SFTP session is open too
-    cluster.drop_connections(0)
-    with pytest.raises(NodeUnreachable) as caught:
-        job.wait(10)
-    assert "node1: the SSH connection to 127.0.0.2" in caught.value.one_line()
-    with pytest.raises(NodeUnreachable):
-        transport.run(["true"])
-    with pytest.raises(NodeUnreachable):
-        transport.read_text(str(tmp_path / "f"))
-    transport.close()
-    size = log.stat().st_size
-    assert wait_for(lambda: log.stat().st_size > size, 5), "the job died with the connection"
-    with connect(cluster.nodes[0], cluster.ssh) as again:
-        kill_process_group(again, job.pgid, grace_s=2)
-    assert group_members(job.pgid) == []
+    try:
+        assert job.lines(10)
+        transport.write_text(str(tmp_path / "f"), "x")  # the SFTP session is open too
+        cluster.drop_connections(0)
+        with pytest.raises(NodeUnreachable) as caught:
+            job.wait(10)
+        assert "node1: the SSH connection to 127.0.0.2" in caught.value.one_line()
+        with pytest.raises(NodeUnreachable):
+            transport.run(["true"])
+        with pytest.raises(NodeUnreachable):
+            transport.read_text(str(tmp_path / "f"))
+        transport.close()
+        size = log.stat().st_size
+        assert wait_for(lambda: log.stat().st_size > size, 5), "the job died with the connection"
+        with connect(cluster.nodes[0], cluster.ssh) as again:
+            kill_process_group(again, job.pgid, grace_s=2)
+        assert group_members(job.pgid) == []
+    finally:  # whatever failed above, leave nothing running
+        transport.close()
+        if group_members(job.pgid):
+            os.killpg(job.pgid, signal.SIGKILL)

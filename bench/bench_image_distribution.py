@@ -106,9 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--size-mb", type=int, default=512, help="payload layer size (default 512)"
-    )
+    parser.add_argument("--size-mb", type=int, default=512, help="payload layer size (default 512)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument(
         "--image", help="an image on the local daemon to use instead of building one"
@@ -119,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
         work = Path(tmp)
         tag = args.image or payload_image(api, work, args.size_mb)
-        daemons = start_node_daemons(2, prefix="bench")
+        daemons = start_node_daemons(2, prefix="bench", log_dir=work)
         cluster = SshdCluster(work / "sshd", 2).start()
         try:
             nodes = tuple(

@@ -299,15 +299,26 @@ class NodeDaemon:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+        # dockerd leaves its network namespace bind-mounted in the exec root.
+        netns = self.exec_root / "netns" / "default"
+        if os.path.ismount(netns):
+            subprocess.run(["umount", str(netns)], capture_output=True)
         for path in (self.data_root, self.exec_root):
             shutil.rmtree(path, ignore_errors=True)
+        self.socket.unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)
 
     def remove_image(self, tag: str) -> None:
         self.docker("rmi", "-f", tag, check=False)
 
 
-def start_node_daemons(count: int, prefix: str = "") -> list[NodeDaemon]:
+def start_node_daemons(
+    count: int, prefix: str = "", log_dir: Path | None = None
+) -> list[NodeDaemon]:
+    """`count` daemons named <prefix>-node<i>; their logs go to `log_dir` (default: the data root's
+    parent, removed with nothing else)."""
     prefix = prefix or f"p{os.getpid()}"
+    log_dir = log_dir or DATA_DIR
     daemons = []
     try:
         for i in range(1, count + 1):
@@ -319,7 +330,7 @@ def start_node_daemons(count: int, prefix: str = "") -> list[NodeDaemon]:
                     exec_root=RUN_DIR / f"{name}-exec",
                     pidfile=RUN_DIR / f"{name}.pid",
                     socket=RUN_DIR / f"{name}.sock",
-                    log=DATA_DIR / f"{name}.log",
+                    log=log_dir / f"{name}.log",
                 ).start()
             )
     except BaseException:
@@ -330,14 +341,17 @@ def start_node_daemons(count: int, prefix: str = "") -> list[NodeDaemon]:
 
 
 @pytest.fixture(scope="session")
-def node_daemons() -> Iterator[Callable[[int], list[NodeDaemon]]]:
+def node_daemons(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[int], list[NodeDaemon]]]:
     started: dict[int, list[NodeDaemon]] = {}
 
     def get(count: int) -> list[NodeDaemon]:
         if count not in started:
             RUN_DIR.mkdir(parents=True, exist_ok=True)
             DATA_DIR.mkdir(parents=True, exist_ok=True)
-            started[count] = start_node_daemons(count, f"p{os.getpid()}n{count}")
+            logs = tmp_path_factory.mktemp("dockerd-logs")
+            started[count] = start_node_daemons(count, f"p{os.getpid()}n{count}", logs)
         return started[count]
 
     yield get

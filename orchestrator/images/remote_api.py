@@ -81,7 +81,10 @@ def open_api_over_ssh(
     api = docker.APIClient(
         base_url="unix:///var/run/docker.sock", version="1.41", timeout=int(timeout)
     )
-    api.mount("http+docker://", _Adapter())
+    # The SDK recognises this base URL as SSH and finds the raw socket (the channel) where it
+    # needs it, e.g. to stream `docker save`.
+    api.mount("http+docker://ssh", _Adapter())
+    api.base_url = "http+docker://ssh"
     try:
         api.ping()
     except Exception as exc:

@@ -7,7 +7,9 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.errors import NodeError
+from orchestrator.images.build import BuildObserver, build_image
 from orchestrator.images.distribute import check_presence, distribute
+from orchestrator.images.remote_api import open_api_over_ssh
 from orchestrator.images.workflow import targets
 from orchestrator.transport import NodeSession
 
@@ -192,3 +194,35 @@ def test_with_a_registry_the_build_host_pushes_once_and_nodes_pull(
         assert found == image.built.image_id
         daemon.remove_image(f"{local_registry}/{image.spec.tag}")
     docker_api.remove_image(f"{local_registry}/{image.spec.tag}")
+
+
+def test_a_node_can_be_the_build_host_over_ssh(docker_nodes, small_image, docker_api, base_image):
+    """The docker SDK through the node's own SSH connection (`docker system dial-stdio`): build
+    on node 1's daemon, then distribute from there to node 2."""
+    cluster = docker_nodes(2)
+    local = small_image("orchremote")  # the profile and workload; built here too, for comparison
+    node1, node2 = cluster.nodes
+    with NodeSession(cluster.nodes, cluster.ssh) as session:
+        distribute(docker_api, base_image, targets([node1], session.transports))  # the vendor base
+        cluster.daemons[0].remove_image(local.spec.tag)
+        cluster.daemons[1].remove_image(local.spec.tag)
+        remote = open_api_over_ssh(session.transports[node1.name], node1.docker_host)
+        try:
+            assert remote.version()["ApiVersion"]
+            lines = []
+            built = build_image(local.spec, remote, observer=BuildObserver(on_line=lines.append))
+            assert not built.reused and any(line.startswith("Step 1/") for line in lines)
+            assert (
+                cluster.daemons[0]
+                .docker("image", "inspect", local.spec.tag, check=False)
+                .returncode
+                == 0
+            )
+            report = distribute(remote, local.spec.tag, targets([node2], session.transports))
+            assert set(report.transfers) == {node2.name}
+            assert report.image_id == built.image_id
+        finally:
+            remote.close()
+            for daemon in cluster.daemons:
+                daemon.remove_image(local.spec.tag)
+            cluster.daemons[0].remove_image(base_image)

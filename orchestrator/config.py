@@ -22,7 +22,7 @@ DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 RUNTIMES = ("host", "docker")
 BACKENDS = ("ssh", "slurm")
 
-_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes"}
+_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image"}
 _CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port"}
 _SSH_KEYS = {
     "user",
@@ -213,6 +213,11 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         case.fail(
             "case.hparams", "must be a table", "write it as [case.hparams] with key = value lines"
         )
+    image = None
+    if "image" in data:
+        from orchestrator.images.workflow import parse_image_table
+
+        image = parse_image_table(data["image"], source)
     return ClusterSpec(
         name=cl.text("name", Path(source).stem) or "cluster",
         vendor=cl.text("vendor", "cpu") or "cpu",
@@ -228,6 +233,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         runtime=cl.choice("runtime", RUNTIMES, "host"),
         backend=cl.choice("backend", BACKENDS, "ssh"),
         master_port=cl.integer("master_port", 29500, 1024, 65535),
+        image=image,
         source=source,
     )
 

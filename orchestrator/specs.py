@@ -96,6 +96,7 @@ class ClusterSpec:
     runtime: str = "host"  # 'host' (python on the node) or 'docker'
     backend: str = "ssh"  # 'ssh' (our own launcher) or 'slurm'
     master_port: int = 29500
+    image: object | None = None  # [image] table: images.workflow.ImageSettings
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli.context import AppContext
+from orchestrator.report import console as report_console
 
 
 def register(cli: click.Group) -> None:
@@ -31,7 +31,7 @@ def show(app: AppContext) -> None:
     spec = app.cluster
     from orchestrator.store import redact_url
 
-    console = Console()
+    console = report_console()
     console.print(f"[bold]cluster[/] {spec.name}  (from {spec.source})")
     console.print(
         f"vendor {spec.vendor}   runtime {spec.runtime}   backend {spec.backend}   "

@@ -200,7 +200,8 @@ def doctor(app: AppContext, topology: str, node_names: str | None) -> None:
       orchestrator --cluster lab.toml doctor 2x8
     """
     from orchestrator.doctor import run_doctor
+    from orchestrator.report import console
 
-    ok = run_doctor(app.cluster, topology or None, node_names, Console())
+    ok = run_doctor(app.cluster, topology or None, node_names, console())
     if not ok:
         raise SystemExit(3)

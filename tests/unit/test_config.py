@@ -86,3 +86,15 @@ def test_cli_cluster_show_prints_nodes_and_hides_password(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "n1" in proc.stdout and "127.0.0.2" in proc.stdout
     assert "s3cret" not in proc.stdout
+
+
+def test_image_table_is_read_into_the_cluster():
+    spec = parse_cluster(
+        {
+            "nodes": [{"name": "a", "address": "h"}],
+            "image": {"wheels": ["/opt/wheels/metax"], "build_host": "a"},
+        },
+        "lab.toml",
+    )
+    assert spec.image is not None
+    assert spec.image.wheels == ("/opt/wheels/metax",) and spec.image.build_host == "a"

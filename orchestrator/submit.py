@@ -197,6 +197,9 @@ def execute(
             for np_ in plan.nodes:
                 env = reports[np_.node.name].env
                 env["preflight"] = reports[np_.node.name].checks
+                accepted = session.accepted_new_host_keys.get(np_.node.name)
+                if accepted:  # accept_new_host_keys was used: the run says so
+                    env["accepted_new_host_key"] = accepted
                 store.record_environment(job.run_id, np_.node.name, np_.node_rank, env)
                 write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
             _check_stop(stop)

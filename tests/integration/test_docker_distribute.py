@@ -226,3 +226,50 @@ def test_a_node_can_be_the_build_host_over_ssh(docker_nodes, small_image, docker
             for daemon in cluster.daemons:
                 daemon.remove_image(local.spec.tag)
             cluster.daemons[0].remove_image(base_image)
+
+
+def test_ensure_image_builds_records_and_distributes_once(
+    docker_nodes, small_image, docker_api, monkeypatch, tmp_path
+):
+    """What `submit` calls: build if needed, record in the store, put on every node."""
+    from sqlalchemy import text
+
+    from orchestrator.images.workflow import ensure_image
+    from orchestrator.specs import ClusterSpec
+    from orchestrator.store import open_store
+
+    cluster_nodes = docker_nodes(2)
+    profile_only = small_image("orchensure")  # its images/ folder: a vendor added as data
+    docker_api.remove_image(profile_only.spec.tag, force=True)  # ensure_image builds it anew
+    monkeypatch.setenv("ORCHESTRATOR_IMAGES_DIR", str(profile_only.images_root))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cluster = ClusterSpec(
+        "t", "orchensure", cluster_nodes.nodes, cluster_nodes.ssh, runtime="docker"
+    )
+    store = open_store(f"sqlite:///{tmp_path / 'results.db'}", create=True)
+    tags = []
+    try:
+        with NodeSession(cluster.nodes, cluster.ssh) as session:
+            first = ensure_image(cluster, cluster.nodes, session.transports, store=store)
+            tags.append(first.tag)
+            assert not first.built.reused and first.built.build_seconds > 0
+            assert first.distribution is not None
+            assert set(first.distribution.transfers) == {n.name for n in cluster.nodes}
+            second = ensure_image(cluster, cluster.nodes, session.transports, store=store)
+        assert second.tag == first.tag and second.built.reused
+        assert second.distribution is not None and second.distribution.bytes_moved == 0
+        with store.reading() as conn:
+            rows = conn.execute(
+                text("SELECT tag, image_id, build_seconds, build_log_path FROM images")
+            ).all()
+            wheels = conn.execute(text("SELECT filename FROM image_wheels")).scalars().all()
+        assert [(r.tag, r.image_id) for r in rows] == [(first.tag, first.built.image_id)]
+        assert rows[0].build_seconds == first.built.build_seconds  # kept when reused
+        assert rows[0].build_log_path == first.built.log_path
+        assert wheels == ["orchtest-1.0-py3-none-any.whl"]
+    finally:
+        store.close()
+        for tag in tags:
+            subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+            for daemon in cluster_nodes.daemons:
+                daemon.remove_image(tag)

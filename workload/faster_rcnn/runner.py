@@ -128,6 +128,7 @@ def _fail(exc: BaseException, report: RankReport, events: Events, output_dir: Op
             log(f"could not write the rank file in {output_dir}: {write_exc}")
     else:
         log("no --output-dir: no rank file written")
+    _tell_torchrun(exc)
     events.emit(
         "done",
         status="failed",
@@ -140,6 +141,18 @@ def _fail(exc: BaseException, report: RankReport, events: Events, output_dir: Op
     if isinstance(exc, KeyboardInterrupt):
         return 130
     return 1
+
+
+def _tell_torchrun(exc: BaseException) -> None:
+    """torchrun's error file, so its failure summary names this rank's error (best effort)."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ or "torch" not in sys.modules:
+        return
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+        ErrorHandler().record_exception(exc)
+    except Exception:  # the rank file already holds the error; this is only a courtesy
+        pass
 
 
 def _shutdown() -> None:

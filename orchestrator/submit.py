@@ -167,18 +167,22 @@ def execute(
     runs_dir: Path,
     stop: threading.Event,
     console: Console,
+    queued_at: datetime | None = None,
 ) -> Outcome:
     """Run the plan; the run row and folder are final whatever happens. Raises nothing for a
-    run that fails on the nodes: the Outcome says how it ended."""
+    run that fails on the nodes: the Outcome says how it ended. `queued_at`: the run's row
+    exists already, queued then claimed by a worker that holds its node leases."""
     from orchestrator.transport import NodeSession
 
     job = plan.job
     run_dir = runs_dir / job.run_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    submitted_at = utcnow()
-    store.create_run(
-        manifest_for(plan, req, "running", submitted_at=submitted_at), status="running"
-    )
+    submitted_at = queued_at or utcnow()
+    manifest = manifest_for(plan, req, "running", submitted_at=submitted_at)
+    if queued_at is not None:
+        store.start_queued_run(manifest)
+    else:
+        store.create_run(manifest, status="running")
     started_at = None
     execution: Execution | None = None
     failure: Failure | None = None

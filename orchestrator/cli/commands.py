@@ -13,6 +13,7 @@ _MODULES = [
     "orchestrator.cli.runs_cmd",
     "orchestrator.cli.submit_cmd",
     "orchestrator.cli.image_cmd",
+    "orchestrator.cli.campaign_cmd",
 ]
 
 

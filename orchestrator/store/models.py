@@ -144,6 +144,8 @@ class Run(Base):
         # "succeeded runs since ...": without it SQLite scans every succeeded run.
         Index("ix_runs_status_time", "status", "finished_at"),
         Index("ix_runs_p_core", "p_core"),
+        # The queue's scan: queued runs in submission order.
+        Index("ix_runs_status_submitted", "status", "submitted_at"),
     )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -198,6 +200,10 @@ class Run(Base):
     source_digest: Mapped[str | None] = mapped_column(String(64))  # sha256 of the run folder
     created_at: Mapped[datetime]
     published_at: Mapped[datetime | None]
+    # The queue (migration 0002): what a worker needs to execute a queued run, and a cancel
+    # request the owning worker polls.
+    request: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    cancel_requested_at: Mapped[datetime | None]
 
 
 class RunStatusChange(Base):

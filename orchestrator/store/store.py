@@ -100,6 +100,29 @@ class Store:
                 [{"run_id": manifest.run_id, "status": status, "reason": None, "at": now}],
             )
 
+    def start_queued_run(self, manifest: RunManifest) -> None:
+        """A queued run a worker has claimed (status already `running`, its leases held):
+        the row gets what the plan decided (nodes, image, command) and its run_nodes."""
+        values = rows.run_row(manifest, _now())
+        for kept in ("run_id", "status", "submitted_at", "created_at", "reason", "failure"):
+            values.pop(kept)
+        with self.transaction() as conn:
+            done = conn.execute(
+                update(Run)
+                .where(Run.run_id == manifest.run_id, Run.status == "running")
+                .values(values)
+            )
+            if done.rowcount == 0:
+                raise StoreError(
+                    f"run {manifest.run_id} is no longer running in results store at {self.url}",
+                    "it was cancelled or reconciled meanwhile; nothing was started",
+                )
+            conn.execute(delete(RunNode).where(RunNode.run_id == manifest.run_id))
+            conn.execute(
+                insert(RunNode),
+                [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes],
+            )
+
     def set_status(
         self,
         run_id: str,

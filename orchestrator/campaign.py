@@ -1,0 +1,254 @@
+"""Campaign files (TOML) -> the list of runs they ask for. Pure: no store, no nodes.
+
+    [campaign]
+    name = "nightly"
+    clusters = ["lab-a.toml", "lab-b.toml"]   # vendors are clusters; default: --cluster
+    topologies = ["1x1", "1x8", "2x8"]
+    precisions = ["fp32", "amp"]
+    repeats = 3
+    timeout = "2h"
+    no_progress_timeout = "30m"
+
+    [campaign.set]            # hyper-parameters every run gets
+    max_iters = 200
+
+    [sets.base]               # named hyper-parameter sets: one run per set (default: one, empty)
+    [sets.big-batch]
+    bs = 16
+    lr = 0.16
+
+Expansion order (the order runs are queued): cluster, topology, precision, set, repeat.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from orchestrator.errors import ConfigError, TopologyError
+from orchestrator.specs import Topology
+
+PRECISIONS = ("fp32", "amp", "fp16")
+MAX_RUNS = 10_000
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_CAMPAIGN_KEYS = {
+    "name",
+    "clusters",
+    "topologies",
+    "precisions",
+    "repeats",
+    "timeout",
+    "no_progress_timeout",
+    "nodes",
+    "set",
+}
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    name: str
+    clusters: tuple[str | None, ...]  # cluster file paths; None: the one given with --cluster
+    topologies: tuple[Topology, ...]
+    precisions: tuple[str, ...]
+    sets: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (name, ((key, value), ...))
+    repeats: int
+    timeout_s: float | None
+    no_progress_timeout_s: float | None
+    nodes: tuple[str, ...] | None  # pin every run to these nodes (rarely wanted)
+    source: str
+
+
+@dataclass(frozen=True)
+class CampaignRun:
+    index: int  # 1-based position in the expansion
+    cluster: str | None
+    topology: Topology
+    precision: str
+    set_name: str
+    sets: tuple[tuple[str, str], ...]
+    repeat: int  # 1-based
+
+
+def _fail(source: str, key: str, problem: str, remedy: str) -> ConfigError:
+    return ConfigError(f"{source}: {key} {problem}", remedy)
+
+
+def duration(value: Any, source: str, key: str) -> float | None:
+    if value is None or value in ("", "none", 0):
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise _fail(source, key, f"{value!r} is not a duration", "write e.g. 90s, 45m or 2h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _text_list(table: Mapping[str, Any], key: str, source: str) -> tuple[str, ...] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _fail(
+            source, f"campaign.{key}", "must be a non-empty list of strings", 'e.g. ["1x1"]'
+        )
+    return tuple(value)
+
+
+def _scalar_sets(table: Any, source: str, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(table, Mapping):
+        raise _fail(source, where, "must be a table of key = value", "e.g. bs = 16")
+    items = []
+    for key, value in table.items():
+        if isinstance(value, Mapping | list) or value is None:
+            raise _fail(source, f"{where}.{key}", "must be a number or a string", "e.g. lr = 0.16")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        items.append((str(key), text))
+    return tuple(items)
+
+
+def parse_campaign(data: Mapping[str, Any], source: str) -> CampaignSpec:
+    """Check a parsed campaign file; every mistake is a ConfigError naming the key."""
+    unknown_top = set(data) - {"campaign", "sets"}
+    if unknown_top:
+        raise _fail(
+            source,
+            sorted(unknown_top)[0],
+            "is not a campaign table",
+            "use [campaign] and [sets.NAME]",
+        )
+    table = data.get("campaign")
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source} has no [campaign] table", "start the file with [campaign]")
+    unknown = set(table) - _CAMPAIGN_KEYS
+    if unknown:
+        raise _fail(
+            source,
+            f"campaign.{sorted(unknown)[0]}",
+            "is not a campaign setting",
+            f"known: {', '.join(sorted(_CAMPAIGN_KEYS))}",
+        )
+    name = table.get("name") or Path(source).stem
+    if not isinstance(name, str):
+        raise _fail(source, "campaign.name", "must be a string", 'e.g. name = "nightly"')
+    topo_texts = _text_list(table, "topologies", source)
+    if topo_texts is None:
+        raise _fail(source, "campaign.topologies", "is missing", 'e.g. topologies = ["1x1", "2x8"]')
+    try:
+        topologies = tuple(Topology.parse(t) for t in topo_texts)
+    except TopologyError as exc:
+        raise ConfigError(f"{source}: campaign.topologies: {exc.message}", exc.remedy) from None
+    precisions = _text_list(table, "precisions", source) or ("fp32",)
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise _fail(source, "campaign.precisions", f"has {p!r}", f"use {', '.join(PRECISIONS)}")
+    repeats = table.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 1000:
+        raise _fail(source, "campaign.repeats", f"{repeats!r} is not 1..1000", "e.g. repeats = 3")
+    clusters = _text_list(table, "clusters", source)
+    common = _scalar_sets(table.get("set", {}), source, "campaign.set")
+    raw_sets = data.get("sets", {})
+    if not isinstance(raw_sets, Mapping):
+        raise _fail(source, "sets", "must be tables [sets.NAME]", "e.g. [sets.base]")
+    sets = tuple(
+        (str(n), _merge(common, _scalar_sets(t, source, f"sets.{n}"))) for n, t in raw_sets.items()
+    ) or (("default", common),)
+    spec = CampaignSpec(
+        name=name,
+        clusters=tuple(_relative_to(source, c) for c in clusters) if clusters else (None,),
+        topologies=topologies,
+        precisions=precisions,
+        sets=sets,
+        repeats=repeats,
+        timeout_s=duration(table.get("timeout"), source, "campaign.timeout"),
+        no_progress_timeout_s=duration(
+            table.get("no_progress_timeout", "30m"), source, "campaign.no_progress_timeout"
+        ),
+        nodes=_text_list(table, "nodes", source),
+        source=source,
+    )
+    count = len(spec.clusters) * len(topologies) * len(precisions) * len(sets) * repeats
+    if count > MAX_RUNS:
+        raise ConfigError(
+            f"{source} expands to {count} runs (more than {MAX_RUNS})", "split the campaign"
+        )
+    return spec
+
+
+def _merge(
+    common: tuple[tuple[str, str], ...], own: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, str], ...]:
+    merged = dict(common)
+    merged.update(own)  # a set's own value wins over the campaign-wide one
+    return tuple(merged.items())
+
+
+def _relative_to(source: str, path: str) -> str:
+    """Cluster files named in a campaign are relative to the campaign file."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or source.startswith("<"):
+        return str(p)
+    return str(Path(source).parent / p)
+
+
+def load_campaign(path: str) -> CampaignSpec:
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"campaign file {path} does not exist", "check the path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})", "fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read campaign file {path}: {exc}", "check the path") from None
+    return parse_campaign(data, str(path))
+
+
+def expand(spec: CampaignSpec) -> list[CampaignRun]:
+    runs: list[CampaignRun] = []
+    for cluster in spec.clusters:
+        for topology in spec.topologies:
+            for precision in spec.precisions:
+                for set_name, sets in spec.sets:
+                    for repeat in range(1, spec.repeats + 1):
+                        runs.append(
+                            CampaignRun(
+                                len(runs) + 1, cluster, topology, precision, set_name, sets, repeat
+                            )
+                        )
+    return runs
+
+
+def render_expansion(spec: CampaignSpec, runs: Sequence[CampaignRun], default_cluster: str) -> str:
+    """What `campaign submit --dry-run` prints: one line per run, in queue order."""
+    lines = [
+        f"campaign {spec.name!r} from {spec.source}: {len(runs)} run(s)",
+        f"  timeout {_show(spec.timeout_s)}, no-progress timeout {_show(spec.no_progress_timeout_s)}"
+        + (f", nodes {','.join(spec.nodes)}" if spec.nodes else ""),
+        "",
+        f"{'#':>4}  {'cluster':<24} {'topology':<8} {'precision':<9} {'set':<14} {'repeat':<6} hparams",
+    ]
+    for run in runs:
+        hp = ", ".join(f"{k}={v}" for k, v in run.sets) or "/"
+        lines.append(
+            f"{run.index:>4}  {run.cluster or default_cluster:<24} {str(run.topology):<8} "
+            f"{run.precision:<9} {run.set_name:<14} {f'{run.repeat}/{spec.repeats}':<6} {hp}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _show(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

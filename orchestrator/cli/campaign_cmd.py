@@ -1,0 +1,248 @@
+"""`orchestrator campaign submit`, `worker`, `queue`, `cancel`: runs that run unattended."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import tomllib
+from rich.console import Console
+
+from orchestrator.cli.context import AppContext
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(campaign)
+    cli.add_command(worker)
+    cli.add_command(queue)
+    cli.add_command(cancel)
+
+
+def cluster_data(cluster: Any) -> dict[str, Any] | None:
+    """The cluster file's parsed content, stored with each queued run (None: embedded default)."""
+    if str(cluster.source).startswith("<"):
+        return None
+    return tomllib.loads(Path(cluster.source).read_text(encoding="utf-8"))
+
+
+def enqueue_runs(
+    store: Any,
+    items: list[tuple[Any, Any, dict[str, Any]]],
+    campaign_row: tuple[str, str, dict[str, Any], str] | None = None,
+) -> list[str]:
+    """(cluster, SubmitRequest, extra request fields) -> queued run ids, all in one transaction:
+    a campaign is queued whole or not at all."""
+    from orchestrator.queue import leases
+    from orchestrator.submit import make_plan, manifest_for
+
+    prepared = []
+    data_cache: dict[str, Any] = {}
+    for cluster, req, extra in items:
+        plan = make_plan(cluster, req)  # checks topology, nodes and precision now, not later
+        if cluster.source not in data_cache:
+            data_cache[cluster.source] = cluster_data(cluster)
+        doc = leases.request_doc(
+            cluster,
+            data_cache[cluster.source],
+            req.topology,
+            req.node_names,
+            req.precision,
+            req.sets,
+            req.timeout_s,
+            req.no_progress_timeout_s,
+            req.command,
+            req.campaign_id,
+            **extra,
+        )
+        manifest = manifest_for(plan, req, "queued", submitted_at=leases.now_utc())
+        prepared.append((manifest, doc))
+    with store.transaction() as conn:
+        if campaign_row:
+            leases.insert_campaign(conn, *campaign_row)
+        for manifest, doc in prepared:
+            leases.enqueue(conn, manifest, doc)
+    return [m.run_id for m, _ in prepared]
+
+
+@click.group()
+def campaign() -> None:
+    """Queue a matrix of runs from a campaign file (see docs/campaigns.md)."""
+
+
+@campaign.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the expansion and queue nothing.")
+@click.pass_obj
+def campaign_submit(app: AppContext, file: str, dry_run: bool) -> None:
+    """Queue every run of campaign FILE; `orchestrator worker` executes them.
+
+    \b
+    Examples:
+      orchestrator campaign submit nightly.toml --dry-run
+      orchestrator --cluster lab.toml campaign submit nightly.toml
+    """
+    from orchestrator.campaign import expand, load_campaign, render_expansion
+
+    spec = load_campaign(file)
+    runs = expand(spec)
+    default_cluster = app.cluster_file or "<--cluster>"
+    if dry_run:
+        click.echo(render_expansion(spec, runs, default_cluster), nl=False)
+        return
+    _queue_campaign(app, spec, runs, file)
+
+
+def _queue_campaign(app: AppContext, spec: Any, runs: Any, file: str) -> None:
+    from orchestrator.cli.submit_cmd import open_store_for_submit
+    from orchestrator.config import load_cluster
+    from orchestrator.plan import new_run_id
+    from orchestrator.submit import SubmitRequest, submitter
+
+    clusters = {c: (load_cluster(c) if c else app.cluster) for c in spec.clusters}
+    campaign_id = new_run_id(salt=spec.name)
+    command = shlex.join(["orchestrator", *sys.argv[1:]])
+    items = []
+    for run in runs:
+        req = SubmitRequest(
+            topology=run.topology,
+            node_names=spec.nodes,
+            precision=run.precision,
+            sets=run.sets,
+            timeout_s=spec.timeout_s,
+            no_progress_timeout_s=spec.no_progress_timeout_s,
+            command=command,
+            campaign_id=campaign_id,
+        )
+        items.append((clusters[run.cluster], req, {"set_name": run.set_name, "repeat": run.repeat}))
+    raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+    with open_store_for_submit(app) as store:
+        ids = enqueue_runs(store, items, (campaign_id, spec.name, raw, submitter()))
+    click.echo(f"campaign {campaign_id}: {len(ids)} run(s) queued")
+    for rid in ids:
+        click.echo(rid)
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Run at most one queued run, then exit.")
+@click.option("--max-runs", type=click.IntRange(1), default=None, help="Exit after N runs.")
+@click.option(
+    "--idle-exit", default=None, help="Exit after the queue was empty this long, e.g. 30s."
+)
+@click.option("--id", "worker_id", default=None, help="Worker name in leases [default: host:pid].")
+@click.option("--lease-ttl", type=click.FloatRange(3, 3600), default=60.0, show_default=True)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local run folders [default: $ORCHESTRATOR_RUNS_DIR or ./runs].",
+)
+@click.pass_obj
+def worker(
+    app: AppContext,
+    once: bool,
+    max_runs: int | None,
+    idle_exit: str | None,
+    worker_id: str | None,
+    lease_ttl: float,
+    runs_dir: str | None,
+) -> None:
+    """Execute queued runs one at a time, holding their nodes' leases; reconcile runs whose
+    worker died. Several workers may share one store. Ctrl-C stops the current run and exits.
+
+    \b
+    Examples:
+      orchestrator --db postgresql://lab@db/results worker
+      orchestrator worker --idle-exit 5m
+    """
+    from orchestrator.cli.submit_cmd import open_store_for_submit, parse_duration, stop_on_signals
+    from orchestrator.queue.worker import default_worker_id, run_worker
+
+    console = Console(stderr=True)
+    holder = worker_id or default_worker_id()
+    folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
+    idle = parse_duration(idle_exit, "--idle-exit")
+    with open_store_for_submit(app) as store, stop_on_signals() as stop:
+        console.print(f"worker {holder} on {store.url}")
+        counts = run_worker(
+            store,
+            holder,
+            folder,
+            stop,
+            console,
+            once=once,
+            max_runs=max_runs,
+            idle_exit_s=idle,
+            ttl_s=lease_ttl,
+        )
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+    click.echo(f"worker {holder}: {summary}")
+
+
+@click.command()
+@click.pass_obj
+def queue(app: AppContext) -> None:
+    """Show queued runs (and why each waits) and running runs (worker, nodes, lease expiry)."""
+    from sqlalchemy import select
+
+    from orchestrator.queue import leases
+    from orchestrator.store.models import NodeLease, Run
+
+    with app.open_store() as store, store.reading() as conn:
+        queued = leases.read_queue(conn)
+        busy = leases.read_busy(conn)
+        running = conn.execute(
+            select(Run.run_id, Run.topology, Run.cluster, Run.campaign_id)
+            .where(Run.status == "running")
+            .order_by(Run.started_at)
+        ).all()
+        held = conn.execute(
+            select(NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at)
+        ).all()
+    decisions = {d.run_id: d for d in leases.schedule(queued, busy, leases.nodes_of)}
+    click.echo(f"{'run':<40} {'status':<8} {'topology':<8} {'cluster':<12} detail")
+    for run_id, topo, cluster, _campaign in running:
+        mine = [h for h in held if h[0] == run_id]
+        detail = (
+            f"worker {mine[0][2]} on {', '.join(h[1] for h in mine)}, lease until "
+            f"{max(h[3] for h in mine).isoformat(timespec='seconds')}"
+            if mine
+            else "started by `orchestrator submit`"
+        )
+        click.echo(f"{run_id:<40} {'running':<8} {topo:<8} {cluster:<12} {detail}")
+    for q in queued:
+        d = decisions[q.run_id]
+        detail = d.reason or f"ready: nodes {', '.join(d.nodes or ())} free"
+        click.echo(
+            f"{q.run_id:<40} {'queued':<8} {q.request['topology']:<8} {q.cluster:<12} {detail}"
+        )
+    if not running and not queued:
+        click.echo("(queue empty)")
+
+
+@click.command()
+@click.argument("run_id")
+@click.pass_obj
+def cancel(app: AppContext, run_id: str) -> None:
+    """Cancel RUN_ID: a queued run at once; a running one is stopped by its worker (or, if its
+    worker is gone, its nodes are cleaned here)."""
+    from orchestrator.queue import leases
+    from orchestrator.queue.worker import default_worker_id, reconcile
+    from orchestrator.submit import submitter
+
+    with app.open_store() as store:
+        result = leases.request_cancel(store, run_id, submitter())
+        if result == "requested":
+            ended = reconcile(
+                store,
+                default_worker_id(),
+                Console(stderr=True),
+                run_id=run_id,
+                status="cancelled",
+                why=f"cancelled by {submitter()} after its worker was gone",
+            )
+            result = "cancelled" if ended else "cancel requested; its worker stops it"
+    click.echo(f"run {run_id}: {result}")

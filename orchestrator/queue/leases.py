@@ -1,0 +1,439 @@
+"""The queue's store side: queued runs, scheduling decisions, node leases, cancel requests.
+
+A run is claimed in ONE transaction that moves it from queued to running and inserts one
+node_leases row per node; the (cluster, node_name) primary key makes double booking impossible,
+so a conflict rolls the whole claim back and the worker tries the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.runfolder import FINAL_STATUSES, RunManifest
+from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.store import rows
+from orchestrator.store.models import Campaign, NodeLease, Run, RunStatusChange
+
+LEASE_TTL_S = 60.0
+_CLUSTERS: dict[str, ClusterSpec] = {}  # cluster_key -> parsed cluster, per process
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class QueueError(OrchestratorError):
+    """A queue operation that cannot be done (unknown run, already finished, ...)."""
+
+
+# -- the queued request -------------------------------------------------------------------------
+
+
+def request_doc(
+    cluster: ClusterSpec,
+    cluster_data: Mapping[str, Any] | None,
+    topology: Topology,
+    node_names: Sequence[str] | None,
+    precision: str,
+    sets: Sequence[tuple[str, str]],
+    timeout_s: float | None,
+    no_progress_timeout_s: float | None,
+    command: str,
+    campaign_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a worker on any machine needs to execute the run: the cluster file's parsed content
+    (None: the embedded default), and the submit options."""
+    canonical = json.dumps(cluster_data, sort_keys=True, default=str)
+    return {
+        "cluster_source": cluster.source,
+        "cluster_data": json.loads(canonical),
+        "cluster_key": hashlib.sha256(canonical.encode()).hexdigest()[:16],
+        "topology": str(topology),
+        "node_names": list(node_names) if node_names else None,
+        "precision": precision,
+        "sets": [list(kv) for kv in sets],
+        "timeout_s": timeout_s,
+        "no_progress_timeout_s": no_progress_timeout_s,
+        "command": command,
+        "campaign_id": campaign_id,
+        **extra,
+    }
+
+
+def cluster_from(doc: Mapping[str, Any]) -> ClusterSpec:
+    key = str(doc.get("cluster_key"))
+    cluster = _CLUSTERS.get(key)
+    if cluster is None:
+        from orchestrator.config import embedded_default, parse_cluster
+
+        data = doc.get("cluster_data")
+        cluster = embedded_default() if data is None else parse_cluster(data, doc["cluster_source"])
+        _CLUSTERS[key] = cluster
+    return cluster
+
+
+# -- enqueue --------------------------------------------------------------------------------------
+
+
+def insert_campaign(
+    conn: Connection, campaign_id: str, name: str, spec: dict[str, Any], by: str
+) -> None:
+    conn.execute(
+        insert(Campaign),
+        [
+            {
+                "campaign_id": campaign_id,
+                "name": name,
+                "spec": spec,
+                "status": "queued",
+                "created_by": by,
+                "created_at": now_utc(),
+            }
+        ],
+    )
+
+
+def enqueue(conn: Connection, manifest: RunManifest, request: dict[str, Any]) -> None:
+    """A queued runs row (no run_nodes yet: the worker chooses the nodes) and its history."""
+    now = now_utc()
+    row = rows.run_row(manifest, now)
+    row.update(status="queued", request=request, submitted_at=now)
+    conn.execute(insert(Run), [row])
+    conn.execute(
+        insert(RunStatusChange),
+        [{"run_id": manifest.run_id, "status": "queued", "reason": None, "at": now}],
+    )
+
+
+# -- scheduling (pure) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueuedRun:
+    run_id: str
+    cluster: str
+    nnodes: int
+    nproc_per_node: int
+    request: Mapping[str, Any]
+    submitted_at: datetime
+
+
+@dataclass(frozen=True)
+class Decision:
+    run_id: str
+    nodes: tuple[str, ...] | None  # the nodes it may take now, or None: it waits
+    reason: str  # why it waits ('' when it may start)
+
+
+def schedule(
+    queued: Sequence[QueuedRun],
+    busy: Mapping[tuple[str, str], str],
+    nodes_of: Callable[[QueuedRun], Sequence[NodeSpec]],
+) -> list[Decision]:
+    """FIFO over the queue. A run that must wait reserves the free nodes it would take, so later
+    runs cannot starve it by taking those nodes one by one (no worse than FIFO per node set)."""
+    held = dict(busy)  # (cluster, node) -> what holds it: 'run X' or 'waiting run Y'
+    decisions = []
+    for run in queued:
+        names = run.request.get("node_names")
+        candidates = [n for n in nodes_of(run) if n.accelerators >= run.nproc_per_node]
+        if names:
+            candidates = [n for n in candidates if n.name in names]
+        keys = [(run.cluster, n.name) for n in candidates]
+        need = run.nnodes
+        if len(candidates) < need:
+            decisions.append(
+                Decision(run.run_id, None, f"cluster {run.cluster!r} has no {need} fitting node(s)")
+            )
+            continue
+        free = [k for k in keys if k not in held]
+        if len(free) >= need and (not names or len(free) == len(keys)):
+            chosen = free[:need]
+            for key in chosen:
+                held[key] = f"run {run.run_id}"
+            decisions.append(Decision(run.run_id, tuple(k[1] for k in chosen), ""))
+            continue
+        blocking = [f"{k[1]} ({held[k]})" for k in keys if k in held]
+        for key in free:
+            held[key] = f"waiting run {run.run_id}"
+        decisions.append(Decision(run.run_id, None, "nodes busy: " + ", ".join(blocking)))
+    return decisions
+
+
+def read_queue(conn: Connection, limit: int | None = None) -> list[QueuedRun]:
+    query = (
+        select(
+            Run.run_id, Run.cluster, Run.nnodes, Run.nproc_per_node, Run.request, Run.submitted_at
+        )
+        .where(Run.status == "queued")
+        .order_by(Run.submitted_at, Run.run_id)
+    )
+    if limit:
+        query = query.limit(limit)
+    return [QueuedRun(*row) for row in conn.execute(query)]
+
+
+def read_busy(conn: Connection) -> dict[tuple[str, str], str]:
+    return {
+        (c, n): f"run {r}"
+        for c, n, r in conn.execute(
+            select(NodeLease.cluster, NodeLease.node_name, NodeLease.run_id)
+        )
+    }
+
+
+def nodes_of(run: QueuedRun) -> Sequence[NodeSpec]:
+    return cluster_from(run.request).nodes
+
+
+# -- claim, renew, release ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    nodes: tuple[str, ...]
+    request: Mapping[str, Any]
+    submitted_at: datetime
+
+
+def claim_next(
+    store: Any, holder: str, ttl_s: float = LEASE_TTL_S, scan: int = 500
+) -> Claim | None:
+    """Take the first queued run whose nodes are free: leases and status change in one
+    transaction. None when nothing can start now."""
+    with store.reading() as conn:
+        queued = read_queue(conn, scan)
+        busy = read_busy(conn)
+    by_id = {q.run_id: q for q in queued}
+    for decision in schedule(queued, busy, nodes_of):
+        if decision.nodes is None:
+            continue
+        run = by_id[decision.run_id]
+        if _take(store, run, decision.nodes, holder, ttl_s):
+            return Claim(run.run_id, decision.nodes, run.request, run.submitted_at)
+    return None
+
+
+def _take(store: Any, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: float) -> bool:
+    now = now_utc()
+    try:
+        with store.engine.begin() as conn:
+            moved = conn.execute(
+                update(Run)
+                .where(Run.run_id == run.run_id, Run.status == "queued")
+                .values(status="running", started_at=now, reason=f"worker {holder}")
+            )
+            if moved.rowcount != 1:
+                raise _Taken()
+            conn.execute(
+                insert(NodeLease),
+                [
+                    {
+                        "cluster": run.cluster,
+                        "node_name": n,
+                        "run_id": run.run_id,
+                        "holder": holder,
+                        "acquired_at": now,
+                        "expires_at": now + timedelta(seconds=ttl_s),
+                    }
+                    for n in nodes
+                ],
+            )
+            reason = f"worker {holder} leased {', '.join(nodes)}"
+            conn.execute(
+                insert(RunStatusChange),
+                [{"run_id": run.run_id, "status": "running", "reason": reason, "at": now}],
+            )
+            campaign = run.request.get("campaign_id")
+            if campaign:
+                conn.execute(
+                    update(Campaign)
+                    .where(Campaign.campaign_id == campaign, Campaign.status == "queued")
+                    .values(status="running")
+                )
+    except (_Taken, SQLAlchemyError):
+        # Someone else took the run or one of its nodes first (IntegrityError): all rolled back.
+        return False
+    return True
+
+
+class _Taken(Exception):
+    pass
+
+
+def renew(store: Any, run_id: str, holder: str, ttl_s: float) -> tuple[int, bool]:
+    """Push the run's leases out by ttl; returns (leases still held, cancel requested)."""
+    with store.transaction() as conn:
+        held = conn.execute(
+            update(NodeLease)
+            .where(NodeLease.run_id == run_id, NodeLease.holder == holder)
+            .values(expires_at=now_utc() + timedelta(seconds=ttl_s))
+        ).rowcount
+        cancel = conn.scalar(select(Run.cancel_requested_at).where(Run.run_id == run_id))
+    return held, cancel is not None
+
+
+def release(store: Any, run_id: str, holder: str | None = None) -> None:
+    with store.transaction() as conn:
+        query = delete(NodeLease).where(NodeLease.run_id == run_id)
+        if holder is not None:
+            query = query.where(NodeLease.holder == holder)
+        conn.execute(query)
+
+
+def finish_campaign_if_done(store: Any, campaign_id: str | None) -> None:
+    if not campaign_id:
+        return
+    with store.transaction() as conn:
+        open_runs = conn.scalar(
+            select(Run.run_id)
+            .where(Run.campaign_id == campaign_id, Run.status.in_(("queued", "running")))
+            .limit(1)
+        )
+        if open_runs is None:
+            conn.execute(
+                update(Campaign)
+                .where(
+                    Campaign.campaign_id == campaign_id, Campaign.status.in_(("queued", "running"))
+                )
+                .values(status="finished", finished_at=now_utc())
+            )
+
+
+# -- orphans and final states ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Orphan:
+    run_id: str
+    request: Mapping[str, Any]
+    nodes: tuple[str, ...]
+    holders: tuple[str, ...]
+    expired_at: datetime | None
+
+
+def find_orphans(
+    store: Any, now: datetime | None = None, run_id: str | None = None
+) -> list[Orphan]:
+    """Queued-and-claimed runs still `running` whose every lease expired (owner gone)."""
+    now = now or now_utc()
+    live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
+    query = select(Run.run_id, Run.request).where(
+        Run.status == "running", Run.request.is_not(None), ~live
+    )
+    if run_id:
+        query = query.where(Run.run_id == run_id)
+    found = []
+    with store.reading() as conn:
+        for rid, request in conn.execute(query).all():
+            leases = conn.execute(
+                select(NodeLease.node_name, NodeLease.holder, NodeLease.expires_at).where(
+                    NodeLease.run_id == rid
+                )
+            ).all()
+            found.append(
+                Orphan(
+                    rid,
+                    request,
+                    tuple(n for n, _, _ in leases),
+                    tuple(sorted({h for _, h, _ in leases})),
+                    max((e for _, _, e in leases), default=None),
+                )
+            )
+    return found
+
+
+def adopt(store: Any, run_id: str, holder: str, ttl_s: float) -> bool:
+    """Take over an orphan's expired leases so that only one reconciler cleans it."""
+    now = now_utc()
+    with store.transaction() as conn:
+        total = len(
+            conn.execute(select(NodeLease.node_name).where(NodeLease.run_id == run_id)).all()
+        )
+        taken = conn.execute(
+            update(NodeLease)
+            .where(NodeLease.run_id == run_id, NodeLease.expires_at <= now)
+            .values(holder=holder, expires_at=now + timedelta(seconds=ttl_s))
+        ).rowcount
+        running = conn.scalar(select(Run.status).where(Run.run_id == run_id)) == "running"
+    return running and taken == total
+
+
+def end_run(store: Any, run_id: str, status: str, reason: str, expect: Sequence[str]) -> bool:
+    """Guarded final transition (only from `expect`), history entry, leases released."""
+    now = now_utc()
+    with store.transaction() as conn:
+        moved = conn.execute(
+            update(Run)
+            .where(Run.run_id == run_id, Run.status.in_(tuple(expect)))
+            .values(status=status, reason=reason, finished_at=now, failure={"reason": reason})
+        ).rowcount
+        if moved:
+            conn.execute(
+                insert(RunStatusChange),
+                [{"run_id": run_id, "status": status, "reason": reason, "at": now}],
+            )
+            conn.execute(delete(NodeLease).where(NodeLease.run_id == run_id))
+    return bool(moved)
+
+
+def release_final_leases(store: Any) -> int:
+    """Leases left by a worker that died after its run ended: nothing runs there any more."""
+    with store.transaction() as conn:
+        final = select(Run.run_id).where(Run.status.in_(FINAL_STATUSES))
+        return conn.execute(delete(NodeLease).where(NodeLease.run_id.in_(final))).rowcount
+
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+def request_cancel(store: Any, run_id: str, by: str) -> str:
+    """'cancelled' for a queued run (at once), 'requested' for a running one (its worker stops
+    it; reconcile does when the worker is gone)."""
+    with store.reading() as conn:
+        row = conn.execute(select(Run.status, Run.request).where(Run.run_id == run_id)).first()
+    if row is None:
+        raise QueueError(
+            f"no run {run_id} in results store at {store.url}", "check `orchestrator queue`"
+        )
+    status, request = row
+    if status == "queued":
+        if end_run(store, run_id, "cancelled", f"cancelled by {by} before it started", ["queued"]):
+            return "cancelled"
+        return request_cancel(store, run_id, by)  # a worker took it meanwhile
+    if status == "running":
+        if request is None:
+            raise QueueError(
+                f"run {run_id} was started by `orchestrator submit`, not by a worker",
+                "stop it with Ctrl-C where it runs",
+            )
+        with store.transaction() as conn:
+            conn.execute(
+                update(Run)
+                .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
+                .values(cancel_requested_at=now_utc())
+            )
+            conn.execute(
+                insert(RunStatusChange),
+                [
+                    {
+                        "run_id": run_id,
+                        "status": "running",
+                        "reason": f"cancel requested by {by}",
+                        "at": now_utc(),
+                    }
+                ],
+            )
+        return "requested"
+    raise QueueError(f"run {run_id} already ended ({status})", "nothing to cancel")

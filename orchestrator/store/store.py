@@ -104,7 +104,15 @@ class Store:
         """A queued run a worker has claimed (status already `running`, its leases held):
         the row gets what the plan decided (nodes, image, command) and its run_nodes."""
         values = rows.run_row(manifest, _now())
-        for kept in ("run_id", "status", "submitted_at", "created_at", "reason", "failure"):
+        for kept in (
+            "run_id",
+            "status",
+            "submitted_at",
+            "started_at",
+            "created_at",
+            "reason",
+            "failure",
+        ):
             values.pop(kept)
         with self.transaction() as conn:
             done = conn.execute(

@@ -22,7 +22,7 @@ DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 RUNTIMES = ("host", "docker")
 BACKENDS = ("ssh", "slurm")
 
-_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image"}
+_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
 _CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port"}
 _SSH_KEYS = {
     "user",
@@ -191,8 +191,11 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         command_timeout_s=ssh_t.number("command_timeout_s", 120.0),
         keepalive_s=ssh_t.integer("keepalive_s", 15, 0, 3600),
     )
+    backend = cl.choice("backend", BACKENDS, "ssh")
     raw_nodes = data.get("nodes")
-    if not isinstance(raw_nodes, list) or not raw_nodes:
+    if backend == "slurm" and raw_nodes is None:
+        raw_nodes = []  # Slurm chooses the nodes; a node list is optional
+    elif not isinstance(raw_nodes, list) or not raw_nodes:
         raise ConfigError(
             f"{source}: nodes is missing or empty",
             "add at least one [[nodes]] table with name and address",
@@ -218,6 +221,11 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         from orchestrator.images.workflow import parse_image_table
 
         image = parse_image_table(data["image"], source)
+    slurm = None
+    if "slurm" in data or backend == "slurm":
+        from orchestrator.slurm.settings import parse_slurm_table
+
+        slurm = parse_slurm_table(data.get("slurm", {}), source)
     return ClusterSpec(
         name=cl.text("name", Path(source).stem) or "cluster",
         vendor=cl.text("vendor", "cpu") or "cpu",
@@ -231,9 +239,10 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
             hparams={str(k): str(v) for k, v in hparams_raw.items()},
         ),
         runtime=cl.choice("runtime", RUNTIMES, "host"),
-        backend=cl.choice("backend", BACKENDS, "ssh"),
+        backend=backend,
         master_port=cl.integer("master_port", 29500, 1024, 65535),
         image=image,
+        slurm=slurm,
         source=source,
     )
 

@@ -97,6 +97,7 @@ class ClusterSpec:
     backend: str = "ssh"  # 'ssh' (our own launcher) or 'slurm'
     master_port: int = 29500
     image: object | None = None  # [image] table: images.workflow.ImageSettings
+    slurm: object | None = None  # [slurm] table: slurm.settings.SlurmSettings
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -110,6 +111,15 @@ def open_store_for_submit(app: AppContext) -> Any:
 @click.option(
     "--dry-run", is_flag=True, help="Print the plan (every node's exact command) and touch nothing."
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["ssh", "slurm"]),
+    default=None,
+    help="Launch over SSH or through Slurm [default: the cluster file's backend].",
+)
+@click.option(
+    "--detach", is_flag=True, help="Queue the run(s) for `orchestrator worker` and return at once."
+)
 @click.pass_obj
 def submit(
     app: AppContext,
@@ -122,6 +132,8 @@ def submit(
     no_progress_timeout: str | None,
     runs_dir: str | None,
     dry_run: bool,
+    backend: str | None,
+    detach: bool,
 ) -> None:
     """Run the Faster R-CNN benchmark on TOPOLOGY (NODESxPROCESSES, e.g. 2x8).
 
@@ -152,8 +164,21 @@ def submit(
         command=shlex.join(["orchestrator", *sys.argv[1:]]),
     )
     cluster = app.cluster
+    if backend and backend != cluster.backend:
+        cluster = dataclasses.replace(cluster, backend=backend)
+    if cluster.backend == "slurm":
+        _submit_slurm(app, cluster, req, repeat, runs_dir, dry_run)
+        return
     if dry_run:
         click.echo(make_plan(cluster, req).render(), nl=False)
+        return
+    if detach:
+        from orchestrator.cli.campaign_cmd import enqueue_runs
+
+        with open_store_for_submit(app) as store:
+            ids = enqueue_runs(store, [(cluster, req, {}) for _ in range(repeat)])
+        for run_id in ids:
+            click.echo(run_id)
         return
     console = Console(stderr=True)
     folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
@@ -164,6 +189,35 @@ def submit(
             console.print(
                 f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {topo} on "
                 f"{', '.join(n.node.name for n in plan.nodes)}, {precision}"
+            )
+            outcome = execute(plan, req, store, folder, stop, console)
+            outcomes.append(outcome)
+            _print_outcome(store, outcome)
+            if stop.is_set():
+                break
+    for outcome in outcomes:
+        raise_for(outcome)
+
+
+def _submit_slurm(
+    app: AppContext, cluster: Any, req: Any, repeat: int, runs_dir: str | None, dry_run: bool
+) -> None:
+    """The same submission through Slurm (orchestrator/slurm): one job per run."""
+    from orchestrator.slurm.execute import execute, make_slurm_plan
+    from orchestrator.submit import raise_for
+
+    if dry_run:
+        click.echo(make_slurm_plan(cluster, req).render(), nl=False)
+        return
+    console = Console(stderr=True)
+    folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
+    with open_store_for_submit(app) as store, stop_on_signals() as stop:
+        outcomes = []
+        for i in range(repeat):
+            plan = make_slurm_plan(cluster, req)
+            console.print(
+                f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} through "
+                f"Slurm, {req.precision}"
             )
             outcome = execute(plan, req, store, folder, stop, console)
             outcomes.append(outcome)

@@ -1,0 +1,127 @@
+"""Every call to Slurm's commands (sbatch, scontrol, sacct, scancel): the backend's side
+effects, argv lists only. Clients find the controller as usual (slurm.conf, $SLURM_CONF)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from orchestrator.errors import OrchestratorError
+
+CALL_TIMEOUT_S = 60.0
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+
+
+class SlurmError(OrchestratorError):
+    """A Slurm command failed or Slurm is not reachable."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...
+    reason: str | None = None  # why it waits or why it ended (Slurm's Reason)
+    exit_code: str | None = None  # "rc:signal"
+    node_list: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _call(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    if shutil.which(argv[0]) is None:
+        raise SlurmError(
+            f"{argv[0]} not found on this machine",
+            "run the orchestrator on a Slurm login node, or install the Slurm client tools",
+        )
+    try:
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise SlurmError(
+            f"{argv[0]} did not answer within {timeout:.0f}s", "check slurmctld (`scontrol ping`)"
+        ) from None
+
+
+def _detail(res: subprocess.CompletedProcess[str]) -> str:
+    text = (res.stderr or res.stdout).strip().splitlines()
+    return text[-1] if text else f"exit {res.returncode}"
+
+
+def sbatch(script_path: str, argv: tuple[str, ...] | None = None) -> str:
+    """Submit; returns the job id (`sbatch --parsable` prints `id` or `id;cluster`)."""
+    cmd = list(argv or ("sbatch", "--parsable", script_path))
+    res = _call(cmd)
+    job_id = res.stdout.strip().split(";")[0]
+    if res.returncode != 0 or not job_id.isdigit():
+        raise SlurmError(
+            f"sbatch refused the job: {_detail(res)}",
+            "check partition, account, qos, time_limit and gres in the [slurm] table",
+        )
+    return job_id
+
+
+def _parse_scontrol(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return fields
+
+
+def job_state(job_id: str) -> JobState | None:
+    """The job's state from the controller (scontrol), else from accounting (sacct) once the
+    controller has forgotten it; None when neither knows the job."""
+    res = _call(["scontrol", "-o", "show", "job", job_id])
+    if res.returncode == 0 and res.stdout.strip():
+        f = _parse_scontrol(res.stdout)
+        reason = f.get("Reason")
+        return JobState(
+            job_id,
+            f.get("JobState", "UNKNOWN").split("+")[0],
+            None if reason in (None, "None", "(null)") else reason,
+            f.get("ExitCode"),
+            None if f.get("NodeList") in (None, "(null)") else f.get("NodeList"),
+        )
+    return _sacct_state(job_id)
+
+
+def _sacct_state(job_id: str) -> JobState | None:
+    if shutil.which("sacct") is None:
+        return None
+    res = _call(
+        ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList,Reason"]
+    )
+    for line in res.stdout.splitlines():
+        parts = line.split("|")
+        if res.returncode == 0 and len(parts) >= 5 and parts[0] == job_id:
+            state = parts[1].split()[0]  # "CANCELLED by 0"
+            return JobState(job_id, state, parts[4] or None, parts[2], parts[3] or None)
+    return None
+
+
+def scancel(job_id: str) -> None:
+    res = _call(["scancel", job_id])
+    if res.returncode != 0 and "already completed" not in (res.stderr or ""):
+        raise SlurmError(f"scancel {job_id} failed: {_detail(res)}", "try `scancel` by hand")

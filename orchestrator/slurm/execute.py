@@ -1,0 +1,413 @@
+"""One run on the Slurm backend: plan -> run row (queued) -> stage on the shared file system ->
+sbatch -> follow the job (pending reason, running, rank 0's progress) -> collect -> publish.
+Ctrl-C, a timeout or `cancel_run` call scancel; every ending leaves the row final, the run
+folder written, and the job gone from the controller."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.launch import Failure, diagnose, utcnow, write_json
+from orchestrator.plan import make_job, new_run_id
+from orchestrator.progress import ProgressView, parse_event
+from orchestrator.runfolder import write_manifest
+from orchestrator.slurm import commands
+from orchestrator.slurm.script import (
+    JOB_OUTPUT,
+    NODELIST_FILE,
+    PROBE_CHECK_FILE,
+    PROBE_FILE,
+    NodeSlot,
+    SlurmPlan,
+    build_slurm_plan,
+)
+from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.specs import ClusterSpec
+from orchestrator.submit import Outcome, PhaseClock, SubmitRequest, manifest_for, submitter
+from orchestrator.workload_source import workload_files, workload_hash
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.store import Store
+
+FINAL_WAIT_S = 120.0  # after scancel: how long the job may take to leave the controller
+
+
+def settings_of(cluster: ClusterSpec) -> SlurmSettings:
+    return cluster.slurm if isinstance(cluster.slurm, SlurmSettings) else SlurmSettings()
+
+
+def make_slurm_plan(
+    cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = None
+) -> SlurmPlan:
+    from orchestrator.images.profiles import load_profile
+
+    if req.node_names:
+        raise ConfigError(
+            "--nodes does not apply to the slurm backend", "Slurm chooses the nodes; drop --nodes"
+        )
+    job = make_job(
+        cluster,
+        req.topology,
+        (),
+        run_id=run_id or new_run_id(salt=req.command),
+        precision=req.precision,
+        sets=dict(req.sets),
+        timeout_s=req.timeout_s,
+        no_progress_timeout_s=req.no_progress_timeout_s,
+        submitted_by=submitter(),
+    )
+    profile = load_profile(cluster.vendor)
+    runtime = profile.runtime
+    return build_slurm_plan(
+        job,
+        settings_of(cluster),
+        workload_hash=workload_hash(),
+        vendor_env=runtime.env,
+        master_port=cluster.master_port,
+        hardware_label=getattr(profile, "label", None),
+        monitor_tool=runtime.monitor[0] if runtime.monitor else None,
+    )
+
+
+def _placeholders(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
+    """Before Slurm places the job its nodes are unknown; the row still lists nnodes."""
+    return tuple(
+        NodeSlot(f"unallocated-{i}", "unallocated", i) for i in range(plan.job.topology.nnodes)
+    )
+
+
+def _manifest(
+    plan: SlurmPlan, req: SubmitRequest, status: str, job_id: str | None, **extra: Any
+) -> Any:
+    nodes = plan.nodes or _placeholders(plan)
+    manifest = manifest_for(replace(plan, nodes=nodes), req, status, **extra)  # type: ignore[arg-type]
+    return replace(manifest, backend="slurm", slurm_job_id=job_id)
+
+
+def stage(plan: SlurmPlan) -> None:
+    """The run folder and the content-addressed workload source (plus the probe) on the
+    shared file system, and the script."""
+    run_dir = Path(plan.run_dir)
+    for sub in ("ranks", "logs", "nodes"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    workload = Path(plan.workload_dir)
+    if not (workload / ".complete").exists():
+        for rel, local in workload_files():
+            (workload / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, workload / rel)
+        here = Path(__file__).resolve().parent
+        shutil.copyfile(here.parent / "node_probe.py", workload / PROBE_FILE)
+        shutil.copyfile(here / "probe_check.py", workload / PROBE_CHECK_FILE)
+        (workload / ".complete").write_text("")
+    Path(plan.script_path).write_text(plan.script)
+
+
+def _set_job_id(store: Store, run_id: str, job_id: str) -> None:
+    from sqlalchemy import update
+
+    from orchestrator.store.models import Run
+
+    with store.transaction() as conn:
+        conn.execute(update(Run).where(Run.run_id == run_id).values(slurm_job_id=job_id))
+
+
+class _Follower:
+    """Polls the job; tails rank 0's log into the progress view."""
+
+    def __init__(self, plan: SlurmPlan, job_id: str, console: Console) -> None:
+        self.plan, self.job_id, self.console = plan, job_id, console
+        self.offset = 0
+        self.partial = ""
+        self.last_reason: str | None = None
+
+    def tail(self, view: ProgressView) -> None:
+        path = Path(self.plan.rank0_log())
+        try:
+            with path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        text = self.partial + data.decode("utf-8", "replace")
+        *lines, self.partial = text.split("\n")
+        for line in lines:
+            event = parse_event(line)
+            if event:
+                view.event(event)
+
+    def pending(self, state: commands.JobState) -> None:
+        if state.reason != self.last_reason:
+            self.last_reason = state.reason
+            self.console.print(
+                f"[dim]slurm job {self.job_id} pending: {state.reason or 'no reason given'}[/]"
+            )
+
+
+def _wait_final(
+    job_id: str, interval: float, timeout: float = FINAL_WAIT_S
+) -> commands.JobState | None:
+    deadline = time.monotonic() + timeout
+    state = commands.job_state(job_id)
+    while state is not None and not state.final and time.monotonic() < deadline:
+        time.sleep(interval)
+        state = commands.job_state(job_id)
+    return state
+
+
+def execute(
+    plan: SlurmPlan,
+    req: SubmitRequest,
+    store: Store,
+    runs_dir: Path,
+    stop: threading.Event,
+    console: Console,
+) -> Outcome:
+    """Run the plan through Slurm; the row and folder are final whatever happens."""
+    job = plan.job
+    run_dir = runs_dir / job.run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    submitted_at = utcnow()
+    store.create_run(
+        _manifest(plan, req, "queued", None, submitted_at=submitted_at), status="queued"
+    )
+    phases = PhaseClock()
+    job_id: str | None = None
+    started_at = None
+    failure: Failure | None = None
+    status = "failed"
+    interval = plan.settings.poll_interval_s
+    try:
+        stage(plan)
+        phases.lap("stage")
+        if stop.is_set():
+            raise _Cancelled("cancelled by the user before the job was submitted")
+        job_id = commands.sbatch(plan.script_path, plan.sbatch_argv)
+        _set_job_id(store, job.run_id, job_id)
+        console.print(f"[dim]slurm job {job_id} submitted[/]")
+        phases.lap("submit")
+        follower = _Follower(plan, job_id, console)
+        deadline = None if job.timeout_s is None else time.monotonic() + job.timeout_s
+        state: commands.JobState | None = None
+        with ProgressView(job.run_id, console) as view:
+            while True:
+                state = commands.job_state(job_id)
+                if state is None:
+                    failure = Failure(f"slurm job {job_id} vanished from the controller")
+                    break
+                if state.state == "PENDING":
+                    follower.pending(state)
+                elif (
+                    started_at is None
+                    and state.state in ("RUNNING", "COMPLETING")
+                    or (started_at is None and state.final and state.node_list)
+                ):
+                    started_at = utcnow()
+                    phases.lap("queue")
+                    store.set_status(
+                        job.run_id, "running", reason=f"slurm job {job_id} on {state.node_list}"
+                    )
+                    view.last_event_at = time.monotonic()
+                    console.print(f"[dim]slurm job {job_id} running on {state.node_list}[/]")
+                if started_at is not None:
+                    follower.tail(view)
+                if state.final:
+                    break
+                why = None
+                if stop.is_set():
+                    why = Failure("cancelled by the user (scancel)")
+                    status = "cancelled"
+                elif deadline is not None and time.monotonic() > deadline:
+                    why = Failure(f"timed out after {job.timeout_s:g}s (scancel)")
+                elif (
+                    started_at is not None
+                    and job.no_progress_timeout_s is not None
+                    and time.monotonic() - view.last_event_at > job.no_progress_timeout_s
+                ):
+                    why = Failure(f"no progress for {job.no_progress_timeout_s:g}s (scancel)")
+                if why is not None:
+                    commands.scancel(job_id)
+                    state = _wait_final(job_id, interval)
+                    failure = why
+                    break
+                time.sleep(interval)
+            if started_at is not None:
+                follower.tail(view)
+        phases.lap("workload")
+        if state is not None and state.final and state.node_list and not plan.nodes:
+            plan = replace(plan, nodes=_allocated(plan))
+        collect_problems = _collect(plan, run_dir, store)
+        phases.lap("collect")
+        if failure is None and state is not None:
+            status, failure = _ending(plan, state, run_dir)
+            if status == "succeeded" and collect_problems:
+                status, failure = "failed", Failure("collection failed: " + collect_problems)
+    except _Cancelled as exc:
+        status, failure = "cancelled", Failure(str(exc))
+    except OrchestratorError as exc:
+        failure = Failure(exc.one_line())
+    except BaseException as exc:
+        if job_id is not None:
+            _scancel_quietly(job_id)
+        failure = Failure(f"internal error: {exc!r}")
+        _finalize(plan, req, run_dir, store, "failed", failure, submitted_at, started_at, job_id)
+        raise
+    outcome = _finalize(
+        plan, req, run_dir, store, status, failure, submitted_at, started_at, job_id
+    )
+    phases.lap("publish")
+    write_json(run_dir / "timings.json", phases.as_dict())
+    return outcome
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _scancel_quietly(job_id: str) -> None:
+    try:
+        commands.scancel(job_id)
+    except OrchestratorError:
+        pass
+
+
+def _allocated(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
+    """The allocation as the batch script wrote it (node rank = line number)."""
+    try:
+        names = Path(plan.run_dir, NODELIST_FILE).read_text().split()
+    except OSError:
+        return ()
+    if len(names) != plan.job.topology.nnodes:
+        return ()
+    return tuple(NodeSlot(name, name, i) for i, name in enumerate(names))
+
+
+def _collect(plan: SlurmPlan, run_dir: Path, store: Store) -> str:
+    """Copy ranks, logs and the nodes' environments from the shared run folder, record the
+    environments, then remove the shared folder. Returns a problem, or ''."""
+    shared = Path(plan.run_dir)
+    problems = []
+    (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        for rank_file in sorted((shared / "ranks").glob("rank-*.json")):
+            shutil.copyfile(rank_file, run_dir / "ranks" / rank_file.name)
+        for extra, name in ((JOB_OUTPUT, "slurm-job.log"), ("job.sbatch", "job.sbatch")):
+            if (shared / extra).exists():
+                shutil.copyfile(shared / extra, run_dir / "logs" / name)
+        for slot in plan.nodes:
+            log = shared / "logs" / f"node-{slot.node_rank}.log"
+            if log.exists():
+                shutil.copyfile(log, run_dir / "logs" / f"{slot.name}.log")
+            probe = shared / "nodes" / f"probe-{slot.node_rank}.json"
+            if probe.exists():
+                data = json.loads(probe.read_text().strip().splitlines()[-1])
+                env = dict(data.get("env", {}))
+                env["preflight"] = data.get("checks", [])
+                store.record_environment(plan.job.run_id, slot.name, slot.node_rank, env)
+                write_json(run_dir / "nodes" / slot.name / "env.json", env)
+    except (OSError, ValueError) as exc:
+        problems.append(str(exc))
+    shutil.rmtree(shared, ignore_errors=True)
+    return "; ".join(problems)
+
+
+def _ending(plan: SlurmPlan, state: commands.JobState, run_dir: Path) -> tuple[str, Failure | None]:
+    """Slurm's final state -> (status, failure), naming the failing node and rank when the
+    node logs say which."""
+    if state.state == "COMPLETED":
+        return "succeeded", None
+    where = f"slurm job {state.job_id} ended {state.state}"
+    if state.reason:
+        where += f" ({state.reason})"
+    if state.state == "CANCELLED":
+        return "cancelled", Failure(f"{where}: cancelled outside the orchestrator (scancel)")
+    exit_code = None
+    if state.exit_code:
+        try:
+            exit_code = int(state.exit_code.split(":")[0])
+        except ValueError:
+            pass
+    job_log = run_dir / "logs" / "slurm-job.log"
+    job_text = job_log.read_text(errors="replace") if job_log.exists() else ""
+    preflight = [ln for ln in job_text.splitlines() if ln.startswith("preflight failed:")]
+    if preflight:
+        return "failed", Failure(
+            f"{where}: " + "; ".join(p.removeprefix("preflight failed: ") for p in preflight),
+            exit_code=exit_code,
+        )
+    for slot in plan.nodes:
+        log = run_dir / "logs" / f"{slot.name}.log"
+        if not log.exists():
+            continue
+        tail = log.read_text(errors="replace").splitlines()[-200:]
+        if any("Root Cause" in ln for ln in tail):
+            found = diagnose(slot.name, exit_code, tail)
+            return "failed", replace(found, reason=f"{found.reason} [{where}]"[:500])
+    return "failed", Failure(where, exit_code=exit_code, log_tail=job_text[-4000:])
+
+
+def _finalize(
+    plan: SlurmPlan,
+    req: SubmitRequest,
+    run_dir: Path,
+    store: Store,
+    status: str,
+    failure: Failure | None,
+    submitted_at: Any,
+    started_at: Any,
+    job_id: str | None,
+) -> Outcome:
+    """As orchestrator.submit._finalize, with the Slurm job id and the allocation's nodes."""
+    manifest = _manifest(
+        plan,
+        req,
+        status,
+        job_id,
+        submitted_at=submitted_at,
+        started_at=started_at,
+        finished_at=utcnow(),
+        failure=failure.as_dict() if failure else None,
+    )
+    write_manifest(run_dir / "manifest.json", manifest)
+    summary = None
+    try:
+        summary = store.publish(run_dir)
+    except OrchestratorError as exc:
+        if status == "succeeded":
+            status, failure = "failed", Failure(f"results rejected: {exc.one_line()}")
+        reason = failure.reason if failure else exc.one_line()
+        store.set_status(
+            plan.job.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
+        )
+        write_manifest(
+            run_dir / "manifest.json",
+            replace(manifest, status=status, failure=failure.as_dict() if failure else None),
+        )
+    return Outcome(plan.job.run_id, status, run_dir, failure, summary)
+
+
+def cancel_run(store: Store, run_id: str) -> str:
+    """`orchestrator cancel` for a Slurm run: scancel its job; the submitting process sees the
+    job end and finalizes the run. Returns the job id."""
+    from sqlalchemy import select
+
+    from orchestrator.store.models import Run
+
+    with store.reading() as conn:
+        row = conn.execute(select(Run.slurm_job_id, Run.status).where(Run.run_id == run_id)).first()
+    if row is None or not row.slurm_job_id:
+        raise ConfigError(
+            f"run {run_id} has no Slurm job", "check the run id (`orchestrator runs`)"
+        )
+    commands.scancel(row.slurm_job_id)
+    return str(row.slurm_job_id)

@@ -1,0 +1,257 @@
+"""JobSpec + SlurmSettings -> the sbatch script and the sbatch command (pure: no I/O).
+
+One task per node. The batch shell resolves the master address from the first host of the
+allocation (its NodeAddr), captures every node's environment with the node probe (one step,
+one task per node), then starts torchrun on every node in one step whose tasks take their node
+rank from SLURM_NODEID. `--kill-on-bad-exit=1`: one failing task ends the whole step, and the
+script's `set -e` ends the job. `orchestrator submit --dry-run` prints exactly this.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from orchestrator.plan import WORKLOAD_MODULE, workload_args
+from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.specs import JobSpec
+
+PROBE_FILE = "node_probe.py"  # staged next to the workload source under shared_dir
+PROBE_CHECK_FILE = "probe_check.py"  # fails the job when a node's probe failed a check
+NODELIST_FILE = "nodelist"  # the allocation's hosts, in node-rank order
+JOB_OUTPUT = "slurm-job.out"  # the batch shell's own stdout and stderr
+
+
+@dataclass(frozen=True)
+class NodeSlot:
+    """A node of the allocation, known once Slurm has placed the job (duck-types NodePlan for
+    the manifest: .node.name, .node.address, .node_rank)."""
+
+    name: str
+    address: str
+    node_rank: int
+
+    @property
+    def node(self) -> NodeSlot:
+        return self
+
+
+@dataclass(frozen=True)
+class SlurmPlan:
+    job: JobSpec
+    settings: SlurmSettings
+    run_dir: str  # on the shared file system
+    workload_dir: str  # content-addressed workload source (plus the node probe)
+    env: tuple[tuple[str, str], ...]
+    script: str
+    sbatch_argv: tuple[str, ...]
+    master_port: int
+    runtime: str  # 'host', or 'docker' for a pyxis container
+    image: str | None = None
+    image_id: str | None = None
+    hardware_label: str | None = None
+    monitor_tool: str | None = None
+    nodes: tuple[NodeSlot, ...] = ()  # filled in once the job has its allocation
+
+    @property
+    def output_dir(self) -> str:
+        return f"{self.run_dir}/ranks"
+
+    @property
+    def script_path(self) -> str:
+        return f"{self.run_dir}/job.sbatch"
+
+    def rank0_log(self) -> str:
+        return f"{self.run_dir}/logs/node-0.log"
+
+    def render(self) -> str:
+        """What --dry-run prints: the script, then the command that submits it."""
+        job = self.job
+        head = (
+            f"# run {job.run_id}: {job.case} on cluster {job.cluster.name} (vendor "
+            f"{job.cluster.vendor}), topology {job.topology}, precision {job.precision}, "
+            f"backend slurm\n"
+            f"# stage: workload source -> {self.workload_dir}\n"
+            f"# script -> {self.script_path}\n"
+        )
+        return head + self.script + "\n# submitted with:\n" + shlex.join(self.sbatch_argv) + "\n"
+
+
+def slurm_env(
+    job: JobSpec, settings: SlurmSettings, vendor_env: Mapping[str, str], workload_dir: str
+) -> dict[str, str]:
+    env = {"ORCHESTRATOR_RUN_ID": job.run_id, "PYTHONUNBUFFERED": "1"}
+    env.update(vendor_env)
+    if settings.socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = settings.socket_ifname
+        env["GLOO_SOCKET_IFNAME"] = settings.socket_ifname
+    env["PYTHONPATH"] = workload_dir
+    return env
+
+
+def probe_args(job: JobSpec, settings: SlurmSettings, smi: str | None) -> dict[str, object]:
+    """The node probe's input (as orchestrator.preflight.probe_args, for Slurm's nodes)."""
+    return {
+        "nproc": job.topology.nproc_per_node,
+        "data_dir": job.cluster.case.data_dir,
+        "weights": job.cluster.case.backbone_weights,
+        "workdir": settings.shared_dir,
+        "min_free_gb": 1.0,
+        "ib_hcas": [],
+        "smi": smi,
+        "need_torch": True,
+        "count_accelerators": job.cluster.vendor != "cpu",
+        "need_docker": False,
+        "docker_host": None,
+    }
+
+
+def sbatch_directives(job: JobSpec, settings: SlurmSettings, run_dir: str) -> list[str]:
+    topo = job.topology
+    opts = [
+        f"--job-name=orchestrator-{job.run_id}",
+        f"--nodes={topo.nnodes}",
+        "--ntasks-per-node=1",
+        f"--chdir={run_dir}",
+        f"--output={run_dir}/{JOB_OUTPUT}",
+    ]
+    if settings.partition:
+        opts.append(f"--partition={settings.partition}")
+    if settings.account:
+        opts.append(f"--account={settings.account}")
+    if settings.qos:
+        opts.append(f"--qos={settings.qos}")
+    if settings.time_limit:
+        opts.append(f"--time={settings.time_limit}")
+    if settings.gres:
+        opts.append(f"--gres={settings.gres}:{topo.nproc_per_node}")
+    opts += list(settings.sbatch_options)
+    return opts
+
+
+def render_script(
+    job: JobSpec,
+    settings: SlurmSettings,
+    *,
+    run_dir: str,
+    workload_dir: str,
+    env: Mapping[str, str],
+    master_port: int,
+    smi: str | None = None,
+) -> str:
+    topo = job.topology
+    q = shlex.quote
+    python = settings.python
+    container: list[str] = []
+    if settings.pyxis:
+        assert settings.container_image
+        mounts = [f"{settings.shared_dir}:{settings.shared_dir}"]
+        data = job.cluster.case.data_dir
+        if data.startswith("/"):
+            mounts.append(f"{data}:{data}:ro")
+        weights = job.cluster.case.backbone_weights
+        if weights.startswith("/"):
+            mounts.append(f"{weights}:{weights}:ro")
+        mounts += list(settings.container_mounts)
+        container = [
+            f"--container-image={settings.container_image}",
+            f"--container-mounts={','.join(mounts)}",
+            f"--container-workdir={run_dir}",
+        ]
+    step = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", *container]
+    torchrun = [
+        python,
+        f"--nnodes={topo.nnodes}",
+        f"--nproc-per-node={topo.nproc_per_node}",
+        f"--master-port={master_port}",
+        "--max-restarts=0",
+    ]
+    workload = ["-m", WORKLOAD_MODULE, *workload_args(job, f"{run_dir}/ranks")]
+    # Per task: the node rank comes from Slurm; "$@" carries the rest, quoted here once.
+    per_task = (
+        'exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" '
+        '--master-addr="$MASTER_ADDR" "$@"'
+    )
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH {opt}" for opt in sbatch_directives(job, settings, run_dir)]
+    lines += [
+        "set -euo pipefail",
+        "",
+        "# the run's identity and the vendor environment (every task inherits them)",
+        *[f"export {k}={q(v)}" for k, v in sorted(env.items())],
+        f"RUN_DIR={q(run_dir)}",
+        'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
+        "",
+        "# the allocation's hosts in node-rank order; master: the first host's address",
+        f'scontrol show hostnames "$SLURM_JOB_NODELIST" > "$RUN_DIR/{NODELIST_FILE}"',
+        f'FIRST_HOST=$(head -n 1 "$RUN_DIR/{NODELIST_FILE}")',
+        'MASTER_ADDR=$(scontrol -o show node "$FIRST_HOST" | tr " " "\\n" '
+        "| sed -n 's/^NodeAddr=//p')",
+        'export MASTER_ADDR="${MASTER_ADDR:-$FIRST_HOST}"',
+        'echo "orchestrator: allocation $SLURM_JOB_NODELIST, master $MASTER_ADDR"',
+        "",
+        "# environment and preflight on every allocated node",
+        shlex.join([*step, "--output=" + run_dir + "/nodes/probe-%n.json"])
+        + " "
+        + shlex.join(
+            [
+                python,
+                f"{workload_dir}/{PROBE_FILE}",
+                json.dumps(probe_args(job, settings, smi), sort_keys=True),
+            ]
+        ),
+        shlex.join([python, f"{workload_dir}/{PROBE_CHECK_FILE}"])
+        + ' "$RUN_DIR"/nodes/probe-*.json',
+        "",
+        "# the benchmark: torchrun on every node, one failing task ends them all",
+        shlex.join([*step, "--output=" + run_dir + "/logs/node-%n.log"])
+        + " bash -c "
+        + q(per_task)
+        + " "
+        + shlex.join([*torchrun, *workload]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_slurm_plan(
+    job: JobSpec,
+    settings: SlurmSettings,
+    *,
+    workload_hash: str,
+    vendor_env: Mapping[str, str] | None = None,
+    master_port: int = 29500,
+    hardware_label: str | None = None,
+    monitor_tool: str | None = None,
+) -> SlurmPlan:
+    root = PurePosixPath(settings.shared_dir)
+    run_dir = str(root / "runs" / job.run_id)
+    workload_dir = str(root / "workload" / workload_hash)
+    env = slurm_env(job, settings, vendor_env or {}, workload_dir)
+    script = render_script(
+        job,
+        settings,
+        run_dir=run_dir,
+        workload_dir=workload_dir,
+        env=env,
+        master_port=master_port,
+        smi=monitor_tool,
+    )
+    argv = ("sbatch", "--parsable", f"{run_dir}/job.sbatch")
+    return SlurmPlan(
+        job=job,
+        settings=settings,
+        run_dir=run_dir,
+        workload_dir=workload_dir,
+        env=tuple(sorted(env.items())),
+        script=script,
+        sbatch_argv=argv,
+        master_port=master_port,
+        runtime="docker" if settings.pyxis else "host",
+        image=settings.container_image if settings.pyxis else None,
+        hardware_label=hardware_label,
+        monitor_tool=monitor_tool,
+    )

@@ -1,0 +1,209 @@
+"""`orchestrator submit` through a real Slurm (two slurmd on this machine, see
+tests/support/slurm_fixtures.py) running the real workload under torchrun; results in SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster_fixtures import (
+    TINY_SETS,
+    run_cli,
+    run_processes,
+    start_cli,
+    stop,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.torch]
+
+
+def _sets(*extra: str) -> list[str]:
+    args = []
+    for item in [*TINY_SETS, *extra]:
+        args += ["--set", item]
+    return args
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _alive(proc) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+    return True
+
+
+def write_slurm_cluster_file(
+    path: Path, *, data_dir: Path, shared_dir: Path, extra_sbatch: tuple[str, ...] = ()
+) -> Path:
+    options = ", ".join(json.dumps(o) for o in extra_sbatch)
+    path.write_text(
+        "\n".join(
+            [
+                "[cluster]",
+                'name = "slurmtest"',
+                'vendor = "cpu"',
+                'backend = "slurm"',
+                "[case]",
+                f"data_dir = {json.dumps(str(data_dir))}",
+                "[slurm]",
+                'partition = "test"',
+                'time_limit = "00:15:00"',
+                f"sbatch_options = [{options}]",
+                f"shared_dir = {json.dumps(str(shared_dir))}",
+                f"python = {json.dumps(sys.executable)}",
+                'socket_ifname = "lo"',
+                "poll_interval_s = 0.5",
+                "",
+            ]
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def slurm_cfg(slurm_cluster, tiny_coco, tmp_path):
+    def make(*extra_sbatch: str) -> Path:
+        return write_slurm_cluster_file(
+            tmp_path / "cluster.toml",
+            data_dir=tiny_coco,
+            shared_dir=tmp_path / "shared",
+            extra_sbatch=extra_sbatch,
+        )
+
+    yield make
+    slurm_cluster.wait_no_jobs()
+
+
+def test_submit_2x1_through_slurm_runs_on_both_nodes_and_stores_the_run(slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    res = run_cli(
+        ["--cluster", str(slurm_cfg()), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()],
+        tmp_path,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (run_id, status, backend, job_id, nnodes) = _rows(
+        db, "SELECT run_id, status, backend, slurm_job_id, nnodes FROM runs"
+    )[0]
+    assert (status, backend, nnodes) == ("succeeded", "slurm", 2)
+    assert job_id and job_id.isdigit()
+    nodes = _rows(db, f"SELECT node_name, node_rank FROM run_nodes WHERE run_id = '{run_id}'")
+    assert sorted(nodes) == [("n1", 0), ("n2", 1)]
+    # The environment was captured on each allocated node, the rank results stored.
+    envs = _rows(db, f"SELECT env FROM run_nodes WHERE run_id = '{run_id}'")
+    assert all(json.loads(e)["python"] for (e,) in envs)
+    run_dir = tmp_path / "runs" / run_id
+    assert sorted(p.name for p in (run_dir / "ranks").iterdir()) == [
+        "rank-00000.json",
+        "rank-00001.json",
+    ]
+    assert (run_dir / "logs" / "n1.log").exists() and (run_dir / "nodes" / "n2" / "env.json").exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["backend"] == "slurm" and manifest["slurm_job_id"] == job_id
+    assert not (tmp_path / "shared" / "runs" / run_id).exists()
+    assert run_processes(run_id) == []
+    # The same report as any run.
+    rep = run_cli(["--db", f"sqlite:///{db}", "runs", "show", run_id], tmp_path)
+    assert rep.returncode == 0 and run_id in rep.stdout, rep.stderr
+
+
+def test_a_failing_rank_ends_the_job_and_fails_the_run_with_the_reason(slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    proc = start_cli(
+        [
+            "--cluster",
+            str(slurm_cfg()),
+            "--db",
+            f"sqlite:///{db}",
+            "submit",
+            "2x1",
+            *_sets("max_iters=400", "epochs=400", "eval=false"),
+        ],
+        tmp_path,
+    )
+    try:
+        victim = wait_for(
+            lambda: _alive(proc)
+            and [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"],
+            timeout=120,
+            what="rank of node rank 1 to start",
+        )[0]
+        run_id = victim["run_id"]
+        time.sleep(3)
+        os.kill(victim["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-3000:]
+    status, reason, failure = _rows(
+        db, f"SELECT status, reason, failure FROM runs WHERE run_id = '{run_id}'"
+    )[0]
+    assert status == "failed", reason
+    assert "rank 1" in reason and "n2" in reason and "slurm job" in reason, reason
+    assert json.loads(failure)["node"] == "n2"
+    assert run_processes(run_id) == [], "task processes left behind"
+
+
+def test_ctrl_c_while_pending_cancels_the_job(slurm_cluster, slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    # --begin keeps the job pending (Slurm's reason: BeginTime) until it is cancelled.
+    cfg = slurm_cfg("--begin=now+3600")
+    proc = start_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+    )
+    try:
+        wait_for(lambda: _alive(proc) and slurm_cluster.jobs(), timeout=60, what="the job")
+        time.sleep(2)
+        code, _out, err = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 4 or code != 0, err
+    assert "pending: BeginTime" in err, err[-2000:]
+    status, reason, job_id = _rows(db, "SELECT status, reason, slurm_job_id FROM runs")[0]
+    assert status == "cancelled" and "scancel" in reason
+    assert job_id not in slurm_cluster.jobs()
+
+
+def test_ctrl_c_while_running_cancels_the_job_and_leaves_no_task(slurm_cluster, slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    proc = start_cli(
+        [
+            "--cluster",
+            str(slurm_cfg()),
+            "--db",
+            f"sqlite:///{db}",
+            "submit",
+            "2x1",
+            *_sets("max_iters=400", "epochs=400", "eval=false"),
+        ],
+        tmp_path,
+    )
+    try:
+        running = wait_for(
+            lambda: _alive(proc) and [p for p in run_processes() if p["local_rank"] == "0"],
+            timeout=120,
+            what="the workload to start",
+        )
+        run_id = running[0]["run_id"]
+        code, _out, err = stop(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code != 0, err
+    status, reason = _rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")[0]
+    assert status == "cancelled" and "cancelled by the user" in reason, reason
+    wait_for(lambda: run_processes(run_id) == [], timeout=30, what="no task left")
+    slurm_cluster.wait_no_jobs(timeout=30)

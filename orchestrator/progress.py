@@ -62,7 +62,8 @@ class ProgressView:
         self.last_event_at = time.monotonic()
         kind = event.get("event")
         if kind == "progress":
-            epoch, epochs = event.get("epoch", 0), event.get("epochs", "?")
+            # Epochs are 0-based in the events; people count from 1.
+            epoch, epochs = int(event.get("epoch", 0)) + 1, event.get("epochs", "?")
             it, total = event.get("iteration", 0), event.get("iterations")
             stats = "loss {:.3f}  {:.1f} img/s  eta {}".format(
                 float(event.get("loss") or 0.0),
@@ -85,12 +86,18 @@ class ProgressView:
                     flush=True,
                 )
         elif kind == "eval":
-            self.note(f"  eval epoch {event.get('epoch')}: mAP {_fmt(event.get('map'))}")
+            self.note(
+                f"  eval after epoch {_human(event.get('epoch'))}: mAP {_fmt(event.get('map'))}"
+            )
         elif kind == "epoch_end":
             self.note(
-                f"  epoch {event.get('epoch')} done: loss {_fmt(event.get('loss'))}, "
+                f"  epoch {_human(event.get('epoch'))} done: loss {_fmt(event.get('loss'))}, "
                 f"{_fmt(event.get('train_s'))} s"
             )
+
+
+def _human(epoch: Any) -> str:
+    return str(epoch + 1) if isinstance(epoch, int) else str(epoch)
 
 
 def _fmt(value: Any) -> str:

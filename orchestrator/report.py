@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.errors import ConfigError
+from orchestrator.report_stats import METRICS, Group, Regression
 
 # Column -> (header, format). e2e_time in seconds, throughputs in images/s, mem in GiB.
 SEED_HEADERS: tuple[tuple[str, str, str], ...] = (
@@ -53,9 +54,13 @@ def render_report(
     environment: Sequence[tuple[str, list[str]]],
     rows: Sequence[Mapping[Any, Any]],
     output: str = "markdown",
+    regressions: Mapping[str, Sequence[Regression]] | None = None,
+    plots: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """One row per run. Regressions and plots are listed below the markdown table."""
     if output == "markdown":
-        return _markdown(environment, rows)
+        extra = _regression_lines(regressions or {}) + _plot_lines(plots)
+        return _markdown(environment, rows) + "".join(line + "\n" for line in extra)
     if output == "csv":
         return to_csv(
             [key for key, _, _ in SEED_HEADERS],
@@ -88,6 +93,136 @@ def _markdown(
         lines.append("")
         lines.append("No runs match this selection.")
     return "\n".join(lines) + "\n"
+
+
+# Grouped report: the seed's columns, each metric as mean ± sd (min-max) over the repeats.
+GROUP_KEYS = ("config", "precision", "fix_hp")
+_METRIC_PATTERNS = {key: pattern for key, _, pattern in SEED_HEADERS if key in METRICS}
+
+
+def _spread_cell(group: Group, metric: str) -> str:
+    stats = group.stats(metric)
+    if stats is None:
+        return ""
+    pattern = _METRIC_PATTERNS[metric]
+    if stats.n == 1 or stats.sd is None:
+        return pattern.format(stats.mean)
+    return (
+        f"{pattern.format(stats.mean)} ± {pattern.format(stats.sd)} "
+        f"({pattern.format(stats.min)}–{pattern.format(stats.max)})"
+    )
+
+
+def _group_flag(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> str:
+    found = [r for run_id in group.run_ids for r in regressions.get(run_id, ())]
+    return "; ".join(f"{r.run_id}: {r.metric} -{r.drop:.0%}" for r in found)
+
+
+def render_grouped_report(
+    environment: Sequence[tuple[str, list[str]]],
+    groups: Sequence[Group],
+    rows: Sequence[Mapping[Any, Any]],
+    regressions: Mapping[str, Sequence[Regression]],
+    output: str = "markdown",
+    plots: Sequence[tuple[str, str]] = (),
+) -> str:
+    """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
+    if output == "markdown":
+        return _grouped_markdown(environment, groups, regressions, plots)
+    if output == "csv":
+        columns = [*GROUP_KEYS, "n"]
+        for metric in METRICS:
+            columns += [metric, f"{metric}_sd", f"{metric}_min", f"{metric}_max"]
+        columns += ["mem", "run_id", "regression"]  # run_id: the group's runs, space-separated
+        data = []
+        for g in groups:
+            line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
+            for metric in METRICS:
+                s = g.stats(metric)
+                line += [s.mean, s.sd, s.min, s.max] if s else [None] * 4
+            line += [g.mem, " ".join(g.run_ids), _group_flag(g, regressions)]
+            data.append(line)
+        return to_csv(columns, data)
+    if output == "json":
+        document = {
+            "environment": {label: values for label, values in environment},
+            "groups": [
+                {
+                    "vendor": g.vendor,
+                    "topology": g.topology,
+                    "config": g.config,
+                    "precision": g.precision,
+                    "fix_hp": g.fix_hp,
+                    "n": g.n,
+                    **{m: (s.as_dict() if (s := g.stats(m)) else None) for m in METRICS},
+                    "mem": g.mem,
+                    "run_ids": g.run_ids,
+                }
+                for g in groups
+            ],
+            "runs": [{key: row.get(key) for key, _, _ in SEED_HEADERS} for row in rows],
+            "regressions": [
+                {
+                    "run_id": r.run_id,
+                    "metric": r.metric,
+                    "value": r.value,
+                    "history_mean": r.history_mean,
+                    "history_sd": r.history_sd,
+                    "history_n": r.history_n,
+                }
+                for found in regressions.values()
+                for r in found
+            ],
+            "plots": {title: path for title, path in plots},
+        }
+        return to_json(document)
+    raise ConfigError(
+        f"unknown report format {output!r}", f"use one of {', '.join(REPORT_FORMATS)}"
+    )
+
+
+def _grouped_markdown(
+    environment: Sequence[tuple[str, list[str]]],
+    groups: Sequence[Group],
+    regressions: Mapping[str, Sequence[Regression]],
+    plots: Sequence[tuple[str, str]],
+) -> str:
+    lines = ["#### Environment", ""]
+    for label, values in environment:
+        lines.append(f"- {label}: {'; '.join(values) if values else 'not recorded'}")
+    lines += ["", "#### Metrics", ""]
+    headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"]
+    lines.append("| " + " | ".join([*headers, "n", "regression"]) + " |")
+    lines.append("| " + " | ".join("---" for _ in range(len(headers) + 2)) + " |")
+    for g in groups:
+        cells = [g.config, g.precision, g.fix_hp]
+        cells += [_spread_cell(g, metric) for metric in METRICS]
+        cells += [g.mem or "", str(g.n), _group_flag(g, regressions)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if not groups:
+        lines += ["", "No runs match this selection."]
+    else:
+        lines += [
+            "",
+            "Cells are mean ± sample standard deviation (min–max) over the n repeats of a "
+            "configuration; mem is the peak over them.",
+        ]
+    lines += _regression_lines(regressions)
+    lines += _plot_lines(plots)
+    return "\n".join(lines) + "\n"
+
+
+def _regression_lines(regressions: Mapping[str, Sequence[Regression]]) -> list[str]:
+    found = [r for runs in regressions.values() for r in runs]
+    if not found:
+        return []
+    return ["", "#### Regressions", "", *[f"- {r.run_id}: {r.describe()}" for r in found]]
+
+
+def _plot_lines(plots: Sequence[tuple[str, str]]) -> list[str]:
+    if not plots:
+        return []
+    return ["", "#### Plots", "", *[f"![{title}]({path})" for title, path in plots]]
 
 
 def _plain(value: Any) -> Any:

@@ -204,6 +204,7 @@ def _short(value: Any) -> Any:
 
 
 @click.command("report")
+@click.option("--campaign", "campaign_id", help="Only the runs of this campaign.")
 @click.option("--vendor", help="Only this vendor, e.g. metax.")
 @click.option("--topology", help="Only this topology, e.g. 2x8.")
 @click.option(
@@ -214,39 +215,76 @@ def _short(value: Any) -> Any:
     "--run", "run_ids", multiple=True, help="These runs (any status); repeat for several."
 )
 @click.option(
+    "--group/--no-group",
+    default=True,
+    show_default=True,
+    help="One row per configuration with mean ± sd (min-max) over its repeats, or one per run.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False),
+    help="Write PNG plots (scaling, history, vendors) into this folder; the report links them.",
+)
+@click.option(
     "--format", "output", type=click.Choice(REPORT_FORMATS), default="markdown", show_default=True
 )
 @click.pass_obj
 def report(
     app: AppContext,
+    campaign_id: str | None,
     vendor: str | None,
     topology: str | None,
     precision: str | None,
     since: str | None,
     run_ids: tuple[str, ...],
+    group: bool,
+    plots_dir: str | None,
     output: str,
 ) -> None:
-    """The seed's table (environment block, then one row per run) for a selection of runs.
+    """The seed's table (environment block, then the metrics) for a selection of runs.
 
-    Without --run, only succeeded runs are shown.
+    Without --run, only succeeded runs are shown. Repeats of a configuration are aggregated
+    unless --no-group; a run clearly below the recent history of its configuration is flagged
+    (docs/reports.md).
 
     \b
-    Example: orchestrator report --vendor metax --topology 2x8 > metax-2x8.md
+    Example: orchestrator report --vendor metax --topology 2x8 --plots plots/ > metax-2x8.md
     """
-    from orchestrator.report import render_report
-    from orchestrator.store.queries import Selection, environment, seed_rows
+    from orchestrator.report import render_grouped_report, render_report
+    from orchestrator.report_history import campaign_run_ids, configuration_history
+    from orchestrator.report_stats import group_rows, regressions_by_run
+    from orchestrator.store.queries import Selection, environment, resolve_run, seed_rows
 
-    selection = Selection(
-        vendor=vendor,
-        topology=topology,
-        precision=precision,
-        since=parse_since(since),
-        run_ids=run_ids,
-    )
+    since_at = parse_since(since)
     with app.open_store() as store, store.reading() as conn:
-        rows = seed_rows(conn, selection)
-        env = environment(conn, selection)
-    click.echo(render_report(env, rows, output), nl=False)
+        rows: list[Any] = []
+        env = environment(conn, [])
+        if campaign_id is not None:
+            # The campaign's runs (succeeded ones unless --run names some), as explicit ids.
+            chosen = set(campaign_run_ids(conn, campaign_id, None if run_ids else "succeeded"))
+            if run_ids:
+                chosen &= {resolve_run(conn, ref) for ref in run_ids}
+            run_ids = tuple(sorted(chosen))
+        selection = Selection(
+            vendor=vendor, topology=topology, precision=precision, since=since_at, run_ids=run_ids
+        )
+        if campaign_id is None or run_ids:  # a campaign without matching runs: empty report
+            rows = seed_rows(conn, selection)
+            env = environment(conn, selection)
+        history = configuration_history(conn, rows)
+    regressions = regressions_by_run(rows, history)
+    groups = group_rows(rows)
+    plots: list[tuple[str, str]] = []
+    if plots_dir is not None:
+        from orchestrator.plots import write_plots
+
+        plots = write_plots(plots_dir, groups, history, regressions)
+    if group:
+        text = render_grouped_report(env, groups, rows, regressions, output, plots)
+    else:
+        text = render_report(env, rows, output, regressions, plots)
+    click.echo(text, nl=False)
 
 
 @click.command("query")

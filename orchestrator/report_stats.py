@@ -1,0 +1,188 @@
+"""Repeats of one configuration, summarised: mean, spread (sample stdev, min-max) and n; and the
+regression flag that compares a run with the recent history of its configuration.
+
+Pure functions over seed_table rows (mappings with vendor, topology, config, precision, fix_hp,
+finished_at, run_id and the metric columns). docs/reports.md explains the rules.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# The seed's numeric columns, summarised over repeats.
+METRICS = ("e2e_time", "p_whole", "p_train", "p_core", "map")
+# Which columns the regression flag watches (throughputs: higher is better).
+WATCHED = ("p_train", "p_core")
+HISTORY_RUNS = 10  # K: how many earlier succeeded runs of the configuration count
+SIGMAS = 3.0  # flagged below mean - SIGMAS * sd ...
+MIN_DROP = 0.05  # ... and more than 5 % below the mean
+MIN_HISTORY = 3  # fewer earlier runs than this: no verdict
+
+ConfigKey = tuple[str, str, str, str]  # vendor, config (hardware + topology), precision, fix_hp
+
+
+def config_key(row: Mapping[Any, Any]) -> ConfigKey:
+    """What makes two runs repeats of one configuration."""
+    return (
+        str(row.get("vendor") or ""),
+        str(row.get("config") or ""),
+        str(row.get("precision") or ""),
+        str(row.get("fix_hp") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class Spread:
+    n: int
+    mean: float
+    sd: float | None  # sample standard deviation; None for a single value
+    min: float
+    max: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "sd": self.sd, "min": self.min, "max": self.max, "n": self.n}
+
+
+def spread(values: Iterable[Any]) -> Spread | None:
+    numbers = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not numbers:
+        return None
+    sd = statistics.stdev(numbers) if len(numbers) > 1 else None
+    return Spread(len(numbers), statistics.fmean(numbers), sd, min(numbers), max(numbers))
+
+
+@dataclass(frozen=True)
+class Regression:
+    run_id: str
+    metric: str
+    value: float
+    history_mean: float
+    history_sd: float
+    history_n: int
+
+    @property
+    def drop(self) -> float:
+        """Fraction below the history's mean (0.12 = 12 % slower)."""
+        return 1.0 - self.value / self.history_mean
+
+    def describe(self) -> str:
+        return (
+            f"{self.metric} {self.value:.1f} is {self.drop:.0%} below the mean "
+            f"{self.history_mean:.1f} ± {self.history_sd:.1f} of the previous {self.history_n} runs"
+        )
+
+
+def find_regressions(
+    run: Mapping[Any, Any],
+    history: Sequence[Mapping[Any, Any]],
+    k: int = HISTORY_RUNS,
+) -> list[Regression]:
+    """Regressions of `run` against the last k succeeded runs of its configuration that finished
+    before it (`history` may hold anything; it is filtered here)."""
+    if run.get("status", "succeeded") != "succeeded" or run.get("finished_at") is None:
+        return []
+    key = config_key(run)
+    earlier = [
+        h
+        for h in history
+        if config_key(h) == key
+        and h.get("status", "succeeded") == "succeeded"
+        and h.get("finished_at") is not None
+        and (h["finished_at"], str(h["run_id"])) < (run["finished_at"], str(run["run_id"]))
+    ]
+    earlier.sort(key=lambda h: (h["finished_at"], str(h["run_id"])))
+    recent = earlier[-k:]
+    found = []
+    for metric in WATCHED:
+        value = run.get(metric)
+        past = spread(h.get(metric) for h in recent)
+        if value is None or past is None or past.n < MIN_HISTORY or past.sd is None:
+            continue
+        value = float(value)
+        if value < past.mean - SIGMAS * past.sd and value < past.mean * (1.0 - MIN_DROP):
+            found.append(Regression(str(run["run_id"]), metric, value, past.mean, past.sd, past.n))
+    return found
+
+
+def regressions_by_run(
+    rows: Sequence[Mapping[Any, Any]], history: Sequence[Mapping[Any, Any]]
+) -> dict[str, list[Regression]]:
+    flagged = {}
+    for row in rows:
+        found = find_regressions(row, history)
+        if found:
+            flagged[str(row["run_id"])] = found
+    return flagged
+
+
+@dataclass
+class Group:
+    """The repeats of one configuration in a selection."""
+
+    key: ConfigKey
+    topology: str
+    rows: list[Mapping[Any, Any]] = field(default_factory=list)
+
+    @property
+    def vendor(self) -> str:
+        return self.key[0]
+
+    @property
+    def config(self) -> str:
+        return self.key[1]
+
+    @property
+    def precision(self) -> str:
+        return self.key[2]
+
+    @property
+    def fix_hp(self) -> str:
+        return self.key[3]
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [str(r["run_id"]) for r in self.rows]
+
+    def stats(self, metric: str) -> Spread | None:
+        return spread(r.get(metric) for r in self.rows)
+
+    @property
+    def mem(self) -> str | None:
+        """The peak over the repeats: the label with the most memory used."""
+        labels = [str(r["mem"]) for r in self.rows if r.get("mem")]
+        return max(labels, key=_mem_used, default=None)
+
+
+def _mem_used(label: str) -> float:
+    try:
+        return float(label.split("/", 1)[0])
+    except ValueError:
+        return -1.0
+
+
+def group_rows(rows: Sequence[Mapping[Any, Any]]) -> list[Group]:
+    """Rows grouped by configuration, in the order each configuration first appears."""
+    groups: dict[ConfigKey, Group] = {}
+    for row in rows:
+        key = config_key(row)
+        if key not in groups:
+            groups[key] = Group(key, str(row.get("topology") or ""))
+        groups[key].rows.append(row)
+    return list(groups.values())
+
+
+def devices(topology: str) -> int | None:
+    """'2x8' -> 16."""
+    try:
+        nodes, per_node = topology.lower().split("x", 1)
+        return int(nodes) * int(per_node)
+    except ValueError:
+        return None

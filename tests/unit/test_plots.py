@@ -1,0 +1,110 @@
+"""Report plots: written as non-empty PNGs, with the axes, titles and lines they promise."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from orchestrator.plots import (
+    HISTORY_FILE,
+    SCALING_FILE,
+    VENDORS_FILE,
+    history_figure,
+    scaling_figure,
+    vendors_figure,
+    write_plots,
+)
+from orchestrator.report_stats import group_rows, regressions_by_run
+
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _row(run_id: str, vendor: str, hw: str, topology: str, p_core: float, day: int = 0) -> dict:
+    return {
+        "run_id": run_id,
+        "vendor": vendor,
+        "config": f"{hw} {topology}",
+        "topology": topology,
+        "precision": "fp32",
+        "fix_hp": "bs=16",
+        "status": "succeeded",
+        "finished_at": T0 + timedelta(days=day),
+        "p_core": p_core,
+        "p_train": p_core * 0.8,
+    }
+
+
+ROWS = [
+    _row("m1", "metax", "MXC500", "1x1", 40.0),
+    _row("m8", "metax", "MXC500", "1x8", 300.0),
+    _row("m16a", "metax", "MXC500", "2x8", 560.0, 1),
+    _row("m16b", "metax", "MXC500", "2x8", 580.0, 2),
+    _row("n1", "nvidia", "A100", "1x1", 45.0),
+    _row("n16", "nvidia", "A100", "2x8", 650.0),
+]
+
+
+def test_scaling_plot_has_devices_on_x_and_an_ideal_line_from_1x1() -> None:
+    fig = scaling_figure(group_rows(ROWS))
+    ax = fig.axes[0]
+    assert ax.get_title() == "Throughput scaling"
+    assert ax.get_xlabel() == "devices (nodes x devices per node)"
+    assert ax.get_ylabel() == "throughput (images/s)"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    measured = lines["MXC500 fp32 p_core"]
+    assert list(measured.get_xdata()) == [1, 8, 16]
+    assert list(measured.get_ydata()) == [40.0, 300.0, 570.0]  # 2x8: mean of the repeats
+    ideal = lines["MXC500 fp32 p_core ideal"]
+    assert list(ideal.get_ydata()) == [40.0, 320.0, 640.0]  # 1x1 value x devices
+    assert "A100 fp32 p_train ideal" in lines
+
+
+def test_history_plot_has_time_on_x_and_marks_regressions() -> None:
+    history = [_row(f"h{i}", "metax", "MXC500", "2x8", 560.0 + i % 2, i) for i in range(6)]
+    history.append(_row("slow", "metax", "MXC500", "2x8", 400.0, 7))
+    fig = history_figure(history, regressions_by_run(history, history))
+    ax = fig.axes[0]
+    assert ax.get_title() == "History of p_core per configuration"
+    assert ax.get_xlabel() == "finished at (UTC)" and ax.get_ylabel() == "p_core (images/s)"
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["MXC500 2x8 fp32 (bs=16)", "regression"]
+    assert len(ax.get_lines()[0].get_xdata()) == 7
+    assert list(ax.get_lines()[1].get_ydata()) == [400.0]
+
+
+def test_vendor_plot_has_one_bar_per_vendor_and_topology() -> None:
+    fig = vendors_figure(group_rows(ROWS))
+    ax = fig.axes[0]
+    assert ax.get_title() == "Vendors side by side: p_core"
+    assert ax.get_xlabel() == "topology" and ax.get_ylabel() == "p_core (images/s)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1x1", "1x8", "2x8"]
+    heights = sorted(p.get_height() for p in ax.patches)
+    assert heights == sorted([40.0, 300.0, 570.0, 45.0, 650.0])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["A100 fp32", "MXC500 fp32"]
+
+
+def test_write_plots_writes_non_empty_pngs(tmp_path: Path) -> None:
+    made = write_plots(tmp_path / "plots", group_rows(ROWS), ROWS)
+    names = [Path(path).name for _, path in made]
+    assert names == [SCALING_FILE, HISTORY_FILE, VENDORS_FILE]
+    for _, path in made:
+        data = Path(path).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(names)  # no temp files
+
+
+def test_plots_of_an_empty_selection_are_still_written(tmp_path: Path) -> None:
+    made = write_plots(tmp_path, [], [])
+    assert all(Path(path).stat().st_size > 0 for _, path in made)
+
+
+def test_unwritable_plots_folder_is_a_config_error(tmp_path: Path) -> None:
+    from orchestrator.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot create the plots folder"):
+        write_plots(blocker / "plots", [], [])

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import monitor
 from orchestrator.progress import ProgressView, parse_event
 from orchestrator.workload_source import workload_files
 
@@ -149,6 +150,7 @@ class Watch:
         self.plan, self.session, self.view, self.stop = plan, session, view, stop
         self.on_stop = on_stop  # e.g. remove the run's containers on that node
         self.procs: dict[str, RemoteProcess] = {}
+        self.monitors: dict[str, RemoteProcess] = {}  # the sampler next to each node's workload
         self.tails: dict[str, deque[str]] = {
             n.node.name: deque(maxlen=TAIL_LINES) for n in plan.nodes
         }
@@ -167,6 +169,38 @@ class Watch:
             from orchestrator.errors import NodeError
 
             raise NodeError("could not start the workload", {n: str(e) for n, e in failed.items()})
+        self._start_monitors(timeout)
+
+    def _start_monitors(self, timeout: float) -> None:
+        """One sampler per node, with the run's id in its environment so that every stop ends
+        it. A sampler that cannot start costs the run its series on that node, nothing more."""
+        every_s = monitor.interval_s()
+        tool = [self.plan.monitor_tool] if self.plan.monitor_tool else []
+
+        def one(t: Transport) -> RemoteProcess:
+            np_ = self.by_node[t.node.name]
+            python = "python3" if self.plan.runtime == "docker" else np_.node.python
+            out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
+            return t.spawn(
+                monitor.sampler_argv(python, tool, out, every_s),
+                env={"ORCHESTRATOR_RUN_ID": self.plan.job.run_id},
+                cwd=np_.run_dir,
+                log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",
+            )
+
+        results = self.session.fan_out_results(one, timeout=timeout, what="start monitors")
+        self.monitors = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
+
+    def stop_monitors(self) -> None:
+        if not self.monitors:
+            return
+
+        def one(t: Transport) -> None:
+            proc = self.monitors.get(t.node.name)
+            if proc is not None and proc.poll() is None:
+                proc.kill_tree(grace_s=2.0)
+
+        self.session.fan_out_results(one, timeout=KILL_GRACE_S + 30, what="stop monitors")
 
     def _drain(self, name: str, proc: RemoteProcess, wait: float) -> None:
         first = self.plan.nodes[0].node.name
@@ -201,6 +235,7 @@ class Watch:
             if failed:
                 failure = self._first_failure(failed, exits)
             elif all(code == 0 for code in exits.values()):
+                self.stop_monitors()
                 return Execution("succeeded", started, utcnow(), None, exits)
             elif self.stop.is_set():
                 status, failure = "cancelled", Failure("cancelled by the user (SIGINT/SIGTERM)")
@@ -238,10 +273,11 @@ class Watch:
                 self.on_stop(t, self.by_node[t.node.name])
 
         self.session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
+        self.stop_monitors()  # already ended by the run-id kill; this reaps the spawned groups
 
 
 def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -> dict[str, str]:
-    """Fetch rank files and logs from every node into the local run folder, then remove the
+    """Fetch rank files, logs and monitor samples from every node into the local run folder, then remove the
     node's run folder. Returns per-node problems (a failed run may lack files)."""
     by_node = {np_.node.name: np_ for np_ in plan.nodes}
     (local_dir / "ranks").mkdir(parents=True, exist_ok=True)
@@ -253,6 +289,11 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             t.get_tree(np_.output_dir, local_dir / "ranks")
         if t.exists(np_.log_path):
             t.get_file(np_.log_path, local_dir / "logs" / f"{t.node.name}.log")
+        samples = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
+        if t.exists(samples):
+            node_dir = local_dir / "nodes" / t.node.name
+            node_dir.mkdir(parents=True, exist_ok=True)
+            t.get_file(samples, node_dir / monitor.MONITOR_FILE)
         t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
 
     results = session.fan_out_results(one, timeout=timeout, what="collect")

@@ -3,6 +3,7 @@
     RUN_DIR/manifest.json               RunManifest: what was asked, where, how it ended
     RUN_DIR/ranks/rank-00000.json ...   one per rank, workload/faster_rcnn/result_format.py
     RUN_DIR/nodes/<node>/env.json       the environment captured on that node
+    RUN_DIR/nodes/<node>/monitor.jsonl  monitor samples of that node (orchestrator/monitor.py)
     RUN_DIR/logs/<node>.log             the node's combined output
 
 `read_run_folder()` reads and validates all of it without touching a database; every error is an
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import IngestError, TopologyError
+from orchestrator.monitor import MONITOR_FILE, Sample, parse_samples
 from orchestrator.specs import Topology
 from workload.faster_rcnn import result_format
 
@@ -347,6 +349,7 @@ class RunFolder:
     envs: dict[str, dict[str, Any]]  # node name -> env.json
     digest: str  # sha256 over every file read: same digest, same content
     env_texts: dict[str, str] = field(default_factory=dict)  # node name -> env.json as read
+    monitors: dict[str, list[Sample]] = field(default_factory=dict)  # node -> monitor.jsonl
 
 
 def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
@@ -379,6 +382,17 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
             )
         envs[name], env_texts[name] = _read_env(env_path)
         digest.update(b"\0" + name.encode() + b"\0" + env_texts[name].encode())
+    monitors = {}
+    for monitor_path in sorted(nodes_dir.glob(f"*/{MONITOR_FILE}")):
+        name = monitor_path.parent.name
+        if name not in known:
+            raise IngestError(
+                f"{monitor_path}: node {name!r} is not in {MANIFEST_FILE}'s nodes",
+                "remove the folder or fix the manifest",
+            )
+        text = monitor_path.read_text(encoding="utf-8", errors="replace")
+        monitors[name] = parse_samples(text, str(monitor_path))
+        digest.update(b"\0monitor\0" + name.encode() + b"\0" + text.encode())
     return RunFolder(
         path=str(root),
         manifest=manifest,
@@ -387,6 +401,7 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
         envs=envs,
         digest=digest.hexdigest(),
         env_texts=env_texts,
+        monitors=monitors,
     )
 
 

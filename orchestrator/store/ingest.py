@@ -8,6 +8,7 @@ rewritten, its status history only gains a row when the status changed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,11 +17,20 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select, update
 
 from orchestrator.errors import IngestError
+from orchestrator.monitor import device_memory_peak, sample_rows
 from orchestrator.runfolder import RunFolder
 from orchestrator.store import rows
 from orchestrator.store.bulk import insert_rows
 from orchestrator.store.metrics import RunMetrics, aggregate
-from orchestrator.store.models import Campaign, RankResult, Run, RunEpoch, RunNode, RunStatusChange
+from orchestrator.store.models import (
+    Campaign,
+    MonitorSample,
+    RankResult,
+    Run,
+    RunEpoch,
+    RunNode,
+    RunStatusChange,
+)
 
 _CHUNK = 500  # ids per IN (...) list, well below every backend's parameter limit
 
@@ -55,8 +65,18 @@ def prepare(folders: Sequence[RunFolder]) -> list[PreparedRun]:
                 "ingest each run folder once",
             )
         seen[run_id] = folder.path
-        prepared.append(PreparedRun(folder, aggregate(folder)))
+        prepared.append(PreparedRun(folder, _with_device_peak(folder, aggregate(folder))))
     return prepared
+
+
+def _with_device_peak(folder: RunFolder, metrics: RunMetrics | None) -> RunMetrics | None:
+    """The run's mem from the monitors' device peak when the ranks did not report memory."""
+    if metrics is None or metrics.mem_used_bytes is not None or not folder.monitors:
+        return metrics
+    used, total = device_memory_peak(folder.monitors)
+    if used is None:
+        return metrics
+    return dataclasses.replace(metrics, mem_used_bytes=used, mem_total_bytes=total)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -141,6 +161,7 @@ def _delete_children(conn: Connection, run_ids: list[str]) -> dict[tuple[str, in
         conn.execute(delete(RunEpoch).where(RunEpoch.run_id.in_(chunk)))
         conn.execute(delete(RankResult).where(RankResult.run_id.in_(chunk)))
         conn.execute(delete(RunNode).where(RunNode.run_id.in_(chunk)))
+        conn.execute(delete(MonitorSample).where(MonitorSample.run_id.in_(chunk)))
     return kept
 
 
@@ -190,6 +211,7 @@ def _insert_children(
     node_rows: list[dict[str, Any]] = []
     rank_rows: list[dict[str, Any]] = []
     epoch_rows: list[dict[str, Any]] = []
+    monitor_rows: list[dict[str, Any]] = []
     for p in runs:
         folder, run_id = p.folder, p.folder.manifest.run_id
         for node in folder.manifest.nodes:
@@ -202,6 +224,8 @@ def _insert_children(
             node_rows.append(row)
         rank_rows.extend(rows.rank_row(run_id, rank) for rank in folder.ranks)
         epoch_rows.extend(rows.run_epoch_rows(run_id, folder.ranks))
+        monitor_rows.extend(sample_rows(run_id, folder.monitors))
     insert_rows(conn, RunNode, node_rows)
     insert_rows(conn, RankResult, rank_rows, ready=rows.RANK_READY_COLUMNS)
     insert_rows(conn, RunEpoch, epoch_rows)
+    insert_rows(conn, MonitorSample, monitor_rows)

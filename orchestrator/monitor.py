@@ -1,0 +1,163 @@
+"""Monitors during a run: the sampler command started on every node next to the workload, and
+reading what it wrote (RUN_DIR/nodes/<node>/monitor.jsonl) into monitor_samples rows.
+
+The sampler is orchestrator/monitor_probe.py (standard library, Python 3.8), sent as
+`python -c SOURCE ARGS_JSON`. Which accelerator tool it calls and how its output is read is
+table-driven (SAMPLING_QUERIES, by tool name); a vendor tool without an entry has its raw output
+recorded once in the file and nothing else. docs/monitors.md describes metrics and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import IngestError
+
+MONITOR_FILE = "monitor.jsonl"
+MONITOR_LOG = "monitor.log"
+DEFAULT_INTERVAL_S = 5.0
+INTERVAL_ENV = "ORCHESTRATOR_MONITOR_INTERVAL_S"  # e.g. 1 in tests
+PROBE_SOURCE = (Path(__file__).parent / "monitor_probe.py").read_text(encoding="utf-8")
+
+MIB = 1024 * 1024
+# Tool name -> (argv that samples every device, [metric, scale] per CSV column).
+SAMPLING_QUERIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str | None, float], ...]]] = {
+    "nvidia-smi": (
+        (
+            "nvidia-smi",
+            "--query-gpu=index,memory.used,memory.total,power.draw,temperature.gpu,utilization.gpu",
+            "--format=csv,noheader,nounits",
+        ),
+        (
+            ("index", 1.0),
+            ("device_mem_used_bytes", float(MIB)),
+            ("device_mem_total_bytes", float(MIB)),
+            ("device_power_w", 1.0),
+            ("device_temp_c", 1.0),
+            ("device_util_percent", 1.0),
+        ),
+    ),
+}
+TOOL_MISSING = "monitor_tool_missing"
+RAW_OUTPUT = "monitor_raw"  # kept in the file only; monitor_samples holds numbers
+
+
+def interval_s() -> float:
+    text = os.environ.get(INTERVAL_ENV)
+    try:
+        value = float(text) if text else DEFAULT_INTERVAL_S
+    except ValueError:
+        value = DEFAULT_INTERVAL_S
+    return value if math.isfinite(value) and value > 0 else DEFAULT_INTERVAL_S
+
+
+def sampler_args(monitor: Sequence[str], out: str, every_s: float) -> dict[str, Any]:
+    """The sampler's argument JSON for the profile's monitor argv (empty: no tool)."""
+    if not monitor:
+        return {"out": out, "interval_s": every_s, "tool": None, "columns": None}
+    known = SAMPLING_QUERIES.get(Path(monitor[0]).name)
+    if known is None:
+        return {"out": out, "interval_s": every_s, "tool": list(monitor), "columns": None}
+    argv, columns = known
+    return {
+        "out": out,
+        "interval_s": every_s,
+        "tool": [monitor[0], *argv[1:]],
+        "columns": [list(c) for c in columns],
+    }
+
+
+def sampler_argv(python: str, monitor: Sequence[str], out: str, every_s: float) -> list[str]:
+    return [python, "-c", PROBE_SOURCE, json.dumps(sampler_args(monitor, out, every_s))]
+
+
+def parse_tool_output(tool: str, text: str) -> list[tuple[str, float, int | None]]:
+    """The tool's CSV output as (metric, value, device) with the table's units applied (what the
+    sampler does on the node; here for tests and for reading recorded output)."""
+    from orchestrator import monitor_probe
+
+    _, columns = SAMPLING_QUERIES[tool]
+    return [tuple(s) for s in monitor_probe.parse_rows(text, [list(c) for c in columns])]
+
+
+@dataclass(frozen=True)
+class Sample:
+    ts: datetime
+    metric: str
+    value: float
+    device: int | None
+
+
+def parse_samples(text: str, source: str) -> list[Sample]:
+    """Lines of monitor.jsonl. A line cut short by the kill at the end is skipped; any other
+    malformed line is an IngestError naming the file and line."""
+    samples = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # the last line, interrupted mid-write
+            raise IngestError(
+                f"{source}: line {number} is not JSON", "fix or remove the line"
+            ) from None
+        if not isinstance(doc, dict) or doc.get("metric") == RAW_OUTPUT:
+            continue
+        try:
+            ts = datetime.fromtimestamp(float(doc["ts"]), timezone.utc)
+            value = float(doc["value"])
+            device = doc.get("device")
+            if device is not None:
+                device = int(device)
+            metric = str(doc["metric"])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise IngestError(
+                f"{source}: line {number} needs ts, metric, number value and device",
+                "docs/monitors.md describes the file",
+            ) from None
+        if math.isfinite(value) and 0 < len(metric) <= 64:
+            samples.append(Sample(ts, metric, value, device))
+    return samples
+
+
+def sample_rows(run_id: str, samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
+    """monitor_samples rows for every node's samples."""
+    return [
+        {
+            "run_id": run_id,
+            "node_name": node,
+            "ts": s.ts,
+            "device_index": s.device,
+            "metric": s.metric,
+            "value": s.value,
+        }
+        for node, node_samples in sorted(samples.items())
+        for s in node_samples
+    ]
+
+
+def device_memory_peak(samples: dict[str, list[Sample]]) -> tuple[int | None, int | None]:
+    """The highest device memory used over all nodes and devices, and that device's total."""
+    best: tuple[float, str, int | None, datetime] | None = None
+    for node, node_samples in samples.items():
+        for s in node_samples:
+            if s.metric == "device_mem_used_bytes" and (best is None or s.value > best[0]):
+                best = (s.value, node, s.device, s.ts)
+    if best is None:
+        return None, None
+    totals = [
+        s.value
+        for s in samples[best[1]]
+        if s.metric == "device_mem_total_bytes" and s.device == best[2]
+    ]
+    return int(best[0]), (int(max(totals)) if totals else None)

@@ -3,6 +3,7 @@ live, and reconcile runs whose worker died (clean their nodes, mark them lost)."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -92,6 +93,10 @@ def run_claim(
     doc = claim.request
     try:
         cluster = leases.cluster_from(doc)
+        # Runs on disjoint nodes may run at once; nodes that share a network namespace (or a
+        # host) would then collide on one rendezvous port: offset it by the rank-0 node's index.
+        first = [n.name for n in cluster.nodes].index(claim.nodes[0])
+        cluster = dataclasses.replace(cluster, master_port=cluster.master_port + first)
         req = SubmitRequest(
             topology=Topology.parse(doc["topology"]),
             node_names=claim.nodes,

@@ -43,6 +43,29 @@ def _alive(proc) -> bool:
     return True
 
 
+def _our_run_id(db: Path) -> str | None:
+    """The run this test's submit created (other tests on the machine run workloads too)."""
+    if not db.exists():  # connecting would create it, and submit refuses an empty store
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT run_id FROM runs").fetchall()
+    except sqlite3.Error:
+        return None
+    return rows[0][0] if rows else None
+
+
+def _ranks(db: Path, node_rank: str | None = None) -> list[dict]:
+    run_id = _our_run_id(db)
+    if run_id is None:
+        return []
+    return [
+        p
+        for p in run_processes(run_id)
+        if p["local_rank"] == "0" and (node_rank is None or p["node_rank"] == node_rank)
+    ]
+
+
 def write_slurm_cluster_file(
     path: Path, *, data_dir: Path, shared_dir: Path, extra_sbatch: tuple[str, ...] = ()
 ) -> Path:
@@ -134,8 +157,7 @@ def test_a_failing_rank_ends_the_job_and_fails_the_run_with_the_reason(slurm_cfg
     )
     try:
         victim = wait_for(
-            lambda: _alive(proc)
-            and [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"],
+            lambda: _alive(proc) and _ranks(db, node_rank="1"),
             timeout=120,
             what="rank of node rank 1 to start",
         )[0]
@@ -193,7 +215,7 @@ def test_ctrl_c_while_running_cancels_the_job_and_leaves_no_task(slurm_cluster, 
     )
     try:
         running = wait_for(
-            lambda: _alive(proc) and [p for p in run_processes() if p["local_rank"] == "0"],
+            lambda: _alive(proc) and _ranks(db),
             timeout=120,
             what="the workload to start",
         )

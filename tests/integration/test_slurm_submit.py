@@ -39,7 +39,9 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 
 def _alive(proc) -> bool:
     if proc.poll() is not None:
-        raise AssertionError(f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        raise AssertionError(
+            f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}"
+        )
     return True
 
 
@@ -131,7 +133,9 @@ def test_submit_2x1_through_slurm_runs_on_both_nodes_and_stores_the_run(slurm_cf
         "rank-00000.json",
         "rank-00001.json",
     ]
-    assert (run_dir / "logs" / "n1.log").exists() and (run_dir / "nodes" / "n2" / "env.json").exists()
+    assert (run_dir / "logs" / "n1.log").exists() and (
+        run_dir / "nodes" / "n2" / "env.json"
+    ).exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["backend"] == "slurm" and manifest["slurm_job_id"] == job_id
     assert not (tmp_path / "shared" / "runs" / run_id).exists()
@@ -199,7 +203,9 @@ def test_ctrl_c_while_pending_cancels_the_job(slurm_cluster, slurm_cfg, tmp_path
     assert job_id not in slurm_cluster.jobs()
 
 
-def test_ctrl_c_while_running_cancels_the_job_and_leaves_no_task(slurm_cluster, slurm_cfg, tmp_path):
+def test_ctrl_c_while_running_cancels_the_job_and_leaves_no_task(
+    slurm_cluster, slurm_cfg, tmp_path
+):
     db = tmp_path / "results.db"
     proc = start_cli(
         [

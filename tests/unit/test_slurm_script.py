@@ -1,0 +1,139 @@
+"""The sbatch script and command (golden text, plain and pyxis), and what the plan asks of
+Slurm for a topology. Pure: no Slurm needed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.plan import make_job
+from orchestrator.slurm.execute import make_slurm_plan
+from orchestrator.slurm.script import build_slurm_plan, sbatch_directives
+from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.specs import CaseSettings, ClusterSpec, Topology
+from orchestrator.submit import SubmitRequest
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden"
+
+SITE = SlurmSettings(
+    partition="gpu",
+    account="bench",
+    qos="high",
+    time_limit="02:00:00",
+    gres="gpu",
+    sbatch_options=("--exclusive",),
+    shared_dir="/shared/orchestrator",
+    python="/opt/venv/bin/python",
+    socket_ifname="ib0",
+)
+PYXIS = SlurmSettings(
+    partition="gpu",
+    gres="gpu",
+    pyxis=True,
+    container_image="/shared/images/metax-c500.sqsh",
+    container_mounts=("/dev/infiniband:/dev/infiniband",),
+    shared_dir="/shared/orchestrator",
+    python="python3",
+)
+
+
+def _cluster(settings: SlurmSettings) -> ClusterSpec:
+    return ClusterSpec(
+        name="lab",
+        vendor="cpu",
+        nodes=(),
+        backend="slurm",
+        case=CaseSettings(data_dir="/shared/data/coco", hparams={"epochs": "2"}),
+        slurm=settings,
+        source="lab.toml",
+    )
+
+
+def _plan(settings: SlurmSettings, topology: str = "2x8"):
+    job = make_job(
+        _cluster(settings),
+        Topology.parse(topology),
+        (),
+        run_id="20260115-131500-abc123",
+        precision="amp",
+        sets={"batch_size": "16", "lr": "0.16"},
+    )
+    return build_slurm_plan(
+        job,
+        settings,
+        workload_hash="0123456789abcdef",
+        vendor_env={"OMP_NUM_THREADS": "1"},
+        master_port=29500,
+    )
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.is_file(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+
+
+def test_plain_sbatch_script_matches_the_golden_text() -> None:
+    _check_golden("sbatch-plain.sh", _plan(SITE).render())
+
+
+def test_pyxis_sbatch_script_matches_the_golden_text() -> None:
+    _check_golden("sbatch-pyxis.sh", _plan(PYXIS).render())
+
+
+def test_topology_asks_slurm_for_nodes_and_accelerators_per_node() -> None:
+    plan = _plan(SITE, "2x8")
+    opts = sbatch_directives(plan.job, SITE, plan.run_dir)
+    assert "--nodes=2" in opts and "--ntasks-per-node=1" in opts and "--gres=gpu:8" in opts
+    assert all(f"#SBATCH {o}" in plan.script for o in opts)
+    assert plan.sbatch_argv == ("sbatch", "--parsable", f"{plan.run_dir}/job.sbatch")
+    one = _plan(SITE, "1x4")
+    assert "--nodes=1" in one.script and "--gres=gpu:4" in one.script
+
+
+def test_every_task_gets_its_node_rank_from_slurm_and_one_failure_ends_all() -> None:
+    script = _plan(SITE).script
+    step = [ln for ln in script.splitlines() if "torch.distributed.run" in ln][0]
+    argv = shlex.split(step)
+    assert argv[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert '--node-rank="$SLURM_NODEID"' in step and '--master-addr="$MASTER_ADDR"' in step
+    assert "--nnodes=2" in argv and "--nproc-per-node=8" in argv
+    assert "export ORCHESTRATOR_RUN_ID=20260115-131500-abc123" in script
+    assert "set -euo pipefail" in script
+
+
+def test_plain_script_has_no_container_options_and_pyxis_mounts_shared_and_data() -> None:
+    assert "--container-image" not in _plan(SITE).script
+    pyxis = _plan(PYXIS)
+    assert pyxis.runtime == "docker" and pyxis.image == PYXIS.container_image
+    step = [ln for ln in pyxis.script.splitlines() if "torch.distributed.run" in ln][0]
+    assert "--container-image=/shared/images/metax-c500.sqsh" in step
+    assert (
+        "--container-mounts=/shared/orchestrator:/shared/orchestrator,"
+        "/shared/data/coco:/shared/data/coco:ro,/dev/infiniband:/dev/infiniband" in step
+    )
+
+
+def test_a_hostile_data_path_stays_one_quoted_argument() -> None:
+    from dataclasses import replace
+
+    hostile = '/data/co co\'s "set" $(touch /tmp/pwned) ;x'
+    cluster = replace(_cluster(SITE), case=CaseSettings(data_dir=hostile))
+    job = make_job(cluster, Topology.parse("1x1"), (), run_id="r1")
+    script = build_slurm_plan(job, SITE, workload_hash="x").script
+    step = [ln for ln in script.splitlines() if "torch.distributed.run" in ln][0]
+    argv = shlex.split(step)
+    assert argv[argv.index("--data-dir") + 1] == hostile
+
+
+def test_nodes_option_is_refused_for_slurm() -> None:
+    req = SubmitRequest(topology=Topology.parse("2x1"), node_names=("a", "b"))
+    with pytest.raises(ConfigError, match="--nodes does not apply"):
+        make_slurm_plan(_cluster(SITE), req)

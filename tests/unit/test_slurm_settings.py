@@ -1,0 +1,71 @@
+"""The [slurm] table in a cluster file, --backend, and Slurm's answers parsed (pure logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_cluster, parse_cluster
+from orchestrator.errors import ConfigError
+from orchestrator.slurm import commands
+from orchestrator.slurm.settings import SlurmSettings, parse_slurm_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_cluster_file_parses_into_slurm_settings() -> None:
+    spec = load_cluster(str(REPO / "examples" / "cluster-slurm.toml"))
+    assert spec.backend == "slurm" and spec.nodes == ()
+    assert isinstance(spec.slurm, SlurmSettings)
+    assert spec.slurm.partition and spec.slurm.gres == "gpu"
+
+
+def test_slurm_backend_needs_no_node_list_but_ssh_still_does() -> None:
+    spec = parse_cluster({"cluster": {"backend": "slurm"}}, "lab.toml")
+    assert spec.slurm == SlurmSettings()
+    with pytest.raises(ConfigError, match="nodes is missing"):
+        parse_cluster({"cluster": {"backend": "ssh"}}, "lab.toml")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"partion": "gpu"}, "slurm.partion is not a known key"),
+        ({"time_limit": "two hours"}, "slurm.time_limit 'two hours' is not a Slurm time"),
+        ({"gres": "gpu 8"}, "is not a GRES name"),
+        ({"shared_dir": "shared"}, "slurm.shared_dir 'shared' is not absolute"),
+        ({"sbatch_options": ["exclusive"]}, "is not an option"),
+        ({"sbatch_options": "--exclusive"}, "must be a list of strings"),
+        ({"pyxis": True}, "slurm.container_image is missing while pyxis = true"),
+        ({"pyxis": "yes"}, "must be true or false"),
+        ({"poll_interval_s": 0}, "must be a positive number"),
+    ],
+)
+def test_bad_slurm_table_names_the_key_and_the_fix(table: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_slurm_table(table, "lab.toml")
+    assert message in info.value.message and info.value.remedy
+    assert info.value.message.startswith("lab.toml: slurm.")
+
+
+def test_time_limits_in_slurm_formats_are_accepted() -> None:
+    for value in ("90", "02:00:00", "1-00:00:00", "1-12", "UNLIMITED"):
+        assert parse_slurm_table({"time_limit": value}, "x").time_limit == value
+
+
+def test_scontrol_one_line_record_is_parsed() -> None:
+    line = (
+        "JobId=42 JobName=orchestrator-r1 UserId=root(0) JobState=PENDING Reason=BeginTime "
+        "Dependency=(null) ExitCode=0:0 NodeList=(null) Command=/x/job.sbatch"
+    )
+    fields = commands._parse_scontrol(line)
+    assert fields["JobState"] == "PENDING" and fields["Reason"] == "BeginTime"
+    assert fields["ExitCode"] == "0:0"
+
+
+def test_final_states_include_every_way_a_job_ends() -> None:
+    for state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+        assert commands.JobState("1", state).final
+    for state in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+        assert not commands.JobState("1", state).final

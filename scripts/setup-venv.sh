@@ -7,9 +7,13 @@ extras="workload,plots"
 [ "${1:-}" = "--dev" ] && extras="workload,plots,dev"
 py=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch 2.14.1 + torchvision 0.29.1 pair (see shared/TESTBED.md); any torch >= 2.0 works.
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[${extras}]" 2>&1 |
-  grep -v "^WARNING: Location" || true
+log=$(mktemp)
+if ! .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[${extras}]" >"$log" 2>&1; then
+  grep -v "^WARNING: Location" "$log" >&2
+  echo "error: pip install failed (full log: $log)" >&2
+  exit 1
+fi
+rm -f "$log"
 .venv/bin/python -c "import torch, torchvision, orchestrator" >/dev/null
 echo "venv ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -177,8 +177,11 @@ def execute(
     run_dir = runs_dir / job.run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     submitted_at = utcnow()
+    # "running" from the orchestrator's side, as for `submit` over SSH: "queued" belongs to the
+    # worker queue (issue 6), which must not claim a run Slurm is queueing. started_at is
+    # stamped when Slurm starts the job.
     store.create_run(
-        _manifest(plan, req, "queued", None, submitted_at=submitted_at), status="queued"
+        _manifest(plan, req, "running", None, submitted_at=submitted_at), status="running"
     )
     phases = PhaseClock()
     job_id: str | None = None
@@ -341,8 +344,14 @@ def _ending(plan: SlurmPlan, state: commands.JobState, run_dir: Path) -> tuple[s
     job_text = job_log.read_text(errors="replace") if job_log.exists() else ""
     preflight = [ln for ln in job_text.splitlines() if ln.startswith("preflight failed:")]
     if preflight:
+        names = {f"probe-{s.node_rank}.json": s.name for s in plan.nodes}
+        details = []
+        for line in preflight:
+            file, _, detail = line.removeprefix("preflight failed: ").partition(": ")
+            details.append(f"{names.get(file, file)}: {detail}")
         return "failed", Failure(
-            f"{where}: " + "; ".join(p.removeprefix("preflight failed: ") for p in preflight),
+            f"preflight failed, torchrun not started: {'; '.join(details)} [{where}]"[:500],
+            node=names.get(preflight[0].removeprefix("preflight failed: ").split(": ")[0]),
             exit_code=exit_code,
         )
     for slot in plan.nodes:

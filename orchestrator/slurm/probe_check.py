@@ -3,22 +3,24 @@
 so torchrun never starts on a node that is not ready."""
 
 import json
+import os
 import sys
 
 
 def main():
     bad = []
     for path in sys.argv[1:]:
+        name = os.path.basename(path)
         with open(path) as fh:
             lines = fh.read().strip().splitlines()
         try:
             checks = json.loads(lines[-1])["checks"]
         except (IndexError, ValueError, KeyError):
-            bad.append(f"{path}: probe: unreadable output")
+            bad.append(f"{name}: probe: unreadable output")
             continue
         for check in checks:
             if not check.get("ok"):
-                bad.append("{}: {}: {}".format(path, check.get("name"), check.get("detail")))
+                bad.append("{}: {}: {}".format(name, check.get("name"), check.get("detail")))
     for line in bad:
         print("preflight failed: " + line, file=sys.stderr)
     sys.exit(3 if bad else 0)

@@ -21,6 +21,7 @@ from tests.support.cluster_fixtures import (
     stop,
     wait_for,
 )
+from tests.support.workload_fixtures import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.torch]
 
@@ -79,6 +80,7 @@ def write_slurm_cluster_file(
                 'name = "slurmtest"',
                 'vendor = "cpu"',
                 'backend = "slurm"',
+                f"master_port = {free_port()}",  # other tests on this machine use 29500
                 "[case]",
                 f"data_dir = {json.dumps(str(data_dir))}",
                 "[slurm]",
@@ -180,6 +182,26 @@ def test_a_failing_rank_ends_the_job_and_fails_the_run_with_the_reason(slurm_cfg
     assert "rank 1" in reason and "n2" in reason and "slurm job" in reason, reason
     assert json.loads(failure)["node"] == "n2"
     assert run_processes(run_id) == [], "task processes left behind"
+
+
+def test_a_node_that_fails_preflight_fails_the_run_before_torchrun(
+    slurm_cluster, slurm_cfg, tmp_path
+):
+    db = tmp_path / "results.db"
+    cfg = slurm_cfg()
+    cfg.write_text(
+        cfg.read_text().replace("[case]\n", '[case]\nbackbone_weights = "/nonexistent/w.pth"\n')
+    )
+    res = run_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    status, reason, started = _rows(db, "SELECT status, reason, started_at FROM runs")[0]
+    assert status == "failed" and "preflight" in reason and "/nonexistent/w.pth" in reason, reason
+    assert "n1: weights" in reason and "n2: weights" in reason
+    (run_id,) = _rows(db, "SELECT run_id FROM runs")[0]
+    log = tmp_path / "runs" / run_id / "logs" / "n1.log"
+    assert not log.exists() or "torch.distributed" not in log.read_text()
 
 
 def test_ctrl_c_while_pending_cancels_the_job(slurm_cluster, slurm_cfg, tmp_path):

@@ -225,6 +225,37 @@ def test_ctrl_c_while_pending_cancels_the_job(slurm_cluster, slurm_cfg, tmp_path
     assert job_id not in slurm_cluster.jobs()
 
 
+def test_cancel_from_another_process_scancels_the_job_and_the_run_says_so(
+    slurm_cluster, slurm_cfg, tmp_path
+):
+    from orchestrator.slurm.execute import cancel_run
+    from orchestrator.store import open_store
+
+    db = tmp_path / "results.db"
+    cfg = slurm_cfg("--begin=now+3600")
+    proc = start_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+    )
+    try:
+        wait_for(lambda: _alive(proc) and slurm_cluster.jobs(), timeout=60, what="the job")
+        run_id = wait_for(lambda: _our_run_id(db), timeout=30, what="the run row")
+        wait_for(
+            lambda: _rows(db, f"SELECT slurm_job_id FROM runs WHERE run_id = '{run_id}'")[0][0],
+            timeout=30,
+            what="the job id on the run",
+        )
+        with open_store(f"sqlite:///{db}") as store:
+            job_id = cancel_run(store, run_id)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, err
+    status, reason = _rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")[0]
+    assert status == "cancelled" and f"slurm job {job_id} ended CANCELLED" in reason, reason
+    assert job_id not in slurm_cluster.jobs()
+
+
 def test_ctrl_c_while_running_cancels_the_job_and_leaves_no_task(
     slurm_cluster, slurm_cfg, tmp_path
 ):

@@ -69,3 +69,35 @@ def test_final_states_include_every_way_a_job_ends() -> None:
         assert commands.JobState("1", state).final
     for state in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
         assert not commands.JobState("1", state).final
+
+
+def test_missing_slurm_commands_give_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(commands.SlurmError, match="sbatch not found") as info:
+        commands.sbatch("/tmp/job.sbatch")
+    assert "login node" in (info.value.remedy or "")
+
+
+def test_backend_option_overrides_the_cluster_file_and_dry_run_prints_the_script(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "lab.toml"
+    cfg.write_text(
+        '[cluster]\nname = "lab"\n[slurm]\npartition = "gpu"\nshared_dir = "/shared/o"\n'
+        '[[nodes]]\nname = "a"\naddress = "10.0.0.1"\n'
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--cluster", str(cfg), "submit", "2x4"]
+        + ["--backend", "slurm", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --nodes=2" in res.stdout and "#SBATCH --partition=gpu" in res.stdout
+    assert res.stdout.rstrip().splitlines()[-1].startswith("sbatch --parsable /shared/o/runs/")
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "runs").exists()

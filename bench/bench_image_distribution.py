@@ -7,7 +7,9 @@ root), builds an image with an incompressible payload layer of --size-mb on the 
 
 - raw: `docker save IMAGE | docker -H node1 load` (no SSH, one node), MB/s;
 - ours: `distribute()` to both nodes at once (one save stream teed to both, over SSH), MB/s per
-  node (its bytes / its time) and in all;
+  node (its bytes / its time) and in all; and to one node alone (our overhead against raw);
+- raw to both nodes at once (two `docker save | docker load` pipes): the like-for-like baseline
+  when both "nodes" share this machine's disk and cores;
 - the image removed from the nodes after each round.
 
 Then: how long deciding that a node already has the image takes (per node, parallel check over
@@ -125,6 +127,7 @@ def main() -> None:
             )
             raw_rates: list[float] = []
             raw2_rates: list[float] = []
+            ours1_rates: list[float] = []
             ours_node_rates: list[float] = []
             ours_total_rates: list[float] = []
             ours_cpu: list[float] = []
@@ -147,6 +150,9 @@ def main() -> None:
                         daemon.remove_image(tag)
                     raw_rates.append(stream_bytes / 1e6 / raw_pipes(tag, hosts[:1]))
                     daemons[0].remove_image(tag)
+                    single = distribute(api, tag, nodes_t[:1]).transfers[nodes[0].name]
+                    ours1_rates.append(single.mb_per_s)
+                    daemons[0].remove_image(tag)
                     raw2_rates.append(stream_bytes / 1e6 / raw_pipes(tag, hosts))
                     for daemon in daemons:
                         daemon.remove_image(tag)
@@ -154,7 +160,8 @@ def main() -> None:
                         f"round {round_}: raw {raw_rates[-1]:.0f} MB/s to 1 node, {raw2_rates[-1]:.0f} MB/s "
                         f"per node to 2 at once; ours "
                         + ", ".join(f"{n} {r:.0f} MB/s" for n, r in rates.items())
-                        + f" ({wall:.1f}s for {stream_bytes / 1e6:.0f} MB x 2, {ours_cpu[-1]:.1f} CPU-s here)"
+                        + f" ({wall:.1f}s for {stream_bytes / 1e6:.0f} MB x 2, {ours_cpu[-1]:.1f} CPU-s here);"
+                        + f" ours to 1 node alone {ours1_rates[-1]:.0f} MB/s"
                     )
                 distribute(api, tag, nodes_t)
                 presence_s: list[float] = []
@@ -175,12 +182,16 @@ def main() -> None:
             print(
                 f"ours, both nodes together          {statistics.median(ours_total_rates):.0f} MB/s"
             )
+            print(f"ours, 1 node alone                 {statistics.median(ours1_rates):.0f} MB/s")
             print(
                 f"ours CPU here (save, tee, SSH)     {statistics.median(ours_cpu):.1f} CPU-s per distribution"
             )
             print(f"ratio per node / raw 1 node        {ours / raw:.2f}  (target >= 0.80)")
             print(
                 f"ratio per node / raw 2 at once     {ours / raw2:.2f}  (same load on this one machine)"
+            )
+            print(
+                f"ratio 1 node alone / raw 1 node    {statistics.median(ours1_rates) / raw:.2f}  (our overhead)"
             )
             print(
                 f"presence check per node            median {statistics.median(presence_s) * 1000:.0f} ms, "

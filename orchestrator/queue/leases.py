@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -142,45 +142,91 @@ def schedule(
 ) -> list[Decision]:
     """FIFO over the queue. A run that must wait reserves the free nodes it would take, so later
     runs cannot starve it by taking those nodes one by one (no worse than FIFO per node set)."""
+    return list(iter_schedule(queued, busy, nodes_of))
+
+
+def iter_schedule(
+    queued: Iterable[QueuedRun],
+    busy: Mapping[tuple[str, str], str],
+    nodes_of: Callable[[QueuedRun], Sequence[NodeSpec]],
+    reasons: bool = True,
+) -> Iterator[Decision]:
+    """`schedule`, one decision at a time: a worker stops at the first run it can start.
+    reasons=False skips building the wait reasons (a worker does not show them)."""
     held = dict(busy)  # (cluster, node) -> what holds it: 'run X' or 'waiting run Y'
-    decisions = []
+    fitting: dict[tuple[Any, ...], list[tuple[str, str]]] = {}  # same nodes -> same candidates
     for run in queued:
         names = run.request.get("node_names")
-        candidates = [n for n in nodes_of(run) if n.accelerators >= run.nproc_per_node]
-        if names:
-            candidates = [n for n in candidates if n.name in names]
-        keys = [(run.cluster, n.name) for n in candidates]
+        shape = (
+            run.cluster,
+            run.request.get("cluster_key"),
+            run.nproc_per_node,
+            names and tuple(names),
+        )
+        keys = fitting.get(shape)
+        if keys is None:
+            candidates = [n for n in nodes_of(run) if n.accelerators >= run.nproc_per_node]
+            if names:
+                candidates = [n for n in candidates if n.name in names]
+            keys = fitting[shape] = [(run.cluster, n.name) for n in candidates]
         need = run.nnodes
-        if len(candidates) < need:
-            decisions.append(
-                Decision(run.run_id, None, f"cluster {run.cluster!r} has no {need} fitting node(s)")
-            )
+        if len(keys) < need:
+            reason = f"cluster {run.cluster!r} has no {need} fitting node(s)" if reasons else "-"
+            yield Decision(run.run_id, None, reason)
             continue
         free = [k for k in keys if k not in held]
         if len(free) >= need and (not names or len(free) == len(keys)):
             chosen = free[:need]
             for key in chosen:
                 held[key] = f"run {run.run_id}"
-            decisions.append(Decision(run.run_id, tuple(k[1] for k in chosen), ""))
+            yield Decision(run.run_id, tuple(k[1] for k in chosen), "")
             continue
-        blocking = [f"{k[1]} ({held[k]})" for k in keys if k in held]
+        reason = "-"
+        if reasons:
+            reason = "nodes busy: " + ", ".join(f"{k[1]} ({held[k]})" for k in keys if k in held)
         for key in free:
             held[key] = f"waiting run {run.run_id}"
-        decisions.append(Decision(run.run_id, None, "nodes busy: " + ", ".join(blocking)))
-    return decisions
+        yield Decision(run.run_id, None, reason)
 
 
 def read_queue(conn: Connection, limit: int | None = None) -> list[QueuedRun]:
+    """The queued runs, oldest first. Their `request` holds only what scheduling needs (cluster
+    key, node names, topology): the full documents embed the cluster file and cost far more to
+    decode than the decision itself; `read_request` gets one when a run is claimed."""
+    key = Run.request["cluster_key"].as_string()
     query = (
         select(
-            Run.run_id, Run.cluster, Run.nnodes, Run.nproc_per_node, Run.request, Run.submitted_at
+            Run.run_id,
+            Run.cluster,
+            Run.nnodes,
+            Run.nproc_per_node,
+            key,
+            Run.request["node_names"].as_string(),  # JSON text: decoded only when not null
+            Run.topology,
+            Run.submitted_at,
         )
         .where(Run.status == "queued")
         .order_by(Run.submitted_at, Run.run_id)
     )
     if limit:
         query = query.limit(limit)
-    return [QueuedRun(*row) for row in conn.execute(query)]
+    queued = []
+    for run_id, cluster, nnodes, nproc, ckey, names, topology, at in conn.execute(query):
+        pinned = json.loads(names) if names and names != "null" else None
+        doc = {"cluster_key": ckey, "node_names": pinned, "topology": topology}
+        queued.append(QueuedRun(run_id, cluster, nnodes, nproc, doc, at))
+    for missing in {q.request["cluster_key"] for q in queued} - _CLUSTERS.keys():
+        full = conn.scalar(select(Run.request).where(key == missing).limit(1))
+        if full is not None:
+            cluster_from(full)  # parsed once per process, cached by key
+    return queued
+
+
+def read_request(conn: Connection, run_id: str) -> dict[str, Any]:
+    request = conn.scalar(select(Run.request).where(Run.run_id == run_id))
+    if request is None:
+        raise QueueError(f"queued run {run_id} has no stored request", "submit it again")
+    return dict(request)
 
 
 def read_busy(conn: Connection) -> dict[tuple[str, str], str]:
@@ -207,25 +253,27 @@ class Claim:
     submitted_at: datetime
 
 
-def claim_next(
-    store: Any, holder: str, ttl_s: float = LEASE_TTL_S, scan: int = 500
-) -> Claim | None:
+def claim_next(store: Any, holder: str, ttl_s: float = LEASE_TTL_S) -> Claim | None:
     """Take the first queued run whose nodes are free: leases and status change in one
-    transaction. None when nothing can start now."""
+    transaction. None when nothing can start now. The whole queue is read: a run deep in it
+    may be the only one whose nodes are free."""
     with store.reading() as conn:
-        queued = read_queue(conn, scan)
+        queued = read_queue(conn)
         busy = read_busy(conn)
-    by_id = {q.run_id: q for q in queued}
-    for decision in schedule(queued, busy, nodes_of):
+    for decision in iter_schedule(queued, busy, nodes_of, reasons=False):
         if decision.nodes is None:
             continue
-        run = by_id[decision.run_id]
-        if _take(store, run, decision.nodes, holder, ttl_s):
-            return Claim(run.run_id, decision.nodes, run.request, run.submitted_at)
+        run = next(q for q in queued if q.run_id == decision.run_id)
+        request = _take(store, run, decision.nodes, holder, ttl_s)
+        if request is not None:
+            return Claim(run.run_id, decision.nodes, request, run.submitted_at)
     return None
 
 
-def _take(store: Any, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: float) -> bool:
+def _take(
+    store: Any, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: float
+) -> dict[str, Any] | None:
+    """The run's full request when this worker took it and its nodes; None when another did."""
     now = now_utc()
     try:
         with store.engine.begin() as conn:
@@ -255,7 +303,8 @@ def _take(store: Any, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: 
                 insert(RunStatusChange),
                 [{"run_id": run.run_id, "status": "running", "reason": reason, "at": now}],
             )
-            campaign = run.request.get("campaign_id")
+            request = read_request(conn, run.run_id)
+            campaign = request.get("campaign_id")
             if campaign:
                 conn.execute(
                     update(Campaign)
@@ -264,8 +313,8 @@ def _take(store: Any, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: 
                 )
     except (_Taken, SQLAlchemyError):
         # Someone else took the run or one of its nodes first (IntegrityError): all rolled back.
-        return False
-    return True
+        return None
+    return request
 
 
 class _Taken(Exception):

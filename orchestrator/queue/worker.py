@@ -212,13 +212,15 @@ def run_worker(
     while not stop.is_set():
         if max_runs is not None and sum(counts.values()) >= max_runs:
             break
+        # Also between runs, not only when idle: a busy queue must not keep an orphan's nodes.
+        if time.monotonic() - last_reconcile >= ttl_s / 2:
+            if reconcile(store, holder, console, ttl_s):
+                idle_since = time.monotonic()  # freed nodes: queued runs may start now
+            last_reconcile = time.monotonic()
         claim = leases.claim_next(store, holder, ttl_s)
         if claim is None:
             if once or (idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s):
                 break
-            if time.monotonic() - last_reconcile >= ttl_s / 2:
-                reconcile(store, holder, console, ttl_s)
-                last_reconcile = time.monotonic()
             stop.wait(poll_s)
             continue
         status = run_claim(store, claim, holder, runs_dir, stop, console, ttl_s)

@@ -96,6 +96,16 @@ def _manifest(
 def stage(plan: SlurmPlan) -> None:
     """The run folder and the content-addressed workload source (plus the probe) on the
     shared file system, and the script."""
+    try:
+        _stage(plan)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run to slurm.shared_dir {plan.settings.shared_dir}: {exc}",
+            "shared_dir must be writable from here and mounted at the same path on every node",
+        ) from None
+
+
+def _stage(plan: SlurmPlan) -> None:
     run_dir = Path(plan.run_dir)
     for sub in ("ranks", "logs", "nodes"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)

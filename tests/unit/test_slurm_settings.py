@@ -101,3 +101,18 @@ def test_backend_option_overrides_the_cluster_file_and_dry_run_prints_the_script
     assert "#SBATCH --nodes=2" in res.stdout and "#SBATCH --partition=gpu" in res.stdout
     assert res.stdout.rstrip().splitlines()[-1].startswith("sbatch --parsable /shared/o/runs/")
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "runs").exists()
+
+
+def test_unwritable_shared_dir_is_a_typed_error_naming_the_key(tmp_path: Path) -> None:
+    from orchestrator.plan import make_job
+    from orchestrator.slurm.execute import stage
+    from orchestrator.slurm.script import build_slurm_plan
+    from orchestrator.specs import ClusterSpec, Topology
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    settings = SlurmSettings(shared_dir=str(blocker / "shared"))
+    cluster = ClusterSpec(name="c", vendor="cpu", nodes=(), backend="slurm", slurm=settings)
+    job = make_job(cluster, Topology.parse("1x1"), (), run_id="r1")
+    with pytest.raises(ConfigError, match="slurm.shared_dir"):
+        stage(build_slurm_plan(job, settings, workload_hash="h"))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from orchestrator.transport import NodeSession, RemoteProcess, Transport
 
 POLL_S = 0.2
-TAIL_LINES = 40
+TAIL_LINES = 300  # enough to hold torchrun's whole failure summary
 KILL_GRACE_S = 5.0
 
 
@@ -77,23 +77,46 @@ def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
 
 _ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 _TRACEBACK = re.compile(r"traceback\s*:\s*(.+)")
+# The workload's own one-line account of a failed rank (workload/faster_rcnn/runner.py).
+_RANK_FAILED = re.compile(r"^\[faster_rcnn\] rank (\d+) failed: (.+)$")
+
+
+def _traceback_cause(lines: list[str]) -> str:
+    """The exception line that ends the first traceback after torchrun's root cause."""
+    last = ""
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("===") or text.startswith("---"):
+            if last:
+                break
+            continue
+        last = text
+    return last
 
 
 def diagnose(node: str, exit_code: int | None, tail: list[str]) -> Failure:
-    """Name the rank and cause from torchrun's failure summary in the node's output."""
+    """Name the rank and cause: the workload's own message for the rank when it printed one,
+    else the end of the traceback in torchrun's failure summary, else the last error line."""
     text = "\n".join(tail)
     rank = None
     cause = ""
+    own = {int(m.group(1)): m.group(2).strip() for m in map(_RANK_FAILED.match, tail) if m}
     match = _ROOT_CAUSE.search(text)
     if match:
         rank = int(match.group(1))
         code = int(match.group(2))
-        tb = _TRACEBACK.search(text[match.end() :])
-        cause = tb.group(1).strip() if tb else ""
+        rest = text[match.end() :]
+        tb = _TRACEBACK.search(rest)
+        if rank in own:
+            cause = own[rank]
+        elif tb and tb.group(1).startswith("Traceback"):
+            cause = _traceback_cause(rest[tb.end() :].splitlines())
+        elif tb and not tb.group(1).startswith("To enable traceback"):
+            cause = tb.group(1).strip()
         if code < 0 and not cause:
             cause = f"killed by signal {-code}"
-        if cause.startswith("To enable traceback"):
-            cause = ""
+    elif own:
+        rank, cause = min(own.items())
     if not cause:
         errors = [ln for ln in tail if "Error" in ln or "error" in ln]
         cause = errors[-1].strip() if errors else ""

@@ -2,9 +2,9 @@
 
 SQLAlchemy's executemany spends most of its time building per-row parameter dicts; for tens of
 thousands of rows a second we hand the driver plain tuples instead: sqlite3's executemany, and
-PostgreSQL's COPY through psycopg. Values still go through each column type's own bind processor
-(UTC times, JSON documents), computed once per column, so the stored values are exactly what an
-ORM or Core insert would store.
+PostgreSQL's COPY through psycopg. `insert_rows` still passes values through each column type's
+own bind processor (UTC times, JSON), computed once per column, so the stored values are what a
+Core insert would store; `insert_values` is for rows built as driver-ready tuples (rank results).
 """
 
 from __future__ import annotations
@@ -33,31 +33,27 @@ def _processors(
     ]
 
 
-def insert_rows(
-    conn: Connection,
-    model: type[Base],
-    rows: Sequence[Mapping[str, Any]],
-    ready: frozenset[str] = frozenset(),
-) -> None:
-    """Insert dict rows (all with the same keys) into the model's table in one driver call.
-
-    `ready` names columns whose values both drivers take as they are (str, int, float, bool), to
-    skip their type processing: e.g. a JSON document passed as its text.
-    """
+def insert_rows(conn: Connection, model: type[Base], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert dict rows (all with the same keys) into the model's table in one driver call."""
     if not rows:
         return
     table = cast(Table, model.__table__)
     columns = list(rows[0])
     pick = itemgetter(*columns)
     values = [pick(row) for row in rows] if len(columns) > 1 else [(pick(row),) for row in rows]
-    processed = [
-        (i, p)
-        for i, p in enumerate(_processors(conn, table, columns))
-        if p is not None and columns[i] not in ready
-    ]
+    processed = [(i, p) for i, p in enumerate(_processors(conn, table, columns)) if p is not None]
     if processed:
         values = [_apply(row, processed) for row in values]
     _send(conn, table, columns, values)
+
+
+def insert_values(
+    conn: Connection, model: type[Base], columns: Sequence[str], values: list[tuple[Any, ...]]
+) -> None:
+    """Insert tuples of values that both drivers take as they are (str, int, float, bool, None;
+    JSON as its text): no type processing at all."""
+    if values:
+        _send(conn, cast(Table, model.__table__), columns, values)
 
 
 def _apply(

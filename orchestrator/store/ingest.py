@@ -20,7 +20,7 @@ from orchestrator.errors import IngestError
 from orchestrator.monitor import device_memory_peak, sample_rows
 from orchestrator.runfolder import RunFolder
 from orchestrator.store import rows
-from orchestrator.store.bulk import insert_rows
+from orchestrator.store.bulk import insert_rows, insert_values
 from orchestrator.store.metrics import RunMetrics, aggregate
 from orchestrator.store.models import (
     Campaign,
@@ -209,7 +209,7 @@ def _insert_children(
     now: datetime,
 ) -> None:
     node_rows: list[dict[str, Any]] = []
-    rank_rows: list[dict[str, Any]] = []
+    rank_values: list[tuple[Any, ...]] = []
     epoch_rows: list[dict[str, Any]] = []
     monitor_rows: list[dict[str, Any]] = []
     for p in runs:
@@ -222,10 +222,10 @@ def _insert_children(
                 kept = kept_envs.get((run_id, node.node_rank), {})
                 row = rows.node_row(run_id, node, kept.get("env"), kept.get("captured_at"))
             node_rows.append(row)
-        rank_rows.extend(rows.rank_row(run_id, rank) for rank in folder.ranks)
+        rank_values.extend(rows.rank_values(run_id, rank) for rank in folder.ranks)
         epoch_rows.extend(rows.run_epoch_rows(run_id, folder.ranks))
         monitor_rows.extend(sample_rows(run_id, folder.monitors))
     insert_rows(conn, RunNode, node_rows)
-    insert_rows(conn, RankResult, rank_rows, ready=rows.RANK_READY_COLUMNS)
+    insert_values(conn, RankResult, rows.RANK_COLUMNS, rank_values)
     insert_rows(conn, RunEpoch, epoch_rows)
     insert_rows(conn, MonitorSample, monitor_rows)

@@ -126,3 +126,17 @@ def test_labels() -> None:
     assert mem_label(None, 64 * GIB) is None
     assert config_label("metax", "MXC500", "2x8") == "MXC500 2x8"
     assert config_label("nvidia", None, "1x8") == "nvidia 1x8"
+
+
+def test_rank_values_fill_every_rank_results_column_in_order() -> None:
+    from orchestrator.store.models import RankResult
+    from orchestrator.store.rows import RANK_COLUMNS, rank_values
+
+    assert sorted(RANK_COLUMNS) == sorted(c.name for c in RankResult.__table__.columns)
+    folder = read_run_folder(FIXTURE_RUNS / RUN_1X8)
+    values = dict(zip(RANK_COLUMNS, rank_values(RUN_1X8, folder.ranks[2])))
+    doc = folder.ranks[2].doc
+    assert values["rank"] == 2 and values["host"] == doc["identity"]["host"]
+    assert values["core_s"] == doc["timings"]["core_s"]
+    assert values["total_mem_bytes"] == doc["memory"]["total_bytes"]
+    assert values["document"] == folder.ranks[2].text

@@ -279,6 +279,15 @@ def _finalize(
         finished_at=utcnow(),
         failure=failure.as_dict() if failure else None,
     )
+    return publish_run(manifest, run_dir, store, failure)
+
+
+def publish_run(
+    manifest: RunManifest, run_dir: Path, store: Store, failure: Failure | None
+) -> Outcome:
+    """Write the final manifest and publish the folder (any backend). If the store rejects
+    the files, the row still ends with a final status and the reason."""
+    status = manifest.status
     write_manifest(run_dir / "manifest.json", manifest)
     summary = None
     try:
@@ -288,13 +297,13 @@ def _finalize(
             status, failure = "failed", Failure(f"results rejected: {exc.one_line()}")
         reason = failure.reason if failure else exc.one_line()
         store.set_status(
-            plan.job.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
+            manifest.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
         )
         write_manifest(
             run_dir / "manifest.json",
             replace(manifest, status=status, failure=failure.as_dict() if failure else None),
         )
-    return Outcome(plan.job.run_id, status, run_dir, failure, summary)
+    return Outcome(manifest.run_id, status, run_dir, failure, summary)
 
 
 def _with_image(

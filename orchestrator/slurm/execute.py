@@ -17,7 +17,6 @@ from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.launch import Failure, diagnose, utcnow, write_json
 from orchestrator.plan import make_job, new_run_id
 from orchestrator.progress import ProgressView, parse_event
-from orchestrator.runfolder import write_manifest
 from orchestrator.slurm import commands
 from orchestrator.slurm.script import (
     JOB_OUTPUT,
@@ -30,7 +29,14 @@ from orchestrator.slurm.script import (
 )
 from orchestrator.slurm.settings import SlurmSettings
 from orchestrator.specs import ClusterSpec
-from orchestrator.submit import Outcome, PhaseClock, SubmitRequest, manifest_for, submitter
+from orchestrator.submit import (
+    Outcome,
+    PhaseClock,
+    SubmitRequest,
+    manifest_for,
+    publish_run,
+    submitter,
+)
 from orchestrator.workload_source import workload_files, workload_hash
 
 if TYPE_CHECKING:
@@ -397,22 +403,7 @@ def _finalize(
         finished_at=utcnow(),
         failure=failure.as_dict() if failure else None,
     )
-    write_manifest(run_dir / "manifest.json", manifest)
-    summary = None
-    try:
-        summary = store.publish(run_dir)
-    except OrchestratorError as exc:
-        if status == "succeeded":
-            status, failure = "failed", Failure(f"results rejected: {exc.one_line()}")
-        reason = failure.reason if failure else exc.one_line()
-        store.set_status(
-            plan.job.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
-        )
-        write_manifest(
-            run_dir / "manifest.json",
-            replace(manifest, status=status, failure=failure.as_dict() if failure else None),
-        )
-    return Outcome(plan.job.run_id, status, run_dir, failure, summary)
+    return publish_run(manifest, run_dir, store, failure)
 
 
 def cancel_run(store: Store, run_id: str) -> str:

@@ -9,7 +9,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -149,7 +149,7 @@ def submit(
     """
     from orchestrator.plan import parse_sets
     from orchestrator.specs import Topology
-    from orchestrator.submit import SubmitRequest, execute, make_plan, raise_for
+    from orchestrator.submit import SubmitRequest, execute, make_plan
 
     topo = Topology.parse(topology)
     req = SubmitRequest(
@@ -180,23 +180,7 @@ def submit(
         for run_id in ids:
             click.echo(run_id)
         return
-    console = Console(stderr=True)
-    folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
-    with open_store_for_submit(app) as store, stop_on_signals() as stop:
-        outcomes = []
-        for i in range(repeat):
-            plan = make_plan(cluster, req)
-            console.print(
-                f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {topo} on "
-                f"{', '.join(n.node.name for n in plan.nodes)}, {precision}"
-            )
-            outcome = execute(plan, req, store, folder, stop, console)
-            outcomes.append(outcome)
-            _print_outcome(store, outcome)
-            if stop.is_set():
-                break
-    for outcome in outcomes:
-        raise_for(outcome)
+    _run_repeats(app, req, repeat, runs_dir, lambda: make_plan(cluster, req), execute, "")
 
 
 def _submit_slurm(
@@ -204,20 +188,42 @@ def _submit_slurm(
 ) -> None:
     """The same submission through Slurm (orchestrator/slurm): one job per run."""
     from orchestrator.slurm.execute import execute, make_slurm_plan
-    from orchestrator.submit import raise_for
 
     if dry_run:
         click.echo(make_slurm_plan(cluster, req).render(), nl=False)
         return
+    _run_repeats(
+        app, req, repeat, runs_dir, lambda: make_slurm_plan(cluster, req), execute, "Slurm"
+    )
+
+
+def _run_repeats(
+    app: AppContext,
+    req: Any,
+    repeat: int,
+    runs_dir: str | None,
+    make: Callable[[], Any],
+    execute: Callable[..., Any],
+    through: str,
+) -> None:
+    """Run the request `repeat` times in a row (stopping early on Ctrl-C); exit 0 only when
+    every run succeeded."""
+    from orchestrator.submit import raise_for
+
     console = Console(stderr=True)
     folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
     with open_store_for_submit(app) as store, stop_on_signals() as stop:
         outcomes = []
         for i in range(repeat):
-            plan = make_slurm_plan(cluster, req)
+            plan = make()
+            where = (
+                f"through {through}"
+                if through
+                else "on " + ", ".join(n.node.name for n in plan.nodes)
+            )
             console.print(
-                f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} through "
-                f"Slurm, {req.precision}"
+                f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} {where}, "
+                f"{req.precision}"
             )
             outcome = execute(plan, req, store, folder, stop, console)
             outcomes.append(outcome)

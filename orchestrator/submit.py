@@ -311,11 +311,11 @@ def _with_image(
 ) -> Plan:
     """Build the image where the build host lacks it, put it on every node that lacks it,
     record it, and wrap every node's command in it."""
-    from orchestrator.images.progress_ui import build_progress, transfer_progress
+    from orchestrator.images.progress_ui import image_progress
     from orchestrator.images.workflow import ensure_image
 
     job = plan.job
-    with build_progress(console) as observer, transfer_progress(console) as progress:
+    with image_progress(console) as (observer, progress):
         prepared = ensure_image(
             job.cluster,
             list(job.nodes),

@@ -234,6 +234,12 @@ def cancel(app: AppContext, run_id: str) -> None:
     from orchestrator.submit import submitter
 
     with app.open_store() as store:
+        if _slurm_job_of(store, run_id):
+            from orchestrator.slurm.execute import cancel_run
+
+            job_id = cancel_run(store, run_id)
+            click.echo(f"run {run_id}: scancel {job_id}; its submitter records the run cancelled")
+            return
         result = leases.request_cancel(store, run_id, submitter())
         if result == "requested":
             ended = reconcile(
@@ -246,3 +252,18 @@ def cancel(app: AppContext, run_id: str) -> None:
             )
             result = "cancelled" if ended else "cancel requested; its worker stops it"
     click.echo(f"run {run_id}: {result}")
+
+
+def _slurm_job_of(store: Any, run_id: str) -> str | None:
+    """The Slurm job of a running Slurm run: Slurm, not our leases, owns its nodes."""
+    from sqlalchemy import select
+
+    from orchestrator.store.models import Run
+
+    with store.reading() as conn:
+        row = conn.execute(
+            select(Run.backend, Run.status, Run.slurm_job_id).where(Run.run_id == run_id)
+        ).first()
+    if row is None or row.backend != "slurm" or row.status != "running":
+        return None
+    return row.slurm_job_id

@@ -218,19 +218,16 @@ def test_ctrl_c_while_pending_cancels_the_job(slurm_cluster, slurm_cfg, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert code == 4 or code != 0, err
+    assert code == 130, err[-2000:]
     assert "pending: BeginTime" in err, err[-2000:]
     status, reason, job_id = _rows(db, "SELECT status, reason, slurm_job_id FROM runs")[0]
     assert status == "cancelled" and "scancel" in reason
     assert job_id not in slurm_cluster.jobs()
 
 
-def test_cancel_from_another_process_scancels_the_job_and_the_run_says_so(
+def test_orchestrator_cancel_scancels_the_job_and_the_run_says_so(
     slurm_cluster, slurm_cfg, tmp_path
 ):
-    from orchestrator.slurm.execute import cancel_run
-    from orchestrator.store import open_store
-
     db = tmp_path / "results.db"
     cfg = slurm_cfg("--begin=now+3600")
     proc = start_cli(
@@ -244,13 +241,15 @@ def test_cancel_from_another_process_scancels_the_job_and_the_run_says_so(
             timeout=30,
             what="the job id on the run",
         )
-        with open_store(f"sqlite:///{db}") as store:
-            job_id = cancel_run(store, run_id)
+        job_id = _rows(db, f"SELECT slurm_job_id FROM runs WHERE run_id = '{run_id}'")[0][0]
+        cancel = run_cli(["--db", f"sqlite:///{db}", "cancel", run_id], tmp_path)
+        assert cancel.returncode == 0, cancel.stderr
+        assert f"scancel {job_id}" in cancel.stdout
         _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0, err
+    assert proc.returncode == 130, err[-2000:]
     status, reason = _rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")[0]
     assert status == "cancelled" and f"slurm job {job_id} ended CANCELLED" in reason, reason
     assert job_id not in slurm_cluster.jobs()

@@ -48,7 +48,9 @@ class NodeError(OrchestratorError):
 
     exit_code = 3
 
-    def __init__(self, message: str, failures: dict[str, str] | None = None, remedy: str | None = None):
+    def __init__(
+        self, message: str, failures: dict[str, str] | None = None, remedy: str | None = None
+    ):
         self.failures = dict(failures or {})
         if self.failures:
             detail = "; ".join(f"{node}: {why}" for node, why in sorted(self.failures.items()))

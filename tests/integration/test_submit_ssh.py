@@ -36,7 +36,9 @@ def _sets(*extra: str) -> list[str]:
 
 def _alive(proc) -> bool:
     if proc.poll() is not None:
-        raise AssertionError(f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        raise AssertionError(
+            f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}"
+        )
     return True
 
 
@@ -124,8 +126,10 @@ def test_killed_rank_fails_the_run_within_seconds_naming_its_node(two_nodes, tmp
     )
     try:
         victim = wait_for(
-            lambda: _alive(proc)
-            and [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"],
+            lambda: (
+                _alive(proc)
+                and [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"]
+            ),
             timeout=120,
             what="rank of node 1 to start",
         )[0]
@@ -225,8 +229,10 @@ def test_sigint_cancels_the_run_and_cleans_every_node(two_nodes, tmp_path):
     )
     try:
         wait_for(
-            lambda: _alive(proc)
-            and len([p for p in run_processes() if p["local_rank"] is not None]) == 2,
+            lambda: (
+                _alive(proc)
+                and len([p for p in run_processes() if p["local_rank"] is not None]) == 2
+            ),
             120,
             "both ranks",
         )

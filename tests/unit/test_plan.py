@@ -53,14 +53,16 @@ def test_every_node_gets_its_rank_and_the_same_master():
         env = np_.env_dict
         assert env["NCCL_IB_HCA"] == "mlx5_0,mlx5_1" and env["NCCL_SOCKET_IFNAME"] == "ib0"
         assert env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7" and env["METAX_USE_TF32"] == "1"
-        assert ["--set", "batch_size=16"] == list(argv[argv.index("batch_size=16") - 1 : argv.index("batch_size=16") + 1])
+        assert ["--set", "batch_size=16"] == list(
+            argv[argv.index("batch_size=16") - 1 : argv.index("batch_size=16") + 1]
+        )
 
 
 def test_hostile_dataset_path_is_quoted_and_round_trips():
     from dataclasses import replace
 
     cluster = load_cluster(str(REPO / "examples" / "cluster.toml"))
-    evil = "/data/my coco's \"set\" $(touch /tmp/pwned) ;rm -rf x"
+    evil = '/data/my coco\'s "set" $(touch /tmp/pwned) ;rm -rf x'
     cluster = replace(cluster, case=replace(cluster.case, data_dir=evil))
     topo = Topology.parse("1x8")
     job = make_job(cluster, topo, pick_nodes(cluster, topo), run_id="r1")

@@ -176,30 +176,40 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
     return detail
 
 
-def _where(conn: Connection, query: Select[Any], selection: Selection) -> Select[Any]:
-    view = SEED_TABLE
+def _where(
+    conn: Connection, query: Select[Any], selection: Selection, source: Any = SEED_TABLE
+) -> Select[Any]:
+    """The selection's filters on `source`: the seed_table view, or the runs table it shows
+    (same column names), which lets a query join runs directly and use its indexes."""
+    c = source.c
     if selection.run_ids:
         ids = [resolve_run(conn, ref) for ref in selection.run_ids]
-        query = query.where(view.c.run_id.in_(ids))
+        query = query.where(c.run_id.in_(ids))
     elif selection.status:
-        query = query.where(view.c.status == selection.status)
+        query = query.where(c.status == selection.status)
     if selection.vendor:
-        query = query.where(view.c.vendor == selection.vendor)
+        query = query.where(c.vendor == selection.vendor)
     if selection.topology:
-        query = query.where(view.c.topology == selection.topology)
+        query = query.where(c.topology == selection.topology)
     if selection.precision:
-        query = query.where(view.c.precision == selection.precision)
+        query = query.where(c.precision == selection.precision)
     if selection.since:
-        query = query.where(view.c.finished_at >= selection.since)
-    query = query.order_by(
-        view.c.vendor, view.c.topology, view.c.precision, view.c.finished_at, view.c.run_id
-    )
-    return query.limit(selection.limit) if selection.limit else query
+        query = query.where(c.finished_at >= selection.since)
+    if selection.limit:
+        order = (c.vendor, c.topology, c.precision, c.finished_at, c.run_id)
+        return query.order_by(*order).limit(selection.limit)
+    return query
 
 
 def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
     """Rows of the seed_table view for a selection, in configuration order."""
-    return list(conn.execute(_where(conn, select(SEED_TABLE), selection)).mappings().all())
+    view = SEED_TABLE
+    query = _where(conn, select(view), selection)
+    if not selection.limit:
+        query = query.order_by(
+            view.c.vendor, view.c.topology, view.c.precision, view.c.finished_at, view.c.run_id
+        )
+    return list(conn.execute(query).mappings().all())
 
 
 # The seed page's environment block: label -> how to read it from run_nodes / images.
@@ -231,9 +241,11 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
     `runs` is a Selection (one query, the database finds the distinct environments) or run ids.
     """
     base = select(*_ENV_COLUMNS).join(Run, Run.run_id == RunNode.run_id).distinct()
-    if isinstance(runs, Selection):
+    if isinstance(runs, Selection) and runs.limit:  # which runs depends on their order
         chosen = _where(conn, select(SEED_TABLE.c.run_id), runs).subquery()
         queries = [base.where(RunNode.run_id.in_(select(chosen.c.run_id)))]
+    elif isinstance(runs, Selection):
+        queries = [_where(conn, base, runs, Run.__table__)]
     else:
         ids = [runs] if isinstance(runs, str) else list(runs)
         queries = [

@@ -133,7 +133,3 @@ def make_engine(url: str | URL) -> Engine:
     kwargs["pool_pre_ping"] = True
     kwargs["connect_args"] = {"connect_timeout": 10, "application_name": "orchestrator"}
     return create_engine(parsed, **kwargs)
-
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"

@@ -310,7 +310,3 @@ def describe_ib(ports: Any) -> str | None:
     for (layer, rate), n in sorted(counts.items()):
         layers.setdefault(layer, []).append(f"{n} x {rate}")
     return "; ".join(f"{layer}, {', '.join(rates)}" for layer, rates in layers.items())
-
-
-def rows_as_dicts(rows: Sequence[RowMapping]) -> list[dict[str, Any]]:
-    return [dict(row) for row in rows]

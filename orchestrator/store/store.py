@@ -13,7 +13,13 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from orchestrator.errors import StoreError
-from orchestrator.runfolder import RUN_STATUSES, RunFolder, RunManifest, read_run_folder
+from orchestrator.runfolder import (
+    FINAL_STATUSES,
+    RUN_STATUSES,
+    RunFolder,
+    RunManifest,
+    read_run_folder,
+)
 from orchestrator.store import ingest, rows
 from orchestrator.store.engine import READ_ONLY_OPTION, make_engine, parse_url, redact_url
 from orchestrator.store.ingest import RunSummary
@@ -147,7 +153,7 @@ class Store:
             values["failure"] = failure
         if status == "running":
             values["started_at"] = now
-        elif status in ("succeeded", "failed", "cancelled", "lost"):
+        elif status in FINAL_STATUSES:
             values["finished_at"] = now
         with self.transaction() as conn:
             done = conn.execute(update(Run).where(Run.run_id == run_id).values(values))

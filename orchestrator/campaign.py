@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from orchestrator.config import tomllib
 from orchestrator.errors import ConfigError, TopologyError
 from orchestrator.specs import Topology
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import tomllib
 from rich.console import Console
 
 from orchestrator.cli.context import AppContext
+from orchestrator.config import tomllib
+from orchestrator.errors import ConfigError
 
 
 def register(cli: click.Group) -> None:
@@ -42,6 +43,12 @@ def enqueue_runs(
     prepared = []
     data_cache: dict[str, Any] = {}
     for cluster, req, extra in items:
+        if cluster.backend == "slurm":
+            raise ConfigError(
+                f"cluster {cluster.name!r} uses the Slurm backend: queued runs and campaigns "
+                "run only on SSH clusters for now",
+                "submit each run with `orchestrator submit` (Slurm queues it)",
+            )
         plan = make_plan(cluster, req)  # checks topology, nodes and precision now, not later
         if cluster.source not in data_cache:
             data_cache[cluster.source] = cluster_data(cluster)

@@ -166,19 +166,19 @@ def submit(
     cluster = app.cluster
     if backend and backend != cluster.backend:
         cluster = dataclasses.replace(cluster, backend=backend)
-    if cluster.backend == "slurm":
-        _submit_slurm(app, cluster, req, repeat, runs_dir, dry_run)
-        return
-    if dry_run:
-        click.echo(make_plan(cluster, req).render(), nl=False)
-        return
-    if detach:
+    if detach and not dry_run:
         from orchestrator.cli.campaign_cmd import enqueue_runs
 
         with open_store_for_submit(app) as store:
             ids = enqueue_runs(store, [(cluster, req, {}) for _ in range(repeat)])
         for run_id in ids:
             click.echo(run_id)
+        return
+    if cluster.backend == "slurm":
+        _submit_slurm(app, cluster, req, repeat, runs_dir, dry_run)
+        return
+    if dry_run:
+        click.echo(make_plan(cluster, req).render(), nl=False)
         return
     _run_repeats(app, req, repeat, runs_dir, lambda: make_plan(cluster, req), execute, "")
 

@@ -116,3 +116,30 @@ def test_unwritable_shared_dir_is_a_typed_error_naming_the_key(tmp_path: Path) -
     job = make_job(cluster, Topology.parse("1x1"), (), run_id="r1")
     with pytest.raises(ConfigError, match="slurm.shared_dir"):
         stage(build_slurm_plan(job, settings, workload_hash="h"))
+
+
+def test_queueing_a_run_on_a_slurm_cluster_is_refused_with_the_remedy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "--cluster",
+            str(repo / "examples" / "cluster-slurm.toml"),
+            "--db",
+            f"sqlite:///{tmp_path / 'r.db'}",
+            "submit",
+            "1x1",
+            "--detach",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Slurm backend" in proc.stderr and "orchestrator submit" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

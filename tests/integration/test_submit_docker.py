@@ -14,19 +14,16 @@ import time
 import pytest
 
 from tests.support.cluster_fixtures import (
-    TINY_SETS,
     run_cli,
     run_processes,
-    start_cli,
+    set_args,
+    start_long_submit,
     wait_for,
+    workers_of,
     write_cluster_file,
 )
 
 pytestmark = [pytest.mark.sshd, pytest.mark.docker, pytest.mark.torch]
-
-
-def _sets(*extra: str) -> list[str]:
-    return [a for s in [*TINY_SETS, *extra] for a in ("--set", s)]
 
 
 def _containers(run_id: str) -> list[str]:
@@ -62,7 +59,7 @@ def test_submit_2x1_runs_in_containers_and_stores_run_and_image(docker_cluster, 
     cluster, cfg, tag = docker_cluster
     db = tmp_path / "results.db"
     proc = run_cli(
-        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *set_args()], tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id, status, runtime, image_tag, image_id = _rows(
@@ -82,24 +79,11 @@ def test_submit_2x1_runs_in_containers_and_stores_run_and_image(docker_cluster, 
 def test_failing_rank_in_a_container_removes_every_container_of_the_run(docker_cluster, tmp_path):
     cluster, cfg, _ = docker_cluster
     db = tmp_path / "results.db"
-    proc = start_cli(
-        [
-            "--cluster",
-            str(cfg),
-            "--db",
-            f"sqlite:///{db}",
-            "submit",
-            "2x1",
-            *_sets("max_iters=400", "epochs=400", "eval=false"),
-        ],
-        tmp_path,
-    )
+    proc = start_long_submit(cfg, db, "2x1", tmp_path)
     try:
 
         def victim():
-            if proc.poll() is not None:
-                raise AssertionError(f"submit exited early: {proc.stderr.read()[-2000:]}")
-            found = [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"]
+            found = workers_of(proc, "1")
             return found and len(_containers(found[0]["run_id"])) == 2 and found[0]
 
         target = wait_for(victim, timeout=180, what="both containers and rank 1")

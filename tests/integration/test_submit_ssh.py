@@ -4,6 +4,7 @@ real workload under real torchrun, results in SQLite (Postgres: test_submit_post
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -13,33 +14,19 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster_fixtures import (
-    TINY_SETS,
     run_cli,
     run_processes,
-    start_cli,
+    set_args,
+    start_long_submit,
     stop,
     wait_for,
+    workers_of,
     write_cluster_file,
 )
 
 pytestmark = [pytest.mark.sshd, pytest.mark.torch]
 
 HOSTILE = 'co co\'s "set" $(touch {canary}) ;x'
-
-
-def _sets(*extra: str) -> list[str]:
-    args = []
-    for item in [*TINY_SETS, *extra]:
-        args += ["--set", item]
-    return args
-
-
-def _alive(proc) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(
-            f"submit exited early ({proc.returncode}): {proc.stderr.read()[-2000:]}"
-        )
-    return True
 
 
 def _db_rows(db: Path, sql: str) -> list[tuple]:
@@ -76,7 +63,7 @@ def test_submit_2x1_runs_on_two_nodes_with_a_hostile_dataset_path(sshd_nodes, ti
     assert run_cli(["--db", f"sqlite:///{db}", "db", "upgrade"], tmp_path).returncode == 0
 
     proc = run_cli(
-        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *set_args()], tmp_path
     )
 
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -112,33 +99,13 @@ def test_submit_2x1_runs_on_two_nodes_with_a_hostile_dataset_path(sshd_nodes, ti
 def test_killed_rank_fails_the_run_within_seconds_naming_its_node(two_nodes, tmp_path):
     cluster, cfg = two_nodes
     db = tmp_path / "results.db"
-    proc = start_cli(
-        [
-            "--cluster",
-            str(cfg),
-            "--db",
-            f"sqlite:///{db}",
-            "submit",
-            "2x1",
-            *_sets("max_iters=400", "epochs=400", "eval=false"),
-        ],
-        tmp_path,
-    )
+    proc = start_long_submit(cfg, db, "2x1", tmp_path)
     try:
-        victim = wait_for(
-            lambda: (
-                _alive(proc)
-                and [p for p in run_processes() if p["node_rank"] == "1" and p["local_rank"] == "0"]
-            ),
-            timeout=120,
-            what="rank of node 1 to start",
-        )[0]
+        victim = wait_for(lambda: workers_of(proc, "1"), 120, "rank of node 1 to start")[0]
         run_id = victim["run_id"]
         # Let training begin (rank files and progress need a live process group), then kill it.
         time.sleep(3)
         killed_at = time.monotonic()
-        import os
-
         os.kill(victim["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=90)
         took = time.monotonic() - killed_at
@@ -172,7 +139,7 @@ def test_unreachable_node_fails_preflight_and_starts_nothing(
     db = tmp_path / "results.db"
     t0 = time.monotonic()
     proc = run_cli(
-        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *set_args()], tmp_path
     )
     assert proc.returncode == 1
     assert time.monotonic() - t0 < 30
@@ -203,7 +170,7 @@ def test_changed_host_key_is_refused(changed_host_key_node, tiny_coco, tmp_path)
             f"sqlite:///{tmp_path / 'r.db'}",
             "submit",
             "1x1",
-            *_sets(),
+            *set_args(),
         ],
         tmp_path,
     )
@@ -215,27 +182,9 @@ def test_changed_host_key_is_refused(changed_host_key_node, tiny_coco, tmp_path)
 def test_sigint_cancels_the_run_and_cleans_every_node(two_nodes, tmp_path):
     cluster, cfg = two_nodes
     db = tmp_path / "results.db"
-    proc = start_cli(
-        [
-            "--cluster",
-            str(cfg),
-            "--db",
-            f"sqlite:///{db}",
-            "submit",
-            "2x1",
-            *_sets("max_iters=400", "epochs=400", "eval=false"),
-        ],
-        tmp_path,
-    )
+    proc = start_long_submit(cfg, db, "2x1", tmp_path)
     try:
-        wait_for(
-            lambda: (
-                _alive(proc)
-                and len([p for p in run_processes() if p["local_rank"] is not None]) == 2
-            ),
-            120,
-            "both ranks",
-        )
+        wait_for(lambda: len(workers_of(proc)) == 2, 120, "both ranks")
         run_id = run_processes()[0]["run_id"]
         code, out, err = stop(proc, signal.SIGINT)
     finally:

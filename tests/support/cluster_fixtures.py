@@ -31,6 +31,31 @@ TINY_SETS = [
 ]
 
 
+# Long enough to be stopped or killed mid-run.
+LONG_SETS = ["max_iters=400", "epochs=400", "eval=false"]
+
+
+def set_args(*extra: str) -> list[str]:
+    """`--set` options: the tiny run's settings, then `extra` (later ones win)."""
+    return [arg for item in [*TINY_SETS, *extra] for arg in ("--set", item)]
+
+
+def start_long_submit(cfg: Path, db: Path, topology: str, cwd: Path) -> subprocess.Popen[str]:
+    """`orchestrator submit TOPOLOGY` of a run long enough to interrupt, in the background."""
+    args = ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", topology]
+    return start_cli([*args, *set_args(*LONG_SETS)], cwd)
+
+
+def workers_of(proc: subprocess.Popen[str], node_rank: str | None = None) -> list[dict[str, Any]]:
+    """The workload's rank processes (not torchrun) now running, on one node rank or all;
+    fails at once if the submitting process already ended."""
+    if proc.poll() is not None:
+        err = proc.stderr.read() if proc.stderr else ""
+        raise AssertionError(f"submit exited early ({proc.returncode}): {err[-2000:]}")
+    found = [p for p in run_processes() if p["local_rank"] is not None]
+    return [p for p in found if node_rank is None or p["node_rank"] == node_rank]
+
+
 def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 

@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, delete, text, update  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+# One way to make and drop a throwaway Postgres database for the benches (bench/ is on sys.path).
+from bench_store import scratch_postgres  # noqa: E402
+from sqlalchemy import delete, text, update  # noqa: E402
 
 from orchestrator.cli.campaign_cmd import enqueue_runs  # noqa: E402
 from orchestrator.config import load_cluster  # noqa: E402
@@ -181,23 +181,6 @@ def bench_backend(name: str, url: str, queued: int, rounds: int, folder: Path) -
         store.close()
 
 
-@contextmanager
-def scratch_pg(admin_url: str) -> Iterator[str]:
-    admin = make_url(admin_url)
-    if admin.drivername in ("postgresql", "postgres"):
-        admin = admin.set(drivername="postgresql+psycopg")
-    db = f"bench_sched_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{db}"'))
-    try:
-        yield admin.set(database=db).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queued", type=int, default=1000)
@@ -213,7 +196,7 @@ def main() -> None:
         if not args.no_postgres:
             if not args.pg_url:
                 sys.exit("PostgreSQL: set $ORCHESTRATOR_TEST_PG_URL or --pg-url (or --no-postgres)")
-            with scratch_pg(args.pg_url) as url:
+            with scratch_postgres(args.pg_url) as url:
                 bench_backend("postgres", url, args.queued, args.rounds, folder)
 
 

@@ -166,15 +166,17 @@ def render_script(
         python,
         f"--nnodes={topo.nnodes}",
         f"--nproc-per-node={topo.nproc_per_node}",
-        f"--master-port={master_port}",
         "--max-restarts=0",
     ]
     workload = ["-m", WORKLOAD_MODULE, *workload_args(job, f"{run_dir}/ranks")]
     # Per task: the node rank comes from Slurm; "$@" carries the rest, quoted here once.
     per_task = (
         'exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" '
-        '--master-addr="$MASTER_ADDR" "$@"'
+        '--master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" "$@"'
     )
+    # Jobs that share a node (a 1x1 beside a 2x1, or any partition that is not exclusive) must
+    # not share a rendezvous port: offset master_port by the job id.
+    port_span = max(1, min(1000, 65536 - master_port))
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {opt}" for opt in sbatch_directives(job, settings, run_dir)]
     lines += [
@@ -185,13 +187,15 @@ def render_script(
         f"RUN_DIR={q(run_dir)}",
         'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
         "",
-        "# the allocation's hosts in node-rank order; master: the first host's address",
+        "# the allocation's hosts in node-rank order; master: the first host's address, a port",
+        "# of this job's own (master_port + job id modulo the span)",
         f'scontrol show hostnames "$SLURM_JOB_NODELIST" > "$RUN_DIR/{NODELIST_FILE}"',
         f'FIRST_HOST=$(head -n 1 "$RUN_DIR/{NODELIST_FILE}")',
         'MASTER_ADDR=$(scontrol -o show node "$FIRST_HOST" | tr " " "\\n" '
         "| sed -n 's/^NodeAddr=//p')",
         'export MASTER_ADDR="${MASTER_ADDR:-$FIRST_HOST}"',
-        'echo "orchestrator: allocation $SLURM_JOB_NODELIST, master $MASTER_ADDR"',
+        f"export MASTER_PORT=$(( {master_port} + SLURM_JOB_ID % {port_span} ))",
+        'echo "orchestrator: allocation $SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT"',
         "",
         "# environment and preflight on every allocated node",
         shlex.join([*step, "--output=" + run_dir + "/nodes/probe-%n.json"])

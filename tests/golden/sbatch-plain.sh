@@ -25,19 +25,21 @@ export PYTHONUNBUFFERED=1
 RUN_DIR=/shared/orchestrator/runs/20260115-131500-abc123
 mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"
 
-# the allocation's hosts in node-rank order; master: the first host's address
+# the allocation's hosts in node-rank order; master: the first host's address, a port
+# of this job's own (master_port + job id modulo the span)
 scontrol show hostnames "$SLURM_JOB_NODELIST" > "$RUN_DIR/nodelist"
 FIRST_HOST=$(head -n 1 "$RUN_DIR/nodelist")
 MASTER_ADDR=$(scontrol -o show node "$FIRST_HOST" | tr " " "\n" | sed -n 's/^NodeAddr=//p')
 export MASTER_ADDR="${MASTER_ADDR:-$FIRST_HOST}"
-echo "orchestrator: allocation $SLURM_JOB_NODELIST, master $MASTER_ADDR"
+export MASTER_PORT=$(( 29500 + SLURM_JOB_ID % 1000 ))
+echo "orchestrator: allocation $SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT"
 
 # environment and preflight on every allocated node
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 --output=/shared/orchestrator/runs/20260115-131500-abc123/nodes/probe-%n.json /opt/venv/bin/python /shared/orchestrator/workload/0123456789abcdef/node_probe.py '{"count_accelerators": false, "data_dir": "/shared/data/coco", "docker_host": null, "ib_hcas": [], "min_free_gb": 1.0, "need_docker": false, "need_torch": true, "nproc": 8, "smi": null, "weights": "none", "workdir": "/shared/orchestrator"}'
 /opt/venv/bin/python /shared/orchestrator/workload/0123456789abcdef/probe_check.py "$RUN_DIR"/nodes/probe-*.json
 
 # the benchmark: torchrun on every node, one failing task ends them all
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 --output=/shared/orchestrator/runs/20260115-131500-abc123/logs/node-%n.log bash -c 'exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" --master-addr="$MASTER_ADDR" "$@"' /opt/venv/bin/python --nnodes=2 --nproc-per-node=8 --master-port=29500 --max-restarts=0 -m workload.faster_rcnn --data-dir /shared/data/coco --backbone-weights none --output-dir /shared/orchestrator/runs/20260115-131500-abc123/ranks --run-id 20260115-131500-abc123 --precision amp --set batch_size=16 --set epochs=2 --set lr=0.16
+srun --ntasks-per-node=1 --kill-on-bad-exit=1 --output=/shared/orchestrator/runs/20260115-131500-abc123/logs/node-%n.log bash -c 'exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" "$@"' /opt/venv/bin/python --nnodes=2 --nproc-per-node=8 --max-restarts=0 -m workload.faster_rcnn --data-dir /shared/data/coco --backbone-weights none --output-dir /shared/orchestrator/runs/20260115-131500-abc123/ranks --run-id 20260115-131500-abc123 --precision amp --set batch_size=16 --set epochs=2 --set lr=0.16
 
 # submitted with:
 sbatch --parsable /shared/orchestrator/runs/20260115-131500-abc123/job.sbatch

@@ -137,3 +137,22 @@ def test_nodes_option_is_refused_for_slurm() -> None:
     req = SubmitRequest(topology=Topology.parse("2x1"), node_names=("a", "b"))
     with pytest.raises(ConfigError, match="--nodes does not apply"):
         make_slurm_plan(_cluster(SITE), req)
+
+
+def test_jobs_sharing_a_node_get_their_own_rendezvous_port() -> None:
+    import subprocess
+
+    script = _plan(SITE).render()
+    assert '--master-port="$MASTER_PORT"' in script and "--master-port=29500" not in script
+    line = next(ln for ln in script.splitlines() if ln.startswith("export MASTER_PORT="))
+    ports = {
+        subprocess.run(
+            ["bash", "-c", f"{line}; echo $MASTER_PORT"],
+            env={"SLURM_JOB_ID": str(job_id)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for job_id in (41, 42, 1041)
+    }
+    assert ports == {"29541", "29542"}  # 1041 wraps onto 41: a thousand jobs apart

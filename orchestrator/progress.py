@@ -26,10 +26,18 @@ def parse_event(line: str) -> dict[str, Any] | None:
 class ProgressView:
     """Shows epoch, iteration, loss, images/s and ETA of the run."""
 
-    def __init__(self, run_id: str, console: Console | None = None, plain_every_s: float = 10.0):
+    def __init__(
+        self,
+        run_id: str,
+        console: Console | None = None,
+        plain_every_s: float = 10.0,
+        live: bool = True,
+    ):
         self.console = console or Console(stderr=True)
         self.run_id = run_id
-        self.live = self.console.is_terminal
+        # live=False: plain lines only (a worker following several runs from threads; rich
+        # allows one live display at a time)
+        self.live = live and self.console.is_terminal
         self.plain_every_s = plain_every_s
         self._last_plain = 0.0
         self._progress: Progress | None = None

@@ -13,7 +13,6 @@ from rich.console import Console
 
 from orchestrator.cli.context import AppContext
 from orchestrator.config import tomllib
-from orchestrator.errors import ConfigError
 
 
 def register(cli: click.Group) -> None:
@@ -21,6 +20,11 @@ def register(cli: click.Group) -> None:
     cli.add_command(worker)
     cli.add_command(queue)
     cli.add_command(cancel)
+
+
+SLURM_HINT = (
+    "Slurm queues the submitted jobs; `orchestrator worker` follows them and stores their results"
+)
 
 
 def cluster_data(cluster: Any) -> dict[str, Any] | None:
@@ -35,21 +39,19 @@ def enqueue_runs(
     items: list[tuple[Any, Any, dict[str, Any]]],
     campaign_row: tuple[str, str, dict[str, Any], str] | None = None,
 ) -> list[str]:
-    """(cluster, SubmitRequest, extra request fields) -> queued run ids, all in one transaction:
-    a campaign is queued whole or not at all."""
+    """(cluster, SubmitRequest, extra request fields) -> run ids, all in one transaction: a
+    campaign is queued whole or not at all. Runs on SSH clusters are queued for workers; runs
+    on Slurm clusters are submitted as held jobs, recorded `running` with their job ids, then
+    released: Slurm queues them, and a worker follows them (docs/slurm.md)."""
     from orchestrator.queue import leases
+    from orchestrator.slurm import follows
+    from orchestrator.slurm.detached import held_jobs
+    from orchestrator.slurm.execute import make_slurm_plan, slurm_manifest
     from orchestrator.submit import make_plan, manifest_for
 
-    prepared = []
+    queued, slurm, order = [], [], []
     data_cache: dict[str, Any] = {}
     for cluster, req, extra in items:
-        if cluster.backend == "slurm":
-            raise ConfigError(
-                f"cluster {cluster.name!r} uses the Slurm backend: queued runs and campaigns "
-                "run only on SSH clusters for now",
-                "submit each run with `orchestrator submit` (Slurm queues it)",
-            )
-        plan = make_plan(cluster, req)  # checks topology, nodes and precision now, not later
         if cluster.source not in data_cache:
             data_cache[cluster.source] = cluster_data(cluster)
         doc = leases.request_doc(
@@ -65,14 +67,25 @@ def enqueue_runs(
             req.campaign_id,
             **extra,
         )
-        manifest = manifest_for(plan, req, "queued", submitted_at=leases.now_utc())
-        prepared.append((manifest, doc))
-    with store.transaction() as conn:
+        # Every run is planned now: topology, nodes and precision fail here, not later.
+        if cluster.backend == "slurm":
+            splan = make_slurm_plan(cluster, req)
+            manifest = slurm_manifest(splan, req, "running", None, submitted_at=leases.now_utc())
+            slurm.append((splan, manifest, doc))
+        else:
+            manifest = manifest_for(
+                make_plan(cluster, req), req, "queued", submitted_at=leases.now_utc()
+            )
+            queued.append((manifest, doc))
+        order.append(manifest.run_id)
+    with held_jobs([plan for plan, _, _ in slurm]) as job_ids, store.transaction() as conn:
         if campaign_row:
             leases.insert_campaign(conn, *campaign_row)
-        for manifest, doc in prepared:
+        for manifest, doc in queued:
             leases.enqueue(conn, manifest, doc)
-    return [m.run_id for m, _ in prepared]
+        for (_, manifest, doc), job_id in zip(slurm, job_ids):
+            follows.insert_submitted(conn, manifest, doc, job_id)
+    return order
 
 
 @click.group()
@@ -128,9 +141,15 @@ def _queue_campaign(app: AppContext, spec: Any, runs: Any, file: str) -> None:
     raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
     with open_store_for_submit(app) as store:
         ids = enqueue_runs(store, items, (campaign_id, spec.name, raw, submitter()))
-    click.echo(f"campaign {campaign_id}: {len(ids)} run(s) queued")
+    on_slurm = sum(1 for cluster, _, _ in items if cluster.backend == "slurm")
+    click.echo(
+        f"campaign {campaign_id}: {len(ids) - on_slurm} run(s) queued, "
+        f"{on_slurm} run(s) submitted to Slurm"
+    )
     for rid in ids:
         click.echo(rid)
+    if on_slurm:
+        click.echo(SLURM_HINT, err=True)
 
 
 @click.command()
@@ -196,29 +215,46 @@ def queue(app: AppContext) -> None:
     from sqlalchemy import select
 
     from orchestrator.queue import leases
+    from orchestrator.slurm import follows
     from orchestrator.store.models import NodeLease, Run
 
     with app.open_store() as store, store.reading() as conn:
         queued = leases.read_queue(conn)
         busy = leases.read_busy(conn)
         running = conn.execute(
-            select(Run.run_id, Run.topology, Run.cluster, Run.campaign_id)
+            select(
+                Run.run_id,
+                Run.topology,
+                Run.cluster,
+                Run.slurm_job_id,
+                Run.request.is_not(None).label("queued"),
+            )
             .where(Run.status == "running")
-            .order_by(Run.started_at)
+            .order_by(Run.submitted_at)
         ).all()
         held = conn.execute(
             select(NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at)
         ).all()
+        followed = follows.followers(conn)
     decisions = {d.run_id: d for d in leases.schedule(queued, busy, leases.nodes_of)}
     click.echo(f"{'run':<40} {'status':<8} {'topology':<8} {'cluster':<12} detail")
-    for run_id, topo, cluster, _campaign in running:
+    for run_id, topo, cluster, job_id, was_queued in running:
         mine = [h for h in held if h[0] == run_id]
-        detail = (
-            f"worker {mine[0][2]} on {', '.join(h[1] for h in mine)}, lease until "
-            f"{max(h[3] for h in mine).isoformat(timespec='seconds')}"
-            if mine
-            else "started by `orchestrator submit`"
-        )
+        if mine:
+            detail = (
+                f"worker {mine[0][2]} on {', '.join(h[1] for h in mine)}, lease until "
+                f"{max(h[3] for h in mine).isoformat(timespec='seconds')}"
+            )
+        elif job_id and run_id in followed:
+            holder, until = followed[run_id]
+            when = until.isoformat(timespec="seconds")
+            detail = f"slurm job {job_id}, followed by worker {holder} until {when}"
+        elif job_id and was_queued:
+            detail = f"slurm job {job_id}, not followed: start `orchestrator worker`"
+        elif job_id:
+            detail = f"slurm job {job_id}, followed by its `orchestrator submit`"
+        else:
+            detail = "started by `orchestrator submit`"
         click.echo(f"{run_id:<40} {'running':<8} {topo:<8} {cluster:<12} {detail}")
     for q in queued:
         d = decisions[q.run_id]
@@ -244,8 +280,11 @@ def cancel(app: AppContext, run_id: str) -> None:
         if _slurm_job_of(store, run_id):
             from orchestrator.slurm.execute import cancel_run
 
-            job_id = cancel_run(store, run_id)
-            click.echo(f"run {run_id}: scancel {job_id}; its submitter records the run cancelled")
+            job_id = cancel_run(store, run_id, submitter())
+            click.echo(
+                f"run {run_id}: scancel {job_id}; whoever follows it (its submit or a worker) "
+                "records it cancelled"
+            )
             return
         result = leases.request_cancel(store, run_id, submitter())
         if result == "requested":

@@ -167,12 +167,14 @@ def submit(
     if backend and backend != cluster.backend:
         cluster = dataclasses.replace(cluster, backend=backend)
     if detach and not dry_run:
-        from orchestrator.cli.campaign_cmd import enqueue_runs
+        from orchestrator.cli.campaign_cmd import SLURM_HINT, enqueue_runs
 
         with open_store_for_submit(app) as store:
             ids = enqueue_runs(store, [(cluster, req, {}) for _ in range(repeat)])
         for run_id in ids:
             click.echo(run_id)
+        if cluster.backend == "slurm":
+            click.echo(SLURM_HINT, err=True)
         return
     if cluster.backend == "slurm":
         _submit_slurm(app, cluster, req, repeat, runs_dir, dry_run)

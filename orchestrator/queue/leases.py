@@ -321,12 +321,15 @@ class _Taken(Exception):
     pass
 
 
-def renew(store: Any, run_id: str, holder: str, ttl_s: float) -> tuple[int, bool]:
-    """Push the run's leases out by ttl; returns (leases still held, cancel requested)."""
+def renew(
+    store: Any, run_id: str, holder: str, ttl_s: float, table: Any = NodeLease
+) -> tuple[int, bool]:
+    """Push the run's leases out by ttl; returns (leases still held, cancel requested).
+    `table`: NodeLease, or SlurmFollow for a followed Slurm run (same columns)."""
     with store.transaction() as conn:
         held = conn.execute(
-            update(NodeLease)
-            .where(NodeLease.run_id == run_id, NodeLease.holder == holder)
+            update(table)
+            .where(table.run_id == run_id, table.holder == holder)
             .values(expires_at=now_utc() + timedelta(seconds=ttl_s))
         ).rowcount
         cancel = conn.scalar(select(Run.cancel_requested_at).where(Run.run_id == run_id))
@@ -375,11 +378,12 @@ class Orphan:
 def find_orphans(
     store: Any, now: datetime | None = None, run_id: str | None = None
 ) -> list[Orphan]:
-    """Queued-and-claimed runs still `running` whose every lease expired (owner gone)."""
+    """Queued-and-claimed runs still `running` whose every lease expired (owner gone). Slurm
+    runs hold no node leases: Slurm owns their nodes (slurm/follows.py adopts them)."""
     now = now or now_utc()
     live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
     query = select(Run.run_id, Run.request).where(
-        Run.status == "running", Run.request.is_not(None), ~live
+        Run.status == "running", Run.request.is_not(None), Run.backend != "slurm", ~live
     )
     if run_id:
         query = query.where(Run.run_id == run_id)

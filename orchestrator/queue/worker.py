@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.specs import ClusterSpec
+    from orchestrator.submit import SubmitRequest
 
 POLL_S = 1.0
 RENEW_MAX_S = 5.0  # renew (and look for a cancel request) at least this often
@@ -31,7 +32,8 @@ def default_worker_id() -> str:
 
 class LeaseKeeper:
     """Renews the run's leases and turns a cancel request, the worker's own stop signal or
-    lost leases into the run's stop event."""
+    lost leases into the run's stop event. With `detach` (a Slurm run: Slurm owns the job),
+    the worker's stop and a lost follow set `detach` instead: the job goes on, unfollowed."""
 
     def __init__(
         self,
@@ -41,9 +43,12 @@ class LeaseKeeper:
         ttl_s: float,
         worker_stop: threading.Event,
         run_stop: threading.Event,
+        renew: Callable[[Any, str, str, float], tuple[int, bool]] = leases.renew,
+        detach: threading.Event | None = None,
     ) -> None:
         self.store, self.run_id, self.holder, self.ttl_s = store, run_id, holder, ttl_s
         self.worker_stop, self.run_stop = worker_stop, run_stop
+        self.renew, self.detach = renew, detach
         self.done = threading.Event()
         self.why: str | None = None
         self.thread = threading.Thread(target=self._loop, name=f"lease-{run_id}", daemon=True)
@@ -61,20 +66,37 @@ class LeaseKeeper:
         next_renew = time.monotonic() + every
         while not self.done.wait(0.2):
             if self.worker_stop.is_set():
-                self.run_stop.set()
+                (self.detach or self.run_stop).set()
             if time.monotonic() < next_renew:
                 continue
             next_renew = time.monotonic() + every
             try:
-                held, cancel = leases.renew(self.store, self.run_id, self.holder, self.ttl_s)
+                held, cancel = self.renew(self.store, self.run_id, self.holder, self.ttl_s)
             except OrchestratorError:
                 continue  # the store is briefly away: the lease still has time left
             if cancel and not self.run_stop.is_set():
                 self.why = "cancel requested"
                 self.run_stop.set()
             if held == 0 and not self.run_stop.is_set():
-                self.why = "its node leases were taken over (this worker was presumed dead)"
-                self.run_stop.set()
+                self.why = "its leases were taken over (this worker was presumed dead)"
+                (self.detach or self.run_stop).set()
+
+
+def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> SubmitRequest:
+    """The submit options stored with a queued (or detached Slurm) run."""
+    from orchestrator.specs import Topology
+    from orchestrator.submit import SubmitRequest
+
+    return SubmitRequest(
+        topology=Topology.parse(doc["topology"]),
+        node_names=tuple(nodes) if nodes else None,
+        precision=doc["precision"],
+        sets=tuple((str(k), str(v)) for k, v in doc["sets"]),
+        timeout_s=doc.get("timeout_s"),
+        no_progress_timeout_s=doc.get("no_progress_timeout_s"),
+        command=doc.get("command") or "",
+        campaign_id=doc.get("campaign_id"),
+    )
 
 
 def run_claim(
@@ -87,8 +109,7 @@ def run_claim(
     ttl_s: float,
 ) -> str:
     """Execute one claimed run under its leases; returns its final status."""
-    from orchestrator.specs import Topology
-    from orchestrator.submit import SubmitRequest, execute, make_plan
+    from orchestrator.submit import execute, make_plan
 
     doc = claim.request
     try:
@@ -97,16 +118,7 @@ def run_claim(
         # host) would then collide on one rendezvous port: offset it by the rank-0 node's index.
         first = [n.name for n in cluster.nodes].index(claim.nodes[0])
         cluster = dataclasses.replace(cluster, master_port=cluster.master_port + first)
-        req = SubmitRequest(
-            topology=Topology.parse(doc["topology"]),
-            node_names=claim.nodes,
-            precision=doc["precision"],
-            sets=tuple((str(k), str(v)) for k, v in doc["sets"]),
-            timeout_s=doc.get("timeout_s"),
-            no_progress_timeout_s=doc.get("no_progress_timeout_s"),
-            command=doc.get("command") or "",
-            campaign_id=doc.get("campaign_id"),
-        )
+        req = request_from_doc(doc, claim.nodes)
         plan = make_plan(cluster, req, run_id=claim.run_id)
     except OrchestratorError as exc:
         reason = f"cannot plan the queued run: {exc.one_line()}"
@@ -205,27 +217,40 @@ def run_worker(
     ttl_s: float = LEASE_TTL_S,
     poll_s: float = POLL_S,
 ) -> dict[str, int]:
-    """The worker loop; returns how many runs ended in each status."""
+    """The worker loop; returns how many runs ended in each status. Slurm runs are followed
+    in threads beside the queue (their jobs wait in Slurm's queue, not ours); the worker is
+    idle when nothing is queued that it can start and it follows no Slurm run."""
+    from orchestrator.queue.slurm_followers import SlurmFollowers
+
     counts: dict[str, int] = {}
     reconcile(store, holder, console, ttl_s)
     last_reconcile = idle_since = time.monotonic()
-    while not stop.is_set():
-        if max_runs is not None and sum(counts.values()) >= max_runs:
-            break
-        # Also between runs, not only when idle: a busy queue must not keep an orphan's nodes.
-        if time.monotonic() - last_reconcile >= ttl_s / 2:
-            if reconcile(store, holder, console, ttl_s):
-                idle_since = time.monotonic()  # freed nodes: queued runs may start now
-            last_reconcile = time.monotonic()
-        claim = leases.claim_next(store, holder, ttl_s)
-        if claim is None:
-            if once or (idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s):
+    with SlurmFollowers(store, holder, runs_dir, stop, console, ttl_s, poll_s) as followers:
+        while not stop.is_set():
+            ended = sum(counts.values()) + sum(followers.counts.values())
+            if max_runs is not None and ended >= max_runs:
                 break
-            stop.wait(poll_s)
-            continue
-        status = run_claim(store, claim, holder, runs_dir, stop, console, ttl_s)
-        counts[status] = counts.get(status, 0) + 1
-        idle_since = time.monotonic()
-        if once:
-            break
+            # Also between runs, not only when idle: a busy queue must not keep an orphan's
+            # nodes.
+            if time.monotonic() - last_reconcile >= ttl_s / 2:
+                if reconcile(store, holder, console, ttl_s):
+                    idle_since = time.monotonic()  # freed nodes: queued runs may start now
+                last_reconcile = time.monotonic()
+            claim = leases.claim_next(store, holder, ttl_s)
+            if claim is None:
+                if followers.active():
+                    idle_since = time.monotonic()
+                elif once or (
+                    idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s
+                ):
+                    break
+                stop.wait(poll_s)
+                continue
+            status = run_claim(store, claim, holder, runs_dir, stop, console, ttl_s)
+            counts[status] = counts.get(status, 0) + 1
+            idle_since = time.monotonic()
+            if once:
+                break
+    for status, n in followers.counts.items():
+        counts[status] = counts.get(status, 0) + n
     return counts

@@ -125,3 +125,15 @@ def scancel(job_id: str) -> None:
     res = _call(["scancel", job_id])
     if res.returncode != 0 and "already completed" not in (res.stderr or ""):
         raise SlurmError(f"scancel {job_id} failed: {_detail(res)}", "try `scancel` by hand")
+
+
+def release(job_ids: list[str]) -> None:
+    """Let held jobs (`sbatch --hold`) be scheduled."""
+    if not job_ids:
+        return
+    res = _call(["scontrol", "release", ",".join(job_ids)])
+    if res.returncode != 0:
+        raise SlurmError(
+            f"scontrol release failed: {_detail(res)}; the runs are recorded, their jobs held",
+            f"release them by hand: scontrol release {','.join(job_ids)}",
+        )

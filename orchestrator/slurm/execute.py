@@ -9,7 +9,8 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,9 +92,10 @@ def _placeholders(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
     )
 
 
-def _manifest(
+def slurm_manifest(
     plan: SlurmPlan, req: SubmitRequest, status: str, job_id: str | None, **extra: Any
 ) -> Any:
+    """The run's manifest: backend slurm, its job id, the allocation (placeholders before)."""
     nodes = plan.nodes or _placeholders(plan)
     manifest = manifest_for(replace(plan, nodes=nodes), req, status, **extra)  # type: ignore[arg-type]
     return replace(manifest, backend="slurm", slurm_job_id=job_id)
@@ -197,14 +199,10 @@ def execute(
     # worker queue (issue 6), which must not claim a run Slurm is queueing. started_at is
     # stamped when Slurm starts the job.
     store.create_run(
-        _manifest(plan, req, "running", None, submitted_at=submitted_at), status="running"
+        slurm_manifest(plan, req, "running", None, submitted_at=submitted_at), status="running"
     )
     phases = PhaseClock()
     job_id: str | None = None
-    started_at = None
-    failure: Failure | None = None
-    status = "failed"
-    interval = plan.settings.poll_interval_s
     try:
         stage(plan)
         phases.lap("stage")
@@ -214,21 +212,68 @@ def execute(
         _set_job_id(store, job.run_id, job_id)
         console.print(f"[dim]slurm job {job_id} submitted[/]")
         phases.lap("submit")
+    except (_Cancelled, OrchestratorError) as exc:
+        status = "cancelled" if isinstance(exc, _Cancelled) else "failed"
+        why = Failure(str(exc) if isinstance(exc, _Cancelled) else exc.one_line())
+        shutil.rmtree(plan.run_dir, ignore_errors=True)
+        ending = _Ending(status, why)
+        return _finalize(plan, req, run_dir, store, ending, submitted_at, None, job_id)
+    except BaseException as exc:
+        if job_id is not None:
+            _scancel_quietly(job_id)
+        ending = _Ending("failed", Failure(f"internal error: {exc!r}"))
+        _finalize(plan, req, run_dir, store, ending, submitted_at, None, job_id)
+        raise
+    outcome = follow(plan, req, store, run_dir, job_id, submitted_at, None, stop, console, phases)
+    assert outcome is not None  # no detach event: follow always ends the run
+    return outcome
+
+
+@dataclass
+class _Ending:
+    status: str
+    failure: Failure | None
+
+
+def follow(
+    plan: SlurmPlan,
+    req: SubmitRequest,
+    store: Store,
+    run_dir: Path,
+    job_id: str,
+    submitted_at: datetime,
+    started_at: datetime | None,
+    stop: threading.Event,
+    console: Console,
+    phases: PhaseClock | None = None,
+    detach: threading.Event | None = None,
+) -> Outcome | None:
+    """Follow a submitted job to its end, then collect and publish the run. `stop` cancels the
+    job (scancel); `detach` stops following and leaves the job to Slurm (a worker that stops,
+    or one whose follow was taken over): returns None then, and the run stays `running` for
+    the next follower. `--timeout` counts from the job's start: time waiting in Slurm's queue
+    is Slurm's business (its time_limit bounds the run too)."""
+    job = plan.job
+    phases = phases or PhaseClock()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    interval = plan.settings.poll_interval_s
+    failure: Failure | None = None
+    status = "failed"
+    try:
         follower = _Follower(plan, job_id, console)
-        deadline = None if job.timeout_s is None else time.monotonic() + job.timeout_s
         state: commands.JobState | None = None
-        with ProgressView(job.run_id, console) as view:
+        with ProgressView(job.run_id, console, live=detach is None) as view:
             while True:
+                if detach is not None and detach.is_set():
+                    return None
                 state = commands.job_state(job_id)
                 if state is None:
                     failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
                 if state.state == "PENDING":
                     follower.pending(state)
-                elif (
-                    started_at is None
-                    and state.state in ("RUNNING", "COMPLETING")
-                    or (started_at is None and state.final and state.node_list)
+                elif started_at is None and (
+                    state.state in ("RUNNING", "COMPLETING") or (state.final and state.node_list)
                 ):
                     started_at = utcnow()
                     phases.lap("queue")
@@ -241,19 +286,10 @@ def execute(
                     follower.tail(view)
                 if state.final:
                     break
-                why = None
-                if stop.is_set():
-                    why = Failure("cancelled by the user (scancel)")
-                    status = "cancelled"
-                elif deadline is not None and time.monotonic() > deadline:
-                    why = Failure(f"timed out after {job.timeout_s:g}s (scancel)")
-                elif (
-                    started_at is not None
-                    and job.no_progress_timeout_s is not None
-                    and time.monotonic() - view.last_event_at > job.no_progress_timeout_s
-                ):
-                    why = Failure(f"no progress for {job.no_progress_timeout_s:g}s (scancel)")
+                why = _why_stop(job, stop, started_at, view.last_event_at)
                 if why is not None:
+                    if stop.is_set():
+                        status = "cancelled"
                     commands.scancel(job_id)
                     state = _wait_final(job_id, interval)
                     failure = why
@@ -270,22 +306,35 @@ def execute(
             status, failure = _ending(plan, state, run_dir)
             if status == "succeeded" and collect_problems:
                 status, failure = "failed", Failure("collection failed: " + collect_problems)
-    except _Cancelled as exc:
-        status, failure = "cancelled", Failure(str(exc))
     except OrchestratorError as exc:
         failure = Failure(exc.one_line())
     except BaseException as exc:
-        if job_id is not None:
-            _scancel_quietly(job_id)
-        failure = Failure(f"internal error: {exc!r}")
-        _finalize(plan, req, run_dir, store, "failed", failure, submitted_at, started_at, job_id)
+        _scancel_quietly(job_id)
+        ending = _Ending("failed", Failure(f"internal error: {exc!r}"))
+        _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
         raise
-    outcome = _finalize(
-        plan, req, run_dir, store, status, failure, submitted_at, started_at, job_id
-    )
+    ending = _Ending(status, failure)
+    outcome = _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
     phases.lap("publish")
     write_json(run_dir / "timings.json", phases.as_dict())
     return outcome
+
+
+def _why_stop(
+    job: Any, stop: threading.Event, started_at: datetime | None, last_event_at: float
+) -> Failure | None:
+    """Why the orchestrator ends the job now (cancel, timeout, no progress), or None."""
+    if stop.is_set():
+        return Failure("cancelled by the user (scancel)")
+    if started_at is None:
+        return None
+    ran_s = (utcnow() - started_at).total_seconds()
+    if job.timeout_s is not None and ran_s > job.timeout_s:
+        return Failure(f"timed out after {job.timeout_s:g}s (scancel)")
+    quiet_s = time.monotonic() - last_event_at
+    if job.no_progress_timeout_s is not None and quiet_s > job.no_progress_timeout_s:
+        return Failure(f"no progress for {job.no_progress_timeout_s:g}s (scancel)")
+    return None
 
 
 class _Cancelled(Exception):
@@ -349,7 +398,7 @@ def _ending(plan: SlurmPlan, state: commands.JobState, run_dir: Path) -> tuple[s
     if state.reason:
         where += f" ({state.reason})"
     if state.state == "CANCELLED":
-        return "cancelled", Failure(f"{where}: cancelled outside the orchestrator (scancel)")
+        return "cancelled", Failure(f"{where}: scancel (`orchestrator cancel` or by hand)")
     exit_code = None
     if state.exit_code:
         try:
@@ -378,6 +427,11 @@ def _ending(plan: SlurmPlan, state: commands.JobState, run_dir: Path) -> tuple[s
         if any("Root Cause" in ln for ln in tail):
             found = diagnose(slot.name, exit_code, tail)
             return "failed", replace(found, reason=f"{found.reason} [{where}]"[:500])
+    if not job_text and not plan.nodes:
+        where += (
+            f"; the job wrote nothing to {plan.run_dir}: is slurm.shared_dir mounted at the same "
+            "path on every node?"
+        )
     return "failed", Failure(where, exit_code=exit_code, log_tail=job_text[-4000:])
 
 
@@ -386,17 +440,17 @@ def _finalize(
     req: SubmitRequest,
     run_dir: Path,
     store: Store,
-    status: str,
-    failure: Failure | None,
-    submitted_at: Any,
-    started_at: Any,
+    ending: _Ending,
+    submitted_at: datetime,
+    started_at: datetime | None,
     job_id: str | None,
 ) -> Outcome:
     """As orchestrator.submit._finalize, with the Slurm job id and the allocation's nodes."""
-    manifest = _manifest(
+    failure = ending.failure
+    manifest = slurm_manifest(
         plan,
         req,
-        status,
+        ending.status,
         job_id,
         submitted_at=submitted_at,
         started_at=started_at,
@@ -406,18 +460,30 @@ def _finalize(
     return publish_run(manifest, run_dir, store, failure)
 
 
-def cancel_run(store: Store, run_id: str) -> str:
-    """`orchestrator cancel` for a Slurm run: scancel its job; the submitting process sees the
-    job end and finalizes the run. Returns the job id."""
-    from sqlalchemy import select
+def cancel_run(store: Store, run_id: str, by: str) -> str:
+    """`orchestrator cancel` for a Slurm run: record the request, then scancel its job; whoever
+    follows the job (its `submit`, or a worker) sees it end and finalizes the run. Returns the
+    job id."""
+    from sqlalchemy import insert, select, update
 
-    from orchestrator.store.models import Run
+    from orchestrator.store.models import Run, RunStatusChange
 
     with store.reading() as conn:
         row = conn.execute(select(Run.slurm_job_id, Run.status).where(Run.run_id == run_id)).first()
     if row is None or not row.slurm_job_id:
         raise ConfigError(
             f"run {run_id} has no Slurm job", "check the run id (`orchestrator runs`)"
+        )
+    with store.transaction() as conn:
+        conn.execute(
+            update(Run)
+            .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=utcnow())
+        )
+        reason = f"cancel requested by {by} (scancel {row.slurm_job_id})"
+        conn.execute(
+            insert(RunStatusChange),
+            [{"run_id": run_id, "status": row.status, "reason": reason, "at": utcnow()}],
         )
     commands.scancel(row.slurm_job_id)
     return str(row.slurm_job_id)

@@ -340,3 +340,18 @@ class NodeLease(Base):
     holder: Mapped[str] = mapped_column(String(128))  # worker id: host:pid or a queue worker
     acquired_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class SlurmFollow(Base):
+    """Which worker follows a Slurm run's job (renewed like a lease; an expired row lets
+    another worker adopt the run). Slurm owns the nodes: Slurm runs take no node_leases."""
+
+    __tablename__ = "slurm_follows"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[str] = mapped_column(String(32))
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

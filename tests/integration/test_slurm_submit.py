@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from tests.support.cluster_fixtures import (
     stop,
     wait_for,
 )
-from tests.support.workload_fixtures import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.torch]
 
@@ -67,49 +65,6 @@ def _ranks(db: Path, node_rank: str | None = None) -> list[dict]:
         for p in run_processes(run_id)
         if p["local_rank"] == "0" and (node_rank is None or p["node_rank"] == node_rank)
     ]
-
-
-def write_slurm_cluster_file(
-    path: Path, *, data_dir: Path, shared_dir: Path, extra_sbatch: tuple[str, ...] = ()
-) -> Path:
-    options = ", ".join(json.dumps(o) for o in extra_sbatch)
-    path.write_text(
-        "\n".join(
-            [
-                "[cluster]",
-                'name = "slurmtest"',
-                'vendor = "cpu"',
-                'backend = "slurm"',
-                f"master_port = {free_port()}",  # other tests on this machine use 29500
-                "[case]",
-                f"data_dir = {json.dumps(str(data_dir))}",
-                "[slurm]",
-                'partition = "test"',
-                'time_limit = "00:15:00"',
-                f"sbatch_options = [{options}]",
-                f"shared_dir = {json.dumps(str(shared_dir))}",
-                f"python = {json.dumps(sys.executable)}",
-                'socket_ifname = "lo"',
-                "poll_interval_s = 0.5",
-                "",
-            ]
-        )
-    )
-    return path
-
-
-@pytest.fixture
-def slurm_cfg(slurm_cluster, tiny_coco, tmp_path):
-    def make(*extra_sbatch: str) -> Path:
-        return write_slurm_cluster_file(
-            tmp_path / "cluster.toml",
-            data_dir=tiny_coco,
-            shared_dir=tmp_path / "shared",
-            extra_sbatch=extra_sbatch,
-        )
-
-    yield make
-    slurm_cluster.wait_no_jobs()
 
 
 def test_submit_2x1_through_slurm_runs_on_both_nodes_and_stores_the_run(slurm_cfg, tmp_path):
@@ -287,3 +242,26 @@ def test_ctrl_c_while_running_cancels_the_job_and_leaves_no_task(
     assert status == "cancelled" and "cancelled by the user" in reason, reason
     wait_for(lambda: run_processes(run_id) == [], timeout=30, what="no task left")
     slurm_cluster.wait_no_jobs(timeout=30)
+
+
+def test_a_job_past_its_time_limit_ends_timeout_and_the_run_fails_saying_so(slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    cfg = slurm_cfg()
+    cfg.write_text(cfg.read_text().replace('time_limit = "00:15:00"', 'time_limit = "00:01:00"'))
+    res = run_cli(
+        [
+            "--cluster",
+            str(cfg),
+            "--db",
+            f"sqlite:///{db}",
+            "submit",
+            "2x1",
+            *_sets("max_iters=4000", "epochs=400", "eval=false", "lr=0.00001"),
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert res.returncode == 1, res.stderr[-3000:]
+    run_id, status, reason = _rows(db, "SELECT run_id, status, reason FROM runs")[0]
+    assert status == "failed" and "ended TIMEOUT" in reason, reason
+    assert run_processes(run_id) == []

@@ -7,23 +7,28 @@ every client (sbatch, squeue, scontrol, scancel, srun) at. Stopped at teardown: 
 shutdown, then every daemon by its pid file. Needs root, slurm-wlm and munge; FAILS, never skips,
 without them (scripts/install-system-packages.sh installs them).
 
-Fixture: `slurm_cluster` (session-scoped); sets SLURM_CONF in os.environ for the session so the
-CLI started as a subprocess talks to this cluster.
+Fixtures: `slurm_cluster` (session-scoped; sets SLURM_CONF in os.environ for the session so the
+CLI started as a subprocess talks to this cluster) and `slurm_cfg` (writes a cluster file for
+it; checks at teardown that the test left no job).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.workload_fixtures import free_port
 
 NODES = (("n1", "127.0.1.1", 17001), ("n2", "127.0.1.2", 17002))
 CTLD_PORT = 16817
@@ -218,3 +223,46 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = old
+
+
+def write_slurm_cluster_file(
+    path: Path, *, data_dir: Path, shared_dir: Path, extra_sbatch: tuple[str, ...] = ()
+) -> Path:
+    options = ", ".join(json.dumps(o) for o in extra_sbatch)
+    path.write_text(
+        "\n".join(
+            [
+                "[cluster]",
+                'name = "slurmtest"',
+                'vendor = "cpu"',
+                'backend = "slurm"',
+                f"master_port = {free_port()}",  # other tests on this machine use 29500
+                "[case]",
+                f"data_dir = {json.dumps(str(data_dir))}",
+                "[slurm]",
+                'partition = "test"',
+                'time_limit = "00:15:00"',
+                f"sbatch_options = [{options}]",
+                f"shared_dir = {json.dumps(str(shared_dir))}",
+                f"python = {json.dumps(sys.executable)}",
+                'socket_ifname = "lo"',
+                "poll_interval_s = 0.5",
+                "",
+            ]
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def slurm_cfg(slurm_cluster, tiny_coco, tmp_path):
+    def make(*extra_sbatch: str, name: str = "cluster.toml") -> Path:
+        return write_slurm_cluster_file(
+            tmp_path / name,
+            data_dir=tiny_coco,
+            shared_dir=tmp_path / "shared",
+            extra_sbatch=extra_sbatch,
+        )
+
+    yield make
+    slurm_cluster.wait_no_jobs()

@@ -118,20 +118,27 @@ def test_unwritable_shared_dir_is_a_typed_error_naming_the_key(tmp_path: Path) -
         stage(build_slurm_plan(job, settings, workload_hash="h"))
 
 
-def test_queueing_a_run_on_a_slurm_cluster_is_refused_with_the_remedy(tmp_path: Path) -> None:
+def test_a_detached_slurm_run_that_cannot_be_staged_records_nothing(tmp_path: Path) -> None:
+    import sqlite3
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[2]
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    text = (repo / "examples" / "cluster-slurm.toml").read_text()
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(text.replace('"/shared/orchestrator"', f'"{blocker}/orchestrator"'))
+    db = tmp_path / "r.db"
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "orchestrator",
             "--cluster",
-            str(repo / "examples" / "cluster-slurm.toml"),
+            str(cluster),
             "--db",
-            f"sqlite:///{tmp_path / 'r.db'}",
+            f"sqlite:///{db}",
             "submit",
             "1x1",
             "--detach",
@@ -140,6 +147,8 @@ def test_queueing_a_run_on_a_slurm_cluster_is_refused_with_the_remedy(tmp_path: 
         text=True,
         cwd=tmp_path,
     )
-    assert proc.returncode == 2
-    assert "Slurm backend" in proc.stderr and "orchestrator submit" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "slurm.shared_dir" in proc.stderr and "writable" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)

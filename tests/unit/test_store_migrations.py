@@ -34,6 +34,7 @@ TABLES = {
     "run_epochs",
     "monitor_samples",
     "node_leases",
+    "slurm_follows",
 }
 VIEWS = {"seed_table", "config_history"}
 

@@ -1,0 +1,177 @@
+"""The worker's side of Slurm runs that `campaign submit` or `submit --detach` handed to Slurm:
+adopt each one nobody follows, follow its job in a thread (pending reason, progress, timeouts,
+cancel requests) and, when the job ends, collect and publish the run. Slurm queues the jobs
+and owns the nodes; a worker only follows. Stopping the worker leaves the jobs to Slurm and
+releases their follow rows at once, so the next worker adopts them."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.queue import leases
+from orchestrator.queue.worker import LeaseKeeper, request_from_doc
+from orchestrator.slurm import follows
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.slurm.follows import Unfollowed
+
+
+class SlurmFollowers:
+    """A background thread that adopts unfollowed Slurm runs, and one thread per followed run."""
+
+    def __init__(
+        self,
+        store: Any,
+        holder: str,
+        runs_dir: Path,
+        worker_stop: threading.Event,
+        console: Console,
+        ttl_s: float,
+        poll_s: float,
+    ) -> None:
+        self.store, self.holder, self.runs_dir = store, holder, runs_dir
+        self.worker_stop, self.console = worker_stop, console
+        self.ttl_s, self.poll_s = ttl_s, poll_s
+        self.counts: dict[str, int] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._done = threading.Event()
+        self._poller = threading.Thread(target=self._loop, name="slurm-followers", daemon=True)
+
+    def __enter__(self) -> SlurmFollowers:
+        self.poll()  # before the worker's first idle check
+        self._poller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._poller.join(timeout=30)
+        for thread in list(self._threads.values()):
+            thread.join()
+
+    def active(self) -> int:
+        with self._lock:
+            return sum(1 for t in self._threads.values() if t.is_alive())
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.poll_s):
+            if self.worker_stop.is_set():
+                return
+            try:
+                self.poll()
+            except OrchestratorError as exc:  # the store is briefly away: try again
+                self.console.print(f"[yellow]following Slurm runs: {exc.one_line()}[/]")
+
+    def poll(self) -> None:
+        """Adopt every Slurm run nobody follows that this machine can follow."""
+        if self.worker_stop.is_set():
+            return
+        for item in follows.unfollowed(self.store):
+            with self._lock:
+                if item.run_id in self._threads:
+                    continue  # ours, ending right now
+            if not self._can_follow(item):
+                continue
+            if not follows.adopt(self.store, item.run_id, item.job_id, self.holder, self.ttl_s):
+                continue
+            thread = threading.Thread(
+                target=self._follow, args=(item,), name=f"follow-{item.run_id}", daemon=True
+            )
+            with self._lock:
+                self._threads[item.run_id] = thread
+            thread.start()
+
+    def _can_follow(self, item: Unfollowed) -> bool:
+        """A worker without Slurm's commands or the shared folder must leave the run to one
+        that has them, not fail it."""
+        from orchestrator.slurm.execute import settings_of
+
+        problem = None
+        if shutil.which("scontrol") is None:
+            problem = "scontrol is not on this machine's PATH"
+        else:
+            try:
+                shared = settings_of(leases.cluster_from(item.request)).shared_dir
+            except OrchestratorError as exc:
+                problem = exc.one_line()
+            else:
+                if not Path(shared).is_dir():
+                    problem = f"slurm.shared_dir {shared} is not mounted here"
+        if problem and problem not in self._warned:
+            self._warned.add(problem)
+            self.console.print(f"[yellow]not following Slurm runs here: {problem}[/]")
+        return problem is None
+
+    def _follow(self, item: Unfollowed) -> None:
+        from orchestrator.slurm.execute import follow, make_slurm_plan
+
+        doc = item.request
+        status = "detached"
+        try:
+            try:
+                cluster = leases.cluster_from(doc)
+                req = request_from_doc(doc, None)
+                plan = make_slurm_plan(cluster, req, run_id=item.run_id)
+            except OrchestratorError as exc:
+                status = "failed"
+                self._end_unplannable(item, exc)
+                return
+            cancel, detach = threading.Event(), threading.Event()
+            self.console.print(
+                f"[bold]run {item.run_id}[/]: following slurm job {item.job_id} ({doc['topology']})"
+            )
+            keeper = LeaseKeeper(
+                self.store,
+                item.run_id,
+                self.holder,
+                self.ttl_s,
+                self.worker_stop,
+                cancel,
+                renew=follows.renew,
+                detach=detach,
+            )
+            with keeper:
+                outcome = follow(
+                    plan,
+                    req,
+                    self.store,
+                    self.runs_dir / item.run_id,
+                    item.job_id,
+                    item.submitted_at,
+                    item.started_at,
+                    cancel,
+                    self.console,
+                    detach=detach,
+                )
+            if outcome is None:
+                self.console.print(f"run {item.run_id}: left to Slurm ({keeper.why or 'stop'})")
+            else:
+                status = outcome.status
+                self.console.print(f"run {item.run_id}: {status}")
+        except OrchestratorError as exc:
+            status = "failed"
+            leases.end_run(self.store, item.run_id, "failed", exc.one_line(), ["running"])
+        finally:
+            follows.release(self.store, item.run_id, self.holder)
+            leases.finish_campaign_if_done(self.store, doc.get("campaign_id"))
+            with self._lock:
+                self._threads.pop(item.run_id, None)
+                if status != "detached":
+                    self.counts[status] = self.counts.get(status, 0) + 1
+
+    def _end_unplannable(self, item: Unfollowed, exc: OrchestratorError) -> None:
+        from orchestrator.slurm import commands
+
+        try:
+            commands.scancel(item.job_id)
+        except OrchestratorError:
+            pass
+        reason = f"cannot follow slurm job {item.job_id}: {exc.one_line()} (scancel)"
+        leases.end_run(self.store, item.run_id, "failed", reason, ["running"])

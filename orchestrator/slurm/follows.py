@@ -1,0 +1,131 @@
+"""The store side of Slurm runs queued by `campaign submit` or `submit --detach`: the runs
+rows (written with their held jobs in one transaction) and `slurm_follows`, which says which
+worker follows each job. Slurm queues the jobs and owns the nodes, so these runs take no
+node_leases; a follow row is renewed like a lease, and when its worker dies it expires and
+another worker adopts the run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator.queue import leases
+from orchestrator.queue.leases import now_utc
+from orchestrator.runfolder import RunManifest
+from orchestrator.store import rows
+from orchestrator.store.models import Campaign, Run, RunNode, RunStatusChange, SlurmFollow
+
+
+def insert_submitted(
+    conn: Connection, manifest: RunManifest, request: dict[str, Any], job_id: str
+) -> None:
+    """A `running` row for a run whose job Slurm holds or queues, with the request a worker
+    needs to follow it, its placeholder nodes and its first history entry."""
+    now = now_utc()
+    row = rows.run_row(manifest, now)
+    row.update(status="running", request=request, submitted_at=now, slurm_job_id=job_id)
+    conn.execute(insert(Run), [row])
+    conn.execute(
+        insert(RunNode), [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes]
+    )
+    reason = f"slurm job {job_id} submitted; Slurm queues it"
+    conn.execute(
+        insert(RunStatusChange),
+        [{"run_id": manifest.run_id, "status": "running", "reason": reason, "at": now}],
+    )
+    campaign = request.get("campaign_id")
+    if campaign:
+        conn.execute(
+            update(Campaign)
+            .where(Campaign.campaign_id == campaign, Campaign.status == "queued")
+            .values(status="running")
+        )
+
+
+@dataclass(frozen=True)
+class Unfollowed:
+    run_id: str
+    job_id: str
+    request: Mapping[str, Any]
+    submitted_at: datetime
+    started_at: datetime | None
+
+
+def unfollowed(store: Any, now: datetime | None = None) -> list[Unfollowed]:
+    """Running Slurm runs with a stored request that no live worker follows, oldest first."""
+    now = now or now_utc()
+    live = exists().where(and_(SlurmFollow.run_id == Run.run_id, SlurmFollow.expires_at > now))
+    query = (
+        select(Run.run_id, Run.slurm_job_id, Run.request, Run.submitted_at, Run.started_at)
+        .where(
+            Run.status == "running",
+            Run.backend == "slurm",
+            Run.slurm_job_id.is_not(None),
+            Run.request.is_not(None),
+            ~live,
+        )
+        .order_by(Run.submitted_at, Run.run_id)
+    )
+    with store.reading() as conn:
+        return [Unfollowed(*row) for row in conn.execute(query).all()]
+
+
+def adopt(store: Any, run_id: str, job_id: str, holder: str, ttl_s: float) -> bool:
+    """Become the run's follower: take an expired follow row over, or insert the first one.
+    False when another worker follows it (or took it first) or the run ended meanwhile."""
+    now = now_utc()
+    expires = now + timedelta(seconds=ttl_s)
+    try:
+        with store.engine.begin() as conn:
+            running = conn.scalar(select(Run.status).where(Run.run_id == run_id)) == "running"
+            if not running:
+                return False
+            taken = conn.execute(
+                update(SlurmFollow)
+                .where(SlurmFollow.run_id == run_id, SlurmFollow.expires_at <= now)
+                .values(holder=holder, acquired_at=now, expires_at=expires)
+            ).rowcount
+            if taken:
+                return True
+            conn.execute(
+                insert(SlurmFollow),
+                [
+                    {
+                        "run_id": run_id,
+                        "job_id": job_id,
+                        "holder": holder,
+                        "acquired_at": now,
+                        "expires_at": expires,
+                    }
+                ],
+            )
+    except SQLAlchemyError:
+        return False  # the primary key: a live follower, or another worker was first
+    return True
+
+
+def renew(store: Any, run_id: str, holder: str, ttl_s: float) -> tuple[int, bool]:
+    """Push this worker's follow row out by ttl; returns (rows still held, cancel requested)."""
+    return leases.renew(store, run_id, holder, ttl_s, table=SlurmFollow)
+
+
+def release(store: Any, run_id: str, holder: str) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            delete(SlurmFollow).where(SlurmFollow.run_id == run_id, SlurmFollow.holder == holder)
+        )
+
+
+def followers(conn: Connection) -> dict[str, tuple[str, datetime]]:
+    """run_id -> (holder, expires_at) of every follow row, for `orchestrator queue`."""
+    return {
+        run_id: (holder, expires)
+        for run_id, holder, expires in conn.execute(
+            select(SlurmFollow.run_id, SlurmFollow.holder, SlurmFollow.expires_at)
+        )
+    }

@@ -1,0 +1,82 @@
+"""Slurm's final job states -> the run's status and reason (orchestrator.slurm.execute._ending),
+and the held submit of detached runs (pure logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.plan import make_job
+from orchestrator.slurm.commands import JobState
+from orchestrator.slurm.detached import held_argv
+from orchestrator.slurm.execute import _ending
+from orchestrator.slurm.script import NodeSlot, SlurmPlan, build_slurm_plan
+from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.specs import ClusterSpec, Topology
+
+
+def _plan() -> SlurmPlan:
+    settings = SlurmSettings(shared_dir="/shared/o")
+    cluster = ClusterSpec(name="c", vendor="cpu", nodes=(), backend="slurm", slurm=settings)
+    job = make_job(cluster, Topology.parse("2x1"), (), run_id="r1")
+    plan = build_slurm_plan(job, settings, workload_hash="h")
+    return SlurmPlan(
+        **{**plan.__dict__, "nodes": (NodeSlot("n1", "n1", 0), NodeSlot("n2", "n2", 1))}
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "exit_code", "status", "words"),
+    [
+        ("COMPLETED", None, "0:0", "succeeded", None),
+        ("TIMEOUT", "TimeLimit", "0:15", "failed", "slurm job 7 ended TIMEOUT (TimeLimit)"),
+        ("NODE_FAIL", "NodeDown", "0:0", "failed", "slurm job 7 ended NODE_FAIL (NodeDown)"),
+        ("OUT_OF_MEMORY", None, "0:125", "failed", "slurm job 7 ended OUT_OF_MEMORY"),
+        ("PREEMPTED", None, "0:15", "failed", "slurm job 7 ended PREEMPTED"),
+        ("CANCELLED", None, "0:15", "cancelled", "slurm job 7 ended CANCELLED: scancel"),
+    ],
+)
+def test_every_final_state_maps_to_a_status_and_a_reason(
+    tmp_path: Path, state: str, reason: str | None, exit_code: str, status: str, words: str | None
+) -> None:
+    got, failure = _ending(_plan(), JobState("7", state, reason, exit_code, "n[1-2]"), tmp_path)
+    assert got == status
+    if words is None:
+        assert failure is None
+    else:
+        assert failure is not None and words in failure.reason
+
+
+def test_a_failed_job_names_the_rank_from_torchrun_s_summary(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "n2.log").write_text(
+        "\n".join(
+            [
+                "Root Cause (first observed failure):",
+                "[0]:",
+                "  host      : n2",
+                "  rank      : 1 (local_rank: 0)",
+                "  exitcode  : -9 (pid: 42)",
+                "  traceback : Signal 9 (SIGKILL) received by PID 42",
+            ]
+        )
+    )
+    status, failure = _ending(_plan(), JobState("7", "FAILED", None, "1:0", "n[1-2]"), tmp_path)
+    assert status == "failed" and failure is not None
+    assert failure.node == "n2" and failure.rank == 1
+    assert "rank 1 on node n2" in failure.reason and "slurm job 7 ended FAILED" in failure.reason
+
+
+def test_detached_runs_are_submitted_held() -> None:
+    plan = _plan()
+    argv = held_argv(plan)
+    assert argv[:3] == ("sbatch", "--hold", "--parsable") and argv[-1] == plan.script_path
+
+
+def test_a_job_that_wrote_nothing_points_at_the_shared_folder(tmp_path: Path) -> None:
+    plan = SlurmPlan(**{**_plan().__dict__, "nodes": ()})
+    state = JobState("7", "FAILED", "NonZeroExitCode", "1:0", "n1")
+    status, failure = _ending(plan, state, tmp_path)
+    assert status == "failed" and failure is not None
+    assert "slurm.shared_dir mounted at the same path on every node" in failure.reason

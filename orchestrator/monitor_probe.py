@@ -1,7 +1,8 @@
 """The node-side monitor sampler: standard library only, Python 3.8, sent as `python3 -c SOURCE`.
 
 Appends one JSON line per sample to OUT, every INTERVAL seconds, until it is killed (the run's
-stop kills every process carrying ORCHESTRATOR_RUN_ID) or the folder holding OUT disappears:
+stop kills every process carrying ORCHESTRATOR_RUN_ID), the folder holding OUT disappears, or
+(with "follow_parent": true) the process that started it exits:
 
     {"ts": 1768385700.1, "metric": "host_cpu_util_percent", "value": 37.5, "device": null}
 
@@ -84,6 +85,9 @@ def main(args):
     columns = args.get("columns")
     folder = os.path.dirname(out) or "."
     have_tool = tool is not None and shutil.which(tool[0]) is not None
+    # With "follow_parent", stop when the parent exits: under Slurm the sampler runs beside
+    # torchrun in one task, and a step killed whole must not leave it behind.
+    parent = os.getppid() if args.get("follow_parent") else None
     raw_written = False
     previous = cpu_times()
 
@@ -116,7 +120,10 @@ def main(args):
                     write("monitor_raw", 1, text=raw)
                     raw_written = True
             f.flush()
-            time.sleep(max(0.05, interval - (time.time() - started)))
+            while time.time() < started + interval:
+                if parent is not None and os.getppid() != parent:
+                    return 0  # the task that started us is gone (Slurm's step ended)
+                time.sleep(min(0.5, max(0.05, started + interval - time.time())))
     return 0
 
 

@@ -6,6 +6,7 @@ folder written, and the job gone from the controller."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -16,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.launch import Failure, diagnose, utcnow, write_json
+from orchestrator.monitor import MONITOR_FILE
 from orchestrator.plan import make_job, new_run_id
 from orchestrator.progress import ProgressView, parse_event
 from orchestrator.slurm import commands
 from orchestrator.slurm.script import (
     JOB_OUTPUT,
+    MONITOR_PROBE_FILE,
     NODELIST_FILE,
     PROBE_CHECK_FILE,
     PROBE_FILE,
@@ -122,11 +125,28 @@ def _stage(plan: SlurmPlan) -> None:
         for rel, local in workload_files():
             (workload / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, workload / rel)
-        here = Path(__file__).resolve().parent
-        shutil.copyfile(here.parent / "node_probe.py", workload / PROBE_FILE)
-        shutil.copyfile(here / "probe_check.py", workload / PROBE_CHECK_FILE)
         (workload / ".complete").write_text("")
+    # The node-side helpers are not in the workload hash: refresh them every time.
+    here = Path(__file__).resolve().parent
+    for source, name in (
+        (here.parent / "node_probe.py", PROBE_FILE),
+        (here / "probe_check.py", PROBE_CHECK_FILE),
+        (here.parent / "monitor_probe.py", MONITOR_PROBE_FILE),
+    ):
+        _write_if_changed(workload / name, source.read_bytes())
     Path(plan.script_path).write_text(plan.script)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Replace the file atomically when its content differs (jobs may be reading it)."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _set_job_id(store: Store, run_id: str, job_id: str) -> None:
@@ -376,6 +396,10 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store) -> str:
             log = shared / "logs" / f"node-{slot.node_rank}.log"
             if log.exists():
                 shutil.copyfile(log, run_dir / "logs" / f"{slot.name}.log")
+            samples = shared / "nodes" / f"monitor-{slot.node_rank}.jsonl"
+            if samples.exists():
+                (run_dir / "nodes" / slot.name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(samples, run_dir / "nodes" / slot.name / MONITOR_FILE)
             probe = shared / "nodes" / f"probe-{slot.node_rank}.json"
             if probe.exists():
                 data = json.loads(probe.read_text().strip().splitlines()[-1])

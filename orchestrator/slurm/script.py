@@ -15,12 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from orchestrator import monitor
 from orchestrator.plan import WORKLOAD_MODULE, workload_args
 from orchestrator.slurm.settings import SlurmSettings
 from orchestrator.specs import JobSpec
 
 PROBE_FILE = "node_probe.py"  # staged next to the workload source under shared_dir
 PROBE_CHECK_FILE = "probe_check.py"  # fails the job when a node's probe failed a check
+MONITOR_PROBE_FILE = "monitor_probe.py"  # the sampler started beside torchrun on every node
+NODE_MARK = "@NODE@"  # replaced by $SLURM_NODEID in the sampler's output path
 NODELIST_FILE = "nodelist"  # the allocation's hosts, in node-rank order
 JOB_OUTPUT = "slurm-job.out"  # the batch shell's own stdout and stderr
 
@@ -169,11 +172,20 @@ def render_script(
         "--max-restarts=0",
     ]
     workload = ["-m", WORKLOAD_MODULE, *workload_args(job, f"{run_dir}/ranks")]
-    # Per task: the node rank comes from Slurm; "$@" carries the rest, quoted here once.
+    # Per task: the monitor sampler in the background, then torchrun exec'd in the task's own
+    # process (so Slurm's signals reach it); the sampler stops when torchrun, its parent after
+    # the exec, exits. The node rank comes from Slurm; "$@" carries the rest, quoted here once.
     per_task = (
+        '"$0" "$ORCHESTRATOR_MONITOR" "${ORCHESTRATOR_MONITOR_ARGS//'
+        + NODE_MARK
+        + '/$SLURM_NODEID}" & '
         'exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" '
         '--master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" "$@"'
     )
+    sampler = monitor.sampler_args(
+        [smi] if smi else [], f"{run_dir}/nodes/monitor-{NODE_MARK}.jsonl", monitor.interval_s()
+    )
+    sampler["follow_parent"] = True
     # Jobs that share a node (a 1x1 beside a 2x1, or any partition that is not exclusive) must
     # not share a rendezvous port: offset master_port by the job id.
     port_span = max(1, min(1000, 65536 - master_port))
@@ -186,6 +198,9 @@ def render_script(
         *[f"export {k}={q(v)}" for k, v in sorted(env.items())],
         f"RUN_DIR={q(run_dir)}",
         'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
+        "# the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl",
+        f"export ORCHESTRATOR_MONITOR={q(workload_dir + '/' + MONITOR_PROBE_FILE)}",
+        f"export ORCHESTRATOR_MONITOR_ARGS={q(json.dumps(sampler, sort_keys=True))}",
         "",
         "# the allocation's hosts in node-rank order; master: the first host's address, a port",
         "# of this job's own (master_port + job id modulo the span)",

@@ -18,6 +18,9 @@ export PYTHONPATH=/shared/orchestrator/workload/0123456789abcdef
 export PYTHONUNBUFFERED=1
 RUN_DIR=/shared/orchestrator/runs/20260115-131500-abc123
 mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"
+# the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl
+export ORCHESTRATOR_MONITOR=/shared/orchestrator/workload/0123456789abcdef/monitor_probe.py
+export ORCHESTRATOR_MONITOR_ARGS='{"columns": null, "follow_parent": true, "interval_s": 5.0, "out": "/shared/orchestrator/runs/20260115-131500-abc123/nodes/monitor-@NODE@.jsonl", "tool": null}'
 
 # the allocation's hosts in node-rank order; master: the first host's address, a port
 # of this job's own (master_port + job id modulo the span)
@@ -33,7 +36,7 @@ srun --ntasks-per-node=1 --kill-on-bad-exit=1 --container-image=/shared/images/m
 python3 /shared/orchestrator/workload/0123456789abcdef/probe_check.py "$RUN_DIR"/nodes/probe-*.json
 
 # the benchmark: torchrun on every node, one failing task ends them all
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 --container-image=/shared/images/metax-c500.sqsh --container-mounts=/shared/orchestrator:/shared/orchestrator,/shared/data/coco:/shared/data/coco:ro,/dev/infiniband:/dev/infiniband --container-workdir=/shared/orchestrator/runs/20260115-131500-abc123 --output=/shared/orchestrator/runs/20260115-131500-abc123/logs/node-%n.log bash -c 'exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" "$@"' python3 --nnodes=2 --nproc-per-node=8 --max-restarts=0 -m workload.faster_rcnn --data-dir /shared/data/coco --backbone-weights none --output-dir /shared/orchestrator/runs/20260115-131500-abc123/ranks --run-id 20260115-131500-abc123 --precision amp --set batch_size=16 --set epochs=2 --set lr=0.16
+srun --ntasks-per-node=1 --kill-on-bad-exit=1 --container-image=/shared/images/metax-c500.sqsh --container-mounts=/shared/orchestrator:/shared/orchestrator,/shared/data/coco:/shared/data/coco:ro,/dev/infiniband:/dev/infiniband --container-workdir=/shared/orchestrator/runs/20260115-131500-abc123 --output=/shared/orchestrator/runs/20260115-131500-abc123/logs/node-%n.log bash -c '"$0" "$ORCHESTRATOR_MONITOR" "${ORCHESTRATOR_MONITOR_ARGS//@NODE@/$SLURM_NODEID}" & exec "$0" -m torch.distributed.run --node-rank="$SLURM_NODEID" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" "$@"' python3 --nnodes=2 --nproc-per-node=8 --max-restarts=0 -m workload.faster_rcnn --data-dir /shared/data/coco --backbone-weights none --output-dir /shared/orchestrator/runs/20260115-131500-abc123/ranks --run-id 20260115-131500-abc123 --precision amp --set batch_size=16 --set epochs=2 --set lr=0.16
 
 # submitted with:
 sbatch --parsable /shared/orchestrator/runs/20260115-131500-abc123/job.sbatch

@@ -95,6 +95,14 @@ def test_submit_2x1_through_slurm_runs_on_both_nodes_and_stores_the_run(slurm_cf
     ).exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["backend"] == "slurm" and manifest["slurm_job_id"] == job_id
+    # The monitor sampler ran beside torchrun on each node; its samples are stored per node.
+    sampled = _rows(
+        db,
+        "SELECT DISTINCT node_name FROM monitor_samples "
+        f"WHERE run_id = '{run_id}' AND metric = 'host_mem_used_bytes'",
+    )
+    assert sorted(sampled) == [("n1",), ("n2",)]
+    assert (run_dir / "nodes" / "n1" / "monitor.jsonl").exists()
     assert not (tmp_path / "shared" / "runs" / run_id).exists()
     assert run_processes(run_id) == []
     # The same report as any run.
@@ -136,7 +144,7 @@ def test_a_failing_rank_ends_the_job_and_fails_the_run_with_the_reason(slurm_cfg
     assert status == "failed", reason
     assert "rank 1" in reason and "n2" in reason and "slurm job" in reason, reason
     assert json.loads(failure)["node"] == "n2"
-    assert run_processes(run_id) == [], "task processes left behind"
+    assert run_processes(run_id) == [], f"task processes left behind: {run_processes(run_id)}"
 
 
 def test_a_node_that_fails_preflight_fails_the_run_before_torchrun(

@@ -194,3 +194,31 @@ def test_samples_of_a_node_not_in_the_run_are_refused(sqlite_store: Any, run_cop
     _samples_file(folder, "stranger", [])
     with pytest.raises(IngestError, match="node 'stranger' is not in manifest.json"):
         sqlite_store.ingest([folder])
+
+
+def test_a_sampler_that_follows_its_parent_ends_when_the_parent_does(tmp_path: Path) -> None:
+    # Under Slurm the sampler is started beside torchrun by the task's shell, which then execs
+    # torchrun; when that process ends (or is killed) the sampler must not outlive it.
+    args = monitor.sampler_args([], str(tmp_path / monitor.MONITOR_FILE), 5.0)
+    args["follow_parent"] = True
+    probe = Path(monitor.__file__).with_name("monitor_probe.py")
+    shell = subprocess.run(
+        ["bash", "-c", f"\"$0\" {probe} '{json.dumps(args)}' & echo $!; sleep 0.5", sys.executable],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(shell.stdout.split()[0])
+
+    def alive() -> bool:  # a zombie waiting for its new parent to reap it has ended
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 5
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "the sampler outlived its parent"
+    assert (tmp_path / monitor.MONITOR_FILE).read_text().strip()  # it did sample meanwhile

@@ -124,6 +124,8 @@ class SlurmFollowers:
                 self._end_unplannable(item, exc)
                 return
             cancel, detach = threading.Event(), threading.Event()
+            if item.cancel_requested_at is not None:
+                cancel.set()  # `orchestrator cancel` ran while nobody followed the run
             self.console.print(
                 f"[bold]run {item.run_id}[/]: following slurm job {item.job_id} ({doc['topology']})"
             )

@@ -22,6 +22,7 @@ from orchestrator.plan import make_job, new_run_id
 from orchestrator.progress import ProgressView, parse_event
 from orchestrator.slurm import commands
 from orchestrator.slurm.script import (
+    EXIT_FILE,
     JOB_OUTPUT,
     MONITOR_PROBE_FILE,
     NODELIST_FILE,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from orchestrator.store import Store
 
 FINAL_WAIT_S = 120.0  # after scancel: how long the job may take to leave the controller
+STATE_RETRY_S = 300.0  # how long Slurm's commands may fail before a followed run fails
 
 
 def settings_of(cluster: ClusterSpec) -> SlurmSettings:
@@ -279,6 +281,7 @@ def follow(
     interval = plan.settings.poll_interval_s
     failure: Failure | None = None
     status = "failed"
+    failing_since: float | None = None
     try:
         follower = _Follower(plan, job_id, console)
         state: commands.JobState | None = None
@@ -286,9 +289,22 @@ def follow(
             while True:
                 if detach is not None and detach.is_set():
                     return None
-                state = commands.job_state(job_id)
+                try:
+                    state = commands.job_state(job_id) or _state_from_exit_file(plan, job_id)
+                except commands.SlurmError as exc:
+                    # slurmctld restarting must not fail a run that Slurm still runs
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since > STATE_RETRY_S:
+                        raise
+                    console.print(f"[yellow]slurm job {job_id}: {exc.one_line()}; retrying[/]")
+                    time.sleep(max(interval, 5.0))
+                    continue
+                failing_since = None
                 if state is None:
-                    failure = Failure(f"slurm job {job_id} vanished from the controller")
+                    if stop.is_set():
+                        status, failure = "cancelled", Failure("cancelled by the user (scancel)")
+                    else:
+                        failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
                 if state.state == "PENDING":
                     follower.pending(state)
@@ -368,6 +384,24 @@ def _scancel_quietly(job_id: str) -> None:
         pass
 
 
+def _state_from_exit_file(plan: SlurmPlan, job_id: str) -> commands.JobState | None:
+    """The job's ending from the exit status its batch shell wrote, once neither the controller
+    nor accounting knows the job (a worker adopting a run long after its job ended)."""
+    try:
+        text = Path(plan.run_dir, EXIT_FILE).read_text().strip()
+    except OSError:
+        return None
+    code = int(text) if text.lstrip("-").isdigit() else 1
+    nodes = ",".join(slot.name for slot in _allocated(plan)) or None
+    return commands.JobState(
+        job_id,
+        "COMPLETED" if code == 0 else "FAILED",
+        "Slurm no longer knows the job; its batch shell's exit status",
+        f"{code}:0",
+        nodes,
+    )
+
+
 def _allocated(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
     """The allocation as the batch script wrote it (node rank = line number)."""
     try:
@@ -389,7 +423,12 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store) -> str:
     try:
         for rank_file in sorted((shared / "ranks").glob("rank-*.json")):
             shutil.copyfile(rank_file, run_dir / "ranks" / rank_file.name)
-        for extra, name in ((JOB_OUTPUT, "slurm-job.log"), ("job.sbatch", "job.sbatch")):
+        copies = (
+            (JOB_OUTPUT, "slurm-job.log"),
+            ("job.sbatch", "job.sbatch"),
+            (EXIT_FILE, EXIT_FILE),
+        )
+        for extra, name in copies:
             if (shared / extra).exists():
                 shutil.copyfile(shared / extra, run_dir / "logs" / name)
         for slot in plan.nodes:

@@ -54,6 +54,7 @@ class Unfollowed:
     request: Mapping[str, Any]
     submitted_at: datetime
     started_at: datetime | None
+    cancel_requested_at: datetime | None
 
 
 def unfollowed(store: Any, now: datetime | None = None) -> list[Unfollowed]:
@@ -61,7 +62,14 @@ def unfollowed(store: Any, now: datetime | None = None) -> list[Unfollowed]:
     now = now or now_utc()
     live = exists().where(and_(SlurmFollow.run_id == Run.run_id, SlurmFollow.expires_at > now))
     query = (
-        select(Run.run_id, Run.slurm_job_id, Run.request, Run.submitted_at, Run.started_at)
+        select(
+            Run.run_id,
+            Run.slurm_job_id,
+            Run.request,
+            Run.submitted_at,
+            Run.started_at,
+            Run.cancel_requested_at,
+        )
         .where(
             Run.status == "running",
             Run.backend == "slurm",

@@ -26,6 +26,7 @@ MONITOR_PROBE_FILE = "monitor_probe.py"  # the sampler started beside torchrun o
 NODE_MARK = "@NODE@"  # replaced by $SLURM_NODEID in the sampler's output path
 NODELIST_FILE = "nodelist"  # the allocation's hosts, in node-rank order
 JOB_OUTPUT = "slurm-job.out"  # the batch shell's own stdout and stderr
+EXIT_FILE = "job.exit"  # the batch shell's exit status, for when Slurm has forgotten the job
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,8 @@ def render_script(
         *[f"export {k}={q(v)}" for k, v in sorted(env.items())],
         f"RUN_DIR={q(run_dir)}",
         'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
+        "# the exit status, for a follower that comes after Slurm has forgotten the job",
+        f'trap \'echo "$?" > "$RUN_DIR/{EXIT_FILE}"\' EXIT',
         "# the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl",
         f"export ORCHESTRATOR_MONITOR={q(workload_dir + '/' + MONITOR_PROBE_FILE)}",
         f"export ORCHESTRATOR_MONITOR_ARGS={q(json.dumps(sampler, sort_keys=True))}",

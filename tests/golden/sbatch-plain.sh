@@ -24,6 +24,8 @@ export PYTHONPATH=/shared/orchestrator/workload/0123456789abcdef
 export PYTHONUNBUFFERED=1
 RUN_DIR=/shared/orchestrator/runs/20260115-131500-abc123
 mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"
+# the exit status, for a follower that comes after Slurm has forgotten the job
+trap 'echo "$?" > "$RUN_DIR/job.exit"' EXIT
 # the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl
 export ORCHESTRATOR_MONITOR=/shared/orchestrator/workload/0123456789abcdef/monitor_probe.py
 export ORCHESTRATOR_MONITOR_ARGS='{"columns": null, "follow_parent": true, "interval_s": 5.0, "out": "/shared/orchestrator/runs/20260115-131500-abc123/nodes/monitor-@NODE@.jsonl", "tool": null}'

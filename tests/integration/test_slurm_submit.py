@@ -103,6 +103,8 @@ def test_submit_2x1_through_slurm_runs_on_both_nodes_and_stores_the_run(slurm_cf
     )
     assert sorted(sampled) == [("n1",), ("n2",)]
     assert (run_dir / "nodes" / "n1" / "monitor.jsonl").exists()
+    # The batch shell's exit status, kept for a follower that comes after Slurm forgot the job.
+    assert (run_dir / "logs" / "job.exit").read_text().strip() == "0"
     assert not (tmp_path / "shared" / "runs" / run_id).exists()
     assert run_processes(run_id) == []
     # The same report as any run.

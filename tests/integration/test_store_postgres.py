@@ -30,24 +30,12 @@ from tests.support.store_fixtures import (
     RUN_1X8,
     RUN_2X8,
     RUN_2X8_FAILED,
+    TABLES,
+    VIEWS,
     table_snapshot,
 )
 
 pytestmark = pytest.mark.postgres
-
-TABLES = {
-    "alembic_version",
-    "campaigns",
-    "images",
-    "image_wheels",
-    "runs",
-    "run_status_history",
-    "run_nodes",
-    "rank_results",
-    "run_epochs",
-    "monitor_samples",
-    "node_leases",
-}
 
 
 def _schema(url: str) -> tuple[set[str], set[str]]:
@@ -63,7 +51,7 @@ def test_migrations_up_down_up(pg_url: str) -> None:
     with pytest.raises(SchemaOutOfDate, match=r"revision none \(empty\)"):
         open_store(pg_url)
     assert upgrade_store(pg_url).after == head_revision()
-    assert _schema(pg_url) == (TABLES, {"seed_table", "config_history"})
+    assert _schema(pg_url) == (TABLES, VIEWS)
     assert downgrade_store(pg_url, "base").after is None
     assert _schema(pg_url) == ({"alembic_version"}, set())
     upgrade_store(pg_url)

@@ -22,6 +22,22 @@ RUN_1X8 = "20260113-101500-1x8-metax"
 RUN_2X8 = "20260114-101500-2x8-metax"
 RUN_2X8_FAILED = "20260115-131500-2x8-metax-failed"
 ALL_RUNS = (RUN_1X1, RUN_1X8, RUN_2X8, RUN_2X8_FAILED)
+# What migrations create at head (checked on SQLite and PostgreSQL).
+TABLES = {
+    "alembic_version",
+    "campaigns",
+    "images",
+    "image_wheels",
+    "runs",
+    "run_status_history",
+    "run_nodes",
+    "rank_results",
+    "run_epochs",
+    "monitor_samples",
+    "node_leases",
+    "slurm_follows",
+}
+VIEWS = {"seed_table", "config_history"}
 
 
 @pytest.fixture

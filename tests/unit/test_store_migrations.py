@@ -21,22 +21,7 @@ from orchestrator.store import (
 )
 from orchestrator.store.engine import make_engine, parse_url
 from orchestrator.store.models import Base
-
-TABLES = {
-    "alembic_version",
-    "campaigns",
-    "images",
-    "image_wheels",
-    "runs",
-    "run_status_history",
-    "run_nodes",
-    "rank_results",
-    "run_epochs",
-    "monitor_samples",
-    "node_leases",
-    "slurm_follows",
-}
-VIEWS = {"seed_table", "config_history"}
+from tests.support.store_fixtures import TABLES, VIEWS
 
 
 def _schema(url: str) -> tuple[set[str], set[str]]:

@@ -82,6 +82,14 @@ def test_a_campaign_on_slurm_submits_one_job_per_run_and_a_worker_stores_them(
         assert manifest["backend"] == "slurm" and manifest["campaign_id"]
         assert run_processes(run_id) == []
     assert not any((tmp_path / "shared" / "runs").glob("*/ranks"))
+    # The same report and query as for any run.
+    (campaign_id,) = _rows(db, "SELECT campaign_id FROM campaigns")[0]
+    rep = run_cli(["--db", url, "report", "--campaign", campaign_id, "--format", "csv"], tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    assert "1x1" in rep.stdout and "2x1" in rep.stdout, rep.stdout
+    sql = "SELECT backend, count(*) AS n FROM runs WHERE status = 'succeeded' GROUP BY backend"
+    query = run_cli(["--db", url, "query", sql], tmp_path)
+    assert query.returncode == 0 and "slurm" in query.stdout and "2" in query.stdout, query.stdout
 
 
 def test_a_campaign_whose_last_job_is_refused_submits_nothing_and_leaves_no_job(

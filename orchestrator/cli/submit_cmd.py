@@ -254,7 +254,9 @@ def _print_outcome(store: Any, outcome: Any) -> None:
 @click.pass_obj
 def doctor(app: AppContext, topology: str, node_names: str | None) -> None:
     """Check that nodes are ready to run TOPOLOGY: reachable, host key known, torch (or Docker),
-    accelerators, dataset, weights, disk, InfiniBand. Prints a report per node.
+    accelerators, dataset, weights, disk, InfiniBand. Prints a report per node. On a Slurm
+    cluster: Slurm's commands, the controller, the partition, shared_dir, and `sbatch
+    --test-only` of the exact job `submit` would send (no job is created).
 
     \b
     Examples:
@@ -264,6 +266,15 @@ def doctor(app: AppContext, topology: str, node_names: str | None) -> None:
     from orchestrator.doctor import run_doctor
     from orchestrator.report import console
 
-    ok = run_doctor(app.cluster, topology or None, node_names, console())
+    if app.cluster.backend == "slurm":
+        from orchestrator.slurm.doctor import run_slurm_doctor
+
+        if node_names:
+            raise ConfigError(
+                "--nodes does not apply to the slurm backend", "Slurm chooses the nodes"
+            )
+        ok = run_slurm_doctor(app.cluster, topology or None, console())
+    else:
+        ok = run_doctor(app.cluster, topology or None, node_names, console())
     if not ok:
         raise SystemExit(3)

@@ -42,7 +42,7 @@ class JobState:
         return self.state in FINAL_STATES
 
 
-def _call(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def call(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     if shutil.which(argv[0]) is None:
         raise SlurmError(
             f"{argv[0]} not found on this machine",
@@ -63,7 +63,7 @@ def _call(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.Comple
         ) from None
 
 
-def _detail(res: subprocess.CompletedProcess[str]) -> str:
+def detail(res: subprocess.CompletedProcess[str]) -> str:
     text = (res.stderr or res.stdout).strip().splitlines()
     return text[-1] if text else f"exit {res.returncode}"
 
@@ -71,17 +71,17 @@ def _detail(res: subprocess.CompletedProcess[str]) -> str:
 def sbatch(script_path: str, argv: tuple[str, ...] | None = None) -> str:
     """Submit; returns the job id (`sbatch --parsable` prints `id` or `id;cluster`)."""
     cmd = list(argv or ("sbatch", "--parsable", script_path))
-    res = _call(cmd)
+    res = call(cmd)
     job_id = res.stdout.strip().split(";")[0]
     if res.returncode != 0 or not job_id.isdigit():
         raise SlurmError(
-            f"sbatch refused the job: {_detail(res)}",
+            f"sbatch refused the job: {detail(res)}",
             "check partition, account, qos, time_limit and gres in the [slurm] table",
         )
     return job_id
 
 
-def _parse_scontrol(text: str) -> dict[str, str]:
+def parse_scontrol(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for token in text.split():
         key, sep, value = token.partition("=")
@@ -93,9 +93,9 @@ def _parse_scontrol(text: str) -> dict[str, str]:
 def job_state(job_id: str) -> JobState | None:
     """The job's state from the controller (scontrol), else from accounting (sacct) once the
     controller has forgotten it; None when neither knows the job."""
-    res = _call(["scontrol", "-o", "show", "job", job_id])
+    res = call(["scontrol", "-o", "show", "job", job_id])
     if res.returncode == 0 and res.stdout.strip():
-        f = _parse_scontrol(res.stdout)
+        f = parse_scontrol(res.stdout)
         reason = f.get("Reason")
         return JobState(
             job_id,
@@ -110,7 +110,7 @@ def job_state(job_id: str) -> JobState | None:
 def _sacct_state(job_id: str) -> JobState | None:
     if shutil.which("sacct") is None:
         return None
-    res = _call(
+    res = call(
         ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode,NodeList,Reason"]
     )
     for line in res.stdout.splitlines():
@@ -122,18 +122,18 @@ def _sacct_state(job_id: str) -> JobState | None:
 
 
 def scancel(job_id: str) -> None:
-    res = _call(["scancel", job_id])
+    res = call(["scancel", job_id])
     if res.returncode != 0 and "already completed" not in (res.stderr or ""):
-        raise SlurmError(f"scancel {job_id} failed: {_detail(res)}", "try `scancel` by hand")
+        raise SlurmError(f"scancel {job_id} failed: {detail(res)}", "try `scancel` by hand")
 
 
 def release(job_ids: list[str]) -> None:
     """Let held jobs (`sbatch --hold`) be scheduled."""
     if not job_ids:
         return
-    res = _call(["scontrol", "release", ",".join(job_ids)])
+    res = call(["scontrol", "release", ",".join(job_ids)])
     if res.returncode != 0:
         raise SlurmError(
-            f"scontrol release failed: {_detail(res)}; the runs are recorded, their jobs held",
+            f"scontrol release failed: {detail(res)}; the runs are recorded, their jobs held",
             f"release them by hand: scontrol release {','.join(job_ids)}",
         )

@@ -275,3 +275,22 @@ def test_a_job_past_its_time_limit_ends_timeout_and_the_run_fails_saying_so(slur
     run_id, status, reason = _rows(db, "SELECT run_id, status, reason FROM runs")[0]
     assert status == "failed" and "ended TIMEOUT" in reason, reason
     assert run_processes(run_id) == []
+
+
+def test_doctor_asks_slurm_about_the_exact_request_and_names_what_is_wrong(
+    slurm_cluster, slurm_cfg, tmp_path
+):
+    good = run_cli(["--cluster", str(slurm_cfg()), "doctor", "2x1"], tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "sbatch --test-only" in good.stdout and "to start" in good.stdout, good.stdout
+    assert "test: State=UP, 2 nodes" in good.stdout
+
+    too_big = run_cli(["--cluster", str(slurm_cfg()), "doctor", "3x1"], tmp_path)
+    assert too_big.returncode == 3 and "(the run needs 3)" in too_big.stdout, too_big.stdout
+
+    bad = slurm_cfg(name="bad.toml")
+    bad.write_text(bad.read_text().replace('partition = "test"', 'partition = "nope"'))
+    res = run_cli(["--cluster", str(bad), "doctor", "1x1"], tmp_path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "nope" in res.stdout and "FAIL" in res.stdout and "Traceback" not in res.stderr
+    assert slurm_cluster.jobs() == []  # --test-only creates no job

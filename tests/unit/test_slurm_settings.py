@@ -59,7 +59,7 @@ def test_scontrol_one_line_record_is_parsed() -> None:
         "JobId=42 JobName=orchestrator-r1 UserId=root(0) JobState=PENDING Reason=BeginTime "
         "Dependency=(null) ExitCode=0:0 NodeList=(null) Command=/x/job.sbatch"
     )
-    fields = commands._parse_scontrol(line)
+    fields = commands.parse_scontrol(line)
     assert fields["JobState"] == "PENDING" and fields["Reason"] == "BeginTime"
     assert fields["ExitCode"] == "0:0"
 

@@ -27,13 +27,6 @@ SLURM_HINT = (
 )
 
 
-def cluster_data(cluster: Any) -> dict[str, Any] | None:
-    """The cluster file's parsed content, stored with each queued run (None: embedded default)."""
-    if str(cluster.source).startswith("<"):
-        return None
-    return tomllib.loads(Path(cluster.source).read_text(encoding="utf-8"))
-
-
 def enqueue_runs(
     store: Any,
     items: list[tuple[Any, Any, dict[str, Any]]],
@@ -53,20 +46,8 @@ def enqueue_runs(
     data_cache: dict[str, Any] = {}
     for cluster, req, extra in items:
         if cluster.source not in data_cache:
-            data_cache[cluster.source] = cluster_data(cluster)
-        doc = leases.request_doc(
-            cluster,
-            data_cache[cluster.source],
-            req.topology,
-            req.node_names,
-            req.precision,
-            req.sets,
-            req.timeout_s,
-            req.no_progress_timeout_s,
-            req.command,
-            req.campaign_id,
-            **extra,
-        )
+            data_cache[cluster.source] = leases.cluster_file_data(cluster)
+        doc = leases.request_for(cluster, req, data_cache[cluster.source], **extra)
         # Every run is planned now: topology, nodes and precision fail here, not later.
         if cluster.backend == "slurm":
             splan = make_slurm_plan(cluster, req)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
@@ -58,6 +59,7 @@ def request_doc(
         "cluster_source": cluster.source,
         "cluster_data": json.loads(canonical),
         "cluster_key": hashlib.sha256(canonical.encode()).hexdigest()[:16],
+        "backend": cluster.backend,  # `--backend` may override the file
         "topology": str(topology),
         "node_names": list(node_names) if node_names else None,
         "precision": precision,
@@ -79,7 +81,38 @@ def cluster_from(doc: Mapping[str, Any]) -> ClusterSpec:
         data = doc.get("cluster_data")
         cluster = embedded_default() if data is None else parse_cluster(data, doc["cluster_source"])
         _CLUSTERS[key] = cluster
+    backend = doc.get("backend")
+    if backend and backend != cluster.backend:
+        cluster = replace(cluster, backend=backend)
     return cluster
+
+
+def cluster_file_data(cluster: ClusterSpec) -> dict[str, Any] | None:
+    """The cluster file's parsed content, stored with each queued run (None: embedded default)."""
+    if str(cluster.source).startswith("<"):
+        return None
+    from orchestrator.config import tomllib
+
+    return tomllib.loads(Path(cluster.source).read_text(encoding="utf-8"))
+
+
+def request_for(
+    cluster: ClusterSpec, req: Any, data: Mapping[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """request_doc for a SubmitRequest (`data`: the cluster file's content, read if not given)."""
+    return request_doc(
+        cluster,
+        cluster_file_data(cluster) if data is None else data,
+        req.topology,
+        req.node_names,
+        req.precision,
+        req.sets,
+        req.timeout_s,
+        req.no_progress_timeout_s,
+        req.command,
+        req.campaign_id,
+        **extra,
+    )
 
 
 # -- enqueue --------------------------------------------------------------------------------------

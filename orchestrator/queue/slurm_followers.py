@@ -137,7 +137,8 @@ class SlurmFollowers:
                 self.worker_stop,
                 cancel,
                 renew=follows.renew,
-                detach=detach,
+                on_worker_stop=detach,
+                on_lost=detach,
             )
             with keeper:
                 outcome = follow(

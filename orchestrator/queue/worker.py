@@ -32,8 +32,9 @@ def default_worker_id() -> str:
 
 class LeaseKeeper:
     """Renews the run's leases and turns a cancel request, the worker's own stop signal or
-    lost leases into the run's stop event. With `detach` (a Slurm run: Slurm owns the job),
-    the worker's stop and a lost follow set `detach` instead: the job goes on, unfollowed."""
+    lost leases into the run's stop event. A Slurm run (Slurm owns the job) maps some of them
+    to a detach event instead: `on_worker_stop` (a worker that stops leaves the job to the
+    next worker) and `on_lost` (another follower took it over)."""
 
     def __init__(
         self,
@@ -44,11 +45,13 @@ class LeaseKeeper:
         worker_stop: threading.Event,
         run_stop: threading.Event,
         renew: Callable[[Any, str, str, float], tuple[int, bool]] = leases.renew,
-        detach: threading.Event | None = None,
+        on_worker_stop: threading.Event | None = None,
+        on_lost: threading.Event | None = None,
     ) -> None:
         self.store, self.run_id, self.holder, self.ttl_s = store, run_id, holder, ttl_s
-        self.worker_stop, self.run_stop = worker_stop, run_stop
-        self.renew, self.detach = renew, detach
+        self.worker_stop, self.run_stop, self.renew = worker_stop, run_stop, renew
+        self.on_worker_stop = on_worker_stop or run_stop
+        self.on_lost = on_lost or run_stop
         self.done = threading.Event()
         self.why: str | None = None
         self.thread = threading.Thread(target=self._loop, name=f"lease-{run_id}", daemon=True)
@@ -66,7 +69,7 @@ class LeaseKeeper:
         next_renew = time.monotonic() + every
         while not self.done.wait(0.2):
             if self.worker_stop.is_set():
-                (self.detach or self.run_stop).set()
+                self.on_worker_stop.set()
             if time.monotonic() < next_renew:
                 continue
             next_renew = time.monotonic() + every
@@ -79,7 +82,7 @@ class LeaseKeeper:
                 self.run_stop.set()
             if held == 0 and not self.run_stop.is_set():
                 self.why = "its leases were taken over (this worker was presumed dead)"
-                (self.detach or self.run_stop).set()
+                self.on_lost.set()
 
 
 def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> SubmitRequest:

@@ -20,7 +20,9 @@ from orchestrator.launch import Failure, diagnose, utcnow, write_json
 from orchestrator.monitor import MONITOR_FILE
 from orchestrator.plan import make_job, new_run_id
 from orchestrator.progress import ProgressView, parse_event
-from orchestrator.slurm import commands
+from orchestrator.queue import leases
+from orchestrator.queue.worker import LeaseKeeper, default_worker_id
+from orchestrator.slurm import commands, follows
 from orchestrator.slurm.script import (
     EXIT_FILE,
     JOB_OUTPUT,
@@ -51,6 +53,15 @@ if TYPE_CHECKING:
 
 FINAL_WAIT_S = 120.0  # after scancel: how long the job may take to leave the controller
 STATE_RETRY_S = 300.0  # how long Slurm's commands may fail before a followed run fails
+FOLLOW_TTL_ENV = "ORCHESTRATOR_FOLLOW_TTL_S"  # a foreground submit's follow row (tests: short)
+
+
+def follow_ttl_s() -> float:
+    try:
+        value = float(os.environ.get(FOLLOW_TTL_ENV) or 60.0)
+    except ValueError:
+        value = 60.0
+    return value if value >= 3 else 60.0
 
 
 def settings_of(cluster: ClusterSpec) -> SlurmSettings:
@@ -151,15 +162,6 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _set_job_id(store: Store, run_id: str, job_id: str) -> None:
-    from sqlalchemy import update
-
-    from orchestrator.store.models import Run
-
-    with store.transaction() as conn:
-        conn.execute(update(Run).where(Run.run_id == run_id).values(slurm_job_id=job_id))
-
-
 class _Follower:
     """Polls the job; tails rank 0's log into the progress view."""
 
@@ -225,13 +227,15 @@ def execute(
     )
     phases = PhaseClock()
     job_id: str | None = None
+    holder, ttl_s = f"submit {default_worker_id()}", follow_ttl_s()
     try:
         stage(plan)
         phases.lap("stage")
         if stop.is_set():
             raise _Cancelled("cancelled by the user before the job was submitted")
         job_id = commands.sbatch(plan.script_path, plan.sbatch_argv)
-        _set_job_id(store, job.run_id, job_id)
+        request = leases.request_for(job.cluster, req)
+        follows.record_followed(store, job.run_id, job_id, request, holder, ttl_s)
         console.print(f"[dim]slurm job {job_id} submitted[/]")
         phases.lap("submit")
     except (_Cancelled, OrchestratorError) as exc:
@@ -246,8 +250,26 @@ def execute(
         ending = _Ending("failed", Failure(f"internal error: {exc!r}"))
         _finalize(plan, req, run_dir, store, ending, submitted_at, None, job_id)
         raise
-    outcome = follow(plan, req, store, run_dir, job_id, submitted_at, None, stop, console, phases)
-    assert outcome is not None  # no detach event: follow always ends the run
+    # Like a worker, this process holds a follow row while it follows the job: if it dies, the
+    # row expires and a worker adopts the run, collects and stores it.
+    cancel, detach = threading.Event(), threading.Event()
+    keeper = LeaseKeeper(
+        store, job.run_id, holder, ttl_s, stop, cancel, renew=follows.renew, on_lost=detach
+    )
+    try:
+        with keeper:
+            outcome = follow(
+                plan, req, store, run_dir, job_id, submitted_at, None, cancel, console, phases,
+                detach=detach, live=True,
+            )  # fmt: skip
+    finally:
+        follows.release(store, job.run_id, holder)
+    if outcome is None:
+        raise commands.SlurmError(
+            f"run {job.run_id}: another process follows slurm job {job_id} now (this submit "
+            "stopped renewing its follow); it stores the run",
+            "`orchestrator queue` shows who follows it",
+        )
     return outcome
 
 
@@ -269,6 +291,7 @@ def follow(
     console: Console,
     phases: PhaseClock | None = None,
     detach: threading.Event | None = None,
+    live: bool = False,
 ) -> Outcome | None:
     """Follow a submitted job to its end, then collect and publish the run. `stop` cancels the
     job (scancel); `detach` stops following and leaves the job to Slurm (a worker that stops,
@@ -285,7 +308,7 @@ def follow(
     try:
         follower = _Follower(plan, job_id, console)
         state: commands.JobState | None = None
-        with ProgressView(job.run_id, console, live=detach is None) as view:
+        with ProgressView(job.run_id, console, live=live) as view:
             while True:
                 if detach is not None and detach.is_set():
                     return None

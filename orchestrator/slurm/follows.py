@@ -47,6 +47,31 @@ def insert_submitted(
         )
 
 
+def record_followed(
+    store: Any, run_id: str, job_id: str, request: dict[str, Any], holder: str, ttl_s: float
+) -> None:
+    """A foreground `submit` that just sbatched its job: the job id, the request a worker needs
+    should this process die, and this process's follow row, in one transaction (so no worker
+    adopts the run while its submit follows it)."""
+    now = now_utc()
+    with store.transaction() as conn:
+        conn.execute(
+            update(Run).where(Run.run_id == run_id).values(slurm_job_id=job_id, request=request)
+        )
+        conn.execute(
+            insert(SlurmFollow),
+            [
+                {
+                    "run_id": run_id,
+                    "job_id": job_id,
+                    "holder": holder,
+                    "acquired_at": now,
+                    "expires_at": now + timedelta(seconds=ttl_s),
+                }
+            ],
+        )
+
+
 @dataclass(frozen=True)
 class Unfollowed:
     run_id: str

@@ -30,6 +30,17 @@ def _rows(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
+def _followers(db: Path) -> list[tuple]:
+    """The follow rows, read-only: the store may not exist yet (connecting would create it)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT holder FROM slurm_follows").fetchall()
+    except sqlite3.Error:
+        return []
+
+
 def _campaign_file(path: Path, clusters: list[Path], topologies: list[str]) -> Path:
     sets = "\n".join(
         f"{k} = {json.dumps(v)}" for k, v in (item.split("=", 1) for item in TINY_SETS)
@@ -164,3 +175,44 @@ def test_a_stopped_worker_leaves_the_job_to_slurm_and_another_follows_and_cancel
     assert any("cancel requested by" in (r or "") for (r,) in history), history
     wait_for(lambda: run_processes(run_id) == [], timeout=30, what="no task left")
     assert job_id not in slurm_cluster.jobs()
+
+
+def test_a_killed_submit_s_run_is_adopted_by_a_worker_and_stored(
+    slurm_cluster, slurm_cfg, tmp_path
+):
+    db = tmp_path / "results.db"
+    url = f"sqlite:///{db}"
+    sets = [a for item in [*TINY_SETS, "max_iters=6"] for a in ("--set", item)]
+    env = {"ORCHESTRATOR_FOLLOW_TTL_S": "4"}
+    proc = start_cli(
+        ["--cluster", str(slurm_cfg()), "--db", url, "submit", "2x1", *sets], tmp_path, env
+    )
+    try:
+        holder = wait_for(
+            lambda: proc.poll() is None and _followers(db),
+            timeout=60,
+            what="the submit following its job",
+        )[0][0]
+        assert holder.startswith("submit ")
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Nobody finalized the run; the job is Slurm's and goes on.
+    (run_id, job_id, status) = _rows(db, "SELECT run_id, slurm_job_id, status FROM runs")[0]
+    assert status == "running"
+    # --idle-exit outlasts the dead submit's 4 s follow row: until it expires there is nothing
+    # this worker may take.
+    worker = run_cli(
+        ["--db", url, "worker", "--id", "heir", "--lease-ttl", "4", "--idle-exit", "10s"],
+        tmp_path,
+        timeout=300,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    assert f"following slurm job {job_id}" in worker.stderr, worker.stderr[-3000:]
+    status, reason = _rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")[0]
+    assert status == "succeeded", reason
+    assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]
+    assert _rows(db, "SELECT count(*) FROM slurm_follows") == [(0,)]
+    assert (tmp_path / "runs" / run_id / "manifest.json").exists()

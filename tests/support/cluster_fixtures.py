@@ -139,11 +139,13 @@ def run_cli(
     )
 
 
-def start_cli(args: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+def start_cli(
+    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(**(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -229,7 +229,8 @@ def queue(app: AppContext) -> None:
         elif job_id and run_id in followed:
             holder, until = followed[run_id]
             when = until.isoformat(timespec="seconds")
-            detail = f"slurm job {job_id}, followed by worker {holder} until {when}"
+            who = holder if holder.startswith("submit ") else f"worker {holder}"
+            detail = f"slurm job {job_id}, followed by {who} until {when}"
         elif job_id and was_queued:
             detail = f"slurm job {job_id}, not followed: start `orchestrator worker`"
         elif job_id:

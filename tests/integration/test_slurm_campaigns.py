@@ -194,6 +194,8 @@ def test_a_killed_submit_s_run_is_adopted_by_a_worker_and_stored(
             what="the submit following its job",
         )[0][0]
         assert holder.startswith("submit ")
+        q = run_cli(["--db", url, "queue"], tmp_path)
+        assert f"followed by {holder} until" in q.stdout, q.stdout
         proc.kill()  # SIGKILL: no cleanup at all
         proc.wait(10)
     finally:

@@ -98,12 +98,14 @@ class SlurmFollowers:
             problem = "scontrol is not on this machine's PATH"
         else:
             try:
-                shared = settings_of(leases.cluster_from(item.request)).shared_dir
+                settings = settings_of(leases.cluster_from(item.request))
             except OrchestratorError as exc:
                 problem = exc.one_line()
             else:
-                if not Path(shared).is_dir():
-                    problem = f"slurm.shared_dir {shared} is not mounted here"
+                if settings.fetch and shutil.which("srun") is None:
+                    problem = "srun (to fetch results from node_dir) is not on this machine's PATH"
+                elif not settings.fetch and not Path(settings.shared_dir).is_dir():
+                    problem = f"slurm.shared_dir {settings.shared_dir} is not mounted here"
         if problem and problem not in self._warned:
             self._warned.add(problem)
             self.console.print(f"[yellow]not following Slurm runs here: {problem}[/]")

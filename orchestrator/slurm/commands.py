@@ -36,6 +36,7 @@ class JobState:
     reason: str | None = None  # why it waits or why it ended (Slurm's Reason)
     exit_code: str | None = None  # "rc:signal"
     node_list: str | None = None
+    comment: str | None = None  # node_dir sites: the batch shell's fetch handshake
 
     @property
     def final(self) -> bool:
@@ -103,6 +104,7 @@ def job_state(job_id: str) -> JobState | None:
             None if reason in (None, "None", "(null)") else reason,
             f.get("ExitCode"),
             None if f.get("NodeList") in (None, "(null)") else f.get("NodeList"),
+            None if f.get("Comment") in (None, "(null)") else f.get("Comment"),
         )
     return _sacct_state(job_id)
 
@@ -137,3 +139,45 @@ def release(job_ids: list[str]) -> None:
             f"scontrol release failed: {detail(res)}; the runs are recorded, their jobs held",
             f"release them by hand: scontrol release {','.join(job_ids)}",
         )
+
+
+def set_comment(job_id: str, text: str) -> None:
+    res = call(["scontrol", "update", f"JobId={job_id}", f"Comment={text}"])
+    if res.returncode != 0:
+        raise SlurmError(
+            f"scontrol update of job {job_id} failed: {detail(res)}", "check slurmctld"
+        )
+
+
+def fetch_folders(job_id: str, nnodes: int, folder: str) -> dict[int, bytes]:
+    """Every node's copy of `folder` as a tar.gz, through a step in the running job
+    (`srun --overlap`: Slurm's own I/O forwarding, no SSH): node rank -> archive bytes."""
+    import base64
+
+    pack = 'tar -C "$0" -czf - . | base64'
+    res = call(
+        [
+            "srun",
+            f"--jobid={job_id}",
+            "--overlap",
+            f"--nodes={nnodes}",
+            "--ntasks-per-node=1",
+            "--label",
+            "bash",
+            "-c",
+            pack,
+            folder,
+        ],
+        timeout=600,
+    )
+    if res.returncode != 0:
+        raise SlurmError(
+            f"fetching the run folders of job {job_id} failed: {detail(res)}",
+            "check that srun works from this machine (`srun --jobid=ID --overlap hostname`)",
+        )
+    chunks: dict[int, list[str]] = {}
+    for line in res.stdout.splitlines():
+        label, sep, text = line.partition(": ")
+        if sep and label.strip().isdigit():
+            chunks.setdefault(int(label), []).append(text.strip())
+    return {rank: base64.b64decode("".join(parts)) for rank, parts in chunks.items()}

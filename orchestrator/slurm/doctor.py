@@ -1,7 +1,7 @@
 """`orchestrator doctor` on a Slurm cluster: what can be checked before a job runs, from the
-login node: Slurm's commands, the controller, the partition, the shared folder, and Slurm's own
-verdict on the request (`sbatch --test-only`: partition, account, QoS, GRES, time limit and node
-count, with no job submitted). The per-node checks (dataset, weights, torch, disk) run as the
+login node: Slurm's commands, the controller, the partition, the shared folder (or, without
+one, srun for fetching), and Slurm's own verdict on the request (`sbatch --test-only`:
+partition, account, QoS, GRES, time limit and node count, with no job submitted). The per-node checks (dataset, weights, torch, disk) run as the
 job's first step, where the nodes are."""
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ def run_slurm_doctor(cluster: ClusterSpec, topology: str | None, console: Consol
         checks.append(_controller())
         if settings.partition:
             checks.append(_partition(settings.partition, topo.nnodes))
-    checks.append(_shared_dir(settings.shared_dir))
+    if settings.fetch:
+        srun = shutil.which("srun") is not None
+        detail = f"{settings.node_dir} on each node's own disk; results fetched with srun --overlap"
+        checks.append(("node_dir", srun, detail if srun else "srun is not on PATH"))
+    else:
+        checks.append(_shared_dir(settings.shared_dir))
     if checks[0][1]:
         plan = make_slurm_plan(cluster, SubmitRequest(topology=topo), run_id="doctor")
         checks.append(_test_only(plan.script, plan.sbatch_argv))

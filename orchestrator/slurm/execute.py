@@ -5,9 +5,12 @@ folder written, and the job gone from the controller."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -22,7 +25,7 @@ from orchestrator.plan import make_job, new_run_id
 from orchestrator.progress import ProgressView, parse_event
 from orchestrator.queue import leases
 from orchestrator.queue.worker import LeaseKeeper, default_worker_id
-from orchestrator.slurm import commands, follows
+from orchestrator.slurm import commands, follows, nodelocal
 from orchestrator.slurm.script import (
     EXIT_FILE,
     JOB_OUTPUT,
@@ -53,6 +56,7 @@ if TYPE_CHECKING:
 
 FINAL_WAIT_S = 120.0  # after scancel: how long the job may take to leave the controller
 STATE_RETRY_S = 300.0  # how long Slurm's commands may fail before a followed run fails
+FETCHED_DIR = ".fetched"  # node_dir sites: the nodes' run folders, fetched into the run folder
 FOLLOW_TTL_ENV = "ORCHESTRATOR_FOLLOW_TTL_S"  # a foreground submit's follow row (tests: short)
 
 
@@ -98,7 +102,31 @@ def make_slurm_plan(
         master_port=cluster.master_port,
         hardware_label=getattr(profile, "label", None),
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
+        archive_b64=_workload_archive() if settings_of(cluster).fetch else None,
     )
+
+
+def _helpers() -> tuple[tuple[Path, str], ...]:
+    """The node-side helpers staged beside the workload source (not in its hash)."""
+    here = Path(__file__).resolve().parent
+    return (
+        (here.parent / "node_probe.py", PROBE_FILE),
+        (here / "probe_check.py", PROBE_CHECK_FILE),
+        (here.parent / "monitor_probe.py", MONITOR_PROBE_FILE),
+    )
+
+
+def _workload_archive() -> str:
+    """The workload source and the helpers as base64 tar.gz, for a script that carries them
+    (node_dir sites). Fixed mtimes: the same source gives the same script."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=9) as tar:
+        for rel, local in [*workload_files(), *((name, p) for p, name in _helpers())]:
+            data = Path(local).read_bytes()
+            info = tarfile.TarInfo(str(rel))
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def _placeholders(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
@@ -119,8 +147,13 @@ def slurm_manifest(
 
 def stage(plan: SlurmPlan) -> None:
     """The run folder and the content-addressed workload source (plus the probe) on the
-    shared file system, and the script."""
+    shared file system, and the script. A node_dir site: only the script, here (it carries
+    the workload)."""
     try:
+        if plan.settings.fetch:
+            Path(plan.script_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(plan.script_path).write_text(plan.script)
+            return
         _stage(plan)
     except OSError as exc:
         raise ConfigError(
@@ -140,12 +173,7 @@ def _stage(plan: SlurmPlan) -> None:
             shutil.copyfile(local, workload / rel)
         (workload / ".complete").write_text("")
     # The node-side helpers are not in the workload hash: refresh them every time.
-    here = Path(__file__).resolve().parent
-    for source, name in (
-        (here.parent / "node_probe.py", PROBE_FILE),
-        (here / "probe_check.py", PROBE_CHECK_FILE),
-        (here.parent / "monitor_probe.py", MONITOR_PROBE_FILE),
-    ):
+    for source, name in _helpers():
         _write_if_changed(workload / name, source.read_bytes())
     Path(plan.script_path).write_text(plan.script)
 
@@ -305,6 +333,10 @@ def follow(
     failure: Failure | None = None
     status = "failed"
     failing_since: float | None = None
+    # Where the job's run folder is read from: the shared folder, or (node_dir sites) what was
+    # fetched from the nodes into the local run folder.
+    source = run_dir / FETCHED_DIR if plan.settings.fetch else Path(plan.run_dir)
+    fetch_problem: str | None = None
     try:
         follower = _Follower(plan, job_id, console)
         state: commands.JobState | None = None
@@ -313,7 +345,9 @@ def follow(
                 if detach is not None and detach.is_set():
                     return None
                 try:
-                    state = commands.job_state(job_id) or _state_from_exit_file(plan, job_id)
+                    state = commands.job_state(job_id) or _state_from_exit_file(
+                        plan, job_id, source
+                    )
                 except commands.SlurmError as exc:
                     # slurmctld restarting must not fail a run that Slurm still runs
                     failing_since = failing_since or time.monotonic()
@@ -323,6 +357,8 @@ def follow(
                     time.sleep(max(interval, 5.0))
                     continue
                 failing_since = None
+                if state is not None and state.comment == nodelocal.READY:
+                    fetch_problem = _fetch(plan, job_id, source, console)
                 if state is None:
                     if stop.is_set():
                         status, failure = "cancelled", Failure("cancelled by the user (scancel)")
@@ -358,8 +394,15 @@ def follow(
                 follower.tail(view)
         phases.lap("workload")
         if state is not None and state.final and state.node_list and not plan.nodes:
-            plan = replace(plan, nodes=_allocated(plan))
-        collect_problems = _collect(plan, run_dir, store)
+            plan = replace(plan, nodes=_allocated(plan, source))
+        if plan.settings.fetch and not source.exists() and fetch_problem is None:
+            fetch_problem = (
+                "the run folders were not fetched from the nodes before the job ended (a node_dir "
+                "site needs a follower while the job ends: its submit, or a worker)"
+            )
+        collect_problems = _collect(plan, run_dir, store, source)
+        if fetch_problem:
+            collect_problems = "; ".join(p for p in (fetch_problem, collect_problems) if p)
         phases.lap("collect")
         if failure is None and state is not None:
             status, failure = _ending(plan, state, run_dir)
@@ -407,15 +450,53 @@ def _scancel_quietly(job_id: str) -> None:
         pass
 
 
-def _state_from_exit_file(plan: SlurmPlan, job_id: str) -> commands.JobState | None:
+def _fetch(plan: SlurmPlan, job_id: str, into: Path, console: Console) -> str | None:
+    """node_dir sites: every node's run folder, fetched through the running job, unpacked
+    into one local folder; then tell the batch shell it may end. Returns a problem, or None."""
+    if into.exists():
+        return None  # fetched already; the batch shell has not seen the comment yet
+    console.print(f"[dim]slurm job {job_id}: fetching the run folders from the nodes[/]")
+    problem = None
+    try:
+        archives = commands.fetch_folders(job_id, plan.job.topology.nnodes, plan.run_dir)
+        into.mkdir(parents=True)
+        for data in archives.values():
+            _extract(data, into)
+        if len(archives) != plan.job.topology.nnodes:
+            problem = f"fetched {len(archives)} of {plan.job.topology.nnodes} nodes' run folders"
+    except (OrchestratorError, OSError, tarfile.TarError, ValueError) as exc:
+        problem = f"fetching the run folders failed: {exc}"
+        into.mkdir(parents=True, exist_ok=True)
+    try:
+        commands.set_comment(job_id, nodelocal.FETCHED)
+    except OrchestratorError as exc:
+        problem = problem or exc.one_line()
+    return problem
+
+
+def _extract(data: bytes, into: Path) -> None:
+    """Unpack a fetched archive: plain files and folders inside `into` only."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        members = tar.getmembers()
+        for m in members:
+            target = (into / m.name).resolve()
+            if not (m.isfile() or m.isdir()) or not target.is_relative_to(into.resolve()):
+                raise ValueError(f"refusing archive member {m.name!r}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, members, filter="data")
+        else:  # Python < 3.10.12: the members were checked above
+            tar.extractall(into, members)
+
+
+def _state_from_exit_file(plan: SlurmPlan, job_id: str, source: Path) -> commands.JobState | None:
     """The job's ending from the exit status its batch shell wrote, once neither the controller
     nor accounting knows the job (a worker adopting a run long after its job ended)."""
     try:
-        text = Path(plan.run_dir, EXIT_FILE).read_text().strip()
+        text = Path(source, EXIT_FILE).read_text().strip()
     except OSError:
         return None
     code = int(text) if text.lstrip("-").isdigit() else 1
-    nodes = ",".join(slot.name for slot in _allocated(plan)) or None
+    nodes = ",".join(slot.name for slot in _allocated(plan, source)) or None
     return commands.JobState(
         job_id,
         "COMPLETED" if code == 0 else "FAILED",
@@ -425,10 +506,10 @@ def _state_from_exit_file(plan: SlurmPlan, job_id: str) -> commands.JobState | N
     )
 
 
-def _allocated(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
+def _allocated(plan: SlurmPlan, source: Path) -> tuple[NodeSlot, ...]:
     """The allocation as the batch script wrote it (node rank = line number)."""
     try:
-        names = Path(plan.run_dir, NODELIST_FILE).read_text().split()
+        names = Path(source, NODELIST_FILE).read_text().split()
     except OSError:
         return ()
     if len(names) != plan.job.topology.nnodes:
@@ -436,10 +517,10 @@ def _allocated(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
     return tuple(NodeSlot(name, name, i) for i, name in enumerate(names))
 
 
-def _collect(plan: SlurmPlan, run_dir: Path, store: Store) -> str:
-    """Copy ranks, logs and the nodes' environments from the shared run folder, record the
-    environments, then remove the shared folder. Returns a problem, or ''."""
-    shared = Path(plan.run_dir)
+def _collect(plan: SlurmPlan, run_dir: Path, store: Store, shared: Path) -> str:
+    """Copy ranks, logs and the nodes' environments from the job's run folder (shared, or
+    fetched from the nodes), record the environments, then remove that folder. Returns a
+    problem, or ''."""
     problems = []
     (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -513,7 +594,7 @@ def _ending(plan: SlurmPlan, state: commands.JobState, run_dir: Path) -> tuple[s
         if any("Root Cause" in ln for ln in tail):
             found = diagnose(slot.name, exit_code, tail)
             return "failed", replace(found, reason=f"{found.reason} [{where}]"[:500])
-    if not job_text and not plan.nodes:
+    if not job_text and not plan.nodes and not plan.settings.fetch:
         where += (
             f"; the job wrote nothing to {plan.run_dir}: is slurm.shared_dir mounted at the same "
             "path on every node?"

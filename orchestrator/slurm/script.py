@@ -17,12 +17,14 @@ from pathlib import PurePosixPath
 
 from orchestrator import monitor
 from orchestrator.plan import WORKLOAD_MODULE, workload_args
+from orchestrator.slurm import nodelocal
 from orchestrator.slurm.settings import SlurmSettings
 from orchestrator.specs import JobSpec
 
 PROBE_FILE = "node_probe.py"  # staged next to the workload source under shared_dir
 PROBE_CHECK_FILE = "probe_check.py"  # fails the job when a node's probe failed a check
 MONITOR_PROBE_FILE = "monitor_probe.py"  # the sampler started beside torchrun on every node
+LOCAL_SCRIPTS = "/tmp/orchestrator-slurm-scripts"  # node_dir sites: where sbatch reads scripts
 NODE_MARK = "@NODE@"  # replaced by $SLURM_NODEID in the sampler's output path
 NODELIST_FILE = "nodelist"  # the allocation's hosts, in node-rank order
 JOB_OUTPUT = "slurm-job.out"  # the batch shell's own stdout and stderr
@@ -59,6 +61,7 @@ class SlurmPlan:
     hardware_label: str | None = None
     monitor_tool: str | None = None
     nodes: tuple[NodeSlot, ...] = ()  # filled in once the job has its allocation
+    local_script: str | None = None  # node_dir sites: the script is written here, not shared
 
     @property
     def output_dir(self) -> str:
@@ -66,7 +69,7 @@ class SlurmPlan:
 
     @property
     def script_path(self) -> str:
-        return f"{self.run_dir}/job.sbatch"
+        return self.local_script or f"{self.run_dir}/job.sbatch"
 
     def rank0_log(self) -> str:
         return f"{self.run_dir}/logs/node-0.log"
@@ -102,7 +105,7 @@ def probe_args(job: JobSpec, settings: SlurmSettings, smi: str | None) -> dict[s
         "nproc": job.topology.nproc_per_node,
         "data_dir": job.cluster.case.data_dir,
         "weights": job.cluster.case.backbone_weights,
-        "workdir": settings.shared_dir,
+        "workdir": settings.root,
         "min_free_gb": 1.0,
         "ib_hcas": [],
         "smi": smi,
@@ -119,8 +122,8 @@ def sbatch_directives(job: JobSpec, settings: SlurmSettings, run_dir: str) -> li
         f"--job-name=orchestrator-{job.run_id}",
         f"--nodes={topo.nnodes}",
         "--ntasks-per-node=1",
-        f"--chdir={run_dir}",
-        f"--output={run_dir}/{JOB_OUTPUT}",
+        f"--chdir={'/tmp' if settings.fetch else run_dir}",
+        f"--output={nodelocal.job_output(job.run_id) if settings.fetch else run_dir + '/' + JOB_OUTPUT}",
     ]
     if settings.partition:
         opts.append(f"--partition={settings.partition}")
@@ -145,6 +148,7 @@ def render_script(
     env: Mapping[str, str],
     master_port: int,
     smi: str | None = None,
+    archive_b64: str | None = None,
 ) -> str:
     topo = job.topology
     q = shlex.quote
@@ -152,7 +156,7 @@ def render_script(
     container: list[str] = []
     if settings.pyxis:
         assert settings.container_image
-        mounts = [f"{settings.shared_dir}:{settings.shared_dir}"]
+        mounts = [f"{settings.root}:{settings.root}"]
         data = job.cluster.case.data_dir
         if data.startswith("/"):
             mounts.append(f"{data}:{data}:ro")
@@ -190,6 +194,10 @@ def render_script(
     # Jobs that share a node (a 1x1 beside a 2x1, or any partition that is not exclusive) must
     # not share a rendezvous port: offset master_port by the job id.
     port_span = max(1, min(1000, 65536 - master_port))
+    probe_py, check_py = f"{workload_dir}/{PROBE_FILE}", f"{workload_dir}/{PROBE_CHECK_FILE}"
+    probe_json = json.dumps(probe_args(job, settings, smi), sort_keys=True)
+    probe_cmd = shlex.join([python, probe_py, probe_json])
+    check_cmd = shlex.join([python, check_py]) + ' "$RUN_DIR"/nodes/probe-*.json'
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {opt}" for opt in sbatch_directives(job, settings, run_dir)]
     lines += [
@@ -199,8 +207,15 @@ def render_script(
         *[f"export {k}={q(v)}" for k, v in sorted(env.items())],
         f"RUN_DIR={q(run_dir)}",
         'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
-        "# the exit status, for a follower that comes after Slurm has forgotten the job",
-        f'trap \'echo "$?" > "$RUN_DIR/{EXIT_FILE}"\' EXIT',
+        *(
+            nodelocal.finish_lines(nodelocal.job_output(job.run_id), EXIT_FILE)
+            if settings.fetch
+            else [
+                "# the exit status, for a follower that comes after Slurm has forgotten the job",
+                f'trap \'echo "$?" > "$RUN_DIR/{EXIT_FILE}"\' EXIT',
+            ]
+        ),
+        *(nodelocal.unpack_lines(archive_b64 or "", workload_dir, step) if settings.fetch else []),
         "# the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl",
         f"export ORCHESTRATOR_MONITOR={q(workload_dir + '/' + MONITOR_PROBE_FILE)}",
         f"export ORCHESTRATOR_MONITOR_ARGS={q(json.dumps(sampler, sort_keys=True))}",
@@ -216,17 +231,16 @@ def render_script(
         'echo "orchestrator: allocation $SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT"',
         "",
         "# environment and preflight on every allocated node",
-        shlex.join([*step, "--output=" + run_dir + "/nodes/probe-%n.json"])
-        + " "
-        + shlex.join(
-            [
-                python,
-                f"{workload_dir}/{PROBE_FILE}",
-                json.dumps(probe_args(job, settings, smi), sort_keys=True),
+        *(
+            nodelocal.probe_lines(step, python, probe_py, probe_json, check_py)
+            if settings.fetch
+            else [
+                shlex.join([*step, "--output=" + run_dir + "/nodes/probe-%n.json"])
+                + " "
+                + probe_cmd,
+                check_cmd,
             ]
         ),
-        shlex.join([python, f"{workload_dir}/{PROBE_CHECK_FILE}"])
-        + ' "$RUN_DIR"/nodes/probe-*.json',
         "",
         "# the benchmark: torchrun on every node, one failing task ends them all",
         shlex.join([*step, "--output=" + run_dir + "/logs/node-%n.log"])
@@ -248,8 +262,9 @@ def build_slurm_plan(
     master_port: int = 29500,
     hardware_label: str | None = None,
     monitor_tool: str | None = None,
+    archive_b64: str | None = None,
 ) -> SlurmPlan:
-    root = PurePosixPath(settings.shared_dir)
+    root = PurePosixPath(settings.root)
     run_dir = str(root / "runs" / job.run_id)
     workload_dir = str(root / "workload" / workload_hash)
     env = slurm_env(job, settings, vendor_env or {}, workload_dir)
@@ -261,8 +276,10 @@ def build_slurm_plan(
         env=env,
         master_port=master_port,
         smi=monitor_tool,
+        archive_b64=archive_b64,
     )
-    argv = ("sbatch", "--parsable", f"{run_dir}/job.sbatch")
+    local = f"{LOCAL_SCRIPTS}/{job.run_id}.sbatch" if settings.fetch else None
+    argv = ("sbatch", "--parsable", local or f"{run_dir}/job.sbatch")
     return SlurmPlan(
         job=job,
         settings=settings,
@@ -276,4 +293,5 @@ def build_slurm_plan(
         image=settings.container_image if settings.pyxis else None,
         hardware_label=hardware_label,
         monitor_tool=monitor_tool,
+        local_script=local,
     )

@@ -20,6 +20,7 @@ SLURM_KEYS = {
     "container_image",
     "container_mounts",
     "shared_dir",
+    "node_dir",
     "python",
     "socket_ifname",
     "poll_interval_s",
@@ -41,9 +42,22 @@ class SlurmSettings:
     container_image: str | None = None  # enroot/pyxis image (squashfs path or registry ref)
     container_mounts: tuple[str, ...] = ()  # extra SRC:DST mounts besides shared_dir and data
     shared_dir: str = "/tmp/orchestrator-slurm"  # a directory every node sees at the same path
+    # No shared file system: run folders on each node's own disk at this path; the workload
+    # travels inside the batch script and results are fetched with `srun --overlap`.
+    node_dir: str | None = None
     python: str = "python3"  # interpreter with torch on the nodes (or in the container)
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     poll_interval_s: float = 1.0
+
+    @property
+    def fetch(self) -> bool:
+        """No shared file system: results are fetched from the nodes."""
+        return self.node_dir is not None
+
+    @property
+    def root(self) -> str:
+        """Where run folders and the workload live: shared, or on every node's own disk."""
+        return self.node_dir or self.shared_dir
 
 
 def parse_slurm_table(table: Any, source: str) -> SlurmSettings:
@@ -90,6 +104,11 @@ def parse_slurm_table(table: Any, source: str) -> SlurmSettings:
         raise fail(
             "shared_dir", f"{shared_dir!r} is not absolute", "a path every node sees, e.g. /shared"
         )
+    node_dir = text("node_dir")
+    if node_dir is not None and not node_dir.startswith("/"):
+        raise fail(
+            "node_dir", f"{node_dir!r} is not absolute", 'a node-local path, e.g. "/tmp/orch"'
+        )
     for opt in texts("sbatch_options"):
         if not opt.startswith("-"):
             raise fail("sbatch_options", f"item {opt!r} is not an option", 'e.g. ["--exclusive"]')
@@ -114,6 +133,7 @@ def parse_slurm_table(table: Any, source: str) -> SlurmSettings:
         container_image=container_image,
         container_mounts=texts("container_mounts"),
         shared_dir=shared_dir.rstrip("/") or "/",
+        node_dir=node_dir.rstrip("/") or "/" if node_dir else None,
         python=text("python", "python3") or "python3",
         socket_ifname=text("socket_ifname"),
         poll_interval_s=float(interval),

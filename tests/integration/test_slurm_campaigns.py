@@ -19,6 +19,7 @@ from tests.support.cluster_fixtures import (
     stop,
     wait_for,
 )
+from tests.support.slurm_fixtures import node_local_cfg
 
 pytestmark = [pytest.mark.slurm, pytest.mark.torch]
 
@@ -218,3 +219,20 @@ def test_a_killed_submit_s_run_is_adopted_by_a_worker_and_stored(
     assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]
     assert _rows(db, "SELECT count(*) FROM slurm_follows") == [(0,)]
     assert (tmp_path / "runs" / run_id / "manifest.json").exists()
+
+
+def test_a_worker_fetches_a_detached_run_from_a_site_without_a_shared_file_system(
+    slurm_cfg, tmp_path
+):
+    db = tmp_path / "results.db"
+    url = f"sqlite:///{db}"
+    cfg = node_local_cfg(slurm_cfg(), tmp_path)
+    sets = [a for item in TINY_SETS for a in ("--set", item)]
+    sub = run_cli(
+        ["--cluster", str(cfg), "--db", url, "submit", "2x1", "--detach", *sets], tmp_path
+    )
+    assert sub.returncode == 0, sub.stderr[-2000:]
+    worker = run_cli(["--db", url, "worker", "--idle-exit", "2s"], tmp_path, timeout=300)
+    assert worker.returncode == 0 and "1 succeeded" in worker.stdout, worker.stderr[-3000:]
+    assert "fetching the run folders from the nodes" in worker.stderr
+    assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]

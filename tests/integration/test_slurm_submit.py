@@ -20,6 +20,7 @@ from tests.support.cluster_fixtures import (
     stop,
     wait_for,
 )
+from tests.support.slurm_fixtures import node_local_cfg
 
 pytestmark = [pytest.mark.slurm, pytest.mark.torch]
 
@@ -296,3 +297,45 @@ def test_doctor_asks_slurm_about_the_exact_request_and_names_what_is_wrong(
     assert res.returncode == 3, res.stdout + res.stderr
     assert "nope" in res.stdout and "FAIL" in res.stdout and "Traceback" not in res.stderr
     assert slurm_cluster.jobs() == []  # --test-only creates no job
+
+
+def test_without_a_shared_file_system_results_are_fetched_from_the_nodes(slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    cfg = node_local_cfg(slurm_cfg(), tmp_path)
+    res = run_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()],
+        tmp_path,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "fetching the run folders from the nodes" in res.stderr
+    run_id, status = _rows(db, "SELECT run_id, status FROM runs")[0]
+    assert status == "succeeded"
+    assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]
+    nodes = _rows(db, f"SELECT node_name, env FROM run_nodes WHERE run_id = '{run_id}'")
+    assert sorted(n for n, _ in nodes) == ["n1", "n2"] and all(e for _, e in nodes)
+    run_dir = tmp_path / "runs" / run_id
+    assert (run_dir / "logs" / "n2.log").exists() and (run_dir / "logs" / "slurm-job.log").exists()
+    assert not (run_dir / ".fetched").exists()
+    # The job removed its node-local run folders once they were fetched.
+    wait_for(
+        lambda: not (tmp_path / "node-local" / "runs" / run_id).exists(),
+        timeout=30,
+        what="the node-local run folder removed",
+    )
+    assert run_processes(run_id) == []
+
+
+def test_without_a_shared_file_system_a_failed_preflight_is_fetched_and_named(slurm_cfg, tmp_path):
+    db = tmp_path / "results.db"
+    cfg = node_local_cfg(slurm_cfg(), tmp_path)
+    cfg.write_text(
+        cfg.read_text().replace("[case]\n", '[case]\nbackbone_weights = "/nonexistent/w.pth"\n')
+    )
+    res = run_cli(
+        ["--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *_sets()], tmp_path
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    status, reason = _rows(db, "SELECT status, reason FROM runs")[0]
+    assert status == "failed" and "preflight" in reason, reason
+    assert "n1: weights" in reason and "n2: weights" in reason, reason

@@ -254,6 +254,16 @@ def write_slurm_cluster_file(
     return path
 
 
+def node_local_cfg(cfg: Path, tmp_path: Path) -> Path:
+    """Turn a cluster file into a site without a shared file system: node_dir set, shared_dir
+    made unusable (below a plain file), so any use of it would fail."""
+    blocker = tmp_path / "no-shared-fs"
+    blocker.write_text("")
+    text = cfg.read_text().replace(str(tmp_path / "shared"), str(blocker / "shared"))
+    cfg.write_text(text.replace("[slurm]\n", f'[slurm]\nnode_dir = "{tmp_path}/node-local"\n'))
+    return cfg
+
+
 @pytest.fixture
 def slurm_cfg(slurm_cluster, tiny_coco, tmp_path):
     def make(*extra_sbatch: str, name: str = "cluster.toml") -> Path:

@@ -86,13 +86,13 @@ def test_a_job_slurm_has_forgotten_ends_as_its_exit_file_says(tmp_path: Path) ->
     from orchestrator.slurm.execute import _state_from_exit_file
 
     plan = SlurmPlan(**{**_plan().__dict__, "run_dir": str(tmp_path), "nodes": ()})
-    assert _state_from_exit_file(plan, "7") is None  # no file: nothing is known
+    assert _state_from_exit_file(plan, "7", tmp_path) is None  # no file: nothing is known
     (tmp_path / "nodelist").write_text("n1\nn2\n")
     (tmp_path / "job.exit").write_text("0\n")
-    state = _state_from_exit_file(plan, "7")
+    state = _state_from_exit_file(plan, "7", tmp_path)
     assert state is not None and (state.state, state.node_list) == ("COMPLETED", "n1,n2")
     (tmp_path / "job.exit").write_text("137\n")
-    state = _state_from_exit_file(plan, "7")
+    state = _state_from_exit_file(plan, "7", tmp_path)
     assert state is not None and (state.state, state.exit_code) == ("FAILED", "137:0")
     status, failure = _ending(plan, state, tmp_path)
     assert status == "failed" and failure is not None and "no longer knows" in failure.reason

@@ -42,6 +42,9 @@ PYXIS = SlurmSettings(
 )
 
 
+NODE_LOCAL = SlurmSettings(partition="gpu", gres="gpu", node_dir="/local/orchestrator")
+
+
 def _cluster(settings: SlurmSettings) -> ClusterSpec:
     return ClusterSpec(
         name="lab",
@@ -69,6 +72,7 @@ def _plan(settings: SlurmSettings, topology: str = "2x8"):
         workload_hash="0123456789abcdef",
         vendor_env={"OMP_NUM_THREADS": "1"},
         master_port=29500,
+        archive_b64="H4sIAAAAAAAAA+3BAQ0AAADCoPdPbQ8HFAAAAAAAAAAA" if settings.fetch else None,
     )
 
 
@@ -86,6 +90,13 @@ def test_plain_sbatch_script_matches_the_golden_text() -> None:
 
 def test_pyxis_sbatch_script_matches_the_golden_text() -> None:
     _check_golden("sbatch-pyxis.sh", _plan(PYXIS).render())
+
+
+def test_node_local_sbatch_script_matches_the_golden_text() -> None:
+    # No shared file system: the workload rides in the script, results are fetched.
+    plan = _plan(NODE_LOCAL)
+    _check_golden("sbatch-node-local.sh", plan.render())
+    assert plan.script_path.startswith("/tmp/") and plan.run_dir.startswith("/local/")
 
 
 def test_topology_asks_slurm_for_nodes_and_accelerators_per_node() -> None:

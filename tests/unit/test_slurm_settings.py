@@ -35,6 +35,7 @@ def test_slurm_backend_needs_no_node_list_but_ssh_still_does() -> None:
         ({"time_limit": "two hours"}, "slurm.time_limit 'two hours' is not a Slurm time"),
         ({"gres": "gpu 8"}, "is not a GRES name"),
         ({"shared_dir": "shared"}, "slurm.shared_dir 'shared' is not absolute"),
+        ({"node_dir": "scratch"}, "slurm.node_dir 'scratch' is not absolute"),
         ({"sbatch_options": ["exclusive"]}, "is not an option"),
         ({"sbatch_options": "--exclusive"}, "must be a list of strings"),
         ({"pyxis": True}, "slurm.container_image is missing while pyxis = true"),
@@ -152,3 +153,10 @@ def test_a_detached_slurm_run_that_cannot_be_staged_records_nothing(tmp_path: Pa
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+
+
+def test_node_dir_means_no_shared_file_system() -> None:
+    settings = parse_slurm_table({"node_dir": "/local/orch/"}, "c.toml")
+    assert settings.fetch and settings.node_dir == "/local/orch" and settings.root == "/local/orch"
+    shared = parse_slurm_table({}, "c.toml")
+    assert not shared.fetch and shared.root == shared.shared_dir

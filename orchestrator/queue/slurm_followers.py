@@ -15,6 +15,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
 from orchestrator.queue.worker import LeaseKeeper, request_from_doc
 from orchestrator.slurm import follows
+from orchestrator.slurm.board import StateBoard
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,6 +44,7 @@ class SlurmFollowers:
         self._lock = threading.Lock()
         self._warned: set[str] = set()
         self._done = threading.Event()
+        self.board = StateBoard(poll_s)  # one squeue per poll for every followed job
         self._poller = threading.Thread(target=self._loop, name="slurm-followers", daemon=True)
 
     def __enter__(self) -> SlurmFollowers:
@@ -154,6 +156,7 @@ class SlurmFollowers:
                     cancel,
                     self.console,
                     detach=detach,
+                    states=self.board.state,
                 )
             if outcome is None:
                 self.console.print(f"run {item.run_id}: left to Slurm ({keeper.why or 'stop'})")
@@ -164,6 +167,7 @@ class SlurmFollowers:
             status = "failed"
             leases.end_run(self.store, item.run_id, "failed", exc.one_line(), ["running"])
         finally:
+            self.board.forget(item.job_id)
             follows.release(self.store, item.run_id, self.holder)
             leases.finish_campaign_if_done(self.store, doc.get("campaign_id"))
             with self._lock:

@@ -13,6 +13,7 @@ import shutil
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -320,6 +321,7 @@ def follow(
     phases: PhaseClock | None = None,
     detach: threading.Event | None = None,
     live: bool = False,
+    states: Callable[[str], commands.JobState | None] = commands.job_state,
 ) -> Outcome | None:
     """Follow a submitted job to its end, then collect and publish the run. `stop` cancels the
     job (scancel); `detach` stops following and leaves the job to Slurm (a worker that stops,
@@ -345,9 +347,7 @@ def follow(
                 if detach is not None and detach.is_set():
                     return None
                 try:
-                    state = commands.job_state(job_id) or _state_from_exit_file(
-                        plan, job_id, source
-                    )
+                    state = states(job_id) or _state_from_exit_file(plan, job_id, source)
                 except commands.SlurmError as exc:
                     # slurmctld restarting must not fail a run that Slurm still runs
                     failing_since = failing_since or time.monotonic()

@@ -96,3 +96,16 @@ def test_a_job_slurm_has_forgotten_ends_as_its_exit_file_says(tmp_path: Path) ->
     assert state is not None and (state.state, state.exit_code) == ("FAILED", "137:0")
     status, failure = _ending(plan, state, tmp_path)
     assert status == "failed" and failure is not None and "no longer knows" in failure.reason
+
+
+def test_one_squeue_line_per_job_gives_state_reason_nodes_and_comment() -> None:
+    from orchestrator.slurm.board import parse_squeue
+
+    states = parse_squeue(
+        "12|PENDING|Priority|(null)|(null)\n"
+        "13|RUNNING|None|n[1-2]|orchestrator-fetch-ready\n"
+        "garbage line\n"
+    )
+    assert states["12"] == JobState("12", "PENDING", "Priority", None, None, None)
+    assert states["13"].node_list == "n[1-2]" and states["13"].reason is None
+    assert states["13"].comment == "orchestrator-fetch-ready" and len(states) == 2

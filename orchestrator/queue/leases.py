@@ -504,22 +504,21 @@ def request_cancel(store: Any, run_id: str, by: str) -> str:
                 f"run {run_id} was started by `orchestrator submit`, not by a worker",
                 "stop it with Ctrl-C where it runs",
             )
-        with store.transaction() as conn:
-            conn.execute(
-                update(Run)
-                .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
-                .values(cancel_requested_at=now_utc())
-            )
-            conn.execute(
-                insert(RunStatusChange),
-                [
-                    {
-                        "run_id": run_id,
-                        "status": "running",
-                        "reason": f"cancel requested by {by}",
-                        "at": now_utc(),
-                    }
-                ],
-            )
+        record_cancel_request(store, run_id, "running", f"cancel requested by {by}")
         return "requested"
     raise QueueError(f"run {run_id} already ended ({status})", "nothing to cancel")
+
+
+def record_cancel_request(store: Any, run_id: str, status: str, reason: str) -> None:
+    """Stamp runs.cancel_requested_at (first request only) and say so in the history; the
+    run's worker, follower or submit sees it on its next renewal."""
+    with store.transaction() as conn:
+        conn.execute(
+            update(Run)
+            .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=now_utc())
+        )
+        conn.execute(
+            insert(RunStatusChange),
+            [{"run_id": run_id, "status": status, "reason": reason, "at": now_utc()}],
+        )

@@ -58,6 +58,11 @@ class SlurmFollowers:
         for thread in list(self._threads.values()):
             thread.join()
 
+    def ended(self) -> dict[str, int]:
+        """How many followed runs ended in each status (a copy: threads add to it)."""
+        with self._lock:
+            return dict(self.counts)
+
     def active(self) -> int:
         with self._lock:
             return sum(1 for t in self._threads.values() if t.is_alive())
@@ -178,9 +183,6 @@ class SlurmFollowers:
     def _end_unplannable(self, item: Unfollowed, exc: OrchestratorError) -> None:
         from orchestrator.slurm import commands
 
-        try:
-            commands.scancel(item.job_id)
-        except OrchestratorError:
-            pass
+        commands.scancel_quietly(item.job_id)
         reason = f"cannot follow slurm job {item.job_id}: {exc.one_line()} (scancel)"
         leases.end_run(self.store, item.run_id, "failed", reason, ["running"])

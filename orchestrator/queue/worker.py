@@ -230,7 +230,7 @@ def run_worker(
     last_reconcile = idle_since = time.monotonic()
     with SlurmFollowers(store, holder, runs_dir, stop, console, ttl_s, poll_s) as followers:
         while not stop.is_set():
-            ended = sum(counts.values()) + sum(followers.counts.values())
+            ended = sum(counts.values()) + sum(followers.ended().values())
             if max_runs is not None and ended >= max_runs:
                 break
             # Also between runs, not only when idle: a busy queue must not keep an orphan's
@@ -254,6 +254,6 @@ def run_worker(
             idle_since = time.monotonic()
             if once:
                 break
-    for status, n in followers.counts.items():
+    for status, n in followers.ended().items():
         counts[status] = counts.get(status, 0) + n
     return counts

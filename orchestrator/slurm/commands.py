@@ -129,6 +129,14 @@ def scancel(job_id: str) -> None:
         raise SlurmError(f"scancel {job_id} failed: {detail(res)}", "try `scancel` by hand")
 
 
+def scancel_quietly(job_id: str) -> None:
+    """scancel on a path that is already failing: its own failure must not hide that one."""
+    try:
+        scancel(job_id)
+    except OrchestratorError:
+        pass
+
+
 def release(job_ids: list[str]) -> None:
     """Let held jobs (`sbatch --hold`) be scheduled."""
     if not job_ids:

@@ -9,7 +9,6 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from orchestrator.errors import OrchestratorError
 from orchestrator.slurm import commands
 from orchestrator.slurm.execute import stage
 from orchestrator.slurm.script import SlurmPlan
@@ -33,10 +32,7 @@ def held_jobs(plans: Sequence[SlurmPlan]) -> Iterator[list[str]]:
         yield job_ids
     except BaseException:
         for job_id in job_ids:
-            try:
-                commands.scancel(job_id)
-            except OrchestratorError:
-                pass  # held, so it never ran; the controller forgets it
+            commands.scancel_quietly(job_id)  # held, so it never ran
         for plan in plans:
             shutil.rmtree(plan.run_dir, ignore_errors=True)
         raise

@@ -270,12 +270,14 @@ def execute(
     except (_Cancelled, OrchestratorError) as exc:
         status = "cancelled" if isinstance(exc, _Cancelled) else "failed"
         why = Failure(str(exc) if isinstance(exc, _Cancelled) else exc.one_line())
+        if job_id is not None:  # submitted but not recorded: nobody would follow it
+            commands.scancel_quietly(job_id)
         shutil.rmtree(plan.run_dir, ignore_errors=True)
         ending = _Ending(status, why)
         return _finalize(plan, req, run_dir, store, ending, submitted_at, None, job_id)
     except BaseException as exc:
         if job_id is not None:
-            _scancel_quietly(job_id)
+            commands.scancel_quietly(job_id)
         ending = _Ending("failed", Failure(f"internal error: {exc!r}"))
         _finalize(plan, req, run_dir, store, ending, submitted_at, None, job_id)
         raise
@@ -357,7 +359,7 @@ def follow(
                     time.sleep(max(interval, 5.0))
                     continue
                 failing_since = None
-                if state is not None and state.comment == nodelocal.READY:
+                if state is not None and state.comment == nodelocal.READY and not source.exists():
                     fetch_problem = _fetch(plan, job_id, source, console)
                 if state is None:
                     if stop.is_set():
@@ -411,7 +413,7 @@ def follow(
     except OrchestratorError as exc:
         failure = Failure(exc.one_line())
     except BaseException as exc:
-        _scancel_quietly(job_id)
+        commands.scancel_quietly(job_id)
         ending = _Ending("failed", Failure(f"internal error: {exc!r}"))
         _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
         raise
@@ -443,18 +445,10 @@ class _Cancelled(Exception):
     pass
 
 
-def _scancel_quietly(job_id: str) -> None:
-    try:
-        commands.scancel(job_id)
-    except OrchestratorError:
-        pass
-
-
 def _fetch(plan: SlurmPlan, job_id: str, into: Path, console: Console) -> str | None:
     """node_dir sites: every node's run folder, fetched through the running job, unpacked
-    into one local folder; then tell the batch shell it may end. Returns a problem, or None."""
-    if into.exists():
-        return None  # fetched already; the batch shell has not seen the comment yet
+    into one local folder (which exists afterwards, whatever happened: fetched once); then
+    tell the batch shell it may end. Returns a problem, or None."""
     console.print(f"[dim]slurm job {job_id}: fetching the run folders from the nodes[/]")
     problem = None
     try:
@@ -631,9 +625,9 @@ def cancel_run(store: Store, run_id: str, by: str) -> str:
     """`orchestrator cancel` for a Slurm run: record the request, then scancel its job; whoever
     follows the job (its `submit`, or a worker) sees it end and finalizes the run. Returns the
     job id."""
-    from sqlalchemy import insert, select, update
+    from sqlalchemy import select
 
-    from orchestrator.store.models import Run, RunStatusChange
+    from orchestrator.store.models import Run
 
     with store.reading() as conn:
         row = conn.execute(select(Run.slurm_job_id, Run.status).where(Run.run_id == run_id)).first()
@@ -641,16 +635,7 @@ def cancel_run(store: Store, run_id: str, by: str) -> str:
         raise ConfigError(
             f"run {run_id} has no Slurm job", "check the run id (`orchestrator runs`)"
         )
-    with store.transaction() as conn:
-        conn.execute(
-            update(Run)
-            .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
-            .values(cancel_requested_at=utcnow())
-        )
-        reason = f"cancel requested by {by} (scancel {row.slurm_job_id})"
-        conn.execute(
-            insert(RunStatusChange),
-            [{"run_id": run_id, "status": row.status, "reason": reason, "at": utcnow()}],
-        )
+    reason = f"cancel requested by {by} (scancel {row.slurm_job_id})"
+    leases.record_cancel_request(store, run_id, row.status, reason)
     commands.scancel(row.slurm_job_id)
     return str(row.slurm_job_id)

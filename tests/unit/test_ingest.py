@@ -253,6 +253,41 @@ def test_a_bad_file_gives_one_line_naming_file_and_field(
     assert _count(sqlite_store, Run) == 0
 
 
+def _failed_without_error(doc: dict[str, Any]) -> None:
+    doc["status"] = "failed"
+    doc.pop("error", None)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda d: d.pop("identity"), "field identity: is missing"),
+        (lambda d: d.update(identity=[0, 16]), "field identity: expected an object"),
+        (lambda d: d.update(identity=None), "field identity: expected an object"),
+        (lambda d: _failed_without_error(d), "field error: is missing"),
+        (
+            lambda d: d.update(status="failed", error="it broke"),
+            "field error: expected an object",
+        ),
+    ],
+)
+def test_a_missing_object_field_is_missing_not_of_the_wrong_type(
+    sqlite_store: Any,
+    run_copy: Callable[..., Path],
+    change: Callable[[dict[str, Any]], None],
+    problem: str,
+) -> None:
+    folder = run_copy(RUN_2X8)
+    target = folder / "ranks" / "rank-00005.json"
+    _edit(target, change)
+    with pytest.raises(IngestError) as caught:
+        sqlite_store.ingest([folder])
+    assert caught.value.one_line() == (
+        f"{target}: {problem} (fix the file; docs/run-folder.md describes every field)"
+    )
+    assert _count(sqlite_store, Run) == 0
+
+
 def test_missing_rank_file_of_a_succeeded_run(
     sqlite_store: Any, run_copy: Callable[..., Path]
 ) -> None:

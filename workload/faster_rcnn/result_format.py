@@ -132,7 +132,13 @@ def _check_type(path: str, value: Any, kind: str) -> None:
         raise ResultFormatError(path, "must be a finite number")
 
 
+# What `_check_fields` is given for an object field the document does not have at all.
+_ABSENT = object()
+
+
 def _check_fields(prefix: str, obj: Any, fields: Dict[str, str]) -> None:
+    if obj is _ABSENT:
+        raise ResultFormatError(prefix, "is missing")
     if not isinstance(obj, dict):
         raise ResultFormatError(prefix, "expected an object")
     for name, kind in fields.items():
@@ -160,7 +166,7 @@ def validate(doc: Any) -> Dict[str, Any]:
     if status not in STATUSES:
         raise ResultFormatError("status", "expected one of {}".format(", ".join(STATUSES)))
     for section, fields in _SECTIONS.items():
-        _check_fields(section, doc.get(section), fields)
+        _check_fields(section, doc.get(section, _ABSENT), fields)
     if doc["config"]["precision"] not in PRECISIONS:
         raise ResultFormatError(
             "config.precision", "expected one of {}".format(", ".join(PRECISIONS))
@@ -183,7 +189,7 @@ def validate(doc: Any) -> Dict[str, Any]:
         _check_fields(f"epochs[{i}]", epoch, _EPOCH_FIELDS)
     _check_type("converged", doc.get("converged"), "bool")
     if status == "failed":
-        _check_fields("error", doc.get("error"), _ERROR_FIELDS)
+        _check_fields("error", doc.get("error", _ABSENT), _ERROR_FIELDS)
     elif doc.get("error") is not None:
         raise ResultFormatError("error", "must be null when status is 'ok'")
     return doc

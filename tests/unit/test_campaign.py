@@ -11,6 +11,7 @@ from orchestrator.campaign import expand, load_campaign, parse_campaign, render_
 from orchestrator.errors import ConfigError
 from orchestrator.queue.leases import QueuedRun, schedule
 from orchestrator.specs import NodeSpec
+from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "campaign-example.txt"
@@ -21,7 +22,7 @@ def test_example_campaign_expands_to_the_golden_text(monkeypatch: pytest.MonkeyP
     spec = load_campaign("examples/campaign.toml")
     text = render_expansion(spec, expand(spec), "<--cluster>")
     assert len(expand(spec)) == 3 * 2 * 2 * 2
-    assert text == GOLDEN.read_text()
+    check_golden(GOLDEN, text)
 
 
 @pytest.mark.parametrize(

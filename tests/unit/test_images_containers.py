@@ -1,6 +1,5 @@
 """The container wrapper of a node's command (golden text) and cleanup by label (pure logic)."""
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from orchestrator.images.containers import (
     remove_run_containers,
 )
 from orchestrator.images.profiles import load_profile
+from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "images"
@@ -35,12 +35,7 @@ TORCHRUN = [
 
 
 def assert_golden(text: str, name: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+    check_golden(GOLDEN / name, text)
 
 
 def _argv(vendor, **kw):

@@ -20,6 +20,7 @@ from orchestrator.images.spec import (
     render_dockerfile,
     workload_files,
 )
+from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "images"
@@ -27,12 +28,7 @@ BASE_ID = "sha256:" + "ab" * 32
 
 
 def assert_golden(text: str, name: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+    check_golden(GOLDEN / name, text)
 
 
 @pytest.mark.parametrize("vendor", ["cpu", "metax-c500", "nvidia"])

@@ -8,6 +8,7 @@ from orchestrator.config import load_cluster
 from orchestrator.errors import ConfigError
 from orchestrator.plan import build_plan, make_job, parse_sets
 from orchestrator.specs import Topology, pick_nodes
+from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -36,10 +37,7 @@ def _plan(topology="2x8", sets=("bs=16", "lr=0.16"), precision="amp"):
 
 def test_dry_run_plan_matches_golden_text():
     text = _plan().render().replace(os.path.expanduser("~"), "~")
-    golden = GOLDEN / "plan-2x8.txt"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(text)
-    assert text == golden.read_text()
+    check_golden(GOLDEN / "plan-2x8.txt", text)
 
 
 def test_every_node_gets_its_rank_and_the_same_master():

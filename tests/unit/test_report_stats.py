@@ -4,7 +4,6 @@ golden text (markdown, CSV, JSON) over the recorded run folders plus repeats mad
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from orchestrator.report_stats import (
     regressions_by_run,
     spread,
 )
+from tests.support.golden import check_golden
 from tests.support.store_fixtures import ALL_RUNS, RUN_2X8
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -130,10 +130,7 @@ def repeats_history(sqlite_store: Any, sqlite_url: str, fixture_runs: Path, run_
 
 
 def _check_golden(name: str, text: str) -> None:
-    golden = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(text)
-    assert text == golden.read_text()
+    check_golden(GOLDEN / name, text)
 
 
 @pytest.mark.parametrize("output,suffix", [("markdown", "md"), ("csv", "csv"), ("json", "json")])

@@ -3,7 +3,6 @@ Slurm for a topology. Pure: no Slurm needed."""
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from orchestrator.slurm.script import build_slurm_plan, sbatch_directives
 from orchestrator.slurm.settings import SlurmSettings
 from orchestrator.specs import CaseSettings, ClusterSpec, Topology
 from orchestrator.submit import SubmitRequest
+from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"
@@ -77,11 +77,7 @@ def _plan(settings: SlurmSettings, topology: str = "2x8"):
 
 
 def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert path.is_file(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
-    assert text == path.read_text(), f"differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+    check_golden(GOLDEN / name, text)
 
 
 def test_plain_sbatch_script_matches_the_golden_text() -> None:

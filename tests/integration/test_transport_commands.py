@@ -125,7 +125,7 @@ def test_timeout_kills_the_command_and_its_children(transport: Transport, tmp_pa
     started = time.monotonic()
     with pytest.raises(CommandTimedOut) as caught:
         transport.run(["sh", "-c", f"sleep 60 & echo $! > '{pid_file}'; wait"], timeout=3)
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # at the 3 s timeout, not after the 60 s sleep
     assert transport.name in caught.value.one_line() and "3s" in caught.value.one_line()
     child = int(pid_file.read_text())
     assert wait_until(lambda: not alive(child), 5), "the timed-out command's child survived"

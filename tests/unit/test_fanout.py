@@ -29,9 +29,9 @@ def test_results_come_back_in_the_nodes_order() -> None:
 
 
 def test_calls_run_in_parallel() -> None:
-    barrier = threading.Barrier(8, timeout=5)  # only passes if all 8 run at once
+    barrier = threading.Barrier(8, timeout=30)  # only passes if all 8 run at once
     outcomes = fan_out_calls(
-        {f"n{i}": i for i in range(8)}, lambda i: barrier.wait() >= 0, timeout=10, what="w"
+        {f"n{i}": i for i in range(8)}, lambda i: barrier.wait() >= 0, timeout=60, what="w"
     )
     assert all(v is True for v in outcomes.values())
 
@@ -62,19 +62,19 @@ def test_timeout_counts_as_a_failure_of_that_node_only() -> None:
 
     def work(name: str) -> str:
         if name == "slow":
-            release.wait(5)
+            release.wait(60)
         return name
 
-    started = time.monotonic()
     outcomes = fan_out_calls(
         {"slow": "slow", "ok": "ok"}, work, timeout=0.3, what="probe", on_late=late.append
     )
-    assert time.monotonic() - started < 2
+    # Returned while the slow call was still blocked (an ordering check, no wall-clock bound).
+    assert not release.is_set() and late == []
     assert outcomes["ok"] == "ok"
     assert isinstance(outcomes["slow"], FanOutTimeout)
     assert failure_reason("slow", outcomes["slow"]) == "probe did not finish within 0.3s"
     release.set()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while not late and time.monotonic() < deadline:
         time.sleep(0.01)
     assert late == ["slow"]  # what the late call returned is handed over for disposal

@@ -67,6 +67,7 @@ def store_and_runs(request, tmp_path):
     return request.getfixturevalue("pg_url"), ["1x1", "2x1"], 2
 
 
+@pytest.mark.timeout(1800)  # waits up to 900 s for the workers, more than the 900 s default
 def test_two_workers_six_runs_three_nodes_leases_never_overlap(
     store_and_runs, sshd_nodes, tiny_coco, tmp_path
 ):
@@ -106,6 +107,7 @@ def test_two_workers_six_runs_three_nodes_leases_never_overlap(
     assert _rows(url, "SELECT status FROM campaigns") == [("finished",)]
 
 
+@pytest.mark.timeout(1800)  # waits up to 900 s for the workers, more than the 900 s default
 def test_sigkilled_worker_is_reconciled_and_the_queue_goes_on(sshd_nodes, tiny_coco, tmp_path):
     url = f"sqlite:///{tmp_path / 'results.db'}"
     cfg = _setup(sshd_nodes, tiny_coco, tmp_path, url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +111,44 @@ def _optimize_sqlite(dbapi_connection: Any, _record: Any) -> None:
         pass
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine with the settings the store relies on (see docs/schema.md, "Backends")."""
+def require_sqlite_file(url: URL) -> Path:
+    """The file of a SQLite store that must already exist, checked before anything connects:
+    sqlite3 would create a missing file (an empty store) on the first connect."""
+    path = Path(url.database or "")
+    if not path.exists():
+        raise StoreError(
+            f"results store file {path.absolute()} does not exist",
+            f"check the path, or create the store with: orchestrator --db "
+            f"{shlex.quote(redact_url(url))} db upgrade",
+        )
+    if not path.is_file():
+        raise StoreError(
+            f"results store {path.absolute()} is not a file",
+            "check the path: name a SQLite file, e.g. sqlite:///results.db",
+        )
+    return path
+
+
+def make_engine(url: str | URL, *, create: bool = False) -> Engine:
+    """An engine with the settings the store relies on (see docs/schema.md, "Backends").
+
+    A SQLite file must exist unless `create` (only `db upgrade` and a first `submit` create a
+    store); then its folder is made as needed and the first connect creates the file."""
     parsed = url if isinstance(url, URL) else parse_url(url)
     kwargs: dict[str, Any] = {"json_serializer": _json_serializer}
     if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database or "")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot create the folder of results store {redact_url(parsed)}: {exc.strerror}",
-                "check the path and permissions",
-            ) from None
+        if create:
+            path = Path(parsed.database or "")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder of results store {redact_url(parsed)}: "
+                    f"{exc.strerror}",
+                    "check the path and permissions",
+                ) from None
+        else:
+            require_sqlite_file(parsed)
         # Pooled (QueuePool): an idle connection holds no lock in WAL mode, and closing the
         # last connection checkpoints the WAL, which would cost ~50 ms per transaction.
         engine = create_engine(parsed, **kwargs)

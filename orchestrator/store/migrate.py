@@ -84,7 +84,8 @@ def check_revision(connection: Connection, url: str) -> None:
 
 def _run(url: str, action: str, revision: str) -> Migration:
     parsed = parse_url(url)
-    engine: Engine = make_engine(parsed)
+    # Only an upgrade may make a store: `db downgrade` of a missing SQLite file refuses.
+    engine: Engine = make_engine(parsed, create=action == "upgrade")
     shown = redact_url(url)
     try:
         # One outer transaction for the whole step: on Postgres and (thanks to the engine's

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.engine import URL
 
 from orchestrator.errors import QueryError, StoreError
-from orchestrator.store.engine import SQLITE_BUSY_TIMEOUT_MS, parse_url, redact_url
+from orchestrator.store.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    parse_url,
+    redact_url,
+    require_sqlite_file,
+)
 
 READ_ONLY_MESSAGE = "the query tries to write; `orchestrator query` is read-only"
 READ_ONLY_REMEDY = "use SELECT (or WITH ... SELECT); change results with orchestrator commands"
@@ -63,12 +67,7 @@ def _authorize(
 
 
 def _sqlite(url: URL, sql: str, max_rows: int) -> QueryResult:
-    path = Path(url.database or "")
-    if not path.is_file():
-        raise StoreError(
-            f"results store {redact_url(url)} does not exist",
-            "create it with: orchestrator db upgrade, then ingest runs",
-        )
+    path = require_sqlite_file(url)
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     try:

@@ -396,3 +396,26 @@ def test_console_script_bad_folder_exits_2_without_traceback(
     assert done.stdout == ""
     assert done.stderr.startswith(f"error: {folder / 'manifest.json'}: not valid JSON")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_cli_ingest_into_a_missing_sqlite_file_creates_no_file(
+    fixture_runs: Path, tmp_path: Path, where: str
+) -> None:
+    from tests.support.cluster_fixtures import run_cli as run_cli_process
+
+    db = tmp_path / "stores" / "results.db"
+    url = f"sqlite:///{db}" if where == "absolute" else "sqlite:///stores/results.db"
+    done = run_cli_process(["--db", url, "ingest", str(fixture_runs / RUN_1X8)], tmp_path, 120)
+    assert done.returncode == 2
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr == (
+        f"error: results store file {db} does not exist (check the path, or create the store "
+        f"with: orchestrator --db {url} db upgrade)\n"
+    )
+    assert not db.exists() and not db.parent.exists()
+    # The remedy works as written.
+    assert run_cli_process(["--db", url, "db", "upgrade"], tmp_path, 120).returncode == 0
+    again = run_cli_process(["--db", url, "ingest", str(fixture_runs / RUN_1X8)], tmp_path, 120)
+    assert again.returncode == 0, again.stderr
+    assert f"{RUN_1X8}: succeeded" in again.stdout

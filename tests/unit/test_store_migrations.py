@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from orchestrator.store import (
 )
 from orchestrator.store.engine import make_engine, parse_url
 from orchestrator.store.models import Base
+from orchestrator.store.readonly import run_query
 from tests.support.store_fixtures import TABLES, VIEWS
 
 
@@ -68,7 +70,24 @@ def test_models_match_the_migrations(sqlite_url: str) -> None:
         engine.dispose()
 
 
+def _empty_file(url: str) -> Path:
+    """An empty SQLite database: a file of 0 bytes, as `touch` makes it."""
+    path = Path(parse_url(url).database or "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def _missing_file_line(url: str) -> str:
+    path = Path(parse_url(url).database or "").absolute()
+    return (
+        f"results store file {path} does not exist "
+        f"(check the path, or create the store with: orchestrator --db {url} db upgrade)"
+    )
+
+
 def test_open_store_on_an_empty_database_names_the_upgrade_command(sqlite_url: str) -> None:
+    _empty_file(sqlite_url)
     with pytest.raises(SchemaOutOfDate) as caught:
         open_store(sqlite_url)
     assert "is at revision none (empty)" in caught.value.message
@@ -86,6 +105,36 @@ def test_open_store_on_an_older_revision_is_out_of_date(sqlite_url: str) -> None
         open_store(sqlite_url)
     assert "revision ffff" in caught.value.message
     assert "does not know" in caught.value.message  # a newer orchestrator wrote it
+
+
+@pytest.mark.parametrize(
+    "open_it",
+    [
+        open_store,
+        current_revision,
+        lambda url: downgrade_store(url, "base"),
+        lambda url: run_query(url, "SELECT 1"),
+    ],
+    ids=["open_store", "current_revision", "downgrade_store", "run_query"],
+)
+def test_a_missing_sqlite_file_is_refused_before_connecting_and_not_created(
+    sqlite_url: str, open_it: Callable[[str], object]
+) -> None:
+    path = Path(parse_url(sqlite_url).database or "")
+    with pytest.raises(StoreError) as caught:
+        open_it(sqlite_url)
+    assert caught.value.one_line() == _missing_file_line(sqlite_url)
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_a_folder_where_the_sqlite_file_should_be_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}"
+    with pytest.raises(StoreError) as caught:
+        open_store(url)
+    assert caught.value.one_line() == (
+        f"results store {tmp_path} is not a file "
+        "(check the path: name a SQLite file, e.g. sqlite:///results.db)"
+    )
 
 
 def test_open_store_create_upgrades_first(sqlite_url: str) -> None:
@@ -156,9 +205,9 @@ def test_parse_url_accepts_what_an_admin_types() -> None:
 
 
 def test_cli_db_commands(run_cli, sqlite_url: str) -> None:
-    current = run_cli("--db", sqlite_url, "db", "current")
-    assert current.exit_code == 0
-    assert "revision none (empty)" in current.out and "out of date" in current.out
+    missing = run_cli("--db", sqlite_url, "db", "current")
+    assert missing.exit_code == 2
+    assert missing.err == f"error: {_missing_file_line(sqlite_url)}\n"
 
     up = run_cli("--db", sqlite_url, "db", "upgrade")
     assert up.exit_code == 0, up.err
@@ -171,8 +220,34 @@ def test_cli_db_commands(run_cli, sqlite_url: str) -> None:
     assert down.exit_code == 0
     assert f"downgraded from {head_revision()} to none (empty)" in down.out
 
+    current = run_cli("--db", sqlite_url, "db", "current")
+    assert current.exit_code == 0
+    assert "revision none (empty)" in current.out and "out of date" in current.out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("runs", "list"),
+        ("report",),
+        ("query", "SELECT 1"),
+        ("db", "current"),
+        ("db", "downgrade", "base"),
+        ("ingest", "no-such-run-folder"),
+    ],
+    ids=" ".join,
+)
+def test_cli_on_a_missing_sqlite_file_says_so_and_creates_nothing(
+    run_cli, sqlite_url: str, command: tuple[str, ...]
+) -> None:
+    result = run_cli("--db", sqlite_url, *command)
+    assert result.exit_code == 2
+    assert result.err == f"error: {_missing_file_line(sqlite_url)}\n"
+    assert not Path(parse_url(sqlite_url).database or "").parent.exists()
+
 
 def test_cli_on_an_empty_store_prints_one_line_with_the_remedy(run_cli, sqlite_url: str) -> None:
+    _empty_file(sqlite_url)
     result = run_cli("--db", sqlite_url, "runs", "list")
     assert result.exit_code == 2
     assert result.err.count("\n") == 1

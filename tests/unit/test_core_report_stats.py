@@ -1,0 +1,157 @@
+"""The regression flag's rules at their edges (orchestrator/report_stats.py): which history runs
+feed it, the 3 sd and 5 % thresholds, ties in time, the minimum history; groups and spreads."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from orchestrator.report_stats import (
+    Group,
+    config_key,
+    devices,
+    find_regressions,
+    group_rows,
+    regressions_by_run,
+    spread,
+)
+
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+
+def _run(run_id: str, day: float, p_core: float | None, **extra: Any) -> dict:
+    row = {
+        "run_id": run_id,
+        "vendor": "metax",
+        "config": "MXC500 2x8",
+        "topology": "2x8",
+        "precision": "fp32",
+        "fix_hp": "/",
+        "status": "succeeded",
+        "finished_at": T0 + timedelta(days=day),
+        "p_core": p_core,
+        "p_train": None,
+    }
+    row.update(extra)
+    return row
+
+
+def test_which_history_runs_feed_the_regression_flag_the_newest_ten_earlier_ones() -> None:
+    # Two very old slow runs, then ten steady ones: only the newest ten count.
+    history = [_run("old0", 0, 100.0), _run("old1", 1, 100.0)]
+    history += [_run(f"h{i:02d}", 2 + i, 500.0 + (i % 2)) for i in range(10)]
+    found = find_regressions(_run("now", 30, 440.0), list(reversed(history)))
+    assert len(found) == 1
+    reg = found[0]
+    assert (reg.run_id, reg.metric, reg.value, reg.history_n) == ("now", "p_core", 440.0, 10)
+    assert reg.history_mean == pytest.approx(500.5)
+    assert reg.history_sd == pytest.approx(spread([500.0, 501.0] * 5).sd)
+    assert reg.describe() == (
+        "p_core 440.0 is 12% below the mean 500.5 ± 0.5 of the previous 10 runs"
+    )
+    # k narrows it further: the newest three.
+    assert find_regressions(_run("now", 30, 440.0), history, k=3)[0].history_n == 3
+
+
+def test_history_that_finished_later_or_failed_or_unfinished_does_not_count() -> None:
+    steady = [_run(f"h{i}", i, 500.0 + (i % 2)) for i in range(3)]
+    assert len(find_regressions(_run("now", 10, 300.0), steady)) == 1  # exactly 3 is enough
+    spoiled = [
+        *steady[:2],
+        _run("later", 11, 500.0),
+        _run("failed", 5, 500.0, status="failed"),
+        _run("running", 5, 500.0, finished_at=None),
+    ]
+    assert find_regressions(_run("now", 10, 300.0), spoiled) == []  # only two count
+    # A run that has not finished, or did not succeed, gets no verdict.
+    assert find_regressions(_run("now", 10, 300.0, finished_at=None), steady) == []
+    assert find_regressions(_run("now", 10, 300.0, status="lost"), steady) == []
+    # Rows without a status count as succeeded.
+    plain = [{k: v for k, v in h.items() if k != "status"} for h in steady]
+    assert len(find_regressions(_run("now", 10, 300.0), plain)) == 1
+
+
+def test_a_run_finishing_at_the_same_time_counts_only_if_its_id_sorts_first() -> None:
+    steady = [_run(f"h{i}", i, 500.0 + (i % 2)) for i in range(2)]
+    same_time = [*steady, _run("a-tie", 10, 500.0), _run("z-tie", 10, 500.0)]
+    found = find_regressions(_run("m", 10, 300.0), same_time)
+    assert [r.history_n for r in found] == [3]  # h0, h1, a-tie; not z-tie, not m itself
+    assert find_regressions(_run("a-tie", 10, 300.0), same_time) == []  # only h0, h1
+
+
+def test_both_thresholds_must_be_crossed_and_only_strictly() -> None:
+    history = [_run(f"h{i}", i, v) for i, v in enumerate([490.0, 500.0, 510.0])]  # sd 10
+    # mean - 3 sd = 470, mean * 0.95 = 475: flagged only strictly below both.
+    assert find_regressions(_run("x", 9, 470.0), history) == []
+    assert len(find_regressions(_run("x", 9, 469.9), history)) == 1
+    tight = [_run(f"t{i}", i, v) for i, v in enumerate([499.9, 500.0, 500.1])]  # sd 0.1
+    assert find_regressions(_run("y", 9, 475.0), tight) == []  # exactly 5 % below
+    assert len(find_regressions(_run("y", 9, 474.9), tight)) == 1
+    # A constant history (sd 0) still flags a clear drop, and no drop is never flagged.
+    flat = [_run(f"f{i}", i, 500.0) for i in range(3)]
+    assert len(find_regressions(_run("z", 9, 400.0), flat)) == 1
+    assert find_regressions(_run("z", 9, 500.0), flat) == []
+
+
+def test_each_watched_metric_is_judged_on_its_own_and_missing_values_are_skipped() -> None:
+    history = [_run(f"h{i}", i, 500.0 + i, p_train=400.0 + i) for i in range(4)]
+    both = find_regressions(_run("x", 9, 300.0, p_train=200.0), history)
+    assert [r.metric for r in both] == ["p_train", "p_core"]
+    only_train = find_regressions(_run("x", 9, None, p_train=200.0), history)
+    assert [r.metric for r in only_train] == ["p_train"]
+    gaps = [_run(f"g{i}", i, 500.0 + i, p_train=None) for i in range(4)]
+    assert [r.metric for r in find_regressions(_run("x", 9, 300.0, p_train=1.0), gaps)] == [
+        "p_core"
+    ]
+
+
+def test_regressions_by_run_maps_each_flagged_run_to_its_findings() -> None:
+    history = [_run(f"h{i}", i, 500.0 + (i % 2)) for i in range(4)]
+    rows = [_run("ok", 9, 499.0), _run("slow", 10, 300.0)]
+    flagged = regressions_by_run(rows, history)
+    assert list(flagged) == ["slow"]
+    assert [r.metric for r in flagged["slow"]] == ["p_core"]
+
+
+def test_config_key_is_vendor_config_precision_fix_hp_with_blanks_for_missing() -> None:
+    assert config_key({"vendor": "v", "config": "c", "precision": "amp", "fix_hp": "bs=2"}) == (
+        "v",
+        "c",
+        "amp",
+        "bs=2",
+    )
+    assert config_key({}) == ("", "", "", "")
+
+
+def test_groups_expose_their_key_parts_counts_and_stats() -> None:
+    rows = [
+        _run("a", 1, 500.0, mem="30.0/64.0", fix_hp="bs=2"),
+        _run("b", 2, 520.0, mem="not-a-number", fix_hp="bs=2"),
+        _run("c", 3, 510.0, mem=None, fix_hp="bs=2"),
+    ]
+    (group,) = group_rows(rows)
+    assert (group.vendor, group.config, group.precision, group.fix_hp) == (
+        "metax",
+        "MXC500 2x8",
+        "fp32",
+        "bs=2",
+    )
+    assert (group.topology, group.n, group.run_ids) == ("2x8", 3, ["a", "b", "c"])
+    assert group.mem == "30.0/64.0"  # an unreadable label ranks below any number
+    stats = group.stats("p_core")
+    assert stats is not None
+    assert stats.as_dict() == {"mean": 510.0, "sd": 10.0, "min": 500.0, "max": 520.0, "n": 3}
+    assert group.stats("map") is None
+    assert Group(("v", "c", "p", "f"), "1x1").mem is None
+
+
+def test_spread_ignores_missing_and_non_finite_values() -> None:
+    s = spread([1.0, float("nan"), float("inf"), None, "3"])
+    assert s is not None and (s.n, s.mean, s.min, s.max) == (2, 2.0, 1.0, 3.0)
+    assert s.sd == pytest.approx(2**0.5)
+
+
+def test_devices_of_a_topology_accept_upper_case_and_refuse_other_text() -> None:
+    assert [devices(t) for t in ("2X4", "3x8", "x", "2x", "")] == [8, 24, None, None, None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.plan import make_job
 from orchestrator.preflight import NodeReport, probe_all
@@ -32,6 +33,7 @@ def run_doctor(
         )
         for name, why in session.connect_failures.items():
             reports[name] = NodeReport(name, [{"name": "connect", "ok": False, "detail": why}])
+        connect_error = session.connect_error()
     table = Table(
         "node", "check", "ok", "detail", title=f"doctor: {cluster.name} ({cluster.source})"
     )
@@ -47,5 +49,9 @@ def run_doctor(
                 str(check["detail"]),
             )
     console.print(table)
+    if connect_error is not None:
+        # The line `submit` fails with, remedies included (e.g. the `ssh-keygen -R` command of
+        # a changed host key), on one unwrapped line: the table above folds long details.
+        console.print(Text(connect_error.one_line(), style="red"), soft_wrap=True)
     console.print("[green]all nodes ready[/]" if all_ok else "[red]some nodes are not ready[/]")
     return all_ok

@@ -180,14 +180,24 @@ class NodeSession:
                 self.accepted_new_host_keys[f"jump host {self._jump.label}"] = (
                     self._jump.accepted_new_host_key
                 )
-            if self.require_all or any(
-                isinstance(e, (KeyboardInterrupt, SystemExit)) for e in self.connect_errors.values()
-            ):
-                results_or_raise("connect", outcomes)
+            for exc in self.connect_errors.values():
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise exc
+            error = self.connect_error()
+            if self.require_all and error is not None:
+                raise error
         except BaseException:
             self.close()
             raise
         return self
+
+    def connect_error(self) -> FanOutError[Transport] | None:
+        """The one error naming every node that could not be connected, with the remedies
+        (`connect failed on k of n nodes: node: reason (remedy)`): what `open` raises when
+        all are required, and what `doctor` prints under its report; None if all answered."""
+        if not self.connect_errors:
+            return None
+        return FanOutError("connect", len(self.nodes), self.connect_errors, self.transports)
 
     def _connect_all(self) -> dict[str, Transport | BaseException]:
         from orchestrator.transport.local import LocalTransport

@@ -179,6 +179,39 @@ def test_changed_host_key_is_refused(changed_host_key_node, tiny_coco, tmp_path)
     assert run_processes() == []
 
 
+def test_doctor_gives_the_changed_host_key_remedy_that_submit_gives(
+    changed_host_key_node, tiny_coco, tmp_path
+):
+    cluster = changed_host_key_node
+    node = cluster.nodes[0]
+    cfg = write_cluster_file(
+        tmp_path / "cluster.toml",
+        cluster.nodes[:1],
+        cluster.ssh,
+        data_dir=tiny_coco,
+        workdir_root=tmp_path / "nodes",
+    )
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    doctor = run_cli(["--cluster", str(cfg), "--db", db, "doctor"], tmp_path)
+    assert doctor.returncode == 3, doctor.stderr
+    assert "Traceback" not in doctor.stdout + doctor.stderr
+    remedy = (
+        "(if the node was reinstalled, verify the new fingerprint with its admin, then remove "
+        f"the old key with `ssh-keygen -R '[{node.address}]:{node.port}' -f "
+        f"{cluster.known_hosts}` and connect again)"
+    )
+    lines = [line for line in doctor.stdout.splitlines() if line.startswith("connect failed")]
+    assert len(lines) == 1, doctor.stdout
+    line = lines[0]
+    assert line.startswith(f"connect failed on 1 of 1 node: {node.name}: host key for ")
+    assert "has CHANGED (possible man-in-the-middle attack)" in line
+    assert line.endswith(f"; refused {remedy}")
+    # Word for word the error `submit` stops with on the same node.
+    submit = run_cli(["--cluster", str(cfg), "--db", db, "submit", "1x1", *set_args()], tmp_path)
+    assert submit.returncode == 1
+    assert f"failed: {line} (logs in " in submit.stderr
+
+
 def test_sigint_cancels_the_run_and_cleans_every_node(two_nodes, tmp_path):
     cluster, cfg = two_nodes
     db = tmp_path / "results.db"

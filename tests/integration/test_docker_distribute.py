@@ -50,6 +50,7 @@ def test_image_goes_only_where_missing_and_a_second_time_moves_nothing(
         second = distribute(docker_api, image.spec.tag, targets(cluster.nodes, session.transports))
         assert second.method == "none" and second.transfers == {} and second.bytes_moved == 0
         # (How long deciding that takes is measured by bench/bench_image_distribution.py.)
+        assert set(second.presence) == {n.name for n in cluster.nodes}
         assert all(p.image_id == image.built.image_id for p in second.presence.values())
 
         cluster.daemons[1].remove_image(image.spec.tag)
@@ -66,6 +67,7 @@ def test_a_changed_workload_is_a_new_tag_that_is_sent_again(docker_nodes, small_
         nodes = targets(cluster.nodes, session.transports)
         distribute(docker_api, old.spec.tag, nodes)
         presence = check_presence(nodes, new.spec.tag)
+        assert set(presence) == {n.name for n in cluster.nodes}
         assert all(p.image_id is None for p in presence.values())
         report = distribute(docker_api, new.spec.tag, nodes)
         assert set(report.transfers) == {n.name for n in cluster.nodes}

@@ -59,11 +59,18 @@ def test_cuda_visible_devices_for_2x4_on_8_accelerator_nodes_lists_4_devices() -
 def test_node_env_is_run_id_unbuffered_vendor_env_and_only_the_network_settings_given() -> None:
     job = _job("1x2")
     bare = node_env(job, job.nodes[0], {"VENDOR_X": "1"}, None)
-    assert bare == {"ORCHESTRATOR_RUN_ID": "r1", "PYTHONUNBUFFERED": "1", "VENDOR_X": "1"}
+    node0 = job.nodes[0].name
+    assert bare == {
+        "ORCHESTRATOR_RUN_ID": "r1",
+        "ORCHESTRATOR_NODE": node0,
+        "PYTHONUNBUFFERED": "1",
+        "VENDOR_X": "1",
+    }
     ib = NodeSpec("n", "h", ib_hcas=("mlx5_0", "mlx5_1"), socket_ifname="ib0")
     env = node_env(job, ib, {}, "CUDA_VISIBLE_DEVICES")
     assert env == {
         "ORCHESTRATOR_RUN_ID": "r1",
+        "ORCHESTRATOR_NODE": "n",
         "PYTHONUNBUFFERED": "1",
         "NCCL_IB_HCA": "mlx5_0,mlx5_1",
         "NCCL_SOCKET_IFNAME": "ib0",
@@ -183,4 +190,58 @@ def test_set_options_resolve_aliases_strip_spaces_and_the_last_one_wins() -> Non
         parse_sets(["bs"])
     assert caught.value.one_line() == (
         "--set 'bs' is not key=value (write e.g. --set bs=16 --set lr=0.16)"
+    )
+
+
+def test_a_run_id_without_salt_is_the_utc_time_and_a_24_bit_hash_of_it(monkeypatch) -> None:
+    import time
+    import zlib
+
+    at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    tail = zlib.crc32(at.isoformat().encode()) & 0xFFFFFF
+    assert new_run_id(at) == f"20260304-050607-{tail:06x}"
+    # Without a time: now in UTC, whatever the machine's time zone.
+    monkeypatch.setenv("TZ", "Etc/GMT-9")
+    time.tzset()
+    try:
+        before = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+        stamp = new_run_id()[: len("20260304-0506")]
+        after = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert stamp in (before, after)
+
+
+def test_a_set_value_may_contain_an_equals_sign() -> None:
+    assert parse_sets(["data=a=b"]) == {"data": "a=b"}
+
+
+def test_refusals_of_bad_hparams_and_precisions_carry_their_remedy() -> None:
+    from workload.faster_rcnn.errors import WorkloadError
+    from workload.faster_rcnn.hparams import parse_value
+
+    with pytest.raises(WorkloadError) as workload:
+        parse_value("batch_size", "sixteen")
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"batch_size": "sixteen"})
+    assert workload.value.remedy
+    assert (caught.value.message, caught.value.remedy) == (
+        workload.value.message,
+        workload.value.remedy,
+    )
+    with pytest.raises(ConfigError) as bad:
+        build_plan(_job("1x1", precision="fp8"), workload_hash="h")
+    assert bad.value.one_line() == "precision 'fp8' is not known (use one of fp32, amp, fp16)"
+
+
+def test_the_job_records_who_submitted_it() -> None:
+    assert _job("1x1").submitted_by == ""
+    assert _job("1x1", submitted_by="alice@lab").submitted_by == "alice@lab"
+
+
+def test_preflight_line_without_ib_ends_at_disk() -> None:
+    text = build_plan(_job("1x1"), workload_hash="h").render()
+    assert (
+        "  preflight: connect; probe python, torch, accelerators, dataset, weights, disk\n" in text
     )

@@ -155,3 +155,26 @@ def test_spread_ignores_missing_and_non_finite_values() -> None:
 
 def test_devices_of_a_topology_accept_upper_case_and_refuse_other_text() -> None:
     assert [devices(t) for t in ("2X4", "3x8", "x", "2x", "")] == [8, 24, None, None, None]
+
+
+def test_a_run_without_a_status_counts_as_succeeded() -> None:
+    steady = [_run(f"h{i}", i, 500.0 + (i % 2)) for i in range(3)]
+    plain = {k: v for k, v in _run("now", 10, 300.0).items() if k != "status"}
+    assert [r.run_id for r in find_regressions(plain, steady)] == ["now"]
+
+
+def test_runs_finishing_at_the_same_time_are_ordered_by_run_id_for_the_newest_k() -> None:
+    # Four runs with one finish time; the newest three by run id are b, c, d (steady), not a.
+    tied = [_run(rid, 5, v) for rid, v in (("b", 500.0), ("c", 501.0), ("d", 500.0), ("a", 100.0))]
+    found = find_regressions(_run("z", 6, 400.0), tied, k=3)
+    assert [(r.history_n, round(r.history_mean, 2)) for r in found] == [(3, 500.33)]
+
+
+def test_a_group_without_a_topology_has_an_empty_one() -> None:
+    row = {k: v for k, v in _run("a", 1, 500.0).items() if k != "topology"}
+    assert group_rows([row])[0].topology == ""
+
+
+def test_an_unreadable_memory_label_ranks_below_a_small_one() -> None:
+    rows = [_run("a", 1, 1.0, mem="n/a"), _run("b", 2, 1.0, mem="0.5/64.0")]
+    assert group_rows(rows)[0].mem == "0.5/64.0"

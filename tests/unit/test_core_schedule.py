@@ -113,3 +113,11 @@ def test_iter_schedule_decides_lazily_and_can_skip_the_reasons() -> None:
     assert next(lazy) == Decision("a", ("b1",), "")
     assert list(lazy) == [Decision("b", None, "-"), Decision("c", None, "-")]
     assert schedule([], {}, lambda run: MIXED) == []
+
+
+def test_a_run_that_can_never_fit_does_not_stop_the_runs_behind_it() -> None:
+    queued = [_run("huge", 1, 16), _run("next", 1, 8)]
+    assert _decide(queued) == [
+        ("huge", None, "cluster 'c' has no 1 fitting node(s)"),
+        ("next", ("b1",), ""),
+    ]

@@ -209,6 +209,8 @@ def test_build_context_holds_only_dockerfile_wheels_and_workload(wheel_dir, work
             "workload/faster_rcnn/train.py",
         }
         assert tar.extractfile("Dockerfile").read().decode() == spec.dockerfile
+        assert tar.extractfile("workload/faster_rcnn/train.py").read() == b"print('train')\n"
+        assert len(spec.wheels) == 3 and len(members) == 7
         assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
     assert sent[-1][0] == len(data) and sent[-1][1] == spec.context_bytes
 

@@ -94,6 +94,22 @@ def test_sampler_reads_the_tool_every_interval_and_stops_when_its_folder_goes(
     docs = _run_sampler(tmp_path, args, 1.0, f"{bin_dir}:/usr/bin:/bin")
     used = [d for d in docs if d["metric"] == "device_mem_used_bytes" and d["device"] == 0]
     assert len(used) >= 3 and used[0]["value"] == 34519 * MIB
+    # One round of samples: every column of the tool's line, in its unit (bytes, W, C, %).
+    first: dict[tuple[int, str], float] = {}
+    for d in docs:
+        if d["device"] in (0, 2):
+            first.setdefault((d["device"], d["metric"]), d["value"])
+    assert first == {
+        (0, "device_mem_used_bytes"): 34519 * MIB,
+        (0, "device_mem_total_bytes"): 40960 * MIB,
+        (0, "device_power_w"): 312.45,
+        (0, "device_temp_c"): 61.0,
+        (0, "device_util_percent"): 98.0,
+        (2, "device_mem_used_bytes"): 1 * MIB,
+        (2, "device_mem_total_bytes"): 40960 * MIB,
+        (2, "device_temp_c"): 33.0,
+        (2, "device_util_percent"): 0.0,
+    }  # device 2's power is [N/A]: no sample rather than a made-up 0
     assert monitor.TOOL_MISSING not in {d["metric"] for d in docs}
 
     folder = tmp_path / "gone"

@@ -98,7 +98,12 @@ def test_write_plots_writes_non_empty_pngs(tmp_path: Path) -> None:
 
 def test_plots_of_an_empty_selection_are_still_written(tmp_path: Path) -> None:
     made = write_plots(tmp_path, [], [])
-    assert all(Path(path).stat().st_size > 0 for _, path in made)
+    assert [Path(path).name for _, path in made] == [SCALING_FILE, HISTORY_FILE, VENDORS_FILE]
+    for _, path in made:
+        data = Path(path).read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert data[12:16] == b"IHDR" and width > 100 and height > 100  # a real, empty chart
 
 
 def test_unwritable_plots_folder_is_a_config_error(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from orchestrator.transport.shell import (
     command_line,
     join,
     local_exec_argv,
-    local_spawn_argv,
     parse_marker,
     quote_command_name,
     run_line,
@@ -86,7 +85,7 @@ def test_spawn_line_runs_the_wrapper_in_a_new_session_with_log_dir_and_command()
     assert bare[6:] == ["sh", "/l", "", "true"]
 
 
-def test_local_argv_pass_dir_and_log_as_positional_parameters() -> None:
+def test_local_argv_pass_the_dir_as_a_positional_parameter() -> None:
     assert local_exec_argv(["ls", "-l"], "/d") == [
         "sh",
         "-c",
@@ -97,16 +96,6 @@ def test_local_argv_pass_dir_and_log_as_positional_parameters() -> None:
         "-l",
     ]
     assert local_exec_argv(["ls"], None)[4] == ""
-    assert local_spawn_argv(["ls"], None, "/l") == [
-        "sh",
-        "-c",
-        shell.LOCAL_SPAWN_SCRIPT,
-        "sh",
-        "/l",
-        "",
-        "ls",
-    ]
-    assert local_spawn_argv(["ls"], "/d", "/l")[5] == "/d"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,261 @@
+"""Campaign files (orchestrator/campaign.py): defaults, durations, sets and their merge, cluster
+paths, and each mistake's exact one-line error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.campaign import duration, expand, load_campaign, parse_campaign, render_expansion
+from orchestrator.errors import ConfigError
+from orchestrator.specs import Topology
+
+BASE = {"topologies": ["1x1"]}
+
+
+def _error(data: dict[str, Any], source: str = "c.toml") -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_campaign(data, source)
+    return caught.value.one_line()
+
+
+def test_defaults_of_a_minimal_campaign() -> None:
+    spec = parse_campaign({"campaign": BASE}, "dir/nightly.toml")
+    assert (spec.name, spec.clusters, spec.topologies, spec.precisions) == (
+        "nightly",
+        (None,),
+        (Topology(1, 1),),
+        ("fp32",),
+    )
+    assert (spec.sets, spec.repeats, spec.timeout_s, spec.no_progress_timeout_s) == (
+        (("default", ()),),
+        1,
+        None,
+        1800.0,
+    )
+    assert (spec.nodes, spec.source) == (None, "dir/nightly.toml")
+
+
+def test_every_setting_is_read() -> None:
+    spec = parse_campaign(
+        {
+            "campaign": {
+                "name": "n",
+                "clusters": ["a.toml", "/abs/b.toml"],
+                "topologies": "2x8",
+                "precisions": ["amp", "fp16"],
+                "repeats": 1000,
+                "timeout": "2h",
+                "no_progress_timeout": "none",
+                "nodes": "n1",
+                "set": {"max_iters": 200, "eval": False, "lr": 0.1},
+            },
+            "sets": {"base": {}, "big": {"bs": 16, "lr": 0.16}},
+        },
+        "camp/c.toml",
+    )
+    assert spec.name == "n" and spec.clusters == ("camp/a.toml", "/abs/b.toml")
+    assert spec.topologies == (Topology(2, 8),) and spec.precisions == ("amp", "fp16")
+    assert (spec.repeats, spec.timeout_s, spec.no_progress_timeout_s) == (1000, 7200.0, None)
+    assert spec.nodes == ("n1",)
+    assert spec.sets == (
+        ("base", (("max_iters", "200"), ("eval", "false"), ("lr", "0.1"))),
+        ("big", (("max_iters", "200"), ("eval", "false"), ("lr", "0.16"), ("bs", "16"))),
+    )
+
+
+def test_cluster_paths_are_relative_to_the_campaign_file_unless_absolute_or_embedded(
+    monkeypatch,
+) -> None:
+    monkeypatch.setenv("HOME", "/home/u")
+    clusters = {"campaign": {**BASE, "clusters": ["a.toml", "~/b.toml", "/c.toml"]}}
+    assert parse_campaign(clusters, "x/c.toml").clusters == (
+        "x/a.toml",
+        "/home/u/b.toml",
+        "/c.toml",
+    )
+    assert parse_campaign(clusters, "<stdin>").clusters == ("a.toml", "/home/u/b.toml", "/c.toml")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        ("none", None),
+        (0, None),
+        (90, 90.0),
+        (1.5, 1.5),
+        ("90", 90.0),
+        ("90s", 90.0),
+        (" 45 m ", 2700.0),
+        ("2h", 7200.0),
+        ("1.5d", 129600.0),
+    ],
+)
+def test_durations_in_seconds_minutes_hours_days(value: Any, seconds: float | None) -> None:
+    assert duration(value, "c.toml", "campaign.timeout") == seconds
+
+
+@pytest.mark.parametrize("value", ["2w", "h", "-1h", True, -5])
+def test_bad_durations_name_the_key(value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        duration(value, "c.toml", "campaign.timeout")
+    assert caught.value.one_line() == (
+        f"c.toml: campaign.timeout {value!r} is not a duration (write e.g. 90s, 45m or 2h)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (
+            {"campaign": BASE, "extra": {}},
+            "c.toml: extra is not a campaign table (use [campaign] and [sets.NAME])",
+        ),
+        ({"campaign": 3}, "c.toml has no [campaign] table (start the file with [campaign])"),
+        (
+            {"campaign": {**BASE, "colour": 1}},
+            "c.toml: campaign.colour is not a campaign setting (known: clusters, name, no_progress_timeout, "
+            "nodes, precisions, repeats, set, timeout, topologies)",
+        ),
+        (
+            {"campaign": {**BASE, "name": 3}},
+            'c.toml: campaign.name must be a string (e.g. name = "nightly")',
+        ),
+        (
+            {"campaign": {}},
+            'c.toml: campaign.topologies is missing (e.g. topologies = ["1x1", "2x8"])',
+        ),
+        (
+            {"campaign": {"topologies": []}},
+            'c.toml: campaign.topologies must be a non-empty list of strings (e.g. ["1x1"])',
+        ),
+        (
+            {"campaign": {"topologies": [1]}},
+            'c.toml: campaign.topologies must be a non-empty list of strings (e.g. ["1x1"])',
+        ),
+        (
+            {"campaign": {"topologies": "1x1", "clusters": 5}},
+            'c.toml: campaign.clusters must be a non-empty list of strings (e.g. ["1x1"])',
+        ),
+        (
+            {"campaign": {"topologies": ["2y8"]}},
+            "c.toml: campaign.topologies: topology '2y8' is not of the form NxM (write nodes x "
+            "processes per node, e.g. 1x1, 1x8 or 2x8)",
+        ),
+        (
+            {"campaign": {**BASE, "precisions": ["fp32", "bf16"]}},
+            "c.toml: campaign.precisions has 'bf16' (use fp32, amp, fp16)",
+        ),
+        (
+            {"campaign": {**BASE, "repeats": 0}},
+            "c.toml: campaign.repeats 0 is not 1..1000 (e.g. repeats = 3)",
+        ),
+        (
+            {"campaign": {**BASE, "repeats": 1001}},
+            "c.toml: campaign.repeats 1001 is not 1..1000 (e.g. repeats = 3)",
+        ),
+        (
+            {"campaign": {**BASE, "repeats": True}},
+            "c.toml: campaign.repeats True is not 1..1000 (e.g. repeats = 3)",
+        ),
+        (
+            {"campaign": {**BASE, "repeats": "3"}},
+            "c.toml: campaign.repeats '3' is not 1..1000 (e.g. repeats = 3)",
+        ),
+        (
+            {"campaign": {**BASE, "set": [1]}},
+            "c.toml: campaign.set must be a table of key = value (e.g. bs = 16)",
+        ),
+        (
+            {"campaign": {**BASE, "set": {"lr": None}}},
+            "c.toml: campaign.set.lr must be a number or a string (e.g. lr = 0.16)",
+        ),
+        (
+            {"campaign": BASE, "sets": {"big": {"lr": [1]}}},
+            "c.toml: sets.big.lr must be a number or a string (e.g. lr = 0.16)",
+        ),
+        (
+            {"campaign": BASE, "sets": {"big": {"lr": {"x": 1}}}},
+            "c.toml: sets.big.lr must be a number or a string (e.g. lr = 0.16)",
+        ),
+        (
+            {"campaign": BASE, "sets": 3},
+            "c.toml: sets must be tables [sets.NAME] (e.g. [sets.base])",
+        ),
+        (
+            {"campaign": {**BASE, "timeout": "soon"}},
+            "c.toml: campaign.timeout 'soon' is not a duration (write e.g. 90s, 45m or 2h)",
+        ),
+        (
+            {"campaign": {**BASE, "no_progress_timeout": "soon"}},
+            "c.toml: campaign.no_progress_timeout 'soon' is not a duration (write e.g. 90s, 45m "
+            "or 2h)",
+        ),
+        (
+            {"campaign": {"topologies": ["1x1"] * 11, "repeats": 1000}},
+            "c.toml expands to 11000 runs (more than 10000) (split the campaign)",
+        ),
+    ],
+)
+def test_each_campaign_mistake_is_one_exact_line(data: dict[str, Any], line: str) -> None:
+    assert _error(data) == line
+
+
+def test_exactly_the_maximum_number_of_runs_is_accepted() -> None:
+    spec = parse_campaign({"campaign": {"topologies": ["1x1"] * 10, "repeats": 1000}}, "c.toml")
+    assert len(expand(spec)) == 10_000
+    assert expand(spec)[-1].index == 10_000 and expand(spec)[-1].repeat == 1000
+
+
+def test_campaign_files_that_cannot_be_read_say_so(tmp_path) -> None:
+    with pytest.raises(ConfigError) as missing:
+        load_campaign(str(tmp_path / "none.toml"))
+    assert missing.value.one_line() == (
+        f"campaign file {tmp_path / 'none.toml'} does not exist (check the path)"
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff = 1")
+    with pytest.raises(ConfigError) as unreadable:
+        load_campaign(str(bad))
+    assert unreadable.value.message.startswith(f"cannot read campaign file {bad}: ")
+    assert unreadable.value.remedy == "check the path"
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[campaign\n")
+    with pytest.raises(ConfigError) as syntax:
+        load_campaign(str(broken))
+    assert syntax.value.message.startswith(f"{broken}: not valid TOML (")
+    assert syntax.value.remedy == "fix the syntax"
+    good = tmp_path / "good.toml"
+    good.write_text('[campaign]\ntopologies = ["1x2"]\n')
+    assert load_campaign(str(good)).source == str(good)
+
+
+def test_the_dry_run_lists_each_run_with_its_set_and_timeouts() -> None:
+    spec = parse_campaign(
+        {
+            "campaign": {
+                "name": "n",
+                "topologies": ["1x1"],
+                "repeats": 2,
+                "timeout": 5400,
+                "no_progress_timeout": 90,
+                "nodes": ["a", "b"],
+            },
+            "sets": {"big": {"bs": 16}},
+        },
+        "c.toml",
+    )
+    text = render_expansion(spec, expand(spec), "lab.toml")
+    lines = text.splitlines()
+    assert lines[0] == "campaign 'n' from c.toml: 2 run(s)"
+    assert lines[1] == "  timeout 90m, no-progress timeout 90s, nodes a,b"
+    assert lines[3].split() == ["#", "cluster", "topology", "precision", "set", "repeat", "hparams"]
+    assert lines[4].split() == ["1", "lab.toml", "1x1", "fp32", "big", "1/2", "bs=16"]
+    assert lines[5].split() == ["2", "lab.toml", "1x1", "fp32", "big", "2/2", "bs=16"]
+    plain = parse_campaign({"campaign": {**BASE, "timeout": 7200, "no_progress_timeout": 61}}, "c")
+    text = render_expansion(plain, expand(plain), "x")
+    assert text.splitlines()[1] == "  timeout 2h, no-progress timeout 61s"
+    assert text.splitlines()[4].split()[-1] == "/" and text.endswith("\n")

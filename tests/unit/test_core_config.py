@@ -1,0 +1,309 @@
+"""Cluster files (orchestrator/config.py): every value's default, node defaults and [ssh]
+inheritance, and each mistake's exact one-line error (file, key, problem, remedy)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from orchestrator.config import load_cluster, parse_cluster
+from orchestrator.errors import ConfigError
+
+NODE = {"name": "a", "address": "h"}
+
+
+def _error(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_cluster(data, "lab.toml")
+    return caught.value.one_line()
+
+
+def _with(**tables: Any) -> dict[str, Any]:
+    return {"nodes": [NODE], **tables}
+
+
+def test_defaults_of_a_minimal_cluster_file() -> None:
+    spec = parse_cluster({"nodes": [NODE]}, "dir/lab.toml")
+    assert (spec.name, spec.vendor, spec.runtime, spec.backend, spec.master_port) == (
+        "lab",
+        "cpu",
+        "host",
+        "ssh",
+        29500,
+    )
+    assert (spec.store_url, spec.image, spec.slurm, spec.source) == (
+        None,
+        None,
+        None,
+        "dir/lab.toml",
+    )
+    ssh = spec.ssh
+    assert (ssh.known_hosts, ssh.accept_new_host_keys, ssh.jump_host) == ((), False, None)
+    assert (ssh.connect_timeout_s, ssh.command_timeout_s, ssh.keepalive_s) == (10.0, 120.0, 15)
+    case = spec.case
+    assert (case.data_dir, case.backbone_weights, case.config_name, case.hparams) == (
+        "./data/coco-synth",
+        "none",
+        None,
+        {},
+    )
+    (node,) = spec.nodes
+    assert (node.name, node.address, node.port, node.user, node.key_file) == (
+        "a",
+        "h",
+        22,
+        None,
+        None,
+    )
+    assert (node.accelerators, node.ib_hcas, node.socket_ifname) == (1, (), None)
+    assert (node.python, node.workdir, node.docker_host) == ("python3", "/tmp/orchestrator", None)
+
+
+def test_every_setting_is_read_and_trimmed() -> None:
+    spec = parse_cluster(
+        {
+            "cluster": {
+                "name": " lab-x ",
+                "vendor": "nvidia",
+                "runtime": "docker",
+                "master_port": 1024,
+            },
+            "store": {"url": "sqlite:///r.db"},
+            "ssh": {
+                "user": "bench",
+                "port": 2222,
+                "key_file": "~/.ssh/k",
+                "known_hosts": "~/kh",
+                "accept_new_host_keys": True,
+                "jump_host": "gw",
+                "connect_timeout_s": 3,
+                "command_timeout_s": 7.5,
+                "keepalive_s": 0,
+            },
+            "case": {
+                "data_dir": "/coco",
+                "backbone_weights": "/w.pth",
+                "config": "nvidia",
+                "hparams": {"bs": 16, "lr": 0.1},
+            },
+            "node_defaults": {"accelerators": 8, "ib_hcas": ["mlx5_0"], "workdir": "/raid"},
+            "nodes": [
+                {**NODE, "socket_ifname": "ib0", "python": "/opt/py", "docker_host": "unix:///d"},
+                {"name": "b", "address": "g", "port": 22, "user": "root", "accelerators": 4},
+            ],
+        },
+        "lab.toml",
+    )
+    assert (spec.name, spec.vendor, spec.runtime, spec.master_port) == (
+        "lab-x",
+        "nvidia",
+        "docker",
+        1024,
+    )
+    assert spec.store_url == "sqlite:///r.db"
+    home = os.path.expanduser("~")
+    assert spec.ssh.known_hosts == (f"{home}/kh",) and spec.ssh.accept_new_host_keys is True
+    assert (spec.ssh.jump_host, spec.ssh.connect_timeout_s, spec.ssh.command_timeout_s) == (
+        "gw",
+        3.0,
+        7.5,
+    )
+    assert spec.ssh.keepalive_s == 0
+    assert (spec.case.data_dir, spec.case.backbone_weights, spec.case.config_name) == (
+        "/coco",
+        "/w.pth",
+        "nvidia",
+    )
+    assert spec.case.hparams == {"bs": "16", "lr": "0.1"}
+    a, b = spec.nodes
+    assert (a.port, a.user, a.key_file, a.accelerators, a.ib_hcas) == (
+        2222,
+        "bench",
+        f"{home}/.ssh/k",
+        8,
+        ("mlx5_0",),
+    )
+    assert (a.socket_ifname, a.python, a.workdir, a.docker_host) == (
+        "ib0",
+        "/opt/py",
+        "/raid",
+        "unix:///d",
+    )
+    assert (b.port, b.user, b.accelerators, b.workdir) == (22, "root", 4, "/raid")
+
+
+def test_a_slurm_cluster_needs_no_node_list() -> None:
+    spec = parse_cluster({"cluster": {"backend": "slurm"}}, "s.toml")
+    assert spec.backend == "slurm" and spec.nodes == () and spec.slurm is not None
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (
+            {"nodes": []},
+            "lab.toml: nodes is missing or empty (add at least one [[nodes]] table with name and address)",
+        ),
+        (
+            {"nodes": "a"},
+            "lab.toml: nodes is missing or empty (add at least one [[nodes]] table with name and address)",
+        ),
+        ({"nodes": ["a"]}, "lab.toml: nodes[0] must be a table (write each node as [[nodes]])"),
+        ({"nodes": [{"address": "h"}]}, 'lab.toml: nodes[0].name is missing (add name = "...")'),
+        (
+            {"nodes": [{**NODE, "name": " "}]},
+            "lab.toml: nodes[0].name must be a non-empty string, got ' ' (e.g. name = \"...\")",
+        ),
+        (
+            {"nodes": [{**NODE, "user": 3}]},
+            'lab.toml: nodes[0].user must be a non-empty string, got 3 (e.g. user = "...")',
+        ),
+        (
+            {"nodes": [{**NODE, "accelerators": 0}]},
+            "lab.toml: nodes[0].accelerators must be an integer between 1 and 1024, got 0 "
+            "(e.g. accelerators = 1)",
+        ),
+        (
+            {"nodes": [{**NODE, "accelerators": 1025}]},
+            "lab.toml: nodes[0].accelerators must be an integer between 1 and 1024, got 1025 "
+            "(e.g. accelerators = 1)",
+        ),
+        (
+            {"nodes": [{**NODE, "accelerators": True}]},
+            "lab.toml: nodes[0].accelerators must be an integer between 1 and 1024, got True "
+            "(e.g. accelerators = 1)",
+        ),
+        (
+            {"nodes": [{**NODE, "port": 0}]},
+            "lab.toml: nodes[0].port must be an integer between 1 and 65535, got 0 (e.g. port = 22)",
+        ),
+        (
+            {"nodes": [{**NODE, "ib_hcas": [""]}]},
+            "lab.toml: nodes[0].ib_hcas must be a list of strings, got [''] "
+            '(e.g. ib_hcas = ["a", "b"])',
+        ),
+        (
+            {"nodes": [{**NODE, "ib_hcas": 5}]},
+            "lab.toml: nodes[0].ib_hcas must be a list of strings, got 5 "
+            '(e.g. ib_hcas = ["a", "b"])',
+        ),
+        (
+            {"nodes": [NODE, NODE]},
+            "lab.toml: nodes[1].name 'a' is used twice (give every node its own name)",
+        ),
+        (
+            {"nodes": [{**NODE, "color": "red"}]},
+            "lab.toml: nodes[0].color is not a known key (known keys here: accelerators, address, "
+            "docker_host, ib_hcas, key_file, name, port, python, socket_ifname, user, workdir)",
+        ),
+        (
+            _with(node_defaults={"name": "x"}),
+            "lab.toml: node_defaults.name is not a known key (known keys here: accelerators, "
+            "docker_host, ib_hcas, key_file, port, python, socket_ifname, user, workdir)",
+        ),
+        (_with(ssh=[]), "lab.toml: ssh must be a table (write it as [ssh])"),
+        (
+            _with(ssh={"port": 0}),
+            "lab.toml: ssh.port must be an integer between 1 and 65535, got 0 (e.g. port = 22)",
+        ),
+        (
+            _with(ssh={"accept_new_host_keys": "yes"}),
+            "lab.toml: ssh.accept_new_host_keys must be true or false, got 'yes' "
+            "(e.g. accept_new_host_keys = false)",
+        ),
+        (
+            _with(ssh={"connect_timeout_s": 0}),
+            "lab.toml: ssh.connect_timeout_s must be a positive number, got 0 "
+            "(e.g. connect_timeout_s = 10.0)",
+        ),
+        (
+            _with(ssh={"command_timeout_s": "1m"}),
+            "lab.toml: ssh.command_timeout_s must be a positive number, got '1m' "
+            "(e.g. command_timeout_s = 120.0)",
+        ),
+        (
+            _with(ssh={"connect_timeout_s": True}),
+            "lab.toml: ssh.connect_timeout_s must be a positive number, got True "
+            "(e.g. connect_timeout_s = 10.0)",
+        ),
+        (
+            _with(ssh={"keepalive_s": 3601}),
+            "lab.toml: ssh.keepalive_s must be an integer between 0 and 3600, got 3601 "
+            "(e.g. keepalive_s = 15)",
+        ),
+        (
+            _with(cluster={"backend": "k8s"}),
+            "lab.toml: cluster.backend must be one of ssh, slurm, got 'k8s' (e.g. backend = \"ssh\")",
+        ),
+        (
+            _with(cluster={"runtime": "podman"}),
+            "lab.toml: cluster.runtime must be one of host, docker, got 'podman' "
+            '(e.g. runtime = "host")',
+        ),
+        (
+            _with(cluster={"master_port": 1023}),
+            "lab.toml: cluster.master_port must be an integer between 1024 and 65535, got 1023 "
+            "(e.g. master_port = 29500)",
+        ),
+        (
+            _with(case={"hparams": 3}),
+            "lab.toml: case.hparams must be a table (write it as [case.hparams] with key = value "
+            "lines)",
+        ),
+        (
+            _with(store={"url": ""}),
+            "lab.toml: store.url must be a non-empty string, got '' (e.g. url = \"...\")",
+        ),
+    ],
+)
+def test_each_cluster_file_mistake_is_one_exact_line(data: dict[str, Any], line: str) -> None:
+    assert _error(data) == line
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    spec = parse_cluster(
+        {
+            "cluster": {"master_port": 65535},
+            "ssh": {"port": 65535, "keepalive_s": 3600, "connect_timeout_s": 0.5},
+            "nodes": [{**NODE, "accelerators": 1024, "port": 1}],
+        },
+        "lab.toml",
+    )
+    assert spec.master_port == 65535 and spec.ssh.keepalive_s == 3600
+    assert spec.ssh.connect_timeout_s == 0.5
+    assert (spec.nodes[0].accelerators, spec.nodes[0].port) == (1024, 1)
+
+
+def test_cluster_files_that_cannot_be_read_say_so(tmp_path) -> None:
+    with pytest.raises(ConfigError) as missing:
+        load_cluster(str(tmp_path / "none.toml"))
+    assert missing.value.one_line() == (
+        f"cluster file {tmp_path / 'none.toml'} does not exist "
+        "(check --cluster / $ORCHESTRATOR_CLUSTER)"
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe = 1")
+    with pytest.raises(ConfigError) as unreadable:
+        load_cluster(str(bad))
+    assert unreadable.value.one_line().startswith(f"cannot read cluster file {bad}: ")
+    assert unreadable.value.remedy == "check the path and permissions"
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[nodes\n")
+    with pytest.raises(ConfigError) as syntax:
+        load_cluster(str(broken))
+    assert syntax.value.message.startswith(f"{broken}: not valid TOML (")
+    assert syntax.value.remedy == "fix the syntax at the position shown"
+
+
+def test_without_a_file_the_local_cluster_toml_or_the_embedded_default_is_used(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    default = load_cluster(None)
+    assert default.name == "local" and default.nodes[0].address == "local"
+    assert default.case.data_dir == str(tmp_path / "data" / "coco-synth")
+    (tmp_path / "cluster.toml").write_text('[[nodes]]\nname = "x"\naddress = "h"\n')
+    here = load_cluster(None)
+    assert here.name == "cluster" and here.source == "cluster.toml"

@@ -307,3 +307,63 @@ def test_without_a_file_the_local_cluster_toml_or_the_embedded_default_is_used(
     (tmp_path / "cluster.toml").write_text('[[nodes]]\nname = "x"\naddress = "h"\n')
     here = load_cluster(None)
     assert here.name == "cluster" and here.source == "cluster.toml"
+
+
+def test_a_node_may_name_its_own_key_file() -> None:
+    spec = parse_cluster(
+        {
+            "ssh": {"key_file": "/k/shared"},
+            "nodes": [{**NODE, "key_file": "/k/own"}, {**NODE, "name": "b"}],
+        },
+        "lab.toml",
+    )
+    assert [n.key_file for n in spec.nodes] == ["/k/own", "/k/shared"]
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (
+            _with(bogus=1),
+            "lab.toml: bogus is not a known key (known keys here: case, cluster, image, "
+            "node_defaults, nodes, slurm, ssh, store)",
+        ),
+        (
+            _with(case={"colour": 1}),
+            "lab.toml: case.colour is not a known key (known keys here: backbone_weights, config, "
+            "data_dir, hparams)",
+        ),
+        (_with(image=3), "lab.toml: image must be a table (write it as [image])"),
+        (_with(slurm=3), "lab.toml: slurm must be a table (write it as [slurm])"),
+    ],
+)
+def test_tables_mistakes_name_the_file_and_table(data: dict[str, Any], line: str) -> None:
+    assert _error(data) == line
+
+
+def test_a_slurm_table_is_read_even_for_an_ssh_cluster() -> None:
+    spec = parse_cluster(_with(slurm={"partition": "gpu"}), "lab.toml")
+    assert spec.backend == "ssh" and spec.slurm is not None
+    assert spec.slurm.partition == "gpu"  # type: ignore[attr-defined]
+
+
+def test_the_embedded_default_is_this_machine_with_its_cpus(monkeypatch) -> None:
+    import sys
+    from pathlib import Path
+
+    from orchestrator.config import embedded_default
+
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    spec = embedded_default()
+    (node,) = spec.nodes
+    assert (node.name, node.address, node.accelerators) == ("localhost", "local", 1)
+    assert node.python == sys.executable
+    assert node.workdir == str(Path.home() / ".cache" / "orchestrator")
+    assert (spec.name, spec.vendor, spec.source, spec.store_url) == (
+        "local",
+        "cpu",
+        "<embedded default>",
+        None,
+    )
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert embedded_default().nodes[0].accelerators == 6

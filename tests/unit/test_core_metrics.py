@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.errors import IngestError
-from orchestrator.runfolder import RankFile, read_run_folder
-from orchestrator.store.metrics import aggregate
+from orchestrator.runfolder import RankFile, RunFolder, read_run_folder
+from orchestrator.store.metrics import GIB, aggregate, check_complete, fix_hp
 from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X8
 
 
@@ -27,3 +27,85 @@ def test_a_refused_rank_field_names_the_file_the_field_and_the_fix() -> None:
         "trained"
     )
     assert caught.value.remedy == "fix or remove the file; docs/schema.md explains the checks"
+
+
+def _edited(edit) -> RunFolder:
+    """The recorded 1x8 run with `edit(rank, doc)` applied to a copy of each rank's document."""
+    folder = read_run_folder(FIXTURE_RUNS / RUN_1X8)
+    ranks = []
+    for rank in folder.ranks:
+        doc = copy.deepcopy(rank.doc)
+        edit(rank.rank, doc)
+        ranks.append(RankFile(rank.path, rank.rank, doc, ""))
+    return replace(folder, ranks=tuple(ranks))
+
+
+def test_missing_rank_files_are_named_up_to_four_then_dots() -> None:
+    folder = read_run_folder(FIXTURE_RUNS / RUN_1X8)
+    for kept, shown in (
+        (4, "rank-00004.json, rank-00005.json, rank-00006.json, rank-00007.json"),
+        (3, "rank-00003.json, rank-00004.json, rank-00005.json, rank-00006.json ..."),
+        (7, "rank-00007.json"),
+    ):
+        partial = replace(folder, ranks=folder.ranks[:kept])
+        with pytest.raises(IngestError) as caught:
+            check_complete(partial)
+        assert caught.value.message == (
+            f"{folder.path}: ranks/{shown} missing: the manifest says status succeeded, which "
+            "needs all 8 rank files"
+        )
+        assert caught.value.remedy == (
+            "collect the missing files, or set the manifest's status to failed with a reason"
+        )
+
+
+def test_a_failed_rank_in_a_succeeded_run_is_refused() -> None:
+    folder = _edited(lambda rank, doc: doc.update(status="failed") if rank == 2 else None)
+    with pytest.raises(IngestError) as caught:
+        check_complete(folder)
+    assert caught.value.message == (
+        f"{folder.ranks[2].path}: field status: is 'failed' but the manifest says the run succeeded"
+    )
+    assert caught.value.remedy == "fix or remove the file; docs/schema.md explains the checks"
+
+
+def test_memory_total_comes_from_the_memory_section_else_the_device() -> None:
+    def no_total(rank: int, doc: dict) -> None:
+        doc["memory"].pop("total_bytes")
+        doc["device"]["total_mem_bytes"] = 32 * GIB
+
+    metrics = aggregate(_edited(no_total))
+    assert metrics is not None and metrics.mem_total_bytes == 32 * GIB
+
+    def neither(rank: int, doc: dict) -> None:
+        doc["memory"].pop("total_bytes")
+        doc["device"].pop("total_mem_bytes", None)
+
+    metrics = aggregate(_edited(neither))
+    assert metrics is not None and metrics.mem_total_bytes is None
+    assert metrics.mem_used_bytes == 39857841766 and metrics.mem_label == "37.1"  # hungriest rank
+    full = aggregate(read_run_folder(FIXTURE_RUNS / RUN_1X8))
+    assert full is not None and full.mem_total_bytes == 64 * GIB
+
+
+def test_epochs_and_convergence_come_from_rank_zero() -> None:
+    metrics = aggregate(read_run_folder(FIXTURE_RUNS / RUN_1X8))
+    assert metrics is not None
+    assert (metrics.epochs_completed, metrics.converged) == (2, False)
+    converged = aggregate(_edited(lambda rank, doc: doc.update(converged=True)))
+    assert converged is not None and converged.converged is True
+
+
+def test_a_training_time_under_one_second_is_still_accepted() -> None:
+    metrics = aggregate(_edited(lambda rank, doc: doc["timings"].update(core_s=0.5)))
+    assert metrics is not None and metrics.p_core == 234496 / 0.5
+
+
+def test_fix_hp_shows_values_as_typed_and_never_the_precision() -> None:
+    resolved = {"eval": False, "warmup_iters": 5, "target_map": None, "lr": 0.08}
+    assert fix_hp({}, resolved) == "lr=0.08, eval=false, target_map=none, warmup_iters=5"
+    assert fix_hp({}, {"eval": True, "lr_steps": [8, 11]}) == "lr_steps=8,11"  # eval True: default
+    assert fix_hp({"precision": "amp", "bs": "4"}) == "bs=4"
+    assert fix_hp({}, {"lr": 0.1}) == "lr=0.1" and fix_hp({}, {"weight_decay": 1e-05}) == (
+        "weight_decay=1e-05"
+    )

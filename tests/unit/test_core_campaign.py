@@ -259,3 +259,29 @@ def test_the_dry_run_lists_each_run_with_its_set_and_timeouts() -> None:
     text = render_expansion(plain, expand(plain), "x")
     assert text.splitlines()[1] == "  timeout 2h, no-progress timeout 61s"
     assert text.splitlines()[4].split()[-1] == "/" and text.endswith("\n")
+
+
+def test_round_durations_are_shown_in_the_largest_unit_and_none_as_none() -> None:
+    for timeout, shown in ((3600, "1h"), (60, "1m"), (59, "59s"), (5400, "90m"), (90.5, "90.5s")):
+        spec = parse_campaign({"campaign": {**BASE, "timeout": timeout}}, "c")
+        assert render_expansion(spec, [], "x").splitlines()[1].split(",")[0] == f"  timeout {shown}"
+    spec = parse_campaign({"campaign": {**BASE, "no_progress_timeout": "none"}}, "c")
+    assert render_expansion(spec, [], "x").splitlines()[1] == (
+        "  timeout none, no-progress timeout none"
+    )
+
+
+def test_a_number_is_a_duration_in_seconds_as_it_is() -> None:
+    assert duration(1e-07, "c", "k") == 1e-07 and duration(0.5, "c", "k") == 0.5
+
+
+def test_set_values_keep_their_case_and_bools_are_lower_case() -> None:
+    spec = parse_campaign({"campaign": {**BASE, "set": {"tag": "Big-A", "eval": True}}}, "c")
+    assert spec.sets == (("default", (("tag", "Big-A"), ("eval", "true"))),)
+
+
+@pytest.mark.parametrize("key", ["precisions", "nodes"])
+def test_list_settings_that_are_not_lists_name_the_file_and_key(key: str) -> None:
+    assert _error({"campaign": {**BASE, key: 3}}) == (
+        f'c.toml: campaign.{key} must be a non-empty list of strings (e.g. ["1x1"])'
+    )

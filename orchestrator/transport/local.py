@@ -119,7 +119,7 @@ class LocalTransport(Transport):
             with open(log_path, "ab") as log:
                 start = log.tell()
                 proc = subprocess.Popen(
-                    shell.local_exec_argv(words, cwd),
+                    shell.local_spawn_argv(words, cwd, log_path),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -26,7 +26,9 @@ EXIT_MARKER = "orchestrator-exit "
 # group is being terminated, and ends when the job and its children close the pipe. The job
 # runs in the foreground of a pipeline (a background job would start with SIGINT ignored);
 # its parent catches TERM/INT so it can still report the exit code, and caught signals are
-# reset for the job itself.
+# reset for the job itself. The exit code is also written to LOG.exit (atomically, before it
+# is reported), so that a controller that lost the stream (killed, adopted by another) can
+# still learn how the job ended.
 SPAWN_SCRIPT = """\
 log=$1; dir=$2; shift 2
 : >>"$log" || exit 126
@@ -39,13 +41,31 @@ exec 3>&2
     if [ -n "$dir" ]; then cd -- "$dir" || exit; fi
     exec "$@"
   ) </dev/null 2>&1
-  echo "orchestrator-exit $?" >&3
+  rc=$?
+  echo "$rc" >"$log.exit.tmp" && mv -f -- "$log.exit.tmp" "$log.exit"
+  echo "orchestrator-exit $rc" >&3
 } | (trap '' TERM INT HUP; exec tee -p -a -- "$log")
 """
 
 # Local commands run through the same tiny script, so that a missing program (127) or
 # directory behaves as over SSH.
 LOCAL_EXEC_SCRIPT = 'if [ -n "$1" ]; then cd -- "$1" || exit; fi; shift; exec "$@"'
+# A local spawn: the same, but the parent stays to write the exit code to LOG.exit as
+# SPAWN_SCRIPT does (it catches TERM/INT/HUP so that a group kill still leaves the file).
+LOCAL_SPAWN_SCRIPT = """\
+log=$1; dir=$2; shift 2
+trap : TERM INT HUP
+(
+  trap - TERM INT HUP
+  if [ -n "$dir" ]; then cd -- "$dir" || exit; fi
+  exec "$@"
+) </dev/null
+rc=$?
+echo "$rc" >"$log.exit.tmp" && mv -f -- "$log.exit.tmp" "$log.exit"
+exit "$rc"
+"""
+#: Where a spawned job's exit code lands on the node, next to its log.
+EXIT_FILE_SUFFIX = ".exit"
 
 # $1 signal number, $2 process group. Success if sent, or if the group is already gone.
 SIGNAL_GROUP_SCRIPT = 'kill -"$1" -"$2" 2>/dev/null || ! kill -0 -"$2" 2>/dev/null'
@@ -138,6 +158,11 @@ def spawn_line(
     # -w: setsid's parent waits for the wrapper and reaps it at once.
     wrapper = ["setsid", "-w", "sh", "-c", SPAWN_SCRIPT, "sh", log_path, cwd or "", *words]
     return "exec " + join(wrapper)
+
+
+def local_spawn_argv(argv: Sequence[str], cwd: str | None, log_path: str) -> list[str]:
+    """argv for a local spawned job: LOCAL_SPAWN_SCRIPT, which records the exit code."""
+    return ["sh", "-c", LOCAL_SPAWN_SCRIPT, "sh", log_path, cwd or "", *argv]
 
 
 def local_exec_argv(argv: Sequence[str], cwd: str | None) -> list[str]:

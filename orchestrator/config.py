@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.specs import CaseSettings, ClusterSpec, NodeSpec, SshSettings
+from orchestrator.specs import (
+    DEFAULT_FOLLOWER_GRACE_S,
+    MIN_FOLLOWER_GRACE_S,
+    CaseSettings,
+    ClusterSpec,
+    NodeSpec,
+    SshSettings,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,7 +30,7 @@ RUNTIMES = ("host", "docker")
 BACKENDS = ("ssh", "slurm")
 
 _TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
-_CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port"}
+_CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port", "follower_grace_s"}
 _SSH_KEYS = {
     "user",
     "port",
@@ -241,10 +248,24 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         runtime=cl.choice("runtime", RUNTIMES, "host"),
         backend=backend,
         master_port=cl.integer("master_port", 29500, 1024, 65535),
+        follower_grace_s=_grace(cl),
         image=image,
         slurm=slurm,
         source=source,
     )
+
+
+def _grace(cl: _Reader) -> float:
+    """[cluster] follower_grace_s: how long a run may go without a follower (submit, worker,
+    attach) before its nodes stop it by themselves."""
+    grace = cl.number("follower_grace_s", DEFAULT_FOLLOWER_GRACE_S)
+    if grace < MIN_FOLLOWER_GRACE_S:
+        cl.fail(
+            "cluster.follower_grace_s",
+            f"must be at least {MIN_FOLLOWER_GRACE_S:g} seconds, got {grace:g}",
+            f"e.g. follower_grace_s = {DEFAULT_FOLLOWER_GRACE_S:g}",
+        )
+    return grace
 
 
 def embedded_default() -> ClusterSpec:

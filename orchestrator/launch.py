@@ -9,13 +9,14 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import monitor
+from orchestrator.guard import run_env
 from orchestrator.progress import ProgressView, parse_event
 from orchestrator.workload_source import workload_files
 
@@ -42,7 +43,7 @@ class Failure:
 
 @dataclass
 class Execution:
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled | detached (another follower has the run)
     started_at: datetime
     finished_at: datetime
     failure: Failure | None = None
@@ -169,9 +170,11 @@ class Watch:
         view: ProgressView,
         stop: threading.Event,
         on_stop: Callable[[Transport, NodePlan], None] | None = None,
+        detach: threading.Event | None = None,
     ) -> None:
         self.plan, self.session, self.view, self.stop = plan, session, view, stop
         self.on_stop = on_stop  # e.g. remove the run's containers on that node
+        self.detach = detach  # set: another follower took the run over; leave it running
         self.procs: dict[str, RemoteProcess] = {}
         self.monitors: dict[str, RemoteProcess] = {}  # the sampler next to each node's workload
         self.tails: dict[str, deque[str]] = {
@@ -206,7 +209,7 @@ class Watch:
             out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
             return t.spawn(
                 monitor.sampler_argv(python, tool, out, every_s),
-                env={"ORCHESTRATOR_RUN_ID": self.plan.job.run_id},
+                env=run_env(self.plan.job.run_id, np_.node.name, "monitor"),
                 cwd=np_.run_dir,
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",
             )
@@ -258,8 +261,10 @@ class Watch:
             if failed:
                 failure = self._first_failure(failed, exits)
             elif all(code == 0 for code in exits.values()):
-                self.stop_monitors()
+                self.stop_all()  # the samplers and guards beside the workload
                 return Execution("succeeded", started, utcnow(), None, exits)
+            elif self.detach is not None and self.detach.is_set():
+                return Execution("detached", started, utcnow(), None, exits)
             elif self.stop.is_set():
                 status, failure = "cancelled", Failure("cancelled by the user (SIGINT/SIGTERM)")
             elif timeout_s is not None and now - t0 > timeout_s:
@@ -286,17 +291,30 @@ class Watch:
 
     def stop_all(self) -> None:
         """TERM then KILL every node's process group; then the runtime's own cleanup."""
-
-        def one(t: Transport) -> None:
-            kill_run_processes(t, self.plan.job.run_id)
-            proc = self.procs.get(t.node.name)
-            if proc is not None:
-                proc.kill_tree(grace_s=KILL_GRACE_S)
-            if self.on_stop is not None:
-                self.on_stop(t, self.by_node[t.node.name])
-
-        self.session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
+        stop_everywhere(self.session, self.plan, self.on_stop, self.procs)
         self.stop_monitors()  # already ended by the run-id kill; this reaps the spawned groups
+
+
+def stop_everywhere(
+    session: NodeSession,
+    plan: Plan,
+    on_stop: Callable[[Transport, NodePlan], None] | None = None,
+    procs: Mapping[str, RemoteProcess] | None = None,
+) -> dict[str, str]:
+    """End every process of the run on every node (and the group we spawned, if we hold it),
+    then the runtime's own cleanup (containers). Returns node -> problem for nodes not done."""
+    by_node = {np_.node.name: np_ for np_ in plan.nodes}
+
+    def one(t: Transport) -> None:
+        kill_run_processes(t, plan.job.run_id)
+        proc = (procs or {}).get(t.node.name)
+        if proc is not None:
+            proc.kill_tree(grace_s=KILL_GRACE_S)
+        if on_stop is not None:
+            on_stop(t, by_node[t.node.name])
+
+    results = session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
+    return {n: str(r) for n, r in results.items() if isinstance(r, BaseException)}
 
 
 def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -> dict[str, str]:

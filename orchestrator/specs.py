@@ -85,6 +85,12 @@ class CaseSettings:
     hparams: dict[str, str] = field(default_factory=dict)  # defaults for every submit
 
 
+#: How long a running run may go without a follower before its nodes stop it by themselves
+#: (and the store marks it lost): room for a worker or `orchestrator attach` to adopt it.
+DEFAULT_FOLLOWER_GRACE_S = 180.0
+MIN_FOLLOWER_GRACE_S = 6.0
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     name: str
@@ -96,6 +102,7 @@ class ClusterSpec:
     runtime: str = "host"  # 'host' (python on the node) or 'docker'
     backend: str = "ssh"  # 'ssh' (our own launcher) or 'slurm'
     master_port: int = 29500
+    follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
     image: object | None = None  # [image] table: images.workflow.ImageSettings
     slurm: object | None = None  # [slurm] table: slurm.settings.SlurmSettings
     source: str = "<embedded default>"  # the file it came from, for messages

@@ -5,6 +5,7 @@ Ctrl-C, leaves the run row final, the run folder written, and nothing running on
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import threading
 import time
@@ -15,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
 from orchestrator.errors import NodeError, OrchestratorError, RunCancelled, RunFailed
+from orchestrator.guard import Heartbeat, guard_grace_s, heartbeat_every_s, start_guards
 from orchestrator.launch import Execution, Failure, Watch, collect, stage, utcnow, write_json
 from orchestrator.plan import Plan, build_plan, make_job, new_run_id
 from orchestrator.preflight import run_preflight
 from orchestrator.progress import ProgressView
+from orchestrator.queue.keeper import LeaseKeeper
+from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.runfolder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.specs import ClusterSpec, Topology, pick_nodes
 from orchestrator.workload_source import workload_hash
@@ -60,6 +64,11 @@ def submitter() -> str:
         return f"{getpass.getuser()}@{socket.gethostname()}"
     except (KeyError, OSError):
         return "unknown"
+
+
+def follower_id() -> str:
+    """Who follows a foreground run, as its leases and messages name it."""
+    return f"submit {submitter()} pid {os.getpid()}"
 
 
 def make_plan(
@@ -171,24 +180,55 @@ def execute(
 ) -> Outcome:
     """Run the plan; the run row and folder are final whatever happens. Raises nothing for a
     run that fails on the nodes: the Outcome says how it ended. `queued_at`: the run's row
-    exists already, queued then claimed by a worker that holds its node leases."""
+    exists already, queued then claimed by a worker that holds its node leases. Otherwise
+    this process takes the nodes' leases itself and keeps them while it follows the run, so
+    that a worker or `orchestrator attach` adopts the run should this process die."""
+    job = plan.job
+    run_dir = runs_dir / job.run_id
+    submitted_at = queued_at or utcnow()
+    manifest = manifest_for(plan, req, "running", submitted_at=submitted_at)
+    ttl = follower_ttl_s(job.cluster.follower_grace_s)
+    if queued_at is not None:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        store.start_queued_run(manifest)
+        return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl)
+    nodes = tuple(n.node.name for n in plan.nodes)
+    request = request_for(
+        job.cluster, replace(req, node_names=nodes), runs_dir=str(runs_dir.resolve())
+    )
+    holder = follower_id()
+    create_followed_run(store, manifest, request, nodes, holder, ttl)
+    run_dir.mkdir(parents=True, exist_ok=False)
+    taken_over = threading.Event()
+    try:
+        with LeaseKeeper(store, job.run_id, holder, ttl, stop, stop, on_lost=taken_over):
+            return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl, taken_over)
+    finally:
+        if not taken_over.is_set():
+            release(store, job.run_id, holder)
+
+
+def _execute(
+    plan: Plan,
+    req: SubmitRequest,
+    store: Store,
+    run_dir: Path,
+    stop: threading.Event,
+    console: Console,
+    submitted_at: datetime,
+    ttl_s: float,
+    taken_over: threading.Event | None = None,
+) -> Outcome:
     from orchestrator.transport import NodeSession
 
     job = plan.job
-    run_dir = runs_dir / job.run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    submitted_at = queued_at or utcnow()
-    manifest = manifest_for(plan, req, "running", submitted_at=submitted_at)
-    if queued_at is not None:
-        store.start_queued_run(manifest)
-    else:
-        store.create_run(manifest, status="running")
     started_at = None
     execution: Execution | None = None
     failure: Failure | None = None
     status = "failed"
     ssh = job.cluster.ssh
     phases = PhaseClock()
+    grace = job.cluster.follower_grace_s
     try:
         with NodeSession([n.node for n in plan.nodes], ssh) as session:
             _check_stop(stop)
@@ -214,16 +254,22 @@ def execute(
             phases.lap("stage")
             _check_stop(stop)
             with ProgressView(job.run_id, console) as view:
-                watch = Watch(plan, session, view, stop, on_stop=_container_cleanup(plan))
+                watch = Watch(plan, session, view, stop, container_cleanup(plan), taken_over)
                 started_at = utcnow()
-                watch.start(START_TIMEOUT_S)
-                phases.lap("start")
-                try:
-                    execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
-                except BaseException:
-                    watch.stop_all()
-                    raise
+                start_guards(session, plan, guard_grace_s(grace, ttl_s), START_TIMEOUT_S)
+                with Heartbeat(session, plan, heartbeat_every_s(grace)):
+                    watch.start(START_TIMEOUT_S)
+                    phases.lap("start")
+                    try:
+                        execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
+                    except BaseException:
+                        watch.stop_all()
+                        raise
                 phases.lap("workload")
+            if execution.status == "detached":
+                reason = "another follower took the run over (this one was presumed dead)"
+                console.print(f"[yellow]run {job.run_id}: {reason}; it finishes the run[/]")
+                return Outcome(job.run_id, "running", run_dir, Failure(reason), None)
             status, failure = execution.status, execution.failure
             problems = collect(session, plan, run_dir, COLLECT_TIMEOUT_S)
             phases.lap("collect")
@@ -330,7 +376,7 @@ def _with_image(
     return replace(rebuilt, job=job)
 
 
-def _container_cleanup(plan: Plan) -> Any:
+def container_cleanup(plan: Plan) -> Any:
     """Watch's on_stop for the docker runtime: the run's containers go, whatever ended it."""
     if plan.runtime != "docker":
         return None

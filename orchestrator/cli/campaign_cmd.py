@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +201,7 @@ def queue(app: AppContext) -> None:
     from orchestrator.slurm import follows
     from orchestrator.store.models import NodeLease, Run
 
-    with app.open_store() as store, store.reading() as conn:
+    with app.open_store() as store, _settled(app, store), store.reading() as conn:
         queued = leases.read_queue(conn)
         busy = leases.read_busy(conn)
         running = conn.execute(
@@ -222,10 +224,13 @@ def queue(app: AppContext) -> None:
     for run_id, topo, cluster, job_id, was_queued in running:
         mine = [h for h in held if h[0] == run_id]
         if mine:
-            detail = (
-                f"worker {mine[0][2]} on {', '.join(h[1] for h in mine)}, lease until "
-                f"{max(h[3] for h in mine).isoformat(timespec='seconds')}"
-            )
+            who = mine[0][2] if mine[0][2].startswith("submit ") else f"worker {mine[0][2]}"
+            until = max(h[3] for h in mine)
+            when = until.isoformat(timespec="seconds")
+            state = f"lease until {when}"
+            if until <= leases.now_utc():
+                state = f"follower gone since {when}, awaiting adoption (`orchestrator attach`)"
+            detail = f"{who} on {', '.join(h[1] for h in mine)}, {state}"
         elif job_id and run_id in followed:
             holder, until = followed[run_id]
             when = until.isoformat(timespec="seconds")
@@ -252,10 +257,12 @@ def queue(app: AppContext) -> None:
 @click.argument("run_id")
 @click.pass_obj
 def cancel(app: AppContext, run_id: str) -> None:
-    """Cancel RUN_ID: a queued run at once; a running one is stopped by its worker (or, if its
-    worker is gone, its nodes are cleaned here)."""
+    """Cancel RUN_ID: a queued run at once; a running one is stopped by whoever follows it
+    (its submit, a worker, an attach), or, if its follower is gone, its nodes are cleaned
+    here (processes and containers) and it is marked cancelled."""
+    from orchestrator.cli.context import runs_dir
     from orchestrator.queue import leases
-    from orchestrator.queue.worker import default_worker_id, reconcile
+    from orchestrator.queue.adoption import reconcile
     from orchestrator.submit import submitter
 
     with app.open_store() as store:
@@ -272,14 +279,21 @@ def cancel(app: AppContext, run_id: str) -> None:
         if result == "requested":
             ended = reconcile(
                 store,
-                default_worker_id(),
+                f"cancel {submitter()} pid {os.getpid()}",
                 Console(stderr=True),
+                runs_dir(),
+                mode="cancel",
                 run_id=run_id,
-                status="cancelled",
-                why=f"cancelled by {submitter()} after its worker was gone",
+                why=f"cancelled by {submitter()} after its follower was gone",
             )
-            result = "cancelled" if ended else "cancel requested; its worker stops it"
+            result = "cancelled" if ended else "cancel requested; its follower stops it"
     click.echo(f"run {run_id}: {result}")
+
+
+@contextmanager
+def _settled(app: AppContext, store: Any) -> Iterator[None]:
+    app.settle_orphans(store)
+    yield
 
 
 def _slurm_job_of(store: Any, run_id: str) -> str | None:

@@ -14,6 +14,7 @@ _MODULES = [
     "orchestrator.cli.submit_cmd",
     "orchestrator.cli.image_cmd",
     "orchestrator.cli.campaign_cmd",
+    "orchestrator.cli.attach_cmd",
 ]
 
 

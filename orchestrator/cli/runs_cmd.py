@@ -64,8 +64,10 @@ def list_command(
     from orchestrator.store.queries import list_runs
 
     since_at = parse_since(since)
-    with app.open_store() as store, store.reading() as conn:
-        rows = list_runs(conn, vendor, topology, status, since_at, limit)
+    with app.open_store() as store:
+        app.settle_orphans(store)
+        with store.reading() as conn:
+            rows = list_runs(conn, vendor, topology, status, since_at, limit)
     columns = [
         "run",
         "status",
@@ -114,8 +116,10 @@ def show_command(app: AppContext, run: str) -> None:
     from orchestrator.store.metrics import mem_label
     from orchestrator.store.queries import run_detail
 
-    with app.open_store() as store, store.reading() as conn:
-        detail = run_detail(conn, run)
+    with app.open_store() as store:
+        app.settle_orphans(store)
+        with store.reading() as conn:
+            detail = run_detail(conn, run)
     out = console()
     fields = [
         (k, v) for k, v in detail.run.items() if v is not None and k not in ("hparams", "failure")

@@ -39,23 +39,66 @@ def register(cli: click.Group) -> None:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C and SIGTERM set an event the launcher checks every poll; it then stops all nodes."""
+def stop_on_signals(on_hangup: Callable[[], None] | None = None) -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set an event the launcher checks every poll; it then stops all nodes.
+    SIGHUP (a closed terminal) calls `on_hangup` instead, when given: the run goes on."""
     stop = threading.Event()
 
     def handler(signum: int, _frame: Any) -> None:
         if not stop.is_set():
-            print(
-                f"\n{signal.Signals(signum).name}: stopping the run on every node…", file=sys.stderr
-            )
+            _say(f"\n{signal.Signals(signum).name}: stopping the run on every node…")
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    if on_hangup is not None:
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: on_hangup())
     try:
         yield stop
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the terminal is gone
+
+
+def detach_from_terminal(log: Path | None) -> None:
+    """After SIGHUP: stdout and stderr go to `log` (or nowhere), stdin is /dev/null, so the
+    process can go on following its run without a terminal."""
+    target = str(log) if log is not None else os.devnull
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
+class Hangup:
+    """SIGHUP during a foreground submit: the run goes on and this process keeps following it
+    in the background (its output in the run folder's submit.log); `orchestrator attach RUN`
+    shows its progress again. Said once, then the terminal is let go."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.run_id: str | None = None
+        self.seen = False
+
+    def __call__(self) -> None:
+        if self.seen:
+            return
+        self.seen = True
+        run_dir = self.folder / self.run_id if self.run_id else None
+        log = run_dir / "submit.log" if run_dir is not None and run_dir.is_dir() else None
+        where = f"; re-attach with `orchestrator attach {self.run_id}`" if self.run_id else ""
+        output = f" (output: {log})" if log else ""
+        _say(f"\nSIGHUP: the run goes on; this process keeps following it{output}{where}")
+        detach_from_terminal(log)
 
 
 def open_store_for_submit(app: AppContext) -> Any:
@@ -120,6 +163,12 @@ def open_store_for_submit(app: AppContext) -> Any:
 @click.option(
     "--detach", is_flag=True, help="Queue the run(s) for `orchestrator worker` and return at once."
 )
+@click.option(
+    "--wait",
+    "wait_for_nodes",
+    is_flag=True,
+    help="When another run holds the nodes, wait for them instead of refusing.",
+)
 @click.pass_obj
 def submit(
     app: AppContext,
@@ -134,6 +183,7 @@ def submit(
     dry_run: bool,
     backend: str | None,
     detach: bool,
+    wait_for_nodes: bool,
 ) -> None:
     """Run the Faster R-CNN benchmark on TOPOLOGY (NODESxPROCESSES, e.g. 2x8).
 
@@ -182,7 +232,9 @@ def submit(
     if dry_run:
         click.echo(make_plan(cluster, req).render(), nl=False)
         return
-    _run_repeats(app, req, repeat, runs_dir, lambda: make_plan(cluster, req), execute, "")
+    _run_repeats(
+        app, req, repeat, runs_dir, lambda: make_plan(cluster, req), execute, "", wait_for_nodes
+    )
 
 
 def _submit_slurm(
@@ -207,17 +259,24 @@ def _run_repeats(
     make: Callable[[], Any],
     execute: Callable[..., Any],
     through: str,
+    wait_for_nodes: bool = False,
 ) -> None:
     """Run the request `repeat` times in a row (stopping early on Ctrl-C); exit 0 only when
     every run succeeded."""
+    from orchestrator.queue.leases import check_nodes_free
     from orchestrator.submit import raise_for
 
     console = Console(stderr=True)
     folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
-    with open_store_for_submit(app) as store, stop_on_signals() as stop:
+    hangup = Hangup(folder)
+    with open_store_for_submit(app) as store, stop_on_signals(hangup) as stop:
+        app.settle_orphans(store, console)
         outcomes = []
         for i in range(repeat):
             plan = make()
+            if not through and not wait_for_nodes:
+                check_nodes_free(store, plan.job.cluster.name, [n.node.name for n in plan.nodes])
+            hangup.run_id = plan.job.run_id
             where = (
                 f"through {through}"
                 if through
@@ -227,7 +286,11 @@ def _run_repeats(
                 f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} {where}, "
                 f"{req.precision}"
             )
-            outcome = execute(plan, req, store, folder, stop, console)
+            outcome = _execute_when_free(
+                app, store, console, stop, make, plan, wait_for_nodes, execute, req, folder
+            )
+            if outcome is None:
+                break
             outcomes.append(outcome)
             _print_outcome(store, outcome)
             if stop.is_set():
@@ -236,16 +299,53 @@ def _run_repeats(
         raise_for(outcome)
 
 
+def _execute_when_free(
+    app: AppContext,
+    store: Any,
+    console: Console,
+    stop: threading.Event,
+    make: Callable[[], Any],
+    plan: Any,
+    wait_for_nodes: bool,
+    execute: Callable[..., Any],
+    req: Any,
+    folder: Path,
+) -> Any:
+    """Execute the plan; with --wait, a run that holds the nodes is waited for (and an
+    abandoned one settled) instead of refusing. None: stopped while waiting."""
+    from orchestrator.queue.leases import NodesBusy
+
+    said = False
+    while True:
+        try:
+            return execute(plan, req, store, folder, stop, console)
+        except NodesBusy as exc:
+            if not wait_for_nodes:
+                raise
+            if not said:
+                console.print(f"[yellow]waiting: {exc.message}[/]")
+                said = True
+        if stop.wait(5.0):
+            return None
+        app.settle_orphans(store, console)
+        plan = make()
+
+
 def _print_outcome(store: Any, outcome: Any) -> None:
+    print_outcome(store, outcome.run_id, outcome.status)
+    click.echo(f"run folder: {outcome.run_dir}", err=True)
+
+
+def print_outcome(store: Any, run_id: str, status: str) -> None:
+    """A succeeded run's row of the seed table, with its environment above it."""
     from orchestrator.report import render_report
     from orchestrator.store.queries import Selection, environment, seed_rows
 
-    if outcome.status == "succeeded":
+    if status == "succeeded":
         with store.reading() as conn:
-            rows = seed_rows(conn, Selection(run_ids=(outcome.run_id,)))
-            env = environment(conn, [outcome.run_id])
+            rows = seed_rows(conn, Selection(run_ids=(run_id,)))
+            env = environment(conn, [run_id])
         click.echo(render_report(env, rows, "markdown"), nl=False)
-    click.echo(f"run folder: {outcome.run_dir}", err=True)
 
 
 @click.command()

@@ -22,7 +22,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.runfolder import FINAL_STATUSES, RunManifest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
 from orchestrator.store import rows
-from orchestrator.store.models import Campaign, NodeLease, Run, RunStatusChange
+from orchestrator.store.models import Campaign, NodeLease, Run, RunNode, RunStatusChange
 
 LEASE_TTL_S = 60.0
 _CLUSTERS: dict[str, ClusterSpec] = {}  # cluster_key -> parsed cluster, per process
@@ -396,6 +396,108 @@ def finish_campaign_if_done(store: Any, campaign_id: str | None) -> None:
             )
 
 
+# -- a foreground run's own leases ----------------------------------------------------------------
+
+
+class NodesBusy(QueueError):
+    """A foreground run's nodes are held by another run (live, or awaiting adoption)."""
+
+
+def follower_ttl_s(grace_s: float) -> float:
+    """A follower's lease: short enough that an adopter sees it expire well inside the grace."""
+    return min(LEASE_TTL_S, grace_s / 3)
+
+
+def create_followed_run(
+    store: Any,
+    manifest: RunManifest,
+    request: dict[str, Any],
+    nodes: Sequence[str],
+    holder: str,
+    ttl_s: float,
+) -> None:
+    """The row of a run that `submit` starts and follows itself, with the request an adopter
+    needs should this process die, its run_nodes, its history and its node leases, in one
+    transaction: a node held by another run refuses the whole of it (NodesBusy)."""
+    now = now_utc()
+    row = rows.run_row(manifest, now)
+    row.update(status="running", request=request, submitted_at=manifest.submitted_at or now)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(insert(Run), [row])
+            conn.execute(
+                insert(RunNode),
+                [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes],
+            )
+            reason = f"{holder} leased {', '.join(nodes)}"
+            conn.execute(
+                insert(RunStatusChange),
+                [{"run_id": manifest.run_id, "status": "running", "reason": reason, "at": now}],
+            )
+            conn.execute(
+                insert(NodeLease), [_lease(manifest, n, holder, now, ttl_s) for n in nodes]
+            )
+    except SQLAlchemyError:
+        with store.reading() as conn:
+            busy = nodes_busy(conn, manifest.cluster, nodes, manifest.run_id)
+        if busy is None:
+            raise
+        raise busy from None
+
+
+def _lease(
+    manifest: RunManifest, node: str, holder: str, now: datetime, ttl_s: float
+) -> dict[str, Any]:
+    return {
+        "cluster": manifest.cluster,
+        "node_name": node,
+        "run_id": manifest.run_id,
+        "holder": holder,
+        "acquired_at": now,
+        "expires_at": now + timedelta(seconds=ttl_s),
+    }
+
+
+def nodes_busy(
+    conn: Connection, cluster: str, nodes: Sequence[str], run_id: str | None = None
+) -> NodesBusy | None:
+    """The error for `nodes` held by other runs (None when all are free): which nodes, which
+    run, who follows it and whether that follower is alive, and how to clear it."""
+    now = now_utc()
+    query = select(NodeLease.node_name, NodeLease.run_id, NodeLease.holder, NodeLease.expires_at)
+    query = query.where(NodeLease.cluster == cluster, NodeLease.node_name.in_(tuple(nodes)))
+    held: dict[str, list[Any]] = {}
+    for node, rid, holder, expires in conn.execute(query.order_by(NodeLease.node_name)):
+        if rid != run_id and rid is not None:
+            entry = held.setdefault(rid, [[], holder, expires])
+            entry[0].append(node)
+            entry[2] = max(entry[2], expires)
+    if not held:
+        return None
+    parts = []
+    for rid, (names, holder, expires) in held.items():
+        when = expires.isoformat(timespec="seconds")
+        if expires > now:
+            state = f"follower {holder}, lease until {when}"
+        else:
+            state = f"follower {holder} stopped renewing at {when}; awaiting adoption"
+        parts.append(f"{', '.join(names)} held by run {rid} ({state})")
+    first = next(iter(held))
+    return NodesBusy(
+        "nodes busy: " + "; ".join(parts),
+        f"wait for it (`submit --wait`), follow it (`orchestrator attach {first}`) "
+        f"or stop it (`orchestrator cancel {first}`)",
+    )
+
+
+def check_nodes_free(store: Any, cluster: str, nodes: Sequence[str]) -> None:
+    """NodesBusy now, before anything is printed or written (the claim itself re-checks)."""
+    with store.reading() as conn:
+        busy = nodes_busy(conn, cluster, nodes)
+    if busy is not None:
+        raise busy
+
+
 # -- orphans and final states ---------------------------------------------------------------------
 
 
@@ -411,33 +513,38 @@ class Orphan:
 def find_orphans(
     store: Any, now: datetime | None = None, run_id: str | None = None
 ) -> list[Orphan]:
-    """Queued-and-claimed runs still `running` whose every lease expired (owner gone). Slurm
-    runs hold no node leases: Slurm owns their nodes (slurm/follows.py adopts them)."""
+    """Runs still `running` with a stored request whose every lease expired (follower gone:
+    a worker, or a foreground `submit`). Slurm runs hold no node leases: Slurm owns their
+    nodes (slurm/follows.py adopts them)."""
     now = now or now_utc()
     live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
-    query = select(Run.run_id, Run.request).where(
+    query = select(Run.run_id).where(
         Run.status == "running", Run.request.is_not(None), Run.backend != "slurm", ~live
     )
     if run_id:
         query = query.where(Run.run_id == run_id)
-    found = []
     with store.reading() as conn:
-        for rid, request in conn.execute(query).all():
-            leases = conn.execute(
-                select(NodeLease.node_name, NodeLease.holder, NodeLease.expires_at).where(
-                    NodeLease.run_id == rid
-                )
-            ).all()
-            found.append(
-                Orphan(
-                    rid,
-                    request,
-                    tuple(n for n, _, _ in leases),
-                    tuple(sorted({h for _, h, _ in leases})),
-                    max((e for _, _, e in leases), default=None),
-                )
-            )
-    return found
+        found = [follow_state(conn, rid) for (rid,) in conn.execute(query).all()]
+    return [o for o in found if o is not None]
+
+
+def follow_state(conn: Connection, run_id: str) -> Orphan | None:
+    """A running run's request, nodes and followers as its leases say (expired or not)."""
+    request = conn.scalar(select(Run.request).where(Run.run_id == run_id))
+    if request is None:
+        return None
+    leases = conn.execute(
+        select(NodeLease.node_name, NodeLease.holder, NodeLease.expires_at).where(
+            NodeLease.run_id == run_id
+        )
+    ).all()
+    return Orphan(
+        run_id,
+        request,
+        tuple(n for n, _, _ in leases),
+        tuple(sorted({h for _, h, _ in leases})),
+        max((e for _, _, e in leases), default=None),
+    )
 
 
 def adopt(store: Any, run_id: str, holder: str, ttl_s: float) -> bool:

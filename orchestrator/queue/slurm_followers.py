@@ -95,6 +95,19 @@ class SlurmFollowers:
                 self._threads[item.run_id] = thread
             thread.start()
 
+    def follow_one(self, run_id: str) -> bool:
+        """Adopt one unfollowed run and follow it in this thread (`orchestrator attach`);
+        False when it has a follower, or this machine cannot follow it."""
+        for item in follows.unfollowed(self.store):
+            if item.run_id != run_id or not self._can_follow(item):
+                continue
+            if follows.adopt(self.store, item.run_id, item.job_id, self.holder, self.ttl_s):
+                with self._lock:
+                    self._threads[run_id] = threading.current_thread()
+                self._follow(item)
+                return True
+        return False
+
     def _can_follow(self, item: Unfollowed) -> bool:
         """A worker without Slurm's commands or the shared folder must leave the run to one
         that has them, not fail it."""

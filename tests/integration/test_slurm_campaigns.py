@@ -236,3 +236,29 @@ def test_a_worker_fetches_a_detached_run_from_a_site_without_a_shared_file_syste
     assert worker.returncode == 0 and "1 succeeded" in worker.stdout, worker.stderr[-3000:]
     assert "fetching the run folders from the nodes" in worker.stderr
     assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]
+
+
+def test_attach_adopts_a_killed_submit_s_slurm_run_and_stores_it(
+    slurm_cluster, slurm_cfg, tmp_path
+):
+    db = tmp_path / "results.db"
+    url = f"sqlite:///{db}"
+    sets = [a for item in [*TINY_SETS, "max_iters=6"] for a in ("--set", item)]
+    env = {"ORCHESTRATOR_FOLLOW_TTL_S": "4"}
+    proc = start_cli(
+        ["--cluster", str(slurm_cfg()), "--db", url, "submit", "2x1", *sets], tmp_path, env
+    )
+    try:
+        wait_for(lambda: proc.poll() is None and _followers(db), 60, "the submit following")
+        proc.kill()  # SIGKILL: no cleanup at all
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_id, job_id) = _rows(db, "SELECT run_id, slurm_job_id FROM runs")[0]
+    attach = run_cli(["--db", url, "attach", run_id], tmp_path, timeout=300)
+    assert attach.returncode == 0, attach.stderr[-3000:]
+    assert f"following slurm job {job_id}" in attach.stderr, attach.stderr[-3000:]
+    assert f"run {run_id}: succeeded" in attach.stderr
+    assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]
+    assert _rows(db, "SELECT count(*) FROM slurm_follows") == [(0,)]

@@ -77,6 +77,7 @@ def write_cluster_file(
     connect_timeout_s: float = 5.0,
     store_url: str | None = None,
     runtime: str = "host",
+    follower_grace_s: float | None = None,
 ) -> Path:
     """A cluster file as a lab admin would write it, for test nodes on loopback addresses."""
     lines = [
@@ -85,6 +86,7 @@ def write_cluster_file(
         'vendor = "cpu"',
         f"runtime = {_toml_str(runtime)}",
         f"master_port = {_free_port()}",
+        *([f"follower_grace_s = {follower_grace_s}"] if follower_grace_s else []),
         "",
         "[ssh]",
         f"known_hosts = [{', '.join(_toml_str(k) for k in ssh.known_hosts)}]",

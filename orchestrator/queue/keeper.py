@@ -1,0 +1,70 @@
+"""The thread that keeps a followed run's leases (node leases, or a Slurm follow row) alive
+and turns what it learns from the store into events: a cancel request, this process's own stop
+signal, or leases lost to another follower."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.queue import leases
+
+RENEW_MAX_S = 5.0  # renew (and look for a cancel request) at least this often
+
+
+class LeaseKeeper:
+    """Renews the run's leases and turns a cancel request, the worker's own stop signal or
+    lost leases into the run's stop event. A Slurm run (Slurm owns the job) maps some of them
+    to a detach event instead: `on_worker_stop` (a worker that stops leaves the job to the
+    next worker) and `on_lost` (another follower took it over)."""
+
+    def __init__(
+        self,
+        store: Any,
+        run_id: str,
+        holder: str,
+        ttl_s: float,
+        worker_stop: threading.Event,
+        run_stop: threading.Event,
+        renew: Callable[[Any, str, str, float], tuple[int, bool]] = leases.renew,
+        on_worker_stop: threading.Event | None = None,
+        on_lost: threading.Event | None = None,
+    ) -> None:
+        self.store, self.run_id, self.holder, self.ttl_s = store, run_id, holder, ttl_s
+        self.worker_stop, self.run_stop, self.renew = worker_stop, run_stop, renew
+        self.on_worker_stop = on_worker_stop or run_stop
+        self.on_lost = on_lost or run_stop
+        self.done = threading.Event()
+        self.why: str | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        every = min(self.ttl_s / 3, RENEW_MAX_S)
+        next_renew = time.monotonic() + every
+        while not self.done.wait(0.2):
+            if self.worker_stop.is_set():
+                self.on_worker_stop.set()
+            if time.monotonic() < next_renew:
+                continue
+            next_renew = time.monotonic() + every
+            try:
+                held, cancel = self.renew(self.store, self.run_id, self.holder, self.ttl_s)
+            except OrchestratorError:
+                continue  # the store is briefly away: the lease still has time left
+            if cancel and not self.run_stop.is_set():
+                self.why = "cancel requested"
+                self.run_stop.set()
+            if held == 0 and not self.run_stop.is_set():
+                self.why = "its leases were taken over (this worker was presumed dead)"
+                self.on_lost.set()

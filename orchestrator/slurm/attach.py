@@ -1,0 +1,57 @@
+"""`orchestrator attach RUN` for a Slurm run: rank 0's progress from the shared folder while
+another process follows the job; the job itself, adopted, when nobody does."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.progress import ProgressView
+from orchestrator.queue import leases
+from orchestrator.queue.slurm_followers import SlurmFollowers
+from orchestrator.store.models import Run
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.store import Store
+
+POLL_S = 1.0
+
+
+def attach_slurm(
+    store: Store, run_id: str, holder: str, runs_dir: Path, stop: threading.Event, console: Console
+) -> None:
+    """Until the run ends or `stop`: adopt it if nobody follows it, else show its progress."""
+    from orchestrator.queue.worker import request_from_doc
+    from orchestrator.slurm.execute import _Follower, follow_ttl_s, make_slurm_plan
+
+    with store.reading() as conn:
+        row = conn.execute(select(Run.request, Run.slurm_job_id).where(Run.run_id == run_id)).one()
+    if row.request is None or row.slurm_job_id is None:
+        raise leases.QueueError(
+            f"slurm run {run_id} has no stored request or job yet", "try again in a moment"
+        )
+    plan = make_slurm_plan(
+        leases.cluster_from(row.request), request_from_doc(row.request, None), run_id=run_id
+    )
+    followers = SlurmFollowers(store, holder, runs_dir, stop, console, follow_ttl_s(), POLL_S)
+    tail = _Follower(plan, row.slurm_job_id, console)
+    with ProgressView(run_id, console) as view:
+        while not stop.is_set() and _running(store, run_id):
+            try:
+                if followers.follow_one(run_id):
+                    return
+            except OrchestratorError as exc:
+                console.print(f"[yellow]run {run_id}: {exc.one_line()}[/]")
+            tail.tail(view)
+            stop.wait(POLL_S)
+
+
+def _running(store: Store, run_id: str) -> bool:
+    with store.reading() as conn:
+        return conn.scalar(select(Run.status).where(Run.run_id == run_id)) == "running"

@@ -1,0 +1,235 @@
+"""A foreground run's follower on SQLite and the pure parts of adoption: one transaction takes
+the row and the node leases (or refuses naming the holder), expiry makes an orphan, one adopter
+takes it, the grace decides when it is settled, and how an adopted run's ending is decided from
+its nodes' states (orchestrator/queue/leases.py, queue/adoption.py, guard.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.guard import (
+    NodeState,
+    guard_grace_s,
+    heartbeat_every_s,
+    parse_state,
+)
+from orchestrator.launch import Execution, Failure, utcnow
+from orchestrator.queue import adoption, leases
+from orchestrator.runfolder import load_manifest
+from orchestrator.store.models import NodeLease
+from tests.support.store_fixtures import RUN_2X8
+
+NODES = ("c500-01", "c500-02")
+
+
+def _manifest(fixture_runs: Path, run_id: str) -> Any:
+    manifest = load_manifest(fixture_runs / RUN_2X8 / "manifest.json")
+    return replace(manifest, run_id=run_id, status="running")
+
+
+def _follow(store: Any, fixture_runs: Path, run_id: str, holder: str, ttl: float = 60) -> Any:
+    manifest = _manifest(fixture_runs, run_id)
+    request = {"topology": "2x8", "cluster_data": None, "cluster_key": "k"}
+    leases.create_followed_run(store, manifest, request, NODES, holder, ttl)
+    return manifest
+
+
+def test_a_followed_run_holds_its_nodes_and_a_second_run_is_refused_naming_the_first(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    manifest = _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7")
+    with sqlite_store.reading() as conn:
+        assert leases.read_busy(conn) == {
+            (manifest.cluster, "c500-01"): "run r1",
+            (manifest.cluster, "c500-02"): "run r1",
+        }
+    with pytest.raises(leases.NodesBusy) as caught:
+        _follow(sqlite_store, fixture_runs, "r2", "submit root@h pid 8")
+    text = caught.value.one_line()
+    assert text.startswith("nodes busy: c500-01, c500-02 held by run r1 (follower submit root@h")
+    assert "lease until" in text and "`orchestrator cancel r1`" in text
+    with sqlite_store.reading() as conn:  # nothing of r2 was written
+        assert leases.follow_state(conn, "r2") is None
+    with pytest.raises(leases.NodesBusy):
+        leases.check_nodes_free(sqlite_store, manifest.cluster, ["c500-02"])
+    leases.check_nodes_free(sqlite_store, manifest.cluster, ["c500-03"])  # free: no error
+
+
+def test_a_follower_that_stops_renewing_leaves_an_orphan_that_one_adopter_takes(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7", ttl=60)
+    assert leases.find_orphans(sqlite_store) == []  # renewed: not an orphan
+    assert leases.renew(sqlite_store, "r1", "submit root@h pid 7", -1) == (2, False)  # expired
+    (orphan,) = leases.find_orphans(sqlite_store)
+    assert (orphan.run_id, set(orphan.nodes)) == ("r1", set(NODES))
+    assert orphan.holders == ("submit root@h pid 7",)
+    with sqlite_store.reading() as conn:
+        busy = leases.nodes_busy(conn, _manifest(fixture_runs, "x").cluster, NODES)
+    assert busy is not None and "stopped renewing at" in busy.message
+    assert "awaiting adoption" in busy.message
+    assert leases.adopt(sqlite_store, "r1", "heir", 60)
+    assert not leases.adopt(sqlite_store, "r1", "late", 60)  # the heir renews it now
+    assert leases.find_orphans(sqlite_store) == []
+    assert leases.renew(sqlite_store, "r1", "submit root@h pid 7", 60) == (0, False)
+    leases.release(sqlite_store, "r1")
+    with sqlite_store.reading() as conn:
+        assert leases.read_busy(conn) == {}
+
+
+def test_renew_reports_a_cancel_request_to_a_foreground_follower(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7")
+    assert leases.request_cancel(sqlite_store, "r1", "admin@h") == "requested"
+    assert leases.renew(sqlite_store, "r1", "submit root@h pid 7", 60) == (2, True)
+
+
+def test_settle_waits_for_the_grace_after_the_leases_expired(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    expired = utcnow() - timedelta(seconds=10)
+    orphan = leases.Orphan("r1", {"cluster_data": None, "cluster_key": "e"}, NODES, ("x",), expired)
+    grace = leases.cluster_from(orphan.request).follower_grace_s  # the embedded default's
+    assert grace == 180
+    assert not adoption.settle_due(orphan)
+    late = expired + timedelta(seconds=grace + adoption.SETTLE_MARGIN_S)
+    assert not adoption.settle_due(orphan, late - timedelta(seconds=1))
+    assert adoption.settle_due(orphan, late)
+
+
+def test_the_follower_lease_and_the_guard_grace_follow_the_configured_grace() -> None:
+    assert leases.follower_ttl_s(180) == 60  # capped at the worker lease
+    assert leases.follower_ttl_s(15) == 5
+    assert guard_grace_s(180, 60) == 180
+    assert guard_grace_s(10, 60) == 120  # never before an adopter could see the lease expire
+    assert heartbeat_every_s(180) == 5.0
+    assert heartbeat_every_s(10) == 2.5
+
+
+def test_node_state_lines_parse_into_exit_code_liveness_abandonment_and_log() -> None:
+    assert parse_state("exit 0 120\nline a\nline b") == NodeState(
+        0, False, None, 120, "line a\nline b"
+    )
+    assert parse_state("alive 7\n") == NodeState(None, True, None, 7, "")
+    assert parse_state("gone 0 abandoned 1700000100 1700000000\n") == NodeState(
+        None, False, 1700000100, 0, ""
+    )
+    assert parse_state("exit 143 9 abandoned 5 1\n").exit_code == 143
+    assert parse_state("exit -1 0\n").exit_code == -1  # an empty exit file is not success
+    assert parse_state("exit ? 0\n").exit_code == -1
+    assert parse_state("alive 3\n").ended is False
+    assert parse_state("gone 3\n").ended is True
+
+
+def _adoptee(tmp_path: Path) -> adoption.Adoptee:
+    from orchestrator.config import embedded_default
+    from orchestrator.specs import Topology
+    from orchestrator.submit import SubmitRequest, make_plan
+
+    req = SubmitRequest(topology=Topology(1, 1))
+    plan = make_plan(embedded_default(), req, run_id="r1")
+    orphan = leases.Orphan("r1", {}, ("localhost",), ("submit root@h pid 7",), utcnow())
+    return adoption.Adoptee(orphan, plan, req, utcnow(), utcnow())
+
+
+def _state(code: int | None, alive: bool = False, abandoned: int | None = None) -> NodeState:
+    return NodeState(code, alive, abandoned, 0, "")
+
+
+def test_an_adopted_run_ends_as_its_nodes_say(tmp_path: Path) -> None:
+    who = _adoptee(tmp_path)
+    end = adoption._ending
+    assert end(who, {"localhost": _state(0)}, None, {}, tmp_path, "follow", None) == (
+        "succeeded",
+        None,
+    )
+    # Finished training wins over a guard that only stopped the sampler afterwards.
+    assert end(who, {"localhost": _state(0, abandoned=5)}, None, {}, tmp_path, "settle", None)[
+        0
+    ] == ("succeeded")
+    status, failure = end(
+        who, {"localhost": _state(None, abandoned=5)}, None, {}, tmp_path, "settle", None
+    )
+    assert status == "lost" and failure is not None
+    assert failure.reason.startswith("submit root@h pid 7 stopped following (its leases expired at")
+    assert failure.reason.endswith("no follower within the grace; nodes localhost cleaned")
+    status, failure = end(who, {"localhost": _state(1)}, None, {}, tmp_path, "follow", None)
+    assert status == "failed" and failure is not None and "torchrun exit 1" in failure.reason
+    status, failure = end(who, {"localhost": _state(None)}, None, {}, tmp_path, "follow", None)
+    assert status == "lost" and failure is not None
+    assert "workload on localhost never started or ended without an exit code" in failure.reason
+    assert failure.reason.endswith("; nodes localhost cleaned")
+    status, failure = end(
+        who,
+        {"localhost": _state(None, alive=True)},
+        None,
+        {},
+        tmp_path,
+        "cancel",
+        "cancelled by me",
+    )
+    assert status == "cancelled" and failure is not None
+    assert failure.reason.startswith("cancelled by me; submit root@h pid 7 stopped following")
+    ran = Execution("succeeded", utcnow(), utcnow(), None, {"localhost": 0})
+    status, failure = end(
+        who,
+        {"localhost": _state(None, alive=True)},
+        ran,
+        {"localhost": "x"},
+        tmp_path,
+        "follow",
+        None,
+    )
+    assert status == "failed" and failure == Failure("collection failed: localhost: x")
+    failed = Execution("failed", utcnow(), utcnow(), Failure("rank 0 died"), {})
+    assert end(who, {}, failed, {}, tmp_path, "follow", None) == ("failed", Failure("rank 0 died"))
+
+
+def test_runs_dir_of_an_adopted_run_is_its_submitters_when_this_machine_has_it(
+    tmp_path: Path,
+) -> None:
+    assert adoption.runs_dir_for({"runs_dir": str(tmp_path)}, Path("runs")) == tmp_path
+    gone = str(tmp_path / "elsewhere")
+    assert adoption.runs_dir_for({"runs_dir": gone}, Path("runs")) == Path("runs")
+    assert adoption.runs_dir_for({}, Path("runs")) == Path("runs")
+
+
+def test_follower_grace_is_read_and_checked_from_the_cluster_file() -> None:
+    from orchestrator.config import parse_cluster
+
+    base = {"nodes": [{"name": "a", "address": "h"}]}
+    assert parse_cluster(base, "c.toml").follower_grace_s == 180
+    assert (
+        parse_cluster({**base, "cluster": {"follower_grace_s": 30}}, "c.toml").follower_grace_s
+        == 30
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_cluster({**base, "cluster": {"follower_grace_s": 2}}, "c.toml")
+    assert "cluster.follower_grace_s" in caught.value.one_line()
+    assert "at least 6 seconds" in caught.value.one_line()
+
+
+def test_lease_rows_name_the_cluster_node_run_and_holder(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    from sqlalchemy import select
+
+    manifest = _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7", ttl=30)
+    with sqlite_store.reading() as conn:
+        rows = conn.execute(
+            select(
+                NodeLease.cluster, NodeLease.node_name, NodeLease.run_id, NodeLease.holder
+            ).order_by(NodeLease.node_name)
+        ).all()
+        (expires,) = {e for (e,) in conn.execute(select(NodeLease.expires_at))}
+    assert [tuple(r) for r in rows] == [
+        (manifest.cluster, n, "r1", "submit root@h pid 7") for n in NODES
+    ]
+    assert timedelta(seconds=25) < expires - utcnow() <= timedelta(seconds=30)

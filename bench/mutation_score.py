@@ -157,7 +157,7 @@ def mutmut(workdir: Path, *args: str, capture: bool = True) -> str:
 
 
 _RESULT = re.compile(r"^\s*(\S+): (.+?)\s*$")
-_NAME = re.compile(r"^(?P<module>.+)\.x(?:ǁ(?P<cls>[^ǁ]+)ǁ)?_?(?P<func>.+?)__mutmut_\d+$")
+_NAME = re.compile(r"^(?P<module>.+)\.x(?:ǁ(?P<cls>[^ǁ]+)ǁ|_)(?P<func>.+?)__mutmut_\d+$")
 
 
 def function_of(mutant: str) -> tuple[str, str]:

@@ -109,3 +109,11 @@ def test_fix_hp_shows_values_as_typed_and_never_the_precision() -> None:
     assert fix_hp({}, {"lr": 0.1}) == "lr=0.1" and fix_hp({}, {"weight_decay": 1e-05}) == (
         "weight_decay=1e-05"
     )
+
+
+def test_memory_total_prefers_the_memory_section_over_the_device() -> None:
+    def smaller(rank: int, doc: dict) -> None:
+        doc["memory"]["total_bytes"] = 48 * GIB
+
+    metrics = aggregate(_edited(smaller))
+    assert metrics is not None and metrics.mem_total_bytes == 48 * GIB

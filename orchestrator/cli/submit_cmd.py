@@ -287,10 +287,8 @@ def _run_repeats(
                 f"{req.precision}"
             )
             outcome = _execute_when_free(
-                app, store, console, stop, make, plan, wait_for_nodes, execute, req, folder
+                app, store, console, stop, plan, wait_for_nodes, execute, req, folder
             )
-            if outcome is None:
-                break
             outcomes.append(outcome)
             _print_outcome(store, outcome)
             if stop.is_set():
@@ -304,7 +302,6 @@ def _execute_when_free(
     store: Any,
     console: Console,
     stop: threading.Event,
-    make: Callable[[], Any],
     plan: Any,
     wait_for_nodes: bool,
     execute: Callable[..., Any],
@@ -312,7 +309,8 @@ def _execute_when_free(
     folder: Path,
 ) -> Any:
     """Execute the plan; with --wait, a run that holds the nodes is waited for (and an
-    abandoned one settled) instead of refusing. None: stopped while waiting."""
+    abandoned one settled) instead of refusing."""
+    from orchestrator.errors import RunCancelled
     from orchestrator.queue.leases import NodesBusy
 
     said = False
@@ -326,9 +324,8 @@ def _execute_when_free(
                 console.print(f"[yellow]waiting: {exc.message}[/]")
                 said = True
         if stop.wait(5.0):
-            return None
+            raise RunCancelled("stopped while waiting for the nodes", "nothing was started")
         app.settle_orphans(store, console)
-        plan = make()
 
 
 def _print_outcome(store: Any, outcome: Any) -> None:

@@ -238,11 +238,23 @@ def test_nodes_of_an_orphaned_run_are_refused_then_cancel_cleans_them(
     assert f"nodes busy: node1, node2 held by run {run_id} (follower submit " in lines[0]
     assert f"`orchestrator cancel {run_id}`" in lines[0]
     assert _rows(db, "SELECT count(*) FROM runs") == [(1,)]  # nothing half-written
+    # A submit that may wait (--wait) waits for the nodes instead of refusing.
+    waiting = start_cli(
+        ["--cluster", str(cfg), "--db", url, "submit", "2x1", "--wait", *set_args()], tmp_path
+    )
     # Once the dead submitter's leases expire (grace / 3), cancel cleans the nodes itself.
     time.sleep(grace / 3 + 1)
+    assert waiting.poll() is None  # still waiting: the orphan holds the nodes
     cancelled = run_cli(["--cluster", str(cfg), "--db", url, "cancel", run_id], tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr[-3000:]
     assert f"run {run_id}: cancelled" in cancelled.stdout
     (status, reason) = _rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")[0]
     assert status == "cancelled" and "after its follower was gone" in reason
+    assert run_processes(run_id) == []
+    assert not any((tmp_path / "nodes").glob(f"*/runs/{run_id}"))
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err[-3000:]
+    assert f"waiting: nodes busy: node1, node2 held by run {run_id}" in err
+    statuses = dict(_rows(db, "SELECT run_id, status FROM runs"))
+    assert statuses.pop(run_id) == "cancelled" and list(statuses.values()) == ["succeeded"]
     _clean(tmp_path, run_id)

@@ -43,6 +43,8 @@ def _cli(root: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
+    if not db.exists():  # sqlite3.connect would create it empty, before submit does
+        return []
     try:
         with sqlite3.connect(db) as conn:
             return conn.execute(sql).fetchall()
@@ -53,9 +55,12 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 def _start(root: Path, cfg: Path, db: Path, sets: list[str]) -> tuple[subprocess.Popen[str], str]:
     before = {r for (r,) in _rows(db, "SELECT run_id FROM runs")}
     proc = _cli(root, "--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *sets)
-    new = wait_for(
-        lambda: [r for (r,) in _rows(db, "SELECT run_id FROM runs") if r not in before], 120, "run"
-    )
+    def started() -> list[str]:
+        if proc.poll() is not None:
+            raise SystemExit(f"submit exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        return [r for (r,) in _rows(db, "SELECT run_id FROM runs") if r not in before]
+
+    new = wait_for(started, 120, "run")
     run_id = new[0]
     wait_for(
         lambda: len([p for p in run_processes(run_id) if p["local_rank"] is not None]) == 2,

@@ -367,3 +367,16 @@ def test_the_embedded_default_is_this_machine_with_its_cpus(monkeypatch) -> None
     )
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert embedded_default().nodes[0].accelerators == 6
+
+
+def test_follower_grace_defaults_to_180_s_and_refuses_less_than_6() -> None:
+    assert parse_cluster(_with(), "lab.toml").follower_grace_s == 180.0
+    assert parse_cluster(_with(cluster={"follower_grace_s": 6}), "lab.toml").follower_grace_s == 6.0
+    assert _error(_with(cluster={"follower_grace_s": 5.5})) == (
+        "lab.toml: cluster.follower_grace_s must be at least 6 seconds, got 5.5 "
+        "(e.g. follower_grace_s = 180)"
+    )
+    assert _error(_with(cluster={"follower_grace_s": 0})) == (
+        "lab.toml: cluster.follower_grace_s must be a positive number, got 0 "
+        "(e.g. follower_grace_s = 180.0)"
+    )

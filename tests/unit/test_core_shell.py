@@ -17,6 +17,7 @@ from orchestrator.transport.shell import (
     command_line,
     join,
     local_exec_argv,
+    local_spawn_argv,
     parse_marker,
     quote_command_name,
     run_line,
@@ -96,6 +97,20 @@ def test_local_argv_pass_the_dir_as_a_positional_parameter() -> None:
         "-l",
     ]
     assert local_exec_argv(["ls"], None)[4] == ""
+
+
+def test_local_spawn_argv_passes_log_and_dir_before_the_command() -> None:
+    assert local_spawn_argv(["ls", "-l"], "/d", "/l") == [
+        "sh",
+        "-c",
+        shell.LOCAL_SPAWN_SCRIPT,
+        "sh",
+        "/l",
+        "/d",
+        "ls",
+        "-l",
+    ]
+    assert local_spawn_argv(["ls"], None, "/l")[5] == ""
 
 
 @pytest.mark.parametrize(

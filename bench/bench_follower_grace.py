@@ -55,6 +55,7 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 def _start(root: Path, cfg: Path, db: Path, sets: list[str]) -> tuple[subprocess.Popen[str], str]:
     before = {r for (r,) in _rows(db, "SELECT run_id FROM runs")}
     proc = _cli(root, "--cluster", str(cfg), "--db", f"sqlite:///{db}", "submit", "2x1", *sets)
+
     def started() -> list[str]:
         if proc.poll() is not None:
             raise SystemExit(f"submit exited {proc.returncode}: {proc.stderr.read()[-2000:]}")

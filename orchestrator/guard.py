@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from orchestrator.transport import NodeSession, RemoteProcess, Transport
 
 HEARTBEAT_FILE = "heartbeat"
-ABANDONED_FILE = "abandoned"  # written by the guard when it ended the run: "NOW LAST_HEARTBEAT"
 GUARD_LOG = "guard.log"
 POLL_S = 2  # how often the guard looks (the grace is counted in whole seconds)
 

@@ -267,10 +267,10 @@ class Watch:
                 return Execution("detached", started, utcnow(), None, exits)
             elif self.stop.is_set():
                 status, failure = "cancelled", Failure("cancelled by the user (SIGINT/SIGTERM)")
-            elif timeout_s is not None and now - t0 > timeout_s:
-                failure = Failure(f"overall timeout of {timeout_s:g}s reached")
-            elif no_progress_s is not None and now - self.view.last_event_at > no_progress_s:
-                failure = Failure(f"no progress from rank 0 for {no_progress_s:g}s")
+            else:
+                failure = past_limits(
+                    timeout_s, no_progress_s, now - t0, now - self.view.last_event_at
+                )
             if failure is not None:
                 self.stop_all()
                 for name, proc in self.procs.items():
@@ -293,6 +293,17 @@ class Watch:
         """TERM then KILL every node's process group; then the runtime's own cleanup."""
         stop_everywhere(self.session, self.plan, self.on_stop, self.procs)
         self.stop_monitors()  # already ended by the run-id kill; this reaps the spawned groups
+
+
+def past_limits(
+    timeout_s: float | None, no_progress_s: float | None, elapsed_s: float, quiet_s: float
+) -> Failure | None:
+    """The failure of a run past its overall timeout or silent for too long, else None."""
+    if timeout_s is not None and elapsed_s > timeout_s:
+        return Failure(f"overall timeout of {timeout_s:g}s reached")
+    if no_progress_s is not None and quiet_s > no_progress_s:
+        return Failure(f"no progress from rank 0 for {no_progress_s:g}s")
+    return None
 
 
 def stop_everywhere(

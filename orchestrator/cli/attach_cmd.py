@@ -8,7 +8,7 @@ import os
 import click
 from rich.console import Console
 
-from orchestrator.cli.context import AppContext, runs_dir
+from orchestrator.cli.context import AppContext, runs_folder
 from orchestrator.store import Store
 
 
@@ -49,7 +49,7 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
             if backend == "slurm" and status == "running":
                 from orchestrator.slurm.attach import attach_slurm
 
-                attach_slurm(store, run_id, holder, runs_dir(folder), stop, console)
+                attach_slurm(store, run_id, holder, runs_folder(folder), stop, console)
                 status, _ = _run_of(store, run_id)
             while status == "running" and not stop.is_set():
                 orphans = leases.find_orphans(store, run_id=run_id)
@@ -57,7 +57,7 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
                     ttl = leases.follower_ttl_s(
                         leases.cluster_from(orphans[0].request).follower_grace_s
                     )
-                    adopt_run(store, orphans[0], holder, runs_dir(folder), stop, console, ttl)
+                    adopt_run(store, orphans[0], holder, runs_folder(folder), stop, console, ttl)
                 else:
                     watch(store, run_id, console, stop)
                 status, _ = _run_of(store, run_id)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
-from orchestrator.cli.context import AppContext
+from orchestrator.cli.context import AppContext, runs_folder
 from orchestrator.config import tomllib
 
 
@@ -172,7 +170,7 @@ def worker(
 
     console = Console(stderr=True)
     holder = worker_id or default_worker_id()
-    folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
+    folder = runs_folder(runs_dir)
     idle = parse_duration(idle_exit, "--idle-exit")
     with open_store_for_submit(app) as store, stop_on_signals() as stop:
         console.print(f"worker {holder} on {store.url}")
@@ -201,24 +199,28 @@ def queue(app: AppContext) -> None:
     from orchestrator.slurm import follows
     from orchestrator.store.models import NodeLease, Run
 
-    with app.open_store() as store, _settled(app, store), store.reading() as conn:
-        queued = leases.read_queue(conn)
-        busy = leases.read_busy(conn)
-        running = conn.execute(
-            select(
-                Run.run_id,
-                Run.topology,
-                Run.cluster,
-                Run.slurm_job_id,
-                Run.request.is_not(None).label("queued"),
-            )
-            .where(Run.status == "running")
-            .order_by(Run.submitted_at)
-        ).all()
-        held = conn.execute(
-            select(NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at)
-        ).all()
-        followed = follows.followers(conn)
+    with app.open_store() as store:
+        app.settle_orphans(store)
+        with store.reading() as conn:
+            queued = leases.read_queue(conn)
+            busy = leases.read_busy(conn)
+            running = conn.execute(
+                select(
+                    Run.run_id,
+                    Run.topology,
+                    Run.cluster,
+                    Run.slurm_job_id,
+                    Run.request.is_not(None).label("queued"),
+                )
+                .where(Run.status == "running")
+                .order_by(Run.submitted_at)
+            ).all()
+            held = conn.execute(
+                select(
+                    NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at
+                )
+            ).all()
+            followed = follows.followers(conn)
     decisions = {d.run_id: d for d in leases.schedule(queued, busy, leases.nodes_of)}
     click.echo(f"{'run':<40} {'status':<8} {'topology':<8} {'cluster':<12} detail")
     for run_id, topo, cluster, job_id, was_queued in running:
@@ -260,7 +262,6 @@ def cancel(app: AppContext, run_id: str) -> None:
     """Cancel RUN_ID: a queued run at once; a running one is stopped by whoever follows it
     (its submit, a worker, an attach), or, if its follower is gone, its nodes are cleaned
     here (processes and containers) and it is marked cancelled."""
-    from orchestrator.cli.context import runs_dir
     from orchestrator.queue import leases
     from orchestrator.queue.adoption import reconcile
     from orchestrator.submit import submitter
@@ -281,19 +282,13 @@ def cancel(app: AppContext, run_id: str) -> None:
                 store,
                 f"cancel {submitter()} pid {os.getpid()}",
                 Console(stderr=True),
-                runs_dir(),
+                runs_folder(),
                 mode="cancel",
                 run_id=run_id,
                 why=f"cancelled by {submitter()} after its follower was gone",
             )
             result = "cancelled" if ended else "cancel requested; its follower stops it"
     click.echo(f"run {run_id}: {result}")
-
-
-@contextmanager
-def _settled(app: AppContext, store: Any) -> Iterator[None]:
-    app.settle_orphans(store)
-    yield
 
 
 def _slurm_job_of(store: Any, run_id: str) -> str | None:

@@ -52,7 +52,7 @@ class AppContext:
         console = console or Console(stderr=True)
         holder = f"{self.command_name} {submitter()} pid {os.getpid()}"
         try:
-            return reconcile(store, holder, console, runs_dir(), mode="settle")
+            return reconcile(store, holder, console, runs_folder(), mode="settle")
         except OrchestratorError as exc:
             console.print(f"[yellow]could not settle abandoned runs: {exc.one_line()}[/]")
             return []
@@ -65,6 +65,6 @@ class AppContext:
         return ctx.command_path.removeprefix("orchestrator ") if ctx else "orchestrator"
 
 
-def runs_dir(option: str | None = None) -> Path:
+def runs_folder(option: str | None = None) -> Path:
     """Local run folders: the option, else $ORCHESTRATOR_RUNS_DIR, else ./runs."""
     return Path(option or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from orchestrator.cli.context import AppContext
+from orchestrator.cli.context import AppContext, runs_folder
 from orchestrator.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -267,7 +267,7 @@ def _run_repeats(
     from orchestrator.submit import raise_for
 
     console = Console(stderr=True)
-    folder = Path(runs_dir or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
+    folder = runs_folder(runs_dir)
     hangup = Hangup(folder)
     with open_store_for_submit(app) as store, stop_on_signals(hangup) as stop:
         app.settle_orphans(store, console)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import insert, select
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.guard import POLL_S as GUARD_POLL_S
 from orchestrator.guard import NodeState, node_state
 from orchestrator.launch import (
     TAIL_LINES,
@@ -32,6 +33,7 @@ from orchestrator.launch import (
     Failure,
     collect,
     diagnose,
+    past_limits,
     stop_everywhere,
     utcnow,
 )
@@ -47,9 +49,8 @@ if TYPE_CHECKING:
     from orchestrator.submit import SubmitRequest
     from orchestrator.transport import NodeSession, Transport
 
-MODES = ("follow", "settle", "cancel")
 POLL_S = 1.0
-SETTLE_MARGIN_S = 2 * 2.0  # two of the guard's polls: it has acted by then
+SETTLE_MARGIN_S = 2 * GUARD_POLL_S  # two of the guard's polls: it has acted by then
 
 
 @dataclass(frozen=True)
@@ -169,16 +170,16 @@ def _finish(
 
     plan = adoptee.plan
     run_dir = runs_dir / adoptee.run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
     nodes = [n.node for n in plan.nodes]
     with NodeSession(nodes, plan.job.cluster.ssh, require_all=False) as session:
         if session.connect_failures:
             detail = "; ".join(f"{n}: {p}" for n, p in session.connect_failures.items())
             console.print(f"[yellow]run {adoptee.run_id}: cannot reach its nodes ({detail})[/]")
             return None
+        run_dir.mkdir(parents=True, exist_ok=True)
         states = _states(session, plan, -1)
         cleanup = container_cleanup(plan)
-        running = any(s.exit_code is None and s.alive for s in states.values())
+        running = any(not s.ended for s in states.values())
         execution = None
         if running and mode == "follow":
             with ProgressView(adoptee.run_id, console) as view:
@@ -298,13 +299,10 @@ class Reattach:
                 return self._stop(
                     started, Failure("cancelled (the adopter was stopped)"), "cancelled"
                 )
-            if job.timeout_s is not None and now - t0 > job.timeout_s:
-                return self._stop(
-                    started, Failure(f"overall timeout of {job.timeout_s:g}s reached")
-                )
-            limit = job.no_progress_timeout_s
-            if limit is not None and now - self.view.last_event_at > limit:
-                return self._stop(started, Failure(f"no progress from rank 0 for {limit:g}s"))
+            quiet = now - self.view.last_event_at
+            over = past_limits(job.timeout_s, job.no_progress_timeout_s, now - t0, quiet)
+            if over is not None:
+                return self._stop(started, over)
             self.stop.wait(POLL_S)
 
     def read(self, state: NodeState) -> None:

@@ -73,11 +73,6 @@ class Dialect:
     empty_items: bool = False  # "" is an item of one
 
 
-def _shown(example: object) -> str:
-    """A value as TOML writes it in an example."""
-    return str(example).lower() if isinstance(example, bool) else str(example)
-
-
 class Table:
     """One TOML table of file `source` at dotted path `where` ("" for the file itself).
 
@@ -212,7 +207,7 @@ class Table:
                 self.dialect.boolean,
                 key,
                 value,
-                example=_shown(default if example is None else example),
+                example=str(default if example is None else example).lower(),  # as TOML has it
             )
         return value
 

@@ -37,6 +37,9 @@ def test_a_table_checks_its_type_and_its_keys_when_made() -> None:
     assert _line(
         lambda: _table(3, where="nodes[2]", not_table=Words("{source}: {key} no", "fix {name}"))
     ) == ("f.toml: nodes[2] no (fix nodes[2])")
+    assert _line(
+        lambda: Table(3, "f.toml", PLAIN, "a.b.c", not_table=Words("{key}", "{name}"))
+    ) == ("a.b.c (c)")
 
 
 def test_known_checks_the_keys_later_in_its_own_words() -> None:
@@ -87,8 +90,8 @@ def test_string_choices_name_the_choices_and_the_default() -> None:
     t = _table({"mode": " fast ", "bad": "slow "})
     assert t.string("mode", "safe", choices=("safe", "fast")) == "fast"
     assert t.string("absent", "safe", choices=("safe", "fast")) == "safe"
-    assert _line(lambda: t.string("bad", "safe", choices=("safe", "fast"))) == (
-        "f.toml: t.bad must be one of safe, fast, got 'slow' (e.g. bad = \"safe\")"
+    assert _line(lambda: t.string("bad", "safe", choices=("fast", "safe"))) == (
+        "f.toml: t.bad must be one of fast, safe, got 'slow' (e.g. bad = \"safe\")"
     )
     assert _line(lambda: t.string("bad", choices=("a", "b"))) == (
         "f.toml: t.bad must be one of a, b, got 'slow' (e.g. bad = \"a\")"
@@ -177,7 +180,7 @@ def test_a_dialect_sets_the_error_type_and_every_word() -> None:
     own = Dialect(
         error=ImageError,
         not_table=Words("{source} lacks [{key}]", "add [{key}]"),
-        unknown=Words("{source}: {key} unknown", "one of {known}"),
+        unknown=Words("{source}: {key} unknown", "not {name}: one of {known}"),
         missing=Words("{source}: {key} absent", "write {key} = 1"),
         string=Words("{source}: {name} bad {value}", "s"),
         choice=Words("{source}: {key} not in {choices}: {value}", "like {example}"),
@@ -189,7 +192,10 @@ def test_a_dialect_sets_the_error_type_and_every_word() -> None:
     t = _table({"i": 0, "n": 0, "b": 0, "l": 0, "s": 0, "c": "z"}, own)
     cases = [
         (lambda: _table(1, own), "f.toml lacks [t] (add [t])"),
-        (lambda: _table({"q": 1}, own, keys={"i", "n"}), "f.toml: t.q unknown (one of i, n)"),
+        (
+            lambda: _table({"q": 1}, own, keys={"i", "n"}),
+            "f.toml: t.q unknown (not q: one of i, n)",
+        ),
         (lambda: t.string("absent", REQUIRED), "f.toml: t.absent absent (write t.absent = 1)"),
         (lambda: t.string("s"), "f.toml: s bad 0 (s)"),
         (lambda: t.string("c", choices=("x", "y")), "f.toml: t.c not in x, y: 'z' (like x)"),

@@ -94,7 +94,7 @@ class Plan:
     image: str | None = None
     image_id: str | None = None
     notes: tuple[str, ...] = field(default=())
-    hardware_label: str | None = None  # the vendor profile's short name, e.g. 'MXC500'
+    hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled
 
     def render(self) -> str:

@@ -93,7 +93,7 @@ class RunManifest:
     nodes: tuple[NodeRef, ...]
     hparams: dict[str, str] = field(default_factory=dict)
     config_name: str | None = None
-    hardware_label: str | None = None  # short accelerator name for tables, e.g. 'MXC500'
+    hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     started_at: datetime | None = None
     finished_at: datetime | None = None
     failure: dict[str, Any] | None = None

@@ -124,7 +124,7 @@ def make_plan(
         plan,
         notes=notes,
         image_id=image_id,
-        hardware_label=getattr(profile, "label", None),
+        hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
     )
 

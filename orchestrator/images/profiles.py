@@ -28,7 +28,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_ULIMITS = ("memlock=-1", "stack=67108864")
 
-_TOP_KEYS = {"name", "description", "image", "runtime"}
+MAX_LABEL = 64  # runs.hardware_label is a string of at most 64 characters
+
+_TOP_KEYS = {"name", "description", "label", "image", "runtime"}
 _IMAGE_KEYS = {
     "base",
     "python",
@@ -85,6 +87,7 @@ class VendorProfile:
 
     name: str
     description: str
+    label: str  # what tables and reports call the hardware, e.g. "MetaX C500 64G"
     base_image: str
     python: str  # interpreter in the base image that makes the venv
     template_path: Path
@@ -142,6 +145,13 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
             f"{name!r} differs from its folder {path.parent.name!r}",
             f'write name = "{path.parent.name}"',
         )
+    label = top.string("label", name)
+    if len(label) > MAX_LABEL:
+        top.fail(
+            "label",
+            f"{label!r} is longer than {MAX_LABEL} characters",
+            'shorten it, e.g. label = "MetaX C500 64G"',
+        )
     template_name = image.string("template", "Dockerfile.template")
     # A vendor's own template wins over the shared one of the same name.
     template = path.parent / template_name
@@ -168,6 +178,7 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
     return VendorProfile(
         name=name,
         description=str(top.get("description", "")),
+        label=label,
         base_image=image.string("base", REQUIRED),
         python=image.string("python", "python3"),
         template_path=template,

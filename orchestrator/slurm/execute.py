@@ -101,7 +101,7 @@ def make_slurm_plan(
         workload_hash=workload_hash(),
         vendor_env=runtime.env,
         master_port=cluster.master_port,
-        hardware_label=getattr(profile, "label", None),
+        hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
         archive_b64=_workload_archive() if settings_of(cluster).fetch else None,
     )

@@ -155,7 +155,7 @@ class Run(Base):
     # What was asked
     case: Mapped[str] = mapped_column(String(64))
     vendor: Mapped[str] = mapped_column(String(64))
-    hardware_label: Mapped[str | None] = mapped_column(String(64))  # e.g. 'MXC500'
+    hardware_label: Mapped[str | None] = mapped_column(String(64))  # e.g. 'MetaX C500 64G'
     cluster: Mapped[str] = mapped_column(String(128))
     backend: Mapped[str] = mapped_column(String(16))  # 'ssh' | 'slurm'
     runtime: Mapped[str] = mapped_column(String(16))  # 'host' | 'docker'

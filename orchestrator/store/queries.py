@@ -232,11 +232,14 @@ _ENV_COLUMNS = (
     RunNode.docker,
     RunNode.torch,
     Run.image_id,
+    Run.hardware_label,
 )
 
 
 def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple[str, list[str]]]:
     """For each environment field, the distinct values over the nodes of the runs (sorted).
+    Where no node reported its accelerator model, the machine line shows the runs'
+    hardware_label (their vendor profile's label).
 
     `runs` is a Selection (one query, the database finds the distinct environments) or run ids.
     """
@@ -253,11 +256,16 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
         ]
     values: dict[str, set[str]] = {key: set() for _, key in ENVIRONMENT_FIELDS}
     images: set[str] = set()
+    labels: set[str] = set()
     for query in queries:
         for row in conn.execute(query).mappings():
             _collect(values, row)
             if row["image_id"]:
                 images.add(row["image_id"])
+            if row["hardware_label"]:
+                labels.add(row["hardware_label"])
+    if not values["accelerator_model"]:  # no node named its accelerator: the profile's label
+        values["accelerator_model"] = labels
     wheels: set[str] = set()
     ordered = sorted(images)
     for i in range(0, len(ordered), 500):

@@ -1,8 +1,10 @@
-"""A vendor profile's `label`: read from profile.toml and carried by the plan into the run's
-hardware_label."""
+"""A vendor profile's `label`: read from profile.toml, carried by the plan into the run's
+hardware_label, and shown on the seed's "machine, accelerator" line when no node named its
+accelerator."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,11 @@ import pytest
 
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import load_profile
+from orchestrator.runfolder import load_manifest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.store.queries import Selection, environment
 from orchestrator.submit import SubmitRequest, make_plan, manifest_for
+from tests.support.store_fixtures import RUN_2X8
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = """
@@ -92,3 +97,25 @@ def test_a_slurm_run_records_the_label_too() -> None:
 
     plan = make_slurm_plan(_cluster("nvidia", "slurm"), SubmitRequest(Topology(2, 8)), "r3")
     assert plan.hardware_label == "NVIDIA GPU"
+
+
+def test_the_machine_line_falls_back_to_the_label_when_no_node_named_its_accelerator(
+    sqlite_store: Any, run_copy: Any
+) -> None:
+    manifest = load_manifest(run_copy(RUN_2X8) / "manifest.json")
+    sqlite_store.create_run(
+        replace(manifest, status="running", finished_at=None, hardware_label="MetaX C500 64G")
+    )
+    sqlite_store.record_environment(RUN_2X8, "me-node1", 0, {"os": "Ubuntu 20.04.6 LTS"})
+    with sqlite_store.engine.connect() as conn:
+        block = dict(environment(conn, [RUN_2X8]))
+        selected = dict(environment(conn, Selection(status="running")))
+    assert block["machine, accelerator"] == ["MetaX C500 64G"]
+    assert block["OS"] == ["Ubuntu 20.04.6 LTS"]
+    assert selected == block  # a report's selection reads the same block
+
+    probed = {"accelerator_model": "MetaX C500", "accelerator_count": 8}
+    sqlite_store.record_environment(RUN_2X8, "me-node2", 1, probed)
+    with sqlite_store.engine.connect() as conn:
+        block = dict(environment(conn, [RUN_2X8]))
+    assert block["machine, accelerator"] == ["8 x MetaX C500"]  # what a node said wins

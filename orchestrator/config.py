@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from orchestrator.errors import ConfigError
 from orchestrator.specs import (
@@ -18,6 +18,7 @@ from orchestrator.specs import (
     NodeSpec,
     SshSettings,
 )
+from orchestrator.states import BACKENDS, RUNTIMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,8 +27,7 @@ else:  # pragma: no cover
 
 DEFAULT_CLUSTER_FILE = "cluster.toml"
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
-RUNTIMES = ("host", "docker")
-BACKENDS = ("ssh", "slurm")
+_Choice = TypeVar("_Choice", bound=str)
 
 _TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
 _CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port", "follower_grace_s"}
@@ -72,7 +72,7 @@ class _Reader:
             where = f"{path}.{unknown[0]}" if path else unknown[0]
             self.fail(where, "is not a known key", f"known keys here: {', '.join(sorted(allowed))}")
 
-    def fail(self, key: str, problem: str, remedy: str) -> None:
+    def fail(self, key: str, problem: str, remedy: str) -> NoReturn:
         raise ConfigError(f"{self.source}: {key} {problem}", remedy)
 
     def _key(self, name: str) -> str:
@@ -134,16 +134,16 @@ class _Reader:
             )
         return tuple(value)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+    def choice(self, name: str, choices: tuple[_Choice, ...], default: _Choice) -> _Choice:
         value = self.text(name, default)
-        if value not in choices:
-            self.fail(
-                self._key(name),
-                f"must be one of {', '.join(choices)}, got {value!r}",
-                f'e.g. {name} = "{default}"',
-            )
-        assert value is not None
-        return value
+        for choice in choices:  # the tuple's own item: its Literal type goes with it
+            if value == choice:
+                return choice
+        self.fail(
+            self._key(name),
+            f"must be one of {', '.join(choices)}, got {value!r}",
+            f'e.g. {name} = "{default}"',
+        )
 
 
 def _expand(path: str | None) -> str | None:
@@ -230,7 +230,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         image = parse_image_table(data["image"], source)
     slurm = None
     if "slurm" in data or backend == "slurm":
-        from orchestrator.slurm.settings import parse_slurm_table
+        from orchestrator.backends.slurm.settings import parse_slurm_table
 
         slurm = parse_slurm_table(data.get("slurm", {}), source)
     return ClusterSpec(

@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.runfolder import load_manifest
-from orchestrator.slurm import follows
+from orchestrator.backends.slurm import follows
+from orchestrator.runs.folder import load_manifest
 from tests.support.store_fixtures import RUN_2X8
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import PreflightError
+from orchestrator.workload_source import NODE_PROBE_PATH
 
 if TYPE_CHECKING:
     from orchestrator.specs import JobSpec, NodeSpec
     from orchestrator.transport import NodeSession, Transport
 
-PROBE_SOURCE = (Path(__file__).parent / "node_probe.py").read_text(encoding="utf-8")
+PROBE_SOURCE = NODE_PROBE_PATH.read_text(encoding="utf-8")
 
 
 @dataclass

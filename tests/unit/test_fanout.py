@@ -11,9 +11,9 @@ from orchestrator.errors import HostKeyError, NodeError
 from orchestrator.transport.fanout import (
     FanOutError,
     FanOutTimeout,
+    GroupResult,
     failure_reason,
     fan_out_calls,
-    results_or_raise,
 )
 
 
@@ -49,7 +49,7 @@ def test_an_early_failure_still_waits_for_every_node() -> None:
     outcomes = fan_out_calls({n: n for n in ("fast-fail", "a", "b")}, work, timeout=5, what="w")
     assert sorted(finished) == ["a", "b"]
     with pytest.raises(FanOutError) as caught:
-        results_or_raise("disk check", outcomes)
+        outcomes.raise_for_failures("disk check")
     error = caught.value
     assert error.one_line() == "disk check failed on 1 of 3 nodes: fast-fail: disk full"
     assert error.results == {"a": "a", "b": "b"}
@@ -88,7 +88,7 @@ def test_every_failure_is_listed_with_its_reason_and_remedies_are_merged() -> No
         "n4": 4,
     }
     with pytest.raises(FanOutError) as caught:
-        results_or_raise("connect", outcomes)
+        GroupResult(outcomes).raise_for_failures("connect")
     assert caught.value.one_line() == (
         "connect failed on 3 of 4 nodes: n1: unknown host key; n2: ValueError: bad value; "
         "n3: unknown host key (run ssh-keyscan)"
@@ -97,9 +97,11 @@ def test_every_failure_is_listed_with_its_reason_and_remedies_are_merged() -> No
 
 
 def test_all_good_returns_plain_results() -> None:
-    assert results_or_raise("x", {"a": 1, "b": None}) == {"a": 1, "b": None}
+    group = GroupResult({"a": 1, "b": None})
+    group.raise_for_failures("x")
+    assert dict(group.succeeded) == {"a": 1, "b": None}
 
 
 def test_keyboard_interrupt_is_not_swallowed() -> None:
     with pytest.raises(KeyboardInterrupt):
-        results_or_raise("x", {"a": 1, "b": KeyboardInterrupt()})
+        GroupResult({"a": 1, "b": KeyboardInterrupt()}).raise_for_failures("x")

@@ -121,14 +121,14 @@ class Watch:
             np_ = self.by_node[t.node.name]
             return t.spawn(list(np_.argv), env=np_.env_dict, cwd=np_.run_dir, log_path=np_.log_path)
 
-        results = self.session.fan_out_results(one, timeout=timeout, what="start")
-        self.procs = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
-        failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
-        if failed:
+        started = self.session.fan_out_results(one, timeout=timeout, what="start")
+        self.procs = dict(started.succeeded)
+        if not started.ok():
             self.stop_all()
             from orchestrator.errors import NodeError
 
-            raise NodeError("could not start the workload", {n: str(e) for n, e in failed.items()})
+            failed = {n: str(e) for n, e in started.failed.items()}
+            raise NodeError("could not start the workload", failed)
         self._start_monitors(timeout)
 
     def _start_monitors(self, timeout: float) -> None:
@@ -148,8 +148,8 @@ class Watch:
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",
             )
 
-        results = self.session.fan_out_results(one, timeout=timeout, what="start monitors")
-        self.monitors = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
+        started = self.session.fan_out_results(one, timeout=timeout, what="start monitors")
+        self.monitors = dict(started.succeeded)
 
     def stop_monitors(self) -> None:
         if not self.monitors:
@@ -258,8 +258,8 @@ def stop_everywhere(
         if on_stop is not None:
             on_stop(t, by_node[t.node.name])
 
-    results = session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
-    return {n: str(r) for n, r in results.items() if isinstance(r, BaseException)}
+    stopped = session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
+    return {n: str(e) for n, e in stopped.failed.items()}
 
 
 def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -> dict[str, str]:
@@ -282,5 +282,5 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             t.get_file(samples, node_dir / monitor.MONITOR_FILE)
         t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
 
-    results = session.fan_out_results(one, timeout=timeout, what="collect")
-    return {n: str(r) for n, r in results.items() if isinstance(r, BaseException)}
+    collected = session.fan_out_results(one, timeout=timeout, what="collect")
+    return {n: str(e) for n, e in collected.failed.items()}

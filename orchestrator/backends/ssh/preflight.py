@@ -91,15 +91,11 @@ def probe_all(
         python = "python3" if docker else node.python
         return probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
 
-    outcomes = session.fan_out_results(one, timeout=timeout + 5, what="preflight")
-    reports: dict[str, NodeReport] = {}
-    for name, value in outcomes.items():
-        if isinstance(value, BaseException):
-            detail = getattr(value, "failures", {}).get(name) or str(value)
-            reports[name] = NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
-        else:
-            reports[name] = value
-    return reports
+    def broken(name: str, exc: BaseException) -> NodeReport:
+        detail = getattr(exc, "failures", {}).get(name) or str(exc)
+        return NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
+
+    return session.fan_out_results(one, timeout=timeout + 5, what="preflight").recover(broken)
 
 
 def run_preflight(

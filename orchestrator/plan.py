@@ -162,7 +162,7 @@ def workload_args(job: JobSpec, output_dir: str) -> list[str]:
 def node_env(
     job: JobSpec, node: NodeSpec, vendor_env: Mapping[str, str], visible_devices_var: str | None
 ) -> dict[str, str]:
-    # The run id and node name mark every process of the run on the node (guard.py).
+    # The run id and node name mark every process of the run on the node (backends/ssh/guard.py).
     env = {"ORCHESTRATOR_RUN_ID": job.run_id, "ORCHESTRATOR_NODE": node.name}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(vendor_env)

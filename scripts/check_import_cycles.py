@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Fails when the modules of a package import each other in a cycle.
+"""Fails when the modules of a package import each other in a cycle, or a room imports one
+it must not (ROOMS below; docs/design.md explains them).
 
 Every import counts, also one inside a function or under TYPE_CHECKING: a cycle that only a
 function-local import hides is still a cycle in the design. Usage:
     python scripts/check_import_cycles.py [PACKAGE_DIR]     (default: orchestrator)
-Prints each cycle as `a -> b -> a` and exits 1 if there is one; prints the module count and
-exits 0 otherwise. `--graph` prints every edge instead.
+Prints each cycle as `a -> b -> a` and each forbidden import as `a -> b (rule)`, and exits 1 if
+there is one; prints the module count and exits 0 otherwise. `--graph` prints every edge.
 """
 
 from __future__ import annotations
@@ -13,6 +14,94 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
+
+# (modules under this prefix, prefixes they must not import): the rooms of docs/design.md, each
+# importing only rooms below it. The two backends are peers; the lifecycle, the store and the
+# pure core know no backend; nothing but the CLI imports the CLI.
+_TOP = ("orchestrator.cli", "orchestrator.queue.worker", "orchestrator.queue.enqueue")
+_BACKENDS = ("orchestrator.backends",)
+ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("orchestrator.backends.ssh", ("orchestrator.backends.slurm", *_TOP)),
+    ("orchestrator.backends.slurm", ("orchestrator.backends.ssh", *_TOP)),
+    ("orchestrator.backends", _TOP),
+    ("orchestrator.runs", (*_BACKENDS, *_TOP, "orchestrator.queue")),
+    ("orchestrator.queue.leases", (*_BACKENDS, *_TOP, "orchestrator.runs.lifecycle")),
+    ("orchestrator.queue.keeper", (*_BACKENDS, *_TOP, "orchestrator.runs.lifecycle")),
+    (
+        "orchestrator.store",
+        (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs.lifecycle"),
+    ),
+    ("orchestrator.images", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs")),
+    (
+        "orchestrator.transport",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.runs",
+            "orchestrator.store",
+            "orchestrator.images",
+        ),
+    ),
+    (
+        "orchestrator.config",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.runs",
+            "orchestrator.store",
+            "orchestrator.transport",
+        ),
+    ),
+    ("orchestrator.campaign", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.store")),
+    (
+        "orchestrator.plan",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.store",
+            "orchestrator.runs",
+            "orchestrator.transport",
+        ),
+    ),
+    (
+        "orchestrator.specs",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.store",
+            "orchestrator.runs",
+            "orchestrator.transport",
+            "orchestrator.plan",
+        ),
+    ),
+    ("orchestrator.states", ("orchestrator.",)),
+    ("orchestrator.", ("orchestrator.cli",)),
+)
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix if prefix.endswith(".") else prefix + ".")
+
+
+def room_violations(edges: dict[str, set[str]]) -> list[str]:
+    """Every import a room must not make, under the first rule whose prefix fits the module."""
+    found = []
+    for module in sorted(edges):
+        if _under(module, "orchestrator.cli") or module == "orchestrator.__main__":
+            continue
+        rule = next(((p, f) for p, f in ROOMS if _under(module, p)), None)
+        if rule is None:
+            continue
+        for target in sorted(edges[module]):
+            if any(_under(target, bad) for bad in rule[1]):
+                found.append(
+                    f"{module} -> {target} (rule: {rule[0]} imports none of {', '.join(rule[1])})"
+                )
+    return found
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -133,10 +222,16 @@ def main(argv: list[str]) -> int:
         print("import cycle: " + " -> ".join(path_in(component, edges)))
         if len(component) > 2:
             print("  (modules in this tangle: " + ", ".join(component) + ")")
-    if found:
-        print(f"{len(found)} import cycle(s) in {root.name}/; break them (see docs/design.md)")
+    bad_rooms = room_violations(edges) if root.name == "orchestrator" else []
+    for line in bad_rooms:
+        print(f"forbidden import: {line}")
+    if found or bad_rooms:
+        print(
+            f"{len(found)} import cycle(s), {len(bad_rooms)} forbidden import(s) in {root.name}/;"
+            " see docs/design.md"
+        )
         return 1
-    print(f"no import cycle among {len(edges)} modules of {root.name}/")
+    print(f"no import cycle and no forbidden import among {len(edges)} modules of {root.name}/")
     return 0
 
 

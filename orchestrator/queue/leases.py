@@ -531,7 +531,7 @@ def find_orphans(
 ) -> list[Orphan]:
     """Runs still `running` with a stored request whose every lease expired (follower gone:
     a worker, or a foreground `submit`). Slurm runs hold no node leases: Slurm owns their
-    nodes (slurm/follows.py adopts them)."""
+    nodes (backends/slurm/follows.py adopts them)."""
     now = now or now_utc()
     live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
     query = select(Run.run_id).where(

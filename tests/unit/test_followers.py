@@ -1,7 +1,7 @@
 """A foreground run's follower on SQLite and the pure parts of adoption: one transaction takes
 the row and the node leases (or refuses naming the holder), expiry makes an orphan, one adopter
 takes it, the grace decides when it is settled, and how an adopted run's ending is decided from
-its nodes' states (orchestrator/queue/leases.py, queue/adoption.py, guard.py)."""
+its nodes' states (orchestrator/queue/leases.py, backends/ssh/adoption.py, backends/ssh/guard.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store side of detached Slurm runs (orchestrator/slurm/follows.py) on SQLite: which runs
+"""The store side of detached Slurm runs (orchestrator/backends/slurm/follows.py) on SQLite: which runs
 need a follower, one follower per run, renewal, take-over after expiry."""
 
 from __future__ import annotations

@@ -385,10 +385,10 @@ def follow(
                     else:
                         failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
-                if state.state == "PENDING":
+                if state.run_status == "queued":
                     follower.pending(state)
                 elif started_at is None and (
-                    state.state in ("RUNNING", "COMPLETING") or (state.final and state.node_list)
+                    state.run_status == "running" or (state.final and state.node_list)
                 ):
                     started_at = utcnow()
                     phases.lap("queue")
@@ -573,12 +573,13 @@ def _ending(
 ) -> tuple[FinalStatus, Failure | None]:
     """Slurm's final state -> (status, failure), naming the failing node and rank when the
     node logs say which."""
-    if state.state == "COMPLETED":
+    status = state.run_status
+    if status == "succeeded":
         return "succeeded", None
     where = f"slurm job {state.job_id} ended {state.state}"
     if state.reason:
         where += f" ({state.reason})"
-    if state.state == "CANCELLED":
+    if status == "cancelled":
         return "cancelled", Failure(f"{where}: scancel (`orchestrator cancel` or by hand)")
     exit_code = None
     if state.exit_code:

@@ -43,10 +43,10 @@ from sqlalchemy import delete, text, update  # noqa: E402
 from orchestrator.cli.campaign_cmd import enqueue_runs  # noqa: E402
 from orchestrator.config import load_cluster  # noqa: E402
 from orchestrator.queue import leases  # noqa: E402
+from orchestrator.runs.lifecycle import SubmitRequest  # noqa: E402
 from orchestrator.specs import ClusterSpec, Topology  # noqa: E402
 from orchestrator.store import Store, open_store, upgrade_store  # noqa: E402
 from orchestrator.store.models import NodeLease, Run  # noqa: E402
-from orchestrator.submit import SubmitRequest  # noqa: E402
 
 NODES = 16
 SETS = (("max_iters", "2"), ("epochs", "1"))

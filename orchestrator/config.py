@@ -18,6 +18,7 @@ from orchestrator.specs import (
     NodeSpec,
     SshSettings,
 )
+from orchestrator.states import BACKENDS, RUNTIMES
 from orchestrator.tables import REQUIRED, Dialect, Table, Words
 
 if sys.version_info >= (3, 11):
@@ -27,8 +28,6 @@ else:  # pragma: no cover
 
 DEFAULT_CLUSTER_FILE = "cluster.toml"
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
-RUNTIMES = ("host", "docker")
-BACKENDS = ("ssh", "slurm")
 
 _TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
 _CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port", "follower_grace_s"}
@@ -109,7 +108,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         command_timeout_s=ssh_t.number("command_timeout_s", 120.0),
         keepalive_s=ssh_t.integer("keepalive_s", 15, low=0, high=3600),
     )
-    backend = cl.string("backend", "ssh", choices=BACKENDS)
+    backend = cl.choice("backend", "ssh", BACKENDS)
     raw_nodes = data.get("nodes")
     if backend == "slurm" and raw_nodes is None:
         raw_nodes = []  # Slurm chooses the nodes; a node list is optional
@@ -139,7 +138,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         image = parse_image_table(data["image"], source)
     slurm = None
     if "slurm" in data or backend == "slurm":
-        from orchestrator.slurm.settings import parse_slurm_table
+        from orchestrator.slurm_settings import parse_slurm_table
 
         slurm = parse_slurm_table(data.get("slurm", {}), source)
     return ClusterSpec(
@@ -154,7 +153,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
             config_name=case.string("config"),
             hparams={str(k): str(v) for k, v in hparams.items()},
         ),
-        runtime=cl.string("runtime", "host", choices=RUNTIMES),
+        runtime=cl.choice("runtime", "host", RUNTIMES),
         backend=backend,
         master_port=cl.integer("master_port", 29500, low=1024, high=65535),
         follower_grace_s=_grace(cl),

@@ -16,9 +16,9 @@ from pathlib import PurePosixPath
 
 from orchestrator.errors import ConfigError
 from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
+from orchestrator.states import PRECISIONS, Precision, Runtime
 
 WORKLOAD_MODULE = "workload.faster_rcnn"
-PRECISIONS = ("fp32", "amp", "fp16")
 # Short names admins type (`--set bs=16`), mapped to the workload's hyper-parameter keys.
 HPARAM_ALIASES = {"bs": "batch_size", "batch": "batch_size", "learning_rate": "lr"}
 
@@ -90,7 +90,7 @@ class Plan:
     master_addr: str
     master_port: int
     nodes: tuple[NodePlan, ...]
-    runtime: str
+    runtime: Runtime
     image: str | None = None
     image_id: str | None = None
     notes: tuple[str, ...] = field(default=())
@@ -162,7 +162,7 @@ def workload_args(job: JobSpec, output_dir: str) -> list[str]:
 def node_env(
     job: JobSpec, node: NodeSpec, vendor_env: Mapping[str, str], visible_devices_var: str | None
 ) -> dict[str, str]:
-    # The run id and node name mark every process of the run on the node (guard.py).
+    # The run id and node name mark every process of the run on the node (backends/ssh/guard.py).
     env = {"ORCHESTRATOR_RUN_ID": job.run_id, "ORCHESTRATOR_NODE": node.name}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(vendor_env)
@@ -193,7 +193,7 @@ def build_plan(
     topo = job.topology
     master = master_address(job.nodes[0])
     port = job.cluster.master_port
-    runtime = "docker" if wrap else "host"
+    runtime: Runtime = "docker" if wrap else "host"
     plans = []
     for rank, node in enumerate(job.nodes):
         run_dir = str(job.run_dir_on(node))
@@ -248,7 +248,7 @@ def make_job(
     nodes: tuple[NodeSpec, ...],
     *,
     run_id: str,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     sets: dict[str, str] | None = None,
     timeout_s: float | None = None,
     no_progress_timeout_s: float | None = None,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from orchestrator.errors import TopologyError
+from orchestrator.slurm_settings import SlurmSettings
+from orchestrator.states import BackendName, Precision, Runtime
 
 _TOPOLOGY = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
@@ -99,12 +101,12 @@ class ClusterSpec:
     ssh: SshSettings = SshSettings()
     store_url: str | None = None
     case: CaseSettings = CaseSettings()
-    runtime: str = "host"  # 'host' (python on the node) or 'docker'
-    backend: str = "ssh"  # 'ssh' (our own launcher) or 'slurm'
+    runtime: Runtime = "host"  # 'host' (python on the node) or 'docker'
+    backend: BackendName = "ssh"  # 'ssh' (our own launcher) or 'slurm'
     master_port: int = 29500
     follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
     image: object | None = None  # [image] table: images.workflow.ImageSettings
-    slurm: object | None = None  # [slurm] table: slurm.settings.SlurmSettings
+    slurm: SlurmSettings | None = None  # the [slurm] table
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:
@@ -123,7 +125,7 @@ class JobSpec:
     cluster: ClusterSpec
     topology: Topology
     nodes: tuple[NodeSpec, ...]  # the chosen nodes, node rank = index
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     hparams: dict[str, str] = field(default_factory=dict)  # --set key=value, as strings
     case: str = "faster_rcnn"
     timeout_s: float | None = None

@@ -15,9 +15,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, overload
+from typing import NoReturn, TypeVar, overload
 
 from orchestrator.errors import ConfigError, OrchestratorError
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 class Required(enum.Enum):
@@ -173,6 +175,11 @@ class Table:
                 example=default if isinstance(default, str) else choices[0],
             )
         return text
+
+    def choice(self, key: str, default: _Choice, choices: tuple[_Choice, ...]) -> _Choice:
+        """One of `choices` (a Literal type's values, orchestrator/states.py), as that type."""
+        text = self.string(key, default, choices=choices)
+        return next(choice for choice in choices if choice == text)
 
     def integer(
         self, key: str, default: int, *, low: int, high: int, example: int | None = None

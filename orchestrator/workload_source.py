@@ -9,6 +9,10 @@ from pathlib import Path
 import workload
 
 WORKLOAD_ROOT = Path(workload.__file__).resolve().parent  # .../workload
+# Node-side scripts (standard library, Python 3.8) sent beside the workload: the preflight probe
+# and the monitor's sampler. They live at the package's top so both backends can send them.
+NODE_PROBE_PATH = Path(__file__).resolve().parent / "node_probe.py"
+MONITOR_PROBE_PATH = Path(__file__).resolve().parent / "monitor_probe.py"
 _SUFFIXES = {".py", ".json", ".toml", ".txt"}
 
 

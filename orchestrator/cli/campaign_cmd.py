@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
-from orchestrator.cli.context import AppContext, runs_folder
+from orchestrator.cli.context import (
+    AppContext,
+    open_store_for_submit,
+    parse_duration,
+    runs_folder,
+    stop_on_signals,
+)
 from orchestrator.config import tomllib
+
+if TYPE_CHECKING:
+    pass
 
 
 def register(cli: click.Group) -> None:
@@ -20,53 +28,6 @@ def register(cli: click.Group) -> None:
     cli.add_command(worker)
     cli.add_command(queue)
     cli.add_command(cancel)
-
-
-SLURM_HINT = (
-    "Slurm queues the submitted jobs; `orchestrator worker` follows them and stores their results"
-)
-
-
-def enqueue_runs(
-    store: Any,
-    items: list[tuple[Any, Any, dict[str, Any]]],
-    campaign_row: tuple[str, str, dict[str, Any], str] | None = None,
-) -> list[str]:
-    """(cluster, SubmitRequest, extra request fields) -> run ids, all in one transaction: a
-    campaign is queued whole or not at all. Runs on SSH clusters are queued for workers; runs
-    on Slurm clusters are submitted as held jobs, recorded `running` with their job ids, then
-    released: Slurm queues them, and a worker follows them (docs/slurm.md)."""
-    from orchestrator.queue import leases
-    from orchestrator.slurm import follows
-    from orchestrator.slurm.detached import held_jobs
-    from orchestrator.slurm.execute import make_slurm_plan, slurm_manifest
-    from orchestrator.submit import make_plan, manifest_for
-
-    queued, slurm, order = [], [], []
-    data_cache: dict[str, Any] = {}
-    for cluster, req, extra in items:
-        if cluster.source not in data_cache:
-            data_cache[cluster.source] = leases.cluster_file_data(cluster)
-        doc = leases.request_for(cluster, req, data_cache[cluster.source], **extra)
-        # Every run is planned now: topology, nodes and precision fail here, not later.
-        if cluster.backend == "slurm":
-            splan = make_slurm_plan(cluster, req)
-            manifest = slurm_manifest(splan, req, "running", None, submitted_at=leases.now_utc())
-            slurm.append((splan, manifest, doc))
-        else:
-            manifest = manifest_for(
-                make_plan(cluster, req), req, "queued", submitted_at=leases.now_utc()
-            )
-            queued.append((manifest, doc))
-        order.append(manifest.run_id)
-    with held_jobs([plan for plan, _, _ in slurm]) as job_ids, store.transaction() as conn:
-        if campaign_row:
-            leases.insert_campaign(conn, *campaign_row)
-        for manifest, doc in queued:
-            leases.enqueue(conn, manifest, doc)
-        for (_, manifest, doc), job_id in zip(slurm, job_ids):
-            follows.insert_submitted(conn, manifest, doc, job_id)
-    return order
 
 
 @click.group()
@@ -98,10 +59,10 @@ def campaign_submit(app: AppContext, file: str, dry_run: bool) -> None:
 
 
 def _queue_campaign(app: AppContext, spec: Any, runs: Any, file: str) -> None:
-    from orchestrator.cli.submit_cmd import open_store_for_submit
     from orchestrator.config import load_cluster
     from orchestrator.plan import new_run_id
-    from orchestrator.submit import SubmitRequest, submitter
+    from orchestrator.queue.enqueue import detach_hints, detached_counts, enqueue_runs
+    from orchestrator.runs.lifecycle import SubmitRequest, submitter
 
     clusters = {c: (load_cluster(c) if c else app.cluster) for c in spec.clusters}
     campaign_id = new_run_id(salt=spec.name)
@@ -122,15 +83,12 @@ def _queue_campaign(app: AppContext, spec: Any, runs: Any, file: str) -> None:
     raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
     with open_store_for_submit(app) as store:
         ids = enqueue_runs(store, items, (campaign_id, spec.name, raw, submitter()))
-    on_slurm = sum(1 for cluster, _, _ in items if cluster.backend == "slurm")
-    click.echo(
-        f"campaign {campaign_id}: {len(ids) - on_slurm} run(s) queued, "
-        f"{on_slurm} run(s) submitted to Slurm"
-    )
+    counts = ", ".join(f"{n} run(s) {how}" for how, n in detached_counts(items))
+    click.echo(f"campaign {campaign_id}: {counts}")
     for rid in ids:
         click.echo(rid)
-    if on_slurm:
-        click.echo(SLURM_HINT, err=True)
+    for hint in detach_hints(items):
+        click.echo(hint, err=True)
 
 
 @click.command()
@@ -165,8 +123,8 @@ def worker(
       orchestrator --db postgresql://lab@db/results worker
       orchestrator worker --idle-exit 5m
     """
-    from orchestrator.cli.submit_cmd import open_store_for_submit, parse_duration, stop_on_signals
-    from orchestrator.queue.worker import default_worker_id, run_worker
+    from orchestrator.queue.keeper import default_worker_id
+    from orchestrator.queue.worker import run_worker
 
     console = Console(stderr=True)
     holder = worker_id or default_worker_id()
@@ -193,58 +151,25 @@ def worker(
 @click.pass_obj
 def queue(app: AppContext) -> None:
     """Show queued runs (and why each waits) and running runs (worker, nodes, lease expiry)."""
-    from sqlalchemy import select
-
+    from orchestrator import backends
     from orchestrator.queue import leases
-    from orchestrator.slurm import follows
-    from orchestrator.store.models import NodeLease, Run
+    from orchestrator.store.queries import running_runs
 
     with app.open_store() as store:
         app.settle_orphans(store)
         with store.reading() as conn:
             queued = leases.read_queue(conn)
             busy = leases.read_busy(conn)
-            running = conn.execute(
-                select(
-                    Run.run_id,
-                    Run.topology,
-                    Run.cluster,
-                    Run.slurm_job_id,
-                    Run.request.is_not(None).label("queued"),
-                )
-                .where(Run.status == "running")
-                .order_by(Run.submitted_at)
-            ).all()
-            held = conn.execute(
-                select(
-                    NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at
-                )
-            ).all()
-            followed = follows.followers(conn)
+            running = running_runs(conn)
+            described: dict[str, str] = {}
+            for backend in backends.all_backends():
+                for run_id, detail in backend.describe_running(conn).items():
+                    described.setdefault(run_id, detail)
     decisions = {d.run_id: d for d in leases.schedule(queued, busy, leases.nodes_of)}
     click.echo(f"{'run':<40} {'status':<8} {'topology':<8} {'cluster':<12} detail")
-    for run_id, topo, cluster, job_id, was_queued in running:
-        mine = [h for h in held if h[0] == run_id]
-        if mine:
-            who = mine[0][2] if mine[0][2].startswith("submit ") else f"worker {mine[0][2]}"
-            until = max(h[3] for h in mine)
-            when = until.isoformat(timespec="seconds")
-            state = f"lease until {when}"
-            if until <= leases.now_utc():
-                state = f"follower gone since {when}, awaiting adoption (`orchestrator attach`)"
-            detail = f"{who} on {', '.join(h[1] for h in mine)}, {state}"
-        elif job_id and run_id in followed:
-            holder, until = followed[run_id]
-            when = until.isoformat(timespec="seconds")
-            who = holder if holder.startswith("submit ") else f"worker {holder}"
-            detail = f"slurm job {job_id}, followed by {who} until {when}"
-        elif job_id and was_queued:
-            detail = f"slurm job {job_id}, not followed: start `orchestrator worker`"
-        elif job_id:
-            detail = f"slurm job {job_id}, followed by its `orchestrator submit`"
-        else:
-            detail = "started by `orchestrator submit`"
-        click.echo(f"{run_id:<40} {'running':<8} {topo:<8} {cluster:<12} {detail}")
+    for run in running:
+        detail = described.get(run.run_id, "started by `orchestrator submit`")
+        click.echo(f"{run.run_id:<40} {'running':<8} {run.topology:<8} {run.cluster:<12} {detail}")
     for q in queued:
         d = decisions[q.run_id]
         detail = d.reason or f"ready: nodes {', '.join(d.nodes or ())} free"
@@ -262,45 +187,18 @@ def cancel(app: AppContext, run_id: str) -> None:
     """Cancel RUN_ID: a queued run at once; a running one is stopped by whoever follows it
     (its submit, a worker, an attach), or, if its follower is gone, its nodes are cleaned
     here (processes and containers) and it is marked cancelled."""
-    from orchestrator.queue import leases
-    from orchestrator.queue.adoption import reconcile
-    from orchestrator.submit import submitter
+    from orchestrator import backends
+    from orchestrator.queue.leases import QueueError
+    from orchestrator.runs.lifecycle import submitter
+    from orchestrator.store.queries import run_brief
 
     with app.open_store() as store:
-        if _slurm_job_of(store, run_id):
-            from orchestrator.slurm.execute import cancel_run
-
-            job_id = cancel_run(store, run_id, submitter())
-            click.echo(
-                f"run {run_id}: scancel {job_id}; whoever follows it (its submit or a worker) "
-                "records it cancelled"
+        with store.reading() as conn:
+            brief = run_brief(conn, run_id)
+        if brief is None:
+            raise QueueError(
+                f"no run {run_id} in results store at {store.url}", "check `orchestrator queue`"
             )
-            return
-        result = leases.request_cancel(store, run_id, submitter())
-        if result == "requested":
-            ended = reconcile(
-                store,
-                f"cancel {submitter()} pid {os.getpid()}",
-                Console(stderr=True),
-                runs_folder(),
-                mode="cancel",
-                run_id=run_id,
-                why=f"cancelled by {submitter()} after its follower was gone",
-            )
-            result = "cancelled" if ended else "cancel requested; its follower stops it"
+        backend = backends.by_name(brief.backend)
+        result = backend.cancel(store, run_id, submitter(), runs_folder(), Console(stderr=True))
     click.echo(f"run {run_id}: {result}")
-
-
-def _slurm_job_of(store: Any, run_id: str) -> str | None:
-    """The Slurm job of a running Slurm run: Slurm, not our leases, owns its nodes."""
-    from sqlalchemy import select
-
-    from orchestrator.store.models import Run
-
-    with store.reading() as conn:
-        row = conn.execute(
-            select(Run.backend, Run.status, Run.slurm_job_id).where(Run.run_id == run_id)
-        ).first()
-    if row is None or row.backend != "slurm" or row.status != "running":
-        return None
-    return row.slurm_job_id

@@ -1,14 +1,29 @@
-"""What every command shares: the cluster file and the store URL, loaded on first use."""
+"""What every command shares: the cluster file and the store URL (loaded on first use), the
+run folders, durations, signal handling, the store a run-starting command opens, and the
+seed-table row printed when a run ends."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
+
+from orchestrator.errors import ConfigError
+
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from orchestrator.specs import ClusterSpec
+    from orchestrator.store import Store
 
 
 @dataclass
@@ -31,13 +46,13 @@ class AppContext:
 
         return resolve_store_url(self.db_url, self.cluster)
 
-    def open_store(self) -> Any:
+    def open_store(self) -> Store:
         """The results store, checked to be at the current schema revision."""
         from orchestrator.store import open_store
 
         return open_store(self.store_url)
 
-    def settle_orphans(self, store: Any, console: Any = None) -> list[str]:
+    def settle_orphans(self, store: Store, console: Console | None = None) -> list[str]:
         """Runs whose follower died and whose grace has passed with nobody adopting them: the
         node guards stopped them; collect what they left, make sure nothing runs, store them
         (`lost`, or `succeeded` when training had finished). Every command that opens the
@@ -45,22 +60,22 @@ class AppContext:
         problem here is said in one line and never stops the command itself."""
         from rich.console import Console
 
+        from orchestrator import backends
         from orchestrator.errors import OrchestratorError
-        from orchestrator.queue.adoption import reconcile
-        from orchestrator.submit import submitter
+        from orchestrator.runs.lifecycle import submitter
 
         console = console or Console(stderr=True)
         holder = f"{self.command_name} {submitter()} pid {os.getpid()}"
+        settled: list[str] = []
         try:
-            return reconcile(store, holder, console, runs_folder(), mode="settle")
+            for backend in backends.all_backends():
+                settled += backend.settle(store, holder, console, runs_folder())
         except OrchestratorError as exc:
             console.print(f"[yellow]could not settle abandoned runs: {exc.one_line()}[/]")
-            return []
+        return settled
 
     @property
     def command_name(self) -> str:
-        import click
-
         ctx = click.get_current_context(silent=True)
         return ctx.command_path.removeprefix("orchestrator ") if ctx else "orchestrator"
 
@@ -68,3 +83,69 @@ class AppContext:
 def runs_folder(option: str | None = None) -> Path:
     """Local run folders: the option, else $ORCHESTRATOR_RUNS_DIR, else ./runs."""
     return Path(option or os.environ.get("ORCHESTRATOR_RUNS_DIR") or "runs")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | None, option: str) -> float | None:
+    if text is None or text in ("", "none", "0"):
+        return None
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(f"{option} {text!r} is not a duration", "write e.g. 90s, 45m or 2h")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@contextmanager
+def stop_on_signals(on_hangup: Callable[[], None] | None = None) -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set an event the launcher checks every poll; it then stops all nodes.
+    SIGHUP (a closed terminal) calls `on_hangup` instead, when given: the run goes on."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            say(f"\n{signal.Signals(signum).name}: stopping the run on every node…")
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    if on_hangup is not None:
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: on_hangup())
+    try:
+        yield stop
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def say(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass  # the terminal is gone
+
+
+def open_store_for_submit(app: AppContext) -> Any:
+    """A SQLite store that does not exist yet is created on first use (the embedded default
+    works out of the box); an existing store of any kind must be upgraded explicitly
+    (`orchestrator db upgrade`), so a lab's database never changes behind its back."""
+    from orchestrator.store import open_store
+    from orchestrator.store.engine import parse_url
+
+    url = app.store_url
+    parsed = parse_url(url)
+    new_file = parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists()
+    return open_store(url, create=new_file)
+
+
+def print_outcome(store: Store, run_id: str, status: str) -> None:
+    """A succeeded run's row of the seed table, with its environment above it."""
+    from orchestrator.report import render_report
+    from orchestrator.store.queries import Selection, environment, seed_rows
+
+    if status == "succeeded":
+        with store.reading() as conn:
+            rows = seed_rows(conn, Selection(run_ids=(run_id,)))
+            env = environment(conn, [run_id])
+        click.echo(render_report(env, rows, "markdown"), nl=False)

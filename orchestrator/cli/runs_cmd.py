@@ -8,8 +8,9 @@ import click
 
 from orchestrator.cli.context import AppContext
 from orchestrator.report import REPORT_FORMATS, console, fmt, parse_since, table, to_csv, to_json
+from orchestrator.states import PRECISIONS, RUN_STATUSES
 
-STATUS_CHOICES = click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "lost"])
+STATUS_CHOICES = click.Choice(RUN_STATUSES)
 
 
 @click.command("ingest")
@@ -211,9 +212,7 @@ def _short(value: Any) -> Any:
 @click.option("--campaign", "campaign_id", help="Only the runs of this campaign.")
 @click.option("--vendor", help="Only this vendor, e.g. metax.")
 @click.option("--topology", help="Only this topology, e.g. 2x8.")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "amp", "fp16"]), help="Only this precision."
-)
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Only this precision.")
 @click.option("--since", help="Finished on or after: 2026-01-01, an ISO time, or 90d / 12h / 2w.")
 @click.option(
     "--run", "run_ids", multiple=True, help="These runs (any status); repeat for several."

@@ -4,66 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shlex
-import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
-from orchestrator.cli.context import AppContext, runs_folder
-from orchestrator.errors import ConfigError
+from orchestrator.cli.context import (
+    AppContext,
+    open_store_for_submit,
+    parse_duration,
+    print_outcome,
+    runs_folder,
+    say,
+    stop_on_signals,
+)
+from orchestrator.states import BACKENDS, PRECISIONS, BackendName, Precision
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str | None, option: str) -> float | None:
-    if text is None or text in ("", "none", "0"):
-        return None
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"{option} {text!r} is not a duration", "write e.g. 90s, 45m or 2h")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+if TYPE_CHECKING:
+    from orchestrator.backends.base import PlannedRun
+    from orchestrator.runs.lifecycle import Outcome, SubmitRequest
+    from orchestrator.store import Store
 
 
 def register(cli: click.Group) -> None:
     cli.add_command(submit)
     cli.add_command(doctor)
-
-
-@contextmanager
-def stop_on_signals(on_hangup: Callable[[], None] | None = None) -> Iterator[threading.Event]:
-    """Ctrl-C and SIGTERM set an event the launcher checks every poll; it then stops all nodes.
-    SIGHUP (a closed terminal) calls `on_hangup` instead, when given: the run goes on."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: Any) -> None:
-        if not stop.is_set():
-            _say(f"\n{signal.Signals(signum).name}: stopping the run on every node…")
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    if on_hangup is not None:
-        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: on_hangup())
-    try:
-        yield stop
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
-
-
-def _say(text: str) -> None:
-    try:
-        print(text, file=sys.stderr, flush=True)
-    except OSError:
-        pass  # the terminal is gone
 
 
 def detach_from_terminal(log: Path | None) -> None:
@@ -97,21 +67,8 @@ class Hangup:
         log = run_dir / "submit.log" if run_dir is not None and run_dir.is_dir() else None
         where = f"; re-attach with `orchestrator attach {self.run_id}`" if self.run_id else ""
         output = f" (output: {log})" if log else ""
-        _say(f"\nSIGHUP: the run goes on; this process keeps following it{output}{where}")
+        say(f"\nSIGHUP: the run goes on; this process keeps following it{output}{where}")
         detach_from_terminal(log)
-
-
-def open_store_for_submit(app: AppContext) -> Any:
-    """A SQLite store that does not exist yet is created on first use (the embedded default
-    works out of the box); an existing store of any kind must be upgraded explicitly
-    (`orchestrator db upgrade`), so a lab's database never changes behind its back."""
-    from orchestrator.store import open_store
-    from orchestrator.store.engine import parse_url
-
-    url = app.store_url
-    parsed = parse_url(url)
-    new_file = parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists()
-    return open_store(url, create=new_file)
 
 
 @click.command()
@@ -119,9 +76,7 @@ def open_store_for_submit(app: AppContext) -> Any:
 @click.option(
     "--nodes", "node_names", help="Comma-separated node names (default: the first that fit)."
 )
-@click.option(
-    "--precision", type=click.Choice(["fp32", "amp", "fp16"]), default="fp32", show_default=True
-)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option(
     "--set",
     "sets",
@@ -156,7 +111,7 @@ def open_store_for_submit(app: AppContext) -> Any:
 )
 @click.option(
     "--backend",
-    type=click.Choice(["ssh", "slurm"]),
+    type=click.Choice(BACKENDS),
     default=None,
     help="Launch over SSH or through Slurm [default: the cluster file's backend].",
 )
@@ -174,14 +129,14 @@ def submit(
     app: AppContext,
     topology: str,
     node_names: str | None,
-    precision: str,
+    precision: Precision,
     sets: tuple[str, ...],
     repeat: int,
     timeout: str | None,
     no_progress_timeout: str | None,
     runs_dir: str | None,
     dry_run: bool,
-    backend: str | None,
+    backend: BackendName | None,
     detach: bool,
     wait_for_nodes: bool,
 ) -> None:
@@ -197,9 +152,10 @@ def submit(
       orchestrator --cluster lab.toml submit 2x8 --precision amp --set bs=16 --set lr=0.16
       orchestrator --cluster lab.toml submit 2x8 --dry-run
     """
+    from orchestrator import backends
     from orchestrator.plan import parse_sets
+    from orchestrator.runs.lifecycle import SubmitRequest
     from orchestrator.specs import Topology
-    from orchestrator.submit import SubmitRequest, execute, make_plan
 
     topo = Topology.parse(topology)
     req = SubmitRequest(
@@ -216,55 +172,35 @@ def submit(
     cluster = app.cluster
     if backend and backend != cluster.backend:
         cluster = dataclasses.replace(cluster, backend=backend)
+    chosen = backends.for_cluster(cluster)
     if detach and not dry_run:
-        from orchestrator.cli.campaign_cmd import SLURM_HINT, enqueue_runs
+        from orchestrator.queue.enqueue import EnqueueItem, detach_hints, enqueue_runs
 
+        items: list[EnqueueItem] = [(cluster, req, {}) for _ in range(repeat)]
         with open_store_for_submit(app) as store:
-            ids = enqueue_runs(store, [(cluster, req, {}) for _ in range(repeat)])
+            ids = enqueue_runs(store, items)
         for run_id in ids:
             click.echo(run_id)
-        if cluster.backend == "slurm":
-            click.echo(SLURM_HINT, err=True)
-        return
-    if cluster.backend == "slurm":
-        _submit_slurm(app, cluster, req, repeat, runs_dir, dry_run)
+        for hint in detach_hints(items):
+            click.echo(hint, err=True)
         return
     if dry_run:
-        click.echo(make_plan(cluster, req).render(), nl=False)
+        click.echo(chosen.plan(cluster, req).render(), nl=False)
         return
-    _run_repeats(
-        app, req, repeat, runs_dir, lambda: make_plan(cluster, req), execute, "", wait_for_nodes
-    )
-
-
-def _submit_slurm(
-    app: AppContext, cluster: Any, req: Any, repeat: int, runs_dir: str | None, dry_run: bool
-) -> None:
-    """The same submission through Slurm (orchestrator/slurm): one job per run."""
-    from orchestrator.slurm.execute import execute, make_slurm_plan
-
-    if dry_run:
-        click.echo(make_slurm_plan(cluster, req).render(), nl=False)
-        return
-    _run_repeats(
-        app, req, repeat, runs_dir, lambda: make_slurm_plan(cluster, req), execute, "Slurm"
-    )
+    _run_repeats(app, req, repeat, runs_dir, lambda: chosen.plan(cluster, req), wait_for_nodes)
 
 
 def _run_repeats(
     app: AppContext,
-    req: Any,
+    req: SubmitRequest,
     repeat: int,
     runs_dir: str | None,
-    make: Callable[[], Any],
-    execute: Callable[..., Any],
-    through: str,
+    make: Callable[[], PlannedRun],
     wait_for_nodes: bool = False,
 ) -> None:
     """Run the request `repeat` times in a row (stopping early on Ctrl-C); exit 0 only when
     every run succeeded."""
-    from orchestrator.queue.leases import check_nodes_free
-    from orchestrator.submit import raise_for
+    from orchestrator.runs.lifecycle import raise_for
 
     console = Console(stderr=True)
     folder = runs_folder(runs_dir)
@@ -273,21 +209,16 @@ def _run_repeats(
         app.settle_orphans(store, console)
         outcomes = []
         for i in range(repeat):
-            plan = make()
-            if not through and not wait_for_nodes:
-                check_nodes_free(store, plan.job.cluster.name, [n.node.name for n in plan.nodes])
-            hangup.run_id = plan.job.run_id
-            where = (
-                f"through {through}"
-                if through
-                else "on " + ", ".join(n.node.name for n in plan.nodes)
-            )
+            planned = make()
+            if not wait_for_nodes:
+                planned.check_free(store)
+            hangup.run_id = planned.job.run_id
             console.print(
-                f"[bold]run {plan.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} {where}, "
-                f"{req.precision}"
+                f"[bold]run {planned.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} "
+                f"{planned.where()}, {req.precision}"
             )
             outcome = _execute_when_free(
-                app, store, console, stop, plan, wait_for_nodes, execute, req, folder
+                app, store, console, stop, planned, wait_for_nodes, req, folder
             )
             outcomes.append(outcome)
             _print_outcome(store, outcome)
@@ -299,15 +230,14 @@ def _run_repeats(
 
 def _execute_when_free(
     app: AppContext,
-    store: Any,
+    store: Store,
     console: Console,
     stop: threading.Event,
-    plan: Any,
+    planned: PlannedRun,
     wait_for_nodes: bool,
-    execute: Callable[..., Any],
-    req: Any,
+    req: SubmitRequest,
     folder: Path,
-) -> Any:
+) -> Outcome:
     """Execute the plan; with --wait, a run that holds the nodes is waited for (and an
     abandoned one settled) instead of refusing."""
     from orchestrator.errors import RunCancelled
@@ -316,7 +246,7 @@ def _execute_when_free(
     said = False
     while True:
         try:
-            return execute(plan, req, store, folder, stop, console)
+            return planned.execute(req, store, folder, stop, console)
         except NodesBusy as exc:
             if not wait_for_nodes:
                 raise
@@ -328,21 +258,9 @@ def _execute_when_free(
         app.settle_orphans(store, console)
 
 
-def _print_outcome(store: Any, outcome: Any) -> None:
+def _print_outcome(store: Store, outcome: Outcome) -> None:
     print_outcome(store, outcome.run_id, outcome.status)
     click.echo(f"run folder: {outcome.run_dir}", err=True)
-
-
-def print_outcome(store: Any, run_id: str, status: str) -> None:
-    """A succeeded run's row of the seed table, with its environment above it."""
-    from orchestrator.report import render_report
-    from orchestrator.store.queries import Selection, environment, seed_rows
-
-    if status == "succeeded":
-        with store.reading() as conn:
-            rows = seed_rows(conn, Selection(run_ids=(run_id,)))
-            env = environment(conn, [run_id])
-        click.echo(render_report(env, rows, "markdown"), nl=False)
 
 
 @click.command()
@@ -360,18 +278,11 @@ def doctor(app: AppContext, topology: str, node_names: str | None) -> None:
       orchestrator doctor
       orchestrator --cluster lab.toml doctor 2x8
     """
-    from orchestrator.doctor import run_doctor
+    from orchestrator import backends
     from orchestrator.report import console
 
-    if app.cluster.backend == "slurm":
-        from orchestrator.slurm.doctor import run_slurm_doctor
-
-        if node_names:
-            raise ConfigError(
-                "--nodes does not apply to the slurm backend", "Slurm chooses the nodes"
-            )
-        ok = run_slurm_doctor(app.cluster, topology or None, console())
-    else:
-        ok = run_doctor(app.cluster, topology or None, node_names, console())
+    ok = backends.for_cluster(app.cluster).doctor(
+        app.cluster, topology or None, node_names, console()
+    )
     if not ok:
         raise SystemExit(3)

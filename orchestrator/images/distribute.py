@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.errors import ImageError, NodeError
 from orchestrator.images.containers import Runner, docker_argv
+from orchestrator.transport.fanout import GroupResult
 
 if TYPE_CHECKING:
     import docker
+
+T = TypeVar("T")
 
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 32  # per node: how far the fastest node may run ahead of the slowest
@@ -91,22 +94,20 @@ def node_image_id(target: NodeTarget, tag: str, timeout: float = 30.0) -> str | 
     raise ImageError(f"cannot ask the Docker daemon: {last}")
 
 
-def fan_out_results(
-    targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], Any]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Run `fn` on every node at once: (results, failures) by node name, every node reported."""
-    results: dict[str, Any] = {}
-    failures: dict[str, str] = {}
+def fan_out_results(targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], T]) -> GroupResult[T]:
+    """Run `fn` on every node at once: every node's result or exception, in the targets' order
+    (`.reasons(_reason)` says why each failed one did)."""
+    outcomes: dict[str, T | BaseException] = {}
     if not targets:
-        return results, failures
+        return GroupResult(outcomes)
     with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
         futures = {t.name: pool.submit(fn, t) for t in targets}
         for name, future in futures.items():
             try:
-                results[name] = future.result()
+                outcomes[name] = future.result()
             except Exception as exc:
-                failures[name] = _reason(name, exc)
-    return results, failures
+                outcomes[name] = exc
+    return GroupResult(outcomes)
 
 
 def _reason(node: str, exc: BaseException) -> str:
@@ -123,10 +124,11 @@ def _presence(target: NodeTarget, tag: str, timeout: float = 30.0) -> Presence:
 
 def check_presence(targets: Sequence[NodeTarget], tag: str) -> dict[str, Presence]:
     """Which image each node has under `tag`; one NodeError naming every node that failed."""
-    results, failures = fan_out_results(targets, lambda t: _presence(t, tag))
-    if failures:
+    found = fan_out_results(targets, lambda t: _presence(t, tag))
+    if not found.ok():
+        failures = found.reasons(_reason)
         raise NodeError(f"checking for image {tag} failed on {len(failures)} node(s)", failures)
-    return results
+    return dict(found.succeeded)
 
 
 def distribute(
@@ -150,27 +152,29 @@ def distribute(
         raise ImageError(
             f"image {tag} is not on the build host", "build it first: orchestrator image build"
         )
-    presence, failures = fan_out_results(targets, lambda t: _presence(t, tag))
+    found = fan_out_results(targets, lambda t: _presence(t, tag))
+    presence, failures = dict(found.succeeded), found.reasons(_reason)
     missing = [t for t in targets if t.name in presence and not presence[t.name].has(expected)]
     transfers: dict[str, Transfer] = {}
     method = "none"
     if missing:
         method = "registry" if registry else "stream"
         if registry:
-            transfers, failed = _via_registry(api, tag, registry, missing, timeout_s)
+            sent = _via_registry(api, tag, registry, missing, timeout_s)
         else:
             total = int(api.inspect_image(tag).get("Size") or 0)
-            transfers, failed = stream_to_nodes(
+            sent = stream_to_nodes(
                 lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s
             )
-        failures.update(failed)
+        transfers = dict(sent.succeeded)
+        failures.update(sent.reasons(_reason))
         received = [t for t in missing if t.name in transfers]
-        after, failed = fan_out_results(received, lambda t: _presence(t, tag))
-        failures.update(failed)
-        for name, found in after.items():
-            if not found.has(expected):
-                failures[name] = f"has {found.image_id or 'nothing'} under {tag}, not {expected}"
-        presence.update(after)
+        after = fan_out_results(received, lambda t: _presence(t, tag))
+        failures.update(after.reasons(_reason))
+        for name, there in after.succeeded.items():
+            if not there.has(expected):
+                failures[name] = f"has {there.image_id or 'nothing'} under {tag}, not {expected}"
+        presence.update(after.succeeded)
     if failures:
         raise NodeError(
             f"putting image {tag} on the nodes failed on {len(failures)} of {len(targets)} node(s)",
@@ -186,11 +190,11 @@ def stream_to_nodes(
     expected_bytes: int,
     progress: ProgressFn | None = None,
     timeout_s: float = 3600,
-) -> tuple[dict[str, Transfer], dict[str, str]]:
+) -> GroupResult[Transfer]:
     """One `docker save` stream, teed into `docker load` on every target in parallel.
 
     Each node has a bounded queue; a node that fails is dropped from the tee and the others go
-    on. Returns (transfers, failures) by node, once every node has finished.
+    on. Returns every node's Transfer or exception, once every node has finished.
     """
     queues = {t.name: queue.Queue[bytes | None](maxsize=QUEUE_CHUNKS) for t in targets}
     done = {t.name: threading.Event() for t in targets}
@@ -269,7 +273,7 @@ def stream_to_nodes(
 
 def _via_registry(
     api: docker.APIClient, tag: str, registry: str, targets: Sequence[NodeTarget], timeout_s: float
-) -> tuple[dict[str, Transfer], dict[str, str]]:
+) -> GroupResult[Transfer]:
     """Push once from the build host, pull on every node, and tag it there under `tag`."""
     repository, _, version = tag.rpartition(":")
     remote_repo = f"{registry.rstrip('/')}/{repository}"

@@ -6,7 +6,6 @@ fit, its own Dockerfile template); no code changes.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ImageError
+from orchestrator.resources import images_dir
 from orchestrator.tables import REQUIRED, Dialect, Table, Words
 
 if sys.version_info >= (3, 11):
@@ -22,7 +22,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-IMAGES_DIR_ENV = "ORCHESTRATOR_IMAGES_DIR"
 PROFILE_FILE = "profile.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -97,14 +96,6 @@ class VendorProfile:
     venv_options: tuple[str, ...]
     runtime: RuntimeOptions
     source: str  # the profile file, for messages
-
-
-def images_dir() -> Path:
-    """images/ of this checkout, or $ORCHESTRATOR_IMAGES_DIR."""
-    override = os.environ.get(IMAGES_DIR_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "images"
 
 
 def available_profiles(root: Path | None = None) -> list[str]:

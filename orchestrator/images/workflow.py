@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import docker
 
     from orchestrator.specs import ClusterSpec, NodeSpec
+    from orchestrator.store import Store
 
 LOCAL = "local"
 
@@ -155,7 +156,7 @@ class PreparedImage:
         return self.spec.tag
 
 
-def record_in_store(store: Any, record: dict[str, Any]) -> None:
+def record_in_store(store: Store, record: dict[str, Any]) -> None:
     """store.record_image(record); idempotent by image id, so a reused image is recorded too."""
     recorder = getattr(store, "record_image", None)
     if recorder is None:
@@ -171,7 +172,7 @@ def ensure_image(
     transports: Mapping[str, Any],
     settings: ImageSettings | None = None,
     *,
-    store: Any = None,
+    store: Store | None = None,
     observer: BuildObserver | None = None,
     progress: ProgressFn | None = None,
     rebuild: bool = False,

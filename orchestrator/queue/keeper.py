@@ -4,15 +4,25 @@ signal, or leases lost to another follower."""
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
 
+if TYPE_CHECKING:
+    from orchestrator.store import Store
+
 RENEW_MAX_S = 5.0  # renew (and look for a cancel request) at least this often
+
+
+def default_worker_id() -> str:
+    """How a worker (or a Slurm submit's follow row) names itself in leases: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class LeaseKeeper:
@@ -23,7 +33,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         run_id: str,
         holder: str,
         ttl_s: float,

@@ -13,16 +13,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.runfolder import FINAL_STATUSES, RunManifest
+from orchestrator.runs.folder import RunManifest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
-from orchestrator.store.models import Campaign, NodeLease, Run, RunNode, RunStatusChange
+from orchestrator.store import status as run_status
+from orchestrator.store.models import Campaign, NodeLease, Run, RunNode
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
 
 LEASE_TTL_S = 60.0
 _CLUSTERS: dict[str, ClusterSpec] = {}  # cluster_key -> parsed cluster, per process
@@ -141,11 +146,7 @@ def enqueue(conn: Connection, manifest: RunManifest, request: dict[str, Any]) ->
     now = now_utc()
     row = rows.run_row(manifest, now)
     row.update(status="queued", request=request, submitted_at=now)
-    conn.execute(insert(Run), [row])
-    conn.execute(
-        insert(RunStatusChange),
-        [{"run_id": manifest.run_id, "status": "queued", "reason": None, "at": now}],
-    )
+    run_status.insert_run(conn, row, None, now)
 
 
 # -- scheduling (pure) ----------------------------------------------------------------------------
@@ -262,6 +263,27 @@ def read_request(conn: Connection, run_id: str) -> dict[str, Any]:
     return dict(request)
 
 
+def describe_leases(conn: Connection) -> dict[str, str]:
+    """run id -> who holds its node leases, on which nodes, until when (`orchestrator queue`);
+    a follower whose leases expired is named as gone, awaiting adoption."""
+    held: dict[str, list[tuple[str, str, datetime]]] = {}
+    for run_id, node, holder, expires in conn.execute(
+        select(NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at)
+    ):
+        held.setdefault(str(run_id), []).append((node, holder, expires))
+    described = {}
+    for run_id, mine in held.items():
+        holder = mine[0][1]
+        who = holder if holder.startswith("submit ") else f"worker {holder}"
+        until = max(expires for _, _, expires in mine)
+        when = until.isoformat(timespec="seconds")
+        state = f"lease until {when}"
+        if until <= now_utc():
+            state = f"follower gone since {when}, awaiting adoption (`orchestrator attach`)"
+        described[run_id] = f"{who} on {', '.join(node for node, _, _ in mine)}, {state}"
+    return described
+
+
 def read_busy(conn: Connection) -> dict[tuple[str, str], str]:
     return {
         (c, n): f"run {r}"
@@ -286,7 +308,7 @@ class Claim:
     submitted_at: datetime
 
 
-def claim_next(store: Any, holder: str, ttl_s: float = LEASE_TTL_S) -> Claim | None:
+def claim_next(store: Store, holder: str, ttl_s: float = LEASE_TTL_S) -> Claim | None:
     """Take the first queued run whose nodes are free: leases and status change in one
     transaction. None when nothing can start now. The whole queue is read: a run deep in it
     may be the only one whose nodes are free."""
@@ -304,18 +326,22 @@ def claim_next(store: Any, holder: str, ttl_s: float = LEASE_TTL_S) -> Claim | N
 
 
 def _take(
-    store: Any, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: float
+    store: Store, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: float
 ) -> dict[str, Any] | None:
     """The run's full request when this worker took it and its nodes; None when another did."""
     now = now_utc()
     try:
         with store.engine.begin() as conn:
-            moved = conn.execute(
-                update(Run)
-                .where(Run.run_id == run.run_id, Run.status == "queued")
-                .values(status="running", started_at=now, reason=f"worker {holder}")
+            moved = run_status.move(
+                conn,
+                run.run_id,
+                "running",
+                reason=f"worker {holder}",
+                expect=["queued"],
+                at=now,
+                history_reason=f"worker {holder} leased {', '.join(nodes)}",
             )
-            if moved.rowcount != 1:
+            if not moved:
                 raise _Taken()
             conn.execute(
                 insert(NodeLease),
@@ -330,11 +356,6 @@ def _take(
                     }
                     for n in nodes
                 ],
-            )
-            reason = f"worker {holder} leased {', '.join(nodes)}"
-            conn.execute(
-                insert(RunStatusChange),
-                [{"run_id": run.run_id, "status": "running", "reason": reason, "at": now}],
             )
             request = read_request(conn, run.run_id)
             campaign = request.get("campaign_id")
@@ -355,7 +376,7 @@ class _Taken(Exception):
 
 
 def renew(
-    store: Any, run_id: str, holder: str, ttl_s: float, table: Any = NodeLease
+    store: Store, run_id: str, holder: str, ttl_s: float, table: Any = NodeLease
 ) -> tuple[int, bool]:
     """Push the run's leases out by ttl; returns (leases still held, cancel requested).
     `table`: NodeLease, or SlurmFollow for a followed Slurm run (same columns)."""
@@ -369,7 +390,7 @@ def renew(
     return held, cancel is not None
 
 
-def release(store: Any, run_id: str, holder: str | None = None) -> None:
+def release(store: Store, run_id: str, holder: str | None = None) -> None:
     with store.transaction() as conn:
         query = delete(NodeLease).where(NodeLease.run_id == run_id)
         if holder is not None:
@@ -377,7 +398,7 @@ def release(store: Any, run_id: str, holder: str | None = None) -> None:
         conn.execute(query)
 
 
-def finish_campaign_if_done(store: Any, campaign_id: str | None) -> None:
+def finish_campaign_if_done(store: Store, campaign_id: str | None) -> None:
     if not campaign_id:
         return
     with store.transaction() as conn:
@@ -409,7 +430,7 @@ def follower_ttl_s(grace_s: float) -> float:
 
 
 def create_followed_run(
-    store: Any,
+    store: Store,
     manifest: RunManifest,
     request: dict[str, Any],
     nodes: Sequence[str],
@@ -424,15 +445,10 @@ def create_followed_run(
     row.update(status="running", request=request, submitted_at=manifest.submitted_at or now)
     try:
         with store.engine.begin() as conn:
-            conn.execute(insert(Run), [row])
+            run_status.insert_run(conn, row, f"{holder} leased {', '.join(nodes)}", now)
             conn.execute(
                 insert(RunNode),
                 [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes],
-            )
-            reason = f"{holder} leased {', '.join(nodes)}"
-            conn.execute(
-                insert(RunStatusChange),
-                [{"run_id": manifest.run_id, "status": "running", "reason": reason, "at": now}],
             )
             conn.execute(
                 insert(NodeLease), [_lease(manifest, n, holder, now, ttl_s) for n in nodes]
@@ -490,7 +506,7 @@ def nodes_busy(
     )
 
 
-def check_nodes_free(store: Any, cluster: str, nodes: Sequence[str]) -> None:
+def check_nodes_free(store: Store, cluster: str, nodes: Sequence[str]) -> None:
     """NodesBusy now, before anything is printed or written (the claim itself re-checks)."""
     with store.reading() as conn:
         busy = nodes_busy(conn, cluster, nodes)
@@ -511,11 +527,11 @@ class Orphan:
 
 
 def find_orphans(
-    store: Any, now: datetime | None = None, run_id: str | None = None
+    store: Store, now: datetime | None = None, run_id: str | None = None
 ) -> list[Orphan]:
     """Runs still `running` with a stored request whose every lease expired (follower gone:
     a worker, or a foreground `submit`). Slurm runs hold no node leases: Slurm owns their
-    nodes (slurm/follows.py adopts them)."""
+    nodes (backends/slurm/follows.py adopts them)."""
     now = now or now_utc()
     live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
     query = select(Run.run_id).where(
@@ -547,7 +563,7 @@ def follow_state(conn: Connection, run_id: str) -> Orphan | None:
     )
 
 
-def adopt(store: Any, run_id: str, holder: str, ttl_s: float) -> bool:
+def adopt(store: Store, run_id: str, holder: str, ttl_s: float) -> bool:
     """Take over an orphan's expired leases so that only one reconciler cleans it."""
     now = now_utc()
     with store.transaction() as conn:
@@ -563,25 +579,28 @@ def adopt(store: Any, run_id: str, holder: str, ttl_s: float) -> bool:
     return running and taken == total
 
 
-def end_run(store: Any, run_id: str, status: str, reason: str, expect: Sequence[str]) -> bool:
+def end_run(
+    store: Store, run_id: str, status: RunStatus, reason: str, expect: Sequence[RunStatus]
+) -> bool:
     """Guarded final transition (only from `expect`), history entry, leases released."""
     now = now_utc()
     with store.transaction() as conn:
-        moved = conn.execute(
-            update(Run)
-            .where(Run.run_id == run_id, Run.status.in_(tuple(expect)))
-            .values(status=status, reason=reason, finished_at=now, failure={"reason": reason})
-        ).rowcount
+        moved = run_status.move(
+            conn,
+            run_id,
+            status,
+            reason=reason,
+            failure={"reason": reason},
+            expect=expect,
+            at=now,
+            values={"finished_at": now},
+        )
         if moved:
-            conn.execute(
-                insert(RunStatusChange),
-                [{"run_id": run_id, "status": status, "reason": reason, "at": now}],
-            )
             conn.execute(delete(NodeLease).where(NodeLease.run_id == run_id))
     return bool(moved)
 
 
-def release_final_leases(store: Any) -> int:
+def release_final_leases(store: Store) -> int:
     """Leases left by a worker that died after its run ended: nothing runs there any more."""
     with store.transaction() as conn:
         final = select(Run.run_id).where(Run.status.in_(FINAL_STATUSES))
@@ -591,7 +610,7 @@ def release_final_leases(store: Any) -> int:
 # -- cancel ----------------------------------------------------------------------------------------
 
 
-def request_cancel(store: Any, run_id: str, by: str) -> str:
+def request_cancel(store: Store, run_id: str, by: str) -> str:
     """'cancelled' for a queued run (at once), 'requested' for a running one (its worker stops
     it; reconcile does when the worker is gone)."""
     with store.reading() as conn:
@@ -616,7 +635,7 @@ def request_cancel(store: Any, run_id: str, by: str) -> str:
     raise QueueError(f"run {run_id} already ended ({status})", "nothing to cancel")
 
 
-def record_cancel_request(store: Any, run_id: str, status: str, reason: str) -> None:
+def record_cancel_request(store: Store, run_id: str, status: RunStatus, reason: str) -> None:
     """Stamp runs.cancel_requested_at (first request only) and say so in the history; the
     run's worker, follower or submit sees it on its next renewal."""
     with store.transaction() as conn:
@@ -625,7 +644,4 @@ def record_cancel_request(store: Any, run_id: str, status: str, reason: str) -> 
             .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
             .values(cancel_requested_at=now_utc())
         )
-        conn.execute(
-            insert(RunStatusChange),
-            [{"run_id": run_id, "status": status, "reason": reason, "at": now_utc()}],
-        )
+        run_status.note(conn, run_id, status, reason)

@@ -1,56 +1,34 @@
 """`orchestrator worker`: take queued runs one at a time, hold their node leases while they
-live, and adopt runs whose follower died (queue/adoption.py)."""
+live, and beside the queue let every backend adopt and follow the runs nobody follows (the
+SSH backend's orphans, Slurm jobs handed to Slurm)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from orchestrator import backends
+from orchestrator.backends.base import WorkerContext
 from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
-from orchestrator.queue.adoption import Adopters
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import LEASE_TTL_S, Claim
-
-__all__ = ["LeaseKeeper", "default_worker_id", "request_from_doc", "run_worker"]
+from orchestrator.runs.lifecycle import request_from_doc
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.submit import SubmitRequest
+    from orchestrator.store import Store
 
 POLL_S = 1.0
 
 
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> SubmitRequest:
-    """The submit options stored with a queued (or detached Slurm) run."""
-    from orchestrator.specs import Topology
-    from orchestrator.submit import SubmitRequest
-
-    return SubmitRequest(
-        topology=Topology.parse(doc["topology"]),
-        node_names=tuple(nodes) if nodes else None,
-        precision=doc["precision"],
-        sets=tuple((str(k), str(v)) for k, v in doc["sets"]),
-        timeout_s=doc.get("timeout_s"),
-        no_progress_timeout_s=doc.get("no_progress_timeout_s"),
-        command=doc.get("command") or "",
-        campaign_id=doc.get("campaign_id"),
-    )
-
-
 def run_claim(
-    store: Any,
+    store: Store,
     claim: Claim,
     holder: str,
     runs_dir: Path,
@@ -59,8 +37,6 @@ def run_claim(
     ttl_s: float,
 ) -> str:
     """Execute one claimed run under its leases; returns its final status."""
-    from orchestrator.submit import execute, make_plan
-
     doc = claim.request
     try:
         cluster = leases.cluster_from(doc)
@@ -69,7 +45,7 @@ def run_claim(
         first = [n.name for n in cluster.nodes].index(claim.nodes[0])
         cluster = dataclasses.replace(cluster, master_port=cluster.master_port + first)
         req = request_from_doc(doc, claim.nodes)
-        plan = make_plan(cluster, req, run_id=claim.run_id)
+        planned = backends.for_cluster(cluster).plan(cluster, req, run_id=claim.run_id)
     except OrchestratorError as exc:
         reason = f"cannot plan the queued run: {exc.one_line()}"
         leases.end_run(store, claim.run_id, "failed", reason, ["running"])
@@ -78,8 +54,8 @@ def run_claim(
     console.print(f"[bold]run {claim.run_id}[/]: {doc['topology']} on {', '.join(claim.nodes)}")
     try:
         with LeaseKeeper(store, claim.run_id, holder, ttl_s, worker_stop, run_stop):
-            outcome = execute(
-                plan, req, store, runs_dir, run_stop, console, queued_at=claim.submitted_at
+            outcome = planned.execute(
+                req, store, runs_dir, run_stop, console, queued_at=claim.submitted_at
             )
     except OrchestratorError as exc:
         leases.end_run(store, claim.run_id, "failed", exc.one_line(), ["running"])
@@ -92,7 +68,7 @@ def run_claim(
 
 
 def run_worker(
-    store: Any,
+    store: Store,
     holder: str,
     runs_dir: Path,
     stop: threading.Event,
@@ -104,31 +80,32 @@ def run_worker(
     ttl_s: float = LEASE_TTL_S,
     poll_s: float = POLL_S,
 ) -> dict[str, int]:
-    """The worker loop; returns how many runs ended in each status. Slurm runs are followed
-    in threads beside the queue (their jobs wait in Slurm's queue, not ours); the worker is
-    idle when nothing is queued that it can start and it follows no Slurm run."""
-    from orchestrator.queue.slurm_followers import SlurmFollowers
-
+    """The worker loop; returns how many runs ended in each status. Each backend's followers
+    adopt runs nobody follows, in threads beside the queue (Slurm's jobs wait in Slurm's
+    queue, not ours); the worker is idle when nothing is queued that it can start and no
+    follower is busy."""
     counts: dict[str, int] = {}
-    adopters = Adopters(store, holder, runs_dir, stop, console, ttl_s)
-    adopters.scan()
+    ctx = WorkerContext(store, holder, runs_dir, stop, console, ttl_s, poll_s)
+    followers = [backend.followers(ctx) for backend in backends.all_backends()]
+    for follower in followers:
+        follower.scan()
     last_reconcile = idle_since = time.monotonic()
-    followers = SlurmFollowers(store, holder, runs_dir, stop, console, ttl_s, poll_s)
-    with adopters, followers:
+    with ExitStack() as stack:
+        for follower in followers:
+            stack.enter_context(follower)
         while not stop.is_set():
-            ended = sum(counts.values()) + sum(followers.ended().values())
-            ended += sum(adopters.ended().values())
+            ended = sum(counts.values()) + sum(sum(f.ended().values()) for f in followers)
             if max_runs is not None and ended >= max_runs:
                 break
             # Also between runs, not only when idle: an orphan must be adopted within its
             # grace, and a busy queue must not keep its nodes.
             if time.monotonic() - last_reconcile >= min(ttl_s / 2, 5.0):
-                if adopters.scan():
+                if sum(f.scan() for f in followers):
                     idle_since = time.monotonic()
                 last_reconcile = time.monotonic()
             claim = leases.claim_next(store, holder, ttl_s)
             if claim is None:
-                if followers.active() or adopters.active():
+                if any(f.active() for f in followers):
                     idle_since = time.monotonic()
                 elif once or (
                     idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s
@@ -141,6 +118,7 @@ def run_worker(
             idle_since = time.monotonic()
             if once:
                 break
-    for status, n in [*followers.ended().items(), *adopters.ended().items()]:
-        counts[status] = counts.get(status, 0) + n
+    for follower in followers:
+        for status, n in follower.ended().items():
+            counts[status] = counts.get(status, 0) + n
     return counts

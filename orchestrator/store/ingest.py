@@ -18,8 +18,9 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 
 from orchestrator.errors import IngestError
 from orchestrator.monitor import device_memory_peak, sample_rows
-from orchestrator.runfolder import RunFolder
+from orchestrator.runs.folder import RunFolder
 from orchestrator.store import rows
+from orchestrator.store import status as run_status
 from orchestrator.store.bulk import insert_rows, insert_values
 from orchestrator.store.metrics import RunMetrics, aggregate
 from orchestrator.store.models import (
@@ -29,7 +30,6 @@ from orchestrator.store.models import (
     Run,
     RunEpoch,
     RunNode,
-    RunStatusChange,
 )
 
 _CHUNK = 500  # ids per IN (...) list, well below every backend's parameter limit
@@ -148,7 +148,7 @@ def write(
     kept_envs = _delete_children(conn, [p.folder.manifest.run_id for p in replaced])
     history = _insert_runs(conn, new_runs, now)
     history += _update_runs(conn, replaced, {k: v[0] for k, v in existing.items()}, now)
-    insert_rows(conn, RunStatusChange, history)
+    run_status.notes(conn, history)
     _insert_children(conn, new_runs + replaced, kept_envs, now)
     return summaries
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import IngestError
-from orchestrator.runfolder import RankFile, RunFolder
+from orchestrator.runs.folder import RankFile, RunFolder
 from workload.faster_rcnn.hparams import HPARAMS
 from workload.faster_rcnn.result_format import file_name
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -14,11 +13,11 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-import orchestrator
 from orchestrator.errors import SchemaOutOfDate, StoreError
+from orchestrator.resources import migrations_dir
 from orchestrator.store.engine import make_engine, parse_url, redact_url
 
-MIGRATIONS_DIR = Path(orchestrator.__file__).resolve().parents[1] / "migrations"
+MIGRATIONS_DIR = migrations_dir()  # orchestrator/_data/migrations when installed from a wheel
 UPGRADE_REMEDY = "run: orchestrator db upgrade"
 
 
@@ -35,7 +34,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     if not (MIGRATIONS_DIR / "env.py").is_file():
         raise StoreError(
             f"the migrations folder {MIGRATIONS_DIR} is missing",
-            "reinstall orchestrator from its repository (pip install -e .)",
+            "reinstall orchestrator: pip install . from its repository (pip install -e . to develop)",
         )
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -32,9 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from orchestrator.runfolder import RUN_STATUSES
-
-CAMPAIGN_STATUSES = ("queued", "running", "finished", "cancelled")
+from orchestrator.states import CAMPAIGN_STATUSES, RUN_STATUSES
 
 # Stable constraint names, so later migrations (batch mode on SQLite) can refer to them.
 NAMING_CONVENTION = {

@@ -318,3 +318,55 @@ def describe_ib(ports: Any) -> str | None:
     for (layer, rate), n in sorted(counts.items()):
         layers.setdefault(layer, []).append(f"{n} x {rate}")
     return "; ".join(f"{layer}, {', '.join(rates)}" for layer, rates in layers.items())
+
+
+# -- the run lifecycle's reads (attach, cancel, queue) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunBrief:
+    """What the commands that act on one run need to know of it first."""
+
+    run_id: str
+    status: str
+    backend: str
+    reason: str | None
+    slurm_job_id: str | None
+
+
+def run_brief(conn: Connection, run_id: str) -> RunBrief | None:
+    row = conn.execute(
+        select(Run.run_id, Run.status, Run.backend, Run.reason, Run.slurm_job_id).where(
+            Run.run_id == run_id
+        )
+    ).first()
+    if row is None:
+        return None
+    return RunBrief(row.run_id, row.status, row.backend, row.reason, row.slurm_job_id)
+
+
+@dataclass(frozen=True)
+class RunningRun:
+    run_id: str
+    topology: str
+    cluster: str
+    slurm_job_id: str | None
+    queued: bool  # it came through the queue (a stored request), not a foreground submit
+
+
+def running_runs(conn: Connection) -> list[RunningRun]:
+    """The running runs, oldest submission first (`orchestrator queue`)."""
+    rows = conn.execute(
+        select(
+            Run.run_id,
+            Run.topology,
+            Run.cluster,
+            Run.slurm_job_id,
+            Run.request.is_not(None).label("queued"),
+        )
+        .where(Run.status == "running")
+        .order_by(Run.submitted_at)
+    ).all()
+    return [
+        RunningRun(r.run_id, r.topology, r.cluster, r.slurm_job_id, bool(r.queued)) for r in rows
+    ]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from orchestrator.runfolder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
+from orchestrator.runs.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
 from orchestrator.store.engine import RawJson
 from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
 

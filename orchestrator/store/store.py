@@ -12,19 +12,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from orchestrator import states
 from orchestrator.errors import StoreError
-from orchestrator.runfolder import (
-    FINAL_STATUSES,
-    RUN_STATUSES,
-    RunFolder,
-    RunManifest,
-    read_run_folder,
-)
+from orchestrator.runs.folder import RunFolder, RunManifest, read_run_folder
+from orchestrator.states import RunStatus
 from orchestrator.store import ingest, rows
+from orchestrator.store import status as run_status
 from orchestrator.store.engine import READ_ONLY_OPTION, make_engine, parse_url, redact_url
 from orchestrator.store.ingest import RunSummary
 from orchestrator.store.migrate import check_revision, upgrade_store
-from orchestrator.store.models import Image, ImageWheel, Run, RunNode, RunStatusChange
+from orchestrator.store.models import Image, ImageWheel, Run, RunNode
 
 
 def _now() -> datetime:
@@ -86,24 +83,19 @@ class Store:
 
     def create_run(self, manifest: RunManifest, status: str = "running") -> None:
         """The provisional row of a run being submitted, its nodes and first history entry."""
-        _check_status(status)
         now = _now()
         row = rows.run_row(manifest, now)
-        row["status"] = status
+        row["status"] = _check_status(status)
         with self.transaction() as conn:
             if conn.scalar(select(Run.run_id).where(Run.run_id == manifest.run_id)) is not None:
                 raise StoreError(
                     f"run {manifest.run_id} is already in results store at {self.url}",
                     "use a new run id",
                 )
-            conn.execute(insert(Run), [row])
+            run_status.insert_run(conn, row, None, now)
             conn.execute(
                 insert(RunNode),
                 [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes],
-            )
-            conn.execute(
-                insert(RunStatusChange),
-                [{"run_id": manifest.run_id, "status": status, "reason": None, "at": now}],
             )
 
     def start_queued_run(self, manifest: RunManifest) -> None:
@@ -145,26 +137,13 @@ class Store:
         failure: dict[str, Any] | None = None,
     ) -> None:
         """Move a run to `status`; final statuses also stamp finished_at. Always adds history."""
-        _check_status(status)
-        now = _now()
+        status = _check_status(status)
         reason = reason or (str(failure["reason"]) if failure and failure.get("reason") else None)
-        values: dict[str, Any] = {"status": status, "reason": reason}
-        if failure is not None:
-            values["failure"] = failure
-        if status == "running":
-            values["started_at"] = now
-        elif status in FINAL_STATUSES:
-            values["finished_at"] = now
         with self.transaction() as conn:
-            done = conn.execute(update(Run).where(Run.run_id == run_id).values(values))
-            if done.rowcount == 0:
+            if not run_status.move(conn, run_id, status, reason=reason, failure=failure):
                 raise StoreError(
                     f"no run {run_id} in results store at {self.url}", "check the run id"
                 )
-            conn.execute(
-                insert(RunStatusChange),
-                [{"run_id": run_id, "status": status, "reason": reason, "at": now}],
-            )
 
     def record_environment(
         self, run_id: str, node_name: str, node_rank: int, env: dict[str, Any]
@@ -241,9 +220,13 @@ class Store:
             return ingest.write(conn, prepared)
 
 
-def _check_status(status: str) -> None:
-    if status not in RUN_STATUSES:
-        raise StoreError(f"unknown run status {status!r}", f"use one of {', '.join(RUN_STATUSES)}")
+def _check_status(status: str) -> RunStatus:
+    try:
+        return states.run_status(status)
+    except ValueError:
+        raise StoreError(
+            f"unknown run status {status!r}", f"use one of {', '.join(states.RUN_STATUSES)}"
+        ) from None
 
 
 def open_store(url: str, create: bool = False) -> Store:

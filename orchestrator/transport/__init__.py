@@ -21,7 +21,7 @@ from orchestrator.transport.base import (
     Transport,
     kill_process_group,
 )
-from orchestrator.transport.fanout import FanOutError, FanOutTimeout, NodeSession
+from orchestrator.transport.fanout import FanOutError, FanOutTimeout, GroupResult, NodeSession
 
 
 def connect(node: NodeSpec, ssh: SshSettings) -> Transport:
@@ -42,6 +42,7 @@ __all__ = [
     "CommandTimedOut",
     "FanOutError",
     "FanOutTimeout",
+    "GroupResult",
     "NodeSession",
     "NodeUnreachable",
     "RemoteProcess",

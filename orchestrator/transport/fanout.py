@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from orchestrator.errors import NodeError, OrchestratorError
@@ -58,6 +60,84 @@ def failure_reason(node: str, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+@dataclass(frozen=True, eq=False)
+class GroupResult(Mapping[str, T | BaseException]):
+    """What a fan-out got from every node (fabric's GroupResult): `succeeded` maps node ->
+    result, `failed` node -> the exception its call raised (a FanOutTimeout for a call past the
+    fan-out's timeout). As a mapping it is node -> result or exception, in the order the nodes
+    were given, and so are `succeeded` and `failed`. All three are read-only.
+
+        group = session.fan_out_results(fn, timeout=30, what="start")
+        procs = dict(group.succeeded)
+        group.raise_for_failures("start")  # `start failed on 1 of 3 nodes: n2: ...`
+    """
+
+    outcomes: Mapping[str, T | BaseException]
+    succeeded: Mapping[str, T] = field(init=False, repr=False)
+    failed: Mapping[str, BaseException] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        outcomes = dict(self.outcomes)
+        succeeded: dict[str, T] = {}
+        failed: dict[str, BaseException] = {}
+        for node, outcome in outcomes.items():
+            if isinstance(outcome, BaseException):
+                failed[node] = outcome
+            else:
+                succeeded[node] = outcome
+        object.__setattr__(self, "outcomes", MappingProxyType(outcomes))
+        object.__setattr__(self, "succeeded", MappingProxyType(succeeded))
+        object.__setattr__(self, "failed", MappingProxyType(failed))
+
+    def __getitem__(self, node: str) -> T | BaseException:
+        return self.outcomes[node]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.outcomes)
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+    def ok(self) -> bool:
+        """True when no node failed (also when there was no node)."""
+        return not self.failed
+
+    def reasons(
+        self, reason: Callable[[str, BaseException], str] = failure_reason
+    ) -> dict[str, str]:
+        """node -> one line saying why it failed, for every failed node, in order."""
+        return {node: reason(node, exc) for node, exc in self.failed.items()}
+
+    def recover(self, fallback: Callable[[str, BaseException], T]) -> dict[str, T]:
+        """node -> result for every node, in order; `fallback(node, exception)` stands in for
+        the result of a node that failed."""
+        return {
+            node: fallback(node, outcome) if isinstance(outcome, BaseException) else outcome
+            for node, outcome in self.outcomes.items()
+        }
+
+    def error(self, what: str) -> FanOutError[T] | None:
+        """The one error naming every failed node with its reason, remedies merged
+        (`what failed on k of n nodes: node: reason; ...`), carrying `.errors` and the other
+        nodes' `.results`; None when no node failed."""
+        if not self.failed:
+            return None
+        return FanOutError(what, len(self.outcomes), dict(self.failed), dict(self.succeeded))
+
+    def raise_interrupts(self) -> None:
+        """Re-raise, as it is, a KeyboardInterrupt or SystemExit that a node's call raised."""
+        for exc in self.failed.values():
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise exc
+
+    def raise_for_failures(self, what: str) -> None:
+        """Raise `error(what)` if any node failed (after `raise_interrupts`)."""
+        self.raise_interrupts()
+        error = self.error(what)
+        if error is not None:
+            raise error
+
+
 def fan_out_calls(
     items: Mapping[str, K],
     fn: Callable[[K], T],
@@ -65,7 +145,7 @@ def fan_out_calls(
     timeout: float,
     what: str,
     on_late: Callable[[T], object] | None = None,
-) -> dict[str, T | BaseException]:
+) -> GroupResult[T]:
     """Call fn(item) for every item in its own thread, wait for all (up to `timeout` seconds
     from the start), and return each key's result or exception, in the items' order. A call
     still running at the deadline counts as a FanOutTimeout; its thread is left to finish on
@@ -107,20 +187,7 @@ def fan_out_calls(
             ordered[key] = FanOutTimeout(
                 f"{what} timed out", {key: f"{what} did not finish within {timeout:g}s"}
             )
-    return ordered
-
-
-def results_or_raise(what: str, outcomes: Mapping[str, T | BaseException]) -> dict[str, T]:
-    """The results if every node succeeded, else one FanOutError for all the failures.
-    KeyboardInterrupt and SystemExit from a node are re-raised as they are."""
-    errors = {k: v for k, v in outcomes.items() if isinstance(v, BaseException)}
-    for exc in errors.values():
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise exc
-    results = {k: v for k, v in outcomes.items() if not isinstance(v, BaseException)}
-    if errors:
-        raise FanOutError(what, len(outcomes), errors, results)
-    return results
+    return GroupResult(ordered)
 
 
 class NodeSession:
@@ -131,7 +198,8 @@ class NodeSession:
             session.fan_out(lambda t: t.run(["nproc"]), timeout=30, what="counting CPUs")
 
     With `require_all=False` the session opens whatever it can: `transports` has the nodes
-    that answered and `connect_failures` the reasons of the others (for `doctor`).
+    that answered and `connect_failures` the reasons of the others (for `doctor`);
+    `connected` is the connect's GroupResult.
     """
 
     def __init__(
@@ -152,7 +220,7 @@ class NodeSession:
         self.require_all = require_all
         self.transports: dict[str, Transport] = {}
         self.connect_failures: dict[str, str] = {}
-        self.connect_errors: dict[str, BaseException] = {}
+        self.connected: GroupResult[Transport] = GroupResult({})  # every node's connect
         #: node (or "jump host ...") -> SHA256 fingerprint of each host key accepted and
         #: recorded while connecting (accept_new_host_keys); the run stores them.
         self.accepted_new_host_keys: dict[str, str] = {}
@@ -165,14 +233,9 @@ class NodeSession:
             return self
         self._opened = True
         try:
-            outcomes = self._connect_all()
-            self.transports = {k: v for k, v in outcomes.items() if isinstance(v, Transport)}
-            self.connect_errors = {
-                k: v for k, v in outcomes.items() if isinstance(v, BaseException)
-            }
-            self.connect_failures = {
-                k: failure_reason(k, v) for k, v in self.connect_errors.items()
-            }
+            self.connected = self._connect_all()
+            self.transports = dict(self.connected.succeeded)
+            self.connect_failures = self.connected.reasons()
             for name, transport in self.transports.items():
                 if transport.accepted_new_host_key:
                     self.accepted_new_host_keys[name] = transport.accepted_new_host_key
@@ -180,12 +243,10 @@ class NodeSession:
                 self.accepted_new_host_keys[f"jump host {self._jump.label}"] = (
                     self._jump.accepted_new_host_key
                 )
-            for exc in self.connect_errors.values():
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise exc
-            error = self.connect_error()
-            if self.require_all and error is not None:
-                raise error
+            if self.require_all:
+                self.connected.raise_for_failures("connect")
+            else:
+                self.connected.raise_interrupts()
         except BaseException:
             self.close()
             raise
@@ -195,11 +256,9 @@ class NodeSession:
         """The one error naming every node that could not be connected, with the remedies
         (`connect failed on k of n nodes: node: reason (remedy)`): what `open` raises when
         all are required, and what `doctor` prints under its report; None if all answered."""
-        if not self.connect_errors:
-            return None
-        return FanOutError("connect", len(self.nodes), self.connect_errors, self.transports)
+        return self.connected.error("connect")
 
-    def _connect_all(self) -> dict[str, Transport | BaseException]:
+    def _connect_all(self) -> GroupResult[Transport]:
         from orchestrator.transport.local import LocalTransport
 
         remote = [n for n in self.nodes if not n.is_local]
@@ -220,7 +279,7 @@ class NodeSession:
                     failed: dict[str, Transport | BaseException] = {}
                     for node in self.nodes:
                         failed[node.name] = LocalTransport(node, self.ssh) if node.is_local else exc
-                    return failed
+                    return GroupResult(failed)
 
         def open_one(node: NodeSpec) -> Transport:
             if node.is_local:
@@ -230,26 +289,28 @@ class NodeSession:
             )
 
         # Each connect is bounded by its own watchdog; the margin only guards against bugs.
-        outcomes: dict[str, Transport | BaseException] = fan_out_calls(
+        return fan_out_calls(
             {n.name: n for n in self.nodes},
             open_one,
             timeout=self.connect_timeout + 5.0,
             what="connect",
             on_late=lambda transport: transport.close(),
         )
-        return outcomes
 
     def fan_out(self, fn: Callable[[Transport], T], *, timeout: float, what: str) -> dict[str, T]:
         """fn(transport) on every node in parallel; waits for all (each up to `timeout`
         seconds), then returns node -> result, or raises ONE FanOutError
         (`what failed on k of n nodes: node: reason; ...`) carrying `.results` of the nodes
         that succeeded and `.errors` with each failure's exception."""
-        return results_or_raise(what, self.fan_out_results(fn, timeout=timeout, what=what))
+        group = self.fan_out_results(fn, timeout=timeout, what=what)
+        group.raise_for_failures(what)
+        return dict(group.succeeded)
 
     def fan_out_results(
         self, fn: Callable[[Transport], T], *, timeout: float, what: str
-    ) -> dict[str, T | BaseException]:
-        """Like `fan_out`, without raising: node -> result or the exception it raised."""
+    ) -> GroupResult[T]:
+        """Like `fan_out`, without raising: every node's result or exception, in the nodes'
+        order (`.succeeded`, `.failed`, `.raise_for_failures(what)`)."""
         if not self._opened:
             self.open()
         return fan_out_calls(self.transports, fn, timeout=timeout, what=what)

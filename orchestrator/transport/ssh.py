@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import paramiko
 
@@ -37,8 +37,12 @@ from orchestrator.transport.base import (
     node_error,
 )
 
-if TYPE_CHECKING:
-    from orchestrator.transport.connection import JumpHost
+
+class Closable(Protocol):
+    """What a transport needs of the jump host it owns (transport/connection.JumpHost)."""
+
+    def close(self) -> None: ...
+
 
 _READ_SIZE = 1 << 16
 _KILL_TIMEOUT_S = 10.0
@@ -54,7 +58,7 @@ class SshTransport(Transport):
         settings: SshSettings,
         client: paramiko.SSHClient,
         accepted_new_host_key: str | None = None,
-        owned_jump: JumpHost | None = None,  # a jump host opened for this node alone
+        owned_jump: Closable | None = None,  # a jump host opened for this node alone
     ) -> None:
         self.node = node
         self.settings = settings

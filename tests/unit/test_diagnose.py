@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from orchestrator.launch import diagnose
+from orchestrator.runs.failure import diagnose
 
 LOG = Path(__file__).resolve().parents[1] / "fixtures" / "logs" / "torchrun-diverged.log"
 

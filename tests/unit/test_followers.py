@@ -1,7 +1,7 @@
 """A foreground run's follower on SQLite and the pure parts of adoption: one transaction takes
 the row and the node leases (or refuses naming the holder), expiry makes an orphan, one adopter
 takes it, the grace decides when it is settled, and how an adopted run's ending is decided from
-its nodes' states (orchestrator/queue/leases.py, queue/adoption.py, guard.py)."""
+its nodes' states (orchestrator/queue/leases.py, backends/ssh/adoption.py, backends/ssh/guard.py)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,19 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.guard import (
+from orchestrator.backends.ssh import adoption
+from orchestrator.backends.ssh.guard import (
     NodeState,
     guard_grace_s,
     heartbeat_every_s,
     parse_state,
 )
-from orchestrator.launch import Execution, Failure, utcnow
-from orchestrator.queue import adoption, leases
-from orchestrator.runfolder import load_manifest
+from orchestrator.backends.ssh.launch import Execution
+from orchestrator.errors import ConfigError
+from orchestrator.queue import leases
+from orchestrator.runs.failure import Failure
+from orchestrator.runs.folder import load_manifest
+from orchestrator.runs.lifecycle import utcnow
 from orchestrator.store.models import NodeLease
 from tests.support.store_fixtures import RUN_2X8
 
@@ -129,9 +132,10 @@ def test_node_state_lines_parse_into_exit_code_liveness_abandonment_and_log() ->
 
 
 def _adoptee(tmp_path: Path) -> adoption.Adoptee:
+    from orchestrator.backends.ssh.submit import make_plan
     from orchestrator.config import embedded_default
+    from orchestrator.runs.lifecycle import SubmitRequest
     from orchestrator.specs import Topology
-    from orchestrator.submit import SubmitRequest, make_plan
 
     req = SubmitRequest(topology=Topology(1, 1))
     plan = make_plan(embedded_default(), req, run_id="r1")

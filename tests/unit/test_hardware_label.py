@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from orchestrator.backends.ssh.submit import make_plan, ssh_manifest
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import load_profile
-from orchestrator.runfolder import load_manifest
+from orchestrator.runs.folder import load_manifest
+from orchestrator.runs.lifecycle import SubmitRequest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
 from orchestrator.store.queries import Selection, environment
-from orchestrator.submit import SubmitRequest, make_plan, manifest_for
 from tests.support.store_fixtures import RUN_2X8
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,14 +87,14 @@ def test_a_run_planned_for_a_profile_records_its_label_as_hardware_label() -> No
     req = SubmitRequest(topology=Topology(1, 8))
     plan = make_plan(_cluster("metax-c500"), req, run_id="r1")
     assert plan.hardware_label == "MetaX C500 64G"
-    manifest = manifest_for(plan, req, "running", submitted_at=None, started_at=None)
+    manifest = ssh_manifest(plan, req, "running", submitted_at=None, started_at=None)
     assert manifest.hardware_label == "MetaX C500 64G"
     assert make_plan(_cluster("cpu"), req, run_id="r2").hardware_label == "cpu"
     assert "MetaX C500 64G" not in plan.render()  # the dry-run text stays as it was
 
 
 def test_a_slurm_run_records_the_label_too() -> None:
-    from orchestrator.slurm.execute import make_slurm_plan
+    from orchestrator.backends.slurm.execute import make_slurm_plan
 
     plan = make_slurm_plan(_cluster("nvidia", "slurm"), SubmitRequest(Topology(2, 8)), "r3")
     assert plan.hardware_label == "NVIDIA GPU"

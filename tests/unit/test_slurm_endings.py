@@ -1,4 +1,4 @@
-"""Slurm's final job states -> the run's status and reason (orchestrator.slurm.execute._ending),
+"""Slurm's final job states -> the run's status and reason (orchestrator.backends.slurm.execute._ending),
 and the held submit of detached runs (pure logic)."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.slurm.commands import JobState
+from orchestrator.backends.slurm.detached import held_argv
+from orchestrator.backends.slurm.execute import _ending
+from orchestrator.backends.slurm.script import NodeSlot, SlurmPlan, build_slurm_plan
 from orchestrator.plan import make_job
-from orchestrator.slurm.commands import JobState
-from orchestrator.slurm.detached import held_argv
-from orchestrator.slurm.execute import _ending
-from orchestrator.slurm.script import NodeSlot, SlurmPlan, build_slurm_plan
-from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import ClusterSpec, Topology
 
 
@@ -83,7 +83,7 @@ def test_a_job_that_wrote_nothing_points_at_the_shared_folder(tmp_path: Path) ->
 
 
 def test_a_job_slurm_has_forgotten_ends_as_its_exit_file_says(tmp_path: Path) -> None:
-    from orchestrator.slurm.execute import _state_from_exit_file
+    from orchestrator.backends.slurm.execute import _state_from_exit_file
 
     plan = SlurmPlan(**{**_plan().__dict__, "run_dir": str(tmp_path), "nodes": ()})
     assert _state_from_exit_file(plan, "7", tmp_path) is None  # no file: nothing is known
@@ -99,7 +99,7 @@ def test_a_job_slurm_has_forgotten_ends_as_its_exit_file_says(tmp_path: Path) ->
 
 
 def test_one_squeue_line_per_job_gives_state_reason_nodes_and_comment() -> None:
-    from orchestrator.slurm.board import parse_squeue
+    from orchestrator.backends.slurm.board import parse_squeue
 
     states = parse_squeue(
         "12|PENDING|Priority|(null)|(null)\n"

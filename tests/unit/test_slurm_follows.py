@@ -1,4 +1,4 @@
-"""The store side of detached Slurm runs (orchestrator/slurm/follows.py) on SQLite: which runs
+"""The store side of detached Slurm runs (orchestrator/backends/slurm/follows.py) on SQLite: which runs
 need a follower, one follower per run, renewal, take-over after expiry."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.runfolder import load_manifest
-from orchestrator.slurm import follows
+from orchestrator.backends.slurm import follows
+from orchestrator.runs.folder import load_manifest
 from tests.support.store_fixtures import RUN_2X8
 
 

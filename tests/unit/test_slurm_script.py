@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.slurm.execute import make_slurm_plan
+from orchestrator.backends.slurm.script import build_slurm_plan, sbatch_directives
 from orchestrator.errors import ConfigError
 from orchestrator.plan import make_job
-from orchestrator.slurm.execute import make_slurm_plan
-from orchestrator.slurm.script import build_slurm_plan, sbatch_directives
-from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.runs.lifecycle import SubmitRequest
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import CaseSettings, ClusterSpec, Topology
-from orchestrator.submit import SubmitRequest
 from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.slurm import commands
 from orchestrator.config import load_cluster, parse_cluster
 from orchestrator.errors import ConfigError
-from orchestrator.slurm import commands
-from orchestrator.slurm.settings import SlurmSettings, parse_slurm_table
+from orchestrator.slurm_settings import SlurmSettings, parse_slurm_table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,9 +105,9 @@ def test_backend_option_overrides_the_cluster_file_and_dry_run_prints_the_script
 
 
 def test_unwritable_shared_dir_is_a_typed_error_naming_the_key(tmp_path: Path) -> None:
+    from orchestrator.backends.slurm.execute import stage
+    from orchestrator.backends.slurm.script import build_slurm_plan
     from orchestrator.plan import make_job
-    from orchestrator.slurm.execute import stage
-    from orchestrator.slurm.script import build_slurm_plan
     from orchestrator.specs import ClusterSpec, Topology
 
     blocker = tmp_path / "file"

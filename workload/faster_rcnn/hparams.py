@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ConfigError
+from .result_format import PRECISIONS
 
 # key -> (kind, reference default, minimum or None). Kinds: int, float, bool, int_list,
 # opt_int / opt_float (null allowed: `none`), precision. Defaults are FlagPerf's faster_rcnn case
@@ -40,7 +41,6 @@ HPARAMS: Dict[str, Tuple[str, Any, Optional[float]]] = {
     "fp16_loss_scale": ("float", 1024.0, 0),
 }
 
-PRECISIONS = ("fp32", "amp", "fp16")
 _EXAMPLES = {
     "int": "8",
     "opt_int": "8 (or none)",

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from orchestrator import monitor
+from orchestrator.backends.slurm import nodelocal
 from orchestrator.plan import WORKLOAD_MODULE, workload_args
-from orchestrator.slurm import nodelocal
-from orchestrator.slurm.settings import SlurmSettings
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import JobSpec
+from orchestrator.states import Runtime
 
 PROBE_FILE = "node_probe.py"  # staged next to the workload source under shared_dir
 PROBE_CHECK_FILE = "probe_check.py"  # fails the job when a node's probe failed a check
@@ -55,7 +56,7 @@ class SlurmPlan:
     script: str
     sbatch_argv: tuple[str, ...]
     master_port: int
-    runtime: str  # 'host', or 'docker' for a pyxis container
+    runtime: Runtime  # 'host', or 'docker' for a pyxis container
     image: str | None = None
     image_id: str | None = None
     hardware_label: str | None = None
@@ -100,7 +101,7 @@ def slurm_env(
 
 
 def probe_args(job: JobSpec, settings: SlurmSettings, smi: str | None) -> dict[str, object]:
-    """The node probe's input (as orchestrator.preflight.probe_args, for Slurm's nodes)."""
+    """The node probe's input for the nodes of a Slurm job (the same keys the SSH preflight sends)."""
     return {
         "nproc": job.topology.nproc_per_node,
         "data_dir": job.cluster.case.data_dir,

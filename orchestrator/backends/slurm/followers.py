@@ -9,18 +9,20 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from orchestrator.backends.slurm import follows
+from orchestrator.backends.slurm.board import StateBoard
 from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
-from orchestrator.queue.worker import LeaseKeeper, request_from_doc
-from orchestrator.slurm import follows
-from orchestrator.slurm.board import StateBoard
+from orchestrator.queue.keeper import LeaseKeeper
+from orchestrator.runs.lifecycle import request_from_doc
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.slurm.follows import Unfollowed
+    from orchestrator.backends.slurm.follows import Unfollowed
+    from orchestrator.store import Store
 
 
 class SlurmFollowers:
@@ -28,7 +30,7 @@ class SlurmFollowers:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         holder: str,
         runs_dir: Path,
         worker_stop: threading.Event,
@@ -63,9 +65,13 @@ class SlurmFollowers:
         with self._lock:
             return dict(self.counts)
 
-    def active(self) -> int:
+    def active(self) -> bool:
         with self._lock:
-            return sum(1 for t in self._threads.values() if t.is_alive())
+            return any(t.is_alive() for t in self._threads.values())
+
+    def scan(self) -> int:
+        """The worker's periodic look: this class polls in its own thread (see _loop)."""
+        return 0
 
     def _loop(self) -> None:
         while not self._done.wait(self.poll_s):
@@ -111,7 +117,7 @@ class SlurmFollowers:
     def _can_follow(self, item: Unfollowed) -> bool:
         """A worker without Slurm's commands or the shared folder must leave the run to one
         that has them, not fail it."""
-        from orchestrator.slurm.execute import settings_of
+        from orchestrator.backends.slurm.execute import settings_of
 
         problem = None
         if shutil.which("scontrol") is None:
@@ -132,7 +138,7 @@ class SlurmFollowers:
         return problem is None
 
     def _follow(self, item: Unfollowed) -> None:
-        from orchestrator.slurm.execute import follow, make_slurm_plan
+        from orchestrator.backends.slurm.execute import follow, make_slurm_plan
 
         doc = item.request
         status = "detached"
@@ -194,7 +200,7 @@ class SlurmFollowers:
                     self.counts[status] = self.counts.get(status, 0) + 1
 
     def _end_unplannable(self, item: Unfollowed, exc: OrchestratorError) -> None:
-        from orchestrator.slurm import commands
+        from orchestrator.backends.slurm import commands
 
         commands.scancel_quietly(item.job_id)
         reason = f"cannot follow slurm job {item.job_id}: {exc.one_line()} (scancel)"

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.backends.ssh.preflight import NodeReport, probe_all
 from orchestrator.plan import make_job
-from orchestrator.preflight import NodeReport, probe_all
 from orchestrator.specs import ClusterSpec, Topology, pick_nodes
 
 

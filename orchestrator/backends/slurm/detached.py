@@ -9,9 +9,9 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from orchestrator.slurm import commands
-from orchestrator.slurm.execute import stage
-from orchestrator.slurm.script import SlurmPlan
+from orchestrator.backends.slurm import commands
+from orchestrator.backends.slurm.execute import stage
+from orchestrator.backends.slurm.script import SlurmPlan
 
 
 def held_argv(plan: SlurmPlan) -> tuple[str, ...]:

@@ -8,19 +8,40 @@ import subprocess
 from dataclasses import dataclass
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.states import RunStatus, is_final
 
 CALL_TIMEOUT_S = 60.0
-FINAL_STATES = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
+# Slurm's job states (squeue/sacct, the part before any '+') -> the run's status: one table, as
+# TorchX's SLURM_STATES. 'queued': Slurm has not started the job; 'running': it runs (or ends
+# its steps); a final status: the job has ended, and how the run ends (failed runs are then
+# diagnosed from the node logs). A state missing here is treated as running.
+SLURM_STATES: dict[str, RunStatus] = {
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "REQUEUE_HOLD": "queued",
+    "REQUEUE_FED": "queued",
+    "CONFIGURING": "queued",  # nodes are booting: the job has not started
+    "RESV_DEL_HOLD": "queued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "SUSPENDED": "running",
+    "STOPPED": "running",
+    "SIGNALING": "running",
+    "STAGE_OUT": "running",
+    "RESIZING": "running",
+    "COMPLETED": "succeeded",
+    "CANCELLED": "cancelled",
+    "FAILED": "failed",
+    "TIMEOUT": "failed",
+    "NODE_FAIL": "failed",
+    "PREEMPTED": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+    "REVOKED": "failed",
+    "SPECIAL_EXIT": "failed",
 }
+FINAL_STATES = frozenset(s for s, status in SLURM_STATES.items() if is_final(status))
 
 
 class SlurmError(OrchestratorError):
@@ -41,6 +62,11 @@ class JobState:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def run_status(self) -> RunStatus:
+        """What this state means for the run (SLURM_STATES; an unknown state: running)."""
+        return SLURM_STATES.get(self.state, "running")
 
 
 def call(argv: list[str], timeout: float = CALL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:

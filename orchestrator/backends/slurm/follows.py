@@ -9,16 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.queue import leases
 from orchestrator.queue.leases import now_utc
-from orchestrator.runfolder import RunManifest
+from orchestrator.runs.folder import RunManifest
 from orchestrator.store import rows
-from orchestrator.store.models import Campaign, Run, RunNode, RunStatusChange, SlurmFollow
+from orchestrator.store import status as run_status
+from orchestrator.store.models import Campaign, Run, RunNode, SlurmFollow
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
 
 
 def insert_submitted(
@@ -29,14 +33,9 @@ def insert_submitted(
     now = now_utc()
     row = rows.run_row(manifest, now)
     row.update(status="running", request=request, submitted_at=now, slurm_job_id=job_id)
-    conn.execute(insert(Run), [row])
+    run_status.insert_run(conn, row, f"slurm job {job_id} submitted; Slurm queues it", now)
     conn.execute(
         insert(RunNode), [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes]
-    )
-    reason = f"slurm job {job_id} submitted; Slurm queues it"
-    conn.execute(
-        insert(RunStatusChange),
-        [{"run_id": manifest.run_id, "status": "running", "reason": reason, "at": now}],
     )
     campaign = request.get("campaign_id")
     if campaign:
@@ -48,7 +47,7 @@ def insert_submitted(
 
 
 def record_followed(
-    store: Any, run_id: str, job_id: str, request: dict[str, Any], holder: str, ttl_s: float
+    store: Store, run_id: str, job_id: str, request: dict[str, Any], holder: str, ttl_s: float
 ) -> None:
     """A foreground `submit` that just sbatched its job: the job id, the request a worker needs
     should this process die, and this process's follow row, in one transaction (so no worker
@@ -82,7 +81,7 @@ class Unfollowed:
     cancel_requested_at: datetime | None
 
 
-def unfollowed(store: Any, now: datetime | None = None) -> list[Unfollowed]:
+def unfollowed(store: Store, now: datetime | None = None) -> list[Unfollowed]:
     """Running Slurm runs with a stored request that no live worker follows, oldest first."""
     now = now or now_utc()
     live = exists().where(and_(SlurmFollow.run_id == Run.run_id, SlurmFollow.expires_at > now))
@@ -108,7 +107,7 @@ def unfollowed(store: Any, now: datetime | None = None) -> list[Unfollowed]:
         return [Unfollowed(*row) for row in conn.execute(query).all()]
 
 
-def adopt(store: Any, run_id: str, job_id: str, holder: str, ttl_s: float) -> bool:
+def adopt(store: Store, run_id: str, job_id: str, holder: str, ttl_s: float) -> bool:
     """Become the run's follower: take an expired follow row over, or insert the first one.
     False when another worker follows it (or took it first) or the run ended meanwhile."""
     now = now_utc()
@@ -142,12 +141,12 @@ def adopt(store: Any, run_id: str, job_id: str, holder: str, ttl_s: float) -> bo
     return True
 
 
-def renew(store: Any, run_id: str, holder: str, ttl_s: float) -> tuple[int, bool]:
+def renew(store: Store, run_id: str, holder: str, ttl_s: float) -> tuple[int, bool]:
     """Push this worker's follow row out by ttl; returns (rows still held, cancel requested)."""
     return leases.renew(store, run_id, holder, ttl_s, table=SlurmFollow)
 
 
-def release(store: Any, run_id: str, holder: str) -> None:
+def release(store: Store, run_id: str, holder: str) -> None:
     with store.transaction() as conn:
         conn.execute(
             delete(SlurmFollow).where(SlurmFollow.run_id == run_id, SlurmFollow.holder == holder)

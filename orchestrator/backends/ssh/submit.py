@@ -4,71 +4,50 @@ Ctrl-C, leaves the run row final, the run folder written, and nothing running on
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
 import threading
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import __version__
-from orchestrator.errors import NodeError, OrchestratorError, RunCancelled, RunFailed
-from orchestrator.guard import Heartbeat, guard_grace_s, heartbeat_every_s, start_guards
-from orchestrator.launch import Execution, Failure, Watch, collect, stage, utcnow, write_json
+from orchestrator.backends.ssh.guard import (
+    Heartbeat,
+    guard_grace_s,
+    heartbeat_every_s,
+    start_guards,
+)
+from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
+from orchestrator.backends.ssh.preflight import run_preflight
+from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.plan import Plan, build_plan, make_job, new_run_id
-from orchestrator.preflight import run_preflight
-from orchestrator.progress import ProgressView
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
-from orchestrator.runfolder import ImageRef, NodeRef, RunManifest, write_manifest
-from orchestrator.specs import ClusterSpec, Topology, pick_nodes
+from orchestrator.runs.failure import Failure
+from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest
+from orchestrator.runs.lifecycle import (
+    Outcome,
+    PhaseClock,
+    SubmitRequest,
+    follower_id,
+    manifest_for,
+    publish_run,
+    submitter,
+    utcnow,
+    write_json,
+)
+from orchestrator.runs.progress import ProgressView
+from orchestrator.specs import ClusterSpec, pick_nodes
+from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.store import Store
-    from orchestrator.store.ingest import RunSummary
 
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
 COLLECT_TIMEOUT_S = 300.0
-
-
-@dataclass(frozen=True)
-class SubmitRequest:
-    topology: Topology
-    node_names: tuple[str, ...] | None = None
-    precision: str = "fp32"
-    sets: tuple[tuple[str, str], ...] = ()
-    timeout_s: float | None = None
-    no_progress_timeout_s: float | None = None
-    command: str = ""
-    campaign_id: str | None = None
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    status: str
-    run_dir: Path
-    failure: Failure | None
-    summary: RunSummary | None
-
-
-def submitter() -> str:
-    try:
-        return f"{getpass.getuser()}@{socket.gethostname()}"
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def follower_id() -> str:
-    """Who follows a foreground run, as its leases and messages name it."""
-    return f"submit {submitter()} pid {os.getpid()}"
 
 
 def make_plan(
@@ -141,30 +120,17 @@ def _expected_image(cluster: ClusterSpec) -> tuple[str, tuple[str, ...]]:
     return spec.tag, ("image tag before the build host resolves the base image's id",)
 
 
-def manifest_for(plan: Plan, req: SubmitRequest, status: str, **extra: Any) -> RunManifest:
-    job = plan.job
-    return RunManifest(
-        run_id=job.run_id,
-        case=job.case,
-        vendor=job.cluster.vendor,
-        hardware_label=plan.hardware_label,
-        cluster=job.cluster.name,
+def ssh_manifest(plan: Plan, req: SubmitRequest, status: RunStatus, **extra: Any) -> RunManifest:
+    """The manifest of a run on the SSH backend: its planned nodes and image."""
+    return manifest_for(
+        plan.job,
+        req,
+        status,
         backend="ssh",
         runtime=plan.runtime,
-        topology=str(job.topology),
-        nnodes=job.topology.nnodes,
-        nproc_per_node=job.topology.nproc_per_node,
-        precision=job.precision,
-        hparams=dict(job.hparams),
-        config_name=job.cluster.case.config_name,
-        submitted_by=job.submitted_by,
-        submitted_at=extra.pop("submitted_at"),
-        status=status,
-        nodes=tuple(NodeRef(n.node.name, n.node.address, n.node_rank) for n in plan.nodes),
+        nodes=[NodeRef(n.node.name, n.node.address, n.node_rank) for n in plan.nodes],
         image=ImageRef(plan.image, plan.image_id) if plan.image else None,
-        campaign_id=req.campaign_id,
-        command=req.command,
-        orchestrator_version=__version__,
+        hardware_label=plan.hardware_label,
         **extra,
     )
 
@@ -186,7 +152,7 @@ def execute(
     job = plan.job
     run_dir = runs_dir / job.run_id
     submitted_at = queued_at or utcnow()
-    manifest = manifest_for(plan, req, "running", submitted_at=submitted_at)
+    manifest = ssh_manifest(plan, req, "running", submitted_at=submitted_at)
     ttl = follower_ttl_s(job.cluster.follower_grace_s)
     if queued_at is not None:
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -225,7 +191,7 @@ def _execute(
     started_at = None
     execution: Execution | None = None
     failure: Failure | None = None
-    status = "failed"
+    status: RunStatus = "failed"
     ssh = job.cluster.ssh
     phases = PhaseClock()
     grace = job.cluster.follower_grace_s
@@ -309,14 +275,14 @@ def _finalize(
     req: SubmitRequest,
     run_dir: Path,
     store: Store,
-    status: str,
+    status: RunStatus,
     failure: Failure | None,
     submitted_at: datetime,
     started_at: datetime | None,
 ) -> Outcome:
     """Write the manifest and publish the folder; if the files are rejected, the row still ends
     with a final status and the reason."""
-    manifest = manifest_for(
+    manifest = ssh_manifest(
         plan,
         req,
         status,
@@ -326,30 +292,6 @@ def _finalize(
         failure=failure.as_dict() if failure else None,
     )
     return publish_run(manifest, run_dir, store, failure)
-
-
-def publish_run(
-    manifest: RunManifest, run_dir: Path, store: Store, failure: Failure | None
-) -> Outcome:
-    """Write the final manifest and publish the folder (any backend). If the store rejects
-    the files, the row still ends with a final status and the reason."""
-    status = manifest.status
-    write_manifest(run_dir / "manifest.json", manifest)
-    summary = None
-    try:
-        summary = store.publish(run_dir)
-    except OrchestratorError as exc:
-        if status == "succeeded":
-            status, failure = "failed", Failure(f"results rejected: {exc.one_line()}")
-        reason = failure.reason if failure else exc.one_line()
-        store.set_status(
-            manifest.run_id, status, reason=reason, failure=failure.as_dict() if failure else None
-        )
-        write_manifest(
-            run_dir / "manifest.json",
-            replace(manifest, status=status, failure=failure.as_dict() if failure else None),
-        )
-    return Outcome(manifest.run_id, status, run_dir, failure, summary)
 
 
 def _with_image(
@@ -388,25 +330,6 @@ def container_cleanup(plan: Plan) -> Any:
     return cleanup
 
 
-class PhaseClock:
-    """Seconds spent in each phase of a submission (runs/RUN/timings.json): where the
-    orchestrator's own overhead goes, next to the workload's lifetime."""
-
-    def __init__(self) -> None:
-        self.t0 = self.last = time.monotonic()
-        self.phases: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
-        self.phases[name] = round(now - self.last, 4)
-        self.last = now
-
-    def as_dict(self) -> dict[str, float]:
-        total = round(time.monotonic() - self.t0, 4)
-        overhead = round(total - self.phases.get("workload", 0.0), 4)
-        return {**self.phases, "total": total, "overhead": overhead}
-
-
 class _Cancelled(Exception):
     pass
 
@@ -414,18 +337,3 @@ class _Cancelled(Exception):
 def _check_stop(stop: threading.Event) -> None:
     if stop.is_set():
         raise _Cancelled()
-
-
-def raise_for(outcome: Outcome) -> None:
-    """Exit status of a submission: 0 only for a succeeded run."""
-    if outcome.status == "succeeded":
-        return
-    reason = outcome.failure.reason if outcome.failure else "unknown reason"
-    if outcome.status == "cancelled":
-        raise RunCancelled(
-            f"run {outcome.run_id} cancelled: {reason}", f"run folder {outcome.run_dir}"
-        )
-    raise RunFailed(
-        f"run {outcome.run_id} {outcome.status}: {reason}",
-        f"logs in {outcome.run_dir / 'logs'}; `orchestrator runs show {outcome.run_id}`",
-    )

@@ -1,57 +1,43 @@
 """Executes a Plan on its nodes: stage, start torchrun everywhere at once, watch, stop
 everything on any ending, collect the run folder. Side effects go through the transport layer;
-the store is touched only by the caller (orchestrator.submit)."""
+the store is touched only by the caller (orchestrator.backends.ssh.submit)."""
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 from orchestrator import monitor
-from orchestrator.guard import run_env
-from orchestrator.progress import ProgressView, parse_event
+from orchestrator.backends.ssh.guard import run_env
+from orchestrator.runs.failure import Failure, diagnose
+from orchestrator.runs.lifecycle import utcnow
+from orchestrator.runs.progress import ProgressView, parse_event
 from orchestrator.workload_source import workload_files
 
 if TYPE_CHECKING:
     from orchestrator.plan import NodePlan, Plan
     from orchestrator.transport import NodeSession, RemoteProcess, Transport
 
+# How the watch of a run ended: a final status, or 'detached' (another follower took it over).
+Ending = Literal["succeeded", "failed", "cancelled", "detached"]
 POLL_S = 0.2
 TAIL_LINES = 300  # enough to hold torchrun's whole failure summary
 KILL_GRACE_S = 5.0
 
 
 @dataclass
-class Failure:
-    reason: str
-    node: str | None = None
-    rank: int | None = None
-    exit_code: int | None = None
-    log_tail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
 class Execution:
-    status: str  # succeeded | failed | cancelled | detached (another follower has the run)
+    status: Ending  # detached: another follower has the run
     started_at: datetime
     finished_at: datetime
     failure: Failure | None = None
     exit_codes: dict[str, int | None] = field(default_factory=dict)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
@@ -74,58 +60,6 @@ def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
         t.write_text(marker, "")
 
     session.fan_out(one, timeout=timeout, what="staging")
-
-
-_ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
-_TRACEBACK = re.compile(r"traceback\s*:\s*(.+)")
-# The workload's own one-line account of a failed rank (workload/faster_rcnn/runner.py).
-_RANK_FAILED = re.compile(r"^\[faster_rcnn\] rank (\d+) failed: (.+)$")
-
-
-def _traceback_cause(lines: list[str]) -> str:
-    """The exception line that ends the first traceback after torchrun's root cause."""
-    last = ""
-    for line in lines:
-        text = line.strip()
-        if not text or text.startswith("===") or text.startswith("---"):
-            if last:
-                break
-            continue
-        last = text
-    return last
-
-
-def diagnose(node: str, exit_code: int | None, tail: list[str]) -> Failure:
-    """Name the rank and cause: the workload's own message for the rank when it printed one,
-    else the end of the traceback in torchrun's failure summary, else the last error line."""
-    text = "\n".join(tail)
-    rank = None
-    cause = ""
-    own = {int(m.group(1)): m.group(2).strip() for m in map(_RANK_FAILED.match, tail) if m}
-    match = _ROOT_CAUSE.search(text)
-    if match:
-        rank = int(match.group(1))
-        code = int(match.group(2))
-        rest = text[match.end() :]
-        tb = _TRACEBACK.search(rest)
-        if rank in own:
-            cause = own[rank]
-        elif tb and tb.group(1).startswith("Traceback"):
-            cause = _traceback_cause(rest[tb.end() :].splitlines())
-        elif tb and not tb.group(1).startswith("To enable traceback"):
-            cause = tb.group(1).strip()
-        if code < 0 and not cause:
-            cause = f"killed by signal {-code}"
-    elif own:
-        rank, cause = min(own.items())
-    if not cause:
-        errors = [ln for ln in tail if "Error" in ln or "error" in ln]
-        cause = errors[-1].strip() if errors else ""
-    who = f"rank {rank} on node {node}" if rank is not None else f"node {node}"
-    reason = f"{who} failed (torchrun exit {exit_code})" + (f": {cause}" if cause else "")
-    return Failure(
-        reason=reason[:500], node=node, rank=rank, exit_code=exit_code, log_tail=text[-4000:]
-    )
 
 
 # Every process of a run carries ORCHESTRATOR_RUN_ID in its environment, inherited from the
@@ -187,14 +121,14 @@ class Watch:
             np_ = self.by_node[t.node.name]
             return t.spawn(list(np_.argv), env=np_.env_dict, cwd=np_.run_dir, log_path=np_.log_path)
 
-        results = self.session.fan_out_results(one, timeout=timeout, what="start")
-        self.procs = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
-        failed = {n: r for n, r in results.items() if isinstance(r, BaseException)}
-        if failed:
+        started = self.session.fan_out_results(one, timeout=timeout, what="start")
+        self.procs = dict(started.succeeded)
+        if not started.ok():
             self.stop_all()
             from orchestrator.errors import NodeError
 
-            raise NodeError("could not start the workload", {n: str(e) for n, e in failed.items()})
+            failed = {n: str(e) for n, e in started.failed.items()}
+            raise NodeError("could not start the workload", failed)
         self._start_monitors(timeout)
 
     def _start_monitors(self, timeout: float) -> None:
@@ -214,8 +148,8 @@ class Watch:
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",
             )
 
-        results = self.session.fan_out_results(one, timeout=timeout, what="start monitors")
-        self.monitors = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
+        started = self.session.fan_out_results(one, timeout=timeout, what="start monitors")
+        self.monitors = dict(started.succeeded)
 
     def stop_monitors(self) -> None:
         if not self.monitors:
@@ -257,7 +191,7 @@ class Watch:
             failed = [n for n in order if exits[n] != 0]
             now = time.monotonic()
             failure = None
-            status = "failed"
+            status: Ending = "failed"
             if failed:
                 failure = self._first_failure(failed, exits)
             elif all(code == 0 for code in exits.values()):
@@ -324,8 +258,8 @@ def stop_everywhere(
         if on_stop is not None:
             on_stop(t, by_node[t.node.name])
 
-    results = session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
-    return {n: str(r) for n, r in results.items() if isinstance(r, BaseException)}
+    stopped = session.fan_out_results(one, timeout=KILL_GRACE_S + 60, what="stop")
+    return {n: str(e) for n, e in stopped.failed.items()}
 
 
 def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -> dict[str, str]:
@@ -348,12 +282,5 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             t.get_file(samples, node_dir / monitor.MONITOR_FILE)
         t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
 
-    results = session.fan_out_results(one, timeout=timeout, what="collect")
-    return {n: str(r) for n, r in results.items() if isinstance(r, BaseException)}
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    collected = session.fan_out_results(one, timeout=timeout, what="collect")
+    return {n: str(e) for n, e in collected.failed.items()}

@@ -19,13 +19,24 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.errors import IngestError, TopologyError
 from orchestrator.monitor import MONITOR_FILE, Sample, parse_samples
 from orchestrator.specs import Topology
+from orchestrator.states import (
+    BACKENDS,
+    PRECISIONS,
+    RUN_STATUSES,
+    RUNTIMES,
+    BackendName,
+    Precision,
+    RunStatus,
+    Runtime,
+)
 from workload.faster_rcnn import result_format
 
+_Choice = TypeVar("_Choice", bound=str)
 MANIFEST_SCHEMA = "orchestrator.run-manifest"
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -34,10 +45,6 @@ NODES_DIR = "nodes"
 LOGS_DIR = "logs"
 ENV_FILE = "env.json"
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "lost")
-BACKENDS = ("ssh", "slurm")
-RUNTIMES = ("host", "docker")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RANK_FILE = re.compile(r"^rank-(\d{5})\.json$")
 _FIX = "fix the file; docs/run-folder.md describes every field"
@@ -81,15 +88,15 @@ class RunManifest:
     case: str
     vendor: str
     cluster: str
-    backend: str
-    runtime: str
+    backend: BackendName
+    runtime: Runtime
     topology: str
     nnodes: int
     nproc_per_node: int
-    precision: str
+    precision: Precision
     submitted_by: str
     submitted_at: datetime
-    status: str
+    status: RunStatus
     nodes: tuple[NodeRef, ...]
     hparams: dict[str, str] = field(default_factory=dict)
     config_name: str | None = None
@@ -184,11 +191,12 @@ class _Fields:
             raise self.fail(name, f"must be at least {low}")
         return value
 
-    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: str, choices: tuple[_Choice, ...]) -> _Choice:
         value = str(self.text(name))
-        if value not in choices:
-            raise self.fail(name, f"{value!r} is not one of {', '.join(choices)}")
-        return value
+        for choice in choices:  # the tuple's own item: its Literal type goes with it
+            if value == choice:
+                return choice
+        raise self.fail(name, f"{value!r} is not one of {', '.join(choices)}")
 
     def time(self, name: str, required: bool = False) -> datetime | None:
         text = self.text(name, required)
@@ -257,7 +265,7 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
         topology=str(topology),
         nnodes=nnodes,
         nproc_per_node=nproc,
-        precision=f.choice("precision", tuple(result_format.PRECISIONS)),
+        precision=f.choice("precision", PRECISIONS),
         hparams=dict(hparams),
         config_name=f.text("config_name", required=False),
         submitted_by=str(f.text("submitted_by")),

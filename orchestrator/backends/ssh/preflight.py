@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import PreflightError
+from orchestrator.workload_source import NODE_PROBE_PATH
 
 if TYPE_CHECKING:
     from orchestrator.specs import JobSpec, NodeSpec
     from orchestrator.transport import NodeSession, Transport
 
-PROBE_SOURCE = (Path(__file__).parent / "node_probe.py").read_text(encoding="utf-8")
+PROBE_SOURCE = NODE_PROBE_PATH.read_text(encoding="utf-8")
 
 
 @dataclass
@@ -91,15 +91,11 @@ def probe_all(
         python = "python3" if docker else node.python
         return probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
 
-    outcomes = session.fan_out_results(one, timeout=timeout + 5, what="preflight")
-    reports: dict[str, NodeReport] = {}
-    for name, value in outcomes.items():
-        if isinstance(value, BaseException):
-            detail = getattr(value, "failures", {}).get(name) or str(value)
-            reports[name] = NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
-        else:
-            reports[name] = value
-    return reports
+    def broken(name: str, exc: BaseException) -> NodeReport:
+        detail = getattr(exc, "failures", {}).get(name) or str(exc)
+        return NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
+
+    return session.fan_out_results(one, timeout=timeout + 5, what="preflight").recover(broken)
 
 
 def run_preflight(

@@ -22,31 +22,34 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from orchestrator.errors import OrchestratorError
-from orchestrator.guard import POLL_S as GUARD_POLL_S
-from orchestrator.guard import NodeState, node_state
-from orchestrator.launch import (
+from orchestrator.backends.ssh.guard import POLL_S as GUARD_POLL_S
+from orchestrator.backends.ssh.guard import NodeState, node_state
+from orchestrator.backends.ssh.launch import (
     TAIL_LINES,
+    Ending,
     Execution,
-    Failure,
     collect,
-    diagnose,
     past_limits,
     stop_everywhere,
-    utcnow,
 )
-from orchestrator.progress import ProgressView, parse_event
+from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper
-from orchestrator.store.models import Run, RunNode, RunStatusChange
+from orchestrator.runs.failure import Failure, diagnose
+from orchestrator.runs.lifecycle import utcnow
+from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.states import FinalStatus
+from orchestrator.store import status as run_status
+from orchestrator.store.models import Run, RunNode
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.plan import Plan
-    from orchestrator.submit import SubmitRequest
+    from orchestrator.runs.lifecycle import SubmitRequest
+    from orchestrator.store import Store
     from orchestrator.transport import NodeSession, Transport
 
 POLL_S = 1.0
@@ -82,10 +85,10 @@ def settle_due(orphan: leases.Orphan, now: datetime | None = None) -> bool:
     return (now or utcnow()) >= orphan.expired_at + timedelta(seconds=grace + SETTLE_MARGIN_S)
 
 
-def load(store: Any, orphan: leases.Orphan) -> Adoptee:
+def load(store: Store, orphan: leases.Orphan) -> Adoptee:
     """The run's plan as its submitter made it (same nodes, same paths), from its request."""
-    from orchestrator.queue.worker import request_from_doc
-    from orchestrator.submit import make_plan
+    from orchestrator.backends.ssh.submit import make_plan
+    from orchestrator.runs.lifecycle import request_from_doc
 
     with store.reading() as conn:
         ranked = conn.execute(
@@ -112,7 +115,7 @@ def runs_dir_for(request: Any, default: Path) -> Path:
 
 
 def adopt_run(
-    store: Any,
+    store: Store,
     orphan: leases.Orphan,
     holder: str,
     runs_dir: Path,
@@ -148,16 +151,13 @@ def adopt_run(
     return status
 
 
-def _history(store: Any, run_id: str, reason: str) -> None:
+def _history(store: Store, run_id: str, reason: str) -> None:
     with store.transaction() as conn:
-        conn.execute(
-            insert(RunStatusChange),
-            [{"run_id": run_id, "status": "running", "reason": reason, "at": utcnow()}],
-        )
+        run_status.note(conn, run_id, "running", reason)
 
 
 def _finish(
-    store: Any,
+    store: Store,
     adoptee: Adoptee,
     runs_dir: Path,
     stop: threading.Event,
@@ -165,7 +165,8 @@ def _finish(
     mode: str,
     why: str | None,
 ) -> str | None:
-    from orchestrator.submit import container_cleanup, manifest_for, publish_run
+    from orchestrator.backends.ssh.submit import container_cleanup, ssh_manifest
+    from orchestrator.runs.lifecycle import publish_run
     from orchestrator.transport import NodeSession
 
     plan = adoptee.plan
@@ -191,7 +192,7 @@ def _finish(
             return None
         missing = collect(session, plan, run_dir, 300.0)
     status, failure = _ending(adoptee, states, execution, missing, run_dir, mode, why)
-    manifest = manifest_for(
+    manifest = ssh_manifest(
         plan,
         adoptee.req,
         status,
@@ -211,7 +212,7 @@ def _ending(
     run_dir: Path,
     mode: str,
     why: str | None,
-) -> tuple[str, Failure | None]:
+) -> tuple[FinalStatus, Failure | None]:
     """The run's final status and reason, from how its nodes stood when it was adopted."""
     names = ", ".join(n.node.name for n in adoptee.plan.nodes)
     gone = adoptee.gone_since()
@@ -221,7 +222,8 @@ def _ending(
         if execution.status == "succeeded" and missing:
             detail = "; ".join(f"{n}: {p}" for n, p in missing.items())
             return "failed", Failure(f"collection failed: {detail}")
-        return execution.status, execution.failure
+        if execution.status != "detached":  # an adopter's watch is never taken over
+            return execution.status, execution.failure
     codes = {n: s.exit_code for n, s in states.items()}
     if all(code == 0 for code in codes.values()) and not missing:
         return "succeeded", None  # training had finished: the guards only stopped samplers
@@ -324,13 +326,13 @@ class Reattach:
         )
         return diagnose(node, code, result.stdout.splitlines())
 
-    def _stop(self, started: datetime, failure: Failure, status: str = "failed") -> Execution:
+    def _stop(self, started: datetime, failure: Failure, status: Ending = "failed") -> Execution:
         stop_everywhere(self.session, self.plan, self.on_stop)
         return Execution(status, started, utcnow(), failure)
 
 
 def reconcile(
-    store: Any,
+    store: Store,
     holder: str,
     console: Console,
     runs_dir: Path,
@@ -364,7 +366,7 @@ class Adopters:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         holder: str,
         runs_dir: Path,
         stop: threading.Event,
@@ -428,7 +430,7 @@ class Adopters:
 
 
 def watch(
-    store: Any, run_id: str, console: Console, stop: threading.Event, every_s: float = POLL_S
+    store: Store, run_id: str, console: Console, stop: threading.Event, every_s: float = POLL_S
 ) -> str:
     """Show a followed run's progress (rank 0's log) without taking it over, until it ends
     ('ended'), its follower is gone ('orphaned': adopt it then) or `stop` ('stopped'). Each

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from orchestrator.backends.slurm.followers import SlurmFollowers
 from orchestrator.errors import OrchestratorError
-from orchestrator.progress import ProgressView
 from orchestrator.queue import leases
-from orchestrator.queue.slurm_followers import SlurmFollowers
+from orchestrator.runs.progress import ProgressView
 from orchestrator.store.models import Run
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ def attach_slurm(
     store: Store, run_id: str, holder: str, runs_dir: Path, stop: threading.Event, console: Console
 ) -> None:
     """Until the run ends or `stop`: adopt it if nobody follows it, else show its progress."""
-    from orchestrator.queue.worker import request_from_doc
-    from orchestrator.slurm.execute import _Follower, follow_ttl_s, make_slurm_plan
+    from orchestrator.backends.slurm.execute import _Follower, follow_ttl_s, make_slurm_plan
+    from orchestrator.runs.lifecycle import request_from_doc
 
     with store.reading() as conn:
         row = conn.execute(select(Run.request, Run.slurm_job_id).where(Run.run_id == run_id)).one()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 
-from orchestrator.slurm import commands
-from orchestrator.slurm.commands import JobState
+from orchestrator.backends.slurm import commands
+from orchestrator.backends.slurm.commands import JobState
 
 SQUEUE_FORMAT = "%i|%T|%r|%N|%k"  # job id, state, reason, nodes, comment
 

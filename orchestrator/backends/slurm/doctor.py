@@ -13,16 +13,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.backends.slurm import commands
 from orchestrator.errors import OrchestratorError
-from orchestrator.slurm import commands
 from orchestrator.specs import ClusterSpec, Topology
 
 Check = tuple[str, bool, str]
 
 
 def run_slurm_doctor(cluster: ClusterSpec, topology: str | None, console: Console) -> bool:
-    from orchestrator.slurm.execute import make_slurm_plan, settings_of
-    from orchestrator.submit import SubmitRequest
+    from orchestrator.backends.slurm.execute import make_slurm_plan, settings_of
+    from orchestrator.runs.lifecycle import SubmitRequest
 
     settings = settings_of(cluster)
     topo = Topology.parse(topology) if topology else Topology(1, 1)

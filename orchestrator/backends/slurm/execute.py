@@ -19,15 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.launch import Failure, diagnose, utcnow, write_json
-from orchestrator.monitor import MONITOR_FILE
-from orchestrator.plan import make_job, new_run_id
-from orchestrator.progress import ProgressView, parse_event
-from orchestrator.queue import leases
-from orchestrator.queue.worker import LeaseKeeper, default_worker_id
-from orchestrator.slurm import commands, follows, nodelocal
-from orchestrator.slurm.script import (
+from orchestrator.backends.slurm import commands, follows, nodelocal
+from orchestrator.backends.slurm.script import (
     EXIT_FILE,
     JOB_OUTPUT,
     MONITOR_PROBE_FILE,
@@ -38,17 +31,33 @@ from orchestrator.slurm.script import (
     SlurmPlan,
     build_slurm_plan,
 )
-from orchestrator.slurm.settings import SlurmSettings
-from orchestrator.specs import ClusterSpec
-from orchestrator.submit import (
+from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.monitor import MONITOR_FILE
+from orchestrator.plan import make_job, new_run_id
+from orchestrator.queue import leases
+from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
+from orchestrator.runs.failure import Failure, diagnose
+from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest
+from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
     SubmitRequest,
     manifest_for,
     publish_run,
     submitter,
+    utcnow,
+    write_json,
 )
-from orchestrator.workload_source import workload_files, workload_hash
+from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.slurm_settings import SlurmSettings
+from orchestrator.specs import ClusterSpec
+from orchestrator.states import FinalStatus, RunStatus
+from orchestrator.workload_source import (
+    MONITOR_PROBE_PATH,
+    NODE_PROBE_PATH,
+    workload_files,
+    workload_hash,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -70,7 +79,7 @@ def follow_ttl_s() -> float:
 
 
 def settings_of(cluster: ClusterSpec) -> SlurmSettings:
-    return cluster.slurm if isinstance(cluster.slurm, SlurmSettings) else SlurmSettings()
+    return cluster.slurm or SlurmSettings()
 
 
 def make_slurm_plan(
@@ -111,9 +120,9 @@ def _helpers() -> tuple[tuple[Path, str], ...]:
     """The node-side helpers staged beside the workload source (not in its hash)."""
     here = Path(__file__).resolve().parent
     return (
-        (here.parent / "node_probe.py", PROBE_FILE),
+        (NODE_PROBE_PATH, PROBE_FILE),
         (here / "probe_check.py", PROBE_CHECK_FILE),
-        (here.parent / "monitor_probe.py", MONITOR_PROBE_FILE),
+        (MONITOR_PROBE_PATH, MONITOR_PROBE_FILE),
     )
 
 
@@ -138,12 +147,21 @@ def _placeholders(plan: SlurmPlan) -> tuple[NodeSlot, ...]:
 
 
 def slurm_manifest(
-    plan: SlurmPlan, req: SubmitRequest, status: str, job_id: str | None, **extra: Any
-) -> Any:
+    plan: SlurmPlan, req: SubmitRequest, status: RunStatus, job_id: str | None, **extra: Any
+) -> RunManifest:
     """The run's manifest: backend slurm, its job id, the allocation (placeholders before)."""
-    nodes = plan.nodes or _placeholders(plan)
-    manifest = manifest_for(replace(plan, nodes=nodes), req, status, **extra)  # type: ignore[arg-type]
-    return replace(manifest, backend="slurm", slurm_job_id=job_id)
+    return manifest_for(
+        plan.job,
+        req,
+        status,
+        backend="slurm",
+        runtime=plan.runtime,
+        nodes=[NodeRef(s.name, s.address, s.node_rank) for s in plan.nodes or _placeholders(plan)],
+        image=ImageRef(plan.image, plan.image_id) if plan.image else None,
+        hardware_label=plan.hardware_label,
+        slurm_job_id=job_id,
+        **extra,
+    )
 
 
 def stage(plan: SlurmPlan) -> None:
@@ -268,7 +286,7 @@ def execute(
         console.print(f"[dim]slurm job {job_id} submitted[/]")
         phases.lap("submit")
     except (_Cancelled, OrchestratorError) as exc:
-        status = "cancelled" if isinstance(exc, _Cancelled) else "failed"
+        status: FinalStatus = "cancelled" if isinstance(exc, _Cancelled) else "failed"
         why = Failure(str(exc) if isinstance(exc, _Cancelled) else exc.one_line())
         if job_id is not None:  # submitted but not recorded: nobody would follow it
             commands.scancel_quietly(job_id)
@@ -306,7 +324,7 @@ def execute(
 
 @dataclass
 class _Ending:
-    status: str
+    status: FinalStatus
     failure: Failure | None
 
 
@@ -335,7 +353,7 @@ def follow(
     run_dir.mkdir(parents=True, exist_ok=True)
     interval = plan.settings.poll_interval_s
     failure: Failure | None = None
-    status = "failed"
+    status: FinalStatus = "failed"
     failing_since: float | None = None
     # Where the job's run folder is read from: the shared folder, or (node_dir sites) what was
     # fetched from the nodes into the local run folder.
@@ -367,10 +385,10 @@ def follow(
                     else:
                         failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
-                if state.state == "PENDING":
+                if state.run_status == "queued":
                     follower.pending(state)
                 elif started_at is None and (
-                    state.state in ("RUNNING", "COMPLETING") or (state.final and state.node_list)
+                    state.run_status == "running" or (state.final and state.node_list)
                 ):
                     started_at = utcnow()
                     phases.lap("queue")
@@ -550,15 +568,18 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store, shared: Path) -> str:
     return "; ".join(problems)
 
 
-def _ending(plan: SlurmPlan, state: commands.JobState, run_dir: Path) -> tuple[str, Failure | None]:
+def _ending(
+    plan: SlurmPlan, state: commands.JobState, run_dir: Path
+) -> tuple[FinalStatus, Failure | None]:
     """Slurm's final state -> (status, failure), naming the failing node and rank when the
     node logs say which."""
-    if state.state == "COMPLETED":
+    status = state.run_status
+    if status == "succeeded":
         return "succeeded", None
     where = f"slurm job {state.job_id} ended {state.state}"
     if state.reason:
         where += f" ({state.reason})"
-    if state.state == "CANCELLED":
+    if status == "cancelled":
         return "cancelled", Failure(f"{where}: scancel (`orchestrator cancel` or by hand)")
     exit_code = None
     if state.exit_code:
@@ -606,7 +627,7 @@ def _finalize(
     started_at: datetime | None,
     job_id: str | None,
 ) -> Outcome:
-    """As orchestrator.submit._finalize, with the Slurm job id and the allocation's nodes."""
+    """Write the final manifest (with the Slurm job id and the allocation's nodes) and publish."""
     failure = ending.failure
     manifest = slurm_manifest(
         plan,

@@ -1,0 +1,146 @@
+"""The SSH backend behind orchestrator.backends.base.Backend: this process (or a worker)
+connects to every node, runs torchrun there, holds the nodes' leases in the store while it
+follows the run, and the node guards end the run should every follower die."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.backends.base import Detached, DetachItem, WorkerContext
+from orchestrator.backends.ssh import adoption
+from orchestrator.backends.ssh.doctor import run_doctor
+from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
+from orchestrator.queue import leases
+from orchestrator.states import BackendName
+from orchestrator.store.queries import run_brief
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from sqlalchemy import Connection
+
+    from orchestrator.plan import Plan
+    from orchestrator.runs.folder import RunManifest
+    from orchestrator.runs.lifecycle import Outcome, SubmitRequest
+    from orchestrator.specs import ClusterSpec, JobSpec
+    from orchestrator.store import Store
+
+
+@dataclass(frozen=True)
+class SshRun:
+    """A run planned for the SSH backend: every node's exact command."""
+
+    plan: Plan
+
+    @property
+    def job(self) -> JobSpec:
+        return self.plan.job
+
+    def render(self) -> str:
+        return self.plan.render()
+
+    def where(self) -> str:
+        return "on " + ", ".join(n.node.name for n in self.plan.nodes)
+
+    def check_free(self, store: Store) -> None:
+        nodes = [n.node.name for n in self.plan.nodes]
+        leases.check_nodes_free(store, self.plan.job.cluster.name, nodes)
+
+    def execute(
+        self,
+        req: SubmitRequest,
+        store: Store,
+        runs_dir: Path,
+        stop: threading.Event,
+        console: Console,
+        queued_at: datetime | None = None,
+    ) -> Outcome:
+        return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
+
+
+class SshBackend:
+    name: BackendName = "ssh"
+    detached_as = "queued"
+    detach_hint: str | None = None
+
+    def plan(self, cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = None) -> SshRun:
+        return SshRun(make_plan(cluster, req, run_id=run_id))
+
+    def doctor(
+        self, cluster: ClusterSpec, topology: str | None, node_names: str | None, console: Console
+    ) -> bool:
+        return run_doctor(cluster, topology, node_names, console)
+
+    @contextmanager
+    def detach(self, items: Sequence[DetachItem]) -> Iterator[Detached]:
+        """Queued for `orchestrator worker`: a `queued` row each, with its request."""
+        queued: list[tuple[RunManifest, dict[str, object]]] = []
+        for cluster, req, doc in items:
+            plan = make_plan(cluster, req)
+            manifest = ssh_manifest(plan, req, "queued", submitted_at=leases.now_utc())
+            queued.append((manifest, dict(doc)))
+
+        def write(conn: Connection) -> None:
+            for manifest, doc in queued:
+                leases.enqueue(conn, manifest, doc)
+
+        yield Detached([m.run_id for m, _ in queued], write)
+
+    def cancel(self, store: Store, run_id: str, by: str, runs_dir: Path, console: Console) -> str:
+        """A queued run at once; a running one through its follower (it sees the request when
+        it renews its leases), or, when its follower is gone, here: its nodes cleaned."""
+        result = leases.request_cancel(store, run_id, by)
+        if result != "requested":
+            return result
+        ended = adoption.reconcile(
+            store,
+            f"cancel {by} pid {os.getpid()}",
+            console,
+            runs_dir,
+            mode="cancel",
+            run_id=run_id,
+            why=f"cancelled by {by} after its follower was gone",
+        )
+        return "cancelled" if ended else "cancel requested; its follower stops it"
+
+    def attach(
+        self,
+        store: Store,
+        run_id: str,
+        holder: str,
+        runs_dir: Path,
+        stop: threading.Event,
+        console: Console,
+    ) -> None:
+        while _status(store, run_id) == "running" and not stop.is_set():
+            orphans = leases.find_orphans(store, run_id=run_id)
+            if orphans:
+                ttl = leases.follower_ttl_s(
+                    leases.cluster_from(orphans[0].request).follower_grace_s
+                )
+                adoption.adopt_run(store, orphans[0], holder, runs_dir, stop, console, ttl)
+            else:
+                adoption.watch(store, run_id, console, stop)
+
+    def followers(self, ctx: WorkerContext) -> adoption.Adopters:
+        return adoption.Adopters(
+            ctx.store, ctx.holder, ctx.runs_dir, ctx.stop, ctx.console, ctx.ttl_s
+        )
+
+    def settle(self, store: Store, holder: str, console: Console, runs_dir: Path) -> list[str]:
+        return adoption.reconcile(store, holder, console, runs_dir, mode="settle")
+
+    def describe_running(self, conn: Connection) -> dict[str, str]:
+        return leases.describe_leases(conn)
+
+
+def _status(store: Store, run_id: str) -> str | None:
+    with store.reading() as conn:
+        brief = run_brief(conn, run_id)
+    return brief.status if brief else None

@@ -1,0 +1,35 @@
+"""Every list of states and choices, defined once. The CLI's choices, the campaign parser, the
+store's CHECK constraints and the backends import them from here; mypy checks every literal
+written elsewhere against these types. The workload keeps its own copy of PRECISIONS (it must
+not import orchestrator): tests/unit/test_states.py checks the two agree."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "lost"]
+FinalStatus = Literal["succeeded", "failed", "cancelled", "lost"]
+CampaignStatus = Literal["queued", "running", "finished", "cancelled"]
+BackendName = Literal["ssh", "slurm"]
+Runtime = Literal["host", "docker"]
+Precision = Literal["fp32", "amp", "fp16"]
+
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
+CAMPAIGN_STATUSES: tuple[CampaignStatus, ...] = get_args(CampaignStatus)
+BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
+def run_status(value: str) -> RunStatus:
+    """A status read back from the store or a file, as the type (the store's CHECK constraint
+    already refuses anything else)."""
+    for status in RUN_STATUSES:
+        if value == status:
+            return status
+    raise ValueError(f"unknown run status {value!r}; one of {', '.join(RUN_STATUSES)}")
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES

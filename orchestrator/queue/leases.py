@@ -141,6 +141,16 @@ def insert_campaign(
     )
 
 
+def start_campaign(conn: Connection, campaign_id: str | None) -> None:
+    """A campaign whose first run starts is running."""
+    if campaign_id:
+        conn.execute(
+            update(Campaign)
+            .where(Campaign.campaign_id == campaign_id, Campaign.status == "queued")
+            .values(status="running")
+        )
+
+
 def enqueue(conn: Connection, manifest: RunManifest, request: dict[str, Any]) -> None:
     """A queued runs row (no run_nodes yet: the worker chooses the nodes) and its history."""
     now = now_utc()
@@ -358,13 +368,7 @@ def _take(
                 ],
             )
             request = read_request(conn, run.run_id)
-            campaign = request.get("campaign_id")
-            if campaign:
-                conn.execute(
-                    update(Campaign)
-                    .where(Campaign.campaign_id == campaign, Campaign.status == "queued")
-                    .values(status="running")
-                )
+            start_campaign(conn, request.get("campaign_id"))
     except (_Taken, SQLAlchemyError):
         # Someone else took the run or one of its nodes first (IntegrityError): all rolled back.
         return None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
 from orchestrator.errors import OrchestratorError, RunCancelled, RunFailed
+from orchestrator.plan import make_job, new_run_id
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.specs import Topology
@@ -25,7 +26,7 @@ from orchestrator.states import BackendName, Precision, RunStatus, Runtime
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from orchestrator.specs import JobSpec
+    from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec
     from orchestrator.store import Store
     from orchestrator.store.ingest import RunSummary
 
@@ -62,6 +63,24 @@ def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> Sub
         no_progress_timeout_s=doc.get("no_progress_timeout_s"),
         command=doc.get("command") or "",
         campaign_id=doc.get("campaign_id"),
+    )
+
+
+def job_for(
+    cluster: ClusterSpec, req: SubmitRequest, nodes: Sequence[NodeSpec], run_id: str | None
+) -> JobSpec:
+    """The job a request asks for on `nodes` (none: the backend places it), under a new run
+    id unless one is given, submitted by this user."""
+    return make_job(
+        cluster,
+        req.topology,
+        tuple(nodes),
+        run_id=run_id or new_run_id(salt=req.command),
+        precision=req.precision,
+        sets=dict(req.sets),
+        timeout_s=req.timeout_s,
+        no_progress_timeout_s=req.no_progress_timeout_s,
+        submitted_by=submitter(),
     )
 
 

@@ -33,7 +33,6 @@ from orchestrator.backends.slurm.script import (
 )
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
-from orchestrator.plan import make_job, new_run_id
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.failure import Failure, diagnose
@@ -42,9 +41,9 @@ from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
     SubmitRequest,
+    job_for,
     manifest_for,
     publish_run,
-    submitter,
     utcnow,
     write_json,
 )
@@ -91,17 +90,7 @@ def make_slurm_plan(
         raise ConfigError(
             "--nodes does not apply to the slurm backend", "Slurm chooses the nodes; drop --nodes"
         )
-    job = make_job(
-        cluster,
-        req.topology,
-        (),
-        run_id=run_id or new_run_id(salt=req.command),
-        precision=req.precision,
-        sets=dict(req.sets),
-        timeout_s=req.timeout_s,
-        no_progress_timeout_s=req.no_progress_timeout_s,
-        submitted_by=submitter(),
-    )
+    job = job_for(cluster, req, (), run_id)
     profile = load_profile(cluster.vendor)
     runtime = profile.runtime
     return build_slurm_plan(

@@ -19,7 +19,7 @@ from orchestrator.backends.ssh.guard import (
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
 from orchestrator.backends.ssh.preflight import run_preflight
 from orchestrator.errors import NodeError, OrchestratorError
-from orchestrator.plan import Plan, build_plan, make_job, new_run_id
+from orchestrator.plan import Plan, build_plan
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.runs.failure import Failure
@@ -29,9 +29,9 @@ from orchestrator.runs.lifecycle import (
     PhaseClock,
     SubmitRequest,
     follower_id,
+    job_for,
     manifest_for,
     publish_run,
-    submitter,
     utcnow,
     write_json,
 )
@@ -63,18 +63,8 @@ def make_plan(
     from orchestrator.images.profiles import load_profile
 
     nodes = pick_nodes(cluster, req.topology, list(req.node_names) if req.node_names else None)
-    run_id = run_id or new_run_id(salt=req.command)
-    job = make_job(
-        cluster,
-        req.topology,
-        nodes,
-        run_id=run_id,
-        precision=req.precision,
-        sets=dict(req.sets),
-        timeout_s=req.timeout_s,
-        no_progress_timeout_s=req.no_progress_timeout_s,
-        submitted_by=submitter(),
-    )
+    job = job_for(cluster, req, nodes, run_id)
+    run_id = job.run_id
     profile = load_profile(cluster.vendor)
     runtime = profile.runtime
     wrap = None

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import ImageError
 from orchestrator.images.build import BuildObserver, BuiltImage, build_image, image_id, open_api
 from orchestrator.images.distribute import DistributionReport, NodeTarget, ProgressFn, distribute
 from orchestrator.images.profiles import VendorProfile, load_profile
@@ -158,12 +157,7 @@ class PreparedImage:
 
 def record_in_store(store: Store, record: dict[str, Any]) -> None:
     """store.record_image(record); idempotent by image id, so a reused image is recorded too."""
-    recorder = getattr(store, "record_image", None)
-    if recorder is None:
-        raise ImageError(
-            "the results store cannot record images", "upgrade it: orchestrator db upgrade"
-        )
-    recorder(record)
+    store.record_image(record)
 
 
 def ensure_image(

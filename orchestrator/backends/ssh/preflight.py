@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import PreflightError
+from orchestrator.errors import NodeError, PreflightError
 from orchestrator.workload_source import NODE_PROBE_PATH
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def probe_all(
         return probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
 
     def broken(name: str, exc: BaseException) -> NodeReport:
-        detail = getattr(exc, "failures", {}).get(name) or str(exc)
+        detail = (exc.failures.get(name) if isinstance(exc, NodeError) else None) or str(exc)
         return NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
 
     return session.fan_out_results(one, timeout=timeout + 5, what="preflight").recover(broken)

@@ -1,0 +1,511 @@
+"""The reads of the results pages (`orchestrator serve`) and of `orchestrator compare`: runs pages
+with filters, sorting and pagination, one run's extras (monitor series downsampled in the
+database, rank 0's resolved configuration), configurations and their history, scaling
+aggregates, campaigns and the queue.
+
+Every filter is a bound parameter; the web layer runs no SQL of its own. Queries that the seed
+table and the CLI already have (run_detail, seed_rows, environment) stay in queries.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Integer, Select, cast, func, or_, select
+from sqlalchemy.engine import RowMapping
+
+from orchestrator.store.models import (
+    Campaign,
+    MonitorSample,
+    NodeLease,
+    RankResult,
+    Run,
+    RunEpoch,
+    RunNode,
+)
+from orchestrator.store.queries import SEED_TABLE
+
+# Sort keys of the runs page -> column; the run id breaks ties.
+RUN_SORTS: dict[str, Any] = {
+    "submitted": Run.submitted_at,
+    "finished": Run.finished_at,
+    "run": Run.run_id,
+    "status": Run.status,
+    "config": Run.config_label,
+    "precision": Run.precision,
+    "e2e_time": Run.e2e_time_s,
+    "p_whole": Run.p_whole,
+    "p_train": Run.p_train,
+    "p_core": Run.p_core,
+    "map": Run.map,
+}
+MAX_PER_PAGE = 500
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """The runs page's query string, parsed. `text` matches the run id or the failure reason."""
+
+    vendor: str | None = None
+    topology: str | None = None
+    precision: str | None = None
+    status: str | None = None
+    campaign: str | None = None
+    since: datetime | None = None  # submitted on or after
+    until: datetime | None = None  # submitted before
+    text: str | None = None
+    sort: str = "submitted"
+    descending: bool = True
+    page: int = 1
+    per_page: int = 50
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    rows: list[RowMapping]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def _filtered(query: Select[Any], f: RunFilter) -> Select[Any]:
+    for column, value in (
+        (Run.vendor, f.vendor),
+        (Run.topology, f.topology),
+        (Run.precision, f.precision),
+        (Run.status, f.status),
+        (Run.campaign_id, f.campaign),
+    ):
+        if value:
+            query = query.where(column == value)
+    if f.since:
+        query = query.where(Run.submitted_at >= f.since)
+    if f.until:
+        query = query.where(Run.submitted_at < f.until)
+    if f.text:
+        query = query.where(
+            or_(
+                Run.run_id.contains(f.text, autoescape=True),
+                Run.reason.contains(f.text, autoescape=True),
+            )
+        )
+    return query
+
+
+def runs_page(conn: Connection, f: RunFilter) -> RunsPage:
+    """One page of runs with the seed table's numbers; the total counts every matching run."""
+    total = conn.scalar(_filtered(select(func.count()).select_from(Run), f)) or 0
+    per_page = max(1, min(f.per_page, MAX_PER_PAGE))
+    page = max(1, min(f.page, max(1, -(-total // per_page))))
+    column = RUN_SORTS.get(f.sort, Run.submitted_at)
+    order = column.desc().nulls_last() if f.descending else column.asc().nulls_last()
+    tie = Run.run_id.desc() if f.descending else Run.run_id.asc()
+    query = select(
+        Run.run_id,
+        Run.status,
+        Run.vendor,
+        Run.topology,
+        Run.config_label.label("config"),
+        Run.precision,
+        Run.fix_hp,
+        Run.e2e_time_s.label("e2e_time"),
+        Run.p_whole,
+        Run.p_train,
+        Run.p_core,
+        Run.map,
+        Run.mem_label.label("mem"),
+        Run.campaign_id,
+        Run.submitted_at,
+        Run.finished_at,
+        Run.reason,
+    )
+    query = _filtered(query, f).order_by(order, tie).limit(per_page).offset((page - 1) * per_page)
+    return RunsPage(list(conn.execute(query).mappings()), total, page, per_page)
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    vendors: list[str]
+    topologies: list[str]
+    precisions: list[str]
+    campaigns: list[tuple[str, str]]  # (campaign_id, name)
+
+
+def filter_options(conn: Connection) -> FilterOptions:
+    """The values the runs page offers in its drop-downs (one index scan)."""
+    combos = conn.execute(select(Run.vendor, Run.topology, Run.precision).distinct()).all()
+    campaigns = conn.execute(
+        select(Campaign.campaign_id, Campaign.name).order_by(Campaign.created_at.desc())
+    ).all()
+    return FilterOptions(
+        sorted({c.vendor for c in combos}),
+        sorted({c.topology for c in combos}, key=_topology_order),
+        sorted({c.precision for c in combos}),
+        [(c.campaign_id, c.name) for c in campaigns],
+    )
+
+
+def _topology_order(topology: str) -> tuple[int, str]:
+    nodes, _, per_node = topology.partition("x")
+    try:
+        return (int(nodes) * int(per_node), topology)
+    except ValueError:
+        return (1 << 30, topology)
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+def rank_zero_config(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    """Rank 0's `config` block: every hyper-parameter as the workload resolved it."""
+    document = conn.scalar(
+        select(RankResult.document).where(RankResult.run_id == run_id, RankResult.rank == 0)
+    )
+    if not isinstance(document, dict):
+        return None
+    config = document.get("config")
+    return config if isinstance(config, dict) else None
+
+
+@dataclass
+class Series:
+    """One monitor metric of one node (or one device of it), downsampled."""
+
+    metric: str
+    node: str
+    device: int | None
+    points: list[tuple[float, float]] = field(default_factory=list)  # (s since first, mean)
+    samples: int = 0  # stored samples behind the points
+
+
+def _epoch_seconds(conn: Connection, column: Any) -> ColumnElement[Any]:
+    if conn.dialect.name == "sqlite":  # timestamps are UTC text there
+        return (func.julianday(column) - 2440587.5) * 86400.0
+    return func.extract("epoch", column)
+
+
+def monitor_series(conn: Connection, run_id: str, buckets: int = 240) -> list[Series]:
+    """Every monitor series of a run, averaged by the database into at most `buckets` time
+    buckets, so that a run with 100,000 samples sends a few thousand rows."""
+    sample = MonitorSample
+    first, last = conn.execute(
+        select(func.min(sample.ts), func.max(sample.ts)).where(sample.run_id == run_id)
+    ).one()
+    if first is None:
+        return []
+    t0 = first.timestamp()
+    width = max((last.timestamp() - t0) / buckets, 1e-3)
+    offset = _epoch_seconds(conn, sample.ts) - t0
+    if conn.dialect.name == "sqlite":  # CAST truncates, which is floor for offsets >= 0
+        bucket: ColumnElement[Any] = cast(offset / width, Integer)
+    else:
+        bucket = func.floor(offset / width)
+    bucket = bucket.label("bucket")
+    query = (
+        select(
+            sample.metric,
+            sample.node_name,
+            sample.device_index,
+            bucket,
+            func.avg(offset).label("at_s"),
+            func.avg(sample.value).label("value"),
+            func.count().label("n"),
+        )
+        .where(sample.run_id == run_id, sample.metric != "monitor_tool_missing")
+        .group_by(sample.metric, sample.node_name, sample.device_index, bucket)
+        .order_by(sample.metric, sample.node_name, sample.device_index, bucket)
+    )
+    found: dict[tuple[str, str, int | None], Series] = {}
+    for row in conn.execute(query):
+        key = (row.metric, row.node_name, row.device_index)
+        series = found.get(key)
+        if series is None:
+            series = found[key] = Series(row.metric, row.node_name, row.device_index)
+        series.points.append((round(float(row.at_s), 3), float(row.value)))
+        series.samples += int(row.n)
+    return list(found.values())
+
+
+def configuration_runs(conn: Connection, run: RowMapping, limit: int = 20) -> list[RowMapping]:
+    """The latest runs of a run's configuration (vendor, config, precision, fix_hp), any status."""
+    query = (
+        select(
+            Run.run_id,
+            Run.status,
+            Run.p_core,
+            Run.finished_at,
+            Run.submitted_at,
+        )
+        .where(
+            Run.vendor == run["vendor"],
+            Run.config_label == run["config_label"],
+            Run.precision == run["precision"],
+            Run.fix_hp == run["fix_hp"],
+        )
+        .order_by(Run.submitted_at.desc(), Run.run_id.desc())
+        .limit(limit)
+    )
+    return list(conn.execute(query).mappings())
+
+
+# -- configurations, history, scaling ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """What makes runs repeats of one configuration (report_stats.config_key, by name)."""
+
+    vendor: str
+    config: str
+    precision: str
+    fix_hp: str
+
+
+def configurations(conn: Connection) -> list[RowMapping]:
+    """Every configuration with succeeded runs: how many, the latest finish, mean p_core."""
+    query = (
+        select(
+            Run.vendor,
+            Run.config_label.label("config"),
+            Run.topology,
+            Run.precision,
+            Run.fix_hp,
+            func.count().label("n"),
+            func.max(Run.finished_at).label("last"),
+            func.avg(Run.p_core).label("p_core"),
+        )
+        .where(Run.status == "succeeded")
+        .group_by(Run.vendor, Run.config_label, Run.topology, Run.precision, Run.fix_hp)
+        .order_by(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
+    )
+    return list(conn.execute(query).mappings())
+
+
+def configuration_history(
+    conn: Connection, key: ConfigKey, since: datetime | None = None
+) -> list[RowMapping]:
+    """The succeeded runs of one configuration as seed_table rows, oldest first."""
+    view = SEED_TABLE
+    query = select(view).where(
+        view.c.status == "succeeded",
+        view.c.vendor == key.vendor,
+        view.c.config == key.config,
+        view.c.precision == key.precision,
+        view.c.fix_hp == key.fix_hp,
+    )
+    if since is not None:
+        query = query.where(view.c.finished_at >= since)
+    return list(conn.execute(query.order_by(view.c.finished_at, view.c.run_id)).mappings())
+
+
+def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowMapping]:
+    """The `last` succeeded runs of a configuration (seed_table rows), newest last."""
+    view = SEED_TABLE
+    query = (
+        select(view)
+        .where(
+            view.c.status == "succeeded",
+            view.c.vendor == key.vendor,
+            view.c.config == key.config,
+            view.c.precision == key.precision,
+            view.c.fix_hp == key.fix_hp,
+        )
+        .order_by(view.c.finished_at.desc(), view.c.run_id.desc())
+        .limit(last)
+    )
+    return list(reversed(list(conn.execute(query).mappings())))
+
+
+def find_configurations(
+    conn: Connection, vendor: str, topology: str, precision: str, fix_hp: str | None
+) -> list[ConfigKey]:
+    """The configurations of succeeded runs with this vendor, topology and precision."""
+    query = (
+        select(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
+        .where(
+            Run.status == "succeeded",
+            Run.vendor == vendor,
+            Run.topology == topology,
+            Run.precision == precision,
+        )
+        .distinct()
+    )
+    if fix_hp is not None:
+        query = query.where(Run.fix_hp == fix_hp)
+    rows = conn.execute(query.order_by(Run.config_label, Run.fix_hp)).all()
+    return [ConfigKey(r.vendor, r.config_label, r.precision, r.fix_hp) for r in rows]
+
+
+def scaling_groups(
+    conn: Connection,
+    vendor: str | None = None,
+    precision: str | None = None,
+    since: datetime | None = None,
+) -> list[RowMapping]:
+    """Succeeded runs aggregated per hardware, precision and topology: n, mean, min, max and
+    the mean of squares (for the spread) of p_train and p_core, computed by the database."""
+    hardware = func.coalesce(Run.hardware_label, Run.vendor).label("hardware")
+    columns: list[Any] = [Run.vendor, hardware, Run.precision, Run.topology, Run.nnodes]
+    columns.append(Run.nproc_per_node)
+    columns.append(func.count().label("n"))
+    for name in ("p_train", "p_core"):
+        column = getattr(Run, name)
+        columns += [
+            func.avg(column).label(f"{name}_mean"),
+            func.avg(column * column).label(f"{name}_mean_sq"),
+            func.min(column).label(f"{name}_min"),
+            func.max(column).label(f"{name}_max"),
+        ]
+    query = select(*columns).where(Run.status == "succeeded", Run.p_core.is_not(None))
+    if vendor:
+        query = query.where(Run.vendor == vendor)
+    if precision:
+        query = query.where(Run.precision == precision)
+    if since:
+        query = query.where(Run.finished_at >= since)
+    query = query.group_by(
+        Run.vendor, hardware, Run.precision, Run.topology, Run.nnodes, Run.nproc_per_node
+    ).order_by(Run.vendor, hardware, Run.precision, Run.nnodes, Run.nproc_per_node)
+    return list(conn.execute(query).mappings())
+
+
+# -- campaigns and the queue ---------------------------------------------------------------------
+
+
+def campaign_progress(conn: Connection, campaign_id: str | None = None) -> list[dict[str, Any]]:
+    """Each campaign (newest first) with how many of its runs are in each status."""
+    query = select(
+        Campaign.campaign_id, Campaign.name, Campaign.status, Campaign.created_by
+    ).add_columns(Campaign.created_at, Campaign.finished_at)
+    if campaign_id is not None:
+        query = query.where(Campaign.campaign_id == campaign_id)
+    campaigns = [dict(r) for r in conn.execute(query.order_by(Campaign.created_at.desc())).mappings()]
+    counts_query = (
+        select(Run.campaign_id, Run.status, func.count().label("n"))
+        .where(Run.campaign_id.is_not(None))
+        .group_by(Run.campaign_id, Run.status)
+    )
+    if campaign_id is not None:
+        counts_query = counts_query.where(Run.campaign_id == campaign_id)
+    counts: dict[str, dict[str, int]] = {}
+    for row in conn.execute(counts_query):
+        counts.setdefault(row.campaign_id, {})[row.status] = int(row.n)
+    for campaign in campaigns:
+        campaign["counts"] = counts.get(campaign["campaign_id"], {})
+        campaign["total"] = sum(campaign["counts"].values())
+    return campaigns
+
+
+def campaign_spec(conn: Connection, campaign_id: str) -> dict[str, Any] | None:
+    spec = conn.scalar(select(Campaign.spec).where(Campaign.campaign_id == campaign_id))
+    return spec if isinstance(spec, dict) else None
+
+
+@dataclass(frozen=True)
+class QueueState:
+    running: list[dict[str, Any]]  # with "nodes": [(node_name, address)], "holder", "expires_at"
+    queued: list[RowMapping]
+
+
+def queue_state(conn: Connection, queued_limit: int = 200) -> QueueState:
+    """What runs now and where (nodes, lease holder), and what waits, oldest first."""
+    running = [
+        dict(r)
+        for r in conn.execute(
+            select(
+                Run.run_id,
+                Run.vendor,
+                Run.topology,
+                Run.precision,
+                Run.cluster,
+                Run.backend,
+                Run.campaign_id,
+                Run.submitted_by,
+                Run.submitted_at,
+                Run.started_at,
+            )
+            .where(Run.status == "running")
+            .order_by(Run.submitted_at, Run.run_id)
+        ).mappings()
+    ]
+    ids = [r["run_id"] for r in running]
+    nodes: dict[str, list[tuple[str, str | None]]] = {}
+    leases: dict[str, tuple[str, datetime]] = {}
+    if ids:
+        for node in conn.execute(
+            select(RunNode.run_id, RunNode.node_name, RunNode.address)
+            .where(RunNode.run_id.in_(ids))
+            .order_by(RunNode.run_id, RunNode.node_rank)
+        ):
+            nodes.setdefault(node.run_id, []).append((node.node_name, node.address))
+        for lease in conn.execute(
+            select(NodeLease.run_id, NodeLease.holder, NodeLease.expires_at).where(
+                NodeLease.run_id.in_(ids)
+            )
+        ):
+            leases[lease.run_id] = (lease.holder, lease.expires_at)
+    for run in running:
+        run["nodes"] = nodes.get(run["run_id"], [])
+        holder = leases.get(run["run_id"])
+        run["holder"], run["expires_at"] = holder if holder else (None, None)
+    queued = list(
+        conn.execute(
+            select(
+                Run.run_id,
+                Run.vendor,
+                Run.topology,
+                Run.precision,
+                Run.cluster,
+                Run.campaign_id,
+                Run.submitted_by,
+                Run.submitted_at,
+            )
+            .where(Run.status == "queued")
+            .order_by(Run.submitted_at, Run.run_id)
+            .limit(queued_limit)
+        ).mappings()
+    )
+    return QueueState(running, queued)
+
+
+def runs_of(conn: Connection, run_ids: Sequence[str]) -> list[RowMapping]:
+    """seed_table rows of these runs (any status), in the order given."""
+    if not run_ids:
+        return []
+    rows = {
+        r["run_id"]: r
+        for r in conn.execute(
+            select(SEED_TABLE).where(SEED_TABLE.c.run_id.in_(list(run_ids)))
+        ).mappings()
+    }
+    return [rows[i] for i in run_ids if i in rows]
+
+
+def hparams_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The --set hyper-parameters of each run."""
+    if not run_ids:
+        return {}
+    query = select(Run.run_id, Run.hparams).where(Run.run_id.in_(list(run_ids)))
+    return {r.run_id: dict(r.hparams or {}) for r in conn.execute(query)}
+
+
+def epochs_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[RowMapping]]:
+    found: dict[str, list[RowMapping]] = {i: [] for i in run_ids}
+    if not run_ids:
+        return found
+    query = (
+        select(RunEpoch)
+        .where(RunEpoch.run_id.in_(list(run_ids)))
+        .order_by(RunEpoch.run_id, RunEpoch.epoch)
+    )
+    for row in conn.execute(query).mappings():
+        found[row["run_id"]].append(row)
+    return found
+

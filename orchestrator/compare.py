@@ -20,7 +20,13 @@ from orchestrator.report_stats import METRICS, spread
 
 # Units of the seed metrics (docs/metrics.md); mAP is a fraction of 1.
 UNITS = {"e2e_time": "s", "p_whole": "img/s", "p_train": "img/s", "p_core": "img/s", "map": ""}
-HIGHER_IS_BETTER = {"e2e_time": False, "p_whole": True, "p_train": True, "p_core": True, "map": True}
+HIGHER_IS_BETTER = {
+    "e2e_time": False,
+    "p_whole": True,
+    "p_train": True,
+    "p_core": True,
+    "map": True,
+}
 COMPARE_FORMATS = ("table", "markdown", "csv", "json")
 
 
@@ -87,8 +93,9 @@ class Comparison:
         return sorted({k for side in self.sides for k in side.hparams})
 
 
-def run_side(row: Mapping[str, Any], environment: Sequence[tuple[str, list[str]]],
-             hparams: Mapping[str, Any]) -> Side:
+def run_side(
+    row: Mapping[Any, Any], environment: Sequence[tuple[str, list[str]]], hparams: Mapping[Any, Any]
+) -> Side:
     return Side(
         label=str(row["run_id"]),
         kind="run",
@@ -101,9 +108,12 @@ def run_side(row: Mapping[str, Any], environment: Sequence[tuple[str, list[str]]
     )
 
 
-def config_side(label: str, rows: Sequence[Mapping[str, Any]],
-                environment: Sequence[tuple[str, list[str]]],
-                hparams: Mapping[str, Any]) -> Side:
+def config_side(
+    label: str,
+    rows: Sequence[Mapping[Any, Any]],
+    environment: Sequence[tuple[str, list[str]]],
+    hparams: Mapping[Any, Any],
+) -> Side:
     """The mean of a configuration's runs (each metric over the runs that have it)."""
     metrics: dict[str, float | None] = {}
     sds: dict[str, float | None] = {}
@@ -137,7 +147,9 @@ def compare(sides: Sequence[Side]) -> Comparison:
     if len(sides) < 2:
         raise ConfigError("compare needs two or more runs or configurations", "name another one")
     base = sides[0]
-    deltas = [[Delta(m, base.metrics.get(m), side.metrics.get(m)) for m in METRICS] for side in sides[1:]]
+    deltas = [
+        [Delta(m, base.metrics.get(m), side.metrics.get(m)) for m in METRICS] for side in sides[1:]
+    ]
     env_labels = {k for side in sides for k in side.environment}
     hp_keys = {k for side in sides for k in side.hparams}
     return Comparison(
@@ -165,7 +177,9 @@ class Threshold:
 
     def text(self) -> str:
         sign = "above" if self.above else "below"
-        limit = f"{self.limit * 100:+g}%" if self.relative else f"{self.limit:+g} {UNITS[self.metric]}"
+        limit = (
+            f"{self.limit * 100:+g}%" if self.relative else f"{self.limit:+g} {UNITS[self.metric]}"
+        )
         return f"{self.metric} {sign} {limit.strip()}"
 
     def breached_by(self, delta: Delta) -> bool:
@@ -289,7 +303,7 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
     if output == "csv":
         from orchestrator.report import to_csv
 
-        lines = [["side", "kind", "metric", "value", "change", "change_relative"]]
+        lines: list[list[Any]] = [["side", "kind", "metric", "value", "change", "change_relative"]]
         for side_index, side in enumerate(comparison.sides):
             for i, metric in enumerate(METRICS):
                 d = comparison.deltas[side_index - 1][i] if side_index else None

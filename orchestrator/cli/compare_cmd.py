@@ -7,7 +7,7 @@ import sys
 import click
 
 from orchestrator.cli.context import AppContext
-from orchestrator.compare import COMPARE_FORMATS
+from orchestrator.compare import COMPARE_FORMATS, Comparison
 
 REGRESSION_EXIT = 1  # a threshold was crossed (bad input exits 2, as every command)
 
@@ -60,7 +60,8 @@ def compare(
       orchestrator compare metax:2x8:amp metax:2x8:amp:bs=32 --format markdown
       orchestrator compare BASELINE_RUN NEW_RUN --fail-below p_core=-5%   # exit 1 on a regression
     """
-    from orchestrator.compare import breaches, compare as compare_sides, parse_threshold, render
+    from orchestrator.compare import breaches, parse_threshold, render
+    from orchestrator.compare import compare as compare_sides
     from orchestrator.compare_sides import load_sides
 
     thresholds = [parse_threshold(t) for t in fail_below]
@@ -79,11 +80,10 @@ def compare(
         sys.exit(REGRESSION_EXIT)
 
 
-def _print_tables(comparison: object) -> None:
-    from orchestrator.compare import Comparison, difference_rows, metric_columns, metric_rows
+def _print_tables(comparison: Comparison) -> None:
+    from orchestrator.compare import difference_rows, metric_columns, metric_rows
     from orchestrator.report import console, table
 
-    assert isinstance(comparison, Comparison)
     out = console()
     out.print(table("metrics", metric_columns(comparison), metric_rows(comparison)))
     differences = difference_rows(comparison)

@@ -22,7 +22,11 @@ def require_web_extra() -> None:
 
 
 @click.command("serve")
-@click.option("--db", "db_url", help="Results store URL (default: the global --db, else as for every command).")
+@click.option(
+    "--db",
+    "db_url",
+    help="Results store URL (default: the global --db, else as for every command).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8150, show_default=True)
 @click.option(

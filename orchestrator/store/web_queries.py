@@ -43,6 +43,26 @@ RUN_SORTS: dict[str, Any] = {
     "map": Run.map,
 }
 MAX_PER_PAGE = 500
+# A row of the runs page: the seed table's numbers and what the filters show.
+_RUN_ROW: tuple[Any, ...] = (
+    Run.run_id,
+    Run.status,
+    Run.vendor,
+    Run.topology,
+    Run.config_label.label("config"),
+    Run.precision,
+    Run.fix_hp,
+    Run.e2e_time_s.label("e2e_time"),
+    Run.p_whole,
+    Run.p_train,
+    Run.p_core,
+    Run.map,
+    Run.mem_label.label("mem"),
+    Run.campaign_id,
+    Run.submitted_at,
+    Run.finished_at,
+    Run.reason,
+)
 
 
 @dataclass(frozen=True)
@@ -107,25 +127,7 @@ def runs_page(conn: Connection, f: RunFilter) -> RunsPage:
     column = RUN_SORTS.get(f.sort, Run.submitted_at)
     order = column.desc().nulls_last() if f.descending else column.asc().nulls_last()
     tie = Run.run_id.desc() if f.descending else Run.run_id.asc()
-    query = select(
-        Run.run_id,
-        Run.status,
-        Run.vendor,
-        Run.topology,
-        Run.config_label.label("config"),
-        Run.precision,
-        Run.fix_hp,
-        Run.e2e_time_s.label("e2e_time"),
-        Run.p_whole,
-        Run.p_train,
-        Run.p_core,
-        Run.map,
-        Run.mem_label.label("mem"),
-        Run.campaign_id,
-        Run.submitted_at,
-        Run.finished_at,
-        Run.reason,
-    )
+    query = select(*_RUN_ROW)
     query = _filtered(query, f).order_by(order, tie).limit(per_page).offset((page - 1) * per_page)
     return RunsPage(list(conn.execute(query).mappings()), total, page, per_page)
 
@@ -386,7 +388,9 @@ def campaign_progress(conn: Connection, campaign_id: str | None = None) -> list[
     ).add_columns(Campaign.created_at, Campaign.finished_at)
     if campaign_id is not None:
         query = query.where(Campaign.campaign_id == campaign_id)
-    campaigns = [dict(r) for r in conn.execute(query.order_by(Campaign.created_at.desc())).mappings()]
+    campaigns = [
+        dict(r) for r in conn.execute(query.order_by(Campaign.created_at.desc())).mappings()
+    ]
     counts_query = (
         select(Run.campaign_id, Run.status, func.count().label("n"))
         .where(Run.campaign_id.is_not(None))
@@ -508,4 +512,3 @@ def epochs_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[RowMap
     for row in conn.execute(query).mappings():
         found[row["run_id"]].append(row)
     return found
-

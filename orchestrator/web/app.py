@@ -49,7 +49,11 @@ def _templates() -> Jinja2Templates:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return render(
-        request, "error.html", status_code=exc.status_code, status=exc.status_code, message=exc.detail
+        request,
+        "error.html",
+        status_code=exc.status_code,
+        status=exc.status_code,
+        message=exc.detail,
     )
 
 

@@ -47,5 +47,3 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
     context.setdefault("store_url", web.store_url)
     context.setdefault("params", request.query_params)
     return web.templates.TemplateResponse(request, template, context, status_code=status_code)
-
-

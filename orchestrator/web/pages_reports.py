@@ -68,7 +68,9 @@ def _seed_data(request: Request) -> dict[str, Any]:
         history = history_of_rows(conn, rows)
         options = filter_options(conn)
     flagged = flag_history(history)
-    regressions = {str(r["run_id"]): flagged[str(r["run_id"])] for r in rows if r["run_id"] in flagged}
+    regressions = {
+        str(r["run_id"]): flagged[str(r["run_id"])] for r in rows if r["run_id"] in flagged
+    }
     return {
         "rows": rows,
         "env": env,
@@ -82,7 +84,12 @@ def _seed_data(request: Request) -> dict[str, Any]:
 def seed(request: Request) -> Response:
     data = _seed_data(request)
     return render(
-        request, "seed.html", **data, precisions=PRECISIONS, seed_headers=SEED_HEADERS, metrics=METRICS
+        request,
+        "seed.html",
+        **data,
+        precisions=PRECISIONS,
+        seed_headers=SEED_HEADERS,
+        metrics=METRICS,
     )
 
 
@@ -137,7 +144,7 @@ def compare_page(request: Request) -> Response:
 # -- scaling and vendors -------------------------------------------------------------------------
 
 
-def _series_name(row: Mapping[str, Any]) -> str:
+def _series_name(row: Mapping[Any, Any]) -> str:
     return f"{row['hardware']} {row['precision']}"
 
 
@@ -172,7 +179,7 @@ def scaling(request: Request) -> Response:
 
 
 def _scaling_table(
-    groups: Sequence[Mapping[str, Any]], points: Sequence[Any], metric: str
+    groups: Sequence[Mapping[Any, Any]], points: Sequence[Any], metric: str
 ) -> list[dict[str, Any]]:
     by_key = {(p.series, p.topology): p for p in points}
     table = []

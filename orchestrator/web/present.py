@@ -32,7 +32,7 @@ def with_unit(value: Any, unit: str = "") -> str:
     return f"{text} {unit}" if unit else text
 
 
-def metric_value(row: Mapping[str, Any], metric: str) -> str:
+def metric_value(row: Mapping[Any, Any], metric: str) -> str:
     return with_unit(row.get(metric), UNITS.get(metric, ""))
 
 
@@ -94,7 +94,7 @@ def line(label: str, points: Iterable[tuple[float, float | None]], **style: Any)
     return {"label": label, "data": [{"x": x, "y": y} for x, y in points], **style}
 
 
-def epoch_charts(epochs_by_run: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def epoch_charts(epochs_by_run: Mapping[str, Sequence[Mapping[Any, Any]]]) -> list[dict[str, Any]]:
     """Loss, mAP and per-epoch throughput, one line per run (overlaid on the compare page)."""
     charts = []
     for key, title, unit in (
@@ -171,7 +171,7 @@ def vendors_chart(points: Sequence[ScalingPoint], metric: str) -> dict[str, Any]
 
 
 def history_chart(
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[Any, Any]],
     regressions: Mapping[str, Sequence[Regression]],
     metric: str,
 ) -> dict[str, Any]:

@@ -5,6 +5,7 @@ VENDOR:TOPOLOGY:PRECISION[:FIX_HP] (the mean of its last succeeded runs)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from sqlalchemy import Connection
 
@@ -36,6 +37,16 @@ def load_sides(conn: Connection, items: Sequence[str], last: int = DEFAULT_LAST)
         _configuration(conn, item, last) if is_configuration(item) else _run(conn, item)
         for item in items
     ]
+
+
+def oldest_first(conn: Connection, items: Sequence[str]) -> list[str]:
+    """Run items in the order they finished (the oldest becomes the baseline), then any
+    configurations: what a selection ticked on the newest-first runs page means."""
+    runs = [resolve_run(conn, i) for i in items if not is_configuration(i)]
+    rows = runs_of(conn, runs)
+    latest = datetime.max.replace(tzinfo=timezone.utc)
+    rows = sorted(rows, key=lambda r: (r["finished_at"] or latest, str(r["run_id"])))
+    return [str(r["run_id"]) for r in rows] + [i for i in items if is_configuration(i)]
 
 
 def _run(conn: Connection, ref: str) -> Side:

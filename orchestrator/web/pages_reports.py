@@ -12,7 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from orchestrator.compare import METRICS, compare, difference_rows
-from orchestrator.compare_sides import load_sides
+from orchestrator.compare_sides import load_sides, oldest_first
 from orchestrator.errors import ConfigError
 from orchestrator.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.report_history import campaign_run_ids
@@ -124,6 +124,8 @@ def compare_page(request: Request) -> Response:
         return render(request, "compare.html", comparison=None, items=items, last=last)
     with reading(request) as conn:
         try:
+            if q.get("base") == "oldest":
+                items = oldest_first(conn, items)
             sides = load_sides(conn, items, last)
         except ConfigError as exc:
             raise HTTPException(400, exc.one_line()) from None

@@ -193,9 +193,9 @@ def _epoch_seconds(conn: Connection, column: Any) -> ColumnElement[Any]:
     return func.extract("epoch", column)
 
 
-def monitor_series(conn: Connection, run_id: str, buckets: int = 240) -> list[Series]:
+def monitor_series(conn: Connection, run_id: str, buckets: int = 120) -> list[Series]:
     """Every monitor series of a run, averaged by the database into at most `buckets` time
-    buckets, so that a run with 100,000 samples sends a few thousand rows."""
+    buckets, so a run with 100,000 samples sends a few thousand rows."""
     sample = MonitorSample
     first, last = conn.execute(
         select(func.min(sample.ts), func.max(sample.ts)).where(sample.run_id == run_id)
@@ -210,29 +210,33 @@ def monitor_series(conn: Connection, run_id: str, buckets: int = 240) -> list[Se
     else:
         bucket = func.floor(offset / width)
     bucket = bucket.label("bucket")
+    keys = (sample.metric, sample.node_name, sample.device_index)
     query = (
         select(
-            sample.metric,
-            sample.node_name,
-            sample.device_index,
+            *keys,
             bucket,
             func.avg(offset).label("at_s"),
             func.avg(sample.value).label("value"),
             func.count().label("n"),
         )
         .where(sample.run_id == run_id, sample.metric != "monitor_tool_missing")
-        .group_by(sample.metric, sample.node_name, sample.device_index, bucket)
-        .order_by(sample.metric, sample.node_name, sample.device_index, bucket)
+        .group_by(*keys, bucket)
     )
     found: dict[tuple[str, str, int | None], Series] = {}
-    for row in conn.execute(query):
-        key = (row.metric, row.node_name, row.device_index)
-        series = found.get(key)
+    for metric, node, device, _, at_s, value, n in conn.execute(query):
+        series = found.get((metric, node, device))
         if series is None:
-            series = found[key] = Series(row.metric, row.node_name, row.device_index)
-        series.points.append((round(float(row.at_s), 3), float(row.value)))
-        series.samples += int(row.n)
-    return list(found.values())
+            series = found[(metric, node, device)] = Series(metric, node, device)
+        series.points.append((round(float(at_s), 3), float(value)))
+        series.samples += int(n)
+    for series in found.values():
+        series.points.sort()
+    return [found[k] for k in sorted(found, key=_series_order)]
+
+
+def _series_order(key: tuple[str, str, int | None]) -> tuple[str, str, int]:
+    metric, node, device = key
+    return (metric, node, -1 if device is None else device)
 
 
 def configuration_runs(conn: Connection, run: RowMapping, limit: int = 20) -> list[RowMapping]:

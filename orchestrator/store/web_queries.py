@@ -183,7 +183,7 @@ class Series:
     metric: str
     node: str
     device: int | None
-    points: list[tuple[float, float]] = field(default_factory=list)  # (s since first, mean)
+    points: list[tuple[float, float]] = field(default_factory=list)  # (bucket middle s, mean)
     samples: int = 0  # stored samples behind the points
 
 
@@ -215,7 +215,6 @@ def monitor_series(conn: Connection, run_id: str, buckets: int = 120) -> list[Se
         select(
             *keys,
             bucket,
-            func.avg(offset).label("at_s"),
             func.avg(sample.value).label("value"),
             func.count().label("n"),
         )
@@ -223,11 +222,13 @@ def monitor_series(conn: Connection, run_id: str, buckets: int = 120) -> list[Se
         .group_by(*keys, bucket)
     )
     found: dict[tuple[str, str, int | None], Series] = {}
-    for metric, node, device, _, at_s, value, n in conn.execute(query):
+    for metric, node, device, index, value, n in conn.execute(query):
         series = found.get((metric, node, device))
         if series is None:
             series = found[(metric, node, device)] = Series(metric, node, device)
-        series.points.append((round(float(at_s), 3), float(value)))
+        # x: the bucket's middle (an average of the times would cost a second conversion of
+        # every sample's timestamp)
+        series.points.append((round((int(index) + 0.5) * width, 3), float(value)))
         series.samples += int(n)
     for series in found.values():
         series.points.sort()

@@ -3,7 +3,7 @@ relative change from the first (the baseline), which environment fields and hype
 differ, and the thresholds a script gates on (`--fail-below p_core=-5%`).
 
 Pure: the sides are built from seed_table rows, environment blocks and hparams that the caller
-read (orchestrator.store.web_queries, queries.environment). `orchestrator compare` and the
+read (orchestrator/compare_sides.py). `orchestrator compare` and the
 web page's /compare use the same functions. docs/web.md explains the rules.
 """
 

@@ -11,13 +11,13 @@ from sqlalchemy import Connection
 
 from orchestrator.compare import Side, config_side, run_side
 from orchestrator.errors import ConfigError
-from orchestrator.store.queries import environment, resolve_run
-from orchestrator.store.web_queries import (
+from orchestrator.store.config_queries import (
     configuration_rows,
     find_configurations,
     hparams_of,
     runs_of,
 )
+from orchestrator.store.queries import environment, resolve_run
 
 DEFAULT_LAST = 10  # a configuration is the mean of its last 10 succeeded runs
 

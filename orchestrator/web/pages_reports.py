@@ -19,15 +19,15 @@ from orchestrator.report_history import campaign_run_ids
 from orchestrator.report_history import configuration_history as history_of_rows
 from orchestrator.report_stats import flag_history, group_rows, scaling_points
 from orchestrator.states import PRECISIONS
-from orchestrator.store.queries import Selection, environment, seed_rows
-from orchestrator.store.web_queries import (
+from orchestrator.store.config_queries import (
     ConfigKey,
     configuration_history,
     configurations,
     epochs_of,
-    filter_options,
     scaling_groups,
 )
+from orchestrator.store.queries import Selection, environment, seed_rows
+from orchestrator.store.web_queries import filter_options
 from orchestrator.web import params
 from orchestrator.web.context import reading, render
 from orchestrator.web.present import epoch_charts, history_chart, scaling_chart, vendors_chart

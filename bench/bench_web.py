@@ -74,8 +74,9 @@ def add_lab_data(url: str, runs: int) -> None:
             )
         for run_id, count in MONITORED.items():
             conn.execute(insert(MonitorSample), list(_samples(run_id, count, now)))
-        if store.backend == "postgresql":
-            conn.execute(text("ANALYZE"))
+        # Statistics, as a lab's store has them (SQLite: PRAGMA optimize when a command that
+        # ran queries closes; PostgreSQL: autovacuum); the read-only server cannot make them.
+        conn.execute(text("ANALYZE"))
 
 
 def _samples(run_id: str, count: int, now: datetime):  # type: ignore[no-untyped-def]
@@ -190,6 +191,9 @@ def measure(name: str, url: str, args: argparse.Namespace) -> None:
     print(
         f"{name}: store of {args.runs:,} runs x 16 ranks + monitors made in {time.perf_counter() - began:.0f} s"
     )
+    print(
+        f"{name}: load average before the requests {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     process, port = serve(url)
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -215,6 +219,7 @@ def measure(name: str, url: str, args: argparse.Namespace) -> None:
                 f"{name}: {label:<32} {statistics.median(server):>10.1f} ms {p95(server):>7.1f} ms "
                 f"{statistics.median(wall):>8.1f} ms  {size:,}"
             )
+        print(f"{name}: load average after {os.getloadavg()[0]:.1f}")
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -80,7 +80,8 @@ class Guard:
         given = request.query_params.get("token")
         if given is not None and self._matches(given):
             kept = [(k, v) for k, v in parse_qsl(request.url.query) if k != "token"]
-            target = request.url.path + (f"?{urlencode(kept)}" if kept else "")
+            # One leading slash: "//host/..." would send the browser to another site.
+            target = "/" + request.url.path.lstrip("/") + (f"?{urlencode(kept)}" if kept else "")
             redirect = RedirectResponse(target, status_code=303)
             redirect.set_cookie(COOKIE, given, httponly=True, samesite="strict")
             return redirect

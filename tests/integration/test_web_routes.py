@@ -336,6 +336,10 @@ def test_token_is_required_on_every_request(web_store_url: str) -> None:
         assert link.headers["location"] == "/runs?vendor=metax"  # the token leaves the URL
         assert "httponly" in link.headers["set-cookie"].lower()
         assert c.get("/runs?vendor=metax").status_code == 200  # the cookie now
+        elsewhere = c.get(
+            f"http://testserver//evil.example/x?token={TOKEN}", follow_redirects=False
+        )
+        assert elsewhere.headers["location"] == "/evil.example/x"  # never to another site
         assert c.post("/runs").status_code == 405
 
 

@@ -4,7 +4,7 @@ epochs). Every filter is a bound parameter."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -171,4 +171,52 @@ def epochs_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[RowMap
     )
     for row in conn.execute(query).mappings():
         found[row["run_id"]].append(row)
+    return found
+
+
+# The seed table's columns that the regression flags read.
+_FLAG_COLUMNS = tuple(
+    SEED_TABLE.c[name]
+    for name in (
+        "run_id",
+        "vendor",
+        "topology",
+        "config",
+        "precision",
+        "fix_hp",
+        "status",
+        "finished_at",
+        "p_train",
+        "p_core",
+    )
+)
+
+
+def flag_inputs(conn: Connection, rows: Sequence[Mapping[Any, Any]], k: int) -> list[RowMapping]:
+    """What report_stats.flag_history needs to flag `rows`: per configuration, the k succeeded
+    runs before its earliest selected run and every succeeded run from there to its latest.
+    (report_history.configuration_history reads the configurations' whole history instead.)"""
+    spans: dict[tuple[str, ...], tuple[datetime, datetime]] = {}
+    for row in rows:
+        if row.get("status") != "succeeded" or row.get("finished_at") is None:
+            continue
+        key = tuple(str(row[c]) for c in ("vendor", "topology", "config", "precision", "fix_hp"))
+        first, last = spans.get(key, (row["finished_at"], row["finished_at"]))
+        spans[key] = (min(first, row["finished_at"]), max(last, row["finished_at"]))
+    view = SEED_TABLE.c
+    found: list[RowMapping] = []
+    for (vendor, topology, config, precision, fix_hp), (first, last) in spans.items():
+        base = select(*_FLAG_COLUMNS).where(
+            view.status == "succeeded",
+            view.vendor == vendor,
+            view.topology == topology,
+            view.precision == precision,
+            view.config == config,
+            view.fix_hp == fix_hp,
+        )
+        before = base.where(view.finished_at < first)
+        before = before.order_by(view.finished_at.desc(), view.run_id.desc()).limit(k)
+        found += conn.execute(before).mappings()
+        span = base.where(view.finished_at >= first, view.finished_at <= last)
+        found += conn.execute(span).mappings()
     return found

@@ -16,14 +16,14 @@ from orchestrator.compare_sides import load_sides, oldest_first
 from orchestrator.errors import ConfigError
 from orchestrator.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.report_history import campaign_run_ids
-from orchestrator.report_history import configuration_history as history_of_rows
-from orchestrator.report_stats import flag_history, group_rows, scaling_points
+from orchestrator.report_stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
 from orchestrator.states import PRECISIONS
 from orchestrator.store.config_queries import (
     ConfigKey,
     configuration_history,
     configurations,
     epochs_of,
+    flag_inputs,
     scaling_groups,
 )
 from orchestrator.store.queries import Selection, environment, seed_rows
@@ -65,9 +65,9 @@ def _seed_data(request: Request) -> dict[str, Any]:
         if campaign is None or selection.run_ids:
             rows = seed_rows(conn, selection)
             env = environment(conn, selection)
-        history = history_of_rows(conn, rows)
+        history = flag_inputs(conn, rows, HISTORY_RUNS)
         options = filter_options(conn)
-    flagged = flag_history(history)
+    flagged = flag_history(history, HISTORY_RUNS)
     regressions = {
         str(r["run_id"]): flagged[str(r["run_id"])] for r in rows if r["run_id"] in flagged
     }

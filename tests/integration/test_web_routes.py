@@ -230,6 +230,21 @@ def test_seed_page_and_downloads_match_the_report_command(
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text == per_run.out
     assert client.get("/seed?precision=fp64").status_code == 400
+    # Only the regressed run selected: its flag needs the runs before the selection.
+    late = client.get("/seed.md?vendor=metax&topology=2x8&since=2026-01-25")
+    cli = run_cli(
+        "--db",
+        web_store_url,
+        "report",
+        "--vendor",
+        "metax",
+        "--topology",
+        "2x8",
+        "--since",
+        "2026-01-25",
+    )  # type: ignore[operator]
+    assert late.text == cli.out
+    assert f"{REGRESSED_RUN}: p_core -21%" in late.text
 
 
 def test_compare_two_runs(client: TestClient, web_store_url: str) -> None:

@@ -53,7 +53,14 @@ def configuration_history(
 ) -> list[RowMapping]:
     """The succeeded runs of one configuration as seed_table rows, oldest first."""
     view = SEED_TABLE
+    # Its topology (part of the config label) lets the query use ix_runs_config_time.
+    topology = conn.scalar(
+        select(Run.topology)
+        .where(Run.vendor == key.vendor, Run.config_label == key.config)
+        .limit(1)
+    )
     query = select(view).where(
+        view.c.topology == topology,
         view.c.status == "succeeded",
         view.c.vendor == key.vendor,
         view.c.config == key.config,

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.report_stats import Group, Regression, config_key, devices
+from orchestrator.report_stats import (
+    Group,
+    Regression,
+    ScalingPoint,
+    config_key,
+    devices,
+    scaling_points,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -49,28 +56,26 @@ def scaling_figure(
     times the devices (the 1x1 value x devices when 1x1 was run)."""
     fig = _figure()
     ax = fig.add_subplot()
-    series: dict[str, list[tuple[int, Group]]] = {}
-    for g in groups:
-        count = devices(g.topology)
-        if count is not None:
-            series.setdefault(_series_name(g), []).append((count, g))
-    for name, points in sorted(series.items()):
-        points.sort(key=lambda p: p[0])
-        for metric in metrics:
-            measured = [(x, s.mean) for x, g in points if (s := g.stats(metric)) is not None]
-            if not measured:
-                continue
-            xs, ys = zip(*measured)
-            (line,) = ax.plot(xs, ys, marker="o", label=f"{name} {metric}")
-            base_x, base_y = measured[0]
-            ax.plot(
-                xs,
-                [base_y / base_x * x for x in xs],
-                linestyle="--",
-                color=line.get_color(),
-                alpha=0.6,
-                label=f"{name} {metric} ideal",
-            )
+    measured = [
+        (f"{_series_name(g)} {metric}", g.topology, s.mean)
+        for metric in metrics
+        for g in groups
+        if (s := g.stats(metric)) is not None
+    ]
+    lines: dict[str, list[ScalingPoint]] = {}
+    for point in scaling_points(measured):
+        lines.setdefault(point.series, []).append(point)
+    for name, points in lines.items():
+        xs = [p.devices for p in points]
+        (line,) = ax.plot(xs, [p.mean for p in points], marker="o", label=name)
+        ax.plot(
+            xs,
+            [p.ideal for p in points],
+            linestyle="--",
+            color=line.get_color(),
+            alpha=0.6,
+            label=f"{name} ideal",
+        )
     ax.set_title("Throughput scaling")
     ax.set_xlabel("devices (nodes x devices per node)")
     ax.set_ylabel("throughput (images/s)")

@@ -95,17 +95,56 @@ def find_regressions(
         and (h["finished_at"], str(h["run_id"])) < (run["finished_at"], str(run["run_id"]))
     ]
     earlier.sort(key=lambda h: (h["finished_at"], str(h["run_id"])))
-    recent = earlier[-k:]
+    return _flags(run, earlier[-k:])
+
+
+def _flags(run: Mapping[Any, Any], recent: Sequence[Mapping[Any, Any]]) -> list[Regression]:
+    """The watched metrics of `run` that fall below the spread of `recent` (its last k runs)."""
     found = []
     for metric in WATCHED:
         value = run.get(metric)
-        past = spread(h.get(metric) for h in recent)
-        if value is None or past is None or past.n < MIN_HISTORY or past.sd is None:
+        numbers = [float(v) for h in recent if (v := h.get(metric)) is not None]
+        numbers = [v for v in numbers if math.isfinite(v)]
+        if value is None or len(numbers) < MIN_HISTORY:
             continue
         value = float(value)
-        if value < past.mean - SIGMAS * past.sd and value < past.mean * (1.0 - MIN_DROP):
+        # The cheap half of the rule first: statistics.stdev costs ~100x a mean, and most runs
+        # are not 5 % below theirs (a configuration's whole history on the web page).
+        if not value < statistics.fmean(numbers) * (1.0 - MIN_DROP):
+            continue
+        past = spread(numbers)
+        if past is None or past.sd is None:
+            continue
+        if value < past.mean - SIGMAS * past.sd:
             found.append(Regression(str(run["run_id"]), metric, value, past.mean, past.sd, past.n))
     return found
+
+
+def flag_history(
+    history: Sequence[Mapping[Any, Any]], k: int = HISTORY_RUNS
+) -> dict[str, list[Regression]]:
+    """find_regressions for every succeeded run of `history` against the runs of its own
+    configuration before it, in one pass (a window of the last k per configuration) rather than
+    one scan of the history per run: a configuration's whole history on the web page."""
+    ordered = sorted(
+        (
+            h
+            for h in history
+            if h.get("status", "succeeded") == "succeeded" and h.get("finished_at") is not None
+        ),
+        key=lambda h: (h["finished_at"], str(h["run_id"])),
+    )
+    windows: dict[ConfigKey, list[Mapping[Any, Any]]] = {}
+    flagged: dict[str, list[Regression]] = {}
+    for row in ordered:
+        window = windows.setdefault(config_key(row), [])
+        found = _flags(row, window)
+        if found:
+            flagged[str(row["run_id"])] = found
+        window.append(row)
+        if len(window) > k:
+            del window[0]
+    return flagged
 
 
 def regressions_by_run(
@@ -186,3 +225,37 @@ def devices(topology: str) -> int | None:
         return int(nodes) * int(per_node)
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    """A series' mean throughput at one topology, against the ideal line through its smallest
+    topology (per-device value x devices: the 1x1 value x devices when 1x1 was run)."""
+
+    series: str
+    topology: str
+    devices: int
+    mean: float
+    ideal: float
+
+    @property
+    def efficiency(self) -> float:
+        """Measured over ideal: 1.0 scales perfectly, 0.8 loses a fifth to communication."""
+        return self.mean / self.ideal if self.ideal else 0.0
+
+
+def scaling_points(measured: Iterable[tuple[str, str, float]]) -> list[ScalingPoint]:
+    """(series, topology, mean) -> points sorted by series then devices; a topology that
+    does not parse is left out."""
+    series: dict[str, list[tuple[int, str, float]]] = {}
+    for name, topology, mean in measured:
+        count = devices(topology)
+        if count is not None and count > 0:
+            series.setdefault(name, []).append((count, topology, float(mean)))
+    points = []
+    for name, found in sorted(series.items()):
+        found.sort()
+        base_devices, _, base_mean = found[0]
+        per_device = base_mean / base_devices
+        points += [ScalingPoint(name, t, n, mean, per_device * n) for n, t, mean in found]
+    return points

@@ -15,6 +15,8 @@ _MODULES = [
     "orchestrator.cli.image_cmd",
     "orchestrator.cli.campaign_cmd",
     "orchestrator.cli.attach_cmd",
+    "orchestrator.cli.compare_cmd",
+    "orchestrator.cli.web_cmd",
 ]
 
 

@@ -81,7 +81,7 @@ def parse_mx_smi_memory(text):
     """`mx-smi --show-memory` -> [(metric, bytes, device)]. Each device's section starts with a
     `GPU#N  <name> ...` line and holds `vram used : 35789312 KB`-style lines (KB are KiB); a
     section without vram lines gives its vis_vram (the CPU-visible part, all of it on the C500)."""
-    found = {}  # (device, metric) -> (preference, value)
+    found: dict = {}  # (device, metric) -> (preference, value)
     device = None
     for line in text.splitlines():
         header = re.match(r"\s*GPU#(\d+)\b", line)

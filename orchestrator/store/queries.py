@@ -43,6 +43,8 @@ SEED_TABLE = Table(
     Column("status", String),
     Column("finished_at", UtcDateTime),
     Column("campaign_id", String),
+    Column("mem_source", String),  # migration 0004
+    Column("source", String),
 )
 SEED_COLUMNS = (
     "config",

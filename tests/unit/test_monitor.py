@@ -194,7 +194,7 @@ def _mem_of(store: Any, run_id: str) -> tuple[Any, ...]:
 
 
 def test_ingest_stores_samples_and_takes_mem_from_the_device_peak_during_training(
-    sqlite_store: Any, run_copy: Any
+    sqlite_store: Any, sqlite_url: str, run_copy: Any, run_cli: Any
 ) -> None:
     folder = run_copy(RUN_1X1)
     node = json.loads((folder / "manifest.json").read_text())["nodes"][0]["name"]
@@ -241,6 +241,10 @@ def test_ingest_stores_samples_and_takes_mem_from_the_device_peak_during_trainin
         [{"node": node, "device": 0, "used_bytes": int(35.5 * GIB), "total_bytes": 40 * GIB}],
     )
     assert cpu == [(node, None, 55.0)]
+    shown = run_cli("--db", sqlite_url, "runs", "show", RUN_1X1)
+    assert shown.exit_code == 0, shown.err
+    assert "mem_source" in shown.out and "device" in shown.out
+    assert f"{node}/0 35.5/40.0" in shown.out  # mem_devices, GiB
 
     # The folder published again with one more sample: the series is replaced, not doubled.
     _samples_file(

@@ -15,6 +15,7 @@ _MODULES = [
     "orchestrator.cli.image_cmd",
     "orchestrator.cli.campaign_cmd",
     "orchestrator.cli.attach_cmd",
+    "orchestrator.cli.export_cmd",
 ]
 
 

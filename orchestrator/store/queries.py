@@ -178,6 +178,17 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
     return detail
 
 
+def run_documents(conn: Connection, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's row and its rank files as stored (rank order): what an export is built from."""
+    run_id = resolve_run(conn, ref)
+    run_columns = [c for c in Run.__table__.c if c.name not in ("manifest", "request")]
+    run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
+    documents = conn.scalars(
+        select(RankResult.document).where(RankResult.run_id == run_id).order_by(RankResult.rank)
+    )
+    return dict(run), [dict(d) for d in documents]
+
+
 def _where(
     conn: Connection, query: Select[Any], selection: Selection, source: Any = SEED_TABLE
 ) -> Select[Any]:

@@ -16,13 +16,13 @@ from sqlalchemy import func, select
 
 from orchestrator.interchange.flagperf import FlagPerfLogError, read_logs
 from orchestrator.store.models import RankResult, Run
-from tests.support.store_fixtures import RUN_1X8
+from tests.support.store_fixtures import FLAGPERF_2X8, FLAGPERF_LOGS, RUN_1X8
 
-LOGS = Path(__file__).resolve().parents[1] / "fixtures" / "flagperf" / "run20240611103000"
+LOGS = FLAGPERF_LOGS
 CASE_1X8 = "faster_rcnn:pytorch_2.0:C500:1:8:1"
 CASE_2X8 = "faster_rcnn:pytorch_2.0:C500:2:8:1"
 ID_1X8 = "flagperf-20240611103000-C500-1x8-r1"
-ID_2X8 = "flagperf-20240611103000-C500-2x8-r1"
+ID_2X8 = FLAGPERF_2X8
 SAMPLES_1X8 = 117266 * 26  # FlagPerf's count: len(train set) per epoch trained
 SAMPLES_2X8 = 117266 * 25
 

@@ -3,8 +3,10 @@ reading what it wrote (RUN_DIR/nodes/<node>/monitor.jsonl) into monitor_samples 
 
 The sampler is orchestrator/monitor_probe.py (standard library, Python 3.8), sent as
 `python -c SOURCE ARGS_JSON`. Which accelerator tool it calls and how its output is read is
-table-driven (SAMPLING_QUERIES, by tool name); a vendor tool without an entry has its raw output
-recorded once in the file and nothing else. docs/monitors.md describes metrics and the file.
+table-driven (SAMPLING_QUERIES for CSV tools such as nvidia-smi, TEXT_QUERIES for mx-smi's text,
+by tool name); a vendor tool without an entry has its raw output recorded once in the file and
+nothing else. A run's device memory peaks during training come from here (device_memory_peaks).
+docs/monitors.md describes metrics and the file.
 """
 
 from __future__ import annotations

@@ -37,6 +37,16 @@ SEED_HEADERS: tuple[tuple[str, str, str], ...] = (
     ("run_id", "run", "{}"),
 )
 REPORT_FORMATS = ("markdown", "csv", "json")
+# Per-run keys that CSV and JSON carry after the seed's columns; markdown folds mem_source into
+# the mem cell.
+EXTRA_KEYS = ("mem_source", "source")
+
+
+def mem_cell(mem: Any, source: Any) -> str:
+    """'37.1/64.0 (device)': which figure mem is, the SMI tool's or the allocator's."""
+    if not mem:
+        return ""
+    return f"{mem} ({source})" if source else str(mem)
 
 
 def fmt(value: Any, pattern: str = "{}") -> str:
@@ -61,15 +71,13 @@ def render_report(
     if output == "markdown":
         extra = _regression_lines(regressions or {}) + _plot_lines(plots)
         return _markdown(environment, rows) + "".join(line + "\n" for line in extra)
+    keys = [key for key, _, _ in SEED_HEADERS] + list(EXTRA_KEYS)
     if output == "csv":
-        return to_csv(
-            [key for key, _, _ in SEED_HEADERS],
-            [[row.get(key) for key, _, _ in SEED_HEADERS] for row in rows],
-        )
+        return to_csv(keys, [[row.get(key) for key in keys] for row in rows])
     if output == "json":
         document = {
             "environment": {label: values for label, values in environment},
-            "runs": [{key: row.get(key) for key, _, _ in SEED_HEADERS} for row in rows],
+            "runs": [{key: row.get(key) for key in keys} for row in rows],
         }
         return to_json(document)
     raise ConfigError(
@@ -87,8 +95,13 @@ def _markdown(
     lines.append("| " + " | ".join(header for _, header, _ in SEED_HEADERS) + " |")
     lines.append("| " + " | ".join("---" for _ in SEED_HEADERS) + " |")
     for row in rows:
-        cells = [fmt(row.get(key), pattern).replace("|", "\\|") for key, _, pattern in SEED_HEADERS]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [
+            mem_cell(row.get("mem"), row.get("mem_source"))
+            if key == "mem"
+            else fmt(row.get(key), pattern)
+            for key, _, pattern in SEED_HEADERS
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if not rows:
         lines.append("")
         lines.append("No runs match this selection.")
@@ -133,14 +146,14 @@ def render_grouped_report(
         columns = [*GROUP_KEYS, "n"]
         for metric in METRICS:
             columns += [metric, f"{metric}_sd", f"{metric}_min", f"{metric}_max"]
-        columns += ["mem", "run_id", "regression"]  # run_id: the group's runs, space-separated
+        columns += ["mem", "mem_source", "run_id", "regression"]  # run_id: space-separated
         data = []
         for g in groups:
             line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
             for metric in METRICS:
                 s = g.stats(metric)
                 line += [s.mean, s.sd, s.min, s.max] if s else [None] * 4
-            line += [g.mem, " ".join(g.run_ids), _group_flag(g, regressions)]
+            line += [g.mem, g.mem_source, " ".join(g.run_ids), _group_flag(g, regressions)]
             data.append(line)
         return to_csv(columns, data)
     if output == "json":
@@ -156,11 +169,15 @@ def render_grouped_report(
                     "n": g.n,
                     **{m: (s.as_dict() if (s := g.stats(m)) else None) for m in METRICS},
                     "mem": g.mem,
+                    "mem_source": g.mem_source,
                     "run_ids": g.run_ids,
                 }
                 for g in groups
             ],
-            "runs": [{key: row.get(key) for key, _, _ in SEED_HEADERS} for row in rows],
+            "runs": [
+                {key: row.get(key) for key in [k for k, _, _ in SEED_HEADERS] + list(EXTRA_KEYS)}
+                for row in rows
+            ],
             "regressions": [
                 {
                     "run_id": r.run_id,
@@ -197,7 +214,7 @@ def _grouped_markdown(
     for g in groups:
         cells = [g.config, g.precision, g.fix_hp]
         cells += [_spread_cell(g, metric) for metric in METRICS]
-        cells += [g.mem or "", str(g.n), _group_flag(g, regressions)]
+        cells += [mem_cell(g.mem, g.mem_source), str(g.n), _group_flag(g, regressions)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if not groups:
         lines += ["", "No runs match this selection."]
@@ -205,7 +222,8 @@ def _grouped_markdown(
         lines += [
             "",
             "Cells are mean ± sample standard deviation (min–max) over the n repeats of a "
-            "configuration; mem is the peak over them.",
+            "configuration; mem is the peak over them, from the accelerator tool (device) or "
+            "the ranks' allocator (allocator).",
         ]
     lines += _regression_lines(regressions)
     lines += _plot_lines(plots)

@@ -196,8 +196,18 @@ class Group:
     @property
     def mem(self) -> str | None:
         """The peak over the repeats: the label with the most memory used."""
-        labels = [str(r["mem"]) for r in self.rows if r.get("mem")]
-        return max(labels, key=_mem_used, default=None)
+        top = self._mem_row()
+        return str(top["mem"]) if top is not None else None
+
+    @property
+    def mem_source(self) -> str | None:
+        """Where that peak comes from: 'device' (the SMI tool) or 'allocator'."""
+        top = self._mem_row()
+        return top.get("mem_source") if top is not None else None
+
+    def _mem_row(self) -> Mapping[Any, Any] | None:
+        rows = [r for r in self.rows if r.get("mem")]
+        return max(rows, key=lambda r: _mem_used(str(r["mem"])), default=None)
 
 
 def _mem_used(label: str) -> float:

@@ -39,6 +39,16 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("orchestrator.images", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs")),
     (
+        "orchestrator.interchange",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.store",
+            "orchestrator.runs.lifecycle",
+        ),
+    ),
+    (
         "orchestrator.transport",
         (
             *_BACKENDS,

@@ -17,6 +17,8 @@ _MODULES = [
     "orchestrator.cli.attach_cmd",
     "orchestrator.cli.compare_cmd",
     "orchestrator.cli.web_cmd",
+    "orchestrator.cli.export_cmd",
+    "orchestrator.cli.import_cmd",
 ]
 
 

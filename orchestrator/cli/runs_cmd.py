@@ -122,12 +122,17 @@ def show_command(app: AppContext, run: str) -> None:
         with store.reading() as conn:
             detail = run_detail(conn, run)
     out = console()
-    fields = [
-        (k, v) for k, v in detail.run.items() if v is not None and k not in ("hparams", "failure")
-    ]
+    hidden = ("hparams", "failure", "mem_devices")
+    fields = [(k, v) for k, v in detail.run.items() if v is not None and k not in hidden]
     fields.append(
         ("hparams", ", ".join(f"{k}={v}" for k, v in (detail.run["hparams"] or {}).items()) or "/")
     )
+    if detail.run["mem_devices"]:  # each device's peak from the accelerator tool
+        peaks = [
+            f"{d['node']}/{d['device']} {mem_label(d['used_bytes'], d['total_bytes'])}"
+            for d in detail.run["mem_devices"]
+        ]
+        fields.append(("mem_devices (GiB)", "; ".join(peaks)))
     if detail.run["failure"]:
         fields += [(f"failure.{k}", v) for k, v in detail.run["failure"].items() if k != "log_tail"]
     out.print(table(f"run {detail.run['run_id']}", ["field", "value"], fields))

@@ -23,14 +23,17 @@ from typing import Any, TypeVar
 
 from orchestrator.errors import IngestError, TopologyError
 from orchestrator.monitor import MONITOR_FILE, Sample, parse_samples
+from orchestrator.runs.imported import ImportedResult, imported_from_dict
 from orchestrator.specs import Topology
 from orchestrator.states import (
     BACKENDS,
     PRECISIONS,
+    RUN_SOURCES,
     RUN_STATUSES,
     RUNTIMES,
     BackendName,
     Precision,
+    RunSource,
     RunStatus,
     Runtime,
 )
@@ -109,6 +112,9 @@ class RunManifest:
     slurm_job_id: str | None = None
     command: str = ""
     orchestrator_version: str = ""
+    # A run imported from another tool's logs (no rank files): the tool, and what its logs said.
+    source: RunSource = "orchestrator"
+    imported: ImportedResult | None = None
 
     @property
     def world_size(self) -> int:
@@ -151,6 +157,12 @@ class RunManifest:
             "slurm_job_id": self.slurm_job_id,
             "command": self.command,
             "orchestrator_version": self.orchestrator_version,
+            # written only for imports, so a native run's manifest is as it always was
+            **(
+                {"source": self.source, "imported": self.imported.to_dict()}
+                if self.imported is not None
+                else {}
+            ),
         }
 
 
@@ -252,6 +264,12 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
             tag=str(image_fields.text("tag")), id=image_fields.text("id", required=False)
         )
     failure = f.get("failure", (dict,), required=False)
+    run_source = f.choice("source", RUN_SOURCES) if "source" in data else "orchestrator"
+    imported = None
+    if run_source != "orchestrator":
+        imported = imported_from_dict(data.get("imported"), source, nnodes)
+    elif data.get("imported") is not None:
+        raise f.fail("imported", "is only for runs imported from another tool (source)")
     submitted_at = f.time("submitted_at", required=True)
     assert submitted_at is not None  # required=True raised otherwise
     return RunManifest(
@@ -280,6 +298,8 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
         slurm_job_id=f.text("slurm_job_id", required=False),
         command=f.text("command", required=False) or "",
         orchestrator_version=f.text("orchestrator_version", required=False) or "",
+        source=run_source,
+        imported=imported,
     )
 
 
@@ -378,6 +398,11 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
         rank = _read_rank(file, manifest)
         ranks.append(rank)
         digest.update(b"\0" + file.name.encode() + b"\0" + rank.text.encode())
+    if ranks and manifest.imported is not None:
+        raise IngestError(
+            f"{root}/{RANKS_DIR}: a run imported from {manifest.source} has no rank files",
+            "remove the folder's ranks/, or the manifest's source and imported",
+        )
     envs, env_texts = {}, {}
     known = {n.name for n in manifest.nodes}
     nodes_dir = root / NODES_DIR

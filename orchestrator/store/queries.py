@@ -43,6 +43,8 @@ SEED_TABLE = Table(
     Column("status", String),
     Column("finished_at", UtcDateTime),
     Column("campaign_id", String),
+    Column("mem_source", String),  # migration 0004
+    Column("source", String),
 )
 SEED_COLUMNS = (
     "config",
@@ -174,6 +176,17 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
             ).mappings()
         )
     return detail
+
+
+def run_documents(conn: Connection, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's row and its rank files as stored (rank order): what an export is built from."""
+    run_id = resolve_run(conn, ref)
+    run_columns = [c for c in Run.__table__.c if c.name not in ("manifest", "request")]
+    run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
+    documents = conn.scalars(
+        select(RankResult.document).where(RankResult.run_id == run_id).order_by(RankResult.rank)
+    )
+    return dict(run), [dict(d) for d in documents]
 
 
 def _where(

@@ -67,6 +67,22 @@ def test_render_markdown_has_the_environment_block_then_the_seed_columns() -> No
     )
 
 
+def test_the_mem_cell_says_whose_figure_it_is() -> None:
+    device = {"config": "A100 1x8", "mem": "39.0/40.0", "mem_source": "device", "run_id": "d"}
+    allocator = {"config": "A100 1x8", "mem": "33.7/40.0", "mem_source": "allocator"}
+    text = render_report([], [device, {**allocator, "run_id": "a"}], "markdown")
+    assert "| 39.0/40.0 (device) | d |" in text
+    assert "| 33.7/40.0 (allocator) | a |" in text
+    rows = list(csv.DictReader(io.StringIO(render_report([], [device], "csv"))))
+    assert (rows[0]["mem"], rows[0]["mem_source"]) == ("39.0/40.0", "device")
+    runs = json.loads(render_report([], [allocator], "json"))["runs"]
+    assert (runs[0]["mem"], runs[0]["mem_source"], runs[0]["source"]) == (
+        "33.7/40.0",
+        "allocator",
+        None,
+    )
+
+
 def test_render_csv_and_json_keep_full_precision() -> None:
     row = {"config": "A100 1x1", "p_core": 44.0531414, "map": None, "run_id": "r"}
     parsed = list(csv.DictReader(io.StringIO(render_report([], [row], "csv"))))

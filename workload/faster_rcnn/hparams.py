@@ -24,6 +24,9 @@ HPARAMS: Dict[str, Tuple[str, Any, Optional[float]]] = {
     "warmup_iters": ("opt_int", None, 0),  # null: min(1000, iterations per epoch - 1)
     "warmup_factor": ("float", 0.001, 0),
     "epochs": ("int", 26, 1),
+    # true: train epochs + 1 epochs, as FlagPerf's loop does (it stops once epoch >= max_epoch,
+    # counting from 0); every vendor config set turns it on (FLAGPERF_RULES)
+    "flagperf_epochs": ("bool", False, None),
     "target_map": ("opt_float", 0.36, 0),  # null: never stop early
     "max_iters": ("opt_int", None, 1),  # null: no cap on training iterations
     "eval": ("bool", True, None),
@@ -48,6 +51,10 @@ _EXAMPLES = {
     "opt_float": "0.36 (or none)",
     "int_list": "16,22",
 }
+
+# What every vendor config set adds to its topology's values: FlagPerf's loop rule, so that a
+# FlagPerf-compatible configuration trains the epochs FlagPerf trains (docs/metrics.md).
+FLAGPERF_RULES: Dict[str, Any] = {"flagperf_epochs": True}
 
 # FlagPerf's config_<hw>x<nnodes>x<nproc>.py files, as data. `env` is the vendor environment the
 # case sets; the workload applies it with setdefault (an explicit environment wins).
@@ -85,6 +92,11 @@ VENDOR_CONFIGS: Dict[str, Dict[str, Any]] = {
         },
     },
 }
+
+
+def epochs_to_train(hp: Mapping[str, Any]) -> int:
+    """How many epochs the loop runs: `epochs`, or one more under FlagPerf's rule."""
+    return int(hp["epochs"]) + (1 if hp.get("flagperf_epochs") else 0)
 
 
 class Resolved(NamedTuple):
@@ -170,7 +182,8 @@ def vendor_override(
             f"--config {config_name}: no override set for topology {topo}",
             "known for {}: {}".format(vendor, ", ".join(sorted(entry["topologies"]))),
         )
-    return dict(entry["topologies"][topo]), dict(entry["env"]), f"{vendor}:{topo}"
+    override = dict(FLAGPERF_RULES, **entry["topologies"][topo])
+    return override, dict(entry["env"]), f"{vendor}:{topo}"
 
 
 def resolve(

@@ -17,7 +17,7 @@ from . import coco, data, evaluate
 from .comm import Comm
 from .device import DeviceOps, Precision, choose_backend, choose_device
 from .dist_env import DistEnv
-from .hparams import Resolved
+from .hparams import Resolved, epochs_to_train
 from .metrics import EpochMeter, RunTotals, planned_iterations, throughputs
 from .model import build_model
 from .progress import Events, log
@@ -68,12 +68,15 @@ class Session:
         train_images = self._build_data(coco_train, coco_val)
         self._build_model()
         iters_per_epoch = len(self.loader)
-        planned = planned_iterations(iters_per_epoch, self.hp["epochs"], self.hp["max_iters"])
+        self.epochs = epochs_to_train(self.hp)  # one more under FlagPerf's loop rule
+        planned = planned_iterations(iters_per_epoch, self.epochs, self.hp["max_iters"])
         warmup = resolve_warmup_iters(self.hp["warmup_iters"], iters_per_epoch)
         self.report.extra["plan"] = {
             "iterations_per_epoch": iters_per_epoch,
             "planned_iterations": planned,
             "warmup_iters": warmup,
+            "train_images": train_images,  # the training set, images without objects dropped
+            "eval_images": len(self.val_ids),
         }
         trainer = Trainer(
             self.net, self.optimizer, self.loader, self.sampler, self.ops, self.precision,
@@ -88,7 +91,7 @@ class Session:
             backend=self.backend,
             precision=self.hp["precision"],
             batch_size=self.hp["batch_size"],
-            epochs=self.hp["epochs"],
+            epochs=self.epochs,
             iterations_per_epoch=iters_per_epoch,
             steps=planned,
             train_images=train_images,
@@ -166,13 +169,13 @@ class Session:
         report.training_started = True
         report.timings["init_s"] = t_train - report.started_perf
         totals = RunTotals()
-        for epoch in range(hp["epochs"]):
+        for epoch in range(self.epochs):
             left = planned - totals.iterations
             if left <= 0:
                 break
             meter = trainer.train_epoch(epoch, left)
             self.events.emit(
-                "epoch_end", epoch=epoch, epochs=hp["epochs"], iterations=meter.iterations,
+                "epoch_end", epoch=epoch, epochs=self.epochs, iterations=meter.iterations,
                 loss=meter.loss_mean, lr=meter.lr, train_s=meter.train_s, core_s=meter.core_s,
             )  # fmt: skip
             if self.val_loader is not None:

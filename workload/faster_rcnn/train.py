@@ -12,6 +12,7 @@ import torch
 from .comm import Comm
 from .device import DeviceOps, Precision
 from .errors import TrainingDiverged
+from .hparams import epochs_to_train
 from .metrics import EpochMeter, eta_seconds
 from .progress import Events
 from .schedule import lr_at
@@ -43,6 +44,7 @@ class Trainer:
         self.comm = comm
         self.events = events
         self.hp = hparams
+        self.epochs = epochs_to_train(hparams)
         self.warmup_iters = warmup_iters
         self.planned_iters = planned_iters
         self.log_every = log_every
@@ -82,9 +84,11 @@ class Trainer:
         sync = self.ops.synchronize
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         last_log_images, lr = 0, 0.0
-        batches = iter(self.loader)
         sync()
         t_epoch = t_prev = t_log = time.perf_counter()
+        # As FlagPerf's p_train: the loader's start-up (its worker processes) is training time,
+        # and data time of the first iteration.
+        batches = iter(self.loader)
         for i in range(n_iters):
             images, targets = next(batches)
             images, targets = self._to_device(images, targets)
@@ -140,7 +144,7 @@ class Trainer:
         images = (meter.images - last_log_images) * self.comm.world_size
         self.events.progress(
             epoch=epoch,
-            epochs=self.hp["epochs"],
+            epochs=self.epochs,
             iteration=iteration,
             iterations=n_iters,
             step=done,

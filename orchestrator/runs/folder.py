@@ -109,6 +109,10 @@ class RunManifest:
     slurm_job_id: str | None = None
     command: str = ""
     orchestrator_version: str = ""
+    # What the run read, as the nodes see it (the cluster file's [case], or submit --data-dir /
+    # --backbone-weights); None in manifests written before they were recorded.
+    data_dir: str | None = None
+    backbone_weights: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -151,6 +155,8 @@ class RunManifest:
             "slurm_job_id": self.slurm_job_id,
             "command": self.command,
             "orchestrator_version": self.orchestrator_version,
+            "data_dir": self.data_dir,
+            "backbone_weights": self.backbone_weights,
         }
 
 
@@ -280,6 +286,8 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
         slurm_job_id=f.text("slurm_job_id", required=False),
         command=f.text("command", required=False) or "",
         orchestrator_version=f.text("orchestrator_version", required=False) or "",
+        data_dir=f.text("data_dir", required=False),
+        backbone_weights=f.text("backbone_weights", required=False),
     )
 
 

@@ -94,6 +94,7 @@ class ProgressView:
         self._task: TaskID | None = None
         self._phase = ""
         self._phase_at = self.t0
+        self._latest = ""  # the newest progress line held back by the 10 s spacing
         self._last_line = self.t0
         self._totals: dict[str, int] = {}  # from the start event
         self._epoch = 0  # 1-based, for people
@@ -168,6 +169,11 @@ class ProgressView:
         except OSError:
             pass  # the terminal is gone; the run goes on
 
+    def line(self, text: str) -> None:
+        """A stamped line within the current phase (e.g. one node's preflight)."""
+        with self._lock:
+            self._line(text)
+
     def note(self, text: str) -> None:
         """A message that is not a phase (a warning, a pending reason): always shown."""
         try:
@@ -182,9 +188,12 @@ class ProgressView:
         collecting, publishing, or the workload's init, training, evaluation)."""
         with self._lock:
             now = self.clock()
-            if self._phase and self._phase != name and self.live:
-                self._line(f"{self._phase} done in {duration(now - self._phase_at)}")
-            self._phase, self._phase_at = name, now
+            took = now - self._phase_at
+            # On a terminal the bar shows the phase; above it, what ended and how long it took
+            # (training and evaluation say so in their own result lines).
+            if self.live and self._phase not in ("", name, "training", "evaluation") and took >= 1:
+                self._line(f"{self._phase} done in {duration(took)}")
+            self._phase, self._phase_at, self._latest = name, now, ""
             if self._progress is not None and self._task is not None:
                 self._progress.reset(self._task, total=None, completed=0)
             self._show(name, None, 0, "", detail)
@@ -198,7 +207,10 @@ class ProgressView:
         now = self.clock()
         every = self.plain_every_s or PLAIN_EVERY_S
         if now - self._last_line >= every:
-            self._line(f"{self._phase}: still running after {duration(now - self._phase_at)}")
+            latest, self._latest = self._latest, ""
+            self._line(
+                latest or f"{self._phase}: still running after {duration(now - self._phase_at)}"
+            )
 
     # -- the workload's events -------------------------------------------------------------
 
@@ -225,6 +237,8 @@ class ProgressView:
             )
         elif kind == "done" and event.get("status") == "failed":
             self._line(f"workload failed: {event.get('error', '?')}")
+        elif kind == "done":
+            self.phase("finishing", "rank 0 wrote its results; waiting for every rank to exit")
 
     def _start(self, event: dict[str, Any]) -> None:
         self._totals = {
@@ -250,7 +264,7 @@ class ProgressView:
         if name == "training":
             total = self._totals.get("iterations_per_epoch")
             self.phase("training", f"epoch {self._epoch}/{epochs}, {total or '?'} iterations")
-            self._show(f"epoch {self._epoch}/{epochs}", total or None, 0, f"0/{total}", "")
+            self._show(f"epoch {self._epoch}/{epochs}", total or None, 0, f"0/{total} it", "")
         elif name == "evaluation":
             images = _int(event, "images")
             self.phase("evaluation", f"after epoch {self._epoch}, {images} images")
@@ -283,7 +297,10 @@ class ProgressView:
         if self.live and self.level <= 0:
             return  # the bar shows it; -v prints every event above the bar as well
         if self.clock() - self._last_line >= self.plain_every_s:
+            self._latest = ""
             self._line(text)
+        else:
+            self._latest = text  # the next tick says it, when the 10 s are up
 
 
 def _fmt_loss(value: float | None) -> str:

@@ -136,7 +136,7 @@ def test_on_a_terminal_the_bar_knows_its_total_from_the_start_event() -> None:
         (task,) = progress.tasks
         assert (task.description, task.total, task.completed) == ("eval epoch 1", 8, 4)
     text = out.getvalue()
-    assert "4/8 img" in text and "init done in" in text
+    assert "4/8 img" in text and "init: 2 process(es) on cpu" in text  # lines above the bar
 
 
 def test_the_final_line_says_status_id_wall_time_numbers_and_folder() -> None:
@@ -155,3 +155,16 @@ def test_parse_event_reads_event_lines_only() -> None:
     }
     assert parse_event("[faster_rcnn] rank 0/1 on cpu") is None
     assert parse_event('{"event": broken') is None
+
+
+def test_a_held_back_progress_line_is_said_at_the_next_tick_not_still_running() -> None:
+    view, out, clock = _plain()
+    view.event({"event": "phase", "phase": "training", "epoch": 0, "epochs": 2})
+    clock.now += 5
+    view.event(_progress(2))  # within 10 s of the phase line: held back
+    clock.now += 5
+    view.tick()
+    assert out.getvalue().splitlines()[1] == (
+        "   10.0s  training: epoch 1/2 iteration 2/8, loss 1.500  12.3 img/s  epoch eta 30s  "
+        "run eta 1m05s"
+    )

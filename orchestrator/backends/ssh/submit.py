@@ -210,7 +210,7 @@ def _execute(
                 job,
                 smi=plan.monitor_tool,
                 docker=plan.runtime == "docker",
-                on_node=lambda report, took: view.note(_preflight_line(report, took)),
+                on_node=lambda report, took: view.line(_preflight_line(report, took)),
             )
             phases.lap("preflight")
             for np_ in plan.nodes:
@@ -287,8 +287,8 @@ def _execute(
 def _preflight_line(report: Any, took_s: float) -> str:
     """One node's preflight, as it finishes: ok, or its failed checks."""
     if report.ok:
-        return f"  preflight {report.node}: ok, {len(report.checks)} checks in {took_s:.1f} s"
-    return f"  [red]preflight {report.node}: FAIL[/] {'; '.join(report.failures())}"
+        return f"preflight {report.node}: ok, {len(report.checks)} checks in {took_s:.1f} s"
+    return f"preflight {report.node}: FAIL {'; '.join(report.failures())}"
 
 
 def _connect_detail(plan: Plan) -> str:

@@ -128,9 +128,7 @@ def test_on_a_terminal_the_bar_knows_its_total_from_the_start_event() -> None:
         view.event(_progress(3))
         (task,) = progress.tasks
         assert (task.description, task.total, task.completed) == ("epoch 1/2", 8, 3)
-        assert task.fields["stats"] == (
-            "loss 1.500  12.3 img/s  epoch eta 30s  run eta 1m05s"
-        )
+        assert task.fields["stats"] == ("loss 1.500  12.3 img/s  epoch eta 30s  run eta 1m05s")
         view.event({"event": "phase", "phase": "evaluation", "epoch": 0, "images": 8})
         view.event({"event": "eval_progress", "epoch": 0, "images": 4, "total": 8})
         (task,) = progress.tasks

@@ -36,7 +36,7 @@ from orchestrator.runs.lifecycle import (
     utcnow,
     write_json,
 )
-from orchestrator.runs.progress import ProgressView
+from orchestrator.runs.progress import ProgressView, verbosity
 from orchestrator.specs import ClusterSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
@@ -337,7 +337,7 @@ def _with_image(
     from orchestrator.images.workflow import ensure_image
 
     job = plan.job
-    with image_progress(console) as (observer, progress):
+    with image_progress(console, verbose=verbosity() > 0) as (observer, progress):
         prepared = ensure_image(
             job.cluster,
             list(job.nodes),

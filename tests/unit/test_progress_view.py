@@ -166,3 +166,20 @@ def test_a_held_back_progress_line_is_said_at_the_next_tick_not_still_running() 
         "   10.0s  training: epoch 1/2 iteration 2/8, loss 1.500  12.3 img/s  epoch eta 30s  "
         "run eta 1m05s"
     )
+
+
+def test_a_phase_with_a_display_of_its_own_suspends_the_bar() -> None:
+    """The image build shows its own Rich display: the run's bar steps aside, then returns."""
+    from rich.progress import Progress
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with ProgressView("r1", console) as view:
+        view.phase("image", "build where missing")
+        with view.suspended():
+            assert view._progress is None
+            with Progress(console=console) as other:  # older Rich: one live display at once
+                other.add_task("build", total=3)
+        assert view._progress is not None
+        view.phase("staging")
+        (task,) = view._progress.tasks
+        assert task.description == "staging"

@@ -7,6 +7,7 @@ Each `*_figure` function returns the Figure (tests inspect its axes); `write_plo
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,13 @@ def _configuration(group: Group) -> tuple[str, str, str, str]:
     """What one scaling series holds: the same vendor, hardware, precision and
     hyper-parameters; only the topology changes along it."""
     return (group.vendor, _hardware(group), group.precision, group.fix_hp)
+
+
+LEGEND_WIDTH = 48  # characters per legend line: long hyper-parameter lists wrap, not overflow
+
+
+def _wrapped(label: str) -> str:
+    return textwrap.fill(label, LEGEND_WIDTH, break_long_words=False, break_on_hyphens=False)
 
 
 def _configuration_label(key: tuple[str, str, str, str]) -> str:
@@ -97,7 +105,7 @@ def scaling_figure(
             if not measured:
                 continue
             xs, ys = zip(*measured)
-            (line,) = ax.plot(xs, ys, marker="o", label=f"{name} {metric}")
+            (line,) = ax.plot(xs, ys, marker="o", label=_wrapped(f"{name} {metric}"))
             top = max(top, *ys)
             if len(measured) >= 2:
                 base_x, base_y = measured[0]
@@ -109,7 +117,7 @@ def scaling_figure(
                     linestyle="--",
                     color=line.get_color(),
                     alpha=0.6,
-                    label=f"{name} {metric} ideal",
+                    label=_wrapped(f"{name} {metric} ideal"),
                 )
     _device_axis(ax, [x for points in series.values() for x, _ in points])
     ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)
@@ -123,13 +131,14 @@ def scaling_figure(
 
 
 def _time_axis(ax: Any, times: Sequence[datetime]) -> None:
-    """An x axis spanning the data (an hour either side of a single run), concise dates."""
+    """An x axis spanning the data (a tenth of the span either side; half an hour either side
+    of a single run), concise dates."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
     if not times:
         return
     first, last = min(times), max(times)
-    pad = max((last - first) * 0.05, timedelta(hours=1))
+    pad = max((last - first) * 0.1, timedelta(minutes=1)) if last > first else timedelta(minutes=30)
     ax.set_xlim(first - pad, last + pad)
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
@@ -158,7 +167,7 @@ def history_figure(
             [r["finished_at"] for r in rows],
             [r[metric] for r in rows],
             marker="o",
-            label=f"{key[1]} {key[2]} ({key[3]})",
+            label=_wrapped(f"{key[1]} {key[2]} ({key[3]})"),
         )
         bad = [r for r in rows if str(r["run_id"]) in flagged]
         if bad:

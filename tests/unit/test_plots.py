@@ -100,6 +100,17 @@ def test_a_one_run_scaling_plot_has_one_point_no_ideal_line_and_a_readable_axis(
     _inside_the_figure(fig)
 
 
+def test_long_hyper_parameter_lists_wrap_inside_the_legend() -> None:
+    fix_hp = "lr=0.0025, box_batch_size_per_image=64, epochs=2, max_size=96, min_size=96, workers=0"
+    fig = scaling_figure(group_rows([{**_row("q", "cpu", "cpu", "1x2", 1.4), "fix_hp": fix_hp}]))
+    labels = _legend_labels(fig.axes[0])
+    assert all(len(line) <= 48 for label in labels for line in label.splitlines()), labels
+    assert labels[0].replace("\n", " ") == f"cpu fp32 ({fix_hp}) p_train"
+    _inside_the_figure(fig)
+    history = history_figure([{**_row("q", "cpu", "cpu", "1x2", 1.4), "fix_hp": fix_hp}])
+    _inside_the_figure(history)
+
+
 def test_different_hyper_parameters_are_different_series() -> None:
     rows = [
         {**_row("e1", "cpu", "cpu", "1x1", 2.0), "fix_hp": "epochs=1"},
@@ -150,7 +161,12 @@ def test_the_time_axis_of_one_run_spans_hours_not_years() -> None:
     fig = history_figure([_row("one", "cpu", "cpu", "1x1", 2.0, 3)])
     low, high = (num2date(x) for x in fig.axes[0].get_xlim())
     finished = T0 + timedelta(days=3)
-    assert low < finished < high and high - low <= timedelta(hours=3)
+    assert low < finished < high and high - low == timedelta(hours=1)
+    # two runs two minutes apart: the axis spans minutes, not hours
+    pair = [_row("a", "cpu", "cpu", "1x1", 2.0, 3), _row("b", "cpu", "cpu", "1x1", 2.1, 3)]
+    pair[1]["finished_at"] = pair[0]["finished_at"] + timedelta(minutes=2)
+    low, high = (num2date(x) for x in history_figure(pair).axes[0].get_xlim())
+    assert high - low == timedelta(minutes=4)
 
 
 def test_vendor_plot_has_one_bar_per_vendor_and_topology() -> None:

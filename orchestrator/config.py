@@ -225,4 +225,6 @@ def resolve_store_url(cli_url: str | None, cluster: ClusterSpec | None) -> str:
         return cli_url
     if cluster is not None and cluster.store_url:
         return cluster.store_url
-    return DEFAULT_STORE_URL
+    # The default file in the working directory, named absolutely once (`cluster show` and
+    # every message say where it is).
+    return f"sqlite:///{Path(DEFAULT_STORE_URL.removeprefix('sqlite:///')).absolute()}"

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.units import sig3
+
 # The seed's numeric columns, summarised over repeats.
 METRICS = ("e2e_time", "p_whole", "p_train", "p_core", "map")
 # Which columns the regression flag watches (throughputs: higher is better).
@@ -71,8 +73,9 @@ class Regression:
 
     def describe(self) -> str:
         return (
-            f"{self.metric} {self.value:.1f} is {self.drop:.0%} below the mean "
-            f"{self.history_mean:.1f} ± {self.history_sd:.1f} of the previous {self.history_n} runs"
+            f"{self.metric} {sig3(self.value)} img/s is {self.drop:.0%} below the mean "
+            f"{sig3(self.history_mean)} ± {sig3(self.history_sd)} of the previous "
+            f"{self.history_n} runs"
         )
 
 

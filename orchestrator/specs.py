@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from orchestrator.errors import TopologyError
@@ -165,3 +165,18 @@ def pick_nodes(
                 f"ask for at most {node.accelerators} per node, or fix accelerators in {cluster.source}",
             )
     return tuple(chosen)
+
+
+def with_inputs(
+    cluster: ClusterSpec, data_dir: str | None, backbone_weights: str | None
+) -> ClusterSpec:
+    """The cluster with one run's dataset and backbone weights (submit --data-dir /
+    --backbone-weights) instead of its [case] values."""
+    if data_dir is None and backbone_weights is None:
+        return cluster
+    case = replace(
+        cluster.case,
+        data_dir=data_dir or cluster.case.data_dir,
+        backbone_weights=backbone_weights or cluster.case.backbone_weights,
+    )
+    return replace(cluster, case=case)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.runs.folder import RunManifest
-from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.specs import ClusterSpec, NodeSpec, Topology, with_inputs
 from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
@@ -89,7 +89,7 @@ def cluster_from(doc: Mapping[str, Any]) -> ClusterSpec:
     backend = doc.get("backend")
     if backend and backend != cluster.backend:
         cluster = replace(cluster, backend=backend)
-    return cluster
+    return with_inputs(cluster, doc.get("data_dir"), doc.get("backbone_weights"))
 
 
 def cluster_file_data(cluster: ClusterSpec) -> dict[str, Any] | None:
@@ -116,7 +116,7 @@ def request_for(
         req.no_progress_timeout_s,
         req.command,
         req.campaign_id,
-        **extra,
+        **{"data_dir": req.data_dir, "backbone_weights": req.backbone_weights, **extra},
     )
 
 

@@ -115,6 +115,10 @@ class RunManifest:
     # A run imported from another tool's logs (no rank files): the tool, and what its logs said.
     source: RunSource = "orchestrator"
     imported: ImportedResult | None = None
+    # What the run read, as the nodes see it (the cluster file's [case], or submit --data-dir /
+    # --backbone-weights); None in manifests written before they were recorded.
+    data_dir: str | None = None
+    backbone_weights: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -163,6 +167,8 @@ class RunManifest:
                 if self.imported is not None
                 else {}
             ),
+            "data_dir": self.data_dir,
+            "backbone_weights": self.backbone_weights,
         }
 
 
@@ -300,6 +306,8 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
         orchestrator_version=f.text("orchestrator_version", required=False) or "",
         source=run_source,
         imported=imported,
+        data_dir=f.text("data_dir", required=False),
+        backbone_weights=f.text("backbone_weights", required=False),
     )
 
 

@@ -41,6 +41,9 @@ class SubmitRequest:
     no_progress_timeout_s: float | None = None
     command: str = ""
     campaign_id: str | None = None
+    # submit --data-dir / --backbone-weights: this run's inputs instead of the cluster file's
+    data_dir: str | None = None
+    backbone_weights: str | None = None
 
 
 @dataclass
@@ -63,6 +66,8 @@ def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> Sub
         no_progress_timeout_s=doc.get("no_progress_timeout_s"),
         command=doc.get("command") or "",
         campaign_id=doc.get("campaign_id"),
+        data_dir=doc.get("data_dir"),
+        backbone_weights=doc.get("backbone_weights"),
     )
 
 
@@ -144,6 +149,8 @@ def manifest_for(
         campaign_id=req.campaign_id,
         command=req.command,
         orchestrator_version=__version__,
+        data_dir=job.cluster.case.data_dir,
+        backbone_weights=job.cluster.case.backbone_weights,
         **extra,
     )
 

@@ -24,6 +24,10 @@ GIB = 1 << 30
 # Names shortened in the seed's fix_hp column and shown first, in this order; the rest sorted.
 _SHORT_NAMES = {"batch_size": "bs"}
 _SHORT_ORDER = ("bs", "lr")
+# Null in the reference, derived by the workload from other inputs and recorded as used
+# (trainable_backbone_layers: 3 with backbone weights, 5 from scratch): in fix_hp only when
+# set explicitly (docs/schema.md, "fix_hp").
+DERIVED_DEFAULTS = ("trainable_backbone_layers",)
 _FIX = "fix or remove the file; docs/schema.md explains the checks"
 
 
@@ -59,14 +63,18 @@ def fix_hp(given: Mapping[str, str], resolved: Mapping[str, Any] | None = None) 
 
     `resolved` is what the workload ran with (rank 0's config.hparams): every value that differs
     from the workload's reference defaults is listed, whether it came from --set or from a
-    vendor's config set (FlagPerf's per-topology overrides). Without it (a run that wrote no
+    vendor's config set (FlagPerf's per-topology overrides), except a derived default nobody
+    set (DERIVED_DEFAULTS). Without it (a run that wrote no
     rank file), the --set values as given. Precision has its own column.
     """
     if resolved is not None:
         shown = {
             name: _show(value)
             for name, value in resolved.items()
-            if name in HPARAMS and name != "precision" and value != HPARAMS[name][1]
+            if name in HPARAMS
+            and name != "precision"
+            and value != HPARAMS[name][1]
+            and (name not in DERIVED_DEFAULTS or name in given)
         }
     else:
         shown = {name: str(value) for name, value in given.items() if name != "precision"}

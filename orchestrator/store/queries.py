@@ -133,6 +133,8 @@ class RunDetail:
     epochs: list[RowMapping] = field(default_factory=list)
     image: RowMapping | None = None
     wheels: list[RowMapping] = field(default_factory=list)
+    # What the run read, from its manifest: data_dir and backbone_weights (None if unrecorded)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 def run_detail(conn: Connection, ref: str) -> RunDetail:
@@ -140,6 +142,9 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
     run_columns = [c for c in Run.__table__.c if c.name not in ("manifest",)]
     run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
     detail = RunDetail(run=run)
+    manifest = conn.scalar(select(Run.manifest).where(Run.run_id == run_id))
+    if isinstance(manifest, dict):
+        detail.inputs = {k: manifest.get(k) for k in ("data_dir", "backbone_weights")}
     detail.history = list(
         conn.execute(
             select(RunStatusChange.status, RunStatusChange.reason, RunStatusChange.at)
@@ -356,6 +361,37 @@ def run_brief(conn: Connection, run_id: str) -> RunBrief | None:
     if row is None:
         return None
     return RunBrief(row.run_id, row.status, row.backend, row.reason, row.slurm_job_id)
+
+
+@dataclass(frozen=True)
+class RunHeadline:
+    """What the one line a run ends with says: status, wall time, p_core, mAP."""
+
+    status: str
+    reason: str | None
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    p_core: float | None
+    map: float | None
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.submitted_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.submitted_at).total_seconds()
+
+
+def run_headline(conn: Connection, run_id: str) -> RunHeadline | None:
+    row = conn.execute(
+        select(
+            Run.status, Run.reason, Run.submitted_at, Run.finished_at, Run.p_core, Run.map
+        ).where(Run.run_id == run_id)
+    ).first()
+    if row is None:
+        return None
+    return RunHeadline(
+        row.status, row.reason, row.submitted_at, row.finished_at, row.p_core, row.map
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Precedence, lowest first: reference defaults < --config set < explicit options <
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ConfigError
@@ -117,10 +118,18 @@ def _known_keys() -> str:
     return ", ".join(sorted(HPARAMS))
 
 
+def _closest(key: str) -> str:
+    """'did you mean epochs? ' for a key close to a known one, else ''."""
+    close = difflib.get_close_matches(key, list(HPARAMS), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
 def parse_value(key: str, text: str) -> Any:
     """Convert the text of `--set key=text` to the key's type; ConfigError names key and value."""
     if key not in HPARAMS:
-        raise ConfigError(f"--set {key}: unknown hyper-parameter", "known keys: " + _known_keys())
+        raise ConfigError(
+            f"--set {key}: unknown hyper-parameter", _closest(key) + "known keys: " + _known_keys()
+        )
     kind = HPARAMS[key][0]
     raw = text.strip()
     where = f"--set {key}={text}"
@@ -208,6 +217,8 @@ def resolve(
 
 
 def check(hp: Mapping[str, Any]) -> None:
+    if hp["lr"] <= 0:
+        raise ConfigError("lr={} must be positive".format(hp["lr"]), "use e.g. lr=0.02")
     for key, (kind, _default, minimum) in HPARAMS.items():
         value = hp[key]
         if value is None or minimum is None:
@@ -219,8 +230,6 @@ def check(hp: Mapping[str, Any]) -> None:
                     f"{key}={value} is below the minimum {minimum}",
                     f"set a value >= {minimum}",
                 )
-    if hp["lr"] <= 0:
-        raise ConfigError("lr={} must be positive".format(hp["lr"]), "set e.g. --lr 0.02")
     if hp["min_size"] > hp["max_size"]:
         raise ConfigError(
             "min_size={} is larger than max_size={}".format(hp["min_size"], hp["max_size"]),

@@ -52,6 +52,7 @@ def _backbone(text: str) -> Optional[str]:
 def run(argv: Sequence[str], report: RankReport, events: Events) -> None:
     env = dist_env.from_environ()
     args = cli.parse(argv)
+    events.emit("phase", phase="init")  # dataset checks, torch, process group, model
     os.makedirs(args.output_dir, exist_ok=True)
     resolved = hparams.resolve(args.config, env.topology, cli.explicit_hparams(args), args.sets)
     report.set_config(resolved.hparams, resolved.config_name, resolved.env)

@@ -7,7 +7,7 @@ import argparse
 import random
 import time
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -81,6 +81,7 @@ class Session:
         trainer = Trainer(
             self.net, self.optimizer, self.loader, self.sampler, self.ops, self.precision,
             self.comm, self.events, self.hp, warmup, planned, self.args.log_every,
+            self.args.progress_every_s,
         )  # fmt: skip
         self.events.emit(
             "start",
@@ -173,6 +174,7 @@ class Session:
             left = planned - totals.iterations
             if left <= 0:
                 break
+            self.events.emit("phase", phase="training", epoch=epoch, epochs=hp["epochs"])
             meter = trainer.train_epoch(epoch, left)
             self.events.emit(
                 "epoch_end", epoch=epoch, epochs=self.epochs, iterations=meter.iterations,
@@ -195,18 +197,42 @@ class Session:
         self._finish(totals, time.perf_counter() - t_train)
 
     def _evaluate(self, meter: EpochMeter) -> None:
+        images = len(self.val_ids)
+        self.events.emit("phase", phase="evaluation", epoch=meter.epoch, images=images)
         self.ops.synchronize()
         t_eval = time.perf_counter()
         result = evaluate.evaluate(
             self.model, self.val_loader, self.coco_val, self.val_ids, self.device,
-            self.precision, self.env.world_size,
+            self.precision, self.env.world_size, self._eval_progress(meter.epoch, images),
         )  # fmt: skip
         self.ops.synchronize()
         meter.eval_s = time.perf_counter() - t_eval
         meter.map = result["map"]
-        images = len(self.val_ids)
         self.events.emit("eval", epoch=meter.epoch, eval_s=meter.eval_s, images=images, **result)
         self.report.eval = dict(result, images=images)
+
+    def _eval_progress(self, epoch: int, total: int) -> Optional[Callable[[int, bool], None]]:
+        """Rank 0's images done, times the world size (an estimate of all ranks' images), as
+        an `eval_progress` event: after the first batch, then at most every
+        --progress-every-s seconds, and once inference is over (`scoring`: COCOeval runs)."""
+        if not self.events.enabled:
+            return None
+        every_s, world = self.args.progress_every_s, self.env.world_size
+        last = [0.0]
+
+        def on_images(done: int, finished: bool) -> None:
+            now = time.perf_counter()
+            if finished or now - last[0] >= every_s:
+                last[0] = now
+                self.events.emit(
+                    "eval_progress",
+                    epoch=epoch,
+                    images=total if finished else min(total, done * world),
+                    total=total,
+                    scoring=finished,
+                )
+
+        return on_images
 
     def _finish(self, totals: RunTotals, train_s: float) -> None:
         """Global image count, this rank's throughputs, the run's (for the done event), memory."""

@@ -33,6 +33,7 @@ class Trainer:
         warmup_iters: int,
         planned_iters: int,
         log_every: int,
+        progress_every_s: float = 5.0,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -48,6 +49,7 @@ class Trainer:
         self.warmup_iters = warmup_iters
         self.planned_iters = planned_iters
         self.log_every = log_every
+        self.progress_every_s = progress_every_s  # a progress event at least this often
         self.done_iters = 0
         self.train_time_s = 0.0  # training loops so far, for the ETA
 
@@ -106,9 +108,13 @@ class Trainer:
             meter.step(len(images), t_core - t_prev, t_end - t_core)
             loss_sum += loss.detach()
             t_prev = t_end
-            if (i + 1) % self.log_every == 0 or i + 1 == n_iters:
+            # The divergence check runs at the same iterations on every rank; the timed
+            # events (rank 0's clock) only add progress lines.
+            at_log = (i + 1) % self.log_every == 0 or i + 1 == n_iters
+            timed = self.events.enabled and t_end - t_log >= self.progress_every_s
+            if at_log or timed:
                 value = float(loss.item())
-                if not math.isfinite(value):
+                if at_log and not math.isfinite(value):
                     raise TrainingDiverged(
                         f"loss is {value} at epoch {epoch} iteration {i + 1}",
                         "lower the learning rate (--lr, or a longer --set warmup_iters=N) "
@@ -142,6 +148,7 @@ class Trainer:
         done = self.done_iters + iteration
         window = now - t_log
         images = (meter.images - last_log_images) * self.comm.world_size
+        epoch_left = n_iters - iteration
         self.events.progress(
             epoch=epoch,
             epochs=self.epochs,
@@ -153,4 +160,5 @@ class Trainer:
             lr=lr,
             images_per_s=images / window if window > 0 else None,
             eta_s=eta_seconds(done, self.planned_iters, self.train_time_s + epoch_elapsed_s),
+            epoch_eta_s=epoch_elapsed_s / iteration * epoch_left if iteration > 0 else None,
         )

@@ -223,11 +223,11 @@ class _Follower:
             if event:
                 view.event(event)
 
-    def pending(self, state: commands.JobState) -> None:
+    def pending(self, state: commands.JobState, view: ProgressView) -> None:
         if state.reason != self.last_reason:
             self.last_reason = state.reason
-            self.console.print(
-                f"[dim]slurm job {self.job_id} pending: {state.reason or 'no reason given'}[/]"
+            view.phase(
+                "queued", f"slurm job {self.job_id} pending: {state.reason or 'no reason given'}"
             )
 
 
@@ -264,15 +264,18 @@ def execute(
     phases = PhaseClock()
     job_id: str | None = None
     holder, ttl_s = f"submit {default_worker_id()}", follow_ttl_s()
+    view = ProgressView(job.run_id, console, live=True)
     try:
+        view.phase("staging", f"run folder and workload source in {plan.settings.shared_dir}")
         stage(plan)
         phases.lap("stage")
         if stop.is_set():
             raise _Cancelled("cancelled by the user before the job was submitted")
+        view.phase("submitting", f"sbatch, {job.topology.nnodes} node(s)")
         job_id = commands.sbatch(plan.script_path, plan.sbatch_argv)
         request = leases.request_for(job.cluster, req)
         follows.record_followed(store, job.run_id, job_id, request, holder, ttl_s)
-        console.print(f"[dim]slurm job {job_id} submitted[/]")
+        view.phase("submitted", f"slurm job {job_id}")
         phases.lap("submit")
     except (_Cancelled, OrchestratorError) as exc:
         status: FinalStatus = "cancelled" if isinstance(exc, _Cancelled) else "failed"
@@ -298,7 +301,7 @@ def execute(
         with keeper:
             outcome = follow(
                 plan, req, store, run_dir, job_id, submitted_at, None, cancel, console, phases,
-                detach=detach, live=True,
+                detach=detach, live=True, view=view,
             )  # fmt: skip
     finally:
         follows.release(store, job.run_id, holder)
@@ -331,6 +334,7 @@ def follow(
     detach: threading.Event | None = None,
     live: bool = False,
     states: Callable[[str], commands.JobState | None] = commands.job_state,
+    view: ProgressView | None = None,
 ) -> Outcome | None:
     """Follow a submitted job to its end, then collect and publish the run. `stop` cancels the
     job (scancel); `detach` stops following and leaves the job to Slurm (a worker that stops,
@@ -351,7 +355,8 @@ def follow(
     try:
         follower = _Follower(plan, job_id, console)
         state: commands.JobState | None = None
-        with ProgressView(job.run_id, console, live=live) as view:
+        view = view or ProgressView(job.run_id, console, live=live)
+        with view:
             while True:
                 if detach is not None and detach.is_set():
                     return None
@@ -375,7 +380,7 @@ def follow(
                         failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
                 if state.run_status == "queued":
-                    follower.pending(state)
+                    follower.pending(state, view)
                 elif started_at is None and (
                     state.run_status == "running" or (state.final and state.node_list)
                 ):
@@ -385,9 +390,14 @@ def follow(
                         job.run_id, "running", reason=f"slurm job {job_id} on {state.node_list}"
                     )
                     view.last_event_at = time.monotonic()
-                    console.print(f"[dim]slurm job {job_id} running on {state.node_list}[/]")
+                    view.phase(
+                        "preflight",
+                        f"slurm job {job_id} running on {state.node_list}: the nodes' checks "
+                        "(the job's first step)",
+                    )
                 if started_at is not None:
                     follower.tail(view)
+                view.tick()
                 if state.final:
                     break
                 why = _why_stop(job, stop, started_at, view.last_event_at)
@@ -401,6 +411,7 @@ def follow(
                 time.sleep(interval)
             if started_at is not None:
                 follower.tail(view)
+            view.phase("collecting", "rank files, logs and environments of the job")
         phases.lap("workload")
         if state is not None and state.final and state.node_list and not plan.nodes:
             plan = replace(plan, nodes=_allocated(plan, source))
@@ -425,6 +436,8 @@ def follow(
         _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
         raise
     ending = _Ending(status, failure)
+    if view is not None:
+        view.phase("publishing", "into the results store")
     outcome = _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
     phases.lap("publish")
     write_json(run_dir / "timings.json", phases.as_dict())

@@ -262,7 +262,7 @@ class ProgressView:
         epochs = event.get("epochs") or self._totals.get("epochs") or "?"
         self._epoch = _int(event, "epoch") + 1
         if name == "training":
-            total = self._totals.get("iterations_per_epoch")
+            total = self._epoch_total(self._epoch)
             self.phase("training", f"epoch {self._epoch}/{epochs}, {total or '?'} iterations")
             self._show(f"epoch {self._epoch}/{epochs}", total or None, 0, f"0/{total} it", "")
         elif name == "evaluation":
@@ -271,6 +271,15 @@ class ProgressView:
             self._show(f"eval epoch {self._epoch}", images or None, 0, f"0/{images} img", "")
         else:
             self.phase(name)
+
+    def _epoch_total(self, epoch: int) -> int | None:
+        """Iterations epoch `epoch` (from 1) will run: a full epoch, or what max_iters leaves."""
+        per_epoch, steps = self._totals.get("iterations_per_epoch"), self._totals.get("steps")
+        if not isinstance(per_epoch, int) or not per_epoch:
+            return None
+        if isinstance(steps, int) and steps > 0:
+            return max(0, min(per_epoch, steps - (epoch - 1) * per_epoch))
+        return per_epoch
 
     def _training(self, event: dict[str, Any]) -> None:
         epoch, epochs = _int(event, "epoch") + 1, event.get("epochs", "?")

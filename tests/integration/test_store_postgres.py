@@ -263,7 +263,7 @@ def test_flagperf_import_and_mllog_export_on_postgres(
     assert imported.exit_code == 0, imported.err
     report = run_cli("--db", pg_url, "report", "--topology", "2x8").out
     assert "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 |" in report
-    assert "| FlagPerf C500 2x8 | fp32 | bs=16, lr=0.08, flagperf_epochs=true | 4399 |" in report
+    assert "| FlagPerf C500 2x8 | fp32 | bs=16, lr=0.08, flagperf_epochs=true | 4399.1 |" in report
     sql = "SELECT source, mem_source, count(*) FROM seed_table GROUP BY source, mem_source ORDER BY source"
     out = run_cli("--db", pg_url, "query", sql, "--format", "csv").out
     assert list(csv.reader(io.StringIO(out)))[1:] == [

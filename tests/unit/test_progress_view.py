@@ -137,6 +137,20 @@ def test_on_a_terminal_the_bar_knows_its_total_from_the_start_event() -> None:
     assert "4/8 img" in text and "init: 2 process(es) on cpu" in text  # lines above the bar
 
 
+def test_an_epoch_that_max_iters_cuts_short_shows_the_iterations_it_will_run() -> None:
+    out = io.StringIO()
+    view = ProgressView("r1", Console(file=out, force_terminal=True, width=120))
+    with view:
+        view.event({**START, "steps": 11})  # two epochs of 8, stopped after 11 iterations
+        progress = view._progress
+        assert progress is not None
+        view.event({"event": "phase", "phase": "training", "epoch": 0, "epochs": 2})
+        assert [(t.description, t.total) for t in progress.tasks] == [("epoch 1/2", 8)]
+        view.event({"event": "phase", "phase": "training", "epoch": 1, "epochs": 2})
+        assert [(t.description, t.total) for t in progress.tasks] == [("epoch 2/2", 3)]
+    assert "epoch 2/2, 3 iterations" in out.getvalue()
+
+
 def test_the_final_line_says_status_id_wall_time_numbers_and_folder() -> None:
     assert summary_line("succeeded", "r1", 83.44, 1234.5, 0.36789, "runs/r1") == (
         "succeeded: run r1 in 1m23.4s, p_core 1230 img/s, mAP 0.368, run folder runs/r1"

@@ -111,7 +111,9 @@ def test_a_run_on_a_terminal_shows_a_bar_with_a_known_total(tiny_coco, tmp_path)
     assert planned, plain[-2000:]
     expected = str(min(int(planned.group(1)), int(planned.group(2))))
     counts = re.findall(r"epoch 1/1 .*? (\d+)/(\d+) it", plain)
-    assert counts and all(total == expected and int(done) <= int(total) for done, total in counts), (
+    assert counts and all(
+        total == expected and int(done) <= int(total) for done, total in counts
+    ), (
         expected,
         sorted(set(counts)),
     )

@@ -130,6 +130,23 @@ def parse_rows(text, columns):
     return samples
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent):
+    """Ask Linux for SIGTERM the moment `parent` ends: looking every 0.5 s let a run's end find
+    the sampler still there. The look stays, for systems without prctl."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before we asked
+        sys.exit(0)
+
+
 def main(args):
     out = args["out"]
     interval = float(args.get("interval_s") or 5.0)
@@ -141,6 +158,8 @@ def main(args):
     # With "follow_parent", stop when the parent exits: under Slurm the sampler runs beside
     # torchrun in one task, and a step killed whole must not leave it behind.
     parent = os.getppid() if args.get("follow_parent") else None
+    if parent is not None:
+        die_with_parent(parent)
     raw_written = False
     previous = cpu_times()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -291,29 +293,30 @@ def test_samples_of_a_node_not_in_the_run_are_refused(sqlite_store: Any, run_cop
         sqlite_store.ingest([folder])
 
 
-def test_a_sampler_that_follows_its_parent_ends_when_the_parent_does(tmp_path: Path) -> None:
+def test_a_sampler_that_follows_its_parent_is_ended_by_the_kernel_when_the_parent_ends(
+    tmp_path: Path,
+) -> None:
     # Under Slurm the sampler is started beside torchrun by the task's shell, which then execs
-    # torchrun; when that process ends (or is killed) the sampler must not outlive it.
-    args = monitor.sampler_args([], str(tmp_path / monitor.MONITOR_FILE), 5.0)
+    # torchrun; when that process ends the sampler must end with it at once (PR_SET_PDEATHSIG),
+    # not at its next look: a run's end that came first found it still running.
+    out = tmp_path / monitor.MONITOR_FILE
+    args = monitor.sampler_args([], str(out), 5.0)
     args["follow_parent"] = True
     probe = Path(monitor.__file__).with_name("monitor_probe.py")
-    shell = subprocess.run(
-        ["bash", "-c", f"\"$0\" {probe} '{json.dumps(args)}' & echo $!; sleep 0.5", sys.executable],
-        capture_output=True,
-        text=True,
-        check=True,
+    # the shell waits for the first sample (the sampler is set up), then ends; the driver, a
+    # subreaper, inherits the orphan and reads how it ended
+    shell = (
+        f'"$0" {probe} {shlex.quote(json.dumps(args))} & while [ ! -s {out} ]; do sleep 0.05; done'
     )
-    pid = int(shell.stdout.split()[0])
-
-    def alive() -> bool:  # a zombie waiting for its new parent to reap it has ended
-        try:
-            stat_line = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
-
-    deadline = time.monotonic() + 5
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive(), "the sampler outlived its parent"
-    assert (tmp_path / monitor.MONITOR_FILE).read_text().strip()  # it did sample meanwhile
+    driver = (
+        "import ctypes, os, subprocess, sys\n"
+        "ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER\n"
+        f"subprocess.run(['bash', '-c', {shell!r}, sys.executable], check=True)\n"
+        "pid, status = os.wait()\n"
+        "print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else 'exit')\n"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert ended.stdout.strip() == str(int(signal.SIGTERM)), ended
+    assert "host_mem_used_bytes" in out.read_text()  # it did sample meanwhile

@@ -13,6 +13,7 @@ CampaignStatus = Literal["queued", "running", "finished", "cancelled"]
 BackendName = Literal["ssh", "slurm"]
 Runtime = Literal["host", "docker"]
 Precision = Literal["fp32", "amp", "fp16"]
+Distribution = Literal["relay", "star"]  # how an image reaches the nodes (images/distribute.py)
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
@@ -20,6 +21,7 @@ CAMPAIGN_STATUSES: tuple[CampaignStatus, ...] = get_args(CampaignStatus)
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+DISTRIBUTIONS: tuple[Distribution, ...] = get_args(Distribution)
 
 
 def run_status(value: str) -> RunStatus:

@@ -21,6 +21,7 @@ from orchestrator.images.distribute import DistributionReport, NodeTarget, Progr
 from orchestrator.images.profiles import VendorProfile, load_profile
 from orchestrator.images.records import record_for
 from orchestrator.images.spec import ImageSpec, Sha256Cache, default_cache_path, make_image_spec
+from orchestrator.states import DISTRIBUTIONS, Distribution
 
 if TYPE_CHECKING:
     import docker
@@ -40,9 +41,10 @@ class ImageSettings:
     base_image: str | None = None  # overrides the profile's base image
     build_host: str = LOCAL  # 'local' (this machine's daemon) or a node name
     registry: str | None = None  # push/pull through it instead of streaming to each node
+    distribution: Distribution = "relay"  # or "star": the build host streams to every node
 
 
-_IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry"}
+_IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry", "distribution"}
 
 
 def parse_image_table(table: Mapping[str, Any], source: str) -> ImageSettings:
@@ -53,6 +55,7 @@ def parse_image_table(table: Mapping[str, Any], source: str) -> ImageSettings:
     base = "metax/c500-pytorch-base:2.19.0.6-ubuntu20.04"
     build_host = "c500-01"             # or "local"
     registry = "registry.lab:5000"     # optional: push/pull instead of streaming
+    distribution = "relay"             # default; "star" streams from the build host to each node
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{source}: image must be a table", "write it as [image]")
@@ -85,6 +88,18 @@ def parse_image_table(table: Mapping[str, Any], source: str) -> ImageSettings:
         base_image=text["base"],
         build_host=text["build_host"] or LOCAL,
         registry=text["registry"],
+        distribution=distribution_choice(table.get("distribution", "relay"), source),
+    )
+
+
+def distribution_choice(value: object, source: str) -> Distribution:
+    """image.distribution as its type, or a ConfigError naming the choices."""
+    for choice in DISTRIBUTIONS:
+        if value == choice:
+            return choice
+    raise ConfigError(
+        f"{source}: image.distribution must be one of {', '.join(DISTRIBUTIONS)}, got {value!r}",
+        'e.g. distribution = "star" for a two-node lab',
     )
 
 
@@ -153,7 +168,17 @@ def image_spec(
 
 
 def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Any]) -> list[NodeTarget]:
-    return [NodeTarget(n.name, transports[n.name], n.docker_host) for n in nodes]
+    """Each node's daemon, reached through its transport; for a relay, other nodes reach it at
+    its address in the cluster file (the local node at 127.0.0.1)."""
+    return [
+        NodeTarget(
+            n.name,
+            transports[n.name],
+            n.docker_host,
+            relay_address="127.0.0.1" if n.is_local else n.address,
+        )
+        for n in nodes
+    ]
 
 
 @dataclass
@@ -198,6 +223,11 @@ def ensure_image(
         if store is not None:
             record_in_store(store, record)
         report = distribute(
-            api, spec.tag, targets(nodes, transports), progress=progress, registry=settings.registry
+            api,
+            spec.tag,
+            targets(nodes, transports),
+            progress=progress,
+            registry=settings.registry,
+            strategy=settings.distribution,
         )
     return PreparedImage(spec, built, report, record)

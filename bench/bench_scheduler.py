@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 from bench_store import scratch_postgres  # noqa: E402
 from sqlalchemy import delete, text, update  # noqa: E402
 
-from orchestrator.cli.campaign_cmd import enqueue_runs  # noqa: E402
 from orchestrator.config import load_cluster  # noqa: E402
 from orchestrator.queue import leases  # noqa: E402
+from orchestrator.queue.enqueue import enqueue_runs  # noqa: E402
 from orchestrator.runs.lifecycle import SubmitRequest  # noqa: E402
 from orchestrator.specs import ClusterSpec, Topology  # noqa: E402
 from orchestrator.store import Store, open_store, upgrade_store  # noqa: E402

@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator.config import tomllib
 from orchestrator.errors import ConfigError, TopologyError
 from orchestrator.specs import Topology
+from orchestrator.tables import Dialect, Table, Words
 
 PRECISIONS = ("fp32", "amp", "fp16")
 MAX_RUNS = 10_000
@@ -47,6 +48,16 @@ _CAMPAIGN_KEYS = {
     "nodes",
     "set",
 }
+# How a campaign file words its mistakes; its lists may be a lone string but not empty.
+_CAMPAIGN = Dialect(
+    not_table=Words("{source} has no [{key}] table", "start the file with [{key}]"),
+    unknown=Words("{source}: {key} is not a campaign setting", "known: {known}"),
+    integer=Words("{source}: {key} {value} is not {low}..{high}", "e.g. {name} = {example}"),
+    strings=Words("{source}: {key} must be a non-empty list of strings", 'e.g. ["1x1"]'),
+    empty_list=False,
+    empty_items=True,
+)
+_SET = Words("{source}: {key} must be a table of key = value", "e.g. bs = 16")
 
 
 @dataclass(frozen=True)
@@ -74,41 +85,24 @@ class CampaignRun:
     repeat: int  # 1-based
 
 
-def _fail(source: str, key: str, problem: str, remedy: str) -> ConfigError:
-    return ConfigError(f"{source}: {key} {problem}", remedy)
-
-
-def duration(value: Any, source: str, key: str) -> float | None:
+def duration(value: object, source: str, key: str) -> float | None:
     if value is None or value in ("", "none", 0):
         return None
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value)
     match = _DURATION.match(str(value))
     if not match:
-        raise _fail(source, key, f"{value!r} is not a duration", "write e.g. 90s, 45m or 2h")
+        raise ConfigError(
+            f"{source}: {key} {value!r} is not a duration", "write e.g. 90s, 45m or 2h"
+        )
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _text_list(table: Mapping[str, Any], key: str, source: str) -> tuple[str, ...] | None:
-    value = table.get(key)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise _fail(
-            source, f"campaign.{key}", "must be a non-empty list of strings", 'e.g. ["1x1"]'
-        )
-    return tuple(value)
-
-
-def _scalar_sets(table: Any, source: str, where: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(table, Mapping):
-        raise _fail(source, where, "must be a table of key = value", "e.g. bs = 16")
+def _scalar_sets(table: Table) -> tuple[tuple[str, str], ...]:
     items = []
-    for key, value in table.items():
+    for key, value in table.data.items():
         if isinstance(value, Mapping | list) or value is None:
-            raise _fail(source, f"{where}.{key}", "must be a number or a string", "e.g. lr = 0.16")
+            table.fail(key, "must be a number or a string", "e.g. lr = 0.16")
         text = str(value).lower() if isinstance(value, bool) else str(value)
         items.append((str(key), text))
     return tuple(items)
@@ -116,49 +110,35 @@ def _scalar_sets(table: Any, source: str, where: str) -> tuple[tuple[str, str], 
 
 def parse_campaign(data: Mapping[str, Any], source: str) -> CampaignSpec:
     """Check a parsed campaign file; every mistake is a ConfigError naming the key."""
-    unknown_top = set(data) - {"campaign", "sets"}
-    if unknown_top:
-        raise _fail(
-            source,
-            sorted(unknown_top)[0],
-            "is not a campaign table",
-            "use [campaign] and [sets.NAME]",
-        )
-    table = data.get("campaign")
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{source} has no [campaign] table", "start the file with [campaign]")
-    unknown = set(table) - _CAMPAIGN_KEYS
-    if unknown:
-        raise _fail(
-            source,
-            f"campaign.{sorted(unknown)[0]}",
-            "is not a campaign setting",
-            f"known: {', '.join(sorted(_CAMPAIGN_KEYS))}",
-        )
+    top = Table(data, source, _CAMPAIGN)
+    top.known(
+        {"campaign", "sets"},
+        Words("{source}: {key} is not a campaign table", "use [campaign] and [sets.NAME]"),
+    )
+    table = top.table("campaign", _CAMPAIGN_KEYS, required=True)
     name = table.get("name") or Path(source).stem
     if not isinstance(name, str):
-        raise _fail(source, "campaign.name", "must be a string", 'e.g. name = "nightly"')
-    topo_texts = _text_list(table, "topologies", source)
-    if topo_texts is None:
-        raise _fail(source, "campaign.topologies", "is missing", 'e.g. topologies = ["1x1", "2x8"]')
+        table.fail("name", "must be a string", 'e.g. name = "nightly"')
+    topo_texts = table.strings("topologies")
+    if not topo_texts:
+        table.fail("topologies", "is missing", 'e.g. topologies = ["1x1", "2x8"]')
     try:
         topologies = tuple(Topology.parse(t) for t in topo_texts)
     except TopologyError as exc:
         raise ConfigError(f"{source}: campaign.topologies: {exc.message}", exc.remedy) from None
-    precisions = _text_list(table, "precisions", source) or ("fp32",)
+    precisions = table.strings("precisions") or ("fp32",)
     for p in precisions:
         if p not in PRECISIONS:
-            raise _fail(source, "campaign.precisions", f"has {p!r}", f"use {', '.join(PRECISIONS)}")
-    repeats = table.get("repeats", 1)
-    if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 1000:
-        raise _fail(source, "campaign.repeats", f"{repeats!r} is not 1..1000", "e.g. repeats = 3")
-    clusters = _text_list(table, "clusters", source)
-    common = _scalar_sets(table.get("set", {}), source, "campaign.set")
-    raw_sets = data.get("sets", {})
-    if not isinstance(raw_sets, Mapping):
-        raise _fail(source, "sets", "must be tables [sets.NAME]", "e.g. [sets.base]")
+            table.fail("precisions", f"has {p!r}", f"use {', '.join(PRECISIONS)}")
+    repeats = table.integer("repeats", 1, low=1, high=1000, example=3)
+    clusters = table.strings("clusters")
+    common = _scalar_sets(table.table("set", not_table=_SET))
+    raw_sets = top.table(
+        "sets", not_table=Words("{source}: {key} must be tables [sets.NAME]", "e.g. [sets.base]")
+    )
     sets = tuple(
-        (str(n), _merge(common, _scalar_sets(t, source, f"sets.{n}"))) for n, t in raw_sets.items()
+        (str(n), _merge(common, _scalar_sets(raw_sets.table(n, not_table=_SET))))
+        for n in raw_sets.data
     ) or (("default", common),)
     spec = CampaignSpec(
         name=name,
@@ -171,7 +151,7 @@ def parse_campaign(data: Mapping[str, Any], source: str) -> CampaignSpec:
         no_progress_timeout_s=duration(
             table.get("no_progress_timeout", "30m"), source, "campaign.no_progress_timeout"
         ),
-        nodes=_text_list(table, "nodes", source),
+        nodes=table.strings("nodes") or None,
         source=source,
     )
     count = len(spec.clusters) * len(topologies) * len(precisions) * len(sets) * repeats

@@ -3,8 +3,10 @@ reading what it wrote (RUN_DIR/nodes/<node>/monitor.jsonl) into monitor_samples 
 
 The sampler is orchestrator/monitor_probe.py (standard library, Python 3.8), sent as
 `python -c SOURCE ARGS_JSON`. Which accelerator tool it calls and how its output is read is
-table-driven (SAMPLING_QUERIES, by tool name); a vendor tool without an entry has its raw output
-recorded once in the file and nothing else. docs/monitors.md describes metrics and the file.
+table-driven (SAMPLING_QUERIES for CSV tools such as nvidia-smi, TEXT_QUERIES for mx-smi's text,
+by tool name); a vendor tool without an entry has its raw output recorded once in the file and
+nothing else. A run's device memory peaks during training come from here (device_memory_peaks).
+docs/monitors.md describes metrics and the file.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ SAMPLING_QUERIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str | None, float
         ),
     ),
 }
+# Tool name -> (argv, parser) for tools that print text rather than CSV.
+TEXT_QUERIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "mx-smi": (("mx-smi", "--show-memory"), "mx-smi-memory"),
+}
 TOOL_MISSING = "monitor_tool_missing"
 RAW_OUTPUT = "monitor_raw"  # kept in the file only; monitor_samples holds numbers
 
@@ -62,7 +68,12 @@ def sampler_args(monitor: Sequence[str], out: str, every_s: float) -> dict[str, 
     """The sampler's argument JSON for the profile's monitor argv (empty: no tool)."""
     if not monitor:
         return {"out": out, "interval_s": every_s, "tool": None, "columns": None}
-    known = SAMPLING_QUERIES.get(Path(monitor[0]).name)
+    name = Path(monitor[0]).name
+    if name in TEXT_QUERIES:
+        argv, fmt = TEXT_QUERIES[name]
+        tool = [monitor[0], *argv[1:]]
+        return {"out": out, "interval_s": every_s, "tool": tool, "columns": None, "format": fmt}
+    known = SAMPLING_QUERIES.get(name)
     if known is None:
         return {"out": out, "interval_s": every_s, "tool": list(monitor), "columns": None}
     argv, columns = known
@@ -71,6 +82,7 @@ def sampler_args(monitor: Sequence[str], out: str, every_s: float) -> dict[str, 
         "interval_s": every_s,
         "tool": [monitor[0], *argv[1:]],
         "columns": [list(c) for c in columns],
+        "format": "csv",
     }
 
 
@@ -79,10 +91,12 @@ def sampler_argv(python: str, monitor: Sequence[str], out: str, every_s: float) 
 
 
 def parse_tool_output(tool: str, text: str) -> list[tuple[str, float, int | None]]:
-    """The tool's CSV output as (metric, value, device) with the table's units applied (what the
-    sampler does on the node; here for tests and for reading recorded output)."""
+    """The tool's output as (metric, value, device) in bytes, W, °C, % (what the sampler does on
+    the node; here for tests and for reading recorded output)."""
     from orchestrator import monitor_probe
 
+    if tool in TEXT_QUERIES:
+        return [tuple(s) for s in monitor_probe.parse_mx_smi_memory(text)]
     _, columns = SAMPLING_QUERIES[tool]
     return [tuple(s) for s in monitor_probe.parse_rows(text, [list(c) for c in columns])]
 
@@ -146,18 +160,47 @@ def sample_rows(run_id: str, samples: dict[str, list[Sample]]) -> list[dict[str,
     ]
 
 
-def device_memory_peak(samples: dict[str, list[Sample]]) -> tuple[int | None, int | None]:
-    """The highest device memory used over all nodes and devices, and that device's total."""
-    best: tuple[float, str, int | None, datetime] | None = None
+@dataclass(frozen=True)
+class DevicePeak:
+    """One device's highest memory use as its tool reported it, and its total."""
+
+    node: str
+    device: int
+    used_bytes: int
+    total_bytes: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "device": self.device,
+            "used_bytes": self.used_bytes,
+            "total_bytes": self.total_bytes,
+        }
+
+
+def device_memory_peaks(
+    samples: dict[str, list[Sample]], start_unix: float, end_unix: float, devices: int
+) -> list[DevicePeak]:
+    """Each device's peak `device_mem_used_bytes` between start and end (the training phase),
+    for devices 0..devices-1 of every node: the ones the run used (the launcher makes them the
+    visible devices), not a neighbour's job on the other cards. Sorted by node and device."""
+    used: dict[tuple[str, int], float] = {}
+    totals: dict[tuple[str, int], float] = {}
     for node, node_samples in samples.items():
         for s in node_samples:
-            if s.metric == "device_mem_used_bytes" and (best is None or s.value > best[0]):
-                best = (s.value, node, s.device, s.ts)
-    if best is None:
-        return None, None
-    totals = [
-        s.value
-        for s in samples[best[1]]
-        if s.metric == "device_mem_total_bytes" and s.device == best[2]
+            if s.device is None or not 0 <= s.device < devices:
+                continue
+            key = (node, s.device)
+            if s.metric == "device_mem_total_bytes":
+                totals[key] = max(totals.get(key, 0.0), s.value)
+            elif s.metric == "device_mem_used_bytes" and start_unix <= s.ts.timestamp() <= end_unix:
+                used[key] = max(used.get(key, 0.0), s.value)
+    return [
+        DevicePeak(
+            node,
+            device,
+            int(value),
+            int(totals[(node, device)]) if (node, device) in totals else None,
+        )
+        for (node, device), value in sorted(used.items())
     ]
-    return int(best[0]), (int(max(totals)) if totals else None)

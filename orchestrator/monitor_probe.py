@@ -8,13 +8,15 @@ stop kills every process carrying ORCHESTRATOR_RUN_ID), the folder holding OUT d
 
 Host metrics come from /proc; accelerator metrics from the vendor tool named in the argument
 JSON: {"out": PATH, "interval_s": 5, "tool": ["nvidia-smi", "--query-gpu=...", ...] or null,
-"columns": ["index", "device_mem_used_mib", ...] or null}. A missing tool is recorded once as
-metric "monitor_tool_missing"; a tool whose output has no known columns is recorded once as
-{"metric": "monitor_raw", "text": ...}. Nothing here ever stops the run.
+"columns": [["index", 1], ["device_mem_used_bytes", 1048576], ...] or null, "format": "csv" or
+"mx-smi-memory"}. A missing tool is recorded once as metric "monitor_tool_missing"; a tool whose
+output has no known format is recorded once as {"metric": "monitor_raw", "text": ...}. Nothing
+here ever stops the run.
 """
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,8 +40,9 @@ def mem_used_bytes():
     return info["MemTotal"] - info.get("MemAvailable", info.get("MemFree", 0))
 
 
-def tool_rows(argv, columns, timeout):
-    """[(metric, value, device)] from one call of the tool, or raw text when columns is None."""
+def tool_rows(argv, columns, timeout, fmt="csv"):
+    """[(metric, value, device)] from one call of the tool, or raw text when its output has no
+    known format."""
     done = subprocess.run(
         argv,
         stdout=subprocess.PIPE,
@@ -48,9 +51,58 @@ def tool_rows(argv, columns, timeout):
         timeout=timeout,
         text=True,
     )
-    if columns is None or done.returncode != 0:
+    if done.returncode != 0:
+        return None, done.stdout[-4000:]
+    if fmt == "mx-smi-memory":
+        return parse_mx_smi_memory(done.stdout), None
+    if columns is None:
         return None, done.stdout[-4000:]
     return parse_rows(done.stdout, columns), None
+
+
+_UNITS = {
+    "B": 1,
+    "KB": 1024,
+    "KIB": 1024,
+    "MB": 1024**2,
+    "MIB": 1024**2,
+    "GB": 1024**3,
+    "GIB": 1024**3,
+}
+_MX_KEYS = {
+    "vram used": ("device_mem_used_bytes", 0),
+    "vram total": ("device_mem_total_bytes", 0),
+    "vis_vram used": ("device_mem_used_bytes", 1),
+    "vis_vram total": ("device_mem_total_bytes", 1),
+}
+
+
+def parse_mx_smi_memory(text):
+    """`mx-smi --show-memory` -> [(metric, bytes, device)]. Each device's section starts with a
+    `GPU#N  <name> ...` line and holds `vram used : 35789312 KB`-style lines (KB are KiB); a
+    section without vram lines gives its vis_vram (the CPU-visible part, all of it on the C500)."""
+    found: dict = {}  # (device, metric) -> (preference, value)
+    device = None
+    for line in text.splitlines():
+        header = re.match(r"\s*GPU#(\d+)\b", line)
+        if header:
+            device = int(header.group(1))
+            continue
+        key, sep, rest = line.partition(":")
+        known = _MX_KEYS.get(" ".join(key.split()).lower()) if sep else None
+        parts = rest.split()
+        if device is None or known is None or len(parts) < 2:
+            continue
+        unit = _UNITS.get(parts[1].upper())
+        try:
+            value = float(parts[0]) * unit if unit else None
+        except ValueError:
+            value = None
+        metric, preference = known
+        previous = found.get((device, metric))
+        if value is not None and (previous is None or preference < previous[0]):
+            found[(device, metric)] = (preference, value)
+    return [(metric, value, dev) for (dev, metric), (_, value) in sorted(found.items())]
 
 
 def parse_rows(text, columns):
@@ -83,6 +135,7 @@ def main(args):
     interval = float(args.get("interval_s") or 5.0)
     tool = args.get("tool") or None
     columns = args.get("columns")
+    fmt = args.get("format") or "csv"
     folder = os.path.dirname(out) or "."
     have_tool = tool is not None and shutil.which(tool[0]) is not None
     # With "follow_parent", stop when the parent exits: under Slurm the sampler runs beside
@@ -111,7 +164,7 @@ def main(args):
             write("host_mem_used_bytes", mem_used_bytes())
             if have_tool:
                 try:
-                    samples, raw = tool_rows(tool, columns, max(2.0, interval * 2))
+                    samples, raw = tool_rows(tool, columns, max(2.0, interval * 2), fmt)
                 except (OSError, subprocess.SubprocessError) as exc:
                     samples, raw = None, f"{type(exc).__name__}: {exc}"
                 for metric, value, device in samples or ():

@@ -245,7 +245,7 @@ def main():
         check(
             "disk",
             free >= need,
-            f"{free / 2**30:.1f} GiB free in {workdir}, {need / 2**30:.1f} needed",
+            f"{free / 2**30:.1f} GiB free in {workdir}, {need / 2**30:.1f} GiB needed",
         )
     except OSError as exc:
         check("disk", False, f"cannot use workdir {workdir}: {exc}")

@@ -45,17 +45,22 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     return result
 
 
-def check_hparams(hparams: Mapping[str, str]) -> None:
-    """Refuse unknown keys and bad values here, before any node is touched. The workload's
-    own table (pure Python) is the single definition of what it accepts."""
+def check_hparams(hparams: Mapping[str, str], precision: str = "fp32") -> None:
+    """Refuse unknown keys (naming the closest known one), bad values and out-of-range ones
+    (epochs >= 1, lr > 0, batch_size >= 1, min_size <= max_size, ...) here, before any node
+    is touched: the workload's own resolution (pure Python) is the single definition of what
+    it accepts. Checked over the reference defaults: the vendor sets change only batch size
+    and learning rate, to valid values."""
     from workload.faster_rcnn import hparams as table
     from workload.faster_rcnn.errors import WorkloadError
 
-    for key, value in hparams.items():
-        try:
+    try:
+        for key, value in hparams.items():
             table.parse_value(key, value)
-        except WorkloadError as exc:
-            raise ConfigError(exc.message, exc.remedy) from None
+        sets = [f"{key}={value}" for key, value in hparams.items()]
+        table.resolve(None, "1x1", {"precision": precision}, sets)
+    except WorkloadError as exc:
+        raise ConfigError(exc.message, exc.remedy) from None
 
 
 def master_address(node: NodeSpec) -> str:
@@ -94,7 +99,7 @@ class Plan:
     image: str | None = None
     image_id: str | None = None
     notes: tuple[str, ...] = field(default=())
-    hardware_label: str | None = None  # the vendor profile's short name, e.g. 'MXC500'
+    hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled
 
     def render(self) -> str:
@@ -257,7 +262,7 @@ def make_job(
     """Cluster defaults (case.hparams) overridden by the command line's --set."""
     hparams = {HPARAM_ALIASES.get(k, k): v for k, v in cluster.case.hparams.items()}
     hparams.update(sets or {})
-    check_hparams(hparams)
+    check_hparams(hparams, precision)
     return JobSpec(
         run_id=run_id,
         cluster=cluster,

@@ -12,31 +12,48 @@ import io
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from orchestrator import units
 from orchestrator.errors import ConfigError
 from orchestrator.report_stats import METRICS, Group, Regression
 
-# Column -> (header, format). e2e_time in seconds, throughputs in images/s, mem in GiB.
-SEED_HEADERS: tuple[tuple[str, str, str], ...] = (
-    ("config", "config", "{}"),
-    ("precision", "precision", "{}"),
-    ("fix_hp", "fix_hp", "{}"),
-    ("e2e_time", "e2e_time", "{:.0f}"),
-    ("p_whole", "p_whole", "{:.1f}"),
-    ("p_train", "p_train", "{:.1f}"),
-    ("p_core", "p_core", "{:.1f}"),
-    ("map", "mAP", "{:.3f}"),
-    ("mem", "mem", "{}"),
-    ("run_id", "run", "{}"),
+# Column -> (header for people, formatter). Units in the headers; times to 0.1 s, throughputs to
+# 3 significant digits, mAP to 3 decimals; CSV and JSON keep the stored values (docs/output.md).
+Formatter = Callable[[Any], str]
+
+
+def _text(value: Any) -> str:
+    return fmt(value)
+
+
+def _map(value: Any) -> str:
+    return "" if value is None else f"{float(value):.3f}"
+
+
+SEED_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
+    ("config", "config", _text),
+    ("precision", "precision", _text),
+    ("fix_hp", "fix_hp", _text),
+    ("e2e_time", "e2e_time (s)", units.seconds),
+    ("p_whole", "p_whole (img/s)", units.sig3),
+    ("p_train", "p_train (img/s)", units.sig3),
+    ("p_core", "p_core (img/s)", units.sig3),
+    ("map", "mAP", _map),
+    ("mem", "mem (GiB)", _text),
+    ("run_id", "run", _text),
 )
-REPORT_FORMATS = ("markdown", "csv", "json")
+REPORT_FORMATS = ("table", "markdown", "csv", "json")
+# Per-run keys that CSV and JSON carry after the seed's columns; the human formats fold
+# mem_source into the mem cell.
+EXTRA_KEYS = ("mem_source", "source")
 
 
 def fmt(value: Any, pattern: str = "{}") -> str:
@@ -50,6 +67,20 @@ def fmt(value: Any, pattern: str = "{}") -> str:
         return str(value)
 
 
+def _measured_here(row: Mapping[Any, Any]) -> bool:
+    """A run of ours with metrics: an empty mem then means its device keeps no memory
+    statistics (the CPU). An imported run's logs may simply not say (empty cell)."""
+    return row.get("p_core") is not None and row.get("source") in (None, "orchestrator")
+
+
+def seed_cells(row: Mapping[Any, Any]) -> list[str]:
+    """One run's row of the seed's table, for people."""
+    cells = [formatter(row.get(key)) for key, _, formatter in SEED_HEADERS]
+    mem_at = [key for key, _, _ in SEED_HEADERS].index("mem")
+    cells[mem_at] = units.mem_cell(row.get("mem"), _measured_here(row), row.get("mem_source"))
+    return cells
+
+
 def render_report(
     environment: Sequence[tuple[str, list[str]]],
     rows: Sequence[Mapping[Any, Any]],
@@ -58,18 +89,20 @@ def render_report(
     plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     """One row per run. Regressions and plots are listed below the markdown table."""
-    if output == "markdown":
+    if output in ("markdown", "table"):
         extra = _regression_lines(regressions or {}) + _plot_lines(plots)
-        return _markdown(environment, rows) + "".join(line + "\n" for line in extra)
+        headers = [header for _, header, _ in SEED_HEADERS]
+        body = [seed_cells(row) for row in rows]
+        if output == "table":
+            return _terminal(environment, headers, body, extra)
+        return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)
     if output == "csv":
-        return to_csv(
-            [key for key, _, _ in SEED_HEADERS],
-            [[row.get(key) for key, _, _ in SEED_HEADERS] for row in rows],
-        )
+        keys = [key for key, _, _ in SEED_HEADERS] + list(EXTRA_KEYS)
+        return to_csv(keys, [[row.get(key) for key in keys] for row in rows])
     if output == "json":
         document = {
             "environment": {label: values for label, values in environment},
-            "runs": [{key: row.get(key) for key, _, _ in SEED_HEADERS} for row in rows],
+            "runs": [_run_document(row) for row in rows],
         }
         return to_json(document)
     raise ConfigError(
@@ -77,40 +110,64 @@ def render_report(
     )
 
 
+def _run_document(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """One run in the JSON report: the seed's columns, then EXTRA_KEYS, at full precision."""
+    return {key: row.get(key) for key in [k for k, _, _ in SEED_HEADERS] + list(EXTRA_KEYS)}
+
+
+def _environment_lines(environment: Sequence[tuple[str, list[str]]]) -> list[str]:
+    return [
+        f"- {label}: {'; '.join(values) if values else 'not recorded'}"
+        for label, values in environment
+    ]
+
+
 def _markdown(
-    environment: Sequence[tuple[str, list[str]]], rows: Sequence[Mapping[Any, Any]]
+    environment: Sequence[tuple[str, list[str]]],
+    headers: Sequence[str],
+    body: Sequence[Sequence[str]],
 ) -> str:
-    lines = ["#### Environment", ""]
-    for label, values in environment:
-        lines.append(f"- {label}: {'; '.join(values) if values else 'not recorded'}")
-    lines += ["", "#### Metrics", ""]
-    lines.append("| " + " | ".join(header for _, header, _ in SEED_HEADERS) + " |")
-    lines.append("| " + " | ".join("---" for _ in SEED_HEADERS) + " |")
-    for row in rows:
-        cells = [fmt(row.get(key), pattern).replace("|", "\\|") for key, _, pattern in SEED_HEADERS]
-        lines.append("| " + " | ".join(cells) + " |")
-    if not rows:
+    lines = ["#### Environment", "", *_environment_lines(environment), "", "#### Metrics", ""]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("| " + " | ".join("---" for _ in headers) + " |")
+    for cells in body:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if not body:
         lines.append("")
         lines.append("No runs match this selection.")
     return "\n".join(lines) + "\n"
 
 
+def _terminal(
+    environment: Sequence[tuple[str, list[str]]],
+    headers: Sequence[str],
+    body: Sequence[Sequence[str]],
+    extra: Sequence[str],
+) -> str:
+    """The report as a terminal table (--format table), captured as text."""
+    out = Console(width=200, record=True, file=io.StringIO(), highlight=False)
+    out.print("Environment", style="bold")
+    for line in _environment_lines(environment):
+        out.print(line, markup=False)
+    out.print(table("Metrics", headers, body) if body else "No runs match this selection.")
+    for line in extra:
+        out.print(line, markup=False)
+    return out.export_text()
+
+
 # Grouped report: the seed's columns, each metric as mean ± sd (min-max) over the repeats.
 GROUP_KEYS = ("config", "precision", "fix_hp")
-_METRIC_PATTERNS = {key: pattern for key, _, pattern in SEED_HEADERS if key in METRICS}
+_METRIC_FORMATS = {key: formatter for key, _, formatter in SEED_HEADERS if key in METRICS}
 
 
 def _spread_cell(group: Group, metric: str) -> str:
     stats = group.stats(metric)
     if stats is None:
         return ""
-    pattern = _METRIC_PATTERNS[metric]
+    show = _METRIC_FORMATS[metric]
     if stats.n == 1 or stats.sd is None:
-        return pattern.format(stats.mean)
-    return (
-        f"{pattern.format(stats.mean)} ± {pattern.format(stats.sd)} "
-        f"({pattern.format(stats.min)}–{pattern.format(stats.max)})"
-    )
+        return show(stats.mean)
+    return f"{show(stats.mean)} ± {show(stats.sd)} ({show(stats.min)}–{show(stats.max)})"
 
 
 def _group_flag(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> str:
@@ -127,20 +184,20 @@ def render_grouped_report(
     plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
-    if output == "markdown":
-        return _grouped_markdown(environment, groups, regressions, plots)
+    if output in ("markdown", "table"):
+        return _grouped_text(environment, groups, regressions, plots, output)
     if output == "csv":
         columns = [*GROUP_KEYS, "n"]
         for metric in METRICS:
             columns += [metric, f"{metric}_sd", f"{metric}_min", f"{metric}_max"]
-        columns += ["mem", "run_id", "regression"]  # run_id: the group's runs, space-separated
+        columns += ["mem", "mem_source", "run_id", "regression"]  # run_id: space-separated
         data = []
         for g in groups:
             line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
             for metric in METRICS:
                 s = g.stats(metric)
                 line += [s.mean, s.sd, s.min, s.max] if s else [None] * 4
-            line += [g.mem, " ".join(g.run_ids), _group_flag(g, regressions)]
+            line += [g.mem, g.mem_source, " ".join(g.run_ids), _group_flag(g, regressions)]
             data.append(line)
         return to_csv(columns, data)
     if output == "json":
@@ -156,11 +213,12 @@ def render_grouped_report(
                     "n": g.n,
                     **{m: (s.as_dict() if (s := g.stats(m)) else None) for m in METRICS},
                     "mem": g.mem,
+                    "mem_source": g.mem_source,
                     "run_ids": g.run_ids,
                 }
                 for g in groups
             ],
-            "runs": [{key: row.get(key) for key, _, _ in SEED_HEADERS} for row in rows],
+            "runs": [_run_document(row) for row in rows],
             "regressions": [
                 {
                     "run_id": r.run_id,
@@ -181,35 +239,37 @@ def render_grouped_report(
     )
 
 
-def _grouped_markdown(
+def group_cells(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> list[str]:
+    """One configuration's row of the grouped table, for people."""
+    cells = [group.config, group.precision, group.fix_hp]
+    cells += [_spread_cell(group, metric) for metric in METRICS]
+    measured = any(_measured_here(row) for row in group.rows)
+    mem = units.mem_cell(group.mem, measured, group.mem_source)
+    cells += [mem, str(group.n), _group_flag(group, regressions)]
+    return cells
+
+
+def _grouped_text(
     environment: Sequence[tuple[str, list[str]]],
     groups: Sequence[Group],
     regressions: Mapping[str, Sequence[Regression]],
     plots: Sequence[tuple[str, str]],
+    output: str,
 ) -> str:
-    lines = ["#### Environment", ""]
-    for label, values in environment:
-        lines.append(f"- {label}: {'; '.join(values) if values else 'not recorded'}")
-    lines += ["", "#### Metrics", ""]
-    headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"]
-    lines.append("| " + " | ".join([*headers, "n", "regression"]) + " |")
-    lines.append("| " + " | ".join("---" for _ in range(len(headers) + 2)) + " |")
-    for g in groups:
-        cells = [g.config, g.precision, g.fix_hp]
-        cells += [_spread_cell(g, metric) for metric in METRICS]
-        cells += [g.mem or "", str(g.n), _group_flag(g, regressions)]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    if not groups:
-        lines += ["", "No runs match this selection."]
-    else:
-        lines += [
+    headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"] + ["n", "regression"]
+    body = [group_cells(g, regressions) for g in groups]
+    extra: list[str] = []
+    if groups:
+        extra += [
             "",
             "Cells are mean ± sample standard deviation (min–max) over the n repeats of a "
-            "configuration; mem is the peak over them.",
+            "configuration; mem is the peak over them, from the accelerator tool (device) or the "
+            "ranks' allocator (allocator).",
         ]
-    lines += _regression_lines(regressions)
-    lines += _plot_lines(plots)
-    return "\n".join(lines) + "\n"
+    extra += _regression_lines(regressions) + _plot_lines(plots)
+    if output == "table":
+        return _terminal(environment, headers, body, extra)
+    return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)
 
 
 def _regression_lines(regressions: Mapping[str, Sequence[Regression]]) -> list[str]:
@@ -261,7 +321,8 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for name in columns:
         out.add_column(name, overflow="fold")
     for row in rows:
-        out.add_row(*[fmt(v) for v in row])
+        # Text, not markup: a value like '[red]' from the store is shown as it is.
+        out.add_row(*[Text(fmt(v)) for v in row])
     return out
 
 

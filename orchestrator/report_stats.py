@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.units import sig3
+
 # The seed's numeric columns, summarised over repeats.
 METRICS = ("e2e_time", "p_whole", "p_train", "p_core", "map")
 # Which columns the regression flag watches (throughputs: higher is better).
@@ -71,8 +73,9 @@ class Regression:
 
     def describe(self) -> str:
         return (
-            f"{self.metric} {self.value:.1f} is {self.drop:.0%} below the mean "
-            f"{self.history_mean:.1f} ± {self.history_sd:.1f} of the previous {self.history_n} runs"
+            f"{self.metric} {sig3(self.value)} img/s is {self.drop:.0%} below the mean "
+            f"{sig3(self.history_mean)} ± {sig3(self.history_sd)} of the previous "
+            f"{self.history_n} runs"
         )
 
 
@@ -95,17 +98,56 @@ def find_regressions(
         and (h["finished_at"], str(h["run_id"])) < (run["finished_at"], str(run["run_id"]))
     ]
     earlier.sort(key=lambda h: (h["finished_at"], str(h["run_id"])))
-    recent = earlier[-k:]
+    return _flags(run, earlier[-k:])
+
+
+def _flags(run: Mapping[Any, Any], recent: Sequence[Mapping[Any, Any]]) -> list[Regression]:
+    """The watched metrics of `run` that fall below the spread of `recent` (its last k runs)."""
     found = []
     for metric in WATCHED:
         value = run.get(metric)
-        past = spread(h.get(metric) for h in recent)
-        if value is None or past is None or past.n < MIN_HISTORY or past.sd is None:
+        numbers = [float(v) for h in recent if (v := h.get(metric)) is not None]
+        numbers = [v for v in numbers if math.isfinite(v)]
+        if value is None or len(numbers) < MIN_HISTORY:
             continue
         value = float(value)
-        if value < past.mean - SIGMAS * past.sd and value < past.mean * (1.0 - MIN_DROP):
+        # The cheap half of the rule first: statistics.stdev costs ~100x a mean, and most runs
+        # are not 5 % below theirs (a configuration's whole history on the web page).
+        if not value < statistics.fmean(numbers) * (1.0 - MIN_DROP):
+            continue
+        past = spread(numbers)
+        if past is None or past.sd is None:
+            continue
+        if value < past.mean - SIGMAS * past.sd:
             found.append(Regression(str(run["run_id"]), metric, value, past.mean, past.sd, past.n))
     return found
+
+
+def flag_history(
+    history: Sequence[Mapping[Any, Any]], k: int = HISTORY_RUNS
+) -> dict[str, list[Regression]]:
+    """find_regressions for every succeeded run of `history` against the runs of its own
+    configuration before it, in one pass (a window of the last k per configuration) rather than
+    one scan of the history per run: a configuration's whole history on the web page."""
+    ordered = sorted(
+        (
+            h
+            for h in history
+            if h.get("status", "succeeded") == "succeeded" and h.get("finished_at") is not None
+        ),
+        key=lambda h: (h["finished_at"], str(h["run_id"])),
+    )
+    windows: dict[ConfigKey, list[Mapping[Any, Any]]] = {}
+    flagged: dict[str, list[Regression]] = {}
+    for row in ordered:
+        window = windows.setdefault(config_key(row), [])
+        found = _flags(row, window)
+        if found:
+            flagged[str(row["run_id"])] = found
+        window.append(row)
+        if len(window) > k:
+            del window[0]
+    return flagged
 
 
 def regressions_by_run(
@@ -157,8 +199,18 @@ class Group:
     @property
     def mem(self) -> str | None:
         """The peak over the repeats: the label with the most memory used."""
-        labels = [str(r["mem"]) for r in self.rows if r.get("mem")]
-        return max(labels, key=_mem_used, default=None)
+        top = self._mem_row()
+        return str(top["mem"]) if top is not None else None
+
+    @property
+    def mem_source(self) -> str | None:
+        """Where that peak comes from: 'device' (the SMI tool) or 'allocator'."""
+        top = self._mem_row()
+        return top.get("mem_source") if top is not None else None
+
+    def _mem_row(self) -> Mapping[Any, Any] | None:
+        rows = [r for r in self.rows if r.get("mem")]
+        return max(rows, key=lambda r: _mem_used(str(r["mem"])), default=None)
 
 
 def _mem_used(label: str) -> float:
@@ -186,3 +238,37 @@ def devices(topology: str) -> int | None:
         return int(nodes) * int(per_node)
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class ScalingPoint:
+    """A series' mean throughput at one topology, against the ideal line through its smallest
+    topology (per-device value x devices: the 1x1 value x devices when 1x1 was run)."""
+
+    series: str
+    topology: str
+    devices: int
+    mean: float
+    ideal: float
+
+    @property
+    def efficiency(self) -> float:
+        """Measured over ideal: 1.0 scales perfectly, 0.8 loses a fifth to communication."""
+        return self.mean / self.ideal if self.ideal else 0.0
+
+
+def scaling_points(measured: Iterable[tuple[str, str, float]]) -> list[ScalingPoint]:
+    """(series, topology, mean) -> points sorted by series then devices; a topology that
+    does not parse is left out."""
+    series: dict[str, list[tuple[int, str, float]]] = {}
+    for name, topology, mean in measured:
+        count = devices(topology)
+        if count is not None and count > 0:
+            series.setdefault(name, []).append((count, topology, float(mean)))
+    points = []
+    for name, found in sorted(series.items()):
+        found.sort()
+        base_devices, _, base_mean = found[0]
+        per_device = base_mean / base_devices
+        points += [ScalingPoint(name, t, n, mean, per_device * n) for n, t, mean in found]
+    return points

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from orchestrator.errors import TopologyError
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.states import BackendName, Precision, Runtime
 
 _TOPOLOGY = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -105,7 +106,7 @@ class ClusterSpec:
     master_port: int = 29500
     follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
     image: object | None = None  # [image] table: images.workflow.ImageSettings
-    slurm: object | None = None  # [slurm] table: slurm.settings.SlurmSettings
+    slurm: SlurmSettings | None = None  # the [slurm] table
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:
@@ -164,3 +165,18 @@ def pick_nodes(
                 f"ask for at most {node.accelerators} per node, or fix accelerators in {cluster.source}",
             )
     return tuple(chosen)
+
+
+def with_inputs(
+    cluster: ClusterSpec, data_dir: str | None, backbone_weights: str | None
+) -> ClusterSpec:
+    """The cluster with one run's dataset and backbone weights (submit --data-dir /
+    --backbone-weights) instead of its [case] values."""
+    if data_dir is None and backbone_weights is None:
+        return cluster
+    case = replace(
+        cluster.case,
+        data_dir=data_dir or cluster.case.data_dir,
+        backbone_weights=backbone_weights or cluster.case.backbone_weights,
+    )
+    return replace(cluster, case=case)

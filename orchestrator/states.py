@@ -14,6 +14,10 @@ BackendName = Literal["ssh", "slurm"]
 Runtime = Literal["host", "docker"]
 Precision = Literal["fp32", "amp", "fp16"]
 Distribution = Literal["relay", "star"]  # how an image reaches the nodes (images/distribute.py)
+# Where a run's row came from: a run of this orchestrator, or a log of another tool imported.
+RunSource = Literal["orchestrator", "flagperf"]
+# Where a run's mem comes from: the accelerator tool's device peak, or the ranks' allocator peak.
+MemSource = Literal["device", "allocator"]
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
@@ -22,6 +26,8 @@ BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 DISTRIBUTIONS: tuple[Distribution, ...] = get_args(Distribution)
+RUN_SOURCES: tuple[RunSource, ...] = get_args(RunSource)
+MEM_SOURCES: tuple[MemSource, ...] = get_args(MemSource)
 
 
 def run_status(value: str) -> RunStatus:

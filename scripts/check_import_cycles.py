@@ -29,9 +29,25 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestrator.queue.keeper", (*_BACKENDS, *_TOP, "orchestrator.runs.lifecycle")),
     (
         "orchestrator.store",
-        (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs.lifecycle"),
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.runs.lifecycle",
+            "orchestrator.web",
+        ),
     ),
     ("orchestrator.images", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs")),
+    (
+        "orchestrator.interchange",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.store",
+            "orchestrator.runs.lifecycle",
+        ),
+    ),
     (
         "orchestrator.transport",
         (
@@ -76,6 +92,19 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "orchestrator.runs",
             "orchestrator.transport",
             "orchestrator.plan",
+        ),
+    ),
+    # The results pages read the store and use the report's logic; they start, stop and
+    # change nothing, so they import no backend, queue, lifecycle, image or transport code.
+    (
+        "orchestrator.web",
+        (
+            *_BACKENDS,
+            *_TOP,
+            "orchestrator.queue",
+            "orchestrator.runs.lifecycle",
+            "orchestrator.images",
+            "orchestrator.transport",
         ),
     ),
     ("orchestrator.states", ("orchestrator.",)),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite talks to for real:
-# Docker engine, PostgreSQL, OpenSSH server, debootstrap (base images without a registry).
+# Docker engine, PostgreSQL, OpenSSH server, debootstrap (base images without a registry),
+# Chromium (headless, for the results pages' browser tests).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need=()
@@ -13,6 +14,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v rsync >/dev/null || need+=(rsync)
 command -v sbatch >/dev/null || need+=(slurm-wlm munge)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # the results pages' browser tests (Playwright)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

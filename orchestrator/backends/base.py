@@ -29,6 +29,30 @@ if TYPE_CHECKING:
     from orchestrator.store import Store
 
 
+@dataclass(frozen=True)
+class DoctorCheck:
+    node: str  # '' for a check of the whole cluster (Slurm's controller, partition, ...)
+    check: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """What `orchestrator doctor` found; the CLI prints it in the format asked for."""
+
+    cluster: str
+    source: str
+    checks: tuple[DoctorCheck, ...]
+    notes: tuple[str, ...] = ()  # whole lines said below the table (e.g. a connect error)
+    ready: str = "all nodes ready"  # the verdict when every check passed
+    not_ready: str = "some nodes are not ready"
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
 class PlannedRun(Protocol):
     """One run as a backend planned it."""
 
@@ -114,9 +138,9 @@ class Backend(Protocol):
         ...
 
     def doctor(
-        self, cluster: ClusterSpec, topology: str | None, node_names: str | None, console: Console
-    ) -> bool:
-        """Check what a run needs and print a report; False when something is missing."""
+        self, cluster: ClusterSpec, topology: str | None, node_names: str | None
+    ) -> DoctorReport:
+        """Check what a run needs; the report says what is missing."""
         ...
 
     def detach(self, items: Sequence[DetachItem]) -> AbstractContextManager[Detached]:

@@ -14,8 +14,54 @@ import click
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
 
+# Global options that take a value: accepted after the subcommand too (moved in front of it).
+MOVABLE_OPTIONS = ("--db", "--cluster")
+GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+
+
+def move_global_options(args: list[str]) -> list[str]:
+    """`orchestrator submit 1x1 --db x.db` -> `orchestrator --db x.db submit 1x1`: --db and
+    --cluster given after the subcommand are moved in front of it (up to a `--`)."""
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            return args
+        if token in MOVABLE_OPTIONS:
+            i += 2
+        elif token.startswith("-"):
+            i += 1
+        else:
+            break  # the subcommand
+    if i >= len(args):
+        return args
+    front, rest = list(args[:i]), list(args[i:])
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        token = rest[j]
+        if token == "--":
+            kept += rest[j:]
+            break
+        if token in MOVABLE_OPTIONS and j + 1 < len(rest):
+            front += rest[j : j + 2]
+            j += 2
+        elif token.startswith(tuple(f"{o}=" for o in MOVABLE_OPTIONS)):
+            front.append(token)
+            j += 1
+        else:
+            kept.append(token)
+            j += 1
+    return front + kept
+
+
+class _Cli(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, move_global_options(args))
+
 
 @click.group(
+    cls=_Cli,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Example: orchestrator submit 1x2   (runs the benchmark on this machine, SQLite store)",
 )
@@ -34,11 +80,32 @@ from orchestrator.errors import OrchestratorError
     help="Results store URL, e.g. sqlite:///results.db or postgresql://user@host/db. "
     "Default: $ORCHESTRATOR_DB, else the cluster file's store.url, else sqlite:///orchestrator.db.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="More detail: every progress event as a line (no 10 s spacing).",
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Only results, warnings, errors and each run's final line: no progress.",
+)
 @click.version_option(package_name="orchestrator")
 @click.pass_context
-def cli(ctx: click.Context, cluster_file: str | None, db_url: str | None) -> None:
-    """Benchmark AI accelerators across a cluster and keep every result in SQL."""
-    ctx.obj = AppContext(cluster_file=cluster_file, db_url=db_url)
+def cli(
+    ctx: click.Context, cluster_file: str | None, db_url: str | None, verbose: int, quiet: bool
+) -> None:
+    """Benchmark AI accelerators across a cluster and keep every result in SQL.
+
+    Global options (--cluster, --db) may also follow the command.
+    """
+    from orchestrator.runs.progress import set_verbosity
+
+    level = -1 if quiet else min(verbose, 1)
+    set_verbosity(level)
+    ctx.obj = AppContext(cluster_file=cluster_file, db_url=db_url, verbosity=level)
 
 
 def _register() -> None:
@@ -67,6 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoSuchOption as exc:
+        if exc.option_name in GLOBAL_FLAGS:
+            hint = (
+                f"{exc.option_name} is a global option: put it before the command, "
+                f"e.g. orchestrator {exc.option_name} submit 1x1"
+            )
+            exc = click.exceptions.NoSuchOption(exc.option_name, hint, ctx=exc.ctx)
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -8,7 +8,13 @@ import os
 import click
 from rich.console import Console
 
-from orchestrator.cli.context import AppContext, print_outcome, runs_folder, stop_on_signals
+from orchestrator.cli.context import (
+    AppContext,
+    print_outcome,
+    print_summary,
+    runs_folder,
+    stop_on_signals,
+)
 from orchestrator.store import Store
 from orchestrator.store.queries import RunBrief
 
@@ -53,8 +59,10 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
             click.echo(f"stopped watching run {run_id}; it goes on", err=True)
             return
         print_outcome(store, run_id, brief.status)
+        print_summary(store, run_id, runs_folder(folder) / run_id)
     reason = brief.reason
-    click.echo(f"run {run_id}: {brief.status}" + (f" ({reason})" if reason else ""), err=True)
+    if reason and brief.status != "succeeded":
+        click.echo(f"run {run_id}: {brief.status} ({reason})", err=True)
     if brief.status != "succeeded":
         raise SystemExit(1)
 

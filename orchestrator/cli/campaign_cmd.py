@@ -17,6 +17,7 @@ from orchestrator.cli.context import (
     runs_folder,
     stop_on_signals,
 )
+from orchestrator.cli.output import Output, Section, emit, format_option
 from orchestrator.config import tomllib
 
 if TYPE_CHECKING:
@@ -130,7 +131,8 @@ def worker(
     holder = worker_id or default_worker_id()
     folder = runs_folder(runs_dir)
     idle = parse_duration(idle_exit, "--idle-exit")
-    with open_store_for_submit(app) as store, stop_on_signals() as stop:
+    # A worker never creates a store: one that is missing is a mistyped URL, not a new lab.
+    with app.open_store() as store, stop_on_signals() as stop:
         console.print(f"worker {holder} on {store.url}")
         counts = run_worker(
             store,
@@ -147,10 +149,18 @@ def worker(
     click.echo(f"worker {holder}: {summary}")
 
 
+QUEUE_KEYS = ("run_id", "status", "topology", "cluster", "detail")
+
+
 @click.command()
+@format_option()
 @click.pass_obj
-def queue(app: AppContext) -> None:
-    """Show queued runs (and why each waits) and running runs (worker, nodes, lease expiry)."""
+def queue(app: AppContext, output: str) -> None:
+    """Show queued runs (and why each waits) and running runs (worker, nodes, lease expiry).
+
+    \b
+    Example: orchestrator queue --format json
+    """
     from orchestrator import backends
     from orchestrator.queue import leases
     from orchestrator.store.queries import running_runs
@@ -166,18 +176,27 @@ def queue(app: AppContext) -> None:
                 for run_id, detail in backend.describe_running(conn).items():
                     described.setdefault(run_id, detail)
     decisions = {d.run_id: d for d in leases.schedule(queued, busy, leases.nodes_of)}
-    click.echo(f"{'run':<40} {'status':<8} {'topology':<8} {'cluster':<12} detail")
+    rows: list[list[str]] = []
     for run in running:
         detail = described.get(run.run_id, "started by `orchestrator submit`")
-        click.echo(f"{run.run_id:<40} {'running':<8} {run.topology:<8} {run.cluster:<12} {detail}")
+        rows.append([run.run_id, "running", run.topology, run.cluster, detail])
     for q in queued:
         d = decisions[q.run_id]
         detail = d.reason or f"ready: nodes {', '.join(d.nodes or ())} free"
-        click.echo(
-            f"{q.run_id:<40} {'queued':<8} {q.request['topology']:<8} {q.cluster:<12} {detail}"
-        )
-    if not running and not queued:
-        click.echo("(queue empty)")
+        rows.append([q.run_id, "queued", str(q.request["topology"]), q.cluster, detail])
+    emit(
+        Output(
+            [
+                Section(
+                    None, ["run", "status", "topology", "cluster", "detail"], rows, "(queue empty)"
+                )
+            ],
+            [dict(zip(QUEUE_KEYS, row)) for row in rows],
+            csv_columns=QUEUE_KEYS,
+            csv_rows=rows,
+        ),
+        output,
+    )
 
 
 @click.command()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import click
-from rich.table import Table
+from typing import Any
 
-from orchestrator.cli.context import AppContext
-from orchestrator.report import console as report_console
+import click
+
+from orchestrator.cli.context import AppContext, runs_folder
+from orchestrator.cli.output import Output, Section, emit, format_option
 
 
 def register(cli: click.Group) -> None:
@@ -22,47 +23,116 @@ def cluster() -> None:
 
 
 @cluster.command("show")
+@format_option()
 @click.pass_obj
-def show(app: AppContext) -> None:
-    """Print the cluster as understood: nodes, SSH, store, case settings.
+def show(app: AppContext, output: str) -> None:
+    """Print the cluster as understood: nodes, SSH, store, case settings (paths absolute).
 
-    Example: orchestrator --cluster examples/cluster.toml cluster show
+    Example: orchestrator --cluster examples/cluster.toml cluster show --format json
     """
-    spec = app.cluster
-    from orchestrator.store import redact_url
+    emit(cluster_output(app), output)
 
-    console = report_console()
-    console.print(f"[bold]cluster[/] {spec.name}  (from {spec.source})")
-    console.print(
-        f"vendor {spec.vendor}   runtime {spec.runtime}   backend {spec.backend}   "
-        f"master port {spec.master_port}"
+
+def _store_shown(url: str) -> str:
+    """The store URL without its password; a SQLite file as an absolute path."""
+    from orchestrator.store import redact_url
+    from orchestrator.store.engine import parse_url
+
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        from pathlib import Path
+
+        return f"sqlite:///{Path(parsed.database).absolute()}"
+    return redact_url(parsed)
+
+
+def cluster_document(app: AppContext) -> dict[str, Any]:
+    spec = app.cluster
+    ssh, case = spec.ssh, spec.case
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "vendor": spec.vendor,
+        "runtime": spec.runtime,
+        "backend": spec.backend,
+        "master_port": spec.master_port,
+        "follower_grace_s": spec.follower_grace_s,
+        "store": _store_shown(app.store_url),
+        "runs_dir": str(runs_folder().absolute()),
+        "ssh": {
+            "known_hosts": list(ssh.known_hosts),
+            "accept_new_host_keys": ssh.accept_new_host_keys,
+            "jump_host": ssh.jump_host,
+            "connect_timeout_s": ssh.connect_timeout_s,
+            "command_timeout_s": ssh.command_timeout_s,
+        },
+        "case": {
+            "data_dir": case.data_dir,
+            "backbone_weights": case.backbone_weights,
+            "config": case.config_name,
+            "hparams": dict(case.hparams),
+        },
+        "nodes": [
+            {
+                "name": node.name,
+                "address": node.address,
+                "local": node.is_local,
+                "port": None if node.is_local else node.port,
+                "user": node.user,
+                "accelerators": node.accelerators,
+                "ib_hcas": list(node.ib_hcas),
+                "socket_ifname": node.socket_ifname,
+                "python": node.python,
+                "workdir": node.workdir,
+            }
+            for node in spec.nodes
+        ],
+    }
+
+
+def cluster_output(app: AppContext) -> Output:
+    doc = cluster_document(app)
+    ssh, case = doc["ssh"], doc["case"]
+    settings = [
+        ["cluster", f"{doc['name']} (from {doc['source']})"],
+        ["vendor", doc["vendor"]],
+        ["runtime", doc["runtime"]],
+        ["backend", doc["backend"]],
+        ["master port", str(doc["master_port"])],
+        ["follower grace (s)", f"{doc['follower_grace_s']:g}"],
+        ["store", doc["store"]],
+        ["run folders", doc["runs_dir"]],
+        ["ssh known_hosts", ", ".join(ssh["known_hosts"]) or "~/.ssh/known_hosts"],
+        ["ssh accept new keys", "yes" if ssh["accept_new_host_keys"] else "no"],
+        ["ssh jump host", ssh["jump_host"] or "-"],
+        [
+            "ssh timeouts (s)",
+            f"connect {ssh['connect_timeout_s']:g}, command {ssh['command_timeout_s']:g}",
+        ],
+        ["data_dir", case["data_dir"]],
+        ["backbone_weights", case["backbone_weights"]],
+        ["config", case["config"] or "-"],
+        ["hparams", ", ".join(f"{k}={v}" for k, v in case["hparams"].items()) or "-"],
+    ]
+    nodes = [
+        [
+            n["name"],
+            "(this machine)" if n["local"] else n["address"],
+            "-" if n["local"] else str(n["port"]),
+            n["user"] or "-",
+            str(n["accelerators"]),
+            ",".join(n["ib_hcas"]) or "-",
+            n["socket_ifname"] or "-",
+            n["python"],
+            n["workdir"],
+        ]
+        for n in doc["nodes"]
+    ]
+    columns = ["node", "address", "port", "user", "accel", "IB HCAs", "socket if", "python"]
+    return Output(
+        [
+            Section("cluster", ["setting", "value"], settings),
+            Section("nodes", [*columns, "workdir"], nodes, empty="(no nodes: Slurm chooses)"),
+        ],
+        doc,
     )
-    console.print(f"store  {redact_url(app.store_url)}")
-    ssh = spec.ssh
-    console.print(
-        f"ssh    known_hosts {', '.join(ssh.known_hosts) or '~/.ssh/known_hosts'}   "
-        f"accept new keys {'yes' if ssh.accept_new_host_keys else 'no'}   "
-        f"jump host {ssh.jump_host or '-'}   timeouts connect {ssh.connect_timeout_s:g}s "
-        f"command {ssh.command_timeout_s:g}s"
-    )
-    case = spec.case
-    console.print(
-        f"case   data {case.data_dir}   backbone {case.backbone_weights}   "
-        f"config {case.config_name or '-'}   hparams {case.hparams or '-'}"
-    )
-    table = Table(
-        "node", "address", "port", "user", "accel", "IB HCAs", "socket if", "python", "workdir"
-    )
-    for node in spec.nodes:
-        table.add_row(
-            node.name,
-            "(this machine)" if node.is_local else node.address,
-            "-" if node.is_local else str(node.port),
-            node.user or "-",
-            str(node.accelerators),
-            ",".join(node.ib_hcas) or "-",
-            node.socket_ifname or "-",
-            node.python,
-            node.workdir,
-        )
-    console.print(table)

@@ -15,6 +15,10 @@ _MODULES = [
     "orchestrator.cli.image_cmd",
     "orchestrator.cli.campaign_cmd",
     "orchestrator.cli.attach_cmd",
+    "orchestrator.cli.compare_cmd",
+    "orchestrator.cli.web_cmd",
+    "orchestrator.cli.export_cmd",
+    "orchestrator.cli.import_cmd",
 ]
 
 

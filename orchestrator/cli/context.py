@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 class AppContext:
     cluster_file: str | None = None
     db_url: str | None = None
+    verbosity: int = 0  # -1 quiet (-q), 0, 1 verbose (-v)
     _cluster: ClusterSpec | None = field(default=None, repr=False)
 
     @property
@@ -137,6 +138,22 @@ def open_store_for_submit(app: AppContext) -> Any:
     parsed = parse_url(url)
     new_file = parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).exists()
     return open_store(url, create=new_file)
+
+
+def print_summary(
+    store: Store, run_id: str, run_dir: Path | str, wall_s: float | None = None
+) -> None:
+    """The one line every run ends with (stderr): status, run id, wall time, p_core, mAP and
+    the run folder. `wall_s`: measured by the caller; else submission to finish as stored."""
+    from orchestrator.runs.progress import summary_line
+    from orchestrator.store.queries import run_headline
+
+    with store.reading() as conn:
+        head = run_headline(conn, run_id)
+    if head is None:
+        return
+    wall = wall_s if wall_s is not None else head.wall_s
+    say(summary_line(head.status, run_id, wall, head.p_core, head.map, run_dir))
 
 
 def print_outcome(store: Store, run_id: str, status: str) -> None:

@@ -7,8 +7,10 @@ from typing import Any
 import click
 
 from orchestrator.cli.context import AppContext
-from orchestrator.report import REPORT_FORMATS, console, fmt, parse_since, table, to_csv, to_json
+from orchestrator.cli.output import Output, Section, emit, format_option
+from orchestrator.report import fmt, parse_since
 from orchestrator.states import PRECISIONS, RUN_STATUSES
+from orchestrator.units import sig3
 
 STATUS_CHOICES = click.Choice(RUN_STATUSES)
 
@@ -29,7 +31,7 @@ def ingest(app: AppContext, run_dirs: tuple[str, ...]) -> None:
         summaries = store.ingest(list(run_dirs))
     for s in summaries:
         what = "stored" if s.changed else "unchanged (already in the store)"
-        metrics = f", p_core {s.metrics.p_core:.1f} img/s" if s.metrics else ""
+        metrics = f", p_core {sig3(s.metrics.p_core)} img/s" if s.metrics else ""
         click.echo(f"{s.run_id}: {s.status}, {s.ranks} rank file(s){metrics}: {what}")
 
 
@@ -42,12 +44,28 @@ def runs() -> None:
     """
 
 
+LIST_COLUMNS = (
+    ("run_id", "run"),
+    ("status", "status"),
+    ("config", "config"),
+    ("precision", "precision"),
+    ("fix_hp", "fix_hp"),
+    ("p_core", "p_core (img/s)"),
+    ("map", "mAP"),
+    ("submitted_by", "by"),
+    ("submitted_at", "submitted (UTC)"),
+    ("reason", "reason"),
+)
+LIST_KEYS = (*[key for key, _ in LIST_COLUMNS], "finished_at")
+
+
 @runs.command("list")
 @click.option("--vendor", help="Only this vendor, e.g. metax.")
 @click.option("--topology", help="Only this topology, e.g. 2x8.")
 @click.option("--status", type=STATUS_CHOICES, help="Only runs with this status.")
 @click.option("--since", help="Submitted on or after: 2026-01-01, an ISO time, or 90d / 12h / 2w.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@format_option()
 @click.pass_obj
 def list_command(
     app: AppContext,
@@ -56,11 +74,12 @@ def list_command(
     status: str | None,
     since: str | None,
     limit: int,
+    output: str,
 ) -> None:
     """Runs, newest first.
 
     \b
-    Example: orchestrator runs list --topology 2x8 --status failed --since 90d
+    Example: orchestrator runs list --topology 2x8 --status failed --since 90d --format json
     """
     from orchestrator.store.queries import list_runs
 
@@ -69,143 +88,53 @@ def list_command(
         app.settle_orphans(store)
         with store.reading() as conn:
             rows = list_runs(conn, vendor, topology, status, since_at, limit)
-    columns = [
-        "run",
-        "status",
-        "config",
-        "precision",
-        "fix_hp",
-        "p_core",
-        "mAP",
-        "by",
-        "submitted",
-        "reason",
-    ]
-    data = [
+    cells = [
         [
             r["run_id"],
             r["status"],
             r["config"],
             r["precision"],
             r["fix_hp"],
-            fmt(r["p_core"], "{:.1f}"),
+            sig3(r["p_core"]),
             fmt(r["map"], "{:.3f}"),
             r["submitted_by"],
-            r["submitted_at"],
-            r["reason"],
+            fmt(r["submitted_at"]),
+            fmt(r["reason"]),
         ]
         for r in rows
     ]
-    out = console()
-    if not data:
-        out.print("no runs match")
-        return
-    out.print(table(None, columns, data))
+    emit(
+        Output(
+            [Section(None, [header for _, header in LIST_COLUMNS], cells, empty="no runs match")],
+            [{key: r[key] for key in LIST_KEYS} for r in rows],
+            csv_columns=LIST_KEYS,
+            csv_rows=[[r[key] for key in LIST_KEYS] for r in rows],
+        ),
+        output,
+    )
 
 
 @runs.command("show")
 @click.argument("run")
+@format_option()
 @click.pass_obj
-def show_command(app: AppContext, run: str) -> None:
+def show_command(app: AppContext, run: str, output: str) -> None:
     """One run: what was asked, status history, nodes and their environment, ranks, epochs.
 
-    RUN is a run id or an unambiguous prefix of one.
+    RUN is a run id or an unambiguous prefix of one. Epochs count from 1 here (the store's
+    run_epochs.epoch, and --format json, keep the 0-based index).
 
     \b
-    Example: orchestrator runs show 20260114-101500
+    Example: orchestrator runs show 20260114-101500 --format json
     """
-    from orchestrator.store.metrics import mem_label
+    from orchestrator.cli.runs_show import show_output
     from orchestrator.store.queries import run_detail
 
     with app.open_store() as store:
         app.settle_orphans(store)
         with store.reading() as conn:
             detail = run_detail(conn, run)
-    out = console()
-    fields = [
-        (k, v) for k, v in detail.run.items() if v is not None and k not in ("hparams", "failure")
-    ]
-    fields.append(
-        ("hparams", ", ".join(f"{k}={v}" for k, v in (detail.run["hparams"] or {}).items()) or "/")
-    )
-    if detail.run["failure"]:
-        fields += [(f"failure.{k}", v) for k, v in detail.run["failure"].items() if k != "log_tail"]
-    out.print(table(f"run {detail.run['run_id']}", ["field", "value"], fields))
-    out.print(
-        table(
-            "status history",
-            ["status", "at", "reason"],
-            [[h["status"], h["at"], h["reason"]] for h in detail.history],
-        )
-    )
-    # One column per node: environments are long strings, nodes are few.
-    node_fields = [k for k in (detail.nodes[0].keys() if detail.nodes else []) if k != "node_name"]
-    out.print(
-        table(
-            "nodes",
-            ["field", *[n["node_name"] for n in detail.nodes]],
-            [[k, *[_short(n[k]) for n in detail.nodes]] for k in node_fields],
-        )
-    )
-    if detail.image is not None:
-        image_rows = [
-            [detail.image["tag"], detail.image["image_id"], w["filename"], w["sha256"]]
-            for w in detail.wheels
-        ]
-        out.print(
-            table(
-                "image",
-                ["tag", "image id", "wheel", "sha256"],
-                image_rows or [[detail.image["tag"], detail.image["image_id"], "", ""]],
-            )
-        )
-    rank_cols = [
-        "rank",
-        "node_rank",
-        "host",
-        "status",
-        "e2e_s",
-        "train_s",
-        "train_no_eval_s",
-        "core_s",
-        "rank_images",
-        "p_core",
-        "error_type",
-    ]
-    rank_rows = [
-        [
-            *[_short(r[c]) for c in rank_cols],
-            mem_label(r["peak_reserved_bytes"], r["total_mem_bytes"]),
-        ]
-        for r in detail.ranks
-    ]
-    out.print(table("ranks", [*rank_cols, "mem GiB"], rank_rows))
-    if detail.epochs:
-        epoch_cols = [
-            "epoch",
-            "ranks",
-            "images",
-            "loss",
-            "lr",
-            "train_s",
-            "core_s",
-            "eval_s",
-            "p_core",
-            "map",
-        ]
-        out.print(
-            table("epochs", epoch_cols, [[_short(e[c]) for c in epoch_cols] for e in detail.epochs])
-        )
-
-
-def _short(value: Any) -> Any:
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
-    if isinstance(value, list):
-        from orchestrator.store.queries import describe_ib
-
-        return describe_ib(value) or ""
-    return value
+    emit(show_output(detail), output)
 
 
 @click.command("report")
@@ -229,9 +158,7 @@ def _short(value: Any) -> Any:
     type=click.Path(file_okay=False),
     help="Write PNG plots (scaling, history, vendors) into this folder; the report links them.",
 )
-@click.option(
-    "--format", "output", type=click.Choice(REPORT_FORMATS), default="markdown", show_default=True
-)
+@format_option(default="markdown")
 @click.pass_obj
 def report(
     app: AppContext,
@@ -292,13 +219,7 @@ def report(
 
 @click.command("query")
 @click.argument("sql")
-@click.option(
-    "--format",
-    "output",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
+@format_option()
 @click.option("--max-rows", type=click.IntRange(1, 10_000_000), default=10_000, show_default=True)
 @click.pass_obj
 def query(app: AppContext, sql: str, output: str, max_rows: int) -> None:
@@ -315,15 +236,16 @@ def query(app: AppContext, sql: str, output: str, max_rows: int) -> None:
     url = app.store_url
     app.open_store().close()  # checks the schema revision first, with its remedy
     result = run_query(url, sql, max_rows)
-    if output == "csv":
-        click.echo(to_csv(result.columns, result.rows), nl=False)
-    elif output == "json":
-        click.echo(to_json([dict(zip(result.columns, row)) for row in result.rows]), nl=False)
-    else:
-        out = console()
-        if result.columns:
-            out.print(table(None, result.columns, result.rows))
-        out.print(f"{len(result.rows)} row(s)")
+    emit(
+        Output(
+            [Section(None, result.columns, [[fmt(v) for v in row] for row in result.rows])],
+            [dict(zip(result.columns, row)) for row in result.rows],
+            csv_columns=result.columns,
+            csv_rows=result.rows,
+            footer=[f"{len(result.rows)} row(s)"],
+        ),
+        output,
+    )
     if result.truncated:
         click.echo(f"warning: output stopped at {max_rows} rows (raise --max-rows)", err=True)
 

@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,14 +20,17 @@ from orchestrator.cli.context import (
     open_store_for_submit,
     parse_duration,
     print_outcome,
+    print_summary,
     runs_folder,
     say,
     stop_on_signals,
 )
+from orchestrator.cli.output import Output, Section, emit, format_option
+from orchestrator.errors import ConfigError
 from orchestrator.states import BACKENDS, PRECISIONS, BackendName, Precision
 
 if TYPE_CHECKING:
-    from orchestrator.backends.base import PlannedRun
+    from orchestrator.backends.base import DoctorReport, PlannedRun
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
     from orchestrator.store import Store
 
@@ -124,6 +128,16 @@ class Hangup:
     is_flag=True,
     help="When another run holds the nodes, wait for them instead of refusing.",
 )
+@click.option(
+    "--data-dir",
+    help="The dataset (COCO 2017 layout) of this run, as the nodes see it, instead of the "
+    "cluster file's [case] data_dir; a relative path is made absolute from here.",
+)
+@click.option(
+    "--backbone-weights",
+    help="The ResNet-50 checkpoint of this run ('none': from scratch), instead of [case] "
+    "backbone_weights.",
+)
 @click.pass_obj
 def submit(
     app: AppContext,
@@ -139,6 +153,8 @@ def submit(
     backend: BackendName | None,
     detach: bool,
     wait_for_nodes: bool,
+    data_dir: str | None,
+    backbone_weights: str | None,
 ) -> None:
     """Run the Faster R-CNN benchmark on TOPOLOGY (NODESxPROCESSES, e.g. 2x8).
 
@@ -149,15 +165,17 @@ def submit(
     \b
     Examples:
       orchestrator submit 1x2 --set max_iters=20
+      orchestrator submit 1x1 --data-dir /data/coco2017 --backbone-weights none
       orchestrator --cluster lab.toml submit 2x8 --precision amp --set bs=16 --set lr=0.16
       orchestrator --cluster lab.toml submit 2x8 --dry-run
     """
     from orchestrator import backends
     from orchestrator.plan import parse_sets
     from orchestrator.runs.lifecycle import SubmitRequest
-    from orchestrator.specs import Topology
+    from orchestrator.specs import Topology, with_inputs
 
     topo = Topology.parse(topology)
+    data, weights = _input_path(data_dir), _input_path(backbone_weights)
     req = SubmitRequest(
         topology=topo,
         node_names=tuple(n.strip() for n in node_names.split(",") if n.strip())
@@ -168,11 +186,14 @@ def submit(
         timeout_s=parse_duration(timeout, "--timeout"),
         no_progress_timeout_s=parse_duration(no_progress_timeout, "--no-progress-timeout"),
         command=shlex.join(["orchestrator", *sys.argv[1:]]),
+        data_dir=data,
+        backbone_weights=weights,
     )
-    cluster = app.cluster
+    cluster = with_inputs(app.cluster, data, weights)
     if backend and backend != cluster.backend:
         cluster = dataclasses.replace(cluster, backend=backend)
     chosen = backends.for_cluster(cluster)
+    first = chosen.plan(cluster, req)  # pure: a bad --set or topology fails before any write
     if detach and not dry_run:
         from orchestrator.queue.enqueue import EnqueueItem, detach_hints, enqueue_runs
 
@@ -185,9 +206,21 @@ def submit(
             click.echo(hint, err=True)
         return
     if dry_run:
-        click.echo(chosen.plan(cluster, req).render(), nl=False)
+        click.echo(first.render(), nl=False)
         return
     _run_repeats(app, req, repeat, runs_dir, lambda: chosen.plan(cluster, req), wait_for_nodes)
+
+
+def _input_path(text: str | None) -> str | None:
+    """An absolute path (the nodes do not share this process's working directory); `none`
+    stays `none` (backbone weights: train from scratch)."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise ConfigError("an empty path was given", "name a folder or file, or leave it out")
+    if text.strip().lower() == "none":
+        return "none"
+    return str(Path(text).expanduser().absolute())
 
 
 def _run_repeats(
@@ -217,11 +250,12 @@ def _run_repeats(
                 f"[bold]run {planned.job.run_id}[/] ({i + 1}/{repeat}): {req.topology} "
                 f"{planned.where()}, {req.precision}"
             )
+            began = time.monotonic()
             outcome = _execute_when_free(
                 app, store, console, stop, planned, wait_for_nodes, req, folder
             )
             outcomes.append(outcome)
-            _print_outcome(store, outcome)
+            _print_outcome(store, outcome, time.monotonic() - began)
             if stop.is_set():
                 break
     for outcome in outcomes:
@@ -258,31 +292,54 @@ def _execute_when_free(
         app.settle_orphans(store, console)
 
 
-def _print_outcome(store: Store, outcome: Outcome) -> None:
+def _print_outcome(store: Store, outcome: Outcome, wall_s: float) -> None:
     print_outcome(store, outcome.run_id, outcome.status)
-    click.echo(f"run folder: {outcome.run_dir}", err=True)
+    print_summary(store, outcome.run_id, outcome.run_dir, wall_s)
 
 
 @click.command()
 @click.argument("topology", default="")
 @click.option("--nodes", "node_names", help="Comma-separated node names (default: every node).")
+@format_option()
 @click.pass_obj
-def doctor(app: AppContext, topology: str, node_names: str | None) -> None:
+def doctor(app: AppContext, topology: str, node_names: str | None, output: str) -> None:
     """Check that nodes are ready to run TOPOLOGY: reachable, host key known, torch (or Docker),
     accelerators, dataset, weights, disk, InfiniBand. Prints a report per node. On a Slurm
     cluster: Slurm's commands, the controller, the partition, shared_dir, and `sbatch
-    --test-only` of the exact job `submit` would send (no job is created).
+    --test-only` of the exact job `submit` would send (no job is created). Exit code 3 when
+    something is not ready.
 
     \b
     Examples:
       orchestrator doctor
-      orchestrator --cluster lab.toml doctor 2x8
+      orchestrator --cluster lab.toml doctor 2x8 --format json
     """
     from orchestrator import backends
-    from orchestrator.report import console
 
-    ok = backends.for_cluster(app.cluster).doctor(
-        app.cluster, topology or None, node_names, console()
-    )
-    if not ok:
+    found = backends.for_cluster(app.cluster).doctor(app.cluster, topology or None, node_names)
+    emit(doctor_output(found), output)
+    if not found.ok:
         raise SystemExit(3)
+
+
+def doctor_output(found: DoctorReport) -> Output:
+    rows = [[c.node, c.check, "ok" if c.ok else "FAIL", c.detail] for c in found.checks]
+    columns = ["node", "check", "ok", "detail"]
+    if not any(c.node for c in found.checks):  # Slurm: checks of the whole cluster
+        rows, columns = [row[1:] for row in rows], columns[1:]
+    document = {
+        "cluster": found.cluster,
+        "source": found.source,
+        "ok": found.ok,
+        "checks": [
+            {"node": c.node or None, "check": c.check, "ok": c.ok, "detail": c.detail}
+            for c in found.checks
+        ],
+        "notes": list(found.notes),
+    }
+    verdict = found.ready if found.ok else found.not_ready
+    return Output(
+        [Section(f"doctor: {found.cluster} ({found.source})", columns, rows)],
+        document,
+        footer=[*found.notes, verdict],
+    )

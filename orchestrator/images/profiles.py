@@ -15,6 +15,7 @@ from typing import Any
 
 from orchestrator.errors import ImageError
 from orchestrator.resources import images_dir
+from orchestrator.tables import REQUIRED, Dialect, Table, Words
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +27,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_ULIMITS = ("memlock=-1", "stack=67108864")
 
-_TOP_KEYS = {"name", "description", "image", "runtime"}
+MAX_LABEL = 64  # runs.hardware_label is a string of at most 64 characters
+
+_TOP_KEYS = {"name", "description", "label", "image", "runtime"}
 _IMAGE_KEYS = {
     "base",
     "python",
@@ -47,6 +50,18 @@ _RUNTIME_KEYS = {
     "visible_devices_env",
     "monitor",
 }
+
+# A profile's own words: a missing string is one that is not a non-empty string, and the known
+# keys, the tables and the lists are worded as they always were.
+PROFILE = Dialect(
+    error=ImageError,
+    not_table=Words("{source}: [{key}] is missing or not a table", "add a [{key}] table"),
+    unknown=Words("{source}: {key} is not a known key", "known keys: {known}"),
+    missing=Words("{source}: {key} must be a non-empty string, got None", 'write {key} = "..."'),
+    string=Words("{source}: {key} must be a non-empty string, got {value}", 'write {key} = "..."'),
+    strings=Words("{source}: {key} must be a list of strings, got {value}", 'e.g. {key} = ["a"]'),
+    lone_string=False,
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class VendorProfile:
 
     name: str
     description: str
+    label: str  # what tables and reports call the hardware, e.g. "MetaX C500 64G"
     base_image: str
     python: str  # interpreter in the base image that makes the venv
     template_path: Path
@@ -108,93 +124,69 @@ def load_profile(name: str, root: Path | None = None) -> VendorProfile:
 
 def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProfile:
     source = str(path)
-    _check_keys(source, "", data, _TOP_KEYS)
-    image = _table(source, "image", data.get("image"))
-    runtime = _table(source, "runtime", data.get("runtime", {}))
-    _check_keys(source, "image", image, _IMAGE_KEYS)
-    _check_keys(source, "runtime", runtime, _RUNTIME_KEYS)
-    name = _string(source, "name", data.get("name"))
+    top = Table(data, source, PROFILE, keys=_TOP_KEYS)
+    image = top.table("image", required=True)
+    runtime = top.table("runtime")
+    image.known(_IMAGE_KEYS)  # both tables are tables before either's keys are checked
+    runtime.known(_RUNTIME_KEYS)
+    name = top.string("name", REQUIRED)
     if name != path.parent.name:
-        raise ImageError(
-            f"{source}: name {name!r} differs from its folder {path.parent.name!r}",
+        top.fail(
+            "name",
+            f"{name!r} differs from its folder {path.parent.name!r}",
             f'write name = "{path.parent.name}"',
         )
-    template_name = _string(source, "image.template", image.get("template", "Dockerfile.template"))
+    label = top.string("label", name)
+    if len(label) > MAX_LABEL:
+        top.fail(
+            "label",
+            f"{label!r} is longer than {MAX_LABEL} characters",
+            'shorten it, e.g. label = "MetaX C500 64G"',
+        )
+    template_name = image.string("template", "Dockerfile.template")
     # A vendor's own template wins over the shared one of the same name.
     template = path.parent / template_name
     if not template.is_file():
         template = root / template_name
     if not template.is_file():
-        raise ImageError(
-            f"{source}: image.template {template_name!r} is neither in {path.parent} nor in {root}",
+        image.fail(
+            "template",
+            f"{template_name!r} is neither in {path.parent} nor in {root}",
             "name an existing Dockerfile template",
         )
     env = runtime.get("env", {})
     if not isinstance(env, Mapping) or not all(
         isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env.items()
     ):
-        raise ImageError(
-            f"{source}: runtime.env must map variable names to strings, got {env!r}",
+        runtime.fail(
+            "env",
+            f"must map variable names to strings, got {env!r}",
             'e.g. env = { METAX_USE_TF32 = "1" }',
         )
-    requirements = _strings(source, "image.requirements", image.get("requirements"))
+    requirements = image.strings("requirements")
     if not requirements:
-        raise ImageError(
-            f"{source}: image.requirements is empty", 'e.g. requirements = ["torch", "torchvision"]'
-        )
+        image.fail("requirements", "is empty", 'e.g. requirements = ["torch", "torchvision"]')
     return VendorProfile(
         name=name,
-        description=str(data.get("description", "")),
-        base_image=_string(source, "image.base", image.get("base")),
-        python=_string(source, "image.python", image.get("python", "python3")),
+        description=str(top.get("description", "")),
+        label=label,
+        base_image=image.string("base", REQUIRED),
+        python=image.string("python", "python3"),
         template_path=template,
-        wheel_dir=_string(source, "image.wheel_dir", image.get("wheel_dir")),
-        vendor_wheels=_strings(source, "image.vendor_wheels", image.get("vendor_wheels", [])),
+        wheel_dir=image.string("wheel_dir", REQUIRED),
+        vendor_wheels=image.strings("vendor_wheels"),
         requirements=requirements,
-        venv_options=_strings(source, "image.venv_options", image.get("venv_options", [])),
+        venv_options=image.strings("venv_options"),
         runtime=RuntimeOptions(
-            devices=_strings(source, "runtime.devices", runtime.get("devices", [])),
-            group_add=_strings(source, "runtime.group_add", runtime.get("group_add", [])),
+            devices=runtime.strings("devices"),
+            group_add=runtime.strings("group_add"),
             gpus=str(runtime.get("gpus", "")),
-            options=_strings(source, "runtime.options", runtime.get("options", [])),
-            shm_size=_string(source, "runtime.shm_size", runtime.get("shm_size", "8g")),
-            ulimits=_strings(
-                source, "runtime.ulimits", runtime.get("ulimits", list(DEFAULT_ULIMITS))
-            ),
+            options=runtime.strings("options"),
+            shm_size=runtime.string("shm_size", "8g"),
+            ulimits=runtime.strings("ulimits", DEFAULT_ULIMITS),
             env=dict(env),
             visible_devices_env=str(runtime.get("visible_devices_env", "")),
-            monitor=_strings(source, "runtime.monitor", runtime.get("monitor", [])),
+            monitor=runtime.strings("monitor"),
         ),
         source=source,
     )
-
-
-def _table(source: str, key: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ImageError(f"{source}: [{key}] is missing or not a table", f"add a [{key}] table")
-    return value
-
-
-def _check_keys(source: str, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ImageError(
-            f"{source}: {key} is not a known key", f"known keys: {', '.join(sorted(allowed))}"
-        )
-
-
-def _string(source: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ImageError(
-            f"{source}: {key} must be a non-empty string, got {value!r}", f'write {key} = "..."'
-        )
-    return value.strip()
-
-
-def _strings(source: str, key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ImageError(
-            f"{source}: {key} must be a list of strings, got {value!r}", f'e.g. {key} = ["a"]'
-        )
-    return tuple(value)

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import ConfigError, ImageError
 from orchestrator.images.build import BuildObserver, BuiltImage, build_image, image_id, open_api
 from orchestrator.images.distribute import DistributionReport, NodeTarget, ProgressFn, distribute
 from orchestrator.images.profiles import VendorProfile, load_profile
 from orchestrator.images.records import record_for
 from orchestrator.images.spec import ImageSpec, Sha256Cache, default_cache_path, make_image_spec
 from orchestrator.states import DISTRIBUTIONS, Distribution
+from orchestrator.tables import Dialect, Table, Words
 
 if TYPE_CHECKING:
     import docker
@@ -45,9 +45,17 @@ class ImageSettings:
 
 
 _IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry", "distribution"}
+# The cluster file's words, but for the known keys and the wheels (paths, not any strings).
+IMAGE_TABLE = replace(
+    Dialect(),
+    unknown=Words("{source}: {key} is not a known key", "known keys: {known}"),
+    strings=Words(
+        "{source}: {key} must be a list of paths, got {value}", 'e.g. {name} = ["/opt/wheels"]'
+    ),
+)
 
 
-def parse_image_table(table: Mapping[str, Any], source: str) -> ImageSettings:
+def parse_image_table(table: object, source: str) -> ImageSettings:
     """A cluster file's [image] table -> ImageSettings, for the config loader:
 
     [image]
@@ -57,49 +65,17 @@ def parse_image_table(table: Mapping[str, Any], source: str) -> ImageSettings:
     registry = "registry.lab:5000"     # optional: push/pull instead of streaming
     distribution = "relay"             # default; "star" streams from the build host to each node
     """
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{source}: image must be a table", "write it as [image]")
-    unknown = sorted(set(table) - _IMAGE_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{source}: image.{unknown[0]} is not a known key",
-            f"known keys: {', '.join(sorted(_IMAGE_KEYS))}",
-        )
-    text: dict[str, str | None] = {}
-    for key in ("vendor", "base", "build_host", "registry"):
-        value = table.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigError(
-                f"{source}: image.{key} must be a non-empty string, got {value!r}",
-                f'e.g. {key} = "..."',
-            )
-        text[key] = value.strip() if isinstance(value, str) else None
-    wheels = table.get("wheels", [])
-    if isinstance(wheels, str):
-        wheels = [wheels]
-    if not isinstance(wheels, list) or not all(isinstance(w, str) and w for w in wheels):
-        raise ConfigError(
-            f"{source}: image.wheels must be a list of paths, got {wheels!r}",
-            'e.g. wheels = ["/opt/wheels"]',
-        )
-    return ImageSettings(
-        vendor=text["vendor"],
-        wheels=tuple(os.path.expanduser(w) for w in wheels),
-        base_image=text["base"],
-        build_host=text["build_host"] or LOCAL,
-        registry=text["registry"],
-        distribution=distribution_choice(table.get("distribution", "relay"), source),
+    t = Table(table, source, IMAGE_TABLE, "image", _IMAGE_KEYS)
+    vendor, base, build_host, registry = (
+        t.string(key) for key in ("vendor", "base", "build_host", "registry")
     )
-
-
-def distribution_choice(value: object, source: str) -> Distribution:
-    """image.distribution as its type, or a ConfigError naming the choices."""
-    for choice in DISTRIBUTIONS:
-        if value == choice:
-            return choice
-    raise ConfigError(
-        f"{source}: image.distribution must be one of {', '.join(DISTRIBUTIONS)}, got {value!r}",
-        'e.g. distribution = "star" for a two-node lab',
+    return ImageSettings(
+        vendor=vendor,
+        wheels=tuple(os.path.expanduser(w) for w in t.strings("wheels")),
+        base_image=base,
+        build_host=build_host or LOCAL,
+        registry=registry,
+        distribution=t.choice("distribution", "relay", DISTRIBUTIONS),
     )
 
 
@@ -195,12 +171,7 @@ class PreparedImage:
 
 def record_in_store(store: Store, record: dict[str, Any]) -> None:
     """store.record_image(record); idempotent by image id, so a reused image is recorded too."""
-    recorder = getattr(store, "record_image", None)
-    if recorder is None:
-        raise ImageError(
-            "the results store cannot record images", "upgrade it: orchestrator db upgrade"
-        )
-    recorder(record)
+    store.record_image(record)
 
 
 def ensure_image(

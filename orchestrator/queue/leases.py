@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.runs.folder import RunManifest
-from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.specs import ClusterSpec, NodeSpec, Topology, with_inputs
 from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
@@ -89,7 +89,7 @@ def cluster_from(doc: Mapping[str, Any]) -> ClusterSpec:
     backend = doc.get("backend")
     if backend and backend != cluster.backend:
         cluster = replace(cluster, backend=backend)
-    return cluster
+    return with_inputs(cluster, doc.get("data_dir"), doc.get("backbone_weights"))
 
 
 def cluster_file_data(cluster: ClusterSpec) -> dict[str, Any] | None:
@@ -116,7 +116,7 @@ def request_for(
         req.no_progress_timeout_s,
         req.command,
         req.campaign_id,
-        **extra,
+        **{"data_dir": req.data_dir, "backbone_weights": req.backbone_weights, **extra},
     )
 
 
@@ -139,6 +139,16 @@ def insert_campaign(
             }
         ],
     )
+
+
+def start_campaign(conn: Connection, campaign_id: str | None) -> None:
+    """A campaign whose first run starts is running."""
+    if campaign_id:
+        conn.execute(
+            update(Campaign)
+            .where(Campaign.campaign_id == campaign_id, Campaign.status == "queued")
+            .values(status="running")
+        )
 
 
 def enqueue(conn: Connection, manifest: RunManifest, request: dict[str, Any]) -> None:
@@ -358,13 +368,7 @@ def _take(
                 ],
             )
             request = read_request(conn, run.run_id)
-            campaign = request.get("campaign_id")
-            if campaign:
-                conn.execute(
-                    update(Campaign)
-                    .where(Campaign.campaign_id == campaign, Campaign.status == "queued")
-                    .values(status="running")
-                )
+            start_campaign(conn, request.get("campaign_id"))
     except (_Taken, SQLAlchemyError):
         # Someone else took the run or one of its nodes first (IntegrityError): all rolled back.
         return None

@@ -18,6 +18,7 @@ from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import LEASE_TTL_S, Claim
 from orchestrator.runs.lifecycle import request_from_doc
+from orchestrator.runs.progress import summary_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,6 +53,7 @@ def run_claim(
         return "failed"
     run_stop = threading.Event()
     console.print(f"[bold]run {claim.run_id}[/]: {doc['topology']} on {', '.join(claim.nodes)}")
+    began = time.monotonic()
     try:
         with LeaseKeeper(store, claim.run_id, holder, ttl_s, worker_stop, run_stop):
             outcome = planned.execute(
@@ -63,7 +65,20 @@ def run_claim(
     finally:
         leases.release(store, claim.run_id, holder)
         leases.finish_campaign_if_done(store, doc.get("campaign_id"))
-    console.print(f"run {claim.run_id}: {outcome.status}")
+    metrics = outcome.summary.metrics if outcome.summary else None
+    wall = time.monotonic() - began
+    console.print(
+        summary_line(
+            outcome.status,
+            claim.run_id,
+            wall,
+            metrics.p_core if metrics else None,
+            metrics.map if metrics else None,
+            outcome.run_dir,
+        ),
+        markup=False,
+        highlight=False,
+    )
     return outcome.status
 
 

@@ -23,14 +23,17 @@ from typing import Any, TypeVar
 
 from orchestrator.errors import IngestError, TopologyError
 from orchestrator.monitor import MONITOR_FILE, Sample, parse_samples
+from orchestrator.runs.imported import ImportedResult, imported_from_dict
 from orchestrator.specs import Topology
 from orchestrator.states import (
     BACKENDS,
     PRECISIONS,
+    RUN_SOURCES,
     RUN_STATUSES,
     RUNTIMES,
     BackendName,
     Precision,
+    RunSource,
     RunStatus,
     Runtime,
 )
@@ -100,7 +103,7 @@ class RunManifest:
     nodes: tuple[NodeRef, ...]
     hparams: dict[str, str] = field(default_factory=dict)
     config_name: str | None = None
-    hardware_label: str | None = None  # short accelerator name for tables, e.g. 'MXC500'
+    hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     started_at: datetime | None = None
     finished_at: datetime | None = None
     failure: dict[str, Any] | None = None
@@ -109,6 +112,13 @@ class RunManifest:
     slurm_job_id: str | None = None
     command: str = ""
     orchestrator_version: str = ""
+    # A run imported from another tool's logs (no rank files): the tool, and what its logs said.
+    source: RunSource = "orchestrator"
+    imported: ImportedResult | None = None
+    # What the run read, as the nodes see it (the cluster file's [case], or submit --data-dir /
+    # --backbone-weights); None in manifests written before they were recorded.
+    data_dir: str | None = None
+    backbone_weights: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -151,6 +161,14 @@ class RunManifest:
             "slurm_job_id": self.slurm_job_id,
             "command": self.command,
             "orchestrator_version": self.orchestrator_version,
+            # written only for imports, so a native run's manifest is as it always was
+            **(
+                {"source": self.source, "imported": self.imported.to_dict()}
+                if self.imported is not None
+                else {}
+            ),
+            "data_dir": self.data_dir,
+            "backbone_weights": self.backbone_weights,
         }
 
 
@@ -252,6 +270,12 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
             tag=str(image_fields.text("tag")), id=image_fields.text("id", required=False)
         )
     failure = f.get("failure", (dict,), required=False)
+    run_source = f.choice("source", RUN_SOURCES) if "source" in data else "orchestrator"
+    imported = None
+    if run_source != "orchestrator":
+        imported = imported_from_dict(data.get("imported"), source, nnodes)
+    elif data.get("imported") is not None:
+        raise f.fail("imported", "is only for runs imported from another tool (source)")
     submitted_at = f.time("submitted_at", required=True)
     assert submitted_at is not None  # required=True raised otherwise
     return RunManifest(
@@ -280,6 +304,10 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
         slurm_job_id=f.text("slurm_job_id", required=False),
         command=f.text("command", required=False) or "",
         orchestrator_version=f.text("orchestrator_version", required=False) or "",
+        source=run_source,
+        imported=imported,
+        data_dir=f.text("data_dir", required=False),
+        backbone_weights=f.text("backbone_weights", required=False),
     )
 
 
@@ -378,6 +406,11 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
         rank = _read_rank(file, manifest)
         ranks.append(rank)
         digest.update(b"\0" + file.name.encode() + b"\0" + rank.text.encode())
+    if ranks and manifest.imported is not None:
+        raise IngestError(
+            f"{root}/{RANKS_DIR}: a run imported from {manifest.source} has no rank files",
+            "remove the folder's ranks/, or the manifest's source and imported",
+        )
     envs, env_texts = {}, {}
     known = {n.name for n in manifest.nodes}
     nodes_dir = root / NODES_DIR

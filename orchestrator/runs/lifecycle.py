@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
 from orchestrator.errors import OrchestratorError, RunCancelled, RunFailed
+from orchestrator.plan import make_job, new_run_id
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.specs import Topology
@@ -25,7 +26,7 @@ from orchestrator.states import BackendName, Precision, RunStatus, Runtime
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from orchestrator.specs import JobSpec
+    from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec
     from orchestrator.store import Store
     from orchestrator.store.ingest import RunSummary
 
@@ -40,6 +41,9 @@ class SubmitRequest:
     no_progress_timeout_s: float | None = None
     command: str = ""
     campaign_id: str | None = None
+    # submit --data-dir / --backbone-weights: this run's inputs instead of the cluster file's
+    data_dir: str | None = None
+    backbone_weights: str | None = None
 
 
 @dataclass
@@ -62,6 +66,26 @@ def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> Sub
         no_progress_timeout_s=doc.get("no_progress_timeout_s"),
         command=doc.get("command") or "",
         campaign_id=doc.get("campaign_id"),
+        data_dir=doc.get("data_dir"),
+        backbone_weights=doc.get("backbone_weights"),
+    )
+
+
+def job_for(
+    cluster: ClusterSpec, req: SubmitRequest, nodes: Sequence[NodeSpec], run_id: str | None
+) -> JobSpec:
+    """The job a request asks for on `nodes` (none: the backend places it), under a new run
+    id unless one is given, submitted by this user."""
+    return make_job(
+        cluster,
+        req.topology,
+        tuple(nodes),
+        run_id=run_id or new_run_id(salt=req.command),
+        precision=req.precision,
+        sets=dict(req.sets),
+        timeout_s=req.timeout_s,
+        no_progress_timeout_s=req.no_progress_timeout_s,
+        submitted_by=submitter(),
     )
 
 
@@ -125,6 +149,8 @@ def manifest_for(
         campaign_id=req.campaign_id,
         command=req.command,
         orchestrator_version=__version__,
+        data_dir=job.cluster.case.data_dir,
+        backbone_weights=job.cluster.case.backbone_weights,
         **extra,
     )
 

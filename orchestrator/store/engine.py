@@ -43,12 +43,23 @@ def redact_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
 def parse_url(url: str) -> URL:
-    """Accept what an admin types: a SQLAlchemy URL, postgres[ql]://..., or a plain file path."""
+    """Accept what an admin types: a SQLAlchemy URL, postgres[ql]://..., or the path of a
+    SQLite file (ending in .db, .sqlite or .sqlite3). Anything else is refused as not a URL,
+    so a typo never becomes a database file."""
     text = str(url).strip()
     if not text:
         raise StoreError("the results store URL is empty", "pass --db sqlite:///results.db")
     if "://" not in text:
+        if not text.lower().endswith(SQLITE_SUFFIXES):
+            raise StoreError(
+                f"results store URL {text!r} is not a database URL",
+                "use sqlite:///path/results.db or postgresql://user@host/dbname; a plain path "
+                "must name a SQLite file ending in .db, .sqlite or .sqlite3",
+            )
         text = "sqlite:///" + text
     try:
         parsed = make_url(text)

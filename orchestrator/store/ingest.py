@@ -8,7 +8,6 @@ rewritten, its status history only gains a row when the status changed.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, select, update
 
 from orchestrator.errors import IngestError
-from orchestrator.monitor import device_memory_peak, sample_rows
+from orchestrator.monitor import sample_rows
 from orchestrator.runs.folder import RunFolder
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
@@ -65,18 +64,8 @@ def prepare(folders: Sequence[RunFolder]) -> list[PreparedRun]:
                 "ingest each run folder once",
             )
         seen[run_id] = folder.path
-        prepared.append(PreparedRun(folder, _with_device_peak(folder, aggregate(folder))))
+        prepared.append(PreparedRun(folder, aggregate(folder)))
     return prepared
-
-
-def _with_device_peak(folder: RunFolder, metrics: RunMetrics | None) -> RunMetrics | None:
-    """The run's mem from the monitors' device peak when the ranks did not report memory."""
-    if metrics is None or metrics.mem_used_bytes is not None or not folder.monitors:
-        return metrics
-    used, total = device_memory_peak(folder.monitors)
-    if used is None:
-        return metrics
-    return dataclasses.replace(metrics, mem_used_bytes=used, mem_total_bytes=total)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -7,12 +7,16 @@ every rank trained. FlagPerf divides a global count by one process's time instea
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import IngestError
+from orchestrator.monitor import device_memory_peaks
 from orchestrator.runs.folder import RankFile, RunFolder
+from orchestrator.runs.imported import ImportedResult
+from orchestrator.states import MemSource
 from workload.faster_rcnn.hparams import HPARAMS
 from workload.faster_rcnn.result_format import file_name
 
@@ -20,6 +24,10 @@ GIB = 1 << 30
 # Names shortened in the seed's fix_hp column and shown first, in this order; the rest sorted.
 _SHORT_NAMES = {"batch_size": "bs"}
 _SHORT_ORDER = ("bs", "lr")
+# Null in the reference, derived by the workload from other inputs and recorded as used
+# (trainable_backbone_layers: 3 with backbone weights, 5 from scratch): in fix_hp only when
+# set explicitly (docs/schema.md, "fix_hp").
+DERIVED_DEFAULTS = ("trainable_backbone_layers",)
 _FIX = "fix or remove the file; docs/schema.md explains the checks"
 
 
@@ -33,8 +41,10 @@ class RunMetrics:
     map: float | None
     mem_used_bytes: int | None
     mem_total_bytes: int | None
-    epochs_completed: int
+    epochs_completed: int | None  # None: an imported log does not say
     converged: bool
+    mem_source: MemSource | None = None
+    mem_devices: tuple[dict[str, Any], ...] = ()  # each device's peak from the monitors
 
     @property
     def mem_label(self) -> str | None:
@@ -53,14 +63,18 @@ def fix_hp(given: Mapping[str, str], resolved: Mapping[str, Any] | None = None) 
 
     `resolved` is what the workload ran with (rank 0's config.hparams): every value that differs
     from the workload's reference defaults is listed, whether it came from --set or from a
-    vendor's config set (FlagPerf's per-topology overrides). Without it (a run that wrote no
+    vendor's config set (FlagPerf's per-topology overrides), except a derived default nobody
+    set (DERIVED_DEFAULTS). Without it (a run that wrote no
     rank file), the --set values as given. Precision has its own column.
     """
     if resolved is not None:
         shown = {
             name: _show(value)
             for name, value in resolved.items()
-            if name in HPARAMS and name != "precision" and value != HPARAMS[name][1]
+            if name in HPARAMS
+            and name != "precision"
+            and value != HPARAMS[name][1]
+            and (name not in DERIVED_DEFAULTS or name in given)
         }
     else:
         shown = {name: str(value) for name, value in given.items() if name != "precision"}
@@ -118,9 +132,57 @@ def check_complete(folder: RunFolder) -> None:
 
 
 def aggregate(folder: RunFolder) -> RunMetrics | None:
-    """The run's metrics, or None unless it succeeded (failed runs keep their rank rows only)."""
+    """The run's metrics, or None unless it succeeded (failed runs keep their rank rows only).
+    mem is the accelerator tool's device peak during training when the monitors have one, else
+    the ranks' allocator peak; mem_source says which."""
     if folder.manifest.status != "succeeded":
         return None
+    if folder.manifest.imported is not None:
+        return imported_metrics(folder.manifest.imported)
+    metrics = _from_ranks(folder)
+    start, end = training_window(folder.ranks)
+    peaks = device_memory_peaks(folder.monitors, start, end, folder.manifest.nproc_per_node)
+    if peaks:
+        top = max(peaks, key=lambda p: p.used_bytes)
+        return dataclasses.replace(
+            metrics,
+            mem_used_bytes=top.used_bytes,
+            mem_total_bytes=top.total_bytes,
+            mem_source="device",
+            mem_devices=tuple(p.as_dict() for p in peaks),
+        )
+    if metrics.mem_used_bytes is not None:
+        return dataclasses.replace(metrics, mem_source="allocator")
+    return metrics
+
+
+def training_window(ranks: Sequence[RankFile]) -> tuple[float, float]:
+    """Unix times from the first rank's training start to the last rank's training end."""
+    starts = [r.doc["timings"]["start_unix"] + r.doc["timings"]["init_s"] for r in ranks]
+    ends = [s + r.doc["timings"]["train_s"] for s, r in zip(starts, ranks)]
+    return (min(starts), max(ends)) if ranks else (0.0, 0.0)
+
+
+def imported_metrics(imported: ImportedResult) -> RunMetrics:
+    """An imported log's numbers, by the rules for ranks: e2e the longest node's, throughputs
+    the slowest node's (each node's line divides the tool's global count by that node's time),
+    mAP and images node 0's. No memory: the tool's logs do not measure it."""
+    first = imported.nodes[0]
+    return RunMetrics(
+        global_images=first.trained_images,
+        e2e_time_s=max(n.e2e_s for n in imported.nodes),
+        p_whole=min(n.p_whole for n in imported.nodes),
+        p_train=min(n.p_train for n in imported.nodes),
+        p_core=min(n.p_core for n in imported.nodes),
+        map=first.map,
+        mem_used_bytes=None,
+        mem_total_bytes=None,
+        epochs_completed=None,
+        converged=first.converged,
+    )
+
+
+def _from_ranks(folder: RunFolder) -> RunMetrics:
     check_complete(folder)
     ranks = sorted(folder.ranks, key=lambda r: r.rank)
     global_images = sum(int(r.doc["samples"]["rank_images"]) for r in ranks)

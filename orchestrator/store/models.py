@@ -153,7 +153,7 @@ class Run(Base):
     # What was asked
     case: Mapped[str] = mapped_column(String(64))
     vendor: Mapped[str] = mapped_column(String(64))
-    hardware_label: Mapped[str | None] = mapped_column(String(64))  # e.g. 'MXC500'
+    hardware_label: Mapped[str | None] = mapped_column(String(64))  # e.g. 'MetaX C500 64G'
     cluster: Mapped[str] = mapped_column(String(128))
     backend: Mapped[str] = mapped_column(String(16))  # 'ssh' | 'slurm'
     runtime: Mapped[str] = mapped_column(String(16))  # 'host' | 'docker'
@@ -189,11 +189,17 @@ class Run(Base):
     mem_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
     mem_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
     mem_label: Mapped[str | None] = mapped_column(String(32))  # '37.1/64.0' (GiB)
+    # Migration 0004: where mem comes from ('device': the SMI tool's peak during training,
+    # 'allocator': the ranks' peak reserved), and every device's peak [{node, device, used_bytes,
+    # total_bytes}] from the monitors.
+    mem_source: Mapped[str | None] = mapped_column(String(16))
+    mem_devices: Mapped[list[Any] | None] = mapped_column(JsonDoc)
     epochs_completed: Mapped[int | None] = mapped_column(Integer)
     converged: Mapped[bool | None] = mapped_column(Boolean)
     device_name: Mapped[str | None] = mapped_column(String(128))
     torch_version: Mapped[str | None] = mapped_column(String(64))
-    # Provenance of the row
+    # Provenance of the row; source (0004): 'orchestrator', or the tool of an imported log
+    source: Mapped[str] = mapped_column(String(16), server_default="orchestrator")
     manifest: Mapped[dict[str, Any] | None] = mapped_column(RawDoc)  # manifest.json as published
     source_digest: Mapped[str | None] = mapped_column(String(64))  # sha256 of the run folder
     created_at: Mapped[datetime]
@@ -262,6 +268,7 @@ class RankResult(Base):
     status: Mapped[str] = mapped_column(String(16))  # 'ok' | 'failed'
     device_name: Mapped[str | None] = mapped_column(String(128))
     e2e_s: Mapped[float] = mapped_column(Float)
+    import_s: Mapped[float | None] = mapped_column(Float)  # 0004; NULL in a version-1 rank file
     init_s: Mapped[float] = mapped_column(Float)
     train_s: Mapped[float] = mapped_column(Float)
     train_no_eval_s: Mapped[float] = mapped_column(Float)

@@ -43,6 +43,8 @@ SEED_TABLE = Table(
     Column("status", String),
     Column("finished_at", UtcDateTime),
     Column("campaign_id", String),
+    Column("mem_source", String),  # migration 0004
+    Column("source", String),
 )
 SEED_COLUMNS = (
     "config",
@@ -131,6 +133,8 @@ class RunDetail:
     epochs: list[RowMapping] = field(default_factory=list)
     image: RowMapping | None = None
     wheels: list[RowMapping] = field(default_factory=list)
+    # What the run read, from its manifest: data_dir and backbone_weights (None if unrecorded)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 def run_detail(conn: Connection, ref: str) -> RunDetail:
@@ -138,6 +142,9 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
     run_columns = [c for c in Run.__table__.c if c.name not in ("manifest",)]
     run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
     detail = RunDetail(run=run)
+    manifest = conn.scalar(select(Run.manifest).where(Run.run_id == run_id))
+    if isinstance(manifest, dict):
+        detail.inputs = {k: manifest.get(k) for k in ("data_dir", "backbone_weights")}
     detail.history = list(
         conn.execute(
             select(RunStatusChange.status, RunStatusChange.reason, RunStatusChange.at)
@@ -174,6 +181,17 @@ def run_detail(conn: Connection, ref: str) -> RunDetail:
             ).mappings()
         )
     return detail
+
+
+def run_documents(conn: Connection, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's row and its rank files as stored (rank order): what an export is built from."""
+    run_id = resolve_run(conn, ref)
+    run_columns = [c for c in Run.__table__.c if c.name not in ("manifest", "request")]
+    run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
+    documents = conn.scalars(
+        select(RankResult.document).where(RankResult.run_id == run_id).order_by(RankResult.rank)
+    )
+    return dict(run), [dict(d) for d in documents]
 
 
 def _where(
@@ -232,11 +250,14 @@ _ENV_COLUMNS = (
     RunNode.docker,
     RunNode.torch,
     Run.image_id,
+    Run.hardware_label,
 )
 
 
 def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple[str, list[str]]]:
     """For each environment field, the distinct values over the nodes of the runs (sorted).
+    Where no node reported its accelerator model, the machine line shows the runs'
+    hardware_label (their vendor profile's label).
 
     `runs` is a Selection (one query, the database finds the distinct environments) or run ids.
     """
@@ -253,11 +274,16 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
         ]
     values: dict[str, set[str]] = {key: set() for _, key in ENVIRONMENT_FIELDS}
     images: set[str] = set()
+    labels: set[str] = set()
     for query in queries:
         for row in conn.execute(query).mappings():
             _collect(values, row)
             if row["image_id"]:
                 images.add(row["image_id"])
+            if row["hardware_label"]:
+                labels.add(row["hardware_label"])
+    if not values["accelerator_model"]:  # no node named its accelerator: the profile's label
+        values["accelerator_model"] = labels
     wheels: set[str] = set()
     ordered = sorted(images)
     for i in range(0, len(ordered), 500):
@@ -335,6 +361,37 @@ def run_brief(conn: Connection, run_id: str) -> RunBrief | None:
     if row is None:
         return None
     return RunBrief(row.run_id, row.status, row.backend, row.reason, row.slurm_job_id)
+
+
+@dataclass(frozen=True)
+class RunHeadline:
+    """What the one line a run ends with says: status, wall time, p_core, mAP."""
+
+    status: str
+    reason: str | None
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    p_core: float | None
+    map: float | None
+
+    @property
+    def wall_s(self) -> float | None:
+        if self.submitted_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.submitted_at).total_seconds()
+
+
+def run_headline(conn: Connection, run_id: str) -> RunHeadline | None:
+    row = conn.execute(
+        select(
+            Run.status, Run.reason, Run.submitted_at, Run.finished_at, Run.p_core, Run.map
+        ).where(Run.run_id == run_id)
+    ).first()
+    if row is None:
+        return None
+    return RunHeadline(
+        row.status, row.reason, row.submitted_at, row.finished_at, row.p_core, row.map
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
 
 from orchestrator.errors import QueryError, StoreError
@@ -155,4 +156,37 @@ def _pg_error(exc: Any) -> QueryError:
         return QueryError("the query holds more than one statement", "run one statement per call")
     return QueryError(
         f"SQL error: {_pg_text(exc)}", "check the SQL; docs/schema.md lists the tables and columns"
+    )
+
+
+# -- a read-only engine for `orchestrator serve` -------------------------------------------------
+
+
+def read_only_engine(url: str) -> Engine:
+    """An SQLAlchemy engine whose every connection the database keeps from writing: SQLite
+    opened `mode=ro` with `query_only` and the reading authorizer, PostgreSQL sessions whose
+    transactions are all READ ONLY (with a statement timeout, so no page holds the server)."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = require_sqlite_file(parsed)
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+
+        def connect() -> sqlite3.Connection:
+            connection = sqlite3.connect(
+                uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+            connection.execute("PRAGMA query_only = 1")
+            connection.set_authorizer(_authorize)
+            return connection
+
+        return create_engine("sqlite://", creator=connect)
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        execution_options={"postgresql_readonly": True},
+        connect_args={
+            "connect_timeout": 10,
+            "application_name": "orchestrator serve",
+            "options": "-c default_transaction_read_only=on -c statement_timeout=30000",
+        },
     )

@@ -45,6 +45,7 @@ def run_row(manifest: RunManifest, now: datetime) -> dict[str, Any]:
         "slurm_job_id": manifest.slurm_job_id,
         "image_tag": manifest.image.tag if manifest.image else None,
         "image_id": manifest.image.id if manifest.image else None,
+        "source": manifest.source,
         "created_at": now,
     }
 
@@ -56,6 +57,9 @@ def published_run_row(
     first = min(folder.ranks, key=lambda r: r.rank).doc if folder.ranks else None
     if first is not None:  # what the run really used, a vendor config set included
         row["fix_hp"] = fix_hp(folder.manifest.hparams, first["config"]["hparams"])
+    imported = folder.manifest.imported
+    if imported is not None:  # what the tool's configuration set, when it is known
+        row["fix_hp"] = fix_hp({}, imported.hparams) if imported.hparams else "not logged"
     row.update(
         global_images=metrics.global_images if metrics else None,
         e2e_time_s=metrics.e2e_time_s if metrics else None,
@@ -66,6 +70,8 @@ def published_run_row(
         mem_used_bytes=metrics.mem_used_bytes if metrics else None,
         mem_total_bytes=metrics.mem_total_bytes if metrics else None,
         mem_label=metrics.mem_label if metrics else None,
+        mem_source=metrics.mem_source if metrics else None,
+        mem_devices=list(metrics.mem_devices) if metrics and metrics.mem_devices else None,
         epochs_completed=metrics.epochs_completed if metrics else None,
         converged=metrics.converged if metrics else None,
         device_name=first["device"]["name"] if first else None,
@@ -141,6 +147,7 @@ RANK_COLUMNS = (
     "status",
     "device_name",
     "e2e_s",
+    "import_s",
     "init_s",
     "train_s",
     "train_no_eval_s",
@@ -177,6 +184,7 @@ def rank_values(run_id: str, rank: RankFile) -> tuple[Any, ...]:
         doc["status"],
         doc["device"]["name"],
         timings["e2e_s"],
+        timings.get("import_s"),  # not in a version-1 file
         timings["init_s"],
         timings["train_s"],
         timings["train_no_eval_s"],

@@ -74,8 +74,9 @@ def test_a_campaign_on_slurm_submits_one_job_per_run_and_a_worker_stores_them(
     live = slurm_cluster.jobs()
     assert set(job_ids) <= set(live) or not live, (job_ids, live)
     assert _rows(db, "SELECT count(*) FROM node_leases") == [(0,)]
-    q = run_cli(["--db", url, "queue"], tmp_path)
-    assert q.returncode == 0 and f"slurm job {job_ids[0]}, not followed" in q.stdout, q.stdout
+    q = run_cli(["--db", url, "queue", "--format", "json"], tmp_path)
+    details = [r["detail"] for r in json.loads(q.stdout)]
+    assert q.returncode == 0 and any(f"slurm job {job_ids[0]}, not followed" in d for d in details)
 
     worker = run_cli(
         ["--db", url, "worker", "--id", "w1", "--idle-exit", "2s"], tmp_path, timeout=400
@@ -195,8 +196,9 @@ def test_a_killed_submit_s_run_is_adopted_by_a_worker_and_stored(
             what="the submit following its job",
         )[0][0]
         assert holder.startswith("submit ")
-        q = run_cli(["--db", url, "queue"], tmp_path)
-        assert f"followed by {holder} until" in q.stdout, q.stdout
+        q = run_cli(["--db", url, "queue", "--format", "json"], tmp_path)
+        details = [r["detail"] for r in json.loads(q.stdout)]
+        assert any(f"followed by {holder} until" in d for d in details), q.stdout
         proc.kill()  # SIGKILL: no cleanup at all
         proc.wait(10)
     finally:
@@ -259,6 +261,6 @@ def test_attach_adopts_a_killed_submit_s_slurm_run_and_stores_it(
     attach = run_cli(["--db", url, "attach", run_id], tmp_path, timeout=300)
     assert attach.returncode == 0, attach.stderr[-3000:]
     assert f"following slurm job {job_id}" in attach.stderr, attach.stderr[-3000:]
-    assert f"run {run_id}: succeeded" in attach.stderr
+    assert f"succeeded: run {run_id} in " in attach.stderr
     assert _rows(db, "SELECT count(*) FROM rank_results") == [(2,)]
     assert _rows(db, "SELECT count(*) FROM slurm_follows") == [(0,)]

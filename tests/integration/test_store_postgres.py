@@ -26,6 +26,8 @@ from orchestrator.store.models import Base, RankResult, Run, RunNode, RunStatusC
 from orchestrator.store.readonly import READ_ONLY_MESSAGE, run_query
 from tests.support.store_fixtures import (
     ALL_RUNS,
+    FLAGPERF_2X8,
+    FLAGPERF_LOGS,
     RUN_1X1,
     RUN_1X8,
     RUN_2X8,
@@ -248,3 +250,28 @@ def test_query_syntax_errors_and_percent_signs(
     assert "\n" not in caught.value.one_line()
     result = run_query(pg_url, "SELECT run_id FROM runs WHERE run_id LIKE '2026%'")
     assert result.rows == [(RUN_1X8,)]
+
+
+def test_flagperf_import_and_mllog_export_on_postgres(
+    run_cli: Any, pg_url: str, fixture_runs: Path, tmp_path: Path
+) -> None:
+    assert run_cli("--db", pg_url, "db", "upgrade").exit_code == 0
+    assert run_cli("--db", pg_url, "ingest", str(fixture_runs / RUN_2X8)).exit_code == 0
+    imported = run_cli(
+        "--db", pg_url, "import", "flagperf", FLAGPERF_LOGS, "--runs-dir", tmp_path / "runs"
+    )
+    assert imported.exit_code == 0, imported.err
+    report = run_cli("--db", pg_url, "report", "--topology", "2x8").out
+    assert "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 |" in report
+    assert "| FlagPerf C500 2x8 | fp32 | bs=16, lr=0.08, flagperf_epochs=true | 4399.1 |" in report
+    sql = "SELECT source, mem_source, count(*) FROM seed_table GROUP BY source, mem_source ORDER BY source"
+    out = run_cli("--db", pg_url, "query", sql, "--format", "csv").out
+    assert list(csv.reader(io.StringIO(out)))[1:] == [
+        ["flagperf", "", "2"],
+        ["orchestrator", "allocator", "1"],
+    ]
+    shown = run_cli("--db", pg_url, "runs", "show", FLAGPERF_2X8)
+    assert shown.exit_code == 0 and "flagperf" in shown.out
+    exported = run_cli("--db", pg_url, "export", RUN_2X8, "--mllog", tmp_path / "x.mllog")
+    assert exported.exit_code == 0, exported.err
+    assert (tmp_path / "x.mllog").read_text().count(":::MLLOG ") == 36

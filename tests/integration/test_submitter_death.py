@@ -138,7 +138,7 @@ def test_submit_killed_after_training_before_collection_is_published_by_attach(
         _kill(proc)
     attach = run_cli(["--cluster", str(cfg), "--db", f"sqlite:///{db}", "attach", run_id], tmp_path)
     assert attach.returncode == 0, attach.stderr[-3000:]
-    assert f"run {run_id}: succeeded" in attach.stderr
+    assert f"succeeded: run {run_id} in " in attach.stderr
     assert "| p_core" in attach.stdout or "p_core" in attach.stdout
     assert _rows(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("succeeded",)]
     assert _rows(db, f"SELECT count(*) FROM rank_results WHERE run_id = '{run_id}'") == [(2,)]
@@ -213,7 +213,7 @@ def test_sighup_leaves_the_run_going_and_attach_shows_it_to_success(
     history = _rows(db, "SELECT status, reason FROM run_status_history")
     assert attach.returncode == 0, (attach.stderr[-3000:], history, err[-3000:])
     assert "iter" in attach.stderr or "epoch" in attach.stderr  # the live progress view
-    assert f"run {run_id}: succeeded" in attach.stderr
+    assert f"succeeded: run {run_id} in " in attach.stderr
     assert proc.returncode == 0, err[-3000:]
     assert f"re-attach with `orchestrator attach {run_id}`" in err
     assert (tmp_path / "runs" / run_id / "submit.log").exists()

@@ -22,6 +22,9 @@ RUN_1X8 = "20260113-101500-1x8-metax"
 RUN_2X8 = "20260114-101500-2x8-metax"
 RUN_2X8_FAILED = "20260115-131500-2x8-metax-failed"
 ALL_RUNS = (RUN_1X1, RUN_1X8, RUN_2X8, RUN_2X8_FAILED)
+# FlagPerf's result logs of two faster_rcnn cases (tests/fixtures/flagperf/make_logs.py)
+FLAGPERF_LOGS = FIXTURE_RUNS.parent / "flagperf" / "run20240611103000"
+FLAGPERF_2X8 = "flagperf-20240611103000-C500-2x8-r1"
 # What migrations create at head (checked on SQLite and PostgreSQL).
 TABLES = {
     "alembic_version",

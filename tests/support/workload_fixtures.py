@@ -1,5 +1,6 @@
 """Fixtures for the Faster R-CNN workload tests: synthetic COCO datasets, a ResNet-50 checkpoint
-that stands in for the ImageNet one, and a helper that runs the workload under real torchrun."""
+that stands in for the ImageNet one, a helper that runs the workload under real torchrun, and a
+run folder around a rank file the workload really wrote."""
 
 from __future__ import annotations
 
@@ -154,3 +155,57 @@ def backbone_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "resnet50-standin.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+REAL_RUN_ID = "20260201-090000-1x1-cpu-real"
+
+
+@pytest.fixture(scope="session")
+def real_run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A succeeded run folder as `submit` leaves it, around a rank file the workload really
+    wrote: one CPU process on 4 tiny synthetic images, `--epochs 1` under FlagPerf's loop rule
+    (so two epochs of two iterations), evaluated on 2 images after each epoch (~10 s)."""
+    from datetime import datetime, timezone
+
+    from orchestrator.runs.folder import NodeRef, RunManifest, write_manifest
+    from workload.faster_rcnn import result_format
+
+    base = tmp_path_factory.mktemp("real-run")
+    data = make_synth(base / "coco", images=4, val_images=2)
+    folder = base / REAL_RUN_ID
+    sets = ["flagperf_epochs=true", "box_batch_size_per_image=64"]
+    args = [
+        "--data-dir", str(data), "--backbone-weights", "none", "--epochs", "1",
+        "--eval-max-images", "2", "--lr", "0.001", "--log-every", "1", "--run-id", REAL_RUN_ID,
+        "--min-size", "64", "--max-size", "64", "--workers", "0",
+        *[a for item in sets for a in ("--set", item)],
+    ]  # fmt: skip
+    run = run_module(args, folder / "ranks")
+    assert run.returncode == 0, run.explain()
+    (rank_file,) = run.rank_files()
+    doc = result_format.load(str(rank_file))
+    timings = doc["timings"]
+    write_manifest(
+        folder / "manifest.json",
+        RunManifest(
+            run_id=REAL_RUN_ID,
+            case="faster_rcnn",
+            vendor="cpu",
+            cluster="local",
+            backend="ssh",
+            runtime="host",
+            topology="1x1",
+            nnodes=1,
+            nproc_per_node=1,
+            precision="fp32",
+            submitted_by="tester",
+            submitted_at=datetime.fromtimestamp(timings["start_unix"] - 5, timezone.utc),
+            started_at=datetime.fromtimestamp(timings["start_unix"], timezone.utc),
+            finished_at=datetime.fromtimestamp(timings["end_unix"], timezone.utc),
+            status="succeeded",
+            nodes=(NodeRef(doc["identity"]["host"], "127.0.0.1", 0),),
+            hparams={"epochs": "1", "lr": "0.001", **dict(i.split("=", 1) for i in sets)},
+            command="orchestrator submit 1x1 --set epochs=1 --set lr=0.001 ...",
+        ),
+    )
+    return folder

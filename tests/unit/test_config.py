@@ -56,7 +56,7 @@ def test_store_url_precedence():
     )
     assert resolve_store_url("sqlite:///cli.db", spec) == "sqlite:///cli.db"
     assert resolve_store_url(None, spec) == "sqlite:///x.db"
-    assert resolve_store_url(None, None) == "sqlite:///orchestrator.db"
+    assert resolve_store_url(None, None) == f"sqlite:///{Path.cwd() / 'orchestrator.db'}"
 
 
 def test_cli_bad_toml_is_one_line_error(tmp_path):

@@ -285,3 +285,9 @@ def test_list_settings_that_are_not_lists_name_the_file_and_key(key: str) -> Non
     assert _error({"campaign": {**BASE, key: 3}}) == (
         f'c.toml: campaign.{key} must be a non-empty list of strings (e.g. ["1x1"])'
     )
+
+
+def test_a_named_set_that_is_not_a_table_names_its_key() -> None:
+    assert _error({"campaign": BASE, "sets": {"big": 3}}) == (
+        "c.toml: sets.big must be a table of key = value (e.g. bs = 16)"
+    )

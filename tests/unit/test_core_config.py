@@ -380,3 +380,13 @@ def test_follower_grace_defaults_to_180_s_and_refuses_less_than_6() -> None:
         "lab.toml: cluster.follower_grace_s must be a positive number, got 0 "
         "(e.g. follower_grace_s = 180.0)"
     )
+
+
+def test_unknown_keys_of_the_cluster_and_store_tables_are_refused() -> None:
+    assert _error(_with(cluster={"colour": "red"})) == (
+        "lab.toml: cluster.colour is not a known key (known keys here: backend, "
+        "follower_grace_s, master_port, name, runtime, vendor)"
+    )
+    assert _error(_with(store={"uri": "sqlite:///r.db"})) == (
+        "lab.toml: store.uri is not a known key (known keys here: url)"
+    )

@@ -49,7 +49,7 @@ def test_which_history_runs_feed_the_regression_flag_the_newest_ten_earlier_ones
     assert reg.history_mean == pytest.approx(500.5)
     assert reg.history_sd == pytest.approx(spread([500.0, 501.0] * 5).sd)
     assert reg.describe() == (
-        "p_core 440.0 is 12% below the mean 500.5 ± 0.5 of the previous 10 runs"
+        "p_core 440 img/s is 12% below the mean 500 ± 0.527 of the previous 10 runs"
     )
     # k narrows it further: the newest three.
     assert find_regressions(_run("now", 30, 440.0), history, k=3)[0].history_n == 3

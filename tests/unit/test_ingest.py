@@ -193,8 +193,8 @@ RUN_2X8_RANK = f"{RUN_2X8}/ranks/rank-00005.json"
         ),
         (
             RUN_2X8_RANK,
-            lambda d: d.update(schema_version=2),
-            "field schema_version: unsupported version 2",
+            lambda d: d.update(schema_version=3),
+            "field schema_version: unsupported version 3",
         ),
         (
             RUN_2X8_RANK,

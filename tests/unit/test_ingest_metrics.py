@@ -114,6 +114,15 @@ def test_per_epoch_rows_add_images_and_take_the_slowest_time() -> None:
         ),
         ({}, {"batch_size": 2, "lr": 0.02, "lr_steps": [16, 22], "max_iters": None}, "/"),
         ({}, {"lr_steps": [8, 11], "max_iters": 100, "unknown": 1}, "lr_steps=8,11, max_iters=100"),
+        # a derived default (5 from scratch, 3 with weights) is not a choice anybody made ...
+        ({}, {"trainable_backbone_layers": 5, "epochs": 2}, "epochs=2"),
+        ({"epochs": "2"}, {"trainable_backbone_layers": 3, "epochs": 2}, "epochs=2"),
+        # ... unless it was set
+        (
+            {"trainable_backbone_layers": "5"},
+            {"trainable_backbone_layers": 5},
+            "trainable_backbone_layers=5",
+        ),
     ],
 )
 def test_fix_hp(given: dict[str, str], resolved: dict[str, Any] | None, expected: str) -> None:

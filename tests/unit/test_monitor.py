@@ -1,5 +1,6 @@
-"""Monitors: the nvidia-smi parser on recorded output, the node-side sampler run for real on
-this machine, monitor.jsonl read into monitor_samples, and the run's mem from the device peak."""
+"""Monitors: the nvidia-smi and mx-smi parsers on recorded output, the node-side sampler run for
+real on this machine, monitor.jsonl read into monitor_samples, and the run's mem from the device
+peak during training (mem_source)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,11 @@ from tests.support.store_fixtures import RUN_1X1
 
 GIB = 1024**3
 MIB = 1024**2
-# Recorded from an 8 x A100 node with the sampling query of SAMPLING_QUERIES["nvidia-smi"].
-NVIDIA_SMI_OUTPUT = """\
-0, 34519, 40960, 312.45, 61, 98
-1, 34101, 40960, 298.10, 59, 97
-2, 1, 40960, [N/A], 33, 0
-"""
+KIB = 1024
+TOOL_OUTPUT = Path(__file__).resolve().parents[1] / "fixtures" / "monitors"  # README.md there
+# From an 8 x A100 node with the sampling query of SAMPLING_QUERIES["nvidia-smi"].
+NVIDIA_SMI_OUTPUT = (TOOL_OUTPUT / "nvidia-smi-query-gpu.csv").read_text()
+MX_SMI_OUTPUT = (TOOL_OUTPUT / "mx-smi-show-memory.txt").read_text()
 
 
 def test_nvidia_smi_output_is_parsed_into_metrics_with_units() -> None:
@@ -41,13 +41,31 @@ def test_nvidia_smi_output_is_parsed_into_metrics_with_units() -> None:
     assert len(samples) == 5 + 5 + 4
 
 
+def test_mx_smi_memory_output_is_parsed_per_device_in_bytes() -> None:
+    samples = monitor.parse_tool_output("mx-smi", MX_SMI_OUTPUT)
+    assert samples == [
+        ("device_mem_total_bytes", 67108864.0 * KIB, 0),
+        ("device_mem_used_bytes", 46661632.0 * KIB, 0),
+        ("device_mem_total_bytes", 67108864.0 * KIB, 1),
+        ("device_mem_used_bytes", 45613056.0 * KIB, 1),
+        # device 2 prints only vis_vram lines: they stand in for vram
+        ("device_mem_total_bytes", 67108864.0 * KIB, 2),
+        ("device_mem_used_bytes", 858624.0 * KIB, 2),
+    ]
+    assert 67108864 * KIB == 64 * GIB
+    assert monitor.parse_tool_output("mx-smi", "mx-smi: no device found\n") == []
+
+
 def test_sampler_args_are_table_driven_by_tool_name() -> None:
     nvidia = monitor.sampler_args(["/usr/bin/nvidia-smi", "--query-gpu=index,name"], "/o", 5.0)
     assert nvidia["tool"][0] == "/usr/bin/nvidia-smi"
     assert nvidia["tool"][1].startswith("--query-gpu=index,memory.used,memory.total,power.draw")
     assert nvidia["columns"][0] == ["index", 1.0]
-    unknown = monitor.sampler_args(["mx-smi"], "/o", 5.0)
-    assert unknown["tool"] == ["mx-smi"] and unknown["columns"] is None  # raw output, once
+    metax = monitor.sampler_args(["/opt/mxdriver/bin/mx-smi"], "/o", 5.0)
+    assert metax["tool"] == ["/opt/mxdriver/bin/mx-smi", "--show-memory"]
+    assert metax["format"] == "mx-smi-memory"
+    unknown = monitor.sampler_args(["xpu-smi"], "/o", 5.0)
+    assert unknown["tool"] == ["xpu-smi"] and unknown["columns"] is None  # raw output, once
     none = monitor.sampler_args([], "/o", 1.0)
     assert none["tool"] is None and none["interval_s"] == 1.0
 
@@ -122,6 +140,21 @@ def test_sampler_reads_the_tool_every_interval_and_stops_when_its_folder_goes(
     assert proc.wait(10) == 0  # the run folder was collected and removed: the sampler ends
 
 
+def test_sampler_reads_mx_smi_into_device_memory_samples(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "mx-smi"  # replays the recorded output for --show-memory only
+    tool.write_text(
+        f"#!/bin/sh\n[ \"$1\" = --show-memory ] || exit 3\ncat <<'EOF'\n{MX_SMI_OUTPUT}EOF\n"
+    )
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    args = monitor.sampler_args(["mx-smi"], "", 0.2)
+    docs = _run_sampler(tmp_path, args, 0.8, f"{bin_dir}:/usr/bin:/bin")
+    used = {d["device"]: d["value"] for d in docs if d["metric"] == "device_mem_used_bytes"}
+    assert used == {0: 46661632 * KIB, 1: 45613056 * KIB, 2: 858624 * KIB}
+    assert not [d for d in docs if d["metric"] in (monitor.TOOL_MISSING, monitor.RAW_OUTPUT)]
+
+
 def test_parse_samples_skips_a_cut_last_line_and_names_a_bad_one() -> None:
     text = (
         '{"ts": 1768385700.5, "metric": "host_mem_used_bytes", "value": 5e9, "device": null}\n'
@@ -147,16 +180,25 @@ def _samples_file(folder: Path, node: str, lines: list[dict]) -> None:
     path.write_text("".join(json.dumps(d) + "\n" for d in lines))
 
 
-def test_ingest_stores_samples_and_takes_mem_from_the_device_peak(
-    sqlite_store: Any, run_copy: Any
+# RUN_1X1's rank 0 trains from start_unix + init_s to that + train_s (its rank file).
+TRAIN_START = 1768212900.0 + 52.351
+TRAIN_END = TRAIN_START + 3547.609
+
+
+def _mem_of(store: Any, run_id: str) -> tuple[Any, ...]:
+    with store.reading() as conn:
+        row = conn.execute(
+            select(Run.mem_label, Run.mem_source, Run.mem_devices).where(Run.run_id == run_id)
+        ).one()
+    return tuple(row)
+
+
+def test_ingest_stores_samples_and_takes_mem_from_the_device_peak_during_training(
+    sqlite_store: Any, sqlite_url: str, run_copy: Any, run_cli: Any
 ) -> None:
     folder = run_copy(RUN_1X1)
-    rank_file = folder / "ranks" / "rank-00000.json"
-    doc = json.loads(rank_file.read_text())
-    doc["memory"] = {"peak_allocated_bytes": None, "peak_reserved_bytes": None, "total_bytes": None}
-    rank_file.write_text(json.dumps(doc))
     node = json.loads((folder / "manifest.json").read_text())["nodes"][0]["name"]
-    ts = 1768212900.0
+    ts = TRAIN_START + 10
     _samples_file(
         folder,
         node,
@@ -164,22 +206,45 @@ def test_ingest_stores_samples_and_takes_mem_from_the_device_peak(
             {"ts": ts, "metric": "host_cpu_util_percent", "value": 55.0, "device": None},
             {"ts": ts, "metric": "device_mem_used_bytes", "value": 20 * GIB, "device": 0},
             {"ts": ts, "metric": "device_mem_total_bytes", "value": 40 * GIB, "device": 0},
-            {"ts": ts + 5, "metric": "device_mem_used_bytes", "value": 31.5 * GIB, "device": 0},
+            {"ts": ts + 5, "metric": "device_mem_used_bytes", "value": 35.5 * GIB, "device": 0},
             {"ts": ts + 5, "metric": "device_mem_total_bytes", "value": 40 * GIB, "device": 0},
+            # before training (the model loads) and after it: not the training peak
+            {
+                "ts": TRAIN_START - 1,
+                "metric": "device_mem_used_bytes",
+                "value": 39 * GIB,
+                "device": 0,
+            },
+            {
+                "ts": TRAIN_END + 1,
+                "metric": "device_mem_used_bytes",
+                "value": 39 * GIB,
+                "device": 0,
+            },
+            # a card the 1x1 run did not use (another job's): not this run's memory
+            {"ts": ts, "metric": "device_mem_used_bytes", "value": 39.5 * GIB, "device": 1},
         ],
     )
     sqlite_store.ingest([folder])
     with sqlite_store.reading() as conn:
         count = conn.scalar(select(func.count()).select_from(MonitorSample))
-        mem = conn.scalar(select(Run.mem_label).where(Run.run_id == RUN_1X1))
         cpu = conn.execute(
             select(MonitorSample.node_name, MonitorSample.device_index, MonitorSample.value).where(
                 MonitorSample.metric == "host_cpu_util_percent"
             )
         ).all()
-    assert count == 5
-    assert mem == "31.5/40.0"
+    assert count == 8
+    # the SMI tool's peak wins over the rank's allocator peak (33.7 GiB reserved), as FlagPerf's mem
+    assert _mem_of(sqlite_store, RUN_1X1) == (
+        "35.5/40.0",
+        "device",
+        [{"node": node, "device": 0, "used_bytes": int(35.5 * GIB), "total_bytes": 40 * GIB}],
+    )
     assert cpu == [(node, None, 55.0)]
+    shown = run_cli("--db", sqlite_url, "runs", "show", RUN_1X1)
+    assert shown.exit_code == 0, shown.err
+    assert "mem_source" in shown.out and "device" in shown.out
+    assert f"{node}/0 35.5/40.0" in shown.out  # mem_devices, GiB
 
     # The folder published again with one more sample: the series is replaced, not doubled.
     _samples_file(
@@ -190,19 +255,33 @@ def test_ingest_stores_samples_and_takes_mem_from_the_device_peak(
     sqlite_store.ingest([folder])
     with sqlite_store.reading() as conn:
         assert conn.scalar(select(func.count()).select_from(MonitorSample)) == 1
+    assert _mem_of(sqlite_store, RUN_1X1) == ("33.7/40.0", "allocator", None)
 
 
-def test_ranks_memory_wins_over_the_monitors(sqlite_store: Any, run_copy: Any) -> None:
+def test_without_a_device_sample_in_training_mem_is_the_allocator_peak(
+    sqlite_store: Any, run_copy: Any
+) -> None:
     folder = run_copy(RUN_1X1)
     node = json.loads((folder / "manifest.json").read_text())["nodes"][0]["name"]
     _samples_file(
         folder,
         node,
-        [{"ts": 1768212900.0, "metric": "device_mem_used_bytes", "value": 1.0 * GIB, "device": 0}],
+        [{"ts": TRAIN_END + 5, "metric": "device_mem_used_bytes", "value": 1.0 * GIB, "device": 0}],
     )
     sqlite_store.ingest([folder])
-    with sqlite_store.reading() as conn:
-        assert conn.scalar(select(Run.mem_label).where(Run.run_id == RUN_1X1)) == "33.7/40.0"
+    assert _mem_of(sqlite_store, RUN_1X1) == ("33.7/40.0", "allocator", None)
+
+
+def test_a_run_without_any_memory_figure_has_no_mem_source(
+    sqlite_store: Any, run_copy: Any
+) -> None:
+    folder = run_copy(RUN_1X1)
+    rank_file = folder / "ranks" / "rank-00000.json"
+    doc = json.loads(rank_file.read_text())
+    doc["memory"] = {"peak_allocated_bytes": None, "peak_reserved_bytes": None, "total_bytes": None}
+    rank_file.write_text(json.dumps(doc))
+    sqlite_store.ingest([folder])
+    assert _mem_of(sqlite_store, RUN_1X1) == (None, None, None)
 
 
 def test_samples_of_a_node_not_in_the_run_are_refused(sqlite_store: Any, run_copy: Any) -> None:

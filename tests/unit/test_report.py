@@ -58,13 +58,39 @@ def test_render_markdown_has_the_environment_block_then_the_seed_columns() -> No
         "",
     ]
     assert (
-        "| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | mAP | mem | run |"
-        in text
+        "| config | precision | fix_hp | e2e_time (s) | p_whole (img/s) | p_train (img/s) "
+        "| p_core (img/s) | mAP | mem (GiB) | run |" in text
     )
+    # times to 0.1 s, throughputs to 3 significant digits, mAP to 3 decimals
     assert (
-        "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 | 856 | 292.2 | 381.0 | 513.5 | 0.188 | 37.1/64.0 | r1 |"
+        "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 | 856.5 | 292 | 381 | 513 | 0.188 | 37.1/64.0 | r1 |"
         in text
     )
+
+
+def test_the_mem_cell_says_whose_figure_it_is() -> None:
+    device = {"config": "A100 1x8", "mem": "39.0/40.0", "mem_source": "device", "run_id": "d"}
+    allocator = {"config": "A100 1x8", "mem": "33.7/40.0", "mem_source": "allocator"}
+    text = render_report([], [device, {**allocator, "run_id": "a"}], "markdown")
+    assert "| 39.0/40.0 (device) | d |" in text
+    assert "| 33.7/40.0 (allocator) | a |" in text
+    rows = list(csv.DictReader(io.StringIO(render_report([], [device], "csv"))))
+    assert (rows[0]["mem"], rows[0]["mem_source"]) == ("39.0/40.0", "device")
+    runs = json.loads(render_report([], [allocator], "json"))["runs"]
+    assert (runs[0]["mem"], runs[0]["mem_source"], runs[0]["source"]) == (
+        "33.7/40.0",
+        "allocator",
+        None,
+    )
+
+
+def test_a_run_without_device_memory_statistics_shows_n_a_cpu() -> None:
+    row = {"config": "cpu 1x1", "p_core": 2.3456789, "e2e_time": 41.26, "mem": None, "run_id": "c"}
+    text = render_report([], [row], "markdown")
+    assert "| cpu 1x1 |  |  | 41.3 |  |  | 2.35 |  | n/a (cpu) | c |" in text
+    unmeasured = render_report([], [{**row, "p_core": None}], "markdown")
+    assert "n/a (cpu)" not in unmeasured  # a run without metrics has nothing to say about mem
+    assert json.loads(render_report([], [row], "json"))["runs"][0]["mem"] is None
 
 
 def test_render_csv_and_json_keep_full_precision() -> None:

@@ -111,3 +111,15 @@ def test_run_folder_doc_describes_every_manifest_field_and_its_examples_load() -
     assert set(ENV_FIELDS) - _documented("run-folder.md") == set()
     assert manifest.status == "failed" and manifest.reason
     assert isinstance(env_doc["ib"], list)
+
+
+def test_schema_doc_shows_the_current_head_revision_and_cites_no_missing_file() -> None:
+    import re
+
+    from orchestrator.store import head_revision
+
+    text = (DOCS / "schema.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r"(?:upgraded from none \(empty\) to|needs) (\d{4})", text))
+    assert shown == {head_revision()}
+    for page in DOCS.glob("*.md"):  # the facts file lives outside the repository
+        assert "REFERENCE.md" not in page.read_text(encoding="utf-8"), page.name

@@ -11,8 +11,8 @@ from orchestrator.backends.slurm.commands import JobState
 from orchestrator.backends.slurm.detached import held_argv
 from orchestrator.backends.slurm.execute import _ending
 from orchestrator.backends.slurm.script import NodeSlot, SlurmPlan, build_slurm_plan
-from orchestrator.backends.slurm.settings import SlurmSettings
 from orchestrator.plan import make_job
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import ClusterSpec, Topology
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from orchestrator.backends.slurm.execute import make_slurm_plan
 from orchestrator.backends.slurm.script import build_slurm_plan, sbatch_directives
-from orchestrator.backends.slurm.settings import SlurmSettings
 from orchestrator.errors import ConfigError
 from orchestrator.plan import make_job
 from orchestrator.runs.lifecycle import SubmitRequest
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import CaseSettings, ClusterSpec, Topology
 from tests.support.golden import check_golden
 

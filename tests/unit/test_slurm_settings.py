@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.slurm import commands
-from orchestrator.backends.slurm.settings import SlurmSettings, parse_slurm_table
 from orchestrator.config import load_cluster, parse_cluster
 from orchestrator.errors import ConfigError
+from orchestrator.slurm_settings import SlurmSettings, parse_slurm_table
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -146,3 +146,16 @@ def test_final_values_are_checked(sets, fragment):
     with pytest.raises(ConfigError) as info:
         hparams.resolve(None, "1x1", {}, sets)
     assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    "item, suggestion",
+    [("epoch=2", "did you mean epochs?"), ("batchsize=4", "did you mean batch_size?")],
+)
+def test_an_unknown_key_gets_the_closest_known_one(item, suggestion):
+    with pytest.raises(ConfigError) as info:
+        hparams.resolve(None, "1x1", {}, [item])
+    assert info.value.remedy.startswith(suggestion + " known keys: ")
+    with pytest.raises(ConfigError) as far:
+        hparams.resolve(None, "1x1", {}, ["zzzz=1"])
+    assert far.value.remedy.startswith("known keys: ")  # nothing close: no guess

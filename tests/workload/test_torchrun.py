@@ -35,7 +35,8 @@ def two_rank_run(tmp_path_factory, synth_coco, backbone_checkpoint):
         "--max-iters", "3",
         "--eval-max-images", "5",
         "--lr", "0.001",
-        "--log-every", "1",
+        "--log-every", "100",  # every progress event below comes from --progress-every-s
+        "--progress-every-s", "0.001",
         "--run-id", "test-two-rank",
         *TINY,
     ]  # fmt: skip
@@ -112,20 +113,35 @@ def test_timings_nest_and_throughputs_follow_from_them(two_rank_run, two_rank_do
 def test_progress_events_on_stdout(two_rank_run, two_rank_docs):
     events = two_rank_run.events
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds[0] == "phase" and kinds[1] == "start" and kinds[-1] == "done"
     assert kinds.count("start") == 1  # rank 0 only
-    start = events[0]
+    start = two_rank_run.events_of("start")[0]
     assert (start["world_size"], start["train_images"], start["val_images"]) == (
         2,
         16,
         5,
     )  # 2 empty dropped
     progress = two_rank_run.events_of("progress")
-    assert [e["iteration"] for e in progress] == [1, 2, 3]
+    assert [e["iteration"] for e in progress] == [1, 2, 3]  # by time, not every 100 iterations
     for e in progress:
         assert e["epoch"] == 0 and e["iterations"] == 3 and e["steps"] == 3
         assert e["loss"] > 0 and e["images_per_s"] > 0 and e["eta_s"] >= 0 and e["lr"] > 0
-    assert progress[-1]["eta_s"] == 0.0
+        assert e["epoch_eta_s"] >= 0
+    assert progress[-1]["eta_s"] == 0.0 and progress[-1]["epoch_eta_s"] == 0.0
+    phases = [(e["phase"], e.get("epoch")) for e in two_rank_run.events_of("phase")]
+    assert phases == [("init", None), ("training", 0), ("evaluation", 0)]
+    # the phase events come in order with the others: init before start, training before
+    # the first progress event, evaluation before the eval result
+    order = [e["event"] if e["event"] != "phase" else e["phase"] for e in events]
+    assert order.index("init") < order.index("start") < order.index("training")
+    assert order.index("training") < order.index("progress") < order.index("evaluation")
+    assert order.index("evaluation") < order.index("eval")
+    # evaluation progress by time: rank 0's images (3 of the 5) times the world size, capped
+    seen = [
+        (e["images"], e["total"], e["scoring"]) for e in two_rank_run.events_of("eval_progress")
+    ]
+    assert seen[-1] == (5, 5, True), seen  # inference over: COCOeval scores it
+    assert len(seen) >= 2 and all(0 < d <= 5 and t == 5 and not s for d, t, s in seen[:-1]), seen
     assert [e["epoch"] for e in two_rank_run.events_of("epoch_end")] == [0]
     (evaluation,) = two_rank_run.events_of("eval")
     assert evaluation["map"] == two_rank_docs[0]["eval"]["map"]

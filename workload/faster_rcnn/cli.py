@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--backend", default="auto", help="auto (nccl on cuda, gloo on cpu), or a backend name")
     a("--dist-timeout-s", type=float, default=1800.0, help="process-group timeout (a dead peer)")
     a("--log-every", type=int, default=20, help="progress event every N iterations")
+    a(
+        "--progress-every-s",
+        type=float,
+        default=5.0,
+        help="progress event at least this often, in seconds (training and evaluation)",
+    )
     a("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
     return p
 
@@ -98,6 +104,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.log_every < 1:
         raise ConfigError(f"--log-every {args.log_every} must be at least 1", "use e.g. 20")
+    if args.progress_every_s <= 0:
+        raise ConfigError(
+            f"--progress-every-s {args.progress_every_s:g} must be positive", "use e.g. 5"
+        )
     if args.dist_timeout_s <= 0:
         raise ConfigError("--dist-timeout-s must be positive", "use e.g. 1800")
     return args

@@ -125,10 +125,11 @@ class Precision:
         self.scaler: Any = None
         self.autocast_dtype: Optional[torch.dtype] = None
         self.half = False
+        self._last_scale = 0.0  # the GradScaler's scale after the previous step
         if name == "amp":
             self.autocast_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
             if device.type != "cpu":
-                self.scaler = _grad_scaler(device.type)
+                self.use_scaler(_grad_scaler(device.type))
         elif name == "fp16":
             if device.type == "cpu":
                 raise DeviceError(
@@ -138,6 +139,11 @@ class Precision:
             self.half = True
         elif name != "fp32":
             raise DeviceError(f"unknown precision {name!r}", "use fp32, amp or fp16")
+
+    def use_scaler(self, scaler: Any) -> None:
+        """Loss scaling with this GradScaler (amp on an accelerator; tests on the CPU)."""
+        self.scaler = scaler
+        self._last_scale = float(scaler.get_scale()) if scaler is not None else 0.0
 
     def autocast(self) -> ContextManager[Any]:
         if self.autocast_dtype is None:
@@ -151,12 +157,16 @@ class Precision:
         return [im.half() for im in images] if self.half else images
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
-        """Backward and optimizer step; False when an fp16 step was skipped for overflow."""
+        """Backward and optimizer step; False when the step was skipped for overflow (fp16's
+        static scale, or amp's GradScaler)."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            return True
+            self.scaler.step(optimizer)  # skips the step when a gradient is inf or NaN ...
+            self.scaler.update()  # ... and then lowers the scale: that is how a skip shows
+            scale = float(self.scaler.get_scale())
+            skipped = scale < self._last_scale
+            self._last_scale = scale
+            return not skipped
         if not self.half:
             loss.backward()
             optimizer.step()

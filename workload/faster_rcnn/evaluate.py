@@ -3,7 +3,7 @@ gathered to rank 0, pycocotools COCOeval computes box AP, and the numbers are br
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,14 @@ def to_detection_rows(image_id: int, output: Dict[str, torch.Tensor]) -> np.ndar
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, loader: Iterable[Any], device: torch.device, precision: Precision
+    model: torch.nn.Module,
+    loader: Iterable[Any],
+    device: torch.device,
+    precision: Precision,
+    on_images: Optional[Callable[[int, bool], None]] = None,
 ) -> np.ndarray:
-    """Detections of `model` (not DDP-wrapped) on every image of `loader`."""
+    """Detections of `model` (not DDP-wrapped) on every image of `loader`; `on_images(done,
+    finished)` hears how many images are done after each batch, and at the end (progress)."""
     was_training = model.training
     model.eval()
     rows: List[np.ndarray] = [np.zeros((0, 7))]
@@ -42,8 +47,12 @@ def predict(
                 outputs = model(images)
             for target, output in zip(targets, outputs):
                 rows.append(to_detection_rows(int(target["image_id"]), output))
+            if on_images is not None:
+                on_images(len(rows) - 1, False)
     finally:
         model.train(was_training)
+    if on_images is not None:
+        on_images(len(rows) - 1, True)
     return np.concatenate(rows)
 
 
@@ -93,9 +102,10 @@ def evaluate(
     device: torch.device,
     precision: Precision,
     world_size: int,
+    on_images: Optional[Callable[[int, bool], None]] = None,
 ) -> Dict[str, float]:
     """Every rank: its shard's detections; rank 0: COCOeval over all `image_ids`; all: the result."""
-    rows = predict(model, loader, device, precision)
+    rows = predict(model, loader, device, precision, on_images)
     gathered = gather_to_rank0(rows, world_size)
     result = None
     if gathered is not None:

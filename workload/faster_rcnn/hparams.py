@@ -6,6 +6,7 @@ Precedence, lowest first: reference defaults < --config set < explicit options <
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from .errors import ConfigError
@@ -24,6 +25,9 @@ HPARAMS: Dict[str, Tuple[str, Any, Optional[float]]] = {
     "warmup_iters": ("opt_int", None, 0),  # null: min(1000, iterations per epoch - 1)
     "warmup_factor": ("float", 0.001, 0),
     "epochs": ("int", 26, 1),
+    # true: train epochs + 1 epochs, as FlagPerf's loop does (it stops once epoch >= max_epoch,
+    # counting from 0); every vendor config set turns it on (FLAGPERF_RULES)
+    "flagperf_epochs": ("bool", False, None),
     "target_map": ("opt_float", 0.36, 0),  # null: never stop early
     "max_iters": ("opt_int", None, 1),  # null: no cap on training iterations
     "eval": ("bool", True, None),
@@ -48,6 +52,10 @@ _EXAMPLES = {
     "opt_float": "0.36 (or none)",
     "int_list": "16,22",
 }
+
+# What every vendor config set adds to its topology's values: FlagPerf's loop rule, so that a
+# FlagPerf-compatible configuration trains the epochs FlagPerf trains (docs/metrics.md).
+FLAGPERF_RULES: Dict[str, Any] = {"flagperf_epochs": True}
 
 # FlagPerf's config_<hw>x<nnodes>x<nproc>.py files, as data. `env` is the vendor environment the
 # case sets; the workload applies it with setdefault (an explicit environment wins).
@@ -87,6 +95,11 @@ VENDOR_CONFIGS: Dict[str, Dict[str, Any]] = {
 }
 
 
+def epochs_to_train(hp: Mapping[str, Any]) -> int:
+    """How many epochs the loop runs: `epochs`, or one more under FlagPerf's rule."""
+    return int(hp["epochs"]) + (1 if hp.get("flagperf_epochs") else 0)
+
+
 class Resolved(NamedTuple):
     hparams: Dict[str, Any]
     env: Dict[str, str]
@@ -105,10 +118,18 @@ def _known_keys() -> str:
     return ", ".join(sorted(HPARAMS))
 
 
+def _closest(key: str) -> str:
+    """'did you mean epochs? ' for a key close to a known one, else ''."""
+    close = difflib.get_close_matches(key, list(HPARAMS), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
 def parse_value(key: str, text: str) -> Any:
     """Convert the text of `--set key=text` to the key's type; ConfigError names key and value."""
     if key not in HPARAMS:
-        raise ConfigError(f"--set {key}: unknown hyper-parameter", "known keys: " + _known_keys())
+        raise ConfigError(
+            f"--set {key}: unknown hyper-parameter", _closest(key) + "known keys: " + _known_keys()
+        )
     kind = HPARAMS[key][0]
     raw = text.strip()
     where = f"--set {key}={text}"
@@ -170,7 +191,8 @@ def vendor_override(
             f"--config {config_name}: no override set for topology {topo}",
             "known for {}: {}".format(vendor, ", ".join(sorted(entry["topologies"]))),
         )
-    return dict(entry["topologies"][topo]), dict(entry["env"]), f"{vendor}:{topo}"
+    override = dict(FLAGPERF_RULES, **entry["topologies"][topo])
+    return override, dict(entry["env"]), f"{vendor}:{topo}"
 
 
 def resolve(
@@ -195,6 +217,8 @@ def resolve(
 
 
 def check(hp: Mapping[str, Any]) -> None:
+    if hp["lr"] <= 0:
+        raise ConfigError("lr={} must be positive".format(hp["lr"]), "use e.g. lr=0.02")
     for key, (kind, _default, minimum) in HPARAMS.items():
         value = hp[key]
         if value is None or minimum is None:
@@ -206,8 +230,6 @@ def check(hp: Mapping[str, Any]) -> None:
                     f"{key}={value} is below the minimum {minimum}",
                     f"set a value >= {minimum}",
                 )
-    if hp["lr"] <= 0:
-        raise ConfigError("lr={} must be positive".format(hp["lr"]), "set e.g. --lr 0.02")
     if hp["min_size"] > hp["max_size"]:
         raise ConfigError(
             "min_size={} is larger than max_size={}".format(hp["min_size"], hp["max_size"]),

@@ -101,6 +101,7 @@ class RankReport:
             "total_mem_bytes": None,
         }
         self.timings: Dict[str, float] = {
+            "import_s": 0.0,
             "init_s": 0.0,
             "train_s": 0.0,
             "train_no_eval_s": 0.0,

@@ -1,8 +1,9 @@
-"""The per-rank result file: one JSON document per rank, schema `orchestrator.rank-result` v1.
+"""The per-rank result file: one JSON document per rank, schema `orchestrator.rank-result` v2.
 
-This module is the single definition of the format. The workload writes it; the control plane
-(`orchestrator ingest`) validates it with `validate()` from this same module. It must stay pure
-Python 3.8 with no third-party imports: it runs inside vendor images and on the laptop alike.
+This module is the single definition of the format; it reads versions 1 and 2 and writes 2. The
+workload writes it; the control plane (`orchestrator ingest`) validates it with `validate()` from
+this same module. It must stay pure Python 3.8 with no third-party imports: it runs inside vendor
+images and on the laptop alike.
 Documented with an example in docs/rank-result.md.
 """
 
@@ -13,7 +14,10 @@ import math
 from typing import Any, Dict, List, Tuple
 
 SCHEMA_NAME = "orchestrator.rank-result"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what the workload writes
+# Version 2 added timings.import_s and the epochs' data_s, complete and skipped_steps, and moved
+# the DataLoader's start-up inside train_no_eval_s (and the first iteration's data_s).
+READABLE_VERSIONS = (1, 2)
 FILE_PATTERN = "rank-{rank:05d}.json"
 PRECISIONS = ("fp32", "amp", "fp16")
 STATUSES = ("ok", "failed")
@@ -100,6 +104,19 @@ _EPOCH_FIELDS = {
     "map": "float?",
 }
 _ERROR_FIELDS = {"type": "str", "message": "str", "traceback": "str?"}
+# Fields a version-2 document must also have.
+_V2_SECTIONS: Dict[str, Dict[str, str]] = {"timings": {"import_s": "float"}}
+_V2_EPOCH_FIELDS = {"data_s": "float", "complete": "bool", "skipped_steps": "int"}
+
+
+def _fields_of(version: int) -> Tuple[Dict[str, Dict[str, str]], Dict[str, str]]:
+    """The section fields and the epoch fields a document of `version` must have."""
+    if version < 2:
+        return _SECTIONS, _EPOCH_FIELDS
+    sections = {
+        name: dict(fields, **_V2_SECTIONS.get(name, {})) for name, fields in _SECTIONS.items()
+    }
+    return sections, dict(_EPOCH_FIELDS, **_V2_EPOCH_FIELDS)
 
 
 class ResultFormatError(ValueError):
@@ -149,23 +166,26 @@ def _check_fields(prefix: str, obj: Any, fields: Dict[str, str]) -> None:
 
 
 def validate(doc: Any) -> Dict[str, Any]:
-    """Check `doc` against schema v1 and return it; raise ResultFormatError naming the field."""
+    """Check `doc` against its schema version and return it; raise ResultFormatError naming the
+    field."""
     if not isinstance(doc, dict):
         raise ResultFormatError("$", "expected a JSON object")
     if doc.get("schema") != SCHEMA_NAME:
         raise ResultFormatError("schema", f"expected {SCHEMA_NAME!r}")
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ResultFormatError(
             "schema_version",
             "unsupported version {!r}, this reader knows {}".format(
-                doc.get("schema_version"), SCHEMA_VERSION
+                version, ", ".join(str(v) for v in READABLE_VERSIONS)
             ),
         )
+    sections, epoch_fields = _fields_of(int(version))
     _check_type("run_id", doc.get("run_id"), "str")
     status = doc.get("status")
     if status not in STATUSES:
         raise ResultFormatError("status", "expected one of {}".format(", ".join(STATUSES)))
-    for section, fields in _SECTIONS.items():
+    for section, fields in sections.items():
         _check_fields(section, doc.get(section, _ABSENT), fields)
     if doc["config"]["precision"] not in PRECISIONS:
         raise ResultFormatError(
@@ -186,7 +206,7 @@ def validate(doc: Any) -> Dict[str, Any]:
     _check_type("epochs", epochs, "list")
     assert isinstance(epochs, list)
     for i, epoch in enumerate(epochs):
-        _check_fields(f"epochs[{i}]", epoch, _EPOCH_FIELDS)
+        _check_fields(f"epochs[{i}]", epoch, epoch_fields)
     _check_type("converged", doc.get("converged"), "bool")
     if status == "failed":
         _check_fields("error", doc.get("error", _ABSENT), _ERROR_FIELDS)
@@ -217,8 +237,10 @@ def dump(doc: Dict[str, Any], path: str) -> None:
 
 
 def empty_sections() -> Tuple[List[str], Dict[str, Dict[str, str]]]:
-    """The section names and field kinds, for writers that build a document field by field."""
-    return list(_SECTIONS), {k: dict(v) for k, v in _SECTIONS.items()}
+    """The section names and field kinds of the version written, for writers that build a
+    document field by field."""
+    sections, _ = _fields_of(SCHEMA_VERSION)
+    return list(sections), {k: dict(v) for k, v in sections.items()}
 
 
 def file_name(rank: int) -> str:
@@ -237,6 +259,7 @@ def progress_line(**fields: Any) -> str:
 __all__ = [
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
+    "READABLE_VERSIONS",
     "PRECISIONS",
     "ResultFormatError",
     "validate",

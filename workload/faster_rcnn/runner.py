@@ -52,6 +52,7 @@ def _backbone(text: str) -> Optional[str]:
 def run(argv: Sequence[str], report: RankReport, events: Events) -> None:
     env = dist_env.from_environ()
     args = cli.parse(argv)
+    events.emit("phase", phase="init")  # dataset checks, torch, process group, model
     os.makedirs(args.output_dir, exist_ok=True)
     resolved = hparams.resolve(args.config, env.topology, cli.explicit_hparams(args), args.sets)
     report.set_config(resolved.hparams, resolved.config_name, resolved.env)
@@ -68,7 +69,11 @@ def run(argv: Sequence[str], report: RankReport, events: Events) -> None:
     # annotation files are read before torch is imported: a bad dataset fails fast, on every rank
     coco_train = coco.load_coco(layout.train_annotations)
     coco_val = coco.load_coco(layout.val_annotations) if resolved.hparams["eval"] else None
-    from .session import Session  # torch from here on
+    # torch from here on; FlagPerf's clock starts after its imports, so their time is kept
+    t_import = time.perf_counter()
+    from .session import Session
+
+    report.timings["import_s"] = time.perf_counter() - t_import
 
     Session(args, env, resolved, layout, weights, report, events).run(coco_train, coco_val)
 

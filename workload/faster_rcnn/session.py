@@ -7,7 +7,7 @@ import argparse
 import random
 import time
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -17,7 +17,7 @@ from . import coco, data, evaluate
 from .comm import Comm
 from .device import DeviceOps, Precision, choose_backend, choose_device
 from .dist_env import DistEnv
-from .hparams import Resolved
+from .hparams import Resolved, epochs_to_train
 from .metrics import EpochMeter, RunTotals, planned_iterations, throughputs
 from .model import build_model
 from .progress import Events, log
@@ -68,16 +68,20 @@ class Session:
         train_images = self._build_data(coco_train, coco_val)
         self._build_model()
         iters_per_epoch = len(self.loader)
-        planned = planned_iterations(iters_per_epoch, self.hp["epochs"], self.hp["max_iters"])
+        self.epochs = epochs_to_train(self.hp)  # one more under FlagPerf's loop rule
+        planned = planned_iterations(iters_per_epoch, self.epochs, self.hp["max_iters"])
         warmup = resolve_warmup_iters(self.hp["warmup_iters"], iters_per_epoch)
         self.report.extra["plan"] = {
             "iterations_per_epoch": iters_per_epoch,
             "planned_iterations": planned,
             "warmup_iters": warmup,
+            "train_images": train_images,  # the training set, images without objects dropped
+            "eval_images": len(self.val_ids),
         }
         trainer = Trainer(
             self.net, self.optimizer, self.loader, self.sampler, self.ops, self.precision,
             self.comm, self.events, self.hp, warmup, planned, self.args.log_every,
+            self.args.progress_every_s,
         )  # fmt: skip
         self.events.emit(
             "start",
@@ -88,7 +92,7 @@ class Session:
             backend=self.backend,
             precision=self.hp["precision"],
             batch_size=self.hp["batch_size"],
-            epochs=self.hp["epochs"],
+            epochs=self.epochs,
             iterations_per_epoch=iters_per_epoch,
             steps=planned,
             train_images=train_images,
@@ -166,13 +170,14 @@ class Session:
         report.training_started = True
         report.timings["init_s"] = t_train - report.started_perf
         totals = RunTotals()
-        for epoch in range(hp["epochs"]):
+        for epoch in range(self.epochs):
             left = planned - totals.iterations
             if left <= 0:
                 break
+            self.events.emit("phase", phase="training", epoch=epoch, epochs=hp["epochs"])
             meter = trainer.train_epoch(epoch, left)
             self.events.emit(
-                "epoch_end", epoch=epoch, epochs=hp["epochs"], iterations=meter.iterations,
+                "epoch_end", epoch=epoch, epochs=self.epochs, iterations=meter.iterations,
                 loss=meter.loss_mean, lr=meter.lr, train_s=meter.train_s, core_s=meter.core_s,
             )  # fmt: skip
             if self.val_loader is not None:
@@ -192,18 +197,42 @@ class Session:
         self._finish(totals, time.perf_counter() - t_train)
 
     def _evaluate(self, meter: EpochMeter) -> None:
+        images = len(self.val_ids)
+        self.events.emit("phase", phase="evaluation", epoch=meter.epoch, images=images)
         self.ops.synchronize()
         t_eval = time.perf_counter()
         result = evaluate.evaluate(
             self.model, self.val_loader, self.coco_val, self.val_ids, self.device,
-            self.precision, self.env.world_size,
+            self.precision, self.env.world_size, self._eval_progress(meter.epoch, images),
         )  # fmt: skip
         self.ops.synchronize()
         meter.eval_s = time.perf_counter() - t_eval
         meter.map = result["map"]
-        images = len(self.val_ids)
         self.events.emit("eval", epoch=meter.epoch, eval_s=meter.eval_s, images=images, **result)
         self.report.eval = dict(result, images=images)
+
+    def _eval_progress(self, epoch: int, total: int) -> Optional[Callable[[int, bool], None]]:
+        """Rank 0's images done, times the world size (an estimate of all ranks' images), as
+        an `eval_progress` event: after the first batch, then at most every
+        --progress-every-s seconds, and once inference is over (`scoring`: COCOeval runs)."""
+        if not self.events.enabled:
+            return None
+        every_s, world = self.args.progress_every_s, self.env.world_size
+        last = [0.0]
+
+        def on_images(done: int, finished: bool) -> None:
+            now = time.perf_counter()
+            if finished or now - last[0] >= every_s:
+                last[0] = now
+                self.events.emit(
+                    "eval_progress",
+                    epoch=epoch,
+                    images=total if finished else min(total, done * world),
+                    total=total,
+                    scoring=finished,
+                )
+
+        return on_images
 
     def _finish(self, totals: RunTotals, train_s: float) -> None:
         """Global image count, this rank's throughputs, the run's (for the done event), memory."""

@@ -12,6 +12,7 @@ import torch
 from .comm import Comm
 from .device import DeviceOps, Precision
 from .errors import TrainingDiverged
+from .hparams import epochs_to_train
 from .metrics import EpochMeter, eta_seconds
 from .progress import Events
 from .schedule import lr_at
@@ -32,6 +33,7 @@ class Trainer:
         warmup_iters: int,
         planned_iters: int,
         log_every: int,
+        progress_every_s: float = 5.0,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -43,9 +45,11 @@ class Trainer:
         self.comm = comm
         self.events = events
         self.hp = hparams
+        self.epochs = epochs_to_train(hparams)
         self.warmup_iters = warmup_iters
         self.planned_iters = planned_iters
         self.log_every = log_every
+        self.progress_every_s = progress_every_s  # a progress event at least this often
         self.done_iters = 0
         self.train_time_s = 0.0  # training loops so far, for the ETA
 
@@ -82,9 +86,11 @@ class Trainer:
         sync = self.ops.synchronize
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         last_log_images, lr = 0, 0.0
-        batches = iter(self.loader)
         sync()
         t_epoch = t_prev = t_log = time.perf_counter()
+        # As FlagPerf's p_train: the loader's start-up (its worker processes) is training time,
+        # and data time of the first iteration.
+        batches = iter(self.loader)
         for i in range(n_iters):
             images, targets = next(batches)
             images, targets = self._to_device(images, targets)
@@ -102,9 +108,13 @@ class Trainer:
             meter.step(len(images), t_core - t_prev, t_end - t_core)
             loss_sum += loss.detach()
             t_prev = t_end
-            if (i + 1) % self.log_every == 0 or i + 1 == n_iters:
+            # The divergence check runs at the same iterations on every rank; the timed
+            # events (rank 0's clock) only add progress lines.
+            at_log = (i + 1) % self.log_every == 0 or i + 1 == n_iters
+            timed = self.events.enabled and t_end - t_log >= self.progress_every_s
+            if at_log or timed:
                 value = float(loss.item())
-                if not math.isfinite(value):
+                if at_log and not math.isfinite(value):
                     raise TrainingDiverged(
                         f"loss is {value} at epoch {epoch} iteration {i + 1}",
                         "lower the learning rate (--lr, or a longer --set warmup_iters=N) "
@@ -138,9 +148,10 @@ class Trainer:
         done = self.done_iters + iteration
         window = now - t_log
         images = (meter.images - last_log_images) * self.comm.world_size
+        epoch_left = n_iters - iteration
         self.events.progress(
             epoch=epoch,
-            epochs=self.hp["epochs"],
+            epochs=self.epochs,
             iteration=iteration,
             iterations=n_iters,
             step=done,
@@ -149,4 +160,5 @@ class Trainer:
             lr=lr,
             images_per_s=images / window if window > 0 else None,
             eta_s=eta_seconds(done, self.planned_iters, self.train_time_s + epoch_elapsed_s),
+            epoch_eta_s=epoch_elapsed_s / iteration * epoch_left if iteration > 0 else None,
         )

@@ -49,6 +49,7 @@ def attach_slurm(
             except OrchestratorError as exc:
                 console.print(f"[yellow]run {run_id}: {exc.one_line()}[/]")
             tail.tail(view)
+            view.tick()
             stop.wait(POLL_S)
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.backends.base import Detached, DetachItem, WorkerContext
+from orchestrator.backends.base import Detached, DetachItem, DoctorReport, WorkerContext
 from orchestrator.backends.slurm import follows
 from orchestrator.backends.slurm.attach import attach_slurm
 from orchestrator.backends.slurm.detached import held_jobs
@@ -88,13 +88,13 @@ class SlurmBackend:
         return SlurmRun(make_slurm_plan(cluster, req, run_id=run_id))
 
     def doctor(
-        self, cluster: ClusterSpec, topology: str | None, node_names: str | None, console: Console
-    ) -> bool:
+        self, cluster: ClusterSpec, topology: str | None, node_names: str | None
+    ) -> DoctorReport:
         if node_names:
             raise ConfigError(
                 "--nodes does not apply to the slurm backend", "Slurm chooses the nodes"
             )
-        return run_slurm_doctor(cluster, topology, console)
+        return run_slurm_doctor(cluster, topology)
 
     @contextmanager
     def detach(self, items: Sequence[DetachItem]) -> Iterator[Detached]:

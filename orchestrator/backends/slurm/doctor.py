@@ -10,9 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from orchestrator.backends.base import DoctorCheck, DoctorReport
 from orchestrator.backends.slurm import commands
 from orchestrator.errors import OrchestratorError
 from orchestrator.specs import ClusterSpec, Topology
@@ -20,7 +18,7 @@ from orchestrator.specs import ClusterSpec, Topology
 Check = tuple[str, bool, str]
 
 
-def run_slurm_doctor(cluster: ClusterSpec, topology: str | None, console: Console) -> bool:
+def run_slurm_doctor(cluster: ClusterSpec, topology: str | None) -> DoctorReport:
     from orchestrator.backends.slurm.execute import make_slurm_plan, settings_of
     from orchestrator.runs.lifecycle import SubmitRequest
 
@@ -40,17 +38,13 @@ def run_slurm_doctor(cluster: ClusterSpec, topology: str | None, console: Consol
     if checks[0][1]:
         plan = make_slurm_plan(cluster, SubmitRequest(topology=topo), run_id="doctor")
         checks.append(_test_only(plan.script, plan.sbatch_argv))
-    table = Table("check", "ok", "detail", title=f"doctor: {cluster.name} ({cluster.source})")
-    for name, ok, detail in checks:
-        table.add_row(name, "[green]ok[/]" if ok else "[red]FAIL[/]", detail)
-    console.print(table)
-    all_ok = all(ok for _, ok, _ in checks)
-    console.print(
-        "[green]Slurm accepts the request[/] (the nodes' own checks run as the job's first step)"
-        if all_ok
-        else "[red]not ready: see the failed checks[/]"
+    return DoctorReport(
+        cluster.name,
+        cluster.source,
+        tuple(DoctorCheck("", name, ok, detail) for name, ok, detail in checks),
+        ready="Slurm accepts the request (the nodes' own checks run as the job's first step)",
+        not_ready="not ready: see the failed checks",
     )
-    return all_ok
 
 
 def _tools() -> Check:

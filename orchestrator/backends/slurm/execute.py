@@ -31,10 +31,8 @@ from orchestrator.backends.slurm.script import (
     SlurmPlan,
     build_slurm_plan,
 )
-from orchestrator.backends.slurm.settings import SlurmSettings
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
-from orchestrator.plan import make_job, new_run_id
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.failure import Failure, diagnose
@@ -43,13 +41,14 @@ from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
     SubmitRequest,
+    job_for,
     manifest_for,
     publish_run,
-    submitter,
     utcnow,
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import ClusterSpec
 from orchestrator.states import FinalStatus, RunStatus
 from orchestrator.workload_source import (
@@ -79,7 +78,7 @@ def follow_ttl_s() -> float:
 
 
 def settings_of(cluster: ClusterSpec) -> SlurmSettings:
-    return cluster.slurm if isinstance(cluster.slurm, SlurmSettings) else SlurmSettings()
+    return cluster.slurm or SlurmSettings()
 
 
 def make_slurm_plan(
@@ -91,17 +90,7 @@ def make_slurm_plan(
         raise ConfigError(
             "--nodes does not apply to the slurm backend", "Slurm chooses the nodes; drop --nodes"
         )
-    job = make_job(
-        cluster,
-        req.topology,
-        (),
-        run_id=run_id or new_run_id(salt=req.command),
-        precision=req.precision,
-        sets=dict(req.sets),
-        timeout_s=req.timeout_s,
-        no_progress_timeout_s=req.no_progress_timeout_s,
-        submitted_by=submitter(),
-    )
+    job = job_for(cluster, req, (), run_id)
     profile = load_profile(cluster.vendor)
     runtime = profile.runtime
     return build_slurm_plan(
@@ -110,7 +99,7 @@ def make_slurm_plan(
         workload_hash=workload_hash(),
         vendor_env=runtime.env,
         master_port=cluster.master_port,
-        hardware_label=getattr(profile, "label", None),
+        hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
         archive_b64=_workload_archive() if settings_of(cluster).fetch else None,
     )
@@ -234,11 +223,11 @@ class _Follower:
             if event:
                 view.event(event)
 
-    def pending(self, state: commands.JobState) -> None:
+    def pending(self, state: commands.JobState, view: ProgressView) -> None:
         if state.reason != self.last_reason:
             self.last_reason = state.reason
-            self.console.print(
-                f"[dim]slurm job {self.job_id} pending: {state.reason or 'no reason given'}[/]"
+            view.phase(
+                "queued", f"slurm job {self.job_id} pending: {state.reason or 'no reason given'}"
             )
 
 
@@ -275,15 +264,18 @@ def execute(
     phases = PhaseClock()
     job_id: str | None = None
     holder, ttl_s = f"submit {default_worker_id()}", follow_ttl_s()
+    view = ProgressView(job.run_id, console, live=True)
     try:
+        view.phase("staging", f"run folder and workload source in {plan.settings.shared_dir}")
         stage(plan)
         phases.lap("stage")
         if stop.is_set():
             raise _Cancelled("cancelled by the user before the job was submitted")
+        view.phase("submitting", f"sbatch, {job.topology.nnodes} node(s)")
         job_id = commands.sbatch(plan.script_path, plan.sbatch_argv)
         request = leases.request_for(job.cluster, req)
         follows.record_followed(store, job.run_id, job_id, request, holder, ttl_s)
-        console.print(f"[dim]slurm job {job_id} submitted[/]")
+        view.phase("submitted", f"slurm job {job_id}")
         phases.lap("submit")
     except (_Cancelled, OrchestratorError) as exc:
         status: FinalStatus = "cancelled" if isinstance(exc, _Cancelled) else "failed"
@@ -309,7 +301,7 @@ def execute(
         with keeper:
             outcome = follow(
                 plan, req, store, run_dir, job_id, submitted_at, None, cancel, console, phases,
-                detach=detach, live=True,
+                detach=detach, live=True, view=view,
             )  # fmt: skip
     finally:
         follows.release(store, job.run_id, holder)
@@ -342,6 +334,7 @@ def follow(
     detach: threading.Event | None = None,
     live: bool = False,
     states: Callable[[str], commands.JobState | None] = commands.job_state,
+    view: ProgressView | None = None,
 ) -> Outcome | None:
     """Follow a submitted job to its end, then collect and publish the run. `stop` cancels the
     job (scancel); `detach` stops following and leaves the job to Slurm (a worker that stops,
@@ -362,7 +355,8 @@ def follow(
     try:
         follower = _Follower(plan, job_id, console)
         state: commands.JobState | None = None
-        with ProgressView(job.run_id, console, live=live) as view:
+        view = view or ProgressView(job.run_id, console, live=live)
+        with view:
             while True:
                 if detach is not None and detach.is_set():
                     return None
@@ -386,7 +380,7 @@ def follow(
                         failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
                 if state.run_status == "queued":
-                    follower.pending(state)
+                    follower.pending(state, view)
                 elif started_at is None and (
                     state.run_status == "running" or (state.final and state.node_list)
                 ):
@@ -396,9 +390,14 @@ def follow(
                         job.run_id, "running", reason=f"slurm job {job_id} on {state.node_list}"
                     )
                     view.last_event_at = time.monotonic()
-                    console.print(f"[dim]slurm job {job_id} running on {state.node_list}[/]")
+                    view.phase(
+                        "preflight",
+                        f"slurm job {job_id} running on {state.node_list}: the nodes' checks "
+                        "(the job's first step)",
+                    )
                 if started_at is not None:
                     follower.tail(view)
+                view.tick()
                 if state.final:
                     break
                 why = _why_stop(job, stop, started_at, view.last_event_at)
@@ -412,6 +411,7 @@ def follow(
                 time.sleep(interval)
             if started_at is not None:
                 follower.tail(view)
+            view.phase("collecting", "rank files, logs and environments of the job")
         phases.lap("workload")
         if state is not None and state.final and state.node_list and not plan.nodes:
             plan = replace(plan, nodes=_allocated(plan, source))
@@ -436,6 +436,8 @@ def follow(
         _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
         raise
     ending = _Ending(status, failure)
+    if view is not None:
+        view.phase("publishing", "into the results store")
     outcome = _finalize(plan, req, run_dir, store, ending, submitted_at, started_at, job_id)
     phases.lap("publish")
     write_json(run_dir / "timings.json", phases.as_dict())

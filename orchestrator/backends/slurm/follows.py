@@ -19,7 +19,7 @@ from orchestrator.queue.leases import now_utc
 from orchestrator.runs.folder import RunManifest
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
-from orchestrator.store.models import Campaign, Run, RunNode, SlurmFollow
+from orchestrator.store.models import Run, RunNode, SlurmFollow
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -37,13 +37,7 @@ def insert_submitted(
     conn.execute(
         insert(RunNode), [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes]
     )
-    campaign = request.get("campaign_id")
-    if campaign:
-        conn.execute(
-            update(Campaign)
-            .where(Campaign.campaign_id == campaign, Campaign.status == "queued")
-            .values(status="running")
-        )
+    leases.start_campaign(conn, request.get("campaign_id"))
 
 
 def record_followed(

@@ -17,8 +17,8 @@ from pathlib import PurePosixPath
 
 from orchestrator import monitor
 from orchestrator.backends.slurm import nodelocal
-from orchestrator.backends.slurm.settings import SlurmSettings
 from orchestrator.plan import WORKLOAD_MODULE, workload_args
+from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import JobSpec
 from orchestrator.states import Runtime
 

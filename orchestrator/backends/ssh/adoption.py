@@ -289,6 +289,7 @@ class Reattach:
             except OrchestratorError as exc:
                 return self._stop(started, Failure(f"lost the nodes: {exc.one_line()}"))
             self.read(states[self.first])
+            self.view.tick()
             codes = {n: s.exit_code for n, s in states.items()}
             gone = [n for n, s in states.items() if s.exit_code is None and not s.alive]
             failed = [n for n, c in codes.items() if c not in (0, None)] + gone
@@ -454,6 +455,7 @@ def watch(
         transport = session.transports[rank0.node.name]
         while not stop.is_set():
             reader.read(node_state(transport, rank0, run_id, reader.offset))
+            view.tick()
             with store.reading() as conn:
                 status = conn.scalar(select(Run.status).where(Run.run_id == run_id))
             if status != "running":

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.backends.base import Detached, DetachItem, WorkerContext
+from orchestrator.backends.base import Detached, DetachItem, DoctorReport, WorkerContext
 from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
@@ -73,9 +73,9 @@ class SshBackend:
         return SshRun(make_plan(cluster, req, run_id=run_id))
 
     def doctor(
-        self, cluster: ClusterSpec, topology: str | None, node_names: str | None, console: Console
-    ) -> bool:
-        return run_doctor(cluster, topology, node_names, console)
+        self, cluster: ClusterSpec, topology: str | None, node_names: str | None
+    ) -> DoctorReport:
+        return run_doctor(cluster, topology, node_names)
 
     @contextmanager
     def detach(self, items: Sequence[DetachItem]) -> Iterator[Detached]:

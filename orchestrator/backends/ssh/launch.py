@@ -188,6 +188,7 @@ class Watch:
                         exits[name] = code
                         order.append(name)
                         self._drain(name, proc, 0.0)
+            self.view.tick()
             failed = [n for n in order if exits[n] != 0]
             now = time.monotonic()
             failure = None

@@ -9,10 +9,12 @@ block. Nothing starts unless every node passes.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import PreflightError
+from orchestrator.errors import NodeError, PreflightError
 from orchestrator.workload_source import NODE_PROBE_PATH
 
 if TYPE_CHECKING:
@@ -82,17 +84,23 @@ def probe_all(
     smi: str | None = None,
     docker: bool = False,
     timeout: float = 120.0,
+    on_node: Callable[[NodeReport, float], None] | None = None,
 ) -> dict[str, NodeReport]:
-    """Probe every connected node in parallel; a node whose probe breaks gets a failed check."""
+    """Probe every connected node in parallel; a node whose probe breaks gets a failed check.
+    `on_node(report, seconds)` hears of each node as its probe ends (live progress)."""
     nodes = {n.name: n for n in job.nodes}
 
     def one(t: Transport) -> NodeReport:
         node = nodes[t.node.name]
         python = "python3" if docker else node.python
-        return probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
+        started = time.monotonic()
+        report = probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
+        if on_node is not None:
+            on_node(report, time.monotonic() - started)
+        return report
 
     def broken(name: str, exc: BaseException) -> NodeReport:
-        detail = getattr(exc, "failures", {}).get(name) or str(exc)
+        detail = (exc.failures.get(name) if isinstance(exc, NodeError) else None) or str(exc)
         return NodeReport(name, [{"name": "probe", "ok": False, "detail": detail}])
 
     return session.fan_out_results(one, timeout=timeout + 5, what="preflight").recover(broken)
@@ -105,9 +113,10 @@ def run_preflight(
     smi: str | None = None,
     docker: bool = False,
     timeout: float = 120.0,
+    on_node: Callable[[NodeReport, float], None] | None = None,
 ) -> dict[str, NodeReport]:
     """Probe every node; raise PreflightError naming each failing node and check."""
-    reports = probe_all(session, job, smi=smi, docker=docker, timeout=timeout)
+    reports = probe_all(session, job, smi=smi, docker=docker, timeout=timeout, on_node=on_node)
     bad = {name: "; ".join(r.failures()) for name, r in reports.items() if not r.ok}
     if bad:
         raise PreflightError(

@@ -5,6 +5,7 @@ Ctrl-C, leaves the run row final, the run folder written, and nothing running on
 from __future__ import annotations
 
 import threading
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from orchestrator.backends.ssh.guard import (
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
 from orchestrator.backends.ssh.preflight import run_preflight
 from orchestrator.errors import NodeError, OrchestratorError
-from orchestrator.plan import Plan, build_plan, make_job, new_run_id
+from orchestrator.plan import Plan, build_plan
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.runs.failure import Failure
@@ -29,13 +30,13 @@ from orchestrator.runs.lifecycle import (
     PhaseClock,
     SubmitRequest,
     follower_id,
+    job_for,
     manifest_for,
     publish_run,
-    submitter,
     utcnow,
     write_json,
 )
-from orchestrator.runs.progress import ProgressView
+from orchestrator.runs.progress import ProgressView, verbosity
 from orchestrator.specs import ClusterSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
@@ -63,18 +64,8 @@ def make_plan(
     from orchestrator.images.profiles import load_profile
 
     nodes = pick_nodes(cluster, req.topology, list(req.node_names) if req.node_names else None)
-    run_id = run_id or new_run_id(salt=req.command)
-    job = make_job(
-        cluster,
-        req.topology,
-        nodes,
-        run_id=run_id,
-        precision=req.precision,
-        sets=dict(req.sets),
-        timeout_s=req.timeout_s,
-        no_progress_timeout_s=req.no_progress_timeout_s,
-        submitted_by=submitter(),
-    )
+    job = job_for(cluster, req, nodes, run_id)
+    run_id = job.run_id
     profile = load_profile(cluster.vendor)
     runtime = profile.runtime
     wrap = None
@@ -103,7 +94,7 @@ def make_plan(
         plan,
         notes=notes,
         image_id=image_id,
-        hardware_label=getattr(profile, "label", None),
+        hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
     )
 
@@ -195,13 +186,21 @@ def _execute(
     ssh = job.cluster.ssh
     phases = PhaseClock()
     grace = job.cluster.follower_grace_s
+    view = ProgressView(job.run_id, console)
     try:
-        with NodeSession([n.node for n in plan.nodes], ssh) as session:
+        with ExitStack() as stack:
+            stack.enter_context(view)
+            view.phase("connect", _connect_detail(plan))
+            session = stack.enter_context(NodeSession([n.node for n in plan.nodes], ssh))
             _check_stop(stop)
-            console.print(f"[dim]preflight on {len(plan.nodes)} node(s)…[/]")
             phases.lap("connect")
+            view.phase("preflight", f"{len(plan.nodes)} node(s) in parallel")
             reports = run_preflight(
-                session, job, smi=plan.monitor_tool, docker=plan.runtime == "docker"
+                session,
+                job,
+                smi=plan.monitor_tool,
+                docker=plan.runtime == "docker",
+                on_node=lambda report, took: view.line(_preflight_line(report, took)),
             )
             phases.lap("preflight")
             for np_ in plan.nodes:
@@ -214,29 +213,33 @@ def _execute(
                 write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
             _check_stop(stop)
             if plan.runtime == "docker":
-                plan = _with_image(plan, req, session, store, console)
+                view.phase("image", "build where missing, then transfer to the nodes that lack it")
+                with view.suspended():
+                    plan = _with_image(plan, req, session, store, console)
                 phases.lap("image")
+            view.phase("staging", _staging_detail(plan))
             stage(session, plan, STAGE_TIMEOUT_S)
             phases.lap("stage")
             _check_stop(stop)
-            with ProgressView(job.run_id, console) as view:
-                watch = Watch(plan, session, view, stop, container_cleanup(plan), taken_over)
-                started_at = utcnow()
-                start_guards(session, plan, guard_grace_s(grace, ttl_s), START_TIMEOUT_S)
-                with Heartbeat(session, plan, heartbeat_every_s(grace)):
-                    watch.start(START_TIMEOUT_S)
-                    phases.lap("start")
-                    try:
-                        execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
-                    except BaseException:
-                        watch.stop_all()
-                        raise
-                phases.lap("workload")
+            view.phase("starting", f"torchrun on {len(plan.nodes)} node(s)")
+            watch = Watch(plan, session, view, stop, container_cleanup(plan), taken_over)
+            started_at = utcnow()
+            start_guards(session, plan, guard_grace_s(grace, ttl_s), START_TIMEOUT_S)
+            with Heartbeat(session, plan, heartbeat_every_s(grace)):
+                watch.start(START_TIMEOUT_S)
+                phases.lap("start")
+                try:
+                    execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
+                except BaseException:
+                    watch.stop_all()
+                    raise
+            phases.lap("workload")
             if execution.status == "detached":
                 reason = "another follower took the run over (this one was presumed dead)"
                 console.print(f"[yellow]run {job.run_id}: {reason}; it finishes the run[/]")
                 return Outcome(job.run_id, "running", run_dir, Failure(reason), None)
             status, failure = execution.status, execution.failure
+            view.phase("collecting", f"rank files and logs from {len(plan.nodes)} node(s)")
             problems = collect(session, plan, run_dir, COLLECT_TIMEOUT_S)
             phases.lap("collect")
             if problems and status == "succeeded":
@@ -244,6 +247,7 @@ def _execute(
                 failure = Failure(
                     "collection failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items())
                 )
+            view.phase("publishing", f"run folder {run_dir} into the results store")
     except _Cancelled:
         status, failure = "cancelled", Failure("cancelled by the user before the workload started")
     except OrchestratorError as exc:
@@ -268,6 +272,26 @@ def _execute(
     phases.lap("publish")
     write_json(run_dir / "timings.json", phases.as_dict())
     return outcome
+
+
+def _preflight_line(report: Any, took_s: float) -> str:
+    """One node's preflight, as it finishes: ok, or its failed checks."""
+    if report.ok:
+        return f"preflight {report.node}: ok, {len(report.checks)} checks in {took_s:.1f} s"
+    return f"preflight {report.node}: FAIL {'; '.join(report.failures())}"
+
+
+def _connect_detail(plan: Plan) -> str:
+    remote = [n.node.name for n in plan.nodes if not n.node.is_local]
+    if not remote:
+        return "this machine (no SSH)"
+    return f"{len(remote)} node(s) over SSH: {', '.join(remote)}"
+
+
+def _staging_detail(plan: Plan) -> str:
+    if plan.runtime == "host":
+        return f"run folders and the workload source on {len(plan.nodes)} node(s)"
+    return f"run folders on {len(plan.nodes)} node(s)"
 
 
 def _finalize(
@@ -303,7 +327,7 @@ def _with_image(
     from orchestrator.images.workflow import ensure_image
 
     job = plan.job
-    with image_progress(console) as (observer, progress):
+    with image_progress(console, verbose=verbosity() > 0) as (observer, progress):
         prepared = ensure_image(
             job.cluster,
             list(job.nodes),

@@ -1,0 +1,98 @@
+"""`orchestrator compare`: runs or configurations side by side; a gate for scripts."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from orchestrator.cli.context import AppContext
+from orchestrator.compare import COMPARE_FORMATS, Comparison
+
+REGRESSION_EXIT = 1  # a threshold was crossed (bad input exits 2, as every command)
+
+
+@click.command("compare")
+@click.argument("items", nargs=-1, required=True)
+@click.option(
+    "--format", "output", type=click.Choice(COMPARE_FORMATS), default="table", show_default=True
+)
+@click.option(
+    "--fail-below",
+    "fail_below",
+    multiple=True,
+    metavar="METRIC=CHANGE",
+    help="Exit 1 when a side's change from the baseline is below this: p_core=-5% (relative) "
+    "or p_core=-20 (in img/s). Repeat for several metrics.",
+)
+@click.option(
+    "--fail-above",
+    "fail_above",
+    multiple=True,
+    metavar="METRIC=CHANGE",
+    help="Exit 1 when a change is above this, for metrics where lower is better: e2e_time=+10%.",
+)
+@click.option(
+    "--last",
+    type=click.IntRange(1, 100_000),
+    default=10,
+    show_default=True,
+    help="A configuration is the mean of its last N succeeded runs.",
+)
+@click.pass_obj
+def compare(
+    app: AppContext,
+    items: tuple[str, ...],
+    output: str,
+    fail_below: tuple[str, ...],
+    fail_above: tuple[str, ...],
+    last: int,
+) -> None:
+    """Compare runs or configurations: every metric with its change from the first (the
+    baseline), and which environment fields and hyper-parameters differ.
+
+    ITEMS are run ids (or unambiguous prefixes) or configurations VENDOR:TOPOLOGY:PRECISION
+    [:FIX_HP] (the mean of their last --last succeeded runs).
+
+    \b
+    Examples:
+      orchestrator compare 20260114-101500 20260120-093000
+      orchestrator compare metax:2x8:amp metax:2x8:amp:bs=32 --format markdown
+      orchestrator compare BASELINE_RUN NEW_RUN --fail-below p_core=-5%   # exit 1 on a regression
+    """
+    from orchestrator.compare import breaches, parse_threshold, render
+    from orchestrator.compare import compare as compare_sides
+    from orchestrator.compare_sides import load_sides
+
+    thresholds = [parse_threshold(t) for t in fail_below]
+    thresholds += [parse_threshold(t, above=True) for t in fail_above]
+    with app.open_store() as store, store.reading() as conn:
+        sides = load_sides(conn, list(items), last)
+    comparison = compare_sides(sides)
+    failed = breaches(comparison, thresholds)
+    if output == "table":
+        _print_tables(comparison)
+    else:
+        click.echo(render(comparison, output, failed), nl=False)
+    for breach in failed:
+        click.echo(f"regression: {breach.describe()}", err=True)
+    if failed:
+        sys.exit(REGRESSION_EXIT)
+
+
+def _print_tables(comparison: Comparison) -> None:
+    from orchestrator.compare import difference_rows, metric_columns, metric_rows
+    from orchestrator.report import console, table
+
+    out = console()
+    out.print(table("metrics", metric_columns(comparison), metric_rows(comparison)))
+    differences = difference_rows(comparison)
+    if differences:
+        headers = ["differs", *[s.label for s in comparison.sides]]
+        out.print(table("differences", headers, differences))
+    else:
+        out.print("same environment and hyper-parameters")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(compare)

@@ -1,0 +1,76 @@
+"""`orchestrator serve`: the results pages (the `web` extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import click
+
+from orchestrator.cli.context import AppContext
+from orchestrator.errors import ConfigError
+
+WEB_PACKAGES = ("starlette", "jinja2", "uvicorn")
+
+
+def require_web_extra() -> None:
+    missing = [name for name in WEB_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"orchestrator serve needs the web extra ({', '.join(missing)} not installed)",
+            "install it with: pip install 'orchestrator[web]'",
+        )
+
+
+@click.command("serve")
+@click.option(
+    "--db",
+    "db_url",
+    help="Results store URL (default: the global --db, else as for every command).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8150, show_default=True)
+@click.option(
+    "--token",
+    envvar="ORCHESTRATOR_WEB_TOKEN",
+    help="Require this token on every request (needed for an address other than loopback). "
+    "Default: $ORCHESTRATOR_WEB_TOKEN.",
+)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(1, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between live refreshes of the queue page.",
+)
+@click.pass_obj
+def serve(
+    app: AppContext,
+    db_url: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    refresh: float,
+) -> None:
+    """Browse, compare and share the results in a web browser (read-only).
+
+    Pages: runs (filters, sorting, pages), one run, the seed table (markdown and CSV
+    downloads), compare, scaling and vendors, a configuration's history, campaigns and the
+    queue. Every URL can be pasted into a chat. docs/web.md has screenshots.
+
+    \b
+    Examples:
+      orchestrator serve                                  # http://127.0.0.1:8150/
+      orchestrator --db postgresql://lab@db/results serve --host 0.0.0.0 --token "$TOKEN"
+    """
+    require_web_extra()
+    from orchestrator.web.server import serve as run_server
+
+    if db_url is not None:
+        app.db_url = db_url
+    url = app.store_url
+    app.open_store().close()  # the schema revision first, with its remedy
+    run_server(url, host, port, token, lambda line: click.echo(line, err=True), refresh)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve)

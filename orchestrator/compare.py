@@ -1,0 +1,374 @@
+"""Two or more runs (or configurations) side by side: every seed metric with its absolute and
+relative change from the first (the baseline), which environment fields and hyper-parameters
+differ, and the thresholds a script gates on (`--fail-below p_core=-5%`).
+
+Pure: the sides are built from seed_table rows, environment blocks and hparams that the caller
+read (orchestrator/compare_sides.py). `orchestrator compare` and the
+web page's /compare use the same functions. docs/web.md explains the rules.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.errors import ConfigError
+from orchestrator.report_stats import METRICS, spread
+
+# Units of the seed metrics (docs/metrics.md); mAP is a fraction of 1.
+UNITS = {"e2e_time": "s", "p_whole": "img/s", "p_train": "img/s", "p_core": "img/s", "map": ""}
+HIGHER_IS_BETTER = {
+    "e2e_time": False,
+    "p_whole": True,
+    "p_train": True,
+    "p_core": True,
+    "map": True,
+}
+COMPARE_FORMATS = ("table", "markdown", "csv", "json")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One column: a run, or the mean of a configuration's last runs."""
+
+    label: str
+    kind: Literal["run", "config"]
+    run_ids: tuple[str, ...]
+    metrics: dict[str, float | None]
+    spread: dict[str, float | None]  # sample sd over a configuration's runs (None for a run)
+    environment: dict[str, str]  # environment block label -> its values joined
+    hparams: dict[str, str]
+    status: str = "succeeded"
+
+
+@dataclass(frozen=True)
+class Delta:
+    metric: str
+    base: float | None
+    value: float | None
+
+    @property
+    def absolute(self) -> float | None:
+        if self.base is None or self.value is None:
+            return None
+        return self.value - self.base
+
+    @property
+    def relative(self) -> float | None:
+        """0.05 = 5 % above the baseline."""
+        if self.absolute is None or not self.base:
+            return None
+        return self.absolute / abs(self.base)
+
+    @property
+    def better(self) -> bool | None:
+        if not self.absolute:
+            return None
+        return (self.absolute > 0) == HIGHER_IS_BETTER.get(self.metric, True)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    sides: list[Side]
+    deltas: list[list[Delta]]  # per side after the first, one per metric
+    environment_differs: set[str] = field(default_factory=set)
+    hparams_differ: set[str] = field(default_factory=set)
+
+    @property
+    def baseline(self) -> Side:
+        return self.sides[0]
+
+    @property
+    def environment_labels(self) -> list[str]:
+        labels: list[str] = []
+        for side in self.sides:
+            labels += [k for k in side.environment if k not in labels]
+        return labels
+
+    @property
+    def hparam_keys(self) -> list[str]:
+        return sorted({k for side in self.sides for k in side.hparams})
+
+
+def run_side(
+    row: Mapping[Any, Any], environment: Sequence[tuple[str, list[str]]], hparams: Mapping[Any, Any]
+) -> Side:
+    return Side(
+        label=str(row["run_id"]),
+        kind="run",
+        run_ids=(str(row["run_id"]),),
+        metrics={m: _number(row.get(m)) for m in METRICS},
+        spread={m: None for m in METRICS},
+        environment=_environment(environment),
+        hparams={str(k): str(v) for k, v in hparams.items()},
+        status=str(row.get("status") or ""),
+    )
+
+
+def config_side(
+    label: str,
+    rows: Sequence[Mapping[Any, Any]],
+    environment: Sequence[tuple[str, list[str]]],
+    hparams: Mapping[Any, Any],
+) -> Side:
+    """The mean of a configuration's runs (each metric over the runs that have it)."""
+    metrics: dict[str, float | None] = {}
+    sds: dict[str, float | None] = {}
+    for metric in METRICS:
+        stats = spread(row.get(metric) for row in rows)
+        metrics[metric] = stats.mean if stats else None
+        sds[metric] = stats.sd if stats else None
+    return Side(
+        label=label,
+        kind="config",
+        run_ids=tuple(str(r["run_id"]) for r in rows),
+        metrics=metrics,
+        spread=sds,
+        environment=_environment(environment),
+        hparams={str(k): str(v) for k, v in hparams.items()},
+    )
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _environment(block: Sequence[tuple[str, list[str]]]) -> dict[str, str]:
+    return {label: "; ".join(values) for label, values in block}
+
+
+def compare(sides: Sequence[Side]) -> Comparison:
+    if len(sides) < 2:
+        raise ConfigError("compare needs two or more runs or configurations", "name another one")
+    base = sides[0]
+    deltas = [
+        [Delta(m, base.metrics.get(m), side.metrics.get(m)) for m in METRICS] for side in sides[1:]
+    ]
+    env_labels = {k for side in sides for k in side.environment}
+    hp_keys = {k for side in sides for k in side.hparams}
+    return Comparison(
+        list(sides),
+        deltas,
+        {k for k in env_labels if len({s.environment.get(k, "") for s in sides}) > 1},
+        {k for k in hp_keys if len({s.hparams.get(k) for s in sides}) > 1},
+    )
+
+
+# -- thresholds ----------------------------------------------------------------------------------
+
+_THRESHOLD = re.compile(r"^\s*(\w+)\s*=\s*([+-]?\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """`p_core=-5%`: fail when a side's change from the baseline is below -5 % (fail-below) or,
+    for `--fail-above e2e_time=+10%`, above +10 %. Without `%` the limit is in the metric's unit."""
+
+    metric: str
+    limit: float
+    relative: bool
+    above: bool = False
+
+    def text(self) -> str:
+        sign = "above" if self.above else "below"
+        limit = (
+            f"{self.limit * 100:+g}%" if self.relative else f"{self.limit:+g} {UNITS[self.metric]}"
+        )
+        return f"{self.metric} {sign} {limit.strip()}"
+
+    def breached_by(self, delta: Delta) -> bool:
+        change = delta.relative if self.relative else delta.absolute
+        if change is None:
+            return delta.value is None and delta.base is not None  # the metric went missing
+        return change > self.limit if self.above else change < self.limit
+
+
+def parse_threshold(text: str, above: bool = False) -> Threshold:
+    option = "--fail-above" if above else "--fail-below"
+    match = _THRESHOLD.match(text)
+    if not match:
+        raise ConfigError(
+            f"{option} {text!r} is not METRIC=CHANGE",
+            f"write e.g. {option} p_core=-5% (relative) or {option} p_core=-20 (img/s)",
+        )
+    metric, number, percent = match.group(1), float(match.group(2)), bool(match.group(3))
+    if metric == "mAP":
+        metric = "map"
+    if metric not in METRICS:
+        raise ConfigError(
+            f"{option} names unknown metric {metric!r}", f"use one of {', '.join(METRICS)}"
+        )
+    return Threshold(metric, number / 100.0 if percent else number, percent, above)
+
+
+@dataclass(frozen=True)
+class Breach:
+    side: str
+    threshold: Threshold
+    delta: Delta
+
+    def describe(self) -> str:
+        d = self.delta
+        if d.value is None:
+            change = "missing"
+        elif self.threshold.relative and d.relative is not None:
+            change = f"{d.relative * 100:+.1f}%"
+        else:
+            change = f"{d.absolute:+.4g} {UNITS[d.metric]}".strip()
+        return (
+            f"{self.side}: {d.metric} {change} against the baseline "
+            f"(limit: {self.threshold.text()})"
+        )
+
+
+def breaches(comparison: Comparison, thresholds: Sequence[Threshold]) -> list[Breach]:
+    found = []
+    for side, deltas in zip(comparison.sides[1:], comparison.deltas):
+        by_metric = {d.metric: d for d in deltas}
+        for threshold in thresholds:
+            delta = by_metric[threshold.metric]
+            if threshold.breached_by(delta):
+                found.append(Breach(side.label, threshold, delta))
+    return found
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+def metric_header(metric: str) -> str:
+    name = "mAP" if metric == "map" else metric
+    return f"{name} ({UNITS[metric]})" if UNITS[metric] else name
+
+
+def number(value: float | None) -> str:
+    """Three significant digits, whole numbers from 1,000 up (1,234 img/s; 37.4 s; 0.372)."""
+    if value is None:
+        return ""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value else "0"
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:+.1f}%"
+
+
+def signed(value: float | None) -> str:
+    if value is None:
+        return ""
+    return ("+" if value > 0 else "") + number(value)
+
+
+def metric_rows(comparison: Comparison) -> list[list[str]]:
+    """One row per metric: baseline, then each side's value, change and relative change."""
+    rows = []
+    for i, metric in enumerate(METRICS):
+        row = [metric_header(metric), number(comparison.baseline.metrics.get(metric))]
+        for deltas in comparison.deltas:
+            d = deltas[i]
+            row += [number(d.value), signed(d.absolute), percent(d.relative)]
+        rows.append(row)
+    return rows
+
+
+def metric_columns(comparison: Comparison) -> list[str]:
+    columns = ["metric", f"{comparison.baseline.label} (baseline)"]
+    for side in comparison.sides[1:]:
+        columns += [side.label, "change", "change (%)"]
+    return columns
+
+
+def difference_rows(comparison: Comparison) -> list[list[str]]:
+    """Environment fields and hyper-parameters that differ between the sides."""
+    rows = []
+    for label in comparison.environment_labels:
+        if label in comparison.environment_differs:
+            rows.append([label, *[s.environment.get(label, "") for s in comparison.sides]])
+    for key in comparison.hparam_keys:
+        if key in comparison.hparams_differ:
+            rows.append([f"--set {key}", *[s.hparams.get(key, "") for s in comparison.sides]])
+    return rows
+
+
+def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -> str:
+    """markdown, csv or json (the CLI draws `table` itself)."""
+    if output == "markdown":
+        return _markdown(comparison, failed)
+    if output == "csv":
+        from orchestrator.report import to_csv
+
+        lines: list[list[Any]] = [["side", "kind", "metric", "value", "change", "change_relative"]]
+        for side_index, side in enumerate(comparison.sides):
+            for i, metric in enumerate(METRICS):
+                d = comparison.deltas[side_index - 1][i] if side_index else None
+                lines.append(
+                    [
+                        side.label,
+                        side.kind,
+                        metric,
+                        side.metrics.get(metric),
+                        d.absolute if d else None,
+                        d.relative if d else None,
+                    ]
+                )
+        return to_csv(lines[0], lines[1:])
+    if output == "json":
+        from orchestrator.report import to_json
+
+        return to_json(
+            {
+                "baseline": comparison.baseline.label,
+                "sides": [
+                    {
+                        "label": s.label,
+                        "kind": s.kind,
+                        "run_ids": list(s.run_ids),
+                        "metrics": s.metrics,
+                        "sd": s.spread,
+                        "environment": s.environment,
+                        "hparams": s.hparams,
+                    }
+                    for s in comparison.sides
+                ],
+                "changes": [
+                    {
+                        "side": side.label,
+                        **{
+                            d.metric: {"absolute": d.absolute, "relative": d.relative}
+                            for d in deltas
+                        },
+                    }
+                    for side, deltas in zip(comparison.sides[1:], comparison.deltas)
+                ],
+                "environment_differs": sorted(comparison.environment_differs),
+                "hparams_differ": sorted(comparison.hparams_differ),
+                "failed": [b.describe() for b in failed],
+            }
+        )
+    raise ConfigError(
+        f"unknown compare format {output!r}", f"use one of {', '.join(COMPARE_FORMATS)}"
+    )
+
+
+def _markdown(comparison: Comparison, failed: Sequence[Breach]) -> str:
+    def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+        out = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        return out
+
+    lines = ["#### Metrics", "", *table(metric_columns(comparison), metric_rows(comparison))]
+    differences = difference_rows(comparison)
+    lines += ["", "#### Differences", ""]
+    if differences:
+        lines += table(["", *[s.label for s in comparison.sides]], differences)
+    else:
+        lines.append("Same environment and hyper-parameters.")
+    if failed:
+        lines += ["", "#### Over the limits", "", *[f"- {b.describe()}" for b in failed]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,229 @@
+"""The reads about configurations: their list, one configuration's history, scaling aggregates,
+and what `orchestrator compare` and the /compare page read of runs (seed rows, --set values,
+epochs). Every filter is a bound parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.engine import RowMapping
+
+from orchestrator.store.models import Run, RunEpoch
+from orchestrator.store.queries import SEED_TABLE
+
+# -- configurations, history, scaling ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """What makes runs repeats of one configuration (report_stats.config_key, by name)."""
+
+    vendor: str
+    config: str
+    precision: str
+    fix_hp: str
+
+
+def configurations(conn: Connection) -> list[RowMapping]:
+    """Every configuration with succeeded runs: how many, the latest finish, mean p_core."""
+    query = (
+        select(
+            Run.vendor,
+            Run.config_label.label("config"),
+            Run.topology,
+            Run.precision,
+            Run.fix_hp,
+            func.count().label("n"),
+            func.max(Run.finished_at).label("last"),
+            func.avg(Run.p_core).label("p_core"),
+        )
+        .where(Run.status == "succeeded")
+        .group_by(Run.vendor, Run.config_label, Run.topology, Run.precision, Run.fix_hp)
+        .order_by(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
+    )
+    return list(conn.execute(query).mappings())
+
+
+def configuration_history(
+    conn: Connection, key: ConfigKey, since: datetime | None = None
+) -> list[RowMapping]:
+    """The succeeded runs of one configuration as seed_table rows, oldest first."""
+    view = SEED_TABLE
+    # Its topology (part of the config label) lets the query use ix_runs_config_time.
+    topology = conn.scalar(
+        select(Run.topology)
+        .where(Run.vendor == key.vendor, Run.config_label == key.config)
+        .limit(1)
+    )
+    query = select(view).where(
+        view.c.topology == topology,
+        view.c.status == "succeeded",
+        view.c.vendor == key.vendor,
+        view.c.config == key.config,
+        view.c.precision == key.precision,
+        view.c.fix_hp == key.fix_hp,
+    )
+    if since is not None:
+        query = query.where(view.c.finished_at >= since)
+    return list(conn.execute(query.order_by(view.c.finished_at, view.c.run_id)).mappings())
+
+
+def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowMapping]:
+    """The `last` succeeded runs of a configuration (seed_table rows), newest last."""
+    view = SEED_TABLE
+    query = (
+        select(view)
+        .where(
+            view.c.status == "succeeded",
+            view.c.vendor == key.vendor,
+            view.c.config == key.config,
+            view.c.precision == key.precision,
+            view.c.fix_hp == key.fix_hp,
+        )
+        .order_by(view.c.finished_at.desc(), view.c.run_id.desc())
+        .limit(last)
+    )
+    return list(reversed(list(conn.execute(query).mappings())))
+
+
+def find_configurations(
+    conn: Connection, vendor: str, topology: str, precision: str, fix_hp: str | None
+) -> list[ConfigKey]:
+    """The configurations of succeeded runs with this vendor, topology and precision."""
+    query = (
+        select(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
+        .where(
+            Run.status == "succeeded",
+            Run.vendor == vendor,
+            Run.topology == topology,
+            Run.precision == precision,
+        )
+        .distinct()
+    )
+    if fix_hp is not None:
+        query = query.where(Run.fix_hp == fix_hp)
+    rows = conn.execute(query.order_by(Run.config_label, Run.fix_hp)).all()
+    return [ConfigKey(r.vendor, r.config_label, r.precision, r.fix_hp) for r in rows]
+
+
+def scaling_groups(
+    conn: Connection,
+    vendor: str | None = None,
+    precision: str | None = None,
+    since: datetime | None = None,
+) -> list[RowMapping]:
+    """Succeeded runs aggregated per hardware, precision and topology: n, mean, min, max and
+    the mean of squares (for the spread) of p_train and p_core, computed by the database."""
+    hardware = func.coalesce(Run.hardware_label, Run.vendor).label("hardware")
+    columns: list[Any] = [Run.vendor, hardware, Run.precision, Run.topology, Run.nnodes]
+    columns.append(Run.nproc_per_node)
+    columns.append(func.count().label("n"))
+    for name in ("p_train", "p_core"):
+        column = getattr(Run, name)
+        columns += [
+            func.avg(column).label(f"{name}_mean"),
+            func.avg(column * column).label(f"{name}_mean_sq"),
+            func.min(column).label(f"{name}_min"),
+            func.max(column).label(f"{name}_max"),
+        ]
+    query = select(*columns).where(Run.status == "succeeded", Run.p_core.is_not(None))
+    if vendor:
+        query = query.where(Run.vendor == vendor)
+    if precision:
+        query = query.where(Run.precision == precision)
+    if since:
+        query = query.where(Run.finished_at >= since)
+    query = query.group_by(
+        Run.vendor, hardware, Run.precision, Run.topology, Run.nnodes, Run.nproc_per_node
+    ).order_by(Run.vendor, hardware, Run.precision, Run.nnodes, Run.nproc_per_node)
+    return list(conn.execute(query).mappings())
+
+
+# -- compare's reads ----------------------------------------------------------------------------
+
+
+def runs_of(conn: Connection, run_ids: Sequence[str]) -> list[RowMapping]:
+    """seed_table rows of these runs (any status), in the order given."""
+    if not run_ids:
+        return []
+    rows = {
+        r["run_id"]: r
+        for r in conn.execute(
+            select(SEED_TABLE).where(SEED_TABLE.c.run_id.in_(list(run_ids)))
+        ).mappings()
+    }
+    return [rows[i] for i in run_ids if i in rows]
+
+
+def hparams_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The --set hyper-parameters of each run."""
+    if not run_ids:
+        return {}
+    query = select(Run.run_id, Run.hparams).where(Run.run_id.in_(list(run_ids)))
+    return {r.run_id: dict(r.hparams or {}) for r in conn.execute(query)}
+
+
+def epochs_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[RowMapping]]:
+    found: dict[str, list[RowMapping]] = {i: [] for i in run_ids}
+    if not run_ids:
+        return found
+    query = (
+        select(RunEpoch)
+        .where(RunEpoch.run_id.in_(list(run_ids)))
+        .order_by(RunEpoch.run_id, RunEpoch.epoch)
+    )
+    for row in conn.execute(query).mappings():
+        found[row["run_id"]].append(row)
+    return found
+
+
+# The seed table's columns that the regression flags read.
+_FLAG_COLUMNS = tuple(
+    SEED_TABLE.c[name]
+    for name in (
+        "run_id",
+        "vendor",
+        "topology",
+        "config",
+        "precision",
+        "fix_hp",
+        "status",
+        "finished_at",
+        "p_train",
+        "p_core",
+    )
+)
+
+
+def flag_inputs(conn: Connection, rows: Sequence[Mapping[Any, Any]], k: int) -> list[RowMapping]:
+    """What report_stats.flag_history needs to flag `rows`: per configuration, the k succeeded
+    runs before its earliest selected run and every succeeded run from there to its latest.
+    (report_history.configuration_history reads the configurations' whole history instead.)"""
+    spans: dict[tuple[str, ...], tuple[datetime, datetime]] = {}
+    for row in rows:
+        if row.get("status") != "succeeded" or row.get("finished_at") is None:
+            continue
+        key = tuple(str(row[c]) for c in ("vendor", "topology", "config", "precision", "fix_hp"))
+        first, last = spans.get(key, (row["finished_at"], row["finished_at"]))
+        spans[key] = (min(first, row["finished_at"]), max(last, row["finished_at"]))
+    view = SEED_TABLE.c
+    found: list[RowMapping] = []
+    for (vendor, topology, config, precision, fix_hp), (first, last) in spans.items():
+        base = select(*_FLAG_COLUMNS).where(
+            view.status == "succeeded",
+            view.vendor == vendor,
+            view.topology == topology,
+            view.precision == precision,
+            view.config == config,
+            view.fix_hp == fix_hp,
+        )
+        before = base.where(view.finished_at < first)
+        before = before.order_by(view.finished_at.desc(), view.run_id.desc()).limit(k)
+        found += conn.execute(before).mappings()
+        span = base.where(view.finished_at >= first, view.finished_at <= last)
+        found += conn.execute(span).mappings()
+    return found

@@ -1,0 +1,247 @@
+"""/seed (the vendor case page's tables, with .md and .csv downloads), /compare, /scaling and
+/history: the report's logic (report.py, report_stats.py, compare.py) on a page."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from orchestrator.compare import METRICS, compare, difference_rows
+from orchestrator.compare_sides import load_sides, oldest_first
+from orchestrator.errors import ConfigError
+from orchestrator.report import SEED_HEADERS, render_grouped_report, render_report
+from orchestrator.report_history import campaign_run_ids
+from orchestrator.report_stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
+from orchestrator.states import PRECISIONS
+from orchestrator.store.config_queries import (
+    ConfigKey,
+    configuration_history,
+    configurations,
+    epochs_of,
+    flag_inputs,
+    scaling_groups,
+)
+from orchestrator.store.queries import Selection, environment, seed_rows
+from orchestrator.store.web_queries import filter_options
+from orchestrator.web import params
+from orchestrator.web.context import reading, render
+from orchestrator.web.present import epoch_charts, history_chart, scaling_chart, vendors_chart
+
+MAX_COMPARED = 8
+HISTORY_TABLE_ROWS = 100
+
+
+# -- seed table ----------------------------------------------------------------------------------
+
+
+def _seed_data(request: Request) -> dict[str, Any]:
+    q = request.query_params
+    run_ids = tuple(q.getlist("run"))
+    campaign = params.text(q, "campaign")
+    selection = Selection(
+        vendor=params.text(q, "vendor"),
+        topology=params.text(q, "topology"),
+        precision=params.choice(q, "precision", PRECISIONS),
+        since=params.date(q, "since"),
+        run_ids=run_ids,
+    )
+    with reading(request) as conn:
+        rows: list[Any] = []
+        env = environment(conn, [])
+        if campaign is not None:
+            chosen = set(campaign_run_ids(conn, campaign, None if run_ids else "succeeded"))
+            selection = Selection(
+                vendor=selection.vendor,
+                topology=selection.topology,
+                precision=selection.precision,
+                since=selection.since,
+                run_ids=tuple(sorted(chosen & set(run_ids) if run_ids else chosen)),
+            )
+        if campaign is None or selection.run_ids:
+            rows = seed_rows(conn, selection)
+            env = environment(conn, selection)
+        history = flag_inputs(conn, rows, HISTORY_RUNS)
+        options = filter_options(conn)
+    flagged = flag_history(history, HISTORY_RUNS)
+    regressions = {
+        str(r["run_id"]): flagged[str(r["run_id"])] for r in rows if r["run_id"] in flagged
+    }
+    return {
+        "rows": rows,
+        "env": env,
+        "groups": group_rows(rows),
+        "regressions": regressions,
+        "options": options,
+        "grouped": q.get("group", "1") != "0",
+    }
+
+
+def seed(request: Request) -> Response:
+    data = _seed_data(request)
+    return render(
+        request,
+        "seed.html",
+        **data,
+        precisions=PRECISIONS,
+        seed_headers=SEED_HEADERS,
+        metrics=METRICS,
+    )
+
+
+def seed_download(request: Request) -> Response:
+    output = "csv" if request.url.path.endswith(".csv") else "markdown"
+    data = _seed_data(request)
+    if data["grouped"]:
+        text = render_grouped_report(
+            data["env"], data["groups"], data["rows"], data["regressions"], output
+        )
+    else:
+        text = render_report(data["env"], data["rows"], output, data["regressions"])
+    media = "text/csv" if output == "csv" else "text/markdown"
+    name = "seed-table.csv" if output == "csv" else "seed-table.md"
+    return PlainTextResponse(
+        text,
+        media_type=f"{media}; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+# -- compare -------------------------------------------------------------------------------------
+
+
+def compare_page(request: Request) -> Response:
+    q = request.query_params
+    items = [i for i in [*q.getlist("run"), *q.getlist("config")] if i.strip()]
+    if len(items) > MAX_COMPARED:
+        raise HTTPException(400, f"compare shows at most {MAX_COMPARED} runs or configurations")
+    last = params.integer(q, "last", 10, 1, 1000)
+    if len(items) < 2:
+        return render(request, "compare.html", comparison=None, items=items, last=last)
+    with reading(request) as conn:
+        try:
+            if q.get("base") == "oldest":
+                items = oldest_first(conn, items)
+            sides = load_sides(conn, items, last)
+        except ConfigError as exc:
+            raise HTTPException(400, exc.one_line()) from None
+        run_ids = [s.run_ids[0] for s in sides if s.kind == "run"]
+        epochs = epochs_of(conn, run_ids)
+    comparison = compare(sides)
+    return render(
+        request,
+        "compare.html",
+        comparison=comparison,
+        items=items,
+        last=last,
+        differences=difference_rows(comparison),
+        epoch_charts=epoch_charts(epochs),
+    )
+
+
+# -- scaling and vendors -------------------------------------------------------------------------
+
+
+def _series_name(row: Mapping[Any, Any]) -> str:
+    return f"{row['hardware']} {row['precision']}"
+
+
+def scaling(request: Request) -> Response:
+    q = request.query_params
+    metric = params.choice(q, "metric", ("p_core", "p_train")) or "p_core"
+    with reading(request) as conn:
+        groups = scaling_groups(
+            conn,
+            vendor=params.text(q, "vendor"),
+            precision=params.choice(q, "precision", PRECISIONS),
+            since=params.date(q, "since"),
+        )
+        options = filter_options(conn)
+    measured = [
+        (_series_name(g), g["topology"], float(g[f"{metric}_mean"]))
+        for g in groups
+        if g[f"{metric}_mean"] is not None
+    ]
+    points = scaling_points(measured)
+    table = _scaling_table(groups, points, metric)
+    return render(
+        request,
+        "scaling.html",
+        metric=metric,
+        table=table,
+        scaling_chart=scaling_chart(points, metric),
+        vendors_chart=vendors_chart(points, metric),
+        options=options,
+        precisions=PRECISIONS,
+    )
+
+
+def _scaling_table(
+    groups: Sequence[Mapping[Any, Any]], points: Sequence[Any], metric: str
+) -> list[dict[str, Any]]:
+    by_key = {(p.series, p.topology): p for p in points}
+    table = []
+    for g in groups:
+        point = by_key.get((_series_name(g), g["topology"]))
+        mean, mean_sq, n = g[f"{metric}_mean"], g[f"{metric}_mean_sq"], int(g["n"])
+        sd = None
+        if mean is not None and n > 1:  # sample sd from the database's mean of squares
+            sd = max(0.0, (float(mean_sq) - float(mean) ** 2) * n / (n - 1)) ** 0.5
+        table.append(
+            {
+                "series": _series_name(g),
+                "vendor": g["vendor"],
+                "topology": g["topology"],
+                "devices": int(g["nnodes"]) * int(g["nproc_per_node"]),
+                "n": n,
+                "mean": mean,
+                "sd": sd,
+                "min": g[f"{metric}_min"],
+                "max": g[f"{metric}_max"],
+                "ideal": point.ideal if point else None,
+                "efficiency": point.efficiency if point else None,
+            }
+        )
+    return table
+
+
+# -- a configuration's history -------------------------------------------------------------------
+
+
+def history(request: Request) -> Response:
+    q = request.query_params
+    metric = params.metric(q)
+    fields = [params.text(q, name) for name in ("vendor", "config", "precision", "fix_hp")]
+    since = params.date(q, "since")
+    with reading(request) as conn:
+        if not all(fields):
+            return render(request, "history.html", key=None, configs=configurations(conn))
+        key = ConfigKey(*[str(f) for f in fields])
+        rows = configuration_history(conn, key, since)
+    regressions = flag_history(rows)
+    return render(
+        request,
+        "history.html",
+        key=key,
+        metric=metric,
+        metrics=METRICS,
+        spec=history_chart(rows, regressions, metric),
+        rows=list(reversed(rows))[:HISTORY_TABLE_ROWS],
+        total=len(rows),
+        regressions=regressions,
+        stats=group_rows(rows)[0].stats(metric) if rows else None,
+    )
+
+
+ROUTES = [
+    Route("/seed", seed),
+    Route("/seed.md", seed_download),
+    Route("/seed.csv", seed_download),
+    Route("/compare", compare_page),
+    Route("/scaling", scaling),
+    Route("/history", history),
+]

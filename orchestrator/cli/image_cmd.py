@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.cli.context import AppContext
+    from orchestrator.images.distribute import DistributionReport
     from orchestrator.images.workflow import ImageSettings
     from orchestrator.specs import ClusterSpec, NodeSpec
 
@@ -278,7 +279,7 @@ def push_cmd(
         err.print(_summary(report), markup=False)
 
 
-def _summary(report: Any) -> str:
+def _summary(report: DistributionReport) -> str:
     """How the image travelled: the build host's bytes against what the nodes received."""
     if report.method == "relay":
         return (

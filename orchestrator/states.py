@@ -13,6 +13,7 @@ CampaignStatus = Literal["queued", "running", "finished", "cancelled"]
 BackendName = Literal["ssh", "slurm"]
 Runtime = Literal["host", "docker"]
 Precision = Literal["fp32", "amp", "fp16"]
+Distribution = Literal["relay", "star"]  # how an image reaches the nodes (images/distribute.py)
 # Where a run's row came from: a run of this orchestrator, or a log of another tool imported.
 RunSource = Literal["orchestrator", "flagperf"]
 # Where a run's mem comes from: the accelerator tool's device peak, or the ranks' allocator peak.
@@ -24,6 +25,7 @@ CAMPAIGN_STATUSES: tuple[CampaignStatus, ...] = get_args(CampaignStatus)
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)
 RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+DISTRIBUTIONS: tuple[Distribution, ...] = get_args(Distribution)
 RUN_SOURCES: tuple[RunSource, ...] = get_args(RunSource)
 MEM_SOURCES: tuple[MemSource, ...] = get_args(MemSource)
 

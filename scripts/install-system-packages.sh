@@ -8,6 +8,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)  # bench/bench_image_distribution.py: the raw star
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v rsync >/dev/null || need+=(rsync)

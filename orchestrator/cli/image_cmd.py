@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from orchestrator.errors import ImageError, StoreError
+from orchestrator.states import DISTRIBUTIONS, Distribution
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.cli.context import AppContext
+    from orchestrator.images.distribute import DistributionReport
     from orchestrator.images.workflow import ImageSettings
     from orchestrator.specs import ClusterSpec, NodeSpec
 
@@ -220,6 +222,12 @@ def _state(found: str | None, expected: str | None) -> str:
 @click.option(
     "--registry", help="Push to this registry and pull on the nodes instead of streaming."
 )
+@click.option(
+    "--distribution",
+    type=click.Choice(DISTRIBUTIONS),
+    help="relay: the build host sends each missing layer once and the nodes pass it on; "
+    "star: one stream from the build host to every node. Default: the [image] table's, else relay.",
+)
 @click.pass_obj
 def push_cmd(
     app: AppContext,
@@ -229,8 +237,10 @@ def push_cmd(
     build_host: str | None,
     nodes: str | None,
     registry: str | None,
+    distribution: Distribution | None,
 ) -> None:
-    """Put the built image on every node that lacks it (docker save | docker load over SSH).
+    """Put the built image on every node that lacks it: only the layers a node lacks, relayed
+    from node to node (or --distribution star: docker save | docker load from the build host).
 
     Example: orchestrator image push-to-nodes --nodes c500-01,c500-02
     """
@@ -252,6 +262,7 @@ def push_cmd(
                     targets(chosen, session.transports),
                     progress=progress,
                     registry=registry or settings.registry,
+                    strategy=distribution or settings.distribution,
                 )
     for node in chosen:
         moved = report.transfers.get(node.name)
@@ -262,6 +273,24 @@ def push_cmd(
                 f"{node.name}: received {moved.bytes_sent / 1e6:.0f} MB in {moved.seconds:.1f}s "
                 f"({moved.mb_per_s:.0f} MB/s)"
             )
+    for incident in report.incidents:
+        err.print(f"recovered: {incident}", markup=False)
+    if report.transfers:
+        err.print(_summary(report), markup=False)
+
+
+def _summary(report: DistributionReport) -> str:
+    """How the image travelled: the build host's bytes against what the nodes received."""
+    if report.method == "relay":
+        return (
+            f"by relay: {len(report.layers)} layer(s) and the config, "
+            f"{report.payload_bytes / 1e6:.1f} MB; the build host sent "
+            f"{report.source_bytes / 1e6:.1f} MB for {len(report.transfers)} node(s)"
+        )
+    return (
+        f"by {'star' if report.method == 'stream' else report.method}: the build host sent "
+        f"{report.source_bytes / 1e6:.1f} MB for {len(report.transfers)} node(s)"
+    )
 
 
 @image_group.command("prune")

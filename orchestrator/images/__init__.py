@@ -3,7 +3,10 @@
 - profiles: images/<vendor>/profile.toml -> VendorProfile (pure data)
 - spec: wheels + workload + Dockerfile template -> ImageSpec with a content tag
 - build: the docker SDK on the build host, live progress, build log
-- distribute: which nodes have the image; `docker save` streamed to `docker load` over SSH
+- distribute: which nodes have the image; the relay (default) or the star puts it there
+- relay, relay_source, relay_agent, layers: only the layers a node lacks, sent once by the
+  build host and passed from node to node (relay_agent.py runs on the nodes)
+- targets: what distribution knows of a node (NodeTarget) and its fan-out
 - containers: the `docker run` wrapper of a node's command, cleanup by label
 - records: the store's image row and a run's environment block
 - workflow: the steps `submit` and `orchestrator image ...` share

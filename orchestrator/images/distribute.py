@@ -1,9 +1,15 @@
 """Putting an image on every node without a registry.
 
-Each node's daemon is asked for the image id (one short command per node, in parallel); nodes
-that lack it get one `docker save` stream from the build host, teed to a `docker load` on each of
-them over SSH at the same time. A node that already has the image costs no transfer. With a
-registry named in the cluster file, push once and pull on the nodes instead.
+Each node's daemon is asked for the image id (one short command per node, in parallel); only
+the nodes that lack it take part. Two ways to bring it to them:
+
+- "relay" (the default): the build host sends each layer some node lacks once; the nodes pass
+  it on to each other (relay.py), so time and the build host's bytes barely grow with the
+  number of nodes, and a changed workload moves only its own layer;
+- "star": one `docker save` stream from the build host, teed to a `docker load` on each node
+  over SSH at the same time (N copies through the build host's link; for two-node labs).
+
+With a registry named in the cluster file, push once and pull on the nodes instead.
 """
 
 from __future__ import annotations
@@ -12,30 +18,42 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ImageError, NodeError
-from orchestrator.images.containers import Runner, docker_argv
+from orchestrator.images.containers import docker_argv
+from orchestrator.images.relay import RelayOptions, relay_to_nodes
+from orchestrator.images.targets import (
+    NodeTarget,
+    ProgressFn,
+    Transfer,
+    fan_out_results,
+)
+from orchestrator.images.targets import (
+    reason as _reason,
+)
+from orchestrator.states import Distribution
 from orchestrator.transport.fanout import GroupResult
 
 if TYPE_CHECKING:
     import docker
 
-T = TypeVar("T")
+__all__ = [
+    "DistributionReport",
+    "NodeTarget",
+    "Presence",
+    "ProgressFn",
+    "RelayOptions",
+    "Transfer",
+    "check_presence",
+    "distribute",
+    "fan_out_results",
+    "stream_to_nodes",
+]
 
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 32  # per node: how far the fastest node may run ahead of the slowest
-
-
-@dataclass(frozen=True)
-class NodeTarget:
-    """A node's daemon as seen from here: its name, a runner (Transport) and its docker_host."""
-
-    name: str
-    runner: Runner
-    docker_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,30 +67,23 @@ class Presence:
 
 
 @dataclass(frozen=True)
-class Transfer:
-    node: str
-    bytes_sent: int
-    seconds: float
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
 class DistributionReport:
     tag: str
     image_id: str
     presence: dict[str, Presence]
     transfers: dict[str, Transfer]  # only the nodes that received the image
-    method: str  # "stream" or "registry" or "none"
+    method: str  # "relay", "stream" (the star), "registry" or "none"
+    source_bytes: int = 0  # what the build host sent (the star: every node's copy)
+    payload_bytes: int = 0  # relay: the layers some node lacked, and the config
+    stream_bytes: int = 0  # relay: the stream each node received (payload and framing)
+    layers: tuple[str, ...] = ()  # relay: the diff ids sent
+    incidents: tuple[str, ...] = ()  # relay: what broke on the way (and was recovered)
+    rounds: int = 0  # relay: 1 unless a node had to be fed again
 
     @property
     def bytes_moved(self) -> int:
+        """Bytes the nodes received, all together."""
         return sum(t.bytes_sent for t in self.transfers.values())
-
-
-ProgressFn = Callable[[str, int, int], None]  # node, bytes sent, expected total
 
 
 def inspect_argv(tag: str, docker_host: str | None = None) -> list[str]:
@@ -92,28 +103,6 @@ def node_image_id(target: NodeTarget, tag: str, timeout: float = 30.0) -> str | 
         return None
     last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {result.exit_code}"
     raise ImageError(f"cannot ask the Docker daemon: {last}")
-
-
-def fan_out_results(targets: Sequence[NodeTarget], fn: Callable[[NodeTarget], T]) -> GroupResult[T]:
-    """Run `fn` on every node at once: every node's result or exception, in the targets' order
-    (`.reasons(_reason)` says why each failed one did)."""
-    outcomes: dict[str, T | BaseException] = {}
-    if not targets:
-        return GroupResult(outcomes)
-    with ThreadPoolExecutor(max_workers=min(32, len(targets))) as pool:
-        futures = {t.name: pool.submit(fn, t) for t in targets}
-        for name, future in futures.items():
-            try:
-                outcomes[name] = future.result()
-            except Exception as exc:
-                outcomes[name] = exc
-    return GroupResult(outcomes)
-
-
-def _reason(node: str, exc: BaseException) -> str:
-    if isinstance(exc, NodeError) and node in exc.failures:
-        return exc.failures[node]
-    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
 def _presence(target: NodeTarget, tag: str, timeout: float = 30.0) -> Presence:
@@ -139,6 +128,8 @@ def distribute(
     progress: ProgressFn | None = None,
     registry: str | None = None,
     timeout_s: float = 3600,
+    strategy: Distribution = "relay",
+    relay_options: RelayOptions | None = None,
 ) -> DistributionReport:
     """Make `tag` (as it is on the build host `api`) present on every target node.
 
@@ -155,33 +146,70 @@ def distribute(
     found = fan_out_results(targets, lambda t: _presence(t, tag))
     presence, failures = dict(found.succeeded), found.reasons(_reason)
     missing = [t for t in targets if t.name in presence and not presence[t.name].has(expected)]
-    transfers: dict[str, Transfer] = {}
-    method = "none"
+    report = DistributionReport(tag, expected, presence, {}, "none")
     if missing:
-        method = "registry" if registry else "stream"
         if registry:
             sent = _via_registry(api, tag, registry, missing, timeout_s)
+            transfers = dict(sent.succeeded)
+            failures.update(sent.reasons(_reason))
+            report = DistributionReport(tag, expected, presence, transfers, "registry")
+        elif strategy == "star":
+            report = _star(api, tag, expected, presence, missing, progress, timeout_s, failures)
         else:
-            total = int(api.inspect_image(tag).get("Size") or 0)
-            sent = stream_to_nodes(
-                lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s
+            outcome = relay_to_nodes(
+                api, tag, expected, missing, relay_options, progress, timeout_s
             )
-        transfers = dict(sent.succeeded)
-        failures.update(sent.reasons(_reason))
-        received = [t for t in missing if t.name in transfers]
+            failures.update(outcome.failures)
+            report = DistributionReport(
+                tag,
+                expected,
+                presence,
+                outcome.transfers,
+                "relay",
+                source_bytes=outcome.source_bytes,
+                payload_bytes=outcome.payload_bytes,
+                stream_bytes=outcome.stream_bytes,
+                layers=tuple(outcome.layers),
+                incidents=tuple(outcome.incidents),
+                rounds=outcome.rounds,
+            )
+        # The relay's agents checked the id under the tag themselves before saying done.
+        received = [t for t in missing if t.name in report.transfers and report.method != "relay"]
         after = fan_out_results(received, lambda t: _presence(t, tag))
         failures.update(after.reasons(_reason))
         for name, there in after.succeeded.items():
             if not there.has(expected):
                 failures[name] = f"has {there.image_id or 'nothing'} under {tag}, not {expected}"
         presence.update(after.succeeded)
+        if report.method == "relay":  # checked on the node by its agent, under the tag
+            presence.update({n: Presence(n, expected, 0.0) for n in report.transfers})
     if failures:
         raise NodeError(
             f"putting image {tag} on the nodes failed on {len(failures)} of {len(targets)} node(s)",
             failures,
             "fix those nodes, then run `orchestrator image push-to-nodes` (it skips nodes that have it)",
         )
-    return DistributionReport(tag, expected, presence, transfers, method)
+    return report
+
+
+def _star(
+    api: docker.APIClient,
+    tag: str,
+    expected: str,
+    presence: dict[str, Presence],
+    missing: Sequence[NodeTarget],
+    progress: ProgressFn | None,
+    timeout_s: float,
+    failures: dict[str, str],
+) -> DistributionReport:
+    total = int(api.inspect_image(tag).get("Size") or 0)
+    sent = stream_to_nodes(
+        lambda: api.get_image(tag, chunk_size=CHUNK), missing, total, progress, timeout_s
+    )
+    failures.update(sent.reasons(_reason))
+    transfers = dict(sent.succeeded)
+    moved = sum(t.bytes_sent for t in transfers.values())
+    return DistributionReport(tag, expected, presence, transfers, "stream", source_bytes=moved)
 
 
 def stream_to_nodes(

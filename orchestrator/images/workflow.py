@@ -20,6 +20,7 @@ from orchestrator.images.distribute import DistributionReport, NodeTarget, Progr
 from orchestrator.images.profiles import VendorProfile, load_profile
 from orchestrator.images.records import record_for
 from orchestrator.images.spec import ImageSpec, Sha256Cache, default_cache_path, make_image_spec
+from orchestrator.states import DISTRIBUTIONS, Distribution
 from orchestrator.tables import Dialect, Table, Words
 
 if TYPE_CHECKING:
@@ -40,9 +41,10 @@ class ImageSettings:
     base_image: str | None = None  # overrides the profile's base image
     build_host: str = LOCAL  # 'local' (this machine's daemon) or a node name
     registry: str | None = None  # push/pull through it instead of streaming to each node
+    distribution: Distribution = "relay"  # or "star": the build host streams to every node
 
 
-_IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry"}
+_IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry", "distribution"}
 # The cluster file's words, but for the known keys and the wheels (paths, not any strings).
 IMAGE_TABLE = replace(
     Dialect(),
@@ -61,6 +63,7 @@ def parse_image_table(table: object, source: str) -> ImageSettings:
     base = "metax/c500-pytorch-base:2.19.0.6-ubuntu20.04"
     build_host = "c500-01"             # or "local"
     registry = "registry.lab:5000"     # optional: push/pull instead of streaming
+    distribution = "relay"             # default; "star" streams from the build host to each node
     """
     t = Table(table, source, IMAGE_TABLE, "image", _IMAGE_KEYS)
     vendor, base, build_host, registry = (
@@ -72,6 +75,7 @@ def parse_image_table(table: object, source: str) -> ImageSettings:
         base_image=base,
         build_host=build_host or LOCAL,
         registry=registry,
+        distribution=t.choice("distribution", "relay", DISTRIBUTIONS),
     )
 
 
@@ -140,7 +144,17 @@ def image_spec(
 
 
 def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Any]) -> list[NodeTarget]:
-    return [NodeTarget(n.name, transports[n.name], n.docker_host) for n in nodes]
+    """Each node's daemon, reached through its transport; for a relay, other nodes reach it at
+    its address in the cluster file (the local node at 127.0.0.1)."""
+    return [
+        NodeTarget(
+            n.name,
+            transports[n.name],
+            n.docker_host,
+            relay_address="127.0.0.1" if n.is_local else n.address,
+        )
+        for n in nodes
+    ]
 
 
 @dataclass
@@ -180,6 +194,11 @@ def ensure_image(
         if store is not None:
             record_in_store(store, record)
         report = distribute(
-            api, spec.tag, targets(nodes, transports), progress=progress, registry=settings.registry
+            api,
+            spec.tag,
+            targets(nodes, transports),
+            progress=progress,
+            registry=settings.registry,
+            strategy=settings.distribution,
         )
     return PreparedImage(spec, built, report, record)

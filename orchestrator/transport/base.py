@@ -168,6 +168,29 @@ class RemoteProcess(ABC):
         group is gone (NodeError if it cannot be killed)."""
 
 
+class Pipe(RemoteProcess):
+    """A command whose stdin the controller writes and whose stdout it reads line by line while
+    it runs (`Transport.open_pipe`): a conversation with a program on the node. Unlike `spawn`,
+    the command depends on the controller: closing the pipe closes its stdin."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin. NodeError when the command or the connection is
+        gone, or (over SSH) when it took nothing for the pipe's write timeout."""
+
+    @abstractmethod
+    def close_stdin(self) -> None:
+        """Send EOF (no error if the command is gone)."""
+
+    @abstractmethod
+    def stderr_text(self) -> str:
+        """What the command wrote to stderr so far."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the pipe (idempotent); a command still running sees EOF on stdin."""
+
+
 class Transport(ABC):
     """Commands, process groups and files on one node. Thread-safe: fan-outs and watchers may
     use one transport from several threads at once."""
@@ -257,6 +280,19 @@ class Transport(ABC):
         the controller: if the connection dies it keeps running (and keeps logging) until
         `kill_process_group(transport, pgid)` ends it.
         """
+
+    @abstractmethod
+    def open_pipe(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        write_timeout: float | None = None,
+    ) -> Pipe:
+        """Start argv with its stdin and stdout connected to the returned Pipe and return at
+        once. `write_timeout` (default: the settings' command_timeout_s) bounds each write
+        over SSH; locally a write waits for the command."""
 
     def signal_process_group(self, pgid: int, sig: int = signals.SIGTERM) -> None:
         """Send `sig` to process group `pgid` on the node; no error if the group is gone."""

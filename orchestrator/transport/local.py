@@ -23,6 +23,7 @@ from orchestrator.transport import shell
 from orchestrator.transport.base import (
     CommandResult,
     CommandTimedOut,
+    Pipe,
     ProgressCallback,
     RemoteProcess,
     Stdin,
@@ -130,6 +131,30 @@ class LocalTransport(Transport):
             raise node_error(self.name, f"starting `{words[0]}` (log {log_path})", exc) from exc
         return LocalProcess(self, proc, log_path, start)
 
+    def open_pipe(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        write_timeout: float | None = None,
+    ) -> Pipe:
+        words = check_argv(argv)
+        environment = check_env(env)
+        try:
+            proc = subprocess.Popen(
+                shell.local_exec_argv(words, cwd),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._environ(environment),
+                start_new_session=True,
+                bufsize=0,
+            )
+        except OSError as exc:
+            raise node_error(self.name, f"starting `{words[0]}`", exc) from exc
+        return LocalPipe(self, proc, words)
+
     # -- files --------------------------------------------------------------------------------
 
     def put_file(self, local: Path, remote: str) -> None:
@@ -212,6 +237,54 @@ class LocalProcess(StreamedProcess):
                         time.sleep(_LOG_POLL_S)
         except OSError as exc:
             self._finish(None, node_error(self.node, f"following log {log}", exc))
+
+
+class LocalPipe(StreamedProcess, Pipe):
+    """A local command with pipes; threads read its stdout lines and its stderr."""
+
+    def __init__(
+        self, transport: LocalTransport, proc: subprocess.Popen[bytes], argv: Sequence[str]
+    ) -> None:
+        super().__init__(transport, proc.pid)  # start_new_session: pid == pgid
+        self._proc, self._argv = proc, tuple(argv)
+        self._err = bytearray()
+        threading.Thread(target=self._read, name=f"pipe-{proc.pid}", daemon=True).start()
+        threading.Thread(target=self._read_err, name=f"pipe-err-{proc.pid}", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        while data := self._proc.stdout.read(1 << 16):
+            self._feed(data)
+        self._finish(shell_exit_code(self._proc.wait()))
+
+    def _read_err(self) -> None:
+        assert self._proc.stderr is not None
+        while data := self._proc.stderr.read(1 << 16):
+            self._err += data
+
+    def write(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(data)
+        except (OSError, ValueError) as exc:
+            raise node_error(self.node, f"writing to `{self._argv[0]}`", exc) from None
+
+    def close_stdin(self) -> None:
+        try:
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        except OSError:
+            pass
+
+    def stderr_text(self) -> str:
+        return bytes(self._err).decode("utf-8", errors="replace")
+
+    def kill_tree(self, grace_s: float = 5.0) -> None:
+        super().kill_tree(grace_s)
+        self.close()
+
+    def close(self) -> None:
+        self.close_stdin()
 
 
 class _StdinFeeder(threading.Thread):

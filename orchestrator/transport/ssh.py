@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import stat
 import threading
 import time
@@ -27,6 +28,7 @@ from orchestrator.transport.base import (
     CommandResult,
     CommandTimedOut,
     NodeUnreachable,
+    Pipe,
     ProgressCallback,
     RemoteProcess,
     Stdin,
@@ -230,6 +232,21 @@ class SshTransport(Transport):
         chan = self._channel(line, f"starting `{words[0]}`", limit)
         chan.shutdown_write()
         return SshProcess(self, chan, words, log_path, limit)
+
+    def open_pipe(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        write_timeout: float | None = None,
+    ) -> Pipe:
+        words = check_argv(argv)
+        limit = self._timeout(write_timeout)
+        chan = self._channel(
+            shell.run_line(words, check_env(env), cwd), f"starting `{words[0]}`", limit
+        )
+        return SshPipe(self, chan, words, limit)
 
     # -- files (SFTP, one session per connection, used by one thread at a time) ---------------
 
@@ -459,6 +476,82 @@ class SshProcess(StreamedProcess):
                 if self.pgid < 0:
                     self._startup.append(line)
                 self._feed(raw + b"\n")  # the wrapper's own complaints, e.g. a bad log path
+
+
+class SshPipe(StreamedProcess, Pipe):
+    """A command on an exec channel: we write its stdin, a thread reads its stdout lines and
+    its stderr (whose first line is the `run_line` pid marker: the process group to kill)."""
+
+    def __init__(
+        self, transport: SshTransport, chan: paramiko.Channel, argv: Sequence[str], timeout: float
+    ) -> None:
+        super().__init__(transport, -1)
+        self._chan, self._ssh, self._argv, self._timeout_s = chan, transport, tuple(argv), timeout
+        self._err = bytearray()
+        self._err_lock = threading.Lock()
+        chan.settimeout(timeout)  # bounds sendall; the reader only receives what is ready
+        threading.Thread(target=self._read, name=f"pipe-{transport.name}", daemon=True).start()
+
+    def _read(self) -> None:
+        chan = self._chan
+        try:
+            while True:
+                while chan.recv_ready():
+                    self._feed(chan.recv(_READ_SIZE))
+                while chan.recv_stderr_ready():
+                    self._stderr(chan.recv_stderr(_READ_SIZE))
+                if (chan.eof_received or chan.closed) and not (
+                    chan.recv_ready() or chan.recv_stderr_ready()
+                ):
+                    break
+                select.select([chan], [], [], 0.5)
+            _await_exit(chan, time.monotonic() + _DRAIN_S)
+        except (paramiko.SSHException, OSError, EOFError):
+            pass
+        if chan.exit_status_ready() and chan.exit_status >= 0:
+            self._finish(chan.exit_status)
+        elif not self._ssh.is_active:
+            self._finish(None, self._ssh._lost(f"talking to `{self._argv[0]}`"))
+        else:
+            self._finish(255)  # closed without a status, as ssh(1) reports it
+
+    def _stderr(self, data: bytes) -> None:
+        with self._err_lock:
+            self._err += data
+            if self.pgid < 0 and b"\n" in self._err:
+                self._err, pid = _strip_pid_line(self._err)
+                self.pgid = pid if pid is not None else 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._chan.sendall(data)
+        except socket.timeout:
+            raise NodeError(
+                "writing to a command failed",
+                {self.node: f"`{self._argv[0]}` took no input for {self._timeout_s:g}s"},
+            ) from None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if not self._ssh.is_active:
+                raise self._ssh._lost(f"writing to `{self._argv[0]}`", exc) from None
+            raise node_error(self.node, f"writing to `{self._argv[0]}`", exc) from None
+
+    def close_stdin(self) -> None:
+        try:
+            self._chan.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+
+    def stderr_text(self) -> str:
+        with self._err_lock:
+            return self._err.decode("utf-8", errors="replace")
+
+    def kill_tree(self, grace_s: float = 5.0) -> None:
+        if self.pgid > 1:
+            super().kill_tree(grace_s)
+        self.close()
+
+    def close(self) -> None:
+        self._chan.close()
 
 
 class _ChannelFeeder(threading.Thread):

@@ -1,6 +1,9 @@
-"""Distribution without a registry: `docker save` streamed into `docker load` over real SSH,
-to real per-node Docker daemons, only where the image is missing."""
+"""Distribution without a registry, to real per-node Docker daemons over real SSH, only where the
+image is missing: the star (`docker save` streamed into `docker load` on every node), and the
+relay (the default) through the same commands. tests/integration/test_image_relay.py tests the
+relay on shaped links."""
 
+import re
 import subprocess
 from dataclasses import replace
 
@@ -16,7 +19,7 @@ from orchestrator.transport import NodeSession
 pytestmark = [pytest.mark.docker, pytest.mark.sshd]
 
 
-def test_image_goes_only_where_missing_and_a_second_time_moves_nothing(
+def test_the_star_sends_only_where_missing_and_a_second_time_moves_nothing(
     docker_nodes, small_image, docker_api
 ):
     cluster = docker_nodes(2)
@@ -30,8 +33,10 @@ def test_image_goes_only_where_missing_and_a_second_time_moves_nothing(
             image.spec.tag,
             targets(cluster.nodes, session.transports),
             progress=lambda node, sent, total: seen.append((node, sent, total)),
+            strategy="star",
         )
         assert first.method == "stream"
+        assert first.source_bytes == sum(t.bytes_sent for t in first.transfers.values())
         assert set(first.transfers) == {n.name for n in cluster.nodes}
         for transfer in first.transfers.values():
             assert transfer.bytes_sent > 48e6
@@ -54,7 +59,9 @@ def test_image_goes_only_where_missing_and_a_second_time_moves_nothing(
         assert all(p.image_id == image.built.image_id for p in second.presence.values())
 
         cluster.daemons[1].remove_image(image.spec.tag)
-        third = distribute(docker_api, image.spec.tag, targets(cluster.nodes, session.transports))
+        third = distribute(
+            docker_api, image.spec.tag, targets(cluster.nodes, session.transports), strategy="star"
+        )
         assert set(third.transfers) == {cluster.nodes[1].name}
 
 
@@ -142,6 +149,8 @@ def test_cli_ls_and_push_to_nodes(docker_nodes, small_image, cli_snapshot, docke
         assert pushed.returncode == 0, pushed.stderr
         for node in cluster.nodes:
             assert f"{node.name}: received" in pushed.stderr
+        # The default; earlier tests may have left the base layer on the nodes.
+        assert re.search(r"by relay: [1-3] layer\(s\) and the config", pushed.stderr)
         after = cli("image", "ls")
         assert after.stdout.count("present") == 3 and "missing" not in after.stdout
         again = cli("image", "push-to-nodes")
@@ -155,7 +164,9 @@ def test_cli_ls_and_push_to_nodes(docker_nodes, small_image, cli_snapshot, docke
         new_tag = remade.stdout.strip()
         tags.append(new_tag)
         assert new_tag != tag
-        assert cli("image", "push-to-nodes").returncode == 0
+        starred = cli("image", "push-to-nodes", "--distribution", "star")
+        assert starred.returncode == 0, starred.stderr
+        assert "by star: the build host sent" in starred.stderr
         dry = cli("image", "prune", "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert dry.stdout.count(f"would remove {tag}") == 3 and new_tag not in dry.stdout
@@ -256,6 +267,7 @@ def test_ensure_image_builds_records_and_distributes_once(
             tags.append(first.tag)
             assert not first.built.reused and first.built.build_seconds > 0
             assert first.distribution is not None
+            assert first.distribution.method == "relay"  # what submit uses by default
             assert set(first.distribution.transfers) == {n.name for n in cluster.nodes}
             second = ensure_image(cluster, cluster.nodes, session.transports, store=store)
         assert second.tag == first.tag and second.built.reused

@@ -174,6 +174,43 @@ def test_failing_stdin_source_is_reported(transport: Transport) -> None:
     assert "docker save died" in caught.value.one_line()
 
 
+ECHO_UPPER = "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)\nprint('bye', file=sys.stderr)\nsys.exit(3)"
+
+
+def test_a_pipe_is_a_conversation_with_a_command(transport: Transport) -> None:
+    pipe = transport.open_pipe(["python3", "-c", ECHO_UPPER], write_timeout=10)
+    try:
+        pipe.write(b"hello\nwor")
+        assert wait_until(lambda: pipe.poll() is None)
+        got = pipe.lines(10)
+        assert got == ["HELLO"]  # an answer while it runs; the half line waits
+        pipe.write(b"ld\n")
+        assert pipe.lines(10) == ["WORLD"]
+        pipe.close_stdin()
+        assert pipe.wait(10) == 3
+        assert pipe.stderr_text() == "bye\n"  # without the pid marker of the SSH command line
+    finally:
+        pipe.close()
+
+
+def test_a_pipe_that_is_killed_leaves_nothing_and_writes_to_it_fail(
+    transport: Transport, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 300 & echo $! > {pidfile}; cat"
+    pipe = transport.open_pipe(["sh", "-c", script], write_timeout=5)
+    assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+    child = int(pidfile.read_text())
+    assert wait_until(lambda: pipe.pgid > 1)  # over SSH: known once the pid marker came
+    pipe.kill_tree(1.0)
+    assert wait_until(lambda: not alive(child)) and not group_members(pipe.pgid)
+    with pytest.raises(NodeError) as err:
+        for _ in range(50):  # the first writes may still land in a buffer
+            pipe.write(b"x" * 65536)
+            time.sleep(0.05)
+    assert transport.name in err.value.failures
+
+
 def test_spawn_preserves_exit_code_and_streams_lines_into_the_log(
     transport: Transport, tmp_path: Path
 ) -> None:

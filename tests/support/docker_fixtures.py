@@ -21,8 +21,10 @@ import base64
 import hashlib
 import io
 import os
+import random
 import shutil
 import subprocess
+import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -229,6 +231,59 @@ def small_image(
             pass
 
 
+# -- layered images without a base image or a package ---------------------------------------
+
+
+def _blob(seed: str, size_mb: int) -> bytes:
+    """size_mb MB of incompressible bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size_mb << 20)
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def layered_image(
+    api: Any, name: str, sizes_mb: tuple[int, ...], change: str = ""
+) -> tuple[str, list[str]]:
+    """An image of len(sizes_mb) + 1 layers, made without a registry: an imported base of
+    sizes_mb[0] MB of incompressible bytes, one COPY layer per further size, and this checkout's
+    workload on top (with one file changed when `change` is given). Returns (tag, diff ids).
+    Tagged by content: the same arguments give the same layers and reuse the image."""
+    base = f"orchestrator-test/{name}-base:{sizes_mb[0]}"
+    if image_id(api, base) is None:
+        api.import_image_from_data(
+            _tar({"data0/blob": _blob(f"{name}-0", sizes_mb[0])}), repository=base.split(":")[0],
+            tag=str(sizes_mb[0]),
+        )  # fmt: skip
+    members = {f"data{i}/blob": _blob(f"{name}-{i}", mb) for i, mb in enumerate(sizes_mb) if i}
+    for path in sorted((REPO / "workload").rglob("*.py")):
+        members[f"workload/{path.relative_to(REPO / 'workload')}"] = path.read_bytes()
+    if change:
+        members["workload/faster_rcnn/__init__.py"] += f"# {change}\n".encode()
+    lines = [f"FROM {base}"] + [f"COPY data{i}/ /data{i}/" for i in range(1, len(sizes_mb))]
+    members["Dockerfile"] = "\n".join(
+        [*lines, "COPY workload/ /opt/orchestrator/workload/", ""]
+    ).encode()
+    digest = hashlib.sha256()
+    for member, data in sorted(members.items()):
+        digest.update(f"{member} {hashlib.sha256(data).hexdigest()}\n".encode())
+    tag = f"orchestrator-test/{name}:{digest.hexdigest()[:16]}"
+    if image_id(api, tag) is None:
+        for event in api.build(
+            fileobj=io.BytesIO(_tar(members)), custom_context=True, tag=tag, rm=True, decode=True
+        ):
+            if "error" in event:
+                raise RuntimeError(f"building {tag} failed: {event['error']}")
+    return tag, list(api.inspect_image(tag)["RootFS"]["Layers"])
+
+
 # -- per-node Docker daemons -----------------------------------------------------------------
 
 
@@ -244,6 +299,7 @@ class NodeDaemon:
     socket: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    netns: str | None = None  # run in this network namespace (its own, so --bridge=none is safe)
 
     @property
     def docker_host(self) -> str:
@@ -259,21 +315,25 @@ class NodeDaemon:
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True)
         self.socket.unlink(missing_ok=True)
-        with open(self.log, "wb") as log:
+        argv = [
+            "dockerd",
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.exec_root),
+            "--pidfile",
+            str(self.pidfile),
+            "-H",
+            self.docker_host,
+            "--iptables=false",
+            "--ip-masq=false",
+        ]
+        if self.netns:
+            # nsenter, not `ip netns exec`: that mounts a fresh /sys without the cgroups dockerd needs
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv, "--bridge=none"]
+        with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    "dockerd",
-                    "--data-root",
-                    str(self.data_root),
-                    "--exec-root",
-                    str(self.exec_root),
-                    "--pidfile",
-                    str(self.pidfile),
-                    "-H",
-                    self.docker_host,
-                    "--iptables=false",
-                    "--ip-masq=false",
-                ],
+                argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -299,10 +359,10 @@ class NodeDaemon:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
-        # dockerd leaves its network namespace bind-mounted in the exec root.
-        netns = self.exec_root / "netns" / "default"
-        if os.path.ismount(netns):
-            subprocess.run(["umount", str(netns)], capture_output=True)
+        # dockerd leaves its network namespace bind-mounted in the exec root, and a killed one
+        # its private bind mount of the data root's overlay2 folder: unmount what is left.
+        for mount in self._mounts():
+            subprocess.run(["umount", "-l", mount], capture_output=True)
         for path in (self.data_root, self.exec_root):
             shutil.rmtree(path, ignore_errors=True)
         self.socket.unlink(missing_ok=True)
@@ -310,6 +370,17 @@ class NodeDaemon:
 
     def remove_image(self, tag: str) -> None:
         self.docker("rmi", "-f", tag, check=False)
+
+    def _mounts(self) -> list[str]:
+        """Mount points under the data and exec roots, deepest first."""
+        roots = (f"{self.data_root}/", f"{self.exec_root}/")
+        points = []
+        with open("/proc/self/mountinfo") as info:
+            for line in info:
+                point = line.split()[4]
+                if (point + "/").startswith(roots):
+                    points.append(point)
+        return sorted(set(points), key=len, reverse=True)
 
 
 def start_node_daemons(

@@ -29,3 +29,12 @@ def test_command_line_overrides_the_cluster_settings():
     object.__setattr__(cluster, "image", ImageSettings(wheels=("/a",), registry="r:1"))
     merged = settings_for(cluster, wheels=("/b",), vendor=None, build_host="n1")
     assert merged == ImageSettings(wheels=("/b",), build_host="n1", registry="r:1")
+
+
+def test_distribution_is_relay_unless_the_image_table_says_star():
+    assert parse_image_table({}, "c.toml").distribution == "relay"
+    assert parse_image_table({"distribution": "star"}, "c.toml").distribution == "star"
+    with pytest.raises(
+        ConfigError, match="image.distribution must be one of relay, star, got 'tree'"
+    ):
+        parse_image_table({"distribution": "tree"}, "c.toml")

@@ -104,7 +104,8 @@ def epoch_charts(epochs_by_run: Mapping[str, Sequence[Mapping[Any, Any]]]) -> li
         ("p_train", "p_train per epoch", "img/s"),
     ):
         datasets = [
-            line(run_id, [(e["epoch"], e[key]) for e in epochs if e[key] is not None])
+            # people count epochs from 1 (as the CLI); the store keeps the workload's 0-based index
+            line(run_id, [(e["epoch"] + 1, e[key]) for e in epochs if e[key] is not None])
             for run_id, epochs in epochs_by_run.items()
         ]
         if any(d["data"] for d in datasets):

@@ -5,6 +5,7 @@ sorting and pagination, escaping, 401 / 405, no stack trace, and a connection th
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -149,6 +150,14 @@ def test_run_page_shows_the_run(client: TestClient, web_store_url: str) -> None:
     )
     assert "InfiniBand, 2 x 200 Gb/sec (4X HDR)" in page.text
     assert "history of this configuration" in page.text
+    # Epochs count from 1, in the table and on the charts' x axis, as in the CLI.
+    table = page.text.split('id="epochs"', 1)[1].split("</table>", 1)[0]
+    assert re.findall(r'<tr>\s*<td class="num">(\d+)</td>', table) == ["1", "2"]
+    charts = re.findall(
+        r'<script type="application/json" id="epoch-chart-\d+">(.*?)</script>', page.text
+    )
+    xs = {p["x"] for c in charts for d in json.loads(c)["datasets"] for p in d["data"]}
+    assert charts and xs == {1, 2}
     # A prefix of the id finds the run; an unknown one is a 404 that says so.
     assert client.get("/runs/20260114-1015").status_code == 200
     missing = client.get("/runs/no-such-run")

@@ -49,6 +49,7 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "orchestrator/config.py": None,
     "orchestrator/campaign.py": None,
     "orchestrator/tables.py": None,
+    "orchestrator/images/layers.py": None,
 }
 # What the unit tests read besides orchestrator/ and tests/.
 ALSO_COPY = [

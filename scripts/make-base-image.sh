@@ -4,22 +4,38 @@
 # debootstrap parameters, so the image is made once per machine and reused by content.
 #   scripts/make-base-image.sh              -> prints e.g. orchestrator/base-bookworm:3f2a9c0d1e4b5a67
 #   scripts/make-base-image.sh --print-ref  -> only prints the reference it would make
+#   scripts/make-base-image.sh --without-python -> orchestrator/base-bookworm-nopython:<tag>, a
+#       base like a CUDA runtime image: no python3, no InfiniBand libraries (the tests of the
+#       image's system stage build on it)
 # Env: BASE_SUITE (bookworm), BASE_MIRROR (http://deb.debian.org/debian), BASE_NAME
 # (orchestrator/base-bookworm), DOCKER_HOST (which daemon to import into).
 set -euo pipefail
 log() { echo "$*" >&2; }
 
+print_ref=false; python=true
+for arg in "$@"; do
+  case "$arg" in
+    --print-ref) print_ref=true ;;
+    --without-python) python=false ;;
+    *) log "unknown option $arg (use --print-ref, --without-python)"; exit 2 ;;
+  esac
+done
 suite="${BASE_SUITE:-bookworm}"
 mirror="${BASE_MIRROR:-http://deb.debian.org/debian}"
-name="${BASE_NAME:-orchestrator/base-${suite}}"
 variant="minbase"
-include="python3,python3-venv,python3-pip,ca-certificates"
+if $python; then
+  name="${BASE_NAME:-orchestrator/base-${suite}}"
+  include="python3,python3-venv,python3-pip,ca-certificates"
+else
+  name="${BASE_NAME:-orchestrator/base-${suite}-nopython}"
+  include="ca-certificates"
+fi
 # Bump `recipe` when this script changes what goes into the image.
 recipe="1"
 tag="$(printf 'recipe=%s\nsuite=%s\nvariant=%s\ninclude=%s\nmirror=%s\n' \
   "$recipe" "$suite" "$variant" "$include" "$mirror" | sha256sum | cut -c1-16)"
 ref="${name}:${tag}"
-if [ "${1:-}" = "--print-ref" ]; then echo "$ref"; exit 0; fi
+if $print_ref; then echo "$ref"; exit 0; fi
 
 if docker image inspect "$ref" >/dev/null 2>&1; then
   log "base image $ref already present"

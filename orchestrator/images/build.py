@@ -11,11 +11,12 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import tarfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,19 @@ class BuildObserver:
     on_step: Callable[[int, int, str], None] | None = None  # step n of m began: instruction
     on_upload: Callable[[int, int], None] | None = None  # context bytes sent, total
     lines: list[str] = field(default_factory=list)
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "ftp_proxy")
+
+
+def proxy_build_args(environ: Mapping[str, str]) -> dict[str, str]:
+    """The build host's proxy settings, for Docker's predefined proxy build arguments."""
+    return {
+        name: environ[name]
+        for variable in PROXY_VARIABLES
+        for name in (variable, variable.upper())
+        if environ.get(name)
+    }
 
 
 def open_api(docker_host: str | None = None, timeout: float = 600) -> docker.APIClient:
@@ -234,6 +248,10 @@ def build_image(
                 nocache=rebuild,
                 decode=True,
                 timeout=int(timeout_s),
+                # The system stage may install packages: the build host's own network (and its
+                # proxy, which Docker keeps out of the image's history) reach the mirrors.
+                network_mode="host",
+                buildargs=proxy_build_args(os.environ),
             )
             for event in stream:
                 if "error" in event:
@@ -243,7 +261,7 @@ def build_image(
                     log.write(f"ERROR: {detail}\n")
                     tail = [*step_lines, detail]
                     raise ImageBuildError(
-                        f"build of {spec.tag} failed at {step_header}: {detail}",
+                        f"build of {spec.tag} failed at {_failure(step_header, detail, tail)}",
                         f"full log: {log_path}",
                         tail,
                         str(log_path),
@@ -262,7 +280,7 @@ def build_image(
                         step_lines.clear()
                         _notify_step(observer, step_header)
                     else:
-                        step_lines.append(line.rstrip())
+                        step_lines.append(_ANSI.sub("", line).rstrip())
                     observer.lines.append(line)
                     if observer.on_line:
                         observer.on_line(line)
@@ -312,6 +330,34 @@ def _built(
         reused=reused,
         created=info.get("Created"),
     )
+
+
+STEP_TITLE_CHARS = 100
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the daemon colours a step's stderr
+# The builder's own lines between a step's output and its error.
+_DOCKER_CHATTER = re.compile(r"^\s*(---> |Removing intermediate container )")
+
+
+def _failure(step_header: str, detail: str, step_lines: list[str]) -> str:
+    """The failed step in one line: its title (a long RUN cut short) and what it said last.
+
+    Docker's own detail repeats the whole command; a step's last output line (our scripts end
+    with `error: ...`) says why it failed."""
+    title = step_header
+    if len(title) > STEP_TITLE_CHARS:
+        title = title[: STEP_TITLE_CHARS - 1].rstrip() + "…"
+    code = re.search(r"returned a non-zero code: (\d+)", detail)
+    said = next(
+        (
+            line.strip()
+            for line in reversed(step_lines[:-1])
+            if line.strip() and not _DOCKER_CHATTER.match(line)
+        ),
+        "",
+    )
+    if code and said:
+        return f"{title}: exit {code.group(1)}: {said}"
+    return f"{title}: {detail}"
 
 
 def _short(exc: BaseException) -> str:

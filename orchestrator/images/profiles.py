@@ -26,6 +26,7 @@ PROFILE_FILE = "profile.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_ULIMITS = ("memlock=-1", "stack=67108864")
+INFINIBAND_DEVICES = "/dev/infiniband"
 
 MAX_LABEL = 64  # runs.hardware_label is a string of at most 64 characters
 
@@ -96,6 +97,14 @@ class VendorProfile:
     venv_options: tuple[str, ...]
     runtime: RuntimeOptions
     source: str  # the profile file, for messages
+
+    @property
+    def uses_infiniband(self) -> bool:
+        """Its containers get /dev/infiniband: its image needs the verbs libraries for NCCL."""
+        return any(
+            d == INFINIBAND_DEVICES or d.startswith(INFINIBAND_DEVICES + "/")
+            for d in self.runtime.devices
+        )
 
 
 def available_profiles(root: Path | None = None) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import VendorProfile
+from orchestrator.images.system_setup import system_setup_script
 
 SPEC_VERSION = "orchestrator-image-spec 1"
 REPOSITORY_PREFIX = "orchestrator"
@@ -100,6 +101,7 @@ def render_dockerfile(profile: VendorProfile, base_image: str | None = None) -> 
         "python": shlex.quote(profile.python),
         "venv_options": shlex.join(profile.venv_options),
         "requirements": shlex.join(profile.requirements),
+        "system_setup": system_setup_script(profile.python, profile.uses_infiniband),
     }
 
     def fill(match: re.Match[str]) -> str:

@@ -3,6 +3,7 @@
 Session fixtures (built once, reused by content across sessions on the same machine):
 - `docker_api`: the local daemon (fails, never skips, when it is not running).
 - `base_image`: the debootstrap bookworm base (scripts/make-base-image.sh), tagged by content.
+- `base_image_without_python`: the same without python3 (a CUDA runtime image stand-in).
 - `wheelhouse`: torch 2.14.1, torchvision 0.29.1, pycocotools wheels (scripts/make-wheelhouse.sh)
   in /var/cache/orchestrator-test/wheelhouse (or $ORCHESTRATOR_TEST_WHEELHOUSE).
 - `cpu_image`: the `cpu` profile's image built from that wheelhouse: (ImageSpec, BuiltImage).
@@ -75,6 +76,14 @@ def docker_api() -> Iterator[Any]:
 def base_image(docker_api: Any) -> str:
     """The bookworm base image reference (made once per machine, ~70 s the first time)."""
     ref = _script("make-base-image.sh")
+    assert image_id(docker_api, ref) is not None
+    return ref
+
+
+@pytest.fixture(scope="session")
+def base_image_without_python(docker_api: Any) -> str:
+    """A bookworm base like a CUDA runtime image: no python3, no InfiniBand libraries."""
+    ref = _script("make-base-image.sh", "--without-python")
     assert image_id(docker_api, ref) is not None
     return ref
 

@@ -87,7 +87,7 @@ def test_a_new_vendor_is_a_folder_of_data(tmp_path):
     assert p.runtime.devices == ("/dev/xpu0", "/dev/xpuctrl")
     assert p.runtime.shm_size == "8g"
     assert p.runtime.ulimits == ("memlock=-1", "stack=67108864")  # the default: RDMA-ready
-    assert "FROM vendor/xpu-base:1.0 AS builder" in render_dockerfile(p)
+    assert "FROM vendor/xpu-base:1.0 AS system" in render_dockerfile(p)
 
 
 def test_a_vendor_template_of_its_own_wins(tmp_path):

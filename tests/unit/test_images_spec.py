@@ -38,7 +38,10 @@ def test_rendered_dockerfile_matches_golden(vendor):
 
 def test_final_stage_copies_the_venv_not_the_wheels():
     text = render_dockerfile(load_profile("metax-c500"))
-    builder, final = text.split("\nFROM ", 1)[1].split("\nFROM ", 1)
+    system, builder, final = text.split("\nFROM ")[1:]
+    assert system.startswith("metax/c500-pytorch-base:2.19.0.6-ubuntu20.04 AS system\n")
+    assert "wheels" not in system
+    assert builder.startswith("system AS builder\n") and final.startswith("system\n")
     assert "COPY wheels/" in builder and "--no-index" in builder
     assert "wheels" not in final
     assert "COPY --from=builder /opt/venv /opt/venv" in final

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -67,7 +66,5 @@ def test_the_nvidia_profile_builds_on_a_base_without_python_and_gets_the_ib_libr
             "libibverbs.so.1 ",
             "libmlx5.so.1 ",
         ]
-        log = Path(built.log_path or "").read_text()
-        assert "base image lacks: python-with-venv infiniband-libraries; installing" in log
     finally:
         docker_api.remove_image(built.tag, force=True)

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from orchestrator.errors import ConfigError
 from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
 from orchestrator.states import PRECISIONS, Precision, Runtime
+from orchestrator.tables import control_character
 
 WORKLOAD_MODULE = "workload.faster_rcnn"
 # Short names admins type (`--set bs=16`), mapped to the workload's hyper-parameter keys.
@@ -41,6 +42,8 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise ConfigError(
                 f"--set {item!r} is not key=value", "write e.g. --set bs=16 --set lr=0.16"
             )
+        if control_character(item) is not None:  # it reaches command lines and sbatch scripts
+            raise ConfigError(f"--set {item!r} holds a control character", "write it on one line")
         result[HPARAM_ALIASES.get(key, key)] = value.strip()
     return result
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import VendorProfile
+from orchestrator.tables import control_character
 
 SPEC_VERSION = "orchestrator-image-spec 1"
 REPOSITORY_PREFIX = "orchestrator"
@@ -101,6 +102,15 @@ def render_dockerfile(profile: VendorProfile, base_image: str | None = None) -> 
         "venv_options": shlex.join(profile.venv_options),
         "requirements": shlex.join(profile.requirements),
     }
+
+    for key, value in values.items():  # the profile loader refuses these; --base comes here
+        found = control_character(value)
+        if found is not None:
+            raise ImageError(
+                f"the Dockerfile's {key} {value!r} holds the control character {found}: it "
+                "would start another instruction",
+                "write it on one line (the profile, --base)",
+            )
 
     def fill(match: re.Match[str]) -> str:
         key = match.group(1)

@@ -137,3 +137,32 @@ def test_an_allocation_with_a_host_name_that_is_no_safe_path_part_names_no_slot(
     assert [s.name for s in execute._allocated(plan, tmp_path)] == ["n1", "n2"]
     (tmp_path / "nodelist").write_text("n1\n../../x\n")
     assert execute._allocated(plan, tmp_path) == ()
+
+
+def test_the_ssh_collection_fails_naming_a_link_it_left_out(tmp_path: Path) -> None:
+    from orchestrator.backends.ssh.launch import collect
+    from orchestrator.plan import build_plan, make_job
+    from orchestrator.specs import CaseSettings, ClusterSpec, NodeSpec, SshSettings, Topology
+    from orchestrator.transport.fanout import NodeSession
+
+    node = NodeSpec("n1", "local", workdir=str(tmp_path / "node"))
+    cluster = ClusterSpec(
+        name="lab", vendor="cpu", nodes=(node,), case=CaseSettings(data_dir="/d"), source="x"
+    )
+    job = make_job(cluster, Topology.parse("1x1"), (node,), run_id="r1")
+    plan = build_plan(job, workload_hash="0" * 16)
+    (np_,) = plan.nodes
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("PRIVATE KEY")
+    Path(np_.output_dir).mkdir(parents=True)
+    Path(np_.output_dir, "rank-00000.json").write_text("{}")
+    Path(np_.output_dir, "x").symlink_to(secret)
+    Path(np_.log_path).write_text("log\n")
+    local = tmp_path / "run"
+    with NodeSession([node], SshSettings()) as session:
+        problems = collect(session, plan, local, 30.0)
+    assert sorted(p.name for p in (local / "ranks").iterdir()) == ["rank-00000.json"]
+    assert (local / "logs" / "n1.log").read_text() == "log\n"
+    assert list(problems) == ["n1"]
+    assert "left out of ranks/: x (not a regular file" in problems["n1"]
+    assert not Path(np_.run_dir).exists()  # the node's run folder is removed all the same

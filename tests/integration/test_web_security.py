@@ -220,3 +220,22 @@ def test_security_headers_on_every_response(tokened: TestClient) -> None:
 )
 def test_host_names(header: str, name: str) -> None:
     assert host_name(header) == name
+
+
+def test_the_names_a_server_answers_to() -> None:
+    import socket
+
+    from orchestrator.web.server import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1") == ("127.0.0.1", "::1", "localhost")
+    assert allowed_hosts("127.0.0.2", ["Results.Lab.example"]) == (
+        "127.0.0.1",
+        "127.0.0.2",
+        "::1",
+        "localhost",
+        "results.lab.example",
+    )
+    every = allowed_hosts("0.0.0.0")
+    assert "0.0.0.0" not in every and "localhost" in every
+    assert socket.gethostname().lower() in every
+    assert "evil.example" not in every

@@ -21,6 +21,9 @@ from pathlib import Path
 # '.', '_' and '-'. Host names, Slurm node names and rank-00000.json all fit.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SAFE_NAME_WORDS = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# A run id names folders on the nodes and here (runs/<run id>) and Slurm jobs: the same
+# alphabet, at most 64 characters (runs.run_id's width).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def is_safe_name(name: object) -> bool:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 from orchestrator.errors import ConfigError
+from orchestrator.pathnames import RUN_ID_PATTERN
 from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
 from orchestrator.states import PRECISIONS, Precision, Runtime
 from orchestrator.tables import control_character
@@ -263,6 +264,11 @@ def make_job(
     submitted_by: str = "",
 ) -> JobSpec:
     """Cluster defaults (case.hparams) overridden by the command line's --set."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):  # it names folders here, on nodes, in Slurm
+        raise ConfigError(
+            f"run id {run_id!r} is not 1-64 letters, digits, '.', '_' or '-'",
+            "let orchestrator name the run",
+        )
     hparams = {HPARAM_ALIASES.get(k, k): v for k, v in cluster.case.hparams.items()}
     hparams.update(sets or {})
     check_hparams(hparams, precision)

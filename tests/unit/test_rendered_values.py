@@ -175,3 +175,13 @@ def test_the_sbatch_script_refuses_a_value_that_escaped_every_loader() -> None:
         )
     assert "'--partition=gpu\\n#SBATCH --uid=0'" in err.value.one_line()
     assert "it would become a line of the sbatch script" in err.value.one_line()
+
+
+@pytest.mark.parametrize("run_id", ["../x", "r1\n", "a/b", ".r", "r" * 65])
+def test_a_run_id_that_is_not_a_safe_path_part_makes_no_job(run_id: str) -> None:
+    cluster = ClusterSpec(
+        name="lab", vendor="cpu", nodes=(), case=CaseSettings(data_dir="/d"), source="x"
+    )
+    assert make_job(cluster, Topology.parse("1x1"), (), run_id="r" * 64).run_id == "r" * 64
+    with pytest.raises(ConfigError, match="run id"):
+        make_job(cluster, Topology.parse("1x1"), (), run_id=run_id)

@@ -31,7 +31,7 @@ from typing import Any
 from orchestrator.config import tomllib
 from orchestrator.errors import ConfigError, TopologyError
 from orchestrator.specs import Topology
-from orchestrator.tables import Dialect, Table, Words
+from orchestrator.tables import Dialect, Table, Words, control_character
 
 PRECISIONS = ("fp32", "amp", "fp16")
 MAX_RUNS = 10_000
@@ -104,6 +104,9 @@ def _scalar_sets(table: Table) -> tuple[tuple[str, str], ...]:
         if isinstance(value, Mapping | list) or value is None:
             table.fail(key, "must be a number or a string", "e.g. lr = 0.16")
         text = str(value).lower() if isinstance(value, bool) else str(value)
+        found = control_character(f"{key}{text}")
+        if found is not None:  # the values reach the workload's command line and scripts
+            table.fail(key, f"holds the control character {found}", "write it on one line")
         items.append((str(key), text))
     return tuple(items)
 

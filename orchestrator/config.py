@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
+from orchestrator.pathnames import SAFE_NAME_WORDS, is_safe_name
 from orchestrator.specs import (
     DEFAULT_FOLLOWER_GRACE_S,
     MIN_FOLLOWER_GRACE_S,
@@ -19,7 +20,7 @@ from orchestrator.specs import (
     SshSettings,
 )
 from orchestrator.states import BACKENDS, RUNTIMES
-from orchestrator.tables import REQUIRED, Dialect, Table, Words
+from orchestrator.tables import REQUIRED, Dialect, Table, Words, control_character
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,8 +77,11 @@ def _node(
         not_table=Words("{source}: {key} must be a table", "write each node as [[nodes]]"),
     )
     r = Table({**defaults.data, **own.data}, source, CLUSTER, own.where)
+    name = r.string("name", REQUIRED)
+    if not is_safe_name(name):  # it names files and folders of the run folder
+        r.fail("name", f"{name!r} is not a safe name ({SAFE_NAME_WORDS})", 'e.g. name = "node-01"')
     return NodeSpec(
-        name=r.string("name", REQUIRED),
+        name=name,
         address=r.string("address", REQUIRED),
         port=r.integer("port", ssh_port, low=1, high=65535),
         user=r.string("user", ssh.get("user")),
@@ -131,6 +135,14 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
     hparams = case.get("hparams", {})
     if not isinstance(hparams, Mapping):
         case.fail("hparams", "must be a table", "write it as [case.hparams] with key = value lines")
+    for key, value in hparams.items():  # they reach the workload's command line
+        found = control_character(f"{key}{value}")
+        if found is not None:
+            case.fail(
+                f"hparams.{key}",
+                f"holds the control character {found}",
+                "write it on one line, without newlines, tabs or other control characters",
+            )
     image = None
     if "image" in data:
         from orchestrator.images.workflow import parse_image_table

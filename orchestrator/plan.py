@@ -15,8 +15,10 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 from orchestrator.errors import ConfigError
+from orchestrator.pathnames import RUN_ID_PATTERN
 from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
 from orchestrator.states import PRECISIONS, Precision, Runtime
+from orchestrator.tables import control_character
 
 WORKLOAD_MODULE = "workload.faster_rcnn"
 # Short names admins type (`--set bs=16`), mapped to the workload's hyper-parameter keys.
@@ -41,6 +43,8 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise ConfigError(
                 f"--set {item!r} is not key=value", "write e.g. --set bs=16 --set lr=0.16"
             )
+        if control_character(item) is not None:  # it reaches command lines and sbatch scripts
+            raise ConfigError(f"--set {item!r} holds a control character", "write it on one line")
         result[HPARAM_ALIASES.get(key, key)] = value.strip()
     return result
 
@@ -260,6 +264,11 @@ def make_job(
     submitted_by: str = "",
 ) -> JobSpec:
     """Cluster defaults (case.hparams) overridden by the command line's --set."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):  # it names folders here, on nodes, in Slurm
+        raise ConfigError(
+            f"run id {run_id!r} is not 1-64 letters, digits, '.', '_' or '-'",
+            "let orchestrator name the run",
+        )
     hparams = {HPARAM_ALIASES.get(k, k): v for k, v in cluster.case.hparams.items()}
     hparams.update(sets or {})
     check_hparams(hparams, precision)

@@ -23,9 +23,10 @@ SLURM_KEYS = {
     "socket_ifname",
     "poll_interval_s",
 }
+# fullmatch, not ^...$: "$" also matches before a trailing newline.
 # Slurm's time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED.
-_TIME = re.compile(r"^(UNLIMITED|INFINITE|\d+(-\d+)?(:\d+){0,2})$")
-_GRES = re.compile(r"^[A-Za-z][\w.-]*(:[\w.-]+)?$")
+_TIME = re.compile(r"UNLIMITED|INFINITE|\d+(-\d+)?(:\d+){0,2}", re.ASCII)
+_GRES = re.compile(r"[A-Za-z][\w.-]*(:[\w.-]+)?", re.ASCII)
 # The cluster file's words, but for the known keys, the lists (no lone string) and the numbers.
 SLURM = replace(
     Dialect(),
@@ -73,14 +74,14 @@ def parse_slurm_table(table: object, source: str) -> SlurmSettings:
     t = Table(table, source, SLURM, "slurm", SLURM_KEYS)
     pyxis = t.boolean("pyxis", False, example=True)
     time_limit = t.string("time_limit")
-    if time_limit and not _TIME.match(time_limit):
+    if time_limit and not _TIME.fullmatch(time_limit):
         t.fail(
             "time_limit",
             f"{time_limit!r} is not a Slurm time",
             'write minutes or D-HH:MM:SS, e.g. time_limit = "02:00:00"',
         )
     gres = t.string("gres")
-    if gres and not _GRES.match(gres):
+    if gres and not _GRES.fullmatch(gres):
         t.fail("gres", f"{gres!r} is not a GRES name", 'e.g. gres = "gpu" or "gpu:a100"')
     shared_dir = t.string("shared_dir", SlurmSettings.shared_dir)
     if not shared_dir.startswith("/"):

@@ -13,6 +13,7 @@ the wording its users know, and a check of its own raises through `Table.fail`.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar, overload
@@ -20,6 +21,15 @@ from typing import NoReturn, TypeVar, overload
 from orchestrator.errors import ConfigError, OrchestratorError
 
 _Choice = TypeVar("_Choice", bound=str)
+# What must never be in a setting: its values become lines of sbatch scripts and Dockerfiles,
+# shell commands and paths, where a newline starts another instruction.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def control_character(value: str) -> str | None:
+    """The first control character (newline, tab, NUL, ...) of `value` as repr shows it."""
+    found = CONTROL.search(value)
+    return None if found is None else repr(found.group())
 
 
 class Required(enum.Enum):
@@ -165,6 +175,7 @@ class Table:
             return None
         if not isinstance(value, str) or not value.strip():
             self._mistake(self.dialect.string, key, value)
+        self._one_line(key, value)
         text = value.strip()
         if choices and text not in choices:
             self._mistake(
@@ -232,4 +243,16 @@ class Table:
             or not all(isinstance(v, str) and (v or self.dialect.empty_items) for v in value)
         ):
             self._mistake(self.dialect.strings, key, value)
+        for item in value:
+            self._one_line(key, item)
         return tuple(value)
+
+    def _one_line(self, key: str, text: str) -> None:
+        """Every string setting is one line without control characters (see CONTROL)."""
+        found = control_character(text)
+        if found is not None:
+            self.fail(
+                key,
+                f"holds the control character {found} in {text!r}",
+                "write it on one line, without newlines, tabs or other control characters",
+            )

@@ -33,7 +33,22 @@ def require_web_extra() -> None:
     "--token",
     envvar="ORCHESTRATOR_WEB_TOKEN",
     help="Require this token on every request (needed for an address other than loopback). "
-    "Default: $ORCHESTRATOR_WEB_TOKEN.",
+    "Give it as $ORCHESTRATOR_WEB_TOKEN or with --token-file: a command line is visible to "
+    "every user in ps.",
+)
+@click.option(
+    "--token-file",
+    envvar="ORCHESTRATOR_WEB_TOKEN_FILE",
+    help="Read the token from the first line of this file. Default: $ORCHESTRATOR_WEB_TOKEN_FILE.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    envvar="ORCHESTRATOR_WEB_ALLOWED_HOSTS",
+    help="A further name that requests may give in their Host header (a reverse proxy's public "
+    "name, a DNS alias); repeatable. Default: the address, and this machine's names when "
+    "serving on every address.",
 )
 @click.option(
     "--refresh",
@@ -49,6 +64,8 @@ def serve(
     host: str,
     port: int,
     token: str | None,
+    token_file: str | None,
+    allowed_hosts: tuple[str, ...],
     refresh: float,
 ) -> None:
     """Browse, compare and share the results in a web browser (read-only).
@@ -60,16 +77,21 @@ def serve(
     \b
     Examples:
       orchestrator serve                                  # http://127.0.0.1:8150/
-      orchestrator --db postgresql://lab@db/results serve --host 0.0.0.0 --token "$TOKEN"
+      ORCHESTRATOR_WEB_TOKEN="$TOKEN" orchestrator --db postgresql://lab@db/results \\
+        serve --host 0.0.0.0
     """
     require_web_extra()
+    from orchestrator.web.server import read_token
     from orchestrator.web.server import serve as run_server
 
     if db_url is not None:
         app.db_url = db_url
     url = app.store_url
     app.open_store().close()  # the schema revision first, with its remedy
-    run_server(url, host, port, token, lambda line: click.echo(line, err=True), refresh)
+    token = read_token(token, token_file)
+    run_server(
+        url, host, port, token, lambda line: click.echo(line, err=True), refresh, allowed_hosts
+    )
 
 
 def register(cli: click.Group) -> None:

@@ -27,7 +27,7 @@ CONTAINER_WORKLOAD_ROOT = (
     "/opt/orchestrator"  # PYTHONPATH root: `python -m workload.faster_rcnn...`
 )
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" allows a trailing newline
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def container_argv(
         raise ImageError("container command is empty", "pass the node's command argv")
     merged = {**runtime.env, **(env or {})}
     for key in merged:
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise ImageError(
                 f"environment variable name {key!r} is invalid", "use letters, digits and _"
             )

@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.errors import ImageError
 from orchestrator.resources import images_dir
-from orchestrator.tables import REQUIRED, Dialect, Table, Words
+from orchestrator.tables import REQUIRED, Dialect, Table, Words, control_character
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,8 +23,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROFILE_FILE = "profile.toml"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# fullmatch, not ^...$: "$" also matches before a trailing newline.
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_ULIMITS = ("memlock=-1", "stack=67108864")
 INFINIBAND_DEVICES = "/dev/infiniband"
 
@@ -118,7 +119,7 @@ def load_profile(name: str, root: Path | None = None) -> VendorProfile:
     """Read images/<name>/profile.toml; every problem is an ImageError naming the file and key."""
     root = root or images_dir()
     path = root / name / PROFILE_FILE
-    if not _NAME.match(name or "") or not path.is_file():
+    if not _NAME.fullmatch(name or "") or not path.is_file():
         known = ", ".join(available_profiles(root)) or "none"
         raise ImageError(
             f"no vendor profile {name!r} in {root}",
@@ -165,12 +166,23 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
         )
     env = runtime.get("env", {})
     if not isinstance(env, Mapping) or not all(
-        isinstance(k, str) and _ENV_NAME.match(k) and isinstance(v, str) for k, v in env.items()
+        isinstance(k, str)
+        and _ENV_NAME.fullmatch(k)
+        and isinstance(v, str)
+        and control_character(v) is None
+        for k, v in env.items()
     ):
         runtime.fail(
             "env",
-            f"must map variable names to strings, got {env!r}",
+            f"must map variable names to one-line strings, got {env!r}",
             'e.g. env = { METAX_USE_TF32 = "1" }',
+        )
+    visible = str(runtime.get("visible_devices_env", ""))
+    if visible and not _ENV_NAME.fullmatch(visible):
+        runtime.fail(
+            "visible_devices_env",
+            f"{visible!r} is not a variable name",
+            'e.g. visible_devices_env = "CUDA_VISIBLE_DEVICES"',
         )
     requirements = image.strings("requirements")
     if not requirements:
@@ -194,7 +206,7 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
             shm_size=runtime.string("shm_size", "8g"),
             ulimits=runtime.strings("ulimits", DEFAULT_ULIMITS),
             env=dict(env),
-            visible_devices_env=str(runtime.get("visible_devices_env", "")),
+            visible_devices_env=visible,
             monitor=runtime.strings("monitor"),
         ),
         source=source,

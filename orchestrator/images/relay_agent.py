@@ -14,7 +14,7 @@ stdin, line 1 (JSON): image (expected id), tag, docker (argv prefix), listen (ad
 stdout: {"ev": "ready", "port": P, "layers": [[diff ids of each image the daemon holds]]}.
 stdin, line 2: need (the diff ids to load), source ("stdin": the stream follows on stdin and
   the port closes at once; "listen": one upstream connects with the token, then the port
-  closes), forward ({host, port, token} of the next node, or null), send_timeout_s.
+  closes; other connections get AUTH_S to send it and are closed), forward ({host, port, token} of the next node, or null), send_timeout_s.
 stdout then: {"ev": "status", ...} every 0.5 s, {"ev": "forward_lost", "why"}, and last
   {"ev": "done", ...} or {"ev": "failed", "kind", "why"}. Exit 0 only after "done", when the
   tag names the expected image id.
@@ -53,6 +53,11 @@ QUEUE_CHUNKS = (
 )
 STATUS_EVERY_S = 0.5
 MAX_CONFIG_BYTES = 16 << 20
+AUTH_S = 2.0  # a connection to the listening port must have sent its token within this
+MAX_PENDING = 32  # connections that have not sent it yet; the oldest goes first
+# The stall clock restarts on a complete record or on this many bytes: an upstream that
+# trickles a byte now and then is as broken as a silent one.
+PROGRESS_BYTES = 1 << 20
 
 
 def pack_header(kind, length=0, digest=""):
@@ -292,36 +297,89 @@ class Agent:
         self.forward: ForwardSink | None = None
 
     def listen(self):
+        """A port on the node's own address, and only there."""
         address = self.conf["listen"]
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
             listener.bind((address, 0))
-        except OSError:
-            listener.bind(("", 0))  # the address the controller knows is not local here
-        listener.listen(4)
+        except OSError as exc:
+            listener.close()
+            raise Failure(
+                "listen",
+                f"cannot listen on {address}: {exc.strerror or exc}; the node's address in the "
+                'cluster file must be one of its own (or use distribution = "star")',
+            ) from None
+        listener.listen(16)
         return listener
 
     def accept(self, listener):
+        """The connection that sends the token first. Others are served side by side: each
+        has AUTH_S to send as many bytes as the token has, then it is compared (in constant
+        time, whole: a byte-by-byte answer would tell the token) and closed unless it
+        matches; idle ones do not hold up the upstream."""
+        token = self.conf["token"].encode() + b"\n"
         deadline = time.monotonic() + self.stall_s
-        listener.settimeout(0.5)
-        token = self.conf["token"].encode()
-        while time.monotonic() < deadline:
-            self.abort.check()
+        listener.setblocking(False)
+        pending: dict[socket.socket, tuple[float, bytes]] = {}  # -> (token due by, bytes so far)
+        try:
+            while True:
+                self.abort.check()
+                now = time.monotonic()
+                if now >= deadline:
+                    raise Failure("upstream", f"no upstream connected within {self.stall_s:g}s")
+                for conn in [c for c, (until, _) in pending.items() if until <= now]:
+                    del pending[conn]
+                    conn.close()
+                ready = select.select([listener, *pending], [], [], 0.2)[0]
+                for sock in ready:
+                    if sock is listener:
+                        self.take(listener, pending, now)
+                        continue
+                    found = self.hear(sock, pending, token)
+                    if found is not None:
+                        return found
+        finally:
+            for conn in pending:
+                conn.close()
+
+    @staticmethod
+    def take(listener, pending, now):
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        if len(pending) >= MAX_PENDING:
+            oldest = min(pending, key=lambda c: pending[c][0])
+            del pending[oldest]
+            oldest.close()
+        pending[conn] = (now + AUTH_S, b"")
+
+    @staticmethod
+    def hear(sock, pending, token):
+        """More of a pending connection's first line; the connection once it is the token."""
+        until, got = pending[sock]
+        try:
+            data = sock.recv(len(token) - len(got))
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        got += data
+        if data and len(got) < len(token) and b"\n" not in got:
+            pending[sock] = (until, got)
+            return None
+        del pending[sock]
+        if len(got) == len(token) and hmac.compare_digest(got, token):
             try:
-                conn, _ = listener.accept()
-            except socket.timeout:
-                continue
-            conn.settimeout(5)
-            try:
-                line = conn.recv(len(token) + 1)
-                if hmac.compare_digest(line.strip(), token):
-                    conn.sendall(b"OK\n")
-                    return conn
+                sock.setblocking(True)
+                sock.sendall(b"OK\n")
+                return sock
             except OSError:
                 pass
-            conn.close()  # not our upstream: keep waiting for it
-        raise Failure("upstream", f"no upstream connected within {self.stall_s:g}s")
+        sock.close()  # not our upstream: keep waiting for it
+        return None
 
     def layers(self):
         """The diff ids of every image the daemon holds (the controller works out the rest)."""
@@ -390,25 +448,29 @@ class Agent:
 
     def relay(self, source):
         parser = Parser(self)
-        idle = 0.0
+        since, got, records = time.monotonic(), 0, 0  # the stall clock
         while not parser.ended:
             self.abort.check()
             data = source.read(1.0)
-            if data is None:
-                idle += 1.0
-                if idle >= self.stall_s:
-                    raise Failure("upstream", f"no data from upstream for {self.stall_s:g}s")
-                continue
-            if not data:
+            if data is not None and not data:
                 raise Failure(
                     "upstream", f"the stream ended after {self.received} bytes, before its end"
                 )
-            idle = 0.0
-            self.received += len(data)
-            if self.forward is not None:
-                self.forward.put(data)  # passed on before it is checked: a pipeline
-            parser.feed(data)
-            if len(data) < SMALL_READ and source.roomy:
+            if data:
+                self.received += len(data)
+                got += len(data)
+                if self.forward is not None:
+                    self.forward.put(data)  # passed on before it is checked: a pipeline
+                parser.feed(data)
+            if parser.records != records or got >= PROGRESS_BYTES:
+                since, got, records = time.monotonic(), 0, parser.records
+            elif time.monotonic() - since >= self.stall_s:
+                raise Failure(
+                    "upstream",
+                    f"the upstream sent {got} bytes and no whole record in {self.stall_s:g}s "
+                    "(stalled or trickling)",
+                )
+            if data and len(data) < SMALL_READ and source.roomy:
                 time.sleep(0.005)  # at 25 MB/s, 5 ms is 125 KB: ten times fewer wake-ups
 
     def finish(self):
@@ -513,6 +575,7 @@ class Parser:
         self.hasher = hashlib.sha256()
         self.payload = bytearray()
         self.keep, self.loading, self.ended = False, False, False
+        self.records = 0  # complete records so far
 
     def feed(self, data):
         view, pos = memoryview(data), 0
@@ -568,6 +631,7 @@ class Parser:
         elif self.length:
             raise Failure("corrupt", f"a {kind.decode()} record with a payload")
         self.kind = None
+        self.records += 1
 
 
 def _status(agent, emit, stop):

@@ -22,6 +22,7 @@ from pathlib import Path
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import VendorProfile
 from orchestrator.images.system_setup import system_setup_script
+from orchestrator.tables import control_character
 
 SPEC_VERSION = "orchestrator-image-spec 1"
 REPOSITORY_PREFIX = "orchestrator"
@@ -101,8 +102,19 @@ def render_dockerfile(profile: VendorProfile, base_image: str | None = None) -> 
         "python": shlex.quote(profile.python),
         "venv_options": shlex.join(profile.venv_options),
         "requirements": shlex.join(profile.requirements),
-        "system_setup": system_setup_script(profile.python, profile.uses_infiniband),
     }
+
+    for key, value in values.items():  # the profile loader refuses these; --base comes here
+        found = control_character(value)
+        if found is not None:
+            raise ImageError(
+                f"the Dockerfile's {key} {value!r} holds the control character {found}: it "
+                "would start another instruction",
+                "write it on one line (the profile, --base)",
+            )
+    # Our own shell step, continued over lines with backslashes; its one input (python) was
+    # checked above.
+    values["system_setup"] = system_setup_script(profile.python, profile.uses_infiniband)
 
     def fill(match: re.Match[str]) -> str:
         key = match.group(1)

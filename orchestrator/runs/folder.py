@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from orchestrator.errors import IngestError, TopologyError
 from orchestrator.monitor import MONITOR_FILE, Sample, parse_samples
+from orchestrator.pathnames import RUN_ID_PATTERN
 from orchestrator.runs.imported import ImportedResult, imported_from_dict
 from orchestrator.specs import Topology
 from orchestrator.states import (
@@ -48,7 +49,6 @@ NODES_DIR = "nodes"
 LOGS_DIR = "logs"
 ENV_FILE = "env.json"
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RANK_FILE = re.compile(r"^rank-(\d{5})\.json$")
 _FIX = "fix the file; docs/run-folder.md describes every field"
 
@@ -243,7 +243,7 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
             f"{MANIFEST_VERSION}",
         )
     run_id = str(f.text("run_id"))
-    if not RUN_ID_PATTERN.match(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise f.fail("run_id", f"{run_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
     topology_text = str(f.text("topology"))
     try:

@@ -323,12 +323,15 @@ class Transport(ABC):
 
     @abstractmethod
     def get_file(self, remote: str, local: Path) -> None:
-        """Copy a file from the node to `local` (written atomically)."""
+        """Copy a regular file from the node to `local` (written atomically); a symbolic link
+        or another kind of file is refused (a NodeError), not followed."""
 
     @abstractmethod
-    def get_tree(self, remote_dir: str, local_dir: Path) -> None:
+    def get_tree(self, remote_dir: str, local_dir: Path) -> list[str]:
         """Copy a directory from the node recursively into `local_dir` (created if needed):
-        directories and regular files; symbolic links to files are followed, others skipped."""
+        directories and regular files only. Symbolic links (never followed), other kinds of
+        files and names that are not safe path parts (orchestrator/pathnames.py) are left
+        out; returns them, each as "path (why)"."""
 
     @abstractmethod
     def read_text(self, remote: str) -> str:

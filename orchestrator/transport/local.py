@@ -8,8 +8,10 @@ so that a timeout or a teardown kills the whole process group.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+from orchestrator.pathnames import NOT_REGULAR, copy_regular, is_safe_name, left_out
 from orchestrator.specs import NodeSpec, SshSettings
 from orchestrator.transport import shell
 from orchestrator.transport.base import (
@@ -163,22 +166,28 @@ class LocalTransport(Transport):
 
     def get_file(self, remote: str, local: Path) -> None:
         with file_errors(self.name, f"copying {remote} to {local}"):
-            _atomic_copy(Path(remote), Path(local))
+            if not copy_regular(Path(remote), Path(local)):
+                raise OSError(errno.EINVAL, NOT_REGULAR, remote)
 
-    def get_tree(self, remote_dir: str, local_dir: Path) -> None:
+    def get_tree(self, remote_dir: str, local_dir: Path) -> list[str]:
         with file_errors(self.name, f"copying directory {remote_dir}"):
-            if not Path(remote_dir).is_dir():
+            if not stat.S_ISDIR(os.lstat(remote_dir).st_mode):
                 raise NotADirectoryError(20, "not a directory", remote_dir)
             Path(local_dir).mkdir(parents=True, exist_ok=True)
-            for root, dirs, files in os.walk(remote_dir):
+            skipped: list[str] = []
+            for root, dirs, files in os.walk(remote_dir):  # never into a linked folder
                 rel = Path(root).relative_to(remote_dir)
-                for name in dirs:
-                    if not os.path.islink(os.path.join(root, name)):
+                for name in list(dirs):
+                    if os.path.islink(os.path.join(root, name)) or not is_safe_name(name):
+                        dirs.remove(name)
+                        skipped.append(f"{rel / name} ({left_out(name, 'a link to a folder')})")
+                    else:
                         (Path(local_dir) / rel / name).mkdir(exist_ok=True)
                 for name in files:
-                    source = Path(root) / name
-                    if source.is_file():  # follows links to files; skips sockets, fifos
-                        _atomic_copy(source, Path(local_dir) / rel / name)
+                    source, target = Path(root) / name, Path(local_dir) / rel / name
+                    if not is_safe_name(name) or not copy_regular(source, target):
+                        skipped.append(f"{rel / name} ({left_out(name, NOT_REGULAR)})")
+            return skipped
 
     def read_text(self, remote: str) -> str:
         with file_errors(self.name, f"reading {remote}"):

@@ -6,6 +6,7 @@ wrapper, files over one SFTP session. Connections are opened by `connection`.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -21,6 +22,7 @@ from typing import Protocol
 import paramiko
 
 from orchestrator.errors import NodeError
+from orchestrator.pathnames import NOT_REGULAR, is_safe_name, left_out
 from orchestrator.specs import NodeSpec, SshSettings
 from orchestrator.transport import shell
 from orchestrator.transport.base import (
@@ -300,6 +302,9 @@ class SshTransport(Transport):
 
     def get_file(self, remote: str, local: Path) -> None:
         with self._sftp_session(f"copying {remote} to {local}") as sftp:
+            # lstat: a link is refused, not followed (SFTP has no O_NOFOLLOW)
+            if not stat.S_ISREG(sftp.lstat(remote).st_mode or 0):
+                raise OSError(errno.EINVAL, NOT_REGULAR, remote)
             self._get(sftp, remote, Path(local))
 
     @staticmethod
@@ -312,28 +317,34 @@ class SshTransport(Transport):
             tmp.unlink(missing_ok=True)
             raise
 
-    def get_tree(self, remote_dir: str, local_dir: Path) -> None:
+    def get_tree(self, remote_dir: str, local_dir: Path) -> list[str]:
         with self._sftp_session(f"copying directory {remote_dir}") as sftp:
-            if not stat.S_ISDIR(sftp.stat(remote_dir).st_mode or 0):
+            if not stat.S_ISDIR(sftp.lstat(remote_dir).st_mode or 0):
                 raise NotADirectoryError(20, "not a directory", remote_dir)
-            self._get_tree(sftp, remote_dir.rstrip("/") or "/", Path(local_dir))
+            skipped: list[str] = []
+            self._get_tree(sftp, remote_dir.rstrip("/") or "/", Path(local_dir), "", skipped)
+            return skipped
 
-    def _get_tree(self, sftp: paramiko.SFTPClient, remote_dir: str, local_dir: Path) -> None:
+    def _get_tree(
+        self,
+        sftp: paramiko.SFTPClient,
+        remote_dir: str,
+        local_dir: Path,
+        rel: str,
+        skipped: list[str],
+    ) -> None:
         local_dir.mkdir(parents=True, exist_ok=True)
         for entry in sftp.listdir_attr(remote_dir):
-            remote = f"{remote_dir}/{entry.filename}"
-            mode = entry.st_mode or 0
-            if stat.S_ISLNK(mode):
-                try:
-                    mode = sftp.stat(remote).st_mode or 0
-                except OSError:
-                    continue  # dangling link
-                if stat.S_ISDIR(mode):
-                    continue  # links to directories are skipped (no loops)
-            if stat.S_ISDIR(mode):
-                self._get_tree(sftp, remote, local_dir / entry.filename)
-            elif stat.S_ISREG(mode):
-                self._get(sftp, remote, local_dir / entry.filename)
+            name, mode = entry.filename, entry.st_mode or 0
+            # The listing is the node's word: a name such as "../../x" must not become a path.
+            if not is_safe_name(name) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                skipped.append(f"{rel}{name} ({left_out(name, NOT_REGULAR)})")
+            elif stat.S_ISDIR(mode):
+                self._get_tree(
+                    sftp, f"{remote_dir}/{name}", local_dir / name, f"{rel}{name}/", skipped
+                )
+            else:
+                self._get(sftp, f"{remote_dir}/{name}", local_dir / name)
 
     def read_text(self, remote: str) -> str:
         with self._sftp_session(f"reading {remote}") as sftp:

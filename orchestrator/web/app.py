@@ -1,6 +1,6 @@
 """The results pages as a Starlette application over a read-only connection to the store.
 
-`create_app(url, token)` is what `orchestrator serve` runs under uvicorn and what the tests
+`create_app(url, token, allowed_hosts=)` is what `orchestrator serve` runs under uvicorn and what the tests
 call. Handlers are plain functions (Starlette runs them in its thread pool); each reads through
 `reading(request)` and renders a Jinja2 template with autoescaping on, so every value from the
 store is escaped. docs/web.md describes the pages.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Collection
 from pathlib import Path
 
 import jinja2
@@ -79,7 +80,14 @@ def _home(request: Request) -> Response:
     return RedirectResponse("/runs", status_code=307)
 
 
-def create_app(url: str, token: str | None = None, refresh_s: float = 5.0) -> Starlette:
+def create_app(
+    url: str,
+    token: str | None = None,
+    refresh_s: float = 5.0,
+    allowed_hosts: Collection[str] | None = None,
+) -> Starlette:
+    """`allowed_hosts`: the Host names served (web/guard.py); None: any, as for the tests'
+    client (`orchestrator serve` always names them)."""
     from orchestrator.store.engine import redact_url
 
     routes = [
@@ -98,5 +106,5 @@ def create_app(url: str, token: str | None = None, refresh_s: float = 5.0) -> St
         },
     )
     app.state.web = WebState(read_only_engine(url), _templates(), redact_url(url), refresh_s)
-    app.add_middleware(Guard, token=token)
+    app.add_middleware(Guard, token=token, allowed_hosts=allowed_hosts)
     return app

@@ -54,12 +54,16 @@ def date(params: QueryParams, name: str, end_of_day: bool = False) -> datetime |
         return None
     try:
         parsed = parse_since(value)
+        if end_of_day and parsed is not None and len(value) == 10:
+            parsed += timedelta(days=1)
     except ConfigError:
         raise HTTPException(
             400, f"{name}={value!r} is not a date: write 2026-01-01, an ISO time, or 90d / 12h / 2w"
         ) from None
-    if end_of_day and parsed is not None and len(value) == 10:
-        parsed += timedelta(days=1)
+    except (OverflowError, ValueError):  # 99999999d, 9999-12-31 and a day more
+        raise HTTPException(
+            400, f"{name}={value!r} is too far out: write a date between 0001 and 9998"
+        ) from None
     return parsed
 
 

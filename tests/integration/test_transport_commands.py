@@ -359,13 +359,35 @@ def test_get_tree_copies_a_run_folder(transport: Transport, tmp_path: Path) -> N
     (run_dir / "ranks" / "rank-00000.json").write_text('{"rank": 0}')
     (run_dir / "ranks" / "rank-00001.json").write_text('{"rank": 1}')
     (run_dir / "stdout.log").write_text("log\n")
-    (run_dir / "link.log").symlink_to(run_dir / "stdout.log")
-    (run_dir / "loop").symlink_to(run_dir)  # a link to a directory is skipped
+    (run_dir / "link.log").symlink_to(run_dir / "stdout.log")  # links are never followed
+    (run_dir / "loop").symlink_to(run_dir)
     target = tmp_path / "collected"
-    transport.get_tree(str(run_dir), target)
+    skipped = transport.get_tree(str(run_dir), target)
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert files == ["link.log", "ranks/rank-00000.json", "ranks/rank-00001.json", "stdout.log"]
+    assert files == ["ranks/rank-00000.json", "ranks/rank-00001.json", "stdout.log"]
     assert (target / "ranks" / "rank-00001.json").read_text() == '{"rank": 1}'
+    assert sorted(s.split(" (")[0] for s in skipped) == ["link.log", "loop"]
+
+
+def test_a_link_to_a_secret_in_the_run_folder_is_not_collected(
+    transport: Transport, tmp_path: Path
+) -> None:
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("PRIVATE KEY")
+    ranks = tmp_path / "run" / "ranks"
+    ranks.mkdir(parents=True)
+    (ranks / "rank-00000.json").write_text("{}")
+    (ranks / "x").symlink_to(secret)
+    (ranks / "keys").symlink_to(tmp_path)  # a link to a folder holding the secret
+    target = tmp_path / "collected"
+    skipped = transport.get_tree(str(ranks), target)
+    assert sorted(p.name for p in target.rglob("*")) == ["rank-00000.json"]
+    assert all(b"PRIVATE" not in p.read_bytes() for p in target.rglob("*") if p.is_file())
+    assert sorted(s.split(" (")[0] for s in skipped) == ["keys", "x"]
+    assert "not copied" in " ".join(skipped)
+    with pytest.raises(NodeError, match="not a regular file"):
+        transport.get_file(str(ranks / "x"), tmp_path / "x.log")
+    assert not (tmp_path / "x.log").exists()
 
 
 def test_file_errors_name_the_node_and_the_path(transport: Transport, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -303,6 +303,57 @@ def build_web_store(url: str, workdir: Path) -> None:
                     for n in ("me-node1", "me-node2")
                 ],
             )
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    log: Path
+
+
+@contextmanager
+def serving(
+    store_url: str,
+    workdir: Path,
+    *options: str,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+) -> Iterator[Served]:
+    """`orchestrator serve` (uvicorn) on `host`, a free port, as a lab runs it, once its port
+    answers. Its output goes to workdir/serve.log."""
+    import os
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = int(probe.getsockname()[1])
+    log = workdir / "serve.log"
+    command = [sys.executable, "-m", "orchestrator", "--db", store_url, "serve"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [*command, "--host", host, "--port", str(port), *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env={**os.environ, **(env or {})},
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+                break
+            except OSError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        yield Served(process, host, port, log)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 # -- fixtures ------------------------------------------------------------------------------------

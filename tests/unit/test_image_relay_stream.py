@@ -206,6 +206,8 @@ class Agent:
         image: Image,
         holds: list[list[str]] | None = None,
         corrupt_at: int | None = None,
+        listen: str = "127.0.0.1",
+        stall_s: float = 5,
     ):
         """`holds`: the diff ids of each image the node's (fake) daemon has already."""
         state.mkdir(parents=True, exist_ok=True)
@@ -220,9 +222,9 @@ class Agent:
             image=image.id,
             tag="orchestrator/test:1",
             docker=[sys.executable, str(FAKE_DOCKER), str(state)],
-            listen="127.0.0.1",
+            listen=listen,
             token=self.token,
-            stall_s=5,
+            stall_s=stall_s,
             deadline_s=60,
             corrupt_forward_at=corrupt_at,
         )

@@ -33,6 +33,7 @@ from orchestrator.backends.slurm.script import (
 )
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
+from orchestrator.pathnames import copy_regular, is_safe_name
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.failure import Failure, diagnose
@@ -526,8 +527,8 @@ def _allocated(plan: SlurmPlan, source: Path) -> tuple[NodeSlot, ...]:
         names = Path(source, NODELIST_FILE).read_text().split()
     except OSError:
         return ()
-    if len(names) != plan.job.topology.nnodes:
-        return ()
+    if len(names) != plan.job.topology.nnodes or not all(map(is_safe_name, names)):
+        return ()  # a name that is not a safe path part never names a file here
     return tuple(NodeSlot(name, name, i) for i, name in enumerate(names))
 
 
@@ -538,27 +539,35 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store, shared: Path) -> str:
     problems = []
     (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    left_out: list[str] = []
+
+    def copy(source: Path, target: Path) -> None:
+        # Regular files inside the job's folder only: the job wrote it, links are not followed.
+        if source.exists() or source.is_symlink():
+            if not copy_regular(source, target, inside=shared):
+                left_out.append(str(source.relative_to(shared)))
+
     try:
         for rank_file in sorted((shared / "ranks").glob("rank-*.json")):
-            shutil.copyfile(rank_file, run_dir / "ranks" / rank_file.name)
+            copy(rank_file, run_dir / "ranks" / rank_file.name)
         copies = (
             (JOB_OUTPUT, "slurm-job.log"),
             ("job.sbatch", "job.sbatch"),
             (EXIT_FILE, EXIT_FILE),
         )
         for extra, name in copies:
-            if (shared / extra).exists():
-                shutil.copyfile(shared / extra, run_dir / "logs" / name)
+            copy(shared / extra, run_dir / "logs" / name)
         for slot in plan.nodes:
-            log = shared / "logs" / f"node-{slot.node_rank}.log"
-            if log.exists():
-                shutil.copyfile(log, run_dir / "logs" / f"{slot.name}.log")
+            copy(
+                shared / "logs" / f"node-{slot.node_rank}.log",
+                run_dir / "logs" / f"{slot.name}.log",
+            )
             samples = shared / "nodes" / f"monitor-{slot.node_rank}.jsonl"
             if samples.exists():
                 (run_dir / "nodes" / slot.name).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(samples, run_dir / "nodes" / slot.name / MONITOR_FILE)
+                copy(samples, run_dir / "nodes" / slot.name / MONITOR_FILE)
             probe = shared / "nodes" / f"probe-{slot.node_rank}.json"
-            if probe.exists():
+            if probe.is_file() and not probe.is_symlink():
                 data = json.loads(probe.read_text().strip().splitlines()[-1])
                 env = dict(data.get("env", {}))
                 env["preflight"] = data.get("checks", [])
@@ -566,6 +575,8 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store, shared: Path) -> str:
                 write_json(run_dir / "nodes" / slot.name / "env.json", env)
     except (OSError, ValueError) as exc:
         problems.append(str(exc))
+    if left_out:
+        problems.append(f"left out (not regular files in the job's folder): {', '.join(left_out)}")
     shutil.rmtree(shared, ignore_errors=True)
     return "; ".join(problems)
 

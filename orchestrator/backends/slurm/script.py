@@ -17,10 +17,12 @@ from pathlib import PurePosixPath
 
 from orchestrator import monitor
 from orchestrator.backends.slurm import nodelocal
+from orchestrator.errors import ConfigError
 from orchestrator.plan import WORKLOAD_MODULE, workload_args
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import JobSpec
 from orchestrator.states import Runtime
+from orchestrator.tables import control_character
 
 PROBE_FILE = "node_probe.py"  # staged next to the workload source under shared_dir
 PROBE_CHECK_FILE = "probe_check.py"  # fails the job when a node's probe failed a check
@@ -199,8 +201,12 @@ def render_script(
     probe_json = json.dumps(probe_args(job, settings, smi), sort_keys=True)
     probe_cmd = shlex.join([python, probe_py, probe_json])
     check_cmd = shlex.join([python, check_py]) + ' "$RUN_DIR"/nodes/probe-*.json'
+    directives = sbatch_directives(job, settings, run_dir)
+    _one_line_each(
+        [*directives, *env, *env.values(), run_dir, workload_dir, *step, *torchrun, *workload]
+    )
     lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH {opt}" for opt in sbatch_directives(job, settings, run_dir)]
+    lines += [f"#SBATCH {opt}" for opt in directives]
     lines += [
         "set -euo pipefail",
         "",
@@ -252,6 +258,20 @@ def render_script(
         "",
     ]
     return "\n".join(lines)
+
+
+def _one_line_each(values: list[str]) -> None:
+    """What the cluster file loader refuses, checked again where it would become script text
+    (values from the command line and the store pass here too): a newline in a value would
+    start a line of its own in the batch script."""
+    for value in values:
+        found = control_character(value)
+        if found is not None:
+            raise ConfigError(
+                f"{value!r} holds the control character {found}: it would become a line of "
+                "the sbatch script",
+                "write the setting on one line (cluster file, --set, the run's options)",
+            )
 
 
 def build_slurm_plan(

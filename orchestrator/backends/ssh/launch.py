@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import monitor
 from orchestrator.backends.ssh.guard import run_env
+from orchestrator.errors import NodeError
 from orchestrator.runs.failure import Failure, diagnose
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
@@ -272,8 +273,9 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
 
     def one(t: Transport) -> None:
         np_ = by_node[t.node.name]
-        if t.exists(np_.output_dir):
-            t.get_tree(np_.output_dir, local_dir / "ranks")
+        skipped = (
+            t.get_tree(np_.output_dir, local_dir / "ranks") if t.exists(np_.output_dir) else []
+        )
         if t.exists(np_.log_path):
             t.get_file(np_.log_path, local_dir / "logs" / f"{t.node.name}.log")
         samples = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
@@ -282,6 +284,12 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             node_dir.mkdir(parents=True, exist_ok=True)
             t.get_file(samples, node_dir / monitor.MONITOR_FILE)
         t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
+        if skipped:  # a link or a strange name in a run folder: say so, it is not a result
+            raise NodeError(
+                "collecting left files out",
+                {t.node.name: f"left out of ranks/: {'; '.join(skipped)}"},
+                "rank files are regular files; look for what else wrote into the run folder",
+            )
 
     collected = session.fan_out_results(one, timeout=timeout, what="collect")
     return {n: str(e) for n, e in collected.failed.items()}

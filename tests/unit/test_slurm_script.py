@@ -163,3 +163,20 @@ def test_jobs_sharing_a_node_get_their_own_rendezvous_port() -> None:
         for job_id in (41, 42, 1041)
     }
     assert ports == {"29541", "29542"}  # 1041 wraps onto 41: a thousand jobs apart
+
+
+def test_an_accelerator_cluster_exports_the_nccl_log_file_and_makes_its_folder() -> None:
+    from dataclasses import replace
+
+    job = make_job(
+        replace(_cluster(SITE), vendor="nvidia"),
+        Topology.parse("2x8"),
+        (),
+        run_id="20260115-131500-abc123",
+    )
+    plan = build_slurm_plan(job, SITE, workload_hash="x")
+    run_dir = "/shared/orchestrator/runs/20260115-131500-abc123"
+    assert f"export NCCL_DEBUG_FILE={run_dir}/nccl/%h.%p.log\n" in plan.script
+    assert "export NCCL_DEBUG=INFO\n" in plan.script
+    assert '"$RUN_DIR/nccl"' in plan.script.split("mkdir -p", 1)[1].splitlines()[0]
+    assert "NCCL_DEBUG" not in _plan(SITE).script  # the cpu cluster: gloo, no NCCL

@@ -33,10 +33,11 @@ from orchestrator.backends.slurm.script import (
 )
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
+from orchestrator.plan import NCCL_LOG_DIR
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest
+from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, join_nccl_logs
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -553,6 +554,9 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store, shared: Path) -> str:
             log = shared / "logs" / f"node-{slot.node_rank}.log"
             if log.exists():
                 shutil.copyfile(log, run_dir / "logs" / f"{slot.name}.log")
+            # NCCL_DEBUG_FILE's %h is the short host name, which Slurm's node names are
+            nccl = sorted((shared / NCCL_LOG_DIR).glob(f"{slot.name.split('.')[0]}.*.log"))
+            join_nccl_logs(nccl, run_dir / "nodes" / slot.name)
             samples = shared / "nodes" / f"monitor-{slot.node_rank}.jsonl"
             if samples.exists():
                 (run_dir / "nodes" / slot.name).mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-# "ib": NCCL's IB verbs plugin (InfiniBand or RoCE HCAs); "socket": TCP sockets; "intra-node":
-# one node, no inter-node traffic; "gloo": a CPU run (torch's gloo, TCP); "mixed": nodes
-# disagree; "unknown": no NCCL lines (an older run, or a vendor library that logs otherwise).
-Transport = Literal["ib", "socket", "intra-node", "gloo", "mixed", "unknown"]
+from orchestrator.states import FabricTransport as Transport
+
 NCCL_LOG_FILE = "nccl.log"  # RUN_DIR/nodes/<node>/nccl.log
 MAX_LOG_CHARS = 4 * 1024 * 1024  # a node's NCCL lines kept for parsing; INIT,NET is far less
 

@@ -95,7 +95,7 @@ def fabric_columns(
         folder.nccl_logs,
         [n.name for n in manifest.nodes],
         manifest.nnodes,
-        first["config"]["backend"] if first else None,
+        first["config"].get("backend") if first else None,
         {n.name: n.ib_hcas for n in manifest.nodes},
     )
     warnings = list(fabric.warnings if fabric else ())

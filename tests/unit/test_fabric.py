@@ -168,6 +168,8 @@ def test_ingest_of_a_socket_fallback_run_stores_the_fabric_and_warns(
 
     with TestClient(create_app(sqlite_url)) as client:
         page = client.get(f"/runs/{RUN_2X8}").text
+        download = client.get(f"/seed.md?run={RUN_2X8}").text
+    assert f"- {RUN_2X8}: {warnings[0]}\n" in download  # the report the web page hands out
     assert '<ul class="warnings" id="warnings"><li>node me-node1: ranks talked over TCP' in page
     assert (
         "socket (eth0); intra-node SHM<br>me-node1: socket eth0:192.168.0.11&lt;0&gt; via NET/Socket"

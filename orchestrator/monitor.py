@@ -144,6 +144,47 @@ def parse_samples(text: str, source: str) -> list[Sample]:
     return samples
 
 
+@dataclass(frozen=True)
+class RawOutput:
+    """A vendor tool's output that gave no reading, kept once in monitor.jsonl."""
+
+    tool: str | None
+    reason: str  # "failed", "no parser", "unparsed"; "" in files from older samplers
+    text: str
+
+
+def raw_output(text: str) -> RawOutput | None:
+    """The file's first `monitor_raw` line, if any (read after parse_samples accepted it)."""
+    for line in text.splitlines():
+        if RAW_OUTPUT not in line:
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("metric") == RAW_OUTPUT:
+            tool = doc.get("tool")
+            return RawOutput(
+                str(tool) if tool else None, str(doc.get("reason") or ""), str(doc.get("text"))
+            )
+    return None
+
+
+def smi_warnings(raw: dict[str, RawOutput], mem_source: str | None) -> list[str]:
+    """Why a run's mem is the allocator's although the profile names an SMI tool: its output
+    was not understood (or it failed) on these nodes, which kept it in monitor.jsonl."""
+    if mem_source != "allocator":
+        return []
+    why = {"unparsed": "was not understood", "failed": "failed"}
+    return [
+        f"mem is the allocator's peak, not the device's: {r.tool or 'the SMI tool'}'s output "
+        f"on node {node} {why[r.reason]} (kept raw in nodes/{node}/{MONITOR_FILE}, "
+        "metric monitor_raw; docs/monitors.md)"
+        for node, r in sorted(raw.items())
+        if r.reason in why
+    ]
+
+
 def sample_rows(run_id: str, samples: dict[str, list[Sample]]) -> list[dict[str, Any]]:
     """monitor_samples rows for every node's samples."""
     return [

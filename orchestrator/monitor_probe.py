@@ -9,9 +9,10 @@ stop kills every process carrying ORCHESTRATOR_RUN_ID), the folder holding OUT d
 Host metrics come from /proc; accelerator metrics from the vendor tool named in the argument
 JSON: {"out": PATH, "interval_s": 5, "tool": ["nvidia-smi", "--query-gpu=...", ...] or null,
 "columns": [["index", 1], ["device_mem_used_bytes", 1048576], ...] or null, "format": "csv" or
-"mx-smi-memory"}. A missing tool is recorded once as metric "monitor_tool_missing"; a tool whose
-output has no known format is recorded once as {"metric": "monitor_raw", "text": ...}. Nothing
-here ever stops the run.
+"mx-smi-memory"}. A missing tool is recorded once as metric "monitor_tool_missing"; a tool that
+gives no reading is recorded once as {"metric": "monitor_raw", "text": ..., "reason": "failed" |
+"no parser" | "unparsed", "tool": ...}, the text cut to RAW_MAX_CHARS. Nothing here ever stops
+the run.
 """
 
 import json
@@ -40,9 +41,13 @@ def mem_used_bytes():
     return info["MemTotal"] - info.get("MemAvailable", info.get("MemFree", 0))
 
 
+RAW_MAX_CHARS = 16384  # raw output kept in monitor.jsonl: the head, where a layout shows
+
+
 def tool_rows(argv, columns, timeout, fmt="csv"):
-    """[(metric, value, device)] from one call of the tool, or raw text when its output has no
-    known format."""
+    """([(metric, value, device)], None, None) from one call of the tool, or (None, raw text,
+    reason) when it gave no reading: "failed" (non-zero exit), "no parser" (a tool without a
+    table entry) or "unparsed" (a known tool whose output the parser did not understand)."""
     done = subprocess.run(
         argv,
         stdout=subprocess.PIPE,
@@ -51,13 +56,16 @@ def tool_rows(argv, columns, timeout, fmt="csv"):
         timeout=timeout,
         text=True,
     )
+    raw = done.stdout[:RAW_MAX_CHARS]
     if done.returncode != 0:
-        return None, done.stdout[-4000:]
+        return None, done.stdout[-RAW_MAX_CHARS:], "failed"  # the error is at the end
     if fmt == "mx-smi-memory":
-        return parse_mx_smi_memory(done.stdout), None
-    if columns is None:
-        return None, done.stdout[-4000:]
-    return parse_rows(done.stdout, columns), None
+        samples = parse_mx_smi_memory(done.stdout)
+    elif columns is None:
+        return None, raw, "no parser"
+    else:
+        samples = parse_rows(done.stdout, columns)
+    return (samples, None, None) if samples else (None, raw, "unparsed")
 
 
 _UNITS = {
@@ -183,13 +191,19 @@ def main(args):
             write("host_mem_used_bytes", mem_used_bytes())
             if have_tool:
                 try:
-                    samples, raw = tool_rows(tool, columns, max(2.0, interval * 2), fmt)
+                    samples, raw, why = tool_rows(tool, columns, max(2.0, interval * 2), fmt)
                 except (OSError, subprocess.SubprocessError) as exc:
-                    samples, raw = None, f"{type(exc).__name__}: {exc}"
+                    samples, raw, why = None, f"{type(exc).__name__}: {exc}", "failed"
                 for metric, value, device in samples or ():
                     write(metric, value, device)
                 if samples is None and not raw_written:
-                    write("monitor_raw", 1, text=raw)
+                    write(
+                        "monitor_raw",
+                        1,
+                        text=raw,
+                        reason=why,
+                        tool=os.path.basename(tool[0]) if tool else None,
+                    )
                     raw_written = True
             f.flush()
             while time.time() < started + interval:

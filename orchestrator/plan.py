@@ -185,6 +185,20 @@ def node_env(
     return env
 
 
+NCCL_LOG_DIR = "nccl"  # in the node's run dir: one file per rank process, collected per node
+
+
+def nccl_log_env(run_dir: str) -> dict[str, str]:
+    """NCCL's account of how ranks talk (network plugin, HCAs, each channel's path), one file
+    per process (%h host, %p pid) beside the node log rather than in it: the node log and
+    the live view stay the workload's. orchestrator/fabric.py reads them."""
+    return {
+        "NCCL_DEBUG": "INFO",
+        "NCCL_DEBUG_SUBSYS": "INIT,NET",
+        "NCCL_DEBUG_FILE": f"{run_dir}/{NCCL_LOG_DIR}/%h.%p.log",
+    }
+
+
 def build_plan(
     job: JobSpec,
     *,
@@ -211,6 +225,8 @@ def build_plan(
             None if wrap else str(PurePosixPath(node.workdir) / "workload" / workload_hash)
         )
         env = node_env(job, node, vendor_env or {}, visible_devices_var)
+        if visible_devices_var:  # an accelerator profile: NCCL; the vendor's own settings win
+            env = {**nccl_log_env(run_dir), **env}
         if workload_dir:
             env["PYTHONPATH"] = workload_dir
         torchrun = (

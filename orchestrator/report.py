@@ -87,10 +87,12 @@ def render_report(
     output: str = "markdown",
     regressions: Mapping[str, Sequence[Regression]] | None = None,
     plots: Sequence[tuple[str, str]] = (),
+    warnings: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """One row per run. Regressions and plots are listed below the markdown table."""
+    """One row per run. Warnings, regressions and plots are listed below the markdown table."""
     if output in ("markdown", "table"):
-        extra = _regression_lines(regressions or {}) + _plot_lines(plots)
+        extra = _warning_lines(warnings or {}) + _regression_lines(regressions or {})
+        extra += _plot_lines(plots)
         headers = [header for _, header, _ in SEED_HEADERS]
         body = [seed_cells(row) for row in rows]
         if output == "table":
@@ -103,6 +105,7 @@ def render_report(
         document = {
             "environment": {label: values for label, values in environment},
             "runs": [_run_document(row) for row in rows],
+            "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
         }
         return to_json(document)
     raise ConfigError(
@@ -182,10 +185,11 @@ def render_grouped_report(
     regressions: Mapping[str, Sequence[Regression]],
     output: str = "markdown",
     plots: Sequence[tuple[str, str]] = (),
+    warnings: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
     if output in ("markdown", "table"):
-        return _grouped_text(environment, groups, regressions, plots, output)
+        return _grouped_text(environment, groups, regressions, plots, output, warnings or {})
     if output == "csv":
         columns = [*GROUP_KEYS, "n"]
         for metric in METRICS:
@@ -232,6 +236,7 @@ def render_grouped_report(
                 for r in found
             ],
             "plots": {title: path for title, path in plots},
+            "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
         }
         return to_json(document)
     raise ConfigError(
@@ -255,6 +260,7 @@ def _grouped_text(
     regressions: Mapping[str, Sequence[Regression]],
     plots: Sequence[tuple[str, str]],
     output: str,
+    warnings: Mapping[str, Sequence[str]],
 ) -> str:
     headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"] + ["n", "regression"]
     body = [group_cells(g, regressions) for g in groups]
@@ -266,10 +272,16 @@ def _grouped_text(
             "configuration; mem is the peak over them, from the accelerator tool (device) or the "
             "ranks' allocator (allocator).",
         ]
-    extra += _regression_lines(regressions) + _plot_lines(plots)
+    extra += _warning_lines(warnings) + _regression_lines(regressions) + _plot_lines(plots)
     if output == "table":
         return _terminal(environment, headers, body, extra)
     return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)
+
+
+def _warning_lines(warnings: Mapping[str, Sequence[str]]) -> list[str]:
+    """What some runs must be read with (sockets where IB was meant, mem from the allocator)."""
+    lines = [f"- {run_id}: {w}" for run_id, found in warnings.items() for w in found]
+    return ["", "#### Warnings", "", *lines] if lines else []
 
 
 def _regression_lines(regressions: Mapping[str, Sequence[Regression]]) -> list[str]:

@@ -18,6 +18,10 @@ Distribution = Literal["relay", "star"]  # how an image reaches the nodes (image
 RunSource = Literal["orchestrator", "flagperf"]
 # Where a run's mem comes from: the accelerator tool's device peak, or the ranks' allocator peak.
 MemSource = Literal["device", "allocator"]
+# How a run's ranks talked across nodes (orchestrator/fabric.py): NCCL's IB verbs plugin
+# (InfiniBand or RoCE), TCP sockets, nothing (one node), torch's gloo (a CPU run), nodes that
+# disagree, or NCCL lines that name no network.
+FabricTransport = Literal["ib", "socket", "intra-node", "gloo", "mixed", "unknown"]
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
@@ -28,6 +32,7 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 DISTRIBUTIONS: tuple[Distribution, ...] = get_args(Distribution)
 RUN_SOURCES: tuple[RunSource, ...] = get_args(RunSource)
 MEM_SOURCES: tuple[MemSource, ...] = get_args(MemSource)
+FABRIC_TRANSPORTS: tuple[FabricTransport, ...] = get_args(FabricTransport)
 
 
 def run_status(value: str) -> RunStatus:

@@ -184,7 +184,13 @@ def report(
     from orchestrator.report import render_grouped_report, render_report
     from orchestrator.report_history import campaign_run_ids, configuration_history
     from orchestrator.report_stats import group_rows, regressions_by_run
-    from orchestrator.store.queries import Selection, environment, resolve_run, seed_rows
+    from orchestrator.store.queries import (
+        Selection,
+        environment,
+        resolve_run,
+        run_warnings,
+        seed_rows,
+    )
 
     since_at = parse_since(since)
     with app.open_store() as store, store.reading() as conn:
@@ -203,6 +209,7 @@ def report(
             rows = seed_rows(conn, selection)
             env = environment(conn, selection)
         history = configuration_history(conn, rows)
+        warnings = run_warnings(conn, [row["run_id"] for row in rows])
     regressions = regressions_by_run(rows, history)
     groups = group_rows(rows)
     plots: list[tuple[str, str]] = []
@@ -211,9 +218,9 @@ def report(
 
         plots = write_plots(plots_dir, groups, history, regressions)
     if group:
-        text = render_grouped_report(env, groups, rows, regressions, output, plots)
+        text = render_grouped_report(env, groups, rows, regressions, output, plots, warnings)
     else:
-        text = render_report(env, rows, output, regressions, plots)
+        text = render_report(env, rows, output, regressions, plots, warnings)
     click.echo(text, nl=False)
 
 

@@ -96,7 +96,17 @@ def _header(fields: Mapping[str, tuple[str, Callable[[Any], str]]], key: str) ->
 
 
 # Shown in rows of their own (mem with its source, each device's peak) or not at all.
-_SHOWN_APART = ("hparams", "failure", "request", "mem_label", "mem_devices")
+_SHOWN_APART = (
+    "hparams",
+    "failure",
+    "request",
+    "mem_label",
+    "mem_devices",
+    "fabric_transport",
+    "fabric_summary",
+    "fabric",
+    "warnings",
+)
 
 
 def run_fields(detail: RunDetail) -> list[list[str]]:
@@ -121,6 +131,21 @@ def run_fields(detail: RunDetail) -> list[list[str]]:
             rows.append([key, str(detail.inputs[key])])
     if run["failure"]:
         rows += [[f"failure.{k}", fmt(v)] for k, v in run["failure"].items() if k != "log_tail"]
+    rows += fabric_rows(run)
+    return rows
+
+
+def fabric_rows(run: Mapping[Any, Any]) -> list[list[str]]:
+    """How the ranks talked (one line, then each node's when there are several) and the run's
+    warnings, one row each."""
+    rows = [["ranks talked (NCCL)", run.get("fabric_summary") or "not recorded"]]
+    fabric = run.get("fabric") or {}
+    if run.get("nnodes", 1) > 1:
+        for node in fabric.get("nodes", []):
+            via = f" via {', '.join(node['inter'])}" if node.get("inter") else ""
+            devices = f" {', '.join(node['devices'])}" if node.get("devices") else ""
+            rows.append([f"fabric.{node['node']}", f"{node['transport']}{devices}{via}"])
+    rows += [["warning", str(w)] for w in run.get("warnings") or []]
     return rows
 
 

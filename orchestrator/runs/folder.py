@@ -4,6 +4,7 @@
     RUN_DIR/ranks/rank-00000.json ...   one per rank, workload/faster_rcnn/result_format.py
     RUN_DIR/nodes/<node>/env.json       the environment captured on that node
     RUN_DIR/nodes/<node>/monitor.jsonl  monitor samples of that node (orchestrator/monitor.py)
+    RUN_DIR/nodes/<node>/nccl.log       NCCL's INFO lines of that node's ranks (orchestrator/fabric.py)
     RUN_DIR/logs/<node>.log             the node's combined output
 
 `read_run_folder()` reads and validates all of it without touching a database; every error is an
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.errors import IngestError, TopologyError
-from orchestrator.monitor import MONITOR_FILE, Sample, parse_samples
+from orchestrator.fabric import MAX_LOG_CHARS, NCCL_LOG_FILE
+from orchestrator.monitor import MONITOR_FILE, RawOutput, Sample, parse_samples, raw_output
 from orchestrator.pathnames import RUN_ID_PATTERN
 from orchestrator.runs.imported import ImportedResult, imported_from_dict
 from orchestrator.specs import Topology
@@ -74,6 +76,14 @@ class NodeRef:
     name: str
     address: str
     node_rank: int
+    ib_hcas: tuple[str, ...] = ()  # the cluster file's ib_hcas for the node (what NCCL should use)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "address": self.address}
+        doc["node_rank"] = self.node_rank
+        if self.ib_hcas:  # written only when named, so other manifests stay as they were
+            doc["ib_hcas"] = list(self.ib_hcas)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -153,9 +163,7 @@ class RunManifest:
             "finished_at": _iso(self.finished_at),
             "status": self.status,
             "failure": self.failure,
-            "nodes": [
-                {"name": n.name, "address": n.address, "node_rank": n.node_rank} for n in self.nodes
-            ],
+            "nodes": [n.to_dict() for n in self.nodes],
             "image": None if self.image is None else {"tag": self.image.tag, "id": self.image.id},
             "campaign_id": self.campaign_id,
             "slurm_job_id": self.slurm_job_id,
@@ -320,8 +328,16 @@ def _nodes(f: _Fields, nnodes: int) -> tuple[NodeRef, ...]:
         if not isinstance(item, dict):
             raise f.fail(f"nodes[{i}]", "expected an object {name, address, node_rank}")
         node = _Fields(f.source, item, f"nodes[{i}].")
+        hcas = node.get("ib_hcas", (list,), required=False) or []
+        if not all(isinstance(h, str) for h in hcas):
+            raise f.fail(f"nodes[{i}].ib_hcas", "expected a list of HCA names (strings)")
         nodes.append(
-            NodeRef(str(node.text("name")), str(node.text("address")), node.integer("node_rank"))
+            NodeRef(
+                str(node.text("name")),
+                str(node.text("address")),
+                node.integer("node_rank"),
+                tuple(hcas),
+            )
         )
     if sorted(n.node_rank for n in nodes) != list(range(nnodes)):
         raise f.fail("nodes", f"node_rank values must be 0..{nnodes - 1}, each once")
@@ -386,6 +402,8 @@ class RunFolder:
     digest: str  # sha256 over every file read: same digest, same content
     env_texts: dict[str, str] = field(default_factory=dict)  # node name -> env.json as read
     monitors: dict[str, list[Sample]] = field(default_factory=dict)  # node -> monitor.jsonl
+    monitor_raw: dict[str, RawOutput] = field(default_factory=dict)  # node -> SMI output kept raw
+    nccl_logs: dict[str, str] = field(default_factory=dict)  # node -> nccl.log
 
 
 def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
@@ -423,17 +441,21 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
             )
         envs[name], env_texts[name] = _read_env(env_path)
         digest.update(b"\0" + name.encode() + b"\0" + env_texts[name].encode())
-    monitors = {}
+    monitors, monitor_raw = {}, {}
     for monitor_path in sorted(nodes_dir.glob(f"*/{MONITOR_FILE}")):
-        name = monitor_path.parent.name
-        if name not in known:
-            raise IngestError(
-                f"{monitor_path}: node {name!r} is not in {MANIFEST_FILE}'s nodes",
-                "remove the folder or fix the manifest",
-            )
+        name = _node_of(monitor_path, known)
         text = monitor_path.read_text(encoding="utf-8", errors="replace")
         monitors[name] = parse_samples(text, str(monitor_path))
+        raw = raw_output(text)
+        if raw is not None:
+            monitor_raw[name] = raw
         digest.update(b"\0monitor\0" + name.encode() + b"\0" + text.encode())
+    nccl_logs = {}
+    for log_path in sorted(nodes_dir.glob(f"*/{NCCL_LOG_FILE}")):
+        name = _node_of(log_path, known)
+        with log_path.open(encoding="utf-8", errors="replace") as log:
+            nccl_logs[name] = log.read(MAX_LOG_CHARS)
+        digest.update(b"\0nccl\0" + name.encode() + b"\0" + nccl_logs[name].encode())
     return RunFolder(
         path=str(root),
         manifest=manifest,
@@ -443,7 +465,36 @@ def read_run_folder(path: str | os.PathLike[str]) -> RunFolder:
         digest=digest.hexdigest(),
         env_texts=env_texts,
         monitors=monitors,
+        monitor_raw=monitor_raw,
+        nccl_logs=nccl_logs,
     )
+
+
+def join_nccl_logs(files: list[Path], node_dir: Path) -> None:
+    """Write a node's per-process NCCL_DEBUG_FILE files as nodes/<node>/nccl.log, one process
+    after the other (each file's lines stay together), at most MAX_LOG_CHARS of them."""
+    if not files:
+        return
+    node_dir.mkdir(parents=True, exist_ok=True)
+    left = MAX_LOG_CHARS
+    with (node_dir / NCCL_LOG_FILE).open("w", encoding="utf-8") as out:
+        for file in sorted(files):
+            text = file.read_text(encoding="utf-8", errors="replace")[:left]
+            out.write(text if not text or text.endswith("\n") else text + "\n")
+            left -= len(text)
+            if left <= 0:
+                break
+
+
+def _node_of(path: Path, known: set[str]) -> str:
+    """The node of nodes/<node>/FILE, which the manifest must list."""
+    name = path.parent.name
+    if name not in known:
+        raise IngestError(
+            f"{path}: node {name!r} is not in {MANIFEST_FILE}'s nodes",
+            "remove the folder or fix the manifest",
+        )
+    return name
 
 
 def _read_rank(file: Path, manifest: RunManifest) -> RankFile:

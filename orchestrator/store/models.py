@@ -144,6 +144,8 @@ class Run(Base):
         Index("ix_runs_p_core", "p_core"),
         # The queue's scan: queued runs in submission order.
         Index("ix_runs_status_submitted", "status", "submitted_at"),
+        # "which runs fell back to sockets" (0005)
+        Index("ix_runs_fabric_transport", "fabric_transport"),
     )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -196,6 +198,14 @@ class Run(Base):
     mem_devices: Mapped[list[Any] | None] = mapped_column(JsonDoc)
     epochs_completed: Mapped[int | None] = mapped_column(Integer)
     converged: Mapped[bool | None] = mapped_column(Boolean)
+    # Migration 0005: how ranks talked, from their NCCL INFO lines (orchestrator/fabric.py):
+    # 'ib' | 'socket' | 'intra-node' | 'gloo' | 'mixed' | 'unknown', a line for tables, and
+    # per node {node, transport, devices, inter, intra}; and what the run should be read with
+    # (sockets where the cluster names IB HCAs, an SMI output not understood), a list of lines.
+    fabric_transport: Mapped[str | None] = mapped_column(String(16))
+    fabric_summary: Mapped[str | None] = mapped_column(String(255))
+    fabric: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    warnings: Mapped[list[Any] | None] = mapped_column(JsonDoc)
     device_name: Mapped[str | None] = mapped_column(String(128))
     torch_version: Mapped[str | None] = mapped_column(String(64))
     # Provenance of the row; source (0004): 'orchestrator', or the tool of an imported log

@@ -234,6 +234,7 @@ def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
 ENVIRONMENT_FIELDS = (
     ("machine, accelerator", "accelerator_model"),
     ("network", "ib"),
+    ("ranks talked (NCCL)", "fabric_summary"),
     ("OS", "os"),
     ("kernel", "kernel"),
     ("accelerator driver", "driver"),
@@ -251,6 +252,7 @@ _ENV_COLUMNS = (
     RunNode.torch,
     Run.image_id,
     Run.hardware_label,
+    Run.fabric_summary,
 )
 
 
@@ -296,6 +298,21 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
     return [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
 
 
+def run_warnings(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The warnings stored on these runs (runs.warnings), by run id; runs without any are left
+    out."""
+    found: dict[str, list[str]] = {}
+    ids = list(run_ids)
+    for i in range(0, len(ids), 500):
+        query = select(Run.run_id, Run.warnings).where(
+            Run.run_id.in_(ids[i : i + 500]), Run.warnings.is_not(None)
+        )
+        for run_id, warnings in conn.execute(query):
+            if warnings:
+                found[run_id] = [str(w) for w in warnings]
+    return dict(sorted(found.items()))
+
+
 def _collect(values: dict[str, set[str]], row: RowMapping) -> None:
     if row["accelerator_model"]:
         count = f"{row['accelerator_count']} x " if row["accelerator_count"] else ""
@@ -303,7 +320,7 @@ def _collect(values: dict[str, set[str]], row: RowMapping) -> None:
     network = describe_ib(row["ib"])
     if network:
         values["ib"].add(network)
-    for key in ("os", "kernel", "driver", "docker"):
+    for key in ("os", "kernel", "driver", "docker", "fabric_summary"):
         if row[key]:
             values[key].add(str(row[key]))
     if row["torch"]:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from orchestrator.fabric import fabric_of
+from orchestrator.monitor import smi_warnings
 from orchestrator.runs.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
 from orchestrator.store.engine import RawJson
 from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
@@ -74,6 +76,7 @@ def published_run_row(
         mem_devices=list(metrics.mem_devices) if metrics and metrics.mem_devices else None,
         epochs_completed=metrics.epochs_completed if metrics else None,
         converged=metrics.converged if metrics else None,
+        **fabric_columns(folder, first, metrics.mem_source if metrics else None),
         device_name=first["device"]["name"] if first else None,
         torch_version=first["software"]["torch"] if first else None,
         manifest=RawJson(folder.manifest_text),
@@ -81,6 +84,28 @@ def published_run_row(
         published_at=now,
     )
     return row
+
+
+def fabric_columns(
+    folder: RunFolder, first: dict[str, Any] | None, mem_source: str | None
+) -> dict[str, Any]:
+    """How the ranks talked (nodes/<node>/nccl.log) and the run's warnings."""
+    manifest = folder.manifest
+    fabric = fabric_of(
+        folder.nccl_logs,
+        [n.name for n in manifest.nodes],
+        manifest.nnodes,
+        first["config"].get("backend") if first else None,
+        {n.name: n.ib_hcas for n in manifest.nodes},
+    )
+    warnings = list(fabric.warnings if fabric else ())
+    warnings += smi_warnings(folder.monitor_raw, mem_source)
+    return {
+        "fabric_transport": fabric.transport if fabric else None,
+        "fabric_summary": fabric.summary()[:255] if fabric else None,
+        "fabric": fabric.as_dict() if fabric else None,
+        "warnings": warnings or None,
+    }
 
 
 def history_rows(manifest: RunManifest, now: datetime) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from orchestrator.store.config_queries import (
     flag_inputs,
     scaling_groups,
 )
-from orchestrator.store.queries import Selection, environment, seed_rows
+from orchestrator.store.queries import Selection, environment, run_warnings, seed_rows
 from orchestrator.store.web_queries import filter_options
 from orchestrator.web import params
 from orchestrator.web.context import reading, render
@@ -67,6 +67,7 @@ def _seed_data(request: Request) -> dict[str, Any]:
             env = environment(conn, selection)
         history = flag_inputs(conn, rows, HISTORY_RUNS)
         options = filter_options(conn)
+        warnings = run_warnings(conn, [str(r["run_id"]) for r in rows])
     flagged = flag_history(history, HISTORY_RUNS)
     regressions = {
         str(r["run_id"]): flagged[str(r["run_id"])] for r in rows if r["run_id"] in flagged
@@ -76,6 +77,7 @@ def _seed_data(request: Request) -> dict[str, Any]:
         "env": env,
         "groups": group_rows(rows),
         "regressions": regressions,
+        "warnings": warnings,
         "options": options,
         "grouped": q.get("group", "1") != "0",
     }
@@ -98,10 +100,17 @@ def seed_download(request: Request) -> Response:
     data = _seed_data(request)
     if data["grouped"]:
         text = render_grouped_report(
-            data["env"], data["groups"], data["rows"], data["regressions"], output
+            data["env"],
+            data["groups"],
+            data["rows"],
+            data["regressions"],
+            output,
+            warnings=data["warnings"],
         )
     else:
-        text = render_report(data["env"], data["rows"], output, data["regressions"])
+        text = render_report(
+            data["env"], data["rows"], output, data["regressions"], warnings=data["warnings"]
+        )
     media = "text/csv" if output == "csv" else "text/markdown"
     name = "seed-table.csv" if output == "csv" else "seed-table.md"
     return PlainTextResponse(

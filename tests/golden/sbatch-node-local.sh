@@ -17,7 +17,7 @@ export ORCHESTRATOR_RUN_ID=20260115-131500-abc123
 export PYTHONPATH=/local/orchestrator/workload/0123456789abcdef
 export PYTHONUNBUFFERED=1
 RUN_DIR=/local/orchestrator/runs/20260115-131500-abc123
-mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"
+mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes" "$RUN_DIR/nccl"
 # at the end, however it ends: the exit status, then wait (up to 600 s) until the
 # follower has fetched every node's run folder, then remove them
 finish() {
@@ -39,7 +39,7 @@ trap finish EXIT
 cat > "$RUN_DIR/workload.b64" <<'ORCHESTRATOR_WORKLOAD'
 H4sIAAAAAAAAA+3BAQ0AAADCoPdPbQ8HFAAAAAAAAAAA
 ORCHESTRATOR_WORKLOAD
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 --input=all bash -c 'mkdir -p "$1/ranks" "$1/logs" "$1/nodes" "${0%/*}" && if [ -e "$0/.complete" ]; then cat > /dev/null; else t=$(mktemp -d "$0.XXXXXX") && base64 -d | tar -xzf - -C "$t" && touch "$t/.complete" && { mv -T "$t" "$0" 2> /dev/null || rm -rf "$t"; }; fi' /local/orchestrator/workload/0123456789abcdef "$RUN_DIR" < "$RUN_DIR/workload.b64"
+srun --ntasks-per-node=1 --kill-on-bad-exit=1 --input=all bash -c 'mkdir -p "$1/ranks" "$1/logs" "$1/nodes" "$1/nccl" "${0%/*}" && if [ -e "$0/.complete" ]; then cat > /dev/null; else t=$(mktemp -d "$0.XXXXXX") && base64 -d | tar -xzf - -C "$t" && touch "$t/.complete" && { mv -T "$t" "$0" 2> /dev/null || rm -rf "$t"; }; fi' /local/orchestrator/workload/0123456789abcdef "$RUN_DIR" < "$RUN_DIR/workload.b64"
 # the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl
 export ORCHESTRATOR_MONITOR=/local/orchestrator/workload/0123456789abcdef/monitor_probe.py
 export ORCHESTRATOR_MONITOR_ARGS='{"columns": null, "follow_parent": true, "interval_s": 5.0, "out": "/local/orchestrator/runs/20260115-131500-abc123/nodes/monitor-@NODE@.jsonl", "tool": null}'

@@ -17,7 +17,7 @@ export ORCHESTRATOR_RUN_ID=20260115-131500-abc123
 export PYTHONPATH=/shared/orchestrator/workload/0123456789abcdef
 export PYTHONUNBUFFERED=1
 RUN_DIR=/shared/orchestrator/runs/20260115-131500-abc123
-mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"
+mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes" "$RUN_DIR/nccl"
 # the exit status, for a follower that comes after Slurm has forgotten the job
 trap 'echo "$?" > "$RUN_DIR/job.exit"' EXIT
 # the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl

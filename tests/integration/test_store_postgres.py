@@ -275,3 +275,49 @@ def test_flagperf_import_and_mllog_export_on_postgres(
     exported = run_cli("--db", pg_url, "export", RUN_2X8, "--mllog", tmp_path / "x.mllog")
     assert exported.exit_code == 0, exported.err
     assert (tmp_path / "x.mllog").read_text().count(":::MLLOG ") == 36
+
+
+def test_fabric_and_warnings_of_a_socket_fallback_run_on_postgres(
+    pg_store: Any, pg_url: str, run_copy: Any, run_cli: Any
+) -> None:
+    nccl = Path(__file__).resolve().parents[1] / "fixtures" / "nccl" / "socket-2x8"
+    folder = run_copy(RUN_2X8)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for node in manifest["nodes"]:
+        node["ib_hcas"] = ["mlx5_0", "mlx5_1"]
+        (folder / "nodes" / node["name"] / "nccl.log").write_text(
+            (nccl / f"{node['name']}.log").read_text()
+        )
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    pg_store.ingest([folder])
+    with pg_store.engine.connect() as conn:
+        # JSONB: the admins' operators work on the per-node record
+        devices = conn.exec_driver_sql(
+            "SELECT n->>'node', n->'devices'->>0 FROM runs, jsonb_array_elements(fabric->'nodes') n "
+            "WHERE fabric_transport = 'socket' ORDER BY 1"
+        ).all()
+        warnings = conn.scalar(select(Run.warnings).where(Run.run_id == RUN_2X8))
+    assert devices == [("me-node1", "eth0:192.168.0.11<0>"), ("me-node2", "eth0:192.168.0.12<0>")]
+    assert [w.split(":")[0] for w in warnings] == ["node me-node1", "node me-node2"]
+    report = run_cli("--db", pg_url, "report", "--run", RUN_2X8)
+    assert report.exit_code == 0, report.err
+    assert "- ranks talked (NCCL): socket (eth0); intra-node SHM\n" in report.out
+    assert f"- {RUN_2X8}: {warnings[0]}\n" in report.out
+
+
+def test_migration_0005_keeps_runs_and_goes_down_to_0004(pg_url: str, fixture_runs: Path) -> None:
+    upgrade_store(pg_url, "0004")
+    upgrade_store(pg_url)
+    with open_store(pg_url) as store:
+        store.ingest([fixture_runs / RUN_1X8])
+    assert downgrade_store(pg_url, "0004").after == "0004"
+    engine = make_engine(pg_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("runs")}
+        with engine.connect() as conn:
+            kept = conn.exec_driver_sql("SELECT run_id FROM runs").scalars().all()
+    finally:
+        engine.dispose()
+    assert "fabric" not in columns and "warnings" not in columns and "mem_source" in columns
+    assert kept == [RUN_1X8]
+    assert upgrade_store(pg_url).after == head_revision()

@@ -79,7 +79,11 @@ def test_every_listing_command_has_the_documented_json_keys(run_cli: Any, histor
 
     report = _json(run_cli, "--db", history, "report")
     assert set(report) == keys["report"]
-    assert set(_json(run_cli, "--db", history, "report", "--no-group")) == {"environment", "runs"}
+    assert set(_json(run_cli, "--db", history, "report", "--no-group")) == {
+        "environment",
+        "runs",
+        "warnings",
+    }
 
     rows = _json(run_cli, "--db", history, "query", "SELECT run_id, p_core FROM runs LIMIT 2")
     assert [set(r) for r in rows] == [{"run_id", "p_core"}] * 2

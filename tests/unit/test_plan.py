@@ -88,3 +88,18 @@ def test_unknown_or_malformed_hyper_parameters_are_refused_before_anything_runs(
         _plan(sets=("log_every=1",))
     with pytest.raises(ConfigError, match="not a valid int"):
         _plan(sets=("bs=sixteen",))
+
+
+def test_an_accelerator_profile_sends_nccl_lines_to_a_file_per_process_and_cpu_does_not():
+    plan = _plan()
+    env = plan.nodes[1].env_dict
+    run_dir = plan.nodes[1].run_dir
+    assert (env["NCCL_DEBUG"], env["NCCL_DEBUG_SUBSYS"]) == ("INFO", "INIT,NET")
+    assert env["NCCL_DEBUG_FILE"] == f"{run_dir}/nccl/%h.%p.log"  # beside node.log, not in it
+    job = plan.job
+    mine = build_plan(
+        job, workload_hash="h", vendor_env={"NCCL_DEBUG": "WARN"}, visible_devices_var="X"
+    )
+    assert mine.nodes[0].env_dict["NCCL_DEBUG"] == "WARN"  # the vendor profile's setting wins
+    cpu = build_plan(job, workload_hash="h", vendor_env={}, visible_devices_var=None)
+    assert not [k for k in cpu.nodes[0].env_dict if k.startswith("NCCL_DEBUG")]

@@ -163,3 +163,46 @@ def test_jobs_sharing_a_node_get_their_own_rendezvous_port() -> None:
         for job_id in (41, 42, 1041)
     }
     assert ports == {"29541", "29542"}  # 1041 wraps onto 41: a thousand jobs apart
+
+
+def test_an_accelerator_cluster_exports_the_nccl_log_file_and_makes_its_folder() -> None:
+    from dataclasses import replace
+
+    job = make_job(
+        replace(_cluster(SITE), vendor="nvidia"),
+        Topology.parse("2x8"),
+        (),
+        run_id="20260115-131500-abc123",
+    )
+    plan = build_slurm_plan(job, SITE, workload_hash="x")
+    run_dir = "/shared/orchestrator/runs/20260115-131500-abc123"
+    assert f"export NCCL_DEBUG_FILE={run_dir}/nccl/%h.%p.log\n" in plan.script
+    assert "export NCCL_DEBUG=INFO\n" in plan.script
+    assert '"$RUN_DIR/nccl"' in plan.script.split("mkdir -p", 1)[1].splitlines()[0]
+    assert "NCCL_DEBUG" not in _plan(SITE).script  # the cpu cluster: gloo, no NCCL
+
+
+def test_collect_joins_each_hosts_nccl_files_into_its_node_folder(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from orchestrator.backends.slurm.execute import _collect
+    from orchestrator.backends.slurm.script import NodeSlot
+
+    plan = replace(
+        _plan(SITE), nodes=(NodeSlot("gpu-a", "gpu-a", 0), NodeSlot("gpu-b", "gpu-b", 1))
+    )
+    shared = tmp_path / "shared"
+    (shared / "nccl").mkdir(parents=True)
+    # NCCL_DEBUG_FILE=$RUN_DIR/nccl/%h.%p.log: the short host name, then the pid
+    for name, text in {
+        "gpu-a.202.log": "a 202\n",
+        "gpu-a.201.log": "a 201\n",
+        "gpu-b.301.log": "b 301\n",
+        "gpu-ab.401.log": "not gpu-a's\n",
+    }.items():
+        (shared / "nccl" / name).write_text(text)
+    assert _collect(plan, tmp_path / "run", None, shared) == ""  # type: ignore[arg-type]
+    nodes = tmp_path / "run" / "nodes"
+    assert (nodes / "gpu-a" / "nccl.log").read_text() == "a 201\na 202\n"
+    assert (nodes / "gpu-b" / "nccl.log").read_text() == "b 301\n"
+    assert not shared.exists()

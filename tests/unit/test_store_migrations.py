@@ -267,3 +267,37 @@ def test_unreachable_postgres_is_one_line_without_the_password(run_cli) -> None:
     result = run_cli("--db", url, "runs", "list")
     assert result.exit_code == 2 and result.err.count("\n") == 1
     assert "Sup3rSecret" not in result.err + result.out
+
+
+def test_migration_0005_adds_the_fabric_columns_to_existing_runs_and_drops_them_again(
+    sqlite_url: str, fixture_runs: Path
+) -> None:
+    upgrade_store(sqlite_url, "0004")
+    engine = make_engine(sqlite_url)
+    try:
+        assert "fabric" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    finally:
+        engine.dispose()
+    assert upgrade_store(sqlite_url).after == "0005"
+    with open_store(sqlite_url) as store:
+        store.ingest([fixture_runs / "20260113-101500-1x8-metax"])
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT fabric_transport, fabric_summary, fabric, warnings FROM runs")
+            ).one()
+        assert tuple(row) == (None, None, None, None)  # no NCCL lines in that folder
+    finally:
+        engine.dispose()
+    assert downgrade_store(sqlite_url, "0004").after == "0004"
+    engine = make_engine(sqlite_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("runs")}
+        indexes = {i["name"] for i in inspect(engine).get_indexes("runs")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+    finally:
+        engine.dispose()
+    assert not columns & {"fabric_transport", "fabric_summary", "fabric", "warnings"}
+    assert "ix_runs_fabric_transport" not in indexes

@@ -34,10 +34,11 @@ from orchestrator.backends.slurm.script import (
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
 from orchestrator.pathnames import copy_regular, is_safe_name
+from orchestrator.plan import NCCL_LOG_DIR
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest
+from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, join_nccl_logs
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -562,6 +563,14 @@ def _collect(plan: SlurmPlan, run_dir: Path, store: Store, shared: Path) -> str:
                 shared / "logs" / f"node-{slot.node_rank}.log",
                 run_dir / "logs" / f"{slot.name}.log",
             )
+            # NCCL_DEBUG_FILE's %h is the short host name, which Slurm's node names are; only
+            # regular files are joined (a link there is no NCCL log)
+            nccl = sorted(
+                p
+                for p in (shared / NCCL_LOG_DIR).glob(f"{slot.name.split('.')[0]}.*.log")
+                if p.is_file() and not p.is_symlink()
+            )
+            join_nccl_logs(nccl, run_dir / "nodes" / slot.name)
             samples = shared / "nodes" / f"monitor-{slot.node_rank}.jsonl"
             if samples.exists():
                 (run_dir / "nodes" / slot.name).mkdir(parents=True, exist_ok=True)

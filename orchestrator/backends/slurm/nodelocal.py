@@ -29,7 +29,7 @@ def unpack_lines(archive_b64: str, workload_dir: str, step: list[str]) -> list[s
     # Content-addressed like the shared copy: unpacked once per node (into a temporary folder,
     # then renamed: nodes that share a disk never see a half-written source).
     unpack = (
-        'mkdir -p "$1/ranks" "$1/logs" "$1/nodes" "${0%/*}" && if [ -e "$0/.complete" ]; '
+        'mkdir -p "$1/ranks" "$1/logs" "$1/nodes" "$1/nccl" "${0%/*}" && if [ -e "$0/.complete" ]; '
         'then cat > /dev/null; else t=$(mktemp -d "$0.XXXXXX") && base64 -d | tar -xzf - -C "$t" '
         '&& touch "$t/.complete" && { mv -T "$t" "$0" 2> /dev/null || rm -rf "$t"; }; fi'
     )

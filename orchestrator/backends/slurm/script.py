@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 from orchestrator import monitor
 from orchestrator.backends.slurm import nodelocal
 from orchestrator.errors import ConfigError
-from orchestrator.plan import WORKLOAD_MODULE, workload_args
+from orchestrator.plan import WORKLOAD_MODULE, nccl_log_env, workload_args
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import JobSpec
 from orchestrator.states import Runtime
@@ -213,7 +213,7 @@ def render_script(
         "# the run's identity and the vendor environment (every task inherits them)",
         *[f"export {k}={q(v)}" for k, v in sorted(env.items())],
         f"RUN_DIR={q(run_dir)}",
-        'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
+        'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes" "$RUN_DIR/nccl"',
         *(
             nodelocal.finish_lines(nodelocal.job_output(job.run_id), EXIT_FILE)
             if settings.fetch
@@ -289,6 +289,8 @@ def build_slurm_plan(
     run_dir = str(root / "runs" / job.run_id)
     workload_dir = str(root / "workload" / workload_hash)
     env = slurm_env(job, settings, vendor_env or {}, workload_dir)
+    if job.cluster.vendor != "cpu":  # NCCL's lines per process (plan.nccl_log_env); vendor's win
+        env = {**nccl_log_env(run_dir), **env}
     script = render_script(
         job,
         settings,

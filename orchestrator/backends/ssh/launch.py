@@ -4,6 +4,7 @@ the store is touched only by the caller (orchestrator.backends.ssh.submit)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import deque
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING, Literal
 from orchestrator import monitor
 from orchestrator.backends.ssh.guard import run_env
 from orchestrator.errors import NodeError
+from orchestrator.plan import NCCL_LOG_DIR
 from orchestrator.runs.failure import Failure, diagnose
+from orchestrator.runs.folder import join_nccl_logs
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
 from orchestrator.workload_source import workload_files
@@ -49,6 +52,7 @@ def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
     def one(t: Transport) -> None:
         np_ = by_node[t.node.name]
         t.makedirs(np_.output_dir)
+        t.makedirs(f"{np_.run_dir}/{NCCL_LOG_DIR}")  # NCCL_DEBUG_FILE's folder (plan.py)
         if np_.workload_dir is None:
             return
         marker = f"{np_.workload_dir}/.complete"
@@ -278,11 +282,16 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
         )
         if t.exists(np_.log_path):
             t.get_file(np_.log_path, local_dir / "logs" / f"{t.node.name}.log")
+        node_dir = local_dir / "nodes" / t.node.name
         samples = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
         if t.exists(samples):
-            node_dir = local_dir / "nodes" / t.node.name
             node_dir.mkdir(parents=True, exist_ok=True)
             t.get_file(samples, node_dir / monitor.MONITOR_FILE)
+        nccl = f"{np_.run_dir}/{NCCL_LOG_DIR}"
+        if t.exists(nccl):  # the ranks' NCCL lines, one file per process -> nccl.log
+            t.get_tree(nccl, node_dir / NCCL_LOG_DIR)
+            join_nccl_logs(sorted((node_dir / NCCL_LOG_DIR).glob("*.log")), node_dir)
+            shutil.rmtree(node_dir / NCCL_LOG_DIR, ignore_errors=True)
         t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
         if skipped:  # a link or a strange name in a run folder: say so, it is not a result
             raise NodeError(

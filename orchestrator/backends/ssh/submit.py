@@ -119,7 +119,9 @@ def ssh_manifest(plan: Plan, req: SubmitRequest, status: RunStatus, **extra: Any
         status,
         backend="ssh",
         runtime=plan.runtime,
-        nodes=[NodeRef(n.node.name, n.node.address, n.node_rank) for n in plan.nodes],
+        nodes=[
+            NodeRef(n.node.name, n.node.address, n.node_rank, n.node.ib_hcas) for n in plan.nodes
+        ],
         image=ImageRef(plan.image, plan.image_id) if plan.image else None,
         hardware_label=plan.hardware_label,
         **extra,

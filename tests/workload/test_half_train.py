@@ -63,18 +63,21 @@ def train(model, optimizer, precision, batches):
 
 
 def test_fp16_computes_in_fp16_and_the_optimizer_holds_fp32_masters():
-    precision, model, optimizer = fp16_setup(Scalar(), lr=0.01)
+    precision, model, optimizer = fp16_setup(Scalar(1.0001), lr=0.01)
     # one master: for the trainable weight, not for the frozen one
     (master,) = [p for group in optimizer.param_groups for p in group["params"]]
     assert (
         model.frozen.dtype == model.weight.dtype == torch.float16 and master.dtype == torch.float32
     )
+    # the master starts from the fp32 weight, not from its fp16 rounding (1.0)
+    assert float(model.weight.detach()) == 1.0
+    assert float(master.detach()) == float(torch.tensor(1.0001))
     meter = train(model, optimizer, precision, Batches(1.0, 1))
     assert model.seen == [torch.float16]  # the forward ran in fp16
     assert meter.skipped_steps == 0
-    assert float(master.detach()) == pytest.approx(0.99)  # SGD on the master: 1 - 0.01 * 1
+    assert float(master.detach()) == pytest.approx(0.9901)  # SGD on the master: 1.0001 - 0.01
     assert model.weight.dtype == torch.float16
-    assert float(model.weight.detach()) == float(torch.tensor(0.99).half())  # the master, rounded
+    assert float(model.weight.detach()) == float(master.detach().half())  # the master, rounded
     assert optimizer.state[master]["momentum_buffer"].dtype == torch.float32
     assert model.weight.grad is None  # the fp16 gradients were consumed, none accumulate
 

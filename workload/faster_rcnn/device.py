@@ -167,8 +167,10 @@ class Precision:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """fp16: the model in float16 and the fp32 copies of its trainable weights."""
         if self.half:
+            fp32 = [p.detach().clone() for p in model.parameters() if p.requires_grad]
             model = model.half()
-            self.masters = MasterWeights([p for p in model.parameters() if p.requires_grad])
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.masters = MasterWeights(params, fp32)
         return model
 
     def optimizer_params(self, model: torch.nn.Module) -> List[torch.nn.Parameter]:

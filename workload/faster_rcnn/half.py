@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -99,9 +99,14 @@ class MasterWeights:
     are set to the copies rounded to fp16. An update below fp16's resolution still accumulates in
     the fp32 copy until it shows."""
 
-    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+    def __init__(
+        self, params: Sequence[nn.Parameter], initial: Optional[Sequence[torch.Tensor]] = None
+    ) -> None:
+        """`params`: the half model's trainable parameters; `initial`: their values before the
+        model was halved (the masters start from those, not from their fp16 rounding)."""
         self.model_params = list(params)
-        self.masters = [nn.Parameter(p.detach().float().clone()) for p in self.model_params]
+        start = self.model_params if initial is None else list(initial)
+        self.masters = [nn.Parameter(t.detach().float().clone()) for t in start]
 
     def step(self, optimizer: torch.optim.Optimizer, scale: LossScale) -> bool:
         """The model's gradients (of the loss times `scale`) to the copies, unscaled; a step

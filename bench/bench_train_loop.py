@@ -79,7 +79,7 @@ class Bench:
         torch.manual_seed(0)
         model, _ = build_model(None, 91, None, height, max(height, width), args.box_batch_size)
         self.model = self.precision.prepare_model(model.to(self.device)).train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.precision.optimizer_params(self.model)
         # a tiny learning rate: the same arithmetic, and nothing diverges over many rounds
         self.optimizer = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
         hp: Dict[str, Any] = dict(hparams.defaults(), lr=1e-5, epochs=1)

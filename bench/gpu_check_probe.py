@@ -50,7 +50,7 @@ def measure(name: str, iters: int, warmup: int) -> Dict[str, Any]:
     model, _ = build_model(None, 91, None, 800, 1333, 512)
     model = precision.prepare_model(model.to(device))
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = precision.optimizer_params(model)
     optimizer = torch.optim.SGD(params, lr=0.0025, momentum=0.9, weight_decay=1e-4)
     images, targets = batch(device)
     images = precision.prepare_images(images)

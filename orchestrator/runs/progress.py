@@ -66,6 +66,17 @@ def _int(event: dict[str, Any], key: str, default: int = 0) -> int:
     return int(value) if isinstance(value, (int, float)) else default
 
 
+def _skipped(event: dict[str, Any]) -> str:
+    """Steps the loss scaling skipped for overflow (fp16, amp), when there were any."""
+    skipped = _int(event, "skipped_steps")
+    if not skipped:
+        return ""
+    scale = _num(event, "loss_scale")
+    return f", {skipped} step(s) skipped for overflow" + (
+        f" (loss scale now {scale:g})" if scale is not None else ""
+    )
+
+
 class ProgressView:
     """Shows where a run is: phase, epoch, iterations done/total, loss, images/s, the epoch's
     and the run's ETA, evaluation images done/total."""
@@ -229,6 +240,7 @@ class ProgressView:
             self._line(
                 f"training: epoch {_int(event, 'epoch') + 1}/{event.get('epochs', '?')} done, "
                 f"loss {_fmt_loss(_num(event, 'loss'))}, {duration(_num(event, 'train_s'))}"
+                + _skipped(event)
             )
         elif kind == "eval":
             self._line(

@@ -83,6 +83,21 @@ def test_plain_output_has_a_line_per_phase_and_progress_at_most_every_10_s() -> 
     ]
 
 
+def test_an_epoch_with_steps_skipped_for_overflow_says_how_many() -> None:
+    view, out, clock = _plain()
+    with view:
+        view.event(START)
+        end = {"event": "epoch_end", "epoch": 0, "epochs": 2, "loss": 1.25, "train_s": 16.0}
+        view.event(dict(end, skipped_steps=0, loss_scale=None))  # fp32: nothing to say
+        view.event(dict(end, epoch=1, skipped_steps=3, loss_scale=8192.0))
+    lines = out.getvalue().splitlines()
+    assert lines[-2].endswith("training: epoch 1/2 done, loss 1.250, 16.0 s")
+    assert lines[-1].endswith(
+        "training: epoch 2/2 done, loss 1.250, 16.0 s, 3 step(s) skipped for overflow "
+        "(loss scale now 8192)"
+    )
+
+
 def test_a_quiet_phase_gets_a_line_every_10_s_in_a_log() -> None:
     view, out, clock = _plain()
     view.phase("init", "model")

@@ -143,6 +143,11 @@ def test_progress_events_on_stdout(two_rank_run, two_rank_docs):
     assert seen[-1] == (5, 5, True), seen  # inference over: COCOeval scores it
     assert len(seen) >= 2 and all(0 < d <= 5 and t == 5 and not s for d, t, s in seen[:-1]), seen
     assert [e["epoch"] for e in two_rank_run.events_of("epoch_end")] == [0]
+    (epoch_end,) = two_rank_run.events_of("epoch_end")
+    assert (epoch_end["skipped_steps"], epoch_end["loss_scale"]) == (0, None)  # fp32: no scaling
+    assert [(e["skipped_steps"], e["loss_scale"]) for e in two_rank_docs[0]["epochs"]] == [
+        (0, None)
+    ]
     (evaluation,) = two_rank_run.events_of("eval")
     assert evaluation["map"] == two_rank_docs[0]["eval"]["map"]
     done = events[-1]

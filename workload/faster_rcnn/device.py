@@ -13,6 +13,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional
 import torch
 
 from .errors import DeviceError
+from .half import LossScale, MasterWeights
 
 
 def _module(device_type: str) -> Any:
@@ -116,34 +117,47 @@ class DeviceOps:
 
 class Precision:
     """fp32: plain. amp: autocast (float16 on accelerators with a GradScaler, bfloat16 on the CPU).
-    fp16: model and inputs in float16 with a static loss scale; accelerators only."""
+    fp16: model and inputs in float16, fp32 master weights in the optimizer and a dynamic loss
+    scale (half.py); accelerators only. Every precision post-processes detections in fp32
+    (model.py)."""
 
     def __init__(self, name: str, device: torch.device, loss_scale: float) -> None:
         self.name = name
         self.device = device
-        self.loss_scale = loss_scale
         self.scaler: Any = None
         self.autocast_dtype: Optional[torch.dtype] = None
         self.half = False
+        self.loss_scale: Optional[LossScale] = None  # fp16's
+        self.masters: Optional[MasterWeights] = None  # fp16's, once the model is prepared
         self._last_scale = 0.0  # the GradScaler's scale after the previous step
         if name == "amp":
             self.autocast_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
             if device.type != "cpu":
                 self.use_scaler(_grad_scaler(device.type))
         elif name == "fp16":
-            if device.type == "cpu":
-                raise DeviceError(
-                    "--precision fp16 needs an accelerator, this process runs on the CPU",
-                    "use --precision amp (bfloat16 autocast) or fp32 on the CPU",
-                )
             self.half = True
+            self.loss_scale = LossScale(loss_scale)
         elif name != "fp32":
             raise DeviceError(f"unknown precision {name!r}", "use fp32, amp or fp16")
+
+    def check_device(self) -> None:
+        """fp16 runs on accelerators only: a CPU's half kernels are slow and incomplete."""
+        if self.half and self.device.type == "cpu":
+            raise DeviceError(
+                "--precision fp16 needs an accelerator, this process runs on the CPU",
+                "use --precision amp (bfloat16 autocast) or fp32 on the CPU",
+            )
 
     def use_scaler(self, scaler: Any) -> None:
         """Loss scaling with this GradScaler (amp on an accelerator; tests on the CPU)."""
         self.scaler = scaler
         self._last_scale = float(scaler.get_scale()) if scaler is not None else 0.0
+
+    def current_scale(self) -> Optional[float]:
+        """The loss scale the next step uses; None when the loss is not scaled."""
+        if self.loss_scale is not None:
+            return self.loss_scale.scale
+        return float(self.scaler.get_scale()) if self.scaler is not None else None
 
     def autocast(self) -> ContextManager[Any]:
         if self.autocast_dtype is None:
@@ -151,14 +165,27 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.half() if self.half else model
+        """fp16: the model in float16 and the fp32 copies of its trainable weights."""
+        if self.half:
+            fp32 = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+            model = model.half()
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.masters = MasterWeights(params, fp32)
+        return model
+
+    def optimizer_params(self, model: torch.nn.Module) -> List[torch.nn.Parameter]:
+        """What the optimizer steps: the prepared model's trainable parameters, or under fp16
+        their fp32 master copies."""
+        if self.masters is not None:
+            return list(self.masters.masters)
+        return [p for p in model.parameters() if p.requires_grad]
 
     def prepare_images(self, images: List[torch.Tensor]) -> List[torch.Tensor]:
         return [im.half() for im in images] if self.half else images
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
-        """Backward and optimizer step; False when the step was skipped for overflow (fp16's
-        static scale, or amp's GradScaler)."""
+        """Backward and optimizer step; False when the step was skipped because a gradient was
+        inf or NaN (fp16's dynamic scale, or amp's GradScaler; both then halve their scale)."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)  # skips the step when a gradient is inf or NaN ...
@@ -167,17 +194,14 @@ class Precision:
             skipped = scale < self._last_scale
             self._last_scale = scale
             return not skipped
-        if not self.half:
+        if self.loss_scale is None:
             loss.backward()
             optimizer.step()
             return True
-        (loss.float() * self.loss_scale).backward()
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch._foreach_mul_(grads, 1.0 / self.loss_scale)
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-        if finite:
-            optimizer.step()
-        return finite
+        if self.masters is None:
+            raise RuntimeError("fp16: prepare_model() must run before training")
+        (loss.float() * self.loss_scale.scale).backward()
+        return self.masters.step(optimizer, self.loss_scale)
 
 
 def _grad_scaler(device_type: str) -> Any:

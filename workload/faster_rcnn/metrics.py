@@ -53,6 +53,7 @@ class EpochMeter:
         self.map: Optional[float] = None
         self.complete = True
         self.skipped_steps = 0
+        self.loss_scale: Optional[float] = None  # at the epoch's end; None: the loss is not scaled
 
     def step(self, images: int, data_s: float, core_s: float) -> None:
         self.iterations += 1
@@ -74,6 +75,7 @@ class EpochMeter:
             "map": self.map,
             "complete": self.complete,
             "skipped_steps": self.skipped_steps,
+            "loss_scale": self.loss_scale,
         }
 
 

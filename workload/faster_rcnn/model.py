@@ -19,6 +19,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .errors import WeightsError
+from .half import fp32_postprocess
 
 _WEIGHTS_REMEDY = (
     "give the torchvision ImageNet ResNet-50 checkpoint (resnet50-0676ba61.pth) "
@@ -78,7 +79,8 @@ def build_model(
     max_size: int,
     box_batch_size_per_image: int = 512,
 ) -> Tuple[FasterRCNN, int]:
-    """The detector and the number of trainable backbone layers actually used."""
+    """The detector and the number of trainable backbone layers actually used. Its detection
+    post-processing runs in fp32 under every precision (half.fp32_postprocess)."""
     pretrained = backbone_weights is not None
     body = resnet50(norm_layer=FrozenBatchNorm2d if pretrained else nn.BatchNorm2d)
     if backbone_weights is not None:
@@ -97,7 +99,7 @@ def build_model(
         max_size=max_size,
         box_batch_size_per_image=box_batch_size_per_image,
     )
-    return model, layers
+    return fp32_postprocess(model), layers
 
 
 def count_parameters(model: nn.Module) -> Dict[str, Any]:

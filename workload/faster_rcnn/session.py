@@ -121,6 +121,7 @@ class Session:
             "total_mem_bytes": self.ops.total_memory(),
         }
         self.precision = Precision(self.hp["precision"], self.device, self.hp["fp16_loss_scale"])
+        self.precision.check_device()
         init_distributed(self.env, self.backend, args.dist_timeout_s)
         self.comm = Comm(self.env.world_size, self.device, self.backend)
         report.run_id = self.comm.broadcast_object(report.run_id)  # one id, even if generated
@@ -152,7 +153,7 @@ class Session:
         hp["trainable_backbone_layers"] = layers  # what was actually used
         self.report.config["hparams"] = dict(hp)
         self.model = self.precision.prepare_model(model.to(self.device))
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.precision.optimizer_params(self.model)  # fp16: the fp32 master copies
         self.optimizer = torch.optim.SGD(
             params, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"]
         )
@@ -179,6 +180,7 @@ class Session:
             self.events.emit(
                 "epoch_end", epoch=epoch, epochs=self.epochs, iterations=meter.iterations,
                 loss=meter.loss_mean, lr=meter.lr, train_s=meter.train_s, core_s=meter.core_s,
+                skipped_steps=meter.skipped_steps, loss_scale=meter.loss_scale,
             )  # fmt: skip
             if self.val_loader is not None:
                 self._evaluate(meter)

@@ -126,6 +126,7 @@ class Trainer:
                 t_log, last_log_images = t_end, meter.images
         meter.train_s = t_prev - t_epoch
         meter.lr = lr
+        meter.loss_scale = self.precision.current_scale()
         self.train_time_s += meter.train_s
         self.done_iters += meter.iterations
         total_loss, total_iters = self.comm.sum([float(loss_sum.item()), float(meter.iterations)])

@@ -22,13 +22,33 @@ def job_output(run_id: str) -> str:
     return f"/tmp/orchestrator-{run_id}.out"
 
 
-def unpack_lines(archive_b64: str, workload_dir: str, step: list[str]) -> list[str]:
+# $r must be a folder of this user's alone (made 0700 if missing, not a link, not writable by
+# group or others) before anything in it is trusted: a `.complete` someone else planted there
+# would run their code as this user. (The node probe checks the folders above it too, later.)
+PRIVATE_ROOT = (
+    'umask 077; mkdir -p -- "$r" && [ ! -L "$r" ] && [ -O "$r" ] '
+    '&& [ -z "$(find "$r" -maxdepth 0 -perm /022)" ] || { echo "orchestrator: slurm.node_dir '
+    '$r on $(hostname) is not a folder only you can write: remove it or change node_dir" >&2; '
+    "exit 1; }"
+)
+
+
+def private_root_lines(node_dir: str) -> list[str]:
+    """The batch shell's own check of node_dir on the first node, before it writes there."""
+    return [
+        "# node_dir: only this user may write there (or the workload could be swapped)",
+        f"r={shlex.quote(node_dir)}; " + PRIVATE_ROOT,
+    ]
+
+
+def unpack_lines(archive_b64: str, workload_dir: str, step: list[str], node_dir: str) -> list[str]:
     """Write the embedded workload archive, then unpack it on every node (srun's stdin goes to
     every task with --input=all) and create the run folder there."""
     body = "\n".join(textwrap.wrap(archive_b64, 76))
     # Content-addressed like the shared copy: unpacked once per node (into a temporary folder,
     # then renamed: nodes that share a disk never see a half-written source).
     unpack = (
+        f'r="$2"; {PRIVATE_ROOT}; '
         'mkdir -p "$1/ranks" "$1/logs" "$1/nodes" "${0%/*}" && if [ -e "$0/.complete" ]; '
         'then cat > /dev/null; else t=$(mktemp -d "$0.XXXXXX") && base64 -d | tar -xzf - -C "$t" '
         '&& touch "$t/.complete" && { mv -T "$t" "$0" 2> /dev/null || rm -rf "$t"; }; fi'
@@ -39,7 +59,9 @@ def unpack_lines(archive_b64: str, workload_dir: str, step: list[str]) -> list[s
         body,
         ARCHIVE_MARK,
         shlex.join([*step, "--input=all", "bash", "-c", unpack, workload_dir])
-        + ' "$RUN_DIR" < "$RUN_DIR/workload.b64"',
+        + ' "$RUN_DIR" '
+        + shlex.quote(node_dir)
+        + ' < "$RUN_DIR/workload.b64"',
     ]
 
 

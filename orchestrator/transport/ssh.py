@@ -292,7 +292,7 @@ class SshTransport(Transport):
         tmp = _temp_name(remote)
         with self._sftp_session(f"copying {local} to {remote}") as sftp:
             try:
-                with open(local, "rb") as source, sftp.open(tmp, "xb") as handle:
+                with open(local, "rb") as source, sftp.open(tmp, "wxb") as handle:
                     handle.set_pipelined(True)
                     shutil.copyfileobj(source, handle, 1 << 20)
                 sftp.chmod(tmp, stat.S_IMODE(os.stat(local).st_mode))
@@ -348,7 +348,7 @@ class SshTransport(Transport):
         tmp = _temp_name(remote)
         with self._sftp_session(f"writing {remote}") as sftp:
             try:
-                with sftp.open(tmp, "xb") as handle:
+                with sftp.open(tmp, "wxb") as handle:
                     handle.write(text.encode("utf-8"))
                 sftp.chmod(tmp, mode)
                 sftp.posix_rename(tmp, remote)

@@ -176,6 +176,16 @@ def stage(plan: SlurmPlan) -> None:
         ) from None
 
 
+def submit_staged(plan: SlurmPlan, argv: tuple[str, ...]) -> str:
+    """sbatch the staged script. A node_dir site's script is removed once sbatch has read it
+    (Slurm keeps its own copy): the private script folder does not fill up."""
+    try:
+        return commands.sbatch(plan.script_path, argv)
+    finally:
+        if plan.local_script:
+            Path(plan.local_script).unlink(missing_ok=True)
+
+
 def _stage(plan: SlurmPlan) -> None:
     run_dir = Path(plan.run_dir)
     for sub in ("ranks", "logs", "nodes"):
@@ -296,7 +306,7 @@ def execute(
         if stop.is_set():
             raise _Cancelled("cancelled by the user before the job was submitted")
         view.phase("submitting", f"sbatch, {job.topology.nnodes} node(s)")
-        job_id = commands.sbatch(plan.script_path, plan.sbatch_argv)
+        job_id = submit_staged(plan, plan.sbatch_argv)
         request = leases.request_for(job.cluster, req)
         follows.record_followed(store, job.run_id, job_id, request, holder, ttl_s)
         view.phase("submitted", f"slurm job {job_id}")

@@ -6,7 +6,7 @@
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
 #SBATCH --chdir=/tmp
-#SBATCH --output=/tmp/orchestrator-20260115-131500-abc123.out
+#SBATCH --output=/dev/null
 #SBATCH --partition=gpu
 #SBATCH --gres=gpu:8
 set -euo pipefail
@@ -20,20 +20,20 @@ export PYTHONUNBUFFERED=1
 r=/local/orchestrator; umask 077; mkdir -p -- "$r" && [ ! -L "$r" ] && [ -O "$r" ] && [ -z "$(find "$r" -maxdepth 0 -perm /022)" ] || { echo "orchestrator: slurm.node_dir $r on $(hostname) is not a folder only you can write: remove it or change node_dir" >&2; exit 1; }
 RUN_DIR=/local/orchestrator/runs/20260115-131500-abc123
 mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"
+# the batch shell's own output, in the run folder (not at a guessable /tmp name)
+exec >>"$RUN_DIR/slurm-job.out" 2>&1
 # at the end, however it ends: the exit status, then wait (up to 600 s) until the
 # follower has fetched every node's run folder, then remove them
 finish() {
   rc=$?
   set +e
   echo "$rc" > "$RUN_DIR/job.exit"
-  cp /tmp/orchestrator-20260115-131500-abc123.out "$RUN_DIR/slurm-job.out"
   scontrol update JobId="$SLURM_JOB_ID" Comment=orchestrator-fetch-ready
   for _ in $(seq 600); do
     scontrol -o show job "$SLURM_JOB_ID" | grep -q "Comment=orchestrator-fetched" && break
     sleep 1
   done
   srun --ntasks-per-node=1 rm -rf "$RUN_DIR"
-  rm -f /tmp/orchestrator-20260115-131500-abc123.out
   exit "$rc"
 }
 trap finish EXIT

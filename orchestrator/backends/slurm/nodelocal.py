@@ -16,10 +16,15 @@ FETCH_WAIT_S = 600  # how long the batch shell waits for a follower to fetch
 ARCHIVE_MARK = "ORCHESTRATOR_WORKLOAD"
 
 
-def job_output(run_id: str) -> str:
-    """The batch shell's own output, on the batch node's /tmp (the run folder does not exist
-    when Slurm opens it); copied into the run folder at the end."""
-    return f"/tmp/orchestrator-{run_id}.out"
+def output_lines(job_output: str) -> list[str]:
+    """The batch shell's own output, into the run folder once it exists. Slurm opens --output
+    before the script runs, when no folder of ours exists yet on the node; a file at a
+    guessable name in /tmp instead could be a link another user planted (Slurm would write
+    through it as this user), so --output is /dev/null and the shell redirects itself."""
+    return [
+        "# the batch shell's own output, in the run folder (not at a guessable /tmp name)",
+        f'exec >>"$RUN_DIR/{job_output}" 2>&1',
+    ]
 
 
 # $r must be a folder of this user's alone (made 0700 if missing, not a link, not writable by
@@ -65,10 +70,9 @@ def unpack_lines(archive_b64: str, workload_dir: str, step: list[str], node_dir:
     ]
 
 
-def finish_lines(output: str, exit_file: str) -> list[str]:
-    """The EXIT trap: the exit status and the batch output into the run folder, mark the job
-    ready, wait for the fetch, remove the run folder on every node."""
-    q = shlex.quote
+def finish_lines(exit_file: str) -> list[str]:
+    """The EXIT trap: the exit status into the run folder, mark the job ready, wait for the
+    fetch, remove the run folder on every node."""
     return [
         "# at the end, however it ends: the exit status, then wait (up to "
         f"{FETCH_WAIT_S} s) until the",
@@ -77,14 +81,12 @@ def finish_lines(output: str, exit_file: str) -> list[str]:
         "  rc=$?",
         "  set +e",
         f'  echo "$rc" > "$RUN_DIR/{exit_file}"',
-        f'  cp {q(output)} "$RUN_DIR/slurm-job.out"',
         f'  scontrol update JobId="$SLURM_JOB_ID" Comment={READY}',
         f"  for _ in $(seq {FETCH_WAIT_S}); do",
         f'    scontrol -o show job "$SLURM_JOB_ID" | grep -q "Comment={FETCHED}" && break',
         "    sleep 1",
         "  done",
         '  srun --ntasks-per-node=1 rm -rf "$RUN_DIR"',
-        f"  rm -f {q(output)}",
         '  exit "$rc"',
         "}",
         "trap finish EXIT",

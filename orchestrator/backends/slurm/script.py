@@ -123,7 +123,8 @@ def sbatch_directives(job: JobSpec, settings: SlurmSettings, run_dir: str) -> li
         f"--nodes={topo.nnodes}",
         "--ntasks-per-node=1",
         f"--chdir={'/tmp' if settings.fetch else run_dir}",
-        f"--output={nodelocal.job_output(job.run_id) if settings.fetch else run_dir + '/' + JOB_OUTPUT}",
+        # node_dir sites: no folder of ours exists on the node yet (nodelocal.output_lines)
+        f"--output={'/dev/null' if settings.fetch else run_dir + '/' + JOB_OUTPUT}",
     ]
     if settings.partition:
         opts.append(f"--partition={settings.partition}")
@@ -209,7 +210,7 @@ def render_script(
         f"RUN_DIR={q(run_dir)}",
         'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes"',
         *(
-            nodelocal.finish_lines(nodelocal.job_output(job.run_id), EXIT_FILE)
+            [*nodelocal.output_lines(JOB_OUTPUT), *nodelocal.finish_lines(EXIT_FILE)]
             if settings.fetch
             else [
                 "# the exit status, for a follower that comes after Slurm has forgotten the job",

@@ -104,7 +104,11 @@ def parse_slurm_table(table: object, source: str) -> SlurmSettings:
         )
     node_dir = t.string("node_dir")
     if node_dir is not None and not node_dir.startswith("/"):
-        t.fail("node_dir", f"{node_dir!r} is not absolute", 'a node-local path, e.g. "/tmp/orch"')
+        t.fail(
+            "node_dir",
+            f"{node_dir!r} is not absolute",
+            'a node-local path, e.g. "/local/scratch/orchestrator"',
+        )
     for opt in t.strings("sbatch_options"):
         if not opt.startswith("-"):
             t.fail("sbatch_options", f"item {opt!r} is not an option", 'e.g. ["--exclusive"]')

@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.backends.ssh.guard import _MINE
-from orchestrator.backends.ssh.preflight import probe_node
+from orchestrator.backends.ssh.preflight import PROBE_SOURCE, probe_node
 from orchestrator.node_probe import private_dir_problem
 from orchestrator.specs import NodeSpec
 from orchestrator.transport import shell
 from orchestrator.transport.local import LocalTransport
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
+NOBODY_GID = pwd.getpwnam("nobody").pw_gid
 
 
 def _dir(path: Path, mode: int, owner: int = 0) -> Path:
@@ -38,6 +41,32 @@ def test_a_missing_workdir_is_made_with_parents_for_its_owner_alone(tmp_path: Pa
     for folder in (tmp_path / "a", tmp_path / "a" / "b", target):
         st = folder.stat()
         assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, os.geteuid())
+
+
+def test_the_default_workdir_works_for_a_user_who_is_not_root(tmp_path: Path) -> None:
+    # A fresh node: /var/tmp (sticky, root's) and no folder of ours yet. The probe's own code,
+    # run as `nobody` by the node's system Python, as preflight runs it.
+    var_tmp = _dir(Path(tempfile.mkdtemp(prefix="orch-var-tmp-", dir="/tmp")), 0o1777)
+    try:
+        work = var_tmp / "orchestrator-nobody"
+        driver = PROBE_SOURCE.replace('if __name__ == "__main__":', "if False:")
+        driver += "\nprint(private_dir_problem(sys.argv[1]))\n"
+        out = subprocess.run(
+            ["/usr/bin/python3", "-c", driver, str(work)],
+            user=NOBODY,
+            group=NOBODY_GID,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout == "None\n", out.stderr
+        st = work.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o700, NOBODY)
+        # root's view of nobody's folder: not root's, so root's preflight would refuse it.
+        assert (private_dir_problem(str(work)) or "").startswith(f"{work} belongs to uid {NOBODY}")
+    finally:
+        shutil.rmtree(var_tmp)
 
 
 def test_a_group_or_other_writable_workdir_is_refused_with_the_chmod_remedy(

@@ -3,6 +3,7 @@ the fix. Without a file the embedded default is this machine alone with a SQLite
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from orchestrator.specs import (
     ClusterSpec,
     NodeSpec,
     SshSettings,
+    default_workdir,
 )
 from orchestrator.states import BACKENDS, RUNTIMES
 from orchestrator.tables import REQUIRED, Dialect, Table, Words, control_character
@@ -80,17 +82,18 @@ def _node(
     name = r.string("name", REQUIRED)
     if not is_safe_name(name):  # it names files and folders of the run folder
         r.fail("name", f"{name!r} is not a safe name ({SAFE_NAME_WORDS})", 'e.g. name = "node-01"')
+    user = r.string("user", ssh.get("user"))
     return NodeSpec(
         name=name,
         address=r.string("address", REQUIRED),
         port=r.integer("port", ssh_port, low=1, high=65535),
-        user=r.string("user", ssh.get("user")),
+        user=user,
         key_file=_expand(r.string("key_file", ssh.get("key_file"))),
         accelerators=r.integer("accelerators", 1, low=1, high=1024),
         ib_hcas=r.strings("ib_hcas"),
         socket_ifname=r.string("socket_ifname"),
         python=r.string("python", "python3"),
-        workdir=r.string("workdir", "/tmp/orchestrator"),
+        workdir=r.string("workdir", default_workdir(user or getpass.getuser())),
         docker_host=r.string("docker_host"),
     )
 

@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 
@@ -146,6 +147,90 @@ def _smi(tool):
     return {"tool": tool, "present": True, "summary": "\n".join(out.splitlines()[:12])}
 
 
+def make_private_dir(path):
+    """Create `path` and its missing parents as 0700 folders (umask can only narrow that)."""
+    missing = []
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        missing.append(here)
+        here = os.path.dirname(here)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass  # made meanwhile; private_dir_problem judges whoever made it
+
+
+def private_dir_problem(path, uid=None, create=True):
+    """None when only `uid` (default: this process's user) can change what is in `path`: the
+    folder is theirs and not writable by group or others, and no folder above it lets anyone
+    else rename it (group/other-writable without the sticky bit, or sticky but owned by
+    someone else); no symbolic link on the way belongs to another user. Else the problem and
+    its fix, in one line. Creates the folder (0700) when it does not exist."""
+    uid = os.geteuid() if uid is None else uid
+    if create:
+        try:
+            make_private_dir(path)
+        except OSError as exc:
+            return f"cannot create {path}: {exc.strerror or exc}"
+    link = _foreign_link(path, uid)
+    if link is not None:
+        return f"{link[0]} is a symbolic link owned by uid {link[1]}: remove it, {_ELSE}"
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"cannot use {path}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a folder: remove it, {_ELSE}"
+    if st.st_uid != uid:
+        return f"{path} belongs to uid {st.st_uid}, not to you (uid {uid}): remove it, {_ELSE}"
+    if st.st_mode & 0o022:
+        mode = stat.S_IMODE(st.st_mode)
+        return f"{path} is writable by group or others (mode {mode:o}): chmod go-w {real}"
+    return _open_parent(real, path, uid)
+
+
+_ELSE = "or set the folder to one only you can write (e.g. under your home)"
+
+
+def _open_parent(real, path, uid):
+    """The problem with the first folder above `real` in which others may rename entries."""
+    parent = os.path.dirname(real)
+    while True:
+        try:
+            st = os.stat(parent)
+        except OSError as exc:
+            return f"cannot use {path}: {parent}: {exc.strerror or exc}"
+        sticky = st.st_mode & stat.S_ISVTX and st.st_uid in (0, uid)
+        if st.st_mode & 0o022 and not sticky:
+            mode = stat.S_IMODE(st.st_mode)
+            return (
+                f"{parent} (above {path}) lets others rename what is in it (mode {mode:o}): "
+                f"chmod go-w {parent}, {_ELSE}"
+            )
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
+def _foreign_link(path, uid):
+    """(link, owner) of the first symbolic link on `path` owned by neither `uid` nor root."""
+    here = "/"
+    for part in os.path.abspath(path).split("/"):
+        if not part:
+            continue
+        here = os.path.join(here, part)
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, uid):
+            return here, st.st_uid
+        here = os.path.realpath(here)
+    return None
+
+
 def main():
     args = json.loads(sys.argv[1])
     checks = []
@@ -238,17 +323,19 @@ def main():
         )
 
     workdir = args.get("workdir") or "/tmp"
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        free = shutil.disk_usage(workdir).free
-        need = float(args.get("min_free_gb", 1.0)) * 2**30
-        check(
-            "disk",
-            free >= need,
-            f"{free / 2**30:.1f} GiB free in {workdir}, {need / 2**30:.1f} GiB needed",
-        )
-    except OSError as exc:
-        check("disk", False, f"cannot use workdir {workdir}: {exc}")
+    problem = private_dir_problem(workdir)
+    check("workdir", problem is None, problem or workdir + " (only you can write it)")
+    if problem is None:  # else the workdir check has said why
+        try:
+            free = shutil.disk_usage(workdir).free
+            need = float(args.get("min_free_gb", 1.0)) * 2**30
+            check(
+                "disk",
+                free >= need,
+                f"{free / 2**30:.1f} GiB free in {workdir}, {need / 2**30:.1f} GiB needed",
+            )
+        except OSError as exc:
+            check("disk", False, f"cannot use workdir {workdir}: {exc}")
 
     hcas = args.get("ib_hcas") or []
     for hca in hcas:

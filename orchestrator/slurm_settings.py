@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from orchestrator.tables import Dialect, Table, Words
 
@@ -39,6 +40,16 @@ SLURM = replace(
 )
 
 
+def default_shared_dir() -> str:
+    """The user's own folder under their home: private, and on most clusters the home is
+    the file system every node mounts."""
+    return os.path.expanduser("~/.cache/orchestrator/slurm")
+
+
+def default_script_dir() -> str:
+    return os.path.expanduser("~/.cache/orchestrator/slurm-scripts")
+
+
 @dataclass(frozen=True)
 class SlurmSettings:
     partition: str | None = None
@@ -50,13 +61,17 @@ class SlurmSettings:
     pyxis: bool = False  # the site has pyxis/enroot: srun --container-image
     container_image: str | None = None  # enroot/pyxis image (squashfs path or registry ref)
     container_mounts: tuple[str, ...] = ()  # extra SRC:DST mounts besides shared_dir and data
-    shared_dir: str = "/tmp/orchestrator-slurm"  # a directory every node sees at the same path
+    # A directory every node sees at the same path, and only this user can write.
+    shared_dir: str = field(default_factory=default_shared_dir)
     # No shared file system: run folders on each node's own disk at this path; the workload
     # travels inside the batch script and results are fetched with `srun --overlap`.
     node_dir: str | None = None
     python: str = "python3"  # interpreter with torch on the nodes (or in the container)
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     poll_interval_s: float = 1.0
+    # node_dir sites: this machine's private folder for the batch scripts sbatch reads (not a
+    # key of the file; the test of the golden script pins it).
+    script_dir: str = field(default_factory=default_script_dir)
 
     @property
     def fetch(self) -> bool:
@@ -83,14 +98,18 @@ def parse_slurm_table(table: object, source: str) -> SlurmSettings:
     gres = t.string("gres")
     if gres and not _GRES.fullmatch(gres):
         t.fail("gres", f"{gres!r} is not a GRES name", 'e.g. gres = "gpu" or "gpu:a100"')
-    shared_dir = t.string("shared_dir", SlurmSettings.shared_dir)
+    shared_dir = os.path.expanduser(t.string("shared_dir", default_shared_dir()))
     if not shared_dir.startswith("/"):
         t.fail(
             "shared_dir", f"{shared_dir!r} is not absolute", "a path every node sees, e.g. /shared"
         )
     node_dir = t.string("node_dir")
     if node_dir is not None and not node_dir.startswith("/"):
-        t.fail("node_dir", f"{node_dir!r} is not absolute", 'a node-local path, e.g. "/tmp/orch"')
+        t.fail(
+            "node_dir",
+            f"{node_dir!r} is not absolute",
+            'a node-local path, e.g. "/local/scratch/orchestrator"',
+        )
     for opt in t.strings("sbatch_options"):
         if not opt.startswith("-"):
             t.fail("sbatch_options", f"item {opt!r} is not an option", 'e.g. ["--exclusive"]')

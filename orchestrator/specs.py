@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
@@ -46,6 +47,13 @@ class Topology:
         return f"{self.nnodes}x{self.nproc_per_node}"
 
 
+def default_workdir(user: str) -> str:
+    """A node's workdir unless the cluster file names one: the login user's own folder in
+    /var/tmp (kept across reboots). /var/tmp is sticky, so once made (0700, by preflight) no
+    one else can rename or fill it; one someone else made first is refused by preflight."""
+    return f"/var/tmp/orchestrator-{user}"
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """One machine of the cluster. `address` 'local' means: run here without SSH."""
@@ -59,8 +67,12 @@ class NodeSpec:
     ib_hcas: tuple[str, ...] = ()  # e.g. ("mlx5_0", "mlx5_1") -> NCCL_IB_HCA
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     python: str = "python3"  # interpreter with torch for the host runtime
-    workdir: str = "/tmp/orchestrator"  # where run folders live on the node
+    workdir: str = ""  # where run folders live on the node; "": default_workdir(login user)
     docker_host: str | None = None  # the node's Docker daemon socket, when not the default
+
+    def __post_init__(self) -> None:
+        if not self.workdir:
+            object.__setattr__(self, "workdir", default_workdir(self.user or getpass.getuser()))
 
     @property
     def is_local(self) -> bool:

@@ -28,9 +28,11 @@ EXIT_MARKER = "orchestrator-exit "
 # its parent catches TERM/INT so it can still report the exit code, and caught signals are
 # reset for the job itself. The exit code is also written to LOG.exit (atomically, before it
 # is reported), so that a controller that lost the stream (killed, adopted by another) can
-# still learn how the job ended.
+# still learn how the job ended: through a file mktemp creates (O_EXCL, a name nobody can
+# guess), renamed over LOG.exit (a rename replaces a link there, never follows it).
 SPAWN_SCRIPT = """\
 log=$1; dir=$2; shift 2
+[ -L "$log" ] && { echo "$log is a symbolic link" >&2; exit 126; }
 : >>"$log" || exit 126
 echo "orchestrator-pgid $$" >&2
 trap : TERM INT HUP
@@ -42,7 +44,7 @@ exec 3>&2
     exec "$@"
   ) </dev/null 2>&1
   rc=$?
-  echo "$rc" >"$log.exit.tmp" && mv -f -- "$log.exit.tmp" "$log.exit"
+  t=$(mktemp -- "$log.exit.XXXXXX") && echo "$rc" >"$t" && mv -f -- "$t" "$log.exit"
   echo "orchestrator-exit $rc" >&3
 } | (trap '' TERM INT HUP; exec tee -p -a -- "$log")
 """
@@ -61,7 +63,7 @@ trap : TERM INT HUP
   exec "$@"
 ) </dev/null
 rc=$?
-echo "$rc" >"$log.exit.tmp" && mv -f -- "$log.exit.tmp" "$log.exit"
+t=$(mktemp -- "$log.exit.XXXXXX") && echo "$rc" >"$t" && mv -f -- "$t" "$log.exit"
 exit "$rc"
 """
 #: Where a spawned job's exit code lands on the node, next to its log.

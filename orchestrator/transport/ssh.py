@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import shutil
 import socket
 import stat
 import threading
@@ -293,7 +294,9 @@ class SshTransport(Transport):
         tmp = _temp_name(remote)
         with self._sftp_session(f"copying {local} to {remote}") as sftp:
             try:
-                sftp.put(str(local), tmp)
+                with open(local, "rb") as source, sftp.open(tmp, "wxb") as handle:
+                    handle.set_pipelined(True)
+                    shutil.copyfileobj(source, handle, 1 << 20)
                 sftp.chmod(tmp, stat.S_IMODE(os.stat(local).st_mode))
                 sftp.posix_rename(tmp, remote)
             except BaseException:
@@ -356,7 +359,7 @@ class SshTransport(Transport):
         tmp = _temp_name(remote)
         with self._sftp_session(f"writing {remote}") as sftp:
             try:
-                with sftp.open(tmp, "wb") as handle:
+                with sftp.open(tmp, "wxb") as handle:
                     handle.write(text.encode("utf-8"))
                 sftp.chmod(tmp, mode)
                 sftp.posix_rename(tmp, remote)
@@ -632,7 +635,8 @@ def _strip_pid_line(err: bytearray) -> tuple[bytearray, int | None]:
 
 
 def _temp_name(remote: str) -> str:
-    """A hidden name next to `remote`, for writing it atomically."""
+    """A hidden name next to `remote`, for writing it atomically; opened with O_EXCL ("x"), so
+    that a file or link someone placed there is never written through."""
     head, sep, name = remote.rpartition("/")
     return f"{head}{sep}.{name}.{uuid.uuid4().hex[:8]}"
 

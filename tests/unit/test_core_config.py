@@ -3,6 +3,7 @@ inheritance, and each mistake's exact one-line error (file, key, problem, remedy
 
 from __future__ import annotations
 
+import getpass
 import os
 from typing import Any
 
@@ -58,7 +59,24 @@ def test_defaults_of_a_minimal_cluster_file() -> None:
         None,
     )
     assert (node.accelerators, node.ib_hcas, node.socket_ifname) == (1, (), None)
-    assert (node.python, node.workdir, node.docker_host) == ("python3", "/tmp/orchestrator", None)
+    # The login user's own folder, never one shared name every user of the node could plant.
+    workdir = f"/var/tmp/orchestrator-{getpass.getuser()}"
+    assert (node.python, node.workdir, node.docker_host) == ("python3", workdir, None)
+
+
+def test_default_workdir_is_the_login_users_own() -> None:
+    spec = parse_cluster(
+        {
+            "cluster": {"name": "lab", "vendor": "cpu"},
+            "ssh": {"user": "alice"},
+            "nodes": [{"name": "a", "address": "h"}, {"name": "b", "address": "h", "user": "bob"}],
+        },
+        "lab.toml",
+    )
+    assert [n.workdir for n in spec.nodes] == [
+        "/var/tmp/orchestrator-alice",
+        "/var/tmp/orchestrator-bob",
+    ]
 
 
 def test_every_setting_is_read_and_trimmed() -> None:

@@ -42,7 +42,12 @@ PYXIS = SlurmSettings(
 )
 
 
-NODE_LOCAL = SlurmSettings(partition="gpu", gres="gpu", node_dir="/local/orchestrator")
+NODE_LOCAL = SlurmSettings(
+    partition="gpu",
+    gres="gpu",
+    node_dir="/local/orchestrator",
+    script_dir="/home/alice/.cache/orchestrator/slurm-scripts",
+)
 
 
 def _cluster(settings: SlurmSettings) -> ClusterSpec:
@@ -92,7 +97,9 @@ def test_node_local_sbatch_script_matches_the_golden_text() -> None:
     # No shared file system: the workload rides in the script, results are fetched.
     plan = _plan(NODE_LOCAL)
     _check_golden("sbatch-node-local.sh", plan.render())
-    assert plan.script_path.startswith("/tmp/") and plan.run_dir.startswith("/local/")
+    # The script sbatch reads: in the user's own folder here, never a shared /tmp name.
+    assert plan.script_path == f"{NODE_LOCAL.script_dir}/{plan.job.run_id}.sbatch"
+    assert plan.run_dir.startswith("/local/")
 
 
 def test_topology_asks_slurm_for_nodes_and_accelerators_per_node() -> None:

@@ -149,7 +149,8 @@ def test_a_detached_slurm_run_that_cannot_be_staged_records_nothing(tmp_path: Pa
         cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "slurm.shared_dir" in proc.stderr and "writable" in proc.stderr
+    assert "slurm.shared_dir is not private: cannot create" in proc.stderr
+    assert "Not a directory" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)

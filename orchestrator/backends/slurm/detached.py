@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from orchestrator.backends.slurm import commands
-from orchestrator.backends.slurm.execute import stage
+from orchestrator.backends.slurm.execute import stage, submit_staged
 from orchestrator.backends.slurm.script import SlurmPlan
 
 
@@ -28,7 +28,7 @@ def held_jobs(plans: Sequence[SlurmPlan]) -> Iterator[list[str]]:
     try:
         for plan in plans:
             stage(plan)
-            job_ids.append(commands.sbatch(plan.script_path, held_argv(plan)))
+            job_ids.append(submit_staged(plan, held_argv(plan)))
         yield job_ids
     except BaseException:
         for job_id in job_ids:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from pathlib import Path
 
 from orchestrator.backends.base import DoctorCheck, DoctorReport
 from orchestrator.backends.slurm import commands
 from orchestrator.errors import OrchestratorError
+from orchestrator.node_probe import private_dir_problem
 from orchestrator.specs import ClusterSpec, Topology
 
 Check = tuple[str, bool, str]
@@ -33,6 +33,7 @@ def run_slurm_doctor(cluster: ClusterSpec, topology: str | None) -> DoctorReport
         srun = shutil.which("srun") is not None
         detail = f"{settings.node_dir} on each node's own disk; results fetched with srun --overlap"
         checks.append(("node_dir", srun, detail if srun else "srun is not on PATH"))
+        checks.append(_script_dir(settings.script_dir))
     else:
         checks.append(_shared_dir(settings.shared_dir))
     if checks[0][1]:
@@ -78,13 +79,21 @@ def _partition(name: str, nnodes: int) -> Check:
 
 
 def _shared_dir(path: str) -> Check:
+    problem = private_dir_problem(path)  # creates it (0700) when missing
+    if problem is not None:
+        return ("shared_dir", False, f"{problem} (or change slurm.shared_dir)")
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
             pass
     except OSError as exc:
         return ("shared_dir", False, f"{path} is not writable here: {exc.strerror or exc}")
-    return ("shared_dir", True, f"{path} writable (every node must see it at this path)")
+    return ("shared_dir", True, f"{path} only yours, writable (every node must see it here)")
+
+
+def _script_dir(path: str) -> Check:
+    """node_dir sites: where sbatch reads the script; no one else may swap it."""
+    problem = private_dir_problem(path)
+    return ("script folder", problem is None, problem or f"{path} (only you can write it)")
 
 
 def _test_only(script: str, argv: tuple[str, ...]) -> Check:

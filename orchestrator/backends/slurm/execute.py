@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends.slurm import commands, follows, nodelocal
+from orchestrator.backends.slurm.private import require_private_dir, write_private
 from orchestrator.backends.slurm.script import (
     EXIT_FILE,
     JOB_OUTPUT,
@@ -158,11 +160,15 @@ def slurm_manifest(
 def stage(plan: SlurmPlan) -> None:
     """The run folder and the content-addressed workload source (plus the probe) on the
     shared file system, and the script. A node_dir site: only the script, here (it carries
-    the workload)."""
+    the workload). Either folder must be one only the user can write (ConfigError if not):
+    sbatch and every node run what is there."""
+    if plan.settings.fetch:
+        require_private_dir(plan.settings.script_dir, "the Slurm script folder")
+    else:
+        require_private_dir(plan.settings.shared_dir, "slurm.shared_dir")
     try:
         if plan.settings.fetch:
-            Path(plan.script_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(plan.script_path).write_text(plan.script)
+            write_private(Path(plan.script_path), plan.script)
             return
         _stage(plan)
     except OSError as exc:
@@ -172,20 +178,42 @@ def stage(plan: SlurmPlan) -> None:
         ) from None
 
 
+def submit_staged(plan: SlurmPlan, argv: tuple[str, ...]) -> str:
+    """sbatch the staged script. A node_dir site's script is removed once sbatch has read it
+    (Slurm keeps its own copy): the private script folder does not fill up."""
+    try:
+        return commands.sbatch(plan.script_path, argv)
+    finally:
+        if plan.local_script:
+            Path(plan.local_script).unlink(missing_ok=True)
+
+
 def _stage(plan: SlurmPlan) -> None:
     run_dir = Path(plan.run_dir)
     for sub in ("ranks", "logs", "nodes"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     workload = Path(plan.workload_dir)
-    if not (workload / ".complete").exists():
-        for rel, local in workload_files():
+    files = workload_files()
+    if not _staged_intact(workload, files):
+        for rel, local in files:
             (workload / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(local, workload / rel)
+            _write_if_changed(workload / rel, local.read_bytes())
         (workload / ".complete").write_text("")
     # The node-side helpers are not in the workload hash: refresh them every time.
     for source, name in _helpers():
         _write_if_changed(workload / name, source.read_bytes())
-    Path(plan.script_path).write_text(plan.script)
+    write_private(Path(plan.script_path), plan.script)
+
+
+def _staged_intact(workload: Path, files: list[tuple[str, Path]]) -> bool:
+    """A staged copy is reused only when completed and every file is the source's, byte for
+    byte (a `.complete` alone proves nothing about who wrote the files)."""
+    try:
+        return (workload / ".complete").is_file() and all(
+            (workload / rel).read_bytes() == local.read_bytes() for rel, local in files
+        )
+    except OSError:
+        return False
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -195,9 +223,15 @@ def _write_if_changed(path: Path, data: bytes) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL, unguessable
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 class _Follower:
@@ -274,7 +308,7 @@ def execute(
         if stop.is_set():
             raise _Cancelled("cancelled by the user before the job was submitted")
         view.phase("submitting", f"sbatch, {job.topology.nnodes} node(s)")
-        job_id = commands.sbatch(plan.script_path, plan.sbatch_argv)
+        job_id = submit_staged(plan, plan.sbatch_argv)
         request = leases.request_for(job.cluster, req)
         follows.record_followed(store, job.run_id, job_id, request, holder, ttl_s)
         view.phase("submitted", f"slurm job {job_id}")

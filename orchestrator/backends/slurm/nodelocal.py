@@ -16,19 +16,44 @@ FETCH_WAIT_S = 600  # how long the batch shell waits for a follower to fetch
 ARCHIVE_MARK = "ORCHESTRATOR_WORKLOAD"
 
 
-def job_output(run_id: str) -> str:
-    """The batch shell's own output, on the batch node's /tmp (the run folder does not exist
-    when Slurm opens it); copied into the run folder at the end."""
-    return f"/tmp/orchestrator-{run_id}.out"
+def output_lines(job_output: str) -> list[str]:
+    """The batch shell's own output, into the run folder once it exists. Slurm opens --output
+    before the script runs, when no folder of ours exists yet on the node; a file at a
+    guessable name in /tmp instead could be a link another user planted (Slurm would write
+    through it as this user), so --output is /dev/null and the shell redirects itself."""
+    return [
+        "# the batch shell's own output, in the run folder (not at a guessable /tmp name)",
+        f'exec >>"$RUN_DIR/{job_output}" 2>&1',
+    ]
 
 
-def unpack_lines(archive_b64: str, workload_dir: str, step: list[str]) -> list[str]:
+# $r must be a folder of this user's alone (made 0700 if missing, not a link, not writable by
+# group or others) before anything in it is trusted: a `.complete` someone else planted there
+# would run their code as this user. (The node probe checks the folders above it too, later.)
+PRIVATE_ROOT = (
+    'umask 077; mkdir -p -- "$r" && [ ! -L "$r" ] && [ -O "$r" ] '
+    '&& [ -z "$(find "$r" -maxdepth 0 -perm /022)" ] || { echo "orchestrator: slurm.node_dir '
+    '$r on $(hostname) is not a folder only you can write: remove it or change node_dir" >&2; '
+    "exit 1; }"
+)
+
+
+def private_root_lines(node_dir: str) -> list[str]:
+    """The batch shell's own check of node_dir on the first node, before it writes there."""
+    return [
+        "# node_dir: only this user may write there (or the workload could be swapped)",
+        f"r={shlex.quote(node_dir)}; " + PRIVATE_ROOT,
+    ]
+
+
+def unpack_lines(archive_b64: str, workload_dir: str, step: list[str], node_dir: str) -> list[str]:
     """Write the embedded workload archive, then unpack it on every node (srun's stdin goes to
     every task with --input=all) and create the run folder there."""
     body = "\n".join(textwrap.wrap(archive_b64, 76))
     # Content-addressed like the shared copy: unpacked once per node (into a temporary folder,
     # then renamed: nodes that share a disk never see a half-written source).
     unpack = (
+        f'r="$2"; {PRIVATE_ROOT}; '
         'mkdir -p "$1/ranks" "$1/logs" "$1/nodes" "$1/nccl" "${0%/*}" && if [ -e "$0/.complete" ]; '
         'then cat > /dev/null; else t=$(mktemp -d "$0.XXXXXX") && base64 -d | tar -xzf - -C "$t" '
         '&& touch "$t/.complete" && { mv -T "$t" "$0" 2> /dev/null || rm -rf "$t"; }; fi'
@@ -39,14 +64,15 @@ def unpack_lines(archive_b64: str, workload_dir: str, step: list[str]) -> list[s
         body,
         ARCHIVE_MARK,
         shlex.join([*step, "--input=all", "bash", "-c", unpack, workload_dir])
-        + ' "$RUN_DIR" < "$RUN_DIR/workload.b64"',
+        + ' "$RUN_DIR" '
+        + shlex.quote(node_dir)
+        + ' < "$RUN_DIR/workload.b64"',
     ]
 
 
-def finish_lines(output: str, exit_file: str) -> list[str]:
-    """The EXIT trap: the exit status and the batch output into the run folder, mark the job
-    ready, wait for the fetch, remove the run folder on every node."""
-    q = shlex.quote
+def finish_lines(exit_file: str) -> list[str]:
+    """The EXIT trap: the exit status into the run folder, mark the job ready, wait for the
+    fetch, remove the run folder on every node."""
     return [
         "# at the end, however it ends: the exit status, then wait (up to "
         f"{FETCH_WAIT_S} s) until the",
@@ -55,14 +81,12 @@ def finish_lines(output: str, exit_file: str) -> list[str]:
         "  rc=$?",
         "  set +e",
         f'  echo "$rc" > "$RUN_DIR/{exit_file}"',
-        f'  cp {q(output)} "$RUN_DIR/slurm-job.out"',
         f'  scontrol update JobId="$SLURM_JOB_ID" Comment={READY}',
         f"  for _ in $(seq {FETCH_WAIT_S}); do",
         f'    scontrol -o show job "$SLURM_JOB_ID" | grep -q "Comment={FETCHED}" && break',
         "    sleep 1",
         "  done",
         '  srun --ntasks-per-node=1 rm -rf "$RUN_DIR"',
-        f"  rm -f {q(output)}",
         '  exit "$rc"',
         "}",
         "trap finish EXIT",

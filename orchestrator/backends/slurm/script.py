@@ -27,7 +27,6 @@ from orchestrator.tables import control_character
 PROBE_FILE = "node_probe.py"  # staged next to the workload source under shared_dir
 PROBE_CHECK_FILE = "probe_check.py"  # fails the job when a node's probe failed a check
 MONITOR_PROBE_FILE = "monitor_probe.py"  # the sampler started beside torchrun on every node
-LOCAL_SCRIPTS = "/tmp/orchestrator-slurm-scripts"  # node_dir sites: where sbatch reads scripts
 NODE_MARK = "@NODE@"  # replaced by $SLURM_NODEID in the sampler's output path
 NODELIST_FILE = "nodelist"  # the allocation's hosts, in node-rank order
 JOB_OUTPUT = "slurm-job.out"  # the batch shell's own stdout and stderr
@@ -126,7 +125,8 @@ def sbatch_directives(job: JobSpec, settings: SlurmSettings, run_dir: str) -> li
         f"--nodes={topo.nnodes}",
         "--ntasks-per-node=1",
         f"--chdir={'/tmp' if settings.fetch else run_dir}",
-        f"--output={nodelocal.job_output(job.run_id) if settings.fetch else run_dir + '/' + JOB_OUTPUT}",
+        # node_dir sites: no folder of ours exists on the node yet (nodelocal.output_lines)
+        f"--output={'/dev/null' if settings.fetch else run_dir + '/' + JOB_OUTPUT}",
     ]
     if settings.partition:
         opts.append(f"--partition={settings.partition}")
@@ -212,17 +212,22 @@ def render_script(
         "",
         "# the run's identity and the vendor environment (every task inherits them)",
         *[f"export {k}={q(v)}" for k, v in sorted(env.items())],
+        *(nodelocal.private_root_lines(settings.root) if settings.fetch else []),
         f"RUN_DIR={q(run_dir)}",
         'mkdir -p "$RUN_DIR/ranks" "$RUN_DIR/logs" "$RUN_DIR/nodes" "$RUN_DIR/nccl"',
         *(
-            nodelocal.finish_lines(nodelocal.job_output(job.run_id), EXIT_FILE)
+            [*nodelocal.output_lines(JOB_OUTPUT), *nodelocal.finish_lines(EXIT_FILE)]
             if settings.fetch
             else [
                 "# the exit status, for a follower that comes after Slurm has forgotten the job",
                 f'trap \'echo "$?" > "$RUN_DIR/{EXIT_FILE}"\' EXIT',
             ]
         ),
-        *(nodelocal.unpack_lines(archive_b64 or "", workload_dir, step) if settings.fetch else []),
+        *(
+            nodelocal.unpack_lines(archive_b64 or "", workload_dir, step, settings.root)
+            if settings.fetch
+            else []
+        ),
         "# the monitor sampler (docs/monitors.md): one file per node, nodes/monitor-<i>.jsonl",
         f"export ORCHESTRATOR_MONITOR={q(workload_dir + '/' + MONITOR_PROBE_FILE)}",
         f"export ORCHESTRATOR_MONITOR_ARGS={q(json.dumps(sampler, sort_keys=True))}",
@@ -301,7 +306,7 @@ def build_slurm_plan(
         smi=monitor_tool,
         archive_b64=archive_b64,
     )
-    local = f"{LOCAL_SCRIPTS}/{job.run_id}.sbatch" if settings.fetch else None
+    local = f"{settings.script_dir}/{job.run_id}.sbatch" if settings.fetch else None
     argv = ("sbatch", "--parsable", local or f"{run_dir}/job.sbatch")
     return SlurmPlan(
         job=job,

@@ -26,12 +26,13 @@ GUARD_LOG = "guard.log"
 POLL_S = 2  # how often the guard looks (the grace is counted in whole seconds)
 
 # The run's processes on this node: they carry the run id and the node's name (nodes that
-# share a machine, as test nodes do, must not stop each other's processes).
+# share a machine, as test nodes do, must not stop each other's processes). grep -F: an id or
+# a name is matched as it is written, never as a pattern (`a.c` must not match `abc`).
 _MINE = """\
 mine() {
-  for f in $(grep -lxzs -- "ORCHESTRATOR_RUN_ID=$rid" /proc/[0-9]*/environ 2>/dev/null); do
-    grep -qxzs -- "ORCHESTRATOR_NODE=$node" "$f" && echo "$f"
-  done | sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p' | grep -vx "$$"
+  for f in $(grep -lxzsF -- "ORCHESTRATOR_RUN_ID=$rid" /proc/[0-9]*/environ 2>/dev/null); do
+    grep -qxzsF -- "ORCHESTRATOR_NODE=$node" "$f" && echo "$f"
+  done | sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p' | grep -vxF "$$"
 }
 workload() {  # the workload's processes, not the guard or the sampler beside them
   for p in $(mine); do grep -qzs '^ORCHESTRATOR_ROLE=' "/proc/$p/environ" || echo "$p"; done

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from hashlib import sha256
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
@@ -44,10 +45,27 @@ class Execution:
     exit_codes: dict[str, int | None] = field(default_factory=dict)
 
 
+# $1 the staged workload folder, $2 its manifest (`sha256sum` lines): succeeds only when the
+# folder was completed and every file still has the content the manifest names. A `.complete`
+# alone proves nothing about who wrote the files.
+VERIFY_WORKLOAD_SCRIPT = """\
+cd -- "$1" 2>/dev/null && [ -f .complete ] || exit 1
+printf '%s\\n' "$2" | sha256sum -c - >/dev/null 2>&1
+"""
+
+
+def workload_manifest(files: list[tuple[str, Path]]) -> str:
+    """`sha256sum` lines for the staged files (paths relative to the workload folder)."""
+    return "\n".join(f"{sha256(local.read_bytes()).hexdigest()}  {rel}" for rel, local in files)
+
+
 def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
-    """Make the run folders; copy the workload source where the host runtime needs it."""
+    """Make the run folders; copy the workload source where the host runtime needs it. The
+    workdir was found private in preflight; a staged copy is reused only if its files still
+    hash to the source's."""
     by_node = {np_.node.name: np_ for np_ in plan.nodes}
     files = workload_files() if plan.runtime == "host" else []
+    manifest = workload_manifest(files)
 
     def one(t: Transport) -> None:
         np_ = by_node[t.node.name]
@@ -55,14 +73,14 @@ def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
         t.makedirs(f"{np_.run_dir}/{NCCL_LOG_DIR}")  # NCCL_DEBUG_FILE's folder (plan.py)
         if np_.workload_dir is None:
             return
-        marker = f"{np_.workload_dir}/.complete"
-        if t.exists(marker):
-            return  # content-addressed: same hash, same files
+        argv = ["sh", "-c", VERIFY_WORKLOAD_SCRIPT, "verify", np_.workload_dir, manifest]
+        if t.run(argv, timeout=timeout, check=False).exit_code == 0:
+            return  # content-addressed and verified: same hash, same files
         for rel, local in files:
             remote = str(PurePosixPath(np_.workload_dir) / rel)
             t.makedirs(str(PurePosixPath(remote).parent))
             t.put_file(local, remote)
-        t.write_text(marker, "")
+        t.write_text(f"{np_.workload_dir}/.complete", manifest + "\n")
 
     session.fan_out(one, timeout=timeout, what="staging")
 
@@ -74,8 +92,8 @@ def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
 KILL_RUN_SCRIPT = """\
 rid=$1; steps=$2
 find_pids() {
-  grep -lxzs -- "ORCHESTRATOR_RUN_ID=$rid" /proc/[0-9]*/environ 2>/dev/null |
-    sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p' | grep -vx "$$"
+  grep -lxzsF -- "ORCHESTRATOR_RUN_ID=$rid" /proc/[0-9]*/environ 2>/dev/null |
+    sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p' | grep -vxF "$$"
 }
 pids=$(find_pids)
 [ -z "$pids" ] && exit 0

@@ -60,15 +60,17 @@ def serve(
     \b
     Examples:
       orchestrator serve                                  # http://127.0.0.1:8150/
-      orchestrator --db postgresql://lab@db/results serve --host 0.0.0.0 --token "$TOKEN"
+      orchestrator --read-db postgresql://lab_reader@db/results serve --host 0.0.0.0 --token "$TOKEN"
     """
     require_web_extra()
     from orchestrator.web.server import serve as run_server
 
     if db_url is not None:
         app.db_url = db_url
-    url = app.store_url
-    app.open_store().close()  # the schema revision first, with its remedy
+    from orchestrator.store import open_store
+
+    url = app.read_url
+    open_store(url).close()  # the schema revision first, with its remedy
     run_server(url, host, port, token, lambda line: click.echo(line, err=True), refresh)
 
 

@@ -126,3 +126,38 @@ def test_a_select_only_role_reads_through_query_and_serve(
             assert conn.execute(text("SELECT count(*) FROM seed_table")).scalar() == 1
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("remote_sql", "refusal"),
+    [
+        ("CREATE TABLE pwned (x integer)", "permission denied for schema public"),
+        ("DELETE FROM runs", "permission denied for table runs"),
+    ],
+)
+def test_a_select_only_role_cannot_write_through_dblink(
+    pg_store: Any,
+    pg_url: str,
+    pg_reader_url: str,
+    fixture_runs: Path,
+    remote_sql: str,
+    refusal: str,
+) -> None:
+    # A second connection is outside the READ ONLY transaction: only the role's rights hold.
+    _admin(pg_url, "CREATE EXTENSION IF NOT EXISTS dblink")
+    pg_store.ingest([fixture_runs / RUN_1X8])
+    before = table_snapshot(pg_store)
+    reader = make_url(pg_reader_url)
+    dsn = (
+        f"host={reader.host} port={reader.port or 5432} dbname={reader.database} "
+        f"user={reader.username} password={reader.password}"
+    )
+    with pytest.raises(QueryError) as caught:
+        run_query(pg_reader_url, f"SELECT dblink_exec('{dsn}', '{remote_sql}')")
+    assert refusal in caught.value.one_line()
+    assert reader.password not in caught.value.one_line()
+    assert table_snapshot(pg_store) == before
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT to_regclass('public.pwned')")).scalar() is None
+    engine.dispose()

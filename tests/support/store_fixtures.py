@@ -137,15 +137,16 @@ def reader_sql() -> list[str]:
 
 
 @contextmanager
-def pg_reader(db_url: str) -> Iterator[str]:
+def pg_reader(db_url: str, admin_url: str | None = None) -> Iterator[str]:
     """A SELECT-only role on the database of `db_url` (whose role is the writer), made by the
-    test server's admin role with the SQL of docs/security.md; yields its URL (password
-    included) and drops it afterwards."""
+    server's admin role (default: the test server's) with the SQL of docs/security.md; yields
+    its URL (password included) and drops it afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     url = make_url(db_url)
-    admin = make_url(_admin_url()).set(drivername="postgresql+psycopg", database=url.database)
+    admin = make_url(admin_url or _admin_url())
+    admin = admin.set(drivername="postgresql+psycopg", database=url.database)
     name, password = f"orch_reader_{uuid.uuid4().hex[:10]}", f"Rd-{uuid.uuid4().hex}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
     try:

@@ -365,8 +365,13 @@ MANIFEST_MODE = 0o640
 def make_run_dir(path: Path, exist_ok: bool = False) -> None:
     """Create a run folder (its parents as usual) that other users cannot enter."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.mkdir(mode=RUN_DIR_MODE, exist_ok=exist_ok)
-    path.chmod(RUN_DIR_MODE)  # mkdir's mode is filtered by the umask; an old folder too
+    try:
+        path.mkdir(mode=RUN_DIR_MODE)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        return  # an adopted run's folder, perhaps another user's: left as it is
+    path.chmod(RUN_DIR_MODE)  # mkdir's mode is filtered by the umask
 
 
 def write_manifest(path: str | os.PathLike[str], manifest: RunManifest) -> None:

@@ -1,5 +1,6 @@
 """Passwords hidden in every form a store URL or connection string takes (orchestrator/redact.py),
-wherever the orchestrator records one: the command line, the queued request, messages."""
+wherever the orchestrator records one: the command line, the queued request, messages; and run
+folders that other users cannot read."""
 
 from __future__ import annotations
 
@@ -126,3 +127,28 @@ def test_read_url_precedence(tmp_path: Path) -> None:
         str(tmp_path / "c.toml"),
     )
     assert resolve_read_url(None, None, plain) == "postgresql://w@db/r"
+
+
+def test_run_folders_and_manifests_are_not_world_readable(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from orchestrator.runs.folder import load_manifest, make_run_dir, write_manifest
+    from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X1
+
+    old = os.umask(0o002)  # a permissive umask: the modes must not depend on it
+    try:
+        folder = tmp_path / "runs" / "r1"
+        make_run_dir(folder)
+        write_manifest(
+            folder / "manifest.json", load_manifest(FIXTURE_RUNS / RUN_1X1 / "manifest.json")
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    assert stat.S_IMODE((folder / "manifest.json").stat().st_mode) == 0o640
+    with pytest.raises(FileExistsError):
+        make_run_dir(folder)
+    folder.chmod(0o755)
+    make_run_dir(folder, exist_ok=True)  # an existing folder (adoption) is left as it is
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755

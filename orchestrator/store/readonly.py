@@ -121,9 +121,11 @@ SELECT current_user::text, r.rolsuper, r.rolcreaterole,
   ARRAY(SELECT b FROM unnest(%(roles)s::text[]) AS b WHERE pg_has_role(current_user, b, 'MEMBER')),
   ARRAY(SELECT n.nspname || '.' || c.relname FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'
-          AND n.nspname NOT LIKE 'pg\\_%%'
-          AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+        WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%' AND (
+          (c.relkind IN ('r', 'p')
+           AND (has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+                OR has_any_column_privilege(c.oid, 'INSERT, UPDATE')))
+          OR (c.relkind = 'S' AND has_sequence_privilege(c.oid, 'USAGE, UPDATE')))
         ORDER BY 1),
   ARRAY(SELECT nspname::text FROM pg_namespace
         WHERE nspname <> 'information_schema' AND nspname NOT LIKE 'pg\\_%%'
@@ -149,7 +151,7 @@ def reader_problem(row: tuple[Any, ...] | None) -> str | None:
         return f"role {user!r} is a member of {', '.join(roles)}"
     if writable:
         more = f" and {len(writable) - 1} more" if len(writable) > 1 else ""
-        return f"role {user!r} may write table {writable[0]}{more}"
+        return f"role {user!r} may write {writable[0]}{more}"
     if creatable:
         return f"role {user!r} may create tables in schema {creatable[0]}"
     return None

@@ -5,8 +5,6 @@ the SQL of docs/security.md) cannot run a program, read a server file or signal 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.errors import QueryError, StoreError
-from orchestrator.store.readonly import read_only_engine, run_query
+from orchestrator.store.readonly import SERVER_ROLES, read_only_engine, run_query
 from tests.support.store_fixtures import RUN_1X8, table_snapshot
 
 pytestmark = pytest.mark.postgres
@@ -29,26 +27,6 @@ def _admin(url: str, *sql: str) -> None:
                 conn.execute(text(statement))
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def member_url(pg_url: str) -> Iterator[tuple[str, str]]:
-    """A role that may only SELECT but is a member of pg_read_server_files: refused anyway."""
-    name = f"orch_member_{uuid.uuid4().hex[:8]}"
-    _admin(
-        pg_url,
-        f"CREATE ROLE {name} LOGIN PASSWORD 'm-{name}'",
-        f"GRANT pg_read_server_files TO {name}",
-    )
-    try:
-        yield (
-            make_url(pg_url)
-            .set(username=name, password=f"m-{name}")
-            .render_as_string(hide_password=False),
-            name,
-        )
-    finally:
-        _admin(pg_url, f"DROP OWNED BY {name}", f"DROP ROLE {name}")
 
 
 def test_a_superuser_is_refused_up_front_by_query_serve_and_the_cli(
@@ -69,22 +47,38 @@ def test_a_superuser_is_refused_up_front_by_query_serve_and_the_cli(
         assert len(result.err.strip().splitlines()) == 1, result.err
 
 
-def test_a_member_of_a_server_file_role_is_refused(
-    pg_store: Any, member_url: tuple[str, str]
+@pytest.mark.parametrize(
+    ("grant", "problem"),
+    [(f"GRANT {built_in} TO {{role}}", f"is a member of {built_in}") for built_in in SERVER_ROLES]
+    + [("ALTER ROLE {role} CREATEROLE", "has CREATEROLE")],
+)
+def test_a_role_with_server_powers_is_refused(
+    pg_store: Any, pg_url: str, pg_reader_url: str, grant: str, problem: str
 ) -> None:
-    url, name = member_url
-    with pytest.raises(StoreError, match=f"role '{name}' is a member of pg_read_server_files"):
-        run_query(url, "SELECT 1")
+    reader = make_url(pg_reader_url).username
+    assert run_query(pg_reader_url, "SELECT count(*) FROM runs").rows == [(0,)]
+    _admin(pg_url, grant.format(role=reader))
+    with pytest.raises(StoreError, match=f"role '{reader}' {problem}"):
+        run_query(pg_reader_url, "SELECT 1")
+    with pytest.raises(StoreError, match=f"role '{reader}' {problem}"):
+        read_only_engine(pg_reader_url)
 
 
-def test_a_role_that_may_write_a_table_is_refused(
+def test_a_role_that_may_write_or_create_is_refused(
     pg_store: Any, pg_url: str, pg_reader_url: str
 ) -> None:
     reader = make_url(pg_reader_url).username
-    _admin(pg_url, f"GRANT INSERT ON runs TO {reader}")
-    with pytest.raises(StoreError, match=f"role '{reader}' may write table public.runs"):
-        run_query(pg_reader_url, "SELECT 1")
-    _admin(pg_url, f"REVOKE INSERT ON runs FROM {reader}")
+    for grant, shown in (
+        ("INSERT ON runs", "public.runs"),
+        ("UPDATE (status) ON runs", "public.runs"),  # a column's right is a write too
+        ("USAGE ON SEQUENCE run_status_history_id_seq", "public.run_status_history_id_seq"),
+        ("CREATE ON SCHEMA public", None),
+    ):
+        _admin(pg_url, f"GRANT {grant} TO {reader}")
+        problem = f"may write {shown}" if shown else "may create tables in schema public"
+        with pytest.raises(StoreError, match=f"role '{reader}' {problem}"):
+            run_query(pg_reader_url, "SELECT 1")
+        _admin(pg_url, f"REVOKE {grant} FROM {reader}")
     assert run_query(pg_reader_url, "SELECT count(*) FROM runs").rows == [(0,)]
 
 

@@ -56,7 +56,7 @@ def parse_url(url: str) -> URL:
     if "://" not in text:
         if not text.lower().endswith(SQLITE_SUFFIXES):
             raise StoreError(
-                f"results store URL {text!r} is not a database URL",
+                f"results store URL {redact_text(text)!r} is not a database URL",
                 "use sqlite:///path/results.db or postgresql://user@host/dbname; a plain path "
                 "must name a SQLite file ending in .db, .sqlite or .sqlite3",
             )

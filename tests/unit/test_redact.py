@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from orchestrator.config import parse_cluster, resolve_read_url
 from orchestrator.queue.leases import without_secrets
 from orchestrator.redact import redact_argv, redact_text, without_password
 from orchestrator.store.engine import redact_url
+from tests.support.store_fixtures import CliResult
 
 
 @pytest.mark.parametrize(
@@ -152,3 +154,21 @@ def test_run_folders_and_manifests_are_not_world_readable(tmp_path: Path) -> Non
     folder.chmod(0o755)
     make_run_dir(folder, exist_ok=True)  # an existing folder (adoption) is left as it is
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("host=db user=u password=S3cret", "host=db user=u password=***"),
+        ("postgresql://u:S3cret@db:port/r", "postgresql://u:***@db:port/r"),
+        ("mysql://u:S3cret@db/r?password=S3cret", "mysql://u:***@db/r?password=***"),
+    ],
+)
+def test_a_refused_store_url_is_named_without_its_password(
+    run_cli: Callable[..., CliResult], url: str, shown: str
+) -> None:
+    for args in (("runs", "list"), ("query", "SELECT 1")):
+        result = run_cli("--db", url, *args)
+        assert result.exit_code != 0 and "Traceback" not in result.err
+        assert "S3cret" not in result.out + result.err
+        assert shown in result.err, result.err

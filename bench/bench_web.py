@@ -37,6 +37,7 @@ from sqlalchemy import insert, text  # noqa: E402
 from bench.bench_store import Templates, ingest, scratch_postgres  # noqa: E402
 from orchestrator.store import open_store, upgrade_store  # noqa: E402
 from orchestrator.store.models import Campaign, MonitorSample  # noqa: E402
+from tests.support.store_fixtures import pg_reader  # noqa: E402
 
 MONITORED = {"bench-0000001": 10_000, "bench-0000002": 100_000}
 
@@ -182,7 +183,8 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def measure(name: str, url: str, args: argparse.Namespace) -> None:
+def measure(name: str, url: str, args: argparse.Namespace, read_url: str | None = None) -> None:
+    """`read_url`: the SELECT-only role `serve` connects as on PostgreSQL (docs/security.md)."""
     upgrade_store(url)
     began = time.perf_counter()
     with open_store(url) as store:
@@ -194,7 +196,7 @@ def measure(name: str, url: str, args: argparse.Namespace) -> None:
     print(
         f"{name}: load average before the requests {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    process, port = serve(url)
+    process, port = serve(read_url or url)
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         print(
@@ -240,8 +242,8 @@ def main() -> None:
     if not args.pg_url:
         print("postgres: skipped (no --pg-url and no $ORCHESTRATOR_TEST_PG_URL)")
         return
-    with scratch_postgres(args.pg_url) as url:
-        measure("postgres", url, args)
+    with scratch_postgres(args.pg_url) as url, pg_reader(url, args.pg_url) as reader:
+        measure("postgres", url, args, reader)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
     """Validate a parsed cluster file into a ClusterSpec."""
     top = Table(data, source, CLUSTER, keys=_TOP_KEYS)
     cl = top.table("cluster", _CLUSTER_KEYS)
-    store = top.table("store", {"url"})
+    store = top.table("store", {"url", "read_url"})
     ssh_t = top.table("ssh", _SSH_KEYS)
     case = top.table("case", _CASE_KEYS)
     node_defaults = top.table("node_defaults", _NODE_DEFAULT_KEYS)
@@ -162,6 +162,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         nodes=nodes,
         ssh=ssh,
         store_url=store.string("url"),
+        store_read_url=store.string("read_url"),
         case=CaseSettings(
             data_dir=case.string("data_dir", CaseSettings.data_dir),
             backbone_weights=case.string("backbone_weights", "none"),
@@ -232,6 +233,17 @@ def load_cluster(path: str | None) -> ClusterSpec:
             f"cannot read cluster file {path}: {exc}", "check the path and permissions"
         ) from None
     return parse_cluster(data, str(path))
+
+
+def resolve_read_url(read_url: str | None, cli_url: str | None, cluster: ClusterSpec) -> str:
+    """For `query` and `serve`: --read-db / $ORCHESTRATOR_READ_DB, then --db / $ORCHESTRATOR_DB
+    (a URL named on the command line is the one meant), then the cluster file's store.read_url,
+    then the store URL as for every command."""
+    if read_url:
+        return read_url
+    if not cli_url and cluster.store_read_url:
+        return cluster.store_read_url
+    return resolve_store_url(cli_url, cluster)
 
 
 def resolve_store_url(cli_url: str | None, cluster: ClusterSpec | None) -> str:

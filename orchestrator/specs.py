@@ -112,6 +112,7 @@ class ClusterSpec:
     nodes: tuple[NodeSpec, ...]
     ssh: SshSettings = SshSettings()
     store_url: str | None = None
+    store_read_url: str | None = None  # a SELECT-only role's URL, for `query` and `serve`
     case: CaseSettings = CaseSettings()
     runtime: Runtime = "host"  # 'host' (python on the node) or 'docker'
     backend: BackendName = "ssh"  # 'ssh' (our own launcher) or 'slurm'

@@ -108,6 +108,7 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("orchestrator.states", ("orchestrator.",)),
+    ("orchestrator.redact", ("orchestrator.",)),  # pure text functions, used by every room
     ("orchestrator.", ("orchestrator.cli",)),
 )
 

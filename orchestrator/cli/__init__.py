@@ -15,7 +15,7 @@ from orchestrator.cli.context import AppContext
 from orchestrator.errors import OrchestratorError
 
 # Global options that take a value: accepted after the subcommand too (moved in front of it).
-MOVABLE_OPTIONS = ("--db", "--cluster")
+MOVABLE_OPTIONS = ("--db", "--read-db", "--cluster")
 GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
 
 
@@ -81,6 +81,14 @@ class _Cli(click.Group):
     "Default: $ORCHESTRATOR_DB, else the cluster file's store.url, else sqlite:///orchestrator.db.",
 )
 @click.option(
+    "--read-db",
+    "read_db_url",
+    envvar="ORCHESTRATOR_READ_DB",
+    help="Store URL of a SELECT-only role, for `query` and `serve` (docs/security.md). "
+    "Default: $ORCHESTRATOR_READ_DB, else --db, else the cluster file's store.read_url, "
+    "else the store URL.",
+)
+@click.option(
     "-v",
     "--verbose",
     count=True,
@@ -95,17 +103,24 @@ class _Cli(click.Group):
 @click.version_option(package_name="orchestrator")
 @click.pass_context
 def cli(
-    ctx: click.Context, cluster_file: str | None, db_url: str | None, verbose: int, quiet: bool
+    ctx: click.Context,
+    cluster_file: str | None,
+    db_url: str | None,
+    read_db_url: str | None,
+    verbose: int,
+    quiet: bool,
 ) -> None:
     """Benchmark AI accelerators across a cluster and keep every result in SQL.
 
-    Global options (--cluster, --db) may also follow the command.
+    Global options (--cluster, --db, --read-db) may also follow the command.
     """
     from orchestrator.runs.progress import set_verbosity
 
     level = -1 if quiet else min(verbose, 1)
     set_verbosity(level)
-    ctx.obj = AppContext(cluster_file=cluster_file, db_url=db_url, verbosity=level)
+    ctx.obj = AppContext(
+        cluster_file=cluster_file, db_url=db_url, read_db_url=read_db_url, verbosity=level
+    )
 
 
 def _register() -> None:

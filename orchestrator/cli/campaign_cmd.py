@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +10,7 @@ from rich.console import Console
 
 from orchestrator.cli.context import (
     AppContext,
+    command_line,
     open_store_for_submit,
     parse_duration,
     runs_folder,
@@ -67,7 +66,7 @@ def _queue_campaign(app: AppContext, spec: Any, runs: Any, file: str) -> None:
 
     clusters = {c: (load_cluster(c) if c else app.cluster) for c in spec.clusters}
     campaign_id = new_run_id(salt=spec.name)
-    command = shlex.join(["orchestrator", *sys.argv[1:]])
+    command = command_line()
     items = []
     for run in runs:
         req = SubmitRequest(

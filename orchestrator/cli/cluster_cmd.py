@@ -58,6 +58,7 @@ def cluster_document(app: AppContext) -> dict[str, Any]:
         "master_port": spec.master_port,
         "follower_grace_s": spec.follower_grace_s,
         "store": _store_shown(app.store_url),
+        "read_store": _store_shown(app.read_url),
         "runs_dir": str(runs_folder().absolute()),
         "ssh": {
             "known_hosts": list(ssh.known_hosts),
@@ -101,6 +102,7 @@ def cluster_output(app: AppContext) -> Output:
         ["master port", str(doc["master_port"])],
         ["follower grace (s)", f"{doc['follower_grace_s']:g}"],
         ["store", doc["store"]],
+        ["read store (query, serve)", doc["read_store"]],
         ["run folders", doc["runs_dir"]],
         ["ssh known_hosts", ", ".join(ssh["known_hosts"]) or "~/.ssh/known_hosts"],
         ["ssh accept new keys", "yes" if ssh["accept_new_host_keys"] else "no"],

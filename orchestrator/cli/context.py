@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 class AppContext:
     cluster_file: str | None = None
     db_url: str | None = None
+    read_db_url: str | None = None  # for `query` and `serve`: a SELECT-only role
     verbosity: int = 0  # -1 quiet (-q), 0, 1 verbose (-v)
     _cluster: ClusterSpec | None = field(default=None, repr=False)
 
@@ -46,6 +47,13 @@ class AppContext:
         from orchestrator.config import resolve_store_url
 
         return resolve_store_url(self.db_url, self.cluster)
+
+    @property
+    def read_url(self) -> str:
+        """The URL `query` and `serve` connect with (docs/security.md, "Least privilege")."""
+        from orchestrator.config import resolve_read_url
+
+        return resolve_read_url(self.read_db_url, self.db_url, self.cluster)
 
     def open_store(self) -> Store:
         """The results store, checked to be at the current schema revision."""
@@ -79,6 +87,16 @@ class AppContext:
     def command_name(self) -> str:
         ctx = click.get_current_context(silent=True)
         return ctx.command_path.removeprefix("orchestrator ") if ctx else "orchestrator"
+
+
+def command_line() -> str:
+    """This process's command line as recorded with a run (runs.command, manifest.json, the
+    queued request): passwords in URLs and connection strings hidden."""
+    import shlex
+
+    from orchestrator.redact import redact_argv
+
+    return shlex.join(["orchestrator", *redact_argv(sys.argv[1:])])
 
 
 def runs_folder(option: str | None = None) -> Path:

@@ -232,16 +232,18 @@ def report(
 def query(app: AppContext, sql: str, output: str, max_rows: int) -> None:
     """Run one read-only SQL statement against the results store.
 
-    The database refuses writes (SQLite read-only connection, PostgreSQL READ ONLY
-    transaction). Tables and views are described in docs/schema.md.
+    The database refuses writes (SQLite read-only connection; PostgreSQL: a SELECT-only role,
+    --read-db, in a READ ONLY transaction; a superuser or any role that may write is refused,
+    see docs/security.md). Tables and views are described in docs/schema.md.
 
     \b
     Example: orchestrator query "SELECT config, max(p_core) FROM seed_table GROUP BY config"
     """
+    from orchestrator.store import open_store
     from orchestrator.store.readonly import run_query
 
-    url = app.store_url
-    app.open_store().close()  # checks the schema revision first, with its remedy
+    url = app.read_url
+    open_store(url).close()  # checks the schema revision first, with its remedy
     result = run_query(url, sql, max_rows)
     emit(
         Output(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from rich.console import Console
 
 from orchestrator.cli.context import (
     AppContext,
+    command_line,
     open_store_for_submit,
     parse_duration,
     print_outcome,
@@ -185,7 +184,7 @@ def submit(
         sets=tuple(parse_sets(list(sets)).items()),
         timeout_s=parse_duration(timeout, "--timeout"),
         no_progress_timeout_s=parse_duration(no_progress_timeout, "--no-progress-timeout"),
-        command=shlex.join(["orchestrator", *sys.argv[1:]]),
+        command=command_line(),
         data_dir=data,
         backbone_weights=weights,
     )

@@ -77,7 +77,7 @@ def serve(
     \b
     Examples:
       orchestrator serve                                  # http://127.0.0.1:8150/
-      ORCHESTRATOR_WEB_TOKEN="$TOKEN" orchestrator --db postgresql://lab@db/results \\
+      ORCHESTRATOR_WEB_TOKEN="$TOKEN" orchestrator --read-db postgresql://lab_reader@db/results \\
         serve --host 0.0.0.0
     """
     require_web_extra()
@@ -86,8 +86,10 @@ def serve(
 
     if db_url is not None:
         app.db_url = db_url
-    url = app.store_url
-    app.open_store().close()  # the schema revision first, with its remedy
+    from orchestrator.store import open_store
+
+    url = app.read_url
+    open_store(url).close()  # the schema revision first, with its remedy
     token = read_token(token, token_file)
     run_server(
         url, host, port, token, lambda line: click.echo(line, err=True), refresh, allowed_hosts

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.redact import redact_text, without_password
 from orchestrator.runs.folder import RunManifest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology, with_inputs
 from orchestrator.states import FINAL_STATUSES, RunStatus
@@ -58,8 +59,10 @@ def request_doc(
     **extra: Any,
 ) -> dict[str, Any]:
     """What a worker on any machine needs to execute the run: the cluster file's parsed content
-    (None: the embedded default), and the submit options."""
-    canonical = json.dumps(cluster_data, sort_keys=True, default=str)
+    (None: the embedded default) without its secrets, and the submit options. Anyone who may
+    SELECT from the store reads this: the store URLs lose their passwords (a worker connects
+    with its own --db and brings the password from the environment or ~/.pgpass)."""
+    canonical = json.dumps(without_secrets(cluster_data), sort_keys=True, default=str)
     return {
         "cluster_source": cluster.source,
         "cluster_data": json.loads(canonical),
@@ -71,10 +74,19 @@ def request_doc(
         "sets": [list(kv) for kv in sets],
         "timeout_s": timeout_s,
         "no_progress_timeout_s": no_progress_timeout_s,
-        "command": command,
+        "command": redact_text(command),
         "campaign_id": campaign_id,
         **extra,
     }
+
+
+def without_secrets(cluster_data: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The cluster file's content with no password in its [store] URLs."""
+    store = cluster_data.get("store") if cluster_data else None
+    if not cluster_data or not isinstance(store, Mapping):
+        return cluster_data
+    cleaned = {k: without_password(v) if isinstance(v, str) else v for k, v in store.items()}
+    return {**cluster_data, "store": cleaned}
 
 
 def cluster_from(doc: Mapping[str, Any]) -> ClusterSpec:

@@ -26,6 +26,7 @@ from orchestrator.errors import IngestError, TopologyError
 from orchestrator.fabric import MAX_LOG_CHARS, NCCL_LOG_FILE
 from orchestrator.monitor import MONITOR_FILE, RawOutput, Sample, parse_samples, raw_output
 from orchestrator.pathnames import RUN_ID_PATTERN
+from orchestrator.redact import redact_text
 from orchestrator.runs.imported import ImportedResult, imported_from_dict
 from orchestrator.specs import Topology
 from orchestrator.states import (
@@ -167,7 +168,7 @@ class RunManifest:
             "image": None if self.image is None else {"tag": self.image.tag, "id": self.image.id},
             "campaign_id": self.campaign_id,
             "slurm_job_id": self.slurm_job_id,
-            "command": self.command,
+            "command": redact_text(self.command),
             "orchestrator_version": self.orchestrator_version,
             # written only for imports, so a native run's manifest is as it always was
             **(
@@ -371,14 +372,33 @@ def load_manifest(path: str | os.PathLike[str]) -> RunManifest:
     return manifest_from_dict(data, str(file))
 
 
+# A run folder holds logs, environments and the command line: the owner and the owner's group
+# read it, nobody else (docs/security.md).
+RUN_DIR_MODE = 0o750
+MANIFEST_MODE = 0o640
+
+
+def make_run_dir(path: Path, exist_ok: bool = False) -> None:
+    """Create a run folder (its parents as usual) that other users cannot enter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=RUN_DIR_MODE)
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        return  # an adopted run's folder, perhaps another user's: left as it is
+    path.chmod(RUN_DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
 def write_manifest(path: str | os.PathLike[str], manifest: RunManifest) -> None:
     """Write atomically (temp file + rename): a reader never sees half a manifest."""
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
-    tmp.write_text(
-        json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, MANIFEST_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
     os.replace(tmp, file)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from orchestrator.errors import StoreError
+from orchestrator.redact import redact_text
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 SQLITE_PAGE_SIZE = 16_384
@@ -34,13 +34,13 @@ def _json_serializer(value: Any) -> str:
 
 
 def redact_url(url: str | URL) -> str:
-    """The URL with its password replaced by ***, for every message and log line."""
+    """The URL with its password replaced by ***, for every message and log line: in the
+    userinfo and in query parameters (?password=...); see orchestrator/redact.py."""
     try:
         parsed = url if isinstance(url, URL) else make_url(str(url))
     except (ArgumentError, ValueError):
-        # Not a URL SQLAlchemy understands: hide anything between ':' and '@' in the netloc.
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
-    return parsed.render_as_string(hide_password=True)
+        return redact_text(str(url))  # not a URL SQLAlchemy reads: hide what looks secret
+    return redact_text(parsed.render_as_string(hide_password=True))
 
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -56,7 +56,7 @@ def parse_url(url: str) -> URL:
     if "://" not in text:
         if not text.lower().endswith(SQLITE_SUFFIXES):
             raise StoreError(
-                f"results store URL {text!r} is not a database URL",
+                f"results store URL {redact_text(text)!r} is not a database URL",
                 "use sqlite:///path/results.db or postgresql://user@host/dbname; a plain path "
                 "must name a SQLite file ending in .db, .sqlite or .sqlite3",
             )

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.fabric import fabric_of
 from orchestrator.monitor import smi_warnings
+from orchestrator.redact import redact_text
 from orchestrator.runs.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
 from orchestrator.store.engine import RawJson
 from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
@@ -42,7 +43,7 @@ def run_row(manifest: RunManifest, now: datetime) -> dict[str, Any]:
         "submitted_at": manifest.submitted_at,
         "started_at": manifest.started_at,
         "finished_at": manifest.finished_at,
-        "command": manifest.command or None,
+        "command": redact_text(manifest.command) or None,
         "orchestrator_version": manifest.orchestrator_version or None,
         "slurm_job_id": manifest.slurm_job_id,
         "image_tag": manifest.image.tag if manifest.image else None,

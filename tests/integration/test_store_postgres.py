@@ -174,7 +174,7 @@ def test_lifecycle_from_provisional_row_to_published_run(pg_store: Any, run_copy
 
 
 def test_cli_upgrade_ingest_list_report_query(
-    run_cli: Any, pg_url: str, fixture_runs: Path
+    run_cli: Any, pg_url: str, pg_reader_url: str, fixture_runs: Path
 ) -> None:
     assert run_cli("--db", pg_url, "db", "upgrade").exit_code == 0
     shown = run_cli("--db", pg_url, "db", "current").out
@@ -188,7 +188,7 @@ def test_cli_upgrade_ingest_list_report_query(
     assert "- network: InfiniBand, 2 x 200 Gb/sec (4X HDR)" in report
     assert "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 |" in report
     sql = "SELECT config, count(*) AS runs FROM seed_table WHERE config LIKE 'MX%' GROUP BY config ORDER BY config"
-    out = run_cli("--db", pg_url, "query", sql, "--format", "csv").out
+    out = run_cli("--db", pg_url, "--read-db", pg_reader_url, "query", sql, "--format", "csv").out
     assert list(csv.reader(io.StringIO(out))) == [
         ["config", "runs"],
         ["MXC500 1x8", "1"],
@@ -211,18 +211,20 @@ def test_cli_upgrade_ingest_list_report_query(
     ],
 )
 def test_query_writes_are_refused_by_postgres(
-    pg_store: Any, pg_url: str, fixture_runs: Path, sql: str
+    pg_store: Any, pg_reader_url: str, fixture_runs: Path, sql: str
 ) -> None:
     pg_store.ingest([fixture_runs / RUN_1X8])
     before = table_snapshot(pg_store)
     with pytest.raises(QueryError) as caught:
-        run_query(pg_url, sql)
-    assert caught.value.message == READ_ONLY_MESSAGE
+        run_query(pg_reader_url, sql)
+    # The READ ONLY transaction refuses first, or the SELECT-only role's missing right (nextval).
+    denied = "refused by the database: permission denied for sequence run_status_history_id_seq"
+    assert caught.value.message == (denied if "nextval" in sql else READ_ONLY_MESSAGE)
     assert table_snapshot(pg_store) == before
 
 
 def test_query_cannot_escape_the_read_only_transaction(
-    pg_store: Any, pg_url: str, fixture_runs: Path
+    pg_store: Any, pg_reader_url: str, fixture_runs: Path
 ) -> None:
     pg_store.ingest([fixture_runs / RUN_1X8])
     before = table_snapshot(pg_store)
@@ -232,28 +234,28 @@ def test_query_cannot_escape_the_read_only_transaction(
         "ROLLBACK; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; DELETE FROM runs",
     ):
         with pytest.raises(QueryError, match="more than one statement"):
-            run_query(pg_url, sql)
+            run_query(pg_reader_url, sql)
     # One statement that changes the session: harmless, the connection is thrown away.
-    run_query(pg_url, "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+    run_query(pg_reader_url, "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
     with pytest.raises(QueryError, match="read-only"):
-        run_query(pg_url, "DELETE FROM runs")
+        run_query(pg_reader_url, "DELETE FROM runs")
     assert table_snapshot(pg_store) == before
 
 
 def test_query_syntax_errors_and_percent_signs(
-    pg_store: Any, pg_url: str, fixture_runs: Path
+    pg_store: Any, pg_reader_url: str, fixture_runs: Path
 ) -> None:
     pg_store.ingest([fixture_runs / RUN_1X8])
     with pytest.raises(QueryError) as caught:
-        run_query(pg_url, "SELEC 1")
+        run_query(pg_reader_url, "SELEC 1")
     assert caught.value.one_line().startswith('SQL error: syntax error at or near "SELEC"')
     assert "\n" not in caught.value.one_line()
-    result = run_query(pg_url, "SELECT run_id FROM runs WHERE run_id LIKE '2026%'")
+    result = run_query(pg_reader_url, "SELECT run_id FROM runs WHERE run_id LIKE '2026%'")
     assert result.rows == [(RUN_1X8,)]
 
 
 def test_flagperf_import_and_mllog_export_on_postgres(
-    run_cli: Any, pg_url: str, fixture_runs: Path, tmp_path: Path
+    run_cli: Any, pg_url: str, pg_reader_url: str, fixture_runs: Path, tmp_path: Path
 ) -> None:
     assert run_cli("--db", pg_url, "db", "upgrade").exit_code == 0
     assert run_cli("--db", pg_url, "ingest", str(fixture_runs / RUN_2X8)).exit_code == 0
@@ -265,7 +267,7 @@ def test_flagperf_import_and_mllog_export_on_postgres(
     assert "| MXC500 2x8 | fp32 | bs=16, lr=0.08, epochs=2 |" in report
     assert "| FlagPerf C500 2x8 | fp32 | bs=16, lr=0.08, flagperf_epochs=true | 4399.1 |" in report
     sql = "SELECT source, mem_source, count(*) FROM seed_table GROUP BY source, mem_source ORDER BY source"
-    out = run_cli("--db", pg_url, "query", sql, "--format", "csv").out
+    out = run_cli("--db", pg_url, "--read-db", pg_reader_url, "query", sql, "--format", "csv").out
     assert list(csv.reader(io.StringIO(out)))[1:] == [
         ["flagperf", "", "2"],
         ["orchestrator", "allocator", "1"],

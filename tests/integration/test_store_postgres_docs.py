@@ -18,10 +18,12 @@ def test_the_docs_have_five_questions_for_postgres() -> None:
     assert len({heading for heading, _ in QUERIES}) == 5
 
 
-def test_docs_queries_run_on_postgres(pg_store: Any, pg_url: str, fixture_runs: Path) -> None:
+def test_docs_queries_run_on_postgres(
+    pg_store: Any, pg_reader_url: str, fixture_runs: Path
+) -> None:
     pg_store.ingest([fixture_runs / name for name in ALL_RUNS])
     for heading, sql in QUERIES:
-        result = run_query(pg_url, sql)
+        result = run_query(pg_reader_url, sql)
         assert result.columns, heading
         if heading.startswith("3."):
             assert [row[:1] for row in result.rows] == [("me-node2",)]

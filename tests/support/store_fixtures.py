@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,55 @@ def pg_store(pg_url: str) -> Iterator[object]:
     store = open_store(pg_url)
     yield store
     store.close()
+
+
+def reader_sql() -> list[str]:
+    """The statements docs/security.md gives to create a SELECT-only role."""
+    import re
+
+    text = (DOCS / "security.md").read_text(encoding="utf-8")
+    (block,) = [
+        b for b in re.findall(r"^```sql\n(.*?)^```", text, re.M | re.S) if "CREATE ROLE" in b
+    ]
+    return [line.strip().rstrip(";") for line in block.splitlines() if line.strip()]
+
+
+@contextmanager
+def pg_reader(db_url: str, admin_url: str | None = None) -> Iterator[str]:
+    """A SELECT-only role on the database of `db_url` (whose role is the writer), made by the
+    server's admin role (default: the test server's) with the SQL of docs/security.md; yields
+    its URL (password included) and drops it afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    admin = make_url(admin_url or _admin_url())
+    admin = admin.set(drivername="postgresql+psycopg", database=url.database)
+    name, password = f"orch_reader_{uuid.uuid4().hex[:10]}", f"Rd-{uuid.uuid4().hex}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for sql in reader_sql():
+                sql = sql.replace("orchestrator_reader", name)
+                sql = sql.replace("'choose-a-password'", f"'{password}'")
+                sql = sql.replace("DATABASE results", f'DATABASE "{url.database}"')
+                sql = sql.replace("FOR ROLE orchestrator ", f'FOR ROLE "{url.username}" ')
+                conn.execute(text(sql))
+        yield url.set(username=name, password=password).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            if conn.execute(text(f"SELECT 1 FROM pg_roles WHERE rolname = '{name}'")).first():
+                conn.execute(text(f"DROP OWNED BY {name}"))
+                conn.execute(text(f"DROP ROLE {name}"))
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_reader_url(pg_url: str) -> Iterator[str]:
+    """A SELECT-only role's URL on pg_url's database (created before the schema: the default
+    privileges of docs/security.md make the tables readable)."""
+    with pg_reader(pg_url) as url:
+        yield url
 
 
 @dataclass

@@ -388,16 +388,20 @@ def scratch_postgres() -> Iterator[str]:
 def web_store_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """The results pages' store, once per module and backend."""
+    """The results pages' store, once per module and backend (on PostgreSQL: the URL of a
+    SELECT-only role, as `serve` wants)."""
     workdir = tmp_path_factory.mktemp(f"web-{request.param}")
     if request.param == "sqlite":
         url = f"sqlite:///{workdir / 'results.db'}"
         build_web_store(url, workdir)
         yield url
         return
+    from tests.support.store_fixtures import pg_reader
+
     with scratch_postgres() as url:
         build_web_store(url, workdir)
-        yield url
+        with pg_reader(url) as reader:  # the pages connect as docs/security.md says
+            yield reader
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,7 @@ def test_cli_cluster_show_prints_nodes_and_hides_password(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text(
         '[store]\nurl = "postgresql+psycopg://bench:s3cret@db/results"\n'
+        'read_url = "postgresql+psycopg://reader@db/results?password=r3ader"\n'
         '[[nodes]]\nname = "n1"\naddress = "127.0.0.2"\naccelerators = 2\n'
     )
     proc = subprocess.run(
@@ -85,7 +86,9 @@ def test_cli_cluster_show_prints_nodes_and_hides_password(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "n1" in proc.stdout and "127.0.0.2" in proc.stdout
-    assert "s3cret" not in proc.stdout
+    assert "s3cret" not in proc.stdout and "r3ader" not in proc.stdout
+    assert "postgresql+psycopg://bench:***@db/results" in proc.stdout
+    assert "postgresql+psycopg://reader@db/results?password=***" in proc.stdout
 
 
 def test_image_table_is_read_into_the_cluster():

@@ -406,5 +406,5 @@ def test_unknown_keys_of_the_cluster_and_store_tables_are_refused() -> None:
         "follower_grace_s, master_port, name, runtime, vendor)"
     )
     assert _error(_with(store={"uri": "sqlite:///r.db"})) == (
-        "lab.toml: store.uri is not a known key (known keys here: url)"
+        "lab.toml: store.uri is not a known key (known keys here: read_url, url)"
     )

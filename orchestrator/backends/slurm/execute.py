@@ -40,7 +40,7 @@ from orchestrator.plan import NCCL_LOG_DIR
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, join_nccl_logs
+from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, join_nccl_logs, make_run_dir
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -289,7 +289,7 @@ def execute(
     """Run the plan through Slurm; the row and folder are final whatever happens."""
     job = plan.job
     run_dir = runs_dir / job.run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    make_run_dir(run_dir, exist_ok=False)
     submitted_at = utcnow()
     # "running" from the orchestrator's side, as for `submit` over SSH: "queued" belongs to the
     # worker queue (issue 6), which must not claim a run Slurm is queueing. started_at is
@@ -379,7 +379,7 @@ def follow(
     is Slurm's business (its time_limit bounds the run too)."""
     job = plan.job
     phases = phases or PhaseClock()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir, exist_ok=True)
     interval = plan.settings.poll_interval_s
     failure: Failure | None = None
     status: FinalStatus = "failed"

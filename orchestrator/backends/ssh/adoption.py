@@ -38,6 +38,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.runs.failure import Failure, diagnose
+from orchestrator.runs.folder import make_run_dir
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
 from orchestrator.states import FinalStatus
@@ -177,7 +178,7 @@ def _finish(
             detail = "; ".join(f"{n}: {p}" for n, p in session.connect_failures.items())
             console.print(f"[yellow]run {adoptee.run_id}: cannot reach its nodes ({detail})[/]")
             return None
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir, exist_ok=True)
         states = _states(session, plan, -1)
         cleanup = container_cleanup(plan)
         running = any(not s.ended for s in states.values())

@@ -24,7 +24,7 @@ from orchestrator.plan import Plan, build_plan
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.runs.failure import Failure
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest
+from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, make_run_dir
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -148,7 +148,7 @@ def execute(
     manifest = ssh_manifest(plan, req, "running", submitted_at=submitted_at)
     ttl = follower_ttl_s(job.cluster.follower_grace_s)
     if queued_at is not None:
-        run_dir.mkdir(parents=True, exist_ok=False)
+        make_run_dir(run_dir, exist_ok=False)
         store.start_queued_run(manifest)
         return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl)
     nodes = tuple(n.node.name for n in plan.nodes)
@@ -157,7 +157,7 @@ def execute(
     )
     holder = follower_id()
     create_followed_run(store, manifest, request, nodes, holder, ttl)
-    run_dir.mkdir(parents=True, exist_ok=False)
+    make_run_dir(run_dir, exist_ok=False)
     taken_over = threading.Event()
     try:
         with LeaseKeeper(store, job.run_id, holder, ttl, stop, stop, on_lost=taken_over):

@@ -104,3 +104,12 @@ def test_a_campaign_file_accepts_the_bs_alias_as_submit_does(run_cli, lab):
     result = run_cli("--cluster", lab / "cluster.toml", "campaign", "submit", file, "--dry-run")
     assert result.exit_code == 0, result.err
     assert result.out.splitlines()[-1].split()[-1] == "batch_size=1"
+
+
+def test_without_a_cluster_file_a_multi_node_topology_says_how_to_describe_nodes(run_cli):
+    result = run_cli("submit", "2x1", "--dry-run")
+    assert result.exit_code == 2
+    assert result.err == (
+        "error: topology 2x1 needs 2 nodes but cluster 'local' has 1 (describe the nodes in a "
+        "cluster file (docs/cluster-file.md) and pass --cluster FILE, or ask for fewer)\n"
+    )

@@ -71,6 +71,34 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
     )
 
 
+@db.command("copy")
+@click.option("--to", "target", required=True, help="The store to copy into (URL or file).")
+@click.pass_obj
+def copy(app: AppContext, target: str) -> None:
+    """Copy the whole store (runs, ranks, epochs, nodes, monitors, images, campaigns, status
+    history, imported runs) into another one: SQLite to PostgreSQL or back.
+
+    One transaction on the target; rows it already holds are kept, so running the copy again
+    adds only what is new. An empty target gets the schema first. Node leases are not copied.
+
+    \b
+    Example: orchestrator --db sqlite:///orchestrator.db db copy --to postgresql://bench@db/results
+    """
+    from orchestrator.store.copy import copy_store
+
+    report = copy_store(app.store_url, target)
+    for t in report.tables:
+        click.echo(f"{t.table:<20} {t.copied:>9} copied {t.kept:>9} already there")
+    copied = sum(t.copied for t in report.tables)
+    click.echo(f"results store at {report.source} copied to {report.target}: {copied} row(s)")
+    if report.live_runs:
+        click.echo(
+            f"warning: {report.live_runs} run(s) are queued or running in {report.source}: "
+            "their submitters and workers go on writing there; copy again when they ended",
+            err=True,
+        )
+
+
 def _interactive() -> bool:
     return sys.stdin.isatty()
 

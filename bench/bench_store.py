@@ -274,6 +274,30 @@ def scratch_postgres(admin_url: str) -> Iterator[str]:
         engine.dispose()
 
 
+def measure_copy(sqlite_url: str, back_url: str, pg_admin_url: str) -> None:
+    """`orchestrator db copy` of the whole store: SQLite -> PostgreSQL, then back to SQLite."""
+    from orchestrator.store.copy import copy_store
+
+    with scratch_postgres(pg_admin_url) as pg_url:
+        for name, source, target in (
+            ("sqlite -> postgres", sqlite_url, pg_url),
+            ("postgres -> sqlite", pg_url, back_url),
+        ):
+            started = time.perf_counter()
+            report = copy_store(source, target)
+            seconds = time.perf_counter() - started
+            rows = sum(t.copied for t in report.tables)
+            print(
+                f"db copy {name}: {rows:,} rows in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)"
+            )
+        started = time.perf_counter()
+        again = copy_store(sqlite_url, pg_url)
+        print(
+            f"db copy sqlite -> postgres again (nothing new): {sum(t.copied for t in again.tables)}"
+            f" rows in {time.perf_counter() - started:.1f} s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -285,13 +309,20 @@ def main() -> None:
     )
     parser.add_argument("--pg-url", default=os.environ.get("ORCHESTRATOR_TEST_PG_URL"))
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--copy",
+        action="store_true",
+        help="then time `db copy` of the SQLite store to PostgreSQL and back (skips the PG ingest)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.sqlite_dir) as tmp:
         measure("sqlite", f"sqlite:///{tmp}/results.db", args)
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
         print(f"sqlite: file size {size / 2**20:,.0f} MiB")
-    if args.no_postgres:
+        if args.copy and args.pg_url:
+            measure_copy(f"sqlite:///{tmp}/results.db", f"sqlite:///{tmp}/back.db", args.pg_url)
+    if args.no_postgres or args.copy:
         return
     if not args.pg_url:
         print("postgres: skipped (no --pg-url and no $ORCHESTRATOR_TEST_PG_URL)")

@@ -30,7 +30,8 @@ from typing import Any
 
 from orchestrator.config import tomllib
 from orchestrator.errors import ConfigError, TopologyError
-from orchestrator.specs import Topology
+from orchestrator.plan import HPARAM_ALIASES, check_hparams
+from orchestrator.specs import ClusterSpec, Topology, pick_nodes
 from orchestrator.tables import Dialect, Table, Words, control_character
 
 PRECISIONS = ("fp32", "amp", "fp16")
@@ -107,7 +108,7 @@ def _scalar_sets(table: Table) -> tuple[tuple[str, str], ...]:
         found = control_character(f"{key}{text}")
         if found is not None:  # the values reach the workload's command line and scripts
             table.fail(key, f"holds the control character {found}", "write it on one line")
-        items.append((str(key), text))
+        items.append((HPARAM_ALIASES.get(str(key), str(key)), text))  # bs = 16, as --set bs=16
     return tuple(items)
 
 
@@ -207,6 +208,30 @@ def expand(spec: CampaignSpec) -> list[CampaignRun]:
                             )
                         )
     return runs
+
+
+def check_runs(
+    spec: CampaignSpec, runs: Sequence[CampaignRun], clusters: Mapping[str | None, ClusterSpec]
+) -> None:
+    """Every run checked as `submit` checks it (topology against the cluster's nodes, each
+    hyper-parameter's key, type and range), before anything is queued or printed: the first
+    bad run is a ConfigError naming the file, the run and what is wrong."""
+    seen: set[tuple[str | None, str, str, tuple[tuple[str, str], ...]]] = set()
+    for run in runs:
+        key = (run.cluster, str(run.topology), run.precision, run.sets)
+        if key in seen:
+            continue
+        seen.add(key)
+        cluster = clusters[run.cluster]
+        try:
+            pick_nodes(cluster, run.topology, list(spec.nodes) if spec.nodes else None)
+            check_hparams(dict(run.sets), run.precision)
+        except ConfigError as exc:
+            where = (
+                f"{spec.source}: run {run.index} ({run.topology} {run.precision}, set "
+                f"{run.set_name!r}, cluster {cluster.name!r})"
+            )
+            raise ConfigError(f"{where}: {exc.message}", exc.remedy) from None
 
 
 def render_expansion(spec: CampaignSpec, runs: Sequence[CampaignRun], default_cluster: str) -> str:

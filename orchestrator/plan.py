@@ -23,6 +23,9 @@ from orchestrator.tables import control_character
 WORKLOAD_MODULE = "workload.faster_rcnn"
 # Short names admins type (`--set bs=16`), mapped to the workload's hyper-parameter keys.
 HPARAM_ALIASES = {"bs": "batch_size", "batch": "batch_size", "learning_rate": "lr"}
+# Hyper-parameters that a run's own option sets (and its records show): a --set of one would
+# train under a value the manifest does not say, and publishing would reject the run.
+OPTION_OWNED = {"precision": "--precision (a campaign file: precisions = [...])"}
 
 
 def new_run_id(now: datetime | None = None, salt: str = "") -> str:
@@ -58,6 +61,12 @@ def check_hparams(hparams: Mapping[str, str], precision: str = "fp32") -> None:
     from workload.faster_rcnn import hparams as table
     from workload.faster_rcnn.errors import WorkloadError
 
+    for key, value in hparams.items():
+        if key in OPTION_OWNED:
+            raise ConfigError(
+                f"--set {key}={value}: {key} is not a hyper-parameter to --set",
+                f"set it with {OPTION_OWNED[key]}",
+            )
     try:
         for key, value in hparams.items():
             table.parse_value(key, value)

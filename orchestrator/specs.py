@@ -167,7 +167,7 @@ def pick_nodes(
             raise TopologyError(
                 f"topology {topology} needs {topology.nnodes} nodes but cluster "
                 f"{cluster.name!r} has {len(cluster.nodes)}",
-                f"add nodes to {cluster.source} or ask for fewer",
+                _add_nodes_hint(cluster),
             )
         chosen = list(cluster.nodes[: topology.nnodes])
     for node in chosen:
@@ -178,6 +178,15 @@ def pick_nodes(
                 f"ask for at most {node.accelerators} per node, or fix accelerators in {cluster.source}",
             )
     return tuple(chosen)
+
+
+def _add_nodes_hint(cluster: ClusterSpec) -> str:
+    if cluster.source.startswith("<"):  # no cluster file: the embedded default
+        return (
+            "describe the nodes in a cluster file (docs/cluster-file.md) and pass --cluster FILE,"
+            " or ask for fewer"
+        )
+    return f"add nodes to {cluster.source} or ask for fewer"
 
 
 def with_inputs(

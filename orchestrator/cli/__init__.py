@@ -7,6 +7,8 @@ typed errors (orchestrator.errors); `main()` prints them as one line and exits n
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 import sys
 
 import click
@@ -118,9 +120,37 @@ def cli(
 
     level = -1 if quiet else min(verbose, 1)
     set_verbosity(level)
+    env = click.core.ParameterSource.ENVIRONMENT
     ctx.obj = AppContext(
-        cluster_file=cluster_file, db_url=db_url, read_db_url=read_db_url, verbosity=level
+        cluster_file=cluster_file,
+        db_url=db_url,
+        read_db_url=read_db_url,
+        verbosity=level,
+        db_from="env" if ctx.get_parameter_source("db_url") == env else "option",
+        cluster_from="env" if ctx.get_parameter_source("cluster_file") == env else "option",
     )
+    _invocation.app = ctx.obj
+
+
+class _Invocation:
+    """The AppContext of this process's command, for hints printed after it ended."""
+
+    app: AppContext | None = None
+
+
+_invocation = _Invocation()
+
+
+def with_global_options(text: str, app: AppContext | None) -> str:
+    """Every `orchestrator <command>` a remedy suggests, with the --cluster/--db the user gave:
+    a hint followed literally then acts on the same store, not on ./orchestrator.db."""
+    if app is None or "orchestrator --" in text:
+        return text
+    options = " ".join(shlex.quote(word) for word in app.global_options())
+    if not options:
+        return text
+    commands = "|".join(sorted(cli.commands, key=len, reverse=True))
+    return re.sub(rf"\borchestrator (?=(?:{commands})\b)", f"orchestrator {options} ", text)
 
 
 def _register() -> None:
@@ -144,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)
     except OrchestratorError as exc:
+        if exc.remedy:
+            exc.remedy = with_global_options(exc.remedy, _invocation.app)
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

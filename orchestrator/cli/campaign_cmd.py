@@ -47,24 +47,27 @@ def campaign_submit(app: AppContext, file: str, dry_run: bool) -> None:
       orchestrator campaign submit nightly.toml --dry-run
       orchestrator --cluster lab.toml campaign submit nightly.toml
     """
-    from orchestrator.campaign import expand, load_campaign, render_expansion
+    from orchestrator.campaign import check_runs, expand, load_campaign, render_expansion
+    from orchestrator.config import load_cluster
 
     spec = load_campaign(file)
     runs = expand(spec)
+    clusters = {c: (load_cluster(c) if c else app.cluster) for c in spec.clusters}
+    check_runs(spec, runs, clusters)  # the dry run checks what the real submit checks
     default_cluster = app.cluster_file or "<--cluster>"
     if dry_run:
         click.echo(render_expansion(spec, runs, default_cluster), nl=False)
         return
-    _queue_campaign(app, spec, runs, file)
+    _queue_campaign(app, spec, runs, file, clusters)
 
 
-def _queue_campaign(app: AppContext, spec: Any, runs: Any, file: str) -> None:
-    from orchestrator.config import load_cluster
+def _queue_campaign(
+    app: AppContext, spec: Any, runs: Any, file: str, clusters: dict[str | None, Any]
+) -> None:
     from orchestrator.plan import new_run_id
     from orchestrator.queue.enqueue import detach_hints, detached_counts, enqueue_runs
     from orchestrator.runs.lifecycle import SubmitRequest, submitter
 
-    clusters = {c: (load_cluster(c) if c else app.cluster) for c in spec.clusters}
     campaign_id = new_run_id(salt=spec.name)
     command = command_line()
     items = []

@@ -32,7 +32,31 @@ class AppContext:
     db_url: str | None = None
     read_db_url: str | None = None  # for `query` and `serve`: a SELECT-only role
     verbosity: int = 0  # -1 quiet (-q), 0, 1 verbose (-v)
+    # Where --db and --cluster came from: "option" (the command line) or "env" ($ORCHESTRATOR_*).
+    db_from: str = "option"
+    cluster_from: str = "option"
     _cluster: ClusterSpec | None = field(default=None, repr=False)
+
+    @property
+    def store_origin(self) -> str:
+        """Where the store URL came from, for questions and hints about it."""
+        if self.db_url:
+            return "from $ORCHESTRATOR_DB" if self.db_from == "env" else "from --db"
+        if self.cluster.store_url:
+            return f"from [store] url in {self.cluster.source}"
+        return "the default file in this directory"
+
+    def global_options(self) -> list[str]:
+        """`--cluster FILE --db URL` as given (option or environment), for commands we suggest:
+        following a hint literally then reaches the same store and cluster."""
+        from orchestrator.store import redact_url
+
+        words: list[str] = []
+        if self.cluster_file:
+            words += ["--cluster", self.cluster_file]
+        if self.db_url:
+            words += ["--db", redact_url(self.db_url)]
+        return words
 
     @property
     def cluster(self) -> ClusterSpec:

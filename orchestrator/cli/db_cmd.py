@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import click
 
 from orchestrator.cli.context import AppContext
+from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.store.migrate import DowngradeImpact
 
 
 def _describe(revision: str | None) -> str:
@@ -42,19 +49,74 @@ def upgrade(app: AppContext, revision: str) -> None:
 
 @db.command("downgrade")
 @click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask: drop what the downgrade removes.")
 @click.pass_obj
-def downgrade(app: AppContext, revision: str) -> None:
+def downgrade(app: AppContext, revision: str, yes: bool) -> None:
     """Take the schema down to REVISION ('base' drops every table and view: all results).
 
-    \b
-    Example: orchestrator --db sqlite:///scratch.db db downgrade base
-    """
-    from orchestrator.store import downgrade_store
+    Names the store, where its URL came from and how many runs it holds, and asks first;
+    without a terminal it needs --yes.
 
+    \b
+    Example: orchestrator --db sqlite:///scratch.db db downgrade base --yes
+    """
+    from orchestrator.store import downgrade_impact, downgrade_store
+
+    impact = downgrade_impact(app.store_url, revision)
+    if impact.undone and not yes:
+        _confirm_downgrade(app, impact, revision)
     done = downgrade_store(app.store_url, revision)
     click.echo(
         f"results store at {done.url} downgraded from {_describe(done.before)} to {_describe(done.after)}"
     )
+
+
+@db.command("copy")
+@click.option("--to", "target", required=True, help="The store to copy into (URL or file).")
+@click.pass_obj
+def copy(app: AppContext, target: str) -> None:
+    """Copy the whole store (runs, ranks, epochs, nodes, monitors, images, campaigns, status
+    history, imported runs) into another one: SQLite to PostgreSQL or back.
+
+    One transaction on the target; rows it already holds are kept, so running the copy again
+    adds only what is new. An empty target gets the schema first. Node leases are not copied.
+
+    \b
+    Example: orchestrator --db sqlite:///orchestrator.db db copy --to postgresql://bench@db/results
+    """
+    from orchestrator.store.copy import copy_store
+
+    report = copy_store(app.store_url, target)
+    for t in report.tables:
+        click.echo(f"{t.table:<20} {t.copied:>9} copied {t.kept:>9} already there")
+    copied = sum(t.copied for t in report.tables)
+    click.echo(f"results store at {report.source} copied to {report.target}: {copied} row(s)")
+    if report.live_runs:
+        click.echo(
+            f"warning: {report.live_runs} run(s) are queued or running in {report.source}: "
+            "their submitters and workers go on writing there; copy again when they ended",
+            err=True,
+        )
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm_downgrade(app: AppContext, impact: DowngradeImpact, revision: str) -> None:
+    what = (
+        "every table and view"
+        if revision == "base"
+        else f"what revision(s) {', '.join(impact.undone)} added"
+    )
+    question = (
+        f"db downgrade {revision} drops {what} of the results store at {impact.url} "
+        f"({app.store_origin}), which holds {impact.runs} run(s)"
+    )
+    if not _interactive():
+        raise ConfigError(f"{question}; nothing was changed", "add --yes to confirm")
+    if not click.confirm(f"{question}. Continue?", default=False, err=True):
+        raise ConfigError("db downgrade declined; nothing was changed")
 
 
 @db.command("current")

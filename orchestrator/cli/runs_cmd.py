@@ -17,22 +17,45 @@ STATUS_CHOICES = click.Choice(RUN_STATUSES)
 
 @click.command("ingest")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a stored run whose folder now holds other content (recorded in its history).",
+)
 @click.pass_obj
-def ingest(app: AppContext, run_dirs: tuple[str, ...]) -> None:
+def ingest(app: AppContext, run_dirs: tuple[str, ...], replace: bool) -> None:
     """Load run folders (manifest.json + ranks/rank-*.json) into the results store.
 
-    Every folder is checked before anything is written, then all are written in one
-    transaction. Ingesting a folder again changes nothing.
+    Each folder is checked, then written in a transaction of its own: every good folder is
+    stored, each bad one is one line on stderr, and the exit code is 2 if any failed. A
+    folder ingested again changes nothing; a stored run whose folder now holds other content
+    is refused, naming what differs, unless --replace. Campaign runs bring their campaign.
 
     \b
-    Example: orchestrator ingest runs/20260114-101500-2x8-metax
+    Example: orchestrator ingest runs/*
     """
+    from orchestrator.store.ingest import WritePolicy
+
+    policy = WritePolicy(
+        replace_published=replace, adopt_campaigns=True, replaced_by="ingest --replace"
+    )
     with app.open_store() as store:
-        summaries = store.ingest(list(run_dirs))
-    for s in summaries:
-        what = "stored" if s.changed else "unchanged (already in the store)"
-        metrics = f", p_core {sig3(s.metrics.p_core)} img/s" if s.metrics else ""
-        click.echo(f"{s.run_id}: {s.status}, {s.ranks} rank file(s){metrics}: {what}")
+        results = store.ingest_each(list(run_dirs), policy)
+    failed = 0
+    for result in results:
+        if isinstance(result, Exception):
+            failed += 1
+            click.echo(f"error: {result.one_line()}", err=True)
+            continue
+        what = "stored" if result.changed else "unchanged (already in the store)"
+        metrics = f", p_core {sig3(result.metrics.p_core)} img/s" if result.metrics else ""
+        click.echo(
+            f"{result.run_id}: {result.status}, {result.ranks} rank file(s){metrics}: {what}"
+        )
+    if failed:
+        if len(results) > 1:
+            click.echo(f"{len(results) - failed} folder(s) ingested, {failed} failed", err=True)
+        raise SystemExit(2)
 
 
 @click.group("runs")

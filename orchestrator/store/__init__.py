@@ -10,6 +10,7 @@ from orchestrator.store.metrics import RunMetrics
 from orchestrator.store.migrate import (
     Migration,
     current_revision,
+    downgrade_impact,
     downgrade_store,
     head_revision,
     upgrade_store,
@@ -22,6 +23,7 @@ __all__ = [
     "RunSummary",
     "Store",
     "current_revision",
+    "downgrade_impact",
     "downgrade_store",
     "head_revision",
     "open_store",

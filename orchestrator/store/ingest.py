@@ -1,13 +1,15 @@
 """Publishing run folders into the store: validated first, then written in one transaction.
 
 Idempotent by content: a run whose folder digest is already stored is skipped, so ingesting the
-same folder twice changes nothing. A run already in the store with another digest (the provisional
-row `submit` made, or a folder collected again) is replaced: its rank, epoch and node rows are
-rewritten, its status history only gains a row when the status changed.
+same folder twice changes nothing. The provisional row `submit` made (no digest yet) is replaced
+by its folder. A run already published with another digest is replaced only when the caller says
+so (`replace_published`; `ingest` refuses by default, naming what differs), and the replacement is
+a row of its status history. Its rank, epoch and node rows are rewritten.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -73,20 +75,62 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-def _existing(conn: Connection, run_ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    found: dict[str, tuple[str, str | None]] = {}
+# What `ingest` compares when a stored run and a folder disagree, in the order it says them.
+COMPARED = ("status", "global_images", "e2e_time_s", "p_whole", "p_train", "p_core", "map")
+
+
+def _existing(conn: Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    table = Run.__table__
+    columns = [table.c.run_id, table.c.source_digest, *(table.c[c] for c in COMPARED)]
     for chunk in _chunks(run_ids):
-        query = select(Run.run_id, Run.status, Run.source_digest).where(Run.run_id.in_(chunk))
-        for run_id, status, digest in conn.execute(query):
-            found[run_id] = (status, digest)
+        for row in conn.execute(select(*columns).where(Run.run_id.in_(chunk))).mappings():
+            found[row["run_id"]] = dict(row)
     return found
 
 
-def _check_campaigns(conn: Connection, prepared: Sequence[PreparedRun]) -> None:
+def differences(stored: dict[str, Any], p: PreparedRun) -> list[str]:
+    """`p_core 3.01 -> 64` for each compared field that a folder would change."""
+    new = dataclasses.asdict(p.metrics) if p.metrics else {}
+    new["status"] = p.folder.manifest.status
+    changed = []
+    for name in COMPARED:
+        before, after = stored.get(name), new.get(name)
+        if isinstance(before, float) and isinstance(after, float):
+            same = abs(before - after) <= 1e-9 * max(abs(before), abs(after), 1.0)
+        else:
+            same = before == after
+        if not same:
+            changed.append(f"{name} {_shown(before)} -> {_shown(after)}")
+    return changed
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _refuse_replacing(p: PreparedRun, stored: dict[str, Any]) -> IngestError:
+    changed = differences(stored, p) or ["only files that no stored column shows"]
+    return IngestError(
+        f"run {p.folder.manifest.run_id} is already stored with other content ({p.folder.path}: "
+        f"digest {str(stored['source_digest'])[:12]} -> {p.folder.digest[:12]}; "
+        f"{', '.join(changed)})",
+        "nothing was written; ingest --replace replaces it and records that in its status "
+        "history, or ingest another folder",
+    )
+
+
+def _check_campaigns(
+    conn: Connection, prepared: Sequence[PreparedRun], adopt: bool, now: datetime
+) -> None:
     wanted = {p.folder.manifest.campaign_id for p in prepared} - {None}
     if not wanted:
         return
     known = set(conn.scalars(select(Campaign.campaign_id).where(Campaign.campaign_id.in_(wanted))))
+    missing = sorted(str(c) for c in wanted - known)
+    if missing and adopt:  # a history moved folder by folder: its campaigns come along
+        insert_rows(conn, Campaign, [_campaign_row(c, now) for c in missing])
+        return
     for p in prepared:
         if p.folder.manifest.campaign_id not in known | {None}:
             raise IngestError(
@@ -94,6 +138,19 @@ def _check_campaigns(conn: Connection, prepared: Sequence[PreparedRun]) -> None:
                 f"{p.folder.manifest.campaign_id!r} is not in this store",
                 "ingest into the store that holds the campaign, or set campaign_id to null",
             )
+
+
+def _campaign_row(campaign_id: str, now: datetime) -> dict[str, Any]:
+    """A campaign known only from its runs' folders: its file stayed in the other store."""
+    return {
+        "campaign_id": campaign_id,
+        "name": campaign_id,
+        "spec": {"recreated_by": "ingest", "note": "known from its runs' folders only"},
+        "status": "finished",
+        "created_by": None,
+        "created_at": now,
+        "finished_at": None,
+    }
 
 
 def _kept_envs(conn: Connection, run_ids: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -108,19 +165,39 @@ def _kept_envs(conn: Connection, run_ids: list[str]) -> dict[tuple[str, int], di
     return kept
 
 
+@dataclass(frozen=True)
+class WritePolicy:
+    """How `write` treats what the store already holds."""
+
+    replace_published: bool = True  # the lifecycle re-publishes; `ingest` refuses by default
+    adopt_campaigns: bool = False  # create a campaign row a folder names but the store lacks
+    replaced_by: str = "a new publish of its run folder"  # said in the status history
+
+
+PUBLISH = WritePolicy()  # the lifecycle's: a run's own folder, published again, replaces it
+
+
 def write(
-    conn: Connection, prepared: Sequence[PreparedRun], now: datetime | None = None
+    conn: Connection,
+    prepared: Sequence[PreparedRun],
+    now: datetime | None = None,
+    policy: WritePolicy = PUBLISH,
 ) -> list[RunSummary]:
     """Write prepared runs; the caller owns the transaction (all runs or none)."""
     now = now or datetime.now(timezone.utc)
-    _check_campaigns(conn, prepared)
+    _check_campaigns(conn, prepared, policy.adopt_campaigns, now)
     existing = _existing(conn, [p.folder.manifest.run_id for p in prepared])
     summaries: list[RunSummary] = []
     new_runs: list[PreparedRun] = []
     replaced: list[PreparedRun] = []
+    notes: list[dict[str, Any]] = []
     for p in prepared:
         before = existing.get(p.folder.manifest.run_id)
-        unchanged = before is not None and before[1] == p.folder.digest
+        unchanged = before is not None and before["source_digest"] == p.folder.digest
+        if before is not None and not unchanged and before["source_digest"] is not None:
+            if not policy.replace_published:
+                raise _refuse_replacing(p, before)
+            notes.append(_replacement_note(p, before, policy.replaced_by, now))
         summaries.append(
             RunSummary(
                 p.folder.manifest.run_id,
@@ -136,10 +213,23 @@ def write(
 
     kept_envs = _delete_children(conn, [p.folder.manifest.run_id for p in replaced])
     history = _insert_runs(conn, new_runs, now)
-    history += _update_runs(conn, replaced, {k: v[0] for k, v in existing.items()}, now)
-    run_status.notes(conn, history)
+    history += _update_runs(conn, replaced, {k: v["status"] for k, v in existing.items()}, now)
+    run_status.notes(conn, history + notes)
     _insert_children(conn, new_runs + replaced, kept_envs, now)
     return summaries
+
+
+def _replacement_note(
+    p: PreparedRun, stored: dict[str, Any], how: str, now: datetime
+) -> dict[str, Any]:
+    changed = differences(stored, p) or ["no stored column changed"]
+    return {
+        "run_id": p.folder.manifest.run_id,
+        "status": p.folder.manifest.status,
+        "reason": f"replaced by {how} (digest {str(stored['source_digest'])[:12]} -> "
+        f"{p.folder.digest[:12]}: {', '.join(changed)})",
+        "at": now,
+    }
 
 
 def _delete_children(conn: Connection, run_ids: list[str]) -> dict[tuple[str, int], dict[str, Any]]:

@@ -182,9 +182,30 @@ def imported_metrics(imported: ImportedResult) -> RunMetrics:
     )
 
 
+# Each time contains the next (docs/schema.md): compute within training without eval, that
+# within training, that within the whole run. Clocks differ a little between the measurements.
+NESTED_TIMES = ("core_s", "train_no_eval_s", "train_s", "e2e_s")
+_CLOCK_SLACK = (1.01, 0.05)  # relative, seconds
+
+
+def check_timings(rank: RankFile) -> None:
+    """Refuse times that cannot be: one part longer than the whole it is part of."""
+    timings = rank.doc["timings"]
+    for inner, outer in zip(NESTED_TIMES, NESTED_TIMES[1:]):
+        part, whole = float(timings[inner]), float(timings[outer])
+        if part > whole * _CLOCK_SLACK[0] + _CLOCK_SLACK[1]:
+            raise _fail(
+                rank,
+                f"timings.{inner}",
+                f"{part:g} s is longer than timings.{outer} {whole:g} s, which contains it",
+            )
+
+
 def _from_ranks(folder: RunFolder) -> RunMetrics:
     check_complete(folder)
     ranks = sorted(folder.ranks, key=lambda r: r.rank)
+    for rank in ranks:
+        check_timings(rank)
     global_images = sum(int(r.doc["samples"]["rank_images"]) for r in ranks)
     for rank in ranks:
         claimed = rank.doc["samples"]["global_images"]

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import SchemaOutOfDate, StoreError
@@ -126,6 +126,60 @@ def upgrade_store(url: str, revision: str = "head") -> Migration:
 def downgrade_store(url: str, revision: str) -> Migration:
     """Take the schema down to `revision` ('base' drops every table)."""
     return _run(url, "downgrade", revision)
+
+
+@dataclass(frozen=True)
+class DowngradeImpact:
+    """What `db downgrade` to a revision would undo, for the question it asks first."""
+
+    url: str  # redacted
+    current: str | None
+    undone: tuple[str, ...]  # the revisions it takes back, newest first
+    runs: int  # runs stored now (0 when there is no runs table)
+
+
+def downgrade_impact(url: str, revision: str) -> DowngradeImpact:
+    """Read-only: the store's revision, the revisions down to `revision`, and its run count."""
+    engine = make_engine(parse_url(url))  # a missing SQLite file is an error, never created
+    try:
+        with engine.connect() as connection:
+            current = revision_of(connection)
+            runs = _count_runs(connection)
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"cannot read results store at {redact_url(url)}: {_first_line(exc)}",
+            "check the URL, that the server runs, and the credentials",
+        ) from None
+    finally:
+        engine.dispose()
+    return DowngradeImpact(redact_url(url), current, _revisions_between(current, revision), runs)
+
+
+def _revisions_between(current: str | None, target: str) -> tuple[str, ...]:
+    """Revisions from `current` (included) down to `target` (excluded); linear history."""
+    if current is None:
+        return ()
+    known = [rev.revision for rev in _script().walk_revisions()]  # newest first
+    if target != "base" and target not in known:
+        raise StoreError(
+            f"{target!r} is not a revision of this orchestrator",
+            f"use base or one of: {', '.join(reversed(known))}",
+        )
+    if current not in known:
+        return ()  # a newer orchestrator's revision: alembic itself refuses the step
+    below = known[known.index(current) :]
+    if target == "base":
+        return tuple(below)
+    if target not in below:
+        return ()  # above the current revision: alembic refuses the step itself
+    return tuple(below[: below.index(target)])
+
+
+def _count_runs(connection: Connection) -> int:
+
+    if not inspect(connection).has_table("runs"):
+        return 0
+    return int(connection.execute(text("SELECT count(*) FROM runs")).scalar_one())
 
 
 def current_revision(url: str) -> str | None:

@@ -13,13 +13,13 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from orchestrator import states
-from orchestrator.errors import StoreError
+from orchestrator.errors import IngestError, OrchestratorError, StoreError
 from orchestrator.runs.folder import RunFolder, RunManifest, read_run_folder
 from orchestrator.states import RunStatus
 from orchestrator.store import ingest, rows
 from orchestrator.store import status as run_status
 from orchestrator.store.engine import READ_ONLY_OPTION, make_engine, parse_url, redact_url
-from orchestrator.store.ingest import RunSummary
+from orchestrator.store.ingest import PUBLISH, RunSummary, WritePolicy
 from orchestrator.store.migrate import check_revision, upgrade_store
 from orchestrator.store.models import Image, ImageWheel, Run, RunNode
 
@@ -208,16 +208,35 @@ class Store:
 
     # -- ingest --------------------------------------------------------------------------------
 
-    def ingest(self, run_dirs: Sequence[str | os.PathLike[str]]) -> list[RunSummary]:
+    def ingest(
+        self,
+        run_dirs: Sequence[str | os.PathLike[str]],
+        policy: WritePolicy = PUBLISH,
+    ) -> list[RunSummary]:
         """Read and check every folder, then write them all in one transaction."""
         folders = [read_run_folder(Path(d)) for d in run_dirs]
-        return self.write_folders(folders)
+        return self.write_folders(folders, policy)
 
-    def write_folders(self, folders: Sequence[RunFolder]) -> list[RunSummary]:
+    def ingest_each(
+        self, run_dirs: Sequence[str | os.PathLike[str]], policy: WritePolicy
+    ) -> list[RunSummary | OrchestratorError]:
+        """Each folder on its own, in its own transaction: every good one is stored, each bad
+        one gives its error (moving a history must not stop at the first bad folder)."""
+        results: list[RunSummary | OrchestratorError] = []
+        for run_dir in run_dirs:
+            try:
+                results.append(self.ingest([run_dir], policy)[0])
+            except (IngestError, StoreError) as exc:
+                results.append(exc)
+        return results
+
+    def write_folders(
+        self, folders: Sequence[RunFolder], policy: WritePolicy = PUBLISH
+    ) -> list[RunSummary]:
         """The bulk path: already-read folders, checked, then written in one transaction."""
         prepared = ingest.prepare(folders)
         with self.transaction() as conn:
-            return ingest.write(conn, prepared)
+            return ingest.write(conn, prepared, policy=policy)
 
 
 def _check_status(status: str) -> RunStatus:

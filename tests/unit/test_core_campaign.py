@@ -61,7 +61,7 @@ def test_every_setting_is_read() -> None:
     assert spec.nodes == ("n1",)
     assert spec.sets == (
         ("base", (("max_iters", "200"), ("eval", "false"), ("lr", "0.1"))),
-        ("big", (("max_iters", "200"), ("eval", "false"), ("lr", "0.16"), ("bs", "16"))),
+        ("big", (("max_iters", "200"), ("eval", "false"), ("lr", "0.16"), ("batch_size", "16"))),
     )
 
 
@@ -253,8 +253,8 @@ def test_the_dry_run_lists_each_run_with_its_set_and_timeouts() -> None:
     assert lines[0] == "campaign 'n' from c.toml: 2 run(s)"
     assert lines[1] == "  timeout 90m, no-progress timeout 90s, nodes a,b"
     assert lines[3].split() == ["#", "cluster", "topology", "precision", "set", "repeat", "hparams"]
-    assert lines[4].split() == ["1", "lab.toml", "1x1", "fp32", "big", "1/2", "bs=16"]
-    assert lines[5].split() == ["2", "lab.toml", "1x1", "fp32", "big", "2/2", "bs=16"]
+    assert lines[4].split() == ["1", "lab.toml", "1x1", "fp32", "big", "1/2", "batch_size=16"]
+    assert lines[5].split() == ["2", "lab.toml", "1x1", "fp32", "big", "2/2", "batch_size=16"]
     plain = parse_campaign({"campaign": {**BASE, "timeout": 7200, "no_progress_timeout": 61}}, "c")
     text = render_expansion(plain, expand(plain), "x")
     assert text.splitlines()[1] == "  timeout 2h, no-progress timeout 61s"

@@ -135,7 +135,16 @@ def test_a_changed_folder_replaces_the_run_and_its_ranks(
     summary = sqlite_store.publish(folder)
     assert summary.changed and summary.metrics.map == 0.367
     assert _count(sqlite_store, RankResult, run_id=RUN_1X8) == 8
-    assert _count(sqlite_store, RunStatusChange, run_id=RUN_1X8) == 3  # same status: no new row
+    # Same status, but the replacement of published content is itself a row of the history.
+    assert _count(sqlite_store, RunStatusChange, run_id=RUN_1X8) == 4
+    with sqlite_store.engine.connect() as conn:
+        last = conn.scalars(
+            select(RunStatusChange.reason)
+            .where(RunStatusChange.run_id == RUN_1X8)
+            .order_by(RunStatusChange.id.desc())
+        ).first()
+    assert last.startswith("replaced by a new publish of its run folder (digest ")
+    assert last.endswith(" -> 0.367)") and ": map " in last
 
 
 def test_one_bad_folder_means_nothing_is_written(

@@ -216,7 +216,7 @@ def test_cli_db_commands(run_cli, sqlite_url: str) -> None:
     again = run_cli("--db", sqlite_url, "db", "upgrade")
     assert "already at revision" in again.out
 
-    down = run_cli("--db", sqlite_url, "db", "downgrade", "base")
+    down = run_cli("--db", sqlite_url, "db", "downgrade", "base", "--yes")
     assert down.exit_code == 0
     assert f"downgraded from {head_revision()} to none (empty)" in down.out
 
@@ -252,7 +252,7 @@ def test_cli_on_an_empty_store_prints_one_line_with_the_remedy(run_cli, sqlite_u
     assert result.exit_code == 2
     assert result.err.count("\n") == 1
     assert result.err.startswith("error: results store at ")
-    assert "(run: orchestrator db upgrade)" in result.err
+    assert f"(run: orchestrator --db {sqlite_url} db upgrade)" in result.err
 
 
 def test_unreachable_postgres_is_one_line_without_the_password(run_cli) -> None:

@@ -45,6 +45,11 @@ HPARAMS: Dict[str, Tuple[str, Any, Optional[float]]] = {
     "fp16_loss_scale": ("float", 1024.0, 0),
 }
 
+# Upper bounds where a value has a natural one: mAP is a fraction from 0 to 1.
+MAXIMA: Dict[str, Tuple[float, str]] = {
+    "target_map": (1.0, "mAP is a fraction from 0 to 1, e.g. target_map=0.36"),
+}
+
 _EXAMPLES = {
     "int": "8",
     "opt_int": "8 (or none)",
@@ -230,10 +235,13 @@ def check(hp: Mapping[str, Any]) -> None:
                     f"{key}={value} is below the minimum {minimum}",
                     f"set a value >= {minimum}",
                 )
+    for key, (maximum, why) in MAXIMA.items():
+        if hp[key] is not None and hp[key] > maximum:
+            raise ConfigError(f"{key}={hp[key]} is above the maximum {maximum:g}", why)
     if hp["min_size"] > hp["max_size"]:
         raise ConfigError(
             "min_size={} is larger than max_size={}".format(hp["min_size"], hp["max_size"]),
-            "set --min-size <= --max-size",
+            "make min_size <= max_size, e.g. --set min_size=64 --set max_size=96",
         )
     tbl = hp["trainable_backbone_layers"]
     if tbl is not None and tbl > 5:

@@ -1,0 +1,115 @@
+"""Mistakes caught before anything starts, the same way in `submit` and `campaign submit` (its
+dry run included): keys another option owns, bounds, aliases, topology against the nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CLUSTER = """
+[cluster]
+name = "two"
+[[nodes]]
+name = "a"
+address = "127.0.0.2"
+accelerators = 1
+[[nodes]]
+name = "b"
+address = "127.0.0.3"
+accelerators = 1
+"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Path:
+    (tmp_path / "cluster.toml").write_text(CLUSTER)
+    return tmp_path
+
+
+def _campaign(lab: Path, body: str) -> str:
+    path = lab / "c.toml"
+    path.write_text(body)
+    return str(path)
+
+
+def test_set_precision_is_refused_naming_the_option(run_cli, lab):
+    result = run_cli(
+        "--cluster", lab / "cluster.toml", "submit", "1x1", "--set", "precision=amp", "--dry-run"
+    )
+    assert result.exit_code == 2
+    assert result.err == (
+        "error: --set precision=amp: precision is not a hyper-parameter to --set (set it with "
+        "--precision (a campaign file: precisions = [...]))\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "line"),
+    [
+        (
+            "target_map=2",
+            "error: target_map=2.0 is above the maximum 1 (mAP is a fraction from 0 to 1, "
+            "e.g. target_map=0.36)\n",
+        ),
+        (
+            "min_size=96",
+            "error: min_size=96 is larger than max_size=48 (make min_size <= max_size, e.g. "
+            "--set min_size=64 --set max_size=96)\n",
+        ),
+    ],
+)
+def test_values_out_of_their_natural_range_are_refused_with_a_remedy_that_exists(
+    run_cli, lab, item, line
+):
+    extra = ["--set", "max_size=48"] if item.startswith("min_size") else []
+    result = run_cli(
+        "--cluster", lab / "cluster.toml", "submit", "1x1", "--set", item, *extra, "--dry-run"
+    )
+    assert (result.exit_code, result.err) == (2, line)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (
+            "epochs = 0",
+            "run 1 (1x1 fp32, set 'default', cluster 'two'): epochs=0 is below the minimum 1",
+        ),
+        ("precision = 'amp'", "precision is not a hyper-parameter to --set"),
+        ("target_map = 1.5", "target_map=1.5 is above the maximum 1"),
+    ],
+)
+def test_campaign_dry_run_checks_every_hyper_parameter(run_cli, lab, body, fragment):
+    file = _campaign(lab, f'[campaign]\ntopologies = ["1x1"]\n[campaign.set]\n{body}\n')
+    result = run_cli("--cluster", lab / "cluster.toml", "campaign", "submit", file, "--dry-run")
+    assert result.exit_code == 2
+    assert result.err.startswith(f"error: {file}: ")
+    assert fragment in result.err
+    assert result.out == ""
+
+
+def test_campaign_dry_run_checks_the_topology_against_the_nodes(run_cli, lab):
+    file = _campaign(lab, '[campaign]\ntopologies = ["2x1", "3x1"]\n')
+    result = run_cli("--cluster", lab / "cluster.toml", "campaign", "submit", file, "--dry-run")
+    assert result.exit_code == 2
+    assert result.err == (
+        f"error: {file}: run 2 (3x1 fp32, set 'default', cluster 'two'): topology 3x1 needs 3 "
+        f"nodes but cluster 'two' has 2 (add nodes to {lab / 'cluster.toml'} or ask for fewer)\n"
+    )
+
+
+def test_a_campaign_file_accepts_the_bs_alias_as_submit_does(run_cli, lab):
+    file = _campaign(lab, '[campaign]\ntopologies = ["1x1"]\n[sets.small]\nbs = 1\n')
+    result = run_cli("--cluster", lab / "cluster.toml", "campaign", "submit", file, "--dry-run")
+    assert result.exit_code == 0, result.err
+    assert result.out.splitlines()[-1].split()[-1] == "batch_size=1"
+
+
+def test_without_a_cluster_file_a_multi_node_topology_says_how_to_describe_nodes(run_cli):
+    result = run_cli("submit", "2x1", "--dry-run")
+    assert result.exit_code == 2
+    assert result.err == (
+        "error: topology 2x1 needs 2 nodes but cluster 'local' has 1 (describe the nodes in a "
+        "cluster file (docs/cluster-file.md) and pass --cluster FILE, or ask for fewer)\n"
+    )

@@ -59,6 +59,7 @@ _NODE_KEYS = {
     "docker_host",
 }
 _NODE_DEFAULT_KEYS = _NODE_KEYS - {"name", "address"}
+_STORE_KEYS = {"url", "read_url"}
 _CASE_KEYS = {"data_dir", "backbone_weights", "config", "hparams"}
 CLUSTER = Dialect()  # the reader's own words are the cluster file's
 
@@ -102,7 +103,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
     """Validate a parsed cluster file into a ClusterSpec."""
     top = Table(data, source, CLUSTER, keys=_TOP_KEYS)
     cl = top.table("cluster", _CLUSTER_KEYS)
-    store = top.table("store", {"url", "read_url"})
+    store = top.table("store", _STORE_KEYS)
     ssh_t = top.table("ssh", _SSH_KEYS)
     case = top.table("case", _CASE_KEYS)
     node_defaults = top.table("node_defaults", _NODE_DEFAULT_KEYS)

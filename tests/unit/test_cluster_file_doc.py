@@ -34,7 +34,7 @@ def _sections() -> dict[str, dict[str, str]]:
 
 READERS = {
     "[cluster]": config._CLUSTER_KEYS,
-    "[store]": {"url"},
+    "[store]": config._STORE_KEYS,
     "[ssh]": config._SSH_KEYS,
     "[case]": config._CASE_KEYS,
     "[[nodes]]": config._NODE_KEYS,
@@ -131,4 +131,19 @@ def test_each_documented_default_is_the_one_the_reader_applies():
         for key, cell in keys.items():
             if cell == "—":  # no value: the reader leaves it unset
                 assert key not in parsed.get(table, {}) or parsed[table][key] in (None, ())
-    assert checked >= 25
+    assert checked >= 22
+
+
+def test_the_derived_defaults_are_the_ones_the_doc_describes():
+    import getpass
+
+    from orchestrator.slurm_settings import parse_slurm_table
+
+    sections = _sections()
+    assert sections["[[nodes]]"]["workdir"].startswith("`/var/tmp/orchestrator-<user>`")
+    node = parse_cluster(MINIMAL, "lab.toml").nodes[0]
+    assert node.workdir == f"/var/tmp/orchestrator-{getpass.getuser()}"
+    assert sections["[slurm]"]["shared_dir"] == "`~/.cache/orchestrator/slurm`"
+    assert parse_slurm_table({}, "lab.toml").shared_dir == str(
+        Path.home() / ".cache" / "orchestrator" / "slurm"
+    )

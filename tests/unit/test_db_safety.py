@@ -55,7 +55,8 @@ def test_a_stale_orchestrator_db_is_named_as_the_origin(run_cli, lab_store, monk
     monkeypatch.setenv("ORCHESTRATOR_DB", lab_store)
     result = run_cli("db", "downgrade", "0002")
     assert result.exit_code == 2
-    assert "drops what revision(s) 0004, 0003 added" in result.err
+    assert f"drops what revision(s) {head_revision()}, " in result.err
+    assert ", 0004, 0003 added of the results store" in result.err
     assert "(from $ORCHESTRATOR_DB), which holds 2 run(s)" in result.err
     assert _runs(lab_store) == 2
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
     Connection,
+    RowMapping,
     Table,
     Text,
     bindparam,
@@ -124,7 +127,7 @@ def _same_store(a: str, b: str) -> bool:
 
 def _copy_table(src: Connection, dst: Connection, table: Table) -> TableCopy:
     key = list(table.primary_key.columns)
-    present = _keys(dst, table, key)
+    present = {tuple(row) for row in dst.execute(select(*key))}
     columns = [_read_column(c) for c in table.columns]
     statement = insert(table).values(
         {c.name: _write_param(c, dst.dialect.name) for c in table.columns}
@@ -139,20 +142,16 @@ def _copy_table(src: Connection, dst: Connection, table: Table) -> TableCopy:
     return TableCopy(table.name, total, copied, total - copied)
 
 
-def _keys(conn: Connection, table: Table, key: list[Column[object]]) -> set[tuple[object, ...]]:
-    return {tuple(row) for row in conn.execute(select(*key))}
-
-
-def _is_raw(column: Column[object]) -> bool:
+def _is_raw(column: Column[Any]) -> bool:
     return column.type is RawDoc
 
 
-def _read_column(column: Column[object]) -> object:
+def _read_column(column: Column[Any]) -> ColumnElement[Any]:
     """A RawDoc column as its stored text (byte for byte), any other as its Python value."""
     return cast(column, Text).label(column.name) if _is_raw(column) else column
 
 
-def _write_param(column: Column[object], dialect: str) -> object:
+def _write_param(column: Column[Any], dialect: str) -> ColumnElement[Any]:
     """A RawDoc column's text goes in as it was: cast to json on PostgreSQL (which keeps the
     text), as it is on SQLite (whose JSON is text, and whose CAST AS JSON would be numeric)."""
     if not _is_raw(column):
@@ -161,10 +160,10 @@ def _write_param(column: Column[object], dialect: str) -> object:
     return cast(param, JSON) if dialect == "postgresql" else param
 
 
-def _chunks(rows: Iterator[object]) -> Iterator[list[dict[str, object]]]:
-    chunk: list[dict[str, object]] = []
+def _chunks(rows: Iterator[RowMapping]) -> Iterator[list[RowMapping]]:
+    chunk: list[RowMapping] = []
     for row in rows:
-        chunk.append(row)  # type: ignore[arg-type]
+        chunk.append(row)
         if len(chunk) >= CHUNK:
             yield chunk
             chunk = []

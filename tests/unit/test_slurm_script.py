@@ -163,3 +163,22 @@ def test_jobs_sharing_a_node_get_their_own_rendezvous_port() -> None:
         for job_id in (41, 42, 1041)
     }
     assert ports == {"29541", "29542"}  # 1041 wraps onto 41: a thousand jobs apart
+
+
+@pytest.mark.parametrize(("path", "chars"), [("/data/co:co", "':'"), ("/d,a:t", "',' and ':'")])
+def test_a_data_path_pyxis_cannot_mount_is_refused_in_one_line(path: str, chars: str) -> None:
+    from dataclasses import replace
+
+    cluster = replace(_cluster(PYXIS), case=CaseSettings(data_dir=path))
+    with pytest.raises(ConfigError) as caught:
+        make_slurm_plan(cluster, SubmitRequest(Topology.parse("1x1")), "r1")
+    assert caught.value.one_line() == (
+        f"{path!r} holds {chars}, which pyxis's --container-mounts cannot carry (move or link "
+        "it to a path without ',' and ':', and name that in the cluster file)"
+    )
+    # The plain (no container) script takes the same path, quoted.
+    plain = replace(_cluster(SITE), case=CaseSettings(data_dir=path))
+    assert (
+        shlex.quote(path)
+        in make_slurm_plan(plain, SubmitRequest(Topology.parse("1x1")), "r1").script
+    )

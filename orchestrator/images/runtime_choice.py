@@ -64,8 +64,8 @@ def needed_devices(profile: VendorProfile, ib_hcas: Sequence[str]) -> tuple[Need
     needed = [
         NeededDevice(
             path,
-            f"profile {profile.name} needs it: install the vendor's driver on the node, or move "
-            f"it to optional_devices in {profile.source} if runs can go without it",
+            f"profile {profile.name} needs it: install the vendor's driver, or move it to "
+            "optional_devices in the profile if runs can go without it",
         )
         for path in runtime.devices
     ]

@@ -8,7 +8,6 @@ tool), and the `cpu` profile's [image] table, so that the run uses the cpu image
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -69,7 +68,10 @@ def vendor_setup(sshd_nodes, cpu_image, tiny_coco, tmp_path, docker_api):
             assert not Path(p).exists(), f"{p} exists here: this test needs a node without it"
         root = tmp_path / "images"
         (root / vendor).mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "images" / "Dockerfile.template", root / "Dockerfile.template")
+        # The template names its profile in a comment only: rendered as the cpu profile's, the
+        # Dockerfile (and so the image) is the cpu image's, tagged here under the vendor's name.
+        template = (REPO / "images" / "Dockerfile.template").read_text()
+        (root / vendor / "Dockerfile.template").write_text(template.replace("{{profile}}", "cpu"))
         (root / vendor / "profile.toml").write_text(_profile_text(vendor, runtime))
         spec, built = cpu_image
         ours = make_image_spec(
@@ -122,7 +124,15 @@ def _containers(run_id: str) -> list[str]:
 
 def _runs(db: Path) -> list[tuple[str, str, str | None]]:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT run_id, status, failure FROM runs").fetchall()
+        return conn.execute("SELECT run_id, status, reason FROM runs").fetchall()
+
+
+def _failure_line(proc: subprocess.CompletedProcess[str], start: str) -> str:
+    """A run that failed before starting: exit 1, one line saying why, no traceback."""
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if start in ln]
+    return line
 
 
 @pytest.mark.parametrize(
@@ -171,20 +181,19 @@ def test_a_missing_needed_device_is_refused_by_preflight_and_doctor(vendor_setup
         env,
         tmp_path,
     )
-    assert proc.returncode == 3
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    line = _failure_line(proc, "preflight failed")
     remedy = (
-        "profile metax-c500 needs it: install the vendor's driver on the node, or move it to "
-        f"optional_devices in {tmp_path}/images/metax-c500/profile.toml if runs can go without it"
+        "profile metax-c500 needs it: install the vendor's driver, or move it to "
+        "optional_devices in the profile if runs can go without it"
     )
     assert (
         f"preflight failed on 1 of 1 node(s), nothing was started: {node}: "
         f"device /dev/dri: missing ({remedy}); device /dev/mxcd: missing ({remedy})"
-    ) in errors[0]
-    ((run_id, status, _),) = _runs(db)
-    assert status == "failed"
+    ) in line
+    ((run_id, status, reason),) = _runs(db)
+    assert status == "failed" and f"{node}: device /dev/dri: missing" in str(reason)
     assert _containers(run_id) == [] and run_processes(run_id) == []
+    assert not (tmp_path / "nodes" / node / "runs").exists(), "something was staged"
     checks = _doctor(cfg, env, tmp_path)
     assert checks["device /dev/dri"] == (False, f"missing ({remedy})")
     assert checks["device /dev/mxcd"] == (False, f"missing ({remedy})")
@@ -208,18 +217,16 @@ def test_a_ulimit_the_daemon_refuses_stops_the_run_before_it_starts(vendor_setup
         env,
         tmp_path,
     )
-    assert proc.returncode == 3, proc.stderr[-2000:]
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    line = _failure_line(proc, "runtime options refused")
     assert (
         f"runtime options refused on 1 of 1 node(s), nothing was started: {node}: "
         "docker run refused the runtime options: docker: Error response from daemon:"
-    ) in errors[0]
-    assert "error setting rlimit type 8: operation not permitted" in errors[0]
-    assert "move the limit to rdma_ulimits" in errors[0]
-    ((run_id, status, _),) = _runs(db)
-    assert status == "failed"
+    ) in line
+    assert "error setting rlimit type 8: operation not permitted" in line
+    assert "move the limit to rdma_ulimits" in line
+    ((run_id, status, reason),) = _runs(db)
+    assert status == "failed" and "error setting rlimit type 8" in str(reason)
     assert _containers(run_id) == [] and run_processes(run_id) == []
-    assert not (tmp_path / "nodes" / node / "runs" / run_id / "node.log").exists()
+    assert not (tmp_path / "nodes" / node / "runs").exists(), "something was staged"
     ok, detail = _doctor(cfg, env, tmp_path)["runtime options"]
     assert not ok and "error setting rlimit type 8: operation not permitted" in detail

@@ -203,3 +203,13 @@ def test_a_path_mount_cannot_carry_is_refused_in_one_line():
     )
     with pytest.raises(ImageError, match="is not absolute"):
         Mount("relative/dir").option()
+
+
+def test_a_field_with_a_quote_comma_or_newline_is_quoted_as_go_csv_requires():
+    """Go's reader (docker's) refuses a bare quote in an unquoted field, where Python's is lax."""
+    assert Mount('/d/e"f', read_only=True).option() == (
+        'type=bind,"source=/d/e""f","target=/d/e""f",readonly'
+    )
+    assert Mount("/d/a,b").option() == 'type=bind,"source=/d/a,b","target=/d/a,b"'
+    assert Mount("/d/a\nb").option() == 'type=bind,"source=/d/a\nb","target=/d/a\nb"'
+    assert Mount("/d/a:b =c").option() == "type=bind,source=/d/a:b =c,target=/d/a:b =c"

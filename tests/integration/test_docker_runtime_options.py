@@ -171,6 +171,11 @@ def test_a_vendor_run_on_a_node_without_ib_drops_optional_devices_and_goes(
         in node_env["runtime_options"]
     )
     assert _containers(run_id) == [] and run_processes(run_id) == []
+    doctor = _cli(["--cluster", str(cfg), "doctor", "1x1", "--format", "json"], env, tmp_path)
+    assert doctor.returncode == 0, doctor.stdout[-2000:]
+    checks = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert checks["runtime options"]["ok"] is True
+    assert checks["runtime options"]["detail"].startswith("accepted by the daemon (orchestrator/")
 
 
 def test_a_missing_needed_device_is_refused_by_preflight_and_doctor(vendor_setup, tmp_path):

@@ -100,12 +100,15 @@ def choose_runtime(
     rdma = any(is_ib_device(d) for d in [*runtime.devices, *used])
     for limit in runtime.ulimits:
         choices.append(Choice(f"--ulimit {limit}", True, "always (the daemon must accept it)"))
+    # Before any probe, an optional IB device may still turn up on the node.
+    undecided = present is None and any(is_ib_device(d) for d in runtime.optional_devices)
     for limit in runtime.rdma_ulimits:
-        why = (
-            "with RDMA: an InfiniBand device is used"
-            if rdma
-            else "left out: no InfiniBand device is used on this node"
-        )
+        if rdma:
+            why = "with RDMA: an InfiniBand device is used"
+        elif undecided:
+            why = "with RDMA only: used where preflight finds an InfiniBand device"
+        else:
+            why = "left out: no InfiniBand device is used on this node"
         choices.append(Choice(f"--ulimit {limit}", rdma, why))
     if runtime.gpus:
         choices.append(Choice(f"--gpus {runtime.gpus}", True, "needed (NVIDIA Container Toolkit)"))

@@ -67,6 +67,9 @@ def test_the_dry_run_leaves_optional_devices_to_preflight():
     assert chosen.lines()[0] == (
         "--device /dev/infiniband: optional, used when present (preflight looks on the node)"
     )
+    assert chosen.lines()[2] == (
+        "--ulimit memlock=-1: with RDMA only: used where preflight finds an InfiniBand device"
+    )
 
 
 def test_probe_looks_for_every_device_and_needs_only_the_needed():

@@ -3,7 +3,7 @@ environment of the node, printed as one JSON object. Standard library only, Pyth
 because the node's interpreter may be a vendor image's. Imports nothing from orchestrator.
 
 Input (argv[1], JSON): nproc, data_dir, weights, workdir, min_free_gb, ib_hcas, smi,
-need_torch, need_docker, docker_host.
+need_torch, need_docker, docker_host, devices ({"look": [path], "needed": [[path, remedy]]}).
 Output: {"checks": [{"name", "ok", "detail"}], "env": {...}}
 """
 
@@ -231,6 +231,16 @@ def _foreign_link(path, uid):
     return None
 
 
+def _check_devices(devices, env, check):
+    """Which of the profile's device files exist (the orchestrator picks the optional ones
+    from this), and a failed check for each needed one that does not."""
+    found = {path: os.path.exists(path) for path in devices.get("look", [])}
+    env["devices"] = found
+    for path, remedy in devices.get("needed", []):
+        ok = found.get(path, os.path.exists(path))
+        check("device " + path, ok, "present" if ok else f"missing ({remedy})")
+
+
 def main():
     args = json.loads(sys.argv[1])
     checks = []
@@ -351,6 +361,7 @@ def main():
             ),
         )
 
+    _check_devices(args.get("devices") or {}, env, check)
     print(json.dumps({"checks": checks, "env": env}, sort_keys=True))
 
 

@@ -91,6 +91,8 @@ class NodePlan:
     torchrun_argv: tuple[str, ...]
     argv: tuple[str, ...]  # what is spawned: torchrun, or its container wrapper
     workload_dir: str | None  # host runtime: where the workload source is staged
+    # docker runtime: each vendor runtime option of this node, used or left out, and why
+    runtime_notes: tuple[str, ...] = ()
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -146,6 +148,7 @@ class Plan:
             lines += [
                 f"  run dir:   {np_.run_dir}",
                 f"  command:   {np_.shell_line()}",
+                *(f"  runtime:   {note}" for note in np_.runtime_notes),
                 f"  log:       {np_.log_path}",
                 f"  collect:   {np_.output_dir}/rank-*.json, log",
             ]

@@ -303,7 +303,9 @@ def _print_outcome(store: Store, outcome: Outcome, wall_s: float) -> None:
 @click.pass_obj
 def doctor(app: AppContext, topology: str, node_names: str | None, output: str) -> None:
     """Check that nodes are ready to run TOPOLOGY: reachable, host key known, torch (or Docker),
-    accelerators, dataset, weights, disk, InfiniBand. Prints a report per node. On a Slurm
+    accelerators, dataset, weights, disk, InfiniBand; with the docker runtime, the profile's
+    needed devices and whether each daemon accepts the node's runtime options (tried with an
+    image of the profile the node holds). Prints a report per node. On a Slurm
     cluster: Slurm's commands, the controller, the partition, shared_dir, and `sbatch
     --test-only` of the exact job `submit` would send (no job is created). Exit code 3 when
     something is not ready.

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import RuntimeOptions, VendorProfile
+from orchestrator.images.runtime_choice import choose_runtime
 
 LABEL_RUN_ID = "orchestrator.run_id"
 LABEL_NODE_RANK = "orchestrator.node_rank"
@@ -39,8 +40,34 @@ class Mount:
     read_only: bool = False
 
     def option(self) -> str:
+        """The value of `--mount`: docker reads it as one CSV record of key=value fields, so a
+        field with a comma, quote or newline is quoted (quotes doubled); any other character
+        a Linux path may hold (':', '=', spaces) is literal there. `-v a:b` would split at ':'."""
         target = self.container_path or self.host_path
-        return f"{self.host_path}:{target}{':ro' if self.read_only else ''}"
+        for path in (self.host_path, target):
+            check_mount_path(path)
+        fields = ["type=bind", f"source={self.host_path}", f"target={target}"]
+        if self.read_only:
+            fields.append("readonly")
+        return ",".join(_csv_field(f) for f in fields)
+
+
+def check_mount_path(path: str) -> None:
+    """Refuse, in one line, a path that `--mount` cannot carry unchanged: relative ones, and a
+    carriage return (docker's CSV reader drops one before a newline)."""
+    if not path.startswith("/"):
+        raise ImageError(f"mount path {path!r} is not absolute", "use an absolute path")
+    if "\r" in path:
+        raise ImageError(
+            f"mount path {path!r} holds a carriage return, which docker's --mount parser drops",
+            "rename the file or folder",
+        )
+
+
+def _csv_field(field: str) -> str:
+    if any(c in field for c in ',"\n'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
 
 
 class Runner(Protocol):
@@ -95,13 +122,21 @@ def container_argv(
         f"{LABEL_RUN_ID}={run_id}",
         "--label",
         f"{LABEL_NODE_RANK}={node_rank}",
-        "--network",
-        "host",
-        "--ipc",
-        "host",
-        "--shm-size",
-        runtime.shm_size,
+        *runtime_args(runtime),
     ]
+    for mount in mounts:
+        argv += ["--mount", mount.option()]
+    for key in sorted(merged):
+        argv += ["-e", f"{key}={merged[key]}"]
+    if workdir:
+        argv += ["-w", workdir]
+    return argv + [image, *command_argv]
+
+
+def runtime_args(runtime: RuntimeOptions) -> list[str]:
+    """The vendor's options of a `docker run`: only `devices` and `ulimits` (a node's own
+    options, resolved by runtime_choice.choose_runtime, carry the optional ones it uses)."""
+    argv = ["--network", "host", "--ipc", "host", "--shm-size", runtime.shm_size]
     for limit in runtime.ulimits:
         argv += ["--ulimit", limit]
     if runtime.gpus:
@@ -110,14 +145,35 @@ def container_argv(
         argv += ["--device", device]
     for group in runtime.group_add:
         argv += ["--group-add", group]
-    argv += list(runtime.options)
-    for mount in mounts:
-        argv += ["-v", mount.option()]
-    for key in sorted(merged):
-        argv += ["-e", f"{key}={merged[key]}"]
-    if workdir:
-        argv += ["-w", workdir]
-    return argv + [image, *command_argv]
+    return argv + list(runtime.options)
+
+
+def trial_argv(
+    runtime: RuntimeOptions,
+    image: str,
+    run_id: str,
+    node_rank: int,
+    *,
+    docker_host: str | None = None,
+) -> list[str]:
+    """A no-op `docker run` with a node's runtime options: does its daemon accept them?
+    Labelled like the run's containers, so cleanup by run id finds one a killed client left."""
+    return docker_argv(docker_host) + [
+        "run",
+        "--rm",
+        "--name",
+        container_name(run_id, node_rank) + "-check",
+        "--label",
+        f"{LABEL_MANAGED}=true",
+        "--label",
+        f"{LABEL_RUN_ID}={run_id}",
+        *runtime_args(runtime),
+        "--entrypoint",
+        CONTAINER_PYTHON,
+        image,
+        "-c",
+        "",
+    ]
 
 
 def list_containers_argv(run_id: str | None = None, docker_host: str | None = None) -> list[str]:
@@ -202,8 +258,12 @@ def node_wrapper(
     *,
     data_dir: str,
     backbone_weights: str | None = None,
+    facts: Mapping[str, Mapping[str, bool]] | None = None,
 ) -> Callable[[Any], tuple[str, ...]]:
     """The plan's `wrap`: a node's torchrun command -> its `docker run` command.
+
+    Each node gets the runtime options that fit it (runtime_choice.choose_runtime), from
+    `facts`, what its probe found (node -> device path -> exists); None before any probe.
 
     Paths keep their meaning inside the container: the dataset (read-only), the backbone
     weights (read-only) and the run directory are mounted at the same paths, and the container
@@ -217,9 +277,11 @@ def node_wrapper(
             mounts.append(Mount(_absolute(backbone_weights, run_dir), read_only=True))
         mounts.append(Mount(run_dir))
         command = [CONTAINER_PYTHON, *list(node_plan.torchrun_argv)[1:]]
+        found = facts.get(node_plan.node.name) if facts is not None else None
+        runtime = choose_runtime(profile.runtime, node_plan.node, found).options
         return tuple(
             container_argv(
-                profile,
+                runtime,
                 image,
                 run_id,
                 int(node_plan.node_rank),

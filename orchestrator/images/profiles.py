@@ -26,8 +26,17 @@ PROFILE_FILE = "profile.toml"
 # fullmatch, not ^...$: "$" also matches before a trailing newline.
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-DEFAULT_ULIMITS = ("memlock=-1", "stack=67108864")
+DEFAULT_ULIMITS = ("stack=67108864",)
+DEFAULT_RDMA_ULIMITS = ("memlock=-1",)
 INFINIBAND_DEVICES = "/dev/infiniband"
+
+
+def is_ib_device(path: str) -> bool:
+    return path == INFINIBAND_DEVICES or path.startswith(INFINIBAND_DEVICES + "/")
+
+
+# A device path goes into `--device HOST`: docker splits that at ':' (HOST:CONTAINER:PERMS).
+_DEVICE = re.compile(r"/[^:,\s]*")
 
 MAX_LABEL = 64  # runs.hardware_label is a string of at most 64 characters
 
@@ -43,11 +52,13 @@ _IMAGE_KEYS = {
 }
 _RUNTIME_KEYS = {
     "devices",
+    "optional_devices",
     "group_add",
     "gpus",
     "options",
     "shm_size",
     "ulimits",
+    "rdma_ulimits",
     "env",
     "visible_devices_env",
     "monitor",
@@ -70,13 +81,17 @@ PROFILE = Dialect(
 class RuntimeOptions:
     """How a container of this vendor is started on a node."""
 
-    devices: tuple[str, ...] = ()  # --device PATH, e.g. /dev/dri
+    devices: tuple[str, ...] = ()  # needed on every node: --device PATH, e.g. /dev/mxcd
+    # Used on a node that has them (docker refuses a --device that does not exist), e.g. IB.
+    optional_devices: tuple[str, ...] = ()
     group_add: tuple[str, ...] = ()  # --group-add NAME, e.g. video
     gpus: str = ""  # --gpus VALUE (NVIDIA Container Toolkit), e.g. all
     options: tuple[str, ...] = ()  # further `docker run` options, one argv item each
     shm_size: str = "8g"
-    # RDMA (InfiniBand) needs unlimited locked memory; torch's dataloader likes a large stack.
-    ulimits: tuple[str, ...] = DEFAULT_ULIMITS
+    ulimits: tuple[str, ...] = DEFAULT_ULIMITS  # torch's dataloader likes a large stack
+    # Only where an InfiniBand device is used: RDMA pins memory, and some daemons refuse
+    # memlock=-1 (rootless, or no CAP_SYS_RESOURCE), so a node without IB goes without it.
+    rdma_ulimits: tuple[str, ...] = DEFAULT_RDMA_ULIMITS
     env: Mapping[str, str] = field(default_factory=dict)  # vendor switches, e.g. METAX_USE_TF32=1
     visible_devices_env: str = ""  # e.g. CUDA_VISIBLE_DEVICES
     monitor: tuple[str, ...] = ()  # argv of the vendor's monitor tool, e.g. ("mx-smi",)
@@ -101,11 +116,9 @@ class VendorProfile:
 
     @property
     def uses_infiniband(self) -> bool:
-        """Its containers get /dev/infiniband: its image needs the verbs libraries for NCCL."""
-        return any(
-            d == INFINIBAND_DEVICES or d.startswith(INFINIBAND_DEVICES + "/")
-            for d in self.runtime.devices
-        )
+        """Its containers may get /dev/infiniband (needed or optional): its image needs the
+        verbs libraries for NCCL."""
+        return any(is_ib_device(d) for d in (*self.runtime.devices, *self.runtime.optional_devices))
 
 
 def available_profiles(root: Path | None = None) -> list[str]:
@@ -199,15 +212,29 @@ def parse_profile(data: Mapping[str, Any], path: Path, root: Path) -> VendorProf
         requirements=requirements,
         venv_options=image.strings("venv_options"),
         runtime=RuntimeOptions(
-            devices=runtime.strings("devices"),
+            devices=_devices(runtime, "devices"),
+            optional_devices=_devices(runtime, "optional_devices"),
             group_add=runtime.strings("group_add"),
             gpus=str(runtime.get("gpus", "")),
             options=runtime.strings("options"),
             shm_size=runtime.string("shm_size", "8g"),
             ulimits=runtime.strings("ulimits", DEFAULT_ULIMITS),
+            rdma_ulimits=runtime.strings("rdma_ulimits", DEFAULT_RDMA_ULIMITS),
             env=dict(env),
             visible_devices_env=visible,
             monitor=runtime.strings("monitor"),
         ),
         source=source,
     )
+
+
+def _devices(runtime: Table, key: str) -> tuple[str, ...]:
+    paths = runtime.strings(key)
+    for path in paths:
+        if not _DEVICE.fullmatch(path):
+            runtime.fail(
+                key,
+                f"{path!r} is not an absolute device path without ':', ',' or spaces",
+                f'e.g. {key} = ["/dev/infiniband"]',
+            )
+    return paths

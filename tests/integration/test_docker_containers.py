@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from orchestrator.errors import ImageError
 from orchestrator.images.containers import (
     Mount,
     container_argv,
@@ -65,6 +66,35 @@ def test_node_command_runs_in_a_container_with_env_mounts_and_labels(small_image
     assert probe["python"] == "/opt/venv/bin/python"
     # --rm: the container is gone once the command ended.
     assert find_containers(LocalTransport(NodeSpec("here", "local")), "run-a") == []
+
+
+def test_hostile_paths_are_mounted_as_themselves_or_refused(small_image, tmp_path):
+    """Every character a path may hold but a carriage return reaches the daemon unchanged
+    through --mount (':' broke `-v a:b`; ',' and '"' need the CSV quoting)."""
+    image = small_image("orchpaths")
+    profile = load_profile("orchpaths", image.images_root)
+    data = tmp_path / 'da:ta,x "q" =y\nz'
+    out = tmp_path / "ru:n, o=ut 'q'"
+    data.mkdir()
+    out.mkdir()
+    (data / "input.txt").write_text("hostile")
+    argv = container_argv(
+        profile,
+        image.spec.tag,
+        "run-h",
+        0,
+        ["/opt/venv/bin/python", "-c", PROBE, str(out), str(data)],
+        {},
+        [Mount(str(data), read_only=True), Mount(str(out))],
+        workdir=str(out),
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["data"] == "hostile" and probe["data_read_only"] is True
+    assert probe["cwd"] == str(out)
+    with pytest.raises(ImageError, match="carriage return"):
+        container_argv(profile, image.spec.tag, "run-h", 0, ["true"], {}, [Mount("/a\r\nb")])
 
 
 def test_container_sees_host_network_and_labels(small_image):

@@ -18,6 +18,8 @@ from orchestrator.images.containers import (
     remove_run_containers,
 )
 from orchestrator.images.profiles import load_profile
+from orchestrator.images.runtime_choice import choose_runtime
+from orchestrator.specs import NodeSpec
 from tests.support.golden import check_golden
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,9 +40,14 @@ def assert_golden(text: str, name: str) -> None:
     check_golden(GOLDEN / name, text)
 
 
+IB_NODE = NodeSpec("n1", "10.0.0.2", ib_hcas=("mlx5_0", "mlx5_1"))
+
+
 def _argv(vendor, **kw):
+    """A node with InfiniBand (the cluster names its HCAs): every option of the profile."""
+    runtime = choose_runtime(load_profile(vendor).runtime, IB_NODE, {"/dev/infiniband": True})
     return container_argv(
-        load_profile(vendor),
+        runtime.options,
         f"orchestrator/{vendor}:0123456789abcdef",
         RUN_ID,
         1,
@@ -77,7 +84,7 @@ def test_metax_container_has_devices_group_env_and_ulimits():
         "--ulimit stack=67108864",
         "--init",
         "-e METAX_USE_TF32=1",
-        "-v /raid/dataset/coco2017:/raid/dataset/coco2017:ro",
+        "--mount type=bind,source=/raid/dataset/coco2017,target=/raid/dataset/coco2017,readonly",
         f"--name orch-{RUN_ID}-n1",
         f"--label orchestrator.run_id={RUN_ID}",
         "--label orchestrator.node_rank=1",
@@ -158,13 +165,8 @@ def test_leftovers_of_any_run_are_listed_by_label_key():
 
 
 @dataclass(frozen=True)
-class _Node:
-    docker_host: str | None = None
-
-
-@dataclass(frozen=True)
 class _NodePlan:
-    node: _Node
+    node: NodeSpec
     node_rank: int
     run_dir: str
     env: tuple
@@ -180,7 +182,7 @@ def test_node_wrapper_mounts_paths_at_the_same_place_and_uses_the_image_python()
         backbone_weights="/w/resnet50.pth",
     )
     np_ = _NodePlan(
-        _Node("unix:///n1.sock"),
+        NodeSpec("n1", "10.0.0.2", docker_host="unix:///n1.sock"),
         1,
         f"/tmp/o/runs/{RUN_ID}",
         (("A", "1"),),
@@ -188,9 +190,11 @@ def test_node_wrapper_mounts_paths_at_the_same_place_and_uses_the_image_python()
     )
     argv = list(wrap(np_))
     assert argv[:3] == ["docker", "-H", "unix:///n1.sock"]
-    assert f"/tmp/o/runs/{RUN_ID}/data/coco-synth:/tmp/o/runs/{RUN_ID}/data/coco-synth:ro" in argv
-    assert "/w/resnet50.pth:/w/resnet50.pth:ro" in argv
-    assert f"/tmp/o/runs/{RUN_ID}:/tmp/o/runs/{RUN_ID}" in argv
+    data = f"/tmp/o/runs/{RUN_ID}/data/coco-synth"
+    assert f"type=bind,source={data},target={data},readonly" in argv
+    assert "type=bind,source=/w/resnet50.pth,target=/w/resnet50.pth,readonly" in argv
+    run_dir = f"/tmp/o/runs/{RUN_ID}"
+    assert argv[argv.index(f"type=bind,source={run_dir},target={run_dir}") - 1] == "--mount"
     assert argv[argv.index("-w") + 1] == f"/tmp/o/runs/{RUN_ID}"
     assert argv[-3:] == [CONTAINER_PYTHON, "-m", "x"]
     assert "A=1" in argv

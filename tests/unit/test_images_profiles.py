@@ -18,7 +18,10 @@ def test_shipped_profiles_are_cpu_metax_and_nvidia():
 
 def test_metax_profile_carries_the_vendor_options():
     p = load_profile("metax-c500")
-    assert p.runtime.devices == ("/dev/dri", "/dev/mxcd", "/dev/infiniband")
+    assert p.runtime.devices == ("/dev/dri", "/dev/mxcd")  # needed: the GPUs
+    assert p.runtime.optional_devices == ("/dev/infiniband",)  # where the node has IB
+    assert p.runtime.ulimits == ("stack=67108864",)
+    assert p.runtime.rdma_ulimits == ("memlock=-1",)
     assert p.runtime.group_add == ("video",)
     assert dict(p.runtime.env) == {"METAX_USE_TF32": "1"}
     assert p.runtime.monitor == ("mx-smi",)
@@ -86,7 +89,9 @@ def test_a_new_vendor_is_a_folder_of_data(tmp_path):
     p = load_profile("kunlunxin-r300", tmp_path)
     assert p.runtime.devices == ("/dev/xpu0", "/dev/xpuctrl")
     assert p.runtime.shm_size == "8g"
-    assert p.runtime.ulimits == ("memlock=-1", "stack=67108864")  # the default: RDMA-ready
+    assert p.runtime.ulimits == ("stack=67108864",)  # the default
+    assert p.runtime.rdma_ulimits == ("memlock=-1",)  # the default: RDMA-ready where IB is used
+    assert p.runtime.optional_devices == ()
     assert "FROM vendor/xpu-base:1.0 AS system" in render_dockerfile(p)
 
 

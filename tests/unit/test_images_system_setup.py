@@ -145,5 +145,7 @@ def test_each_profile_renders_a_system_stage_that_checks_ib_only_when_it_uses_ib
     assert "AS system\nRUN set -e;" in text
     assert "FROM system AS builder" in text and "\nFROM system\n" in text
     assert ("libmlx5" in text) is infiniband
-    no_ib = replace(profile, runtime=replace(profile.runtime, devices=("/dev/dri",)))
+    no_ib = replace(
+        profile, runtime=replace(profile.runtime, devices=("/dev/dri",), optional_devices=())
+    )
     assert "libmlx5" not in render_dockerfile(no_ib)

@@ -213,3 +213,22 @@ def test_collect_joins_each_hosts_nccl_files_into_its_node_folder(tmp_path: Path
     assert (nodes / "gpu-a" / "nccl.log").read_text() == "a 201\na 202\n"
     assert (nodes / "gpu-b" / "nccl.log").read_text() == "b 301\n"
     assert not shared.exists()
+
+
+@pytest.mark.parametrize(("path", "chars"), [("/data/co:co", "':'"), ("/d,a:t", "',' and ':'")])
+def test_a_data_path_pyxis_cannot_mount_is_refused_in_one_line(path: str, chars: str) -> None:
+    from dataclasses import replace
+
+    cluster = replace(_cluster(PYXIS), case=CaseSettings(data_dir=path))
+    with pytest.raises(ConfigError) as caught:
+        make_slurm_plan(cluster, SubmitRequest(Topology.parse("1x1")), "r1")
+    assert caught.value.one_line() == (
+        f"{path!r} holds {chars}, which pyxis's --container-mounts cannot carry (move or link "
+        "it to a path without ',' and ':', and name that in the cluster file)"
+    )
+    # The plain (no container) script takes the same path, quoted.
+    plain = replace(_cluster(SITE), case=CaseSettings(data_dir=path))
+    assert (
+        shlex.quote(path)
+        in make_slurm_plan(plain, SubmitRequest(Topology.parse("1x1")), "r1").script
+    )

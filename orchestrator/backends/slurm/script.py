@@ -142,6 +142,19 @@ def sbatch_directives(job: JobSpec, settings: SlurmSettings, run_dir: str) -> li
     return opts
 
 
+def pyxis_mount(path: str, read_only: bool = False) -> str:
+    """SRC:DST[:ro] of --container-mounts. pyxis splits the list at ',' and each mount at ':'
+    with no quoting, so a path holding either is refused rather than mounted as another path."""
+    bad = sorted({c for c in path if c in ",:"})
+    if bad:
+        raise ConfigError(
+            f"{path!r} holds {' and '.join(repr(c) for c in bad)}, which pyxis's "
+            "--container-mounts cannot carry",
+            "move or link it to a path without ',' and ':', and name that in the cluster file",
+        )
+    return f"{path}:{path}{':ro' if read_only else ''}"
+
+
 def render_script(
     job: JobSpec,
     settings: SlurmSettings,
@@ -159,13 +172,13 @@ def render_script(
     container: list[str] = []
     if settings.pyxis:
         assert settings.container_image
-        mounts = [f"{settings.root}:{settings.root}"]
+        mounts = [pyxis_mount(settings.root)]
         data = job.cluster.case.data_dir
         if data.startswith("/"):
-            mounts.append(f"{data}:{data}:ro")
+            mounts.append(pyxis_mount(data, read_only=True))
         weights = job.cluster.case.backbone_weights
         if weights.startswith("/"):
-            mounts.append(f"{weights}:{weights}:ro")
+            mounts.append(pyxis_mount(weights, read_only=True))
         mounts += list(settings.container_mounts)
         container = [
             f"--container-image={settings.container_image}",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.backends.base import DoctorCheck, DoctorReport
 from orchestrator.backends.ssh.preflight import NodeReport, probe_all
 from orchestrator.plan import make_job
-from orchestrator.specs import ClusterSpec, Topology, pick_nodes
+from orchestrator.specs import ClusterSpec, NodeSpec, Topology, pick_nodes
 
 
 def run_doctor(cluster: ClusterSpec, topology: str | None, node_names: str | None) -> DoctorReport:
@@ -26,6 +28,7 @@ def run_doctor(cluster: ClusterSpec, topology: str | None, node_names: str | Non
         reports = probe_all(
             session, job, smi=monitor[0] if monitor else None, docker=cluster.runtime == "docker"
         )
+        trials = _runtime_trials(session, cluster, nodes, reports)
         for name, why in session.connect_failures.items():
             reports[name] = NodeReport(name, [{"name": "connect", "ok": False, "detail": why}])
         connect_error = session.connect_error()
@@ -34,7 +37,25 @@ def run_doctor(cluster: ClusterSpec, topology: str | None, node_names: str | Non
         for node in nodes
         for check in reports[node.name].checks
     ]
+    checks += [
+        DoctorCheck(node.name, "runtime options", *trials[node.name])
+        for node in nodes
+        if node.name in trials
+    ]
     # The line `submit` fails with, remedies included (e.g. the `ssh-keygen -R` command of a
     # changed host key), whole: a table folds long details.
     notes = (connect_error.one_line(),) if connect_error is not None else ()
     return DoctorReport(cluster.name, cluster.source, tuple(checks), notes)
+
+
+def _runtime_trials(
+    session: Any, cluster: ClusterSpec, nodes: tuple[NodeSpec, ...], reports: dict[str, NodeReport]
+) -> dict[str, tuple[bool, str]]:
+    """The docker runtime: does each reachable node's daemon accept its runtime options?"""
+    if cluster.runtime != "docker":
+        return {}
+    from orchestrator.backends.ssh.runtime_check import device_facts, doctor_trials
+    from orchestrator.images.profiles import load_profile
+
+    facts = device_facts({name: r.env for name, r in reports.items()})
+    return doctor_trials(session, load_profile(cluster.vendor), nodes, facts)

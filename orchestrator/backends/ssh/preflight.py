@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.backends.ssh.runtime_check import runtime_probe_args
 from orchestrator.errors import NodeError, PreflightError
 from orchestrator.workload_source import NODE_PROBE_PATH
 
@@ -51,6 +52,7 @@ def probe_args(job: JobSpec, node: NodeSpec, *, smi: str | None, docker: bool) -
         "count_accelerators": job.cluster.vendor != "cpu",
         "need_docker": docker,
         "docker_host": node.docker_host,
+        **runtime_probe_args(job, node, docker=docker),
     }
 
 

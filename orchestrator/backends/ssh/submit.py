@@ -5,6 +5,7 @@ Ctrl-C, leaves the run row final, the run folder written, and nothing running on
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
@@ -19,6 +20,11 @@ from orchestrator.backends.ssh.guard import (
 )
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
 from orchestrator.backends.ssh.preflight import run_preflight
+from orchestrator.backends.ssh.runtime_check import (
+    check_runtime_options,
+    device_facts,
+    runtime_lines,
+)
 from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.plan import Plan, build_plan
 from orchestrator.queue.keeper import LeaseKeeper
@@ -57,10 +63,12 @@ def make_plan(
     run_id: str | None = None,
     image: str | None = None,
     image_id: str | None = None,
+    facts: Mapping[str, Mapping[str, bool]] | None = None,
 ) -> Plan:
     """The plan a submission executes (what --dry-run prints). With the docker runtime each
     node's command is wrapped in `docker run` of `image` (default: the content tag the vendor's
-    wheels and the workload give, computed without a daemon)."""
+    wheels and the workload give, computed without a daemon), with the runtime options that
+    fit the node: `facts` are the device files its probe found (None: not probed yet)."""
     from orchestrator.images.profiles import load_profile
 
     nodes = pick_nodes(cluster, req.topology, list(req.node_names) if req.node_names else None)
@@ -81,6 +89,7 @@ def make_plan(
             run_id,
             data_dir=cluster.case.data_dir,
             backbone_weights=cluster.case.backbone_weights,
+            facts=facts,
         )
     plan = build_plan(
         job,
@@ -90,6 +99,8 @@ def make_plan(
         wrap=wrap,
         image=image,
     )
+    if wrap is not None:
+        plan = _with_runtime_notes(plan, profile, facts)
     return replace(
         plan,
         notes=notes,
@@ -97,6 +108,24 @@ def make_plan(
         hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
     )
+
+
+def _with_runtime_notes(
+    plan: Plan, profile: Any, facts: Mapping[str, Mapping[str, bool]] | None
+) -> Plan:
+    """Each node's runtime options, used or left out and why, for the dry run."""
+    from orchestrator.images.runtime_choice import choose_runtime
+
+    nodes = tuple(
+        replace(
+            np_,
+            runtime_notes=choose_runtime(
+                profile.runtime, np_.node, facts.get(np_.node.name) if facts is not None else None
+            ).lines(),
+        )
+        for np_ in plan.nodes
+    )
+    return replace(plan, nodes=nodes)
 
 
 def _expected_image(cluster: ClusterSpec) -> tuple[str, tuple[str, ...]]:
@@ -205,9 +234,13 @@ def _execute(
                 on_node=lambda report, took: view.line(_preflight_line(report, took)),
             )
             phases.lap("preflight")
+            facts = device_facts({name: r.env for name, r in reports.items()})
+            chosen = runtime_lines(plan, facts) if plan.runtime == "docker" else {}
             for np_ in plan.nodes:
                 env = reports[np_.node.name].env
                 env["preflight"] = reports[np_.node.name].checks
+                if np_.node.name in chosen:
+                    env["runtime_options"] = list(chosen[np_.node.name])
                 accepted = session.accepted_new_host_keys.get(np_.node.name)
                 if accepted:  # accept_new_host_keys was used: the run says so
                     env["accepted_new_host_key"] = accepted
@@ -217,8 +250,11 @@ def _execute(
             if plan.runtime == "docker":
                 view.phase("image", "build where missing, then transfer to the nodes that lack it")
                 with view.suspended():
-                    plan = _with_image(plan, req, session, store, console)
+                    plan = _with_image(plan, req, session, store, console, facts)
                 phases.lap("image")
+                view.phase("runtime", "each node's daemon tries its runtime options")
+                check_runtime_options(session, plan, facts)
+                phases.lap("runtime")
             view.phase("staging", _staging_detail(plan))
             stage(session, plan, STAGE_TIMEOUT_S)
             phases.lap("stage")
@@ -321,7 +357,12 @@ def _finalize(
 
 
 def _with_image(
-    plan: Plan, req: SubmitRequest, session: Any, store: Store, console: Console
+    plan: Plan,
+    req: SubmitRequest,
+    session: Any,
+    store: Store,
+    console: Console,
+    facts: Mapping[str, Mapping[str, bool]],
 ) -> Plan:
     """Build the image where the build host lacks it, put it on every node that lacks it,
     record it, and wrap every node's command in it."""
@@ -340,7 +381,9 @@ def _with_image(
         )
     image_id = prepared.record.get("image_id") if prepared.record else None
     console.print(f"[dim]image {prepared.tag} on every node[/]")
-    rebuilt = make_plan(job.cluster, req, job.run_id, image=prepared.tag, image_id=image_id)
+    rebuilt = make_plan(
+        job.cluster, req, job.run_id, image=prepared.tag, image_id=image_id, facts=facts
+    )
     return replace(rebuilt, job=job)
 
 

@@ -8,6 +8,7 @@ import click
 
 from orchestrator.cli.context import AppContext
 from orchestrator.cli.output import Output, Section, emit, format_option
+from orchestrator.cli.runs_delete import delete_command
 from orchestrator.report import fmt, parse_since
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.units import sig3
@@ -271,6 +272,9 @@ def query(app: AppContext, sql: str, output: str, max_rows: int) -> None:
     )
     if result.truncated:
         click.echo(f"warning: output stopped at {max_rows} rows (raise --max-rows)", err=True)
+
+
+runs.add_command(delete_command)
 
 
 def register(cli: click.Group) -> None:

@@ -114,7 +114,8 @@ def list_command(
         with store.reading() as conn:
             rows = list_runs(conn, vendor, topology, status, since_at, limit)
             if not rows:
-                empty = _no_runs(conn, {"--vendor": vendor, "--topology": topology})
+                given = {"--vendor": vendor, "--topology": topology, "--status": status}
+                empty = _no_runs(conn, {**given, "--since": since})
     cells = [
         [
             r["run_id"],

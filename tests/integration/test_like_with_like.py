@@ -92,11 +92,19 @@ def test_compare_of_unlike_runs_lists_topology_and_cluster_first_and_warns(
     assert "same environment" not in table.out
 
 
-def test_scaling_page_keeps_runs_of_other_hyper_parameters_apart(store_url: str) -> None:
+def test_web_scaling_keeps_other_hyper_parameters_apart_and_compare_warns(store_url: str) -> None:
     from orchestrator.web.app import create_app
 
     with TestClient(create_app(store_url), raise_server_exceptions=False) as client:
         page = client.get("/scaling?vendor=nvidia&precision=amp")
+        compared = client.get(f"/compare?run={ONE_BY_TWO}&run={TWO_BY_ONE}")
+    assert compared.status_code == 200
+    assert (
+        '<p class="warning" id="compare-warning">Warning: the sides differ in topology, cluster'
+        in compared.text
+    )
+    differences = compared.text.split('id="compare-differences"', 1)[1].split("</table>", 1)[0]
+    assert "<th>topology</th><td>1x2</td><td>2x1</td>" in differences
     assert page.status_code == 200
     table = page.text.split('id="scaling-table"', 1)[1].split("</table>", 1)[0]
     rows = [r for r in table.split("<tr")[1:] if "<td>2x1</td>" in r]
@@ -119,6 +127,10 @@ def test_a_vendor_that_matches_nothing_names_the_stored_vendors(
     )
     found = run_cli("--db", store_url, "runs", "list", "--vendor", "metax-c500")
     assert C500 in found.out
+    later = run_cli(
+        "--db", store_url, "runs", "list", "--vendor", "nvidia", "--since", "2027-01-01"
+    )
+    assert later.out.strip() == "no runs match --vendor nvidia --since 2027-01-01"
     spec = run_cli("--db", store_url, "compare", "metax:1x8:fp32", "metax-c500:1x8:fp32")
     assert spec.exit_code == 2
     assert spec.err == (

@@ -77,8 +77,8 @@ def selected_runs(conn: Connection, sel: DeleteSelection) -> list[RowMapping]:
     if sel.reason:
         escaped = sel.reason.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         query = query.where(Run.reason.like(f"%{escaped}%", escape="\\"))
-    if sel.not_started:
-        query = query.where(Run.started_at.is_(None))
+    if sel.not_started:  # ended without starting: a queued run has not started either
+        query = query.where(Run.started_at.is_(None), Run.status.not_in(ACTIVE))
     return list(conn.execute(query.order_by(Run.submitted_at, Run.run_id)).mappings())
 
 

@@ -114,6 +114,10 @@ def test_a_selection_deletes_only_the_preflight_refusals(
     run_cli: Callable[..., CliResult], lab: str
 ) -> None:
     everything = _stored(lab)
+    # The running run has not started either, but it has not ended: not selected.
+    ended = run_cli("--db", lab, "runs", "delete", "--not-started", "--dry-run")
+    assert ended.exit_code == 0 and ended.err.startswith(f"  {TYPO}  failed  ")
+    assert RUNNING not in ended.err and "would delete 1 run(s) (1 failed;" in ended.err
     result = run_cli("--db", lab, "runs", "delete", "--status", "failed", "--not-started", "--yes")
     assert result.exit_code == 0, result.err
     assert f"  {TYPO}  failed  2026-01-21 09:12:00  {TYPO_REASON}" in result.err

@@ -28,6 +28,9 @@ HIGHER_IS_BETTER = {
     "map": True,
 }
 COMPARE_FORMATS = ("table", "markdown", "csv", "json")
+# The fields that make two runs like each other; `report` groups by them, compare warns when
+# they differ (a 1x2 against a 2x1 on another cluster is not a measure of a change).
+SETUP_FIELDS = ("vendor", "topology", "cluster", "backend", "runtime", "precision", "fix_hp")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Side:
     environment: dict[str, str]  # environment block label -> its values joined
     hparams: dict[str, str]
     status: str = "succeeded"
+    # What makes runs alike (SETUP_FIELDS): listed first among the differences, and warned of.
+    setup: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Comparison:
     deltas: list[list[Delta]]  # per side after the first, one per metric
     environment_differs: set[str] = field(default_factory=set)
     hparams_differ: set[str] = field(default_factory=set)
+    setup_differs: list[str] = field(default_factory=list)  # in SETUP_FIELDS order
 
     @property
     def baseline(self) -> Side:
@@ -94,7 +100,10 @@ class Comparison:
 
 
 def run_side(
-    row: Mapping[Any, Any], environment: Sequence[tuple[str, list[str]]], hparams: Mapping[Any, Any]
+    row: Mapping[Any, Any],
+    environment: Sequence[tuple[str, list[str]]],
+    hparams: Mapping[Any, Any],
+    setup: Sequence[Mapping[Any, Any]] = (),
 ) -> Side:
     return Side(
         label=str(row["run_id"]),
@@ -105,6 +114,7 @@ def run_side(
         environment=_environment(environment),
         hparams={str(k): str(v) for k, v in hparams.items()},
         status=str(row.get("status") or ""),
+        setup=setup_of(setup),
     )
 
 
@@ -113,6 +123,7 @@ def config_side(
     rows: Sequence[Mapping[Any, Any]],
     environment: Sequence[tuple[str, list[str]]],
     hparams: Mapping[Any, Any],
+    setup: Sequence[Mapping[Any, Any]] = (),
 ) -> Side:
     """The mean of a configuration's runs (each metric over the runs that have it)."""
     metrics: dict[str, float | None] = {}
@@ -129,7 +140,18 @@ def config_side(
         spread=sds,
         environment=_environment(environment),
         hparams={str(k): str(v) for k, v in hparams.items()},
+        setup=setup_of(setup),
     )
+
+
+def setup_of(rows: Sequence[Mapping[Any, Any]]) -> dict[str, str]:
+    """Each setup field over the side's runs: its value, or the values joined when they vary."""
+    found: dict[str, str] = {}
+    for name in SETUP_FIELDS:
+        values = sorted({str(r[name]) for r in rows if r.get(name) is not None})
+        if values:
+            found[name] = "; ".join(values)
+    return found
 
 
 def _number(value: Any) -> float | None:
@@ -157,6 +179,17 @@ def compare(sides: Sequence[Side]) -> Comparison:
         deltas,
         {k for k in env_labels if len({s.environment.get(k, "") for s in sides}) > 1},
         {k for k in hp_keys if len({s.hparams.get(k) for s in sides}) > 1},
+        [k for k in SETUP_FIELDS if len({s.setup.get(k, "") for s in sides}) > 1],
+    )
+
+
+def unlike_warning(comparison: Comparison) -> str | None:
+    """The warning when the sides are not alike (different topology, cluster, ...)."""
+    if not comparison.setup_differs:
+        return None
+    return (
+        f"the sides differ in {', '.join(comparison.setup_differs)}: "
+        "the changes mix these differences with any regression"
     )
 
 
@@ -285,8 +318,12 @@ def metric_columns(comparison: Comparison) -> list[str]:
 
 
 def difference_rows(comparison: Comparison) -> list[list[str]]:
-    """Environment fields and hyper-parameters that differ between the sides."""
-    rows = []
+    """Setup fields (topology, cluster, ...), then environment fields and hyper-parameters,
+    that differ between the sides."""
+    rows = [
+        [name, *[s.setup.get(name, "") for s in comparison.sides]]
+        for name in comparison.setup_differs
+    ]
     for label in comparison.environment_labels:
         if label in comparison.environment_differs:
             rows.append([label, *[s.environment.get(label, "") for s in comparison.sides]])
@@ -333,6 +370,7 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                         "sd": s.spread,
                         "environment": s.environment,
                         "hparams": s.hparams,
+                        "setup": s.setup,
                     }
                     for s in comparison.sides
                 ],
@@ -346,6 +384,8 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                     }
                     for side, deltas in zip(comparison.sides[1:], comparison.deltas)
                 ],
+                "setup_differs": comparison.setup_differs,
+                "warning": unlike_warning(comparison),
                 "environment_differs": sorted(comparison.environment_differs),
                 "hparams_differ": sorted(comparison.hparams_differ),
                 "failed": [b.describe() for b in failed],
@@ -362,13 +402,15 @@ def _markdown(comparison: Comparison, failed: Sequence[Breach]) -> str:
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
         return out
 
-    lines = ["#### Metrics", "", *table(metric_columns(comparison), metric_rows(comparison))]
+    warning = unlike_warning(comparison)
+    lines = [f"**Warning:** {warning}.", ""] if warning else []
+    lines += ["#### Metrics", "", *table(metric_columns(comparison), metric_rows(comparison))]
     differences = difference_rows(comparison)
     lines += ["", "#### Differences", ""]
     if differences:
         lines += table(["", *[s.label for s in comparison.sides]], differences)
     else:
-        lines.append("Same environment and hyper-parameters.")
+        lines.append("Same setup, environment and hyper-parameters.")
     if failed:
         lines += ["", "#### Over the limits", "", *[f"- {b.describe()}" for b in failed]]
     return "\n".join(lines) + "\n"

@@ -4,20 +4,23 @@ VENDOR:TOPOLOGY:PRECISION[:FIX_HP] (the mean of its last succeeded runs)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from sqlalchemy import Connection
 
 from orchestrator.compare import Side, config_side, run_side
 from orchestrator.errors import ConfigError
+from orchestrator.no_match import stored_instead
 from orchestrator.store.config_queries import (
     configuration_rows,
     find_configurations,
     hparams_of,
     runs_of,
+    setups_of,
 )
 from orchestrator.store.queries import environment, resolve_run
+from orchestrator.store.web_queries import filter_options
 
 DEFAULT_LAST = 10  # a configuration is the mean of its last 10 succeeded runs
 
@@ -31,7 +34,7 @@ def load_sides(conn: Connection, items: Sequence[str], last: int = DEFAULT_LAST)
     if len(items) < 2:
         raise ConfigError(
             "compare needs two or more runs or configurations",
-            "name them, e.g. orchestrator compare RUN_A RUN_B, or metax:2x8:amp nvidia:2x8:amp",
+            "name them, e.g. orchestrator compare RUN_A RUN_B, or metax-c500:2x8:amp nvidia:2x8:amp",
         )
     return [
         _configuration(conn, item, last) if is_configuration(item) else _run(conn, item)
@@ -52,7 +55,26 @@ def oldest_first(conn: Connection, items: Sequence[str]) -> list[str]:
 def _run(conn: Connection, ref: str) -> Side:
     run_id = resolve_run(conn, ref)
     row = runs_of(conn, [run_id])[0]
-    return run_side(row, environment(conn, [run_id]), hparams_of(conn, [run_id])[run_id])
+    return run_side(
+        row,
+        environment(conn, [run_id]),
+        hparams_of(conn, [run_id])[run_id],
+        setups_of(conn, [run_id]),
+    )
+
+
+def _stored_hint(conn: Connection, given: Mapping[str, str | None]) -> str:
+    """What the store holds of the parts that match nothing, or where to look."""
+    options = filter_options(conn)
+    stored = {
+        "--vendor": options.vendors,
+        "--topology": options.topologies,
+        "--precision": options.precisions,
+    }
+    instead = stored_instead(given, stored)
+    if not instead:  # each part exists, not together: see which runs there are
+        return "see the succeeded runs with: orchestrator runs list --status succeeded"
+    return "; ".join(instead)
 
 
 def _configuration(conn: Connection, item: str, last: int) -> Side:
@@ -60,24 +82,25 @@ def _configuration(conn: Connection, item: str, last: int) -> Side:
     if len(parts) not in (3, 4) or not all(parts[:3]):
         raise ConfigError(
             f"configuration {item!r} is not VENDOR:TOPOLOGY:PRECISION[:FIX_HP]",
-            "write e.g. metax:2x8:amp, or metax:2x8:amp:bs=16, lr=0.08",
+            "write e.g. metax-c500:2x8:amp, or metax-c500:2x8:amp:bs=16, lr=0.08",
         )
     vendor, topology, precision = parts[:3]
     fix_hp = parts[3] if len(parts) == 4 else None
     keys = find_configurations(conn, vendor, topology, precision, fix_hp)
     if not keys:
+        given = {"--vendor": vendor, "--topology": topology, "--precision": precision}
         raise ConfigError(
             f"no succeeded run of configuration {item!r} in the results store",
-            "check the vendor, topology and precision (orchestrator runs list)",
+            _stored_hint(conn, given),
         )
     if len(keys) > 1:
         shown = "; ".join(f"{k.config} fix_hp {k.fix_hp}" for k in keys[:5])
         raise ConfigError(
             f"configuration {item!r} matches {len(keys)} configurations: {shown}",
-            "add :FIX_HP, e.g. metax:2x8:amp:/ for the defaults",
+            f"add :FIX_HP, e.g. {item}:/ for the defaults",
         )
     rows = configuration_rows(conn, keys[0], last)
     ids = [str(r["run_id"]) for r in rows]
     label = f"{item} (mean of {len(rows)} run{'s' if len(rows) != 1 else ''})"
     newest = hparams_of(conn, ids[-1:]).get(ids[-1], {})
-    return config_side(label, rows, environment(conn, ids), newest)
+    return config_side(label, rows, environment(conn, ids), newest, setups_of(conn, ids))

@@ -341,7 +341,9 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 _RELATIVE = re.compile(r"^(\d+)\s*([dhw])$")
 
 
-def parse_since(text: str | None, now: datetime | None = None) -> datetime | None:
+def parse_since(
+    text: str | None, now: datetime | None = None, option: str = "--since"
+) -> datetime | None:
     """'2026-01-01', '2026-01-01T08:00:00+01:00', or a relative '90d', '12h', '2w' (UTC)."""
     if text is None or not text.strip():
         return None
@@ -359,7 +361,7 @@ def parse_since(text: str | None, now: datetime | None = None) -> datetime | Non
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ConfigError(
-            f"--since {text!r} is not a date",
+            f"{option} {text!r} is not a date",
             "write a date like 2026-01-01, a time like 2026-01-01T08:00:00+00:00, or 90d / 12h / 2w",
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

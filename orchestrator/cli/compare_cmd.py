@@ -49,7 +49,9 @@ def compare(
     last: int,
 ) -> None:
     """Compare runs or configurations: every metric with its change from the first (the
-    baseline), and which environment fields and hyper-parameters differ.
+    baseline), and what differs: first the setup (vendor, topology, cluster, backend, runtime,
+    precision, fix_hp; a warning on stderr when any differs), then the environment fields and
+    hyper-parameters.
 
     ITEMS are run ids (or unambiguous prefixes) or configurations VENDOR:TOPOLOGY:PRECISION
     [:FIX_HP] (the mean of their last --last succeeded runs).
@@ -57,10 +59,10 @@ def compare(
     \b
     Examples:
       orchestrator compare 20260114-101500 20260120-093000
-      orchestrator compare metax:2x8:amp metax:2x8:amp:bs=32 --format markdown
+      orchestrator compare metax-c500:2x8:amp metax-c500:2x8:amp:bs=32 --format markdown
       orchestrator compare BASELINE_RUN NEW_RUN --fail-below p_core=-5%   # exit 1 on a regression
     """
-    from orchestrator.compare import breaches, parse_threshold, render
+    from orchestrator.compare import breaches, parse_threshold, render, unlike_warning
     from orchestrator.compare import compare as compare_sides
     from orchestrator.compare_sides import load_sides
 
@@ -69,6 +71,9 @@ def compare(
     with app.open_store() as store, store.reading() as conn:
         sides = load_sides(conn, list(items), last)
     comparison = compare_sides(sides)
+    warning = unlike_warning(comparison)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     failed = breaches(comparison, thresholds)
     if output == "table":
         _print_tables(comparison)
@@ -91,7 +96,7 @@ def _print_tables(comparison: Comparison) -> None:
         headers = ["differs", *[s.label for s in comparison.sides]]
         out.print(table("differences", headers, differences))
     else:
-        out.print("same environment and hyper-parameters")
+        out.print("same setup, environment and hyper-parameters")
 
 
 def register(cli: click.Group) -> None:

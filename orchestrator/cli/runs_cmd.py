@@ -8,6 +8,7 @@ import click
 
 from orchestrator.cli.context import AppContext
 from orchestrator.cli.output import Output, Section, emit, format_option
+from orchestrator.cli.runs_delete import delete_command
 from orchestrator.report import fmt, parse_since
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.units import sig3
@@ -63,7 +64,7 @@ def runs() -> None:
     """List and inspect the runs in the results store.
 
     \b
-    Example: orchestrator runs list --vendor metax --since 2026-01-01
+    Example: orchestrator runs list --vendor metax-c500 --since 2026-01-01
     """
 
 
@@ -83,7 +84,7 @@ LIST_KEYS = (*[key for key, _ in LIST_COLUMNS], "finished_at")
 
 
 @runs.command("list")
-@click.option("--vendor", help="Only this vendor, e.g. metax.")
+@click.option("--vendor", help="Only this vendor (its profile name), e.g. metax-c500.")
 @click.option("--topology", help="Only this topology, e.g. 2x8.")
 @click.option("--status", type=STATUS_CHOICES, help="Only runs with this status.")
 @click.option("--since", help="Submitted on or after: 2026-01-01, an ISO time, or 90d / 12h / 2w.")
@@ -107,10 +108,14 @@ def list_command(
     from orchestrator.store.queries import list_runs
 
     since_at = parse_since(since)
+    empty = "no runs match"
     with app.open_store() as store:
         app.settle_orphans(store)
         with store.reading() as conn:
             rows = list_runs(conn, vendor, topology, status, since_at, limit)
+            if not rows:
+                given = {"--vendor": vendor, "--topology": topology, "--status": status}
+                empty = _no_runs(conn, {**given, "--since": since})
     cells = [
         [
             r["run_id"],
@@ -128,13 +133,29 @@ def list_command(
     ]
     emit(
         Output(
-            [Section(None, [header for _, header in LIST_COLUMNS], cells, empty="no runs match")],
+            [Section(None, [header for _, header in LIST_COLUMNS], cells, empty=empty)],
             [{key: r[key] for key in LIST_KEYS} for r in rows],
             csv_columns=LIST_KEYS,
             csv_rows=[[r[key] for key in LIST_KEYS] for r in rows],
         ),
         output,
     )
+    if not rows and output not in ("table", "markdown"):
+        click.echo(empty, err=True)  # the table says it; json and csv stay parseable
+
+
+def _no_runs(conn: Any, given: dict[str, str | None], what: str = "runs") -> str:
+    """The empty result's line, naming the stored values of a filter that matches nothing."""
+    from orchestrator.no_match import no_match
+    from orchestrator.store.web_queries import filter_options
+
+    options = filter_options(conn)
+    stored = {
+        "--vendor": options.vendors,
+        "--topology": options.topologies,
+        "--precision": options.precisions,
+    }
+    return no_match(what, given, stored)
 
 
 @runs.command("show")
@@ -162,7 +183,7 @@ def show_command(app: AppContext, run: str, output: str) -> None:
 
 @click.command("report")
 @click.option("--campaign", "campaign_id", help="Only the runs of this campaign.")
-@click.option("--vendor", help="Only this vendor, e.g. metax.")
+@click.option("--vendor", help="Only this vendor (its profile name), e.g. metax-c500.")
 @click.option("--topology", help="Only this topology, e.g. 2x8.")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="Only this precision.")
 @click.option("--since", help="Finished on or after: 2026-01-01, an ISO time, or 90d / 12h / 2w.")
@@ -202,7 +223,7 @@ def report(
     (docs/reports.md).
 
     \b
-    Example: orchestrator report --vendor metax --topology 2x8 --plots plots/ > metax-2x8.md
+    Example: orchestrator report --vendor metax-c500 --topology 2x8 --plots plots/ > c500-2x8.md
     """
     from orchestrator.report import render_grouped_report, render_report
     from orchestrator.report_history import campaign_run_ids, configuration_history
@@ -231,6 +252,9 @@ def report(
         if campaign_id is None or run_ids:  # a campaign without matching runs: empty report
             rows = seed_rows(conn, selection)
             env = environment(conn, selection)
+        if not rows and not run_ids and campaign_id is None:
+            given = {"--vendor": vendor, "--topology": topology, "--precision": precision}
+            click.echo(f"warning: {_no_runs(conn, given, 'succeeded runs')}", err=True)
         history = configuration_history(conn, rows)
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
     regressions = regressions_by_run(rows, history)
@@ -280,6 +304,9 @@ def query(app: AppContext, sql: str, output: str, max_rows: int) -> None:
     )
     if result.truncated:
         click.echo(f"warning: output stopped at {max_rows} rows (raise --max-rows)", err=True)
+
+
+runs.add_command(delete_command)
 
 
 def register(cli: click.Group) -> None:

@@ -299,9 +299,24 @@ def _print_outcome(store: Store, outcome: Outcome, wall_s: float) -> None:
 @click.command()
 @click.argument("topology", default="")
 @click.option("--nodes", "node_names", help="Comma-separated node names (default: every node).")
+@click.option(
+    "--data-dir",
+    help="Check this dataset (as submit --data-dir would use it) instead of [case] data_dir.",
+)
+@click.option(
+    "--backbone-weights",
+    help="Check this checkpoint (as submit --backbone-weights) instead of [case] backbone_weights.",
+)
 @format_option()
 @click.pass_obj
-def doctor(app: AppContext, topology: str, node_names: str | None, output: str) -> None:
+def doctor(
+    app: AppContext,
+    topology: str,
+    node_names: str | None,
+    data_dir: str | None,
+    backbone_weights: str | None,
+    output: str,
+) -> None:
     """Check that nodes are ready to run TOPOLOGY: reachable, host key known, torch (or Docker),
     accelerators, dataset, weights, disk, InfiniBand; with the docker runtime, the profile's
     needed devices and whether each daemon accepts the node's runtime options (tried with an
@@ -314,10 +329,13 @@ def doctor(app: AppContext, topology: str, node_names: str | None, output: str) 
     Examples:
       orchestrator doctor
       orchestrator --cluster lab.toml doctor 2x8 --format json
+      orchestrator doctor 1x1 --data-dir /data/coco2017   # what submit --data-dir would read
     """
     from orchestrator import backends
+    from orchestrator.specs import with_inputs
 
-    found = backends.for_cluster(app.cluster).doctor(app.cluster, topology or None, node_names)
+    cluster = with_inputs(app.cluster, _input_path(data_dir), _input_path(backbone_weights))
+    found = backends.for_cluster(cluster).doctor(cluster, topology or None, node_names)
     emit(doctor_output(found), output)
     if not found.ok:
         raise SystemExit(3)

@@ -116,11 +116,12 @@ def scaling_groups(
     precision: str | None = None,
     since: datetime | None = None,
 ) -> list[RowMapping]:
-    """Succeeded runs aggregated per hardware, precision and topology: n, mean, min, max and
-    the mean of squares (for the spread) of p_train and p_core, computed by the database."""
+    """Succeeded runs aggregated per hardware, precision, hyper-parameters (fix_hp) and
+    topology, as `report` groups repeats: n, mean, min, max and the mean of squares (for the
+    spread) of p_train and p_core, computed by the database."""
     hardware = func.coalesce(Run.hardware_label, Run.vendor).label("hardware")
-    columns: list[Any] = [Run.vendor, hardware, Run.precision, Run.topology, Run.nnodes]
-    columns.append(Run.nproc_per_node)
+    columns: list[Any] = [Run.vendor, hardware, Run.precision, Run.fix_hp, Run.topology]
+    columns += [Run.nnodes, Run.nproc_per_node]
     columns.append(func.count().label("n"))
     for name in ("p_train", "p_core"):
         column = getattr(Run, name)
@@ -138,8 +139,14 @@ def scaling_groups(
     if since:
         query = query.where(Run.finished_at >= since)
     query = query.group_by(
-        Run.vendor, hardware, Run.precision, Run.topology, Run.nnodes, Run.nproc_per_node
-    ).order_by(Run.vendor, hardware, Run.precision, Run.nnodes, Run.nproc_per_node)
+        Run.vendor,
+        hardware,
+        Run.precision,
+        Run.fix_hp,
+        Run.topology,
+        Run.nnodes,
+        Run.nproc_per_node,
+    ).order_by(Run.vendor, hardware, Run.precision, Run.fix_hp, Run.nnodes, Run.nproc_per_node)
     return list(conn.execute(query).mappings())
 
 
@@ -165,6 +172,15 @@ def hparams_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, dict[str, 
         return {}
     query = select(Run.run_id, Run.hparams).where(Run.run_id.in_(list(run_ids)))
     return {r.run_id: dict(r.hparams or {}) for r in conn.execute(query)}
+
+
+def setups_of(conn: Connection, run_ids: Sequence[str]) -> list[RowMapping]:
+    """What makes runs alike (compare.SETUP_FIELDS) for each of these runs."""
+    if not run_ids:
+        return []
+    columns = (Run.run_id, Run.vendor, Run.topology, Run.cluster, Run.backend, Run.runtime)
+    query = select(*columns, Run.precision, Run.fix_hp).where(Run.run_id.in_(list(run_ids)))
+    return list(conn.execute(query).mappings())
 
 
 def epochs_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[RowMapping]]:

@@ -28,7 +28,10 @@ from orchestrator.store.engine import (
 )
 
 READ_ONLY_MESSAGE = "the query tries to write; `orchestrator query` is read-only"
-READ_ONLY_REMEDY = "use SELECT (or WITH ... SELECT); change results with orchestrator commands"
+READ_ONLY_REMEDY = (
+    "use SELECT (or WITH ... SELECT); delete runs with orchestrator runs delete RUN... "
+    "(or a selection such as --status failed --before DATE)"
+)
 MAX_ROWS_DEFAULT = 10_000
 
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from orchestrator.compare import METRICS, compare, difference_rows
+from orchestrator.compare import METRICS, compare, difference_rows, unlike_warning
 from orchestrator.compare_sides import load_sides, oldest_first
 from orchestrator.errors import ConfigError
 from orchestrator.report import SEED_HEADERS, render_grouped_report, render_report
@@ -148,6 +148,7 @@ def compare_page(request: Request) -> Response:
         items=items,
         last=last,
         differences=difference_rows(comparison),
+        warning=unlike_warning(comparison),
         epoch_charts=epoch_charts(epochs),
     )
 
@@ -156,7 +157,10 @@ def compare_page(request: Request) -> Response:
 
 
 def _series_name(row: Mapping[Any, Any]) -> str:
-    return f"{row['hardware']} {row['precision']}"
+    """One line per hardware, precision and hyper-parameters, as the report's plot draws it."""
+    fix_hp = row["fix_hp"]
+    hyper = f" ({fix_hp})" if fix_hp and fix_hp != "/" else ""
+    return f"{row['hardware']} {row['precision']}{hyper}"
 
 
 def scaling(request: Request) -> Response:

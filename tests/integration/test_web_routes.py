@@ -290,7 +290,10 @@ def test_scaling_page_efficiency(client: TestClient, web_store_url: str) -> None
             for (p,) in _stored(
                 web_store_url,
                 "p_core",
-                where=f"vendor='nvidia' AND topology='{topology}' AND status='succeeded'",
+                # One series per fix_hp, as report groups: the recorded 1x1 (lr=0.16, one
+                # epoch) is another line, not averaged into this one's baseline.
+                where=f"vendor='nvidia' AND topology='{topology}' AND status='succeeded' "
+                "AND fix_hp='bs=16, lr=0.08, epochs=2'",
             )
         ]
         rows[topology] = sum(values) / len(values)

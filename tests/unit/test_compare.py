@@ -11,9 +11,11 @@ from orchestrator.compare import (
     breaches,
     compare,
     config_side,
+    difference_rows,
     parse_threshold,
     render,
     run_side,
+    unlike_warning,
 )
 from orchestrator.errors import ConfigError
 
@@ -119,3 +121,49 @@ def test_render_formats() -> None:
         render(result, "xml")
     with pytest.raises(ConfigError):
         compare([run_side(_row("a", 1.0), ENV_A, {})])
+
+
+SETUP_A = {
+    "vendor": "nvidia",
+    "topology": "1x2",
+    "cluster": "lab-a",
+    "backend": "ssh",
+    "runtime": "docker",
+    "precision": "amp",
+    "fix_hp": "/",
+}
+
+
+def test_unlike_sides_list_their_setup_first_and_are_warned_of() -> None:
+    other = {**SETUP_A, "topology": "2x1", "cluster": "lab-b"}
+    result = compare(
+        [
+            run_side(_row("a", 500.0), ENV_A, {}, [SETUP_A]),
+            run_side(_row("b", 450.0), ENV_B, {}, [other]),
+        ]
+    )
+    assert result.setup_differs == ["topology", "cluster"]
+    assert difference_rows(result) == [
+        ["topology", "1x2", "2x1"],
+        ["cluster", "lab-a", "lab-b"],
+        ["accelerator driver", "2.2.0", "2.3.1"],
+    ]
+    warning = "the sides differ in topology, cluster: the changes mix these differences with any regression"
+    assert unlike_warning(result) == warning
+    assert render(result, "markdown").startswith(f"**Warning:** {warning}.\n")
+    assert json.loads(render(result, "json"))["setup_differs"] == ["topology", "cluster"]
+    alike = compare(
+        [
+            run_side(_row("a", 500.0), ENV_A, {}, [SETUP_A]),
+            run_side(_row("b", 1.0), ENV_A, {}, [SETUP_A]),
+        ]
+    )
+    assert alike.setup_differs == [] and unlike_warning(alike) is None
+    assert "Same setup, environment and hyper-parameters." in render(alike, "markdown")
+
+
+def test_a_configuration_side_shows_every_value_its_runs_hold() -> None:
+    side = config_side(
+        "c", [_row("a", 1.0), _row("b", 2.0)], ENV_A, {}, [SETUP_A, {**SETUP_A, "cluster": "lab-b"}]
+    )
+    assert side.setup["cluster"] == "lab-a; lab-b" and side.setup["topology"] == "1x2"

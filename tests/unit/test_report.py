@@ -258,9 +258,10 @@ def test_query_errors_are_one_line(run_cli: Any, history: str) -> None:
     assert several.exit_code == 2 and "more than one statement" in several.err
     write = run_cli("--db", history, "query", "DELETE FROM runs")
     assert write.exit_code == 2
-    assert (
-        write.err
-        == f"error: {READ_ONLY_MESSAGE} (use SELECT (or WITH ... SELECT); change results with orchestrator commands)\n"
+    assert write.err == (
+        f"error: {READ_ONLY_MESSAGE} (use SELECT (or WITH ... SELECT); delete runs with "
+        f"orchestrator --db {history} runs delete RUN... (or a selection such as --status failed "
+        "--before DATE))\n"
     )
 
 

@@ -9,6 +9,7 @@ block. Nothing starts unless every node passes.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,6 +109,22 @@ def probe_all(
     return session.fan_out_results(one, timeout=timeout + 5, what="preflight").recover(broken)
 
 
+def doctor_command(job: JobSpec) -> str:
+    """The `orchestrator doctor` that checks what this job's preflight checked: its topology,
+    nodes, dataset and weights (they may come from submit's --data-dir / --backbone-weights)."""
+    words = ["orchestrator"]
+    if not job.cluster.source.startswith("<"):  # a cluster file, not the embedded default
+        words += ["--cluster", job.cluster.source]
+    words += ["doctor", str(job.topology)]
+    words += ["--nodes", ",".join(n.name for n in job.nodes)]
+    case = job.cluster.case
+    if case.data_dir:
+        words += ["--data-dir", case.data_dir]
+    if case.backbone_weights:
+        words += ["--backbone-weights", case.backbone_weights]
+    return shlex.join(words)
+
+
 def run_preflight(
     session: NodeSession,
     job: JobSpec,
@@ -124,6 +141,6 @@ def run_preflight(
         raise PreflightError(
             f"preflight failed on {len(bad)} of {len(reports)} node(s), nothing was started",
             bad,
-            remedy="fix the nodes named, then run `orchestrator doctor` to check again",
+            remedy=f"fix the nodes named, then check again: {doctor_command(job)}",
         )
     return reports

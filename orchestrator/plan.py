@@ -7,6 +7,7 @@ same Plan, so what is shown is what runs. A container runtime wraps each node's 
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import zlib
 from collections.abc import Callable, Mapping
@@ -63,8 +64,78 @@ def check_hparams(hparams: Mapping[str, str], precision: str = "fp32") -> None:
         raise ConfigError(exc.message, exc.remedy) from None
 
 
-def master_address(node: NodeSpec) -> str:
-    return "127.0.0.1" if node.is_local else node.address
+@dataclass(frozen=True)
+class Master:
+    """The rendezvous host every node's torchrun dials, and why it is that one (--dry-run)."""
+
+    address: str
+    source: str
+
+
+#: This machine's address on its route to a node, or None (transport/route.py).
+RouteLookup = Callable[[NodeSpec], "str | None"]
+
+
+def master_address(job: JobSpec, route: RouteLookup | None = None) -> Master:
+    """Node 0's address as every other node reaches it: [cluster] master_addr when set, else
+    node 0's own address; when node 0 is this machine (`local`) and other nodes are other
+    hosts, this machine's source address on its route to them (one for all of them), never
+    127.0.0.1. A run that cannot know that address is refused, naming master_addr."""
+    cluster, first = job.cluster, job.nodes[0]
+    others = [n for n in job.nodes if not n.is_local and not _loopback(n.address)]
+    fix = (
+        f"set master_addr under [cluster] in {cluster.source} to {first.name}'s address "
+        "as the other nodes reach it"
+    )
+    if cluster.master_addr:
+        if others and _loopback(cluster.master_addr):
+            raise ConfigError(
+                f"master_addr {cluster.master_addr} is a loopback address, but node "
+                f"{others[0].name} is another host",
+                fix,
+            )
+        return Master(cluster.master_addr, f"[cluster] master_addr of {cluster.source}")
+    if not first.is_local:
+        if others and _loopback(first.address):
+            raise ConfigError(
+                f"node 0 ({first.name}) has the loopback address {first.address}, but node "
+                f"{others[0].name} is another host",
+                fix,
+            )
+        return Master(first.address, f"node 0 ({first.name})'s address")
+    if not others:
+        return Master("127.0.0.1", "every node is this machine")
+    where = (
+        f'node 0 ({first.name}) is this machine (address = "local") and {others[0].name} '
+        "is another host"
+    )
+    if cluster.ssh.jump_host:
+        raise ConfigError(
+            f"{where} reached through a jump host: no address of this machine is known to it", fix
+        )
+    found = {n.name: route(n) if route else None for n in others}
+    addresses = set(found.values())
+    if None in addresses or any(_loopback(a or "") for a in addresses):
+        missing = next(name for name, a in found.items() if a is None or _loopback(a))
+        raise ConfigError(f"{where}, and this machine has no route to {missing}", fix)
+    if len(addresses) > 1:
+        raise ConfigError(
+            f"{where}; this machine reaches the nodes from several addresses "
+            f"({', '.join(sorted(str(a) for a in addresses))})",
+            fix,
+        )
+    return Master(
+        str(found[others[0].name]), f"this machine's address on its route to {others[0].name}"
+    )
+
+
+def _loopback(address: str) -> bool:
+    if address.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -101,6 +172,7 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled
+    master_source: str = ""  # why master_addr is that address (Master.source)
 
     def render(self) -> str:
         job = self.job
@@ -109,8 +181,9 @@ class Plan:
             f"run {job.run_id}: {job.case} on cluster {job.cluster.name} "
             f"(vendor {job.cluster.vendor}), topology {job.topology}, precision {job.precision}",
             f"runtime {self.runtime}" + (f", image {self.image}" if self.image else ""),
-            f"rendezvous static, master {self.master_addr}:{self.master_port}, "
-            f"world size {job.topology.world_size}",
+            f"rendezvous static, master {self.master_addr}:{self.master_port}"
+            + (f" ({self.master_source})" if self.master_source else "")
+            + f", world size {job.topology.world_size}",
             f"hparams {hp}",
             f"timeouts: overall {_secs(job.timeout_s)}, no progress {_secs(job.no_progress_timeout_s)}",
         ]
@@ -189,14 +262,16 @@ def build_plan(
     visible_devices_var: str | None = None,
     wrap: Callable[[NodePlan], tuple[str, ...]] | None = None,
     image: str | None = None,
+    master: Master | None = None,
 ) -> Plan:
-    """The plan for every node. `wrap` turns a node's command into its container command."""
+    """The plan for every node. `wrap` turns a node's command into its container command;
+    `master` is master_address(job, route) (without it: no route lookup)."""
     if job.precision not in PRECISIONS:
         raise ConfigError(
             f"precision {job.precision!r} is not known", f"use one of {', '.join(PRECISIONS)}"
         )
     topo = job.topology
-    master = master_address(job.nodes[0])
+    master = master or master_address(job)
     port = job.cluster.master_port
     runtime: Runtime = "docker" if wrap else "host"
     plans = []
@@ -216,7 +291,7 @@ def build_plan(
             f"--nnodes={topo.nnodes}",
             f"--nproc-per-node={topo.nproc_per_node}",
             f"--node-rank={rank}",
-            f"--master-addr={master}",
+            f"--master-addr={master.address}",
             f"--master-port={port}",
             "--max-restarts=0",
             "-m",
@@ -239,8 +314,9 @@ def build_plan(
         plans.append(np_)
     return Plan(
         job=job,
-        master_addr=master,
+        master_addr=master.address,
         master_port=port,
+        master_source=master.source,
         nodes=tuple(plans),
         runtime=runtime,
         image=image,

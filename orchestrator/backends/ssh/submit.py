@@ -20,7 +20,7 @@ from orchestrator.backends.ssh.guard import (
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
 from orchestrator.backends.ssh.preflight import run_preflight
 from orchestrator.errors import NodeError, OrchestratorError
-from orchestrator.plan import Plan, build_plan
+from orchestrator.plan import Plan, build_plan, master_address
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.runs.failure import Failure
@@ -37,7 +37,7 @@ from orchestrator.runs.lifecycle import (
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, verbosity
-from orchestrator.specs import ClusterSpec, pick_nodes
+from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
 
@@ -84,6 +84,7 @@ def make_plan(
         )
     plan = build_plan(
         job,
+        master=master_address(job, _route),
         workload_hash=workload_hash(),
         vendor_env=runtime.env,
         visible_devices_var=runtime.visible_devices_env or None,
@@ -97,6 +98,12 @@ def make_plan(
         hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
     )
+
+
+def _route(node: NodeSpec) -> str | None:
+    from orchestrator.transport.route import source_address
+
+    return source_address(node.address, node.port)
 
 
 def _expected_image(cluster: ClusterSpec) -> tuple[str, tuple[str, ...]]:

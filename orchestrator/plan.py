@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
+from orchestrator.devices import DEVICE_ORDER, Devices, choose_devices
 from orchestrator.errors import ConfigError
 from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
 from orchestrator.states import PRECISIONS, Precision, Runtime
@@ -149,6 +150,7 @@ class NodePlan:
     torchrun_argv: tuple[str, ...]
     argv: tuple[str, ...]  # what is spawned: torchrun, or its container wrapper
     workload_dir: str | None  # host runtime: where the workload source is staged
+    devices: Devices | None = None  # local rank i on device devices.indices[i] (SMI numbering)
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -173,6 +175,7 @@ class Plan:
     hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled
     master_source: str = ""  # why master_addr is that address (Master.source)
+    visible_devices_var: str | None = None  # the profile's, e.g. CUDA_VISIBLE_DEVICES
 
     def render(self) -> str:
         job = self.job
@@ -203,6 +206,8 @@ class Plan:
             ]
             if np_.workload_dir:
                 lines.append(f"  stage:     workload source -> {np_.workload_dir}")
+            if np_.devices:
+                lines.append(f"  devices:   {_devices_line(np_.devices)}")
             lines += [
                 f"  run dir:   {np_.run_dir}",
                 f"  command:   {np_.shell_line()}",
@@ -210,6 +215,13 @@ class Plan:
                 f"  collect:   {np_.output_dir}/rank-*.json, log",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _devices_line(devices: Devices) -> str:
+    """Local rank i on the i-th device listed; the monitors sample the same devices."""
+    last = len(devices.indices) - 1
+    ranks = "local rank 0" if last == 0 else f"local ranks 0..{last}"
+    return f"{ranks} on device(s) {devices.env_value()} ({devices.source})"
 
 
 def _secs(value: float | None) -> str:
@@ -238,7 +250,11 @@ def workload_args(job: JobSpec, output_dir: str) -> list[str]:
 
 
 def node_env(
-    job: JobSpec, node: NodeSpec, vendor_env: Mapping[str, str], visible_devices_var: str | None
+    job: JobSpec,
+    node: NodeSpec,
+    vendor_env: Mapping[str, str],
+    visible_devices_var: str | None,
+    devices: Devices | None = None,
 ) -> dict[str, str]:
     # The run id and node name mark every process of the run on the node (backends/ssh/guard.py).
     env = {"ORCHESTRATOR_RUN_ID": job.run_id, "ORCHESTRATOR_NODE": node.name}
@@ -250,7 +266,11 @@ def node_env(
         env["NCCL_SOCKET_IFNAME"] = node.socket_ifname
         env["GLOO_SOCKET_IFNAME"] = node.socket_ifname
     if visible_devices_var:
-        env[visible_devices_var] = ",".join(str(i) for i in range(job.topology.nproc_per_node))
+        devices = devices or Devices(tuple(range(job.topology.nproc_per_node)), "")
+        env[visible_devices_var] = devices.env_value()
+        if visible_devices_var in DEVICE_ORDER:  # the runtime's numbering = the SMI tool's
+            order_var, order = DEVICE_ORDER[visible_devices_var]
+            env[order_var] = order
     return env
 
 
@@ -263,9 +283,11 @@ def build_plan(
     wrap: Callable[[NodePlan], tuple[str, ...]] | None = None,
     image: str | None = None,
     master: Master | None = None,
+    node_values: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """The plan for every node. `wrap` turns a node's command into its container command;
-    `master` is master_address(job, route) (without it: no route lookup)."""
+    `master` is master_address(job, route) (without it: no route lookup); `node_values`: the
+    visible-devices variable as each node's own environment sets it (host runtime)."""
     if job.precision not in PRECISIONS:
         raise ConfigError(
             f"precision {job.precision!r} is not known", f"use one of {', '.join(PRECISIONS)}"
@@ -281,7 +303,13 @@ def build_plan(
         workload_dir = (
             None if wrap else str(PurePosixPath(node.workdir) / "workload" / workload_hash)
         )
-        env = node_env(job, node, vendor_env or {}, visible_devices_var)
+        devices = None
+        if visible_devices_var:
+            value = (node_values or {}).get(node.name)
+            devices = choose_devices(
+                node, topo.nproc_per_node, visible_devices_var, value, job.cluster.source
+            )
+        env = node_env(job, node, vendor_env or {}, visible_devices_var, devices)
         if workload_dir:
             env["PYTHONPATH"] = workload_dir
         torchrun = (
@@ -308,6 +336,7 @@ def build_plan(
             torchrun_argv=torchrun,
             argv=torchrun,
             workload_dir=workload_dir,
+            devices=devices,
         )
         if wrap:
             np_ = replace(np_, argv=wrap(np_))

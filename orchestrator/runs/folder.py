@@ -74,6 +74,14 @@ class NodeRef:
     name: str
     address: str
     node_rank: int
+    devices: tuple[int, ...] | None = None  # local rank i on device i of this list (SMI numbering)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "address": self.address}
+        doc["node_rank"] = self.node_rank
+        if self.devices is not None:
+            doc["devices"] = list(self.devices)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -153,9 +161,7 @@ class RunManifest:
             "finished_at": _iso(self.finished_at),
             "status": self.status,
             "failure": self.failure,
-            "nodes": [
-                {"name": n.name, "address": n.address, "node_rank": n.node_rank} for n in self.nodes
-            ],
+            "nodes": [n.as_dict() for n in self.nodes],
             "image": None if self.image is None else {"tag": self.image.tag, "id": self.image.id},
             "campaign_id": self.campaign_id,
             "slurm_job_id": self.slurm_job_id,
@@ -321,13 +327,28 @@ def _nodes(f: _Fields, nnodes: int) -> tuple[NodeRef, ...]:
             raise f.fail(f"nodes[{i}]", "expected an object {name, address, node_rank}")
         node = _Fields(f.source, item, f"nodes[{i}].")
         nodes.append(
-            NodeRef(str(node.text("name")), str(node.text("address")), node.integer("node_rank"))
+            NodeRef(
+                str(node.text("name")),
+                str(node.text("address")),
+                node.integer("node_rank"),
+                _devices(node),
+            )
         )
     if sorted(n.node_rank for n in nodes) != list(range(nnodes)):
         raise f.fail("nodes", f"node_rank values must be 0..{nnodes - 1}, each once")
     if len({n.name for n in nodes}) != len(nodes):
         raise f.fail("nodes", "a node name appears twice")
     return tuple(sorted(nodes, key=lambda n: n.node_rank))
+
+
+def _devices(node: _Fields) -> tuple[int, ...] | None:
+    """nodes[i].devices: the devices the node's ranks used, in local-rank order (optional)."""
+    items = node.get("devices", (list,), required=False)
+    if items is None:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in items):
+        raise node.fail("devices", "must be a list of device indices")
+    return tuple(items)
 
 
 def _reject_constant(name: str) -> Any:

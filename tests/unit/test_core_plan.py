@@ -76,6 +76,7 @@ def test_node_env_is_run_id_unbuffered_vendor_env_and_only_the_network_settings_
         "NCCL_SOCKET_IFNAME": "ib0",
         "GLOO_SOCKET_IFNAME": "ib0",
         "CUDA_VISIBLE_DEVICES": "0,1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
     }
 
 

@@ -11,12 +11,12 @@ from orchestrator.errors import ConfigError
 from orchestrator.plan import (
     build_plan,
     make_job,
-    master_address,
     new_run_id,
     node_env,
     parse_sets,
     workload_args,
 )
+from orchestrator.rendezvous import master_address
 from orchestrator.specs import CaseSettings, ClusterSpec, NodeSpec, Topology, pick_nodes
 from workload.faster_rcnn.hparams import resolve
 

@@ -1,4 +1,4 @@
-"""The rendezvous address every node dials (orchestrator/plan.py master_address): node 0's
+"""The rendezvous address every node dials (orchestrator/rendezvous.py): node 0's
 address as the other nodes see it, never 127.0.0.1 for a run that spans hosts, and a refusal
 naming master_addr where nothing tells that address."""
 
@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator.config import parse_cluster
 from orchestrator.errors import ConfigError
-from orchestrator.plan import build_plan, make_job, master_address
+from orchestrator.plan import build_plan, make_job
+from orchestrator.rendezvous import master_address
 from orchestrator.specs import ClusterSpec, NodeSpec, SshSettings, Topology
 
 LOCAL = NodeSpec("ctl", "local", workdir="/w")

@@ -22,9 +22,10 @@ from orchestrator.backends.ssh.guard import (
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
 from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, run_preflight
 from orchestrator.errors import NodeError, OrchestratorError
-from orchestrator.plan import Plan, build_plan, master_address
+from orchestrator.plan import Plan, build_plan
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
+from orchestrator.rendezvous import master_address
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest
 from orchestrator.runs.lifecycle import (

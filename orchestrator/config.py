@@ -4,7 +4,9 @@ the fix. Without a file the embedded default is this machine alone with a SQLite
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +35,15 @@ DEFAULT_CLUSTER_FILE = "cluster.toml"
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 
 _TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
-_CLUSTER_KEYS = {"name", "vendor", "runtime", "backend", "master_port", "follower_grace_s"}
+_CLUSTER_KEYS = {
+    "name",
+    "vendor",
+    "runtime",
+    "backend",
+    "master_port",
+    "master_addr",
+    "follower_grace_s",
+}
 _SSH_KEYS = {
     "user",
     "port",
@@ -57,6 +67,7 @@ _NODE_KEYS = {
     "python",
     "workdir",
     "docker_host",
+    "visible_devices",
 }
 _NODE_DEFAULT_KEYS = _NODE_KEYS - {"name", "address"}
 _STORE_KEYS = {"url", "read_url"}
@@ -96,7 +107,54 @@ def _node(
         python=r.string("python", "python3"),
         workdir=r.string("workdir", default_workdir(user or getpass.getuser())),
         docker_host=r.string("docker_host"),
+        visible_devices=_devices(r),
     )
+
+
+def _devices(r: Table) -> tuple[int, ...] | None:
+    """visible_devices = [2, 3]: the accelerators this node's runs use, in local-rank order."""
+    value = r.get("visible_devices")
+    if value is None:
+        return None
+    indices = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    )
+    if not isinstance(value, list) or not indices or not value or len(set(value)) < len(value):
+        r.fail(
+            "visible_devices",
+            f"must be a non-empty list of distinct device indices, got {value!r}",
+            "e.g. visible_devices = [2, 3] (nvidia-smi's / mx-smi's numbering)",
+        )
+    return tuple(value)
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
+
+
+def _master_addr(cl: Table, backend: str) -> str | None:
+    """[cluster] master_addr: node 0's address as the other nodes reach it (an IP address or
+    a host name); only the ssh backend chooses node 0 itself."""
+    value = cl.string("master_addr")
+    if value is None:
+        return None
+    if backend == "slurm":
+        cl.fail(
+            "master_addr",
+            "is not used by the slurm backend (node 0 is the allocation's first node)",
+            "remove master_addr; the batch script takes that node's NodeAddr",
+        )
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if value == "local" or not _HOST.match(value):
+        cl.fail(
+            "master_addr",
+            f"{value!r} is neither an IP address nor a host name",
+            'e.g. master_addr = "10.0.0.1", node 0\'s address as the other nodes reach it',
+        )
+    return value
 
 
 def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
@@ -173,6 +231,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         runtime=cl.choice("runtime", "host", RUNTIMES),
         backend=backend,
         master_port=cl.integer("master_port", 29500, low=1024, high=65535),
+        master_addr=_master_addr(cl, backend),
         follower_grace_s=_grace(cl),
         image=image,
         slurm=slurm,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,8 +64,18 @@ def interval_s() -> float:
     return value if math.isfinite(value) and value > 0 else DEFAULT_INTERVAL_S
 
 
-def sampler_args(monitor: Sequence[str], out: str, every_s: float) -> dict[str, Any]:
-    """The sampler's argument JSON for the profile's monitor argv (empty: no tool)."""
+def sampler_args(
+    monitor: Sequence[str], out: str, every_s: float, devices: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The sampler's argument JSON for the profile's monitor argv (empty: no tool); `devices`:
+    the run's devices on the node (SMI numbering), the only ones it records."""
+    args = _tool_args(monitor, out, every_s)
+    if devices is not None:
+        args["devices"] = list(devices)
+    return args
+
+
+def _tool_args(monitor: Sequence[str], out: str, every_s: float) -> dict[str, Any]:
     if not monitor:
         return {"out": out, "interval_s": every_s, "tool": None, "columns": None}
     name = Path(monitor[0]).name
@@ -86,8 +96,15 @@ def sampler_args(monitor: Sequence[str], out: str, every_s: float) -> dict[str, 
     }
 
 
-def sampler_argv(python: str, monitor: Sequence[str], out: str, every_s: float) -> list[str]:
-    return [python, "-c", PROBE_SOURCE, json.dumps(sampler_args(monitor, out, every_s))]
+def sampler_argv(
+    python: str,
+    monitor: Sequence[str],
+    out: str,
+    every_s: float,
+    devices: Sequence[int] | None = None,
+) -> list[str]:
+    args = sampler_args(monitor, out, every_s, devices)
+    return [python, "-c", PROBE_SOURCE, json.dumps(args)]
 
 
 def parse_tool_output(tool: str, text: str) -> list[tuple[str, float, int | None]]:
@@ -220,16 +237,22 @@ class DevicePeak:
 
 
 def device_memory_peaks(
-    samples: dict[str, list[Sample]], start_unix: float, end_unix: float, devices: int
+    samples: dict[str, list[Sample]],
+    start_unix: float,
+    end_unix: float,
+    devices: int,
+    node_devices: Mapping[str, Sequence[int]] | None = None,
 ) -> list[DevicePeak]:
     """Each device's peak `device_mem_used_bytes` between start and end (the training phase),
-    for devices 0..devices-1 of every node: the ones the run used (the launcher makes them the
-    visible devices), not a neighbour's job on the other cards. Sorted by node and device."""
+    for the devices the run used on each node: `node_devices[node]` (the manifest's, SMI
+    numbering: the launcher made them the visible devices) or else 0..devices-1; not a
+    neighbour's job on the other cards. Sorted by node and device."""
     used: dict[tuple[str, int], float] = {}
     totals: dict[tuple[str, int], float] = {}
     for node, node_samples in samples.items():
+        own = set((node_devices or {}).get(node) or range(devices))
         for s in node_samples:
-            if s.device is None or not 0 <= s.device < devices:
+            if s.device is None or s.device not in own:
                 continue
             key = (node, s.device)
             if s.metric == "device_mem_total_bytes":

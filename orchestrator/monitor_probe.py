@@ -9,10 +9,11 @@ stop kills every process carrying ORCHESTRATOR_RUN_ID), the folder holding OUT d
 Host metrics come from /proc; accelerator metrics from the vendor tool named in the argument
 JSON: {"out": PATH, "interval_s": 5, "tool": ["nvidia-smi", "--query-gpu=...", ...] or null,
 "columns": [["index", 1], ["device_mem_used_bytes", 1048576], ...] or null, "format": "csv" or
-"mx-smi-memory"}. A missing tool is recorded once as metric "monitor_tool_missing"; a tool that
-gives no reading is recorded once as {"metric": "monitor_raw", "text": ..., "reason": "failed" |
-"no parser" | "unparsed", "tool": ...}, the text cut to RAW_MAX_CHARS. Nothing here ever stops
-the run.
+"mx-smi-memory", "devices": [2, 3] or absent}: with "devices", only those devices' rows are
+written (the run's, numbered as the tool numbers them). A missing tool is recorded once as
+metric "monitor_tool_missing"; a tool that gives no reading is recorded once as {"metric":
+"monitor_raw", "text": ..., "reason": "failed" | "no parser" | "unparsed", "tool": ...}, the
+text cut to RAW_MAX_CHARS. Nothing here ever stops the run.
 """
 
 import json
@@ -138,6 +139,14 @@ def parse_rows(text, columns):
     return samples
 
 
+def only_devices(samples, devices):
+    """The samples of the run's devices (and those of no device); all when devices is None."""
+    if devices is None:
+        return list(samples)
+    keep = set(devices)
+    return [s for s in samples if s[2] is None or s[2] in keep]
+
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -161,6 +170,7 @@ def main(args):
     tool = args.get("tool") or None
     columns = args.get("columns")
     fmt = args.get("format") or "csv"
+    devices = args.get("devices")  # the run's devices (SMI numbering); None: every device
     folder = os.path.dirname(out) or "."
     have_tool = tool is not None and shutil.which(tool[0]) is not None
     # With "follow_parent", stop when the parent exits: under Slurm the sampler runs beside
@@ -194,7 +204,7 @@ def main(args):
                     samples, raw, why = tool_rows(tool, columns, max(2.0, interval * 2), fmt)
                 except (OSError, subprocess.SubprocessError) as exc:
                     samples, raw, why = None, f"{type(exc).__name__}: {exc}", "failed"
-                for metric, value, device in samples or ():
+                for metric, value, device in only_devices(samples or (), devices):
                     write(metric, value, device)
                 if samples is None and not raw_written:
                     write(

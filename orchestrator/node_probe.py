@@ -3,7 +3,8 @@ environment of the node, printed as one JSON object. Standard library only, Pyth
 because the node's interpreter may be a vendor image's. Imports nothing from orchestrator.
 
 Input (argv[1], JSON): nproc, data_dir, weights, workdir, min_free_gb, ib_hcas, smi,
-need_torch, need_docker, docker_host, devices ({"look": [path], "needed": [[path, remedy]]}).
+need_torch, need_docker, docker_host, devices ({"look": [path], "needed": [[path, remedy]]}),
+visible_devices_env (a variable name: its value is reported as env.visible_devices_env).
 Output: {"checks": [{"name", "ok", "detail"}], "env": {...}}
 """
 
@@ -260,6 +261,9 @@ def main():
         "python_path": sys.executable,
         "ib": _ib_ports(),
     }
+    visible_var = args.get("visible_devices_env")
+    if visible_var:  # an admin's own choice of devices on this node (host runtime)
+        env["visible_devices_env"] = os.environ.get(visible_var)
     docker_env = dict(os.environ)
     if args.get("docker_host"):
         docker_env["DOCKER_HOST"] = args["docker_host"]

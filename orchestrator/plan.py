@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
+from orchestrator.devices import DEVICE_ORDER, Devices, choose_devices
 from orchestrator.errors import ConfigError
 from orchestrator.pathnames import RUN_ID_PATTERN
+from orchestrator.rendezvous import Master, master_address
 from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology
 from orchestrator.states import PRECISIONS, Precision, Runtime
 from orchestrator.tables import control_character
@@ -76,10 +78,6 @@ def check_hparams(hparams: Mapping[str, str], precision: str = "fp32") -> None:
         raise ConfigError(exc.message, exc.remedy) from None
 
 
-def master_address(node: NodeSpec) -> str:
-    return "127.0.0.1" if node.is_local else node.address
-
-
 @dataclass(frozen=True)
 class NodePlan:
     node: NodeSpec
@@ -93,6 +91,7 @@ class NodePlan:
     workload_dir: str | None  # host runtime: where the workload source is staged
     # docker runtime: each vendor runtime option of this node, used or left out, and why
     runtime_notes: tuple[str, ...] = ()
+    devices: Devices | None = None  # local rank i on device devices.indices[i] (SMI numbering)
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -116,6 +115,8 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     hardware_label: str | None = None  # the vendor profile's label, e.g. 'MetaX C500 64G'
     monitor_tool: str | None = None  # the vendor's SMI tool, probed and later sampled
+    master_source: str = ""  # why master_addr is that address (Master.source)
+    visible_devices_var: str | None = None  # the profile's, e.g. CUDA_VISIBLE_DEVICES
 
     def render(self) -> str:
         job = self.job
@@ -124,8 +125,9 @@ class Plan:
             f"run {job.run_id}: {job.case} on cluster {job.cluster.name} "
             f"(vendor {job.cluster.vendor}), topology {job.topology}, precision {job.precision}",
             f"runtime {self.runtime}" + (f", image {self.image}" if self.image else ""),
-            f"rendezvous static, master {self.master_addr}:{self.master_port}, "
-            f"world size {job.topology.world_size}",
+            f"rendezvous static, master {self.master_addr}:{self.master_port}"
+            + (f" ({self.master_source})" if self.master_source else "")
+            + f", world size {job.topology.world_size}",
             f"hparams {hp}",
             f"timeouts: overall {_secs(job.timeout_s)}, no progress {_secs(job.no_progress_timeout_s)}",
         ]
@@ -145,6 +147,8 @@ class Plan:
             ]
             if np_.workload_dir:
                 lines.append(f"  stage:     workload source -> {np_.workload_dir}")
+            if np_.devices:
+                lines.append(f"  devices:   {_devices_line(np_.devices)}")
             lines += [
                 f"  run dir:   {np_.run_dir}",
                 f"  command:   {np_.shell_line()}",
@@ -153,6 +157,13 @@ class Plan:
                 f"  collect:   {np_.output_dir}/rank-*.json, log",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _devices_line(devices: Devices) -> str:
+    """Local rank i on the i-th device listed; the monitors sample the same devices."""
+    last = len(devices.indices) - 1
+    ranks = "local rank 0" if last == 0 else f"local ranks 0..{last}"
+    return f"{ranks} on device(s) {devices.env_value()} ({devices.source})"
 
 
 def _secs(value: float | None) -> str:
@@ -181,7 +192,11 @@ def workload_args(job: JobSpec, output_dir: str) -> list[str]:
 
 
 def node_env(
-    job: JobSpec, node: NodeSpec, vendor_env: Mapping[str, str], visible_devices_var: str | None
+    job: JobSpec,
+    node: NodeSpec,
+    vendor_env: Mapping[str, str],
+    visible_devices_var: str | None,
+    devices: Devices | None = None,
 ) -> dict[str, str]:
     # The run id and node name mark every process of the run on the node (backends/ssh/guard.py).
     env = {"ORCHESTRATOR_RUN_ID": job.run_id, "ORCHESTRATOR_NODE": node.name}
@@ -193,7 +208,11 @@ def node_env(
         env["NCCL_SOCKET_IFNAME"] = node.socket_ifname
         env["GLOO_SOCKET_IFNAME"] = node.socket_ifname
     if visible_devices_var:
-        env[visible_devices_var] = ",".join(str(i) for i in range(job.topology.nproc_per_node))
+        devices = devices or Devices(tuple(range(job.topology.nproc_per_node)), "")
+        env[visible_devices_var] = devices.env_value()
+        if visible_devices_var in DEVICE_ORDER:  # the runtime's numbering = the SMI tool's
+            order_var, order = DEVICE_ORDER[visible_devices_var]
+            env[order_var] = order
     return env
 
 
@@ -219,14 +238,18 @@ def build_plan(
     visible_devices_var: str | None = None,
     wrap: Callable[[NodePlan], tuple[str, ...]] | None = None,
     image: str | None = None,
+    master: Master | None = None,
+    node_values: Mapping[str, str | None] | None = None,
 ) -> Plan:
-    """The plan for every node. `wrap` turns a node's command into its container command."""
+    """The plan for every node. `wrap` turns a node's command into its container command;
+    `master` is master_address(job, route) (without it: no route lookup); `node_values`: the
+    visible-devices variable as each node's own environment sets it (host runtime)."""
     if job.precision not in PRECISIONS:
         raise ConfigError(
             f"precision {job.precision!r} is not known", f"use one of {', '.join(PRECISIONS)}"
         )
     topo = job.topology
-    master = master_address(job.nodes[0])
+    master = master or master_address(job)
     port = job.cluster.master_port
     runtime: Runtime = "docker" if wrap else "host"
     plans = []
@@ -236,7 +259,13 @@ def build_plan(
         workload_dir = (
             None if wrap else str(PurePosixPath(node.workdir) / "workload" / workload_hash)
         )
-        env = node_env(job, node, vendor_env or {}, visible_devices_var)
+        devices = None
+        if visible_devices_var:
+            value = (node_values or {}).get(node.name)
+            devices = choose_devices(
+                node, topo.nproc_per_node, visible_devices_var, value, job.cluster.source
+            )
+        env = node_env(job, node, vendor_env or {}, visible_devices_var, devices)
         if visible_devices_var:  # an accelerator profile: NCCL; the vendor's own settings win
             env = {**nccl_log_env(run_dir), **env}
         if workload_dir:
@@ -248,7 +277,7 @@ def build_plan(
             f"--nnodes={topo.nnodes}",
             f"--nproc-per-node={topo.nproc_per_node}",
             f"--node-rank={rank}",
-            f"--master-addr={master}",
+            f"--master-addr={master.address}",
             f"--master-port={port}",
             "--max-restarts=0",
             "-m",
@@ -265,14 +294,16 @@ def build_plan(
             torchrun_argv=torchrun,
             argv=torchrun,
             workload_dir=workload_dir,
+            devices=devices,
         )
         if wrap:
             np_ = replace(np_, argv=wrap(np_))
         plans.append(np_)
     return Plan(
         job=job,
-        master_addr=master,
+        master_addr=master.address,
         master_port=port,
+        master_source=master.source,
         nodes=tuple(plans),
         runtime=runtime,
         image=image,

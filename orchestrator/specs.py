@@ -69,6 +69,7 @@ class NodeSpec:
     python: str = "python3"  # interpreter with torch for the host runtime
     workdir: str = ""  # where run folders live on the node; "": default_workdir(login user)
     docker_host: str | None = None  # the node's Docker daemon socket, when not the default
+    visible_devices: tuple[int, ...] | None = None  # the devices runs use, by local rank
 
     def __post_init__(self) -> None:
         if not self.workdir:
@@ -117,6 +118,7 @@ class ClusterSpec:
     runtime: Runtime = "host"  # 'host' (python on the node) or 'docker'
     backend: BackendName = "ssh"  # 'ssh' (our own launcher) or 'slurm'
     master_port: int = 29500
+    master_addr: str | None = None  # node 0's address as the other nodes reach it
     follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
     image: object | None = None  # [image] table: images.workflow.ImageSettings
     slurm: SlurmSettings | None = None  # the [slurm] table

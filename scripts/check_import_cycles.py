@@ -71,6 +71,21 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("orchestrator.campaign", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.store")),
+    *(
+        (
+            core,
+            (
+                *_BACKENDS,
+                *_TOP,
+                "orchestrator.queue",
+                "orchestrator.store",
+                "orchestrator.runs",
+                "orchestrator.transport",
+                "orchestrator.plan",
+            ),
+        )
+        for core in ("orchestrator.devices", "orchestrator.rendezvous")
+    ),
     (
         "orchestrator.plan",
         (

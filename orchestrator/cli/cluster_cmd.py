@@ -56,6 +56,7 @@ def cluster_document(app: AppContext) -> dict[str, Any]:
         "runtime": spec.runtime,
         "backend": spec.backend,
         "master_port": spec.master_port,
+        "master_addr": spec.master_addr,
         "follower_grace_s": spec.follower_grace_s,
         "store": _store_shown(app.store_url),
         "read_store": _store_shown(app.read_url),
@@ -85,6 +86,7 @@ def cluster_document(app: AppContext) -> dict[str, Any]:
                 "socket_ifname": node.socket_ifname,
                 "python": node.python,
                 "workdir": node.workdir,
+                "visible_devices": list(node.visible_devices) if node.visible_devices else None,
             }
             for node in spec.nodes
         ],
@@ -100,6 +102,7 @@ def cluster_output(app: AppContext) -> Output:
         ["runtime", doc["runtime"]],
         ["backend", doc["backend"]],
         ["master port", str(doc["master_port"])],
+        ["master address", doc["master_addr"] or "node 0's (docs/ssh.md)"],
         ["follower grace (s)", f"{doc['follower_grace_s']:g}"],
         ["store", doc["store"]],
         ["read store (query, serve)", doc["read_store"]],

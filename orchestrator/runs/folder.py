@@ -78,12 +78,15 @@ class NodeRef:
     address: str
     node_rank: int
     ib_hcas: tuple[str, ...] = ()  # the cluster file's ib_hcas for the node (what NCCL should use)
+    devices: tuple[int, ...] | None = None  # local rank i on device i of this list (SMI numbering)
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"name": self.name, "address": self.address}
         doc["node_rank"] = self.node_rank
         if self.ib_hcas:  # written only when named, so other manifests stay as they were
             doc["ib_hcas"] = list(self.ib_hcas)
+        if self.devices is not None:
+            doc["devices"] = list(self.devices)
         return doc
 
 
@@ -164,7 +167,7 @@ class RunManifest:
             "finished_at": _iso(self.finished_at),
             "status": self.status,
             "failure": self.failure,
-            "nodes": [n.to_dict() for n in self.nodes],
+            "nodes": [n.as_dict() for n in self.nodes],
             "image": None if self.image is None else {"tag": self.image.tag, "id": self.image.id},
             "campaign_id": self.campaign_id,
             "slurm_job_id": self.slurm_job_id,
@@ -337,7 +340,8 @@ def _nodes(f: _Fields, nnodes: int) -> tuple[NodeRef, ...]:
                 str(node.text("name")),
                 str(node.text("address")),
                 node.integer("node_rank"),
-                tuple(hcas),
+                ib_hcas=tuple(hcas),
+                devices=_devices(node),
             )
         )
     if sorted(n.node_rank for n in nodes) != list(range(nnodes)):
@@ -345,6 +349,16 @@ def _nodes(f: _Fields, nnodes: int) -> tuple[NodeRef, ...]:
     if len({n.name for n in nodes}) != len(nodes):
         raise f.fail("nodes", "a node name appears twice")
     return tuple(sorted(nodes, key=lambda n: n.node_rank))
+
+
+def _devices(node: _Fields) -> tuple[int, ...] | None:
+    """nodes[i].devices: the devices the node's ranks used, in local-rank order (optional)."""
+    items = node.get("devices", (list,), required=False)
+    if items is None:
+        return None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in items):
+        raise node.fail("devices", "must be a list of device indices")
+    return tuple(items)
 
 
 def _reject_constant(name: str) -> Any:

@@ -141,7 +141,8 @@ def aggregate(folder: RunFolder) -> RunMetrics | None:
         return imported_metrics(folder.manifest.imported)
     metrics = _from_ranks(folder)
     start, end = training_window(folder.ranks)
-    peaks = device_memory_peaks(folder.monitors, start, end, folder.manifest.nproc_per_node)
+    used = {n.name: n.devices for n in folder.manifest.nodes if n.devices is not None}
+    peaks = device_memory_peaks(folder.monitors, start, end, folder.manifest.nproc_per_node, used)
     if peaks:
         top = max(peaks, key=lambda p: p.used_bytes)
         return dataclasses.replace(

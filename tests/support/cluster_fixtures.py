@@ -78,6 +78,8 @@ def write_cluster_file(
     store_url: str | None = None,
     runtime: str = "host",
     follower_grace_s: float | None = None,
+    socket_ifname: str = "lo",
+    extra_cluster: Sequence[str] = (),
 ) -> Path:
     """A cluster file as a lab admin would write it, for test nodes on loopback addresses."""
     lines = [
@@ -87,6 +89,7 @@ def write_cluster_file(
         f"runtime = {_toml_str(runtime)}",
         f"master_port = {_free_port()}",
         *([f"follower_grace_s = {follower_grace_s}"] if follower_grace_s else []),
+        *extra_cluster,
         "",
         "[ssh]",
         f"known_hosts = [{', '.join(_toml_str(k) for k in ssh.known_hosts)}]",
@@ -110,7 +113,7 @@ def write_cluster_file(
             *([f"key_file = {_toml_str(node.key_file)}"] if node.key_file else []),
             *([f"docker_host = {_toml_str(node.docker_host)}"] if node.docker_host else []),
             f"accelerators = {accelerators}",
-            'socket_ifname = "lo"',
+            f"socket_ifname = {_toml_str(socket_ifname)}",
             f"python = {_toml_str(sys.executable)}",
             f"workdir = {_toml_str(str(workdir_root / node.name))}",
             "",

@@ -214,12 +214,14 @@ def test_a_slurm_cluster_needs_no_node_list() -> None:
         (
             {"nodes": [{**NODE, "color": "red"}]},
             "lab.toml: nodes[0].color is not a known key (known keys here: accelerators, address, "
-            "docker_host, ib_hcas, key_file, name, port, python, socket_ifname, user, workdir)",
+            "docker_host, ib_hcas, key_file, name, port, python, socket_ifname, user, "
+            "visible_devices, workdir)",
         ),
         (
             _with(node_defaults={"name": "x"}),
             "lab.toml: node_defaults.name is not a known key (known keys here: accelerators, "
-            "docker_host, ib_hcas, key_file, port, python, socket_ifname, user, workdir)",
+            "docker_host, ib_hcas, key_file, port, python, socket_ifname, user, visible_devices, "
+            "workdir)",
         ),
         (_with(ssh=[]), "lab.toml: ssh must be a table (write it as [ssh])"),
         (
@@ -403,7 +405,7 @@ def test_follower_grace_defaults_to_180_s_and_refuses_less_than_6() -> None:
 def test_unknown_keys_of_the_cluster_and_store_tables_are_refused() -> None:
     assert _error(_with(cluster={"colour": "red"})) == (
         "lab.toml: cluster.colour is not a known key (known keys here: backend, "
-        "follower_grace_s, master_port, name, runtime, vendor)"
+        "follower_grace_s, master_addr, master_port, name, runtime, vendor)"
     )
     assert _error(_with(store={"uri": "sqlite:///r.db"})) == (
         "lab.toml: store.uri is not a known key (known keys here: read_url, url)"

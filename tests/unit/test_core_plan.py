@@ -11,12 +11,12 @@ from orchestrator.errors import ConfigError
 from orchestrator.plan import (
     build_plan,
     make_job,
-    master_address,
     new_run_id,
     node_env,
     parse_sets,
     workload_args,
 )
+from orchestrator.rendezvous import master_address
 from orchestrator.specs import CaseSettings, ClusterSpec, NodeSpec, Topology, pick_nodes
 from workload.faster_rcnn.hparams import resolve
 
@@ -76,6 +76,7 @@ def test_node_env_is_run_id_unbuffered_vendor_env_and_only_the_network_settings_
         "NCCL_SOCKET_IFNAME": "ib0",
         "GLOO_SOCKET_IFNAME": "ib0",
         "CUDA_VISIBLE_DEVICES": "0,1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
     }
 
 
@@ -156,11 +157,10 @@ def test_host_plan_stages_the_workload_and_a_wrapped_plan_does_not() -> None:
 def test_a_local_node_is_reached_on_loopback_and_rendered_as_this_machine() -> None:
     local = NodeSpec("here", "local", accelerators=2, workdir="/w")
     cluster = ClusterSpec("solo", "cpu", (local,), source="x")
-    assert master_address(local) == "127.0.0.1"
-    assert master_address(NodeSpec("n", "10.1.1.1")) == "10.1.1.1"
     job = make_job(cluster, Topology(1, 2), (local,), run_id="r9")
+    assert master_address(job).address == "127.0.0.1"
     text = build_plan(job, workload_hash="h").render()
-    assert "master 127.0.0.1:29500, world size 2" in text
+    assert "master 127.0.0.1:29500 (every node is this machine), world size 2" in text
     assert "node here (node rank 0, this machine)" in text
     assert "hparams (defaults)" in text and "timeouts: overall none, no progress none" in text
     assert ", IB " not in text

@@ -20,11 +20,13 @@ from orchestrator.backends.ssh.guard import (
     parse_state,
 )
 from orchestrator.backends.ssh.launch import Execution
+from orchestrator.config import parse_cluster
 from orchestrator.errors import ConfigError
 from orchestrator.queue import leases
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import load_manifest
-from orchestrator.runs.lifecycle import utcnow
+from orchestrator.runs.lifecycle import SubmitRequest, utcnow
+from orchestrator.specs import Topology
 from orchestrator.store.models import NodeLease
 from tests.support.store_fixtures import RUN_2X8
 
@@ -134,8 +136,6 @@ def test_node_state_lines_parse_into_exit_code_liveness_abandonment_and_log() ->
 def _adoptee(tmp_path: Path) -> adoption.Adoptee:
     from orchestrator.backends.ssh.submit import make_plan
     from orchestrator.config import embedded_default
-    from orchestrator.runs.lifecycle import SubmitRequest
-    from orchestrator.specs import Topology
 
     req = SubmitRequest(topology=Topology(1, 1))
     plan = make_plan(embedded_default(), req, run_id="r1")
@@ -237,3 +237,24 @@ def test_lease_rows_name_the_cluster_node_run_and_holder(
         (manifest.cluster, n, "r1", "submit root@h pid 7") for n in NODES
     ]
     assert timedelta(seconds=25) < expires - utcnow() <= timedelta(seconds=30)
+
+
+def test_an_adopted_runs_plan_keeps_the_devices_its_preflight_found(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    manifest = _manifest(fixture_runs, "r1")
+    data = {
+        "cluster": {"name": manifest.cluster, "vendor": "nvidia"},
+        "nodes": [
+            {"name": n, "address": f"10.0.0.{i}", "accelerators": 8} for i, n in enumerate(NODES, 1)
+        ],
+    }
+    cluster = parse_cluster(data, "lab.toml")
+    request = leases.request_for(cluster, SubmitRequest(topology=Topology(2, 2)), data)
+    leases.create_followed_run(sqlite_store, manifest, request, NODES, "submit", 60)
+    sqlite_store.record_environment("r1", NODES[0], 0, {"visible_devices_env": "6,7"})
+    sqlite_store.record_environment("r1", NODES[1], 1, {"visible_devices_env": None})
+    leases.renew(sqlite_store, "r1", "submit", -1)
+    (orphan,) = leases.find_orphans(sqlite_store)
+    plan = adoption.load(sqlite_store, orphan).plan
+    assert [n.env_dict["CUDA_VISIBLE_DEVICES"] for n in plan.nodes] == ["6,7", "0,1"]

@@ -88,22 +88,26 @@ def settle_due(orphan: leases.Orphan, now: datetime | None = None) -> bool:
 
 def load(store: Store, orphan: leases.Orphan) -> Adoptee:
     """The run's plan as its submitter made it (same nodes, same paths), from its request."""
+    from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY
     from orchestrator.backends.ssh.submit import make_plan
     from orchestrator.runs.lifecycle import request_from_doc
 
     with store.reading() as conn:
         ranked = conn.execute(
-            select(RunNode.node_name)
+            select(RunNode.node_name, RunNode.env)
             .where(RunNode.run_id == orphan.run_id)
             .order_by(RunNode.node_rank, RunNode.node_name)
         ).all()
         row = conn.execute(
             select(Run.submitted_at, Run.started_at).where(Run.run_id == orphan.run_id)
         ).one()
-    nodes = [n for (n,) in ranked] or list(orphan.nodes)
+    nodes = [n for (n, _) in ranked] or list(orphan.nodes)
     cluster = leases.cluster_from(orphan.request)
     req = request_from_doc(orphan.request, nodes)
-    plan = make_plan(cluster, req, run_id=orphan.run_id)
+    # The devices its preflight found in the nodes' environments (what the ranks run on).
+    found = {n: (env or {}).get(VISIBLE_DEVICES_KEY) for n, env in ranked}
+    values = found if any(v is not None for v in found.values()) else None
+    plan = make_plan(cluster, req, run_id=orphan.run_id, node_values=values)
     return Adoptee(orphan, plan, req, row.submitted_at, row.started_at)
 
 

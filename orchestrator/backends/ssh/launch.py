@@ -111,6 +111,11 @@ sleep 0.2
 """
 
 
+def _indices(np_: NodePlan) -> tuple[int, ...] | None:
+    """The node's devices for its sampler: the run's ones only, when the plan chose them."""
+    return np_.devices.indices if np_.devices else None
+
+
 def kill_run_processes(transport: Transport, run_id: str, grace_s: float = KILL_GRACE_S) -> None:
     """End every process of the run on this node, whatever session it is in."""
     steps = str(max(1, int(grace_s * 10)))
@@ -165,7 +170,7 @@ class Watch:
             python = "python3" if self.plan.runtime == "docker" else np_.node.python
             out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
             return t.spawn(
-                monitor.sampler_argv(python, tool, out, every_s),
+                monitor.sampler_argv(python, tool, out, every_s, _indices(np_)),
                 env=run_env(self.plan.job.run_id, np_.node.name, "monitor"),
                 cwd=np_.run_dir,
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",

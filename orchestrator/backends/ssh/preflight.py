@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from orchestrator.transport import NodeSession, Transport
 
 PROBE_SOURCE = NODE_PROBE_PATH.read_text(encoding="utf-8")
+#: env.json key: the visible-devices variable as the node's own environment sets it (or null).
+VISIBLE_DEVICES_KEY = "visible_devices_env"
 
 
 @dataclass
@@ -40,7 +42,14 @@ class NodeReport:
         return [f"{c['name']}: {c['detail']}" for c in self.checks if not c["ok"]]
 
 
-def probe_args(job: JobSpec, node: NodeSpec, *, smi: str | None, docker: bool) -> dict[str, Any]:
+def probe_args(
+    job: JobSpec,
+    node: NodeSpec,
+    *,
+    smi: str | None,
+    docker: bool,
+    visible_devices_var: str | None = None,
+) -> dict[str, Any]:
     return {
         "nproc": job.topology.nproc_per_node,
         "data_dir": job.cluster.case.data_dir,
@@ -54,6 +63,8 @@ def probe_args(job: JobSpec, node: NodeSpec, *, smi: str | None, docker: bool) -
         "need_docker": docker,
         "docker_host": node.docker_host,
         **runtime_probe_args(job, node, docker=docker),
+        # host runtime: which devices an admin's own setting on the node makes visible
+        "visible_devices_env": None if docker else visible_devices_var,
     }
 
 
@@ -87,6 +98,7 @@ def probe_all(
     smi: str | None = None,
     docker: bool = False,
     timeout: float = 120.0,
+    visible_devices_var: str | None = None,
     on_node: Callable[[NodeReport, float], None] | None = None,
 ) -> dict[str, NodeReport]:
     """Probe every connected node in parallel; a node whose probe breaks gets a failed check.
@@ -97,7 +109,10 @@ def probe_all(
         node = nodes[t.node.name]
         python = "python3" if docker else node.python
         started = time.monotonic()
-        report = probe_node(t, python, probe_args(job, node, smi=smi, docker=docker), timeout)
+        args = probe_args(
+            job, node, smi=smi, docker=docker, visible_devices_var=visible_devices_var
+        )
+        report = probe_node(t, python, args, timeout)
         if on_node is not None:
             on_node(report, time.monotonic() - started)
         return report
@@ -132,10 +147,19 @@ def run_preflight(
     smi: str | None = None,
     docker: bool = False,
     timeout: float = 120.0,
+    visible_devices_var: str | None = None,
     on_node: Callable[[NodeReport, float], None] | None = None,
 ) -> dict[str, NodeReport]:
     """Probe every node; raise PreflightError naming each failing node and check."""
-    reports = probe_all(session, job, smi=smi, docker=docker, timeout=timeout, on_node=on_node)
+    reports = probe_all(
+        session,
+        job,
+        smi=smi,
+        docker=docker,
+        timeout=timeout,
+        on_node=on_node,
+        visible_devices_var=visible_devices_var,
+    )
     bad = {name: "; ".join(r.failures()) for name, r in reports.items() if not r.ok}
     if bad:
         raise PreflightError(

@@ -4,6 +4,7 @@ Ctrl-C, leaves the run row final, the run folder written, and nothing running on
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -19,7 +20,7 @@ from orchestrator.backends.ssh.guard import (
     start_guards,
 )
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
-from orchestrator.backends.ssh.preflight import run_preflight
+from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, run_preflight
 from orchestrator.backends.ssh.runtime_check import (
     check_runtime_options,
     device_facts,
@@ -29,6 +30,7 @@ from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.plan import Plan, build_plan
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
+from orchestrator.rendezvous import master_address
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, make_run_dir
 from orchestrator.runs.lifecycle import (
@@ -43,7 +45,7 @@ from orchestrator.runs.lifecycle import (
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, verbosity
-from orchestrator.specs import ClusterSpec, pick_nodes
+from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
 
@@ -64,11 +66,15 @@ def make_plan(
     image: str | None = None,
     image_id: str | None = None,
     facts: Mapping[str, Mapping[str, bool]] | None = None,
+    node_values: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """The plan a submission executes (what --dry-run prints). With the docker runtime each
     node's command is wrapped in `docker run` of `image` (default: the content tag the vendor's
     wheels and the workload give, computed without a daemon), with the runtime options that
-    fit the node: `facts` are the device files its probe found (None: not probed yet)."""
+    fit the node: `facts` are the device files its probe found (None: not probed yet). With
+    the host runtime the visible-devices variable that a node's own environment sets is
+    respected: `node_values` (preflight reads it on every node; this process's own environment
+    is the local node's)."""
     from orchestrator.images.profiles import load_profile
 
     nodes = pick_nodes(cluster, req.topology, list(req.node_names) if req.node_names else None)
@@ -91,11 +97,16 @@ def make_plan(
             backbone_weights=cluster.case.backbone_weights,
             facts=facts,
         )
+    var = runtime.visible_devices_env or None
+    if cluster.runtime == "host" and var and node_values is None:
+        node_values = {n.name: os.environ.get(var) for n in nodes if n.is_local}
     plan = build_plan(
         job,
+        master=master_address(job, _route),
+        node_values=node_values if cluster.runtime == "host" else None,
         workload_hash=workload_hash(),
         vendor_env=runtime.env,
-        visible_devices_var=runtime.visible_devices_env or None,
+        visible_devices_var=var,
         wrap=wrap,
         image=image,
     )
@@ -107,6 +118,7 @@ def make_plan(
         image_id=image_id,
         hardware_label=profile.label,
         monitor_tool=runtime.monitor[0] if runtime.monitor else None,
+        visible_devices_var=var,
     )
 
 
@@ -126,6 +138,12 @@ def _with_runtime_notes(
         for np_ in plan.nodes
     )
     return replace(plan, nodes=nodes)
+
+
+def _route(node: NodeSpec) -> str | None:
+    from orchestrator.transport.route import source_address
+
+    return source_address(node.address, node.port)
 
 
 def _expected_image(cluster: ClusterSpec) -> tuple[str, tuple[str, ...]]:
@@ -149,7 +167,14 @@ def ssh_manifest(plan: Plan, req: SubmitRequest, status: RunStatus, **extra: Any
         backend="ssh",
         runtime=plan.runtime,
         nodes=[
-            NodeRef(n.node.name, n.node.address, n.node_rank, n.node.ib_hcas) for n in plan.nodes
+            NodeRef(
+                n.node.name,
+                n.node.address,
+                n.node_rank,
+                ib_hcas=n.node.ib_hcas,
+                devices=n.devices.indices if n.devices else None,
+            )
+            for n in plan.nodes
         ],
         image=ImageRef(plan.image, plan.image_id) if plan.image else None,
         hardware_label=plan.hardware_label,
@@ -230,6 +255,7 @@ def _execute(
                 session,
                 job,
                 smi=plan.monitor_tool,
+                visible_devices_var=plan.visible_devices_var,
                 docker=plan.runtime == "docker",
                 on_node=lambda report, took: view.line(_preflight_line(report, took)),
             )
@@ -246,6 +272,7 @@ def _execute(
                     env["accepted_new_host_key"] = accepted
                 store.record_environment(job.run_id, np_.node.name, np_.node_rank, env)
                 write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
+            plan = _with_node_devices(plan, req, reports)
             _check_stop(stop)
             if plan.runtime == "docker":
                 view.phase("image", "build where missing, then transfer to the nodes that lack it")
@@ -310,6 +337,20 @@ def _execute(
     phases.lap("publish")
     write_json(run_dir / "timings.json", phases.as_dict())
     return outcome
+
+
+def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, Any]) -> Plan:
+    """The host runtime's plan with the visible devices each node's own environment sets
+    (its CUDA_VISIBLE_DEVICES, as preflight read it); a list that cannot serve the topology
+    is refused here, before anything starts."""
+    if plan.runtime != "host":
+        return plan
+    values = {name: r.env.get(VISIBLE_DEVICES_KEY) for name, r in reports.items()}
+    if all(value is None for value in values.values()):
+        return plan
+    job = plan.job
+    rebuilt = make_plan(job.cluster, req, job.run_id, node_values=values)
+    return replace(rebuilt, job=job)
 
 
 def _preflight_line(report: Any, took_s: float) -> str:

@@ -8,6 +8,7 @@ visible_devices_env (a variable name: its value is reported as env.visible_devic
 Output: {"checks": [{"name", "ok", "detail"}], "env": {...}}
 """
 
+import binascii
 import json
 import os
 import platform
@@ -242,6 +243,38 @@ def _check_devices(devices, env, check):
         check("device " + path, ok, "present" if ok else f"missing ({remedy})")
 
 
+WORKDIR_ID_FILE = ".workdir-id"
+
+
+def workdir_id(workdir):
+    """A random id kept in the workdir, made once: two nodes that report the same id share one
+    folder (one file system), and would write each other's run folders. None if unreadable."""
+    path = os.path.join(workdir, WORKDIR_ID_FILE)
+    try:
+        with open(path) as f:
+            found = f.read().strip()
+        if found:
+            return found
+    except OSError:
+        pass
+    token = binascii.hexlify(os.urandom(16)).decode()
+    tmp = path + "." + token + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        try:
+            os.link(tmp, path)  # atomic: of two nodes making it at once, one wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def main():
     args = json.loads(sys.argv[1])
     checks = []
@@ -340,6 +373,7 @@ def main():
     problem = private_dir_problem(workdir)
     check("workdir", problem is None, problem or workdir + " (only you can write it)")
     if problem is None:  # else the workdir check has said why
+        env["workdir_id"] = workdir_id(workdir)
         try:
             free = shutil.disk_usage(workdir).free
             need = float(args.get("min_free_gb", 1.0)) * 2**30

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.backends.base import DoctorCheck, DoctorReport
-from orchestrator.backends.ssh.preflight import NodeReport, probe_all
+from orchestrator.backends.ssh.preflight import NodeReport, probe_all, shared_workdirs
 from orchestrator.plan import make_job
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology, pick_nodes
 
@@ -29,6 +29,8 @@ def run_doctor(cluster: ClusterSpec, topology: str | None, node_names: str | Non
             session, job, smi=monitor[0] if monitor else None, docker=cluster.runtime == "docker"
         )
         trials = _runtime_trials(session, cluster, nodes, reports)
+        for name, why in shared_workdirs(reports, {n.name: n.workdir for n in nodes}).items():
+            reports[name].checks.append({"name": "workdir shared", "ok": False, "detail": why})
         for name, why in session.connect_failures.items():
             reports[name] = NodeReport(name, [{"name": "connect", "ok": False, "detail": why}])
         connect_error = session.connect_error()

@@ -140,6 +140,27 @@ def doctor_command(job: JobSpec) -> str:
     return shlex.join(words)
 
 
+def shared_workdirs(reports: dict[str, NodeReport], workdirs: dict[str, str]) -> dict[str, str]:
+    """Nodes whose workdirs are one folder (the same id in it: a shared file system): they
+    would write one node.log and collect each other's files. Each such node, with why."""
+    by_id: dict[str, list[str]] = {}
+    for name, report in reports.items():
+        found = report.env.get("workdir_id")
+        if isinstance(found, str) and found:
+            by_id.setdefault(found, []).append(name)
+    problems = {}
+    for names in by_id.values():
+        if len(names) < 2:
+            continue
+        for name in names:
+            others = ", ".join(n for n in sorted(names) if n != name)
+            problems[name] = (
+                f"workdir: {workdirs.get(name, '?')} is the same folder as {others}'s (a shared "
+                "file system): give each node a workdir of its own on a node-local disk"
+            )
+    return problems
+
+
 def run_preflight(
     session: NodeSession,
     job: JobSpec,
@@ -161,6 +182,7 @@ def run_preflight(
         visible_devices_var=visible_devices_var,
     )
     bad = {name: "; ".join(r.failures()) for name, r in reports.items() if not r.ok}
+    bad.update(shared_workdirs(reports, {n.name: n.workdir for n in job.nodes}))
     if bad:
         raise PreflightError(
             f"preflight failed on {len(bad)} of {len(reports)} node(s), nothing was started",

@@ -128,9 +128,37 @@ def test_global_options_are_accepted_after_the_command(run_cli: Any, history: st
     assert len(json.loads(after.out)) == 4
     eq = run_cli("query", f"--db={history}", "SELECT count(*) AS n FROM runs", "--format", "csv")
     assert eq.out.splitlines() == ["n", "4"]
-    quiet = run_cli("runs", "list", "-q")
-    assert quiet.exit_code == 2
-    assert "-q is a global option: put it before the command" in quiet.err
+    quiet = run_cli("runs", "list", "-q", "--db", history, "--format", "csv")
+    assert quiet.exit_code == 0, quiet.err
+    assert len(quiet.out.splitlines()) == 5  # header and 4 runs
+
+
+def test_quiet_and_verbose_after_the_command_move_in_front_unless_the_command_owns_them() -> None:
+    from orchestrator.cli import _declares, cli, move_global_options
+
+    def owns(words: list[str], flag: str) -> bool:
+        return _declares(cli, words, flag)
+
+    assert move_global_options(["runs", "list", "-q", "--db", "x"], owns) == [
+        "-q",
+        "--db",
+        "x",
+        "runs",
+        "list",
+    ]
+    assert move_global_options(["submit", "1x1", "-vv", "--", "-q"], owns) == [
+        "-vv",
+        "submit",
+        "1x1",
+        "--",
+        "-q",
+    ]
+    assert move_global_options(["image", "build", "-v", "--quiet"], owns) == [
+        "--quiet",
+        "image",
+        "build",
+        "-v",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -195,6 +195,7 @@ def submit(
     chosen = backends.for_cluster(cluster)
     first = chosen.plan(cluster, req)  # pure: a bad --set or topology fails before any write
     if detach and not dry_run:
+        from orchestrator.cli import with_global_options
         from orchestrator.queue.enqueue import EnqueueItem, detach_hints, enqueue_runs
 
         items: list[EnqueueItem] = [(cluster, req, {}) for _ in range(repeat)]
@@ -203,10 +204,15 @@ def submit(
         for run_id in ids:
             click.echo(run_id)
         for hint in detach_hints(items):
-            click.echo(hint, err=True)
+            click.echo(with_global_options(hint, app), err=True)
         return
     if dry_run:
         click.echo(first.render(), nl=False)
+        click.echo(
+            f"dry run: nothing was started or stored; run id {first.job.run_id} is a placeholder "
+            "(each submit picks its own)",
+            err=True,
+        )
         return
     _run_repeats(app, req, repeat, runs_dir, lambda: chosen.plan(cluster, req), wait_for_nodes)
 

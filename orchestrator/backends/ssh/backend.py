@@ -64,10 +64,16 @@ class SshRun:
         return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
 
 
+DETACH_HINT = (
+    "queued runs start only when a worker takes them: run `orchestrator worker` "
+    "where the nodes are reachable (it waits for queued runs)"
+)
+
+
 class SshBackend:
     name: BackendName = "ssh"
     detached_as = "queued"
-    detach_hint: str | None = None
+    detach_hint: str | None = DETACH_HINT
 
     def plan(self, cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = None) -> SshRun:
         return SshRun(make_plan(cluster, req, run_id=run_id))

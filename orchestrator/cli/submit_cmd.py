@@ -240,6 +240,7 @@ def _run_repeats(
     """Run the request `repeat` times in a row (stopping early on Ctrl-C); exit 0 only when
     every run succeeded."""
     from orchestrator.runs.lifecycle import raise_for
+    from orchestrator.runs.stopping import cause_of
 
     console = Console(stderr=True)
     folder = runs_folder(runs_dir)
@@ -265,7 +266,7 @@ def _run_repeats(
             if stop.is_set():
                 break
     for outcome in outcomes:
-        raise_for(outcome)
+        raise_for(outcome, cause_of(stop))
 
 
 def _execute_when_free(
@@ -282,6 +283,7 @@ def _execute_when_free(
     abandoned one settled) instead of refusing."""
     from orchestrator.errors import RunCancelled
     from orchestrator.queue.leases import NodesBusy
+    from orchestrator.runs.stopping import EXIT_SIGINT, cause_of, stop_reason
 
     said = False
     while True:
@@ -294,7 +296,12 @@ def _execute_when_free(
                 console.print(f"[yellow]waiting: {exc.message}[/]")
                 said = True
         if stop.wait(5.0):
-            raise RunCancelled("stopped while waiting for the nodes", "nothing was started")
+            cause = cause_of(stop)
+            raise RunCancelled(
+                f"stopped while waiting for the nodes ({stop_reason(stop)})",
+                "nothing was started",
+                cause.exit_code if cause else EXIT_SIGINT,
+            )
         app.settle_orphans(store, console)
 
 

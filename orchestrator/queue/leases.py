@@ -24,7 +24,7 @@ from orchestrator.specs import ClusterSpec, NodeSpec, Topology, with_inputs
 from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
-from orchestrator.store.models import Campaign, NodeLease, Run, RunNode
+from orchestrator.store.models import Campaign, NodeLease, Run, RunNode, RunStatusChange
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -634,9 +634,26 @@ def request_cancel(store: Store, run_id: str, by: str) -> str:
                 f"run {run_id} was started by `orchestrator submit`, not by a worker",
                 "stop it with Ctrl-C where it runs",
             )
-        record_cancel_request(store, run_id, "running", f"cancel requested by {by}")
+        record_cancel_request(store, run_id, "running", f"{CANCEL_NOTE}{by}")
         return "requested"
     raise QueueError(f"run {run_id} already ended ({status})", "nothing to cancel")
+
+
+CANCEL_NOTE = "cancel requested by "  # the history line `orchestrator cancel` leaves
+
+
+def cancel_note(store: Store, run_id: str) -> str | None:
+    """The history's latest "cancel requested by WHO" line of the run, if any."""
+    with store.reading() as conn:
+        return conn.scalar(
+            select(RunStatusChange.reason)
+            .where(
+                RunStatusChange.run_id == run_id,
+                RunStatusChange.reason.like(f"{CANCEL_NOTE}%"),
+            )
+            .order_by(RunStatusChange.at.desc())
+            .limit(1)
+        )
 
 
 def record_cancel_request(store: Store, run_id: str, status: RunStatus, reason: str) -> None:

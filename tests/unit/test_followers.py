@@ -237,3 +237,51 @@ def test_lease_rows_name_the_cluster_node_run_and_holder(
         (manifest.cluster, n, "r1", "submit root@h pid 7") for n in NODES
     ]
     assert timedelta(seconds=25) < expires - utcnow() <= timedelta(seconds=30)
+
+
+def test_a_cancel_request_stops_the_follower_naming_who_asked(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    from orchestrator.queue.keeper import LeaseKeeper
+    from orchestrator.runs.stopping import StopCause, StopEvent
+
+    holder = "submit root@h pid 7"
+    _follow(sqlite_store, fixture_runs, "r1", holder)
+    assert leases.request_cancel(sqlite_store, "r1", "admin@lab1") == "requested"
+    stop = StopEvent()  # a foreground submit: its signals and the run share one event
+    with LeaseKeeper(sqlite_store, "r1", holder, 1.5, stop, stop):
+        assert stop.wait(10)
+    assert stop.cause == StopCause("cancelled by `orchestrator cancel` from admin@lab1", 4)
+
+
+def test_a_stopped_worker_passes_its_signal_on_to_the_run() -> None:
+    from orchestrator.runs.stopping import StopEvent, pass_on, signal_cause
+
+    worker_stop, run_stop = StopEvent(), StopEvent()
+    worker_stop.stop(signal_cause("SIGTERM", "`orchestrator worker` pid 9 on lab1"))
+    pass_on(worker_stop, run_stop)
+    assert run_stop.cause is not None and run_stop.cause.exit_code == 143
+    assert run_stop.cause.reason == "cancelled: `orchestrator worker` pid 9 on lab1 got SIGTERM"
+
+
+@pytest.mark.parametrize(
+    ("cause", "code", "message"),
+    [
+        (None, 4, "run r cancelled by `orchestrator cancel` from a@h"),
+        ("SIGINT", 130, "run r cancelled: `x` pid 1 on h got SIGINT (Ctrl-C)"),
+        ("SIGTERM", 143, "run r cancelled: `x` pid 1 on h got SIGTERM"),
+    ],
+)
+def test_submit_exits_with_the_code_of_whoever_cancelled(
+    cause: str | None, code: int, message: str, tmp_path: Path
+) -> None:
+    from orchestrator.errors import RunCancelled
+    from orchestrator.runs.lifecycle import Outcome, raise_for
+    from orchestrator.runs.stopping import cancel_request_cause, signal_cause
+
+    stop = signal_cause(cause, "`x` pid 1 on h") if cause else None
+    reason = (stop or cancel_request_cause("cancel requested by a@h")).reason
+    outcome = Outcome("r", "cancelled", tmp_path, Failure(reason), None)
+    with pytest.raises(RunCancelled) as raised:
+        raise_for(outcome, stop)
+    assert (raised.value.exit_code, raised.value.message) == (code, message)

@@ -211,3 +211,20 @@ def test_a_bad_set_is_refused_before_anything_is_written(run_cli: Any, tmp_path:
         assert result.exit_code == 2 and result.err.startswith(message), result.err
         assert result.err.count("\n") == 1
         assert not db.exists() and not Path("runs").exists()
+
+
+def test_the_exit_code_table_matches_the_codes_submit_uses() -> None:
+    from orchestrator.runs import stopping
+
+    section = DOC.read_text().split("## Exit codes", 1)[1]
+    codes = {
+        row.split("|")[1].strip(): int(row.split("|")[2])
+        for row in section.splitlines()
+        if row.startswith("| ") and row.split("|")[2].strip().isdigit()
+    }
+    assert codes["succeeded"] == 0
+    assert codes["failed, timed out, no progress, collection failed"] == stopping.EXIT_FAILED
+    cancel = "cancelled by `orchestrator cancel` (from any shell), or scancel on Slurm"
+    assert codes[cancel] == stopping.EXIT_CANCEL_REQUESTED == 4
+    assert codes["cancelled: this `submit` got SIGINT (Ctrl-C)"] == stopping.EXIT_SIGINT == 130
+    assert codes["cancelled: this `submit` got SIGTERM"] == stopping.EXIT_SIGTERM == 143

@@ -40,6 +40,7 @@ from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.runs.failure import Failure, diagnose
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.stopping import StopEvent, stop_reason
 from orchestrator.states import FinalStatus
 from orchestrator.store import status as run_status
 from orchestrator.store.models import Run, RunNode
@@ -137,7 +138,7 @@ def adopt_run(
         leases.end_run(store, orphan.run_id, "failed", reason, ["running"])
         return "failed"
     _history(store, orphan.run_id, f"{mode} by {holder}: {adoptee.gone_since()}")
-    run_stop = threading.Event()
+    run_stop = StopEvent()
     if mode == "follow":
         console.print(f"[bold]run {orphan.run_id}[/]: adopted by {holder}")
     with LeaseKeeper(store, orphan.run_id, holder, ttl_s, stop, run_stop):
@@ -299,9 +300,8 @@ class Reattach:
             if all(c == 0 for c in codes.values()):
                 return Execution("succeeded", started, utcnow(), None, dict(codes))
             if self.stop.is_set():
-                return self._stop(
-                    started, Failure("cancelled (the adopter was stopped)"), "cancelled"
-                )
+                why = stop_reason(self.stop, "cancelled (the adopter was stopped)")
+                return self._stop(started, Failure(why), "cancelled")
             quiet = now - self.view.last_event_at
             over = past_limits(job.timeout_s, job.no_progress_timeout_s, now - t0, quiet)
             if over is not None:

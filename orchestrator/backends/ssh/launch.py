@@ -18,6 +18,7 @@ from orchestrator.backends.ssh.guard import run_env
 from orchestrator.runs.failure import Failure, diagnose
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.stopping import stop_reason
 from orchestrator.workload_source import workload_files
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ class Watch:
             elif self.detach is not None and self.detach.is_set():
                 return Execution("detached", started, utcnow(), None, exits)
             elif self.stop.is_set():
-                status, failure = "cancelled", Failure("cancelled by the user (SIGINT/SIGTERM)")
+                status, failure = "cancelled", Failure(stop_reason(self.stop))
             else:
                 failure = past_limits(
                     timeout_s, no_progress_s, now - t0, now - self.view.last_event_at

@@ -228,3 +228,33 @@ def test_the_exit_code_table_matches_the_codes_submit_uses() -> None:
     assert codes[cancel] == stopping.EXIT_CANCEL_REQUESTED == 4
     assert codes["cancelled: this `submit` got SIGINT (Ctrl-C)"] == stopping.EXIT_SIGINT == 130
     assert codes["cancelled: this `submit` got SIGTERM"] == stopping.EXIT_SIGTERM == 143
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_export_suggests_a_checker_command_this_interpreter_can_run(
+    run_cli: Any, history: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (real(name, *a) if installed else None) if name == "mlperf_logging" else real(name, *a)
+        ),
+    )
+    out = tmp_path / "run.mllog"
+    done = run_cli("--db", history, "export", RUN_2X8, "--mllog", str(out))
+    assert done.exit_code == 0, done.err
+    hint = done.err.splitlines()[-1]
+    command = f"{sys.executable} -m mlperf_logging.compliance_checker --usage training"
+    if installed:
+        assert hint.startswith(f"check it with: {command}")
+    else:  # the default install lacks the package: say how to get it, with this interpreter
+        assert hint.startswith(
+            f"to check it, install MLPerf's checker ({sys.executable} -m pip install "
+            f"'mlperf-logging>=4.1'), then run: {command}"
+        )
+    assert hint.endswith(str(out))

@@ -51,7 +51,9 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
     with app.open_store() as store:
         brief = _run_of(store, run_id)
         if brief.status == "running":
-            with stop_on_signals() as stop:
+            # Only a run this attach adopted is stopped; one it watches goes on (said below).
+            announce = "stopping: a run this attach adopted is stopped, a watched one goes on"
+            with stop_on_signals(announce=announce) as stop:
                 backend = backends.by_name(brief.backend)
                 backend.attach(store, run_id, holder, runs_folder(folder), stop, console)
             brief = _run_of(store, run_id)

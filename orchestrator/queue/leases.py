@@ -273,9 +273,12 @@ def read_request(conn: Connection, run_id: str) -> dict[str, Any]:
     return dict(request)
 
 
-def describe_leases(conn: Connection) -> dict[str, str]:
+def describe_leases(
+    conn: Connection, alive: Callable[[str], bool | None] = lambda holder: None
+) -> dict[str, str]:
     """run id -> who holds its node leases, on which nodes, until when (`orchestrator queue`);
-    a follower whose leases expired is named as gone, awaiting adoption."""
+    a follower whose leases expired is named as gone, awaiting adoption. `alive(holder)`:
+    whether the follower's process lives (None: not known, e.g. on another host)."""
     held: dict[str, list[tuple[str, str, datetime]]] = {}
     for run_id, node, holder, expires in conn.execute(
         select(NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at)
@@ -287,9 +290,15 @@ def describe_leases(conn: Connection) -> dict[str, str]:
         who = holder if holder.startswith("submit ") else f"worker {holder}"
         until = max(expires for _, _, expires in mine)
         when = until.isoformat(timespec="seconds")
-        state = f"lease until {when}"
+        living = alive(holder)
+        state = f"lease until {when}" + (" (follower alive)" if living else "")
         if until <= now_utc():
             state = f"follower gone since {when}, awaiting adoption (`orchestrator attach`)"
+        elif living is False:
+            state = (
+                f"follower gone (no such process on this host), its lease runs out at {when}; "
+                f"then a worker or `orchestrator attach {run_id}` adopts the run"
+            )
         described[run_id] = f"{who} on {', '.join(node for node, _, _ in mine)}, {state}"
     return described
 

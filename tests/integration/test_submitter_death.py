@@ -5,6 +5,8 @@ process, container or sampler left, never with a result lost."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -257,4 +259,35 @@ def test_nodes_of_an_orphaned_run_are_refused_then_cancel_cleans_them(
     assert f"waiting: nodes busy: node1, node2 held by run {run_id}" in err
     statuses = dict(_rows(db, "SELECT run_id, status FROM runs"))
     assert statuses.pop(run_id) == "cancelled" and list(statuses.values()) == ["succeeded"]
+    _clean(tmp_path, run_id)
+
+
+def test_after_sigkill_queue_and_attach_say_the_follower_is_gone_and_attach_replays_real_times(
+    sshd_nodes, tiny_coco, tmp_path
+):
+    cfg = _cluster(sshd_nodes, tiny_coco, tmp_path, grace=45)  # a 15 s follower lease
+    db = tmp_path / "results.db"
+    proc = _submit(cfg, db, tmp_path, MEDIUM)
+    run_id = _running_run(proc, db)
+    pid = proc.pid
+    _kill(proc)
+    store = ["--cluster", str(cfg), "--db", f"sqlite:///{db}"]
+    queue = run_cli([*store, "queue", "--format", "json"], tmp_path)
+    assert queue.returncode == 0, queue.stderr
+    detail = next(q["detail"] for q in json.loads(queue.stdout) if q["run_id"] == run_id)
+    assert f"pid {pid} on " in detail, detail
+    # Its lease still runs (or just ran out): either way the queue does not call it alive.
+    assert "follower gone" in detail and "alive" not in detail, detail
+    attach = run_cli([*store, "attach", run_id], tmp_path)
+    assert attach.returncode == 0, attach.stderr[-3000:]
+    err = attach.stderr
+    assert f"succeeded: run {run_id} in " in err
+    # While the dead submit's lease ran out, attach said so (unless it had already run out).
+    waited = "waiting for the lease: submit " in err and f"pid {pid} is gone" in err
+    assert waited or "finishing: still running" not in err, err[-3000:]
+    # The replayed lines keep the workload's times from the submission, not 0.0-0.1 s.
+    stamps = [
+        float(m.group(1)) for m in re.finditer(r"^\s+(\d+\.\d)s  (?:init|training)", err, re.M)
+    ]
+    assert stamps and stamps == sorted(stamps) and stamps[-1] >= 1.0, err[-3000:]
     _clean(tmp_path, run_id)

@@ -285,3 +285,66 @@ def test_submit_exits_with_the_code_of_whoever_cancelled(
     with pytest.raises(RunCancelled) as raised:
         raise_for(outcome, stop)
     assert (raised.value.exit_code, raised.value.message) == (code, message)
+
+
+def test_a_follower_on_this_host_is_alive_or_gone_by_its_pid() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.queue.liveness import holder_process, liveness, pid_alive
+
+    assert holder_process("submit alice@lab1 pid 42") == ("lab1", 42)
+    assert holder_process("attach alice@lab1 pid 7") == ("lab1", 7)
+    assert holder_process("lab1:42") == ("lab1", 42)
+    assert holder_process("w1") is None  # a worker started with --id
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert pid_alive(os.getpid()) and not pid_alive(dead.pid)
+    assert liveness("submit a@lab1 pid 42", here="lab1", alive=lambda pid: pid != 42) is False
+    assert liveness("submit a@lab2 pid 42", here="lab1", alive=lambda pid: True) is None
+
+
+def test_queue_names_a_dead_follower_before_its_lease_runs_out(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7", ttl=60)
+    with sqlite_store.reading() as conn:
+        gone = leases.describe_leases(conn, lambda holder: False)["r1"]
+        alive = leases.describe_leases(conn, lambda holder: True)["r1"]
+        unknown = leases.describe_leases(conn)["r1"]
+    assert gone.startswith(
+        "submit root@h pid 7 on c500-01, c500-02, follower gone (no such process on this "
+        "host), its lease runs out at "
+    )
+    assert gone.endswith("; then a worker or `orchestrator attach r1` adopts the run")
+    assert alive.endswith(" (follower alive)") and "lease until " in alive
+    assert "lease until " in unknown and "alive" not in unknown and "gone" not in unknown
+
+
+def test_attach_says_it_waits_for_a_dead_followers_lease_not_still_running() -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.backends.ssh.adoption import _LeaseWait
+    from orchestrator.runs.progress import ProgressView
+
+    out = io.StringIO()
+    view = ProgressView("r1", Console(file=out, force_terminal=False, width=200), level=0)
+    expires = utcnow() + timedelta(seconds=40)
+    orphan = leases.Orphan("r1", {}, NODES, ("submit root@nowhere pid 7",), expires)
+    waiting = _LeaseWait(view)
+    waiting.check(orphan)  # first seen: nothing to say yet
+    assert out.getvalue() == ""
+    waiting.silence.since -= 16  # its expiry has not moved for 16 s: not renewed
+    waiting.check(orphan)
+    waiting.check(orphan)  # said once
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert (
+        "waiting for the lease: submit root@nowhere pid 7 stopped renewing its lease 16 s ago;"
+        in lines[0]
+    )
+    assert f"it runs out at {expires.strftime('%H:%M:%S')} UTC (in " in lines[0]
+    assert lines[0].endswith("then this attach adopts the run: collects, stores and cleans it")

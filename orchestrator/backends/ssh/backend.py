@@ -18,6 +18,7 @@ from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
 from orchestrator.queue import leases
+from orchestrator.queue.liveness import liveness
 from orchestrator.states import BackendName
 from orchestrator.store.queries import run_brief
 
@@ -143,7 +144,7 @@ class SshBackend:
         return adoption.reconcile(store, holder, console, runs_dir, mode="settle")
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
-        return leases.describe_leases(conn)
+        return leases.describe_leases(conn, liveness)
 
 
 def _status(store: Store, run_id: str) -> str | None:

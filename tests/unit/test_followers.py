@@ -348,3 +348,24 @@ def test_attach_says_it_waits_for_a_dead_followers_lease_not_still_running() -> 
     )
     assert f"it runs out at {expires.strftime('%H:%M:%S')} UTC (in " in lines[0]
     assert lines[0].endswith("then this attach adopts the run: collects, stores and cleans it")
+
+
+def test_a_signal_to_attach_names_the_process_and_does_not_promise_to_stop_a_watched_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+    import signal
+    import socket
+
+    from orchestrator.cli.attach_cmd import STOP_LINE as announce
+    from orchestrator.cli.context import stop_on_signals
+
+    assert "every node" not in announce and "a watched one goes on" in announce
+    with stop_on_signals(announce=announce) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5)
+    assert capsys.readouterr().err == f"\nSIGTERM: {announce}\n"
+    assert stop.cause is not None and stop.cause.exit_code == 143
+    assert stop.cause.reason == (
+        f"cancelled: `orchestrator` pid {os.getpid()} on {socket.gethostname()} got SIGTERM"
+    )

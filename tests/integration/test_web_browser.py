@@ -45,6 +45,7 @@ PAGES = {
     "/scaling": 2,
     HISTORY: 1,
     "/queue": 0,
+    "/campaigns": 0,
     f"/campaigns/{CAMPAIGN_ID}": 0,
 }
 

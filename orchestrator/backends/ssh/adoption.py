@@ -269,10 +269,10 @@ class _LeaseWait:
 
     def check(self, follower: leases.Orphan) -> None:
         quiet = self.silence.seen(follower.expired_at)
-        holders = ", ".join(follower.holders) or "its follower"
-        alive = [liveness(h) for h in follower.holders]
         if self.said or follower.expired_at is None:
             return
+        holders = ", ".join(follower.holders) or "its follower"
+        alive = [liveness(h) for h in follower.holders]
         if alive and all(a is False for a in alive):
             why = f"{holders} is gone (no such process on this host)"
         elif quiet > STALE_LEASE_S and not any(alive):

@@ -60,7 +60,8 @@ def signal_cause(signame: str, who: str) -> StopCause:
 
 
 def cancel_request_cause(note: str | None) -> StopCause:
-    """`note`: the history's "cancel requested by alice@lab1" line, when found."""
-    by = note.removeprefix("cancel requested by ").strip() if note else ""
+    """`note`: the history's "cancel requested by alice@lab1" line (on Slurm followed by
+    "(scancel JOB)"), when found."""
+    by = note.removeprefix("cancel requested by ").split(" (", 1)[0].strip() if note else ""
     who = f" from {by}" if by else ""
     return StopCause(f"cancelled by `orchestrator cancel`{who}", EXIT_CANCEL_REQUESTED)

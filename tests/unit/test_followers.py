@@ -254,6 +254,14 @@ def test_a_cancel_request_stops_the_follower_naming_who_asked(
     assert stop.cause == StopCause("cancelled by `orchestrator cancel` from admin@lab1", 4)
 
 
+def test_a_slurm_cancel_note_names_who_asked_once() -> None:
+    from orchestrator.runs.stopping import cancel_request_cause
+
+    cause = cancel_request_cause("cancel requested by admin@lab1 (scancel 42)")
+    assert cause.reason == "cancelled by `orchestrator cancel` from admin@lab1"
+    assert cancel_request_cause(None).reason == "cancelled by `orchestrator cancel`"
+
+
 def test_a_stopped_worker_passes_its_signal_on_to_the_run() -> None:
     from orchestrator.runs.stopping import StopEvent, pass_on, signal_cause
 

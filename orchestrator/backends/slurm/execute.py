@@ -659,7 +659,7 @@ def cancel_run(store: Store, run_id: str, by: str) -> str:
         raise ConfigError(
             f"run {run_id} has no Slurm job", "check the run id (`orchestrator runs`)"
         )
-    reason = f"cancel requested by {by} (scancel {row.slurm_job_id})"
+    reason = f"{leases.CANCEL_NOTE}{by} (scancel {row.slurm_job_id})"
     leases.record_cancel_request(store, run_id, row.status, reason)
     commands.scancel(row.slurm_job_id)
     return str(row.slurm_job_id)

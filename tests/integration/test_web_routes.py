@@ -257,12 +257,21 @@ def test_seed_page_and_downloads_match_the_report_command(
 
 
 def test_compare_two_runs(client: TestClient, web_store_url: str) -> None:
+    from orchestrator import units
+
     a, b = "20260113-101500-1x8-metax", "20260114-101500-2x8-metax"
     (pa,), (pb,) = (_stored(web_store_url, "p_core", where=f"run_id = '{r}'")[0] for r in (a, b))
     page = client.get(f"/compare?run={a}&run={b}")
     assert page.status_code == 200
     change = (float(pb) - float(pa)) / float(pa) * 100
     assert f"{change:+.1f} %" in page.text
+    metrics = page.text.split('id="compare-metrics"', 1)[1].split("</table>", 1)[0]
+    (ea,), (eb,) = (
+        _stored(web_store_url, "e2e_time_s", where=f"run_id = '{r}'")[0] for r in (a, b)
+    )
+    # values as `report` prints them: e2e_time to 0.1 s (not '1497'), p_core to 3 digits
+    for shown in (f"{float(ea):.1f}", f"{float(eb):.1f}", units.sig3(pa), units.sig3(pb)):
+        assert f'<td class="num">{shown}</td>' in metrics, shown
     differences = page.text.split('id="compare-differences"', 1)[1].split("</table>", 1)[0]
     assert "--set batch_size" in differences and "--set lr" in differences
     assert "compare-chart-1" in page.text  # per-epoch curves overlaid

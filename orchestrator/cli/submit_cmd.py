@@ -160,7 +160,8 @@ def submit(
 
     Connects to the nodes, checks them (preflight), starts torchrun on all of them at once,
     shows rank 0's progress, stops every node on any failure or Ctrl-C, collects the per-rank
-    results into ./runs/RUN_ID and stores them. Exit code 0 only when every run succeeded.
+    results into ./runs/RUN_ID and stores them. Exit code 0 only when every run succeeded; 1
+    failed, 4 cancelled by `orchestrator cancel`, 130 Ctrl-C, 143 SIGTERM (docs/output.md).
 
     \b
     Examples:

@@ -77,6 +77,11 @@ class RunFailed(OrchestratorError):
 
 
 class RunCancelled(RunFailed):
-    """The run was cancelled by Ctrl-C, SIGTERM or `orchestrator cancel`."""
+    """The run was cancelled by Ctrl-C, SIGTERM or `orchestrator cancel`: `exit_code` says
+    which (orchestrator/runs/stopping.py; docs/output.md, "Exit codes")."""
 
     exit_code = 130
+
+    def __init__(self, message: str, remedy: str | None = None, exit_code: int = 130) -> None:
+        super().__init__(message, remedy)
+        self.exit_code = exit_code

@@ -29,6 +29,16 @@ def _run(argv, timeout=20, env=None):
         return 127, str(exc)
 
 
+def _count(n, noun):
+    suffix = "" if n == 1 else ("es" if noun.endswith("s") else "s")
+    return f"{n} {noun}{suffix}"
+
+
+def cpu_detail(ncpu, nproc):
+    """The accelerators check of a node without one: '1 CPU core for 1 process'."""
+    return f"no accelerator; {_count(ncpu, 'CPU core')} for {_count(nproc, 'process')}"
+
+
 def _os_name():
     try:
         with open("/etc/os-release") as fh:
@@ -339,7 +349,7 @@ def main():
                 check(
                     "accelerators",
                     ncpu >= nproc,
-                    f"no accelerator; {ncpu} CPU cores for {nproc} processes",
+                    cpu_detail(ncpu, nproc),
                 )
 
     data_dir = args.get("data_dir")

@@ -34,10 +34,6 @@ def _text(value: Any) -> str:
     return fmt(value)
 
 
-def _map(value: Any) -> str:
-    return "" if value is None else f"{float(value):.3f}"
-
-
 SEED_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
     ("config", "config", _text),
     ("precision", "precision", _text),
@@ -46,7 +42,7 @@ SEED_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
     ("p_whole", "p_whole (img/s)", units.sig3),
     ("p_train", "p_train (img/s)", units.sig3),
     ("p_core", "p_core (img/s)", units.sig3),
-    ("map", "mAP", _map),
+    ("map", "mAP", units.map3),
     ("mem", "mem (GiB)", _text),
     ("run_id", "run", _text),
 )
@@ -68,9 +64,7 @@ def fmt(value: Any, pattern: str = "{}") -> str:
 
 
 def _measured_here(row: Mapping[Any, Any]) -> bool:
-    """A run of ours with metrics: an empty mem then means its device keeps no memory
-    statistics (the CPU). An imported run's logs may simply not say (empty cell)."""
-    return row.get("p_core") is not None and row.get("source") in (None, "orchestrator")
+    return units.measured_here(row.get("p_core"), row.get("source"))
 
 
 def seed_cells(row: Mapping[Any, Any]) -> list[str]:
@@ -244,13 +238,18 @@ def render_grouped_report(
     )
 
 
+def group_mem(group: Group) -> str:
+    """A configuration's mem cell: its peak, or `n/a (cpu)` when its runs keep no memory
+    statistics (the web's seed table shows the same)."""
+    measured = any(_measured_here(row) for row in group.rows)
+    return units.mem_cell(group.mem, measured, group.mem_source)
+
+
 def group_cells(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> list[str]:
     """One configuration's row of the grouped table, for people."""
     cells = [group.config, group.precision, group.fix_hp]
     cells += [_spread_cell(group, metric) for metric in METRICS]
-    measured = any(_measured_here(row) for row in group.rows)
-    mem = units.mem_cell(group.mem, measured, group.mem_source)
-    cells += [mem, str(group.n), _group_flag(group, regressions)]
+    cells += [group_mem(group), str(group.n), _group_flag(group, regressions)]
     return cells
 
 

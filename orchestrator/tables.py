@@ -128,8 +128,12 @@ class Table:
         fields.update(source=self.source, key=path, name=name)
         return self.dialect.error(words.message.format(**fields), words.remedy.format(**fields))
 
-    def _mistake(self, words: Words, key: str, value: object, **fields: object) -> NoReturn:
-        raise self._error(words, self.path(key), key, value=repr(value), **fields)
+    def _mistake(
+        self, words: Words, key: str, value: object, typed: bool = False, **fields: object
+    ) -> NoReturn:
+        # `typed`: a number or boolean was wanted, so a quoted "1" is named as the string it is
+        shown = f"the string {value!r}" if typed and isinstance(value, str) else repr(value)
+        raise self._error(words, self.path(key), key, value=shown, **fields)
 
     def fail(self, key: str, problem: str, remedy: str) -> NoReturn:
         """A mistake that a check of the caller's own found: `<source>: <key> <problem>`."""
@@ -202,6 +206,7 @@ class Table:
                 self.dialect.integer,
                 key,
                 value,
+                typed=True,
                 low=low,
                 high=high,
                 example=default if example is None else example,
@@ -213,7 +218,11 @@ class Table:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             self._mistake(
-                self.dialect.number, key, value, example=default if example is None else example
+                self.dialect.number,
+                key,
+                value,
+                typed=True,
+                example=default if example is None else example,
             )
         return float(value)
 
@@ -225,6 +234,7 @@ class Table:
                 self.dialect.boolean,
                 key,
                 value,
+                typed=True,
                 example=str(default if example is None else example).lower(),  # as TOML has it
             )
         return value

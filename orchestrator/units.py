@@ -78,3 +78,25 @@ def mem_cell(label: Any, measured: bool, source: Any = None) -> str:
     if label:
         return f"{label} ({source})" if source else str(label)
     return NOT_MEASURED_CPU if measured else ""
+
+
+def map3(value: Any) -> str:
+    """COCO mAP (0 to 1) to 3 decimals: '0.001', '0.372'. '' for None."""
+    return "" if value is None else f"{float(value):.3f}"
+
+
+def metric(name: str, value: Any) -> str:
+    """A run's metric as every page and command shows it (the report's rule): times (`e2e_time`
+    and every `*_s`) to 0.1 s, mAP to 3 decimals, throughputs and the rest to 3 significant
+    digits. '' for None."""
+    if name == "map":
+        return map3(value)
+    if name == "e2e_time" or name.endswith("_s"):
+        return seconds(value)
+    return sig3(value)
+
+
+def measured_here(p_core: Any, source: Any) -> bool:
+    """A run of ours with metrics: an empty mem then means its device keeps no memory
+    statistics (the CPU). An imported run's logs may simply not say (empty cell)."""
+    return p_core is not None and source in (None, "orchestrator")

@@ -10,6 +10,7 @@ import logging
 import re
 import shlex
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -19,11 +20,15 @@ from orchestrator.errors import OrchestratorError
 # Global options that take a value: accepted after the subcommand too (moved in front of it).
 MOVABLE_OPTIONS = ("--db", "--read-db", "--cluster")
 GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+VERBOSE_SHORT = re.compile(r"-v+$")  # -v, -vv
 
 
-def move_global_options(args: list[str]) -> list[str]:
-    """`orchestrator submit 1x1 --db x.db` -> `orchestrator --db x.db submit 1x1`: --db and
-    --cluster given after the subcommand are moved in front of it (up to a `--`)."""
+def move_global_options(
+    args: list[str], owns: Callable[[list[str], str], bool] = lambda words, flag: False
+) -> list[str]:
+    """`orchestrator submit 1x1 --db x.db -q` -> `orchestrator --db x.db -q submit 1x1`: --db,
+    --cluster, -q and -v given after the subcommand are moved in front of it (up to a `--`),
+    except a flag that the subcommand itself declares (`owns(words, flag)`: `image build -v`)."""
     i = 0
     while i < len(args):
         token = args[i]
@@ -48,18 +53,32 @@ def move_global_options(args: list[str]) -> list[str]:
         if token in MOVABLE_OPTIONS and j + 1 < len(rest):
             front += rest[j : j + 2]
             j += 2
-        elif token.startswith(tuple(f"{o}=" for o in MOVABLE_OPTIONS)):
+            continue
+        flag = "-v" if VERBOSE_SHORT.match(token) else token
+        if token.startswith(tuple(f"{o}=" for o in MOVABLE_OPTIONS)) or (
+            flag in GLOBAL_FLAGS and not owns(rest, flag)
+        ):
             front.append(token)
-            j += 1
         else:
             kept.append(token)
-            j += 1
+        j += 1
     return front + kept
+
+
+def _declares(group: click.Group, words: list[str], flag: str) -> bool:
+    """Whether the (sub)command that `words` name declares `flag` itself."""
+    command: click.Command = group
+    for word in words:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            break
+        command = command.commands[word]
+    return any(flag in p.opts or flag in p.secondary_opts for p in command.params)
 
 
 class _Cli(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, move_global_options(args))
+        moved = move_global_options(args, lambda words, flag: _declares(self, words, flag))
+        return super().parse_args(ctx, moved)
 
 
 @click.group(
@@ -114,7 +133,7 @@ def cli(
 ) -> None:
     """Benchmark AI accelerators across a cluster and keep every result in SQL.
 
-    Global options (--cluster, --db, --read-db) may also follow the command.
+    Global options (--cluster, --db, --read-db, -q, -v) may also follow the command.
     """
     from orchestrator.runs.progress import set_verbosity
 
@@ -181,15 +200,6 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.exceptions.NoSuchOption as exc:
-        if exc.option_name in GLOBAL_FLAGS:
-            hint = (
-                f"{exc.option_name} is a global option: put it before the command, "
-                f"e.g. orchestrator {exc.option_name} submit 1x1"
-            )
-            exc = click.exceptions.NoSuchOption(exc.option_name, hint, ctx=exc.ctx)
-        exc.show()
-        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

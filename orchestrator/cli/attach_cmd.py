@@ -18,6 +18,9 @@ from orchestrator.cli.context import (
 from orchestrator.store import Store
 from orchestrator.store.queries import RunBrief
 
+# Ctrl-C / SIGTERM: only a run this attach adopted is stopped; one it watches goes on.
+STOP_LINE = "stopping: a run this attach adopted is stopped, a watched one goes on"
+
 
 def register(cli: click.Group) -> None:
     cli.add_command(attach)
@@ -51,7 +54,7 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
     with app.open_store() as store:
         brief = _run_of(store, run_id)
         if brief.status == "running":
-            with stop_on_signals() as stop:
+            with stop_on_signals(announce=STOP_LINE) as stop:
                 backend = backends.by_name(brief.backend)
                 backend.attach(store, run_id, holder, runs_folder(folder), stop, console)
             brief = _run_of(store, run_id)

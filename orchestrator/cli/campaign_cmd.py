@@ -64,6 +64,7 @@ def campaign_submit(app: AppContext, file: str, dry_run: bool) -> None:
 def _queue_campaign(
     app: AppContext, spec: Any, runs: Any, file: str, clusters: dict[str | None, Any]
 ) -> None:
+    from orchestrator.cli import with_global_options
     from orchestrator.plan import new_run_id
     from orchestrator.queue.enqueue import detach_hints, detached_counts, enqueue_runs
     from orchestrator.runs.lifecycle import SubmitRequest, submitter
@@ -91,7 +92,7 @@ def _queue_campaign(
     for rid in ids:
         click.echo(rid)
     for hint in detach_hints(items):
-        click.echo(hint, err=True)
+        click.echo(with_global_options(hint, app), err=True)
 
 
 @click.command()

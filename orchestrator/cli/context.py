@@ -8,16 +8,17 @@ import os
 import re
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import gethostname
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrator.errors import ConfigError
+from orchestrator.runs.stopping import StopEvent, signal_cause
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -142,15 +143,22 @@ def parse_duration(text: str | None, option: str) -> float | None:
 
 
 @contextmanager
-def stop_on_signals(on_hangup: Callable[[], None] | None = None) -> Iterator[threading.Event]:
+def stop_on_signals(
+    on_hangup: Callable[[], None] | None = None,
+    announce: str = "stopping the run on every node…",
+) -> Iterator[StopEvent]:
     """Ctrl-C and SIGTERM set an event the launcher checks every poll; it then stops all nodes.
-    SIGHUP (a closed terminal) calls `on_hangup` instead, when given: the run goes on."""
-    stop = threading.Event()
+    The event's cause names this process and the signal (the run's row then says it). SIGHUP
+    (a closed terminal) calls `on_hangup` instead, when given: the run goes on."""
+    stop = StopEvent()
+    ctx = click.get_current_context(silent=True)
+    who = f"`{ctx.command_path if ctx else 'orchestrator'}` pid {os.getpid()} on {gethostname()}"
 
     def handler(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
         if not stop.is_set():
-            say(f"\n{signal.Signals(signum).name}: stopping the run on every node…")
-        stop.set()
+            say(f"\n{name}: {announce}")
+        stop.stop(signal_cause(name, who))
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     if on_hangup is not None:

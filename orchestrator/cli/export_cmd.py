@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import click
 
 from orchestrator.cli.context import AppContext
@@ -38,9 +41,9 @@ def export(app: AppContext, run: str, mllog_file: str, org: str | None) -> None:
         click.echo("".join(line + "\n" for line in lines), nl=False)
         return
     mllog.write(mllog_file, lines)
-    check = " ".join(mllog.checker_command(mllog_file))
+    installed = importlib.util.find_spec("mlperf_logging") is not None
     click.echo(f"{row['run_id']}: {len(lines)} MLLOG lines written to {mllog_file}", err=True)
-    click.echo(f"check it with: {check}", err=True)
+    click.echo(mllog.checker_hint(mllog_file, sys.executable, installed), err=True)
 
 
 def register(cli: click.Group) -> None:

@@ -159,7 +159,8 @@ def submit(
 
     Connects to the nodes, checks them (preflight), starts torchrun on all of them at once,
     shows rank 0's progress, stops every node on any failure or Ctrl-C, collects the per-rank
-    results into ./runs/RUN_ID and stores them. Exit code 0 only when every run succeeded.
+    results into ./runs/RUN_ID and stores them. Exit code 0 only when every run succeeded; 1
+    failed, 4 cancelled by `orchestrator cancel`, 130 Ctrl-C, 143 SIGTERM (docs/output.md).
 
     \b
     Examples:
@@ -194,6 +195,7 @@ def submit(
     chosen = backends.for_cluster(cluster)
     first = chosen.plan(cluster, req)  # pure: a bad --set or topology fails before any write
     if detach and not dry_run:
+        from orchestrator.cli import with_global_options
         from orchestrator.queue.enqueue import EnqueueItem, detach_hints, enqueue_runs
 
         items: list[EnqueueItem] = [(cluster, req, {}) for _ in range(repeat)]
@@ -202,10 +204,15 @@ def submit(
         for run_id in ids:
             click.echo(run_id)
         for hint in detach_hints(items):
-            click.echo(hint, err=True)
+            click.echo(with_global_options(hint, app), err=True)
         return
     if dry_run:
         click.echo(first.render(), nl=False)
+        click.echo(
+            f"dry run: nothing was started or stored; run id {first.job.run_id} is a placeholder "
+            "(each submit picks its own)",
+            err=True,
+        )
         return
     _run_repeats(app, req, repeat, runs_dir, lambda: chosen.plan(cluster, req), wait_for_nodes)
 
@@ -233,6 +240,7 @@ def _run_repeats(
     """Run the request `repeat` times in a row (stopping early on Ctrl-C); exit 0 only when
     every run succeeded."""
     from orchestrator.runs.lifecycle import raise_for
+    from orchestrator.runs.stopping import cause_of
 
     console = Console(stderr=True)
     folder = runs_folder(runs_dir)
@@ -258,7 +266,7 @@ def _run_repeats(
             if stop.is_set():
                 break
     for outcome in outcomes:
-        raise_for(outcome)
+        raise_for(outcome, cause_of(stop))
 
 
 def _execute_when_free(
@@ -275,6 +283,7 @@ def _execute_when_free(
     abandoned one settled) instead of refusing."""
     from orchestrator.errors import RunCancelled
     from orchestrator.queue.leases import NodesBusy
+    from orchestrator.runs.stopping import EXIT_SIGINT, cause_of, stop_reason
 
     said = False
     while True:
@@ -287,7 +296,12 @@ def _execute_when_free(
                 console.print(f"[yellow]waiting: {exc.message}[/]")
                 said = True
         if stop.wait(5.0):
-            raise RunCancelled("stopped while waiting for the nodes", "nothing was started")
+            cause = cause_of(stop)
+            raise RunCancelled(
+                f"stopped while waiting for the nodes ({stop_reason(stop)})",
+                "nothing was started",
+                cause.exit_code if cause else EXIT_SIGINT,
+            )
         app.settle_orphans(store, console)
 
 

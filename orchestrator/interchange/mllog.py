@@ -12,6 +12,7 @@ for this benchmark (docs/mlperf.md).
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,21 @@ PREFIX = ":::MLLOG "
 
 class MllogError(OrchestratorError):
     """A run that cannot be exported (exit code 2, one line)."""
+
+
+CHECKER_PACKAGE = "mlperf-logging>=4.1"  # pyproject.toml's dev extra has it
+
+
+def checker_hint(log_file: str, python: str, installed: bool) -> str:
+    """What `export` suggests next: the checker run by `python` (this interpreter), or, where
+    the `mlperf-logging` package is missing (the default install lacks it), how to get it."""
+    command = shlex.join([python, *checker_command(log_file)[1:]])
+    if installed:
+        return f"check it with: {command}"
+    return (
+        f"to check it, install MLPerf's checker ({shlex.join([python, '-m', 'pip', 'install', CHECKER_PACKAGE])}), "
+        f"then run: {command}"
+    )
 
 
 def checker_command(log_file: str) -> list[str]:

@@ -57,11 +57,12 @@ def enqueue_runs(
 
 def detached_counts(items: Sequence[EnqueueItem]) -> list[tuple[str, int]]:
     """How many runs each backend took, as `campaign submit` says it ('2 run(s) queued, 1
-    run(s) submitted to Slurm'), every backend named; and whose hints to print."""
+    run(s) submitted to Slurm'): only the backends that took some."""
     counts = []
     for backend in backends.all_backends():
         n = sum(1 for cluster, _, _ in items if cluster.backend == backend.name)
-        counts.append((backend.detached_as, n))
+        if n:
+            counts.append((backend.detached_as, n))
     return counts
 
 

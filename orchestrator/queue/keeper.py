@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
+from orchestrator.runs.stopping import StopEvent, cancel_request_cause, pass_on
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -63,8 +64,8 @@ class LeaseKeeper:
         every = min(self.ttl_s / 3, RENEW_MAX_S)
         next_renew = time.monotonic() + every
         while not self.done.wait(0.2):
-            if self.worker_stop.is_set():
-                self.on_worker_stop.set()
+            if self.worker_stop.is_set() and not self.on_worker_stop.is_set():
+                pass_on(self.worker_stop, self.on_worker_stop)
             if time.monotonic() < next_renew:
                 continue
             next_renew = time.monotonic() + every
@@ -74,7 +75,18 @@ class LeaseKeeper:
                 continue  # the store is briefly away: the lease still has time left
             if cancel and not self.run_stop.is_set():
                 self.why = "cancel requested"
-                self.run_stop.set()
+                self._cancel()
             if held == 0 and not self.run_stop.is_set():
                 self.why = "its leases were taken over (this worker was presumed dead)"
                 self.on_lost.set()
+
+    def _cancel(self) -> None:
+        """Stop the run, naming who asked (`orchestrator cancel` notes it in the history)."""
+        if not isinstance(self.run_stop, StopEvent):
+            self.run_stop.set()
+            return
+        try:
+            note = leases.cancel_note(self.store, self.run_id)
+        except OrchestratorError:
+            note = None
+        self.run_stop.stop(cancel_request_cause(note))

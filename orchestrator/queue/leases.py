@@ -25,7 +25,7 @@ from orchestrator.specs import ClusterSpec, NodeSpec, Topology, with_inputs
 from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
-from orchestrator.store.models import Campaign, NodeLease, Run, RunNode
+from orchestrator.store.models import Campaign, NodeLease, Run, RunNode, RunStatusChange
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -285,9 +285,12 @@ def read_request(conn: Connection, run_id: str) -> dict[str, Any]:
     return dict(request)
 
 
-def describe_leases(conn: Connection) -> dict[str, str]:
+def describe_leases(
+    conn: Connection, alive: Callable[[str], bool | None] = lambda holder: None
+) -> dict[str, str]:
     """run id -> who holds its node leases, on which nodes, until when (`orchestrator queue`);
-    a follower whose leases expired is named as gone, awaiting adoption."""
+    a follower whose leases expired is named as gone, awaiting adoption. `alive(holder)`:
+    whether the follower's process lives (None: not known, e.g. on another host)."""
     held: dict[str, list[tuple[str, str, datetime]]] = {}
     for run_id, node, holder, expires in conn.execute(
         select(NodeLease.run_id, NodeLease.node_name, NodeLease.holder, NodeLease.expires_at)
@@ -299,9 +302,15 @@ def describe_leases(conn: Connection) -> dict[str, str]:
         who = holder if holder.startswith("submit ") else f"worker {holder}"
         until = max(expires for _, _, expires in mine)
         when = until.isoformat(timespec="seconds")
-        state = f"lease until {when}"
+        living = alive(holder)
+        state = f"lease until {when}" + (" (follower alive)" if living else "")
         if until <= now_utc():
             state = f"follower gone since {when}, awaiting adoption (`orchestrator attach`)"
+        elif living is False:
+            state = (
+                f"follower gone (no such process on this host), its lease runs out at {when}; "
+                f"then a worker or `orchestrator attach {run_id}` adopts the run"
+            )
         described[run_id] = f"{who} on {', '.join(node for node, _, _ in mine)}, {state}"
     return described
 
@@ -646,9 +655,26 @@ def request_cancel(store: Store, run_id: str, by: str) -> str:
                 f"run {run_id} was started by `orchestrator submit`, not by a worker",
                 "stop it with Ctrl-C where it runs",
             )
-        record_cancel_request(store, run_id, "running", f"cancel requested by {by}")
+        record_cancel_request(store, run_id, "running", f"{CANCEL_NOTE}{by}")
         return "requested"
     raise QueueError(f"run {run_id} already ended ({status})", "nothing to cancel")
+
+
+CANCEL_NOTE = "cancel requested by "  # the history line `orchestrator cancel` leaves
+
+
+def cancel_note(store: Store, run_id: str) -> str | None:
+    """The history's latest "cancel requested by WHO" line of the run, if any."""
+    with store.reading() as conn:
+        return conn.scalar(
+            select(RunStatusChange.reason)
+            .where(
+                RunStatusChange.run_id == run_id,
+                RunStatusChange.reason.like(f"{CANCEL_NOTE}%"),
+            )
+            .order_by(RunStatusChange.at.desc())
+            .limit(1)
+        )
 
 
 def record_cancel_request(store: Store, run_id: str, status: RunStatus, reason: str) -> None:

@@ -19,6 +19,7 @@ from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import LEASE_TTL_S, Claim
 from orchestrator.runs.lifecycle import request_from_doc
 from orchestrator.runs.progress import summary_line
+from orchestrator.runs.stopping import StopEvent
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,7 +52,7 @@ def run_claim(
         reason = f"cannot plan the queued run: {exc.one_line()}"
         leases.end_run(store, claim.run_id, "failed", reason, ["running"])
         return "failed"
-    run_stop = threading.Event()
+    run_stop = StopEvent()
     console.print(f"[bold]run {claim.run_id}[/]: {doc['topology']} on {', '.join(claim.nodes)}")
     began = time.monotonic()
     try:

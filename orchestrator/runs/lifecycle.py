@@ -20,6 +20,7 @@ from orchestrator.errors import OrchestratorError, RunCancelled, RunFailed
 from orchestrator.plan import make_job, new_run_id
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, write_manifest
+from orchestrator.runs.stopping import EXIT_CANCEL_REQUESTED, StopCause
 from orchestrator.specs import Topology
 from orchestrator.states import BackendName, Precision, RunStatus, Runtime
 
@@ -198,14 +199,19 @@ class PhaseClock:
         return {**self.phases, "total": total, "overhead": overhead}
 
 
-def raise_for(outcome: Outcome) -> None:
-    """Exit status of a submission: 0 only for a succeeded run."""
+def raise_for(outcome: Outcome, cause: StopCause | None = None) -> None:
+    """Exit status of a submission: 0 only for a succeeded run; a cancelled one exits with
+    its stop's code (SIGINT 130, SIGTERM 143); without one this process was not signalled:
+    `orchestrator cancel` (or scancel) ended it, 4."""
     if outcome.status == "succeeded":
         return
     reason = outcome.failure.reason if outcome.failure else "unknown reason"
     if outcome.status == "cancelled":
+        said = reason if reason.startswith("cancelled") else f"cancelled: {reason}"
         raise RunCancelled(
-            f"run {outcome.run_id} cancelled: {reason}", f"run folder {outcome.run_dir}"
+            f"run {outcome.run_id} {said}",
+            f"run folder {outcome.run_dir}",
+            cause.exit_code if cause else EXIT_CANCEL_REQUESTED,
         )
     raise RunFailed(
         f"run {outcome.run_id} {outcome.status}: {reason}",

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console
@@ -110,6 +111,23 @@ class ProgressView:
         self._totals: dict[str, int] = {}  # from the start event
         self._epoch = 0  # 1-based, for people
         self._depth = 0
+        # Replaying a run another process started (`attach`): lines are stamped from the run's
+        # submission, and each event at the time the workload emitted it (its "at").
+        self._wall_t0: float | None = None
+        self._event_at: float | None = None
+        self._latest_at: float | None = None  # the held-back line's event time
+
+    def replay_from(self, origin: datetime) -> None:
+        """Stamp lines from `origin` (the run's submission), as its submit showed them."""
+        aware = origin if origin.tzinfo else origin.replace(tzinfo=timezone.utc)  # stored UTC
+        self._wall_t0 = aware.timestamp()
+        self.t0 = self.clock() - max(0.0, time.time() - self._wall_t0)
+
+    def _now(self) -> float:
+        """This view's clock, or, while replaying an event, the time it happened."""
+        if self._event_at is not None and self._wall_t0 is not None:
+            return self.t0 + (self._event_at - self._wall_t0)
+        return self.clock()
 
     # -- the display ---------------------------------------------------------------------
 
@@ -170,10 +188,10 @@ class ProgressView:
 
     def _line(self, text: str) -> None:
         """A line for the log (and above the live display)."""
-        self._last_line = self.clock()
+        self._last_line = self._now()
         if self.level < 0:
             return
-        stamp = f"{self.clock() - self.t0:7.1f}s"
+        stamp = f"{self._last_line - self.t0:7.1f}s"
         try:
             # one line per line in a log, however wide
             self.console.print(f"{stamp}  {text}", markup=False, highlight=False, soft_wrap=True)
@@ -198,7 +216,7 @@ class ProgressView:
         """The run enters phase `name` (connect, preflight, image, staging, starting,
         collecting, publishing, or the workload's init, training, evaluation)."""
         with self._lock:
-            now = self.clock()
+            now = self._now()
             took = now - self._phase_at
             # On a terminal the bar shows the phase; above it, what ended and how long it took
             # (training and evaluation say so in their own result lines).
@@ -219,14 +237,27 @@ class ProgressView:
         every = self.plain_every_s or PLAIN_EVERY_S
         if now - self._last_line >= every:
             latest, self._latest = self._latest, ""
-            self._line(
-                latest or f"{self._phase}: still running after {duration(now - self._phase_at)}"
-            )
+            if latest:  # a held-back event's line keeps the event's time
+                self._event_at, self._latest_at = self._latest_at, None
+                try:
+                    self._line(latest)
+                finally:
+                    self._event_at = None
+                return
+            self._line(f"{self._phase}: still running after {duration(now - self._phase_at)}")
 
     # -- the workload's events -------------------------------------------------------------
 
     def event(self, event: dict[str, Any]) -> None:
         self.last_event_at = self.clock()
+        at = event.get("at")
+        self._event_at = float(at) if isinstance(at, (int, float)) else None
+        try:
+            self._event(event)
+        finally:
+            self._event_at = None
+
+    def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "start":
             self._start(event)
@@ -317,11 +348,12 @@ class ProgressView:
     def _throttled(self, text: str) -> None:
         if self.live and self.level <= 0:
             return  # the bar shows it; -v prints every event above the bar as well
-        if self.clock() - self._last_line >= self.plain_every_s:
+        if self._now() - self._last_line >= self.plain_every_s:
             self._latest = ""
             self._line(text)
         else:
             self._latest = text  # the next tick says it, when the 10 s are up
+            self._latest_at = self._event_at
 
 
 def _fmt_loss(value: float | None) -> str:

@@ -55,6 +55,8 @@ _RUN_ROW: tuple[Any, ...] = (
     Run.p_core,
     Run.map,
     Run.mem_label.label("mem"),
+    Run.mem_source,
+    Run.source,
     Run.campaign_id,
     Run.submitted_at,
     Run.finished_at,

@@ -1,5 +1,6 @@
 """/queue (what runs now and where, what waits, each campaign's progress; the page refreshes
-itself from /queue?part=1 every few seconds) and /campaigns/ID (one campaign and its runs)."""
+itself from /queue?part=1 every few seconds), /campaigns (every campaign's counts per status)
+and /campaigns/ID (one campaign and its runs)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def queue(request: Request) -> Response:
     )
 
 
+def campaigns(request: Request) -> Response:
+    """Every campaign with how many of its runs are in each status (read-only)."""
+    with reading(request) as conn:
+        found = campaign_progress(conn)
+    return render(request, "campaigns.html", campaigns=found, progress=PROGRESS)
+
+
 def campaign(request: Request) -> Response:
     campaign_id = request.path_params["campaign_id"]
     page = params.integer(request.query_params, "page", 1, 1, 1_000_000)
@@ -62,4 +70,8 @@ def campaign(request: Request) -> Response:
     )
 
 
-ROUTES = [Route("/queue", queue), Route("/campaigns/{campaign_id}", campaign)]
+ROUTES = [
+    Route("/queue", queue),
+    Route("/campaigns", campaigns),
+    Route("/campaigns/{campaign_id}", campaign),
+]

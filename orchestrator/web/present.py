@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from orchestrator import units
 from orchestrator.compare import UNITS, metric_header, number
+from orchestrator.report import group_mem
 from orchestrator.report_stats import Regression, ScalingPoint
 from orchestrator.store.web_queries import Series
 
@@ -50,9 +52,25 @@ def when(value: Any) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def when_short(value: Any) -> str:
+    """A time in a column whose header says UTC: '2026-01-14 10:15'."""
+    return when(value).removesuffix(" UTC")
+
+
 def mem_cell(label: Any) -> str:
     """The seed table's mem label '37.1/64.0' (used/total GiB)."""
     return f"{label} GiB" if label else ""
+
+
+def metric(value: Any, name: str) -> str:
+    """`{{ r.map | metric('map') }}`: the CLI's formatting (orchestrator/units.py)."""
+    return units.metric(name, value)
+
+
+def run_mem(row: Mapping[Any, Any]) -> str:
+    """A run's mem cell as `report` and `runs show` print it: `n/a (cpu)` for a CPU run."""
+    measured = units.measured_here(row.get("p_core"), row.get("source"))
+    return units.mem_cell(row.get("mem"), measured, row.get("mem_source"))
 
 
 FILTERS = {
@@ -62,8 +80,12 @@ FILTERS = {
     "gib": gib,
     "seconds": seconds,
     "when": when,
+    "when_short": when_short,
     "mem_cell": mem_cell,
     "number": number,
+    "metric": metric,
+    "run_mem": run_mem,
+    "group_mem": group_mem,
 }
 
 

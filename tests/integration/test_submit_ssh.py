@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -32,6 +33,24 @@ HOSTILE = 'co co\'s "set" $(touch {canary}) ;x'
 def _db_rows(db: Path, sql: str) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
+
+
+def _running(proc, db: Path, ranks: int) -> str:
+    """This test's run id once its ranks run (other tests' runs may live on this machine)."""
+
+    def rows() -> list[tuple]:
+        try:
+            return _db_rows(db, "SELECT run_id FROM runs") if db.exists() else []
+        except sqlite3.OperationalError:  # the store is being created
+            return []
+
+    run_id = wait_for(rows, 120, "the run row")[0][0]
+
+    def mine() -> list[dict]:
+        return [p for p in workers_of(proc) if p["run_id"] == run_id]
+
+    wait_for(lambda: len(mine()) == ranks, 180, "the ranks")
+    return run_id
 
 
 @pytest.fixture
@@ -217,15 +236,50 @@ def test_sigint_cancels_the_run_and_cleans_every_node(two_nodes, tmp_path):
     db = tmp_path / "results.db"
     proc = start_long_submit(cfg, db, "2x1", tmp_path)
     try:
-        wait_for(lambda: len(workers_of(proc)) == 2, 120, "both ranks")
-        run_id = run_processes()[0]["run_id"]
+        run_id = _running(proc, db, 2)
         code, out, err = stop(proc, signal.SIGINT)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert code == 130, err[-2000:]
     assert "cancelled" in err
-    assert _db_rows(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'")[0][0] == "cancelled"
+    status, reason = _db_rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")[0]
+    assert status == "cancelled"
+    assert re.fullmatch(
+        r"cancelled: `orchestrator submit` pid \d+ on \S+ got SIGINT \(Ctrl-C\)", reason
+    )
     assert run_processes(run_id) == []
     manifest = json.loads((tmp_path / "runs" / run_id / "manifest.json").read_text())
     assert manifest["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "orchestrator cancel"])
+def test_a_cancelled_run_names_who_stopped_it_and_submit_exits_with_its_code(
+    two_nodes, tmp_path, how
+):
+    from orchestrator.runs.lifecycle import submitter
+
+    _, cfg = two_nodes
+    db = tmp_path / "results.db"
+    proc = start_long_submit(cfg, db, "1x1", tmp_path)
+    try:
+        run_id = _running(proc, db, 1)
+        if how == "SIGTERM":
+            code, _, err = stop(proc, signal.SIGTERM)
+        else:
+            cancel = run_cli(["--db", f"sqlite:///{db}", "cancel", run_id], tmp_path)
+            assert cancel.stdout == f"run {run_id}: cancel requested; its follower stops it\n"
+            _, err = proc.communicate(timeout=60)
+            code = proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reason = _db_rows(db, f"SELECT reason FROM runs WHERE run_id = '{run_id}'")[0][0]
+    if how == "SIGTERM":
+        assert code == 143, err[-2000:]
+        assert re.fullmatch(r"cancelled: `orchestrator submit` pid \d+ on \S+ got SIGTERM", reason)
+    else:
+        assert code == 4, err[-2000:]  # not 130: the submit itself got no signal
+        assert reason == f"cancelled by `orchestrator cancel` from {submitter()}"
+    assert f"error: run {run_id} {reason} (run folder " in err
+    assert run_processes(run_id) == []

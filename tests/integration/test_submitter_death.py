@@ -5,6 +5,8 @@ process, container or sampler left, never with a result lost."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -236,7 +238,8 @@ def test_nodes_of_an_orphaned_run_are_refused_then_cancel_cleans_them(
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
     assert f"nodes busy: node1, node2 held by run {run_id} (follower submit " in lines[0]
-    assert f"`orchestrator cancel {run_id}`" in lines[0]
+    # the remedy repeats the --cluster and --db given (issue 23, item 4)
+    assert f"`orchestrator --cluster {cfg} --db {url} cancel {run_id}`" in lines[0], lines[0]
     assert _rows(db, "SELECT count(*) FROM runs") == [(1,)]  # nothing half-written
     # A submit that may wait (--wait) waits for the nodes instead of refusing.
     waiting = start_cli(
@@ -257,4 +260,42 @@ def test_nodes_of_an_orphaned_run_are_refused_then_cancel_cleans_them(
     assert f"waiting: nodes busy: node1, node2 held by run {run_id}" in err
     statuses = dict(_rows(db, "SELECT run_id, status FROM runs"))
     assert statuses.pop(run_id) == "cancelled" and list(statuses.values()) == ["succeeded"]
+    _clean(tmp_path, run_id)
+
+
+def test_after_sigkill_queue_and_attach_say_the_follower_is_gone_and_attach_replays_real_times(
+    sshd_nodes, tiny_coco, tmp_path
+):
+    # A 30 s follower lease: it surely outlives `queue` and attach's start on a busy machine.
+    cfg = _cluster(sshd_nodes, tiny_coco, tmp_path, grace=90)
+    db = tmp_path / "results.db"
+    proc = _submit(cfg, db, tmp_path, MEDIUM)
+    run_id = _running_run(proc, db)
+    pid = proc.pid
+    _kill(proc)
+    store = ["--cluster", str(cfg), "--db", f"sqlite:///{db}"]
+    queue = run_cli([*store, "queue", "--format", "json"], tmp_path)
+    assert queue.returncode == 0, queue.stderr
+    detail = next(q["detail"] for q in json.loads(queue.stdout) if q["run_id"] == run_id)
+    assert (
+        f"pid {pid} on node1, node2, follower gone (no such process on this host), its " in detail
+    )
+    assert detail.endswith(f"then a worker or `orchestrator attach {run_id}` adopts the run")
+    attach = run_cli([*store, "attach", run_id], tmp_path)
+    assert attach.returncode == 0, attach.stderr[-3000:]
+    err = attach.stderr
+    assert f"succeeded: run {run_id} in " in err
+    # While the dead submit's lease ran out, attach said what it waited for, then adopted.
+    waited = re.search(
+        rf"waiting for the lease: submit \S+ pid {pid} is gone \(no such process on this host\); "
+        r"it runs out at \d\d:\d\d:\d\d UTC \(in \d+ s\), then this attach adopts the run",
+        err,
+    )
+    assert waited and err.index(waited.group(0)) < err.index("adopted by attach"), err[-3000:]
+    # The replayed lines keep the workload's times from the submission, not 0.0-0.1 s.
+    before = err[: err.index("waiting for the lease")]
+    stamps = [
+        float(m.group(1)) for m in re.finditer(r"^\s+(\d+\.\d)s  (?:init|training)", before, re.M)
+    ]
+    assert stamps and stamps == sorted(stamps) and stamps[-1] >= 1.0, before
     _clean(tmp_path, run_id)

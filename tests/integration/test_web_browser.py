@@ -45,6 +45,7 @@ PAGES = {
     "/scaling": 2,
     HISTORY: 1,
     "/queue": 0,
+    "/campaigns": 0,
     f"/campaigns/{CAMPAIGN_ID}": 0,
 }
 
@@ -228,4 +229,21 @@ def test_queue_page_refreshes_itself(tab: Tab, sqlite_web_store: str) -> None:
         f"() => document.querySelector('#running').innerText.includes('{new_run}')", timeout=10_000
     )
     tab.shot("queue-live")
+    assert tab.errors == []
+
+
+def test_runs_table_fits_a_1280_px_screen(tab: Tab) -> None:
+    tab.page.set_viewport_size({"width": 1280, "height": 800})
+    tab.open("/runs")
+    widths = tab.page.evaluate(
+        "() => [document.documentElement.scrollWidth, "
+        "document.querySelector('#runs-table').getBoundingClientRect().right]"
+    )
+    tab.shot("runs_1280")
+    assert widths[0] <= 1280 and widths[1] <= 1280, widths
+    headers = tab.page.locator("#runs-table thead th")
+    last = headers.nth(headers.count() - 1).bounding_box()
+    fix_hp = tab.page.locator("#runs-table thead th", has_text="fix_hp").bounding_box()
+    assert fix_hp is not None and last is not None
+    assert fix_hp["x"] + fix_hp["width"] <= 1280 and last["x"] + last["width"] <= 1280
     assert tab.errors == []

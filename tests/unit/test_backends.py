@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import backends
 from orchestrator.backends.slurm.backend import DETACH_HINT, SlurmBackend, SlurmRun
+from orchestrator.backends.ssh.backend import DETACH_HINT as SSH_DETACH_HINT
 from orchestrator.backends.ssh.backend import SshBackend, SshRun
 from orchestrator.config import load_cluster
 from orchestrator.errors import ConfigError
@@ -76,5 +77,13 @@ def test_detached_runs_are_counted_per_backend_in_one_sentence() -> None:
     ssh, slurm = _ssh_cluster(), _slurm_cluster()
     items = [(ssh, _req(), {}), (slurm, _req(), {}), (ssh, _req(), {})]
     assert detached_counts(items) == [("queued", 2), ("submitted to Slurm", 1)]
-    assert detach_hints(items) == [DETACH_HINT]
-    assert detach_hints(items[:1]) == []
+    assert detach_hints(items) == [SSH_DETACH_HINT, DETACH_HINT]
+    assert detach_hints(items[:1]) == [SSH_DETACH_HINT]
+    assert "`orchestrator worker`" in SSH_DETACH_HINT
+
+
+def test_a_backend_that_took_no_run_is_not_counted() -> None:
+    ssh_only = [(_ssh_cluster(), _req(), {})] * 3
+    assert detached_counts(ssh_only) == [("queued", 3)]
+    slurm_only = [(_slurm_cluster(), _req(), {})]
+    assert detached_counts(slurm_only) == [("submitted to Slurm", 1)]

@@ -189,6 +189,11 @@ def test_a_slurm_cluster_needs_no_node_list() -> None:
             "(e.g. accelerators = 1)",
         ),
         (
+            {"nodes": [{**NODE, "accelerators": "1"}]},
+            "lab.toml: nodes[0].accelerators must be an integer between 1 and 1024, "
+            "got the string '1' (e.g. accelerators = 1)",
+        ),
+        (
             {"nodes": [{**NODE, "accelerators": True}]},
             "lab.toml: nodes[0].accelerators must be an integer between 1 and 1024, got True "
             "(e.g. accelerators = 1)",
@@ -230,7 +235,7 @@ def test_a_slurm_cluster_needs_no_node_list() -> None:
         ),
         (
             _with(ssh={"accept_new_host_keys": "yes"}),
-            "lab.toml: ssh.accept_new_host_keys must be true or false, got 'yes' "
+            "lab.toml: ssh.accept_new_host_keys must be true or false, got the string 'yes' "
             "(e.g. accept_new_host_keys = false)",
         ),
         (
@@ -240,7 +245,7 @@ def test_a_slurm_cluster_needs_no_node_list() -> None:
         ),
         (
             _with(ssh={"command_timeout_s": "1m"}),
-            "lab.toml: ssh.command_timeout_s must be a positive number, got '1m' "
+            "lab.toml: ssh.command_timeout_s must be a positive number, got the string '1m' "
             "(e.g. command_timeout_s = 120.0)",
         ),
         (

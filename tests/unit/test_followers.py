@@ -258,3 +258,143 @@ def test_an_adopted_runs_plan_keeps_the_devices_its_preflight_found(
     (orphan,) = leases.find_orphans(sqlite_store)
     plan = adoption.load(sqlite_store, orphan).plan
     assert [n.env_dict["CUDA_VISIBLE_DEVICES"] for n in plan.nodes] == ["6,7", "0,1"]
+
+
+def test_a_cancel_request_stops_the_follower_naming_who_asked(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    from orchestrator.queue.keeper import LeaseKeeper
+    from orchestrator.runs.stopping import StopCause, StopEvent
+
+    holder = "submit root@h pid 7"
+    _follow(sqlite_store, fixture_runs, "r1", holder)
+    assert leases.request_cancel(sqlite_store, "r1", "admin@lab1") == "requested"
+    stop = StopEvent()  # a foreground submit: its signals and the run share one event
+    with LeaseKeeper(sqlite_store, "r1", holder, 1.5, stop, stop):
+        assert stop.wait(10)
+    assert stop.cause == StopCause("cancelled by `orchestrator cancel` from admin@lab1", 4)
+
+
+def test_a_slurm_cancel_note_names_who_asked_once() -> None:
+    from orchestrator.runs.stopping import cancel_request_cause
+
+    cause = cancel_request_cause("cancel requested by admin@lab1 (scancel 42)")
+    assert cause.reason == "cancelled by `orchestrator cancel` from admin@lab1"
+    assert cancel_request_cause(None).reason == "cancelled by `orchestrator cancel`"
+
+
+def test_a_stopped_worker_passes_its_signal_on_to_the_run() -> None:
+    from orchestrator.runs.stopping import StopEvent, pass_on, signal_cause
+
+    worker_stop, run_stop = StopEvent(), StopEvent()
+    worker_stop.stop(signal_cause("SIGTERM", "`orchestrator worker` pid 9 on lab1"))
+    pass_on(worker_stop, run_stop)
+    assert run_stop.cause is not None and run_stop.cause.exit_code == 143
+    assert run_stop.cause.reason == "cancelled: `orchestrator worker` pid 9 on lab1 got SIGTERM"
+
+
+@pytest.mark.parametrize(
+    ("cause", "code", "message"),
+    [
+        (None, 4, "run r cancelled by `orchestrator cancel` from a@h"),
+        ("SIGINT", 130, "run r cancelled: `x` pid 1 on h got SIGINT (Ctrl-C)"),
+        ("SIGTERM", 143, "run r cancelled: `x` pid 1 on h got SIGTERM"),
+    ],
+)
+def test_submit_exits_with_the_code_of_whoever_cancelled(
+    cause: str | None, code: int, message: str, tmp_path: Path
+) -> None:
+    from orchestrator.errors import RunCancelled
+    from orchestrator.runs.lifecycle import Outcome, raise_for
+    from orchestrator.runs.stopping import cancel_request_cause, signal_cause
+
+    stop = signal_cause(cause, "`x` pid 1 on h") if cause else None
+    reason = (stop or cancel_request_cause("cancel requested by a@h")).reason
+    outcome = Outcome("r", "cancelled", tmp_path, Failure(reason), None)
+    with pytest.raises(RunCancelled) as raised:
+        raise_for(outcome, stop)
+    assert (raised.value.exit_code, raised.value.message) == (code, message)
+
+
+def test_a_follower_on_this_host_is_alive_or_gone_by_its_pid() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.queue.liveness import holder_process, liveness, pid_alive
+
+    assert holder_process("submit alice@lab1 pid 42") == ("lab1", 42)
+    assert holder_process("attach alice@lab1 pid 7") == ("lab1", 7)
+    assert holder_process("lab1:42") == ("lab1", 42)
+    assert holder_process("w1") is None  # a worker started with --id
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert pid_alive(os.getpid()) and not pid_alive(dead.pid)
+    assert liveness("submit a@lab1 pid 42", here="lab1", alive=lambda pid: pid != 42) is False
+    assert liveness("submit a@lab2 pid 42", here="lab1", alive=lambda pid: True) is None
+
+
+def test_queue_names_a_dead_follower_before_its_lease_runs_out(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7", ttl=60)
+    with sqlite_store.reading() as conn:
+        gone = leases.describe_leases(conn, lambda holder: False)["r1"]
+        alive = leases.describe_leases(conn, lambda holder: True)["r1"]
+        unknown = leases.describe_leases(conn)["r1"]
+    assert gone.startswith(
+        "submit root@h pid 7 on c500-01, c500-02, follower gone (no such process on this "
+        "host), its lease runs out at "
+    )
+    assert gone.endswith("; then a worker or `orchestrator attach r1` adopts the run")
+    assert alive.endswith(" (follower alive)") and "lease until " in alive
+    assert "lease until " in unknown and "alive" not in unknown and "gone" not in unknown
+
+
+def test_attach_says_it_waits_for_a_dead_followers_lease_not_still_running() -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.backends.ssh.adoption import _LeaseWait
+    from orchestrator.runs.progress import ProgressView
+
+    out = io.StringIO()
+    view = ProgressView("r1", Console(file=out, force_terminal=False, width=200), level=0)
+    expires = utcnow() + timedelta(seconds=40)
+    orphan = leases.Orphan("r1", {}, NODES, ("submit root@nowhere pid 7",), expires)
+    waiting = _LeaseWait(view)
+    waiting.check(orphan)  # first seen: nothing to say yet
+    assert out.getvalue() == ""
+    waiting.silence.since -= 16  # its expiry has not moved for 16 s: not renewed
+    waiting.check(orphan)
+    waiting.check(orphan)  # said once
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert (
+        "waiting for the lease: submit root@nowhere pid 7 stopped renewing its lease 16 s ago;"
+        in lines[0]
+    )
+    assert f"it runs out at {expires.strftime('%H:%M:%S')} UTC (in " in lines[0]
+    assert lines[0].endswith("then this attach adopts the run: collects, stores and cleans it")
+
+
+def test_a_signal_to_attach_names_the_process_and_does_not_promise_to_stop_a_watched_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+    import signal
+    import socket
+
+    from orchestrator.cli.attach_cmd import STOP_LINE as announce
+    from orchestrator.cli.context import stop_on_signals
+
+    assert "every node" not in announce and "a watched one goes on" in announce
+    with stop_on_signals(announce=announce) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5)
+    assert capsys.readouterr().err == f"\nSIGTERM: {announce}\n"
+    assert stop.cause is not None and stop.cause.exit_code == 143
+    assert stop.cause.reason == (
+        f"cancelled: `orchestrator` pid {os.getpid()} on {socket.gethostname()} got SIGTERM"
+    )

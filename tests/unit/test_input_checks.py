@@ -113,3 +113,36 @@ def test_without_a_cluster_file_a_multi_node_topology_says_how_to_describe_nodes
         "error: topology 2x1 needs 2 nodes but cluster 'local' has 1 (describe the nodes in a "
         "cluster file (docs/cluster-file.md) and pass --cluster FILE, or ask for fewer)\n"
     )
+
+
+def test_cpu_node_check_counts_cores_and_processes_in_the_singular_when_one() -> None:
+    from orchestrator.node_probe import cpu_detail
+
+    assert cpu_detail(1, 1) == "no accelerator; 1 CPU core for 1 process"
+    assert cpu_detail(16, 2) == "no accelerator; 16 CPU cores for 2 processes"
+
+
+def test_a_dry_run_says_its_run_id_is_a_placeholder_and_stores_nothing(run_cli, lab):
+    result = run_cli("--cluster", lab / "cluster.toml", "submit", "1x1", "--dry-run")
+    assert result.exit_code == 0, result.err
+    run_id = result.out.split()[1].rstrip(":")  # "run 20261207-...: faster_rcnn ..."
+    assert result.err == (
+        f"dry run: nothing was started or stored; run id {run_id} is a placeholder "
+        "(each submit picks its own)\n"
+    )
+    assert not (Path.cwd() / "orchestrator.db").exists()
+
+
+def test_detached_runs_on_ssh_are_counted_as_queued_and_the_hint_names_the_worker(run_cli, lab):
+    db = f"sqlite:///{lab / 'q.db'}"
+    camp = _campaign(lab, '[campaign]\nname = "n"\ntopologies = ["1x1"]\nrepeats = 2\n')
+    cfg = lab / "cluster.toml"
+    queued = run_cli("--cluster", cfg, "--db", db, "campaign", "submit", camp)
+    assert queued.exit_code == 0, queued.err
+    first = queued.out.splitlines()[0]
+    assert first.endswith(": 2 run(s) queued"), first
+    hint = f"run `orchestrator --cluster {cfg} --db {db} worker` where the nodes are reachable"
+    assert hint in queued.err
+    detached = run_cli("--cluster", cfg, "--db", db, "submit", "1x1", "--detach")
+    assert detached.exit_code == 0, detached.err
+    assert hint in detached.err

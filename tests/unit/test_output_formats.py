@@ -132,9 +132,37 @@ def test_global_options_are_accepted_after_the_command(run_cli: Any, history: st
     assert len(json.loads(after.out)) == 4
     eq = run_cli("query", f"--db={history}", "SELECT count(*) AS n FROM runs", "--format", "csv")
     assert eq.out.splitlines() == ["n", "4"]
-    quiet = run_cli("runs", "list", "-q")
-    assert quiet.exit_code == 2
-    assert "-q is a global option: put it before the command" in quiet.err
+    quiet = run_cli("runs", "list", "-q", "--db", history, "--format", "csv")
+    assert quiet.exit_code == 0, quiet.err
+    assert len(quiet.out.splitlines()) == 5  # header and 4 runs
+
+
+def test_quiet_and_verbose_after_the_command_move_in_front_unless_the_command_owns_them() -> None:
+    from orchestrator.cli import _declares, cli, move_global_options
+
+    def owns(words: list[str], flag: str) -> bool:
+        return _declares(cli, words, flag)
+
+    assert move_global_options(["runs", "list", "-q", "--db", "x"], owns) == [
+        "-q",
+        "--db",
+        "x",
+        "runs",
+        "list",
+    ]
+    assert move_global_options(["submit", "1x1", "-vv", "--", "-q"], owns) == [
+        "-vv",
+        "submit",
+        "1x1",
+        "--",
+        "-q",
+    ]
+    assert move_global_options(["image", "build", "-v", "--quiet"], owns) == [
+        "--quiet",
+        "image",
+        "build",
+        "-v",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -187,3 +215,50 @@ def test_a_bad_set_is_refused_before_anything_is_written(run_cli: Any, tmp_path:
         assert result.exit_code == 2 and result.err.startswith(message), result.err
         assert result.err.count("\n") == 1
         assert not db.exists() and not Path("runs").exists()
+
+
+def test_the_exit_code_table_matches_the_codes_submit_uses() -> None:
+    from orchestrator.runs import stopping
+
+    section = DOC.read_text().split("## Exit codes", 1)[1]
+    codes = {
+        row.split("|")[1].strip(): int(row.split("|")[2])
+        for row in section.splitlines()
+        if row.startswith("| ") and row.split("|")[2].strip().isdigit()
+    }
+    assert codes["succeeded"] == 0
+    assert codes["failed, timed out, no progress, collection failed"] == stopping.EXIT_FAILED
+    cancel = "cancelled by `orchestrator cancel` (from any shell), or scancel on Slurm"
+    assert codes[cancel] == stopping.EXIT_CANCEL_REQUESTED == 4
+    assert codes["cancelled: this `submit` got SIGINT (Ctrl-C)"] == stopping.EXIT_SIGINT == 130
+    assert codes["cancelled: this `submit` got SIGTERM"] == stopping.EXIT_SIGTERM == 143
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_export_suggests_a_checker_command_this_interpreter_can_run(
+    run_cli: Any, history: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (real(name, *a) if installed else None) if name == "mlperf_logging" else real(name, *a)
+        ),
+    )
+    out = tmp_path / "run.mllog"
+    done = run_cli("--db", history, "export", RUN_2X8, "--mllog", str(out))
+    assert done.exit_code == 0, done.err
+    hint = done.err.splitlines()[-1]
+    command = f"{sys.executable} -m mlperf_logging.compliance_checker --usage training"
+    if installed:
+        assert hint.startswith(f"check it with: {command}")
+    else:  # the default install lacks the package: say how to get it, with this interpreter
+        assert hint.startswith(
+            f"to check it, install MLPerf's checker ({sys.executable} -m pip install "
+            f"'mlperf-logging>=4.1'), then run: {command}"
+        )
+    assert hint.endswith(str(out))

@@ -212,3 +212,27 @@ def test_a_phase_with_a_display_of_its_own_suspends_the_bar() -> None:
         view.phase("staging")
         (task,) = view._progress.tasks
         assert task.description == "staging"
+
+
+def test_a_replay_stamps_each_event_when_it_happened_not_when_it_was_read(
+    monkeypatch: Any,
+) -> None:
+    """`attach` reads a log that is minutes old in one go: its lines keep the workload's own
+    times ("at"), counted from the run's submission, as the submit showed them."""
+    import time
+    from datetime import datetime, timezone
+
+    view, out, clock = _plain()
+    submitted = 1_700_000_000.0
+    monkeypatch.setattr(time, "time", lambda: submitted + 300.0)  # attach runs 5 min later
+    view.replay_from(datetime.fromtimestamp(submitted, timezone.utc))
+    with view:
+        view.event({"event": "phase", "phase": "init", "at": submitted + 12.0})
+        view.event({**START, "at": submitted + 20.5})
+        view.event({"event": "phase", "phase": "training", "epoch": 0, "at": submitted + 21})
+        view.event({**_progress(1), "at": submitted + 25})  # held back: 10 s spacing
+        view.tick()  # said now, at the time it happened
+        view.line("read now")
+    stamps = [line.split("s  ", 1)[0].strip() for line in out.getvalue().splitlines()]
+    assert stamps == ["12.0", "20.5", "21.0", "25.0", "300.0"]
+    assert "training: epoch 1/2 iteration 1/8" in out.getvalue().splitlines()[3]

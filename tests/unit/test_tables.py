@@ -102,7 +102,13 @@ def test_integer_range_includes_its_bounds_and_refuses_bools_floats_strings() ->
     t = _table({"lo": 1, "hi": 10, "t": True, "f": 2.0, "s": "3", "under": 0, "over": 11})
     assert (t.integer("lo", 5, low=1, high=10), t.integer("hi", 5, low=1, high=10)) == (1, 10)
     assert t.integer("absent", 5, low=1, high=10) == 5
-    for key, shown in (("t", "True"), ("f", "2.0"), ("s", "'3'"), ("under", "0"), ("over", "11")):
+    for key, shown in (
+        ("t", "True"),
+        ("f", "2.0"),
+        ("s", "the string '3'"),
+        ("under", "0"),
+        ("over", "11"),
+    ):
         assert _line(lambda key=key: t.integer(key, 5, low=1, high=10)) == (
             f"f.toml: t.{key} must be an integer between 1 and 10, got {shown} (e.g. {key} = 5)"
         )
@@ -115,7 +121,7 @@ def test_number_is_positive_and_a_float() -> None:
     t = _table({"i": 2, "f": 0.25, "zero": 0, "neg": -1.5, "t": True, "s": "1m"})
     assert (t.number("i", 1.0), t.number("f", 1.0), t.number("absent", 10.0)) == (2.0, 0.25, 10.0)
     assert isinstance(t.number("i", 1.0), float)
-    for key, shown in (("zero", "0"), ("neg", "-1.5"), ("t", "True"), ("s", "'1m'")):
+    for key, shown in (("zero", "0"), ("neg", "-1.5"), ("t", "True"), ("s", "the string '1m'")):
         assert _line(lambda key=key: t.number(key, 10.0)) == (
             f"f.toml: t.{key} must be a positive number, got {shown} (e.g. {key} = 10.0)"
         )
@@ -132,7 +138,7 @@ def test_boolean_refuses_anything_but_true_and_false() -> None:
         True,
     )
     assert _line(lambda: t.boolean("s", False)) == (
-        "f.toml: t.s must be true or false, got 'yes' (e.g. s = false)"
+        "f.toml: t.s must be true or false, got the string 'yes' (e.g. s = false)"
     )
     assert _line(lambda: t.boolean("i", True)) == (
         "f.toml: t.i must be true or false, got 1 (e.g. i = true)"

@@ -34,3 +34,37 @@ def test_times_sizes_and_memory_cells():
     assert size(25324732416) == "23.6 GiB" and size(5 * 2**20) == "5.0 MiB"
     assert mem_cell("37.1/64.0", True) == "37.1/64.0"
     assert mem_cell(None, True) == "n/a (cpu)" and mem_cell(None, False) == ""
+
+
+@pytest.mark.parametrize(
+    "name, value, shown",
+    [
+        ("map", 0, "0.000"),
+        ("map", 0.000835, "0.001"),
+        ("map", 0.0019, "0.002"),
+        ("map", None, ""),
+        ("e2e_time", 18, "18.0"),
+        ("core_s", 3.04, "3.0"),
+        ("p_core", 3, "3.00"),
+        ("p_whole", 1234.5, "1230"),
+    ],
+)
+def test_a_metric_is_shown_as_the_report_shows_it(name, value, shown):
+    from orchestrator import report
+    from orchestrator.units import metric
+
+    assert metric(name, value) == shown
+    formatters = {key: f for key, _, f in report.SEED_HEADERS}
+    if name in formatters:  # the CLI's report column: the same text
+        assert formatters[name](value) == shown
+
+
+def test_the_web_shows_a_cpu_runs_memory_as_the_cli_does():
+    from orchestrator.web.present import metric, run_mem
+
+    cpu_run = {"mem": None, "p_core": 3.0, "source": "orchestrator", "mem_source": None}
+    assert run_mem(cpu_run) == "n/a (cpu)"
+    assert run_mem({**cpu_run, "source": "flagperf"}) == ""  # an import may simply not say
+    gpu = {"mem": "37.1/64.0", "p_core": 519.0, "source": "orchestrator", "mem_source": "device"}
+    assert run_mem(gpu) == "37.1/64.0 (device)"
+    assert metric(0.000835, "map") == "0.001"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from typing import Any, Dict, TextIO
 
 from . import result_format
@@ -33,12 +34,15 @@ class Events:
     def emit(self, event: str, **fields: Any) -> None:
         if not self.enabled:
             return
-        # "event" first: the launcher recognises event lines by the prefix {"event"
+        # "event" first: the launcher recognises event lines by the prefix {"event"; "at"
+        # (Unix time) lets `orchestrator attach` replay the log stamped as it happened
+        fields.setdefault("at", round(time.time(), 3))
         doc: Dict[str, Any] = dict([("event", event)] + sorted(_clean(fields).items()))
         self._write(json.dumps(doc))
 
     def progress(self, **fields: Any) -> None:
         if self.enabled:
+            fields.setdefault("at", round(time.time(), 3))
             self._write(result_format.progress_line(**_clean(fields)))
 
 

@@ -52,6 +52,7 @@ from orchestrator.runs.lifecycle import (
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.stopping import StopEvent, stop_reason
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import ClusterSpec
 from orchestrator.states import FinalStatus, RunStatus
@@ -306,7 +307,7 @@ def execute(
         stage(plan)
         phases.lap("stage")
         if stop.is_set():
-            raise _Cancelled("cancelled by the user before the job was submitted")
+            raise _Cancelled(f"{stop_reason(stop)} before the job was submitted")
         view.phase("submitting", f"sbatch, {job.topology.nnodes} node(s)")
         job_id = submit_staged(plan, plan.sbatch_argv)
         request = leases.request_for(job.cluster, req)
@@ -329,7 +330,7 @@ def execute(
         raise
     # Like a worker, this process holds a follow row while it follows the job: if it dies, the
     # row expires and a worker adopts the run, collects and stores it.
-    cancel, detach = threading.Event(), threading.Event()
+    cancel, detach = StopEvent(), threading.Event()
     keeper = LeaseKeeper(
         store, job.run_id, holder, ttl_s, stop, cancel, renew=follows.renew, on_lost=detach
     )
@@ -411,7 +412,7 @@ def follow(
                     fetch_problem = _fetch(plan, job_id, source, console)
                 if state is None:
                     if stop.is_set():
-                        status, failure = "cancelled", Failure("cancelled by the user (scancel)")
+                        status, failure = "cancelled", Failure(f"{stop_reason(stop)} (scancel)")
                     else:
                         failure = Failure(f"slurm job {job_id} vanished from the controller")
                     break
@@ -485,7 +486,7 @@ def _why_stop(
 ) -> Failure | None:
     """Why the orchestrator ends the job now (cancel, timeout, no progress), or None."""
     if stop.is_set():
-        return Failure("cancelled by the user (scancel)")
+        return Failure(f"{stop_reason(stop)} (scancel)")
     if started_at is None:
         return None
     ran_s = (utcnow() - started_at).total_seconds()
@@ -712,7 +713,7 @@ def cancel_run(store: Store, run_id: str, by: str) -> str:
         raise ConfigError(
             f"run {run_id} has no Slurm job", "check the run id (`orchestrator runs`)"
         )
-    reason = f"cancel requested by {by} (scancel {row.slurm_job_id})"
+    reason = f"{leases.CANCEL_NOTE}{by} (scancel {row.slurm_job_id})"
     leases.record_cancel_request(store, run_id, row.status, reason)
     commands.scancel(row.slurm_job_id)
     return str(row.slurm_job_id)

@@ -17,6 +17,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
 from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.runs.lifecycle import request_from_doc
+from orchestrator.runs.stopping import StopEvent, cancel_request_cause
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -151,9 +152,10 @@ class SlurmFollowers:
                 status = "failed"
                 self._end_unplannable(item, exc)
                 return
-            cancel, detach = threading.Event(), threading.Event()
+            cancel, detach = StopEvent(), threading.Event()
             if item.cancel_requested_at is not None:
-                cancel.set()  # `orchestrator cancel` ran while nobody followed the run
+                # `orchestrator cancel` ran while nobody followed the run
+                cancel.stop(cancel_request_cause(leases.cancel_note(self.store, item.run_id)))
             self.console.print(
                 f"[bold]run {item.run_id}[/]: following slurm job {item.job_id} ({doc['topology']})"
             )

@@ -36,11 +36,13 @@ from orchestrator.backends.ssh.launch import (
 )
 from orchestrator.errors import OrchestratorError
 from orchestrator.queue import leases
-from orchestrator.queue.keeper import LeaseKeeper
+from orchestrator.queue.keeper import RENEW_MAX_S, LeaseKeeper
+from orchestrator.queue.liveness import LeaseSilence, liveness
 from orchestrator.runs.failure import Failure, diagnose
 from orchestrator.runs.folder import make_run_dir
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.stopping import StopEvent, stop_reason
 from orchestrator.states import FinalStatus
 from orchestrator.store import status as run_status
 from orchestrator.store.models import Run, RunNode
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from orchestrator.transport import NodeSession, Transport
 
 POLL_S = 1.0
+STALE_LEASE_S = 3 * RENEW_MAX_S  # a live follower renews its lease at least this often, thrice
 SETTLE_MARGIN_S = 2 * GUARD_POLL_S  # two of the guard's polls: it has acted by then
 
 
@@ -142,7 +145,7 @@ def adopt_run(
         leases.end_run(store, orphan.run_id, "failed", reason, ["running"])
         return "failed"
     _history(store, orphan.run_id, f"{mode} by {holder}: {adoptee.gone_since()}")
-    run_stop = threading.Event()
+    run_stop = StopEvent()
     if mode == "follow":
         console.print(f"[bold]run {orphan.run_id}[/]: adopted by {holder}")
     with LeaseKeeper(store, orphan.run_id, holder, ttl_s, stop, run_stop):
@@ -189,6 +192,7 @@ def _finish(
         execution = None
         if running and mode == "follow":
             with ProgressView(adoptee.run_id, console) as view:
+                view.replay_from(adoptee.submitted_at)
                 execution = Reattach(plan, session, view, stop, cleanup).follow(adoptee)
         problems = stop_everywhere(session, plan, cleanup)  # whatever ended it: nothing stays
         if problems:
@@ -260,6 +264,36 @@ def _states(session: NodeSession, plan: Plan, rank0_offset: int) -> dict[str, No
     return session.fan_out(one, timeout=60, what="reading the run's state")
 
 
+class _LeaseWait:
+    """Says once, as a phase, that the run's follower is gone (its pid on this host) or stopped
+    renewing its lease, and when the lease runs out and this attach adopts the run: not
+    "still running" for the minute the dead follower's lease has left."""
+
+    def __init__(self, view: ProgressView) -> None:
+        self.view, self.silence, self.said = view, LeaseSilence(), False
+
+    def check(self, follower: leases.Orphan) -> None:
+        quiet = self.silence.seen(follower.expired_at)
+        if self.said or follower.expired_at is None:
+            return
+        holders = ", ".join(follower.holders) or "its follower"
+        alive = [liveness(h) for h in follower.holders]
+        if alive and all(a is False for a in alive):
+            why = f"{holders} is gone (no such process on this host)"
+        elif quiet > STALE_LEASE_S and not any(alive):
+            why = f"{holders} stopped renewing its lease {quiet:.0f} s ago"
+        else:
+            return
+        left = max(0.0, (follower.expired_at - leases.now_utc()).total_seconds())
+        until = follower.expired_at.strftime("%H:%M:%S")
+        self.view.phase(
+            "waiting for the lease",
+            f"{why}; it runs out at {until} UTC (in {left:.0f} s), then this attach adopts "
+            "the run: collects, stores and cleans it",
+        )
+        self.said = True
+
+
 class Reattach:
     """Follows a run started by another process: its nodes' exit files and rank 0's log, read
     once a second (each read feeds the guards' heartbeat); any failure stops every node."""
@@ -304,9 +338,8 @@ class Reattach:
             if all(c == 0 for c in codes.values()):
                 return Execution("succeeded", started, utcnow(), None, dict(codes))
             if self.stop.is_set():
-                return self._stop(
-                    started, Failure("cancelled (the adopter was stopped)"), "cancelled"
-                )
+                why = stop_reason(self.stop, "cancelled (the adopter was stopped)")
+                return self._stop(started, Failure(why), "cancelled")
             quiet = now - self.view.last_event_at
             over = past_limits(job.timeout_s, job.no_progress_timeout_s, now - t0, quiet)
             if over is not None:
@@ -456,16 +489,21 @@ def watch(
     rank0 = adoptee.plan.nodes[0]
     session = NodeSession([rank0.node], adoptee.plan.job.cluster.ssh)
     with session, ProgressView(run_id, console) as view:
+        view.replay_from(adoptee.submitted_at)
         reader = Reattach(adoptee.plan, session, view, stop, None)
         transport = session.transports[rank0.node.name]
+        waiting = _LeaseWait(view)
         while not stop.is_set():
             reader.read(node_state(transport, rank0, run_id, reader.offset))
             view.tick()
             with store.reading() as conn:
                 status = conn.scalar(select(Run.status).where(Run.run_id == run_id))
+                follower = leases.follow_state(conn, run_id)
             if status != "running":
                 return "ended"
             if leases.find_orphans(store, run_id=run_id):
                 return "orphaned"
+            if follower is not None:
+                waiting.check(follower)
             stop.wait(every_s)
     return "stopped"

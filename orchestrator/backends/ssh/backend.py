@@ -18,6 +18,7 @@ from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
 from orchestrator.queue import leases
+from orchestrator.queue.liveness import liveness
 from orchestrator.states import BackendName
 from orchestrator.store.queries import run_brief
 
@@ -64,10 +65,16 @@ class SshRun:
         return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
 
 
+DETACH_HINT = (
+    "queued runs start only when a worker takes them: run `orchestrator worker` "
+    "where the nodes are reachable (it waits for queued runs)"
+)
+
+
 class SshBackend:
     name: BackendName = "ssh"
     detached_as = "queued"
-    detach_hint: str | None = None
+    detach_hint: str | None = DETACH_HINT
 
     def plan(self, cluster: ClusterSpec, req: SubmitRequest, run_id: str | None = None) -> SshRun:
         return SshRun(make_plan(cluster, req, run_id=run_id))
@@ -137,7 +144,7 @@ class SshBackend:
         return adoption.reconcile(store, holder, console, runs_dir, mode="settle")
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
-        return leases.describe_leases(conn)
+        return leases.describe_leases(conn, liveness)
 
 
 def _status(store: Store, run_id: str) -> str | None:

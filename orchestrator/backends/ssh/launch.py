@@ -23,6 +23,7 @@ from orchestrator.runs.failure import Failure, diagnose
 from orchestrator.runs.folder import join_nccl_logs
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.stopping import stop_reason
 from orchestrator.workload_source import workload_files
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class Watch:
             elif self.detach is not None and self.detach.is_set():
                 return Execution("detached", started, utcnow(), None, exits)
             elif self.stop.is_set():
-                status, failure = "cancelled", Failure("cancelled by the user (SIGINT/SIGTERM)")
+                status, failure = "cancelled", Failure(stop_reason(self.stop))
             else:
                 failure = past_limits(
                     timeout_s, no_progress_s, now - t0, now - self.view.last_event_at

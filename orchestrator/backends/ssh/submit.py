@@ -45,6 +45,7 @@ from orchestrator.runs.lifecycle import (
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, verbosity
+from orchestrator.runs.stopping import stop_reason
 from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
@@ -314,7 +315,8 @@ def _execute(
                 )
             view.phase("publishing", f"run folder {run_dir} into the results store")
     except _Cancelled:
-        status, failure = "cancelled", Failure("cancelled by the user before the workload started")
+        failure = Failure(f"{stop_reason(stop)} before the workload started")
+        status = "cancelled"
     except OrchestratorError as exc:
         node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
         failure = Failure(exc.one_line(), node=node)

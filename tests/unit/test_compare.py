@@ -167,3 +167,13 @@ def test_a_configuration_side_shows_every_value_its_runs_hold() -> None:
         "c", [_row("a", 1.0), _row("b", 2.0)], ENV_A, {}, [SETUP_A, {**SETUP_A, "cluster": "lab-b"}]
     )
     assert side.setup["cluster"] == "lab-a; lab-b" and side.setup["topology"] == "1x2"
+
+
+def test_values_are_written_as_report_writes_them() -> None:
+    # 18 s, 3 img/s and mAP 0.2: `report` prints 18.0, 3.00 and 0.200, so compare does too
+    slow = {**_row("a", 3.0, 18.0), "p_whole": 2.0, "p_train": 2.5, "map": 0.2}
+    result = compare([run_side(slow, ENV_A, {}), run_side(_row("b", 6.0, 9.0), ENV_A, {})])
+    markdown = render(result, "markdown")
+    assert "| e2e_time (s) | 18.0 | 9.0 | -9 | -50.0% |" in markdown
+    assert "| p_core (img/s) | 3.00 | 6.00 | +3 | +100.0% |" in markdown
+    assert "| mAP | 0.200 | 0.370 |" in markdown

@@ -224,7 +224,8 @@ def check_runs(
         seen.add(key)
         cluster = clusters[run.cluster]
         try:
-            pick_nodes(cluster, run.topology, list(spec.nodes) if spec.nodes else None)
+            if cluster.nodes or cluster.backend != "slurm":  # else Slurm chooses the nodes
+                pick_nodes(cluster, run.topology, list(spec.nodes) if spec.nodes else None)
             check_hparams(dict(run.sets), run.precision)
         except ConfigError as exc:
             where = (

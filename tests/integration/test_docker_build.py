@@ -140,7 +140,8 @@ def test_cli_dry_run_shows_dockerfile_and_tag_and_builds_nothing(
         "--dry-run",
     )
     assert result.returncode == 0, result.stderr
-    assert f"FROM {spec.base_image} AS builder" in result.stdout
+    assert f"FROM {spec.base_image} AS system" in result.stdout
+    assert "FROM system AS builder" in result.stdout
     assert "COPY --from=builder /opt/venv /opt/venv" in result.stdout
     assert "# wheel torch-2.14.1-" in result.stdout
     # The tag the CLI shows is the tag of exactly this content.

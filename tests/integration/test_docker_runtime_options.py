@@ -19,6 +19,7 @@ import pytest
 from orchestrator.images.build import image_id
 from orchestrator.images.profiles import load_profile
 from orchestrator.images.spec import Sha256Cache, make_image_spec
+from orchestrator.images.system_setup import system_setup_script
 from tests.support.cluster_fixtures import (
     cli_env,
     run_processes,
@@ -70,8 +71,13 @@ def vendor_setup(sshd_nodes, cpu_image, tiny_coco, tmp_path, docker_api):
         (root / vendor).mkdir(parents=True, exist_ok=True)
         # The template names its profile in a comment only: rendered as the cpu profile's, the
         # Dockerfile (and so the image) is the cpu image's, tagged here under the vendor's name.
+        # Its system stage is the cpu profile's too (an IB profile's would add the verbs
+        # libraries, which the cpu image has no need of).
         template = (REPO / "images" / "Dockerfile.template").read_text()
-        (root / vendor / "Dockerfile.template").write_text(template.replace("{{profile}}", "cpu"))
+        cpu_system = system_setup_script(load_profile("cpu").python, infiniband=False)
+        (root / vendor / "Dockerfile.template").write_text(
+            template.replace("{{profile}}", "cpu").replace("{{system_setup}}", cpu_system)
+        )
         (root / vendor / "profile.toml").write_text(_profile_text(vendor, runtime))
         spec, built = cpu_image
         ours = make_image_spec(

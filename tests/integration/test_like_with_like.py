@@ -93,9 +93,14 @@ def test_compare_of_unlike_runs_lists_topology_and_cluster_first_and_warns(
 
 
 def test_web_scaling_keeps_other_hyper_parameters_apart_and_compare_warns(store_url: str) -> None:
-    from orchestrator.web.app import create_app
+    from contextlib import nullcontext
 
-    with TestClient(create_app(store_url), raise_server_exceptions=False) as client:
+    from orchestrator.web.app import create_app
+    from tests.support.store_fixtures import pg_reader
+
+    # The pages connect as a SELECT-only role on PostgreSQL (docs/security.md).
+    reading = pg_reader(store_url) if store_url.startswith("postgresql") else nullcontext(store_url)
+    with reading as url, TestClient(create_app(url), raise_server_exceptions=False) as client:
         page = client.get("/scaling?vendor=nvidia&precision=amp")
         compared = client.get(f"/compare?run={ONE_BY_TWO}&run={TWO_BY_ONE}")
     assert compared.status_code == 200

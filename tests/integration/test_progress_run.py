@@ -29,9 +29,13 @@ SUMMARY = re.compile(
 
 
 def _local_cluster(tmp_path: Path) -> Path:
-    """The README's smallest cluster file; its dataset is wrong on purpose (--data-dir wins)."""
+    """The README's smallest cluster file; its dataset is wrong on purpose (--data-dir wins).
+    A free rendezvous port: 29500 may be another run's on a shared machine."""
+    from tests.support.workload_fixtures import free_port
+
     path = tmp_path / "local.toml"
     path.write_text(
+        f"[cluster]\nmaster_port = {free_port()}\n\n"
         "[case]\n"
         f"data_dir = {json.dumps(str(tmp_path / 'not-here'))}\n"
         'backbone_weights = "none"\n\n'

@@ -61,7 +61,7 @@ def test_a_run_in_a_log_has_a_line_per_phase_and_ends_with_its_summary(tiny_coco
     order += ["evaluation", "finishing", "collecting", "publishing"]
     firsts = [phases.index(p) for p in order]  # ValueError: a phase without its line
     assert firsts == sorted(firsts), phases
-    assert re.search(r"^\s+\d+\.\ds  preflight this-machine: ok, 5 checks in", proc.stderr, re.M)
+    assert re.search(r"^\s+\d+\.\ds  preflight this-machine: ok, \d+ checks in", proc.stderr, re.M)
     summary = SUMMARY.match(lines[-1])
     assert summary and summary.group(1) == summary.group(2), lines[-1]
     run_id = summary.group(1)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -140,11 +142,19 @@ class DowngradeImpact:
 
 def downgrade_impact(url: str, revision: str) -> DowngradeImpact:
     """Read-only: the store's revision, the revisions down to `revision`, and its run count."""
-    engine = make_engine(parse_url(url))  # a missing SQLite file is an error, never created
+    current, runs = _read(url, lambda c: (revision_of(c), _count_runs(c)))
+    return DowngradeImpact(redact_url(url), current, _revisions_between(current, revision), runs)
+
+
+T = TypeVar("T")
+
+
+def _read(url: str, read: Callable[[Connection], T]) -> T:
+    """One read of an existing store (a missing SQLite file is an error, never created)."""
+    engine = make_engine(parse_url(url))
     try:
         with engine.connect() as connection:
-            current = revision_of(connection)
-            runs = _count_runs(connection)
+            return read(connection)
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot read results store at {redact_url(url)}: {_first_line(exc)}",
@@ -152,7 +162,6 @@ def downgrade_impact(url: str, revision: str) -> DowngradeImpact:
         ) from None
     finally:
         engine.dispose()
-    return DowngradeImpact(redact_url(url), current, _revisions_between(current, revision), runs)
 
 
 def _revisions_between(current: str | None, target: str) -> tuple[str, ...]:
@@ -176,22 +185,10 @@ def _revisions_between(current: str | None, target: str) -> tuple[str, ...]:
 
 
 def _count_runs(connection: Connection) -> int:
-
     if not inspect(connection).has_table("runs"):
         return 0
     return int(connection.execute(text("SELECT count(*) FROM runs")).scalar_one())
 
 
 def current_revision(url: str) -> str | None:
-    parsed = parse_url(url)
-    engine = make_engine(parsed)
-    try:
-        with engine.connect() as connection:
-            return revision_of(connection)
-    except SQLAlchemyError as exc:
-        raise StoreError(
-            f"cannot read results store at {redact_url(url)}: {_first_line(exc)}",
-            "check the URL, that the server runs, and the credentials",
-        ) from None
-    finally:
-        engine.dispose()
+    return _read(url, revision_of)

@@ -163,7 +163,7 @@ def test_bad_durations_name_the_key(value: Any) -> None:
         ),
         (
             {"campaign": {**BASE, "repeats": "3"}},
-            "c.toml: campaign.repeats '3' is not 1..1000 (e.g. repeats = 3)",
+            "c.toml: campaign.repeats the string '3' is not 1..1000 (e.g. repeats = 3)",
         ),
         (
             {"campaign": {**BASE, "set": [1]}},

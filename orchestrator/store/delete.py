@@ -75,8 +75,7 @@ def selected_runs(conn: Connection, sel: DeleteSelection) -> list[RowMapping]:
     if sel.since:
         query = query.where(Run.submitted_at >= sel.since)
     if sel.reason:
-        escaped = sel.reason.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(Run.reason.like(f"%{escaped}%", escape="\\"))
+        query = query.where(Run.reason.contains(sel.reason, autoescape=True))
     if sel.not_started:  # ended without starting: a queued run has not started either
         query = query.where(Run.started_at.is_(None), Run.status.not_in(ACTIVE))
     return list(conn.execute(query.order_by(Run.submitted_at, Run.run_id)).mappings())

@@ -49,14 +49,15 @@ class AppContext:
 
     def global_options(self) -> list[str]:
         """`--cluster FILE --db URL` as given (option or environment), for commands we suggest:
-        following a hint literally then reaches the same store and cluster."""
-        from orchestrator.store import redact_url
+        following a hint literally then reaches the same store and cluster. The URL as typed,
+        its password hidden (the pure redaction: a hint loads no store)."""
+        from orchestrator.redact import redact_text
 
         words: list[str] = []
         if self.cluster_file:
             words += ["--cluster", self.cluster_file]
         if self.db_url:
-            words += ["--db", redact_url(self.db_url)]
+            words += ["--db", redact_text(self.db_url)]
         return words
 
     @property

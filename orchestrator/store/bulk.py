@@ -9,14 +9,26 @@ Core insert would store; `insert_values` is for rows built as driver-ready tuple
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Boolean, Connection, Float, Table
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.store.models import Base
+
+T = TypeVar("T")
+# Ids per IN (...) list: well below every backend's bound on one statement's parameters.
+IDS_PER_STATEMENT = 500
+
+
+def chunks(items: Iterable[T], size: int = IDS_PER_STATEMENT) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter), read lazily from any iterable."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def _processors(

@@ -13,7 +13,6 @@ that does not exist yet is created.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
-    RowMapping,
     Table,
     Text,
     bindparam,
@@ -37,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import StoreError
+from orchestrator.store.bulk import chunks
 from orchestrator.store.engine import make_engine, parse_url, redact_url
 from orchestrator.store.migrate import (
     check_revision,
@@ -49,7 +48,7 @@ from orchestrator.store.models import Base, RawDoc, Run
 
 # Transient rows of live processes (leases): never copied.
 NOT_COPIED = ("node_leases", "slurm_follows")
-CHUNK = 2000
+CHUNK = 2000  # rows per insert
 
 
 @dataclass(frozen=True)
@@ -133,7 +132,7 @@ def _copy_table(src: Connection, dst: Connection, table: Table) -> TableCopy:
         {c.name: _write_param(c, dst.dialect.name) for c in table.columns}
     )
     total = copied = 0
-    for chunk in _chunks(src.execute(select(*columns).order_by(*key)).mappings()):
+    for chunk in chunks(src.execute(select(*columns).order_by(*key)).mappings(), CHUNK):
         total += len(chunk)
         fresh = [dict(row) for row in chunk if tuple(row[c.name] for c in key) not in present]
         if fresh:
@@ -158,17 +157,6 @@ def _write_param(column: Column[Any], dialect: str) -> ColumnElement[Any]:
         return bindparam(column.name, type_=column.type)
     param = type_coerce(bindparam(column.name, type_=Text), Text)
     return cast(param, JSON) if dialect == "postgresql" else param
-
-
-def _chunks(rows: Iterator[RowMapping]) -> Iterator[list[RowMapping]]:
-    chunk: list[RowMapping] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _advance_sequences(conn: Connection) -> None:

@@ -11,12 +11,12 @@ from sqlalchemy import Connection, Table, delete, func, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
+from orchestrator.store.bulk import chunks
 from orchestrator.store.models import Base, Run
 from orchestrator.store.queries import resolve_run
 
 # A run in these states is still someone's: it is cancelled, not deleted.
 ACTIVE = ("queued", "running")
-CHUNK = 500  # run ids per statement: SQLite bounds the parameters of one statement
 # Every table with rows that belong to a run, children first (the order matters only where
 # foreign keys are not enforced). A table added to the schema with a run_id must be added here:
 # tests/integration/test_runs_delete.py checks the list against the models.
@@ -104,8 +104,7 @@ def delete_runs(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:
     ).mappings()
     refuse_active(list(active))
     removed = {table.name: 0 for table in (*CHILD_TABLES, RUNS)}
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
+    for chunk in chunks(ids):
         for table in CHILD_TABLES:
             result = conn.execute(delete(table).where(table.c.run_id.in_(chunk)))
             removed[table.name] += result.rowcount

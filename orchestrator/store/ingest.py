@@ -10,7 +10,7 @@ a row of its status history. Its rank, epoch and node rows are rewritten.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,7 +22,7 @@ from orchestrator.monitor import sample_rows
 from orchestrator.runs.folder import RunFolder
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
-from orchestrator.store.bulk import insert_rows, insert_values
+from orchestrator.store.bulk import chunks, insert_rows, insert_values
 from orchestrator.store.metrics import RunMetrics, aggregate
 from orchestrator.store.models import (
     Campaign,
@@ -32,8 +32,6 @@ from orchestrator.store.models import (
     RunEpoch,
     RunNode,
 )
-
-_CHUNK = 500  # ids per IN (...) list, well below every backend's parameter limit
 
 
 @dataclass(frozen=True)
@@ -70,11 +68,6 @@ def prepare(folders: Sequence[RunFolder]) -> list[PreparedRun]:
     return prepared
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 # What `ingest` compares when a stored run and a folder disagree, in the order it says them.
 COMPARED = ("status", "global_images", "e2e_time_s", "p_whole", "p_train", "p_core", "map")
 
@@ -83,7 +76,7 @@ def _existing(conn: Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]
     found: dict[str, dict[str, Any]] = {}
     table = Run.__table__
     columns = [table.c.run_id, table.c.source_digest, *(table.c[c] for c in COMPARED)]
-    for chunk in _chunks(run_ids):
+    for chunk in chunks(run_ids):
         for row in conn.execute(select(*columns).where(Run.run_id.in_(chunk))).mappings():
             found[row["run_id"]] = dict(row)
     return found
@@ -156,7 +149,7 @@ def _campaign_row(campaign_id: str, now: datetime) -> dict[str, Any]:
 def _kept_envs(conn: Connection, run_ids: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
     """Environments recorded live (record_environment) that a folder without env.json keeps."""
     kept: dict[tuple[str, int], dict[str, Any]] = {}
-    for chunk in _chunks(run_ids):
+    for chunk in chunks(run_ids):
         query = select(RunNode.run_id, RunNode.node_rank, RunNode.env, RunNode.captured_at).where(
             RunNode.run_id.in_(chunk), RunNode.env.is_not(None)
         )
@@ -236,7 +229,7 @@ def _delete_children(conn: Connection, run_ids: list[str]) -> dict[tuple[str, in
     """Remove the rank, epoch and node rows of runs about to be replaced; return the node
     environments recorded live, which a folder without env.json keeps."""
     kept = _kept_envs(conn, run_ids)
-    for chunk in _chunks(run_ids):
+    for chunk in chunks(run_ids):
         conn.execute(delete(RunEpoch).where(RunEpoch.run_id.in_(chunk)))
         conn.execute(delete(RankResult).where(RankResult.run_id.in_(chunk)))
         conn.execute(delete(RunNode).where(RunNode.run_id.in_(chunk)))

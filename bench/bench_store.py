@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from orchestrator.report import render_report  # noqa: E402
+from orchestrator.reports.report import render_report  # noqa: E402
 from orchestrator.runs.folder import RankFile, RunFolder, RunManifest, write_manifest  # noqa: E402
 from orchestrator.store import Store, open_store, upgrade_store  # noqa: E402
 from orchestrator.store.queries import Selection, environment, seed_rows  # noqa: E402

@@ -43,7 +43,7 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "orchestrator/specs.py": None,
     "orchestrator/plan.py": None,
     "orchestrator/store/metrics.py": None,
-    "orchestrator/report_stats.py": None,
+    "orchestrator/reports/stats.py": None,
     "orchestrator/queue/leases.py": ("schedule", "iter_schedule"),
     "orchestrator/transport/shell.py": None,
     "orchestrator/config.py": None,

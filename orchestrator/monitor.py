@@ -1,7 +1,7 @@
 """Monitors during a run: the sampler command started on every node next to the workload, and
 reading what it wrote (RUN_DIR/nodes/<node>/monitor.jsonl) into monitor_samples rows.
 
-The sampler is orchestrator/monitor_probe.py (standard library, Python 3.8), sent as
+The sampler is orchestrator/nodeside/monitor_probe.py (standard library, Python 3.8), sent as
 `python -c SOURCE ARGS_JSON`. Which accelerator tool it calls and how its output is read is
 table-driven (SAMPLING_QUERIES for CSV tools such as nvidia-smi, TEXT_QUERIES for mx-smi's text,
 by tool name); a vendor tool without an entry has its raw output recorded once in the file and
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import IngestError
+from orchestrator.workload_source import MONITOR_PROBE_PATH
 
 MONITOR_FILE = "monitor.jsonl"
 MONITOR_LOG = "monitor.log"
 DEFAULT_INTERVAL_S = 5.0
 INTERVAL_ENV = "ORCHESTRATOR_MONITOR_INTERVAL_S"  # e.g. 1 in tests
-PROBE_SOURCE = (Path(__file__).parent / "monitor_probe.py").read_text(encoding="utf-8")
+PROBE_SOURCE = MONITOR_PROBE_PATH.read_text(encoding="utf-8")
 
 MIB = 1024 * 1024
 # Tool name -> (argv that samples every device, [metric, scale] per CSV column).
@@ -110,7 +111,7 @@ def sampler_argv(
 def parse_tool_output(tool: str, text: str) -> list[tuple[str, float, int | None]]:
     """The tool's output as (metric, value, device) in bytes, W, °C, % (what the sampler does on
     the node; here for tests and for reading recorded output)."""
-    from orchestrator import monitor_probe
+    from orchestrator.nodeside import monitor_probe
 
     if tool in TEXT_QUERIES:
         return [tuple(s) for s in monitor_probe.parse_mx_smi_memory(text)]

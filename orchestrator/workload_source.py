@@ -9,10 +9,12 @@ from pathlib import Path
 import workload
 
 WORKLOAD_ROOT = Path(workload.__file__).resolve().parent  # .../workload
-# Node-side scripts (standard library, Python 3.8) sent beside the workload: the preflight probe
-# and the monitor's sampler. They live at the package's top so both backends can send them.
-NODE_PROBE_PATH = Path(__file__).resolve().parent / "node_probe.py"
-MONITOR_PROBE_PATH = Path(__file__).resolve().parent / "monitor_probe.py"
+# Node-side scripts (standard library, Python 3.8) sent beside the workload: the preflight probe,
+# the monitor's sampler and Slurm's gate over the probes (orchestrator/nodeside/).
+NODESIDE = Path(__file__).resolve().parent / "nodeside"
+NODE_PROBE_PATH = NODESIDE / "node_probe.py"
+MONITOR_PROBE_PATH = NODESIDE / "monitor_probe.py"
+PROBE_CHECK_PATH = NODESIDE / "probe_check.py"
 _SUFFIXES = {".py", ".json", ".toml", ".txt"}
 
 

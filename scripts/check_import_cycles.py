@@ -122,6 +122,8 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "orchestrator.transport",
         ),
     ),
+    # Sent to the nodes as `python -c` or staged files: the standard library only.
+    ("orchestrator.nodeside", ("orchestrator.",)),
     ("orchestrator.states", ("orchestrator.",)),
     ("orchestrator.redact", ("orchestrator.",)),  # pure text functions, used by every room
     ("orchestrator.", ("orchestrator.cli",)),

@@ -7,7 +7,7 @@ import sys
 import click
 
 from orchestrator.cli.context import AppContext
-from orchestrator.compare import COMPARE_FORMATS, Comparison
+from orchestrator.reports.compare import COMPARE_FORMATS, Comparison
 
 REGRESSION_EXIT = 1  # a threshold was crossed (bad input exits 2, as every command)
 
@@ -62,9 +62,9 @@ def compare(
       orchestrator compare metax-c500:2x8:amp metax-c500:2x8:amp:bs=32 --format markdown
       orchestrator compare BASELINE_RUN NEW_RUN --fail-below p_core=-5%   # exit 1 on a regression
     """
-    from orchestrator.compare import breaches, parse_threshold, render, unlike_warning
-    from orchestrator.compare import compare as compare_sides
-    from orchestrator.compare_sides import load_sides
+    from orchestrator.reports.compare import breaches, parse_threshold, render, unlike_warning
+    from orchestrator.reports.compare import compare as compare_sides
+    from orchestrator.reports.compare_sides import load_sides
 
     thresholds = [parse_threshold(t) for t in fail_below]
     thresholds += [parse_threshold(t, above=True) for t in fail_above]
@@ -86,8 +86,8 @@ def compare(
 
 
 def _print_tables(comparison: Comparison) -> None:
-    from orchestrator.compare import difference_rows, metric_columns, metric_rows
-    from orchestrator.report import console, table
+    from orchestrator.reports.compare import difference_rows, metric_columns, metric_rows
+    from orchestrator.reports.report import console, table
 
     out = console()
     out.print(table("metrics", metric_columns(comparison), metric_rows(comparison)))

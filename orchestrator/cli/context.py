@@ -209,7 +209,7 @@ def print_summary(
 
 def print_outcome(store: Store, run_id: str, status: str) -> None:
     """A succeeded run's row of the seed table, with its environment above it."""
-    from orchestrator.report import render_report
+    from orchestrator.reports.report import render_report
     from orchestrator.store.queries import Selection, environment, seed_rows
 
     if status == "succeeded":

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from orchestrator.report import console, table, to_csv, to_json
+from orchestrator.reports.report import console, table, to_csv, to_json
 
 FORMATS = ("table", "markdown", "csv", "json")
 _ALIASES = {"md": "markdown"}

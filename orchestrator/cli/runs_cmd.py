@@ -9,7 +9,7 @@ import click
 from orchestrator.cli.context import AppContext
 from orchestrator.cli.output import Output, Section, emit, format_option
 from orchestrator.cli.runs_delete import delete_command
-from orchestrator.report import fmt, parse_since
+from orchestrator.reports.report import fmt, parse_since
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.units import sig3
 
@@ -225,9 +225,9 @@ def report(
     \b
     Example: orchestrator report --vendor metax-c500 --topology 2x8 --plots plots/ > c500-2x8.md
     """
-    from orchestrator.report import render_grouped_report, render_report
-    from orchestrator.report_history import campaign_run_ids, configuration_history
-    from orchestrator.report_stats import group_rows, regressions_by_run
+    from orchestrator.reports.history import campaign_run_ids, configuration_history
+    from orchestrator.reports.report import render_grouped_report, render_report
+    from orchestrator.reports.stats import group_rows, regressions_by_run
     from orchestrator.store.queries import (
         Selection,
         environment,
@@ -261,7 +261,7 @@ def report(
     groups = group_rows(rows)
     plots: list[tuple[str, str]] = []
     if plots_dir is not None:
-        from orchestrator.plots import write_plots
+        from orchestrator.reports.plots import write_plots
 
         plots = write_plots(plots_dir, groups, history, regressions)
     if group:

@@ -11,7 +11,7 @@ from sqlalchemy.engine import RowMapping
 
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import ConfigError
-from orchestrator.report import fmt, parse_since
+from orchestrator.reports.report import fmt, parse_since
 from orchestrator.states import RUN_STATUSES
 
 SHOWN = 20  # runs listed before the question; the rest are counted

@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator import units
 from orchestrator.cli.output import Output, Section
-from orchestrator.report import fmt
+from orchestrator.reports.report import fmt
 from orchestrator.store.queries import RunDetail, describe_ib
 
 

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ImageError, NodeError
-from orchestrator.images import relay_agent
 from orchestrator.images.containers import docker_argv
 from orchestrator.images.layers import missing_layers, present_chain_ids
 from orchestrator.images.relay_source import SaveSpool
 from orchestrator.images.targets import NodeTarget, ProgressFn, Transfer, fan_out_results, reason
+from orchestrator.nodeside import relay_agent
 from orchestrator.transport.base import Pipe, stderr_tail
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from typing import IO
 
 from orchestrator.errors import ImageError
 from orchestrator.images.layers import chain_ids, legacy_layer_chain
-from orchestrator.images.relay_agent import CONFIG, END, KEEPALIVE, LAYER, MAGIC, pack_header
+from orchestrator.nodeside.relay_agent import CONFIG, END, KEEPALIVE, LAYER, MAGIC, pack_header
 
 READ_SIZE = 1 << 20
 IN_MEMORY_MAX = 16 << 20  # members up to this size are hashed in memory, not spooled

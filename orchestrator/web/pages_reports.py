@@ -11,12 +11,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from orchestrator.compare import METRICS, compare, difference_rows, unlike_warning
-from orchestrator.compare_sides import load_sides, oldest_first
 from orchestrator.errors import ConfigError
-from orchestrator.report import SEED_HEADERS, render_grouped_report, render_report
-from orchestrator.report_history import campaign_run_ids
-from orchestrator.report_stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
+from orchestrator.reports.compare import METRICS, compare, difference_rows, unlike_warning
+from orchestrator.reports.compare_sides import load_sides, oldest_first
+from orchestrator.reports.history import campaign_run_ids
+from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
+from orchestrator.reports.stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
 from orchestrator.states import PRECISIONS
 from orchestrator.store.config_queries import (
     ConfigKey,

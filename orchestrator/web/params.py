@@ -11,8 +11,8 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 
 from orchestrator.errors import ConfigError
-from orchestrator.report import parse_since
-from orchestrator.report_stats import METRICS
+from orchestrator.reports.report import parse_since
+from orchestrator.reports.stats import METRICS
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.store.web_queries import RUN_SORTS, RunFilter
 

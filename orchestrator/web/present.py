@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator import units
-from orchestrator.compare import UNITS, metric_header, number
-from orchestrator.report import group_mem
-from orchestrator.report_stats import Regression, ScalingPoint
+from orchestrator.reports.compare import UNITS, metric_header, number
+from orchestrator.reports.report import group_mem
+from orchestrator.reports.stats import Regression, ScalingPoint
 from orchestrator.store.web_queries import Series
 
 GIB = float(1 << 30)

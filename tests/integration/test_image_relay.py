@@ -15,8 +15,8 @@ import pytest
 from orchestrator.errors import NodeError
 from orchestrator.images.build import image_id
 from orchestrator.images.distribute import DistributionReport, RelayOptions, distribute
-from orchestrator.images.relay_agent import HEADER
 from orchestrator.images.workflow import targets
+from orchestrator.nodeside.relay_agent import HEADER
 from orchestrator.transport import NodeSession
 from tests.support.docker_fixtures import layered_image
 from tests.support.netns_testbed import Testbed

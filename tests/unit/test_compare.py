@@ -1,4 +1,4 @@
-"""orchestrator/compare.py (pure): changes from the baseline, thresholds, what differs."""
+"""orchestrator/reports/compare.py (pure): changes from the baseline, thresholds, what differs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from orchestrator.compare import (
+from orchestrator.errors import ConfigError
+from orchestrator.reports.compare import (
     Delta,
     breaches,
     compare,
@@ -17,7 +18,6 @@ from orchestrator.compare import (
     run_side,
     unlike_warning,
 )
-from orchestrator.errors import ConfigError
 
 ENV_A = [("OS", ["Ubuntu 20.04"]), ("accelerator driver", ["2.2.0"])]
 ENV_B = [("OS", ["Ubuntu 20.04"]), ("accelerator driver", ["2.3.1"])]

@@ -1,4 +1,4 @@
-"""The regression flag's rules at their edges (orchestrator/report_stats.py): which history runs
+"""The regression flag's rules at their edges (orchestrator/reports/stats.py): which history runs
 feed it, the 3 sd and 5 % thresholds, ties in time, the minimum history; groups and spreads."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.report_stats import (
+from orchestrator.reports.stats import (
     Group,
     config_key,
     devices,

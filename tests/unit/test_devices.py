@@ -13,11 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import monitor, monitor_probe
+from orchestrator import monitor
 from orchestrator.backends.ssh.preflight import PROBE_SOURCE, VISIBLE_DEVICES_KEY
 from orchestrator.backends.ssh.submit import _with_node_devices, make_plan, ssh_manifest
 from orchestrator.devices import Devices, choose_devices, device_ranks, parse_indices
 from orchestrator.errors import ConfigError
+from orchestrator.nodeside import monitor_probe
 from orchestrator.plan import build_plan, make_job
 from orchestrator.runs.folder import manifest_from_dict
 from orchestrator.runs.lifecycle import SubmitRequest

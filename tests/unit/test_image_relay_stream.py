@@ -18,8 +18,8 @@ from orchestrator.errors import ImageError
 from orchestrator.images import relay_source
 from orchestrator.images.layers import chain_ids, missing_layers, present_chain_ids
 from orchestrator.images.relay import AGENT_SOURCE
-from orchestrator.images.relay_agent import CONFIG, END, HEADER, LAYER, MAGIC, pack_header
 from orchestrator.images.relay_source import SaveSpool
+from orchestrator.nodeside.relay_agent import CONFIG, END, HEADER, LAYER, MAGIC, pack_header
 from orchestrator.specs import NodeSpec
 from orchestrator.transport.local import LocalTransport
 

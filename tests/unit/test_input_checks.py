@@ -116,7 +116,7 @@ def test_without_a_cluster_file_a_multi_node_topology_says_how_to_describe_nodes
 
 
 def test_cpu_node_check_counts_cores_and_processes_in_the_singular_when_one() -> None:
-    from orchestrator.node_probe import cpu_detail
+    from orchestrator.nodeside.node_probe import cpu_detail
 
     assert cpu_detail(1, 1) == "no accelerator; 1 CPU core for 1 process"
     assert cpu_detail(16, 2) == "no accelerator; 16 CPU cores for 2 processes"

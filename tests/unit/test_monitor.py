@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from orchestrator import monitor
 from orchestrator.errors import IngestError
 from orchestrator.store.models import MonitorSample, Run
+from orchestrator.workload_source import MONITOR_PROBE_PATH
 from tests.support.store_fixtures import RUN_1X1
 
 GIB = 1024**3
@@ -302,7 +303,7 @@ def test_a_sampler_that_follows_its_parent_is_ended_by_the_kernel_when_the_paren
     out = tmp_path / monitor.MONITOR_FILE
     args = monitor.sampler_args([], str(out), 5.0)
     args["follow_parent"] = True
-    probe = Path(monitor.__file__).with_name("monitor_probe.py")
+    probe = MONITOR_PROBE_PATH
     # the shell waits for the first sample (the sampler is set up), then ends; the driver, a
     # subreaper, inherits the orphan and reads how it ended
     shell = (

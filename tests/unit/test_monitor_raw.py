@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from orchestrator import monitor, monitor_probe
+from orchestrator import monitor
+from orchestrator.nodeside import monitor_probe
 from orchestrator.store.models import Run
 from tests.support.store_fixtures import RUN_1X1
 

@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator.backends.ssh.guard import _MINE
 from orchestrator.backends.ssh.preflight import PROBE_SOURCE, probe_node
-from orchestrator.node_probe import private_dir_problem
+from orchestrator.nodeside.node_probe import private_dir_problem
 from orchestrator.specs import NodeSpec
 from orchestrator.transport import shell
 from orchestrator.transport.local import LocalTransport

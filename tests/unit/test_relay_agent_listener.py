@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from orchestrator.images.relay_agent import MAGIC
+from orchestrator.nodeside.relay_agent import MAGIC
 from tests.unit.test_image_relay_stream import Agent, Image, spooled
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import ConfigError, QueryError
-from orchestrator.report import parse_since, render_report
+from orchestrator.reports.report import parse_since, render_report
 from orchestrator.store.readonly import READ_ONLY_MESSAGE, run_query
 from tests.support.store_fixtures import (
     ALL_RUNS,

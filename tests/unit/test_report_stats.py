@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.report_stats import (
+from orchestrator.reports.stats import (
     config_key,
     devices,
     find_regressions,

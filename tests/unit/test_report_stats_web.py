@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.report_stats import flag_history, regressions_by_run, scaling_points
+from orchestrator.reports.stats import flag_history, regressions_by_run, scaling_points
 
 
 def _history(seed: int) -> list[dict[str, object]]:

@@ -50,7 +50,7 @@ def test_times_sizes_and_memory_cells():
     ],
 )
 def test_a_metric_is_shown_as_the_report_shows_it(name, value, shown):
-    from orchestrator import report
+    from orchestrator.reports import report
     from orchestrator.units import metric
 
     assert metric(name, value) == shown

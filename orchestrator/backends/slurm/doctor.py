@@ -12,7 +12,7 @@ import tempfile
 from orchestrator.backends.base import DoctorCheck, DoctorReport
 from orchestrator.backends.slurm import commands
 from orchestrator.errors import OrchestratorError
-from orchestrator.node_probe import private_dir_problem
+from orchestrator.nodeside.node_probe import private_dir_problem
 from orchestrator.specs import ClusterSpec, Topology
 
 Check = tuple[str, bool, str]

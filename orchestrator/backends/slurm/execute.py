@@ -59,6 +59,7 @@ from orchestrator.states import FinalStatus, RunStatus
 from orchestrator.workload_source import (
     MONITOR_PROBE_PATH,
     NODE_PROBE_PATH,
+    PROBE_CHECK_PATH,
     workload_files,
     workload_hash,
 )
@@ -112,10 +113,9 @@ def make_slurm_plan(
 
 def _helpers() -> tuple[tuple[Path, str], ...]:
     """The node-side helpers staged beside the workload source (not in its hash)."""
-    here = Path(__file__).resolve().parent
     return (
         (NODE_PROBE_PATH, PROBE_FILE),
-        (here / "probe_check.py", PROBE_CHECK_FILE),
+        (PROBE_CHECK_PATH, PROBE_CHECK_FILE),
         (MONITOR_PROBE_PATH, MONITOR_PROBE_FILE),
     )
 

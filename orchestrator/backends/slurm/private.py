@@ -2,7 +2,7 @@
 node reads) and, without a shared file system, the folder sbatch reads the script from. Both
 must be folders only the user can write: whoever can write there can swap the workload or the
 script before the job reads it, and run code as the user on every node. Same rules as the
-nodes' own workdir check (orchestrator/node_probe.py)."""
+nodes' own workdir check (orchestrator/nodeside/node_probe.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.node_probe import private_dir_problem
+from orchestrator.nodeside.node_probe import private_dir_problem
 
 
 def require_private_dir(path: str, key: str) -> None:

@@ -1,6 +1,6 @@
 """Preflight and environment capture: one probe per node, all nodes in parallel.
 
-The probe (orchestrator/node_probe.py, standard library only) runs with the node's own Python
+The probe (orchestrator/nodeside/node_probe.py, standard library only) runs with the node's own Python
 and answers in one round trip: pass/fail checks plus the node's environment (OS, kernel, CPU,
 memory, accelerators, driver, Docker, torch, InfiniBand), which becomes the run's environment
 block. Nothing starts unless every node passes.

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from orchestrator import units
 from orchestrator.errors import ConfigError
-from orchestrator.report_stats import METRICS, Group, Regression
+from orchestrator.reports.stats import METRICS, Group, Regression
 
 # Column -> (header for people, formatter). Units in the headers; times to 0.1 s, throughputs to
 # 3 significant digits, mAP to 3 decimals; CSV and JSON keep the stored values (docs/output.md).

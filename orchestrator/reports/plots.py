@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.report_stats import (
+from orchestrator.reports.stats import (
     Group,
     Regression,
     config_key,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from orchestrator.errors import StoreError
-from orchestrator.report_stats import config_key
+from orchestrator.reports.stats import config_key
 from orchestrator.store.models import Campaign
 from orchestrator.store.queries import SEED_TABLE
 

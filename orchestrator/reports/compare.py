@@ -3,7 +3,7 @@ relative change from the first (the baseline), which environment fields and hype
 differ, and the thresholds a script gates on (`--fail-below p_core=-5%`).
 
 Pure: the sides are built from seed_table rows, environment blocks and hparams that the caller
-read (orchestrator/compare_sides.py). `orchestrator compare` and the
+read (orchestrator/reports/compare_sides.py). `orchestrator compare` and the
 web page's /compare use the same functions. docs/web.md explains the rules.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from orchestrator import units
 from orchestrator.errors import ConfigError
-from orchestrator.report_stats import METRICS, spread
+from orchestrator.reports.stats import METRICS, spread
 
 # Units of the seed metrics (docs/metrics.md); mAP is a fraction of 1.
 UNITS = {"e2e_time": "s", "p_whole": "img/s", "p_train": "img/s", "p_core": "img/s", "map": ""}
@@ -340,7 +340,7 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
     if output == "markdown":
         return _markdown(comparison, failed)
     if output == "csv":
-        from orchestrator.report import to_csv
+        from orchestrator.reports.report import to_csv
 
         lines: list[list[Any]] = [["side", "kind", "metric", "value", "change", "change_relative"]]
         for side_index, side in enumerate(comparison.sides):
@@ -358,7 +358,7 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                 )
         return to_csv(lines[0], lines[1:])
     if output == "json":
-        from orchestrator.report import to_json
+        from orchestrator.reports.report import to_json
 
         return to_json(
             {

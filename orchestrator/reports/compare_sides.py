@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Connection
 
-from orchestrator.compare import Side, config_side, run_side
 from orchestrator.errors import ConfigError
 from orchestrator.no_match import stored_instead
+from orchestrator.reports.compare import Side, config_side, run_side
 from orchestrator.store.config_queries import (
     configuration_rows,
     find_configurations,

@@ -41,11 +41,19 @@ from bench_store import scratch_postgres  # noqa: E402
 from sqlalchemy import delete, text, update  # noqa: E402
 
 from orchestrator.config import load_cluster  # noqa: E402
-from orchestrator.queue import leases  # noqa: E402
+from orchestrator.queue import claims  # noqa: E402
 from orchestrator.queue.enqueue import enqueue_runs  # noqa: E402
 from orchestrator.runs.lifecycle import SubmitRequest  # noqa: E402
 from orchestrator.specs import ClusterSpec, Topology  # noqa: E402
-from orchestrator.store import Store, open_store, upgrade_store  # noqa: E402
+from orchestrator.store import (  # noqa: E402
+    Store,
+    leases,
+    open_store,
+    orphans,
+    status,  # noqa: E402
+    upgrade_store,
+)
+from orchestrator.store import queue as stored_queue  # noqa: E402
 from orchestrator.store.models import NodeLease, Run  # noqa: E402
 
 NODES = 16
@@ -90,9 +98,9 @@ def occupy(store: Store, cluster: ClusterSpec, nodes: list[str]) -> str:
         conn.execute(
             update(Run)
             .where(Run.run_id == run_id)
-            .values(submitted_at=leases.now_utc().replace(year=2000))
+            .values(submitted_at=status.now_utc().replace(year=2000))
         )
-    claim = leases.claim_next(store, "occupier", 3600)
+    claim = claims.claim_next(store, "occupier", 3600)
     assert claim is not None and claim.run_id == run_id, claim
     return run_id
 
@@ -137,11 +145,11 @@ def bench_backend(name: str, url: str, queued: int, rounds: int, folder: Path) -
         samples = Timer()
         for _ in range(rounds):
             blocker = occupy(store, cluster, all_nodes)
-            leases.end_run(store, blocker, "succeeded", "bench", ["running"])
+            orphans.end_run(store, blocker, "succeeded", "bench", ["running"])
             with samples():
-                claim = leases.claim_next(store, "bench-worker", 60)
+                claim = claims.claim_next(store, "bench-worker", 60)
             assert claim is not None
-            leases.end_run(store, claim.run_id, "succeeded", "bench", ["running"])
+            orphans.end_run(store, claim.run_id, "succeeded", "bench", ["running"])
             enqueue(store, cluster, requests(1))  # keep the queue at `queued`
         print(f"{name}: decision, FIFO head starts        {samples}")
 
@@ -155,10 +163,10 @@ def bench_backend(name: str, url: str, queued: int, rounds: int, folder: Path) -
             blocker = occupy(store, cluster, ["node00"])
             enqueue(store, cluster, requests(1, pinned_to="node01"))  # the last in the queue
             with samples():
-                claim = leases.claim_next(store, "bench-worker", 60)
+                claim = claims.claim_next(store, "bench-worker", 60)
             assert claim is not None and claim.nodes == ("node01",), claim
-            leases.end_run(store, claim.run_id, "succeeded", "bench", ["running"])
-            leases.end_run(store, blocker, "succeeded", "bench", ["running"])
+            orphans.end_run(store, claim.run_id, "succeeded", "bench", ["running"])
+            orphans.end_run(store, blocker, "succeeded", "bench", ["running"])
         with store.reading() as conn:
             waiting = conn.scalar(text("SELECT count(*) FROM runs WHERE status = 'queued'"))
         print(f"{name}: decision, the last of {waiting + 1:4d} starts  {samples}")
@@ -166,11 +174,11 @@ def bench_backend(name: str, url: str, queued: int, rounds: int, folder: Path) -
         # -- lease round: acquire + renew + release --------------------------------------------
         (run_id,) = enqueue(store, cluster, [SubmitRequest(Topology(2, 1), ("node02", "node03"))])
         with store.reading() as conn:
-            run = next(q for q in leases.read_queue(conn) if q.run_id == run_id)
+            run = next(q for q in claims.read_queue(conn) if q.run_id == run_id)
         samples = Timer()
         for _ in range(rounds):
             with samples():
-                assert leases._take(store, run, ("node02", "node03"), "bench-worker", 60)
+                assert stored_queue.take(store, run, ("node02", "node03"), "bench-worker", 60)
                 held, _ = leases.renew(store, run_id, "bench-worker", 60)
                 leases.release(store, run_id, "bench-worker")
             assert held == 2

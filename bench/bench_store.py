@@ -43,7 +43,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from orchestrator.reports.report import render_report  # noqa: E402
-from orchestrator.runs.folder import RankFile, RunFolder, RunManifest, write_manifest  # noqa: E402
+from orchestrator.runfolder.folder import RankFile, RunFolder, RunManifest, write_manifest  # noqa: E402
 from orchestrator.store import Store, open_store, upgrade_store  # noqa: E402
 from orchestrator.store.queries import Selection, environment, seed_rows  # noqa: E402
 from tests.fixtures.make_runs import (  # noqa: E402

@@ -37,14 +37,14 @@ else:  # pragma: no cover
 REPO = Path(__file__).resolve().parents[1]
 EQUIVALENT_FILE = REPO / "bench" / "mutation_equivalent.toml"
 
-# module file -> the functions mutated there (None: every function). For leases.py only the
+# module file -> the functions mutated there (None: every function). For schedule.py only the
 # scheduling decision: what can start, capacity, FIFO, reservations.
 MODULES: dict[str, tuple[str, ...] | None] = {
     "orchestrator/specs.py": None,
     "orchestrator/plan.py": None,
     "orchestrator/store/metrics.py": None,
     "orchestrator/reports/stats.py": None,
-    "orchestrator/queue/leases.py": ("schedule", "iter_schedule"),
+    "orchestrator/schedule.py": ("schedule", "iter_schedule"),
     "orchestrator/transport/shell.py": None,
     "orchestrator/config.py": None,
     "orchestrator/campaign.py": None,

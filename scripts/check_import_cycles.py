@@ -18,24 +18,33 @@ from pathlib import Path
 # (modules under this prefix, prefixes they must not import): the rooms of docs/design.md, each
 # importing only rooms below it. The two backends are peers; the lifecycle, the store and the
 # pure core know no backend; nothing but the CLI imports the CLI.
-_TOP = ("orchestrator.cli", "orchestrator.queue.worker", "orchestrator.queue.enqueue")
+_TOP = ("orchestrator.cli", "orchestrator.queue")
 _BACKENDS = ("orchestrator.backends",)
 ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestrator.backends.ssh", ("orchestrator.backends.slurm", *_TOP)),
     ("orchestrator.backends.slurm", ("orchestrator.backends.ssh", *_TOP)),
-    ("orchestrator.backends", _TOP),
+    ("orchestrator.backends", (*_TOP, "orchestrator.queue")),
     ("orchestrator.runs", (*_BACKENDS, *_TOP, "orchestrator.queue")),
-    ("orchestrator.queue.leases", (*_BACKENDS, *_TOP, "orchestrator.runs.lifecycle")),
-    ("orchestrator.queue.keeper", (*_BACKENDS, *_TOP, "orchestrator.runs.lifecycle")),
     (
         "orchestrator.store",
         (
             *_BACKENDS,
             *_TOP,
             "orchestrator.queue",
-            "orchestrator.runs.lifecycle",
+            "orchestrator.runs",
             "orchestrator.web",
+            "orchestrator.reports",
         ),
+    ),
+    # The run folder's format, below both runs/ (which writes it) and store/ (which reads it).
+    (
+        "orchestrator.runfolder",
+        (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs", "orchestrator.store"),
+    ),
+    # The queue's scheduling decision: pure.
+    (
+        "orchestrator.schedule",
+        (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs", "orchestrator.store"),
     ),
     ("orchestrator.images", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs")),
     (

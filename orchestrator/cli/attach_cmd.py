@@ -3,8 +3,6 @@ follower (a killed `submit`, a dead worker) is gone."""
 
 from __future__ import annotations
 
-import os
-
 import click
 from rich.console import Console
 
@@ -47,10 +45,10 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
     Example: orchestrator attach 20261201-203000-1a2b3c
     """
     from orchestrator import backends
-    from orchestrator.runs.lifecycle import submitter
+    from orchestrator.runs.lifecycle import follower_id
 
     console = Console(stderr=True)
-    holder = f"attach {submitter()} pid {os.getpid()}"
+    holder = follower_id("attach")
     with app.open_store() as store:
         brief = _run_of(store, run_id)
         if brief.status == "running":
@@ -71,7 +69,7 @@ def attach(app: AppContext, run_id: str, folder: str | None) -> None:
 
 
 def _run_of(store: Store, run_id: str) -> RunBrief:
-    from orchestrator.queue.leases import QueueError
+    from orchestrator.store.leases import QueueError
     from orchestrator.store.queries import run_brief
 
     with store.reading() as conn:

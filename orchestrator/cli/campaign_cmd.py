@@ -127,8 +127,8 @@ def worker(
       orchestrator --db postgresql://lab@db/results worker
       orchestrator worker --idle-exit 5m
     """
-    from orchestrator.queue.keeper import default_worker_id
     from orchestrator.queue.worker import run_worker
+    from orchestrator.runs.keeper import default_worker_id
 
     console = Console(stderr=True)
     holder = worker_id or default_worker_id()
@@ -165,20 +165,22 @@ def queue(app: AppContext, output: str) -> None:
     Example: orchestrator queue --format json
     """
     from orchestrator import backends
-    from orchestrator.queue import leases
+    from orchestrator.queue.claims import nodes_of, read_queue
+    from orchestrator.schedule import schedule
     from orchestrator.store.queries import running_runs
+    from orchestrator.store.queue import read_busy
 
     with app.open_store() as store:
         app.settle_orphans(store)
         with store.reading() as conn:
-            queued = leases.read_queue(conn)
-            busy = leases.read_busy(conn)
+            queued = read_queue(conn)
+            busy = read_busy(conn)
             running = running_runs(conn)
             described: dict[str, str] = {}
             for backend in backends.all_backends():
                 for run_id, detail in backend.describe_running(conn).items():
                     described.setdefault(run_id, detail)
-    decisions = {d.run_id: d for d in leases.schedule(queued, busy, leases.nodes_of)}
+    decisions = {d.run_id: d for d in schedule(queued, busy, nodes_of)}
     rows: list[list[str]] = []
     for run in running:
         detail = described.get(run.run_id, "started by `orchestrator submit`")
@@ -210,8 +212,8 @@ def cancel(app: AppContext, run_id: str) -> None:
     (its submit, a worker, an attach), or, if its follower is gone, its nodes are cleaned
     here (processes and containers) and it is marked cancelled."""
     from orchestrator import backends
-    from orchestrator.queue.leases import QueueError
     from orchestrator.runs.lifecycle import submitter
+    from orchestrator.store.leases import QueueError
     from orchestrator.store.queries import run_brief
 
     with app.open_store() as store:

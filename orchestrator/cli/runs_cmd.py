@@ -225,9 +225,9 @@ def report(
     \b
     Example: orchestrator report --vendor metax-c500 --topology 2x8 --plots plots/ > c500-2x8.md
     """
-    from orchestrator.reports.history import campaign_run_ids, configuration_history
     from orchestrator.reports.report import render_grouped_report, render_report
-    from orchestrator.reports.stats import group_rows, regressions_by_run
+    from orchestrator.reports.stats import config_key, group_rows, regressions_by_run
+    from orchestrator.store.history import campaign_run_ids, configuration_history
     from orchestrator.store.queries import (
         Selection,
         environment,
@@ -255,7 +255,7 @@ def report(
         if not rows and not run_ids and campaign_id is None:
             given = {"--vendor": vendor, "--topology": topology, "--precision": precision}
             click.echo(f"warning: {_no_runs(conn, given, 'succeeded runs')}", err=True)
-        history = configuration_history(conn, rows)
+        history = configuration_history(conn, rows, config_key)
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
     regressions = regressions_by_run(rows, history)
     groups = group_rows(rows)

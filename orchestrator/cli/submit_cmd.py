@@ -282,8 +282,8 @@ def _execute_when_free(
     """Execute the plan; with --wait, a run that holds the nodes is waited for (and an
     abandoned one settled) instead of refusing."""
     from orchestrator.errors import RunCancelled
-    from orchestrator.queue.leases import NodesBusy
     from orchestrator.runs.stopping import EXIT_SIGINT, cause_of, stop_reason
+    from orchestrator.store.leases import NodesBusy
 
     said = False
     while True:

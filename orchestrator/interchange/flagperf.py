@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.runs.imported import ImportedNode, ImportedResult
+from orchestrator.runfolder.imported import ImportedNode, ImportedResult
 from workload.faster_rcnn.errors import ConfigError
 from workload.faster_rcnn.hparams import resolve
 

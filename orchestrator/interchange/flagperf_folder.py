@@ -9,7 +9,13 @@ from pathlib import Path
 
 from orchestrator import __version__
 from orchestrator.interchange.flagperf import FlagPerfRun
-from orchestrator.runs.folder import LOGS_DIR, MANIFEST_FILE, NodeRef, RunManifest, write_manifest
+from orchestrator.runfolder.folder import (
+    LOGS_DIR,
+    MANIFEST_FILE,
+    NodeRef,
+    RunManifest,
+    write_manifest,
+)
 from orchestrator.states import Precision
 
 CLUSTER = "flagperf"  # the runs' cluster: FlagPerf's own host list is not in its logs

@@ -10,7 +10,8 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import backends
-from orchestrator.queue import leases
+from orchestrator.runs.request import ExtraField, cluster_file_data, encode_request
+from orchestrator.store.campaigns import insert_campaign
 
 if TYPE_CHECKING:
     from orchestrator.backends.base import Backend, DetachItem
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from orchestrator.specs import ClusterSpec
     from orchestrator.store import Store
 
-EnqueueItem = tuple["ClusterSpec", "SubmitRequest", Mapping[str, Any]]
+EnqueueItem = tuple["ClusterSpec", "SubmitRequest", Mapping[str, ExtraField]]
 
 
 def enqueue_runs(
@@ -33,8 +34,8 @@ def enqueue_runs(
     by_backend: dict[str, tuple[Backend, list[int], list[DetachItem]]] = {}
     for index, (cluster, req, extra) in enumerate(items):
         if cluster.source not in data_cache:
-            data_cache[cluster.source] = leases.cluster_file_data(cluster)
-        doc = leases.request_for(cluster, req, data_cache[cluster.source], **extra)
+            data_cache[cluster.source] = cluster_file_data(cluster)
+        doc = encode_request(cluster, req, data_cache[cluster.source], **extra)
         backend = backends.for_cluster(cluster)
         _, indices, mine = by_backend.setdefault(backend.name, (backend, [], []))
         indices.append(index)
@@ -49,7 +50,7 @@ def enqueue_runs(
                 order[index] = run_id
         with store.transaction() as conn:
             if campaign_row:
-                leases.insert_campaign(conn, *campaign_row)
+                insert_campaign(conn, *campaign_row)
             for prepared in detached:
                 prepared.write(conn)
     return order

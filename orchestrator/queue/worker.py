@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 from orchestrator import backends
 from orchestrator.backends.base import WorkerContext
 from orchestrator.errors import OrchestratorError
-from orchestrator.queue import leases
-from orchestrator.queue.keeper import LeaseKeeper
-from orchestrator.queue.leases import LEASE_TTL_S, Claim
-from orchestrator.runs.lifecycle import request_from_doc
+from orchestrator.queue.claims import Claim, claim_next
+from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.progress import summary_line
+from orchestrator.runs.request import cluster_from, decode_request
 from orchestrator.runs.stopping import StopEvent
+from orchestrator.store.campaigns import finish_campaign_if_done
+from orchestrator.store.leases import LEASE_TTL_S, release
+from orchestrator.store.orphans import end_run
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,16 +43,16 @@ def run_claim(
     """Execute one claimed run under its leases; returns its final status."""
     doc = claim.request
     try:
-        cluster = leases.cluster_from(doc)
+        cluster = cluster_from(doc)
         # Runs on disjoint nodes may run at once; nodes that share a network namespace (or a
         # host) would then collide on one rendezvous port: offset it by the rank-0 node's index.
         first = [n.name for n in cluster.nodes].index(claim.nodes[0])
         cluster = dataclasses.replace(cluster, master_port=cluster.master_port + first)
-        req = request_from_doc(doc, claim.nodes)
+        req = decode_request(doc, claim.nodes)
         planned = backends.for_cluster(cluster).plan(cluster, req, run_id=claim.run_id)
     except OrchestratorError as exc:
         reason = f"cannot plan the queued run: {exc.one_line()}"
-        leases.end_run(store, claim.run_id, "failed", reason, ["running"])
+        end_run(store, claim.run_id, "failed", reason, ["running"])
         return "failed"
     run_stop = StopEvent()
     console.print(f"[bold]run {claim.run_id}[/]: {doc['topology']} on {', '.join(claim.nodes)}")
@@ -61,11 +63,11 @@ def run_claim(
                 req, store, runs_dir, run_stop, console, queued_at=claim.submitted_at
             )
     except OrchestratorError as exc:
-        leases.end_run(store, claim.run_id, "failed", exc.one_line(), ["running"])
+        end_run(store, claim.run_id, "failed", exc.one_line(), ["running"])
         return "failed"
     finally:
-        leases.release(store, claim.run_id, holder)
-        leases.finish_campaign_if_done(store, doc.get("campaign_id"))
+        release(store, claim.run_id, holder)
+        finish_campaign_if_done(store, doc.get("campaign_id"))
     metrics = outcome.summary.metrics if outcome.summary else None
     wall = time.monotonic() - began
     console.print(
@@ -119,7 +121,7 @@ def run_worker(
                 if sum(f.scan() for f in followers):
                     idle_since = time.monotonic()
                 last_reconcile = time.monotonic()
-            claim = leases.claim_next(store, holder, ttl_s)
+            claim = claim_next(store, holder, ttl_s)
             if claim is None:
                 if any(f.active() for f in followers):
                     idle_since = time.monotonic()

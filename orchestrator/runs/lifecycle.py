@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import __version__
 from orchestrator.errors import OrchestratorError, RunCancelled, RunFailed
 from orchestrator.plan import make_job, new_run_id
+from orchestrator.runfolder.folder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.runs.failure import Failure
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.runs.stopping import EXIT_CANCEL_REQUESTED, StopCause
 from orchestrator.specs import Topology
 from orchestrator.states import BackendName, Precision, RunStatus, Runtime
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec
     from orchestrator.store import Store
+    from orchestrator.store.follower import FollowerKind
     from orchestrator.store.ingest import RunSummary
 
 
@@ -54,22 +55,6 @@ class Outcome:
     run_dir: Path
     failure: Failure | None
     summary: RunSummary | None
-
-
-def request_from_doc(doc: Mapping[str, Any], nodes: Sequence[str] | None) -> SubmitRequest:
-    """The submit options stored with a queued (or detached Slurm) run."""
-    return SubmitRequest(
-        topology=Topology.parse(doc["topology"]),
-        node_names=tuple(nodes) if nodes else None,
-        precision=doc["precision"],
-        sets=tuple((str(k), str(v)) for k, v in doc["sets"]),
-        timeout_s=doc.get("timeout_s"),
-        no_progress_timeout_s=doc.get("no_progress_timeout_s"),
-        command=doc.get("command") or "",
-        campaign_id=doc.get("campaign_id"),
-        data_dir=doc.get("data_dir"),
-        backbone_weights=doc.get("backbone_weights"),
-    )
 
 
 def job_for(
@@ -109,9 +94,12 @@ def submitter() -> str:
         return "unknown"
 
 
-def follower_id() -> str:
-    """Who follows a foreground run, as its leases and messages name it."""
-    return f"submit {submitter()} pid {os.getpid()}"
+def follower_id(kind: FollowerKind = "submit") -> str:
+    """Who follows a foreground run (or attaches to one), as its leases and messages name it:
+    "submit alice@lab1 pid 42"."""
+    from orchestrator.store.follower import Follower
+
+    return Follower(kind, f"{submitter()} pid {os.getpid()}").encoded
 
 
 def manifest_for(

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 
 from orchestrator.errors import IngestError
 from orchestrator.monitor import sample_rows
-from orchestrator.runs.folder import RunFolder
+from orchestrator.runfolder.folder import RunFolder
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
 from orchestrator.store.bulk import chunks, insert_rows, insert_values

@@ -14,8 +14,8 @@ from typing import Any
 
 from orchestrator.errors import IngestError
 from orchestrator.monitor import device_memory_peaks
-from orchestrator.runs.folder import RankFile, RunFolder
-from orchestrator.runs.imported import ImportedResult
+from orchestrator.runfolder.folder import RankFile, RunFolder
+from orchestrator.runfolder.imported import ImportedResult
 from orchestrator.states import MemSource
 from workload.faster_rcnn.hparams import HPARAMS
 from workload.faster_rcnn.result_format import file_name

@@ -9,7 +9,7 @@ from typing import Any
 from orchestrator.fabric import fabric_of
 from orchestrator.monitor import smi_warnings
 from orchestrator.redact import redact_text
-from orchestrator.runs.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
+from orchestrator.runfolder.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
 from orchestrator.store.engine import RawJson
 from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, insert, select, update
 
 from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store.bulk import insert_rows
@@ -80,3 +80,9 @@ def move(
     if moved:
         note(conn, run_id, status, history_reason or reason, at)
     return bool(moved)
+
+
+def status_of(conn: Connection, run_id: str) -> RunStatus | None:
+    """The run's status now (None: no such run)."""
+    status: RunStatus | None = conn.scalar(select(Run.status).where(Run.run_id == run_id))
+    return status

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from orchestrator import states
 from orchestrator.errors import IngestError, OrchestratorError, StoreError
-from orchestrator.runs.folder import RunFolder, RunManifest, read_run_folder
+from orchestrator.runfolder.folder import RunFolder, RunManifest, read_run_folder
 from orchestrator.states import RunStatus
 from orchestrator.store import ingest, rows
 from orchestrator.store import status as run_status

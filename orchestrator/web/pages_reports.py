@@ -14,7 +14,6 @@ from starlette.routing import Route
 from orchestrator.errors import ConfigError
 from orchestrator.reports.compare import METRICS, compare, difference_rows, unlike_warning
 from orchestrator.reports.compare_sides import load_sides, oldest_first
-from orchestrator.reports.history import campaign_run_ids
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.reports.stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
 from orchestrator.states import PRECISIONS
@@ -26,6 +25,7 @@ from orchestrator.store.config_queries import (
     flag_inputs,
     scaling_groups,
 )
+from orchestrator.store.history import campaign_run_ids
 from orchestrator.store.queries import Selection, environment, run_warnings, seed_rows
 from orchestrator.store.web_queries import filter_options
 from orchestrator.web import params

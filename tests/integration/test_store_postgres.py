@@ -19,7 +19,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import make_url
 
 from orchestrator.errors import IngestError, QueryError, SchemaOutOfDate, StoreError
-from orchestrator.runs.folder import load_manifest
+from orchestrator.runfolder.folder import load_manifest
 from orchestrator.store import downgrade_store, head_revision, open_store, upgrade_store
 from orchestrator.store.engine import make_engine
 from orchestrator.store.models import Base, RankResult, Run, RunNode, RunStatusChange

@@ -50,7 +50,7 @@ def _folder(
     monitor_every_s: float | None = None,
     campaign_id: str | None = None,
 ) -> Path:
-    from orchestrator.runs.folder import write_manifest
+    from orchestrator.runfolder.folder import write_manifest
     from tests.fixtures.make_runs import (
         METAX_ENV,
         NVIDIA_ENV,
@@ -239,8 +239,8 @@ def make_run_folders(root: Path) -> list[Path]:
 
 def build_web_store(url: str, workdir: Path) -> None:
     """Create the store at `url` and fill it; `orchestrator` runs as a subprocess, as a lab's."""
-    from orchestrator.queue.leases import insert_campaign
     from orchestrator.store import open_store, upgrade_store
+    from orchestrator.store.campaigns import insert_campaign
     from orchestrator.store.models import NodeLease
     from tests.fixtures.make_runs import _manifest
 

@@ -167,7 +167,7 @@ def real_run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (so two epochs of two iterations), evaluated on 2 images after each epoch (~10 s)."""
     from datetime import datetime, timezone
 
-    from orchestrator.runs.folder import NodeRef, RunManifest, write_manifest
+    from orchestrator.runfolder.folder import NodeRef, RunManifest, write_manifest
     from workload.faster_rcnn import result_format
 
     base = tmp_path_factory.mktemp("real-run")

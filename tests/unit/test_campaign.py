@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.campaign import expand, load_campaign, parse_campaign, render_expansion
 from orchestrator.errors import ConfigError
-from orchestrator.queue.leases import QueuedRun, schedule
+from orchestrator.schedule import QueuedRun, schedule
 from orchestrator.specs import NodeSpec
 from tests.support.golden import check_golden
 

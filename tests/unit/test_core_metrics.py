@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.errors import IngestError
-from orchestrator.runs.folder import RankFile, RunFolder, read_run_folder
+from orchestrator.runfolder.folder import RankFile, RunFolder, read_run_folder
 from orchestrator.store.metrics import GIB, aggregate, check_complete, fix_hp
 from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X8
 

@@ -1,4 +1,4 @@
-"""The queue's scheduling decision (orchestrator/queue/leases.py: schedule, iter_schedule): what
+"""The queue's scheduling decision (orchestrator/schedule.py: schedule, iter_schedule): what
 can start, the capacity filter, FIFO order, reservations by waiting runs, and the wait reasons."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from orchestrator.queue.leases import Decision, QueuedRun, iter_schedule, schedule
+from orchestrator.schedule import Decision, QueuedRun, iter_schedule, schedule
 from orchestrator.specs import NodeSpec
 
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)

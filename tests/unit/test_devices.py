@@ -20,7 +20,7 @@ from orchestrator.devices import Devices, choose_devices, device_ranks, parse_in
 from orchestrator.errors import ConfigError
 from orchestrator.nodeside import monitor_probe
 from orchestrator.plan import build_plan, make_job
-from orchestrator.runs.folder import manifest_from_dict
+from orchestrator.runfolder.folder import manifest_from_dict
 from orchestrator.runs.lifecycle import SubmitRequest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from orchestrator.fabric import NCCL_LOG_FILE, fabric_of, parse_node
-from orchestrator.runs.folder import join_nccl_logs, read_run_folder
+from orchestrator.runfolder.folder import join_nccl_logs, read_run_folder
 from orchestrator.store.models import Run
 from tests.support.store_fixtures import RUN_1X8, RUN_2X8
 

@@ -203,7 +203,7 @@ def test_a_folder_without_flagperf_logs_says_what_it_expected(
 
 def test_the_imported_manifest_is_a_valid_run_folder_manifest(tmp_path: Path) -> None:
     from orchestrator.interchange.flagperf_folder import write_folder
-    from orchestrator.runs.folder import read_run_folder
+    from orchestrator.runfolder.folder import read_run_folder
 
     one, _ = read_logs(LOGS)
     folder = read_run_folder(write_folder(one, "amp", tmp_path / one.run_id))

@@ -1,7 +1,7 @@
 """A foreground run's follower on SQLite and the pure parts of adoption: one transaction takes
 the row and the node leases (or refuses naming the holder), expiry makes an orphan, one adopter
 takes it, the grace decides when it is settled, and how an adopted run's ending is decided from
-its nodes' states (orchestrator/queue/leases.py, backends/ssh/adoption.py, backends/ssh/guard.py)."""
+its nodes' states (orchestrator/store/leases.py, store/orphans.py, store/follower.py, backends/ssh/adoption.py, backends/ssh/guard.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.guard import (
+    POLL_S,
     NodeState,
     guard_grace_s,
     heartbeat_every_s,
@@ -22,11 +23,14 @@ from orchestrator.backends.ssh.guard import (
 from orchestrator.backends.ssh.launch import Execution
 from orchestrator.config import parse_cluster
 from orchestrator.errors import ConfigError
-from orchestrator.queue import leases
+from orchestrator.runfolder.folder import load_manifest
 from orchestrator.runs.failure import Failure
-from orchestrator.runs.folder import load_manifest
 from orchestrator.runs.lifecycle import SubmitRequest, utcnow
+from orchestrator.runs.request import cluster_from, encode_request
 from orchestrator.specs import Topology
+from orchestrator.store import cancel, leases, orphans
+from orchestrator.store import queue as stored_queue
+from orchestrator.store.follower import SETTLE_MARGIN_S
 from orchestrator.store.models import NodeLease
 from tests.support.store_fixtures import RUN_2X8
 
@@ -50,7 +54,7 @@ def test_a_followed_run_holds_its_nodes_and_a_second_run_is_refused_naming_the_f
 ) -> None:
     manifest = _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7")
     with sqlite_store.reading() as conn:
-        assert leases.read_busy(conn) == {
+        assert stored_queue.read_busy(conn) == {
             (manifest.cluster, "c500-01"): "run r1",
             (manifest.cluster, "c500-02"): "run r1",
         }
@@ -60,7 +64,7 @@ def test_a_followed_run_holds_its_nodes_and_a_second_run_is_refused_naming_the_f
     assert text.startswith("nodes busy: c500-01, c500-02 held by run r1 (follower submit root@h")
     assert "lease until" in text and "`orchestrator cancel r1`" in text
     with sqlite_store.reading() as conn:  # nothing of r2 was written
-        assert leases.follow_state(conn, "r2") is None
+        assert orphans.follow_state(conn, "r2") is None
     with pytest.raises(leases.NodesBusy):
         leases.check_nodes_free(sqlite_store, manifest.cluster, ["c500-02"])
     leases.check_nodes_free(sqlite_store, manifest.cluster, ["c500-03"])  # free: no error
@@ -70,29 +74,29 @@ def test_a_follower_that_stops_renewing_leaves_an_orphan_that_one_adopter_takes(
     sqlite_store: Any, fixture_runs: Path
 ) -> None:
     _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7", ttl=60)
-    assert leases.find_orphans(sqlite_store) == []  # renewed: not an orphan
+    assert orphans.find_orphans(sqlite_store, "ssh") == []  # renewed: not an orphan
     assert leases.renew(sqlite_store, "r1", "submit root@h pid 7", -1) == (2, False)  # expired
-    (orphan,) = leases.find_orphans(sqlite_store)
+    (orphan,) = orphans.find_orphans(sqlite_store, "ssh")
     assert (orphan.run_id, set(orphan.nodes)) == ("r1", set(NODES))
     assert orphan.holders == ("submit root@h pid 7",)
     with sqlite_store.reading() as conn:
         busy = leases.nodes_busy(conn, _manifest(fixture_runs, "x").cluster, NODES)
     assert busy is not None and "stopped renewing at" in busy.message
     assert "awaiting adoption" in busy.message
-    assert leases.adopt(sqlite_store, "r1", "heir", 60)
-    assert not leases.adopt(sqlite_store, "r1", "late", 60)  # the heir renews it now
-    assert leases.find_orphans(sqlite_store) == []
+    assert orphans.adopt(sqlite_store, "r1", "heir", 60)
+    assert not orphans.adopt(sqlite_store, "r1", "late", 60)  # the heir renews it now
+    assert orphans.find_orphans(sqlite_store, "ssh") == []
     assert leases.renew(sqlite_store, "r1", "submit root@h pid 7", 60) == (0, False)
     leases.release(sqlite_store, "r1")
     with sqlite_store.reading() as conn:
-        assert leases.read_busy(conn) == {}
+        assert stored_queue.read_busy(conn) == {}
 
 
 def test_renew_reports_a_cancel_request_to_a_foreground_follower(
     sqlite_store: Any, fixture_runs: Path
 ) -> None:
     _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7")
-    assert leases.request_cancel(sqlite_store, "r1", "admin@h") == "requested"
+    assert cancel.request_cancel(sqlite_store, "r1", "admin@h") == "requested"
     assert leases.renew(sqlite_store, "r1", "submit root@h pid 7", 60) == (2, True)
 
 
@@ -100,13 +104,16 @@ def test_settle_waits_for_the_grace_after_the_leases_expired(
     sqlite_store: Any, fixture_runs: Path
 ) -> None:
     expired = utcnow() - timedelta(seconds=10)
-    orphan = leases.Orphan("r1", {"cluster_data": None, "cluster_key": "e"}, NODES, ("x",), expired)
-    grace = leases.cluster_from(orphan.request).follower_grace_s  # the embedded default's
+    orphan = orphans.Orphan(
+        "r1", {"cluster_data": None, "cluster_key": "e"}, NODES, ("x",), expired
+    )
+    grace = cluster_from(orphan.request).follower_grace_s  # the embedded default's
     assert grace == 180
     assert not adoption.settle_due(orphan)
-    late = expired + timedelta(seconds=grace + adoption.SETTLE_MARGIN_S)
+    late = expired + timedelta(seconds=grace + SETTLE_MARGIN_S)
     assert not adoption.settle_due(orphan, late - timedelta(seconds=1))
     assert adoption.settle_due(orphan, late)
+    assert SETTLE_MARGIN_S == 2 * POLL_S  # the store's margin: two of the node guard's polls
 
 
 def test_the_follower_lease_and_the_guard_grace_follow_the_configured_grace() -> None:
@@ -139,7 +146,7 @@ def _adoptee(tmp_path: Path) -> adoption.Adoptee:
 
     req = SubmitRequest(topology=Topology(1, 1))
     plan = make_plan(embedded_default(), req, run_id="r1")
-    orphan = leases.Orphan("r1", {}, ("localhost",), ("submit root@h pid 7",), utcnow())
+    orphan = orphans.Orphan("r1", {}, ("localhost",), ("submit root@h pid 7",), utcnow())
     return adoption.Adoptee(orphan, plan, req, utcnow(), utcnow())
 
 
@@ -250,12 +257,12 @@ def test_an_adopted_runs_plan_keeps_the_devices_its_preflight_found(
         ],
     }
     cluster = parse_cluster(data, "lab.toml")
-    request = leases.request_for(cluster, SubmitRequest(topology=Topology(2, 2)), data)
+    request = encode_request(cluster, SubmitRequest(topology=Topology(2, 2)), data)
     leases.create_followed_run(sqlite_store, manifest, request, NODES, "submit", 60)
     sqlite_store.record_environment("r1", NODES[0], 0, {"visible_devices_env": "6,7"})
     sqlite_store.record_environment("r1", NODES[1], 1, {"visible_devices_env": None})
     leases.renew(sqlite_store, "r1", "submit", -1)
-    (orphan,) = leases.find_orphans(sqlite_store)
+    (orphan,) = orphans.find_orphans(sqlite_store, "ssh")
     plan = adoption.load(sqlite_store, orphan).plan
     assert [n.env_dict["CUDA_VISIBLE_DEVICES"] for n in plan.nodes] == ["6,7", "0,1"]
 
@@ -263,12 +270,12 @@ def test_an_adopted_runs_plan_keeps_the_devices_its_preflight_found(
 def test_a_cancel_request_stops_the_follower_naming_who_asked(
     sqlite_store: Any, fixture_runs: Path
 ) -> None:
-    from orchestrator.queue.keeper import LeaseKeeper
+    from orchestrator.runs.keeper import LeaseKeeper
     from orchestrator.runs.stopping import StopCause, StopEvent
 
     holder = "submit root@h pid 7"
     _follow(sqlite_store, fixture_runs, "r1", holder)
-    assert leases.request_cancel(sqlite_store, "r1", "admin@lab1") == "requested"
+    assert cancel.request_cancel(sqlite_store, "r1", "admin@lab1") == "requested"
     stop = StopEvent()  # a foreground submit: its signals and the run share one event
     with LeaseKeeper(sqlite_store, "r1", holder, 1.5, stop, stop):
         assert stop.wait(10)
@@ -321,7 +328,7 @@ def test_a_follower_on_this_host_is_alive_or_gone_by_its_pid() -> None:
     import subprocess
     import sys
 
-    from orchestrator.queue.liveness import holder_process, liveness, pid_alive
+    from orchestrator.runs.liveness import holder_process, liveness, pid_alive
 
     assert holder_process("submit alice@lab1 pid 42") == ("lab1", 42)
     assert holder_process("attach alice@lab1 pid 7") == ("lab1", 7)
@@ -362,7 +369,7 @@ def test_attach_says_it_waits_for_a_dead_followers_lease_not_still_running() -> 
     out = io.StringIO()
     view = ProgressView("r1", Console(file=out, force_terminal=False, width=200), level=0)
     expires = utcnow() + timedelta(seconds=40)
-    orphan = leases.Orphan("r1", {}, NODES, ("submit root@nowhere pid 7",), expires)
+    orphan = orphans.Orphan("r1", {}, NODES, ("submit root@nowhere pid 7",), expires)
     waiting = _LeaseWait(view)
     waiting.check(orphan)  # first seen: nothing to say yet
     assert out.getvalue() == ""

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.backends.ssh.submit import make_plan, ssh_manifest
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import load_profile
-from orchestrator.runs.folder import load_manifest
+from orchestrator.runfolder.folder import load_manifest
 from orchestrator.runs.lifecycle import SubmitRequest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
 from orchestrator.store.queries import Selection, environment

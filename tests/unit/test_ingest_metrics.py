@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import IngestError
-from orchestrator.runs.folder import RankFile, RunFolder, read_run_folder
+from orchestrator.runfolder.folder import RankFile, RunFolder, read_run_folder
 from orchestrator.store.metrics import GIB, aggregate, config_label, fix_hp, mem_label
 from orchestrator.store.rows import run_epoch_rows
 from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X8

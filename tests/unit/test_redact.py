@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import parse_cluster, resolve_read_url
-from orchestrator.queue.leases import without_secrets
 from orchestrator.redact import redact_argv, redact_text, without_password
+from orchestrator.runs.request import without_secrets
 from orchestrator.store.engine import redact_url
 from tests.support.store_fixtures import CliResult
 
@@ -135,7 +135,7 @@ def test_run_folders_and_manifests_are_not_world_readable(tmp_path: Path) -> Non
     import os
     import stat
 
-    from orchestrator.runs.folder import load_manifest, make_run_dir, write_manifest
+    from orchestrator.runfolder.folder import load_manifest, make_run_dir, write_manifest
     from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X1
 
     old = os.umask(0o002)  # a permissive umask: the modes must not depend on it

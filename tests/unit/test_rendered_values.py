@@ -16,7 +16,7 @@ from orchestrator.images.containers import container_argv
 from orchestrator.images.profiles import RuntimeOptions, load_profile
 from orchestrator.images.spec import render_dockerfile
 from orchestrator.plan import make_job, parse_sets
-from orchestrator.runs.folder import manifest_from_dict
+from orchestrator.runfolder.folder import manifest_from_dict
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import CaseSettings, ClusterSpec, Topology
 from orchestrator.transport.base import check_env

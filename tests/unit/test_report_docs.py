@@ -103,7 +103,7 @@ def test_rank_result_doc_describes_every_field_and_its_example_validates() -> No
 
 
 def test_run_folder_doc_describes_every_manifest_field_and_its_examples_load() -> None:
-    from orchestrator.runs.folder import ENV_FIELDS, manifest_from_dict
+    from orchestrator.runfolder.folder import ENV_FIELDS, manifest_from_dict
 
     manifest_doc, env_doc = _json_blocks("run-folder.md")
     manifest = manifest_from_dict(manifest_doc, "docs/run-folder.md")

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from orchestrator.runs.folder import load_manifest
+from orchestrator.runfolder.folder import load_manifest
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
 from orchestrator.store.models import Run, RunStatusChange

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from orchestrator.errors import StoreError
-from orchestrator.runs.folder import load_manifest, write_manifest
+from orchestrator.runfolder.folder import load_manifest, write_manifest
 from orchestrator.store.models import Image, ImageWheel, Run, RunNode, RunStatusChange
 from tests.support.store_fixtures import RUN_2X8, table_snapshot
 

@@ -7,13 +7,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from orchestrator.backends.slurm.followers import SlurmFollowers
 from orchestrator.errors import OrchestratorError
-from orchestrator.queue import leases
 from orchestrator.runs.progress import ProgressView
-from orchestrator.store.models import Run
+from orchestrator.runs.request import cluster_from, decode_request
+from orchestrator.store import follows
+from orchestrator.store import status as run_status
+from orchestrator.store.leases import QueueError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,19 +28,17 @@ def attach_slurm(
 ) -> None:
     """Until the run ends or `stop`: adopt it if nobody follows it, else show its progress."""
     from orchestrator.backends.slurm.execute import _Follower, follow_ttl_s, make_slurm_plan
-    from orchestrator.runs.lifecycle import request_from_doc
 
-    with store.reading() as conn:
-        row = conn.execute(select(Run.request, Run.slurm_job_id).where(Run.run_id == run_id)).one()
-    if row.request is None or row.slurm_job_id is None:
-        raise leases.QueueError(
+    row = follows.job_of(store, run_id)
+    if row is None or row.request is None or row.job_id is None:
+        raise QueueError(
             f"slurm run {run_id} has no stored request or job yet", "try again in a moment"
         )
     plan = make_slurm_plan(
-        leases.cluster_from(row.request), request_from_doc(row.request, None), run_id=run_id
+        cluster_from(row.request), decode_request(row.request, None), run_id=run_id
     )
     followers = SlurmFollowers(store, holder, runs_dir, stop, console, follow_ttl_s(), POLL_S)
-    tail = _Follower(plan, row.slurm_job_id, console)
+    tail = _Follower(plan, row.job_id, console)
     with ProgressView(run_id, console) as view:
         while not stop.is_set() and _running(store, run_id):
             try:
@@ -55,4 +53,4 @@ def attach_slurm(
 
 def _running(store: Store, run_id: str) -> bool:
     with store.reading() as conn:
-        return conn.scalar(select(Run.status).where(Run.run_id == run_id)) == "running"
+        return run_status.status_of(conn, run_id) == "running"

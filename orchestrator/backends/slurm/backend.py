@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.backends.base import Detached, DetachItem, DoctorReport, WorkerContext
-from orchestrator.backends.slurm import follows
 from orchestrator.backends.slurm.attach import attach_slurm
 from orchestrator.backends.slurm.detached import held_jobs
 from orchestrator.backends.slurm.doctor import run_slurm_doctor
@@ -25,9 +24,12 @@ from orchestrator.backends.slurm.execute import (
 )
 from orchestrator.backends.slurm.followers import SlurmFollowers
 from orchestrator.errors import ConfigError
-from orchestrator.queue import leases
 from orchestrator.states import BackendName
+from orchestrator.store import follows
+from orchestrator.store.cancel import request_cancel
+from orchestrator.store.follower import Follower
 from orchestrator.store.queries import run_brief, running_runs
+from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -103,7 +105,7 @@ class SlurmBackend:
         planned = []
         for cluster, req, doc in items:
             plan = make_slurm_plan(cluster, req)
-            manifest = slurm_manifest(plan, req, "running", None, submitted_at=leases.now_utc())
+            manifest = slurm_manifest(plan, req, "running", None, submitted_at=now_utc())
             planned.append((plan, manifest, dict(doc)))
         with held_jobs([plan for plan, _, _ in planned]) as job_ids:
 
@@ -118,7 +120,7 @@ class SlurmBackend:
         with store.reading() as conn:
             brief = run_brief(conn, run_id)
         if brief is None or brief.status != "running" or not brief.slurm_job_id:
-            return leases.request_cancel(store, run_id, by)
+            return request_cancel(store, run_id, by)
         job_id = cancel_run(store, run_id, by)
         return f"scancel {job_id}; whoever follows it (its submit or a worker) records it cancelled"
 
@@ -152,7 +154,7 @@ class SlurmBackend:
             if run.run_id in followed:
                 holder, until = followed[run.run_id]
                 when = until.isoformat(timespec="seconds")
-                who = holder if holder.startswith("submit ") else f"worker {holder}"
+                who = Follower.decode(holder).described()
                 described[run.run_id] = f"slurm job {job_id}, followed by {who} until {when}"
             elif run.queued:
                 described[run.run_id] = (

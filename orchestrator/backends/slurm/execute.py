@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.backends.slurm import commands, follows, nodelocal
+from orchestrator.backends.slurm import commands, nodelocal
 from orchestrator.backends.slurm.private import require_private_dir, write_private
 from orchestrator.backends.slurm.script import (
     EXIT_FILE,
@@ -37,10 +37,15 @@ from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
 from orchestrator.pathnames import copy_regular, is_safe_name
 from orchestrator.plan import NCCL_LOG_DIR
-from orchestrator.queue import leases
-from orchestrator.queue.keeper import LeaseKeeper, default_worker_id
+from orchestrator.runfolder.folder import (
+    ImageRef,
+    NodeRef,
+    RunManifest,
+    join_nccl_logs,
+    make_run_dir,
+)
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, join_nccl_logs, make_run_dir
+from orchestrator.runs.keeper import LeaseKeeper, default_worker_id
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -52,10 +57,14 @@ from orchestrator.runs.lifecycle import (
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.request import encode_request
 from orchestrator.runs.stopping import StopEvent, stop_reason
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.specs import ClusterSpec
 from orchestrator.states import FinalStatus, RunStatus
+from orchestrator.store import follows
+from orchestrator.store.cancel import CANCEL_NOTE, record_cancel_request
+from orchestrator.store.follower import Follower
 from orchestrator.workload_source import (
     MONITOR_PROBE_PATH,
     NODE_PROBE_PATH,
@@ -300,7 +309,7 @@ def execute(
     )
     phases = PhaseClock()
     job_id: str | None = None
-    holder, ttl_s = f"submit {default_worker_id()}", follow_ttl_s()
+    holder, ttl_s = Follower("submit", default_worker_id()).encoded, follow_ttl_s()
     view = ProgressView(job.run_id, console, live=True)
     try:
         view.phase("staging", f"run folder and workload source in {plan.settings.shared_dir}")
@@ -310,7 +319,7 @@ def execute(
             raise _Cancelled(f"{stop_reason(stop)} before the job was submitted")
         view.phase("submitting", f"sbatch, {job.topology.nnodes} node(s)")
         job_id = submit_staged(plan, plan.sbatch_argv)
-        request = leases.request_for(job.cluster, req)
+        request = encode_request(job.cluster, req)
         follows.record_followed(store, job.run_id, job_id, request, holder, ttl_s)
         view.phase("submitted", f"slurm job {job_id}")
         phases.lap("submit")
@@ -332,7 +341,7 @@ def execute(
     # row expires and a worker adopts the run, collects and stores it.
     cancel, detach = StopEvent(), threading.Event()
     keeper = LeaseKeeper(
-        store, job.run_id, holder, ttl_s, stop, cancel, renew=follows.renew, on_lost=detach
+        store, job.run_id, holder, ttl_s, stop, cancel, lease="job", on_lost=detach
     )
     try:
         with keeper:
@@ -703,17 +712,12 @@ def cancel_run(store: Store, run_id: str, by: str) -> str:
     """`orchestrator cancel` for a Slurm run: record the request, then scancel its job; whoever
     follows the job (its `submit`, or a worker) sees it end and finalizes the run. Returns the
     job id."""
-    from sqlalchemy import select
-
-    from orchestrator.store.models import Run
-
-    with store.reading() as conn:
-        row = conn.execute(select(Run.slurm_job_id, Run.status).where(Run.run_id == run_id)).first()
-    if row is None or not row.slurm_job_id:
+    row = follows.job_of(store, run_id)
+    if row is None or not row.job_id:
         raise ConfigError(
             f"run {run_id} has no Slurm job", "check the run id (`orchestrator runs`)"
         )
-    reason = f"{leases.CANCEL_NOTE}{by} (scancel {row.slurm_job_id})"
-    leases.record_cancel_request(store, run_id, row.status, reason)
-    commands.scancel(row.slurm_job_id)
-    return str(row.slurm_job_id)
+    reason = f"{CANCEL_NOTE}{by} (scancel {row.job_id})"
+    record_cancel_request(store, run_id, row.status, reason)
+    commands.scancel(row.job_id)
+    return str(row.job_id)

@@ -11,18 +11,20 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.backends.slurm import follows
 from orchestrator.backends.slurm.board import StateBoard
 from orchestrator.errors import OrchestratorError
-from orchestrator.queue import leases
-from orchestrator.queue.keeper import LeaseKeeper
-from orchestrator.runs.lifecycle import request_from_doc
+from orchestrator.runs.keeper import LeaseKeeper
+from orchestrator.runs.request import cluster_from, decode_request
 from orchestrator.runs.stopping import StopEvent, cancel_request_cause
+from orchestrator.store import follows
+from orchestrator.store.campaigns import finish_campaign_if_done
+from orchestrator.store.cancel import cancel_note
+from orchestrator.store.orphans import end_run
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.backends.slurm.follows import Unfollowed
+    from orchestrator.store.follows import Unfollowed
     from orchestrator.store import Store
 
 
@@ -87,7 +89,7 @@ class SlurmFollowers:
         """Adopt every Slurm run nobody follows that this machine can follow."""
         if self.worker_stop.is_set():
             return
-        for item in follows.unfollowed(self.store):
+        for item in follows.unfollowed(self.store, "slurm"):
             with self._lock:
                 if item.run_id in self._threads:
                     continue  # ours, ending right now
@@ -105,7 +107,7 @@ class SlurmFollowers:
     def follow_one(self, run_id: str) -> bool:
         """Adopt one unfollowed run and follow it in this thread (`orchestrator attach`);
         False when it has a follower, or this machine cannot follow it."""
-        for item in follows.unfollowed(self.store):
+        for item in follows.unfollowed(self.store, "slurm"):
             if item.run_id != run_id or not self._can_follow(item):
                 continue
             if follows.adopt(self.store, item.run_id, item.job_id, self.holder, self.ttl_s):
@@ -125,7 +127,7 @@ class SlurmFollowers:
             problem = "scontrol is not on this machine's PATH"
         else:
             try:
-                settings = settings_of(leases.cluster_from(item.request))
+                settings = settings_of(cluster_from(item.request))
             except OrchestratorError as exc:
                 problem = exc.one_line()
             else:
@@ -145,8 +147,8 @@ class SlurmFollowers:
         status = "detached"
         try:
             try:
-                cluster = leases.cluster_from(doc)
-                req = request_from_doc(doc, None)
+                cluster = cluster_from(doc)
+                req = decode_request(doc, None)
                 plan = make_slurm_plan(cluster, req, run_id=item.run_id)
             except OrchestratorError as exc:
                 status = "failed"
@@ -155,7 +157,7 @@ class SlurmFollowers:
             cancel, detach = StopEvent(), threading.Event()
             if item.cancel_requested_at is not None:
                 # `orchestrator cancel` ran while nobody followed the run
-                cancel.stop(cancel_request_cause(leases.cancel_note(self.store, item.run_id)))
+                cancel.stop(cancel_request_cause(cancel_note(self.store, item.run_id)))
             self.console.print(
                 f"[bold]run {item.run_id}[/]: following slurm job {item.job_id} ({doc['topology']})"
             )
@@ -166,7 +168,7 @@ class SlurmFollowers:
                 self.ttl_s,
                 self.worker_stop,
                 cancel,
-                renew=follows.renew,
+                lease="job",
                 on_worker_stop=detach,
                 on_lost=detach,
             )
@@ -191,11 +193,11 @@ class SlurmFollowers:
                 self.console.print(f"run {item.run_id}: {status}")
         except OrchestratorError as exc:
             status = "failed"
-            leases.end_run(self.store, item.run_id, "failed", exc.one_line(), ["running"])
+            end_run(self.store, item.run_id, "failed", exc.one_line(), ["running"])
         finally:
             self.board.forget(item.job_id)
             follows.release(self.store, item.run_id, self.holder)
-            leases.finish_campaign_if_done(self.store, doc.get("campaign_id"))
+            finish_campaign_if_done(self.store, doc.get("campaign_id"))
             with self._lock:
                 self._threads.pop(item.run_id, None)
                 if status != "detached":
@@ -206,4 +208,4 @@ class SlurmFollowers:
 
         commands.scancel_quietly(item.job_id)
         reason = f"cannot follow slurm job {item.job_id}: {exc.one_line()} (scancel)"
-        leases.end_run(self.store, item.run_id, "failed", reason, ["running"])
+        end_run(self.store, item.run_id, "failed", reason, ["running"])

@@ -1,6 +1,6 @@
 """Runs whose follower died (a killed `submit`, a dead worker, a crashed control host).
 
-Their leases expire; then whoever notices takes them over in the store (`leases.adopt`, so
+Their leases expire; then whoever notices takes them over in the store (`store.orphans.adopt`, so
 only one does) and, by `mode`:
 
 - follow: re-attach to the run on its nodes (a worker, `orchestrator attach`): feed the node
@@ -18,13 +18,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from orchestrator.backends.ssh.guard import POLL_S as GUARD_POLL_S
 from orchestrator.backends.ssh.guard import NodeState, node_state
 from orchestrator.backends.ssh.launch import (
     TAIL_LINES,
@@ -35,17 +32,28 @@ from orchestrator.backends.ssh.launch import (
     stop_everywhere,
 )
 from orchestrator.errors import OrchestratorError
-from orchestrator.queue import leases
-from orchestrator.queue.keeper import RENEW_MAX_S, LeaseKeeper
-from orchestrator.queue.liveness import LeaseSilence, liveness
+from orchestrator.runfolder.folder import make_run_dir
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.folder import make_run_dir
+from orchestrator.runs.keeper import RENEW_MAX_S, LeaseKeeper
 from orchestrator.runs.lifecycle import utcnow
+from orchestrator.runs.liveness import LeaseSilence, liveness
 from orchestrator.runs.progress import ProgressView, parse_event
+from orchestrator.runs.request import cluster_from, decode_request
 from orchestrator.runs.stopping import StopEvent, stop_reason
 from orchestrator.states import FinalStatus
+from orchestrator.store import leases
 from orchestrator.store import status as run_status
-from orchestrator.store.models import Run, RunNode
+from orchestrator.store.campaigns import finish_campaign_if_done
+from orchestrator.store.follower import follower_grace_s, follower_state
+from orchestrator.store.orphans import (
+    Orphan,
+    adopt,
+    adoptee_rows,
+    end_run,
+    find_orphans,
+    follow_state,
+    release_final_leases,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,14 +65,13 @@ if TYPE_CHECKING:
 
 POLL_S = 1.0
 STALE_LEASE_S = 3 * RENEW_MAX_S  # a live follower renews its lease at least this often, thrice
-SETTLE_MARGIN_S = 2 * GUARD_POLL_S  # two of the guard's polls: it has acted by then
 
 
 @dataclass(frozen=True)
 class Adoptee:
     """What an adopter knows of a run from the store."""
 
-    orphan: leases.Orphan
+    orphan: Orphan
     plan: Plan
     req: SubmitRequest
     submitted_at: datetime
@@ -81,32 +88,23 @@ class Adoptee:
         return f"{owners} stopped following (its leases expired at {when})"
 
 
-def settle_due(orphan: leases.Orphan, now: datetime | None = None) -> bool:
-    """The grace has passed since the follower's leases expired: the node guards have acted."""
-    if orphan.expired_at is None:
-        return True
-    grace = leases.cluster_from(orphan.request).follower_grace_s
-    return (now or utcnow()) >= orphan.expired_at + timedelta(seconds=grace + SETTLE_MARGIN_S)
+def settle_due(orphan: Orphan, now: datetime | None = None) -> bool:
+    """The grace has passed since the follower's leases expired: the node guards have acted
+    (the store's one rule, which `orchestrator query` and the web pages show too)."""
+    grace = follower_grace_s(orphan.request)
+    return follower_state(orphan.expired_at, grace, now or utcnow()) == "lost-pending"
 
 
-def load(store: Store, orphan: leases.Orphan) -> Adoptee:
+def load(store: Store, orphan: Orphan) -> Adoptee:
     """The run's plan as its submitter made it (same nodes, same paths), from its request."""
     from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY
     from orchestrator.backends.ssh.submit import make_plan
-    from orchestrator.runs.lifecycle import request_from_doc
 
-    with store.reading() as conn:
-        ranked = conn.execute(
-            select(RunNode.node_name, RunNode.env)
-            .where(RunNode.run_id == orphan.run_id)
-            .order_by(RunNode.node_rank, RunNode.node_name)
-        ).all()
-        row = conn.execute(
-            select(Run.submitted_at, Run.started_at).where(Run.run_id == orphan.run_id)
-        ).one()
+    row = adoptee_rows(store, orphan.run_id)
+    ranked = row.ranked
     nodes = [n for (n, _) in ranked] or list(orphan.nodes)
-    cluster = leases.cluster_from(orphan.request)
-    req = request_from_doc(orphan.request, nodes)
+    cluster = cluster_from(orphan.request)
+    req = decode_request(orphan.request, nodes)
     # The devices its preflight found in the nodes' environments (what the ranks run on).
     found = {n: (env or {}).get(VISIBLE_DEVICES_KEY) for n, env in ranked}
     values = found if any(v is not None for v in found.values()) else None
@@ -124,7 +122,7 @@ def runs_dir_for(request: Any, default: Path) -> Path:
 
 def adopt_run(
     store: Store,
-    orphan: leases.Orphan,
+    orphan: Orphan,
     holder: str,
     runs_dir: Path,
     stop: threading.Event,
@@ -136,13 +134,13 @@ def adopt_run(
     """Take the orphan over and bring it to a final status; returns it, or None when another
     adopter was first or the nodes could not be reached (the leases then expire again and a
     later adopter retries)."""
-    if not leases.adopt(store, orphan.run_id, holder, ttl_s):
+    if not adopt(store, orphan.run_id, holder, ttl_s):
         return None
     try:
         adoptee = load(store, orphan)
     except OrchestratorError as exc:
         reason = f"cannot re-plan the run to adopt it: {exc.one_line()}"
-        leases.end_run(store, orphan.run_id, "failed", reason, ["running"])
+        end_run(store, orphan.run_id, "failed", reason, ["running"])
         return "failed"
     _history(store, orphan.run_id, f"{mode} by {holder}: {adoptee.gone_since()}")
     run_stop = StopEvent()
@@ -154,7 +152,7 @@ def adopt_run(
         )
     if status is not None:
         leases.release(store, orphan.run_id)
-        leases.finish_campaign_if_done(store, orphan.request.get("campaign_id"))
+        finish_campaign_if_done(store, orphan.request.get("campaign_id"))
         console.print(f"run {orphan.run_id}: {status}")
     return status
 
@@ -272,7 +270,7 @@ class _LeaseWait:
     def __init__(self, view: ProgressView) -> None:
         self.view, self.silence, self.said = view, LeaseSilence(), False
 
-    def check(self, follower: leases.Orphan) -> None:
+    def check(self, follower: Orphan) -> None:
         quiet = self.silence.seen(follower.expired_at)
         if self.said or follower.expired_at is None:
             return
@@ -284,7 +282,7 @@ class _LeaseWait:
             why = f"{holders} stopped renewing its lease {quiet:.0f} s ago"
         else:
             return
-        left = max(0.0, (follower.expired_at - leases.now_utc()).total_seconds())
+        left = max(0.0, (follower.expired_at - utcnow()).total_seconds())
         until = follower.expired_at.strftime("%H:%M:%S")
         self.view.phase(
             "waiting for the lease",
@@ -385,9 +383,9 @@ def reconcile(
     """Bring every run whose follower is gone to an end, in this thread (see the module's
     docstring for the modes); `settle` only takes runs whose grace has passed. Returns the
     runs ended."""
-    leases.release_final_leases(store)
+    release_final_leases(store)
     ended = []
-    for orphan in leases.find_orphans(store, run_id=run_id):
+    for orphan in find_orphans(store, "ssh", run_id=run_id):
         if mode == "settle" and not settle_due(orphan):
             continue
         status = adopt_run(
@@ -427,9 +425,9 @@ class Adopters:
 
     def scan(self) -> int:
         """Adopt what is orphaned now; returns how many runs were taken or ended."""
-        leases.release_final_leases(self.store)
+        release_final_leases(self.store)
         taken = 0
-        for orphan in leases.find_orphans(self.store):
+        for orphan in find_orphans(self.store, "ssh"):
             thread = self.threads.get(orphan.run_id)
             if thread is not None and thread.is_alive():
                 continue
@@ -444,7 +442,7 @@ class Adopters:
             taken += 1
         return taken
 
-    def _one(self, orphan: leases.Orphan, mode: str) -> str | None:
+    def _one(self, orphan: Orphan, mode: str) -> str | None:
         status = adopt_run(
             self.store,
             orphan,
@@ -478,7 +476,7 @@ def watch(
     from orchestrator.transport import NodeSession
 
     with store.reading() as conn:
-        state = leases.follow_state(conn, run_id)
+        state = follow_state(conn, run_id)
     if state is None:
         raise leases.QueueError(
             f"run {run_id} has no stored request (its submit predates adoption): "
@@ -497,11 +495,11 @@ def watch(
             reader.read(node_state(transport, rank0, run_id, reader.offset))
             view.tick()
             with store.reading() as conn:
-                status = conn.scalar(select(Run.status).where(Run.run_id == run_id))
-                follower = leases.follow_state(conn, run_id)
+                status = run_status.status_of(conn, run_id)
+                follower = follow_state(conn, run_id)
             if status != "running":
                 return "ended"
-            if leases.find_orphans(store, run_id=run_id):
+            if find_orphans(store, "ssh", run_id=run_id):
                 return "orphaned"
             if follower is not None:
                 waiting.check(follower)

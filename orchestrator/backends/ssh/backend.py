@@ -17,17 +17,23 @@ from orchestrator.backends.base import Detached, DetachItem, DoctorReport, Worke
 from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
-from orchestrator.queue import leases
-from orchestrator.queue.liveness import liveness
+from orchestrator.runs.liveness import liveness
+from orchestrator.runs.request import cluster_from
 from orchestrator.states import BackendName
+from orchestrator.store import leases
+from orchestrator.store.cancel import request_cancel
+from orchestrator.store.follower import Follower
+from orchestrator.store.orphans import find_orphans
 from orchestrator.store.queries import run_brief
+from orchestrator.store.queue import enqueue
+from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
     from orchestrator.plan import Plan
-    from orchestrator.runs.folder import RunManifest
+    from orchestrator.runfolder.folder import RunManifest
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
     from orchestrator.specs import ClusterSpec, JobSpec
     from orchestrator.store import Store
@@ -90,24 +96,24 @@ class SshBackend:
         queued: list[tuple[RunManifest, dict[str, object]]] = []
         for cluster, req, doc in items:
             plan = make_plan(cluster, req)
-            manifest = ssh_manifest(plan, req, "queued", submitted_at=leases.now_utc())
+            manifest = ssh_manifest(plan, req, "queued", submitted_at=now_utc())
             queued.append((manifest, dict(doc)))
 
         def write(conn: Connection) -> None:
             for manifest, doc in queued:
-                leases.enqueue(conn, manifest, doc)
+                enqueue(conn, manifest, doc)
 
         yield Detached([m.run_id for m, _ in queued], write)
 
     def cancel(self, store: Store, run_id: str, by: str, runs_dir: Path, console: Console) -> str:
         """A queued run at once; a running one through its follower (it sees the request when
         it renews its leases), or, when its follower is gone, here: its nodes cleaned."""
-        result = leases.request_cancel(store, run_id, by)
+        result = request_cancel(store, run_id, by)
         if result != "requested":
             return result
         ended = adoption.reconcile(
             store,
-            f"cancel {by} pid {os.getpid()}",
+            Follower("cancel", f"{by} pid {os.getpid()}").encoded,
             console,
             runs_dir,
             mode="cancel",
@@ -126,11 +132,9 @@ class SshBackend:
         console: Console,
     ) -> None:
         while _status(store, run_id) == "running" and not stop.is_set():
-            orphans = leases.find_orphans(store, run_id=run_id)
+            orphans = find_orphans(store, self.name, run_id=run_id)
             if orphans:
-                ttl = leases.follower_ttl_s(
-                    leases.cluster_from(orphans[0].request).follower_grace_s
-                )
+                ttl = leases.follower_ttl_s(cluster_from(orphans[0].request).follower_grace_s)
                 adoption.adopt_run(store, orphans[0], holder, runs_dir, stop, console, ttl)
             else:
                 adoption.watch(store, run_id, console, stop)

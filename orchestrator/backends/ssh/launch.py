@@ -19,8 +19,8 @@ from orchestrator import monitor
 from orchestrator.backends.ssh.guard import run_env
 from orchestrator.errors import NodeError
 from orchestrator.plan import NCCL_LOG_DIR
+from orchestrator.runfolder.folder import join_nccl_logs
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.folder import join_nccl_logs
 from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
 from orchestrator.runs.stopping import stop_reason

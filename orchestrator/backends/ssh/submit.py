@@ -28,11 +28,10 @@ from orchestrator.backends.ssh.runtime_check import (
 )
 from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.plan import Plan, build_plan
-from orchestrator.queue.keeper import LeaseKeeper
-from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.rendezvous import master_address
+from orchestrator.runfolder.folder import ImageRef, NodeRef, RunManifest, make_run_dir
 from orchestrator.runs.failure import Failure
-from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, make_run_dir
+from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -45,9 +44,11 @@ from orchestrator.runs.lifecycle import (
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, verbosity
+from orchestrator.runs.request import encode_request
 from orchestrator.runs.stopping import stop_reason
 from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
+from orchestrator.store.leases import create_followed_run, follower_ttl_s, release
 from orchestrator.workload_source import workload_hash
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ def execute(
         store.start_queued_run(manifest)
         return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl)
     nodes = tuple(n.node.name for n in plan.nodes)
-    request = request_for(
+    request = encode_request(
         job.cluster, replace(req, node_names=nodes), runs_dir=str(runs_dir.resolve())
     )
     holder = follower_id()

@@ -8,12 +8,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.queue import leases
 from orchestrator.runs.stopping import StopEvent, cancel_request_cause, pass_on
+from orchestrator.store.cancel import cancel_note
+from orchestrator.store.leases import LeaseKind, renew
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -28,9 +28,10 @@ def default_worker_id() -> str:
 
 class LeaseKeeper:
     """Renews the run's leases and turns a cancel request, the worker's own stop signal or
-    lost leases into the run's stop event. A Slurm run (Slurm owns the job) maps some of them
-    to a detach event instead: `on_worker_stop` (a worker that stops leaves the job to the
-    next worker) and `on_lost` (another follower took it over)."""
+    lost leases into the run's stop event. A Slurm run (Slurm owns the job; its `lease` is the
+    job's follow row) maps some of them to a detach event instead: `on_worker_stop` (a worker
+    that stops leaves the job to the next worker) and `on_lost` (another follower took it
+    over)."""
 
     def __init__(
         self,
@@ -40,12 +41,12 @@ class LeaseKeeper:
         ttl_s: float,
         worker_stop: threading.Event,
         run_stop: threading.Event,
-        renew: Callable[[Any, str, str, float], tuple[int, bool]] = leases.renew,
+        lease: LeaseKind = "nodes",
         on_worker_stop: threading.Event | None = None,
         on_lost: threading.Event | None = None,
     ) -> None:
         self.store, self.run_id, self.holder, self.ttl_s = store, run_id, holder, ttl_s
-        self.worker_stop, self.run_stop, self.renew = worker_stop, run_stop, renew
+        self.worker_stop, self.run_stop, self.lease = worker_stop, run_stop, lease
         self.on_worker_stop = on_worker_stop or run_stop
         self.on_lost = on_lost or run_stop
         self.done = threading.Event()
@@ -70,7 +71,7 @@ class LeaseKeeper:
                 continue
             next_renew = time.monotonic() + every
             try:
-                held, cancel = self.renew(self.store, self.run_id, self.holder, self.ttl_s)
+                held, cancel = renew(self.store, self.run_id, self.holder, self.ttl_s, self.lease)
             except OrchestratorError:
                 continue  # the store is briefly away: the lease still has time left
             if cancel and not self.run_stop.is_set():
@@ -86,7 +87,7 @@ class LeaseKeeper:
             self.run_stop.set()
             return
         try:
-            note = leases.cancel_note(self.store, self.run_id)
+            note = cancel_note(self.store, self.run_id)
         except OrchestratorError:
             note = None
         self.run_stop.stop(cancel_request_cause(note))

@@ -3,13 +3,12 @@ history of the selected configurations (for regression flags and the history plo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, select
 
 from orchestrator.errors import StoreError
-from orchestrator.reports.stats import config_key
 from orchestrator.store.models import Campaign
 from orchestrator.store.queries import SEED_TABLE
 
@@ -28,9 +27,13 @@ def campaign_run_ids(conn: Connection, campaign_id: str, status: str | None) -> 
 
 
 def configuration_history(
-    conn: Connection, rows: Sequence[Mapping[Any, Any]]
+    conn: Connection,
+    rows: Sequence[Mapping[Any, Any]],
+    config_key: Callable[[Mapping[Any, Any]], tuple[str, ...]],
 ) -> list[Mapping[Any, Any]]:
-    """Every succeeded run of the configurations the rows belong to, oldest first."""
+    """Every succeeded run of the configurations the rows belong to, oldest first.
+    `config_key`: what makes two runs repeats of one configuration (the report's rule; its
+    first two fields are the vendor and the config name)."""
     keys = {config_key(r) for r in rows}
     if not keys:
         return []

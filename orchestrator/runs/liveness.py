@@ -5,22 +5,18 @@ out); elsewhere, a lease whose expiry stopped moving says its follower stopped r
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from socket import gethostname
 
-# "submit alice@lab1 pid 42", "attach alice@lab1 pid 42" (followers), "lab1:42" (a worker)
-_FOLLOWER = re.compile(r"^\w+ (?:[^@\s]+@)?(?P<host>[^\s@]+) pid (?P<pid>\d+)$")
-_WORKER = re.compile(r"^(?P<host>[^\s:]+):(?P<pid>\d+)$")
+from orchestrator.store.follower import Follower
 
 
 def holder_process(holder: str) -> tuple[str, int] | None:
     """(host, pid) a lease holder names, or None (a worker started with --id)."""
-    match = _FOLLOWER.match(holder) or _WORKER.match(holder)
-    return (match["host"], int(match["pid"])) if match else None
+    return Follower.decode(holder).process()
 
 
 def pid_alive(pid: int) -> bool:
@@ -50,7 +46,7 @@ def liveness(
 
 class LeaseSilence:
     """Seconds since a lease's expiry last moved: a live follower renews it every few
-    seconds (queue/keeper.py), so a long silence means its follower is gone or frozen."""
+    seconds (runs/keeper.py), so a long silence means its follower is gone or frozen."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock

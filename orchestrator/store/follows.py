@@ -1,6 +1,6 @@
-"""The store side of Slurm runs queued by `campaign submit` or `submit --detach`: the runs
-rows (written with their held jobs in one transaction) and `slurm_follows`, which says which
-worker follows each job. Slurm queues the jobs and owns the nodes, so these runs take no
+"""The store side of runs whose job a scheduler owns (Slurm), queued by `campaign submit` or
+`submit --detach` or followed by their `submit`: the runs rows (written with their held jobs
+in one transaction) and `slurm_follows`, which says which worker follows each job. Slurm queues the jobs and owns the nodes, so these runs take no
 node_leases; a follow row is renewed like a lease, and when its worker dies it expires and
 another worker adopts the run."""
 
@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from orchestrator.queue import leases
-from orchestrator.queue.leases import now_utc
-from orchestrator.runs.folder import RunManifest
+from orchestrator.runfolder.folder import RunManifest
+from orchestrator.states import BackendName, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
+from orchestrator.store.campaigns import start_campaign
 from orchestrator.store.models import Run, RunNode, SlurmFollow
+from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -37,7 +38,7 @@ def insert_submitted(
     conn.execute(
         insert(RunNode), [rows.node_row(manifest.run_id, n, None, None) for n in manifest.nodes]
     )
-    leases.start_campaign(conn, request.get("campaign_id"))
+    start_campaign(conn, request.get("campaign_id"))
 
 
 def record_followed(
@@ -75,8 +76,9 @@ class Unfollowed:
     cancel_requested_at: datetime | None
 
 
-def unfollowed(store: Store, now: datetime | None = None) -> list[Unfollowed]:
-    """Running Slurm runs with a stored request that no live worker follows, oldest first."""
+def unfollowed(store: Store, backend: BackendName, now: datetime | None = None) -> list[Unfollowed]:
+    """The `backend`'s running runs with a job and a stored request that no live worker
+    follows, oldest first."""
     now = now or now_utc()
     live = exists().where(and_(SlurmFollow.run_id == Run.run_id, SlurmFollow.expires_at > now))
     query = (
@@ -90,7 +92,7 @@ def unfollowed(store: Store, now: datetime | None = None) -> list[Unfollowed]:
         )
         .where(
             Run.status == "running",
-            Run.backend == "slurm",
+            Run.backend == backend,
             Run.slurm_job_id.is_not(None),
             Run.request.is_not(None),
             ~live,
@@ -135,11 +137,6 @@ def adopt(store: Store, run_id: str, job_id: str, holder: str, ttl_s: float) -> 
     return True
 
 
-def renew(store: Store, run_id: str, holder: str, ttl_s: float) -> tuple[int, bool]:
-    """Push this worker's follow row out by ttl; returns (rows still held, cancel requested)."""
-    return leases.renew(store, run_id, holder, ttl_s, table=SlurmFollow)
-
-
 def release(store: Store, run_id: str, holder: str) -> None:
     with store.transaction() as conn:
         conn.execute(
@@ -155,3 +152,21 @@ def followers(conn: Connection) -> dict[str, tuple[str, datetime]]:
             select(SlurmFollow.run_id, SlurmFollow.holder, SlurmFollow.expires_at)
         )
     }
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A run's job as the store has it: the job id, the stored request and the run's status."""
+
+    job_id: str | None
+    request: Mapping[str, Any] | None
+    status: RunStatus
+
+
+def job_of(store: Store, run_id: str) -> JobRow | None:
+    """The run's job id, request and status (None: no such run)."""
+    with store.reading() as conn:
+        row = conn.execute(
+            select(Run.slurm_job_id, Run.request, Run.status).where(Run.run_id == run_id)
+        ).first()
+    return None if row is None else JobRow(row.slurm_job_id, row.request, row.status)

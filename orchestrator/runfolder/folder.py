@@ -27,7 +27,7 @@ from orchestrator.fabric import MAX_LOG_CHARS, NCCL_LOG_FILE
 from orchestrator.monitor import MONITOR_FILE, RawOutput, Sample, parse_samples, raw_output
 from orchestrator.pathnames import RUN_ID_PATTERN
 from orchestrator.redact import redact_text
-from orchestrator.runs.imported import ImportedResult, imported_from_dict
+from orchestrator.runfolder.imported import ImportedResult, imported_from_dict
 from orchestrator.specs import Topology
 from orchestrator.states import (
     BACKENDS,

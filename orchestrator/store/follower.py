@@ -12,12 +12,15 @@ owns is never settled by the grace: a worker adopts it whenever it comes."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from sqlalchemy import Column, Connection, Float, MetaData, String, Table, select
+
 from orchestrator.specs import DEFAULT_FOLLOWER_GRACE_S
+from orchestrator.store.models import UtcDateTime
 
 FollowerKind = Literal["submit", "attach", "cancel", "worker"]
 FollowerState = Literal["alive", "gone", "lost-pending"]
@@ -87,3 +90,50 @@ def follower_grace_s(request: Mapping[str, Any]) -> float:
     if isinstance(grace, (int, float)) and not isinstance(grace, bool):
         return float(grace)
     return DEFAULT_FOLLOWER_GRACE_S
+
+
+# The view of migration 0006, described for SQLAlchemy (views are not in Base.metadata).
+RUN_FOLLOWERS = Table(
+    "run_followers",
+    MetaData(),
+    Column("run_id", String),
+    Column("cluster", String),
+    Column("backend", String),
+    Column("status", String),
+    Column("holder", String),
+    Column("lease_expires_at", UtcDateTime),
+    Column("grace_s", Float),
+    Column("follower", String),
+)
+
+
+@dataclass(frozen=True)
+class FollowerNow:
+    """A running run's follower as the view says it now (what the pages show)."""
+
+    state: FollowerState
+    holder: str | None
+    lease_expires_at: datetime | None
+    grace_s: float | None
+
+    @property
+    def settles_at(self) -> datetime | None:
+        """When the grace runs out (None: never by the grace, or no lease to count from)."""
+        if self.grace_s is None or self.lease_expires_at is None:
+            return None
+        return self.lease_expires_at + timedelta(seconds=self.grace_s + SETTLE_MARGIN_S)
+
+
+def followers_now(conn: Connection, run_ids: Sequence[str]) -> dict[str, FollowerNow]:
+    """run id -> its follower's state, for the given runs that are running with a stored
+    request; read from the run_followers view, so read-only connections see it too."""
+    if not run_ids:
+        return {}
+    view = RUN_FOLLOWERS.c
+    query = select(
+        view.run_id, view.follower, view.holder, view.lease_expires_at, view.grace_s
+    ).where(view.run_id.in_(tuple(run_ids)), view.follower.is_not(None))
+    return {
+        run_id: FollowerNow(state, holder, expires, grace)
+        for run_id, state, holder, expires, grace in conn.execute(query)
+    }

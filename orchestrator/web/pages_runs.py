@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from orchestrator.states import PRECISIONS, RUN_STATUSES
+from orchestrator.store.follower import followers_now
 from orchestrator.store.metrics import mem_label
 from orchestrator.store.queries import describe_ib, run_detail
 from orchestrator.store.web_queries import (
@@ -60,10 +61,13 @@ def runs(request: Request) -> Response:
     with reading(request) as conn:
         page = runs_page(conn, chosen)
         options = filter_options(conn)
+        running = [r["run_id"] for r in page.rows if r["status"] == "running"]
+        followers = followers_now(conn, running)
     return render(
         request,
         "runs.html",
         page=page,
+        followers=followers,
         chosen=chosen,
         options=options,
         statuses=RUN_STATUSES,
@@ -81,12 +85,14 @@ def run(request: Request) -> Response:
         resolved = rank_zero_config(conn, run_id)
         series = monitor_series(conn, run_id)
         siblings = configuration_runs(conn, detail.run)
+        follower = followers_now(conn, [run_id]).get(run_id)
     charts = epoch_charts({run_id: detail.epochs})
     return render(
         request,
         "run.html",
         run=detail.run,
         detail=detail,
+        follower=follower,
         nodes=_node_table(detail.nodes),
         ranks=[_rank_row(r) for r in detail.ranks],
         resolved=resolved,

@@ -11,6 +11,7 @@ from orchestrator import units
 from orchestrator.reports.compare import UNITS, metric_header, number
 from orchestrator.reports.report import group_mem
 from orchestrator.reports.stats import Regression, ScalingPoint
+from orchestrator.store.follower import FollowerNow
 from orchestrator.store.web_queries import Series
 
 GIB = float(1 << 30)
@@ -57,6 +58,21 @@ def when_short(value: Any) -> str:
     return when(value).removesuffix(" UTC")
 
 
+def follower_note(follower: FollowerNow | None) -> str:
+    """What a running run's status says about its follower when it is gone (the store's rule,
+    via the run_followers view): awaiting adoption, or past the grace awaiting settling."""
+    if follower is None or follower.state == "alive":
+        return ""
+    since = f" since {seconds_utc(follower.lease_expires_at)}" if follower.lease_expires_at else ""
+    if follower.state == "lost-pending":
+        return f"follower gone{since}, awaiting settling (lost)"
+    return f"follower gone{since}, awaiting adoption"
+
+
+def seconds_utc(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def mem_cell(label: Any) -> str:
     """The seed table's mem label '37.1/64.0' (used/total GiB)."""
     return f"{label} GiB" if label else ""
@@ -81,6 +97,7 @@ FILTERS = {
     "seconds": seconds,
     "when": when,
     "when_short": when_short,
+    "follower_note": follower_note,
     "mem_cell": mem_cell,
     "number": number,
     "metric": metric,

@@ -41,7 +41,7 @@ TABLES = {
     "node_leases",
     "slurm_follows",
 }
-VIEWS = {"seed_table", "config_history"}
+VIEWS = {"seed_table", "config_history", "run_followers"}
 
 
 @pytest.fixture

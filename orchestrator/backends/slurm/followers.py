@@ -24,8 +24,8 @@ from orchestrator.store.orphans import end_run
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.store.follows import Unfollowed
     from orchestrator.store import Store
+    from orchestrator.store.follows import Unfollowed
 
 
 class SlurmFollowers:

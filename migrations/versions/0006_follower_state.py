@@ -52,8 +52,7 @@ _SQLITE = {
     ),
     "live": "julianday(lease_expires_at) > julianday('now')",
     "past": (
-        "(julianday('now') - julianday(lease_expires_at)) * 86400.0 "
-        f">= grace_s + {SETTLE_MARGIN_S}"
+        f"(julianday('now') - julianday(lease_expires_at)) * 86400.0 >= grace_s + {SETTLE_MARGIN_S}"
     ),
 }
 _POSTGRES = {
@@ -64,10 +63,7 @@ _POSTGRES = {
         f"ELSE {DEFAULT_GRACE_S} END"
     ),
     "live": "lease_expires_at > now()",
-    "past": (
-        "EXTRACT(EPOCH FROM (now() - lease_expires_at)) "
-        f">= grace_s + {SETTLE_MARGIN_S}"
-    ),
+    "past": (f"EXTRACT(EPOCH FROM (now() - lease_expires_at)) >= grace_s + {SETTLE_MARGIN_S}"),
 }
 
 

@@ -18,14 +18,14 @@ from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from orchestrator.runfolder.folder import load_manifest
-from orchestrator.store import open_store, upgrade_store
-from orchestrator.store import follows, leases
+from orchestrator.store import follows, leases, open_store, upgrade_store
 from orchestrator.store import queue as stored_queue
 from orchestrator.store.follower import follower_grace_s, follower_state, followers_now
 from orchestrator.store.models import NodeLease, Run, SlurmFollow
 from orchestrator.store.readonly import run_query
 from orchestrator.store.status import now_utc
 from tests.support.store_fixtures import RUN_2X8, pg_reader
+
 
 def _request(grace: object = None) -> dict[str, Any]:
     """A stored request whose cluster file says `grace` (None: it does not say)."""
@@ -82,9 +82,7 @@ def _fill(url: str, fixture_runs: Path) -> None:
                 table = SlurmFollow
             with store.transaction() as conn:
                 expires = now_utc() + timedelta(seconds=expires_in)
-                conn.execute(
-                    update(table).where(table.run_id == run_id).values(expires_at=expires)
-                )
+                conn.execute(update(table).where(table.run_id == run_id).values(expires_at=expires))
         with store.transaction() as conn:
             stored_queue.enqueue(conn, _manifest(fixture_runs, "queued"), _request())
         store.create_run(_manifest(fixture_runs, "no-request"), status="running")
@@ -93,9 +91,7 @@ def _fill(url: str, fixture_runs: Path) -> None:
 def _expected(url: str) -> dict[str, str | None]:
     """The Python rule over the stored rows, as the settling code applies it."""
     with open_store(url) as store, store.reading() as conn:
-        runs = conn.execute(
-            select(Run.run_id, Run.status, Run.request, Run.slurm_job_id)
-        ).all()
+        runs = conn.execute(select(Run.run_id, Run.status, Run.request, Run.slurm_job_id)).all()
         expiry: dict[str, datetime] = {}
         for table in (NodeLease, SlurmFollow):
             for run_id, at in conn.execute(select(table.run_id, table.expires_at)):

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -148,11 +149,15 @@ def test_submit_killed_after_training_before_collection_is_published_by_attach(
     _clean(tmp_path, run_id)
 
 
-def _lost_by_guards_alone(cfg: Path, tmp_path: Path, grace: float) -> tuple[str, float]:
+def _lost_by_guards_alone(
+    cfg: Path, tmp_path: Path, grace: float, after_kill: Callable[[str], None] | None = None
+) -> tuple[str, float]:
     db = tmp_path / "results.db"
     proc = _submit(cfg, db, tmp_path, LONG)
     run_id = _running_run(proc, db)
     killed = _kill(proc)
+    if after_kill is not None:
+        after_kill(run_id)
     wait_for(lambda: run_processes(run_id) == [], grace + 30, "the node guards to end the run")
     cleaned = time.time() - killed
     print(f"SIGKILL -> nodes clean by their guards alone: {cleaned:.1f}s (grace {grace}s)")
@@ -176,12 +181,57 @@ def _runs_list_shows_lost(cfg: Path, tmp_path: Path, run_id: str, killed: float,
     _clean(tmp_path, run_id)
 
 
+def _read_only_view(tmp_path: Path, run_id: str) -> tuple[str, str, str]:
+    """(stored status, the run_followers view's follower, the run page) through read-only
+    paths only: `orchestrator query` and the results pages' app."""
+    from starlette.testclient import TestClient
+
+    from orchestrator.web.app import create_app
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    sql = f"SELECT status, follower FROM run_followers WHERE run_id = '{run_id}'"
+    shown = run_cli(["--db", url, "query", "--format", "json", sql], tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    (row,) = json.loads(shown.stdout)
+    with TestClient(create_app(url), raise_server_exceptions=False) as client:
+        page = client.get(f"/runs/{run_id}")
+    assert page.status_code == 200
+    return row["status"], row["follower"], page.text
+
+
+def _follower_gone(tmp_path: Path, run_id: str, grace: float) -> None:
+    """Right after the kill, with no writing command run: `query` and the run page say the
+    follower is gone and the run awaits adoption; the stored status is still `running`."""
+    status, _, page = wait_for(
+        lambda: (seen := _read_only_view(tmp_path, run_id))[1] == "gone" and seen,
+        grace / 3 + 10,
+        "query to say the follower is gone",
+    )
+    assert status == "running"
+    assert re.search(r"running — follower gone since [-0-9]+ [:0-9]+ UTC, awaiting adoption", page)
+
+
+def _awaiting_settling(tmp_path: Path, run_id: str, grace: float) -> None:
+    """Past the grace, still with no writing command: the run awaits settling (lost)."""
+    status, _, page = wait_for(
+        lambda: (seen := _read_only_view(tmp_path, run_id))[1] == "lost-pending" and seen,
+        grace + 30,
+        "query to say the run awaits settling",
+    )
+    assert status == "running" and "awaiting settling (lost)" in page
+    db = tmp_path / "results.db"
+    assert _rows(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("running",)]
+
+
 def test_sigkilled_submit_without_any_adopter_is_cleaned_by_the_nodes_and_marked_lost(
     sshd_nodes, tiny_coco, tmp_path
 ):
     grace = 10
     cfg = _cluster(sshd_nodes, tiny_coco, tmp_path, grace)
-    run_id, killed = _lost_by_guards_alone(cfg, tmp_path, grace)
+    run_id, killed = _lost_by_guards_alone(
+        cfg, tmp_path, grace, lambda run_id: _follower_gone(tmp_path, run_id, grace)
+    )
+    _awaiting_settling(tmp_path, run_id, grace)
     _runs_list_shows_lost(cfg, tmp_path, run_id, killed, grace)
 
 

@@ -278,7 +278,7 @@ def test_migration_0005_adds_the_fabric_columns_to_existing_runs_and_drops_them_
         assert "fabric" not in {c["name"] for c in inspect(engine).get_columns("runs")}
     finally:
         engine.dispose()
-    assert upgrade_store(sqlite_url, "0005").after == "0005"
+    assert upgrade_store(sqlite_url).after == head_revision()
     with open_store(sqlite_url) as store:
         store.ingest([fixture_runs / "20260113-101500-1x8-metax"])
     engine = make_engine(sqlite_url)
@@ -301,3 +301,26 @@ def test_migration_0005_adds_the_fabric_columns_to_existing_runs_and_drops_them_
         engine.dispose()
     assert not columns & {"fabric_transport", "fabric_summary", "fabric", "warnings"}
     assert "ix_runs_fabric_transport" not in indexes
+
+
+def test_migration_0006_adds_the_run_followers_view_over_existing_runs_and_drops_it_again(
+    sqlite_url: str, fixture_runs: Path
+) -> None:
+    upgrade_store(sqlite_url)
+    with open_store(sqlite_url) as store:
+        store.ingest([fixture_runs / "20260113-101500-1x8-metax"])
+    assert downgrade_store(sqlite_url, "0005").after == "0005"
+    assert "run_followers" not in _schema(sqlite_url)[1]
+    assert upgrade_store(sqlite_url).after == "0006"
+    assert "run_followers" in _schema(sqlite_url)[1]
+    shown = run_query(sqlite_url, "SELECT run_id, status, follower, grace_s FROM run_followers")
+    # A stored (succeeded) run has no follower to speak of; its grace is the default one.
+    assert shown.rows == [("20260113-101500-1x8-metax", "succeeded", None, 180.0)]
+    assert downgrade_store(sqlite_url, "0005").after == "0005"
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+    finally:
+        engine.dispose()
+    assert _schema(sqlite_url)[1] == VIEWS - {"run_followers"}

@@ -218,7 +218,7 @@ _FLAG_COLUMNS = tuple(
 def flag_inputs(conn: Connection, rows: Sequence[Mapping[Any, Any]], k: int) -> list[RowMapping]:
     """What report_stats.flag_history needs to flag `rows`: per configuration, the k succeeded
     runs before its earliest selected run and every succeeded run from there to its latest.
-    (report_history.configuration_history reads the configurations' whole history instead.)"""
+    (store/history.py: configuration_history reads the configurations' whole history instead.)"""
     spans: dict[tuple[str, ...], tuple[datetime, datetime]] = {}
     for row in rows:
         if row.get("status") != "succeeded" or row.get("finished_at") is None:

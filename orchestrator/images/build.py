@@ -18,10 +18,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.clock import utcnow
 from orchestrator.errors import ImageError
 from orchestrator.images.spec import HashedFile, ImageSpec, image_labels
 
@@ -228,7 +228,7 @@ def build_image(
 
     log_dir = log_dir or default_log_dir()
     log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     log_path = log_dir / f"{spec.profile.name}-{spec.digest[:16]}-{stamp}.log"
     started = time.monotonic()
     step_header = "(before the first step)"

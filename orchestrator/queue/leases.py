@@ -11,13 +11,14 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from orchestrator.clock import utcnow
 from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact_text, without_password
 from orchestrator.runs.folder import RunManifest
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
 
 LEASE_TTL_S = 60.0
 _CLUSTERS: dict[str, ClusterSpec] = {}  # cluster_key -> parsed cluster, per process
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class QueueError(OrchestratorError):
@@ -147,7 +144,7 @@ def insert_campaign(
                 "spec": spec,
                 "status": "queued",
                 "created_by": by,
-                "created_at": now_utc(),
+                "created_at": utcnow(),
             }
         ],
     )
@@ -165,7 +162,7 @@ def start_campaign(conn: Connection, campaign_id: str | None) -> None:
 
 def enqueue(conn: Connection, manifest: RunManifest, request: dict[str, Any]) -> None:
     """A queued runs row (no run_nodes yet: the worker chooses the nodes) and its history."""
-    now = now_utc()
+    now = utcnow()
     row = rows.run_row(manifest, now)
     row.update(status="queued", request=request, submitted_at=now)
     run_status.insert_run(conn, row, None, now)
@@ -304,7 +301,7 @@ def describe_leases(
         when = until.isoformat(timespec="seconds")
         living = alive(holder)
         state = f"lease until {when}" + (" (follower alive)" if living else "")
-        if until <= now_utc():
+        if until <= utcnow():
             state = f"follower gone since {when}, awaiting adoption (`orchestrator attach`)"
         elif living is False:
             state = (
@@ -360,7 +357,7 @@ def _take(
     store: Store, run: QueuedRun, nodes: Sequence[str], holder: str, ttl_s: float
 ) -> dict[str, Any] | None:
     """The run's full request when this worker took it and its nodes; None when another did."""
-    now = now_utc()
+    now = utcnow()
     try:
         with store.engine.begin() as conn:
             moved = run_status.move(
@@ -409,7 +406,7 @@ def renew(
         held = conn.execute(
             update(table)
             .where(table.run_id == run_id, table.holder == holder)
-            .values(expires_at=now_utc() + timedelta(seconds=ttl_s))
+            .values(expires_at=utcnow() + timedelta(seconds=ttl_s))
         ).rowcount
         cancel = conn.scalar(select(Run.cancel_requested_at).where(Run.run_id == run_id))
     return held, cancel is not None
@@ -438,7 +435,7 @@ def finish_campaign_if_done(store: Store, campaign_id: str | None) -> None:
                 .where(
                     Campaign.campaign_id == campaign_id, Campaign.status.in_(("queued", "running"))
                 )
-                .values(status="finished", finished_at=now_utc())
+                .values(status="finished", finished_at=utcnow())
             )
 
 
@@ -465,7 +462,7 @@ def create_followed_run(
     """The row of a run that `submit` starts and follows itself, with the request an adopter
     needs should this process die, its run_nodes, its history and its node leases, in one
     transaction: a node held by another run refuses the whole of it (NodesBusy)."""
-    now = now_utc()
+    now = utcnow()
     row = rows.run_row(manifest, now)
     row.update(status="running", request=request, submitted_at=manifest.submitted_at or now)
     try:
@@ -504,7 +501,7 @@ def nodes_busy(
 ) -> NodesBusy | None:
     """The error for `nodes` held by other runs (None when all are free): which nodes, which
     run, who follows it and whether that follower is alive, and how to clear it."""
-    now = now_utc()
+    now = utcnow()
     query = select(NodeLease.node_name, NodeLease.run_id, NodeLease.holder, NodeLease.expires_at)
     query = query.where(NodeLease.cluster == cluster, NodeLease.node_name.in_(tuple(nodes)))
     held: dict[str, list[Any]] = {}
@@ -557,7 +554,7 @@ def find_orphans(
     """Runs still `running` with a stored request whose every lease expired (follower gone:
     a worker, or a foreground `submit`). Slurm runs hold no node leases: Slurm owns their
     nodes (backends/slurm/follows.py adopts them)."""
-    now = now or now_utc()
+    now = now or utcnow()
     live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
     query = select(Run.run_id).where(
         Run.status == "running", Run.request.is_not(None), Run.backend != "slurm", ~live
@@ -590,7 +587,7 @@ def follow_state(conn: Connection, run_id: str) -> Orphan | None:
 
 def adopt(store: Store, run_id: str, holder: str, ttl_s: float) -> bool:
     """Take over an orphan's expired leases so that only one reconciler cleans it."""
-    now = now_utc()
+    now = utcnow()
     with store.transaction() as conn:
         total = len(
             conn.execute(select(NodeLease.node_name).where(NodeLease.run_id == run_id)).all()
@@ -608,7 +605,7 @@ def end_run(
     store: Store, run_id: str, status: RunStatus, reason: str, expect: Sequence[RunStatus]
 ) -> bool:
     """Guarded final transition (only from `expect`), history entry, leases released."""
-    now = now_utc()
+    now = utcnow()
     with store.transaction() as conn:
         moved = run_status.move(
             conn,
@@ -684,6 +681,6 @@ def record_cancel_request(store: Store, run_id: str, status: RunStatus, reason: 
         conn.execute(
             update(Run)
             .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
-            .values(cancel_requested_at=now_utc())
+            .values(cancel_requested_at=utcnow())
         )
         run_status.note(conn, run_id, status, reason)

@@ -20,12 +20,13 @@ from orchestrator.backends.ssh.guard import (
     parse_state,
 )
 from orchestrator.backends.ssh.launch import Execution
+from orchestrator.clock import utcnow
 from orchestrator.config import parse_cluster
 from orchestrator.errors import ConfigError
 from orchestrator.queue import leases
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import load_manifest
-from orchestrator.runs.lifecycle import SubmitRequest, utcnow
+from orchestrator.runs.lifecycle import SubmitRequest
 from orchestrator.specs import Topology
 from orchestrator.store.models import NodeLease
 from tests.support.store_fixtures import RUN_2X8

@@ -24,6 +24,7 @@ from orchestrator.backends.slurm.execute import (
     slurm_manifest,
 )
 from orchestrator.backends.slurm.followers import SlurmFollowers
+from orchestrator.clock import utcnow
 from orchestrator.errors import ConfigError
 from orchestrator.queue import leases
 from orchestrator.states import BackendName
@@ -103,7 +104,7 @@ class SlurmBackend:
         planned = []
         for cluster, req, doc in items:
             plan = make_slurm_plan(cluster, req)
-            manifest = slurm_manifest(plan, req, "running", None, submitted_at=leases.now_utc())
+            manifest = slurm_manifest(plan, req, "running", None, submitted_at=utcnow())
             planned.append((plan, manifest, dict(doc)))
         with held_jobs([plan for plan, _, _ in planned]) as job_ids:
 

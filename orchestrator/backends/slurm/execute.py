@@ -33,6 +33,7 @@ from orchestrator.backends.slurm.script import (
     SlurmPlan,
     build_slurm_plan,
 )
+from orchestrator.clock import utcnow
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.monitor import MONITOR_FILE
 from orchestrator.pathnames import copy_regular, is_safe_name
@@ -48,7 +49,6 @@ from orchestrator.runs.lifecycle import (
     job_for,
     manifest_for,
     publish_run,
-    utcnow,
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, parse_event

@@ -17,6 +17,7 @@ from orchestrator.backends.base import Detached, DetachItem, DoctorReport, Worke
 from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
+from orchestrator.clock import utcnow
 from orchestrator.queue import leases
 from orchestrator.queue.liveness import liveness
 from orchestrator.states import BackendName
@@ -90,7 +91,7 @@ class SshBackend:
         queued: list[tuple[RunManifest, dict[str, object]]] = []
         for cluster, req, doc in items:
             plan = make_plan(cluster, req)
-            manifest = ssh_manifest(plan, req, "queued", submitted_at=leases.now_utc())
+            manifest = ssh_manifest(plan, req, "queued", submitted_at=utcnow())
             queued.append((manifest, dict(doc)))
 
         def write(conn: Connection) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # One run's follow, to its end: the run's final status, or None when it was left for another
 # follower (not counted).
-FollowRun = Callable[[], "str | None"]
+FollowRun = Callable[[], str | None]
 
 
 class FollowerPool(ABC):

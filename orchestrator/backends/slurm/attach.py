@@ -27,7 +27,9 @@ def attach_slurm(
     store: Store, run_id: str, holder: str, runs_dir: Path, stop: threading.Event, console: Console
 ) -> None:
     """Until the run ends or `stop`: adopt it if nobody follows it, else show its progress."""
-    from orchestrator.backends.slurm.execute import _Follower, follow_ttl_s, make_slurm_plan
+    from orchestrator.backends.slurm.execute import follow_ttl_s
+    from orchestrator.backends.slurm.follow import JobTail
+    from orchestrator.backends.slurm.plan import make_slurm_plan
     from orchestrator.runs.lifecycle import request_from_doc
 
     with store.reading() as conn:
@@ -40,7 +42,7 @@ def attach_slurm(
         leases.cluster_from(row.request), request_from_doc(row.request, None), run_id=run_id
     )
     followers = SlurmFollowers(store, holder, runs_dir, stop, console, follow_ttl_s(), POLL_S)
-    tail = _Follower(plan, row.slurm_job_id, console)
+    tail = JobTail(plan, row.slurm_job_id, console)
     with ProgressView(run_id, console) as view:
         while not stop.is_set() and _running(store, run_id):
             try:

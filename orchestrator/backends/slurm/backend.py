@@ -17,13 +17,9 @@ from orchestrator.backends.slurm import follows
 from orchestrator.backends.slurm.attach import attach_slurm
 from orchestrator.backends.slurm.detached import held_jobs
 from orchestrator.backends.slurm.doctor import run_slurm_doctor
-from orchestrator.backends.slurm.execute import (
-    cancel_run,
-    execute,
-    make_slurm_plan,
-    slurm_manifest,
-)
+from orchestrator.backends.slurm.execute import cancel_run, execute
 from orchestrator.backends.slurm.followers import SlurmFollowers
+from orchestrator.backends.slurm.plan import make_slurm_plan, slurm_manifest
 from orchestrator.clock import utcnow
 from orchestrator.errors import ConfigError
 from orchestrator.queue import leases

@@ -79,7 +79,7 @@ class SlurmFollowers(FollowerPool):
     def _can_follow(self, item: Unfollowed) -> bool:
         """A worker without Slurm's commands or the shared folder must leave the run to one
         that has them, not fail it."""
-        from orchestrator.backends.slurm.execute import settings_of
+        from orchestrator.backends.slurm.plan import settings_of
 
         problem = None
         if shutil.which("scontrol") is None:
@@ -101,7 +101,8 @@ class SlurmFollowers(FollowerPool):
 
     def _follow(self, item: Unfollowed) -> str | None:
         """Follow the run's job to its end; its status, or None when it was left to Slurm."""
-        from orchestrator.backends.slurm.execute import follow, make_slurm_plan
+        from orchestrator.backends.slurm.follow import follow
+        from orchestrator.backends.slurm.plan import make_slurm_plan
 
         doc = item.request
         status: str | None = None

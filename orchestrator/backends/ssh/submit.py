@@ -205,7 +205,7 @@ def execute(
     if queued_at is not None:
         make_run_dir(run_dir, exist_ok=False)
         store.start_queued_run(manifest)
-        return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl)
+        return _Submission(plan, req, store, run_dir, stop, console).run(submitted_at, ttl)
     nodes = tuple(n.node.name for n in plan.nodes)
     request = request_for(
         job.cluster, replace(req, node_names=nodes), runs_dir=str(runs_dir.resolve())
@@ -216,67 +216,17 @@ def execute(
     taken_over = threading.Event()
     try:
         with LeaseKeeper(store, job.run_id, holder, ttl, stop, stop, on_lost=taken_over):
-            return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl, taken_over)
+            submission = _Submission(plan, req, store, run_dir, stop, console)
+            return submission.run(submitted_at, ttl, taken_over)
     finally:
         if not taken_over.is_set():
             release(store, job.run_id, holder)
 
 
-def _execute(
-    plan: Plan,
-    req: SubmitRequest,
-    store: Store,
-    run_dir: Path,
-    stop: threading.Event,
-    console: Console,
-    submitted_at: datetime,
-    ttl_s: float,
-    taken_over: threading.Event | None = None,
-) -> Outcome:
-    from orchestrator.transport import NodeSession
-
-    steps = _Steps(plan, req, store, run_dir, stop, console)
-    status: RunStatus = "failed"
-    failure: Failure | None = None
-    try:
-        with ExitStack() as stack:
-            stack.enter_context(steps.view)
-            steps.view.phase("connect", _connect_detail(plan))
-            nodes = [n.node for n in plan.nodes]
-            session = stack.enter_context(NodeSession(nodes, plan.job.cluster.ssh))
-            check_stop(stop, "the workload started")
-            steps.phases.lap("connect")
-            facts = steps.preflight(session)
-            check_stop(stop, "the workload started")
-            steps.prepare_image(session, facts)
-            steps.stage(session)
-            check_stop(stop, "the workload started")
-            execution = steps.run_workload(session, ttl_s, taken_over)
-            if execution.status == "detached":
-                reason = "another follower took the run over (this one was presumed dead)"
-                console.print(f"[yellow]run {plan.job.run_id}: {reason}; it finishes the run[/]")
-                return Outcome(plan.job.run_id, "running", run_dir, Failure(reason), None)
-            status, failure = steps.collect(session, execution)
-    except Cancelled as exc:
-        status, failure = "cancelled", Failure(str(exc))
-    except OrchestratorError as exc:
-        node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
-        failure = Failure(exc.one_line(), node=node)
-    except BaseException as exc:
-        # A bug or an interrupt outside the watch: the row must still end final, then re-raise.
-        cancelled = isinstance(exc, KeyboardInterrupt)
-        failure = Failure("cancelled by the user" if cancelled else f"internal error: {exc!r}")
-        steps.finalize("cancelled" if cancelled else "failed", failure, submitted_at)
-        raise
-    outcome = steps.finalize(status, failure, submitted_at)
-    steps.phases.lap("publish")
-    write_json(run_dir / "timings.json", steps.phases.as_dict())
-    return outcome
-
-
-class _Steps:
-    """The steps of one run over SSH, in order; each names its phase in the progress view and
-    laps the phase clock. `plan` grows as they go: the nodes' devices, then the image."""
+class _Submission:
+    """One run over SSH as named steps (`run` takes them in order); each names its phase in
+    the progress view and laps the phase clock. `plan` grows as they go: the nodes' devices,
+    then the image."""
 
     def __init__(
         self,
@@ -292,6 +242,52 @@ class _Steps:
         self.phases = PhaseClock()
         self.view = ProgressView(plan.job.run_id, console)
         self.started_at: datetime | None = None
+
+    def run(
+        self, submitted_at: datetime, ttl_s: float, taken_over: threading.Event | None = None
+    ) -> Outcome:
+        """Every step, then the run's last write, whatever ended it."""
+        status: RunStatus = "failed"
+        failure: Failure | None = None
+        try:
+            with ExitStack() as stack:
+                session = self.connect(stack)
+                facts = self.preflight(session)
+                check_stop(self.stop, "the workload started")
+                self.prepare_image(session, facts)
+                self.stage(session)
+                check_stop(self.stop, "the workload started")
+                execution = self.run_workload(session, ttl_s, taken_over)
+                if execution.status == "detached":
+                    return self.detached()
+                status, failure = self.collect(session, execution)
+        except Cancelled as exc:
+            status, failure = "cancelled", Failure(str(exc))
+        except OrchestratorError as exc:
+            node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
+            failure = Failure(exc.one_line(), node=node)
+        except BaseException as exc:
+            # A bug or an interrupt outside the watch: the row must still end final, then raise.
+            cancelled = isinstance(exc, KeyboardInterrupt)
+            failure = Failure("cancelled by the user" if cancelled else f"internal error: {exc!r}")
+            self.finalize("cancelled" if cancelled else "failed", failure, submitted_at)
+            raise
+        outcome = self.finalize(status, failure, submitted_at)
+        self.phases.lap("publish")
+        write_json(self.run_dir / "timings.json", self.phases.as_dict())
+        return outcome
+
+    def connect(self, stack: ExitStack) -> NodeSession:
+        """The progress view and a session to every node, both closed with `stack`."""
+        from orchestrator.transport import NodeSession
+
+        stack.enter_context(self.view)
+        self.view.phase("connect", _connect_detail(self.plan))
+        nodes = [n.node for n in self.plan.nodes]
+        session = stack.enter_context(NodeSession(nodes, self.plan.job.cluster.ssh))
+        check_stop(self.stop, "the workload started")
+        self.phases.lap("connect")
+        return session
 
     def preflight(self, session: NodeSession) -> dict[str, dict[str, bool]]:
         """Every node's checks and environment, recorded; returns the device files found."""
@@ -375,6 +371,12 @@ class _Steps:
             )
         self.view.phase("publishing", f"run folder {self.run_dir} into the results store")
         return status, failure
+
+    def detached(self) -> Outcome:
+        """Another follower took the run over: it finishes the run; the row stays running."""
+        reason = "another follower took the run over (this one was presumed dead)"
+        self.console.print(f"[yellow]run {self.plan.job.run_id}: {reason}; it finishes the run[/]")
+        return Outcome(self.plan.job.run_id, "running", self.run_dir, Failure(reason), None)
 
     def finalize(
         self, status: RunStatus, failure: Failure | None, submitted_at: datetime

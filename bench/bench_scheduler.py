@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench_store import scratch_postgres  # noqa: E402
 from sqlalchemy import delete, text, update  # noqa: E402
 
+from orchestrator.clock import utcnow  # noqa: E402
 from orchestrator.config import load_cluster  # noqa: E402
 from orchestrator.queue import claims  # noqa: E402
 from orchestrator.queue.enqueue import enqueue_runs  # noqa: E402
@@ -50,7 +51,6 @@ from orchestrator.store import (  # noqa: E402
     leases,
     open_store,
     orphans,
-    status,  # noqa: E402
     upgrade_store,
 )
 from orchestrator.store import queue as stored_queue  # noqa: E402
@@ -96,9 +96,7 @@ def occupy(store: Store, cluster: ClusterSpec, nodes: list[str]) -> str:
     # Make it the oldest so the claim below takes it, whatever else is queued.
     with store.transaction() as conn:
         conn.execute(
-            update(Run)
-            .where(Run.run_id == run_id)
-            .values(submitted_at=status.now_utc().replace(year=2000))
+            update(Run).where(Run.run_id == run_id).values(submitted_at=utcnow().replace(year=2000))
         )
     claim = claims.claim_next(store, "occupier", 3600)
     assert claim is not None and claim.run_id == run_id, claim

@@ -11,9 +11,10 @@ import shlex
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import PurePosixPath
 
+from orchestrator.clock import utcnow
 from orchestrator.devices import DEVICE_ORDER, Devices, choose_devices
 from orchestrator.errors import ConfigError
 from orchestrator.pathnames import RUN_ID_PATTERN
@@ -32,7 +33,7 @@ OPTION_OWNED = {"precision": "--precision (a campaign file: precisions = [...])"
 
 def new_run_id(now: datetime | None = None, salt: str = "") -> str:
     """Sortable and unique enough: UTC time plus a short hash."""
-    now = now or datetime.now(timezone.utc)
+    now = now or utcnow()
     stamp = now.strftime("%Y%m%d-%H%M%S")
     tail = f"{zlib.crc32(f'{now.isoformat()}{salt}'.encode()) & 0xFFFFFF:06x}"
     return f"{stamp}-{tail}"

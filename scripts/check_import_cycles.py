@@ -134,6 +134,7 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Sent to the nodes as `python -c` or staged files: the standard library only.
     ("orchestrator.nodeside", ("orchestrator.",)),
     ("orchestrator.states", ("orchestrator.",)),
+    ("orchestrator.clock", ("orchestrator.",)),  # one "now in UTC", used by every room
     ("orchestrator.redact", ("orchestrator.",)),  # pure text functions, used by every room
     ("orchestrator.", ("orchestrator.cli",)),
 )

@@ -18,10 +18,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+from orchestrator.clock import utcnow
 from orchestrator.errors import ImageError
 from orchestrator.images.spec import HashedFile, ImageSpec, image_labels
 
@@ -212,84 +212,25 @@ def build_image(
     import docker
 
     observer = observer or BuildObserver()
-    base_id = require_base(api, spec.base_image, spec.profile.name)
-    if spec.base_id is not None and base_id != spec.base_id:
-        raise ImageError(
-            f"base image {spec.base_image} changed on the build host while the tag was computed",
-            "run the command again",
-        )
-    if spec.base_id is None:
-        raise ImageError(
-            "image spec has no base image id", "resolve the base on the build host first"
-        )
+    base_id = _checked_base(api, spec)
     existing = image_id(api, spec.tag)
     if existing is not None and not rebuild:
         return _built(api, spec, existing, 0.0, None, reused=True)
-
-    log_dir = log_dir or default_log_dir()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    log_path = log_dir / f"{spec.profile.name}-{spec.digest[:16]}-{stamp}.log"
+    log_path = _log_path(spec, log_dir)
     started = time.monotonic()
-    step_header = "(before the first step)"
-    step_lines: deque[str] = deque(maxlen=TAIL_LINES)
-    built_id: str | None = None
     with open(log_path, "w") as log:
         log.write(f"# build of {spec.tag} on base {spec.base_image} ({base_id})\n# Dockerfile:\n")
         log.write("".join(f"#   {line}\n" for line in spec.dockerfile.splitlines()))
+        events = _BuildEvents(spec, log, log_path, observer)
         try:
-            stream = api.build(
-                fileobj=context_chunks(spec, observer.on_upload),
-                custom_context=True,
-                tag=spec.tag,
-                labels=dict(image_labels(spec)),
-                rm=True,
-                forcerm=True,
-                nocache=rebuild,
-                decode=True,
-                timeout=int(timeout_s),
-                # The system stage may install packages: the build host's own network (and its
-                # proxy, which Docker keeps out of the image's history) reach the mirrors.
-                network_mode="host",
-                buildargs=proxy_build_args(os.environ),
-            )
-            for event in stream:
-                if "error" in event:
-                    detail = str(
-                        event.get("errorDetail", {}).get("message") or event["error"]
-                    ).strip()
-                    log.write(f"ERROR: {detail}\n")
-                    tail = [*step_lines, detail]
-                    raise ImageBuildError(
-                        f"build of {spec.tag} failed at {_failure(step_header, detail, tail)}",
-                        f"full log: {log_path}",
-                        tail,
-                        str(log_path),
-                    )
-                if "aux" in event and isinstance(event["aux"], dict) and "ID" in event["aux"]:
-                    built_id = str(event["aux"]["ID"])
-                text = event.get("stream")
-                if not text:
-                    continue
-                log.write(text)
-                for line in text.splitlines():
-                    if not line.strip():
-                        continue
-                    if line.startswith("Step ") and " : " in line:
-                        step_header = line.strip()
-                        step_lines.clear()
-                        _notify_step(observer, step_header)
-                    else:
-                        step_lines.append(_ANSI.sub("", line).rstrip())
-                    observer.lines.append(line)
-                    if observer.on_line:
-                        observer.on_line(line)
+            for event in _start_build(spec, api, observer, rebuild, timeout_s):
+                events.feed(event)
         except docker.errors.APIError as exc:
             log.write(f"ERROR: {exc}\n")
             raise ImageBuildError(
-                f"build of {spec.tag} failed at {step_header}: {_short(exc)}",
+                f"build of {spec.tag} failed at {events.step_header}: {_short(exc)}",
                 f"full log: {log_path}",
-                [*step_lines, _short(exc)],
+                [*events.step_lines, _short(exc)],
                 str(log_path),
             ) from exc
         except (OSError, docker.errors.DockerException) as exc:
@@ -300,9 +241,103 @@ def build_image(
             ) from exc
     seconds = time.monotonic() - started
     final_id = image_id(api, spec.tag)
-    if final_id is None or (built_id is not None and final_id != built_id):
+    if final_id is None or (events.built_id is not None and final_id != events.built_id):
         raise ImageError(f"the build of {spec.tag} ended without the image", f"see {log_path}")
     return _built(api, spec, final_id, seconds, str(log_path), reused=False)
+
+
+def _checked_base(api: docker.APIClient, spec: ImageSpec) -> str:
+    """The base image's id on the build host: the one the tag was computed from."""
+    base_id = require_base(api, spec.base_image, spec.profile.name)
+    if spec.base_id is not None and base_id != spec.base_id:
+        raise ImageError(
+            f"base image {spec.base_image} changed on the build host while the tag was computed",
+            "run the command again",
+        )
+    if spec.base_id is None:
+        raise ImageError(
+            "image spec has no base image id", "resolve the base on the build host first"
+        )
+    return base_id
+
+
+def _log_path(spec: ImageSpec, log_dir: Path | None) -> Path:
+    """A new build log: one file per build, named by profile, digest and time."""
+    log_dir = log_dir or default_log_dir()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return log_dir / f"{spec.profile.name}-{spec.digest[:16]}-{stamp}.log"
+
+
+def _start_build(
+    spec: ImageSpec,
+    api: docker.APIClient,
+    observer: BuildObserver,
+    rebuild: bool,
+    timeout_s: float,
+) -> Iterator[dict[str, Any]]:
+    """The daemon's build of the spec's context, as decoded events."""
+    stream: Iterator[dict[str, Any]] = api.build(
+        fileobj=context_chunks(spec, observer.on_upload),
+        custom_context=True,
+        tag=spec.tag,
+        labels=dict(image_labels(spec)),
+        rm=True,
+        forcerm=True,
+        nocache=rebuild,
+        decode=True,
+        timeout=int(timeout_s),
+        # The system stage may install packages: the build host's own network (and its
+        # proxy, which Docker keeps out of the image's history) reach the mirrors.
+        network_mode="host",
+        buildargs=proxy_build_args(os.environ),
+    )
+    return stream
+
+
+class _BuildEvents:
+    """Docker's build events, written to the log and told to the observer. Keeps the current
+    step and its last lines (what a failure names) and the id the build reported."""
+
+    def __init__(
+        self, spec: ImageSpec, log: TextIO, log_path: Path, observer: BuildObserver
+    ) -> None:
+        self.spec, self.log, self.log_path, self.observer = spec, log, log_path, observer
+        self.step_header = "(before the first step)"
+        self.step_lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self.built_id: str | None = None
+
+    def feed(self, event: dict[str, Any]) -> None:
+        if "error" in event:
+            detail = str(event.get("errorDetail", {}).get("message") or event["error"]).strip()
+            self.log.write(f"ERROR: {detail}\n")
+            tail = [*self.step_lines, detail]
+            raise ImageBuildError(
+                f"build of {self.spec.tag} failed at {_failure(self.step_header, detail, tail)}",
+                f"full log: {self.log_path}",
+                tail,
+                str(self.log_path),
+            )
+        if "aux" in event and isinstance(event["aux"], dict) and "ID" in event["aux"]:
+            self.built_id = str(event["aux"]["ID"])
+        text = event.get("stream")
+        if not text:
+            return
+        self.log.write(text)
+        for line in text.splitlines():
+            if line.strip():
+                self._line(line)
+
+    def _line(self, line: str) -> None:
+        if line.startswith("Step ") and " : " in line:
+            self.step_header = line.strip()
+            self.step_lines.clear()
+            _notify_step(self.observer, self.step_header)
+        else:
+            self.step_lines.append(_ANSI.sub("", line).rstrip())
+        self.observer.lines.append(line)
+        if self.observer.on_line:
+            self.observer.on_line(line)
 
 
 def _notify_step(observer: BuildObserver, header: str) -> None:

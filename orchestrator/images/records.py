@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from orchestrator.clock import utcnow
 from orchestrator.images.build import BuiltImage, default_log_dir
 from orchestrator.images.spec import ImageSpec
 
@@ -32,7 +33,7 @@ def image_record(
         "wheels": [{"filename": w.name, "sha256": w.sha256} for w in spec.wheels],
         "build_seconds": None if built.reused else built.build_seconds,
         "build_log_path": built.log_path,
-        "created_at": created_at or datetime.now(timezone.utc),
+        "created_at": created_at or utcnow(),
     }
 
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import units
+from orchestrator.clock import utcnow
 from orchestrator.errors import ConfigError
 from orchestrator.reports.stats import METRICS, Group, Regression
 
@@ -355,7 +356,7 @@ def parse_since(
             "h": timedelta(hours=amount),
             "w": timedelta(weeks=amount),
         }[unit]
-        return (now or datetime.now(timezone.utc)) - delta
+        return (now or utcnow()) - delta
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

@@ -11,7 +11,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,10 +72,6 @@ def job_for(
         no_progress_timeout_s=req.no_progress_timeout_s,
         submitted_by=submitter(),
     )
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def write_json(path: Path, data: Any) -> None:

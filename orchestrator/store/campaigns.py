@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from orchestrator.clock import utcnow
 from orchestrator.store.models import Campaign, Run
-from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -28,7 +28,7 @@ def insert_campaign(
                 "spec": spec,
                 "status": "queued",
                 "created_by": by,
-                "created_at": now_utc(),
+                "created_at": utcnow(),
             }
         ],
     )
@@ -57,5 +57,5 @@ def finish_campaign_if_done(store: Store, campaign_id: str | None) -> None:
             conn.execute(
                 update(Campaign)
                 .where(Campaign.campaign_id == campaign_id, Campaign.status.in_(OPEN_STATUSES))
-                .values(status="finished", finished_at=now_utc())
+                .values(status="finished", finished_at=utcnow())
             )

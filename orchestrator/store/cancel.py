@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select, update
 
+from orchestrator.clock import utcnow
 from orchestrator.states import RunStatus
 from orchestrator.store import status as run_status
 from orchestrator.store.leases import QueueError
@@ -67,6 +68,6 @@ def record_cancel_request(store: Store, run_id: str, status: RunStatus, reason: 
         conn.execute(
             update(Run)
             .where(Run.run_id == run_id, Run.cancel_requested_at.is_(None))
-            .values(cancel_requested_at=run_status.now_utc())
+            .values(cancel_requested_at=utcnow())
         )
         run_status.note(conn, run_id, status, reason)

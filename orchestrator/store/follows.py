@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from orchestrator.clock import utcnow
 from orchestrator.runfolder.folder import RunManifest
 from orchestrator.states import BackendName, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
 from orchestrator.store.campaigns import start_campaign
 from orchestrator.store.models import Run, RunNode, SlurmFollow
-from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -31,7 +31,7 @@ def insert_submitted(
 ) -> None:
     """A `running` row for a run whose job Slurm holds or queues, with the request a worker
     needs to follow it, its placeholder nodes and its first history entry."""
-    now = now_utc()
+    now = utcnow()
     row = rows.run_row(manifest, now)
     row.update(status="running", request=request, submitted_at=now, slurm_job_id=job_id)
     run_status.insert_run(conn, row, f"slurm job {job_id} submitted; Slurm queues it", now)
@@ -47,7 +47,7 @@ def record_followed(
     """A foreground `submit` that just sbatched its job: the job id, the request a worker needs
     should this process die, and this process's follow row, in one transaction (so no worker
     adopts the run while its submit follows it)."""
-    now = now_utc()
+    now = utcnow()
     with store.transaction() as conn:
         conn.execute(
             update(Run).where(Run.run_id == run_id).values(slurm_job_id=job_id, request=request)
@@ -79,7 +79,7 @@ class Unfollowed:
 def unfollowed(store: Store, backend: BackendName, now: datetime | None = None) -> list[Unfollowed]:
     """The `backend`'s running runs with a job and a stored request that no live worker
     follows, oldest first."""
-    now = now or now_utc()
+    now = now or utcnow()
     live = exists().where(and_(SlurmFollow.run_id == Run.run_id, SlurmFollow.expires_at > now))
     query = (
         select(
@@ -106,7 +106,7 @@ def unfollowed(store: Store, backend: BackendName, now: datetime | None = None) 
 def adopt(store: Store, run_id: str, job_id: str, holder: str, ttl_s: float) -> bool:
     """Become the run's follower: take an expired follow row over, or insert the first one.
     False when another worker follows it (or took it first) or the run ended meanwhile."""
-    now = now_utc()
+    now = utcnow()
     expires = now + timedelta(seconds=ttl_s)
     try:
         with store.engine.begin() as conn:

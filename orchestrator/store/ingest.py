@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 
+from orchestrator.clock import utcnow
 from orchestrator.errors import IngestError
 from orchestrator.monitor import sample_rows
 from orchestrator.runfolder.folder import RunFolder
@@ -177,7 +178,7 @@ def write(
     policy: WritePolicy = PUBLISH,
 ) -> list[RunSummary]:
     """Write prepared runs; the caller owns the transaction (all runs or none)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or utcnow()
     _check_campaigns(conn, prepared, policy.adopt_campaigns, now)
     existing = _existing(conn, [p.folder.manifest.run_id for p in prepared])
     summaries: list[RunSummary] = []

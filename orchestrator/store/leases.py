@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from orchestrator.clock import utcnow
 from orchestrator.errors import OrchestratorError
 from orchestrator.runfolder.folder import RunManifest
 from orchestrator.store import rows
@@ -62,7 +63,7 @@ def renew(
         held = conn.execute(
             update(table)
             .where(table.run_id == run_id, table.holder == holder)
-            .values(expires_at=run_status.now_utc() + timedelta(seconds=ttl_s))
+            .values(expires_at=utcnow() + timedelta(seconds=ttl_s))
         ).rowcount
         cancel = conn.scalar(select(Run.cancel_requested_at).where(Run.run_id == run_id))
     return held, cancel is not None
@@ -90,7 +91,7 @@ def create_followed_run(
     """The row of a run that `submit` starts and follows itself, with the request an adopter
     needs should this process die, its run_nodes, its history and its node leases, in one
     transaction: a node held by another run refuses the whole of it (NodesBusy)."""
-    now = run_status.now_utc()
+    now = utcnow()
     row = rows.run_row(manifest, now)
     row.update(status="running", request=request, submitted_at=manifest.submitted_at or now)
     try:
@@ -133,7 +134,7 @@ def nodes_busy(
 ) -> NodesBusy | None:
     """The error for `nodes` held by other runs (None when all are free): which nodes, which
     run, who follows it and whether that follower is alive, and how to clear it."""
-    now = run_status.now_utc()
+    now = utcnow()
     query = select(NodeLease.node_name, NodeLease.run_id, NodeLease.holder, NodeLease.expires_at)
     query = query.where(NodeLease.cluster == cluster, NodeLease.node_name.in_(tuple(nodes)))
     held: dict[str, tuple[list[str], str, datetime]] = {}
@@ -179,7 +180,7 @@ def describe_leases(
     ):
         held.setdefault(str(run_id), []).append((node, holder, expires))
     described = {}
-    now = run_status.now_utc()
+    now = utcnow()
     for run_id, mine in held.items():
         holder = mine[0][1]
         who = Follower.decode(holder).described()

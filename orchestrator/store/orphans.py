@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, delete, exists, select, update
 
+from orchestrator.clock import utcnow
 from orchestrator.states import FINAL_STATUSES, BackendName, RunStatus
 from orchestrator.store import status as run_status
 from orchestrator.store.models import NodeLease, Run, RunNode
@@ -33,7 +34,7 @@ def find_orphans(
     """The `backend`'s runs still `running` with a stored request whose every node lease
     expired (follower gone: a worker, or a foreground `submit`). The backend is the caller's
     to say: one whose jobs a scheduler owns holds no node leases (store/follows.py)."""
-    now = now or run_status.now_utc()
+    now = now or utcnow()
     live = exists().where(and_(NodeLease.run_id == Run.run_id, NodeLease.expires_at > now))
     query = select(Run.run_id).where(
         Run.status == "running", Run.request.is_not(None), Run.backend == backend, ~live
@@ -89,7 +90,7 @@ def adoptee_rows(store: Store, run_id: str) -> AdopteeRows:
 
 def adopt(store: Store, run_id: str, holder: str, ttl_s: float) -> bool:
     """Take over an orphan's expired leases so that only one reconciler cleans it."""
-    now = run_status.now_utc()
+    now = utcnow()
     with store.transaction() as conn:
         total = len(
             conn.execute(select(NodeLease.node_name).where(NodeLease.run_id == run_id)).all()
@@ -107,7 +108,7 @@ def end_run(
     store: Store, run_id: str, status: RunStatus, reason: str, expect: Sequence[RunStatus]
 ) -> bool:
     """Guarded final transition (only from `expect`), history entry, leases released."""
-    now = run_status.now_utc()
+    now = utcnow()
     with store.transaction() as conn:
         moved = run_status.move(
             conn,

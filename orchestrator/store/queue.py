@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from orchestrator.clock import utcnow
 from orchestrator.runfolder.folder import RunManifest
 from orchestrator.schedule import QueuedRun
 from orchestrator.store import rows
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 def enqueue(conn: Connection, manifest: RunManifest, request: dict[str, Any]) -> None:
     """A queued runs row (no run_nodes yet: the worker chooses the nodes) and its history."""
-    now = run_status.now_utc()
+    now = utcnow()
     row = rows.run_row(manifest, now)
     row.update(status="queued", request=request, submitted_at=now)
     run_status.insert_run(conn, row, None, now)
@@ -92,7 +93,7 @@ def take(
 ) -> dict[str, Any] | None:
     """Claim a queued run: status and node leases in one transaction; the run's full request
     when this worker took it and its nodes, None when another did."""
-    now = run_status.now_utc()
+    now = utcnow()
     try:
         with store.engine.begin() as conn:
             moved = run_status.move(

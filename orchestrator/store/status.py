@@ -6,18 +6,15 @@ functions, inside the caller's transaction, so the two tables never disagree."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from orchestrator.clock import utcnow
 from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store.bulk import insert_rows
 from orchestrator.store.models import Run, RunStatusChange
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def history_row(run_id: str, status: RunStatus, reason: str | None, at: datetime) -> dict[str, Any]:
@@ -34,7 +31,7 @@ def note(
     """A history entry without a change of `runs.status`: the run's current status, with why
     (a lease taken, an adoption, a cancel request), or the entry of a change the caller just
     made in the same transaction."""
-    conn.execute(insert(RunStatusChange), [history_row(run_id, status, reason, at or now_utc())])
+    conn.execute(insert(RunStatusChange), [history_row(run_id, status, reason, at or utcnow())])
 
 
 def notes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -65,7 +62,7 @@ def move(
     """Change a run's status (only from one of `expect`, when given) and record it, with
     `history_reason` when the history says more than the row's reason. Moving to `running`
     stamps started_at, to a final status finished_at. Returns whether the row moved."""
-    at = at or now_utc()
+    at = at or utcnow()
     changes: dict[str, Any] = {"status": status, "reason": reason, **(values or {})}
     if failure is not None:
         changes["failure"] = dict(failure)

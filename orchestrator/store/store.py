@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from orchestrator import states
+from orchestrator.clock import utcnow
 from orchestrator.errors import IngestError, OrchestratorError, StoreError
 from orchestrator.runfolder.folder import RunFolder, RunManifest, read_run_folder
 from orchestrator.states import RunStatus
@@ -22,10 +22,6 @@ from orchestrator.store.engine import READ_ONLY_OPTION, make_engine, parse_url, 
 from orchestrator.store.ingest import PUBLISH, RunSummary, WritePolicy
 from orchestrator.store.migrate import check_revision, upgrade_store
 from orchestrator.store.models import Image, ImageWheel, Run, RunNode
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -83,7 +79,7 @@ class Store:
 
     def create_run(self, manifest: RunManifest, status: str = "running") -> None:
         """The provisional row of a run being submitted, its nodes and first history entry."""
-        now = _now()
+        now = utcnow()
         row = rows.run_row(manifest, now)
         row["status"] = _check_status(status)
         with self.transaction() as conn:
@@ -101,7 +97,7 @@ class Store:
     def start_queued_run(self, manifest: RunManifest) -> None:
         """A queued run a worker has claimed (status already `running`, its leases held):
         the row gets what the plan decided (nodes, image, command) and its run_nodes."""
-        values = rows.run_row(manifest, _now())
+        values = rows.run_row(manifest, utcnow())
         for kept in (
             "run_id",
             "status",
@@ -152,7 +148,7 @@ class Store:
         values = {
             "node_name": node_name,
             "env": env,
-            "captured_at": _now(),
+            "captured_at": utcnow(),
             **rows.env_columns(env),
         }
         with self.transaction() as conn:
@@ -183,7 +179,7 @@ class Store:
                 "build_seconds": image.get("build_seconds"),
                 "build_log_path": image.get("build_log_path"),
                 "created_at": image.get("created_at"),
-                "recorded_at": _now(),
+                "recorded_at": utcnow(),
             }
             wheels = [
                 {"image_id": image_id, "filename": str(w["filename"]), "sha256": str(w["sha256"])}

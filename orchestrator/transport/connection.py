@@ -13,7 +13,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import paramiko
 
@@ -76,16 +78,11 @@ def open_client(
     """An authenticated SSHClient whose host key was verified, within `timeout` seconds in all;
     also the fingerprint of a newly accepted host key, if any. Raises NodeError subclasses
     whose failures are keyed by `label`."""
-    deadline = time.monotonic() + timeout
     where = f"{address}:{port}" + (f" via jump host {jump.label}" if jump else "")
-    login = user or getpass.getuser()
-    for path in key_files:
-        if not os.access(path, os.R_OK):
-            raise NodeUnreachable(
-                "connect failed",
-                {label: f"key_file {path} does not exist or is not readable"},
-                "fix key_file in the cluster file",
-            )
+    attempt = _Attempt(
+        label, where, user or getpass.getuser(), key_files, timeout, time.monotonic() + timeout
+    )
+    _require_key_files(label, key_files)
     sock = (
         jump.open_socket(label, address, port, timeout)
         if jump
@@ -97,33 +94,12 @@ def open_client(
     name = host_key_name(address, port)
     for key in known.lookup(name):
         client.get_host_keys().add(name, key.get_name(), key)
-    remaining = max(0.05, deadline - time.monotonic())
     fired = threading.Event()
-
-    def abort() -> None:
-        fired.set()
-        _shutdown(sock)
-
-    watchdog = threading.Timer(remaining, abort)
-    watchdog.daemon = True
-    watchdog.start()
     try:
-        client.connect(
-            address,
-            port=port,
-            username=login,
-            sock=sock,
-            # paramiko's own timeouts only back up the watchdog, which fires first.
-            timeout=remaining + 1.0,
-            banner_timeout=remaining + 1.0,
-            auth_timeout=remaining + 1.0,
-            channel_timeout=ssh.command_timeout_s,
-            key_filename=list(key_files) or None,  # type: ignore[arg-type]  # a list works
-            allow_agent=True,
-            look_for_keys=not key_files,
-        )
-        if fired.is_set():
-            raise TimeoutError("connect deadline reached")
+        with _watchdog(sock, attempt.deadline, fired) as remaining:
+            _authenticate(client, sock, address, port, attempt, ssh, remaining)
+            if fired.is_set():
+                raise TimeoutError("connect deadline reached")
         server_key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
         if known.is_revoked(server_key):
             raise revoked_key_error(label, name, server_key)
@@ -135,31 +111,106 @@ def open_client(
         raise changed_key_error(label, name, exc.expected_key, exc.key, known) from None
     except paramiko.AuthenticationException as exc:
         client.close()
-        if fired.is_set():  # the watchdog cut the authentication short
-            raise _handshake_timeout(label, where, timeout) from None
-        how = f"key_file {', '.join(key_files)}" if key_files else "the SSH agent and ~/.ssh keys"
-        raise NodeUnreachable(
-            "connect failed",
-            {label: f"authentication as {login} to {where} failed with {how} ({exc})"},
-            "check the node's user and key_file and that the key is in its authorized_keys",
-        ) from None
+        # the watchdog cut the authentication short: a timeout, not a refusal
+        raise attempt.timed_out() if fired.is_set() else attempt.refused(exc) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         client.close()
-        if fired.is_set() or time.monotonic() >= deadline:
-            raise _handshake_timeout(label, where, timeout) from None
+        if fired.is_set() or time.monotonic() >= attempt.deadline:
+            raise attempt.timed_out() from None
         why = f"SSH handshake with {where} failed: {exc or type(exc).__name__}"
         raise NodeUnreachable("connect failed", {label: why}, UNREACHABLE_REMEDY) from None
-    finally:
-        watchdog.cancel()
     transport = client.get_transport()
     assert transport is not None
     transport.set_keepalive(ssh.keepalive_s)
     return client, policy.accepted
 
 
-def _handshake_timeout(label: str, where: str, timeout: float) -> NodeUnreachable:
-    why = f"{where} accepted the connection but did not complete the SSH handshake within {timeout:g}s"
-    return NodeUnreachable("connect failed", {label: why}, UNREACHABLE_REMEDY)
+@dataclass(frozen=True)
+class _Attempt:
+    """One connection attempt, as its errors name it."""
+
+    label: str
+    where: str  # 'host:port', or 'host:port via jump host j'
+    login: str
+    key_files: Sequence[str]
+    timeout: float
+    deadline: float  # time.monotonic() by which the client must be authenticated
+
+    def timed_out(self) -> NodeUnreachable:
+        why = (
+            f"{self.where} accepted the connection but did not complete the SSH handshake "
+            f"within {self.timeout:g}s"
+        )
+        return NodeUnreachable("connect failed", {self.label: why}, UNREACHABLE_REMEDY)
+
+    def refused(self, exc: paramiko.AuthenticationException) -> NodeUnreachable:
+        keys = self.key_files
+        how = f"key_file {', '.join(keys)}" if keys else "the SSH agent and ~/.ssh keys"
+        return NodeUnreachable(
+            "connect failed",
+            {
+                self.label: f"authentication as {self.login} to {self.where} failed with {how} ({exc})"
+            },
+            "check the node's user and key_file and that the key is in its authorized_keys",
+        )
+
+
+def _require_key_files(label: str, key_files: Sequence[str]) -> None:
+    for path in key_files:
+        if not os.access(path, os.R_OK):
+            raise NodeUnreachable(
+                "connect failed",
+                {label: f"key_file {path} does not exist or is not readable"},
+                "fix key_file in the cluster file",
+            )
+
+
+@contextmanager
+def _watchdog(
+    sock: socket.socket | paramiko.Channel, deadline: float, fired: threading.Event
+) -> Iterator[float]:
+    """Shut the socket down at the deadline (setting `fired`), whatever paramiko is waiting
+    on; yields the seconds left."""
+    remaining = max(0.05, deadline - time.monotonic())
+
+    def abort() -> None:
+        fired.set()
+        _shutdown(sock)
+
+    timer = threading.Timer(remaining, abort)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield remaining
+    finally:
+        timer.cancel()
+
+
+def _authenticate(
+    client: paramiko.SSHClient,
+    sock: socket.socket | paramiko.Channel,
+    address: str,
+    port: int,
+    attempt: _Attempt,
+    ssh: SshSettings,
+    remaining: float,
+) -> None:
+    """The SSH handshake and login over `sock`: the given key files, else the agent and
+    ~/.ssh keys."""
+    client.connect(
+        address,
+        port=port,
+        username=attempt.login,
+        sock=sock,
+        # paramiko's own timeouts only back up the watchdog, which fires first.
+        timeout=remaining + 1.0,
+        banner_timeout=remaining + 1.0,
+        auth_timeout=remaining + 1.0,
+        channel_timeout=ssh.command_timeout_s,
+        key_filename=list(attempt.key_files) or None,  # type: ignore[arg-type]  # a list works
+        allow_agent=True,
+        look_for_keys=not attempt.key_files,
+    )
 
 
 def _tcp_connect(label: str, address: str, port: int, timeout: float) -> socket.socket:

@@ -4,13 +4,12 @@ and /campaigns/ID (one campaign and its runs)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator.clock import utcnow
 from orchestrator.states import RUN_STATUSES
 from orchestrator.store.web_queries import (
     RunFilter,
@@ -39,7 +38,7 @@ def queue(request: Request) -> Response:
         campaigns=campaigns,
         progress=PROGRESS,
         refresh_ms=int(state(request).refresh_s * 1000),
-        now=when(datetime.now(timezone.utc)),
+        now=when(utcnow()),
     )
 
 

@@ -17,13 +17,13 @@ import pytest
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
+from orchestrator.clock import utcnow
 from orchestrator.runfolder.folder import load_manifest
 from orchestrator.store import follows, leases, open_store, upgrade_store
 from orchestrator.store import queue as stored_queue
 from orchestrator.store.follower import follower_grace_s, follower_state, followers_now
 from orchestrator.store.models import NodeLease, Run, SlurmFollow
 from orchestrator.store.readonly import run_query
-from orchestrator.store.status import now_utc
 from tests.support.store_fixtures import RUN_2X8, pg_reader
 
 
@@ -81,7 +81,7 @@ def _fill(url: str, fixture_runs: Path) -> None:
                 assert follows.adopt(store, run_id, f"{len(run_id)}", "lab1:42", 60)
                 table = SlurmFollow
             with store.transaction() as conn:
-                expires = now_utc() + timedelta(seconds=expires_in)
+                expires = utcnow() + timedelta(seconds=expires_in)
                 conn.execute(update(table).where(table.run_id == run_id).values(expires_at=expires))
         with store.transaction() as conn:
             stored_queue.enqueue(conn, _manifest(fixture_runs, "queued"), _request())
@@ -96,7 +96,7 @@ def _expected(url: str) -> dict[str, str | None]:
         for table in (NodeLease, SlurmFollow):
             for run_id, at in conn.execute(select(table.run_id, table.expires_at)):
                 expiry[run_id] = max(at, expiry.get(run_id, at))
-    now = now_utc()
+    now = utcnow()
     expected: dict[str, str | None] = {}
     for run_id, status, request, job_id in runs:
         if status != "running" or request is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from orchestrator.backends.slurm import execute
+from orchestrator.backends.slurm import collect
 from orchestrator.backends.slurm.script import NodeSlot
 from orchestrator.pathnames import copy_regular, is_safe_name
 from orchestrator.transport.ssh import SshTransport
@@ -120,7 +120,7 @@ def test_slurm_collect_leaves_out_links_and_says_so(tmp_path: Path) -> None:
     (shared / "slurm-job.out").symlink_to(secret)
     plan = replace(_plan(SITE, "2x1"), nodes=(NodeSlot("n1", "n1", 0), NodeSlot("n2", "n2", 1)))
     run_dir = tmp_path / "run"
-    problem = execute._collect(plan, run_dir, None, shared)  # type: ignore[arg-type]
+    problem = collect.collect(plan, run_dir, None, shared)  # type: ignore[arg-type]
     copied = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     assert copied == ["logs/n1.log", "ranks/rank-00000.json"]
     assert problem == (
@@ -134,9 +134,9 @@ def test_an_allocation_with_a_host_name_that_is_no_safe_path_part_names_no_slot(
 ) -> None:
     plan = _plan(SITE, "2x1")
     (tmp_path / "nodelist").write_text("n1\nn2\n")
-    assert [s.name for s in execute._allocated(plan, tmp_path)] == ["n1", "n2"]
+    assert [s.name for s in collect.allocated(plan, tmp_path)] == ["n1", "n2"]
     (tmp_path / "nodelist").write_text("n1\n../../x\n")
-    assert execute._allocated(plan, tmp_path) == ()
+    assert collect.allocated(plan, tmp_path) == ()
 
 
 def test_the_ssh_collection_fails_naming_a_link_it_left_out(tmp_path: Path) -> None:

@@ -21,11 +21,12 @@ from orchestrator.backends.ssh.guard import (
     parse_state,
 )
 from orchestrator.backends.ssh.launch import Execution
+from orchestrator.clock import utcnow
 from orchestrator.config import parse_cluster
 from orchestrator.errors import ConfigError
 from orchestrator.runfolder.folder import load_manifest
 from orchestrator.runs.failure import Failure
-from orchestrator.runs.lifecycle import SubmitRequest, utcnow
+from orchestrator.runs.lifecycle import SubmitRequest
 from orchestrator.runs.request import cluster_from, encode_request
 from orchestrator.specs import Topology
 from orchestrator.store import cancel, leases, orphans

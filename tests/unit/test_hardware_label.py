@@ -94,7 +94,7 @@ def test_a_run_planned_for_a_profile_records_its_label_as_hardware_label() -> No
 
 
 def test_a_slurm_run_records_the_label_too() -> None:
-    from orchestrator.backends.slurm.execute import make_slurm_plan
+    from orchestrator.backends.slurm.plan import make_slurm_plan
 
     plan = make_slurm_plan(_cluster("nvidia", "slurm"), SubmitRequest(Topology(2, 8)), "r3")
     assert plan.hardware_label == "NVIDIA GPU"

@@ -1,4 +1,4 @@
-"""Slurm's final job states -> the run's status and reason (orchestrator.backends.slurm.execute._ending),
+"""Slurm's final job states -> the run's status and reason (orchestrator.backends.slurm.collect.ending),
 and the held submit of detached runs (pure logic)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.slurm.collect import ending
 from orchestrator.backends.slurm.commands import JobState
 from orchestrator.backends.slurm.detached import held_argv
-from orchestrator.backends.slurm.execute import _ending
 from orchestrator.backends.slurm.script import NodeSlot, SlurmPlan, build_slurm_plan
 from orchestrator.plan import make_job
 from orchestrator.slurm_settings import SlurmSettings
@@ -40,7 +40,7 @@ def _plan() -> SlurmPlan:
 def test_every_final_state_maps_to_a_status_and_a_reason(
     tmp_path: Path, state: str, reason: str | None, exit_code: str, status: str, words: str | None
 ) -> None:
-    got, failure = _ending(_plan(), JobState("7", state, reason, exit_code, "n[1-2]"), tmp_path)
+    got, failure = ending(_plan(), JobState("7", state, reason, exit_code, "n[1-2]"), tmp_path)
     assert got == status
     if words is None:
         assert failure is None
@@ -62,7 +62,7 @@ def test_a_failed_job_names_the_rank_from_torchrun_s_summary(tmp_path: Path) -> 
             ]
         )
     )
-    status, failure = _ending(_plan(), JobState("7", "FAILED", None, "1:0", "n[1-2]"), tmp_path)
+    status, failure = ending(_plan(), JobState("7", "FAILED", None, "1:0", "n[1-2]"), tmp_path)
     assert status == "failed" and failure is not None
     assert failure.node == "n2" and failure.rank == 1
     assert "rank 1 on node n2" in failure.reason and "slurm job 7 ended FAILED" in failure.reason
@@ -77,24 +77,24 @@ def test_detached_runs_are_submitted_held() -> None:
 def test_a_job_that_wrote_nothing_points_at_the_shared_folder(tmp_path: Path) -> None:
     plan = SlurmPlan(**{**_plan().__dict__, "nodes": ()})
     state = JobState("7", "FAILED", "NonZeroExitCode", "1:0", "n1")
-    status, failure = _ending(plan, state, tmp_path)
+    status, failure = ending(plan, state, tmp_path)
     assert status == "failed" and failure is not None
     assert "slurm.shared_dir mounted at the same path on every node" in failure.reason
 
 
 def test_a_job_slurm_has_forgotten_ends_as_its_exit_file_says(tmp_path: Path) -> None:
-    from orchestrator.backends.slurm.execute import _state_from_exit_file
+    from orchestrator.backends.slurm.collect import state_from_exit_file
 
     plan = SlurmPlan(**{**_plan().__dict__, "run_dir": str(tmp_path), "nodes": ()})
-    assert _state_from_exit_file(plan, "7", tmp_path) is None  # no file: nothing is known
+    assert state_from_exit_file(plan, "7", tmp_path) is None  # no file: nothing is known
     (tmp_path / "nodelist").write_text("n1\nn2\n")
     (tmp_path / "job.exit").write_text("0\n")
-    state = _state_from_exit_file(plan, "7", tmp_path)
+    state = state_from_exit_file(plan, "7", tmp_path)
     assert state is not None and (state.state, state.node_list) == ("COMPLETED", "n1,n2")
     (tmp_path / "job.exit").write_text("137\n")
-    state = _state_from_exit_file(plan, "7", tmp_path)
+    state = state_from_exit_file(plan, "7", tmp_path)
     assert state is not None and (state.state, state.exit_code) == ("FAILED", "137:0")
-    status, failure = _ending(plan, state, tmp_path)
+    status, failure = ending(plan, state, tmp_path)
     assert status == "failed" and failure is not None and "no longer knows" in failure.reason
 
 

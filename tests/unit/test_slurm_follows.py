@@ -63,11 +63,11 @@ def test_ended_runs_and_ssh_runs_are_never_adopted(sqlite_store: Any, fixture_ru
 def test_renew_reports_a_cancel_request(sqlite_store: Any, fixture_runs: Path) -> None:
     from sqlalchemy import update
 
+    from orchestrator.clock import utcnow
     from orchestrator.store.models import Run
-    from orchestrator.store.status import now_utc
 
     _submit(sqlite_store, fixture_runs, "r1", "101", campaign_id=None)
     assert follows.adopt(sqlite_store, "r1", "101", "w1", ttl_s=60)
     with sqlite_store.transaction() as conn:
-        conn.execute(update(Run).where(Run.run_id == "r1").values(cancel_requested_at=now_utc()))
+        conn.execute(update(Run).where(Run.run_id == "r1").values(cancel_requested_at=utcnow()))
     assert renew(sqlite_store, "r1", "w1", 60, lease="job") == (1, True)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.slurm import doctor
-from orchestrator.backends.slurm.execute import make_slurm_plan, stage
+from orchestrator.backends.slurm.plan import make_slurm_plan
+from orchestrator.backends.slurm.stage import stage
 from orchestrator.errors import ConfigError
 from orchestrator.runs.lifecycle import SubmitRequest
 from orchestrator.slurm_settings import SlurmSettings, parse_slurm_table

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.slurm.execute import make_slurm_plan
+from orchestrator.backends.slurm.plan import make_slurm_plan
 from orchestrator.backends.slurm.script import build_slurm_plan, sbatch_directives
 from orchestrator.errors import ConfigError
 from orchestrator.plan import make_job
@@ -192,7 +192,7 @@ def test_an_accelerator_cluster_exports_the_nccl_log_file_and_makes_its_folder()
 def test_collect_joins_each_hosts_nccl_files_into_its_node_folder(tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from orchestrator.backends.slurm.execute import _collect
+    from orchestrator.backends.slurm.collect import collect
     from orchestrator.backends.slurm.script import NodeSlot
 
     plan = replace(
@@ -208,7 +208,7 @@ def test_collect_joins_each_hosts_nccl_files_into_its_node_folder(tmp_path: Path
         "gpu-ab.401.log": "not gpu-a's\n",
     }.items():
         (shared / "nccl" / name).write_text(text)
-    assert _collect(plan, tmp_path / "run", None, shared) == ""  # type: ignore[arg-type]
+    assert collect(plan, tmp_path / "run", None, shared) == ""  # type: ignore[arg-type]
     nodes = tmp_path / "run" / "nodes"
     assert (nodes / "gpu-a" / "nccl.log").read_text() == "a 201\na 202\n"
     assert (nodes / "gpu-b" / "nccl.log").read_text() == "b 301\n"

@@ -105,8 +105,8 @@ def test_backend_option_overrides_the_cluster_file_and_dry_run_prints_the_script
 
 
 def test_unwritable_shared_dir_is_a_typed_error_naming_the_key(tmp_path: Path) -> None:
-    from orchestrator.backends.slurm.execute import stage
     from orchestrator.backends.slurm.script import build_slurm_plan
+    from orchestrator.backends.slurm.stage import stage
     from orchestrator.plan import make_job
     from orchestrator.specs import ClusterSpec, Topology
 

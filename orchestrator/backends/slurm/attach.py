@@ -27,7 +27,9 @@ def attach_slurm(
     store: Store, run_id: str, holder: str, runs_dir: Path, stop: threading.Event, console: Console
 ) -> None:
     """Until the run ends or `stop`: adopt it if nobody follows it, else show its progress."""
-    from orchestrator.backends.slurm.execute import _Follower, follow_ttl_s, make_slurm_plan
+    from orchestrator.backends.slurm.execute import follow_ttl_s
+    from orchestrator.backends.slurm.follow import JobTail
+    from orchestrator.backends.slurm.plan import make_slurm_plan
 
     row = follows.job_of(store, run_id)
     if row is None or row.request is None or row.job_id is None:
@@ -38,7 +40,7 @@ def attach_slurm(
         cluster_from(row.request), decode_request(row.request, None), run_id=run_id
     )
     followers = SlurmFollowers(store, holder, runs_dir, stop, console, follow_ttl_s(), POLL_S)
-    tail = _Follower(plan, row.job_id, console)
+    tail = JobTail(plan, row.job_id, console)
     with ProgressView(run_id, console) as view:
         while not stop.is_set() and _running(store, run_id):
             try:

@@ -16,20 +16,16 @@ from orchestrator.backends.base import Detached, DetachItem, DoctorReport, Worke
 from orchestrator.backends.slurm.attach import attach_slurm
 from orchestrator.backends.slurm.detached import held_jobs
 from orchestrator.backends.slurm.doctor import run_slurm_doctor
-from orchestrator.backends.slurm.execute import (
-    cancel_run,
-    execute,
-    make_slurm_plan,
-    slurm_manifest,
-)
+from orchestrator.backends.slurm.execute import cancel_run, execute
 from orchestrator.backends.slurm.followers import SlurmFollowers
+from orchestrator.backends.slurm.plan import make_slurm_plan, slurm_manifest
+from orchestrator.clock import utcnow
 from orchestrator.errors import ConfigError
 from orchestrator.states import BackendName
 from orchestrator.store import follows
 from orchestrator.store.cancel import request_cancel
 from orchestrator.store.follower import Follower
 from orchestrator.store.queries import run_brief, running_runs
-from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -105,7 +101,7 @@ class SlurmBackend:
         planned = []
         for cluster, req, doc in items:
             plan = make_slurm_plan(cluster, req)
-            manifest = slurm_manifest(plan, req, "running", None, submitted_at=now_utc())
+            manifest = slurm_manifest(plan, req, "running", None, submitted_at=utcnow())
             planned.append((plan, manifest, dict(doc)))
         with held_jobs([plan for plan, _, _ in planned]) as job_ids:
 

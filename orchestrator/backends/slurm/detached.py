@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from orchestrator.backends.slurm import commands
-from orchestrator.backends.slurm.execute import stage, submit_staged
 from orchestrator.backends.slurm.script import SlurmPlan
+from orchestrator.backends.slurm.stage import stage, submit_staged
 
 
 def held_argv(plan: SlurmPlan) -> tuple[str, ...]:

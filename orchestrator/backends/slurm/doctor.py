@@ -19,7 +19,7 @@ Check = tuple[str, bool, str]
 
 
 def run_slurm_doctor(cluster: ClusterSpec, topology: str | None) -> DoctorReport:
-    from orchestrator.backends.slurm.execute import make_slurm_plan, settings_of
+    from orchestrator.backends.slurm.plan import make_slurm_plan, settings_of
     from orchestrator.runs.lifecycle import SubmitRequest
 
     settings = settings_of(cluster)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import shutil
 import threading
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.backends.slurm.board import StateBoard
 from orchestrator.errors import OrchestratorError
+from orchestrator.runs.follower_pool import FollowerPool
 from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.request import cluster_from, decode_request
 from orchestrator.runs.stopping import StopEvent, cancel_request_cause
@@ -28,8 +30,11 @@ if TYPE_CHECKING:
     from orchestrator.store.follows import Unfollowed
 
 
-class SlurmFollowers:
+class SlurmFollowers(FollowerPool):
     """A background thread that adopts unfollowed Slurm runs, and one thread per followed run."""
+
+    daemon = True
+    what = "following Slurm runs"
 
     def __init__(
         self,
@@ -41,68 +46,26 @@ class SlurmFollowers:
         ttl_s: float,
         poll_s: float,
     ) -> None:
-        self.store, self.holder, self.runs_dir = store, holder, runs_dir
-        self.worker_stop, self.console = worker_stop, console
-        self.ttl_s, self.poll_s = ttl_s, poll_s
-        self.counts: dict[str, int] = {}
-        self._threads: dict[str, threading.Thread] = {}
-        self._lock = threading.Lock()
+        super().__init__(worker_stop, console, poll_every_s=poll_s)
+        self.store, self.holder, self.runs_dir, self.ttl_s = store, holder, runs_dir, ttl_s
         self._warned: set[str] = set()
-        self._done = threading.Event()
         self.board = StateBoard(poll_s)  # one squeue per poll for every followed job
-        self._poller = threading.Thread(target=self._loop, name="slurm-followers", daemon=True)
 
-    def __enter__(self) -> SlurmFollowers:
-        self.poll()  # before the worker's first idle check
-        self._poller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._poller.join(timeout=30)
-        for thread in list(self._threads.values()):
-            thread.join()
-
-    def ended(self) -> dict[str, int]:
-        """How many followed runs ended in each status (a copy: threads add to it)."""
-        with self._lock:
-            return dict(self.counts)
-
-    def active(self) -> bool:
-        with self._lock:
-            return any(t.is_alive() for t in self._threads.values())
-
-    def scan(self) -> int:
-        """The worker's periodic look: this class polls in its own thread (see _loop)."""
-        return 0
-
-    def _loop(self) -> None:
-        while not self._done.wait(self.poll_s):
-            if self.worker_stop.is_set():
-                return
-            try:
-                self.poll()
-            except OrchestratorError as exc:  # the store is briefly away: try again
-                self.console.print(f"[yellow]following Slurm runs: {exc.one_line()}[/]")
-
-    def poll(self) -> None:
+    def poll(self) -> int:
         """Adopt every Slurm run nobody follows that this machine can follow."""
-        if self.worker_stop.is_set():
-            return
+        if self.stop.is_set():
+            return 0
+        taken = 0
         for item in follows.unfollowed(self.store, "slurm"):
-            with self._lock:
-                if item.run_id in self._threads:
-                    continue  # ours, ending right now
+            if self.following(item.run_id):
+                continue  # ours, ending right now
             if not self._can_follow(item):
                 continue
             if not follows.adopt(self.store, item.run_id, item.job_id, self.holder, self.ttl_s):
                 continue
-            thread = threading.Thread(
-                target=self._follow, args=(item,), name=f"follow-{item.run_id}", daemon=True
-            )
-            with self._lock:
-                self._threads[item.run_id] = thread
-            thread.start()
+            self.follow_in_thread(item.run_id, partial(self._follow, item))
+            taken += 1
+        return taken
 
     def follow_one(self, run_id: str) -> bool:
         """Adopt one unfollowed run and follow it in this thread (`orchestrator attach`);
@@ -111,16 +74,14 @@ class SlurmFollowers:
             if item.run_id != run_id or not self._can_follow(item):
                 continue
             if follows.adopt(self.store, item.run_id, item.job_id, self.holder, self.ttl_s):
-                with self._lock:
-                    self._threads[run_id] = threading.current_thread()
-                self._follow(item)
+                self.follow_here(run_id, partial(self._follow, item))
                 return True
         return False
 
     def _can_follow(self, item: Unfollowed) -> bool:
         """A worker without Slurm's commands or the shared folder must leave the run to one
         that has them, not fail it."""
-        from orchestrator.backends.slurm.execute import settings_of
+        from orchestrator.backends.slurm.plan import settings_of
 
         problem = None
         if shutil.which("scontrol") is None:
@@ -140,11 +101,13 @@ class SlurmFollowers:
             self.console.print(f"[yellow]not following Slurm runs here: {problem}[/]")
         return problem is None
 
-    def _follow(self, item: Unfollowed) -> None:
-        from orchestrator.backends.slurm.execute import follow, make_slurm_plan
+    def _follow(self, item: Unfollowed) -> str | None:
+        """Follow the run's job to its end; its status, or None when it was left to Slurm."""
+        from orchestrator.backends.slurm.follow import follow
+        from orchestrator.backends.slurm.plan import make_slurm_plan
 
         doc = item.request
-        status = "detached"
+        status: str | None = None
         try:
             try:
                 cluster = cluster_from(doc)
@@ -153,7 +116,7 @@ class SlurmFollowers:
             except OrchestratorError as exc:
                 status = "failed"
                 self._end_unplannable(item, exc)
-                return
+                return status
             cancel, detach = StopEvent(), threading.Event()
             if item.cancel_requested_at is not None:
                 # `orchestrator cancel` ran while nobody followed the run
@@ -166,7 +129,7 @@ class SlurmFollowers:
                 item.run_id,
                 self.holder,
                 self.ttl_s,
-                self.worker_stop,
+                self.stop,
                 cancel,
                 lease="job",
                 on_worker_stop=detach,
@@ -198,10 +161,7 @@ class SlurmFollowers:
             self.board.forget(item.job_id)
             follows.release(self.store, item.run_id, self.holder)
             finish_campaign_if_done(self.store, doc.get("campaign_id"))
-            with self._lock:
-                self._threads.pop(item.run_id, None)
-                if status != "detached":
-                    self.counts[status] = self.counts.get(status, 0) + 1
+        return status
 
     def _end_unplannable(self, item: Unfollowed, exc: OrchestratorError) -> None:
         from orchestrator.backends.slurm import commands

@@ -19,8 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.backends.ssh.guard import NodeState, node_state
 from orchestrator.backends.ssh.launch import (
@@ -28,14 +29,15 @@ from orchestrator.backends.ssh.launch import (
     Ending,
     Execution,
     collect,
-    past_limits,
     stop_everywhere,
 )
+from orchestrator.clock import utcnow
 from orchestrator.errors import OrchestratorError
 from orchestrator.runfolder.folder import make_run_dir
+from orchestrator.runs.ending import finalize, past_limits
 from orchestrator.runs.failure import Failure, diagnose
+from orchestrator.runs.follower_pool import FollowerPool
 from orchestrator.runs.keeper import RENEW_MAX_S, LeaseKeeper
-from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.liveness import LeaseSilence, liveness
 from orchestrator.runs.progress import ProgressView, parse_event
 from orchestrator.runs.request import cluster_from, decode_request
@@ -65,6 +67,8 @@ if TYPE_CHECKING:
 
 POLL_S = 1.0
 STALE_LEASE_S = 3 * RENEW_MAX_S  # a live follower renews its lease at least this often, thrice
+# What an adopter does with an orphan (the module's docstring says each).
+AdoptMode = Literal["follow", "settle", "cancel"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ def adopt_run(
     stop: threading.Event,
     console: Console,
     ttl_s: float,
-    mode: str = "follow",
+    mode: AdoptMode = "follow",
     why: str | None = None,
 ) -> str | None:
     """Take the orphan over and bring it to a final status; returns it, or None when another
@@ -168,11 +172,10 @@ def _finish(
     runs_dir: Path,
     stop: threading.Event,
     console: Console,
-    mode: str,
+    mode: AdoptMode,
     why: str | None,
 ) -> str | None:
     from orchestrator.backends.ssh.submit import container_cleanup, ssh_manifest
-    from orchestrator.runs.lifecycle import publish_run
     from orchestrator.transport import NodeSession
 
     plan = adoptee.plan
@@ -202,13 +205,11 @@ def _finish(
     manifest = ssh_manifest(
         plan,
         adoptee.req,
-        status,
+        "running",
         submitted_at=adoptee.submitted_at,
         started_at=adoptee.started_at,
-        finished_at=utcnow(),
-        failure=failure.as_dict() if failure else None,
     )
-    return publish_run(manifest, run_dir, store, failure).status
+    return finalize(manifest, run_dir, store, status, failure).status
 
 
 def _ending(
@@ -217,7 +218,7 @@ def _ending(
     execution: Execution | None,
     missing: dict[str, str],
     run_dir: Path,
-    mode: str,
+    mode: AdoptMode,
     why: str | None,
 ) -> tuple[FinalStatus, Failure | None]:
     """The run's final status and reason, from how its nodes stood when it was adopted."""
@@ -376,7 +377,7 @@ def reconcile(
     stop: threading.Event | None = None,
     *,
     ttl_s: float = leases.LEASE_TTL_S,
-    mode: str = "follow",
+    mode: AdoptMode = "follow",
     run_id: str | None = None,
     why: str | None = None,
 ) -> list[str]:
@@ -396,10 +397,12 @@ def reconcile(
     return ended
 
 
-class Adopters:
+class Adopters(FollowerPool):
     """A worker's adoptions: each orphan still within its grace is followed in a thread of
     its own beside the queue (a worker busy with a long run must not let it die); an orphan
     past its grace is settled at once."""
+
+    thread_name = "adopt"
 
     def __init__(
         self,
@@ -410,40 +413,26 @@ class Adopters:
         console: Console,
         ttl_s: float,
     ) -> None:
-        self.store, self.holder, self.runs_dir = store, holder, runs_dir
-        self.stop, self.console, self.ttl_s = stop, console, ttl_s
-        self.threads: dict[str, threading.Thread] = {}
-        self.counts: dict[str, int] = {}
-        self.lock = threading.Lock()
+        super().__init__(stop, console)
+        self.store, self.holder, self.runs_dir, self.ttl_s = store, holder, runs_dir, ttl_s
 
-    def __enter__(self) -> Adopters:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for thread in list(self.threads.values()):
-            thread.join()
-
-    def scan(self) -> int:
+    def poll(self) -> int:
         """Adopt what is orphaned now; returns how many runs were taken or ended."""
         release_final_leases(self.store)
         taken = 0
         for orphan in find_orphans(self.store, "ssh"):
-            thread = self.threads.get(orphan.run_id)
-            if thread is not None and thread.is_alive():
+            if self.following(orphan.run_id):
                 continue
             if settle_due(orphan):
-                taken += self._one(orphan, "settle") is not None
+                settled = self.follow_here(orphan.run_id, partial(self._one, orphan, "settle"))
+                taken += settled is not None
                 continue
-            thread = threading.Thread(
-                target=self._one, args=(orphan, "follow"), name=f"adopt-{orphan.run_id}"
-            )
-            self.threads[orphan.run_id] = thread
-            thread.start()
+            self.follow_in_thread(orphan.run_id, partial(self._one, orphan, "follow"))
             taken += 1
         return taken
 
-    def _one(self, orphan: Orphan, mode: str) -> str | None:
-        status = adopt_run(
+    def _one(self, orphan: Orphan, mode: AdoptMode) -> str | None:
+        return adopt_run(
             self.store,
             orphan,
             self.holder,
@@ -453,17 +442,6 @@ class Adopters:
             self.ttl_s,
             mode,
         )
-        if status is not None:
-            with self.lock:
-                self.counts[status] = self.counts.get(status, 0) + 1
-        return status
-
-    def active(self) -> bool:
-        return any(t.is_alive() for t in self.threads.values())
-
-    def ended(self) -> dict[str, int]:
-        with self.lock:
-            return dict(self.counts)
 
 
 def watch(

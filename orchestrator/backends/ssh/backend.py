@@ -17,6 +17,7 @@ from orchestrator.backends.base import Detached, DetachItem, DoctorReport, Worke
 from orchestrator.backends.ssh import adoption
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
+from orchestrator.clock import utcnow
 from orchestrator.runs.liveness import liveness
 from orchestrator.runs.request import cluster_from
 from orchestrator.states import BackendName
@@ -26,7 +27,6 @@ from orchestrator.store.follower import Follower
 from orchestrator.store.orphans import find_orphans
 from orchestrator.store.queries import run_brief
 from orchestrator.store.queue import enqueue
-from orchestrator.store.status import now_utc
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -96,7 +96,7 @@ class SshBackend:
         queued: list[tuple[RunManifest, dict[str, object]]] = []
         for cluster, req, doc in items:
             plan = make_plan(cluster, req)
-            manifest = ssh_manifest(plan, req, "queued", submitted_at=now_utc())
+            manifest = ssh_manifest(plan, req, "queued", submitted_at=utcnow())
             queued.append((manifest, dict(doc)))
 
         def write(conn: Connection) -> None:

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import monitor
 from orchestrator.backends.ssh.guard import run_env
+from orchestrator.clock import utcnow
 from orchestrator.errors import NodeError
 from orchestrator.plan import NCCL_LOG_DIR
 from orchestrator.runfolder.folder import join_nccl_logs
+from orchestrator.runs.ending import past_limits
 from orchestrator.runs.failure import Failure, diagnose
-from orchestrator.runs.lifecycle import utcnow
 from orchestrator.runs.progress import ProgressView, parse_event
 from orchestrator.runs.stopping import stop_reason
 from orchestrator.workload_source import workload_files
@@ -257,17 +258,6 @@ class Watch:
         """TERM then KILL every node's process group; then the runtime's own cleanup."""
         stop_everywhere(self.session, self.plan, self.on_stop, self.procs)
         self.stop_monitors()  # already ended by the run-id kill; this reaps the spawned groups
-
-
-def past_limits(
-    timeout_s: float | None, no_progress_s: float | None, elapsed_s: float, quiet_s: float
-) -> Failure | None:
-    """The failure of a run past its overall timeout or silent for too long, else None."""
-    if timeout_s is not None and elapsed_s > timeout_s:
-        return Failure(f"overall timeout of {timeout_s:g}s reached")
-    if no_progress_s is not None and quiet_s > no_progress_s:
-        return Failure(f"no progress from rank 0 for {no_progress_s:g}s")
-    return None
 
 
 def stop_everywhere(

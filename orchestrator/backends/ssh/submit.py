@@ -26,10 +26,12 @@ from orchestrator.backends.ssh.runtime_check import (
     device_facts,
     runtime_lines,
 )
+from orchestrator.clock import utcnow
 from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.plan import Plan, build_plan
 from orchestrator.rendezvous import master_address
 from orchestrator.runfolder.folder import ImageRef, NodeRef, RunManifest, make_run_dir
+from orchestrator.runs.ending import Cancelled, check_stop, finalize
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.lifecycle import (
@@ -39,13 +41,10 @@ from orchestrator.runs.lifecycle import (
     follower_id,
     job_for,
     manifest_for,
-    publish_run,
-    utcnow,
     write_json,
 )
 from orchestrator.runs.progress import ProgressView, verbosity
 from orchestrator.runs.request import encode_request
-from orchestrator.runs.stopping import stop_reason
 from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.store.leases import create_followed_run, follower_ttl_s, release
@@ -55,6 +54,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.store import Store
+    from orchestrator.transport import NodeSession
 
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
@@ -206,7 +206,7 @@ def execute(
     if queued_at is not None:
         make_run_dir(run_dir, exist_ok=False)
         store.start_queued_run(manifest)
-        return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl)
+        return _Submission(plan, req, store, run_dir, stop, console).run(submitted_at, ttl)
     nodes = tuple(n.node.name for n in plan.nodes)
     request = encode_request(
         job.cluster, replace(req, node_names=nodes), runs_dir=str(runs_dir.resolve())
@@ -217,129 +217,179 @@ def execute(
     taken_over = threading.Event()
     try:
         with LeaseKeeper(store, job.run_id, holder, ttl, stop, stop, on_lost=taken_over):
-            return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl, taken_over)
+            submission = _Submission(plan, req, store, run_dir, stop, console)
+            return submission.run(submitted_at, ttl, taken_over)
     finally:
         if not taken_over.is_set():
             release(store, job.run_id, holder)
 
 
-def _execute(
-    plan: Plan,
-    req: SubmitRequest,
-    store: Store,
-    run_dir: Path,
-    stop: threading.Event,
-    console: Console,
-    submitted_at: datetime,
-    ttl_s: float,
-    taken_over: threading.Event | None = None,
-) -> Outcome:
-    from orchestrator.transport import NodeSession
+class _Submission:
+    """One run over SSH as named steps (`run` takes them in order); each names its phase in
+    the progress view and laps the phase clock. `plan` grows as they go: the nodes' devices,
+    then the image."""
 
-    job = plan.job
-    started_at = None
-    execution: Execution | None = None
-    failure: Failure | None = None
-    status: RunStatus = "failed"
-    ssh = job.cluster.ssh
-    phases = PhaseClock()
-    grace = job.cluster.follower_grace_s
-    view = ProgressView(job.run_id, console)
-    try:
-        with ExitStack() as stack:
-            stack.enter_context(view)
-            view.phase("connect", _connect_detail(plan))
-            session = stack.enter_context(NodeSession([n.node for n in plan.nodes], ssh))
-            _check_stop(stop)
-            phases.lap("connect")
-            view.phase("preflight", f"{len(plan.nodes)} node(s) in parallel")
-            reports = run_preflight(
-                session,
-                job,
-                smi=plan.monitor_tool,
-                visible_devices_var=plan.visible_devices_var,
-                docker=plan.runtime == "docker",
-                on_node=lambda report, took: view.line(_preflight_line(report, took)),
-            )
-            phases.lap("preflight")
-            facts = device_facts({name: r.env for name, r in reports.items()})
-            chosen = runtime_lines(plan, facts) if plan.runtime == "docker" else {}
-            for np_ in plan.nodes:
-                env = reports[np_.node.name].env
-                env["preflight"] = reports[np_.node.name].checks
-                if np_.node.name in chosen:
-                    env["runtime_options"] = list(chosen[np_.node.name])
-                accepted = session.accepted_new_host_keys.get(np_.node.name)
-                if accepted:  # accept_new_host_keys was used: the run says so
-                    env["accepted_new_host_key"] = accepted
-                store.record_environment(job.run_id, np_.node.name, np_.node_rank, env)
-                write_json(run_dir / "nodes" / np_.node.name / "env.json", env)
-            plan = _with_node_devices(plan, req, reports)
-            _check_stop(stop)
-            if plan.runtime == "docker":
-                view.phase("image", "build where missing, then transfer to the nodes that lack it")
-                with view.suspended():
-                    plan = _with_image(plan, req, session, store, console, facts)
-                phases.lap("image")
-                view.phase("runtime", "each node's daemon tries its runtime options")
-                check_runtime_options(session, plan, facts)
-                phases.lap("runtime")
-            view.phase("staging", _staging_detail(plan))
-            stage(session, plan, STAGE_TIMEOUT_S)
-            phases.lap("stage")
-            _check_stop(stop)
-            view.phase("starting", f"torchrun on {len(plan.nodes)} node(s)")
-            watch = Watch(plan, session, view, stop, container_cleanup(plan), taken_over)
-            started_at = utcnow()
-            start_guards(session, plan, guard_grace_s(grace, ttl_s), START_TIMEOUT_S)
-            with Heartbeat(session, plan, heartbeat_every_s(grace)):
-                watch.start(START_TIMEOUT_S)
-                phases.lap("start")
-                try:
-                    execution = watch.follow(job.timeout_s, job.no_progress_timeout_s)
-                except BaseException:
-                    watch.stop_all()
-                    raise
-            phases.lap("workload")
-            if execution.status == "detached":
-                reason = "another follower took the run over (this one was presumed dead)"
-                console.print(f"[yellow]run {job.run_id}: {reason}; it finishes the run[/]")
-                return Outcome(job.run_id, "running", run_dir, Failure(reason), None)
-            status, failure = execution.status, execution.failure
-            view.phase("collecting", f"rank files and logs from {len(plan.nodes)} node(s)")
-            problems = collect(session, plan, run_dir, COLLECT_TIMEOUT_S)
-            phases.lap("collect")
-            if problems and status == "succeeded":
-                status = "failed"
-                failure = Failure(
-                    "collection failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items())
-                )
-            view.phase("publishing", f"run folder {run_dir} into the results store")
-    except _Cancelled:
-        failure = Failure(f"{stop_reason(stop)} before the workload started")
-        status = "cancelled"
-    except OrchestratorError as exc:
-        node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
-        failure = Failure(exc.one_line(), node=node)
-    except BaseException as exc:
-        # A bug or an interrupt outside the watch: the row must still end final, then re-raise.
-        cancelled = isinstance(exc, KeyboardInterrupt)
-        failure = Failure("cancelled by the user" if cancelled else f"internal error: {exc!r}")
-        _finalize(
-            plan,
-            req,
-            run_dir,
-            store,
-            "cancelled" if cancelled else "failed",
-            failure,
-            submitted_at,
-            started_at,
+    def __init__(
+        self,
+        plan: Plan,
+        req: SubmitRequest,
+        store: Store,
+        run_dir: Path,
+        stop: threading.Event,
+        console: Console,
+    ) -> None:
+        self.plan, self.req, self.store, self.run_dir = plan, req, store, run_dir
+        self.stop, self.console = stop, console
+        self.phases = PhaseClock()
+        self.view = ProgressView(plan.job.run_id, console)
+        self.started_at: datetime | None = None
+
+    def run(
+        self, submitted_at: datetime, ttl_s: float, taken_over: threading.Event | None = None
+    ) -> Outcome:
+        """Every step, then the run's last write, whatever ended it."""
+        status: RunStatus = "failed"
+        failure: Failure | None = None
+        try:
+            with ExitStack() as stack:
+                session = self.connect(stack)
+                facts = self.preflight(session)
+                check_stop(self.stop, "the workload started")
+                self.prepare_image(session, facts)
+                self.stage(session)
+                check_stop(self.stop, "the workload started")
+                execution = self.run_workload(session, ttl_s, taken_over)
+                if execution.status == "detached":
+                    return self.detached()
+                status, failure = self.collect(session, execution)
+        except Cancelled as exc:
+            status, failure = "cancelled", Failure(str(exc))
+        except OrchestratorError as exc:
+            node = next(iter(exc.failures)) if isinstance(exc, NodeError) and exc.failures else None
+            failure = Failure(exc.one_line(), node=node)
+        except BaseException as exc:
+            # A bug or an interrupt outside the watch: the row must still end final, then raise.
+            cancelled = isinstance(exc, KeyboardInterrupt)
+            failure = Failure("cancelled by the user" if cancelled else f"internal error: {exc!r}")
+            self.finalize("cancelled" if cancelled else "failed", failure, submitted_at)
+            raise
+        outcome = self.finalize(status, failure, submitted_at)
+        self.phases.lap("publish")
+        write_json(self.run_dir / "timings.json", self.phases.as_dict())
+        return outcome
+
+    def connect(self, stack: ExitStack) -> NodeSession:
+        """The progress view and a session to every node, both closed with `stack`."""
+        from orchestrator.transport import NodeSession
+
+        stack.enter_context(self.view)
+        self.view.phase("connect", _connect_detail(self.plan))
+        nodes = [n.node for n in self.plan.nodes]
+        session = stack.enter_context(NodeSession(nodes, self.plan.job.cluster.ssh))
+        check_stop(self.stop, "the workload started")
+        self.phases.lap("connect")
+        return session
+
+    def preflight(self, session: NodeSession) -> dict[str, dict[str, bool]]:
+        """Every node's checks and environment, recorded; returns the device files found."""
+        plan = self.plan
+        self.view.phase("preflight", f"{len(plan.nodes)} node(s) in parallel")
+        reports = run_preflight(
+            session,
+            plan.job,
+            smi=plan.monitor_tool,
+            visible_devices_var=plan.visible_devices_var,
+            docker=plan.runtime == "docker",
+            on_node=lambda report, took: self.view.line(_preflight_line(report, took)),
         )
-        raise
-    outcome = _finalize(plan, req, run_dir, store, status, failure, submitted_at, started_at)
-    phases.lap("publish")
-    write_json(run_dir / "timings.json", phases.as_dict())
-    return outcome
+        self.phases.lap("preflight")
+        facts = device_facts({name: r.env for name, r in reports.items()})
+        chosen = runtime_lines(plan, facts) if plan.runtime == "docker" else {}
+        for np_ in plan.nodes:
+            env = reports[np_.node.name].env
+            env["preflight"] = reports[np_.node.name].checks
+            if np_.node.name in chosen:
+                env["runtime_options"] = list(chosen[np_.node.name])
+            accepted = session.accepted_new_host_keys.get(np_.node.name)
+            if accepted:  # accept_new_host_keys was used: the run says so
+                env["accepted_new_host_key"] = accepted
+            self.store.record_environment(plan.job.run_id, np_.node.name, np_.node_rank, env)
+            write_json(self.run_dir / "nodes" / np_.node.name / "env.json", env)
+        self.plan = _with_node_devices(plan, self.req, reports)
+        return facts
+
+    def prepare_image(self, session: NodeSession, facts: dict[str, dict[str, bool]]) -> None:
+        """The docker runtime: the image on every node, and the runtime options each takes."""
+        if self.plan.runtime != "docker":
+            return
+        self.view.phase("image", "build where missing, then transfer to the nodes that lack it")
+        with self.view.suspended():
+            self.plan = _with_image(self.plan, self.req, session, self.store, self.console, facts)
+        self.phases.lap("image")
+        self.view.phase("runtime", "each node's daemon tries its runtime options")
+        check_runtime_options(session, self.plan, facts)
+        self.phases.lap("runtime")
+
+    def stage(self, session: NodeSession) -> None:
+        self.view.phase("staging", _staging_detail(self.plan))
+        stage(session, self.plan, STAGE_TIMEOUT_S)
+        self.phases.lap("stage")
+
+    def run_workload(
+        self, session: NodeSession, ttl_s: float, taken_over: threading.Event | None
+    ) -> Execution:
+        """Start torchrun on every node under the node guards and their heartbeat, and watch
+        it to an ending; any exception stops every node first."""
+        plan, grace = self.plan, self.plan.job.cluster.follower_grace_s
+        self.view.phase("starting", f"torchrun on {len(plan.nodes)} node(s)")
+        watch = Watch(plan, session, self.view, self.stop, container_cleanup(plan), taken_over)
+        self.started_at = utcnow()
+        start_guards(session, plan, guard_grace_s(grace, ttl_s), START_TIMEOUT_S)
+        with Heartbeat(session, plan, heartbeat_every_s(grace)):
+            watch.start(START_TIMEOUT_S)
+            self.phases.lap("start")
+            try:
+                execution = watch.follow(plan.job.timeout_s, plan.job.no_progress_timeout_s)
+            except BaseException:
+                watch.stop_all()
+                raise
+        self.phases.lap("workload")
+        return execution
+
+    def collect(
+        self, session: NodeSession, execution: Execution
+    ) -> tuple[RunStatus, Failure | None]:
+        """Rank files and logs from every node; a succeeded run missing any of them failed."""
+        status: RunStatus = "failed" if execution.status == "detached" else execution.status
+        failure = execution.failure
+        self.view.phase("collecting", f"rank files and logs from {len(self.plan.nodes)} node(s)")
+        problems = collect(session, self.plan, self.run_dir, COLLECT_TIMEOUT_S)
+        self.phases.lap("collect")
+        if problems and status == "succeeded":
+            status = "failed"
+            failure = Failure(
+                "collection failed: " + "; ".join(f"{n}: {p}" for n, p in problems.items())
+            )
+        self.view.phase("publishing", f"run folder {self.run_dir} into the results store")
+        return status, failure
+
+    def detached(self) -> Outcome:
+        """Another follower took the run over: it finishes the run; the row stays running."""
+        reason = "another follower took the run over (this one was presumed dead)"
+        self.console.print(f"[yellow]run {self.plan.job.run_id}: {reason}; it finishes the run[/]")
+        return Outcome(self.plan.job.run_id, "running", self.run_dir, Failure(reason), None)
+
+    def finalize(
+        self, status: RunStatus, failure: Failure | None, submitted_at: datetime
+    ) -> Outcome:
+        manifest = ssh_manifest(
+            self.plan,
+            self.req,
+            "running",
+            submitted_at=submitted_at,
+            started_at=self.started_at,
+        )
+        return finalize(manifest, self.run_dir, self.store, status, failure)
 
 
 def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, Any]) -> Plan:
@@ -374,30 +424,6 @@ def _staging_detail(plan: Plan) -> str:
     if plan.runtime == "host":
         return f"run folders and the workload source on {len(plan.nodes)} node(s)"
     return f"run folders on {len(plan.nodes)} node(s)"
-
-
-def _finalize(
-    plan: Plan,
-    req: SubmitRequest,
-    run_dir: Path,
-    store: Store,
-    status: RunStatus,
-    failure: Failure | None,
-    submitted_at: datetime,
-    started_at: datetime | None,
-) -> Outcome:
-    """Write the manifest and publish the folder; if the files are rejected, the row still ends
-    with a final status and the reason."""
-    manifest = ssh_manifest(
-        plan,
-        req,
-        status,
-        submitted_at=submitted_at,
-        started_at=started_at,
-        finished_at=utcnow(),
-        failure=failure.as_dict() if failure else None,
-    )
-    return publish_run(manifest, run_dir, store, failure)
 
 
 def _with_image(
@@ -441,12 +467,3 @@ def container_cleanup(plan: Plan) -> Any:
         remove_run_containers(transport, plan.job.run_id, node_plan.node.docker_host)
 
     return cleanup
-
-
-class _Cancelled(Exception):
-    pass
-
-
-def _check_stop(stop: threading.Event) -> None:
-    if stop.is_set():
-        raise _Cancelled()

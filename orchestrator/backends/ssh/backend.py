@@ -14,18 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.backends.base import Detached, DetachItem, DoctorReport, WorkerContext
-from orchestrator.backends.ssh import adoption
-from orchestrator.backends.ssh.doctor import run_doctor
-from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
-from orchestrator.queue import leases
-from orchestrator.queue.liveness import liveness
+from orchestrator.backends.ssh.submit import make_plan, ssh_manifest
 from orchestrator.states import BackendName
-from orchestrator.store.queries import run_brief
 
+# What reads or writes the store (SQLAlchemy) is imported by the methods that use it: planning
+# a run (`submit --dry-run`) loads no store.
 if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
+    from orchestrator.backends.ssh.adoption import Adopters
     from orchestrator.plan import Plan
     from orchestrator.runs.folder import RunManifest
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
@@ -50,6 +48,8 @@ class SshRun:
         return "on " + ", ".join(n.node.name for n in self.plan.nodes)
 
     def check_free(self, store: Store) -> None:
+        from orchestrator.queue import leases
+
         nodes = [n.node.name for n in self.plan.nodes]
         leases.check_nodes_free(store, self.plan.job.cluster.name, nodes)
 
@@ -62,6 +62,8 @@ class SshRun:
         console: Console,
         queued_at: datetime | None = None,
     ) -> Outcome:
+        from orchestrator.backends.ssh.submit import execute
+
         return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
 
 
@@ -82,11 +84,15 @@ class SshBackend:
     def doctor(
         self, cluster: ClusterSpec, topology: str | None, node_names: str | None
     ) -> DoctorReport:
+        from orchestrator.backends.ssh.doctor import run_doctor
+
         return run_doctor(cluster, topology, node_names)
 
     @contextmanager
     def detach(self, items: Sequence[DetachItem]) -> Iterator[Detached]:
         """Queued for `orchestrator worker`: a `queued` row each, with its request."""
+        from orchestrator.queue import leases
+
         queued: list[tuple[RunManifest, dict[str, object]]] = []
         for cluster, req, doc in items:
             plan = make_plan(cluster, req)
@@ -102,6 +108,9 @@ class SshBackend:
     def cancel(self, store: Store, run_id: str, by: str, runs_dir: Path, console: Console) -> str:
         """A queued run at once; a running one through its follower (it sees the request when
         it renews its leases), or, when its follower is gone, here: its nodes cleaned."""
+        from orchestrator.backends.ssh import adoption
+        from orchestrator.queue import leases
+
         result = leases.request_cancel(store, run_id, by)
         if result != "requested":
             return result
@@ -125,6 +134,9 @@ class SshBackend:
         stop: threading.Event,
         console: Console,
     ) -> None:
+        from orchestrator.backends.ssh import adoption
+        from orchestrator.queue import leases
+
         while _status(store, run_id) == "running" and not stop.is_set():
             orphans = leases.find_orphans(store, run_id=run_id)
             if orphans:
@@ -135,19 +147,26 @@ class SshBackend:
             else:
                 adoption.watch(store, run_id, console, stop)
 
-    def followers(self, ctx: WorkerContext) -> adoption.Adopters:
-        return adoption.Adopters(
-            ctx.store, ctx.holder, ctx.runs_dir, ctx.stop, ctx.console, ctx.ttl_s
-        )
+    def followers(self, ctx: WorkerContext) -> Adopters:
+        from orchestrator.backends.ssh.adoption import Adopters
+
+        return Adopters(ctx.store, ctx.holder, ctx.runs_dir, ctx.stop, ctx.console, ctx.ttl_s)
 
     def settle(self, store: Store, holder: str, console: Console, runs_dir: Path) -> list[str]:
+        from orchestrator.backends.ssh import adoption
+
         return adoption.reconcile(store, holder, console, runs_dir, mode="settle")
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
+        from orchestrator.queue import leases
+        from orchestrator.queue.liveness import liveness
+
         return leases.describe_leases(conn, liveness)
 
 
 def _status(store: Store, run_id: str) -> str | None:
+    from orchestrator.store.queries import run_brief
+
     with store.reading() as conn:
         brief = run_brief(conn, run_id)
     return brief.status if brief else None

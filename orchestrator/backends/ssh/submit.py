@@ -28,8 +28,6 @@ from orchestrator.backends.ssh.runtime_check import (
 )
 from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.plan import Plan, build_plan
-from orchestrator.queue.keeper import LeaseKeeper
-from orchestrator.queue.leases import create_followed_run, follower_ttl_s, release, request_for
 from orchestrator.rendezvous import master_address
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, make_run_dir
@@ -197,6 +195,15 @@ def execute(
     exists already, queued then claimed by a worker that holds its node leases. Otherwise
     this process takes the nodes' leases itself and keeps them while it follows the run, so
     that a worker or `orchestrator attach` adopts the run should this process die."""
+    # Here, not at the top: planning (`submit --dry-run`) loads no store.
+    from orchestrator.queue.keeper import LeaseKeeper
+    from orchestrator.queue.leases import (
+        create_followed_run,
+        follower_ttl_s,
+        release,
+        request_for,
+    )
+
     job = plan.job
     run_dir = runs_dir / job.run_id
     submitted_at = queued_at or utcnow()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from orchestrator.specs import ClusterSpec, NodeSpec
     from orchestrator.store import Store
+    from orchestrator.transport import Transport
 
 
 def settings_for(
@@ -59,7 +60,7 @@ def profile_for(cluster: ClusterSpec, settings: ImageSettings) -> VendorProfile:
 
 @contextmanager
 def build_host_api(
-    cluster: ClusterSpec, settings: ImageSettings, transports: Mapping[str, Any] | None = None
+    cluster: ClusterSpec, settings: ImageSettings, transports: Mapping[str, Transport] | None = None
 ) -> Iterator[docker.APIClient]:
     """A docker client for the build host: this machine's daemon, or a node's over SSH."""
     if settings.build_host == LOCAL:
@@ -106,7 +107,7 @@ def image_spec(
     )
 
 
-def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Any]) -> list[NodeTarget]:
+def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Transport]) -> list[NodeTarget]:
     """Each node's daemon, reached through its transport; for a relay, other nodes reach it at
     its address in the cluster file (the local node at 127.0.0.1)."""
     return [
@@ -140,7 +141,7 @@ def record_in_store(store: Store, record: dict[str, Any]) -> None:
 def ensure_image(
     cluster: ClusterSpec,
     nodes: Sequence[NodeSpec],
-    transports: Mapping[str, Any],
+    transports: Mapping[str, Transport],
     settings: ImageSettings | None = None,
     *,
     store: Store | None = None,

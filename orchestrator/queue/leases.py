@@ -22,7 +22,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact_text, without_password
 from orchestrator.runs.folder import RunManifest
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology, with_inputs
-from orchestrator.states import FINAL_STATUSES, RunStatus
+from orchestrator.states import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
 from orchestrator.store.models import Campaign, NodeLease, Run, RunNode, RunStatusChange
@@ -429,15 +429,13 @@ def finish_campaign_if_done(store: Store, campaign_id: str | None) -> None:
     with store.transaction() as conn:
         open_runs = conn.scalar(
             select(Run.run_id)
-            .where(Run.campaign_id == campaign_id, Run.status.in_(("queued", "running")))
+            .where(Run.campaign_id == campaign_id, Run.status.in_(ACTIVE_STATUSES))
             .limit(1)
         )
         if open_runs is None:
             conn.execute(
                 update(Campaign)
-                .where(
-                    Campaign.campaign_id == campaign_id, Campaign.status.in_(("queued", "running"))
-                )
+                .where(Campaign.campaign_id == campaign_id, Campaign.status.in_(ACTIVE_STATUSES))
                 .values(status="finished", finished_at=now_utc())
             )
 

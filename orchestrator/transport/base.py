@@ -99,7 +99,8 @@ class NodeUnreachable(NodeError):
 
 def node_error(node: str, doing: str, exc: BaseException, remedy: str | None = None) -> NodeError:
     """A NodeError for an unexpected OS or protocol error while doing something on a node."""
-    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    strerror = exc.strerror if isinstance(exc, OSError) else None
+    detail = strerror or str(exc) or type(exc).__name__
     return NodeError(f"{doing} failed", {node: f"{doing}: {detail}"}, remedy)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
@@ -20,14 +20,14 @@ from orchestrator.backends.ssh.guard import (
     start_guards,
 )
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
-from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, run_preflight
+from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, NodeReport, run_preflight
 from orchestrator.backends.ssh.runtime_check import (
     check_runtime_options,
     device_facts,
     runtime_lines,
 )
 from orchestrator.errors import NodeError, OrchestratorError
-from orchestrator.plan import Plan, build_plan
+from orchestrator.plan import NodePlan, Plan, build_plan
 from orchestrator.rendezvous import master_address
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, make_run_dir
@@ -51,7 +51,9 @@ from orchestrator.workload_source import workload_hash
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from orchestrator.images.profiles import VendorProfile
     from orchestrator.store import Store
+    from orchestrator.transport import NodeSession, Transport
 
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
@@ -122,7 +124,7 @@ def make_plan(
 
 
 def _with_runtime_notes(
-    plan: Plan, profile: Any, facts: Mapping[str, Mapping[str, bool]] | None
+    plan: Plan, profile: VendorProfile, facts: Mapping[str, Mapping[str, bool]] | None
 ) -> Plan:
     """Each node's runtime options, used or left out and why, for the dry run."""
     from orchestrator.images.runtime_choice import choose_runtime
@@ -348,7 +350,7 @@ def _execute(
     return outcome
 
 
-def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, Any]) -> Plan:
+def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, NodeReport]) -> Plan:
     """The host runtime's plan with the visible devices each node's own environment sets
     (its CUDA_VISIBLE_DEVICES, as preflight read it); a list that cannot serve the topology
     is refused here, before anything starts."""
@@ -362,7 +364,7 @@ def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, Any]) 
     return replace(rebuilt, job=job)
 
 
-def _preflight_line(report: Any, took_s: float) -> str:
+def _preflight_line(report: NodeReport, took_s: float) -> str:
     """One node's preflight, as it finishes: ok, or its failed checks."""
     if report.ok:
         return f"preflight {report.node}: ok, {len(report.checks)} checks in {took_s:.1f} s"
@@ -409,7 +411,7 @@ def _finalize(
 def _with_image(
     plan: Plan,
     req: SubmitRequest,
-    session: Any,
+    session: NodeSession,
     store: Store,
     console: Console,
     facts: Mapping[str, Mapping[str, bool]],
@@ -437,13 +439,13 @@ def _with_image(
     return replace(rebuilt, job=job)
 
 
-def container_cleanup(plan: Plan) -> Any:
+def container_cleanup(plan: Plan) -> Callable[[Transport, NodePlan], None] | None:
     """Watch's on_stop for the docker runtime: the run's containers go, whatever ended it."""
     if plan.runtime != "docker":
         return None
     from orchestrator.images.containers import remove_run_containers
 
-    def cleanup(transport: Any, node_plan: Any) -> None:
+    def cleanup(transport: Transport, node_plan: NodePlan) -> None:
         remove_run_containers(transport, plan.job.run_id, node_plan.node.docker_host)
 
     return cleanup

@@ -351,6 +351,11 @@ class Transport(ABC):
         """Create a directory and its parents on the node (no error if it exists)."""
 
     @abstractmethod
+    def remove_tree(self, remote: str) -> None:
+        """Remove a path and, for a directory, everything in it, as `rm -rf` does: links are
+        removed, never followed; a path that does not exist is no error."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the connection (idempotent). Spawned process groups keep running."""
 

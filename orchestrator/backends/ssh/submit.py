@@ -19,7 +19,7 @@ from orchestrator.backends.ssh.guard import (
     heartbeat_every_s,
     start_guards,
 )
-from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
+from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage, staged_workloads
 from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, NodeReport, run_preflight
 from orchestrator.backends.ssh.runtime_check import (
     check_runtime_options,
@@ -268,6 +268,7 @@ def _execute(
                 visible_devices_var=plan.visible_devices_var,
                 docker=plan.runtime == "docker",
                 on_node=lambda report, took: view.line(_preflight_line(report, took)),
+                workloads=staged_workloads(plan),
             )
             phases.lap("preflight")
             facts = device_facts({name: r.env for name, r in reports.items()})
@@ -293,7 +294,8 @@ def _execute(
                 check_runtime_options(session, plan, facts)
                 phases.lap("runtime")
             view.phase("staging", _staging_detail(plan))
-            stage(session, plan, STAGE_TIMEOUT_S)
+            verified = {name for name, r in reports.items() if r.workload_staged}
+            stage(session, plan, STAGE_TIMEOUT_S, verified)
             phases.lap("stage")
             _check_stop(stop)
             view.phase("starting", f"torchrun on {len(plan.nodes)} node(s)")

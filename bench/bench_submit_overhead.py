@@ -5,7 +5,8 @@ wall time, the workload's lifetime (spawn to exit, from runs/RUN/timings.json) a
 
     .venv/bin/python bench/bench_submit_overhead.py [--runs 3]
 
-Target (issue 4): overhead under 3 s.
+Target (issue 24): overhead under 1.5 s (2.86 s before it; issue 4 asked for under 3 s). Most
+of it is commands on the nodes (each starts the SSH user's login shell) and Python's start-up.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
         )
     overheads = [wall - p["workload"] for wall, p in rows]
     print(
-        f"median overhead {statistics.median(overheads):.2f} s (target < 3 s); first run stages the workload"
+        f"median overhead {statistics.median(overheads):.2f} s (target < 1.5 s); first run stages the workload"
     )
 
 

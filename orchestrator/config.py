@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
+from orchestrator.image_settings import parse_image_table
 from orchestrator.pathnames import SAFE_NAME_WORDS, is_safe_name
+from orchestrator.slurm_settings import parse_slurm_table
 from orchestrator.specs import (
     DEFAULT_FOLLOWER_GRACE_S,
     MIN_FOLLOWER_GRACE_S,
@@ -205,15 +207,9 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
                 f"holds the control character {found}",
                 "write it on one line, without newlines, tabs or other control characters",
             )
-    image = None
-    if "image" in data:
-        from orchestrator.images.workflow import parse_image_table
-
-        image = parse_image_table(data["image"], source)
+    image = parse_image_table(data["image"], source) if "image" in data else None
     slurm = None
     if "slurm" in data or backend == "slurm":
-        from orchestrator.slurm_settings import parse_slurm_table
-
         slurm = parse_slurm_table(data.get("slurm", {}), source)
     return ClusterSpec(
         name=cl.string("name", Path(source).stem),

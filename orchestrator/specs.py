@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from orchestrator.errors import TopologyError
+from orchestrator.image_settings import ImageSettings
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.states import BackendName, Precision, Runtime
 
@@ -120,7 +121,7 @@ class ClusterSpec:
     master_port: int = 29500
     master_addr: str | None = None  # node 0's address as the other nodes reach it
     follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
-    image: object | None = None  # [image] table: images.workflow.ImageSettings
+    image: ImageSettings | None = None  # the [image] table
     slurm: SlurmSettings | None = None  # the [slurm] table
     source: str = "<embedded default>"  # the file it came from, for messages
 

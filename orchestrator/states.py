@@ -7,13 +7,19 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "lost"]
+# A run that is not over: waiting for a worker, or on its nodes (someone's: cancelled, not
+# deleted); a campaign in these states still has such runs.
+ActiveStatus = Literal["queued", "running"]
 FinalStatus = Literal["succeeded", "failed", "cancelled", "lost"]
-CampaignStatus = Literal["queued", "running", "finished", "cancelled"]
+RunStatus = Literal[ActiveStatus, FinalStatus]
+CampaignStatus = Literal[ActiveStatus, "finished", "cancelled"]
 BackendName = Literal["ssh", "slurm"]
 Runtime = Literal["host", "docker"]
 Precision = Literal["fp32", "amp", "fp16"]
 Distribution = Literal["relay", "star"]  # how an image reaches the nodes (images/distribute.py)
+# A relay agent on a node while an image passes (images/relay.py): started, listening and
+# receiving, holding the image, or given up on (its kind and reason say why).
+RelayAgentState = Literal["starting", "running", "done", "failed"]
 # Where a run's row came from: a run of this orchestrator, or a log of another tool imported.
 RunSource = Literal["orchestrator", "flagperf"]
 # Where a run's mem comes from: the accelerator tool's device peak, or the ranks' allocator peak.
@@ -24,6 +30,7 @@ MemSource = Literal["device", "allocator"]
 FabricTransport = Literal["ib", "socket", "intra-node", "gloo", "mixed", "unknown"]
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+ACTIVE_STATUSES: tuple[ActiveStatus, ...] = get_args(ActiveStatus)
 FINAL_STATUSES: tuple[FinalStatus, ...] = get_args(FinalStatus)
 CAMPAIGN_STATUSES: tuple[CampaignStatus, ...] = get_args(CampaignStatus)
 BACKENDS: tuple[BackendName, ...] = get_args(BackendName)

@@ -77,6 +77,7 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "orchestrator.runs",
             "orchestrator.store",
             "orchestrator.transport",
+            "orchestrator.images",
         ),
     ),
     ("orchestrator.campaign", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.store")),
@@ -91,9 +92,15 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "orchestrator.runs",
                 "orchestrator.transport",
                 "orchestrator.plan",
+                "orchestrator.images",
             ),
         )
-        for core in ("orchestrator.devices", "orchestrator.rendezvous")
+        for core in (
+            "orchestrator.devices",
+            "orchestrator.rendezvous",
+            "orchestrator.image_settings",
+            "orchestrator.slurm_settings",
+        )
     ),
     (
         "orchestrator.plan",
@@ -116,6 +123,7 @@ ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "orchestrator.runs",
             "orchestrator.transport",
             "orchestrator.plan",
+            "orchestrator.images",
         ),
     ),
     # The results pages read the store and use the report's logic; they start, stop and

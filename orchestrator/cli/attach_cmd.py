@@ -3,6 +3,8 @@ follower (a killed `submit`, a dead worker) is gone."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.console import Console
 
@@ -13,8 +15,10 @@ from orchestrator.cli.context import (
     runs_folder,
     stop_on_signals,
 )
-from orchestrator.store import Store
-from orchestrator.store.queries import RunBrief
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
+    from orchestrator.store.queries import RunBrief
 
 # Ctrl-C / SIGTERM: only a run this attach adopted is stopped; one it watches goes on.
 STOP_LINE = "stopping: a run this attach adopted is stopped, a watched one goes on"

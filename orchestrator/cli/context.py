@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from socket import gethostname
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
@@ -155,7 +156,7 @@ def stop_on_signals(
     ctx = click.get_current_context(silent=True)
     who = f"`{ctx.command_path if ctx else 'orchestrator'}` pid {os.getpid()} on {gethostname()}"
 
-    def handler(signum: int, _frame: Any) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if not stop.is_set():
             say(f"\n{name}: {announce}")
@@ -178,7 +179,7 @@ def say(text: str) -> None:
         pass  # the terminal is gone
 
 
-def open_store_for_submit(app: AppContext) -> Any:
+def open_store_for_submit(app: AppContext) -> Store:
     """A SQLite store that does not exist yet is created on first use (the embedded default
     works out of the box); an existing store of any kind must be upgraded explicitly
     (`orchestrator db upgrade`), so a lab's database never changes behind its back."""

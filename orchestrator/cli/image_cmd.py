@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.cli.context import AppContext
+    from orchestrator.image_settings import ImageSettings
     from orchestrator.images.distribute import DistributionReport
-    from orchestrator.images.workflow import ImageSettings
     from orchestrator.specs import ClusterSpec, NodeSpec
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,6 +12,9 @@ from orchestrator.cli.runs_delete import delete_command
 from orchestrator.reports.report import fmt, parse_since
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.units import sig3
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 STATUS_CHOICES = click.Choice(RUN_STATUSES)
 
@@ -144,7 +147,7 @@ def list_command(
         click.echo(empty, err=True)  # the table says it; json and csv stay parseable
 
 
-def _no_runs(conn: Any, given: dict[str, str | None], what: str = "runs") -> str:
+def _no_runs(conn: Connection, given: dict[str, str | None], what: str = "runs") -> str:
     """The empty result's line, naming the stored values of a filter that matches nothing."""
     from orchestrator.no_match import no_match
     from orchestrator.store.web_queries import filter_options

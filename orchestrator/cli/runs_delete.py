@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.engine import RowMapping
 
 from orchestrator.cli.context import AppContext
 from orchestrator.errors import ConfigError
 from orchestrator.reports.report import fmt, parse_since
 from orchestrator.states import RUN_STATUSES
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import RowMapping
 
 SHOWN = 20  # runs listed before the question; the rest are counted
 

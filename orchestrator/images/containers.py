@@ -14,11 +14,15 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrator.errors import ImageError
 from orchestrator.images.profiles import RuntimeOptions, VendorProfile
 from orchestrator.images.runtime_choice import choose_runtime
+from orchestrator.transport.base import CommandResult, Stdin
+
+if TYPE_CHECKING:
+    from orchestrator.plan import NodePlan
 
 LABEL_RUN_ID = "orchestrator.run_id"
 LABEL_NODE_RANK = "orchestrator.node_rank"
@@ -71,7 +75,16 @@ def _csv_field(field: str) -> str:
 
 
 class Runner(Protocol):
-    def run(self, argv: Sequence[str], **kwargs: Any) -> Any: ...
+    """What image code needs of a node: a command run to its end (a Transport does it)."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        stdin: Stdin = None,
+        check: bool = True,
+    ) -> CommandResult: ...
 
 
 def docker_argv(docker_host: str | None = None) -> list[str]:
@@ -214,13 +227,13 @@ def parse_container_list(stdout: str) -> list[ContainerInfo]:
     return found
 
 
-def _check(result: Any, what: str) -> str:
-    if getattr(result, "exit_code", 0) != 0:
-        stderr = str(getattr(result, "stderr", "")).strip().splitlines()
+def _check(result: CommandResult, what: str) -> str:
+    if result.exit_code != 0:
+        stderr = result.stderr.strip().splitlines()
         raise ImageError(
             f"{what} failed: {stderr[-1] if stderr else 'exit ' + str(result.exit_code)}"
         )
-    return str(getattr(result, "stdout", ""))
+    return result.stdout
 
 
 def find_containers(
@@ -240,9 +253,7 @@ def remove_run_containers(
         argv = remove_containers_argv([c.container_id for c in found], docker_host)
         result = runner.run(argv, timeout=timeout, check=False)
         # A container that ended (--rm) between listing and removal is already gone: fine.
-        if getattr(result, "exit_code", 0) != 0 and "No such container" not in str(
-            getattr(result, "stderr", "")
-        ):
+        if result.exit_code != 0 and "No such container" not in result.stderr:
             _check(result, "docker rm")
     return found
 
@@ -259,7 +270,7 @@ def node_wrapper(
     data_dir: str,
     backbone_weights: str | None = None,
     facts: Mapping[str, Mapping[str, bool]] | None = None,
-) -> Callable[[Any], tuple[str, ...]]:
+) -> Callable[[NodePlan], tuple[str, ...]]:
     """The plan's `wrap`: a node's torchrun command -> its `docker run` command.
 
     Each node gets the runtime options that fit it (runtime_choice.choose_runtime), from
@@ -270,8 +281,8 @@ def node_wrapper(
     starts in the run directory. Only the interpreter changes, to the image's venv.
     """
 
-    def wrap(node_plan: Any) -> tuple[str, ...]:
-        run_dir = str(node_plan.run_dir)
+    def wrap(node_plan: NodePlan) -> tuple[str, ...]:
+        run_dir = node_plan.run_dir
         mounts = [Mount(_absolute(data_dir, run_dir), read_only=True)]
         if backbone_weights and backbone_weights != "none":
             mounts.append(Mount(_absolute(backbone_weights, run_dir), read_only=True))
@@ -284,7 +295,7 @@ def node_wrapper(
                 runtime,
                 image,
                 run_id,
-                int(node_plan.node_rank),
+                node_plan.node_rank,
                 command,
                 dict(node_plan.env),
                 mounts,

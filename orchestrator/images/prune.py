@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import ImageError
-from orchestrator.images.containers import docker_argv
+from orchestrator.images.containers import Runner, docker_argv
 from orchestrator.images.spec import ImageSpec
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def prune_build_host(
 
 
 def prune_node(
-    runner: Any, docker_host: str | None, spec: ImageSpec, dry_run: bool = False
+    runner: Runner, docker_host: str | None, spec: ImageSpec, dry_run: bool = False
 ) -> tuple[list[str], list[str]]:
     """(removed, kept because in use) among `spec.repository`'s tags on one node."""
     docker = docker_argv(docker_host)
@@ -67,13 +67,9 @@ def prune_node(
         check=False,
     )
     if listing.exit_code != 0:
-        raise ImageError(f"docker image ls failed: {str(listing.stderr).strip()[-300:]}")
+        raise ImageError(f"docker image ls failed: {listing.stderr.strip()[-300:]}")
     old = sorted(
-        {
-            t
-            for t in str(listing.stdout).split()
-            if t and t != spec.tag and not t.endswith(":<none>")
-        }
+        {t for t in listing.stdout.split() if t and t != spec.tag and not t.endswith(":<none>")}
     )
     removed: list[str] = []
     kept: list[str] = []
@@ -84,8 +80,8 @@ def prune_node(
         result = runner.run(docker + ["rmi", tag], timeout=300, check=False)
         if result.exit_code == 0:
             removed.append(tag)
-        elif "conflict" in str(result.stderr) or "being used" in str(result.stderr):
+        elif "conflict" in result.stderr or "being used" in result.stderr:
             kept.append(tag)
         else:
-            raise ImageError(f"docker rmi {tag} failed: {str(result.stderr).strip()[-300:]}")
+            raise ImageError(f"docker rmi {tag} failed: {result.stderr.strip()[-300:]}")
     return removed, kept

@@ -36,6 +36,7 @@ from orchestrator.images.layers import missing_layers, present_chain_ids
 from orchestrator.images.relay_source import SaveSpool
 from orchestrator.images.targets import NodeTarget, ProgressFn, Transfer, fan_out_results, reason
 from orchestrator.nodeside import relay_agent
+from orchestrator.states import RelayAgentState
 from orchestrator.transport.base import Pipe, stderr_tail
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class _Agent:
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     pipe: Pipe | None = None
     port: int = 0
-    state: str = "starting"  # running, done, failed
+    state: RelayAgentState = "starting"
     kind: str = ""
     why: str = ""
     received: int = 0

@@ -77,7 +77,7 @@ class SaveSpool:
         self._dir = Path(tempfile.mkdtemp(prefix="orchestrator-relay-"))
         free = shutil.disk_usage(self._dir).free
         if estimate_bytes > free:
-            self.close()
+            shutil.rmtree(self._dir, ignore_errors=True)  # nothing else is open yet
             raise ImageError(
                 f"the relay spool needs up to {estimate_bytes / 1e9:.1f} GB in "
                 f"{self._dir.parent}, which has {free / 1e9:.1f} GB free",
@@ -249,7 +249,5 @@ class SaveSpool:
     def close(self) -> None:
         self._closed = True
         self._wanted_known.set()
-        file = getattr(self, "_file", None)
-        if file is not None:
-            file.close()
+        self._file.close()
         shutil.rmtree(self._dir, ignore_errors=True)

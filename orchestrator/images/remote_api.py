@@ -17,13 +17,17 @@ import urllib3.connectionpool
 
 from orchestrator.errors import ImageError
 from orchestrator.images.containers import docker_argv
+from orchestrator.transport.ssh import SshTransport
 
 if TYPE_CHECKING:
     import docker
+    import paramiko
+
+    from orchestrator.transport.base import Transport
 
 
 class _DialStdioConnection(urllib3.connection.HTTPConnection):
-    def __init__(self, ssh_transport: Any, command: str, timeout: float) -> None:
+    def __init__(self, ssh_transport: paramiko.Transport, command: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._ssh_transport = ssh_transport
         self._command = command
@@ -37,7 +41,9 @@ class _DialStdioConnection(urllib3.connection.HTTPConnection):
 
 
 class _DialStdioPool(urllib3.connectionpool.HTTPConnectionPool):
-    def __init__(self, ssh_transport: Any, command: str, timeout: float, maxsize: int) -> None:
+    def __init__(
+        self, ssh_transport: paramiko.Transport, command: str, timeout: float, maxsize: int
+    ) -> None:
         super().__init__("localhost", timeout=timeout, maxsize=maxsize)
         self._ssh_transport = ssh_transport
         self._command = command
@@ -47,20 +53,20 @@ class _DialStdioPool(urllib3.connectionpool.HTTPConnectionPool):
         return _DialStdioConnection(self._ssh_transport, self._command, self._conn_timeout)
 
 
-def _paramiko_transport(transport: Any) -> Any:
+def _paramiko_transport(transport: Transport) -> paramiko.Transport:
     """The paramiko.Transport under one of our SshTransports."""
-    client = getattr(transport, "_client", None)
+    client = transport.paramiko_client if isinstance(transport, SshTransport) else None
     ssh_transport = client.get_transport() if client is not None else None
     if ssh_transport is None or not ssh_transport.is_active():
         raise ImageError(
-            f"no open SSH connection to {getattr(transport, 'name', 'the build host')}",
+            f"no open SSH connection to {transport.name}",
             "check that the build host is reachable: orchestrator cluster check",
         )
     return ssh_transport
 
 
 def open_api_over_ssh(
-    transport: Any, docker_host: str | None = None, timeout: float = 600
+    transport: Transport, docker_host: str | None = None, timeout: float = 600
 ) -> docker.APIClient:
     """A docker APIClient whose HTTP connections are `docker system dial-stdio` channels."""
     import docker
@@ -88,9 +94,8 @@ def open_api_over_ssh(
     try:
         api.ping()
     except Exception as exc:
-        name = getattr(transport, "name", "the build host")
         raise ImageError(
-            f"cannot reach the Docker daemon on {name} over SSH: {exc}",
+            f"cannot reach the Docker daemon on {transport.name} over SSH: {exc}",
             "check that docker is installed there and the SSH user may use it",
         ) from exc
     return api

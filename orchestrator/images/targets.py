@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from orchestrator.errors import NodeError
+from orchestrator.errors import NodeError, OrchestratorError
 from orchestrator.images.containers import Runner
 from orchestrator.transport.base import Pipe
 from orchestrator.transport.fanout import GroupResult
@@ -66,4 +66,6 @@ def reason(node: str, exc: BaseException) -> str:
     """One line on why `exc` failed `node`."""
     if isinstance(exc, NodeError) and node in exc.failures:
         return exc.failures[node]
-    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    if isinstance(exc, OrchestratorError):
+        return exc.message
+    return str(exc) or type(exc).__name__

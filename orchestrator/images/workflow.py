@@ -9,85 +9,49 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.image_settings import LOCAL, ImageSettings
 from orchestrator.images.build import BuildObserver, BuiltImage, build_image, image_id, open_api
 from orchestrator.images.distribute import DistributionReport, NodeTarget, ProgressFn, distribute
 from orchestrator.images.profiles import VendorProfile, load_profile
 from orchestrator.images.records import record_for
 from orchestrator.images.spec import ImageSpec, Sha256Cache, default_cache_path, make_image_spec
-from orchestrator.states import DISTRIBUTIONS, Distribution
-from orchestrator.tables import Dialect, Table, Words
+from orchestrator.states import Distribution
 
 if TYPE_CHECKING:
     import docker
 
     from orchestrator.specs import ClusterSpec, NodeSpec
     from orchestrator.store import Store
-
-LOCAL = "local"
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    """What the cluster file's [image] table (or command-line options) say about images."""
-
-    vendor: str | None = None  # profile name; default: the cluster's vendor
-    wheels: tuple[str, ...] = ()  # wheel files or directories; default: the profile's wheel_dir
-    base_image: str | None = None  # overrides the profile's base image
-    build_host: str = LOCAL  # 'local' (this machine's daemon) or a node name
-    registry: str | None = None  # push/pull through it instead of streaming to each node
-    distribution: Distribution = "relay"  # or "star": the build host streams to every node
+    from orchestrator.transport import Transport
 
 
-_IMAGE_KEYS = {"vendor", "wheels", "base", "build_host", "registry", "distribution"}
-# The cluster file's words, but for the known keys and the wheels (paths, not any strings).
-IMAGE_TABLE = replace(
-    Dialect(),
-    unknown=Words("{source}: {key} is not a known key", "known keys: {known}"),
-    strings=Words(
-        "{source}: {key} must be a list of paths, got {value}", 'e.g. {name} = ["/opt/wheels"]'
-    ),
-)
-
-
-def parse_image_table(table: object, source: str) -> ImageSettings:
-    """A cluster file's [image] table -> ImageSettings, for the config loader:
-
-    [image]
-    wheels = ["/opt/wheels/metax"]     # files or directories
-    base = "metax/c500-pytorch-base:2.19.0.6-ubuntu20.04"
-    build_host = "c500-01"             # or "local"
-    registry = "registry.lab:5000"     # optional: push/pull instead of streaming
-    distribution = "relay"             # default; "star" streams from the build host to each node
-    """
-    t = Table(table, source, IMAGE_TABLE, "image", _IMAGE_KEYS)
-    vendor, base, build_host, registry = (
-        t.string(key) for key in ("vendor", "base", "build_host", "registry")
+def settings_for(
+    cluster: ClusterSpec,
+    *,
+    vendor: str | None = None,
+    wheels: Sequence[str] = (),
+    base_image: str | None = None,
+    build_host: str | None = None,
+    registry: str | None = None,
+    distribution: Distribution | None = None,
+) -> ImageSettings:
+    """The cluster file's [image] settings (defaults without one), with the options given
+    on the command line (None or no wheels: the file's value stands)."""
+    settings = cluster.image or ImageSettings()
+    return replace(
+        settings,
+        vendor=settings.vendor if vendor is None else vendor,
+        wheels=tuple(wheels) if wheels else settings.wheels,
+        base_image=settings.base_image if base_image is None else base_image,
+        build_host=settings.build_host if build_host is None else build_host,
+        registry=settings.registry if registry is None else registry,
+        distribution=settings.distribution if distribution is None else distribution,
     )
-    return ImageSettings(
-        vendor=vendor,
-        wheels=tuple(os.path.expanduser(w) for w in t.strings("wheels")),
-        base_image=base,
-        build_host=build_host or LOCAL,
-        registry=registry,
-        distribution=t.choice("distribution", "relay", DISTRIBUTIONS),
-    )
-
-
-def settings_for(cluster: ClusterSpec, **overrides: Any) -> ImageSettings:
-    """The cluster's image settings (a ClusterSpec.image field, when present) with overrides."""
-    base = getattr(cluster, "image", None)
-    settings = base if isinstance(base, ImageSettings) else ImageSettings()
-    changes: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value not in (None, ()):
-            changes[key] = tuple(value) if key == "wheels" else value
-    return replace(settings, **changes)
 
 
 def profile_for(cluster: ClusterSpec, settings: ImageSettings) -> VendorProfile:
@@ -96,7 +60,7 @@ def profile_for(cluster: ClusterSpec, settings: ImageSettings) -> VendorProfile:
 
 @contextmanager
 def build_host_api(
-    cluster: ClusterSpec, settings: ImageSettings, transports: Mapping[str, Any] | None = None
+    cluster: ClusterSpec, settings: ImageSettings, transports: Mapping[str, Transport] | None = None
 ) -> Iterator[docker.APIClient]:
     """A docker client for the build host: this machine's daemon, or a node's over SSH."""
     if settings.build_host == LOCAL:
@@ -143,7 +107,7 @@ def image_spec(
     )
 
 
-def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Any]) -> list[NodeTarget]:
+def targets(nodes: Sequence[NodeSpec], transports: Mapping[str, Transport]) -> list[NodeTarget]:
     """Each node's daemon, reached through its transport; for a relay, other nodes reach it at
     its address in the cluster file (the local node at 127.0.0.1)."""
     return [
@@ -177,7 +141,7 @@ def record_in_store(store: Store, record: dict[str, Any]) -> None:
 def ensure_image(
     cluster: ClusterSpec,
     nodes: Sequence[NodeSpec],
-    transports: Mapping[str, Any],
+    transports: Mapping[str, Transport],
     settings: ImageSettings | None = None,
     *,
     store: Store | None = None,

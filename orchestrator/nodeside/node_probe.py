@@ -4,11 +4,13 @@ because the node's interpreter may be a vendor image's. Imports nothing from orc
 
 Input (argv[1], JSON): nproc, data_dir, weights, workdir, min_free_gb, ib_hcas, smi,
 need_torch, need_docker, docker_host, devices ({"look": [path], "needed": [[path, remedy]]}),
-visible_devices_env (a variable name: its value is reported as env.visible_devices_env).
-Output: {"checks": [{"name", "ok", "detail"}], "env": {...}}
+visible_devices_env (a variable name: its value is reported as env.visible_devices_env),
+workload ({"dir", "manifest"}: a staged workload folder to verify, read only).
+Output: {"checks": [{"name", "ok", "detail"}], "env": {...}, "workload_staged": bool or null}
 """
 
 import binascii
+import hashlib
 import json
 import os
 import platform
@@ -410,7 +412,30 @@ def main():
         )
 
     _check_devices(args.get("devices") or {}, env, check)
-    print(json.dumps({"checks": checks, "env": env}, sort_keys=True))
+    staged = _workload_staged(args.get("workload"))
+    print(json.dumps({"checks": checks, "env": env, "workload_staged": staged}, sort_keys=True))
+
+
+def _workload_staged(workload):
+    """Whether the workload folder staged by an earlier run can be reused, as `sha256sum -c`
+    in its folder would say: completed (.complete) and every file with the content its
+    manifest line names. Read only; None when not asked."""
+    if not workload:
+        return None
+    folder, lines = workload["dir"], workload["manifest"].splitlines()
+    if not lines or not os.path.isfile(os.path.join(folder, ".complete")):
+        return False
+    for line in lines:
+        digest, sep, rel = line.partition("  ")
+        if not sep:
+            return False
+        try:
+            with open(os.path.join(folder, rel), "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != digest:
+                    return False
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

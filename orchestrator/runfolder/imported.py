@@ -6,7 +6,7 @@ manifest's `imported` object. Such a run has no rank files; its metrics follow f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.errors import IngestError
@@ -57,17 +57,8 @@ class ImportedResult:
             "round": self.round,
             "path": self.path,
             "hparams": self.hparams,
-            "nodes": [
-                {
-                    "node_rank": n.node_rank,
-                    "host": n.host,
-                    "log": n.log,
-                    **{name: getattr(n, name) for name in (*TIMES, *THROUGHPUTS)},
-                    "map": n.map,
-                    "converged": n.converged,
-                }
-                for n in self.nodes
-            ],
+            # Every field, in their order: rank, host, log, TIMES, THROUGHPUTS, map, converged.
+            "nodes": [asdict(n) for n in self.nodes],
         }
 
 

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, select, update
 
 from orchestrator.clock import utcnow
+from orchestrator.states import ACTIVE_STATUSES
 from orchestrator.store.models import Campaign, Run
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
-
-OPEN_STATUSES = ("queued", "running")  # a campaign (or a run) not ended yet
 
 
 def insert_campaign(
@@ -50,12 +49,12 @@ def finish_campaign_if_done(store: Store, campaign_id: str | None) -> None:
     with store.transaction() as conn:
         open_runs = conn.scalar(
             select(Run.run_id)
-            .where(Run.campaign_id == campaign_id, Run.status.in_(OPEN_STATUSES))
+            .where(Run.campaign_id == campaign_id, Run.status.in_(ACTIVE_STATUSES))
             .limit(1)
         )
         if open_runs is None:
             conn.execute(
                 update(Campaign)
-                .where(Campaign.campaign_id == campaign_id, Campaign.status.in_(OPEN_STATUSES))
+                .where(Campaign.campaign_id == campaign_id, Campaign.status.in_(ACTIVE_STATUSES))
                 .values(status="finished", finished_at=utcnow())
             )

@@ -123,8 +123,7 @@ def scaling_groups(
     columns: list[Any] = [Run.vendor, hardware, Run.precision, Run.fix_hp, Run.topology]
     columns += [Run.nnodes, Run.nproc_per_node]
     columns.append(func.count().label("n"))
-    for name in ("p_train", "p_core"):
-        column = getattr(Run, name)
+    for name, column in (("p_train", Run.p_train), ("p_core", Run.p_core)):
         columns += [
             func.avg(column).label(f"{name}_mean"),
             func.avg(column * column).label(f"{name}_mean_sq"),

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import StoreError
+from orchestrator.states import ACTIVE_STATUSES
 from orchestrator.store.bulk import chunks
 from orchestrator.store.engine import make_engine, parse_url, redact_url
 from orchestrator.store.migrate import (
@@ -94,7 +95,7 @@ def copy_store(source_url: str, target_url: str) -> CopyReport:
             tables = tuple(_copy_table(src, dst, table) for table in copied_tables())
             _advance_sequences(dst)
             live = src.execute(
-                select(func.count()).where(Run.status.in_(("queued", "running")))
+                select(func.count()).where(Run.status.in_(ACTIVE_STATUSES))
             ).scalar_one()
         return CopyReport(redact_url(source_url), redact_url(target_url), tables, int(live))
     except SQLAlchemyError as exc:

@@ -11,12 +11,11 @@ from sqlalchemy import Connection, Table, delete, func, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
+from orchestrator.states import ACTIVE_STATUSES
 from orchestrator.store.bulk import chunks
 from orchestrator.store.models import Base, Run
 from orchestrator.store.queries import resolve_run
 
-# A run in these states is still someone's: it is cancelled, not deleted.
-ACTIVE = ("queued", "running")
 # Every table with rows that belong to a run, children first (the order matters only where
 # foreign keys are not enforced). A table added to the schema with a run_id must be added here:
 # tests/integration/test_runs_delete.py checks the list against the models.
@@ -77,12 +76,12 @@ def selected_runs(conn: Connection, sel: DeleteSelection) -> list[RowMapping]:
     if sel.reason:
         query = query.where(Run.reason.contains(sel.reason, autoescape=True))
     if sel.not_started:  # ended without starting: a queued run has not started either
-        query = query.where(Run.started_at.is_(None), Run.status.not_in(ACTIVE))
+        query = query.where(Run.started_at.is_(None), Run.status.not_in(ACTIVE_STATUSES))
     return list(conn.execute(query.order_by(Run.submitted_at, Run.run_id)).mappings())
 
 
 def refuse_active(rows: Sequence[RowMapping]) -> None:
-    active = [f"{r['run_id']} ({r['status']})" for r in rows if r["status"] in ACTIVE]
+    active = [f"{r['run_id']} ({r['status']})" for r in rows if r["status"] in ACTIVE_STATUSES]
     if active:
         shown = ", ".join(active[:5]) + (", ..." if len(active) > 5 else "")
         raise StoreError(
@@ -100,7 +99,7 @@ def delete_runs(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:
     if not ids:
         return {}
     active = conn.execute(
-        select(Run.run_id, Run.status).where(Run.run_id.in_(ids), Run.status.in_(ACTIVE))
+        select(Run.run_id, Run.status).where(Run.run_id.in_(ids), Run.status.in_(ACTIVE_STATUSES))
     ).mappings()
     refuse_active(list(active))
     removed = {table.name: 0 for table in (*CHILD_TABLES, RUNS)}

@@ -10,6 +10,7 @@ from orchestrator.fabric import fabric_of
 from orchestrator.monitor import smi_warnings
 from orchestrator.redact import redact_text
 from orchestrator.runfolder.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
+from orchestrator.states import ACTIVE_STATUSES
 from orchestrator.store.engine import RawJson
 from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
 
@@ -123,7 +124,7 @@ def history_rows(manifest: RunManifest, now: datetime) -> list[dict[str, Any]]:
                 "at": manifest.started_at,
             }
         )
-    if manifest.status not in ("queued", "running"):
+    if manifest.status not in ACTIVE_STATUSES:
         at = manifest.finished_at or manifest.started_at or manifest.submitted_at
         rows.append(
             {

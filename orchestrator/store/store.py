@@ -77,7 +77,7 @@ class Store:
 
     # -- the execution layer's calls ---------------------------------------------------------
 
-    def create_run(self, manifest: RunManifest, status: str = "running") -> None:
+    def create_run(self, manifest: RunManifest, status: RunStatus = "running") -> None:
         """The provisional row of a run being submitted, its nodes and first history entry."""
         now = utcnow()
         row = rows.run_row(manifest, now)
@@ -128,7 +128,7 @@ class Store:
     def set_status(
         self,
         run_id: str,
-        status: str,
+        status: RunStatus,
         reason: str | None = None,
         failure: dict[str, Any] | None = None,
     ) -> None:

@@ -99,7 +99,8 @@ class NodeUnreachable(NodeError):
 
 def node_error(node: str, doing: str, exc: BaseException, remedy: str | None = None) -> NodeError:
     """A NodeError for an unexpected OS or protocol error while doing something on a node."""
-    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    strerror = exc.strerror if isinstance(exc, OSError) else None
+    detail = strerror or str(exc) or type(exc).__name__
     return NodeError(f"{doing} failed", {node: f"{doing}: {detail}"}, remedy)
 
 
@@ -348,6 +349,11 @@ class Transport(ABC):
     @abstractmethod
     def makedirs(self, remote: str) -> None:
         """Create a directory and its parents on the node (no error if it exists)."""
+
+    @abstractmethod
+    def remove_tree(self, remote: str) -> None:
+        """Remove a path and, for a directory, everything in it, as `rm -rf` does: links are
+        removed, never followed; a path that does not exist is no error."""
 
     @abstractmethod
     def close(self) -> None:

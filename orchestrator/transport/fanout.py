@@ -41,7 +41,7 @@ class FanOutError(NodeError, Generic[T]):
         self.results = results
         remedies = []
         for exc in errors.values():
-            remedy = getattr(exc, "remedy", None)
+            remedy = exc.remedy if isinstance(exc, OrchestratorError) else None
             if remedy and remedy not in remedies:
                 remedies.append(remedy)
         super().__init__(

@@ -213,6 +213,15 @@ class LocalTransport(Transport):
         with file_errors(self.name, f"creating directory {remote}"):
             os.makedirs(remote, exist_ok=True)
 
+    def remove_tree(self, remote: str) -> None:
+        with file_errors(self.name, f"removing {remote}"):
+            if not os.path.lexists(remote):
+                return
+            if stat.S_ISDIR(os.lstat(remote).st_mode):
+                shutil.rmtree(remote)  # removes links inside, never follows them
+            else:
+                os.unlink(remote)
+
     def close(self) -> None:
         pass
 

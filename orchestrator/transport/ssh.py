@@ -379,6 +379,27 @@ class SshTransport(Transport):
         with self._sftp_session(f"creating directory {remote}") as sftp:
             self._makedirs(sftp, remote.rstrip("/"))
 
+    def remove_tree(self, remote: str) -> None:
+        # Over the SFTP session already open: no command, so no login shell on the node.
+        with self._sftp_session(f"removing {remote}") as sftp:
+            try:
+                mode = sftp.lstat(remote).st_mode or 0
+            except FileNotFoundError:
+                return
+            if stat.S_ISDIR(mode):
+                self._remove_dir(sftp, remote.rstrip("/") or "/")
+            else:
+                sftp.remove(remote)
+
+    def _remove_dir(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        for entry in sftp.listdir_attr(path):
+            child = f"{path}/{entry.filename}"
+            if stat.S_ISDIR(entry.st_mode or 0):  # listdir_attr's modes are lstat's
+                self._remove_dir(sftp, child)
+            else:
+                sftp.remove(child)
+        sftp.rmdir(path)
+
     def _makedirs(self, sftp: paramiko.SFTPClient, path: str) -> None:
         if not path:
             return

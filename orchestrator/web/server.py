@@ -48,7 +48,7 @@ def read_token(token: str | None, token_file: str | None) -> str | None:
         lines = Path(token_file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"cannot read the token file {token_file}: {getattr(exc, 'strerror', None) or exc}",
+            f"cannot read the token file {token_file}: {_os_reason(exc)}",
             "check the path and its permissions",
         ) from None
     first = lines[0].strip() if lines else ""
@@ -141,3 +141,10 @@ def serve(
     finally:
         sock.close()
         app.state.web.engine.dispose()
+
+
+def _os_reason(exc: OSError | UnicodeDecodeError) -> str:
+    """The OS's words for a failed read (no errno prefix), else the exception's own."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

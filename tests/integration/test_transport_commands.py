@@ -369,6 +369,29 @@ def test_get_tree_copies_a_run_folder(transport: Transport, tmp_path: Path) -> N
     assert sorted(s.split(" (")[0] for s in skipped) == ["link.log", "loop"]
 
 
+def test_remove_tree_removes_a_run_folder_and_never_follows_a_link(
+    transport: Transport, tmp_path: Path
+) -> None:
+    kept = tmp_path / "kept"
+    (kept / "inside").mkdir(parents=True)
+    (kept / "inside" / "results.json").write_text("{}")
+    run_dir = tmp_path / "run 1"
+    (run_dir / "ranks" / "deeper").mkdir(parents=True)
+    (run_dir / "ranks" / "rank-00000.json").write_text('{"rank": 0}')
+    (run_dir / "ranks" / "deeper" / "x.log").write_text("x")
+    (run_dir / "node.log").write_text("log\n")
+    (run_dir / "to-kept").symlink_to(kept)  # a link to a folder: removed, not entered
+    (run_dir / "to-file").symlink_to(kept / "inside" / "results.json")
+    transport.remove_tree(str(run_dir))
+    assert not os.path.lexists(run_dir)
+    assert (kept / "inside" / "results.json").read_text() == "{}"
+    transport.remove_tree(str(run_dir))  # already gone: no error, as rm -rf
+    single = tmp_path / "single.log"
+    single.write_text("s")
+    transport.remove_tree(str(single))
+    assert not single.exists()
+
+
 def test_a_link_to_a_secret_in_the_run_folder_is_not_collected(
     transport: Transport, tmp_path: Path
 ) -> None:

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import tomllib
 
-from orchestrator import config
+from orchestrator import config, image_settings
 from orchestrator.config import parse_cluster
-from orchestrator.images import workflow
 from orchestrator.slurm_settings import SLURM_KEYS, parse_slurm_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster-file.md"
@@ -38,7 +37,7 @@ READERS = {
     "[ssh]": config._SSH_KEYS,
     "[case]": config._CASE_KEYS,
     "[[nodes]]": config._NODE_KEYS,
-    "[image]": workflow._IMAGE_KEYS,
+    "[image]": image_settings.IMAGE_KEYS,
     "[slurm]": SLURM_KEYS,
 }
 
@@ -92,8 +91,8 @@ def _parsed() -> dict[str, dict[str, Any]]:
             "workdir": node.workdir,
         },
         "[image]": {
-            "build_host": workflow.parse_image_table({}, "lab.toml").build_host,
-            "distribution": workflow.parse_image_table({}, "lab.toml").distribution,
+            "build_host": image_settings.parse_image_table({}, "lab.toml").build_host,
+            "distribution": image_settings.parse_image_table({}, "lab.toml").distribution,
         },
         "[slurm]": {
             "sbatch_options": list(slurm.sbatch_options),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -60,7 +61,7 @@ from orchestrator.store.orphans import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orchestrator.plan import Plan
+    from orchestrator.plan import NodePlan, Plan
     from orchestrator.runs.lifecycle import SubmitRequest
     from orchestrator.store import Store
     from orchestrator.transport import NodeSession, Transport
@@ -303,7 +304,7 @@ class Reattach:
         session: NodeSession,
         view: ProgressView,
         stop: threading.Event,
-        on_stop: Any,
+        on_stop: Callable[[Transport, NodePlan], None] | None,
     ) -> None:
         self.plan, self.session, self.view, self.stop, self.on_stop = (
             plan,

@@ -14,24 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.backends.base import Detached, DetachItem, DoctorReport, WorkerContext
-from orchestrator.backends.ssh import adoption
-from orchestrator.backends.ssh.doctor import run_doctor
-from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
-from orchestrator.clock import utcnow
-from orchestrator.runs.liveness import liveness
-from orchestrator.runs.request import cluster_from
+from orchestrator.backends.ssh.submit import make_plan, ssh_manifest
 from orchestrator.states import BackendName
-from orchestrator.store import leases
-from orchestrator.store.cancel import request_cancel
-from orchestrator.store.follower import Follower
-from orchestrator.store.orphans import find_orphans
-from orchestrator.store.queries import run_brief
-from orchestrator.store.queue import enqueue
 
+# What reads or writes the store (SQLAlchemy) is imported by the methods that use it: planning
+# a run (`submit --dry-run`) loads no store.
 if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
+    from orchestrator.backends.ssh.adoption import Adopters
     from orchestrator.plan import Plan
     from orchestrator.runfolder.folder import RunManifest
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
@@ -56,6 +48,8 @@ class SshRun:
         return "on " + ", ".join(n.node.name for n in self.plan.nodes)
 
     def check_free(self, store: Store) -> None:
+        from orchestrator.store import leases
+
         nodes = [n.node.name for n in self.plan.nodes]
         leases.check_nodes_free(store, self.plan.job.cluster.name, nodes)
 
@@ -68,6 +62,8 @@ class SshRun:
         console: Console,
         queued_at: datetime | None = None,
     ) -> Outcome:
+        from orchestrator.backends.ssh.submit import execute
+
         return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
 
 
@@ -88,11 +84,16 @@ class SshBackend:
     def doctor(
         self, cluster: ClusterSpec, topology: str | None, node_names: str | None
     ) -> DoctorReport:
+        from orchestrator.backends.ssh.doctor import run_doctor
+
         return run_doctor(cluster, topology, node_names)
 
     @contextmanager
     def detach(self, items: Sequence[DetachItem]) -> Iterator[Detached]:
         """Queued for `orchestrator worker`: a `queued` row each, with its request."""
+        from orchestrator.clock import utcnow
+        from orchestrator.store.queue import enqueue
+
         queued: list[tuple[RunManifest, dict[str, object]]] = []
         for cluster, req, doc in items:
             plan = make_plan(cluster, req)
@@ -108,6 +109,10 @@ class SshBackend:
     def cancel(self, store: Store, run_id: str, by: str, runs_dir: Path, console: Console) -> str:
         """A queued run at once; a running one through its follower (it sees the request when
         it renews its leases), or, when its follower is gone, here: its nodes cleaned."""
+        from orchestrator.backends.ssh import adoption
+        from orchestrator.store.cancel import request_cancel
+        from orchestrator.store.follower import Follower
+
         result = request_cancel(store, run_id, by)
         if result != "requested":
             return result
@@ -131,6 +136,11 @@ class SshBackend:
         stop: threading.Event,
         console: Console,
     ) -> None:
+        from orchestrator.backends.ssh import adoption
+        from orchestrator.runs.request import cluster_from
+        from orchestrator.store import leases
+        from orchestrator.store.orphans import find_orphans
+
         while _status(store, run_id) == "running" and not stop.is_set():
             orphans = find_orphans(store, self.name, run_id=run_id)
             if orphans:
@@ -139,19 +149,26 @@ class SshBackend:
             else:
                 adoption.watch(store, run_id, console, stop)
 
-    def followers(self, ctx: WorkerContext) -> adoption.Adopters:
-        return adoption.Adopters(
-            ctx.store, ctx.holder, ctx.runs_dir, ctx.stop, ctx.console, ctx.ttl_s
-        )
+    def followers(self, ctx: WorkerContext) -> Adopters:
+        from orchestrator.backends.ssh.adoption import Adopters
+
+        return Adopters(ctx.store, ctx.holder, ctx.runs_dir, ctx.stop, ctx.console, ctx.ttl_s)
 
     def settle(self, store: Store, holder: str, console: Console, runs_dir: Path) -> list[str]:
+        from orchestrator.backends.ssh import adoption
+
         return adoption.reconcile(store, holder, console, runs_dir, mode="settle")
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
+        from orchestrator.runs.liveness import liveness
+        from orchestrator.store import leases
+
         return leases.describe_leases(conn, liveness)
 
 
 def _status(store: Store, run_id: str) -> str | None:
+    from orchestrator.store.queries import run_brief
+
     with store.reading() as conn:
         brief = run_brief(conn, run_id)
     return brief.status if brief else None

@@ -8,7 +8,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import sha256
@@ -28,6 +28,7 @@ from orchestrator.runs.stopping import stop_reason
 from orchestrator.workload_source import workload_files
 
 if TYPE_CHECKING:
+    from orchestrator.backends.ssh.preflight import StagedWorkload
     from orchestrator.plan import NodePlan, Plan
     from orchestrator.transport import NodeSession, RemoteProcess, Transport
 
@@ -61,10 +62,26 @@ def workload_manifest(files: list[tuple[str, Path]]) -> str:
     return "\n".join(f"{sha256(local.read_bytes()).hexdigest()}  {rel}" for rel, local in files)
 
 
-def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
+def staged_workloads(plan: Plan) -> dict[str, StagedWorkload]:
+    """node -> the workload folder the host runtime stages there and its manifest, for the
+    preflight probe to verify on its way (no round trip of its own); empty for containers."""
+    if plan.runtime != "host":
+        return {}
+    manifest = workload_manifest(workload_files())
+    return {
+        np_.node.name: {"dir": np_.workload_dir, "manifest": manifest}
+        for np_ in plan.nodes
+        if np_.workload_dir is not None
+    }
+
+
+def stage(
+    session: NodeSession, plan: Plan, timeout: float, verified: Collection[str] | None = None
+) -> None:
     """Make the run folders; copy the workload source where the host runtime needs it. The
     workdir was found private in preflight; a staged copy is reused only if its files still
-    hash to the source's."""
+    hash to the source's: `verified` names the nodes where preflight's probe found them so
+    (None: each node checks here, `VERIFY_WORKLOAD_SCRIPT`)."""
     by_node = {np_.node.name: np_ for np_ in plan.nodes}
     files = workload_files() if plan.runtime == "host" else []
     manifest = workload_manifest(files)
@@ -75,9 +92,13 @@ def stage(session: NodeSession, plan: Plan, timeout: float) -> None:
         t.makedirs(f"{np_.run_dir}/{NCCL_LOG_DIR}")  # NCCL_DEBUG_FILE's folder (plan.py)
         if np_.workload_dir is None:
             return
-        argv = ["sh", "-c", VERIFY_WORKLOAD_SCRIPT, "verify", np_.workload_dir, manifest]
-        if t.run(argv, timeout=timeout, check=False).exit_code == 0:
-            return  # content-addressed and verified: same hash, same files
+        if verified is not None:
+            if t.node.name in verified:
+                return  # content-addressed and verified by the probe: same hash, same files
+        else:
+            argv = ["sh", "-c", VERIFY_WORKLOAD_SCRIPT, "verify", np_.workload_dir, manifest]
+            if t.run(argv, timeout=timeout, check=False).exit_code == 0:
+                return  # content-addressed and verified: same hash, same files
         for rel, local in files:
             remote = str(PurePosixPath(np_.workload_dir) / rel)
             t.makedirs(str(PurePosixPath(remote).parent))
@@ -147,11 +168,31 @@ class Watch:
         self.by_node = {np_.node.name: np_ for np_ in plan.nodes}
 
     def start(self, timeout: float) -> None:
+        """Every node's workload, and its sampler beside it: both spawned at once on two
+        channels of the node's connection, so the sampler adds no round trip to the start.
+        Should any node's workload not start, every node is stopped (samplers included)."""
+        lock = threading.Lock()
+        samplers: list[threading.Thread] = []
+
         def one(t: Transport) -> RemoteProcess:
             np_ = self.by_node[t.node.name]
+            sampler = threading.Thread(
+                target=self._start_monitor,
+                args=(t, lock),
+                name=f"monitor-{t.node.name}",
+                daemon=True,
+            )
+            sampler.start()
+            with lock:
+                samplers.append(sampler)
             return t.spawn(list(np_.argv), env=np_.env_dict, cwd=np_.run_dir, log_path=np_.log_path)
 
+        deadline = time.monotonic() + timeout
         started = self.session.fan_out_results(one, timeout=timeout, what="start")
+        with lock:
+            pending = list(samplers)
+        for sampler in pending:  # a sampler late past the deadline costs its series only
+            sampler.join(max(0.0, deadline - time.monotonic()))
         self.procs = dict(started.succeeded)
         if not started.ok():
             self.stop_all()
@@ -159,27 +200,25 @@ class Watch:
 
             failed = {n: str(e) for n, e in started.failed.items()}
             raise NodeError("could not start the workload", failed)
-        self._start_monitors(timeout)
 
-    def _start_monitors(self, timeout: float) -> None:
-        """One sampler per node, with the run's id in its environment so that every stop ends
+    def _start_monitor(self, t: Transport, lock: threading.Lock) -> None:
+        """The node's sampler, with the run's id in its environment so that every stop ends
         it. A sampler that cannot start costs the run its series on that node, nothing more."""
-        every_s = monitor.interval_s()
+        np_ = self.by_node[t.node.name]
         tool = [self.plan.monitor_tool] if self.plan.monitor_tool else []
-
-        def one(t: Transport) -> RemoteProcess:
-            np_ = self.by_node[t.node.name]
-            python = "python3" if self.plan.runtime == "docker" else np_.node.python
-            out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
-            return t.spawn(
-                monitor.sampler_argv(python, tool, out, every_s, _indices(np_)),
+        python = "python3" if self.plan.runtime == "docker" else np_.node.python
+        out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
+        try:
+            proc = t.spawn(
+                monitor.sampler_argv(python, tool, out, monitor.interval_s(), _indices(np_)),
                 env=run_env(self.plan.job.run_id, np_.node.name, "monitor"),
                 cwd=np_.run_dir,
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",
             )
-
-        started = self.session.fan_out_results(one, timeout=timeout, what="start monitors")
-        self.monitors = dict(started.succeeded)
+        except Exception:  # the missing series says it, as before
+            return
+        with lock:
+            self.monitors[t.node.name] = proc
 
     def stop_monitors(self) -> None:
         if not self.monitors:
@@ -306,7 +345,10 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             t.get_tree(nccl, node_dir / NCCL_LOG_DIR)
             join_nccl_logs(sorted((node_dir / NCCL_LOG_DIR).glob("*.log")), node_dir)
             shutil.rmtree(node_dir / NCCL_LOG_DIR, ignore_errors=True)
-        t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
+        try:  # over the open SFTP session: no command (and no login shell) on the node
+            t.remove_tree(np_.run_dir)
+        except NodeError:
+            pass  # as `rm -rf` before: what could not be removed stays, the results are here
         if skipped:  # a link or a strange name in a run folder: say so, it is not a result
             raise NodeError(
                 "collecting left files out",

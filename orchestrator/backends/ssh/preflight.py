@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from orchestrator.backends.ssh.runtime_check import runtime_probe_args
 from orchestrator.errors import NodeError, PreflightError
@@ -28,11 +28,20 @@ PROBE_SOURCE = NODE_PROBE_PATH.read_text(encoding="utf-8")
 VISIBLE_DEVICES_KEY = "visible_devices_env"
 
 
+class StagedWorkload(TypedDict):
+    """A workload folder staged on a node and the `sha256sum` lines its files must match."""
+
+    dir: str
+    manifest: str
+
+
 @dataclass
 class NodeReport:
     node: str
     checks: list[dict[str, Any]] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)
+    # The probe found the staged workload complete, every file as its manifest says.
+    workload_staged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -49,6 +58,7 @@ def probe_args(
     smi: str | None,
     docker: bool,
     visible_devices_var: str | None = None,
+    workload: StagedWorkload | None = None,
 ) -> dict[str, Any]:
     return {
         "nproc": job.topology.nproc_per_node,
@@ -65,6 +75,8 @@ def probe_args(
         **runtime_probe_args(job, node, docker=docker),
         # host runtime: which devices an admin's own setting on the node makes visible
         "visible_devices_env": None if docker else visible_devices_var,
+        # the staged workload to verify (read only), so that staging needs no check of its own
+        **({"workload": workload} if workload is not None else {}),
     }
 
 
@@ -88,7 +100,7 @@ def probe_node(
     except (ValueError, IndexError):
         return NodeReport(name, [{"name": "probe", "ok": False, "detail": "unreadable output"}])
     checks = [{"name": "connect", "ok": True, "detail": "reachable"}, *data["checks"]]
-    return NodeReport(name, checks, data["env"])
+    return NodeReport(name, checks, data["env"], data.get("workload_staged") is True)
 
 
 def probe_all(
@@ -100,9 +112,11 @@ def probe_all(
     timeout: float = 120.0,
     visible_devices_var: str | None = None,
     on_node: Callable[[NodeReport, float], None] | None = None,
+    workloads: Mapping[str, StagedWorkload] | None = None,
 ) -> dict[str, NodeReport]:
     """Probe every connected node in parallel; a node whose probe breaks gets a failed check.
-    `on_node(report, seconds)` hears of each node as its probe ends (live progress)."""
+    `on_node(report, seconds)` hears of each node as its probe ends (live progress);
+    `workloads`: node -> its staged workload, verified by the probe (NodeReport.workload_staged)."""
     nodes = {n.name: n for n in job.nodes}
 
     def one(t: Transport) -> NodeReport:
@@ -110,7 +124,12 @@ def probe_all(
         python = "python3" if docker else node.python
         started = time.monotonic()
         args = probe_args(
-            job, node, smi=smi, docker=docker, visible_devices_var=visible_devices_var
+            job,
+            node,
+            smi=smi,
+            docker=docker,
+            visible_devices_var=visible_devices_var,
+            workload=(workloads or {}).get(node.name),
         )
         report = probe_node(t, python, args, timeout)
         if on_node is not None:
@@ -170,6 +189,7 @@ def run_preflight(
     timeout: float = 120.0,
     visible_devices_var: str | None = None,
     on_node: Callable[[NodeReport, float], None] | None = None,
+    workloads: Mapping[str, StagedWorkload] | None = None,
 ) -> dict[str, NodeReport]:
     """Probe every node; raise PreflightError naming each failing node and check."""
     reports = probe_all(
@@ -180,6 +200,7 @@ def run_preflight(
         timeout=timeout,
         on_node=on_node,
         visible_devices_var=visible_devices_var,
+        workloads=workloads,
     )
     bad = {name: "; ".join(r.failures()) for name, r in reports.items() if not r.ok}
     bad.update(shared_workdirs(reports, {n.name: n.workdir for n in job.nodes}))

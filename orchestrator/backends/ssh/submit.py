@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
@@ -19,8 +19,8 @@ from orchestrator.backends.ssh.guard import (
     heartbeat_every_s,
     start_guards,
 )
-from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage
-from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, run_preflight
+from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage, staged_workloads
+from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, NodeReport, run_preflight
 from orchestrator.backends.ssh.runtime_check import (
     check_runtime_options,
     device_facts,
@@ -28,12 +28,11 @@ from orchestrator.backends.ssh.runtime_check import (
 )
 from orchestrator.clock import utcnow
 from orchestrator.errors import NodeError, OrchestratorError
-from orchestrator.plan import Plan, build_plan
+from orchestrator.plan import NodePlan, Plan, build_plan
 from orchestrator.rendezvous import master_address
 from orchestrator.runfolder.folder import ImageRef, NodeRef, RunManifest, make_run_dir
 from orchestrator.runs.ending import Cancelled, check_stop, finalize
 from orchestrator.runs.failure import Failure
-from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.lifecycle import (
     Outcome,
     PhaseClock,
@@ -47,14 +46,14 @@ from orchestrator.runs.progress import ProgressView, verbosity
 from orchestrator.runs.request import encode_request
 from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
-from orchestrator.store.leases import create_followed_run, follower_ttl_s, release
 from orchestrator.workload_source import workload_hash
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from orchestrator.images.profiles import VendorProfile
     from orchestrator.store import Store
-    from orchestrator.transport import NodeSession
+    from orchestrator.transport import NodeSession, Transport
 
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
@@ -125,7 +124,7 @@ def make_plan(
 
 
 def _with_runtime_notes(
-    plan: Plan, profile: Any, facts: Mapping[str, Mapping[str, bool]] | None
+    plan: Plan, profile: VendorProfile, facts: Mapping[str, Mapping[str, bool]] | None
 ) -> Plan:
     """Each node's runtime options, used or left out and why, for the dry run."""
     from orchestrator.images.runtime_choice import choose_runtime
@@ -198,6 +197,10 @@ def execute(
     exists already, queued then claimed by a worker that holds its node leases. Otherwise
     this process takes the nodes' leases itself and keeps them while it follows the run, so
     that a worker or `orchestrator attach` adopts the run should this process die."""
+    # Here, not at the top: planning (`submit --dry-run`) loads no store.
+    from orchestrator.runs.keeper import LeaseKeeper
+    from orchestrator.store.leases import create_followed_run, follower_ttl_s, release
+
     job = plan.job
     run_dir = runs_dir / job.run_id
     submitted_at = queued_at or utcnow()
@@ -241,6 +244,7 @@ class _Submission:
         self.plan, self.req, self.store, self.run_dir = plan, req, store, run_dir
         self.stop, self.console = stop, console
         self.phases = PhaseClock()
+        self.verified: set[str] = set()  # nodes whose staged workload preflight verified
         self.view = ProgressView(plan.job.run_id, console)
         self.started_at: datetime | None = None
 
@@ -301,8 +305,10 @@ class _Submission:
             visible_devices_var=plan.visible_devices_var,
             docker=plan.runtime == "docker",
             on_node=lambda report, took: self.view.line(_preflight_line(report, took)),
+            workloads=staged_workloads(plan),
         )
         self.phases.lap("preflight")
+        self.verified = {name for name, r in reports.items() if r.workload_staged}
         facts = device_facts({name: r.env for name, r in reports.items()})
         chosen = runtime_lines(plan, facts) if plan.runtime == "docker" else {}
         for np_ in plan.nodes:
@@ -332,7 +338,7 @@ class _Submission:
 
     def stage(self, session: NodeSession) -> None:
         self.view.phase("staging", _staging_detail(self.plan))
-        stage(session, self.plan, STAGE_TIMEOUT_S)
+        stage(session, self.plan, STAGE_TIMEOUT_S, self.verified)
         self.phases.lap("stage")
 
     def run_workload(
@@ -392,7 +398,7 @@ class _Submission:
         return finalize(manifest, self.run_dir, self.store, status, failure)
 
 
-def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, Any]) -> Plan:
+def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, NodeReport]) -> Plan:
     """The host runtime's plan with the visible devices each node's own environment sets
     (its CUDA_VISIBLE_DEVICES, as preflight read it); a list that cannot serve the topology
     is refused here, before anything starts."""
@@ -406,7 +412,7 @@ def _with_node_devices(plan: Plan, req: SubmitRequest, reports: dict[str, Any]) 
     return replace(rebuilt, job=job)
 
 
-def _preflight_line(report: Any, took_s: float) -> str:
+def _preflight_line(report: NodeReport, took_s: float) -> str:
     """One node's preflight, as it finishes: ok, or its failed checks."""
     if report.ok:
         return f"preflight {report.node}: ok, {len(report.checks)} checks in {took_s:.1f} s"
@@ -429,7 +435,7 @@ def _staging_detail(plan: Plan) -> str:
 def _with_image(
     plan: Plan,
     req: SubmitRequest,
-    session: Any,
+    session: NodeSession,
     store: Store,
     console: Console,
     facts: Mapping[str, Mapping[str, bool]],
@@ -457,13 +463,13 @@ def _with_image(
     return replace(rebuilt, job=job)
 
 
-def container_cleanup(plan: Plan) -> Any:
+def container_cleanup(plan: Plan) -> Callable[[Transport, NodePlan], None] | None:
     """Watch's on_stop for the docker runtime: the run's containers go, whatever ended it."""
     if plan.runtime != "docker":
         return None
     from orchestrator.images.containers import remove_run_containers
 
-    def cleanup(transport: Any, node_plan: Any) -> None:
+    def cleanup(transport: Transport, node_plan: NodePlan) -> None:
         remove_run_containers(transport, plan.job.run_id, node_plan.node.docker_host)
 
     return cleanup

@@ -194,7 +194,12 @@ def show_command(app: AppContext, run: str, output: str) -> None:
     "--group/--no-group",
     default=True,
     show_default=True,
-    help="One row per configuration with mean ± sd (min-max) over its repeats, or one per run.",
+    help="One row per configuration with mean ± 95 % CI and CV over its repeats, or one per run.",
+)
+@click.option(
+    "--olympic",
+    is_flag=True,
+    help="Add the olympic mean (the fastest and slowest run dropped; below 3 runs, the mean).",
 )
 @click.option(
     "--plots",
@@ -213,6 +218,7 @@ def report(
     since: str | None,
     run_ids: tuple[str, ...],
     group: bool,
+    olympic: bool,
     plots_dir: str | None,
     output: str,
 ) -> None:
@@ -265,7 +271,9 @@ def report(
 
         plots = write_plots(plots_dir, groups, history, regressions)
     if group:
-        text = render_grouped_report(env, groups, rows, regressions, output, plots, warnings)
+        text = render_grouped_report(
+            env, groups, rows, regressions, output, plots, warnings, olympic
+        )
     else:
         text = render_report(env, rows, output, regressions, plots, warnings)
     click.echo(text, nl=False)

@@ -33,6 +33,12 @@ REGRESSION_EXIT = 1  # a threshold was crossed (bad input exits 2, as every comm
     help="Exit 1 when a change is above this, for metrics where lower is better: e2e_time=+10%.",
 )
 @click.option(
+    "--require-significant",
+    is_flag=True,
+    help="A limit is crossed only when Welch's t-test finds the change significant (p < 0.05) "
+    "where both sides are configurations with 2+ runs.",
+)
+@click.option(
     "--last",
     type=click.IntRange(1, 100_000),
     default=10,
@@ -46,6 +52,7 @@ def compare(
     output: str,
     fail_below: tuple[str, ...],
     fail_above: tuple[str, ...],
+    require_significant: bool,
     last: int,
 ) -> None:
     """Compare runs or configurations: every metric with its change from the first (the
@@ -61,13 +68,17 @@ def compare(
       orchestrator compare 20260114-101500 20260120-093000
       orchestrator compare metax-c500:2x8:amp metax-c500:2x8:amp:bs=32 --format markdown
       orchestrator compare BASELINE_RUN NEW_RUN --fail-below p_core=-5%   # exit 1 on a regression
+      orchestrator compare nvidia:2x8:amp:/ nvidia:2x8:amp:/ --last 5 \\
+          --fail-below p_core=-2% --require-significant
     """
     from orchestrator.reports.compare import breaches, parse_threshold, render, unlike_warning
     from orchestrator.reports.compare import compare as compare_sides
     from orchestrator.reports.compare_sides import load_sides
 
-    thresholds = [parse_threshold(t) for t in fail_below]
-    thresholds += [parse_threshold(t, above=True) for t in fail_above]
+    thresholds = [parse_threshold(t, significant=require_significant) for t in fail_below]
+    thresholds += [
+        parse_threshold(t, above=True, significant=require_significant) for t in fail_above
+    ]
     with app.open_store() as store, store.reading() as conn:
         sides = load_sides(conn, list(items), last)
     comparison = compare_sides(sides)

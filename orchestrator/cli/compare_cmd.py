@@ -39,6 +39,13 @@ REGRESSION_EXIT = 1  # a threshold was crossed (bad input exits 2, as every comm
     "where both sides are configurations with 2+ runs.",
 )
 @click.option(
+    "--since-change-point",
+    "since_change",
+    is_flag=True,
+    help="A configuration is the mean of its runs since its last change point (at most --last): "
+    "the level it is at now, not a mix with the level before (orchestrator history CONFIG).",
+)
+@click.option(
     "--last",
     type=click.IntRange(1, 100_000),
     default=10,
@@ -53,6 +60,7 @@ def compare(
     fail_below: tuple[str, ...],
     fail_above: tuple[str, ...],
     require_significant: bool,
+    since_change: bool,
     last: int,
 ) -> None:
     """Compare runs or configurations: every metric with its change from the first (the
@@ -80,7 +88,7 @@ def compare(
         parse_threshold(t, above=True, significant=require_significant) for t in fail_above
     ]
     with app.open_store() as store, store.reading() as conn:
-        sides = load_sides(conn, list(items), last)
+        sides = load_sides(conn, list(items), last, since_change)
     comparison = compare_sides(sides)
     warning = unlike_warning(comparison)
     if warning:

@@ -19,6 +19,7 @@ from orchestrator.queue.keeper import LeaseKeeper
 from orchestrator.queue.leases import LEASE_TTL_S, Claim
 from orchestrator.runs.lifecycle import request_from_doc
 from orchestrator.runs.progress import summary_line
+from orchestrator.runs.repeat_rule import repeat_check
 from orchestrator.runs.stopping import StopEvent
 
 if TYPE_CHECKING:
@@ -40,6 +41,14 @@ def run_claim(
 ) -> str:
     """Execute one claimed run under its leases; returns its final status."""
     doc = claim.request
+    rule = repeat_check(store, doc)  # a campaign's repeat rule may already hold
+    if rule is not None:
+        console.print(f"run {claim.run_id}: {rule.describe()}", markup=False, highlight=False)
+        if rule.holds:
+            leases.end_run(store, claim.run_id, "cancelled", rule.describe(), ["running"])
+            leases.release(store, claim.run_id, holder)
+            leases.finish_campaign_if_done(store, doc.get("campaign_id"))
+            return "cancelled"
     try:
         cluster = leases.cluster_from(doc)
         # Runs on disjoint nodes may run at once; nodes that share a network namespace (or a
@@ -80,6 +89,9 @@ def run_claim(
         markup=False,
         highlight=False,
     )
+    after = repeat_check(store, doc, before_run=False)
+    if after is not None:  # says whether the configuration repeats again
+        console.print(f"run {claim.run_id}: {after.describe()}", markup=False, highlight=False)
     return outcome.status
 
 

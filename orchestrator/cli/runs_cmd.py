@@ -231,6 +231,7 @@ def report(
     \b
     Example: orchestrator report --vendor metax-c500 --topology 2x8 --plots plots/ > c500-2x8.md
     """
+    from orchestrator.reports.convergence_reads import convergence_checks
     from orchestrator.reports.history import campaign_run_ids, configuration_history
     from orchestrator.reports.report import render_grouped_report, render_report
     from orchestrator.reports.stats import group_rows, regressions_by_run
@@ -263,6 +264,8 @@ def report(
             click.echo(f"warning: {_no_runs(conn, given, 'succeeded runs')}", err=True)
         history = configuration_history(conn, rows)
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
+        checks = convergence_checks(conn, rows)
+    convergence = [c for c in checks.values() if c.flagged]
     regressions = regressions_by_run(rows, history)
     groups = group_rows(rows)
     plots: list[tuple[str, str]] = []
@@ -272,10 +275,10 @@ def report(
         plots = write_plots(plots_dir, groups, history, regressions)
     if group:
         text = render_grouped_report(
-            env, groups, rows, regressions, output, plots, warnings, olympic
+            env, groups, rows, regressions, output, plots, warnings, olympic, convergence
         )
     else:
-        text = render_report(env, rows, output, regressions, plots, warnings)
+        text = render_report(env, rows, output, regressions, plots, warnings, convergence)
     click.echo(text, nl=False)
 
 

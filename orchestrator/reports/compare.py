@@ -18,6 +18,7 @@ from typing import Any, Literal
 from orchestrator import units
 from orchestrator.errors import ConfigError
 from orchestrator.reports.confidence import Interval, Welch, interval_of, welch
+from orchestrator.reports.convergence import Convergence
 from orchestrator.reports.stats import METRICS, spread
 
 # Units of the seed metrics (docs/metrics.md); mAP is a fraction of 1.
@@ -400,10 +401,19 @@ def difference_rows(comparison: Comparison) -> list[list[str]]:
     return rows
 
 
-def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -> str:
-    """markdown, csv or json (the CLI draws `table` itself)."""
+def render(
+    comparison: Comparison,
+    output: str,
+    failed: Sequence[Breach] = (),
+    convergence: Sequence[Convergence] = (),
+) -> str:
+    """markdown, csv or json (the CLI draws `table` itself); CSV has no convergence."""
     if output == "markdown":
-        return _markdown(comparison, failed)
+        from orchestrator.reports.report import convergence_lines
+
+        return _markdown(comparison, failed) + "".join(
+            line + "\n" for line in convergence_lines(convergence)
+        )
     if output == "csv":
         from orchestrator.reports.report import to_csv
 
@@ -474,6 +484,7 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                 "environment_differs": sorted(comparison.environment_differs),
                 "hparams_differ": sorted(comparison.hparams_differ),
                 "failed": [b.describe() for b in failed],
+                "convergence": [c.as_dict() for c in convergence],
             }
         )
     raise ConfigError(

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from orchestrator import units
 from orchestrator.errors import ConfigError
+from orchestrator.reports.convergence import Convergence
 from orchestrator.reports.stats import METRICS, Group, Regression
 
 # Column -> (header for people, formatter). Units in the headers; times to 0.1 s, throughputs to
@@ -82,11 +83,13 @@ def render_report(
     regressions: Mapping[str, Sequence[Regression]] | None = None,
     plots: Sequence[tuple[str, str]] = (),
     warnings: Mapping[str, Sequence[str]] | None = None,
+    convergence: Sequence[Convergence] = (),
 ) -> str:
-    """One row per run. Warnings, regressions and plots are listed below the markdown table."""
+    """One row per run. Warnings, regressions, convergence flags and plots are listed below the
+    markdown table."""
     if output in ("markdown", "table"):
         extra = _warning_lines(warnings or {}) + _regression_lines(regressions or {})
-        extra += _plot_lines(plots)
+        extra += convergence_lines(convergence) + _plot_lines(plots)
         headers = [header for _, header, _ in SEED_HEADERS]
         body = [seed_cells(row) for row in rows]
         if output == "table":
@@ -100,6 +103,7 @@ def render_report(
             "environment": {label: values for label, values in environment},
             "runs": [_run_document(row) for row in rows],
             "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
+            "convergence": [c.as_dict() for c in convergence],
         }
         return to_json(document)
     raise ConfigError(
@@ -205,11 +209,12 @@ def render_grouped_report(
     plots: Sequence[tuple[str, str]] = (),
     warnings: Mapping[str, Sequence[str]] | None = None,
     olympic: bool = False,
+    convergence: Sequence[Convergence] = (),
 ) -> str:
     """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
     if output in ("markdown", "table"):
         return _grouped_text(
-            environment, groups, regressions, plots, output, warnings or {}, olympic
+            environment, groups, regressions, plots, output, warnings or {}, olympic, convergence
         )
     if output == "csv":
         columns = [*GROUP_KEYS, "n"]
@@ -261,6 +266,7 @@ def render_grouped_report(
             ],
             "plots": {title: path for title, path in plots},
             "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
+            "convergence": [c.as_dict() for c in convergence],
         }
         return to_json(document)
     raise ConfigError(
@@ -303,13 +309,15 @@ def _grouped_text(
     output: str,
     warnings: Mapping[str, Sequence[str]],
     olympic: bool,
+    convergence: Sequence[Convergence],
 ) -> str:
     headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"] + ["n", "regression"]
     body = [group_cells(g, regressions, olympic) for g in groups]
     extra: list[str] = []
     if groups:
         extra += ["", GROUPED_NOTE + (OLYMPIC_NOTE if olympic else "")]
-    extra += _warning_lines(warnings) + _regression_lines(regressions) + _plot_lines(plots)
+    extra += _warning_lines(warnings) + _regression_lines(regressions)
+    extra += convergence_lines(convergence) + _plot_lines(plots)
     if output == "table":
         return _terminal(environment, headers, body, extra)
     return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)
@@ -326,6 +334,13 @@ def _regression_lines(regressions: Mapping[str, Sequence[Regression]]) -> list[s
     if not found:
         return []
     return ["", "#### Regressions", "", *[f"- {r.run_id}: {r.describe()}" for r in found]]
+
+
+def convergence_lines(convergence: Sequence[Convergence]) -> list[str]:
+    """Runs that got faster or slower while converging differently (docs/metrics.md)."""
+    if not convergence:
+        return []
+    return ["", "#### Convergence", "", *[f"- {c.describe()}" for c in convergence]]
 
 
 def _plot_lines(plots: Sequence[tuple[str, str]]) -> list[str]:

@@ -102,3 +102,25 @@ def test_compare_against_the_runs_since_the_last_change_point(run_cli: Any, plan
         since["sides"][0]["intervals"]["p_core"]["cv"]
         < plain["sides"][0]["intervals"]["p_core"]["cv"]
     )
+
+
+def test_change_points_are_remembered_until_the_history_changes(
+    planted: str, sqlite_store: Any
+) -> None:
+    from sqlalchemy import delete
+
+    from orchestrator.reports.history_changes import load_history
+    from orchestrator.store.config_queries import ConfigKey
+    from orchestrator.store.models import Run
+
+    key = ConfigKey("metax-c500", "MXC500 2x8", "amp", "epochs=2")
+    with sqlite_store.reading() as conn:
+        first = load_history(conn, key)
+        again = load_history(conn, key)
+    assert again.points is first.points  # from memory
+    with sqlite_store.transaction() as conn:  # runs 140.. deleted: the wheel step is gone
+        conn.execute(delete(Run).where(Run.run_id >= "hist-00140"))
+    with sqlite_store.reading() as conn:
+        after = load_history(conn, key)
+    assert [p.run_id for p in first.points] == ["hist-00080", "hist-00140"]
+    assert [p.run_id for p in after.points] == ["hist-00080"]

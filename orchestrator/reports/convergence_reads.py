@@ -3,6 +3,7 @@ of its references (the configuration's last REFERENCE_RUNS succeeded runs before
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,25 +45,25 @@ def convergence_checks(
     mine = curves_of(conn, chosen)
     earlier: dict[str, Sequence[Mapping[Any, Any]]] = {}
     if references is None:
-        histories = {
-            key: configuration_history(conn, ConfigKey(*key))
-            for key in {config_key(r) for r in chosen}
-        }
+        # per configuration, its runs in finishing order: each run's references are the
+        # REFERENCE_RUNS before its own place (bisect, not a scan per run)
+        orders: dict[Any, tuple[list[tuple[Any, str]], Sequence[Mapping[Any, Any]]]] = {}
+        for key in {config_key(r) for r in chosen}:
+            history = configuration_history(conn, ConfigKey(*key))
+            orders[key] = ([(h["finished_at"], str(h["run_id"])) for h in history], history)
         for row in chosen:
-            done = [
-                h
-                for h in histories[config_key(row)]
-                if row.get("finished_at") is not None
-                and (h["finished_at"], str(h["run_id"])) < (row["finished_at"], str(row["run_id"]))
-            ]
-            earlier[str(row["run_id"])] = done[-REFERENCE_RUNS:]
+            if row.get("finished_at") is None:
+                continue
+            places, runs = orders[config_key(row)]
+            at = bisect_left(places, (row["finished_at"], str(row["run_id"])))
+            earlier[str(row["run_id"])] = runs[max(0, at - REFERENCE_RUNS) : at]
         ref_curves = curves_of(conn, [h for found in earlier.values() for h in found])
     found = {}
     for run_id, curve in mine.items():
         if references is None:
             refs = [
                 ref_curves[str(h["run_id"])]
-                for h in earlier[run_id]
+                for h in earlier.get(run_id, ())
                 if str(h["run_id"]) in ref_curves
             ]
         else:

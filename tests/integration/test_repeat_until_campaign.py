@@ -4,7 +4,8 @@ saying why); the same configuration on a starved node goes on to the maximum.
 
 The starved node: its sshd (and so every process a run starts there) is in a cgroup v1 cpu
 group (shared/TESTBED.md, "A starved node"); a thread in this test stops that group's processes
-75 % of the time during the node's 2nd and 4th runs, and leaves the 1st and 3rd alone. The
+3/4 of the time during the node's 2nd run, and leaves the others alone: after three runs its
+p_core varies about 4x, the rule cannot hold, and the fourth runs. The
 workload has no hook to inject noise, so the noise is real starvation, made deterministic by
 tying it to the run."""
 
@@ -23,15 +24,16 @@ from tests.support.cluster_fixtures import TINY_SETS, run_cli, start_cli, write_
 
 pytestmark = [pytest.mark.sshd, pytest.mark.torch]
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
-RULE = "{until_ci_pct = 60, min = 3, max = 4}"
+# Loose, because the testbed is a shared 2-core machine whose load alone moves a tiny run's
+# p_core by tens of percent; a run 4x slower among three is far outside it (±143 %).
+RULE = "{until_ci_pct = 100, min = 3, max = 4}"
 
 
 class Starver:
-    """Starves every other run that leases `node`: while such a run lives, the processes of the
-    node (its sshd and everything a run starts under it, gathered in a cgroup) are stopped
-    (SIGSTOP) 75 % of the time, in 0.4 s cycles. A CPU quota would starve only what the
-    machine's own load leaves: on a busy testbed it does not bind; stopping does, whatever the
-    load."""
+    """Starves the second run that leases `node`: while it lives, the processes of the node (its
+    sshd and everything a run starts under it, gathered in a cgroup) are stopped (SIGSTOP) 3/4
+    of the time, in 0.4 s cycles. A CPU quota would starve only what the machine's own load
+    leaves: on a busy testbed it does not bind; stopping does, whatever the load."""
 
     def __init__(self, url: str, node: str, pid: int) -> None:
         self.group = CGROUP_ROOT / f"orch-stats-{os.getpid()}"
@@ -62,7 +64,7 @@ class Starver:
             for run_id in current:
                 if run_id not in self.seen:
                     self.seen.append(run_id)
-                    if len(self.seen) % 2 == 0:
+                    if len(self.seen) == 2:
                         self.starved.append(run_id)
             if any(r in self.starved for r in current):
                 self._signal(signal.SIGSTOP)
@@ -142,16 +144,17 @@ def test_a_steady_configuration_stops_at_the_minimum_a_starved_one_at_the_maximu
     ran = [(node, status, p) for node, status, p, _ in rows if node is not None]
     cancelled = [reason for node, status, _, reason in rows if status == "cancelled"]
 
+    seen = "; ".join(f"{n} {s} {p}" for n, s, p in ran)
     # steady node: three samples, the rule holds, the fourth repeat is cancelled and says why
-    assert [s for n, s, _ in ran if n == "node1"] == ["succeeded"] * 3
-    assert len(cancelled) == 1
+    assert [s for n, s, _ in ran if n == "node1"] == ["succeeded"] * 3, seen
+    assert len(cancelled) == 1, seen
     assert cancelled[0].startswith(
-        "repeat rule (p_core within ±60 %, min 3, max 4) holds after 3 samples: ±"
+        "repeat rule (p_core within ±100 %, min 3, max 4) holds after 3 samples: ±"
     )
     assert "holds after 3 samples" in err
-    # starved node: the rule never holds, all four repeats run
+    # starved node: after three runs the rule does not hold, so the fourth (the maximum) runs
     noisy = [p for n, s, p in ran if n == "node2" and s == "succeeded"]
-    assert len(noisy) == 4 and len(starver.starved) == 2
-    assert max(noisy) / min(noisy) > 2.0  # the starvation is real (about 4x)
-    assert "not met after 4 runs (4 samples)" in err and "stopping at the maximum" in err
+    assert len(noisy) == 4 and len(starver.starved) == 1, seen
+    assert max(noisy) / min(noisy) > 2.0, seen  # the starvation is real (about 4x)
+    assert "not met yet with 3 samples" in err, err[-3000:]
     assert campaign_status == "finished"

@@ -339,8 +339,8 @@ def _value_cell(side: Side, metric: str) -> str:
     """A run's value, or a configuration's mean ± the half-width of its 95 % interval."""
     cell = units.metric(metric, side.metrics.get(metric))
     found = side.intervals.get(metric)
-    if found is not None and found.half_width is not None:
-        cell += f" ± {units.metric(metric, found.half_width)}"
+    if found is not None and found.half_width is not None and found.cv is not None:
+        cell += f" ± {units.metric(metric, found.half_width)} (CV {found.cv * 100:.1f}%)"
     return cell
 
 
@@ -355,7 +355,8 @@ def p_cell(delta: Delta) -> str:
 
 
 TESTED_NOTE = (
-    "A configuration is its mean ± the half-width of the 95 % confidence interval; Welch p is "
+    "A configuration is its mean ± the half-width of the 95 % confidence interval (with the "
+    "coefficient of variation, sd / mean; n is in its label); Welch p is "
     "the two-sided p-value of Welch's t-test between the baseline's repeats and the side's "
     "(* significant at 95 %)."
 )

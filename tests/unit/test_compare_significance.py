@@ -94,7 +94,7 @@ def test_outputs_carry_the_interval_and_the_test() -> None:
     comparison = _comparison(CLEAR_DROP)
     row = next(r for r in metric_rows(comparison) if r[0].startswith("p_core"))
     # baseline mean 501.2 ± t(0.975, 4) * sd / sqrt(5); the side's p-value is starred
-    assert row[1] == "501 ± 3.21" and row[-1].endswith(" *")
+    assert row[1] == "501 ± 3.21 (CV 0.5%)" and row[-1].endswith(" *")
     document = json.loads(render(comparison, "json"))
     p_core = document["changes"][0]["p_core"]["welch"]
     assert p_core["significant"] is True and p_core["df"] > 0

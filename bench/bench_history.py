@@ -8,8 +8,9 @@ p95 under 200 ms. The store (tests/support/history_store.py, rows written direct
 10,000 succeeded runs: four configurations of 2,500 runs each (two planted steps apiece), and
 the command and page are timed for one of them; then a second store where one configuration has
 all 10,000 runs (the worst case: every run of the store is in the history). `history` is timed
-as a lab runs it, a new process each time (median of --repeat, wall clock: Python's start and
-imports included); the page through `orchestrator serve` over one keep-alive connection
+as a lab runs it, a new process each time (median of --repeat, wall clock and the process's CPU time: on a
+loaded machine the CPU time is what the command costs; Python's start and imports included, and
+`orchestrator --help` timed beside it as the floor); the page through `orchestrator serve` over one keep-alive connection
 (server time from the Server-Timing header, and the wall time the client waited).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,10 +44,12 @@ def fill(url: str, per_config: int, configs: int) -> None:
         plant_history(url, runs=per_config, cv=0.02, seed=n, prefix=f"h{n}", vendor=vendor)
 
 
-def time_command(url: str, repeat: int) -> list[float]:
+def time_command(url: str, repeat: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU (user + system) seconds of each `orchestrator history` process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    spent = []
+    spent, cpu = [], []
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         began = time.perf_counter()
         done = subprocess.run(
             [
@@ -62,9 +66,27 @@ def time_command(url: str, repeat: int) -> list[float]:
             text=True,
         )
         spent.append(time.perf_counter() - began)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if done.returncode != 0:
             raise SystemExit(done.stderr)
-    return spent
+    return spent, cpu
+
+
+def time_help(repeat: int) -> tuple[list[float], list[float]]:
+    """The command line's own start (Python, click, the command modules): the floor."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    spent, cpu = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        began = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "orchestrator", "--help"], env=env, capture_output=True
+        )
+        spent.append(time.perf_counter() - began)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return spent, cpu
 
 
 def time_page(url: str, repeat: int, warmup: int = 3) -> tuple[list[float], list[float]]:
@@ -98,10 +120,12 @@ def measure(name: str, url: str, per_config: int, configs: int, repeat: int) -> 
         f"made in {time.perf_counter() - began:.0f} s; load average {os.getloadavg()[0]:.1f} "
         f"on {os.cpu_count()} CPUs"
     )
-    command = time_command(url, repeat)
+    command, cpu = time_command(url, repeat)
+    baseline, baseline_cpu = time_help(repeat)
     print(
-        f"{name}: orchestrator history ({per_config:,} runs): median {statistics.median(command):.2f} s, "
-        f"max {max(command):.2f} s"
+        f"{name}: orchestrator history ({per_config:,} runs): wall median {statistics.median(command):.2f} s "
+        f"(max {max(command):.2f}), CPU median {statistics.median(cpu):.2f} s; `orchestrator --help` "
+        f"alone: wall {statistics.median(baseline):.2f} s, CPU {statistics.median(baseline_cpu):.2f} s"
     )
     server, wall = time_page(url, repeat * 3)
     print(

@@ -2,17 +2,16 @@
 worker: a configuration on a steady node stops at the minimum (the next repeat is cancelled,
 saying why); the same configuration on a starved node goes on to the maximum.
 
-The starved node: its sshd (and so every process a run starts there) is in a cgroup v1 cpu
-group (shared/TESTBED.md, "A starved node"); a thread in this test stops that group's processes
-3/4 of the time during the node's 2nd run, and leaves the others alone: after three runs its
-p_core varies about 4x, the rule cannot hold, and the fourth runs. The
-workload has no hook to inject noise, so the noise is real starvation, made deterministic by
-tying it to the run."""
+Each node's processes are in a cgroup v1 cpu group (shared/TESTBED.md, "A starved node") with
+half a core and top weight, so that the shared testbed's own load does not decide a run's speed;
+during the starved node's second run a thread in this test lowers its quota to an eighth of a
+core. The workload has no hook to inject noise, so the noise is real CPU starvation, made
+deterministic by tying it to the run: after three runs the starved node's p_core varies about 4x,
+the rule cannot hold, and the fourth runs."""
 
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,68 +23,60 @@ from tests.support.cluster_fixtures import TINY_SETS, run_cli, start_cli, write_
 
 pytestmark = [pytest.mark.sshd, pytest.mark.torch]
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
-# Loose, because the testbed is a shared 2-core machine whose load alone moves a tiny run's
-# p_core by tens of percent; a run 4x slower among three is far outside it (±143 %).
-RULE = "{until_ci_pct = 100, min = 3, max = 4}"
+HALF_CORE, EIGHTH_CORE = "50000", "12500"  # cfs quota per 100 ms period
+# A run 4x slower among three puts the interval at about ±143 % of the mean.
+RULE = "{until_ci_pct = 40, min = 3, max = 4}"
 
 
-class Starver:
-    """Starves the second run that leases `node`: while it lives, the processes of the node (its
-    sshd and everything a run starts under it, gathered in a cgroup) are stopped (SIGSTOP) 3/4
-    of the time, in 0.4 s cycles. A CPU quota would starve only what the machine's own load
-    leaves: on a busy testbed it does not bind; stopping does, whatever the load."""
+class Nodes:
+    """Each node's sshd (and so everything a run starts there) in a cgroup v1 cpu group of its
+    own, with half a core (cfs quota 50 ms per 100 ms) and the highest weight (cpu.shares), so
+    a run's speed is set by its quota, not by whatever else the shared testbed runs. The starved
+    node's quota drops to 1/8 of a core during its second run: that run is 4x slower."""
 
-    def __init__(self, url: str, node: str, pid: int) -> None:
-        self.group = CGROUP_ROOT / f"orch-stats-{os.getpid()}"
-        self.group.mkdir()
-        (self.group / "cgroup.procs").write_text(str(pid))
+    def __init__(self, url: str, pids: dict[str, int], starved: str) -> None:
+        self.groups = {}
+        for node, pid in pids.items():
+            group = CGROUP_ROOT / f"orch-stats-{os.getpid()}-{node}"
+            group.mkdir()
+            (group / "cpu.shares").write_text("262144")
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text(HALF_CORE)
+            (group / "cgroup.procs").write_text(str(pid))
+            self.groups[node] = group
         self.engine = create_engine(url)
-        self.node = node
+        self.node = starved
         self.seen: list[str] = []
         self.starved: list[str] = []
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
-    def _current(self) -> list[str]:
-        query = text("SELECT run_id FROM node_leases WHERE node_name = :n AND run_id IS NOT NULL")
-        with self.engine.connect() as conn:
-            return [r for (r,) in conn.execute(query, {"n": self.node})]
-
-    def _signal(self, signal_number: int) -> None:
-        for pid in (self.group / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid), signal_number)
-            except ProcessLookupError:
-                pass
-
     def _watch(self) -> None:
-        while not self.done.is_set():
-            current = self._current()
+        query = text("SELECT run_id FROM node_leases WHERE node_name = :n AND run_id IS NOT NULL")
+        quota = self.groups[self.node] / "cpu.cfs_quota_us"
+        while not self.done.wait(0.1):
+            with self.engine.connect() as conn:
+                current = [r for (r,) in conn.execute(query, {"n": self.node})]
             for run_id in current:
                 if run_id not in self.seen:
                     self.seen.append(run_id)
-                    if len(self.seen) == 2:
+                    starve = len(self.seen) == 2
+                    quota.write_text(EIGHTH_CORE if starve else HALF_CORE)
+                    if starve:
                         self.starved.append(run_id)
-            if any(r in self.starved for r in current):
-                self._signal(signal.SIGSTOP)
-                self.done.wait(0.3)
-                self._signal(signal.SIGCONT)
-                self.done.wait(0.1)
-            else:
-                self.done.wait(0.1)
 
-    def __enter__(self) -> Starver:
+    def __enter__(self) -> Nodes:
         self.thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self.done.set()
         self.thread.join(timeout=10)
-        self._signal(signal.SIGCONT)
         self.engine.dispose()
-        for pid in (self.group / "cgroup.procs").read_text().split():
-            (CGROUP_ROOT / "cgroup.procs").write_text(pid)  # back to the root group
-        self.group.rmdir()
+        for group in self.groups.values():
+            for pid in (group / "cgroup.procs").read_text().split():
+                (CGROUP_ROOT / "cgroup.procs").write_text(pid)  # back to the root group
+            group.rmdir()
 
 
 @pytest.fixture
@@ -125,8 +116,8 @@ def test_a_steady_configuration_stops_at_the_minimum_a_starved_one_at_the_maximu
     queued = run_cli(["--db", url, "campaign", "submit", str(campaign)], tmp_path)
     assert queued.returncode == 0, queued.stderr
 
-    node2 = cluster.sshd_nodes[1]
-    with Starver(url, node2.name, node2.proc.pid) as starver:
+    pids = {n.name: n.proc.pid for n in cluster.sshd_nodes}
+    with Nodes(url, pids, starved="node2") as starver:
         worker = start_cli(["--db", url, "worker", "--idle-exit", "3s"], tmp_path)
         out, err = worker.communicate(timeout=1500)
     assert worker.returncode == 0, err[-3000:]
@@ -149,7 +140,7 @@ def test_a_steady_configuration_stops_at_the_minimum_a_starved_one_at_the_maximu
     assert [s for n, s, _ in ran if n == "node1"] == ["succeeded"] * 3, seen
     assert len(cancelled) == 1, seen
     assert cancelled[0].startswith(
-        "repeat rule (p_core within ±100 %, min 3, max 4) holds after 3 samples: ±"
+        "repeat rule (p_core within ±40 %, min 3, max 4) holds after 3 samples: ±"
     )
     assert "holds after 3 samples" in err
     # starved node: after three runs the rule does not hold, so the fourth (the maximum) runs

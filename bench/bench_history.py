@@ -127,7 +127,13 @@ def measure(name: str, url: str, per_config: int, configs: int, repeat: int) -> 
         f"(max {max(command):.2f}), CPU median {statistics.median(cpu):.2f} s; `orchestrator --help` "
         f"alone: wall {statistics.median(baseline):.2f} s, CPU {statistics.median(baseline_cpu):.2f} s"
     )
-    server, wall = time_page(url, repeat * 3)
+    if url.startswith("postgresql"):
+        from tests.support.store_fixtures import pg_reader
+
+        with pg_reader(url) as reader:  # `serve` connects as a SELECT-only role
+            server, wall = time_page(reader, repeat * 3)
+    else:
+        server, wall = time_page(url, repeat * 3)
     print(
         f"{name}: history page ({per_config:,} runs): server median {statistics.median(server):.0f} ms, "
         f"p95 {p95(server):.0f} ms; wall median {statistics.median(wall):.0f} ms, p95 {p95(wall):.0f} ms"

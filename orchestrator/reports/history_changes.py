@@ -9,7 +9,9 @@ repeated views of a configuration from memory; a command computes once anyway.""
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -52,8 +54,12 @@ def load_history(conn: Connection, key: ConfigKey, since: datetime | None = None
 
 
 def history_digest(rows: Sequence[Mapping[Any, Any]]) -> str:
-    """What the change points depend on: each run's id and watched metrics, in order."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(repr((row["run_id"], *(row.get(m) for m in CHANGE_METRICS))).encode())
+    """What the change points depend on: the runs (ids, in order) and their watched metrics."""
+    digest = hashlib.sha256("\n".join(str(r["run_id"]) for r in rows).encode())
+    for metric in CHANGE_METRICS:
+        digest.update(array("d", [_number(r.get(metric)) for r in rows]).tobytes())
     return digest.hexdigest()
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)

@@ -170,6 +170,8 @@ def interval_of(values: Iterable[Any]) -> Interval | None:
     if not numbers:
         return None
     n = len(numbers)
+    if min(numbers) == max(numbers):  # identical repeats: exactly no spread, not rounding's
+        return interval(n, numbers[0], 0.0 if n > 1 else None)
     mean = math.fsum(numbers) / n
     # two passes with exact float sums: statistics.variance's fractions cost ~50x more on the
     # 10,000 runs of a long history, for digits nobody reads

@@ -146,3 +146,10 @@ def test_welch_without_spread_on_both_sides() -> None:
     assert moved is not None and moved.p == 0.0 and moved.significant and math.isinf(moved.t)
     same = welch(interval_of([5.0, 5.0]), interval_of([5.0, 5.0]))
     assert same is not None and same.p == 1.0 and not same.significant
+
+
+def test_identical_values_that_do_not_divide_evenly_have_no_spread() -> None:
+    """6 × 829.637 summed and divided by 6 is 829.6370000000001: no rounding spread."""
+    found = interval_of([829.637] * 6)
+    assert found is not None
+    assert (found.mean, found.sd, found.half_width, found.cv) == (829.637, 0.0, 0.0, 0.0)

@@ -5,7 +5,7 @@
     clusters = ["lab-a.toml", "lab-b.toml"]   # vendors are clusters; default: --cluster
     topologies = ["1x1", "1x8", "2x8"]
     precisions = ["fp32", "amp"]
-    repeats = 3
+    repeats = 3               # or a rule: repeat = {until_ci_pct = 2, min = 3, max = 10}
     timeout = "2h"
     no_progress_timeout = "30m"
 
@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator.config import tomllib
 from orchestrator.errors import ConfigError, TopologyError
 from orchestrator.plan import HPARAM_ALIASES, check_hparams
+from orchestrator.runs.repeat_rule import RepeatRule, rule_from_table
 from orchestrator.specs import ClusterSpec, Topology, pick_nodes
 from orchestrator.tables import Dialect, Table, Words, control_character
 
@@ -44,6 +45,7 @@ _CAMPAIGN_KEYS = {
     "topologies",
     "precisions",
     "repeats",
+    "repeat",
     "timeout",
     "no_progress_timeout",
     "nodes",
@@ -73,6 +75,9 @@ class CampaignSpec:
     no_progress_timeout_s: float | None
     nodes: tuple[str, ...] | None  # pin every run to these nodes (rarely wanted)
     source: str
+    # `repeat = {until_ci_pct = 2, min = 3, max = 10}`: up to max repeats are queued; a worker
+    # cancels the rest once the rule holds (orchestrator/runs/repeat_rule.py)
+    repeat_rule: RepeatRule | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,14 @@ def parse_campaign(data: Mapping[str, Any], source: str) -> CampaignSpec:
         if p not in PRECISIONS:
             table.fail("precisions", f"has {p!r}", f"use {', '.join(PRECISIONS)}")
     repeats = table.integer("repeats", 1, low=1, high=1000, example=3)
+    rule = None
+    if table.get("repeat") is not None:
+        if table.get("repeats") is not None:
+            table.fail(
+                "repeat", "and campaign.repeats are both given", "keep one: a count or a rule"
+            )
+        rule = rule_from_table(table.get("repeat"), source)
+        repeats = rule.max
     clusters = table.strings("clusters")
     common = _scalar_sets(table.table("set", not_table=_SET))
     raw_sets = top.table(
@@ -157,6 +170,7 @@ def parse_campaign(data: Mapping[str, Any], source: str) -> CampaignSpec:
         ),
         nodes=table.strings("nodes") or None,
         source=source,
+        repeat_rule=rule,
     )
     count = len(spec.clusters) * len(topologies) * len(precisions) * len(sets) * repeats
     if count > MAX_RUNS:
@@ -241,6 +255,11 @@ def render_expansion(spec: CampaignSpec, runs: Sequence[CampaignRun], default_cl
         f"campaign {spec.name!r} from {spec.source}: {len(runs)} run(s)",
         f"  timeout {_show(spec.timeout_s)}, no-progress timeout {_show(spec.no_progress_timeout_s)}"
         + (f", nodes {','.join(spec.nodes)}" if spec.nodes else ""),
+        *(
+            [f"  repeats {spec.repeat_rule.text()}; later repeats are cancelled once it holds"]
+            if spec.repeat_rule
+            else []
+        ),
         "",
         f"{'#':>4}  {'cluster':<24} {'topology':<8} {'precision':<9} {'set':<14} {'repeat':<6} hparams",
     ]

@@ -15,6 +15,14 @@ if ! .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e
   echo "error: pip install failed (full log: $log)" >&2
   exit 1
 fi
+# Apache Otava's change-point detector (orchestrator history, docs/reports.md) without its
+# command-line tool's requirements: those pin numpy==2.2.0 and scipy<1.17 and pull the BigQuery,
+# Slack and PostgreSQL clients, none of which otava.change_point_divisive imports (numpy only).
+if ! .venv/bin/python -m pip install -q --no-deps "apache-otava==0.8.0" >"$log" 2>&1; then
+  grep -v "^WARNING: Location" "$log" >&2
+  echo "error: pip install apache-otava failed (full log: $log)" >&2
+  exit 1
+fi
 rm -f "$log"
-.venv/bin/python -c "import torch, torchvision, orchestrator" >/dev/null
+.venv/bin/python -c "import torch, torchvision, orchestrator, otava.change_point_divisive.detector" >/dev/null
 echo "venv ready: $(.venv/bin/python -c 'import torch; print("torch", torch.__version__)')"

@@ -83,7 +83,10 @@ def _queue_campaign(
             command=command,
             campaign_id=campaign_id,
         )
-        items.append((clusters[run.cluster], req, {"set_name": run.set_name, "repeat": run.repeat}))
+        extra: dict[str, Any] = {"set_name": run.set_name, "repeat": run.repeat}
+        if spec.repeat_rule is not None:
+            extra["repeat_rule"] = spec.repeat_rule.as_doc()
+        items.append((clusters[run.cluster], req, extra))
     raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
     with open_store_for_submit(app) as store:
         ids = enqueue_runs(store, items, (campaign_id, spec.name, raw, submitter()))

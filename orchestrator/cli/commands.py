@@ -16,6 +16,7 @@ _MODULES = [
     "orchestrator.cli.campaign_cmd",
     "orchestrator.cli.attach_cmd",
     "orchestrator.cli.compare_cmd",
+    "orchestrator.cli.history_cmd",
     "orchestrator.cli.web_cmd",
     "orchestrator.cli.export_cmd",
     "orchestrator.cli.import_cmd",

@@ -197,7 +197,12 @@ def show_command(app: AppContext, run: str, output: str) -> None:
     "--group/--no-group",
     default=True,
     show_default=True,
-    help="One row per configuration with mean ± sd (min-max) over its repeats, or one per run.",
+    help="One row per configuration with mean ± 95 % CI and CV over its repeats, or one per run.",
+)
+@click.option(
+    "--olympic",
+    is_flag=True,
+    help="Add the olympic mean (the fastest and slowest run dropped; below 3 runs, the mean).",
 )
 @click.option(
     "--plots",
@@ -216,6 +221,7 @@ def report(
     since: str | None,
     run_ids: tuple[str, ...],
     group: bool,
+    olympic: bool,
     plots_dir: str | None,
     output: str,
 ) -> None:
@@ -228,6 +234,7 @@ def report(
     \b
     Example: orchestrator report --vendor metax-c500 --topology 2x8 --plots plots/ > c500-2x8.md
     """
+    from orchestrator.reports.convergence_reads import convergence_checks
     from orchestrator.reports.report import render_grouped_report, render_report
     from orchestrator.reports.stats import config_key, group_rows, regressions_by_run
     from orchestrator.store.history import campaign_run_ids, configuration_history
@@ -260,6 +267,8 @@ def report(
             click.echo(f"warning: {_no_runs(conn, given, 'succeeded runs')}", err=True)
         history = configuration_history(conn, rows, config_key)
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
+        checks = convergence_checks(conn, rows)
+    convergence = [c for c in checks.values() if c.flagged]
     regressions = regressions_by_run(rows, history)
     groups = group_rows(rows)
     plots: list[tuple[str, str]] = []
@@ -268,9 +277,11 @@ def report(
 
         plots = write_plots(plots_dir, groups, history, regressions)
     if group:
-        text = render_grouped_report(env, groups, rows, regressions, output, plots, warnings)
+        text = render_grouped_report(
+            env, groups, rows, regressions, output, plots, warnings, olympic, convergence
+        )
     else:
-        text = render_report(env, rows, output, regressions, plots, warnings)
+        text = render_report(env, rows, output, regressions, plots, warnings, convergence)
     click.echo(text, nl=False)
 
 

@@ -31,6 +31,7 @@ from orchestrator.states import BACKENDS, PRECISIONS, BackendName, Precision
 if TYPE_CHECKING:
     from orchestrator.backends.base import DoctorReport, PlannedRun
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
+    from orchestrator.runs.repeat_rule import RepeatRule
     from orchestrator.store import Store
 
 
@@ -95,6 +96,25 @@ class Hangup:
     help="Run N times in a row.",
 )
 @click.option(
+    "--repeat-until",
+    "repeat_until",
+    metavar="PCT%",
+    default=None,
+    help="Repeat until the 95 % interval of the metric is within ±PCT % of its mean, e.g. 2% "
+    "(docs/campaigns.md); failed runs are failures, not samples.",
+)
+@click.option(
+    "--repeat-min", type=int, default=None, help="With --repeat-until: at least N runs [3]."
+)
+@click.option(
+    "--repeat-max", type=int, default=None, help="With --repeat-until: at most N runs [10]."
+)
+@click.option(
+    "--repeat-metric",
+    default=None,
+    help="With --repeat-until: the metric [p_core]; p_train, p_whole, e2e_time or map.",
+)
+@click.option(
     "--timeout", "timeout", default=None, help="Overall limit per run, e.g. 2h (default: none)."
 )
 @click.option(
@@ -145,6 +165,10 @@ def submit(
     precision: Precision,
     sets: tuple[str, ...],
     repeat: int,
+    repeat_until: str | None,
+    repeat_min: int | None,
+    repeat_max: int | None,
+    repeat_metric: str | None,
     timeout: str | None,
     no_progress_timeout: str | None,
     runs_dir: str | None,
@@ -172,8 +196,17 @@ def submit(
     from orchestrator import backends
     from orchestrator.plan import parse_sets
     from orchestrator.runs.lifecycle import SubmitRequest
+    from orchestrator.runs.repeat_rule import rule_from_options
     from orchestrator.specs import Topology, with_inputs
 
+    rule = rule_from_options(repeat_until, repeat_min, repeat_max, repeat_metric)
+    if rule is not None and repeat != 1:
+        raise ConfigError("--repeat and --repeat-until are both given", "keep one of them")
+    if rule is not None and detach:
+        raise ConfigError(
+            "--repeat-until runs in the foreground only",
+            "leave out --detach, or write the rule in a campaign file (docs/campaigns.md)",
+        )
     topo = Topology.parse(topology)
     data, weights = _input_path(data_dir), _input_path(backbone_weights)
     req = SubmitRequest(
@@ -214,7 +247,9 @@ def submit(
             err=True,
         )
         return
-    _run_repeats(app, req, repeat, runs_dir, lambda: chosen.plan(cluster, req), wait_for_nodes)
+    _run_repeats(
+        app, req, repeat, runs_dir, lambda: chosen.plan(cluster, req), wait_for_nodes, rule
+    )
 
 
 def _input_path(text: str | None) -> str | None:
@@ -236,9 +271,10 @@ def _run_repeats(
     runs_dir: str | None,
     make: Callable[[], PlannedRun],
     wait_for_nodes: bool = False,
+    rule: RepeatRule | None = None,
 ) -> None:
-    """Run the request `repeat` times in a row (stopping early on Ctrl-C); exit 0 only when
-    every run succeeded."""
+    """Run the request `repeat` times in a row (stopping early on Ctrl-C), or with a rule up
+    to its maximum until it holds; exit 0 only when every run succeeded."""
     from orchestrator.runs.lifecycle import raise_for
     from orchestrator.runs.stopping import cause_of
 
@@ -248,6 +284,7 @@ def _run_repeats(
     with open_store_for_submit(app) as store, stop_on_signals(hangup) as stop:
         app.settle_orphans(store, console)
         outcomes = []
+        repeat = rule.max if rule else repeat
         for i in range(repeat):
             planned = make()
             if not wait_for_nodes:
@@ -265,8 +302,28 @@ def _run_repeats(
             _print_outcome(store, outcome, time.monotonic() - began)
             if stop.is_set():
                 break
+            if rule is not None:
+                verdict = rule.verdict([_sample(o, rule.metric) for o in outcomes])
+                console.print(verdict.describe(), markup=False, highlight=False)
+                if verdict.holds:
+                    break
     for outcome in outcomes:
         raise_for(outcome, cause_of(stop))
+
+
+def _sample(outcome: Outcome, metric: str) -> tuple[str, float | None]:
+    """(status, value) of a run for a repeat rule: a failed run has no sample."""
+    m = outcome.summary.metrics if outcome.summary else None
+    if m is None:
+        return (outcome.status, None)
+    values = {
+        "e2e_time": m.e2e_time_s,
+        "p_whole": m.p_whole,
+        "p_train": m.p_train,
+        "p_core": m.p_core,
+        "map": m.map,
+    }
+    return (outcome.status, values[metric])
 
 
 def _execute_when_free(

@@ -17,6 +17,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.queue.claims import Claim, claim_next
 from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.progress import summary_line
+from orchestrator.runs.repeat_rule import repeat_check
 from orchestrator.runs.request import cluster_from, decode_request
 from orchestrator.runs.stopping import StopEvent
 from orchestrator.store.campaigns import finish_campaign_if_done
@@ -42,6 +43,14 @@ def run_claim(
 ) -> str:
     """Execute one claimed run under its leases; returns its final status."""
     doc = claim.request
+    rule = repeat_check(store, doc)  # a campaign's repeat rule may already hold
+    if rule is not None:
+        console.print(f"run {claim.run_id}: {rule.describe()}", markup=False, highlight=False)
+        if rule.holds:
+            end_run(store, claim.run_id, "cancelled", rule.describe(), ["running"])
+            release(store, claim.run_id, holder)
+            finish_campaign_if_done(store, doc.get("campaign_id"))
+            return "cancelled"
     try:
         cluster = cluster_from(doc)
         # Runs on disjoint nodes may run at once; nodes that share a network namespace (or a
@@ -82,6 +91,9 @@ def run_claim(
         markup=False,
         highlight=False,
     )
+    after = repeat_check(store, doc, before_run=False)
+    if after is not None:  # says whether the configuration repeats again
+        console.print(f"run {claim.run_id}: {after.describe()}", markup=False, highlight=False)
     return outcome.status
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from orchestrator import units
 from orchestrator.errors import ConfigError
+from orchestrator.reports.confidence import Interval, Welch, interval_of, welch
+from orchestrator.reports.convergence import Convergence
 from orchestrator.reports.stats import METRICS, spread
 
 # Units of the seed metrics (docs/metrics.md); mAP is a fraction of 1.
@@ -48,6 +50,8 @@ class Side:
     status: str = "succeeded"
     # What makes runs alike (SETUP_FIELDS): listed first among the differences, and warned of.
     setup: dict[str, str] = field(default_factory=dict)
+    # A configuration's n, mean, 95 % interval and CV per metric (empty for a run).
+    intervals: dict[str, Interval | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class Delta:
     metric: str
     base: float | None
     value: float | None
+    # Welch's t-test of the two sides' repeats; None when a side is one run (nothing to test).
+    test: Welch | None = None
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.test is None else self.test.significant
 
     @property
     def absolute(self) -> float | None:
@@ -134,6 +144,7 @@ def config_side(
         metrics[metric] = stats.mean if stats else None
         sds[metric] = stats.sd if stats else None
     return Side(
+        intervals={m: interval_of(row.get(m) for row in rows) for m in METRICS},
         label=label,
         kind="config",
         run_ids=tuple(str(r["run_id"]) for r in rows),
@@ -171,7 +182,16 @@ def compare(sides: Sequence[Side]) -> Comparison:
         raise ConfigError("compare needs two or more runs or configurations", "name another one")
     base = sides[0]
     deltas = [
-        [Delta(m, base.metrics.get(m), side.metrics.get(m)) for m in METRICS] for side in sides[1:]
+        [
+            Delta(
+                m,
+                base.metrics.get(m),
+                side.metrics.get(m),
+                welch(base.intervals.get(m), side.intervals.get(m)),
+            )
+            for m in METRICS
+        ]
+        for side in sides[1:]
     ]
     env_labels = {k for side in sides for k in side.environment}
     hp_keys = {k for side in sides for k in side.hparams}
@@ -208,22 +228,30 @@ class Threshold:
     limit: float
     relative: bool
     above: bool = False
+    # --require-significant: a change past the limit counts only when Welch's test finds it
+    # significant (where both sides are configurations with 2+ runs; else the limit decides).
+    significant: bool = False
 
     def text(self) -> str:
         sign = "above" if self.above else "below"
         limit = (
             f"{self.limit * 100:+g}%" if self.relative else f"{self.limit:+g} {UNITS[self.metric]}"
         )
-        return f"{self.metric} {sign} {limit.strip()}"
+        return f"{self.metric} {sign} {limit.strip()}" + (
+            ", significant at 95 %" if self.significant else ""
+        )
 
     def breached_by(self, delta: Delta) -> bool:
         change = delta.relative if self.relative else delta.absolute
         if change is None:
             return delta.value is None and delta.base is not None  # the metric went missing
-        return change > self.limit if self.above else change < self.limit
+        past = change > self.limit if self.above else change < self.limit
+        if past and self.significant and delta.significant is False:
+            return False  # within the noise of the repeats
+        return past
 
 
-def parse_threshold(text: str, above: bool = False) -> Threshold:
+def parse_threshold(text: str, above: bool = False, significant: bool = False) -> Threshold:
     option = "--fail-above" if above else "--fail-below"
     match = _THRESHOLD.match(text)
     if not match:
@@ -238,7 +266,7 @@ def parse_threshold(text: str, above: bool = False) -> Threshold:
         raise ConfigError(
             f"{option} names unknown metric {metric!r}", f"use one of {', '.join(METRICS)}"
         )
-    return Threshold(metric, number / 100.0 if percent else number, percent, above)
+    return Threshold(metric, number / 100.0 if percent else number, percent, above, significant)
 
 
 @dataclass(frozen=True)
@@ -256,9 +284,17 @@ class Breach:
         else:
             change = f"{d.absolute:+.4g} {UNITS[d.metric]}".strip()
         return (
-            f"{self.side}: {d.metric} {change} against the baseline "
+            f"{self.side}: {d.metric} {change} against the baseline{significance(d)} "
             f"(limit: {self.threshold.text()})"
         )
+
+
+def significance(delta: Delta) -> str:
+    """`, p = 0.003 (significant)`; empty where no test was possible (a side is one run)."""
+    if delta.test is None:
+        return ""
+    verdict = "significant" if delta.test.significant else "not significant"
+    return f", Welch p = {delta.test.p:.2g} ({verdict})"
 
 
 def breaches(comparison: Comparison, thresholds: Sequence[Threshold]) -> list[Breach]:
@@ -299,15 +335,45 @@ def signed(value: float | None) -> str:
     return ("+" if value > 0 else "") + number(value)
 
 
+def _value_cell(side: Side, metric: str) -> str:
+    """A run's value, or a configuration's mean ± the half-width of its 95 % interval."""
+    cell = units.metric(metric, side.metrics.get(metric))
+    found = side.intervals.get(metric)
+    if found is not None and found.half_width is not None and found.cv is not None:
+        cell += f" ± {units.metric(metric, found.half_width)} (CV {found.cv * 100:.1f}%)"
+    return cell
+
+
+def _tested(comparison: Comparison) -> bool:
+    return any(d.test is not None for deltas in comparison.deltas for d in deltas)
+
+
+def p_cell(delta: Delta) -> str:
+    if delta.test is None:
+        return ""
+    return f"{delta.test.p:.2g}" + (" *" if delta.test.significant else "")
+
+
+TESTED_NOTE = (
+    "A configuration is its mean ± the half-width of the 95 % confidence interval (with the "
+    "coefficient of variation, sd / mean; n is in its label); Welch p is "
+    "the two-sided p-value of Welch's t-test between the baseline's repeats and the side's "
+    "(* significant at 95 %)."
+)
+
+
 def metric_rows(comparison: Comparison) -> list[list[str]]:
-    """One row per metric: baseline, then each side's value, change and relative change."""
+    """One row per metric: baseline, then each side's value, change and relative change (and
+    Welch's p where configurations were compared; `*`: significant at 95 %)."""
+    tested = _tested(comparison)
     rows = []
     for i, metric in enumerate(METRICS):
         # the values as `report` prints them (18.0 s, 3.00 img/s, mAP 0.372)
-        row = [metric_header(metric), units.metric(metric, comparison.baseline.metrics.get(metric))]
-        for deltas in comparison.deltas:
+        row = [metric_header(metric), _value_cell(comparison.baseline, metric)]
+        for side, deltas in zip(comparison.sides[1:], comparison.deltas):
             d = deltas[i]
-            row += [units.metric(metric, d.value), signed(d.absolute), percent(d.relative)]
+            row += [_value_cell(side, metric), signed(d.absolute), percent(d.relative)]
+            row += [p_cell(d)] if tested else []
         rows.append(row)
     return rows
 
@@ -316,6 +382,7 @@ def metric_columns(comparison: Comparison) -> list[str]:
     columns = ["metric", f"{comparison.baseline.label} (baseline)"]
     for side in comparison.sides[1:]:
         columns += [side.label, "change", "change (%)"]
+        columns += ["Welch p"] if _tested(comparison) else []
     return columns
 
 
@@ -335,17 +402,31 @@ def difference_rows(comparison: Comparison) -> list[list[str]]:
     return rows
 
 
-def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -> str:
-    """markdown, csv or json (the CLI draws `table` itself)."""
+def render(
+    comparison: Comparison,
+    output: str,
+    failed: Sequence[Breach] = (),
+    convergence: Sequence[Convergence] = (),
+) -> str:
+    """markdown, csv or json (the CLI draws `table` itself); CSV has no convergence."""
     if output == "markdown":
-        return _markdown(comparison, failed)
+        from orchestrator.reports.report import convergence_lines
+
+        return _markdown(comparison, failed) + "".join(
+            line + "\n" for line in convergence_lines(convergence)
+        )
     if output == "csv":
         from orchestrator.reports.report import to_csv
 
-        lines: list[list[Any]] = [["side", "kind", "metric", "value", "change", "change_relative"]]
+        lines: list[list[Any]] = [
+            ["side", "kind", "metric", "value", "change", "change_relative"]
+            + ["n", "ci_low", "ci_high", "cv", "welch_p", "significant"]
+        ]
         for side_index, side in enumerate(comparison.sides):
             for i, metric in enumerate(METRICS):
                 d = comparison.deltas[side_index - 1][i] if side_index else None
+                found = side.intervals.get(metric)
+                test = d.test if d else None
                 lines.append(
                     [
                         side.label,
@@ -354,6 +435,12 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                         side.metrics.get(metric),
                         d.absolute if d else None,
                         d.relative if d else None,
+                        found.n if found else None,
+                        found.low if found else None,
+                        found.high if found else None,
+                        found.cv if found else None,
+                        test.p if test else None,
+                        test.significant if test else None,
                     ]
                 )
         return to_csv(lines[0], lines[1:])
@@ -373,6 +460,9 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                         "environment": s.environment,
                         "hparams": s.hparams,
                         "setup": s.setup,
+                        "intervals": {
+                            m: (i.as_dict() if i else None) for m, i in s.intervals.items()
+                        },
                     }
                     for s in comparison.sides
                 ],
@@ -380,7 +470,11 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                     {
                         "side": side.label,
                         **{
-                            d.metric: {"absolute": d.absolute, "relative": d.relative}
+                            d.metric: {
+                                "absolute": d.absolute,
+                                "relative": d.relative,
+                                "welch": d.test.as_dict() if d.test else None,
+                            }
                             for d in deltas
                         },
                     }
@@ -391,6 +485,7 @@ def render(comparison: Comparison, output: str, failed: Sequence[Breach] = ()) -
                 "environment_differs": sorted(comparison.environment_differs),
                 "hparams_differ": sorted(comparison.hparams_differ),
                 "failed": [b.describe() for b in failed],
+                "convergence": [c.as_dict() for c in convergence],
             }
         )
     raise ConfigError(
@@ -407,6 +502,8 @@ def _markdown(comparison: Comparison, failed: Sequence[Breach]) -> str:
     warning = unlike_warning(comparison)
     lines = [f"**Warning:** {warning}.", ""] if warning else []
     lines += ["#### Metrics", "", *table(metric_columns(comparison), metric_rows(comparison))]
+    if _tested(comparison):
+        lines += ["", TESTED_NOTE]
     differences = difference_rows(comparison)
     lines += ["", "#### Differences", ""]
     if differences:

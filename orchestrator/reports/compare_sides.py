@@ -1,18 +1,23 @@
 """The sides of a comparison read from the store: `orchestrator compare` and the /compare page
 name them the same way, a run id (or an unambiguous prefix) or a configuration written
-VENDOR:TOPOLOGY:PRECISION[:FIX_HP] (the mean of its last succeeded runs)."""
+VENDOR:TOPOLOGY:PRECISION[:FIX_HP] (the mean of its last succeeded runs, or of those since its
+last change point)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Connection
 
 from orchestrator.errors import ConfigError
 from orchestrator.no_match import stored_instead
+from orchestrator.reports.changepoints import find_change_points, since_last
 from orchestrator.reports.compare import Side, config_side, run_side
 from orchestrator.store.config_queries import (
+    ConfigKey,
+    configuration_history,
     configuration_rows,
     find_configurations,
     hparams_of,
@@ -29,7 +34,9 @@ def is_configuration(item: str) -> bool:
     return ":" in item
 
 
-def load_sides(conn: Connection, items: Sequence[str], last: int = DEFAULT_LAST) -> list[Side]:
+def load_sides(
+    conn: Connection, items: Sequence[str], last: int = DEFAULT_LAST, since_change: bool = False
+) -> list[Side]:
     """One side per item, in the order given (the first is the baseline)."""
     if len(items) < 2:
         raise ConfigError(
@@ -37,7 +44,9 @@ def load_sides(conn: Connection, items: Sequence[str], last: int = DEFAULT_LAST)
             "name them, e.g. orchestrator compare RUN_A RUN_B, or metax-c500:2x8:amp nvidia:2x8:amp",
         )
     return [
-        _configuration(conn, item, last) if is_configuration(item) else _run(conn, item)
+        _configuration(conn, item, last, since_change)
+        if is_configuration(item)
+        else _run(conn, item)
         for item in items
     ]
 
@@ -77,7 +86,8 @@ def _stored_hint(conn: Connection, given: Mapping[str, str | None]) -> str:
     return "; ".join(instead)
 
 
-def _configuration(conn: Connection, item: str, last: int) -> Side:
+def resolve_configuration(conn: Connection, item: str) -> ConfigKey:
+    """VENDOR:TOPOLOGY:PRECISION[:FIX_HP] -> the one configuration of succeeded runs it names."""
     parts = item.split(":")
     if len(parts) not in (3, 4) or not all(parts[:3]):
         raise ConfigError(
@@ -99,8 +109,23 @@ def _configuration(conn: Connection, item: str, last: int) -> Side:
             f"configuration {item!r} matches {len(keys)} configurations: {shown}",
             f"add :FIX_HP, e.g. {item}:/ for the defaults",
         )
-    rows = configuration_rows(conn, keys[0], last)
+    return keys[0]
+
+
+def _configuration(conn: Connection, item: str, last: int, since_change: bool) -> Side:
+    key = resolve_configuration(conn, item)
+    rows: Sequence[Mapping[Any, Any]]
+    if since_change:  # at most `last` of them
+        rows, what = runs_since_change(conn, key)[-last:], " since the last change point"
+    else:
+        rows, what = configuration_rows(conn, key, last), ""
     ids = [str(r["run_id"]) for r in rows]
-    label = f"{item} (mean of {len(rows)} run{'s' if len(rows) != 1 else ''})"
+    label = f"{item} (mean of {len(rows)} run{'s' if len(rows) != 1 else ''}{what})"
     newest = hparams_of(conn, ids[-1:]).get(ids[-1], {})
     return config_side(label, rows, environment(conn, ids), newest, setups_of(conn, ids))
+
+
+def runs_since_change(conn: Connection, key: ConfigKey) -> list[Mapping[Any, Any]]:
+    """The configuration's succeeded runs from its last change point on (docs/reports.md)."""
+    rows = configuration_history(conn, key)
+    return since_last(rows, find_change_points(rows))

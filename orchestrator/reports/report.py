@@ -24,6 +24,7 @@ from rich.text import Text
 from orchestrator import units
 from orchestrator.clock import utcnow
 from orchestrator.errors import ConfigError
+from orchestrator.reports.convergence import Convergence
 from orchestrator.reports.stats import METRICS, Group, Regression
 
 # Column -> (header for people, formatter). Units in the headers; times to 0.1 s, throughputs to
@@ -83,11 +84,13 @@ def render_report(
     regressions: Mapping[str, Sequence[Regression]] | None = None,
     plots: Sequence[tuple[str, str]] = (),
     warnings: Mapping[str, Sequence[str]] | None = None,
+    convergence: Sequence[Convergence] = (),
 ) -> str:
-    """One row per run. Warnings, regressions and plots are listed below the markdown table."""
+    """One row per run. Warnings, regressions, convergence flags and plots are listed below the
+    markdown table."""
     if output in ("markdown", "table"):
         extra = _warning_lines(warnings or {}) + _regression_lines(regressions or {})
-        extra += _plot_lines(plots)
+        extra += convergence_lines(convergence) + _plot_lines(plots)
         headers = [header for _, header, _ in SEED_HEADERS]
         body = [seed_cells(row) for row in rows]
         if output == "table":
@@ -101,6 +104,7 @@ def render_report(
             "environment": {label: values for label, values in environment},
             "runs": [_run_document(row) for row in rows],
             "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
+            "convergence": [c.as_dict() for c in convergence],
         }
         return to_json(document)
     raise ConfigError(
@@ -158,14 +162,38 @@ GROUP_KEYS = ("config", "precision", "fix_hp")
 _METRIC_FORMATS = {key: formatter for key, _, formatter in SEED_HEADERS if key in METRICS}
 
 
-def _spread_cell(group: Group, metric: str) -> str:
-    stats = group.stats(metric)
-    if stats is None:
+def _spread_cell(group: Group, metric: str, olympic: bool = False) -> str:
+    """`mean ± half-width of the 95 % interval (CV)`, the mean alone for one run; with
+    `olympic`, the olympic mean after it."""
+    found = group.interval(metric)
+    if found is None:
         return ""
     show = _METRIC_FORMATS[metric]
-    if stats.n == 1 or stats.sd is None:
-        return show(stats.mean)
-    return f"{show(stats.mean)} ± {show(stats.sd)} ({show(stats.min)}–{show(stats.max)})"
+    cell = show(found.mean)
+    if found.half_width is not None and found.cv is not None:
+        cell += f" ± {show(found.half_width)} (CV {found.cv * 100:.1f}%)"
+    top = group.olympic(metric)
+    if olympic and top is not None:
+        cell += f" [olympic {show(top.mean)}]"
+    return cell
+
+
+def metric_fields(group: Group, metric: str, olympic: bool = False) -> dict[str, Any]:
+    """One metric of a configuration for CSV and JSON: n, mean, sd, min, max, the 95 %
+    interval, its half-width in % of the mean, CV (and the olympic mean on request)."""
+    spread, found = group.stats(metric), group.interval(metric)
+    fields: dict[str, Any] = dict.fromkeys(METRIC_FIELDS)
+    if spread is not None and found is not None:
+        fields.update(spread.as_dict())
+        fields.update(found.as_dict())
+    if olympic:
+        top = group.olympic(metric)
+        fields["olympic"] = top.mean if top else None
+    return fields
+
+
+# The keys of metric_fields, in the order CSV columns carry them (`p_core_ci_low`, ...).
+METRIC_FIELDS = ("n", "mean", "sd", "min", "max", "ci_low", "ci_high", "ci_half_pct", "cv")
 
 
 def _group_flag(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> str:
@@ -181,21 +209,25 @@ def render_grouped_report(
     output: str = "markdown",
     plots: Sequence[tuple[str, str]] = (),
     warnings: Mapping[str, Sequence[str]] | None = None,
+    olympic: bool = False,
+    convergence: Sequence[Convergence] = (),
 ) -> str:
     """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
     if output in ("markdown", "table"):
-        return _grouped_text(environment, groups, regressions, plots, output, warnings or {})
+        return _grouped_text(
+            environment, groups, regressions, plots, output, warnings or {}, olympic, convergence
+        )
     if output == "csv":
         columns = [*GROUP_KEYS, "n"]
+        names = METRIC_FIELDS + (("olympic",) if olympic else ())
         for metric in METRICS:
-            columns += [metric, f"{metric}_sd", f"{metric}_min", f"{metric}_max"]
+            columns += [metric if name == "mean" else f"{metric}_{name}" for name in names]
         columns += ["mem", "mem_source", "run_id", "regression"]  # run_id: space-separated
         data = []
         for g in groups:
             line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
             for metric in METRICS:
-                s = g.stats(metric)
-                line += [s.mean, s.sd, s.min, s.max] if s else [None] * 4
+                line += list(metric_fields(g, metric, olympic).values())
             line += [g.mem, g.mem_source, " ".join(g.run_ids), _group_flag(g, regressions)]
             data.append(line)
         return to_csv(columns, data)
@@ -210,7 +242,10 @@ def render_grouped_report(
                     "precision": g.precision,
                     "fix_hp": g.fix_hp,
                     "n": g.n,
-                    **{m: (s.as_dict() if (s := g.stats(m)) else None) for m in METRICS},
+                    **{
+                        m: (metric_fields(g, m, olympic) if g.interval(m) else None)
+                        for m in METRICS
+                    },
                     "mem": g.mem,
                     "mem_source": g.mem_source,
                     "run_ids": g.run_ids,
@@ -232,11 +267,22 @@ def render_grouped_report(
             ],
             "plots": {title: path for title, path in plots},
             "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
+            "convergence": [c.as_dict() for c in convergence],
         }
         return to_json(document)
     raise ConfigError(
         f"unknown report format {output!r}", f"use one of {', '.join(REPORT_FORMATS)}"
     )
+
+
+GROUPED_NOTE = (
+    "Cells are mean ± half-width of the 95 % confidence interval (Student's t) over the n "
+    "repeats of a configuration, with the coefficient of variation (sd / mean); mem is the peak "
+    "over them, from the accelerator tool (device) or the ranks' allocator (allocator)."
+)
+OLYMPIC_NOTE = (
+    " The olympic mean drops the fastest and the slowest run (below 3 runs it is the plain mean)."
+)
 
 
 def group_mem(group: Group) -> str:
@@ -246,10 +292,12 @@ def group_mem(group: Group) -> str:
     return units.mem_cell(group.mem, measured, group.mem_source)
 
 
-def group_cells(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> list[str]:
+def group_cells(
+    group: Group, regressions: Mapping[str, Sequence[Regression]], olympic: bool = False
+) -> list[str]:
     """One configuration's row of the grouped table, for people."""
     cells = [group.config, group.precision, group.fix_hp]
-    cells += [_spread_cell(group, metric) for metric in METRICS]
+    cells += [_spread_cell(group, metric, olympic) for metric in METRICS]
     cells += [group_mem(group), str(group.n), _group_flag(group, regressions)]
     return cells
 
@@ -261,18 +309,16 @@ def _grouped_text(
     plots: Sequence[tuple[str, str]],
     output: str,
     warnings: Mapping[str, Sequence[str]],
+    olympic: bool,
+    convergence: Sequence[Convergence],
 ) -> str:
     headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"] + ["n", "regression"]
-    body = [group_cells(g, regressions) for g in groups]
+    body = [group_cells(g, regressions, olympic) for g in groups]
     extra: list[str] = []
     if groups:
-        extra += [
-            "",
-            "Cells are mean ± sample standard deviation (min–max) over the n repeats of a "
-            "configuration; mem is the peak over them, from the accelerator tool (device) or the "
-            "ranks' allocator (allocator).",
-        ]
-    extra += _warning_lines(warnings) + _regression_lines(regressions) + _plot_lines(plots)
+        extra += ["", GROUPED_NOTE + (OLYMPIC_NOTE if olympic else "")]
+    extra += _warning_lines(warnings) + _regression_lines(regressions)
+    extra += convergence_lines(convergence) + _plot_lines(plots)
     if output == "table":
         return _terminal(environment, headers, body, extra)
     return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)
@@ -289,6 +335,13 @@ def _regression_lines(regressions: Mapping[str, Sequence[Regression]]) -> list[s
     if not found:
         return []
     return ["", "#### Regressions", "", *[f"- {r.run_id}: {r.describe()}" for r in found]]
+
+
+def convergence_lines(convergence: Sequence[Convergence]) -> list[str]:
+    """Runs that got faster or slower while converging differently (docs/metrics.md)."""
+    if not convergence:
+        return []
+    return ["", "#### Convergence", "", *[f"- {c.describe()}" for c in convergence]]
 
 
 def _plot_lines(plots: Sequence[tuple[str, str]]) -> list[str]:

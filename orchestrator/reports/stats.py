@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.reports.confidence import Interval, Olympic, interval_of, olympic
 from orchestrator.units import sig3
 
 # The seed's numeric columns, summarised over repeats.
@@ -195,6 +196,13 @@ class Group:
 
     def stats(self, metric: str) -> Spread | None:
         return spread(r.get(metric) for r in self.rows)
+
+    def interval(self, metric: str) -> Interval | None:
+        """n, mean, 95 % interval and CV over the runs that have the metric."""
+        return interval_of(r.get(metric) for r in self.rows)
+
+    def olympic(self, metric: str) -> Olympic | None:
+        return olympic(r.get(metric) for r in self.rows)
 
     @property
     def mem(self) -> str | None:

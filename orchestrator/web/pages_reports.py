@@ -14,12 +14,12 @@ from starlette.routing import Route
 from orchestrator.errors import ConfigError
 from orchestrator.reports.compare import METRICS, compare, difference_rows, unlike_warning
 from orchestrator.reports.compare_sides import load_sides, oldest_first
+from orchestrator.reports.history_changes import load_history
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.reports.stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
 from orchestrator.states import PRECISIONS
 from orchestrator.store.config_queries import (
     ConfigKey,
-    configuration_history,
     configurations,
     epochs_of,
     flag_inputs,
@@ -234,7 +234,8 @@ def history(request: Request) -> Response:
         if not all(fields):
             return render(request, "history.html", key=None, configs=configurations(conn))
         key = ConfigKey(*[str(f) for f in fields])
-        rows = configuration_history(conn, key, since)
+        found = load_history(conn, key, since)
+    rows = found.rows
     regressions = flag_history(rows)
     return render(
         request,
@@ -242,11 +243,15 @@ def history(request: Request) -> Response:
         key=key,
         metric=metric,
         metrics=METRICS,
-        spec=history_chart(rows, regressions, metric),
+        spec=history_chart(rows, regressions, metric, found.points),
         rows=list(reversed(rows))[:HISTORY_TABLE_ROWS],
         total=len(rows),
         regressions=regressions,
         stats=group_rows(rows)[0].stats(metric) if rows else None,
+        interval=found.intervals(False)[metric],
+        current=found.intervals(True)[metric],
+        changes=list(reversed(found.points)),
+        starts={p.run_id: p for p in found.points},
     )
 
 

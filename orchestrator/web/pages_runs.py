@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator.reports.convergence_reads import convergence_checks
 from orchestrator.states import PRECISIONS, RUN_STATUSES
+from orchestrator.store.config_queries import runs_of
 from orchestrator.store.follower import followers_now
 from orchestrator.store.metrics import mem_label
 from orchestrator.store.queries import describe_ib, run_detail
@@ -86,6 +88,7 @@ def run(request: Request) -> Response:
         series = monitor_series(conn, run_id)
         siblings = configuration_runs(conn, detail.run)
         follower = followers_now(conn, [run_id]).get(run_id)
+        convergence = convergence_checks(conn, runs_of(conn, [run_id])).get(run_id)
     charts = epoch_charts({run_id: detail.epochs})
     return render(
         request,
@@ -100,6 +103,7 @@ def run(request: Request) -> Response:
         monitor_charts=monitor_charts(series),
         siblings=siblings,
         failure=detail.run["failure"] or {},
+        convergence=convergence,
     )
 
 

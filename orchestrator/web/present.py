@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator import units
+from orchestrator.reports.changepoints import ChangePoint
 from orchestrator.reports.compare import UNITS, metric_header, number
 from orchestrator.reports.report import group_mem
 from orchestrator.reports.stats import Regression, ScalingPoint
@@ -214,8 +215,10 @@ def history_chart(
     rows: Sequence[Mapping[Any, Any]],
     regressions: Mapping[str, Sequence[Regression]],
     metric: str,
+    changes: Sequence[ChangePoint] = (),
 ) -> dict[str, Any]:
-    """`metric` of each run against its finish time; flagged runs as a second, red series."""
+    """`metric` of each run against its finish time; flagged runs as a second, red series;
+    change points as a third (triangles whose tooltip says what moved and what changed)."""
     points = [
         (r["finished_at"].timestamp() * 1000.0, r[metric], str(r["run_id"]))
         for r in rows
@@ -234,5 +237,28 @@ def history_chart(
             color="#d62728",
         ),
     ]
+    by_run = {run_id: (x, y) for x, y, run_id in points}
+    markers = [
+        {"x": by_run[p.run_id][0], "y": by_run[p.run_id][1], "note": change_note(p)}
+        for p in changes
+        if p.run_id in by_run
+    ]
+    datasets.append(
+        {
+            "label": "change point",
+            "data": markers,
+            "showLine": False,
+            "pointRadius": 10,
+            "pointStyle": "triangle",
+            "color": "#ff7f0e",
+        }
+    )
     y_label = f"{metric_header(metric)}" if unit else metric
     return chart("line", "finished at (UTC)", y_label, datasets, x_time=True)
+
+
+def change_note(point: ChangePoint) -> str:
+    """A change point in one line: what moved, and what changed there."""
+    moved = ", ".join(s.describe() for s in point.shifts)
+    why = "; ".join(c.describe() for c in point.changes) or "no manifest field changed"
+    return f"from {point.run_id}: {moved}; {why}"

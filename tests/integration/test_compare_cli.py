@@ -82,7 +82,9 @@ def test_compare_formats(run_cli: Callable[..., CliResult], sqlite_web_store: st
     )  # the mean side shows its newest run's --set
     assert "metax:2x8:fp32 (mean of 7 runs)" in markdown.out
     csv = run_cli("--db", sqlite_web_store, "compare", BASELINE, HEALTHY, "--format", "csv")
-    assert csv.out.splitlines()[0] == "side,kind,metric,value,change,change_relative"
+    assert csv.out.splitlines()[0] == (
+        "side,kind,metric,value,change,change_relative,n,ci_low,ci_high,cv,welch_p,significant"
+    )
     assert len(csv.out.splitlines()) == 1 + 2 * 5
 
 

@@ -116,7 +116,7 @@ def test_render_formats() -> None:
     document = json.loads(render(result, "json"))
     assert document["changes"][0]["p_core"]["relative"] == pytest.approx(-0.1)
     assert document["environment_differs"] == ["accelerator driver"]
-    assert render(result, "csv").splitlines()[9] == "b,run,p_core,450.0,-50.0,-0.1"
+    assert render(result, "csv").splitlines()[9] == "b,run,p_core,450.0,-50.0,-0.1,,,,,,"
     with pytest.raises(ConfigError):
         render(result, "xml")
     with pytest.raises(ConfigError):

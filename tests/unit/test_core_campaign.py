@@ -118,7 +118,7 @@ def test_bad_durations_name_the_key(value: Any) -> None:
         (
             {"campaign": {**BASE, "colour": 1}},
             "c.toml: campaign.colour is not a campaign setting (known: clusters, name, no_progress_timeout, "
-            "nodes, precisions, repeats, set, timeout, topologies)",
+            "nodes, precisions, repeat, repeats, set, timeout, topologies)",
         ),
         (
             {"campaign": {**BASE, "name": 3}},

@@ -83,6 +83,7 @@ def test_every_listing_command_has_the_documented_json_keys(run_cli: Any, histor
         "environment",
         "runs",
         "warnings",
+        "convergence",
     }
 
     rows = _json(run_cli, "--db", history, "query", "SELECT run_id, p_core FROM runs LIMIT 2")

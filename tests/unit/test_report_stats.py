@@ -158,7 +158,7 @@ def test_grouped_report_shows_spread_and_flags_the_slow_run(
     row = next(line for line in out.splitlines() if line.startswith("| MXC500 2x8"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[-2] == "6"  # n: the fixture run and its five repeats
-    assert " ± " in cells[6] and "–" in cells[6]  # p_core: mean ± sd (min–max)
+    assert cells[6] == "498 ± 50.8 (CV 9.7%)"  # p_core: mean ± t(0.975, 5) * 48.4 / sqrt(6)
     assert cells[-1] == "20260120-101500-2x8-metax-slow: p_core -23%"
     assert "- 20260120-101500-2x8-metax-slow: p_core " in out  # the Regressions section
 

@@ -49,9 +49,13 @@
       plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } } }
     };
     if (spec.xTime) {
-      options.plugins.tooltip = { callbacks: { title: function (items) {
-        return items.length ? utc(items[0].parsed.x) + " UTC" : "";
-      } } };
+      options.plugins.tooltip = { callbacks: {
+        title: function (items) {
+          return items.length ? utc(items[0].parsed.x) + " UTC" : "";
+        },
+        // a change point's marker carries what moved and what changed there
+        afterLabel: function (item) { return item.raw && item.raw.note ? item.raw.note : ""; }
+      } };
     }
     var data = { datasets: spec.datasets };
     if (spec.labels) data.labels = spec.labels;

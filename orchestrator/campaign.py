@@ -31,7 +31,7 @@ from typing import Any
 from orchestrator.config import tomllib
 from orchestrator.errors import ConfigError, TopologyError
 from orchestrator.plan import HPARAM_ALIASES, check_hparams
-from orchestrator.runs.repeat_rule import RepeatRule, rule_from_table
+from orchestrator.repeat_rule import RepeatRule, rule_from_table
 from orchestrator.specs import ClusterSpec, Topology, pick_nodes
 from orchestrator.tables import Dialect, Table, Words, control_character
 
@@ -76,7 +76,7 @@ class CampaignSpec:
     nodes: tuple[str, ...] | None  # pin every run to these nodes (rarely wanted)
     source: str
     # `repeat = {until_ci_pct = 2, min = 3, max = 10}`: up to max repeats are queued; a worker
-    # cancels the rest once the rule holds (orchestrator/runs/repeat_rule.py)
+    # cancels the rest once the rule holds (orchestrator/repeat_rule.py)
     repeat_rule: RepeatRule | None = None
 
 

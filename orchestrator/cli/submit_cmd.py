@@ -30,8 +30,8 @@ from orchestrator.states import BACKENDS, PRECISIONS, BackendName, Precision
 
 if TYPE_CHECKING:
     from orchestrator.backends.base import DoctorReport, PlannedRun
+    from orchestrator.repeat_rule import RepeatRule
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
-    from orchestrator.runs.repeat_rule import RepeatRule
     from orchestrator.store import Store
 
 
@@ -195,8 +195,8 @@ def submit(
     """
     from orchestrator import backends
     from orchestrator.plan import parse_sets
+    from orchestrator.repeat_rule import rule_from_options
     from orchestrator.runs.lifecycle import SubmitRequest
-    from orchestrator.runs.repeat_rule import rule_from_options
     from orchestrator.specs import Topology, with_inputs
 
     rule = rule_from_options(repeat_until, repeat_min, repeat_max, repeat_metric)

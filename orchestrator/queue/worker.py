@@ -17,12 +17,12 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.queue.claims import Claim, claim_next
 from orchestrator.runs.keeper import LeaseKeeper
 from orchestrator.runs.progress import summary_line
-from orchestrator.runs.repeat_rule import repeat_check
 from orchestrator.runs.request import cluster_from, decode_request
 from orchestrator.runs.stopping import StopEvent
 from orchestrator.store.campaigns import finish_campaign_if_done
 from orchestrator.store.leases import LEASE_TTL_S, release
 from orchestrator.store.orphans import end_run
+from orchestrator.store.repeats import repeat_check
 
 if TYPE_CHECKING:
     from rich.console import Console

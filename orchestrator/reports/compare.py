@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator import units
+from orchestrator.confidence import Interval, Welch, interval_of, welch
 from orchestrator.errors import ConfigError
-from orchestrator.reports.confidence import Interval, Welch, interval_of, welch
 from orchestrator.reports.convergence import Convergence
 from orchestrator.reports.stats import METRICS, spread
 

@@ -7,7 +7,7 @@ whole budget of `orchestrator history`. This module uses Otava's own E-divisive 
 (`otava.change_point_divisive`: the pair-distance calculator and the divisive search, numpy only)
 and repeats the two steps of `otava.analysis` around it — split (weak change points over sliding
 windows) and merge (drop the weakest until every one is significant) — with the t-test computed
-by orchestrator/reports/confidence.py. tests/unit/test_changepoints.py checks that the result
+by orchestrator/confidence.py. tests/unit/test_changepoints.py checks that the result
 equals `otava.analysis.compute_change_points` on random series with steps.
 """
 
@@ -27,7 +27,7 @@ from otava.change_point_divisive.base import (
 from otava.change_point_divisive.calculator import PairDistanceCalculator
 from otava.change_point_divisive.detector import ChangePointDetector
 
-from orchestrator.reports.confidence import t_two_sided_p
+from orchestrator.confidence import t_two_sided_p
 
 
 @dataclass

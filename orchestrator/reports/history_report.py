@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import units
+from orchestrator.confidence import Interval, interval_of
 from orchestrator.errors import ConfigError
 from orchestrator.reports.changepoints import ChangePoint, since_last
-from orchestrator.reports.confidence import Interval, interval_of
 from orchestrator.reports.report import fmt
 from orchestrator.reports.stats import METRICS
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.reports.confidence import Interval, Olympic, interval_of, olympic
+from orchestrator.confidence import Interval, Olympic, interval_of, olympic
 from orchestrator.units import sig3
 
 # The seed's numeric columns, summarised over repeats.

@@ -1,14 +1,18 @@
 """The outcomes of a campaign's earlier repeats of one configuration: what a repeat rule
-(orchestrator/runs/repeat_rule.py) decides on when a worker takes the next repeat."""
+(orchestrator/repeat_rule.py) decides on when a worker takes the next repeat."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
+from orchestrator.repeat_rule import Verdict, rule_from_doc
 from orchestrator.store.models import Run
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
 
 # The rule's metric -> its column.
 _COLUMNS = {
@@ -38,3 +42,13 @@ def repeat_outcomes(
         for row in conn.execute(query)
         if all((row.request or {}).get(k) == doc.get(k) for k in SAME)
     ]
+
+
+def repeat_check(store: Store, doc: Mapping[str, Any], before_run: bool = True) -> Verdict | None:
+    """The rule of a queued run over its campaign's repeats that ended (None: no rule; or,
+    before the run, this repeat is within the minimum and runs whatever the others gave)."""
+    rule = rule_from_doc(doc)
+    if rule is None or (before_run and int(doc.get("repeat") or 0) <= rule.min):
+        return None
+    with store.reading() as conn:
+        return rule.verdict(repeat_outcomes(conn, doc, rule.metric))

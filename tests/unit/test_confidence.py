@@ -1,4 +1,4 @@
-"""The statistics of repeats (orchestrator/reports/confidence.py) against scipy, computed here in
+"""The statistics of repeats (orchestrator/confidence.py) against scipy, computed here in
 the test, and against printed t tables: the interval, CV, olympic mean and Welch's t-test."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import statistics
 import pytest
 from scipy import stats as scipy_stats
 
-from orchestrator.reports.confidence import (
+from orchestrator.confidence import (
     interval,
     interval_from_sums,
     interval_of,

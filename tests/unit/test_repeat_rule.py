@@ -1,4 +1,4 @@
-"""Repeat rules (orchestrator/runs/repeat_rule.py): the verdict over repeats so far (failed runs
+"""Repeat rules (orchestrator/repeat_rule.py): the verdict over repeats so far (failed runs
 are failures, not samples), the campaign-file and command-line syntax, and one line per mistake."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 
 from orchestrator.campaign import expand, parse_campaign, render_expansion
 from orchestrator.errors import ConfigError
-from orchestrator.runs.repeat_rule import (
+from orchestrator.repeat_rule import (
     RepeatRule,
     rule_from_doc,
     rule_from_options,

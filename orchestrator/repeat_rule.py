@@ -17,13 +17,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from orchestrator.confidence import interval_of
 from orchestrator.errors import ConfigError
-from orchestrator.reports.confidence import interval_of
-
-if TYPE_CHECKING:
-    from orchestrator.store import Store
 
 RULE_METRICS = ("p_core", "p_train", "p_whole", "e2e_time", "map")
 RULE_KEYS = ("until_ci_pct", "min", "max", "metric")
@@ -182,15 +179,3 @@ def rule_from_doc(doc: Mapping[str, Any]) -> RepeatRule | None:
     return RepeatRule(
         float(raw["until_ci_pct"]), int(raw["min"]), int(raw["max"]), str(raw["metric"])
     )
-
-
-def repeat_check(store: Store, doc: Mapping[str, Any], before_run: bool = True) -> Verdict | None:
-    """The rule of a queued run over its campaign's repeats that ended (None: no rule; or,
-    before the run, this repeat is within the minimum and runs whatever the others gave)."""
-    rule = rule_from_doc(doc)
-    if rule is None or (before_run and int(doc.get("repeat") or 0) <= rule.min):
-        return None
-    from orchestrator.store.repeats import repeat_outcomes
-
-    with store.reading() as conn:
-        return rule.verdict(repeat_outcomes(conn, doc, rule.metric))

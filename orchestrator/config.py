@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
+from orchestrator.health_settings import parse_health_table
 from orchestrator.pathnames import SAFE_NAME_WORDS, is_safe_name
 from orchestrator.specs import (
     DEFAULT_FOLLOWER_GRACE_S,
@@ -34,7 +35,17 @@ else:  # pragma: no cover
 DEFAULT_CLUSTER_FILE = "cluster.toml"
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 
-_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
+_TOP_KEYS = {
+    "cluster",
+    "store",
+    "ssh",
+    "case",
+    "node_defaults",
+    "nodes",
+    "image",
+    "slurm",
+    "health",
+}
 _CLUSTER_KEYS = {
     "name",
     "vendor",
@@ -215,6 +226,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         from orchestrator.slurm_settings import parse_slurm_table
 
         slurm = parse_slurm_table(data.get("slurm", {}), source)
+    health = parse_health_table(data.get("health", {}), source, [n.name for n in nodes])
     return ClusterSpec(
         name=cl.string("name", Path(source).stem),
         vendor=cl.string("vendor", "cpu"),
@@ -235,6 +247,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         follower_grace_s=_grace(cl),
         image=image,
         slurm=slurm,
+        health=health,
         source=source,
     )
 

@@ -26,6 +26,7 @@ from orchestrator.states import FINAL_STATUSES, RunStatus
 from orchestrator.store import rows
 from orchestrator.store import status as run_status
 from orchestrator.store.models import Campaign, NodeLease, Run, RunNode, RunStatusChange
+from orchestrator.store.quarantine import held_by_quarantine
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -316,12 +317,14 @@ def describe_leases(
 
 
 def read_busy(conn: Connection) -> dict[tuple[str, str], str]:
-    return {
-        (c, n): f"run {r}"
+    busy = held_by_quarantine(conn)  # the health gate's quarantined nodes are skipped too
+    busy.update(
+        ((c, n), f"run {r}")
         for c, n, r in conn.execute(
             select(NodeLease.cluster, NodeLease.node_name, NodeLease.run_id)
         )
-    }
+    )
+    return busy
 
 
 def nodes_of(run: QueuedRun) -> Sequence[NodeSpec]:

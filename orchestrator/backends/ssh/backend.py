@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 from orchestrator.backends.base import Detached, DetachItem, DoctorReport, WorkerContext
 from orchestrator.backends.ssh import adoption
+from orchestrator.backends.ssh import health as ssh_health
 from orchestrator.backends.ssh.doctor import run_doctor
 from orchestrator.backends.ssh.submit import execute, make_plan, ssh_manifest
 from orchestrator.queue import leases
 from orchestrator.queue.liveness import liveness
+from orchestrator.runs.lifecycle import Outcome
 from orchestrator.states import BackendName
 from orchestrator.store.queries import run_brief
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from orchestrator.plan import Plan
     from orchestrator.runs.folder import RunManifest
-    from orchestrator.runs.lifecycle import Outcome, SubmitRequest
+    from orchestrator.runs.lifecycle import SubmitRequest
     from orchestrator.specs import ClusterSpec, JobSpec
     from orchestrator.store import Store
 
@@ -62,7 +64,19 @@ class SshRun:
         console: Console,
         queued_at: datetime | None = None,
     ) -> Outcome:
-        return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
+        health = self.plan.job.cluster.health
+        gated = health.gates(self.plan.job.topology.nnodes)
+        if gated and queued_at is not None and self.plan.runtime == "host":
+            # A claimed run: its nodes are probed before it starts; a refusal quarantines
+            # them and puts the run back in the queue, for other nodes.
+            report = ssh_health.gate_queued_run(self.plan, store, runs_dir, stop, console)
+            if not report.ok:
+                return Outcome(self.job.run_id, "queued", runs_dir / self.job.run_id, None, None)
+            gated = False
+        gate = ssh_health.gate_before_run if gated else None
+        return execute(
+            self.plan, req, store, runs_dir, stop, console, queued_at=queued_at, gate=gate
+        )
 
 
 DETACH_HINT = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
@@ -46,7 +46,7 @@ from orchestrator.runs.lifecycle import (
 )
 from orchestrator.runs.progress import ProgressView, verbosity
 from orchestrator.runs.stopping import stop_reason
-from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
+from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
 
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
     from orchestrator.store import Store
 
+# The health gate: (session, plan, store, runs dir, view, stop) -> seconds; raises to refuse.
+HealthGate = Callable[..., float]
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
 COLLECT_TIMEOUT_S = 300.0
@@ -68,6 +70,7 @@ def make_plan(
     image_id: str | None = None,
     facts: Mapping[str, Mapping[str, bool]] | None = None,
     node_values: Mapping[str, str | None] | None = None,
+    entry: Callable[[JobSpec, str], Sequence[str]] | None = None,
 ) -> Plan:
     """The plan a submission executes (what --dry-run prints). With the docker runtime each
     node's command is wrapped in `docker run` of `image` (default: the content tag the vendor's
@@ -110,6 +113,7 @@ def make_plan(
         visible_devices_var=var,
         wrap=wrap,
         image=image,
+        entry=entry,
     )
     if wrap is not None:
         plan = _with_runtime_notes(plan, profile, facts)
@@ -191,6 +195,7 @@ def execute(
     stop: threading.Event,
     console: Console,
     queued_at: datetime | None = None,
+    gate: HealthGate | None = None,
 ) -> Outcome:
     """Run the plan; the run row and folder are final whatever happens. Raises nothing for a
     run that fails on the nodes: the Outcome says how it ended. `queued_at`: the run's row
@@ -205,7 +210,7 @@ def execute(
     if queued_at is not None:
         make_run_dir(run_dir, exist_ok=False)
         store.start_queued_run(manifest)
-        return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl)
+        return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl, gate=gate)
     nodes = tuple(n.node.name for n in plan.nodes)
     request = request_for(
         job.cluster, replace(req, node_names=nodes), runs_dir=str(runs_dir.resolve())
@@ -216,7 +221,9 @@ def execute(
     taken_over = threading.Event()
     try:
         with LeaseKeeper(store, job.run_id, holder, ttl, stop, stop, on_lost=taken_over):
-            return _execute(plan, req, store, run_dir, stop, console, submitted_at, ttl, taken_over)
+            return _execute(
+                plan, req, store, run_dir, stop, console, submitted_at, ttl, taken_over, gate
+            )
     finally:
         if not taken_over.is_set():
             release(store, job.run_id, holder)
@@ -232,6 +239,7 @@ def _execute(
     submitted_at: datetime,
     ttl_s: float,
     taken_over: threading.Event | None = None,
+    gate: HealthGate | None = None,
 ) -> Outcome:
     from orchestrator.transport import NodeSession
 
@@ -283,6 +291,11 @@ def _execute(
                 view.phase("runtime", "each node's daemon tries its runtime options")
                 check_runtime_options(session, plan, facts)
                 phases.lap("runtime")
+            if gate is not None:  # the health gate (backends/ssh/health.py): refuses in one line
+                view.phase("health", f"probe on {len(plan.nodes)} node(s) before the run")
+                gate(session, plan, store, run_dir.parent, view, stop)
+                phases.lap("health")
+                _check_stop(stop)
             view.phase("staging", _staging_detail(plan))
             stage(session, plan, STAGE_TIMEOUT_S)
             phases.lap("stage")

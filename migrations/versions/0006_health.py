@@ -30,7 +30,9 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 def upgrade() -> None:
-    json = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+    json = sa.JSON(none_as_null=True).with_variant(
+        postgresql.JSONB(none_as_null=True), "postgresql"
+    )
     big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
     at = sa.DateTime(timezone=True)
     op.create_table(

@@ -108,15 +108,21 @@ def run_probe(
     health.json. The budget counts from the start of torchrun, so a hung collective or a node
     that cannot be reached at all ends the probe within it."""
     budget = plan.job.cluster.health.time_budget_s
+    t0 = time.monotonic()  # each phase's seconds go into the figures' document
     stage(session, plan, STAGE_TIMEOUT_S)
+    t1 = time.monotonic()
     watch = Watch(plan, session, view, stop, container_cleanup(plan))
     watch.start(START_TIMEOUT_S)
+    t2 = time.monotonic()
     try:
         execution = watch.follow(budget, None)
     except BaseException:
         watch.stop_all()
         raise
+    t3 = time.monotonic()
     problems = collect(session, plan, local_dir, STAGE_TIMEOUT_S)
+    phases = {"stage": t1 - t0, "start": t2 - t1, "probe": t3 - t2}
+    phases["collect"] = time.monotonic() - t3
     if execution.status != "succeeded":
         why = execution.failure.reason if execution.failure else execution.status
         raise HealthProbeFailed(
@@ -128,7 +134,9 @@ def run_probe(
         raise HealthProbeFailed(
             "the health probe wrote no figures", problems, f"see the logs in {local_dir}"
         )
-    return dict(json.loads(found.read_text()))
+    doc = dict(json.loads(found.read_text()))
+    doc["phases_s"] = phases  # here: staging, torchrun's start, the probe, collecting
+    return doc
 
 
 def judge_and_record(

@@ -87,7 +87,7 @@ def node_figures(
     the pairs it is in; with the check's time, topology and the run it gated."""
     query = (
         select(
-            HealthFigure,
+            *_FIGURE_COLUMNS,
             HealthCheckRun.cluster,
             HealthCheckRun.topology,
             HealthCheckRun.gated_run_id,
@@ -99,44 +99,50 @@ def node_figures(
     )
     if cluster is not None:
         query = query.where(HealthCheckRun.cluster == cluster)
-    return [
-        {**_figure(fig), "cluster": cl, "topology": topo, "gated_run_id": run}
-        for fig, cl, topo, run in conn.execute(query)
-    ]
+    return [_figure(row) for row in conn.execute(query).mappings()]
 
 
 def run_gate(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     """The health checks that gated a run (oldest first: a refusal, then the pass on other
     nodes), each with its figures."""
-    checks = conn.execute(
-        select(HealthCheckRun)
-        .where(HealthCheckRun.gated_run_id == run_id)
-        .order_by(HealthCheckRun.started_at, HealthCheckRun.id)
-    ).scalars()
+    checks = (
+        conn.execute(
+            select(HealthCheckRun.__table__)
+            .where(HealthCheckRun.gated_run_id == run_id)
+            .order_by(HealthCheckRun.started_at, HealthCheckRun.id)
+        )
+        .mappings()
+        .all()
+    )
     found = []
     for check in checks:
         figures = conn.execute(
-            select(HealthFigure).where(HealthFigure.check_id == check.id).order_by(HealthFigure.id)
-        ).scalars()
+            select(*_FIGURE_COLUMNS)
+            .where(HealthFigure.check_id == check["id"])
+            .order_by(HealthFigure.id)
+        ).mappings()
         found.append(
             {
-                "id": check.id,
-                "topology": check.topology,
-                "nodes": list(check.nodes or []),
-                "started_at": check.started_at.isoformat(),
-                "took_s": check.took_s,
-                "ok": check.ok,
-                "blamed": list(check.blamed or []),
-                "summary": check.summary,
+                "id": check["id"],
+                "topology": check["topology"],
+                "nodes": list(check["nodes"] or []),
+                "started_at": check["started_at"].isoformat(),
+                "took_s": check["took_s"],
+                "ok": bool(check["ok"]),
+                "blamed": list(check["blamed"] or []),
+                "summary": check["summary"],
                 "figures": [_figure(f) for f in figures],
             }
         )
     return found
 
 
-def _figure(fig: HealthFigure) -> dict[str, Any]:
-    measured: datetime = fig.measured_at
-    return {
-        **{k: getattr(fig, k) for k in FIGURE_FIELDS},
-        "measured_at": measured.isoformat(),
-    }
+_FIGURE_COLUMNS = [*(HealthFigure.__table__.c[k] for k in FIGURE_FIELDS), HealthFigure.measured_at]
+
+
+def _figure(row: Mapping[str, Any]) -> dict[str, Any]:
+    found = dict(row)
+    measured: datetime = found["measured_at"]
+    found["measured_at"] = measured.isoformat()
+    found["exempt"] = bool(found["exempt"])
+    return found

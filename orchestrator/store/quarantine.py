@@ -57,12 +57,14 @@ def quarantine(
 
 def active(conn: Connection, cluster: str | None = None) -> list[Quarantined]:
     """The quarantines not yet expired, by cluster and node."""
-    query = select(NodeQuarantine).where(NodeQuarantine.expires_at > now_utc())
+    table = NodeQuarantine.__table__
+    query = select(table).where(NodeQuarantine.expires_at > now_utc())
     if cluster is not None:
         query = query.where(NodeQuarantine.cluster == cluster)
     rows = conn.execute(query.order_by(NodeQuarantine.cluster, NodeQuarantine.node_name))
     return [
-        Quarantined(q.cluster, q.node_name, q.reason, q.since, q.expires_at) for q in rows.scalars()
+        Quarantined(q["cluster"], q["node_name"], q["reason"], q["since"], q["expires_at"])
+        for q in rows.mappings()
     ]
 
 

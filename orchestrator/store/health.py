@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, or_, select
+from sqlalchemy.engine import RowMapping
 
 from orchestrator.store.models import HealthCheckRun, HealthFigure
 
@@ -140,7 +141,7 @@ def run_gate(conn: Connection, run_id: str) -> list[dict[str, Any]]:
 _FIGURE_COLUMNS = [*(HealthFigure.__table__.c[k] for k in FIGURE_FIELDS), HealthFigure.measured_at]
 
 
-def _figure(row: Mapping[str, Any]) -> dict[str, Any]:
+def _figure(row: RowMapping) -> dict[str, Any]:
     found = dict(row)
     measured: datetime = found["measured_at"]
     found["measured_at"] = measured.isoformat()

@@ -11,7 +11,7 @@ from sqlalchemy import Column, Connection, Float, MetaData, Select, String, Tabl
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
-from orchestrator.store.health import run_gate
+from orchestrator.store.health import gate_line, run_gate
 from orchestrator.store.models import (
     Image,
     ImageWheel,
@@ -298,7 +298,15 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
         wheels.update(conn.scalars(wheel_query))
     if wheels:  # the wheel file names say more than a version string
         values["framework"] = wheels
-    return [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
+    found = [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
+    if isinstance(runs, Selection):
+        ids = list(conn.scalars(_where(conn, select(SEED_TABLE.c.run_id), runs)))
+    else:
+        ids = [runs] if isinstance(runs, str) else list(runs)
+    gate = gate_line(conn, ids)
+    if gate:  # only where runs were gated: reports of ungated runs keep their block
+        found.append(("fabric health (gate)", [gate]))
+    return found
 
 
 def run_warnings(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.cluster_fixtures import cli_env, set_args, write_cluster_file
 from tests.support.netns_testbed import Testbed, _ns_pids
+from tests.unit.test_output_formats import documented_keys
 
 pytestmark = [pytest.mark.sshd, pytest.mark.netns, pytest.mark.torch]
 
@@ -98,6 +99,7 @@ def test_a_slow_link_is_named_refuses_the_run_and_restored_the_run_starts(
     health_s = time.monotonic() - began
     assert probe.returncode == 3, probe.stderr[-3000:]
     doc = json.loads(probe.stdout)
+    assert set(doc) == documented_keys()["health"]  # docs/output.md
     figures = _figures(doc)
     assert doc["blamed"] == ["node3"] and doc["ok"] is False
     slow = {k[1:] for k, f in figures.items() if k[0] == "pair" and f["verdict"] == "fail"}
@@ -175,13 +177,14 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
             (run_id,),
         ).fetchall()
         held = conn.execute("SELECT cluster, node_name FROM node_quarantine").fetchall()
-    assert status == ("succeeded",)
-    assert [n for (n,) in nodes] == ["node1", "node2", "node4"]
+    print(worker.stdout[-3000:], worker.stderr[-3000:])
     assert checks == [
         (0, '["node1", "node2", "node3"]', '["node3"]'),
         (1, '["node1", "node2", "node4"]', "[]"),
     ]
     assert held == [("test", "node3")]
+    assert status == ("succeeded",)
+    assert [n for (n,) in nodes] == ["node1", "node2", "node4"]
 
     shown = _cli(bed, cfg, db, "nodes", "show", "node3")
     assert "node3: quarantined until" in shown.stdout and "health gate: node3" in shown.stdout

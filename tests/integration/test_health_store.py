@@ -106,6 +106,22 @@ def test_checks_history_gate_pages_and_quarantine(store_url: str, run_cli) -> No
     assert node_page.text.count('class="verdict-fail"') == 2  # the 3.0 and the slow pair
     assert "22" in node_page.text and f'href="/runs/{RUN}"' in node_page.text
 
+    before = run_cli("--db", store_url, "report").out
+    assert "fabric health" not in before  # a refused gate is not the run's environment
+    with open_store(store_url) as store, store.transaction() as conn:
+        health_rows.record_check(
+            conn,
+            _check(t0 + timedelta(hours=2), RUN, True, "ok"),
+            [
+                _figure("allreduce", None, 0.0241, "ok", ranks=2),
+                _figure("pair", "n1", 0.0236, "ok", peer="n3"),
+                _figure("compute", "n1", 30.5, "ok", device=0),
+            ],
+        )
+    report = run_cli("--db", store_url, "report").out
+    line = "fabric health (gate): 1 of 1 run(s) gated, allreduce min 0.0241 GB/s, pair min "
+    assert line + "0.0236 GB/s, compute min 30.5 GFLOP/s" in report
+
     with open_store(store_url) as store:
         with store.transaction() as conn:
             quarantine.quarantine(conn, "lab", ["n2"], "health gate: n2 slow", 3600.0, gate_id)

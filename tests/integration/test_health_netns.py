@@ -133,7 +133,7 @@ def test_a_slow_link_is_named_refuses_the_run_and_restored_the_run_starts(
             "SELECT ok, blamed FROM health_checks WHERE gated_run_id = ?", (refused_id,)
         ).fetchall()
     assert status == "failed" and ranks == 0  # refused before the workload started
-    assert gate == [(0, '["node3"]')]
+    assert [(ok, json.loads(blamed)) for ok, blamed in gate] == [(0, ["node3"])]
 
     bed.set_rate("node3", RATE_MBIT)
     began = time.monotonic()
@@ -178,9 +178,9 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
         ).fetchall()
         held = conn.execute("SELECT cluster, node_name FROM node_quarantine").fetchall()
     print(worker.stdout[-3000:], worker.stderr[-3000:])
-    assert checks == [
-        (0, '["node1", "node2", "node3"]', '["node3"]'),
-        (1, '["node1", "node2", "node4"]', "[]"),
+    assert [(ok, json.loads(nodes), json.loads(blamed)) for ok, nodes, blamed in checks] == [
+        (0, ["node1", "node2", "node3"], ["node3"]),
+        (1, ["node1", "node2", "node4"], []),
     ]
     assert held == [("test", "node3")]
     assert status == ("succeeded",)
@@ -228,10 +228,12 @@ def test_a_node_starved_of_cpu_is_named_by_the_compute_probe(
 ) -> None:
     cfg, db = _cluster(bed, tmp_path, tiny_coco), tmp_path / "results.db"
     began = time.monotonic()
-    probe = _cli(bed, cfg, db, "health", "4x1", "--format", "json")
+    probe = _cli(bed, cfg, db, "doctor", "4x1", "--health", "--format", "json")
     took = time.monotonic() - began
     assert probe.returncode == 3, probe.stderr[-3000:]
-    doc = json.loads(probe.stdout)
+    both = json.loads(probe.stdout)
+    assert both["doctor"]["ok"] is True  # the node is ready, only slow
+    doc = both["health"]
     computes = {f["node"]: f for f in doc["figures"] if f["check"] == "compute"}
     assert computes["node2"]["verdict"] == "fail"
     assert computes["node2"]["expected_from"] == "peers' median"
@@ -239,4 +241,4 @@ def test_a_node_starved_of_cpu_is_named_by_the_compute_probe(
     assert computes["node2"]["value"] < 0.5 * min(others)
     assert all(computes[n]["verdict"] == "ok" for n in ("node1", "node3", "node4"))
     assert "node2" in doc["blamed"]
-    print(f"health 4x1, node2 at 20 % of a core: {took:.1f} s; compute {computes}")
+    print(f"doctor --health 4x1, node2 at 20 % of a core: {took:.1f} s; compute {computes}")

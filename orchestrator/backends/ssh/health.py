@@ -207,8 +207,9 @@ def check_nodes(
     return report, check_id, time.monotonic() - began
 
 
-def gate_plan(run_plan: Plan) -> Plan:
-    """The probe's plan for a run's plan: its nodes (and image, when the run has one)."""
+def gate_plan(run_plan: Plan, facts: Any = None) -> Plan:
+    """The probe's plan for a run's plan: its nodes (and image, with the runtime options
+    that fit each node's devices, `facts`, when the run has one)."""
     job = run_plan.job
     plan = probe_plan(
         job.cluster,
@@ -217,6 +218,7 @@ def gate_plan(run_plan: Plan) -> Plan:
         job.precision,
         image=run_plan.image if run_plan.runtime == "docker" else None,
         image_id=run_plan.image_id,
+        facts=facts,
         salt=job.run_id,
     )
     return replace(plan, image_id=run_plan.image_id)
@@ -251,11 +253,12 @@ def gate_before_run(
     runs_dir: Path,
     view: ProgressView,
     stop: threading.Event,
+    facts: Any = None,
 ) -> float:
     """The gate inside a run's execution, on its connected, preflighted nodes: refuses the
     run (HealthGateRefused, one line) when a figure is below threshold; the seconds it took."""
     report, _, took = check_nodes(
-        session, gate_plan(plan), store, runs_dir, view, stop, plan.job.run_id
+        session, gate_plan(plan, facts), store, runs_dir, view, stop, plan.job.run_id
     )
     view.line(f"health gate: {report.summary()}")
     if not report.ok:

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 
     from orchestrator.store import Store
 
-# The health gate: (session, plan, store, runs dir, view, stop) -> seconds; raises to refuse.
+# The health gate: (session, plan, store, runs dir, view, stop, device facts) -> seconds;
+# raises to refuse (backends/ssh/health.py).
 HealthGate = Callable[..., float]
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
@@ -293,7 +294,7 @@ def _execute(
                 phases.lap("runtime")
             if gate is not None:  # the health gate (backends/ssh/health.py): refuses in one line
                 view.phase("health", f"probe on {len(plan.nodes)} node(s) before the run")
-                gate(session, plan, store, run_dir.parent, view, stop)
+                gate(session, plan, store, run_dir.parent, view, stop, facts)
                 phases.lap("health")
                 _check_stop(stop)
             view.phase("staging", _staging_detail(plan))

@@ -186,11 +186,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     sizes = [int(float(s) * MIB) for s in args.sizes_mib.split(",") if s.strip()]
     everyone = _sweep(sizes, args.iters, device, None, world) if world > 1 else None
 
-    node_groups = [
-        dist.new_group(list(range(k * per_node, (k + 1) * per_node))) for k in range(nnodes)
-    ]
     intra = None
-    if per_node > 1:
+    if per_node > 1:  # every rank makes every group, in the same order (torch's rule)
+        node_groups = [
+            dist.new_group(list(range(k * per_node, (k + 1) * per_node))) for k in range(nnodes)
+        ]
         intra = _sweep(sizes, args.iters, device, node_groups[node_rank], per_node)
         intra["node"] = node
 

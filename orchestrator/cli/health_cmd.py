@@ -81,13 +81,13 @@ def run_health(
             f"health runs over the ssh backend; cluster {cluster.name!r} uses {cluster.backend}",
             "run it with a cluster file whose backend is ssh (the nodes reachable over SSH)",
         )
-    names = [n.strip() for n in node_names.split(",") if n.strip()] if node_names else None
-    plan = probe_plan(cluster, Topology.parse(topology), names, precision)
     if cluster.runtime == "docker":
         raise ConfigError(
             "health outside a run uses the host runtime",
             'the gate before a run probes in its image; here, set runtime = "host"',
         )
+    names = [n.strip() for n in node_names.split(",") if n.strip()] if node_names else None
+    plan = probe_plan(cluster, Topology.parse(topology), names, precision)
     began = time.monotonic()
     console = Console(stderr=True)
     with open_store_for_submit(app) as store, stop_on_signals() as stop:

@@ -168,7 +168,9 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
     )
     assert worker.returncode == 0, worker.stderr[-3000:] + worker.stdout[-3000:]
     with sqlite3.connect(db) as conn:
-        status = conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        status, reason = conn.execute(
+            "SELECT status, reason FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
         nodes = conn.execute(
             "SELECT node_name FROM run_nodes WHERE run_id = ? ORDER BY node_rank", (run_id,)
         ).fetchall()
@@ -183,7 +185,7 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
         (1, ["node1", "node2", "node4"], []),
     ]
     assert held == [("test", "node3")]
-    assert status == ("succeeded",)
+    assert status == "succeeded", reason
     assert [n for (n,) in nodes] == ["node1", "node2", "node4"]
 
     shown = _cli(bed, cfg, db, "nodes", "show", "node3")

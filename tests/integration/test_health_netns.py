@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -198,13 +199,15 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
 
 @pytest.fixture
 def starved_node2(bed: Testbed) -> Iterator[Path]:
-    """node2's sshd (so every process a session starts there) in a cgroup held to 20 % of a
-    core; everything moved back and the group removed at the end, also after a failure."""
+    """node2's sshd (so every process a session starts there) in a cgroup held to 10 % of a
+    core (on this shared 2-core machine the other nodes get a fifth of a core or more even
+    under heavy load); everything moved back and the group removed at the end, also after a
+    failure."""
     group = CPU_CGROUP / f"hl-{os.getpid()}-starved"
     group.mkdir()
     try:
         (group / "cpu.cfs_period_us").write_text("100000")
-        (group / "cpu.cfs_quota_us").write_text("20000")
+        (group / "cpu.cfs_quota_us").write_text("10000")
         sshd = bed.node("node2").sshd
         assert sshd is not None
         for pid in _ns_pids(bed.node("node2").netns):
@@ -240,7 +243,8 @@ def test_a_node_starved_of_cpu_is_named_by_the_compute_probe(
     assert computes["node2"]["verdict"] == "fail"
     assert computes["node2"]["expected_from"] == "peers' median"
     others = [computes[n]["value"] for n in ("node1", "node3", "node4")]
-    assert computes["node2"]["value"] < 0.5 * min(others)
+    # the others' figures swing with the machine's load (other tests): their median holds
+    assert computes["node2"]["value"] < 0.6 * statistics.median(others)
     assert all(computes[n]["verdict"] == "ok" for n in ("node1", "node3", "node4"))
     assert "node2" in doc["blamed"]
-    print(f"doctor --health 4x1, node2 at 20 % of a core: {took:.1f} s; compute {computes}")
+    print(f"doctor --health 4x1, node2 at 10 % of a core: {took:.1f} s; compute {computes}")

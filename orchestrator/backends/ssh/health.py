@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ class HealthProbeFailed(NodeError):
     """The probe itself did not finish (within its budget, or a rank failed)."""
 
 
-def probe_entry(settings: HealthSettings) -> Any:
+def probe_entry(settings: HealthSettings) -> Callable[[JobSpec, str], list[str]]:
     """The plan's `entry`: torchrun starts the probe with the [health] settings."""
 
     def entry(job: JobSpec, output_dir: str) -> list[str]:

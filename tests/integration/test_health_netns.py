@@ -59,7 +59,7 @@ def slow_node3(bed: Testbed) -> Iterator[Testbed]:
         bed.set_rate("node3", RATE_MBIT)
 
 
-def _cluster(bed: Testbed, tmp_path: Path, data_dir: Path) -> Path:
+def _cluster(bed: Testbed, tmp_path: Path, data_dir: Path, *health: str) -> Path:
     cfg = write_cluster_file(
         tmp_path / "cluster.toml",
         list(bed.nodes),
@@ -69,8 +69,13 @@ def _cluster(bed: Testbed, tmp_path: Path, data_dir: Path) -> Path:
         accelerators=1,
         socket_ifname="eth0",
     )
-    cfg.write_text(cfg.read_text() + "\n".join(HEALTH))
+    cfg.write_text(cfg.read_text() + "\n".join([*HEALTH, *health, ""]))
     return cfg
+
+
+# Tests of links: the compute figures of a shared 2-core machine swing with other tests' load,
+# so only a device below a fifth of its peers' median fails there.
+LINKS_ONLY = "compute_fraction = 0.2"
 
 
 def _cli(bed: Testbed, cfg: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +98,7 @@ def test_a_slow_link_is_named_refuses_the_run_and_restored_the_run_starts(
     slow_node3: Testbed, tiny_coco: Path, tmp_path: Path
 ) -> None:
     bed = slow_node3
-    cfg, db = _cluster(bed, tmp_path, tiny_coco), tmp_path / "results.db"
+    cfg, db = _cluster(bed, tmp_path, tiny_coco, LINKS_ONLY), tmp_path / "results.db"
 
     began = time.monotonic()
     probe = _cli(bed, cfg, db, "health", "4x1", "--format", "json")
@@ -159,7 +164,7 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
     slow_node3: Testbed, tiny_coco: Path, tmp_path: Path
 ) -> None:
     bed = slow_node3
-    cfg, db = _cluster(bed, tmp_path, tiny_coco), tmp_path / "results.db"
+    cfg, db = _cluster(bed, tmp_path, tiny_coco, LINKS_ONLY), tmp_path / "results.db"
     queued = _cli(bed, cfg, db, "submit", "3x1", "--detach", *set_args())
     assert queued.returncode == 0, queued.stderr[-3000:]
     run_id = queued.stdout.split()[0]

@@ -54,12 +54,13 @@ def _check(at: datetime, gated: str | None, ok: bool, summary: str) -> dict:
     }
 
 
-@pytest.fixture
-def store_url(sqlite_url: str, fixture_runs: Path) -> str:
-    upgrade_store(sqlite_url)
-    with open_store(sqlite_url) as store:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, fixture_runs: Path) -> str:
+    url = str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+    upgrade_store(url)
+    with open_store(url) as store:
         store.ingest([fixture_runs / RUN])
-    return sqlite_url
+    return url
 
 
 def test_checks_history_gate_pages_and_quarantine(store_url: str, run_cli) -> None:
@@ -93,6 +94,12 @@ def test_checks_history_gate_pages_and_quarantine(store_url: str, run_cli) -> No
     doc = json.loads(run_cli("--db", store_url, "runs", "show", RUN, "--format", "json").out)
     assert doc["health"][0]["figures"][0]["expected"] == 0.025
 
+    if store_url.startswith("sqlite"):  # the pages on Postgres need a SELECT-only role
+        _pages(store_url)
+    _report_and_quarantine(store_url, run_cli, t0, gate_id)
+
+
+def _pages(store_url: str) -> None:
     from orchestrator.web.app import create_app
 
     with TestClient(create_app(store_url), raise_server_exceptions=False) as client:
@@ -106,6 +113,8 @@ def test_checks_history_gate_pages_and_quarantine(store_url: str, run_cli) -> No
     assert node_page.text.count('class="verdict-fail"') == 2  # the 3.0 and the slow pair
     assert "22" in node_page.text and f'href="/runs/{RUN}"' in node_page.text
 
+
+def _report_and_quarantine(store_url: str, run_cli, t0: datetime, gate_id: int) -> None:
     before = run_cli("--db", store_url, "report").out
     assert "fabric health" not in before  # a refused gate is not the run's environment
     with open_store(store_url) as store, store.transaction() as conn:

@@ -73,9 +73,10 @@ def _cluster(bed: Testbed, tmp_path: Path, data_dir: Path, *health: str) -> Path
     return cfg
 
 
-# Tests of links: the compute figures of a shared 2-core machine swing with other tests' load,
-# so only a device below a fifth of its peers' median fails there.
-LINKS_ONLY = "compute_fraction = 0.2"
+# Tests of links, calibrated for a shared 2-core machine whose load (other tests) swings the
+# figures: compute fails only below a fifth of its peers' median; a link below 40 % of its
+# rate fails (a healthy one measured 0.015-0.024 GB/s at load 10-17, the slow one 0.0045).
+LINKS_ONLY = "compute_fraction = 0.2\npair_fraction = 0.4\nbusbw_fraction = 0.4"
 
 
 def _cli(bed: Testbed, cfg: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -112,7 +113,7 @@ def test_a_slow_link_is_named_refuses_the_run_and_restored_the_run_starts(
     assert slow == {("node2", "node3"), ("node3", "node4")}
     for pair in [("node1", "node2"), ("node1", "node4")]:
         fig = figures[("pair", *pair)]
-        assert fig["verdict"] == "ok" and 0.7 * EXPECTED_GBS <= fig["value"] <= 1.1 * EXPECTED_GBS
+        assert fig["verdict"] == "ok" and 0.4 * EXPECTED_GBS <= fig["value"] <= 1.1 * EXPECTED_GBS
     for pair in slow:  # 40 Mbit/s = 0.005 GB/s
         assert figures[("pair", *pair)]["value"] < 0.3 * EXPECTED_GBS
     everyone = figures[("allreduce", None, None)]
@@ -131,6 +132,7 @@ def test_a_slow_link_is_named_refuses_the_run_and_restored_the_run_starts(
     line = error[0]
     assert "health gate: node3 below threshold" in line
     assert "pair node2-node3 busBW" in line and "expected 0.025 (configured)" in line
+    assert "threshold 40% = 0.01" in line
     assert "before_run" in line  # the remedy
     with sqlite3.connect(db) as conn:
         refused_id, status = conn.execute("SELECT run_id, status FROM runs").fetchone()

@@ -46,9 +46,13 @@ def main() -> None:
                 workdir_root=root / "nodes",
                 accelerators=1,
                 socket_ifname="eth0",
+                health=[
+                    "sizes_mib = [0.25, 1]",
+                    "iters = 3",
+                    "compute_s = 0.5",
+                    f"expected_busbw_gbs = {RATE_MBIT / 8000}",
+                ],
             )
-            health = "\n[health]\nsizes_mib = [0.25, 1]\niters = 3\ncompute_s = 0.5\n"
-            cfg.write_text(cfg.read_text() + health + f"expected_busbw_gbs = {RATE_MBIT / 8000}\n")
             if args.slow:
                 bed.set_rate(args.slow, RATE_MBIT // 5)
             cli = [sys.executable, "-m", "orchestrator", "--cluster", str(cfg)]

@@ -29,14 +29,11 @@ SLOW_MBIT = RATE_MBIT // 5
 EXPECTED_GBS = RATE_MBIT / 8 / 1000
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 HEALTH = [
-    "",
-    "[health]",
     "sizes_mib = [0.25, 1]",
     "iters = 3",
     "compute_s = 0.5",
     "time_budget_s = 90",
     f"expected_busbw_gbs = {EXPECTED_GBS}",  # the testbed's fabric: 200 Mbit/s links
-    "",
 ]
 
 
@@ -68,15 +65,15 @@ def _cluster(bed: Testbed, tmp_path: Path, data_dir: Path, *health: str) -> Path
         workdir_root=tmp_path / "nodes",
         accelerators=1,
         socket_ifname="eth0",
+        health=[*HEALTH, *health],  # before_run: "multi-node", the default
     )
-    cfg.write_text(cfg.read_text() + "\n".join([*HEALTH, *health, ""]))
     return cfg
 
 
 # Tests of links, calibrated for a shared 2-core machine whose load (other tests) swings the
 # figures: compute fails only below a fifth of its peers' median; a link below 40 % of its
 # rate fails (a healthy one measured 0.015-0.024 GB/s at load 10-17, the slow one 0.0045).
-LINKS_ONLY = "compute_fraction = 0.2\npair_fraction = 0.4\nbusbw_fraction = 0.4"
+LINKS_ONLY = ("compute_fraction = 0.2", "pair_fraction = 0.4", "busbw_fraction = 0.4")
 
 
 def _cli(bed: Testbed, cfg: Path, db: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -99,7 +96,7 @@ def test_a_slow_link_is_named_refuses_the_run_and_restored_the_run_starts(
     slow_node3: Testbed, tiny_coco: Path, tmp_path: Path
 ) -> None:
     bed = slow_node3
-    cfg, db = _cluster(bed, tmp_path, tiny_coco, LINKS_ONLY), tmp_path / "results.db"
+    cfg, db = _cluster(bed, tmp_path, tiny_coco, *LINKS_ONLY), tmp_path / "results.db"
 
     began = time.monotonic()
     probe = _cli(bed, cfg, db, "health", "4x1", "--format", "json")
@@ -166,7 +163,7 @@ def test_in_the_queue_the_slow_node_is_quarantined_and_the_run_goes_to_the_other
     slow_node3: Testbed, tiny_coco: Path, tmp_path: Path
 ) -> None:
     bed = slow_node3
-    cfg, db = _cluster(bed, tmp_path, tiny_coco, LINKS_ONLY), tmp_path / "results.db"
+    cfg, db = _cluster(bed, tmp_path, tiny_coco, *LINKS_ONLY), tmp_path / "results.db"
     queued = _cli(bed, cfg, db, "submit", "3x1", "--detach", *set_args())
     assert queued.returncode == 0, queued.stderr[-3000:]
     run_id = queued.stdout.split()[0]

@@ -80,8 +80,11 @@ def write_cluster_file(
     follower_grace_s: float | None = None,
     socket_ifname: str = "lo",
     extra_cluster: Sequence[str] = (),
+    health: Sequence[str] = ('before_run = "never"',),
 ) -> Path:
-    """A cluster file as a lab admin would write it, for test nodes on loopback addresses."""
+    """A cluster file as a lab admin would write it, for test nodes on loopback addresses.
+    `health`: the [health] table's lines; by default no health gate before runs (the tests of
+    the gate, tests/integration/test_health_netns.py, give their own)."""
     lines = [
         "[cluster]",
         'name = "test"',
@@ -103,6 +106,8 @@ def write_cluster_file(
     ]
     if store_url:
         lines += ["[store]", f"url = {_toml_str(store_url)}", ""]
+    if health:
+        lines += ["[health]", *health, ""]
     for node in nodes:
         lines += [
             "[[nodes]]",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
+from orchestrator.health_settings import parse_health_table
 from orchestrator.image_settings import parse_image_table
 from orchestrator.pathnames import SAFE_NAME_WORDS, is_safe_name
 from orchestrator.slurm_settings import parse_slurm_table
@@ -36,7 +37,17 @@ else:  # pragma: no cover
 DEFAULT_CLUSTER_FILE = "cluster.toml"
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 
-_TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
+_TOP_KEYS = {
+    "cluster",
+    "store",
+    "ssh",
+    "case",
+    "node_defaults",
+    "nodes",
+    "image",
+    "slurm",
+    "health",
+}
 _CLUSTER_KEYS = {
     "name",
     "vendor",
@@ -211,6 +222,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
     slurm = None
     if "slurm" in data or backend == "slurm":
         slurm = parse_slurm_table(data.get("slurm", {}), source)
+    health = parse_health_table(data.get("health", {}), source, [n.name for n in nodes])
     return ClusterSpec(
         name=cl.string("name", Path(source).stem),
         vendor=cl.string("vendor", "cpu"),
@@ -231,6 +243,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         follower_grace_s=_grace(cl),
         image=image,
         slurm=slurm,
+        health=health,
         source=source,
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -192,6 +192,10 @@ def workload_args(job: JobSpec, output_dir: str) -> list[str]:
     return args
 
 
+def workload_entry(job: JobSpec, output_dir: str) -> list[str]:
+    return ["-m", WORKLOAD_MODULE, *workload_args(job, output_dir)]
+
+
 def node_env(
     job: JobSpec,
     node: NodeSpec,
@@ -241,10 +245,13 @@ def build_plan(
     image: str | None = None,
     master: Master | None = None,
     node_values: Mapping[str, str | None] | None = None,
+    entry: Callable[[JobSpec, str], Sequence[str]] | None = None,
 ) -> Plan:
     """The plan for every node. `wrap` turns a node's command into its container command;
     `master` is master_address(job, route) (without it: no route lookup); `node_values`: the
-    visible-devices variable as each node's own environment sets it (host runtime)."""
+    visible-devices variable as each node's own environment sets it (host runtime); `entry`:
+    what torchrun starts, given the job and the node's output folder (default: the workload
+    with its arguments; the health probe gives its own)."""
     if job.precision not in PRECISIONS:
         raise ConfigError(
             f"precision {job.precision!r} is not known", f"use one of {', '.join(PRECISIONS)}"
@@ -281,9 +288,7 @@ def build_plan(
             f"--master-addr={master.address}",
             f"--master-port={port}",
             "--max-restarts=0",
-            "-m",
-            WORKLOAD_MODULE,
-            *workload_args(job, output_dir),
+            *(entry or workload_entry)(job, output_dir),
         )
         np_ = NodePlan(
             node=node,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from orchestrator.errors import TopologyError
+from orchestrator.health_settings import HealthSettings
 from orchestrator.image_settings import ImageSettings
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.states import BackendName, Precision, Runtime
@@ -123,6 +124,7 @@ class ClusterSpec:
     follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
     image: ImageSettings | None = None  # the [image] table
     slurm: SlurmSettings | None = None  # the [slurm] table
+    health: HealthSettings = HealthSettings()  # the [health] table: the gate before runs
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:

@@ -28,6 +28,12 @@ MemSource = Literal["device", "allocator"]
 # (InfiniBand or RoCE), TCP sockets, nothing (one node), torch's gloo (a CPU run), nodes that
 # disagree, or NCCL lines that name no network.
 FabricTransport = Literal["ib", "socket", "intra-node", "gloo", "mixed", "unknown"]
+# The health checks before runs (docs/health.md): what is measured, the verdict on each figure,
+# when the gate runs, and which node pairs are measured.
+HealthCheck = Literal["compute", "allreduce", "intra", "pair"]
+HealthVerdict = Literal["ok", "fail", "unjudged"]
+GateWhen = Literal["multi-node", "always", "never"]
+PairsHow = Literal["ring", "all"]
 
 RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 ACTIVE_STATUSES: tuple[ActiveStatus, ...] = get_args(ActiveStatus)
@@ -40,6 +46,10 @@ DISTRIBUTIONS: tuple[Distribution, ...] = get_args(Distribution)
 RUN_SOURCES: tuple[RunSource, ...] = get_args(RunSource)
 MEM_SOURCES: tuple[MemSource, ...] = get_args(MemSource)
 FABRIC_TRANSPORTS: tuple[FabricTransport, ...] = get_args(FabricTransport)
+HEALTH_CHECKS: tuple[HealthCheck, ...] = get_args(HealthCheck)
+HEALTH_VERDICTS: tuple[HealthVerdict, ...] = get_args(HealthVerdict)
+GATE_WHEN: tuple[GateWhen, ...] = get_args(GateWhen)
+PAIRS_HOW: tuple[PairsHow, ...] = get_args(PairsHow)
 
 
 def run_status(value: str) -> RunStatus:

@@ -20,6 +20,7 @@ _MODULES = [
     "orchestrator.cli.web_cmd",
     "orchestrator.cli.export_cmd",
     "orchestrator.cli.import_cmd",
+    "orchestrator.cli.health_cmd",
 ]
 
 

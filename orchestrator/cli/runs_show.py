@@ -3,7 +3,7 @@ numbers rounded, epochs counted from 1) and one JSON document with the stored va
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator import units
@@ -132,7 +132,20 @@ def run_fields(detail: RunDetail) -> list[list[str]]:
     if run["failure"]:
         rows += [[f"failure.{k}", fmt(v)] for k, v in run["failure"].items() if k != "log_tail"]
     rows += fabric_rows(run)
+    rows += health_rows(detail.health)
     return rows
+
+
+def health_rows(checks: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """The health gate before the run (docs/health.md): each check's verdict and lowest
+    figures, one row each (a refusal on some nodes, then the pass on others)."""
+    return [
+        [
+            "health gate",
+            f"{check['summary']} (nodes {', '.join(check['nodes'])}; check {check['id']})",
+        ]
+        for check in checks
+    ]
 
 
 def fabric_rows(run: Mapping[Any, Any]) -> list[list[str]]:
@@ -220,4 +233,5 @@ def show_document(detail: RunDetail) -> dict[str, Any]:
         "epochs": [dict(e) for e in detail.epochs],
         "image": dict(detail.image) if detail.image is not None else None,
         "wheels": [dict(w) for w in detail.wheels],
+        "health": list(detail.health),
     }

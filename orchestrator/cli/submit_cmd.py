@@ -378,6 +378,12 @@ def _print_outcome(store: Store, outcome: Outcome, wall_s: float) -> None:
     "--backbone-weights",
     help="Check this checkpoint (as submit --backbone-weights) instead of [case] backbone_weights.",
 )
+@click.option(
+    "--health",
+    "with_health",
+    is_flag=True,
+    help="Then run the health checks on the TOPOLOGY's nodes (`orchestrator health`).",
+)
 @format_option()
 @click.pass_obj
 def doctor(
@@ -386,6 +392,7 @@ def doctor(
     node_names: str | None,
     data_dir: str | None,
     backbone_weights: str | None,
+    with_health: bool,
     output: str,
 ) -> None:
     """Check that nodes are ready to run TOPOLOGY: reachable, host key known, torch (or Docker),
@@ -401,15 +408,35 @@ def doctor(
       orchestrator doctor
       orchestrator --cluster lab.toml doctor 2x8 --format json
       orchestrator doctor 1x1 --data-dir /data/coco2017   # what submit --data-dir would read
+      orchestrator doctor 2x8 --health                     # then the health checks (docs/health.md)
     """
     from orchestrator import backends
     from orchestrator.specs import with_inputs
 
     cluster = with_inputs(app.cluster, _input_path(data_dir), _input_path(backbone_weights))
+    if with_health and not topology:
+        raise ConfigError(
+            "doctor --health needs a TOPOLOGY", "e.g. orchestrator doctor 2x8 --health"
+        )
     found = backends.for_cluster(cluster).doctor(cluster, topology or None, node_names)
-    emit(doctor_output(found), output)
-    if not found.ok:
-        raise SystemExit(3)
+    checked = doctor_output(found)
+    if not (with_health and found.ok):
+        emit(checked, output)
+        if not found.ok:
+            raise SystemExit(3)
+        return
+    # only on nodes found ready: the probe needs SSH and torch there
+    from orchestrator.cli.health_cmd import EXIT_UNHEALTHY, health_output, run_health
+
+    report, check_id, wall = run_health(app, topology, node_names, "fp32", None)
+    probed = health_output(report, check_id, topology, wall)
+    if output == "json":  # one document: {"doctor": ..., "health": ...}
+        emit(Output([], {"doctor": checked.document, "health": probed.document}), output)
+    else:
+        emit(checked, output)
+        emit(probed, output)
+    if not report.ok:
+        raise SystemExit(EXIT_UNHEALTHY)
 
 
 def doctor_output(found: DoctorReport) -> Output:

@@ -77,6 +77,8 @@ def run_claim(
     finally:
         release(store, claim.run_id, holder)
         finish_campaign_if_done(store, doc.get("campaign_id"))
+    if outcome.status == "queued":  # the health gate quarantined nodes: back in the queue
+        return "queued"
     metrics = outcome.summary.metrics if outcome.summary else None
     wall = time.monotonic() - began
     console.print(
@@ -144,6 +146,8 @@ def run_worker(
                 stop.wait(poll_s)
                 continue
             status = run_claim(store, claim, holder, runs_dir, stop, console, ttl_s)
+            if status == "queued":  # not ended: it waits for other nodes
+                continue
             counts[status] = counts.get(status, 0) + 1
             idle_since = time.monotonic()
             if once:

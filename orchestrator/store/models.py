@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from orchestrator.states import CAMPAIGN_STATUSES, RUN_STATUSES
+from orchestrator.states import CAMPAIGN_STATUSES, HEALTH_CHECKS, HEALTH_VERDICTS, RUN_STATUSES
 
 # Stable constraint names, so later migrations (batch mode on SQLite) can refer to them.
 NAMING_CONVENTION = {
@@ -370,3 +370,71 @@ class SlurmFollow(Base):
     holder: Mapped[str] = mapped_column(String(128))
     acquired_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class HealthCheckRun(Base):
+    """One run of the health probe (`orchestrator health`, or the gate before a run)."""
+
+    __tablename__ = "health_checks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cluster: Mapped[str] = mapped_column(String(128))
+    topology: Mapped[str] = mapped_column(String(32))
+    nodes: Mapped[list[Any]] = mapped_column(JsonDoc)  # node names, node rank order
+    # The run it gated; NULL for `orchestrator health` (and once that run is deleted).
+    gated_run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="SET NULL"), index=True
+    )
+    backend: Mapped[str | None] = mapped_column(String(16))  # nccl | gloo
+    precision: Mapped[str | None] = mapped_column(String(8))
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    took_s: Mapped[float | None] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    blamed: Mapped[list[Any] | None] = mapped_column(JsonDoc)  # nodes named by failing figures
+    summary: Mapped[str | None] = mapped_column(String(1024))
+
+
+class HealthFigure(Base):
+    """One figure of a health check: a device's compute, an all-reduce's or a node pair's
+    busBW, with what it was judged against and the verdict (docs/health.md)."""
+
+    __tablename__ = "health_figures"
+    __table_args__ = (
+        CheckConstraint(_in("check_name", HEALTH_CHECKS), name="check_name"),
+        CheckConstraint(_in("verdict", HEALTH_VERDICTS), name="verdict"),
+        Index("ix_health_figures_node_check_at", "node_name", "check_name", "measured_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    check_id: Mapped[int] = mapped_column(
+        ForeignKey("health_checks.id", ondelete="CASCADE"), index=True
+    )
+    check_name: Mapped[str] = mapped_column(String(16))  # compute | allreduce | intra | pair
+    node_name: Mapped[str | None] = mapped_column(String(128))  # pair: the first node
+    peer_name: Mapped[str | None] = mapped_column(String(128))  # pair: the second node
+    device_index: Mapped[int | None] = mapped_column(Integer)
+    ranks: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(16))
+    expected: Mapped[float | None] = mapped_column(Float)
+    expected_from: Mapped[str] = mapped_column(String(32))
+    fraction: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str] = mapped_column(String(16))
+    exempt: Mapped[bool] = mapped_column(Boolean, default=False)
+    measured_at: Mapped[datetime]
+
+
+class NodeQuarantine(Base):
+    """A node the gate found below threshold: leases skip it until `orchestrator nodes
+    release` or its expiry."""
+
+    __tablename__ = "node_quarantine"
+
+    cluster: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(1024))
+    since: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    check_id: Mapped[int | None] = mapped_column(
+        ForeignKey("health_checks.id", ondelete="SET NULL")
+    )

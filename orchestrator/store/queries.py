@@ -11,6 +11,7 @@ from sqlalchemy import Column, Connection, Float, MetaData, Select, String, Tabl
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
+from orchestrator.store.health import gate_line, run_gate
 from orchestrator.store.models import (
     Image,
     ImageWheel,
@@ -135,13 +136,15 @@ class RunDetail:
     wheels: list[RowMapping] = field(default_factory=list)
     # What the run read, from its manifest: data_dir and backbone_weights (None if unrecorded)
     inputs: dict[str, Any] = field(default_factory=dict)
+    # The health checks that gated it (store/health.py run_gate), oldest first
+    health: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_detail(conn: Connection, ref: str) -> RunDetail:
     run_id = resolve_run(conn, ref)
     run_columns = [c for c in Run.__table__.c if c.name not in ("manifest",)]
     run = conn.execute(select(*run_columns).where(Run.run_id == run_id)).mappings().one()
-    detail = RunDetail(run=run)
+    detail = RunDetail(run=run, health=run_gate(conn, run_id))
     manifest = conn.scalar(select(Run.manifest).where(Run.run_id == run_id))
     if isinstance(manifest, dict):
         detail.inputs = {k: manifest.get(k) for k in ("data_dir", "backbone_weights")}
@@ -295,7 +298,15 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
         wheels.update(conn.scalars(wheel_query))
     if wheels:  # the wheel file names say more than a version string
         values["framework"] = wheels
-    return [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
+    found = [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
+    if isinstance(runs, Selection):
+        ids = list(conn.scalars(_where(conn, select(SEED_TABLE.c.run_id), runs)))
+    else:
+        ids = [runs] if isinstance(runs, str) else list(runs)
+    gate = gate_line(conn, ids)
+    if gate:  # only where runs were gated: reports of ungated runs keep their block
+        found.append(("fabric health (gate)", [gate]))
+    return found
 
 
 def run_warnings(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[str]]:

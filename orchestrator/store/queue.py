@@ -18,6 +18,7 @@ from orchestrator.store import status as run_status
 from orchestrator.store.campaigns import start_campaign
 from orchestrator.store.leases import QueueError, lease_row
 from orchestrator.store.models import NodeLease, Run
+from orchestrator.store.quarantine import held_by_quarantine
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
@@ -80,12 +81,14 @@ def read_request(conn: Connection, run_id: str) -> dict[str, Any]:
 
 
 def read_busy(conn: Connection) -> dict[tuple[str, str], str]:
-    return {
-        (c, n): f"run {r}"
+    busy = held_by_quarantine(conn)  # the health gate's quarantined nodes are skipped too
+    busy.update(
+        ((c, n), f"run {r}")
         for c, n, r in conn.execute(
             select(NodeLease.cluster, NodeLease.node_name, NodeLease.run_id)
         )
-    }
+    )
+    return busy
 
 
 def take(

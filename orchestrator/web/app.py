@@ -24,7 +24,7 @@ from starlette.templating import Jinja2Templates
 
 from orchestrator.errors import StoreError
 from orchestrator.store.readonly import read_only_engine
-from orchestrator.web import pages_queue, pages_reports, pages_runs
+from orchestrator.web import pages_health, pages_queue, pages_reports, pages_runs
 from orchestrator.web.context import WebState, render
 from orchestrator.web.guard import Guard
 from orchestrator.web.params import query_string
@@ -95,6 +95,7 @@ def create_app(
         *pages_runs.ROUTES,
         *pages_reports.ROUTES,
         *pages_queue.ROUTES,
+        *pages_health.ROUTES,
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(

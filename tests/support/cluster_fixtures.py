@@ -48,12 +48,23 @@ def start_long_submit(cfg: Path, db: Path, topology: str, cwd: Path) -> subproce
 
 def workers_of(proc: subprocess.Popen[str], node_rank: str | None = None) -> list[dict[str, Any]]:
     """The workload's rank processes (not torchrun) now running, on one node rank or all;
-    fails at once if the submitting process already ended."""
+    fails at once if the submitting process already ended. Only this submission's: ranks
+    whose working directory (their run folder) lies under the submitting process's (a test's
+    tmp_path), so that a test that kills a rank never kills another test's on this machine."""
     if proc.poll() is not None:
         err = proc.stderr.read() if proc.stderr else ""
         raise AssertionError(f"submit exited early ({proc.returncode}): {err[-2000:]}")
+    root = _cwd(proc.pid)
     found = [p for p in run_processes() if p["local_rank"] is not None]
+    found = [p for p in found if root and _cwd(p["pid"]).startswith(root + "/")]
     return [p for p in found if node_rank is None or p["node_rank"] == node_rank]
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 def _toml_str(value: str) -> str:
@@ -80,8 +91,11 @@ def write_cluster_file(
     follower_grace_s: float | None = None,
     socket_ifname: str = "lo",
     extra_cluster: Sequence[str] = (),
+    health: Sequence[str] = ('before_run = "never"',),
 ) -> Path:
-    """A cluster file as a lab admin would write it, for test nodes on loopback addresses."""
+    """A cluster file as a lab admin would write it, for test nodes on loopback addresses.
+    `health`: the [health] table's lines; by default no health gate before runs (the tests of
+    the gate, tests/integration/test_health_netns.py, give their own)."""
     lines = [
         "[cluster]",
         'name = "test"',
@@ -103,6 +117,8 @@ def write_cluster_file(
     ]
     if store_url:
         lines += ["[store]", f"url = {_toml_str(store_url)}", ""]
+    if health:
+        lines += ["[health]", *health, ""]
     for node in nodes:
         lines += [
             "[[nodes]]",

@@ -112,12 +112,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_namespaces() -> list[str]:
+def remove_stale_namespaces(prefix: str = PREFIX) -> list[str]:
     """Namespaces of testbeds whose process is gone (a killed run): their processes are killed
     and the namespaces deleted. Returns their names."""
     removed = []
-    for path in NETNS_DIR.glob(f"{PREFIX}-*") if NETNS_DIR.exists() else []:
-        match = re.match(rf"{PREFIX}-(\d+)-", path.name)
+    for path in NETNS_DIR.glob(f"{prefix}-*") if NETNS_DIR.exists() else []:
+        match = re.match(rf"{prefix}-(\d+)-", path.name)
         if match is None or _alive(int(match.group(1))):
             continue
         for pid in _ns_pids(path.name):
@@ -161,14 +161,23 @@ class Testbed:
     __test__ = False  # not a test class, for pytest
 
     def __init__(
-        self, root: Path, nodes: int, rate_mbit: int = 200, *, docker: bool = True, tag: str = ""
+        self,
+        root: Path,
+        nodes: int,
+        rate_mbit: int = 200,
+        *,
+        docker: bool = True,
+        tag: str = "",
+        prefix: str = PREFIX,
     ) -> None:
         if not 1 <= nodes <= 200:
             raise ValueError("1 to 200 nodes")
         self.root = Path(root)
         self.rate_mbit = rate_mbit
         self.docker = docker
-        self.id = f"{PREFIX}-{os.getpid()}-{tag or str(time.monotonic_ns() % 100000)}"
+        # `prefix`: the namespaces' names begin with it (tests of one area keep their own)
+        self.prefix = prefix
+        self.id = f"{prefix}-{os.getpid()}-{tag or str(time.monotonic_ns() % 100000)}"
         self.switch = f"{self.id}-sw"
         self.build_host = BedNode(
             "build-host", f"{self.id}-bh", BUILD_HOST_ADDRESS, "pbh", self.root / "bh", Path()
@@ -313,7 +322,7 @@ class Testbed:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Testbed:
-        remove_stale_namespaces()
+        remove_stale_namespaces(self.prefix)
         try:
             self._network()
             self._keys()

@@ -40,6 +40,9 @@ TABLES = {
     "monitor_samples",
     "node_leases",
     "slurm_follows",
+    "health_checks",
+    "health_figures",
+    "node_quarantine",
 }
 VIEWS = {"seed_table", "config_history", "run_followers"}
 

@@ -12,6 +12,7 @@ import tomllib
 
 from orchestrator import config, image_settings
 from orchestrator.config import parse_cluster
+from orchestrator.health_settings import HEALTH_KEYS
 from orchestrator.slurm_settings import SLURM_KEYS, parse_slurm_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster-file.md"
@@ -39,6 +40,7 @@ READERS = {
     "[[nodes]]": config._NODE_KEYS,
     "[image]": image_settings.IMAGE_KEYS,
     "[slurm]": SLURM_KEYS,
+    "[health]": HEALTH_KEYS,
 }
 
 
@@ -63,6 +65,7 @@ def _parsed() -> dict[str, dict[str, Any]]:
     spec = parse_cluster(MINIMAL, "lab.toml")
     node, ssh, case = spec.nodes[0], spec.ssh, spec.case
     slurm = parse_slurm_table({}, "lab.toml")
+    health = spec.health
     return {
         "[cluster]": {
             "vendor": spec.vendor,
@@ -101,6 +104,20 @@ def _parsed() -> dict[str, dict[str, Any]]:
             "shared_dir": slurm.shared_dir,
             "python": slurm.python,
             "poll_interval_s": slurm.poll_interval_s,
+        },
+        "[health]": {
+            "before_run": health.before_run,
+            "compute_fraction": health.compute_fraction,
+            "busbw_fraction": health.busbw_fraction,
+            "pair_fraction": health.pair_fraction,
+            "time_budget_s": health.time_budget_s,
+            "compute_s": health.compute_s,
+            "sizes_mib": list(health.sizes_mib),
+            "iters": health.iters,
+            "pairs": health.pairs,
+            "history": health.history,
+            "quarantine_expiry_s": health.quarantine_expiry_s,
+            "exempt": list(health.exempt),
         },
     }
 

@@ -45,7 +45,16 @@ def _json(run_cli: Any, *args: str, code: int = 0) -> Any:
 
 def test_every_listing_command_has_the_documented_json_keys(run_cli: Any, history: str) -> None:
     keys = documented_keys()  # query's keys are the query's own columns
-    assert set(keys) == {"runs list", "runs show", "queue", "doctor", "cluster show", "report"}
+    # `health` needs nodes: tests/integration/test_health_netns.py checks its keys
+    assert set(keys) == {
+        "runs list",
+        "runs show",
+        "queue",
+        "doctor",
+        "cluster show",
+        "report",
+        "health",
+    }
     runs = _json(run_cli, "--db", history, "runs", "list")
     assert [r["run_id"] for r in runs][:1] == [RUN_2X8_FAILED]  # newest first
     assert all(set(r) == keys["runs list"] for r in runs) and len(runs) == 4

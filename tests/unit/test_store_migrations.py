@@ -324,3 +324,51 @@ def test_migration_0006_adds_the_run_followers_view_over_existing_runs_and_drops
     finally:
         engine.dispose()
     assert _schema(sqlite_url)[1] == VIEWS - {"run_followers"}
+
+
+def test_migration_0007_adds_the_health_tables_keeps_the_runs_and_drops_them_again(
+    sqlite_url: str, fixture_runs: Path
+) -> None:
+    upgrade_store(sqlite_url)
+    with open_store(sqlite_url) as store:
+        store.ingest([fixture_runs / "20260113-101500-1x8-metax"])
+    assert downgrade_store(sqlite_url, "0006").after == "0006"
+    engine = make_engine(sqlite_url)
+    try:
+        left = set(inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+    finally:
+        engine.dispose()
+    assert not left & {"health_checks", "health_figures", "node_quarantine"}
+    assert upgrade_store(sqlite_url, "0007").after == "0007"
+    engine = make_engine(sqlite_url)
+    try:
+        names = set(inspect(engine).get_table_names())
+        figure_columns = {c["name"] for c in inspect(engine).get_columns("health_figures")}
+        with engine.begin() as conn:
+            conn.execute(text("PRAGMA foreign_keys = ON"))
+            run_id = conn.execute(text("SELECT run_id FROM runs")).scalar()
+            conn.execute(
+                text(
+                    "INSERT INTO health_checks (cluster, topology, nodes, gated_run_id, "
+                    "started_at, ok) VALUES ('lab', '1x8', '[]', :run, '2026-12-07 09:00:00', 1)"
+                ),
+                {"run": run_id},
+            )
+            with pytest.raises(Exception, match="CHECK constraint"):
+                conn.execute(
+                    text(
+                        "INSERT INTO health_figures (check_id, check_name, value, unit, "
+                        "expected_from, fraction, verdict, exempt, measured_at) VALUES "
+                        "(1, 'compute', 1.0, 'GFLOP/s', 'none', 0.7, 'maybe', 0, "
+                        "'2026-12-07 09:00:00')"
+                    )
+                )
+            conn.execute(text("DELETE FROM runs"))  # the check stays, no longer gating a run
+            gated = conn.execute(text("SELECT gated_run_id FROM health_checks")).all()
+    finally:
+        engine.dispose()
+    assert {"health_checks", "health_figures", "node_quarantine"} <= names
+    assert {"check_name", "node_name", "peer_name", "device_index", "verdict"} <= figure_columns
+    assert gated == [(None,)]

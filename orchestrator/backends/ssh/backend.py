@@ -62,9 +62,23 @@ class SshRun:
         console: Console,
         queued_at: datetime | None = None,
     ) -> Outcome:
+        from orchestrator.backends.ssh import health as ssh_health
         from orchestrator.backends.ssh.submit import execute
+        from orchestrator.runs.lifecycle import Outcome
 
-        return execute(self.plan, req, store, runs_dir, stop, console, queued_at=queued_at)
+        health = self.plan.job.cluster.health
+        gated = health.gates(self.plan.job.topology.nnodes)
+        if gated and queued_at is not None and self.plan.runtime == "host":
+            # A claimed run: its nodes are probed before it starts; a refusal quarantines
+            # them and puts the run back in the queue, for other nodes.
+            report = ssh_health.gate_queued_run(self.plan, store, runs_dir, stop, console)
+            if not report.ok:
+                return Outcome(self.job.run_id, "queued", runs_dir / self.job.run_id, None, None)
+            gated = False
+        gate = ssh_health.gate_before_run if gated else None
+        return execute(
+            self.plan, req, store, runs_dir, stop, console, queued_at=queued_at, gate=gate
+        )
 
 
 DETACH_HINT = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
@@ -44,7 +44,7 @@ from orchestrator.runs.lifecycle import (
 )
 from orchestrator.runs.progress import ProgressView, verbosity
 from orchestrator.runs.request import encode_request
-from orchestrator.specs import ClusterSpec, NodeSpec, pick_nodes
+from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, pick_nodes
 from orchestrator.states import RunStatus
 from orchestrator.workload_source import workload_hash
 
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from orchestrator.store import Store
     from orchestrator.transport import NodeSession, Transport
 
+# The health gate: (session, plan, store, runs dir, view, stop, device facts) -> seconds;
+# raises to refuse (backends/ssh/health.py).
+HealthGate = Callable[..., float]
 STAGE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 60.0
 COLLECT_TIMEOUT_S = 300.0
@@ -68,6 +71,7 @@ def make_plan(
     image_id: str | None = None,
     facts: Mapping[str, Mapping[str, bool]] | None = None,
     node_values: Mapping[str, str | None] | None = None,
+    entry: Callable[[JobSpec, str], Sequence[str]] | None = None,
 ) -> Plan:
     """The plan a submission executes (what --dry-run prints). With the docker runtime each
     node's command is wrapped in `docker run` of `image` (default: the content tag the vendor's
@@ -110,6 +114,7 @@ def make_plan(
         visible_devices_var=var,
         wrap=wrap,
         image=image,
+        entry=entry,
     )
     if wrap is not None:
         plan = _with_runtime_notes(plan, profile, facts)
@@ -191,6 +196,7 @@ def execute(
     stop: threading.Event,
     console: Console,
     queued_at: datetime | None = None,
+    gate: HealthGate | None = None,
 ) -> Outcome:
     """Run the plan; the run row and folder are final whatever happens. Raises nothing for a
     run that fails on the nodes: the Outcome says how it ended. `queued_at`: the run's row
@@ -209,7 +215,8 @@ def execute(
     if queued_at is not None:
         make_run_dir(run_dir, exist_ok=False)
         store.start_queued_run(manifest)
-        return _Submission(plan, req, store, run_dir, stop, console).run(submitted_at, ttl)
+        submission = _Submission(plan, req, store, run_dir, stop, console, gate)
+        return submission.run(submitted_at, ttl)
     nodes = tuple(n.node.name for n in plan.nodes)
     request = encode_request(
         job.cluster, replace(req, node_names=nodes), runs_dir=str(runs_dir.resolve())
@@ -220,7 +227,7 @@ def execute(
     taken_over = threading.Event()
     try:
         with LeaseKeeper(store, job.run_id, holder, ttl, stop, stop, on_lost=taken_over):
-            submission = _Submission(plan, req, store, run_dir, stop, console)
+            submission = _Submission(plan, req, store, run_dir, stop, console, gate)
             return submission.run(submitted_at, ttl, taken_over)
     finally:
         if not taken_over.is_set():
@@ -240,9 +247,10 @@ class _Submission:
         run_dir: Path,
         stop: threading.Event,
         console: Console,
+        gate: HealthGate | None = None,
     ) -> None:
         self.plan, self.req, self.store, self.run_dir = plan, req, store, run_dir
-        self.stop, self.console = stop, console
+        self.stop, self.console, self.gate = stop, console, gate
         self.phases = PhaseClock()
         self.verified: set[str] = set()  # nodes whose staged workload preflight verified
         self.view = ProgressView(plan.job.run_id, console)
@@ -260,6 +268,7 @@ class _Submission:
                 facts = self.preflight(session)
                 check_stop(self.stop, "the workload started")
                 self.prepare_image(session, facts)
+                self.health_gate(session, facts)
                 self.stage(session)
                 check_stop(self.stop, "the workload started")
                 execution = self.run_workload(session, ttl_s, taken_over)
@@ -335,6 +344,16 @@ class _Submission:
         self.view.phase("runtime", "each node's daemon tries its runtime options")
         check_runtime_options(session, self.plan, facts)
         self.phases.lap("runtime")
+
+    def health_gate(self, session: NodeSession, facts: dict[str, dict[str, bool]]) -> None:
+        """The health gate (backends/ssh/health.py), when the cluster asks for it before this
+        run: it refuses in one line naming the node or pair below its threshold."""
+        if self.gate is None:
+            return
+        self.view.phase("health", f"probe on {len(self.plan.nodes)} node(s) before the run")
+        self.gate(session, self.plan, self.store, self.run_dir.parent, self.view, self.stop, facts)
+        self.phases.lap("health")
+        check_stop(self.stop, "the workload started")
 
     def stage(self, session: NodeSession) -> None:
         self.view.phase("staging", _staging_detail(self.plan))

@@ -70,7 +70,7 @@ def run_health(
     from rich.console import Console
 
     from orchestrator.backends.ssh.health import check_nodes, probe_plan
-    from orchestrator.queue.leases import check_nodes_free
+    from orchestrator.store.leases import check_nodes_free
     from orchestrator.runs.progress import ProgressView
     from orchestrator.specs import Topology
     from orchestrator.transport import NodeSession

@@ -135,7 +135,7 @@ def _report_and_quarantine(store_url: str, run_cli, t0: datetime, gate_id: int) 
         with store.transaction() as conn:
             quarantine.quarantine(conn, "lab", ["n2"], "health gate: n2 slow", 3600.0, gate_id)
         with store.reading() as conn:
-            from orchestrator.queue.leases import read_busy
+            from orchestrator.store.queue import read_busy
 
             busy = read_busy(conn)
             held = quarantine.active(conn, "lab")

@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.pathnames import SAFE_NAME_WORDS, is_safe_name
+from orchestrator.readings_settings import parse_readings
 from orchestrator.specs import (
     DEFAULT_FOLLOWER_GRACE_S,
     MIN_FOLLOWER_GRACE_S,
@@ -35,6 +36,7 @@ DEFAULT_CLUSTER_FILE = "cluster.toml"
 DEFAULT_STORE_URL = "sqlite:///orchestrator.db"
 
 _TOP_KEYS = {"cluster", "store", "ssh", "case", "node_defaults", "nodes", "image", "slurm"}
+_TOP_KEYS |= {"stragglers", "energy"}  # orchestrator/readings_settings.py
 _CLUSTER_KEYS = {
     "name",
     "vendor",
@@ -235,6 +237,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         follower_grace_s=_grace(cl),
         image=image,
         slurm=slurm,
+        readings=parse_readings(data, source),
         source=source,
     )
 

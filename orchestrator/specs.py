@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from orchestrator.errors import TopologyError
+from orchestrator.readings_settings import ReadingSettings
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.states import BackendName, Precision, Runtime
 
@@ -122,6 +123,7 @@ class ClusterSpec:
     follower_grace_s: float = 180.0  # DEFAULT_FOLLOWER_GRACE_S: a run with no follower ends then
     image: object | None = None  # [image] table: images.workflow.ImageSettings
     slurm: SlurmSettings | None = None  # the [slurm] table
+    readings: ReadingSettings = ReadingSettings()  # [stragglers] and [energy]
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:

@@ -21,6 +21,7 @@ from orchestrator.plan import make_job, new_run_id
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.folder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.runs.stopping import EXIT_CANCEL_REQUESTED, StopCause
+from orchestrator.runs.stragglers import straggler_fraction
 from orchestrator.specs import Topology
 from orchestrator.states import BackendName, Precision, RunStatus, Runtime
 
@@ -152,6 +153,7 @@ def manifest_for(
         orchestrator_version=__version__,
         data_dir=job.cluster.case.data_dir,
         backbone_weights=job.cluster.case.backbone_weights,
+        straggler_fraction=straggler_fraction(job.cluster.readings.slower_fraction),
         **extra,
     )
 

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from orchestrator.energy import coverage_warnings, run_energy
 from orchestrator.fabric import fabric_of
 from orchestrator.monitor import smi_warnings
 from orchestrator.redact import redact_text
 from orchestrator.runs.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
 from orchestrator.store.engine import RawJson
-from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
+from orchestrator.store.metrics import RunMetrics, config_label, fix_hp, training_window
 
 ENV_COLUMNS = tuple(ENV_FIELDS)  # run_nodes has one column per known env.json key
 
@@ -84,7 +85,29 @@ def published_run_row(
         source_digest=folder.digest,
         published_at=now,
     )
+    row.update(energy_columns(folder, metrics))
+    warnings = (row["warnings"] or []) + coverage_warnings(row.pop("_energy"))
+    row["warnings"] = warnings or None
     return row
+
+
+def energy_columns(folder: RunFolder, metrics: RunMetrics | None) -> dict[str, Any]:
+    """The training window's energy from the monitors' power samples (orchestrator/energy.py);
+    `_energy` is for the caller's warning, not a column."""
+    energy = None
+    if metrics is not None and folder.ranks and folder.manifest.imported is None:
+        start, end = training_window(folder.ranks)
+        used = {n.name: n.devices for n in folder.manifest.nodes}
+        energy = run_energy(folder.monitors, start, end, used)
+    return {
+        "energy_j": energy.joules if energy else None,
+        "energy_per_image_j": energy.per_image(metrics.global_images)
+        if energy and metrics
+        else None,
+        "power_coverage": energy.coverage if energy else None,
+        "energy": energy.as_dict() if energy else None,
+        "_energy": energy,
+    }
 
 
 def fabric_columns(

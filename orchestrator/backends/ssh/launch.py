@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import monitor
 from orchestrator.backends.ssh.guard import run_env
+from orchestrator.backends.ssh.hang import collect_stacks, dump_stacks
 from orchestrator.errors import NodeError
 from orchestrator.plan import NCCL_LOG_DIR
 from orchestrator.runs.failure import Failure, diagnose
@@ -236,6 +237,8 @@ class Watch:
                     timeout_s, no_progress_s, now - t0, now - self.view.last_event_at
                 )
             if failure is not None:
+                if status == "failed" and not all(c is not None for c in exits.values()):
+                    failure = dump_stacks(self.session, self.plan, failure)  # ranks still live
                 self.stop_all()
                 for name, proc in self.procs.items():
                     if exits[name] is None:
@@ -316,6 +319,7 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             t.get_tree(nccl, node_dir / NCCL_LOG_DIR)
             join_nccl_logs(sorted((node_dir / NCCL_LOG_DIR).glob("*.log")), node_dir)
             shutil.rmtree(node_dir / NCCL_LOG_DIR, ignore_errors=True)
+        collect_stacks(t, np_.run_dir, local_dir)
         t.run(["rm", "-rf", "--", np_.run_dir], timeout=timeout, check=False)
         if skipped:  # a link or a strange name in a run folder: say so, it is not a result
             raise NodeError(

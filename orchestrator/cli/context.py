@@ -197,6 +197,7 @@ def print_summary(
     """The one line every run ends with (stderr): status, run id, wall time, p_core, mAP and
     the run folder. `wall_s`: measured by the caller; else submission to finish as stored."""
     from orchestrator.runs.progress import summary_line
+    from orchestrator.runs.stragglers import stored_line
     from orchestrator.store.queries import run_headline
 
     with store.reading() as conn:
@@ -204,7 +205,8 @@ def print_summary(
     if head is None:
         return
     wall = wall_s if wall_s is not None else head.wall_s
-    say(summary_line(head.status, run_id, wall, head.p_core, head.map, run_dir))
+    slow = stored_line(head.stragglers, short=True)
+    say(summary_line(head.status, run_id, wall, head.p_core, head.map, run_dir, slow))
 
 
 def print_outcome(store: Store, run_id: str, status: str) -> None:

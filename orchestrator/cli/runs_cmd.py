@@ -234,6 +234,7 @@ def report(
         resolve_run,
         run_warnings,
         seed_rows,
+        with_energy,
     )
 
     since_at = parse_since(since)
@@ -257,6 +258,7 @@ def report(
             click.echo(f"warning: {_no_runs(conn, given, 'succeeded runs')}", err=True)
         history = configuration_history(conn, rows)
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
+        shown = with_energy(conn, rows)  # J per image beside the seed's columns
     regressions = regressions_by_run(rows, history)
     groups = group_rows(rows)
     plots: list[tuple[str, str]] = []
@@ -267,7 +269,7 @@ def report(
     if group:
         text = render_grouped_report(env, groups, rows, regressions, output, plots, warnings)
     else:
-        text = render_report(env, rows, output, regressions, plots, warnings)
+        text = render_report(env, shown, output, regressions, plots, warnings)
     click.echo(text, nl=False)
 
 

@@ -48,8 +48,14 @@ SEED_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
 )
 REPORT_FORMATS = ("table", "markdown", "csv", "json")
 # Per-run keys that CSV and JSON carry after the seed's columns; the human formats fold
-# mem_source into the mem cell.
-EXTRA_KEYS = ("mem_source", "source")
+# mem_source into the mem cell. The energy keys (store.queries.with_energy) are None for runs
+# whose monitors sampled no power.
+EXTRA_KEYS = ("mem_source", "source", "energy_j", "energy_per_image_j", "power_coverage")
+# Shown after the seed's columns, never in their place, when some run of the table has them.
+ENERGY_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
+    ("energy_per_image_j", "J/image", units.sig3),
+    ("power_coverage", "power coverage", lambda v: "" if v is None else f"{float(v):.0%}"),
+)
 
 
 def fmt(value: Any, pattern: str = "{}") -> str:
@@ -89,6 +95,12 @@ def render_report(
         extra += _plot_lines(plots)
         headers = [header for _, header, _ in SEED_HEADERS]
         body = [seed_cells(row) for row in rows]
+        if any(row.get("energy_per_image_j") is not None for row in rows):
+            headers += [header for _, header, _ in ENERGY_HEADERS]
+            body = [
+                cells + [formatter(row.get(key)) for key, _, formatter in ENERGY_HEADERS]
+                for cells, row in zip(body, rows)
+            ]
         if output == "table":
             return _terminal(environment, headers, body, extra)
         return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)

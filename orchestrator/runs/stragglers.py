@@ -147,3 +147,25 @@ def stragglers_line(paces: Sequence[RankPace]) -> str | None:
         f"; and {len(slow) - 3} more" if len(slow) > 3 else ""
     )
     return f"straggler{'s' if len(slow) > 1 else ''}: {shown}"
+
+
+def stored_line(flagged: Sequence[Mapping[str, Any]] | None, short: bool = False) -> str | None:
+    """The stored runs.stragglers as people read them: `stragglers: rank 1 (node n2, device
+    cpu) 63% slower than the median rank`; `short` for a run's final line: `straggler: rank 1
+    on n2/cpu +63%`. None when no rank was flagged."""
+    if not flagged:
+        return None
+    parts = []
+    for f in flagged:
+        ratio, own = f.get("ratio"), f.get("history_ratio")
+        slower = max(r for r in (ratio, own, 1.0) if r is not None) - 1
+        if short:
+            parts.append(f"rank {f['rank']} on {f['node']}/{f['device']} +{slower:.0%}")
+            continue
+        said = []
+        if ratio is not None:
+            said.append(f"{ratio - 1:.0%} slower than the median rank")
+        if own is not None:
+            said.append(f"{own - 1:.0%} against its own history")
+        parts.append(f"rank {f['rank']} (node {f['node']}, device {f['device']}) {', '.join(said)}")
+    return f"straggler{'s' if len(flagged) > 1 else ''}: " + "; ".join(parts)

@@ -14,6 +14,7 @@ from orchestrator.runs.folder import RunFolder
 from orchestrator.runs.stragglers import RankPace, pace_of, rank_paces
 from orchestrator.store.metrics import fix_hp
 from orchestrator.store.models import RankResult, Run
+from orchestrator.store.rows import STRAGGLER_COLUMNS
 
 
 def write_stragglers(conn: Connection, folders: Sequence[RunFolder]) -> None:
@@ -75,19 +76,7 @@ def _update(conn: Connection, run_id: str, paces: list[RankPace]) -> None:
     statement = (
         update(RankResult)
         .where(RankResult.run_id == bindparam("b_run_id"), RankResult.rank == bindparam("b_rank"))
-        .values(
-            {
-                name: bindparam(name)
-                for name in (
-                    "node_name",
-                    "device_index",
-                    "pace_s",
-                    "straggler_ratio",
-                    "history_ratio",
-                    "straggler",
-                )
-            }
-        )
+        .values({name: bindparam(name) for name in STRAGGLER_COLUMNS})
     )
     conn.execute(statement, rows)
     flagged = [p.as_dict() for p in paces if p.slow]

@@ -184,6 +184,15 @@ def node_row(
     return row
 
 
+STRAGGLER_COLUMNS = (
+    "node_name",
+    "device_index",
+    "pace_s",
+    "straggler_ratio",
+    "history_ratio",
+    "straggler",
+)
+_NO_STRAGGLER_VALUES = (None,) * len(STRAGGLER_COLUMNS)
 # rank_results columns in the order of rank_values(): the hottest rows of an ingest are built as
 # tuples (a 28-key dict per rank costs three times as much) of values both drivers take as they
 # are, the document being the file's JSON text.
@@ -217,6 +226,8 @@ RANK_COLUMNS = (
     "error_type",
     "error_message",
     "document",
+    # 0007: written by store/readings.py once the run's rows are in (it needs the history)
+    *STRAGGLER_COLUMNS,
 )
 
 
@@ -254,6 +265,7 @@ def rank_values(run_id: str, rank: RankFile) -> tuple[Any, ...]:
         error.get("type"),
         error.get("message"),
         rank.text,
+        *_NO_STRAGGLER_VALUES,
     )
 
 

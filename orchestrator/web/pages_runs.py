@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator.runs.stragglers import stored_line
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.store.metrics import mem_label
 from orchestrator.store.queries import describe_ib, run_detail
@@ -94,6 +95,7 @@ def run(request: Request) -> Response:
         monitor_charts=monitor_charts(series),
         siblings=siblings,
         failure=detail.run["failure"] or {},
+        stragglers=stored_line(detail.run["stragglers"]),
     )
 
 

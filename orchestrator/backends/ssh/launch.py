@@ -166,13 +166,14 @@ class Watch:
         it. A sampler that cannot start costs the run its series on that node, nothing more."""
         every_s = monitor.interval_s()
         tool = [self.plan.monitor_tool] if self.plan.monitor_tool else []
+        bmc_power = self.plan.job.cluster.readings.bmc_power  # [energy] bmc_power
 
         def one(t: Transport) -> RemoteProcess:
             np_ = self.by_node[t.node.name]
             python = "python3" if self.plan.runtime == "docker" else np_.node.python
             out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
             return t.spawn(
-                monitor.sampler_argv(python, tool, out, every_s, _indices(np_)),
+                monitor.sampler_argv(python, tool, out, every_s, _indices(np_), bmc_power),
                 env=run_env(self.plan.job.run_id, np_.node.name, "monitor"),
                 cwd=np_.run_dir,
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",

@@ -13,6 +13,7 @@ import tomllib
 from orchestrator import config
 from orchestrator.config import parse_cluster
 from orchestrator.images import workflow
+from orchestrator.readings_settings import ENERGY_KEYS, STRAGGLER_KEYS
 from orchestrator.slurm_settings import SLURM_KEYS, parse_slurm_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster-file.md"
@@ -40,6 +41,8 @@ READERS = {
     "[[nodes]]": config._NODE_KEYS,
     "[image]": workflow._IMAGE_KEYS,
     "[slurm]": SLURM_KEYS,
+    "[stragglers]": STRAGGLER_KEYS,
+    "[energy]": ENERGY_KEYS,
 }
 
 
@@ -103,6 +106,8 @@ def _parsed() -> dict[str, dict[str, Any]]:
             "python": slurm.python,
             "poll_interval_s": slurm.poll_interval_s,
         },
+        "[stragglers]": {"slower_fraction": spec.readings.slower_fraction},
+        "[energy]": {"bmc_power": spec.readings.bmc_power},
     }
 
 

@@ -260,7 +260,7 @@ def report(
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
         shown = with_energy(conn, rows)  # J per image beside the seed's columns
     regressions = regressions_by_run(rows, history)
-    groups = group_rows(rows)
+    groups = group_rows(shown)
     plots: list[tuple[str, str]] = []
     if plots_dir is not None:
         from orchestrator.reports.plots import write_plots

@@ -173,10 +173,15 @@ def _spread_cell(group: Group, metric: str) -> str:
     stats = group.stats(metric)
     if stats is None:
         return ""
-    show = _METRIC_FORMATS[metric]
+    show = _METRIC_FORMATS.get(metric, units.sig3)
     if stats.n == 1 or stats.sd is None:
         return show(stats.mean)
     return f"{show(stats.mean)} ± {show(stats.sd)} ({show(stats.min)}–{show(stats.max)})"
+
+
+def _spread_values(group: Group, metric: str) -> list[Any]:
+    s = group.stats(metric)
+    return [s.mean, s.sd, s.min, s.max] if s else [None] * 4
 
 
 def _group_flag(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> str:
@@ -194,6 +199,7 @@ def render_grouped_report(
     warnings: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
+    energy = _has_energy(groups)
     if output in ("markdown", "table"):
         return _grouped_text(environment, groups, regressions, plots, output, warnings or {})
     if output == "csv":
@@ -201,13 +207,15 @@ def render_grouped_report(
         for metric in METRICS:
             columns += [metric, f"{metric}_sd", f"{metric}_min", f"{metric}_max"]
         columns += ["mem", "mem_source", "run_id", "regression"]  # run_id: space-separated
+        columns += [f"{ENERGY_METRIC}{end}" for end in ("", "_sd", "_min", "_max")] * energy
         data = []
         for g in groups:
             line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
             for metric in METRICS:
-                s = g.stats(metric)
-                line += [s.mean, s.sd, s.min, s.max] if s else [None] * 4
+                line += _spread_values(g, metric)
             line += [g.mem, g.mem_source, " ".join(g.run_ids), _group_flag(g, regressions)]
+            if energy:  # after the seed's columns
+                line += _spread_values(g, ENERGY_METRIC)
             data.append(line)
         return to_csv(columns, data)
     if output == "json":
@@ -225,6 +233,11 @@ def render_grouped_report(
                     "mem": g.mem,
                     "mem_source": g.mem_source,
                     "run_ids": g.run_ids,
+                    **(
+                        {ENERGY_METRIC: (s.as_dict() if (s := g.stats(ENERGY_METRIC)) else None)}
+                        if energy
+                        else {}
+                    ),
                 }
                 for g in groups
             ],
@@ -248,6 +261,14 @@ def render_grouped_report(
     raise ConfigError(
         f"unknown report format {output!r}", f"use one of {', '.join(REPORT_FORMATS)}"
     )
+
+
+ENERGY_METRIC = "energy_per_image_j"  # grouped like the seed's metrics, after them
+
+
+def _has_energy(groups: Sequence[Group]) -> bool:
+    """Whether the grouped report gets its J/image columns: some run of it has the figure."""
+    return any(g.stats(ENERGY_METRIC) is not None for g in groups)
 
 
 def group_mem(group: Group) -> str:
@@ -275,6 +296,9 @@ def _grouped_text(
 ) -> str:
     headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"] + ["n", "regression"]
     body = [group_cells(g, regressions) for g in groups]
+    if _has_energy(groups):  # J per image beside the seed's columns, never in their place
+        headers.append("J/image")
+        body = [cells + [_spread_cell(g, ENERGY_METRIC)] for cells, g in zip(body, groups)]
     extra: list[str] = []
     if groups:
         extra += [

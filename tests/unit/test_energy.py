@@ -163,3 +163,53 @@ def test_publishing_stores_energy_per_image_and_warns_on_sparse_power(
     warnings = json.loads(warnings) if isinstance(warnings, str) else warnings
     assert any("me-node1 device 1 3" in w for w in warnings), warnings
     assert not any("device 0 " in w for w in warnings)
+
+
+def test_the_real_sampler_reads_power_twice_a_second_and_the_bmc(tmp_path: Path) -> None:
+    """The node-side sampler with an nvidia-smi and an ipmitool that replay the recorded
+    outputs: its memory query keeps its 5 s clock, power comes every 0.5 s, so every second of
+    a 3-second window holds a sample of each series."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    replies = {
+        "nvidia-smi": 'case "$1" in --query-gpu=index,power.draw) cat "{power}";; *) cat "{full}";; esac',
+        "ipmitool": 'cat "{bmc}"',
+    }
+    for name, body in replies.items():
+        tool = bin_dir / name
+        script = body.format(
+            power=FIXTURES / "nvidia-smi-power.csv",
+            full=FIXTURES / "nvidia-smi-query-gpu.csv",
+            bmc=FIXTURES / "ipmitool-dcmi-power-reading.txt",
+        )
+        tool.write_text(f"#!/bin/sh\n{script}\n")
+        tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "run" / monitor.MONITOR_FILE
+    out.parent.mkdir()
+    argv = monitor.sampler_argv(sys.executable, ["nvidia-smi"], str(out), 5.0, [0, 1], True)
+    started = time.time()
+    proc = subprocess.Popen(argv, env={**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    try:
+        time.sleep(3.6)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    samples = monitor.parse_samples(out.read_text(), str(out))
+    power0 = [d for d in docs if d["metric"] == "device_power_w" and d["device"] == 0]
+    bmc = [d for d in docs if d["metric"] == "node_power_w"]
+    memory = [d for d in docs if d["metric"] == "device_mem_used_bytes"]
+    assert {d["value"] for d in power0} == {312.45} and {d["value"] for d in bmc} == {2158.0}
+    assert len(memory) == 2  # devices 0 and 1, once: the 5 s clock
+    assert len(power0) >= 6 and len(bmc) >= 6  # >= 2 Hz over 3.6 s (the full query adds one)
+    energy = run_energy({"n": samples}, started + 0.5, started + 3.5, {"n": [0, 1]})
+    assert energy is not None and energy.coverage == 1.0
+    assert energy.node_j == pytest.approx(2158.0 * 3.0)
+    assert energy.device_j == pytest.approx((312.45 + 298.10) * 3.0)

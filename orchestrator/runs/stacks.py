@@ -154,10 +154,16 @@ def waited_in(stack: str) -> Waited | None:
     return None
 
 
-def diagnose_hang(failure: Failure, nodes: Sequence[NodeStacks], world_size: int) -> Failure:
+def diagnose_hang(
+    failure: Failure,
+    nodes: Sequence[NodeStacks],
+    world_size: int,
+    silent: Mapping[int, str] | None = None,
+) -> Failure:
     """The failure with where the ranks were: `... ; stacks: rank 1 on node b was stopped
     (state T), no stack; rank 0 on node a waited in all_reduce (DDP's gradients) at train.py:
-    118 in train_epoch (stacks/)`. Unchanged when no rank process was found."""
+    118 in train_epoch (stacks/)`. `silent`: rank -> its node, for nodes that did not answer.
+    Unchanged when no rank process was found."""
     processes = {p.rank: p for n in nodes for p in n.processes}
     if not processes:
         return failure
@@ -165,6 +171,9 @@ def diagnose_hang(failure: Failure, nodes: Sequence[NodeStacks], world_size: int
     missing, waiting, elsewhere = [], [], []
     for rank in range(world_size):
         proc = processes.get(rank)
+        if proc is None and rank in (silent or {}):
+            missing.append(f"rank {rank}: node {(silent or {})[rank]} did not answer")
+            continue
         if proc is None:
             missing.append(f"rank {rank} had no process left")
             continue

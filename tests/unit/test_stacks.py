@@ -64,6 +64,8 @@ def test_the_reason_names_stopped_ranks_and_where_the_others_waited() -> None:
         "(DDP's gradients, in backward) at device.py:198 in backward_and_step; rank 3 on node b "
         "not in a collective"
     )
+    quiet = diagnose_hang(Failure("x"), nodes, world_size=5, silent={4: "c"})
+    assert "rank 4: node c did not answer" in quiet.reason and "no process" not in quiet.reason
     # no process found anywhere (every rank already ended): the reason stays as it was
     assert diagnose_hang(Failure("x"), [NodeStacks("a", (), {})], 2).reason == "x"
 

@@ -6,13 +6,14 @@ rank's iteration time is the same and the fast ranks' core_s holds their waiting
 model's forward (hooks on the module DDP wraps: they fire after the broadcast) has no
 collective, so its time is the rank's own: the straggler scores compare it (docs/metrics.md,
 "Straggler score"). On a device with events the two ends are device events, read after the
-iteration's existing synchronisation: no extra sync on the hot path.
+iteration's existing synchronisation: no extra sync on the hot path. Other accelerators (no
+torch.cuda events) are synchronised at both ends, as every device clock of the workload is.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 
@@ -20,9 +21,13 @@ import torch
 class ForwardClock:
     """Sums the inner module's forward time; `take()` after the iteration's device sync."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, module: torch.nn.Module, device: torch.device, synchronize: Callable[[], None]
+    ) -> None:
         self.total_s = 0.0
         self._events = device.type == "cuda"
+        # the host clock times the device's work only once it is synchronised
+        self._sync = synchronize if device.type not in ("cuda", "cpu") else None
         self._started: Optional[Any] = None
         self._pending: List[Any] = []  # (start, end) pairs not yet read
         self._handles = [
@@ -35,6 +40,8 @@ class ForwardClock:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
+        if self._sync is not None:
+            self._sync()
         return time.perf_counter()
 
     def _start(self, _module: Any, _inputs: Any) -> None:

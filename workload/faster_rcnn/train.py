@@ -56,7 +56,7 @@ class Trainer:
         self.train_time_s = 0.0  # training loops so far, for the ETA
         # the module DDP wraps: its hooks fire after DDP's buffer broadcast
         inner = model.module if isinstance(model, DistributedDataParallel) else model
-        self.forward = ForwardClock(inner, ops.device)
+        self.forward = ForwardClock(inner, ops.device, ops.synchronize)
 
     def _to_device(self, images: Any, targets: Any) -> Any:
         images = self.precision.prepare_images(

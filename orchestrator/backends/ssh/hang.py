@@ -45,7 +45,14 @@ def dump_stacks(session: NodeSession, plan: Plan, failure: Failure) -> Failure:
 
     session.fan_out_results(one, timeout=DUMP_TIMEOUT_S + 10, what="stack dumps")
     nodes = [found[n] for n in by_node if n in found]
-    return diagnose_hang(failure, nodes, plan.job.topology.world_size)
+    per_node = plan.job.topology.nproc_per_node
+    silent = {
+        np_.node_rank * per_node + local: name
+        for name, np_ in by_node.items()
+        if name not in found
+        for local in range(per_node)
+    }
+    return diagnose_hang(failure, nodes, plan.job.topology.world_size, silent)
 
 
 def collect_stacks(t: Transport, run_dir: str, local_dir: Path) -> None:

@@ -22,7 +22,7 @@ from orchestrator.runs.folder import RankFile, RunManifest
 
 MIN_HISTORY = 3  # earlier runs of a node's device before its own history is a yardstick
 # (node name, device index or None for a CPU rank) -> its paces in earlier runs
-History = Mapping[tuple[str, "int | None"], Sequence[float]]
+History = Mapping[tuple[str, int | None], Sequence[float]]
 
 
 def straggler_fraction(configured: float) -> float | None:
@@ -51,20 +51,6 @@ class RankPace:
             "ratio": _round(self.ratio),
             "history_ratio": _round(self.history_ratio),
         }
-
-    def line(self) -> str:
-        """`rank 1 (node n2, device cpu) 63% slower than the median rank (0.81 s vs 0.50 s
-        per iteration without waiting)`."""
-        said = []
-        if self.ratio is not None and self.pace_s is not None:
-            median = self.pace_s / self.ratio
-            said.append(
-                f"{self.ratio - 1:.0%} slower than the median rank ({self.pace_s:.3g} s vs "
-                f"{median:.3g} s per iteration without waiting)"
-            )
-        if self.history_ratio is not None and self.history_ratio > 1:
-            said.append(f"{self.history_ratio - 1:.0%} slower than its own history")
-        return f"rank {self.rank} (node {self.node}, device {self.device}) " + "; ".join(said)
 
 
 def _round(value: float | None) -> float | None:
@@ -136,17 +122,6 @@ def rank_paces(
             )
         )
     return found
-
-
-def stragglers_line(paces: Sequence[RankPace]) -> str | None:
-    """`stragglers: rank 1 (node n2, device cpu) 63% slower ...`, or None without one."""
-    slow = [p for p in paces if p.slow]
-    if not slow:
-        return None
-    shown = "; ".join(p.line() for p in slow[:3]) + (
-        f"; and {len(slow) - 3} more" if len(slow) > 3 else ""
-    )
-    return f"straggler{'s' if len(slow) > 1 else ''}: {shown}"
 
 
 def stored_line(flagged: Sequence[Mapping[str, Any]] | None, short: bool = False) -> str | None:

@@ -134,3 +134,24 @@ def test_a_rank_removes_its_stack_file_at_the_end_only_when_empty(
     assert os.path.exists(path) is not empty
     if not empty:
         assert "test_a_rank_removes_its_stack_file" in Path(path).read_text()
+
+
+def test_the_dump_runs_on_the_host_or_inside_the_nodes_container() -> None:
+    from orchestrator.backends.ssh.hang import dump_argv
+    from orchestrator.config import load_cluster
+    from orchestrator.images.containers import container_name
+    from orchestrator.plan import build_plan, make_job
+    from orchestrator.specs import Topology, pick_nodes
+
+    cluster = load_cluster(str(REPO / "examples" / "cluster.toml"))
+    topo = Topology.parse("2x8")
+    job = make_job(cluster, topo, pick_nodes(cluster, topo), run_id="r-1")
+    host = build_plan(job, workload_hash="h")
+    second = host.nodes[1]
+    argv = dump_argv(host, second)
+    assert argv[:3] == ["sh", "-c", DUMP_STACKS_SCRIPT]
+    assert argv[3:] == ["sh", "r-1", f"{second.run_dir}/stacks", "30", "1"]
+    docker = build_plan(job, workload_hash="h", wrap=lambda np_: ("docker", "run"))
+    inside = dump_argv(docker, docker.nodes[1])
+    assert inside[:3] == ["docker", "exec", container_name("r-1", 1)]
+    assert inside[3:] == argv

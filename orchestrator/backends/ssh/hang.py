@@ -1,5 +1,5 @@
 """Before a run that hangs (or lost a peer) is stopped: ask every living rank for its Python
-stack over the node's transport, and say in the failure where the ranks were
+stack over the node's transport (inside its container with the docker runtime), and say in the failure where the ranks were
 (orchestrator/runs/stacks.py). The stack files stay in each node's run folder, which collect()
 copies into the local run folder's stacks/."""
 
@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from orchestrator.images.containers import container_name, docker_argv
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.stacks import (
     DUMP_STACKS_SCRIPT,
@@ -20,7 +21,7 @@ from orchestrator.runs.stacks import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.plan import Plan
+    from orchestrator.plan import NodePlan, Plan
     from orchestrator.transport import NodeSession, Transport
 
 DUMP_TIMEOUT_S = 30.0
@@ -36,10 +37,7 @@ def dump_stacks(session: NodeSession, plan: Plan, failure: Failure) -> Failure:
     found: dict[str, NodeStacks] = {}
 
     def one(t: Transport) -> None:
-        np_ = by_node[t.node.name]
-        folder, group = stacks_dir(np_.run_dir), str(np_.node_rank)
-        argv = ["sh", "-c", DUMP_STACKS_SCRIPT, "sh", plan.job.run_id, folder, str(WAIT_TENTHS)]
-        argv.append(group)
+        argv = dump_argv(plan, by_node[t.node.name])
         done = t.run(argv, timeout=DUMP_TIMEOUT_S, check=False)
         found[t.node.name] = parse_dump(t.node.name, done.stdout)
 
@@ -53,6 +51,20 @@ def dump_stacks(session: NodeSession, plan: Plan, failure: Failure) -> Failure:
         for local in range(per_node)
     }
     return diagnose_hang(failure, nodes, plan.job.topology.world_size, silent)
+
+
+def dump_argv(plan: Plan, np_: NodePlan) -> list[str]:
+    """The node's dump command: on the host, or inside the node's container with the docker
+    runtime (there the ranks run as the container's user, whose environment and signals an
+    SSH user other than root cannot reach from the host; the run folder is mounted at the same
+    path)."""
+    folder, group = stacks_dir(np_.run_dir), str(np_.node_rank)
+    script = ["sh", "-c", DUMP_STACKS_SCRIPT, "sh", plan.job.run_id, folder, str(WAIT_TENTHS)]
+    script.append(group)
+    if plan.runtime != "docker":
+        return script
+    container = container_name(plan.job.run_id, np_.node_rank)
+    return [*docker_argv(np_.node.docker_host), "exec", container, *script]
 
 
 def collect_stacks(t: Transport, run_dir: str, local_dir: Path) -> None:

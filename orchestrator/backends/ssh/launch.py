@@ -238,7 +238,7 @@ class Watch:
                     timeout_s, no_progress_s, now - t0, now - self.view.last_event_at
                 )
             if failure is not None:
-                if status == "failed" and not all(c is not None for c in exits.values()):
+                if status == "failed" and any(c is None for c in exits.values()):
                     failure = dump_stacks(self.session, self.plan, failure)  # ranks still live
                 self.stop_all()
                 for name, proc in self.procs.items():

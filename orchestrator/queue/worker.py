@@ -20,6 +20,8 @@ from orchestrator.queue.leases import LEASE_TTL_S, Claim
 from orchestrator.runs.lifecycle import request_from_doc
 from orchestrator.runs.progress import summary_line
 from orchestrator.runs.stopping import StopEvent
+from orchestrator.runs.stragglers import stored_line
+from orchestrator.store.queries import run_headline
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,6 +70,8 @@ def run_claim(
         leases.finish_campaign_if_done(store, doc.get("campaign_id"))
     metrics = outcome.summary.metrics if outcome.summary else None
     wall = time.monotonic() - began
+    with store.reading() as conn:  # the ranks publishing flagged, as `submit` says them
+        head = run_headline(conn, claim.run_id)
     console.print(
         summary_line(
             outcome.status,
@@ -76,6 +80,7 @@ def run_claim(
             metrics.p_core if metrics else None,
             metrics.map if metrics else None,
             outcome.run_dir,
+            stored_line(head.stragglers if head else None, short=True),
         ),
         markup=False,
         highlight=False,

@@ -16,6 +16,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.health_settings import parse_health_table
 from orchestrator.image_settings import parse_image_table
 from orchestrator.pathnames import SAFE_NAME_WORDS, is_safe_name
+from orchestrator.readings_settings import parse_readings
 from orchestrator.slurm_settings import parse_slurm_table
 from orchestrator.specs import (
     DEFAULT_FOLLOWER_GRACE_S,
@@ -47,6 +48,8 @@ _TOP_KEYS = {
     "image",
     "slurm",
     "health",
+    "stragglers",  # orchestrator/readings_settings.py
+    "energy",
 }
 _CLUSTER_KEYS = {
     "name",
@@ -244,6 +247,7 @@ def parse_cluster(data: Mapping[str, Any], source: str) -> ClusterSpec:
         image=image,
         slurm=slurm,
         health=health,
+        readings=parse_readings(data, source),
         source=source,
     )
 

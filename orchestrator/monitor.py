@@ -52,27 +52,63 @@ SAMPLING_QUERIES: dict[str, tuple[tuple[str, ...], tuple[tuple[str | None, float
 TEXT_QUERIES: dict[str, tuple[tuple[str, ...], str]] = {
     "mx-smi": (("mx-smi", "--show-memory"), "mx-smi-memory"),
 }
+# Tool name -> (argv, format) of a power-only query, sampled at POWER_INTERVAL_S (MLPerf Power
+# asks for at least one sample per second; two per second keep every second covered).
+POWER_QUERIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "nvidia-smi": (
+        ("nvidia-smi", "--query-gpu=index,power.draw", "--format=csv,noheader,nounits"),
+        "csv-power",
+    ),
+    "mx-smi": (("mx-smi", "--show-board-power"), "mx-smi-power"),
+}
+BMC_QUERY = ("ipmitool", "dcmi", "power", "reading")  # the node's watts, where configured
+DEFAULT_POWER_INTERVAL_S = 0.5
+POWER_INTERVAL_ENV = "ORCHESTRATOR_POWER_INTERVAL_S"
 TOOL_MISSING = "monitor_tool_missing"
 RAW_OUTPUT = "monitor_raw"  # kept in the file only; monitor_samples holds numbers
 
 
 def interval_s() -> float:
-    text = os.environ.get(INTERVAL_ENV)
+    return _seconds(INTERVAL_ENV, DEFAULT_INTERVAL_S)
+
+
+def power_interval_s() -> float:
+    return _seconds(POWER_INTERVAL_ENV, DEFAULT_POWER_INTERVAL_S)
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
     try:
-        value = float(text) if text else DEFAULT_INTERVAL_S
+        value = float(text) if text else default
     except ValueError:
-        value = DEFAULT_INTERVAL_S
-    return value if math.isfinite(value) and value > 0 else DEFAULT_INTERVAL_S
+        value = default
+    return value if math.isfinite(value) and value > 0 else default
 
 
 def sampler_args(
-    monitor: Sequence[str], out: str, every_s: float, devices: Sequence[int] | None = None
+    monitor: Sequence[str],
+    out: str,
+    every_s: float,
+    devices: Sequence[int] | None = None,
+    bmc_power: bool = False,
 ) -> dict[str, Any]:
     """The sampler's argument JSON for the profile's monitor argv (empty: no tool); `devices`:
-    the run's devices on the node (SMI numbering), the only ones it records."""
+    the run's devices on the node (SMI numbering), the only ones it records; `bmc_power`: also
+    the node's power from its BMC (the cluster file's [energy] bmc_power)."""
     args = _tool_args(monitor, out, every_s)
     if devices is not None:
         args["devices"] = list(devices)
+    power = POWER_QUERIES.get(Path(monitor[0]).name) if monitor else None
+    if power is not None:
+        argv, fmt = power
+        tool = [monitor[0], *argv[1:]]
+        args["power"] = {"tool": tool, "format": fmt, "interval_s": power_interval_s()}
+    if bmc_power:
+        args["bmc"] = {
+            "tool": list(BMC_QUERY),
+            "format": "ipmi-dcmi",
+            "interval_s": power_interval_s(),
+        }
     return args
 
 
@@ -103,16 +139,25 @@ def sampler_argv(
     out: str,
     every_s: float,
     devices: Sequence[int] | None = None,
+    bmc_power: bool = False,
 ) -> list[str]:
-    args = sampler_args(monitor, out, every_s, devices)
+    args = sampler_args(monitor, out, every_s, devices, bmc_power)
     return [python, "-c", PROBE_SOURCE, json.dumps(args)]
 
 
 def parse_tool_output(tool: str, text: str) -> list[tuple[str, float, int | None]]:
     """The tool's output as (metric, value, device) in bytes, W, °C, % (what the sampler does on
-    the node; here for tests and for reading recorded output)."""
+    the node; here for tests and for reading recorded output). `tool`: a key of
+    SAMPLING_QUERIES or TEXT_QUERIES, or a power query's: "nvidia-smi-power", "mx-smi-power",
+    "ipmitool"."""
     from orchestrator.nodeside import monitor_probe
 
+    if tool == "mx-smi-power":
+        return [tuple(s) for s in monitor_probe.parse_mx_smi_power(text)]
+    if tool == "ipmitool":
+        return [tuple(s) for s in monitor_probe.parse_ipmi_power(text)]
+    if tool == "nvidia-smi-power":
+        return [tuple(s) for s in monitor_probe.parse_rows(text, monitor_probe.POWER_COLUMNS)]
     if tool in TEXT_QUERIES:
         return [tuple(s) for s in monitor_probe.parse_mx_smi_memory(text)]
     _, columns = SAMPLING_QUERIES[tool]

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from orchestrator.errors import TopologyError
 from orchestrator.health_settings import HealthSettings
 from orchestrator.image_settings import ImageSettings
+from orchestrator.readings_settings import ReadingSettings
 from orchestrator.slurm_settings import SlurmSettings
 from orchestrator.states import BackendName, Precision, Runtime
 
@@ -125,6 +126,7 @@ class ClusterSpec:
     image: ImageSettings | None = None  # the [image] table
     slurm: SlurmSettings | None = None  # the [slurm] table
     health: HealthSettings = HealthSettings()  # the [health] table: the gate before runs
+    readings: ReadingSettings = ReadingSettings()  # [stragglers] and [energy]
     source: str = "<embedded default>"  # the file it came from, for messages
 
     def node(self, name: str) -> NodeSpec:

@@ -199,13 +199,15 @@ def print_summary(
     the run folder. `wall_s`: measured by the caller; else submission to finish as stored."""
     from orchestrator.runs.progress import summary_line
     from orchestrator.store.queries import run_headline
+    from orchestrator.store.stragglers import stored_line
 
     with store.reading() as conn:
         head = run_headline(conn, run_id)
     if head is None:
         return
     wall = wall_s if wall_s is not None else head.wall_s
-    say(summary_line(head.status, run_id, wall, head.p_core, head.map, run_dir))
+    slow = stored_line(head.stragglers, short=True)
+    say(summary_line(head.status, run_id, wall, head.p_core, head.map, run_dir, slow))
 
 
 def print_outcome(store: Store, run_id: str, status: str) -> None:

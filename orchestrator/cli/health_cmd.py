@@ -70,9 +70,9 @@ def run_health(
     from rich.console import Console
 
     from orchestrator.backends.ssh.health import check_nodes, probe_plan
-    from orchestrator.store.leases import check_nodes_free
     from orchestrator.runs.progress import ProgressView
     from orchestrator.specs import Topology
+    from orchestrator.store.leases import check_nodes_free
     from orchestrator.transport import NodeSession
 
     cluster = app.cluster

@@ -244,6 +244,7 @@ def report(
         resolve_run,
         run_warnings,
         seed_rows,
+        with_energy,
     )
 
     since_at = parse_since(since)
@@ -268,9 +269,10 @@ def report(
         history = configuration_history(conn, rows, config_key)
         warnings = run_warnings(conn, [row["run_id"] for row in rows])
         checks = convergence_checks(conn, rows)
+        shown = with_energy(conn, rows)  # J per image beside the seed's columns
     convergence = [c for c in checks.values() if c.flagged]
     regressions = regressions_by_run(rows, history)
-    groups = group_rows(rows)
+    groups = group_rows(shown)
     plots: list[tuple[str, str]] = []
     if plots_dir is not None:
         from orchestrator.reports.plots import write_plots
@@ -281,7 +283,7 @@ def report(
             env, groups, rows, regressions, output, plots, warnings, olympic, convergence
         )
     else:
-        text = render_report(env, rows, output, regressions, plots, warnings, convergence)
+        text = render_report(env, shown, output, regressions, plots, warnings, convergence)
     click.echo(text, nl=False)
 
 

@@ -10,6 +10,7 @@ from orchestrator import units
 from orchestrator.cli.output import Output, Section
 from orchestrator.reports.report import fmt
 from orchestrator.store.queries import RunDetail, describe_ib
+from orchestrator.store.stragglers import stored_line
 
 
 def _map(value: Any) -> str:
@@ -30,6 +31,9 @@ RUN_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "mem_used_bytes": ("mem_used", units.size),
     "mem_total_bytes": ("mem_total", units.size),
     "mem_label": ("mem (GiB)", fmt),
+    "energy_j": ("energy (J)", units.sig3),
+    "energy_per_image_j": ("energy per image (J)", units.sig3),
+    "power_coverage": ("power coverage", lambda v: "" if v is None else f"{float(v):.0%}"),
 }
 RANK_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "e2e_s": ("e2e (s)", units.seconds),
@@ -39,6 +43,9 @@ RANK_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "core_s": ("core (s)", units.seconds),
     "eval_s": ("eval (s)", units.seconds),
     "p_core": ("p_core (img/s)", units.sig3),
+    "pace_s": ("pace (s/it)", lambda v: "" if v is None else f"{float(v):.3g}"),
+    "straggler_ratio": ("vs median", lambda v: "" if v is None else f"{float(v):.2f}x"),
+    "straggler": ("straggler", lambda v: "" if v is None else ("yes" if v else "no")),
 }
 RANK_COLUMNS = (
     "rank",
@@ -51,6 +58,9 @@ RANK_COLUMNS = (
     "core_s",
     "rank_images",
     "p_core",
+    "pace_s",
+    "straggler_ratio",
+    "straggler",
     "error_type",
 )
 EPOCH_FIELDS: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -106,6 +116,8 @@ _SHOWN_APART = (
     "fabric_summary",
     "fabric",
     "warnings",
+    "stragglers",
+    "energy",
 )
 
 
@@ -133,6 +145,9 @@ def run_fields(detail: RunDetail) -> list[list[str]]:
         rows += [[f"failure.{k}", fmt(v)] for k, v in run["failure"].items() if k != "log_tail"]
     rows += fabric_rows(run)
     rows += health_rows(detail.health)
+    slow = stored_line(run.get("stragglers"))
+    if slow:
+        rows.append(["stragglers", slow])
     return rows
 
 

@@ -10,7 +10,11 @@ Host metrics come from /proc; accelerator metrics from the vendor tool named in 
 JSON: {"out": PATH, "interval_s": 5, "tool": ["nvidia-smi", "--query-gpu=...", ...] or null,
 "columns": [["index", 1], ["device_mem_used_bytes", 1048576], ...] or null, "format": "csv" or
 "mx-smi-memory", "devices": [2, 3] or absent}: with "devices", only those devices' rows are
-written (the run's, numbered as the tool numbers them). A missing tool is recorded once as
+written (the run's, numbered as the tool numbers them); "power": {"tool": [...], "format":
+"csv-power" | "mx-smi-power", "interval_s": 0.5} and "bmc": {"tool": ["ipmitool", "dcmi",
+"power", "reading"], "format": "ipmi-dcmi", "interval_s": 0.5}, either absent or null: power
+readings on their own, faster clock (device_power_w per device, node_power_w for the node), a
+failed reading being a gap in the series. A missing tool is recorded once as
 metric "monitor_tool_missing"; a tool that gives no reading is recorded once as {"metric":
 "monitor_raw", "text": ..., "reason": "failed" | "no parser" | "unparsed", "tool": ...}, the
 text cut to RAW_MAX_CHARS. Nothing here ever stops the run.
@@ -139,6 +143,66 @@ def parse_rows(text, columns):
     return samples
 
 
+POWER_COLUMNS = [["index", 1.0], ["device_power_w", 1.0]]
+
+
+def parse_mx_smi_power(text):
+    """`mx-smi --show-board-power` -> [("device_power_w", W, device)]: in each `GPU#N` section,
+    the line whose key holds "total" and whose value is in W (the board's total power)."""
+    found = {}
+    device = None
+    for line in text.splitlines():
+        header = re.match(r"\s*GPU#(\d+)\b", line)
+        if header:
+            device = int(header.group(1))
+            continue
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if device is None or not sep or "total" not in key.lower() or len(parts) < 2:
+            continue
+        if parts[1].upper() != "W" or device in found:
+            continue
+        try:
+            found[device] = float(parts[0])
+        except ValueError:
+            pass
+    return [("device_power_w", value, dev) for dev, value in sorted(found.items())]
+
+
+def parse_ipmi_power(text):
+    """`ipmitool dcmi power reading` -> [("node_power_w", W, None)] from its `Instantaneous
+    power reading:  220 Watts` line; [] when the BMC gave none."""
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if sep and key.strip().lower() == "instantaneous power reading":
+            parts = rest.split()
+            try:
+                return [("node_power_w", float(parts[0]), None)] if parts else []
+            except ValueError:
+                return []
+    return []
+
+
+def power_rows(argv, fmt, timeout):
+    """One power reading of every device (or of the node), [] when the tool gave none: a
+    missing reading is a gap in the series, which the run's coverage shows."""
+    done = subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        text=True,
+    )
+    if done.returncode != 0:
+        return []
+    if fmt == "mx-smi-power":
+        return parse_mx_smi_power(done.stdout)
+    if fmt == "ipmi-dcmi":
+        return parse_ipmi_power(done.stdout)
+    return parse_rows(done.stdout, POWER_COLUMNS)
+
+
 def only_devices(samples, devices):
     """The samples of the run's devices (and those of no device); all when devices is None."""
     if devices is None:
@@ -180,6 +244,10 @@ def main(args):
         die_with_parent(parent)
     raw_written = False
     previous = cpu_times()
+    # Power at >= 1 Hz (MLPerf Power): its own, cheaper queries on their own clock.
+    power = [q for q in (args.get("power"), args.get("bmc")) if q and shutil.which(q["tool"][0])]
+    power_every = min([float(q.get("interval_s") or 0.5) for q in power] or [interval])
+    next_power = time.time()
 
     with open(out, "a") as f:
 
@@ -191,6 +259,17 @@ def main(args):
         if not have_tool:
             write("monitor_tool_missing", 1, tool=tool[0] if tool else None)
             f.flush()
+
+        def sample_power():
+            for query in power:
+                try:
+                    rows = power_rows(query["tool"], query.get("format"), max(1.0, interval))
+                except (OSError, subprocess.SubprocessError):
+                    rows = []
+                for metric, value, device in only_devices(rows, devices):
+                    write(metric, value, device)
+            f.flush()
+
         while os.path.isdir(folder):
             started = time.time()
             total, idle = cpu_times()
@@ -219,7 +298,13 @@ def main(args):
             while time.time() < started + interval:
                 if parent is not None and os.getppid() != parent:
                     return 0  # the task that started us is gone (Slurm's step ended)
-                time.sleep(min(0.5, max(0.05, started + interval - time.time())))
+                if power and time.time() >= next_power:
+                    next_power += power_every
+                    if next_power < time.time():  # fell behind: no burst to catch up
+                        next_power = time.time() + power_every
+                    sample_power()
+                wake = started + interval if not power else min(started + interval, next_power)
+                time.sleep(min(0.5, max(0.01, wake - time.time())))
     return 0
 
 

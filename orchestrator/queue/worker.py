@@ -22,7 +22,9 @@ from orchestrator.runs.stopping import StopEvent
 from orchestrator.store.campaigns import finish_campaign_if_done
 from orchestrator.store.leases import LEASE_TTL_S, release
 from orchestrator.store.orphans import end_run
+from orchestrator.store.queries import run_headline
 from orchestrator.store.repeats import repeat_check
+from orchestrator.store.stragglers import stored_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -81,6 +83,8 @@ def run_claim(
         return "queued"
     metrics = outcome.summary.metrics if outcome.summary else None
     wall = time.monotonic() - began
+    with store.reading() as conn:  # the ranks publishing flagged, as `submit` says them
+        head = run_headline(conn, claim.run_id)
     console.print(
         summary_line(
             outcome.status,
@@ -89,6 +93,7 @@ def run_claim(
             metrics.p_core if metrics else None,
             metrics.map if metrics else None,
             outcome.run_dir,
+            stored_line(head.stragglers if head else None, short=True),
         ),
         markup=False,
         highlight=False,

@@ -50,8 +50,14 @@ SEED_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
 )
 REPORT_FORMATS = ("table", "markdown", "csv", "json")
 # Per-run keys that CSV and JSON carry after the seed's columns; the human formats fold
-# mem_source into the mem cell.
-EXTRA_KEYS = ("mem_source", "source")
+# mem_source into the mem cell. The energy keys (store.queries.with_energy) are None for runs
+# whose monitors sampled no power.
+EXTRA_KEYS = ("mem_source", "source", "energy_j", "energy_per_image_j", "power_coverage")
+# Shown after the seed's columns, never in their place, when some run of the table has them.
+ENERGY_HEADERS: tuple[tuple[str, str, Formatter], ...] = (
+    ("energy_per_image_j", "J/image", units.sig3),
+    ("power_coverage", "power coverage", lambda v: "" if v is None else f"{float(v):.0%}"),
+)
 
 
 def fmt(value: Any, pattern: str = "{}") -> str:
@@ -93,6 +99,12 @@ def render_report(
         extra += convergence_lines(convergence) + _plot_lines(plots)
         headers = [header for _, header, _ in SEED_HEADERS]
         body = [seed_cells(row) for row in rows]
+        if any(row.get("energy_per_image_j") is not None for row in rows):
+            headers += [header for _, header, _ in ENERGY_HEADERS]
+            body = [
+                cells + [formatter(row.get(key)) for key, _, formatter in ENERGY_HEADERS]
+                for cells, row in zip(body, rows)
+            ]
         if output == "table":
             return _terminal(environment, headers, body, extra)
         return _markdown(environment, headers, body) + "".join(line + "\n" for line in extra)
@@ -168,7 +180,7 @@ def _spread_cell(group: Group, metric: str, olympic: bool = False) -> str:
     found = group.interval(metric)
     if found is None:
         return ""
-    show = _METRIC_FORMATS[metric]
+    show = _METRIC_FORMATS.get(metric, units.sig3)
     cell = show(found.mean)
     if found.half_width is not None and found.cv is not None:
         cell += f" ± {show(found.half_width)} (CV {found.cv * 100:.1f}%)"
@@ -196,6 +208,11 @@ def metric_fields(group: Group, metric: str, olympic: bool = False) -> dict[str,
 METRIC_FIELDS = ("n", "mean", "sd", "min", "max", "ci_low", "ci_high", "ci_half_pct", "cv")
 
 
+def _spread_values(group: Group, metric: str) -> list[Any]:
+    s = group.stats(metric)
+    return [s.mean, s.sd, s.min, s.max] if s else [None] * 4
+
+
 def _group_flag(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> str:
     found = [r for run_id in group.run_ids for r in regressions.get(run_id, ())]
     return "; ".join(f"{r.run_id}: {r.metric} -{r.drop:.0%}" for r in found)
@@ -213,6 +230,7 @@ def render_grouped_report(
     convergence: Sequence[Convergence] = (),
 ) -> str:
     """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
+    energy = _has_energy(groups)
     if output in ("markdown", "table"):
         return _grouped_text(
             environment, groups, regressions, plots, output, warnings or {}, olympic, convergence
@@ -223,12 +241,15 @@ def render_grouped_report(
         for metric in METRICS:
             columns += [metric if name == "mean" else f"{metric}_{name}" for name in names]
         columns += ["mem", "mem_source", "run_id", "regression"]  # run_id: space-separated
+        columns += [f"{ENERGY_METRIC}{end}" for end in ("", "_sd", "_min", "_max")] * energy
         data = []
         for g in groups:
             line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
             for metric in METRICS:
                 line += list(metric_fields(g, metric, olympic).values())
             line += [g.mem, g.mem_source, " ".join(g.run_ids), _group_flag(g, regressions)]
+            if energy:  # after the seed's columns
+                line += _spread_values(g, ENERGY_METRIC)
             data.append(line)
         return to_csv(columns, data)
     if output == "json":
@@ -249,6 +270,11 @@ def render_grouped_report(
                     "mem": g.mem,
                     "mem_source": g.mem_source,
                     "run_ids": g.run_ids,
+                    **(
+                        {ENERGY_METRIC: (s.as_dict() if (s := g.stats(ENERGY_METRIC)) else None)}
+                        if energy
+                        else {}
+                    ),
                 }
                 for g in groups
             ],
@@ -283,6 +309,12 @@ GROUPED_NOTE = (
 OLYMPIC_NOTE = (
     " The olympic mean drops the fastest and the slowest run (below 3 runs it is the plain mean)."
 )
+ENERGY_METRIC = "energy_per_image_j"  # grouped like the seed's metrics, after them
+
+
+def _has_energy(groups: Sequence[Group]) -> bool:
+    """Whether the grouped report gets its J/image columns: some run of it has the figure."""
+    return any(g.stats(ENERGY_METRIC) is not None for g in groups)
 
 
 def group_mem(group: Group) -> str:
@@ -314,6 +346,9 @@ def _grouped_text(
 ) -> str:
     headers = [header for key, header, _ in SEED_HEADERS if key != "run_id"] + ["n", "regression"]
     body = [group_cells(g, regressions, olympic) for g in groups]
+    if _has_energy(groups):  # J per image beside the seed's columns, never in their place
+        headers.append("J/image")
+        body = [cells + [_spread_cell(g, ENERGY_METRIC)] for cells, g in zip(body, groups)]
     extra: list[str] = []
     if groups:
         extra += ["", GROUPED_NOTE + (OLYMPIC_NOTE if olympic else "")]

@@ -133,6 +133,9 @@ class RunManifest:
     # --backbone-weights); None in manifests written before they were recorded.
     data_dir: str | None = None
     backbone_weights: str | None = None
+    # [stragglers] slower_fraction of the cluster file, when it is not the default (None): what
+    # publishing flags a straggling rank by (store/stragglers.py).
+    straggler_fraction: float | None = None
 
     @property
     def world_size(self) -> int:
@@ -181,6 +184,12 @@ class RunManifest:
             ),
             "data_dir": self.data_dir,
             "backbone_weights": self.backbone_weights,
+            # written only when set, so other manifests are as they always were
+            **(
+                {"straggler_fraction": self.straggler_fraction}
+                if self.straggler_fraction is not None
+                else {}
+            ),
         }
 
 
@@ -320,7 +329,17 @@ def manifest_from_dict(data: Any, source: str) -> RunManifest:
         imported=imported,
         data_dir=f.text("data_dir", required=False),
         backbone_weights=f.text("backbone_weights", required=False),
+        straggler_fraction=_fraction(f),
     )
+
+
+def _fraction(f: _Fields) -> float | None:
+    value = f.get("straggler_fraction", (int, float), required=False)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not 0 < float(value) <= 10:
+        raise f.fail("straggler_fraction", f"{value!r} must be a number above 0, at most 10")
+    return float(value)
 
 
 def _nodes(f: _Fields, nnodes: int) -> tuple[NodeRef, ...]:

@@ -22,6 +22,7 @@ from orchestrator.runs.failure import Failure
 from orchestrator.runs.stopping import EXIT_CANCEL_REQUESTED, StopCause
 from orchestrator.specs import Topology
 from orchestrator.states import BackendName, Precision, RunStatus, Runtime
+from orchestrator.store.stragglers import straggler_fraction
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -135,6 +136,7 @@ def manifest_for(
         orchestrator_version=__version__,
         data_dir=job.cluster.case.data_dir,
         backbone_weights=job.cluster.case.backbone_weights,
+        straggler_fraction=straggler_fraction(job.cluster.readings.slower_fraction),
         **extra,
     )
 

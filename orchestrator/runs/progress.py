@@ -371,12 +371,16 @@ def summary_line(
     p_core: float | None,
     map_: float | None,
     run_dir: Any,
+    stragglers: str | None = None,
 ) -> str:
-    """The one line every run ends with."""
+    """The one line every run ends with; `stragglers`: the flagged ranks, short
+    (runs/stragglers.stored_line), after the numbers."""
     numbers = []
     if p_core is not None:
         numbers.append(f"p_core {sig3(p_core)} img/s")
     if map_ is not None:
         numbers.append(f"mAP {map_:.3f}")
+    if stragglers:
+        numbers.append(stragglers)
     shown = ", ".join(numbers) or "no metrics"
     return f"{status}: run {run_id} in {duration(wall_s)}, {shown}, run folder {run_dir}"

@@ -33,6 +33,7 @@ from orchestrator.store.models import (
     RunEpoch,
     RunNode,
 )
+from orchestrator.store.readings import write_stragglers
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ def write(
     history += _update_runs(conn, replaced, {k: v["status"] for k, v in existing.items()}, now)
     run_status.notes(conn, history + notes)
     _insert_children(conn, new_runs + replaced, kept_envs, now)
+    write_stragglers(conn, [p.folder for p in new_runs + replaced])
     return summaries
 
 

@@ -208,6 +208,15 @@ class Run(Base):
     warnings: Mapped[list[Any] | None] = mapped_column(JsonDoc)
     device_name: Mapped[str | None] = mapped_column(String(128))
     torch_version: Mapped[str | None] = mapped_column(String(64))
+    # Migration 0007: the ranks flagged as stragglers [{rank, node, device, pace_s, ratio,
+    # history_ratio}] (store/stragglers.py); the training window's energy from the monitors'
+    # power samples (orchestrator/energy.py): J (the BMC's where sampled, else the devices'),
+    # J per image, the worst series' share of seconds with a sample, and every series.
+    stragglers: Mapped[list[Any] | None] = mapped_column(JsonDoc)
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    energy_per_image_j: Mapped[float | None] = mapped_column(Float)
+    power_coverage: Mapped[float | None] = mapped_column(Float)
+    energy: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
     # Provenance of the row; source (0004): 'orchestrator', or the tool of an imported log
     source: Mapped[str] = mapped_column(String(16), server_default="orchestrator")
     manifest: Mapped[dict[str, Any] | None] = mapped_column(RawDoc)  # manifest.json as published
@@ -267,6 +276,7 @@ class RankResult(Base):
     """One rank's result file: the fields admins query as columns, and the whole document."""
 
     __tablename__ = "rank_results"
+    __table_args__ = (Index("ix_rank_results_node_device", "node_name", "device_index"),)
 
     run_id: Mapped[str] = mapped_column(
         ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
@@ -299,6 +309,15 @@ class RankResult(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     document: Mapped[dict[str, Any]] = mapped_column(RawDoc)  # the rank file, byte for byte
+    # Migration 0007 (store/stragglers.py): the node (cluster name) and device (SMI index, NULL
+    # on a CPU) the rank ran on; its seconds per iteration without waiting for the others
+    # (data + forward); that over the median rank's and over its device's own history; flagged.
+    node_name: Mapped[str | None] = mapped_column(String(128))
+    device_index: Mapped[int | None] = mapped_column(Integer)
+    pace_s: Mapped[float | None] = mapped_column(Float)
+    straggler_ratio: Mapped[float | None] = mapped_column(Float)
+    history_ratio: Mapped[float | None] = mapped_column(Float)
+    straggler: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class RunEpoch(Base):

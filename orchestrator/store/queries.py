@@ -324,6 +324,24 @@ def run_warnings(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[str
     return dict(sorted(found.items()))
 
 
+ENERGY_KEYS = ("energy_j", "energy_per_image_j", "power_coverage")  # runs' columns (0007)
+
+
+def with_energy(conn: Connection, rows: Sequence[RowMapping]) -> list[dict[str, Any]]:
+    """Seed rows with each run's energy (J, J per image, power coverage; None where its
+    monitors sampled no power): the seed_table view predates them."""
+    found: dict[str, dict[str, Any]] = {}
+    ids = [row["run_id"] for row in rows]
+    for i in range(0, len(ids), 500):
+        query = select(Run.run_id, *(Run.__table__.c[k] for k in ENERGY_KEYS)).where(
+            Run.run_id.in_(ids[i : i + 500]), Run.energy_j.is_not(None)
+        )
+        for row in conn.execute(query).mappings():
+            found[row["run_id"]] = {k: row[k] for k in ENERGY_KEYS}
+    empty = dict.fromkeys(ENERGY_KEYS)
+    return [{**row, **found.get(row["run_id"], empty)} for row in rows]
+
+
 def _collect(values: dict[str, set[str]], row: RowMapping) -> None:
     if row["accelerator_model"]:
         count = f"{row['accelerator_count']} x " if row["accelerator_count"] else ""
@@ -401,6 +419,7 @@ class RunHeadline:
     finished_at: datetime | None
     p_core: float | None
     map: float | None
+    stragglers: list[Any] | None = None  # runs.stragglers (0007)
 
     @property
     def wall_s(self) -> float | None:
@@ -412,13 +431,25 @@ class RunHeadline:
 def run_headline(conn: Connection, run_id: str) -> RunHeadline | None:
     row = conn.execute(
         select(
-            Run.status, Run.reason, Run.submitted_at, Run.finished_at, Run.p_core, Run.map
+            Run.status,
+            Run.reason,
+            Run.submitted_at,
+            Run.finished_at,
+            Run.p_core,
+            Run.map,
+            Run.stragglers,
         ).where(Run.run_id == run_id)
     ).first()
     if row is None:
         return None
     return RunHeadline(
-        row.status, row.reason, row.submitted_at, row.finished_at, row.p_core, row.map
+        row.status,
+        row.reason,
+        row.submitted_at,
+        row.finished_at,
+        row.p_core,
+        row.map,
+        row.stragglers,
     )
 
 

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from orchestrator.energy import coverage_warnings, run_energy
 from orchestrator.fabric import fabric_of
 from orchestrator.monitor import smi_warnings
 from orchestrator.redact import redact_text
 from orchestrator.runfolder.folder import ENV_FIELDS, NodeRef, RankFile, RunFolder, RunManifest
 from orchestrator.states import ACTIVE_STATUSES
 from orchestrator.store.engine import RawJson
-from orchestrator.store.metrics import RunMetrics, config_label, fix_hp
+from orchestrator.store.metrics import RunMetrics, config_label, fix_hp, training_window
 
 ENV_COLUMNS = tuple(ENV_FIELDS)  # run_nodes has one column per known env.json key
 
@@ -85,7 +86,29 @@ def published_run_row(
         source_digest=folder.digest,
         published_at=now,
     )
+    row.update(energy_columns(folder, metrics))
+    warnings = (row["warnings"] or []) + coverage_warnings(row.pop("_energy"))
+    row["warnings"] = warnings or None
     return row
+
+
+def energy_columns(folder: RunFolder, metrics: RunMetrics | None) -> dict[str, Any]:
+    """The training window's energy from the monitors' power samples (orchestrator/energy.py);
+    `_energy` is for the caller's warning, not a column."""
+    energy = None
+    if metrics is not None and folder.ranks and folder.manifest.imported is None:
+        start, end = training_window(folder.ranks)
+        used = {n.name: n.devices for n in folder.manifest.nodes}
+        energy = run_energy(folder.monitors, start, end, used)
+    return {
+        "energy_j": energy.joules if energy else None,
+        "energy_per_image_j": energy.per_image(metrics.global_images)
+        if energy and metrics
+        else None,
+        "power_coverage": energy.coverage if energy else None,
+        "energy": energy.as_dict() if energy else None,
+        "_energy": energy,
+    }
 
 
 def fabric_columns(
@@ -162,6 +185,15 @@ def node_row(
     return row
 
 
+STRAGGLER_COLUMNS = (
+    "node_name",
+    "device_index",
+    "pace_s",
+    "straggler_ratio",
+    "history_ratio",
+    "straggler",
+)
+_NO_STRAGGLER_VALUES = (None,) * len(STRAGGLER_COLUMNS)
 # rank_results columns in the order of rank_values(): the hottest rows of an ingest are built as
 # tuples (a 28-key dict per rank costs three times as much) of values both drivers take as they
 # are, the document being the file's JSON text.
@@ -195,6 +227,8 @@ RANK_COLUMNS = (
     "error_type",
     "error_message",
     "document",
+    # 0007: written by store/readings.py once the run's rows are in (it needs the history)
+    *STRAGGLER_COLUMNS,
 )
 
 
@@ -232,6 +266,7 @@ def rank_values(run_id: str, rank: RankFile) -> tuple[Any, ...]:
         error.get("type"),
         error.get("message"),
         rank.text,
+        *_NO_STRAGGLER_VALUES,
     )
 
 

@@ -26,7 +26,13 @@ from orchestrator.store.config_queries import (
     scaling_groups,
 )
 from orchestrator.store.history import campaign_run_ids
-from orchestrator.store.queries import Selection, environment, run_warnings, seed_rows
+from orchestrator.store.queries import (
+    Selection,
+    environment,
+    run_warnings,
+    seed_rows,
+    with_energy,
+)
 from orchestrator.store.web_queries import filter_options
 from orchestrator.web import params
 from orchestrator.web.context import reading, render
@@ -63,7 +69,7 @@ def _seed_data(request: Request) -> dict[str, Any]:
                 run_ids=tuple(sorted(chosen & set(run_ids) if run_ids else chosen)),
             )
         if campaign is None or selection.run_ids:
-            rows = seed_rows(conn, selection)
+            rows = with_energy(conn, seed_rows(conn, selection))  # J/image, as `report` has it
             env = environment(conn, selection)
         history = flag_inputs(conn, rows, HISTORY_RUNS)
         options = filter_options(conn)

@@ -14,6 +14,7 @@ from orchestrator.store.config_queries import runs_of
 from orchestrator.store.follower import followers_now
 from orchestrator.store.metrics import mem_label
 from orchestrator.store.queries import describe_ib, run_detail
+from orchestrator.store.stragglers import stored_line
 from orchestrator.store.web_queries import (
     RUN_SORTS,
     configuration_runs,
@@ -104,6 +105,7 @@ def run(request: Request) -> Response:
         siblings=siblings,
         failure=detail.run["failure"] or {},
         convergence=convergence,
+        stragglers=stored_line(detail.run["stragglers"]),
     )
 
 

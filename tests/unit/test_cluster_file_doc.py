@@ -13,6 +13,7 @@ import tomllib
 from orchestrator import config, image_settings
 from orchestrator.config import parse_cluster
 from orchestrator.health_settings import HEALTH_KEYS
+from orchestrator.readings_settings import ENERGY_KEYS, STRAGGLER_KEYS
 from orchestrator.slurm_settings import SLURM_KEYS, parse_slurm_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cluster-file.md"
@@ -41,6 +42,8 @@ READERS = {
     "[image]": image_settings.IMAGE_KEYS,
     "[slurm]": SLURM_KEYS,
     "[health]": HEALTH_KEYS,
+    "[stragglers]": STRAGGLER_KEYS,
+    "[energy]": ENERGY_KEYS,
 }
 
 
@@ -119,6 +122,8 @@ def _parsed() -> dict[str, dict[str, Any]]:
             "quarantine_expiry_s": health.quarantine_expiry_s,
             "exempt": list(health.exempt),
         },
+        "[stragglers]": {"slower_fraction": spec.readings.slower_fraction},
+        "[energy]": {"bmc_power": spec.readings.bmc_power},
     }
 
 

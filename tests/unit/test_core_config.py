@@ -350,8 +350,8 @@ def test_a_node_may_name_its_own_key_file() -> None:
     [
         (
             _with(bogus=1),
-            "lab.toml: bogus is not a known key (known keys here: case, cluster, health, image, "
-            "node_defaults, nodes, slurm, ssh, store)",
+            "lab.toml: bogus is not a known key (known keys here: case, cluster, energy, health, image, "
+            "node_defaults, nodes, slurm, ssh, store, stragglers)",
         ),
         (
             _with(case={"colour": 1}),

@@ -372,3 +372,46 @@ def test_migration_0007_adds_the_health_tables_keeps_the_runs_and_drops_them_aga
     assert {"health_checks", "health_figures", "node_quarantine"} <= names
     assert {"check_name", "node_name", "peer_name", "device_index", "verdict"} <= figure_columns
     assert gated == [(None,)]
+
+
+def test_migration_0008_adds_the_straggler_and_energy_columns_and_drops_them_again(
+    sqlite_url: str, fixture_runs: Path
+) -> None:
+    upgrade_store(sqlite_url, "0007")
+    engine = make_engine(sqlite_url)
+    try:
+        assert "energy_j" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    finally:
+        engine.dispose()
+    assert upgrade_store(sqlite_url, "0008").after == "0008"
+    with open_store(sqlite_url) as store:
+        store.ingest([fixture_runs / "20260113-101500-1x8-metax"])
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            run = conn.execute(
+                text(
+                    "SELECT stragglers, energy_j, energy_per_image_j, power_coverage, energy FROM runs"
+                )
+            ).one()
+            ranks = conn.execute(
+                text("SELECT DISTINCT pace_s, straggler_ratio, straggler FROM rank_results")
+            ).all()
+        indexes = {i["name"] for i in inspect(engine).get_indexes("rank_results")}
+    finally:
+        engine.dispose()
+    # no power samples and rank files from before forward_s: nothing to say, nothing invented
+    assert tuple(run) == (None, None, None, None, None)
+    assert [tuple(r) for r in ranks] == [(None, None, None)]
+    assert "ix_rank_results_node_device" in indexes
+    assert downgrade_store(sqlite_url, "0007").after == "0007"
+    engine = make_engine(sqlite_url)
+    try:
+        run_columns = {c["name"] for c in inspect(engine).get_columns("runs")}
+        rank_columns = {c["name"] for c in inspect(engine).get_columns("rank_results")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM rank_results")).scalar() == 8
+    finally:
+        engine.dispose()
+    assert not run_columns & {"stragglers", "energy_j", "energy_per_image_j", "power_coverage"}
+    assert not rank_columns & {"node_name", "device_index", "pace_s", "straggler"}

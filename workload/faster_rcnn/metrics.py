@@ -46,6 +46,7 @@ class EpochMeter:
         self.images = 0
         self.core_s = 0.0
         self.data_s = 0.0
+        self.forward_s = 0.0  # the inner model's forward, no collective (forward_clock.py)
         self.train_s = 0.0
         self.eval_s: Optional[float] = None
         self.loss_mean: Optional[float] = None
@@ -106,6 +107,14 @@ class RunTotals:
     @property
     def core_s(self) -> float:
         return self._sum("core_s")
+
+    @property
+    def forward_s(self) -> float:
+        return self._sum("forward_s")
+
+    @property
+    def data_s(self) -> float:
+        return self._sum("data_s")
 
     @property
     def eval_s(self) -> float:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, List, Optional, Sequence
 
-from . import cli, coco, dist_env, hparams
+from . import cli, coco, dist_env, hparams, stacks
 from .errors import ConfigError, Terminated, WorkloadError
 from .progress import Events, log
 from .report import RankReport, error_record, new_run_id
@@ -96,6 +96,7 @@ def main(
     events = Events(enabled=report.identity["rank"] == 0)
     output_dir = cli.output_dir_hint(argv)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM,)}
+    stack_file = stacks.register(output_dir, report.identity["rank"])
     try:
         run(argv, report, events)
         doc = report.document("ok")
@@ -116,6 +117,7 @@ def main(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _shutdown()
+        stacks.unregister(stack_file)
 
 
 def _fail(exc: BaseException, report: RankReport, events: Events, output_dir: Optional[str]) -> int:

@@ -244,7 +244,10 @@ class Session:
             "train_no_eval_s": totals.train_no_eval_s,
             "core_s": totals.core_s,
         }
-        report.timings.update(own, eval_s=totals.eval_s)
+        # outside the schema: the rank's own time without waiting for peers (stragglers)
+        report.timings.update(
+            own, eval_s=totals.eval_s, forward_s=totals.forward_s, data_s=totals.data_s
+        )
         (global_images,) = self.comm.sum([totals.images])
         slowest = dict(zip(_TIMES, self.comm.max([own[k] for k in _TIMES])))
         report.samples["global_images"] = int(global_images)

@@ -8,10 +8,12 @@ import time
 from typing import Any, Dict, Optional
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .comm import Comm
 from .device import DeviceOps, Precision
 from .errors import TrainingDiverged
+from .forward_clock import ForwardClock
 from .hparams import epochs_to_train
 from .metrics import EpochMeter, eta_seconds
 from .progress import Events
@@ -52,6 +54,9 @@ class Trainer:
         self.progress_every_s = progress_every_s  # a progress event at least this often
         self.done_iters = 0
         self.train_time_s = 0.0  # training loops so far, for the ETA
+        # the module DDP wraps: its hooks fire after DDP's buffer broadcast
+        inner = model.module if isinstance(model, DistributedDataParallel) else model
+        self.forward = ForwardClock(inner, ops.device, ops.synchronize)
 
     def _to_device(self, images: Any, targets: Any) -> Any:
         images = self.precision.prepare_images(
@@ -106,6 +111,7 @@ class Trainer:
             sync()  # ... and ends when the step has run on the device
             t_end = time.perf_counter()
             meter.step(len(images), t_core - t_prev, t_end - t_core)
+            meter.forward_s += self.forward.take()
             loss_sum += loss.detach()
             t_prev = t_end
             # The divergence check runs at the same iterations on every rank; the timed

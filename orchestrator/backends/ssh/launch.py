@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from orchestrator import monitor
 from orchestrator.backends.ssh.guard import run_env
+from orchestrator.backends.ssh.hang import collect_stacks, dump_stacks
 from orchestrator.clock import utcnow
 from orchestrator.errors import NodeError
 from orchestrator.plan import NCCL_LOG_DIR
@@ -206,11 +207,14 @@ class Watch:
         it. A sampler that cannot start costs the run its series on that node, nothing more."""
         np_ = self.by_node[t.node.name]
         tool = [self.plan.monitor_tool] if self.plan.monitor_tool else []
+        bmc_power = self.plan.job.cluster.readings.bmc_power  # [energy] bmc_power
         python = "python3" if self.plan.runtime == "docker" else np_.node.python
         out = f"{np_.run_dir}/{monitor.MONITOR_FILE}"
         try:
             proc = t.spawn(
-                monitor.sampler_argv(python, tool, out, monitor.interval_s(), _indices(np_)),
+                monitor.sampler_argv(
+                    python, tool, out, monitor.interval_s(), _indices(np_), bmc_power
+                ),
                 env=run_env(self.plan.job.run_id, np_.node.name, "monitor"),
                 cwd=np_.run_dir,
                 log_path=f"{np_.run_dir}/{monitor.MONITOR_LOG}",
@@ -276,6 +280,8 @@ class Watch:
                     timeout_s, no_progress_s, now - t0, now - self.view.last_event_at
                 )
             if failure is not None:
+                if status == "failed" and any(c is None for c in exits.values()):
+                    failure = dump_stacks(self.session, self.plan, failure)  # ranks still live
                 self.stop_all()
                 for name, proc in self.procs.items():
                     if exits[name] is None:
@@ -345,6 +351,7 @@ def collect(session: NodeSession, plan: Plan, local_dir: Path, timeout: float) -
             t.get_tree(nccl, node_dir / NCCL_LOG_DIR)
             join_nccl_logs(sorted((node_dir / NCCL_LOG_DIR).glob("*.log")), node_dir)
             shutil.rmtree(node_dir / NCCL_LOG_DIR, ignore_errors=True)
+        collect_stacks(t, np_.run_dir, local_dir)
         try:  # over the open SFTP session: no command (and no login shell) on the node
             t.remove_tree(np_.run_dir)
         except NodeError:

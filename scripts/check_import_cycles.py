@@ -15,158 +15,81 @@ import ast
 import sys
 from pathlib import Path
 
-# (modules under this prefix, prefixes they must not import): the rooms of docs/design.md, each
-# importing only rooms below it. The two backends are peers; the lifecycle, the store and the
-# pure core know no backend; nothing but the CLI imports the CLI.
-_TOP = ("orchestrator.cli", "orchestrator.queue")
-_BACKENDS = ("orchestrator.backends",)
-ROOMS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("orchestrator.backends.ssh", ("orchestrator.backends.slurm", *_TOP)),
-    ("orchestrator.backends.slurm", ("orchestrator.backends.ssh", *_TOP)),
-    ("orchestrator.backends", (*_TOP, "orchestrator.queue")),
-    ("orchestrator.runs", (*_BACKENDS, *_TOP, "orchestrator.queue")),
-    (
-        "orchestrator.store",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.runs",
-            "orchestrator.web",
-            "orchestrator.reports",
-        ),
-    ),
-    # The run folder's format, below both runs/ (which writes it) and store/ (which reads it).
-    (
-        "orchestrator.runfolder",
-        (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs", "orchestrator.store"),
-    ),
-    # The queue's scheduling decision: pure.
-    (
-        "orchestrator.schedule",
-        (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs", "orchestrator.store"),
-    ),
-    ("orchestrator.images", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.runs")),
-    (
-        "orchestrator.interchange",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.store",
-            "orchestrator.runs.lifecycle",
-        ),
-    ),
-    (
-        "orchestrator.transport",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.runs",
-            "orchestrator.store",
-            "orchestrator.images",
-        ),
-    ),
-    (
-        "orchestrator.config",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.runs",
-            "orchestrator.store",
-            "orchestrator.transport",
-            "orchestrator.images",
-        ),
-    ),
-    ("orchestrator.campaign", (*_BACKENDS, *_TOP, "orchestrator.queue", "orchestrator.store")),
-    *(
-        (
-            core,
-            (
-                *_BACKENDS,
-                *_TOP,
-                "orchestrator.queue",
-                "orchestrator.store",
-                "orchestrator.runs",
-                "orchestrator.transport",
-                "orchestrator.plan",
-                "orchestrator.images",
-            ),
-        )
-        for core in (
-            "orchestrator.devices",
-            "orchestrator.rendezvous",
-            "orchestrator.image_settings",
-            "orchestrator.slurm_settings",
-        )
-    ),
-    (
-        "orchestrator.plan",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.store",
-            "orchestrator.runs",
-            "orchestrator.transport",
-        ),
-    ),
-    (
-        "orchestrator.specs",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.store",
-            "orchestrator.runs",
-            "orchestrator.transport",
-            "orchestrator.plan",
-            "orchestrator.images",
-        ),
-    ),
-    # The results pages read the store and use the report's logic; they start, stop and
-    # change nothing, so they import no backend, queue, lifecycle, image or transport code.
-    (
-        "orchestrator.web",
-        (
-            *_BACKENDS,
-            *_TOP,
-            "orchestrator.queue",
-            "orchestrator.runs.lifecycle",
-            "orchestrator.images",
-            "orchestrator.transport",
-        ),
-    ),
-    # Sent to the nodes as `python -c` or staged files: the standard library only.
-    ("orchestrator.nodeside", ("orchestrator.",)),
-    ("orchestrator.states", ("orchestrator.",)),
-    ("orchestrator.clock", ("orchestrator.",)),  # one "now in UTC", used by every room
-    ("orchestrator.redact", ("orchestrator.",)),  # pure text functions, used by every room
-    ("orchestrator.", ("orchestrator.cli",)),
-)
+# The rooms of docs/design.md are the package's folders (backends/ssh and backends/slurm each a
+# room of its own); the modules at the package's top are the pure core. A room imports only the
+# rooms it lists here, so the layers run one way:
+#   cli -> queue -> backends -> runs -> store / transport / images -> runfolder -> the core,
+# with reports and web beside cli (they read the store, never run anything), interchange beside
+# the store (formats in and out, never the store), and nodeside below all (the scripts sent to
+# nodes: the standard library only, so they import nothing of the package at all).
+CORE = "core"
+BELOW = ("runfolder", CORE, "nodeside")
+ROOMS: dict[str, tuple[str, ...]] = {
+    "cli": ("queue", "web", "reports", "backends", "runs", "store", "transport", "images")
+    + ("interchange", *BELOW),
+    "web": ("reports", "store", *BELOW),
+    "reports": ("store", *BELOW),
+    "queue": ("backends", "runs", "store", *BELOW),
+    "backends": ("backends.ssh", "backends.slurm", "runs", "store", *BELOW),
+    "backends.ssh": ("backends", "runs", "store", "transport", "images", *BELOW),
+    "backends.slurm": ("backends", "runs", "store", "images", *BELOW),
+    "runs": ("store", "transport", "images", *BELOW),
+    "store": BELOW,
+    "images": ("store", "transport", *BELOW),
+    "interchange": BELOW,
+    "transport": (CORE, "nodeside"),
+    "runfolder": (CORE, "nodeside"),
+    CORE: (CORE, "nodeside"),
+    "nodeside": (),
+}
+# Core modules that every room may use and that therefore import nothing of the package.
+LEAVES = ("states", "redact", "clock")
+SUB_ROOMS = ("backends",)  # folders whose own folders are rooms
 
 
-def _under(module: str, prefix: str) -> bool:
-    return module == prefix or module.startswith(prefix if prefix.endswith(".") else prefix + ".")
+def room_of(module: str, folders: set[str]) -> str:
+    """`orchestrator.store.leases` -> "store"; `orchestrator.backends.ssh.x` -> "backends.ssh";
+    a module at the package's top (no folder) -> the core."""
+    parts = module.split(".")[1:]
+    if len(parts) >= 2 and parts[0] in SUB_ROOMS and parts[1] in folders_under(folders, parts[0]):
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0] if parts and parts[0] in folders else CORE
+
+
+def folders_under(folders: set[str], room: str) -> set[str]:
+    return {f.split(".", 1)[1] for f in folders if f.startswith(room + ".")}
 
 
 def room_violations(edges: dict[str, set[str]]) -> list[str]:
-    """Every import a room must not make, under the first rule whose prefix fits the module."""
+    """Every import of a room that its line in ROOMS does not allow, and any import made by a
+    leaf of the core (LEAVES) or by nodeside."""
+    package = next(iter(edges)).split(".")[0] if edges else ""
+    folders = (
+        {
+            ".".join(m.split(".")[1:-1])
+            for m in edges
+            if m.count(".") >= 2  # pkg.folder.module (or deeper)
+        }
+        | {".".join(m.split(".")[1:]) for m in edges if _is_package(m, edges)}
+    )
     found = []
     for module in sorted(edges):
-        if _under(module, "orchestrator.cli") or module == "orchestrator.__main__":
+        if module in (f"{package}.__main__", package):
             continue
-        rule = next(((p, f) for p, f in ROOMS if _under(module, p)), None)
-        if rule is None:
-            continue
+        here = room_of(module, folders)
+        allowed = ROOMS.get(here)
+        leaf = here == CORE and module.split(".")[-1] in LEAVES
         for target in sorted(edges[module]):
-            if any(_under(target, bad) for bad in rule[1]):
-                found.append(
-                    f"{module} -> {target} (rule: {rule[0]} imports none of {', '.join(rule[1])})"
-                )
+            there = room_of(target, folders)
+            if leaf or (allowed is not None and there != here and there not in allowed):
+                only = ", ".join(allowed or ())
+                rule = f"imports only {only}" if only and not leaf else "imports nothing"
+                found.append(f"{module} -> {target} (rule: {here} {rule})")
     return found
+
+
+def _is_package(module: str, edges: dict[str, set[str]]) -> bool:
+    return any(other.startswith(module + ".") for other in edges) and module.count(".") >= 1
 
 
 def module_name(root: Path, path: Path) -> str:

@@ -18,15 +18,31 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.states import BackendName
+from orchestrator.states import BackendName, Precision
 
 if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
+    from orchestrator.runs.health import HealthReport
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
     from orchestrator.specs import ClusterSpec, JobSpec
     from orchestrator.store import Store
+
+
+@dataclass(frozen=True)
+class HealthRequest:
+    """What `orchestrator health` asks of a backend: the nodes a run of `topology` would take
+    (or `node_names`), probed in `precision`; files under `runs_dir`."""
+
+    cluster: ClusterSpec
+    topology: str
+    node_names: tuple[str, ...] | None
+    precision: Precision
+    store: Store
+    runs_dir: Path
+    stop: threading.Event
+    console: Console
 
 
 @dataclass(frozen=True)
@@ -175,4 +191,9 @@ class Backend(Protocol):
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
         """run id -> who follows it and how, for the running runs this backend knows of."""
+        ...
+
+    def health(self, request: HealthRequest) -> tuple[HealthReport, int]:
+        """`orchestrator health NxM`: probe, judge and store on the nodes a run would take;
+        returns the report and its stored check's id (docs/health.md)."""
         ...

@@ -9,7 +9,6 @@ import click
 
 from orchestrator.cli.context import AppContext, open_store_for_submit, runs_folder, stop_on_signals
 from orchestrator.cli.output import Output, Section, emit, format_option
-from orchestrator.errors import ConfigError
 from orchestrator.states import PRECISIONS, Precision
 
 if TYPE_CHECKING:
@@ -69,36 +68,18 @@ def run_health(
     """Probe, judge and store, on the nodes submit would choose (free of runs)."""
     from rich.console import Console
 
-    from orchestrator.backends.ssh.health import check_nodes, probe_plan
-    from orchestrator.runs.progress import ProgressView
-    from orchestrator.specs import Topology
-    from orchestrator.store.leases import check_nodes_free
-    from orchestrator.transport import NodeSession
+    from orchestrator.backends import for_cluster
+    from orchestrator.backends.base import HealthRequest
 
     cluster = app.cluster
-    if cluster.backend != "ssh":
-        raise ConfigError(
-            f"health runs over the ssh backend; cluster {cluster.name!r} uses {cluster.backend}",
-            "run it with a cluster file whose backend is ssh (the nodes reachable over SSH)",
-        )
-    if cluster.runtime == "docker":
-        raise ConfigError(
-            "health outside a run uses the host runtime",
-            'the gate before a run probes in its image; here, set runtime = "host"',
-        )
-    names = [n.strip() for n in node_names.split(",") if n.strip()] if node_names else None
-    plan = probe_plan(cluster, Topology.parse(topology), names, precision)
+    names = tuple(n.strip() for n in node_names.split(",") if n.strip()) if node_names else None
     began = time.monotonic()
     console = Console(stderr=True)
     with open_store_for_submit(app) as store, stop_on_signals() as stop:
-        check_nodes_free(store, cluster.name, [n.node.name for n in plan.nodes])
-        with NodeSession([n.node for n in plan.nodes], cluster.ssh) as session, ProgressView(
-            plan.job.run_id, console
-        ) as view:
-            view.phase("health", f"probe on {len(plan.nodes)} node(s)")
-            report, check_id, _ = check_nodes(
-                session, plan, store, runs_folder(runs_dir), view, stop
-            )
+        request = HealthRequest(
+            cluster, topology, names, precision, store, runs_folder(runs_dir), stop, console
+        )
+        report, check_id = for_cluster(cluster).health(request)
     return report, check_id, time.monotonic() - began
 
 

@@ -50,30 +50,55 @@ def test_a_cycle_through_a_function_local_import_is_reported(tmp_path: Path) -> 
     ]
 
 
-def test_one_backend_importing_the_other_is_forbidden(tmp_path: Path) -> None:
+def test_imports_against_the_layers_are_forbidden(tmp_path: Path) -> None:
+    """One backend importing the other, the store importing the CLI, the lifecycle importing a
+    backend, a backend importing the queue, a node-side script importing the package and a leaf
+    of the core importing anything: each named; the downward imports pass."""
     package = _package(
         tmp_path,
         {
             "orchestrator/__init__.py": "",
+            "orchestrator/states.py": "from orchestrator import specs\n",
+            "orchestrator/specs.py": "",
             "orchestrator/backends/__init__.py": "",
             "orchestrator/backends/ssh/__init__.py": "",
-            "orchestrator/backends/ssh/submit.py": "from orchestrator.backends.slurm import x\n",
+            "orchestrator/backends/ssh/submit.py": (
+                "from orchestrator.backends.slurm import x\nfrom orchestrator.runs import life\n"
+            ),
             "orchestrator/backends/slurm/__init__.py": "",
-            "orchestrator/backends/slurm/x.py": "",
-            "orchestrator/store.py": "from orchestrator.cli import main\n",
-            "orchestrator/cli.py": "",
+            "orchestrator/backends/slurm/x.py": "from orchestrator.queue import worker\n",
+            "orchestrator/queue/__init__.py": "",
+            "orchestrator/queue/worker.py": "import orchestrator.backends\n",
+            "orchestrator/runs/__init__.py": "",
+            "orchestrator/runs/life.py": "from orchestrator.store import db\nimport orchestrator.specs\n",
+            "orchestrator/runs/bad.py": "from orchestrator.backends.ssh import submit\n",
+            "orchestrator/store/__init__.py": "",
+            "orchestrator/store/db.py": "from orchestrator.cli import main\n",
+            "orchestrator/cli/__init__.py": "",
+            "orchestrator/cli/main.py": "from orchestrator.queue import worker\n",
+            "orchestrator/nodeside/__init__.py": "",
+            "orchestrator/nodeside/probe.py": "from orchestrator import specs\n",
         },
     )
     result = _check(package)
     assert result.returncode == 1
     forbidden = [line.split(" (rule: ")[0] for line in result.stdout.splitlines()[:-1]]
     assert forbidden == [
+        "forbidden import: orchestrator.backends.slurm.x -> orchestrator.queue",
+        "forbidden import: orchestrator.backends.slurm.x -> orchestrator.queue.worker",
         "forbidden import: orchestrator.backends.ssh.submit -> orchestrator.backends.slurm",
         "forbidden import: orchestrator.backends.ssh.submit -> orchestrator.backends.slurm.x",
-        "forbidden import: orchestrator.store -> orchestrator.cli",
+        "forbidden import: orchestrator.nodeside.probe -> orchestrator.specs",
+        "forbidden import: orchestrator.runs.bad -> orchestrator.backends.ssh",
+        "forbidden import: orchestrator.runs.bad -> orchestrator.backends.ssh.submit",
+        "forbidden import: orchestrator.states -> orchestrator.specs",
+        "forbidden import: orchestrator.store.db -> orchestrator.cli",
+        "forbidden import: orchestrator.store.db -> orchestrator.cli.main",
     ]
-    assert "(rule: orchestrator.backends.ssh imports none of orchestrator.backends.slurm," in (
+    assert "(rule: backends.ssh imports only backends, runs, store, transport, images," in (
         result.stdout
     )
+    assert "(rule: core imports nothing)" in result.stdout  # states.py: a leaf of the core
+    assert "(rule: nodeside imports nothing)" in result.stdout
     last = result.stdout.splitlines()[-1]
-    assert last == "0 import cycle(s), 3 forbidden import(s) in orchestrator/; see docs/design.md"
+    assert last == "0 import cycle(s), 10 forbidden import(s) in orchestrator/; see docs/design.md"

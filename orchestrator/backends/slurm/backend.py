@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
+    from orchestrator.backends.base import HealthRequest
     from orchestrator.backends.slurm.script import SlurmPlan
+    from orchestrator.runs.health import HealthReport
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
     from orchestrator.specs import ClusterSpec, JobSpec
     from orchestrator.store import Store
@@ -139,6 +141,12 @@ class SlurmBackend:
     def settle(self, store: Store, holder: str, console: Console, runs_dir: Path) -> list[str]:
         """Slurm ends its jobs itself; a worker adopts the runs nobody follows."""
         return []
+
+    def health(self, request: HealthRequest) -> tuple[HealthReport, int]:
+        raise ConfigError(
+            f"health runs over the ssh backend; cluster {request.cluster.name!r} uses slurm",
+            "run it with a cluster file whose backend is ssh (the nodes reachable over SSH)",
+        )
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
         followed = follows.followers(conn)

@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Connection
 
+    from orchestrator.backends.base import HealthRequest
     from orchestrator.backends.ssh.adoption import Adopters
     from orchestrator.plan import Plan
     from orchestrator.runfolder.folder import RunManifest
+    from orchestrator.runs.health import HealthReport
     from orchestrator.runs.lifecycle import Outcome, SubmitRequest
     from orchestrator.specs import ClusterSpec, JobSpec
     from orchestrator.store import Store
@@ -172,6 +174,11 @@ class SshBackend:
         from orchestrator.backends.ssh import adoption
 
         return adoption.reconcile(store, holder, console, runs_dir, mode="settle")
+
+    def health(self, request: HealthRequest) -> tuple[HealthReport, int]:
+        from orchestrator.backends.ssh.health import health_check
+
+        return health_check(request)
 
     def describe_running(self, conn: Connection) -> dict[str, str]:
         from orchestrator.runs.liveness import liveness

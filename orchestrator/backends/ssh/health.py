@@ -29,6 +29,7 @@ from orchestrator.store import quarantine
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from orchestrator.backends.base import HealthRequest
     from orchestrator.store import Store
     from orchestrator.transport import NodeSession
 
@@ -291,3 +292,29 @@ def gate_queued_run(
             highlight=False,
         )
     return report
+
+
+def health_check(request: HealthRequest) -> tuple[HealthReport, int]:
+    """`orchestrator health NxM` over SSH, outside a run: the probe in the host runtime on the
+    nodes submit would choose (free of runs), judged and stored."""
+    from orchestrator.errors import ConfigError
+    from orchestrator.store.leases import check_nodes_free
+    from orchestrator.transport import NodeSession
+
+    cluster = request.cluster
+    if cluster.runtime == "docker":
+        raise ConfigError(
+            "health outside a run uses the host runtime",
+            'the gate before a run probes in its image; here, set runtime = "host"',
+        )
+    names = list(request.node_names) if request.node_names else None
+    plan = probe_plan(cluster, Topology.parse(request.topology), names, request.precision)
+    check_nodes_free(request.store, cluster.name, [n.node.name for n in plan.nodes])
+    with NodeSession([n.node for n in plan.nodes], cluster.ssh) as session, ProgressView(
+        plan.job.run_id, request.console
+    ) as view:
+        view.phase("health", f"probe on {len(plan.nodes)} node(s)")
+        report, check_id, _ = check_nodes(
+            session, plan, request.store, request.runs_dir, view, request.stop
+        )
+    return report, check_id

@@ -116,13 +116,6 @@ class FollowerNow:
     lease_expires_at: datetime | None
     grace_s: float | None
 
-    @property
-    def settles_at(self) -> datetime | None:
-        """When the grace runs out (None: never by the grace, or no lease to count from)."""
-        if self.grace_s is None or self.lease_expires_at is None:
-            return None
-        return self.lease_expires_at + timedelta(seconds=self.grace_s + SETTLE_MARGIN_S)
-
 
 def followers_now(conn: Connection, run_ids: Sequence[str]) -> dict[str, FollowerNow]:
     """run id -> its follower's state, for the given runs that are running with a stored

@@ -50,3 +50,8 @@ def parse_readings(data: Mapping[str, object], source: str) -> ReadingSettings:
         slower_fraction=fraction,
         bmc_power=energy.boolean("bmc_power", False),
     )
+
+
+def straggler_fraction(configured: float) -> float | None:
+    """What the manifest records: None for the default (manifests stay as they were)."""
+    return None if configured == DEFAULT_SLOWER_FRACTION else configured

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import __version__
 from orchestrator.errors import OrchestratorError, RunCancelled, RunFailed
 from orchestrator.plan import make_job, new_run_id
+from orchestrator.readings_settings import straggler_fraction
 from orchestrator.runfolder.folder import ImageRef, NodeRef, RunManifest, write_manifest
 from orchestrator.runs.failure import Failure
 from orchestrator.runs.stopping import EXIT_CANCEL_REQUESTED, StopCause
 from orchestrator.specs import Topology
 from orchestrator.states import BackendName, Precision, RunStatus, Runtime
-from orchestrator.store.stragglers import straggler_fraction
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -25,11 +25,6 @@ MIN_HISTORY = 3  # earlier runs of a node's device before its own history is a y
 History = Mapping[tuple[str, int | None], Sequence[float]]
 
 
-def straggler_fraction(configured: float) -> float | None:
-    """What the manifest records: None for the default (manifests stay as they were)."""
-    return None if configured == DEFAULT_SLOWER_FRACTION else configured
-
-
 @dataclass(frozen=True)
 class RankPace:
     rank: int

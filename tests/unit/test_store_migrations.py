@@ -311,7 +311,7 @@ def test_migration_0006_adds_the_run_followers_view_over_existing_runs_and_drops
         store.ingest([fixture_runs / "20260113-101500-1x8-metax"])
     assert downgrade_store(sqlite_url, "0005").after == "0005"
     assert "run_followers" not in _schema(sqlite_url)[1]
-    assert upgrade_store(sqlite_url).after == "0006"
+    assert upgrade_store(sqlite_url, "0006").after == "0006"
     assert "run_followers" in _schema(sqlite_url)[1]
     shown = run_query(sqlite_url, "SELECT run_id, status, follower, grace_s FROM run_followers")
     # A stored (succeeded) run has no follower to speak of; its grace is the default one.

@@ -39,6 +39,8 @@ TABLES = {
     "run_epochs",
     "monitor_samples",
     "node_leases",
+    "config_summaries",
+    "run_monitor_series",
     "slurm_follows",
 }
 VIEWS = {"seed_table", "config_history"}

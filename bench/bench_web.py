@@ -256,7 +256,9 @@ def time_report(url: str, args: argparse.Namespace) -> list[float]:
     """`orchestrator report` of one configuration's whole history, in-process (no start-up)."""
     from click.testing import CliRunner
 
-    from orchestrator.cli import cli
+    from orchestrator.cli import _register, cli
+
+    _register()
 
     argv = ["--db", url, "report", "--vendor", "metax", "--topology", "2x8", "--precision", "fp32"]
     runner = CliRunner()

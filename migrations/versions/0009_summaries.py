@@ -106,15 +106,77 @@ def upgrade() -> None:
     conn = op.get_bind()
     _fill_summaries(conn)
     _fill_monitor_series(conn)
+    _create_search(conn)
 
 
 def downgrade() -> None:
+    _drop_search(op.get_bind())
     for column in SORTED:
         op.drop_index(f"ix_runs_sort_{column}", table_name="runs")
     op.create_index("ix_runs_finished_at", "runs", ["finished_at"])
     op.create_index("ix_runs_p_core", "runs", ["p_core"])
     op.drop_table("run_monitor_series")
     op.drop_table("config_summaries")
+
+
+# -- text search: FTS5 (trigram) on SQLite, pg_trgm GIN indexes on PostgreSQL ------------------
+
+SQLITE_SEARCH = (
+    "CREATE VIRTUAL TABLE runs_search USING fts5(run_id, reason, tokenize = 'trigram')",
+    "INSERT INTO runs_search (run_id, reason) SELECT run_id, reason FROM runs",
+    """CREATE TRIGGER runs_search_insert AFTER INSERT ON runs BEGIN
+    INSERT INTO runs_search (run_id, reason) VALUES (new.run_id, new.reason);
+END""",
+    # The FTS row of a run is found by a MATCH on its id (indexed), then checked exactly;
+    # an id shorter than a trigram is looked for the slow way.
+    """CREATE TRIGGER runs_search_delete AFTER DELETE ON runs BEGIN
+    DELETE FROM runs_search WHERE rowid IN (
+        SELECT rowid FROM runs_search
+        WHERE runs_search MATCH 'run_id : "' || replace(old.run_id, '"', '""') || '"'
+    ) AND run_id = old.run_id;
+    DELETE FROM runs_search WHERE length(old.run_id) < 3 AND run_id = old.run_id;
+END""",
+    """CREATE TRIGGER runs_search_update AFTER UPDATE OF run_id, reason ON runs
+WHEN old.reason IS NOT new.reason OR old.run_id IS NOT new.run_id BEGIN
+    DELETE FROM runs_search WHERE rowid IN (
+        SELECT rowid FROM runs_search
+        WHERE runs_search MATCH 'run_id : "' || replace(old.run_id, '"', '""') || '"'
+    ) AND run_id = old.run_id;
+    DELETE FROM runs_search WHERE length(old.run_id) < 3 AND run_id = old.run_id;
+    INSERT INTO runs_search (run_id, reason) VALUES (new.run_id, new.reason);
+END""",
+)
+
+
+def _create_search(conn: sa.Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        for statement in SQLITE_SEARCH:
+            conn.exec_driver_sql(statement)
+        return
+    # pg_trgm ships with PostgreSQL's contrib; it is a trusted extension (PostgreSQL 13+): the
+    # database's owner may create it. Where it cannot be created, the search reads the table
+    # (docs/web.md); the upgrade goes on.
+    with conn.begin_nested() as savepoint:
+        try:
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        except sa.exc.DBAPIError:
+            savepoint.rollback()
+            return
+    for column in ("run_id", "reason"):
+        conn.exec_driver_sql(
+            f"CREATE INDEX ix_runs_search_{column} ON runs USING gin ({column} gin_trgm_ops)"
+        )
+
+
+def _drop_search(conn: sa.Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        for trigger in ("insert", "delete", "update"):
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS runs_search_{trigger}")
+        conn.exec_driver_sql("DROP TABLE IF EXISTS runs_search")
+        return
+    for column in ("run_id", "reason"):
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_runs_search_{column}")
+    # the extension stays: other databases' objects may use it, and dropping needs its owner
 
 
 # -- filling the tables from the stored rows (frozen copies of the store's definitions) ---------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, func, or_, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.store.models import (
@@ -26,6 +26,7 @@ from orchestrator.store.models import (
     RunNode,
 )
 from orchestrator.store.monitor_series import stored as stored_series
+from orchestrator.store.search import searched
 
 # Sort keys of the runs page -> column; the run id breaks ties.
 RUN_SORTS: dict[str, Any] = {
@@ -118,7 +119,7 @@ COUNT_CAP = 10_000
 _NULLABLE_SORTS = frozenset({"finished", "e2e_time", "p_whole", "p_train", "p_core", "map"})
 
 
-def _filtered(query: Select[Any], f: RunFilter) -> Select[Any]:
+def _filtered(conn: Connection, query: Select[Any], f: RunFilter) -> Select[Any]:
     for column, value in (
         (Run.vendor, f.vendor),
         (Run.topology, f.topology),
@@ -133,16 +134,8 @@ def _filtered(query: Select[Any], f: RunFilter) -> Select[Any]:
     if f.until:
         query = query.where(Run.submitted_at < f.until)
     if f.text:
-        query = query.where(text_match(f.text))
+        query = searched(conn, query, f.text)
     return query
-
-
-def text_match(words: str) -> ColumnElement[bool]:
-    """The runs page's text search: the text anywhere in the run id or the failure reason."""
-    return or_(
-        Run.run_id.contains(words, autoescape=True),
-        Run.reason.contains(words, autoescape=True),
-    )
 
 
 def _summary_total(conn: Connection, f: RunFilter) -> int | None:
@@ -167,7 +160,7 @@ def count_runs(conn: Connection, f: RunFilter, cap: int) -> tuple[int, bool]:
     exact = _summary_total(conn, f)
     if exact is not None:
         return exact, True
-    matching = _filtered(select(Run.run_id), f).limit(cap + 1).subquery()
+    matching = _filtered(conn, select(Run.run_id), f).limit(cap + 1).subquery()
     n = int(conn.scalar(select(func.count()).select_from(matching)) or 0)
     return (n, True) if n <= cap else (cap, False)
 
@@ -188,7 +181,7 @@ def _page_rows(conn: Connection, f: RunFilter, per_page: int, offset: int) -> li
     """The rows of one page, by an index on (sort column, run_id) (ix_runs_sort_*)."""
     column = RUN_SORTS.get(f.sort, Run.submitted_at)
     order = (column.desc(), Run.run_id.desc()) if f.descending else (column.asc(), Run.run_id.asc())
-    query = _filtered(select(*_RUN_ROW), f)
+    query = _filtered(conn, select(*_RUN_ROW), f)
     if f.sort not in _NULLABLE_SORTS:
         return list(conn.execute(query.order_by(*order).limit(per_page).offset(offset)).mappings())
     present = query.where(column.is_not(None)).order_by(*order)
@@ -198,7 +191,7 @@ def _page_rows(conn: Connection, f: RunFilter, per_page: int, offset: int) -> li
     if rows:  # this page holds the last valued runs: the NULLs start right after them
         skip = 0
     else:  # the page lies in the NULLs: skip those that earlier pages showed
-        valued = _filtered(select(Run.run_id), f).where(column.is_not(None)).limit(offset)
+        valued = _filtered(conn, select(Run.run_id), f).where(column.is_not(None)).limit(offset)
         skip = offset - int(conn.scalar(select(func.count()).select_from(valued.subquery())) or 0)
     missing = query.where(column.is_(None)).order_by(order[1])
     rows += conn.execute(missing.limit(per_page - len(rows)).offset(skip)).mappings()

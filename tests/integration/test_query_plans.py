@@ -127,8 +127,10 @@ def test_each_sort_of_the_runs_page_walks_an_index(
         RunFilter(since=datetime(2026, 1, 18, tzinfo=timezone.utc)),
         RunFilter(campaign=CAMPAIGN_ID, sort="p_core"),
         RunFilter(status="succeeded", sort="p_core", descending=False, page=2, per_page=5),
+        RunFilter(text="2x8-metax"),
+        RunFilter(text="NCCL", sort="p_core"),
     ],
-    ids=["failed", "config", "since", "campaign", "succeeded-by-p_core"],
+    ids=["failed", "config", "since", "campaign", "succeeded-by-p_core", "search", "search-p_core"],
 )
 def test_filtered_runs_pages_read_no_whole_table(check: Callable[..., None], f: RunFilter) -> None:
     check(lambda conn: (runs_page(conn, f), filter_options(conn)))

@@ -103,6 +103,13 @@ def upgrade() -> None:
     op.drop_index("ix_runs_p_core", table_name="runs")
     for column in SORTED:
         op.create_index(f"ix_runs_sort_{column}", "runs", [column, "run_id"])
+    op.create_index(
+        "ix_runs_config_submitted", "runs", ["vendor", "topology", "precision", "submitted_at"]
+    )
+    # the queue's index with the tie-breaker: "status = 'running' ORDER BY submitted_at,
+    # run_id" would otherwise walk ix_runs_sort_submitted_at over the whole history on SQLite
+    op.drop_index("ix_runs_status_submitted", table_name="runs")
+    op.create_index("ix_runs_status_submitted", "runs", ["status", "submitted_at", "run_id"])
     conn = op.get_bind()
     _fill_summaries(conn)
     _fill_monitor_series(conn)
@@ -111,6 +118,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     _drop_search(op.get_bind())
+    op.drop_index("ix_runs_config_submitted", table_name="runs")
+    op.drop_index("ix_runs_status_submitted", table_name="runs")
+    op.create_index("ix_runs_status_submitted", "runs", ["status", "submitted_at"])
     for column in SORTED:
         op.drop_index(f"ix_runs_sort_{column}", table_name="runs")
     op.create_index("ix_runs_finished_at", "runs", ["finished_at"])

@@ -56,14 +56,8 @@ def configuration_history(
 ) -> list[RowMapping]:
     """The succeeded runs of one configuration as seed_table rows, oldest first."""
     view = SEED_TABLE
-    # Its topology (part of the config label) lets the query use ix_runs_config_time.
-    topology = conn.scalar(
-        select(Run.topology)
-        .where(Run.vendor == key.vendor, Run.config_label == key.config)
-        .limit(1)
-    )
     query = select(view).where(
-        view.c.topology == topology,
+        view.c.topology == _topology(conn, key),
         view.c.status == "succeeded",
         view.c.vendor == key.vendor,
         view.c.config == key.config,
@@ -76,15 +70,17 @@ def configuration_history(
 
 
 def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowMapping]:
-    """The `last` succeeded runs of a configuration (seed_table rows), newest last."""
+    """The `last` succeeded runs of a configuration (seed_table rows), newest last: a walk of
+    ix_runs_config_time back from the newest, `last` entries long."""
     view = SEED_TABLE
     query = (
         select(view)
         .where(
-            view.c.status == "succeeded",
             view.c.vendor == key.vendor,
-            view.c.config == key.config,
+            view.c.topology == _topology(conn, key),
             view.c.precision == key.precision,
+            view.c.status == "succeeded",
+            view.c.config == key.config,
             view.c.fix_hp == key.fix_hp,
         )
         .order_by(view.c.finished_at.desc(), view.c.run_id.desc())
@@ -93,23 +89,35 @@ def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowM
     return list(reversed(list(conn.execute(query).mappings())))
 
 
+def _topology(conn: Connection, key: ConfigKey) -> str | None:
+    """A configuration's topology (part of its label), which lets a query use the index
+    ix_runs_config_time (vendor, topology, precision, finished_at); from its summary."""
+    return conn.scalar(
+        select(ConfigSummary.topology)
+        .where(
+            ConfigSummary.vendor == key.vendor,
+            ConfigSummary.config_label == key.config,
+            ConfigSummary.precision == key.precision,
+        )
+        .limit(1)
+    )
+
+
 def find_configurations(
     conn: Connection, vendor: str, topology: str, precision: str, fix_hp: str | None
 ) -> list[ConfigKey]:
-    """The configurations of succeeded runs with this vendor, topology and precision."""
+    """The configurations of succeeded runs with this vendor, topology and precision (from
+    config_summaries: a few rows, not the configurations' runs)."""
+    c = ConfigSummary
     query = (
-        select(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
-        .where(
-            Run.status == "succeeded",
-            Run.vendor == vendor,
-            Run.topology == topology,
-            Run.precision == precision,
-        )
+        select(c.vendor, c.config_label, c.precision, c.fix_hp)
+        .where(c.succeeded > 0, c.vendor == vendor, c.topology == topology)
+        .where(c.precision == precision)
         .distinct()
     )
     if fix_hp is not None:
-        query = query.where(Run.fix_hp == fix_hp)
-    rows = conn.execute(query.order_by(Run.config_label, Run.fix_hp)).all()
+        query = query.where(c.fix_hp == fix_hp)
+    rows = conn.execute(query.order_by(c.config_label, c.fix_hp)).all()
     return [ConfigKey(r.vendor, r.config_label, r.precision, r.fix_hp) for r in rows]
 
 

@@ -153,10 +153,14 @@ class Run(Base):
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
         # The admins' usual filter and sort: a configuration over time.
         Index("ix_runs_config_time", "vendor", "topology", "precision", "finished_at"),
+        # A run page's "other runs of this configuration", newest submitted first (0009).
+        Index("ix_runs_config_submitted", "vendor", "topology", "precision", "submitted_at"),
         # "succeeded runs since ...": without it SQLite scans every succeeded run.
         Index("ix_runs_status_time", "status", "finished_at"),
-        # The queue's scan: queued runs in submission order.
-        Index("ix_runs_status_submitted", "status", "submitted_at"),
+        # The queue's scan: queued (or running) runs in submission order; run_id (0009) makes
+        # it the exact order the queue and the runs page ask for, so that SQLite's planner
+        # never prefers walking ix_runs_sort_submitted_at over every run instead.
+        Index("ix_runs_status_submitted", "status", "submitted_at", "run_id"),
         # "which runs fell back to sockets" (0005)
         Index("ix_runs_fabric_transport", "fabric_transport"),
         # The runs page's sorts (0009): each column with the run id that breaks its ties, so a

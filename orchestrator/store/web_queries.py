@@ -272,7 +272,8 @@ def monitor_series(conn: Connection, run_id: str) -> list[Series]:
 
 
 def configuration_runs(conn: Connection, run: RowMapping, limit: int = 20) -> list[RowMapping]:
-    """The latest runs of a run's configuration (vendor, config, precision, fix_hp), any status."""
+    """The latest runs of a run's configuration (vendor, config, precision, fix_hp), any status:
+    a walk of ix_runs_config_submitted back from the newest."""
     query = (
         select(
             Run.run_id,
@@ -283,6 +284,7 @@ def configuration_runs(conn: Connection, run: RowMapping, limit: int = 20) -> li
         )
         .where(
             Run.vendor == run["vendor"],
+            Run.topology == run["topology"],
             Run.config_label == run["config_label"],
             Run.precision == run["precision"],
             Run.fix_hp == run["fix_hp"],

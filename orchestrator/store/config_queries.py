@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import RowMapping
 
-from orchestrator.store.models import Run, RunEpoch
+from orchestrator.store.models import ConfigSummary, Run, RunEpoch
 from orchestrator.store.queries import SEED_TABLE
 
 # -- configurations, history, scaling ------------------------------------------------------------
@@ -29,21 +29,24 @@ class ConfigKey:
 
 
 def configurations(conn: Connection) -> list[RowMapping]:
-    """Every configuration with succeeded runs: how many, the latest finish, mean p_core."""
+    """Every configuration with succeeded runs: how many, the latest finish, mean p_core; from
+    config_summaries (a few rows per configuration, whatever the length of its history)."""
+    c = ConfigSummary
+    p_core = func.sum(c.p_core_sum) / func.nullif(func.sum(c.p_core_n), 0)
     query = (
         select(
-            Run.vendor,
-            Run.config_label.label("config"),
-            Run.topology,
-            Run.precision,
-            Run.fix_hp,
-            func.count().label("n"),
-            func.max(Run.finished_at).label("last"),
-            func.avg(Run.p_core).label("p_core"),
+            c.vendor,
+            c.config_label.label("config"),
+            c.topology,
+            c.precision,
+            c.fix_hp,
+            func.sum(c.succeeded).label("n"),
+            func.max(c.last_finished_at).label("last"),
+            p_core.label("p_core"),
         )
-        .where(Run.status == "succeeded")
-        .group_by(Run.vendor, Run.config_label, Run.topology, Run.precision, Run.fix_hp)
-        .order_by(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
+        .where(c.succeeded > 0)
+        .group_by(c.vendor, c.config_label, c.topology, c.precision, c.fix_hp)
+        .order_by(c.vendor, c.config_label, c.precision, c.fix_hp)
     )
     return list(conn.execute(query).mappings())
 
@@ -53,14 +56,8 @@ def configuration_history(
 ) -> list[RowMapping]:
     """The succeeded runs of one configuration as seed_table rows, oldest first."""
     view = SEED_TABLE
-    # Its topology (part of the config label) lets the query use ix_runs_config_time.
-    topology = conn.scalar(
-        select(Run.topology)
-        .where(Run.vendor == key.vendor, Run.config_label == key.config)
-        .limit(1)
-    )
     query = select(view).where(
-        view.c.topology == topology,
+        view.c.topology == _topology(conn, key),
         view.c.status == "succeeded",
         view.c.vendor == key.vendor,
         view.c.config == key.config,
@@ -73,15 +70,17 @@ def configuration_history(
 
 
 def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowMapping]:
-    """The `last` succeeded runs of a configuration (seed_table rows), newest last."""
+    """The `last` succeeded runs of a configuration (seed_table rows), newest last: a walk of
+    ix_runs_config_time back from the newest, `last` entries long."""
     view = SEED_TABLE
     query = (
         select(view)
         .where(
-            view.c.status == "succeeded",
             view.c.vendor == key.vendor,
-            view.c.config == key.config,
+            view.c.topology == _topology(conn, key),
             view.c.precision == key.precision,
+            view.c.status == "succeeded",
+            view.c.config == key.config,
             view.c.fix_hp == key.fix_hp,
         )
         .order_by(view.c.finished_at.desc(), view.c.run_id.desc())
@@ -90,23 +89,35 @@ def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowM
     return list(reversed(list(conn.execute(query).mappings())))
 
 
+def _topology(conn: Connection, key: ConfigKey) -> str | None:
+    """A configuration's topology (part of its label), which lets a query use the index
+    ix_runs_config_time (vendor, topology, precision, finished_at); from its summary."""
+    return conn.scalar(
+        select(ConfigSummary.topology)
+        .where(
+            ConfigSummary.vendor == key.vendor,
+            ConfigSummary.config_label == key.config,
+            ConfigSummary.precision == key.precision,
+        )
+        .limit(1)
+    )
+
+
 def find_configurations(
     conn: Connection, vendor: str, topology: str, precision: str, fix_hp: str | None
 ) -> list[ConfigKey]:
-    """The configurations of succeeded runs with this vendor, topology and precision."""
+    """The configurations of succeeded runs with this vendor, topology and precision (from
+    config_summaries: a few rows, not the configurations' runs)."""
+    c = ConfigSummary
     query = (
-        select(Run.vendor, Run.config_label, Run.precision, Run.fix_hp)
-        .where(
-            Run.status == "succeeded",
-            Run.vendor == vendor,
-            Run.topology == topology,
-            Run.precision == precision,
-        )
+        select(c.vendor, c.config_label, c.precision, c.fix_hp)
+        .where(c.succeeded > 0, c.vendor == vendor, c.topology == topology)
+        .where(c.precision == precision)
         .distinct()
     )
     if fix_hp is not None:
-        query = query.where(Run.fix_hp == fix_hp)
-    rows = conn.execute(query.order_by(Run.config_label, Run.fix_hp)).all()
+        query = query.where(c.fix_hp == fix_hp)
+    rows = conn.execute(query.order_by(c.config_label, c.fix_hp)).all()
     return [ConfigKey(r.vendor, r.config_label, r.precision, r.fix_hp) for r in rows]
 
 
@@ -116,9 +127,12 @@ def scaling_groups(
     precision: str | None = None,
     since: datetime | None = None,
 ) -> list[RowMapping]:
-    """Succeeded runs aggregated per hardware, precision, hyper-parameters (fix_hp) and
-    topology, as `report` groups repeats: n, mean, min, max and the mean of squares (for the
-    spread) of p_train and p_core, computed by the database."""
+    """Succeeded runs with a p_core aggregated per hardware, precision, hyper-parameters
+    (fix_hp) and topology, as `report` groups repeats: n, mean, min, max and the mean of squares
+    (for the spread) of p_train and p_core. The whole history comes from config_summaries;
+    a window (`since`) is aggregated from its runs by the database."""
+    if since is None:
+        return _scaling_from_summaries(conn, vendor, precision)
     hardware = func.coalesce(Run.hardware_label, Run.vendor).label("hardware")
     columns: list[Any] = [Run.vendor, hardware, Run.precision, Run.fix_hp, Run.topology]
     columns += [Run.nnodes, Run.nproc_per_node]
@@ -130,13 +144,13 @@ def scaling_groups(
             func.min(column).label(f"{name}_min"),
             func.max(column).label(f"{name}_max"),
         ]
-    query = select(*columns).where(Run.status == "succeeded", Run.p_core.is_not(None))
+    query = select(*columns).where(
+        Run.status == "succeeded", Run.p_core.is_not(None), Run.finished_at >= since
+    )
     if vendor:
         query = query.where(Run.vendor == vendor)
     if precision:
         query = query.where(Run.precision == precision)
-    if since:
-        query = query.where(Run.finished_at >= since)
     query = query.group_by(
         Run.vendor,
         hardware,
@@ -146,6 +160,31 @@ def scaling_groups(
         Run.nnodes,
         Run.nproc_per_node,
     ).order_by(Run.vendor, hardware, Run.precision, Run.fix_hp, Run.nnodes, Run.nproc_per_node)
+    return list(conn.execute(query).mappings())
+
+
+def _scaling_from_summaries(
+    conn: Connection, vendor: str | None, precision: str | None
+) -> list[RowMapping]:
+    c = ConfigSummary
+    keys = (c.vendor, c.hardware, c.precision, c.fix_hp, c.topology, c.nnodes, c.nproc_per_node)
+    columns: list[Any] = [*keys, func.sum(c.p_core_n).label("n")]
+    for name in ("p_train", "p_core"):
+        n = func.nullif(func.sum(c.__table__.c[f"{name}_n"]), 0)
+        columns += [
+            (func.sum(c.__table__.c[f"{name}_sum"]) / n).label(f"{name}_mean"),
+            (func.sum(c.__table__.c[f"{name}_sum_sq"]) / n).label(f"{name}_mean_sq"),
+            func.min(c.__table__.c[f"{name}_min"]).label(f"{name}_min"),
+            func.max(c.__table__.c[f"{name}_max"]).label(f"{name}_max"),
+        ]
+    query = select(*columns).where(c.p_core_n > 0)
+    if vendor:
+        query = query.where(c.vendor == vendor)
+    if precision:
+        query = query.where(c.precision == precision)
+    query = query.group_by(*keys).order_by(
+        c.vendor, c.hardware, c.precision, c.fix_hp, c.nnodes, c.nproc_per_node
+    )
     return list(conn.execute(query).mappings())
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import StoreError
 from orchestrator.states import ACTIVE_STATUSES
+from orchestrator.store import summaries
 from orchestrator.store.bulk import chunks
 from orchestrator.store.engine import make_engine, parse_url, redact_url
 from orchestrator.store.migrate import (
@@ -47,8 +48,9 @@ from orchestrator.store.migrate import (
 )
 from orchestrator.store.models import Base, RawDoc, Run
 
-# Transient rows of live processes (leases): never copied.
-NOT_COPIED = ("node_leases", "slurm_follows")
+# Transient rows of live processes (leases): never copied. Configuration summaries are not
+# copied either: the target's are recomputed from all its runs, the copied and its own.
+NOT_COPIED = ("node_leases", "slurm_follows", "config_summaries")
 CHUNK = 2000  # rows per insert
 
 
@@ -94,6 +96,7 @@ def copy_store(source_url: str, target_url: str) -> CopyReport:
             _check_target(dst, target_url)
             tables = tuple(_copy_table(src, dst, table) for table in copied_tables())
             _advance_sequences(dst)
+            summaries.rebuild(dst)
             live = src.execute(
                 select(func.count()).where(Run.status.in_(ACTIVE_STATUSES))
             ).scalar_one()

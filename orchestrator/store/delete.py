@@ -12,6 +12,7 @@ from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
 from orchestrator.states import ACTIVE_STATUSES
+from orchestrator.store import summaries
 from orchestrator.store.bulk import chunks
 from orchestrator.store.models import Base, Run
 from orchestrator.store.queries import resolve_run
@@ -23,6 +24,7 @@ CHILD_TABLES: tuple[Table, ...] = tuple(
     Base.metadata.tables[name]
     for name in (
         "monitor_samples",
+        "run_monitor_series",
         "rank_results",
         "run_epochs",
         "run_nodes",
@@ -102,12 +104,14 @@ def delete_runs(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:
         select(Run.run_id, Run.status).where(Run.run_id.in_(ids), Run.status.in_(ACTIVE_STATUSES))
     ).mappings()
     refuse_active(list(active))
+    scopes = summaries.scopes_of(conn, ids)
     removed = {table.name: 0 for table in (*CHILD_TABLES, RUNS)}
     for chunk in chunks(ids):
         for table in CHILD_TABLES:
             result = conn.execute(delete(table).where(table.c.run_id.in_(chunk)))
             removed[table.name] += result.rowcount
         removed["runs"] += conn.execute(delete(Run).where(Run.run_id.in_(chunk))).rowcount
+    summaries.refresh(conn, scopes)
     return removed
 
 

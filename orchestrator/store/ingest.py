@@ -21,7 +21,7 @@ from orchestrator.clock import utcnow
 from orchestrator.errors import IngestError
 from orchestrator.monitor import sample_rows
 from orchestrator.runfolder.folder import RunFolder
-from orchestrator.store import rows
+from orchestrator.store import monitor_series, rows, summaries
 from orchestrator.store import status as run_status
 from orchestrator.store.bulk import chunks, insert_rows, insert_values
 from orchestrator.store.metrics import RunMetrics, aggregate
@@ -31,6 +31,7 @@ from orchestrator.store.models import (
     RankResult,
     Run,
     RunEpoch,
+    RunMonitorSeries,
     RunNode,
 )
 from orchestrator.store.readings import write_stragglers
@@ -182,7 +183,7 @@ def write(
     now = now or utcnow()
     _check_campaigns(conn, prepared, policy.adopt_campaigns, now)
     existing = _existing(conn, [p.folder.manifest.run_id for p in prepared])
-    summaries: list[RunSummary] = []
+    done: list[RunSummary] = []
     new_runs: list[PreparedRun] = []
     replaced: list[PreparedRun] = []
     notes: list[dict[str, Any]] = []
@@ -193,7 +194,7 @@ def write(
             if not policy.replace_published:
                 raise _refuse_replacing(p, before)
             notes.append(_replacement_note(p, before, policy.replaced_by, now))
-        summaries.append(
+        done.append(
             RunSummary(
                 p.folder.manifest.run_id,
                 p.folder.manifest.status,
@@ -206,13 +207,17 @@ def write(
         if not unchanged:
             (replaced if before is not None else new_runs).append(p)
 
+    written = [p.folder.manifest.run_id for p in new_runs + replaced]
+    scopes = summaries.scopes_of(conn, [p.folder.manifest.run_id for p in replaced])
     kept_envs = _delete_children(conn, [p.folder.manifest.run_id for p in replaced])
     history = _insert_runs(conn, new_runs, now)
     history += _update_runs(conn, replaced, {k: v["status"] for k, v in existing.items()}, now)
     run_status.notes(conn, history + notes)
     _insert_children(conn, new_runs + replaced, kept_envs, now)
     write_stragglers(conn, [p.folder for p in new_runs + replaced])
-    return summaries
+    # a replaced run may have moved to another configuration: both scopes are recomputed
+    summaries.refresh(conn, scopes | summaries.scopes_of(conn, written))
+    return done
 
 
 def _replacement_note(
@@ -237,6 +242,7 @@ def _delete_children(conn: Connection, run_ids: list[str]) -> dict[tuple[str, in
         conn.execute(delete(RankResult).where(RankResult.run_id.in_(chunk)))
         conn.execute(delete(RunNode).where(RunNode.run_id.in_(chunk)))
         conn.execute(delete(MonitorSample).where(MonitorSample.run_id.in_(chunk)))
+        conn.execute(delete(RunMonitorSeries).where(RunMonitorSeries.run_id.in_(chunk)))
     return kept
 
 
@@ -287,6 +293,7 @@ def _insert_children(
     rank_values: list[tuple[Any, ...]] = []
     epoch_rows: list[dict[str, Any]] = []
     monitor_rows: list[dict[str, Any]] = []
+    monitored: dict[str, list[dict[str, Any]]] = {}
     for p in runs:
         folder, run_id = p.folder, p.folder.manifest.run_id
         for node in folder.manifest.nodes:
@@ -299,8 +306,12 @@ def _insert_children(
             node_rows.append(row)
         rank_values.extend(rows.rank_values(run_id, rank) for rank in folder.ranks)
         epoch_rows.extend(rows.run_epoch_rows(run_id, folder.ranks))
-        monitor_rows.extend(sample_rows(run_id, folder.monitors))
+        samples = sample_rows(run_id, folder.monitors)
+        if samples:
+            monitored[run_id] = samples
+        monitor_rows.extend(samples)
     insert_rows(conn, RunNode, node_rows)
     insert_values(conn, RankResult, rows.RANK_COLUMNS, rank_values)
     insert_rows(conn, RunEpoch, epoch_rows)
     insert_rows(conn, MonitorSample, monitor_rows)
+    monitor_series.write(conn, monitored)  # downsampled once, here: the run page reads these

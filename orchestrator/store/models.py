@@ -130,6 +130,21 @@ class ImageWheel(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
 
 
+# The runs columns the runs page sorts by, each indexed with run_id (migration 0009).
+SORTED_COLUMNS = (
+    "submitted_at",
+    "finished_at",
+    "status",
+    "config_label",
+    "precision",
+    "e2e_time_s",
+    "p_whole",
+    "p_train",
+    "p_core",
+    "map",
+)
+
+
 class Run(Base):
     """One benchmark run: what was asked, where, with what, how it ended, and its metrics."""
 
@@ -138,14 +153,19 @@ class Run(Base):
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
         # The admins' usual filter and sort: a configuration over time.
         Index("ix_runs_config_time", "vendor", "topology", "precision", "finished_at"),
-        Index("ix_runs_finished_at", "finished_at"),
+        # A run page's "other runs of this configuration", newest submitted first (0009).
+        Index("ix_runs_config_submitted", "vendor", "topology", "precision", "submitted_at"),
         # "succeeded runs since ...": without it SQLite scans every succeeded run.
         Index("ix_runs_status_time", "status", "finished_at"),
-        Index("ix_runs_p_core", "p_core"),
-        # The queue's scan: queued runs in submission order.
-        Index("ix_runs_status_submitted", "status", "submitted_at"),
+        # The queue's scan: queued (or running) runs in submission order; run_id (0009) makes
+        # it the exact order the queue and the runs page ask for, so that SQLite's planner
+        # never prefers walking ix_runs_sort_submitted_at over every run instead.
+        Index("ix_runs_status_submitted", "status", "submitted_at", "run_id"),
         # "which runs fell back to sockets" (0005)
         Index("ix_runs_fabric_transport", "fabric_transport"),
+        # The runs page's sorts (0009): each column with the run id that breaks its ties, so a
+        # page is an index walk of per_page entries (store/web_queries.py), never a sort.
+        *(Index(f"ix_runs_sort_{c}", c, "run_id") for c in SORTED_COLUMNS),
     )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -208,7 +228,7 @@ class Run(Base):
     warnings: Mapped[list[Any] | None] = mapped_column(JsonDoc)
     device_name: Mapped[str | None] = mapped_column(String(128))
     torch_version: Mapped[str | None] = mapped_column(String(64))
-    # Migration 0007: the ranks flagged as stragglers [{rank, node, device, pace_s, ratio,
+    # Migration 0008: the ranks flagged as stragglers [{rank, node, device, pace_s, ratio,
     # history_ratio}] (store/stragglers.py); the training window's energy from the monitors'
     # power samples (orchestrator/energy.py): J (the BMC's where sampled, else the devices'),
     # J per image, the worst series' share of seconds with a sample, and every series.
@@ -309,7 +329,7 @@ class RankResult(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     document: Mapped[dict[str, Any]] = mapped_column(RawDoc)  # the rank file, byte for byte
-    # Migration 0007 (store/stragglers.py): the node (cluster name) and device (SMI index, NULL
+    # Migration 0008 (store/stragglers.py): the node (cluster name) and device (SMI index, NULL
     # on a CPU) the rank ran on; its seconds per iteration without waiting for the others
     # (data + forward); that over the median rank's and over its device's own history; flagged.
     node_name: Mapped[str | None] = mapped_column(String(128))
@@ -457,3 +477,76 @@ class NodeQuarantine(Base):
     check_id: Mapped[int | None] = mapped_column(
         ForeignKey("health_checks.id", ondelete="SET NULL")
     )
+
+
+# The seed metrics a configuration summary keeps sums, sums of squares and extremes of.
+SUMMARY_METRICS = ("e2e_time_s", "p_whole", "p_train", "p_core", "map")
+RECENT_RUNS = 20  # succeeded runs a configuration summary lists, newest first
+
+
+class ConfigSummary(Base):
+    """One configuration's whole history in one row (migration 0009), kept by store/summaries.py
+    in the transaction of every write that changes it, and equal to an aggregate of its runs:
+    how many runs (any status) and succeeded ones, and over the succeeded ones each metric's
+    count, sum, sum of squares (mean and variance without a rescan), min and max, and the
+    latest RECENT_RUNS runs. `orchestrator db rebuild-summaries` recomputes every row."""
+
+    __tablename__ = "config_summaries"
+
+    vendor: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hardware: Mapped[str] = mapped_column(String(64), primary_key=True)  # label, else vendor
+    config_label: Mapped[str] = mapped_column(String(128), primary_key=True)
+    topology: Mapped[str] = mapped_column(String(16), primary_key=True)
+    precision: Mapped[str] = mapped_column(String(16), primary_key=True)
+    fix_hp: Mapped[str] = mapped_column(String(255), primary_key=True)
+    nnodes: Mapped[int] = mapped_column(Integer)
+    nproc_per_node: Mapped[int] = mapped_column(Integer)
+    runs: Mapped[int] = mapped_column(Integer)  # any status
+    succeeded: Mapped[int] = mapped_column(Integer)
+    first_finished_at: Mapped[datetime | None]  # of the succeeded runs
+    last_finished_at: Mapped[datetime | None]
+    e2e_time_s_n: Mapped[int] = mapped_column(Integer)
+    e2e_time_s_sum: Mapped[float | None] = mapped_column(Float)
+    e2e_time_s_sum_sq: Mapped[float | None] = mapped_column(Float)
+    e2e_time_s_min: Mapped[float | None] = mapped_column(Float)
+    e2e_time_s_max: Mapped[float | None] = mapped_column(Float)
+    p_whole_n: Mapped[int] = mapped_column(Integer)
+    p_whole_sum: Mapped[float | None] = mapped_column(Float)
+    p_whole_sum_sq: Mapped[float | None] = mapped_column(Float)
+    p_whole_min: Mapped[float | None] = mapped_column(Float)
+    p_whole_max: Mapped[float | None] = mapped_column(Float)
+    p_train_n: Mapped[int] = mapped_column(Integer)
+    p_train_sum: Mapped[float | None] = mapped_column(Float)
+    p_train_sum_sq: Mapped[float | None] = mapped_column(Float)
+    p_train_min: Mapped[float | None] = mapped_column(Float)
+    p_train_max: Mapped[float | None] = mapped_column(Float)
+    p_core_n: Mapped[int] = mapped_column(Integer)
+    p_core_sum: Mapped[float | None] = mapped_column(Float)
+    p_core_sum_sq: Mapped[float | None] = mapped_column(Float)
+    p_core_min: Mapped[float | None] = mapped_column(Float)
+    p_core_max: Mapped[float | None] = mapped_column(Float)
+    map_n: Mapped[int] = mapped_column(Integer)
+    map_sum: Mapped[float | None] = mapped_column(Float)
+    map_sum_sq: Mapped[float | None] = mapped_column(Float)
+    map_min: Mapped[float | None] = mapped_column(Float)
+    map_max: Mapped[float | None] = mapped_column(Float)
+    # [{run_id, finished_at (ISO 8601 UTC), e2e_time_s, p_whole, p_train, p_core, map}]
+    recent: Mapped[list[Any]] = mapped_column(JsonDoc)
+
+
+class RunMonitorSeries(Base):
+    """A run's monitor series downsampled once, at publish (migration 0009): what the run page
+    draws, so it never reads the raw samples. points: [[seconds from the run's first sample
+    (a bucket's middle), the bucket's mean], ...]."""
+
+    __tablename__ = "run_monitor_series"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    series: Mapped[int] = mapped_column(Integer, primary_key=True)  # order on the page
+    metric: Mapped[str] = mapped_column(String(64))
+    node_name: Mapped[str] = mapped_column(String(128))
+    device_index: Mapped[int | None] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(Integer)
+    points: Mapped[list[Any]] = mapped_column(JsonDoc)

@@ -324,7 +324,7 @@ def run_warnings(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[str
     return dict(sorted(found.items()))
 
 
-ENERGY_KEYS = ("energy_j", "energy_per_image_j", "power_coverage")  # runs' columns (0007)
+ENERGY_KEYS = ("energy_j", "energy_per_image_j", "power_coverage")  # runs' columns (0008)
 
 
 def with_energy(conn: Connection, rows: Sequence[RowMapping]) -> list[dict[str, Any]]:
@@ -419,7 +419,7 @@ class RunHeadline:
     finished_at: datetime | None
     p_core: float | None
     map: float | None
-    stragglers: list[Any] | None = None  # runs.stragglers (0007)
+    stragglers: list[Any] | None = None  # runs.stragglers (0008)
 
     @property
     def wall_s(self) -> float | None:

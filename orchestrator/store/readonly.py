@@ -73,12 +73,24 @@ def _authorize(
     return sqlite3.SQLITE_DENY
 
 
+def _connect_search(connection: sqlite3.Connection) -> None:
+    """Open the text search's FTS5 table (migration 0009) before the authorizer is set: FTS5
+    declares its schema when a connection first uses it, which the reading authorizer would
+    refuse; once declared, reading it is plain reads of its tables."""
+    found = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs_search'"
+    ).fetchone()
+    if found:
+        connection.execute("SELECT 1 FROM runs_search WHERE rowid = 0").fetchall()
+
+
 def _sqlite(url: URL, sql: str, max_rows: int) -> QueryResult:
     path = require_sqlite_file(url)
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     connection = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     try:
         connection.execute("PRAGMA query_only = 1")
+        _connect_search(connection)
         connection.set_authorizer(_authorize)
         try:
             cursor = connection.execute(sql)
@@ -247,6 +259,7 @@ def read_only_engine(url: str) -> Engine:
                 uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
             )
             connection.execute("PRAGMA query_only = 1")
+            _connect_search(connection)
             connection.set_authorizer(_authorize)
             return connection
 

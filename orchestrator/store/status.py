@@ -1,6 +1,7 @@
 """The one writer of run statuses. A run's status lives in `runs.status`; every change of it,
 and every note about a running run (who leased it, who adopted it, a cancel request), is also a
-row of `run_status_history`. Every module that records a run's status does it through these
+row of `run_status_history`; a change into or out of `succeeded`, and a new run, also
+recomputes its configuration's summary (store/summaries.py). Every module that records a run's status does it through these
 functions, inside the caller's transaction, so the two tables never disagree."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from orchestrator.clock import utcnow
 from orchestrator.states import FINAL_STATUSES, RunStatus
+from orchestrator.store import summaries
 from orchestrator.store.bulk import insert_rows
 from orchestrator.store.models import Run, RunStatusChange
 
@@ -45,6 +47,7 @@ def insert_run(
     """A new runs row and its first history entry (the row's own status)."""
     conn.execute(insert(Run), [dict(row)])
     note(conn, str(row["run_id"]), row["status"], reason, at)
+    summaries.refresh(conn, summaries.scopes_of(conn, [str(row["run_id"])]))
 
 
 def move(
@@ -70,12 +73,15 @@ def move(
         changes.setdefault("started_at", at)
     elif status in FINAL_STATUSES:
         changes.setdefault("finished_at", at)
+    before = conn.scalar(select(Run.status).where(Run.run_id == run_id))
     query = update(Run).where(Run.run_id == run_id)
     if expect is not None:
         query = query.where(Run.status.in_(tuple(expect)))
     moved = conn.execute(query.values(changes)).rowcount
     if moved:
         note(conn, run_id, status, history_reason or reason, at)
+        if "succeeded" in (before, status):  # what the configuration's summary counts
+            summaries.refresh(conn, summaries.scopes_of(conn, [run_id]))
     return bool(moved)
 
 

@@ -16,7 +16,7 @@ from orchestrator.clock import utcnow
 from orchestrator.errors import IngestError, OrchestratorError, StoreError
 from orchestrator.runfolder.folder import RunFolder, RunManifest, read_run_folder
 from orchestrator.states import RunStatus
-from orchestrator.store import ingest, rows
+from orchestrator.store import ingest, rows, summaries
 from orchestrator.store import status as run_status
 from orchestrator.store.engine import READ_ONLY_OPTION, make_engine, parse_url, redact_url
 from orchestrator.store.ingest import PUBLISH, RunSummary, WritePolicy
@@ -109,11 +109,14 @@ class Store:
         ):
             values.pop(kept)
         with self.transaction() as conn:
+            scopes = summaries.scopes_of(conn, [manifest.run_id])
             done = conn.execute(
                 update(Run)
                 .where(Run.run_id == manifest.run_id, Run.status == "running")
                 .values(values)
             )
+            # the plan may name the hardware: the run may count in another summary now
+            summaries.refresh(conn, scopes | summaries.scopes_of(conn, [manifest.run_id]))
             if done.rowcount == 0:
                 raise StoreError(
                     f"run {manifest.run_id} is no longer running in results store at {self.url}",

@@ -1,6 +1,7 @@
 """The reads of the results pages (`orchestrator serve`) and of `orchestrator compare`: runs pages
-with filters, sorting and pagination, one run's extras (monitor series downsampled in the
-database, rank 0's resolved configuration), campaigns and the queue. Configurations, history,
+with filters, sorting and pagination (index walks of one page, counts capped or from the
+configuration summaries), one run's extras (monitor series as downsampled at publish, rank 0's
+resolved configuration), campaigns and the queue. Configurations, history,
 scaling and compare's reads are in config_queries.py.
 
 Every filter is a bound parameter; the web layer runs no SQL of its own. Queries that the seed
@@ -13,17 +14,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Integer, Select, cast, func, or_, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.store.models import (
     Campaign,
-    MonitorSample,
+    ConfigSummary,
     NodeLease,
     RankResult,
     Run,
     RunNode,
 )
+from orchestrator.store.monitor_series import stored as stored_series
+from orchestrator.store.search import searched
 
 # Sort keys of the runs page -> column; the run id breaks ties.
 RUN_SORTS: dict[str, Any] = {
@@ -85,16 +88,38 @@ class RunFilter:
 @dataclass(frozen=True)
 class RunsPage:
     rows: list[RowMapping]
-    total: int
+    total: int  # exact when `exact`, else a lower bound (the count stopped there)
     page: int
     per_page: int
+    exact: bool = True
 
     @property
     def pages(self) -> int:
         return max(1, -(-self.total // self.per_page))
 
+    @property
+    def total_label(self) -> str:
+        return f"{self.total:,}" if self.exact else f"{self.total:,}+"
 
-def _filtered(query: Select[Any], f: RunFilter) -> Select[Any]:
+    @property
+    def pages_label(self) -> str:
+        return str(self.pages) if self.exact else f"{self.pages}+"
+
+    @property
+    def has_next(self) -> bool:
+        return self.page < self.pages or (not self.exact and len(self.rows) == self.per_page)
+
+
+# The runs page counts matching runs up to this many (then says "10,000+"): an exact count of a
+# filtered history would read every matching row on every request.
+COUNT_CAP = 10_000
+# Sort columns that are NULL for some runs (not finished, failed): their NULLs come last both
+# ways, read as a second index range rather than with NULLS LAST, which no index serves on both
+# backends.
+_NULLABLE_SORTS = frozenset({"finished", "e2e_time", "p_whole", "p_train", "p_core", "map"})
+
+
+def _filtered(conn: Connection, query: Select[Any], f: RunFilter) -> Select[Any]:
     for column, value in (
         (Run.vendor, f.vendor),
         (Run.topology, f.topology),
@@ -109,26 +134,68 @@ def _filtered(query: Select[Any], f: RunFilter) -> Select[Any]:
     if f.until:
         query = query.where(Run.submitted_at < f.until)
     if f.text:
-        query = query.where(
-            or_(
-                Run.run_id.contains(f.text, autoescape=True),
-                Run.reason.contains(f.text, autoescape=True),
-            )
-        )
+        query = searched(conn, query, f.text)
     return query
 
 
+def _summary_total(conn: Connection, f: RunFilter) -> int | None:
+    """The exact count from config_summaries, where the filter is one the summaries answer."""
+    if f.campaign or f.since or f.until or f.text or f.status not in (None, "", "succeeded"):
+        return None
+    count = ConfigSummary.succeeded if f.status == "succeeded" else ConfigSummary.runs
+    query = select(func.coalesce(func.sum(count), 0))
+    for column, value in (
+        (ConfigSummary.vendor, f.vendor),
+        (ConfigSummary.topology, f.topology),
+        (ConfigSummary.precision, f.precision),
+    ):
+        if value:
+            query = query.where(column == value)
+    return int(conn.scalar(query) or 0)
+
+
+def count_runs(conn: Connection, f: RunFilter, cap: int) -> tuple[int, bool]:
+    """How many runs match, and whether that is exact: from the summaries, else counted up to
+    `cap` (a bounded index walk)."""
+    exact = _summary_total(conn, f)
+    if exact is not None:
+        return exact, True
+    matching = _filtered(conn, select(Run.run_id), f).limit(cap + 1).subquery()
+    n = int(conn.scalar(select(func.count()).select_from(matching)) or 0)
+    return (n, True) if n <= cap else (cap, False)
+
+
 def runs_page(conn: Connection, f: RunFilter) -> RunsPage:
-    """One page of runs with the seed table's numbers; the total counts every matching run."""
-    total = conn.scalar(_filtered(select(func.count()).select_from(Run), f)) or 0
+    """One page of runs with the seed table's numbers. The total is exact from the summaries or
+    up to COUNT_CAP runs (or as far as the page asked for), else a lower bound: no request reads
+    more of the history than its page needs."""
     per_page = max(1, min(f.per_page, MAX_PER_PAGE))
-    page = max(1, min(f.page, max(1, -(-total // per_page))))
+    wanted = max(1, f.page)
+    total, exact = count_runs(conn, f, max(COUNT_CAP, wanted * per_page))
+    page = max(1, min(wanted, max(1, -(-total // per_page))))
+    rows = _page_rows(conn, f, per_page, (page - 1) * per_page)
+    return RunsPage(rows, total, page, per_page, exact)
+
+
+def _page_rows(conn: Connection, f: RunFilter, per_page: int, offset: int) -> list[RowMapping]:
+    """The rows of one page, by an index on (sort column, run_id) (ix_runs_sort_*)."""
     column = RUN_SORTS.get(f.sort, Run.submitted_at)
-    order = column.desc().nulls_last() if f.descending else column.asc().nulls_last()
-    tie = Run.run_id.desc() if f.descending else Run.run_id.asc()
-    query = select(*_RUN_ROW)
-    query = _filtered(query, f).order_by(order, tie).limit(per_page).offset((page - 1) * per_page)
-    return RunsPage(list(conn.execute(query).mappings()), total, page, per_page)
+    order = (column.desc(), Run.run_id.desc()) if f.descending else (column.asc(), Run.run_id.asc())
+    query = _filtered(conn, select(*_RUN_ROW), f)
+    if f.sort not in _NULLABLE_SORTS:
+        return list(conn.execute(query.order_by(*order).limit(per_page).offset(offset)).mappings())
+    present = query.where(column.is_not(None)).order_by(*order)
+    rows = list(conn.execute(present.limit(per_page).offset(offset)).mappings())
+    if len(rows) == per_page:
+        return rows
+    if rows:  # this page holds the last valued runs: the NULLs start right after them
+        skip = 0
+    else:  # the page lies in the NULLs: skip those that earlier pages showed
+        valued = _filtered(conn, select(Run.run_id), f).where(column.is_not(None)).limit(offset)
+        skip = offset - int(conn.scalar(select(func.count()).select_from(valued.subquery())) or 0)
+    missing = query.where(column.is_(None)).order_by(order[1])
+    rows += conn.execute(missing.limit(per_page - len(rows)).offset(skip)).mappings()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -140,8 +207,11 @@ class FilterOptions:
 
 
 def filter_options(conn: Connection) -> FilterOptions:
-    """The values the runs page offers in its drop-downs (one index scan)."""
-    combos = conn.execute(select(Run.vendor, Run.topology, Run.precision).distinct()).all()
+    """The values the runs page offers in its drop-downs, from the configuration summaries
+    (every configuration with a run of any status has one)."""
+    combos = conn.execute(
+        select(ConfigSummary.vendor, ConfigSummary.topology, ConfigSummary.precision).distinct()
+    ).all()
     campaigns = conn.execute(
         select(Campaign.campaign_id, Campaign.name).order_by(Campaign.created_at.desc())
     ).all()
@@ -186,61 +256,24 @@ class Series:
     samples: int = 0  # stored samples behind the points
 
 
-def _epoch_seconds(conn: Connection, column: Any) -> ColumnElement[Any]:
-    if conn.dialect.name == "sqlite":  # timestamps are UTC text there
-        return (func.julianday(column) - 2440587.5) * 86400.0
-    return func.extract("epoch", column)
-
-
-def monitor_series(conn: Connection, run_id: str, buckets: int = 120) -> list[Series]:
-    """Every monitor series of a run, averaged by the database into at most `buckets` time
-    buckets, so a run with 100,000 samples sends a few thousand rows."""
-    sample = MonitorSample
-    first, last = conn.execute(
-        select(func.min(sample.ts), func.max(sample.ts)).where(sample.run_id == run_id)
-    ).one()
-    if first is None:
-        return []
-    t0 = first.timestamp()
-    width = max((last.timestamp() - t0) / buckets, 1e-3)
-    offset = _epoch_seconds(conn, sample.ts) - t0
-    if conn.dialect.name == "sqlite":  # CAST truncates, which is floor for offsets >= 0
-        bucket: ColumnElement[Any] = cast(offset / width, Integer)
-    else:
-        bucket = func.floor(offset / width)
-    bucket = bucket.label("bucket")
-    keys = (sample.metric, sample.node_name, sample.device_index)
-    query = (
-        select(
-            *keys,
-            bucket,
-            func.avg(sample.value).label("value"),
-            func.count().label("n"),
+def monitor_series(conn: Connection, run_id: str) -> list[Series]:
+    """Every monitor series of a run as downsampled when it was published
+    (store/monitor_series.py): a few rows, however many samples the run has."""
+    return [
+        Series(
+            row["metric"],
+            row["node_name"],
+            row["device_index"],
+            [(float(x), float(y)) for x, y in row["points"]],
+            int(row["samples"]),
         )
-        .where(sample.run_id == run_id, sample.metric != "monitor_tool_missing")
-        .group_by(*keys, bucket)
-    )
-    found: dict[tuple[str, str, int | None], Series] = {}
-    for metric, node, device, index, value, n in conn.execute(query):
-        series = found.get((metric, node, device))
-        if series is None:
-            series = found[(metric, node, device)] = Series(metric, node, device)
-        # x: the bucket's middle (an average of the times would cost a second conversion of
-        # every sample's timestamp)
-        series.points.append((round((int(index) + 0.5) * width, 3), float(value)))
-        series.samples += int(n)
-    for series in found.values():
-        series.points.sort()
-    return [found[k] for k in sorted(found, key=_series_order)]
-
-
-def _series_order(key: tuple[str, str, int | None]) -> tuple[str, str, int]:
-    metric, node, device = key
-    return (metric, node, -1 if device is None else device)
+        for row in stored_series(conn, run_id)
+    ]
 
 
 def configuration_runs(conn: Connection, run: RowMapping, limit: int = 20) -> list[RowMapping]:
-    """The latest runs of a run's configuration (vendor, config, precision, fix_hp), any status."""
+    """The latest runs of a run's configuration (vendor, config, precision, fix_hp), any status:
+    a walk of ix_runs_config_submitted back from the newest."""
     query = (
         select(
             Run.run_id,
@@ -251,6 +284,7 @@ def configuration_runs(conn: Connection, run: RowMapping, limit: int = 20) -> li
         )
         .where(
             Run.vendor == run["vendor"],
+            Run.topology == run["topology"],
             Run.config_label == run["config_label"],
             Run.precision == run["precision"],
             Run.fix_hp == run["fix_hp"],

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.postgres
 QUERIES = docs_queries("postgresql")
 
 
-def test_the_docs_have_five_questions_for_postgres() -> None:
-    assert len({heading for heading, _ in QUERIES}) == 5
+def test_the_docs_have_six_questions_for_postgres() -> None:
+    assert len({heading for heading, _ in QUERIES}) == 6
 
 
 def test_docs_queries_run_on_postgres(

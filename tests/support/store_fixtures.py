@@ -39,12 +39,24 @@ TABLES = {
     "run_epochs",
     "monitor_samples",
     "node_leases",
+    "config_summaries",
+    "run_monitor_series",
     "slurm_follows",
     "health_checks",
     "health_figures",
     "node_quarantine",
 }
 VIEWS = {"seed_table", "config_history", "run_followers"}
+
+
+def not_search_object(obj: object, name: str | None, type_: str, *_: object) -> bool:
+    """Alembic's include_object for model comparisons: the text search's FTS5 tables (SQLite)
+    and trigram indexes (PostgreSQL) are made by migration 0009 only, outside the models."""
+    from orchestrator.store.search import PG_SEARCH_INDEXES, SQLITE_SEARCH_TABLES
+
+    if type_ == "table":
+        return name not in SQLITE_SEARCH_TABLES
+    return not (type_ == "index" and name in PG_SEARCH_INDEXES)
 
 
 @pytest.fixture

@@ -139,3 +139,27 @@ def test_docs_query_5_compares_configurations_by_driver_and_torch(recent_history
     ]
     assert [round(row[6], 1) for row in rows] == [244.9, 477.8, 66.9]
     assert [row[7] for row in rows] == [0.188, 0.188, 0.118]
+
+
+def test_docs_query_6_gives_each_configuration_s_mean_and_sd_from_the_summaries(
+    recent_history: str,
+) -> None:
+    import statistics
+
+    rows = _rows(recent_history, "6")
+    assert [row[:5] for row in rows] == [
+        ("metax", "MXC500 1x8", "fp32", "bs=8, lr=0.0001, epochs=2", 1),
+        ("metax", "MXC500 2x8", "fp32", "bs=16, lr=0.08, epochs=2", 2),  # with the slow repeat
+        ("nvidia", "A100 1x1", "amp", "bs=16, lr=0.16, epochs=1", 2),  # with the old one
+    ]
+    # The same numbers as the runs give, computed the slow way.
+    for vendor, config, _, _, n, mean, sd, best, _ in rows:
+        sql = (
+            f"SELECT p_core FROM runs WHERE status = 'succeeded' AND vendor = '{vendor}' "
+            f"AND config_label = '{config}'"
+        )
+        values = [r[0] for r in run_query(recent_history, sql).rows]
+        assert len(values) == n
+        assert mean == pytest.approx(statistics.fmean(values))
+        assert best == pytest.approx(max(values))
+        assert sd == (pytest.approx(statistics.stdev(values)) if n > 1 else None)

@@ -23,7 +23,8 @@ from orchestrator.store import (
 from orchestrator.store.engine import make_engine, parse_url
 from orchestrator.store.models import Base
 from orchestrator.store.readonly import run_query
-from tests.support.store_fixtures import TABLES, VIEWS
+from orchestrator.store.search import SQLITE_SEARCH_TABLES
+from tests.support.store_fixtures import TABLES, VIEWS, not_search_object
 
 
 def _schema(url: str) -> tuple[set[str], set[str]]:
@@ -39,7 +40,7 @@ def test_upgrade_creates_every_table_and_view_then_downgrade_removes_them(sqlite
     done = upgrade_store(sqlite_url)
     assert (done.before, done.after) == (None, head_revision())
     tables, views = _schema(sqlite_url)
-    assert tables == TABLES
+    assert tables == TABLES | SQLITE_SEARCH_TABLES
     assert views == VIEWS
 
     down = downgrade_store(sqlite_url, "base")
@@ -50,7 +51,7 @@ def test_upgrade_creates_every_table_and_view_then_downgrade_removes_them(sqlite
 
     again = upgrade_store(sqlite_url)
     assert again.after == head_revision()
-    assert _schema(sqlite_url) == (TABLES, VIEWS)
+    assert _schema(sqlite_url) == (TABLES | SQLITE_SEARCH_TABLES, VIEWS)
 
 
 def test_upgrade_twice_is_a_no_op(sqlite_url: str) -> None:
@@ -64,7 +65,9 @@ def test_models_match_the_migrations(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_object": not_search_object}
+            )
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()

@@ -1,0 +1,71 @@
+"""The runs page's text search (text anywhere in the run id or the failure reason) through a
+trigram index (migration 0009): SQLite's FTS5 table runs_search (tokenize 'trigram', kept by
+triggers on runs), PostgreSQL's pg_trgm GIN indexes on runs.run_id and runs.reason.
+
+Without an index to use, the search is the plain `LIKE '%text%'` over the runs, which reads the
+whole table: text shorter than a trigram (3 characters), and a PostgreSQL store where pg_trgm
+could not be created (docs/web.md). SQLite's search ignores case (FTS5's trigram tokenizer, as
+its LIKE); PostgreSQL's is case-sensitive (LIKE), as before the index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    MetaData,
+    Select,
+    String,
+    Table,
+    Text,
+    bindparam,
+    literal_column,
+    or_,
+    text,
+)
+
+from orchestrator.store.models import Run
+
+TRIGRAM = 3
+# SQLite's FTS5 table (not in Base.metadata: only the migration makes it).
+RUNS_SEARCH = Table("runs_search", MetaData(), Column("run_id", String), Column("reason", Text))
+# What the migration makes, for the schema checks (tests) to leave out of model comparisons.
+SQLITE_SEARCH_TABLES = frozenset(
+    f"runs_search{suffix}" for suffix in ("", "_config", "_content", "_data", "_docsize", "_idx")
+)
+PG_SEARCH_INDEXES = frozenset({"ix_runs_search_run_id", "ix_runs_search_reason"})
+_CACHED = "orchestrator.runs_search"
+
+
+def indexed(conn: Connection) -> bool:
+    """Whether this store has the search index (once per pooled connection)."""
+    info = conn.connection.info
+    if _CACHED not in info:
+        if conn.dialect.name == "sqlite":
+            query = "SELECT count(*) FROM sqlite_master WHERE name = 'runs_search'"
+        else:
+            query = "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_runs_search_reason'"
+        info[_CACHED] = bool(conn.scalar(text(query)))
+    return bool(info[_CACHED])
+
+
+def _plain(words: str) -> ColumnElement[bool]:
+    return or_(
+        Run.run_id.contains(words, autoescape=True),
+        Run.reason.contains(words, autoescape=True),
+    )
+
+
+def searched(conn: Connection, query: Select[Any], words: str) -> Select[Any]:
+    """`query` (over runs) narrowed to runs whose id or failure reason holds `words`, by the
+    trigram index where it serves. SQLite: a join with the FTS5 table, which SQLite's planner
+    reads first (the same filter as `run_id IN (SELECT ...)` makes it walk the sort's index over
+    the whole history, testing each run)."""
+    if len(words) < TRIGRAM or not indexed(conn) or conn.dialect.name != "sqlite":
+        return query.where(_plain(words))  # pg_trgm's GIN indexes serve LIKE '%...%' as it is
+    phrase = '"' + words.replace('"', '""') + '"'  # one FTS5 phrase: the text as a substring
+    match = literal_column("runs_search").op("MATCH")(bindparam("search", phrase, unique=True))
+    return query.join(RUNS_SEARCH, RUNS_SEARCH.c.run_id == Run.run_id).where(match)

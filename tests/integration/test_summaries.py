@@ -1,0 +1,166 @@
+"""The configuration summaries and downsampled monitor series always equal a recomputation from
+the raw rows (store/summaries.py's `recompute`, plain Python over `SELECT * FROM runs`), after
+every kind of write: ingest, re-publish (--replace), status changes, delete, db copy both ways,
+a migration over a store with history, and `db rebuild-summaries`; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from orchestrator.store import downgrade_store, open_store, upgrade_store
+from orchestrator.store.delete import delete_runs
+from orchestrator.store.ingest import WritePolicy
+from orchestrator.store.models import MonitorSample, Run
+from orchestrator.store.monitor_series import downsample
+from orchestrator.store.monitor_series import stored as stored_series
+from orchestrator.store.summaries import recompute, stored
+from tests.support.web_fixtures import FIXTURE_RUNS, MONITORED_RUN, T0, _folder, make_run_folders
+
+REPLACE = WritePolicy(replace_published=True, adopt_campaigns=True)
+ADOPT = WritePolicy(replace_published=False, adopt_campaigns=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    yield request.getfixturevalue("pg_url")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, int) and isinstance(b, float) or isinstance(a, float) and isinstance(b, int):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return bool(a == b)
+
+
+def assert_summaries_match(url: str) -> list[dict[str, Any]]:
+    """The stored summaries and monitor series are what the raw rows give; returns the
+    summaries (so a test can check values too)."""
+    with open_store(url) as store, store.engine.connect() as conn:
+        runs = [dict(r) for r in conn.execute(select(Run.__table__)).mappings()]
+        have = stored(conn)
+        samples: dict[str, list[Any]] = {}
+        for row in conn.execute(select(MonitorSample.__table__)).mappings():
+            samples.setdefault(row["run_id"], []).append(row)
+        series = {run_id: stored_series(conn, run_id) for run_id in samples}
+    want = recompute(runs)
+    assert [_key(r) for r in have] == [_key(r) for r in want]
+    for got, expected in zip(have, want):
+        different = [k for k in expected if not _same(got[k], expected[k])]
+        assert not different, (_key(got), {k: (got[k], expected[k]) for k in different})
+    for run_id, rows in samples.items():
+        assert _same(series[run_id], downsample(run_id, rows)), run_id
+    return have
+
+
+def _key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in ("vendor", "hardware", "config_label", "topology"))
+
+
+def _p_core(summaries: list[dict[str, Any]], config: str) -> tuple[int, float]:
+    row = next(r for r in summaries if r["config_label"] == config)
+    return row["p_core_n"], row["p_core_sum"] / row["p_core_n"]
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> list[Path]:
+    return sorted(FIXTURE_RUNS.iterdir()) + make_run_folders(tmp_path / "runs")
+
+
+def test_summaries_follow_every_write(url: str, folders: list[Path], tmp_path: Path) -> None:
+    upgrade_store(url)
+    with open_store(url) as store:
+        store.ingest(folders[:10], ADOPT)
+        assert_summaries_match(url)
+        store.ingest(folders[10:], ADOPT)
+    summaries = assert_summaries_match(url)
+    n, mean = _p_core(summaries, "MXC500 2x8")
+    assert n >= 7  # the recorded 2x8 runs and six made ones
+
+    # A re-publish with another p_core moves the mean by exactly the difference / n.
+    old = next(f for f in folders if f.name == MONITORED_RUN)
+    day = timedelta(days=1)
+    again = _folder(
+        tmp_path / "again", MONITORED_RUN, "metax", "MXC500", (2, 8), "fp32", T0 + 2 * day, 40.0
+    )
+    with open_store(url) as store, store.engine.connect() as conn:
+        before = conn.scalar(select(Run.p_core).where(Run.run_id == old.name))
+    with open_store(url) as store:
+        store.ingest([again], REPLACE)
+        with store.engine.connect() as conn:
+            after = conn.scalar(select(Run.p_core).where(Run.run_id == old.name))
+    summaries = assert_summaries_match(url)
+    assert before != after
+    assert _p_core(summaries, "MXC500 2x8") == (n, pytest.approx(mean + (after - before) / n))
+
+    # Status changes out of and back into `succeeded`.
+    with open_store(url) as store:
+        store.set_status(old.name, "failed", reason="marked failed by hand")
+        assert _p_core(assert_summaries_match(url), "MXC500 2x8")[0] == n - 1
+        store.set_status(old.name, "succeeded", reason="it was fine")
+        assert _p_core(assert_summaries_match(url), "MXC500 2x8")[0] == n
+
+    # Deletes, in the delete's transaction; a configuration whose runs are all gone has no row.
+    with open_store(url) as store, store.transaction() as conn:
+        gone = list(conn.scalars(select(Run.run_id).where(Run.config_label == "A100 1x1")))
+        delete_runs(conn, gone + [old.name])
+    summaries = assert_summaries_match(url)
+    assert "A100 1x1" not in {r["config_label"] for r in summaries}
+    assert _p_core(summaries, "MXC500 2x8")[0] == n - 1
+
+
+def test_summaries_after_copy_both_ways_and_rebuild(
+    folders: list[Path], tmp_path: Path, pg_url: str, run_cli: Callable[..., Any]
+) -> None:
+    from orchestrator.store.copy import copy_store
+
+    sqlite = f"sqlite:///{tmp_path / 'a.db'}"
+    upgrade_store(sqlite)
+    upgrade_store(pg_url)
+    with open_store(sqlite) as store:
+        store.ingest(folders[::2], ADOPT)
+    with open_store(pg_url) as store:
+        store.ingest(folders[1::2], ADOPT)  # the target has runs of its own
+    copy_store(sqlite, pg_url)
+    both = assert_summaries_match(pg_url)
+    assert sum(r["runs"] for r in both) == len(folders)
+    back = f"sqlite:///{tmp_path / 'b.db'}"
+    copy_store(pg_url, back)
+    assert_summaries_match(back)
+
+    # Summaries spoiled by hand (SQL outside the store's writers) come back with the command.
+    with open_store(back) as store, store.transaction() as conn:
+        conn.execute(text("UPDATE config_summaries SET p_core_sum = 0, succeeded = 99"))
+        conn.execute(text("DELETE FROM run_monitor_series"))
+    with pytest.raises(AssertionError):
+        assert_summaries_match(back)
+    result = run_cli("--db", back, "db", "rebuild-summaries")
+    assert result.exit_code == 0, result.err
+    assert "configuration summaries and the monitor series of 1 run(s) rebuilt" in result.out
+    assert assert_summaries_match(back) == both
+
+
+def test_migration_0009_fills_the_summaries_of_a_store_with_history(
+    url: str, folders: list[Path]
+) -> None:
+    upgrade_store(url)
+    with open_store(url) as store:
+        store.ingest(folders, ADOPT)
+    expected = assert_summaries_match(url)
+    downgrade_store(url, "0005")
+    assert upgrade_store(url).after is not None
+    assert assert_summaries_match(url) == expected

@@ -70,9 +70,12 @@ def run_health(
 
     from orchestrator.backends import for_cluster
     from orchestrator.backends.base import HealthRequest
+    from orchestrator.specs import Topology, pick_nodes
 
     cluster = app.cluster
     names = tuple(n.strip() for n in node_names.split(",") if n.strip()) if node_names else None
+    # A topology or node list the cluster cannot serve is refused before the store is opened.
+    pick_nodes(cluster, Topology.parse(topology), list(names) if names else None)
     began = time.monotonic()
     console = Console(stderr=True)
     with open_store_for_submit(app) as store, stop_on_signals() as stop:

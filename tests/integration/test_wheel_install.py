@@ -28,6 +28,7 @@ import pytest
 from orchestrator.images.profiles import load_profile
 from orchestrator.images.spec import Sha256Cache, make_image_spec
 from orchestrator.store.migrate import head_revision
+from orchestrator.store.search import SQLITE_SEARCH_TABLES
 from orchestrator.workload_source import workload_files, workload_hash
 from tests.support.cluster_fixtures import set_args
 from tests.support.store_fixtures import TABLES, VIEWS
@@ -269,7 +270,8 @@ def test_installed_cli_upgrades_a_new_sqlite_store(control_venv: Venv, tmp_path:
         made = set(
             db.execute("SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view')")
         )
-    assert made == {("table", t) for t in TABLES} | {("view", v) for v in VIEWS}
+    search = {("table", t) for t in SQLITE_SEARCH_TABLES}  # FTS5 and its shadow tables (0009)
+    assert made == {("table", t) for t in TABLES} | {("view", v) for v in VIEWS} | search
 
 
 def test_installed_cli_dry_runs_an_image_build(control_venv: Venv, tmp_path: Path) -> None:

@@ -367,6 +367,10 @@ class SshdCluster:
             self.stop_node(index)
 
     def __enter__(self) -> SshdCluster:
+        # `with SshdCluster(...).start() as c:` must not start a second set of sshd processes
+        # (the first would outlive the block).
+        if self.sshd_nodes and all(node.proc is not None for node in self.sshd_nodes):
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

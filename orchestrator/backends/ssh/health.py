@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from orchestrator.store import Store
     from orchestrator.transport import NodeSession
 
+# Each node's device files found by preflight (backends/ssh/runtime_check.py: device_facts).
+DeviceFacts = Mapping[str, Mapping[str, bool]]
 PROBE_MODULE = "workload.health_probe"
 HEALTH_FILE = "health.json"
 STAGE_TIMEOUT_S = 300.0
@@ -77,7 +80,7 @@ def probe_plan(
     *,
     image: str | None = None,
     image_id: str | None = None,
-    facts: Any = None,
+    facts: DeviceFacts | None = None,
     salt: str = "",
 ) -> Plan:
     """The probe's plan: a run's plan (same node choice, runtime and devices) whose torchrun
@@ -146,7 +149,7 @@ def judge_and_record(
     plan: Plan,
     doc: dict[str, Any],
     gated_run_id: str | None,
-    started_at: Any,
+    started_at: datetime,
 ) -> tuple[HealthReport, int]:
     """Judge the figures (own medians from the store) and store them; (report, check id)."""
     job = plan.job
@@ -209,7 +212,7 @@ def check_nodes(
     return report, check_id, time.monotonic() - began
 
 
-def gate_plan(run_plan: Plan, facts: Any = None) -> Plan:
+def gate_plan(run_plan: Plan, facts: DeviceFacts | None = None) -> Plan:
     """The probe's plan for a run's plan: its nodes (and image, with the runtime options
     that fit each node's devices, `facts`, when the run has one)."""
     job = run_plan.job
@@ -255,7 +258,7 @@ def gate_before_run(
     runs_dir: Path,
     view: ProgressView,
     stop: threading.Event,
-    facts: Any = None,
+    facts: DeviceFacts | None = None,
 ) -> float:
     """The gate inside a run's execution, on its connected, preflighted nodes: refuses the
     run (HealthGateRefused, one line) when a figure is below threshold; the seconds it took."""

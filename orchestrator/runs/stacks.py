@@ -82,6 +82,9 @@ COLLECTIVES = {
     "_distributed_broadcast_coalesced": "broadcast (DDP's buffers)",
     "_default_broadcast_coalesced": "broadcast (DDP's buffers)",
     "_sync_module_buffers": "broadcast (DDP's buffers)",
+    # DDP rebuilds its gradient buckets at the second forward: a C++ broadcast of the bucket
+    # order from rank 0, so no Python frame of its own sits above _pre_forward
+    "_pre_forward": "broadcast (DDP's bucket order, before forward)",
     "_engine_run_backward": "all_reduce (DDP's gradients, in backward)",
     "run_backward": "all_reduce (DDP's gradients, in backward)",
     "backward": "all_reduce (DDP's gradients, in backward)",

@@ -14,12 +14,13 @@ definition in plain Python over the raw rows, which the tests compare the table 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, func, select
+from sqlalchemy import Connection, and_, case, delete, func, select, text
 
 from orchestrator.store import monitor_series
 from orchestrator.store.bulk import chunks, insert_rows
@@ -134,7 +135,9 @@ def _summary_row(conn: Connection, row: Mapping[Any, Any]) -> dict[str, Any]:
 
 def refresh(conn: Connection, scopes: Iterable[Scope]) -> None:
     """Recompute the summary rows of these scopes from their runs, in the caller's transaction."""
-    for scope in sorted(set(scopes)):
+    ordered = sorted(set(scopes))
+    _lock(conn, ordered)
+    for scope in ordered:
         conn.execute(
             delete(ConfigSummary).where(
                 ConfigSummary.vendor == scope.vendor,
@@ -149,8 +152,27 @@ def refresh(conn: Connection, scopes: Iterable[Scope]) -> None:
         insert_rows(conn, ConfigSummary, rows)
 
 
+def _lock(conn: Connection, scopes: Sequence[Scope]) -> None:
+    """On PostgreSQL, one refresh of a scope at a time, until the transaction ends: two workers
+    publishing runs of one configuration would otherwise both delete and insert its row (the
+    second fails on the primary key) or each count only its own new run. The one that waits
+    reads after the other's commit (READ COMMITTED), so it counts both. SQLite serialises
+    writers already. Taken in one order, so two refreshes never wait on each other."""
+    if conn.dialect.name != "postgresql":
+        return
+    for scope in scopes:
+        conn.execute(select(func.pg_advisory_xact_lock(_lock_key(scope))))
+
+
+def _lock_key(scope: Scope) -> int:
+    digest = hashlib.sha256(repr(("config_summaries", *astuple(scope))).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def rebuild(conn: Connection) -> int:
     """Every summary row again, from the runs (one grouped scan); rows written."""
+    if conn.dialect.name == "postgresql":  # no refresh may insert between the delete and ours
+        conn.execute(text("LOCK TABLE config_summaries IN SHARE ROW EXCLUSIVE MODE"))
     conn.execute(delete(ConfigSummary))
     rows = [_summary_row(conn, r) for r in conn.execute(_group(select(*_aggregates()))).mappings()]
     insert_rows(conn, ConfigSummary, rows)

@@ -86,7 +86,8 @@ def test_two_workers_six_runs_three_nodes_leases_never_overlap(
         assert w.returncode == 0, err[-3000:]
 
     statuses = _rows(url, "SELECT status, count(*) FROM runs GROUP BY status")
-    assert statuses == [("succeeded", total)]
+    reasons = _rows(url, "SELECT run_id, reason FROM runs WHERE status <> 'succeeded'")
+    assert statuses == [("succeeded", total)], reasons
     # Every claim names its nodes; a node's intervals [claimed, finished] never overlap.
     claims = _rows(
         url,

@@ -6,6 +6,7 @@ a migration over a store with history, and `db rebuild-summaries`; on SQLite and
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from orchestrator.store.ingest import WritePolicy
 from orchestrator.store.models import MonitorSample, Run
 from orchestrator.store.monitor_series import downsample
 from orchestrator.store.monitor_series import stored as stored_series
-from orchestrator.store.summaries import recompute, stored
+from orchestrator.store.summaries import recompute, refresh, scopes_of, stored
 from tests.support.web_fixtures import FIXTURE_RUNS, MONITORED_RUN, T0, _folder, make_run_folders
 
 REPLACE = WritePolicy(replace_published=True, adopt_campaigns=True)
@@ -121,6 +122,40 @@ def test_summaries_follow_every_write(url: str, folders: list[Path], tmp_path: P
     summaries = assert_summaries_match(url)
     assert "A100 1x1" not in {r["config_label"] for r in summaries}
     assert _p_core(summaries, "MXC500 2x8")[0] == n - 1
+
+
+def test_two_writers_refreshing_one_configuration_wait_for_each_other(
+    url: str, folders: list[Path]
+) -> None:
+    """Two workers publishing runs of one configuration at once: the second refresh waits for
+    the first's commit (on PostgreSQL a lock per configuration, on SQLite the write lock), then
+    recomputes the row; without that wait it failed on the primary key of config_summaries."""
+    upgrade_store(url)
+    with open_store(url) as store:
+        store.ingest(folders, ADOPT)
+        with store.engine.connect() as conn:
+            scopes = scopes_of(conn, [MONITORED_RUN])
+        first = store.engine.connect()
+        held = first.begin()
+        refresh(first, scopes)
+        errors: list[BaseException] = []
+
+        def second() -> None:
+            try:
+                with store.engine.begin() as conn:
+                    refresh(conn, scopes)
+            except BaseException as error:  # the assertion below reports it
+                errors.append(error)
+
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(timeout=2)
+        assert waiter.is_alive(), "the second refresh did not wait for the first"
+        held.commit()
+        first.close()
+        waiter.join(timeout=30)
+        assert not waiter.is_alive() and errors == []
+    assert_summaries_match(url)
 
 
 def test_summaries_after_copy_both_ways_and_rebuild(

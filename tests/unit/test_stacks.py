@@ -46,6 +46,24 @@ def test_a_recorded_dump_waited_in_ddps_gradient_all_reduce() -> None:
     )
 
 
+# Rank 0 of a real two-rank gloo DDP whose other rank stopped after its first step: blocked in
+# the C++ broadcast of the rebuilt bucket order, called from DDP's _pre_forward (torch 2.x)
+REBUILDING_BUCKETS = """Current thread 0x00007f04fb1bdb80 (most recent call first):
+  File "/venv/torch/nn/parallel/distributed.py", line 1776 in _pre_forward
+  File "/venv/torch/nn/parallel/distributed.py", line 1887 in forward
+  File "/venv/torch/nn/modules/module.py", line 1794 in _call_impl
+  File "/venv/torch/nn/modules/module.py", line 1783 in _wrapped_call_impl
+  File "/srv/workload/faster_rcnn/device.py", line 187 in forward_losses
+"""
+
+
+def test_the_second_steps_bucket_rebuild_is_a_collective() -> None:
+    where = waited_in(REBUILDING_BUCKETS)
+    assert where is not None
+    assert where.collective == "broadcast (DDP's bucket order, before forward)"
+    assert where.caller == "device.py:187 in forward_losses"
+
+
 def test_the_reason_names_stopped_ranks_and_where_the_others_waited() -> None:
     nodes = [
         NodeStacks(

@@ -173,8 +173,9 @@ class PhaseClock:
         self.t0 = self.last = time.monotonic()
         self.phases: dict[str, float] = {}
 
-    def lap(self, name: str) -> None:
-        now = time.monotonic()
+    def lap(self, name: str, at: float | None = None) -> None:
+        """The phase `name` ended now, or at `at` (a time.monotonic() reading taken earlier)."""
+        now = time.monotonic() if at is None else at
         self.phases[name] = round(now - self.last, 4)
         self.last = now
 

@@ -100,3 +100,20 @@ print(json.dumps({"image": [spec.image.build_host, spec.image.distribution],
         m for m in modules if m.startswith(("orchestrator.images", "orchestrator.transport"))
     ] == []
     assert _heavy(modules) == []
+
+
+def test_commands_that_open_a_current_store_do_not_load_alembic(tmp_path: Path) -> None:
+    """Every command that reads or writes results checks the store's revision; that check
+    reads alembic_version and the migration files' names, so only `db` commands that migrate
+    load Alembic (a tenth of a second of every submit's start-up before)."""
+    from orchestrator.store import upgrade_store
+
+    db = tmp_path / "results.db"
+    upgrade_store(f"sqlite:///{db}")
+    result, printed = _run(PROBE, ["--db", f"sqlite:///{db}", "runs", "list"], tmp_path)
+    assert result["code"] == 0, printed
+    assert "no runs" in printed.lower()
+    modules = result["modules"]
+    assert isinstance(modules, list)
+    assert "orchestrator.store" in modules  # the store was opened ...
+    assert [m for m in modules if m == "alembic" or m.startswith("alembic.")] == []  # ... lightly

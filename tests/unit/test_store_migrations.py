@@ -54,6 +54,36 @@ def test_upgrade_creates_every_table_and_view_then_downgrade_removes_them(sqlite
     assert _schema(sqlite_url) == (TABLES | SQLITE_SEARCH_TABLES, VIEWS)
 
 
+def test_the_head_read_from_file_names_is_alembics_head_and_one_chain() -> None:
+    """head_revision() reads the newest NNNN_ prefix of migrations/versions/; Alembic's own
+    walk of the scripts gives the same head, and a single chain 0001 -> ... -> head."""
+    from orchestrator.store.migrate import _script
+
+    script = _script()
+    assert script.get_heads() == [head_revision()]
+    chain = [rev.revision for rev in script.walk_revisions()]
+    assert chain == [f"{n:04d}" for n in range(int(head_revision()), 0, -1)]
+
+
+def test_the_revision_is_read_without_alembic_and_a_store_without_one_has_none(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from orchestrator.store.migrate import revision_of
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    try:
+        with engine.begin() as conn:
+            assert revision_of(conn) is None  # no alembic_version table
+            conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+            assert revision_of(conn) is None  # the table, no row
+            conn.execute(text("INSERT INTO alembic_version VALUES ('0004')"))
+            assert revision_of(conn) == "0004"
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_twice_is_a_no_op(sqlite_url: str) -> None:
     upgrade_store(sqlite_url)
     second = upgrade_store(sqlite_url)

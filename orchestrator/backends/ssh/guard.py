@@ -12,14 +12,14 @@ its environment, so every stop of the run (`kill_run_processes`) ends it too.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from orchestrator.transport.shell import EXIT_FILE_SUFFIX
+from orchestrator.transport.shell import EXIT_FILE_SUFFIX, join, with_env
 
 if TYPE_CHECKING:
     from orchestrator.plan import NodePlan, Plan
-    from orchestrator.transport import NodeSession, RemoteProcess, Transport
+    from orchestrator.transport import NodeSession, Transport
 
 HEARTBEAT_FILE = "heartbeat"
 GUARD_LOG = "guard.log"
@@ -146,21 +146,34 @@ def guard_argv(plan: Plan, node_plan: NodePlan, grace_s: int) -> list[str]:
     ]
 
 
-def start_guards(session: NodeSession, plan: Plan, grace_s: int, timeout: float) -> None:
-    """One guard per node, before the workload starts (so no moment runs unguarded)."""
-    by_node = {np_.node.name: np_ for np_ in plan.nodes}
+# $1 the guard's command line (words quoted by shell.join), $2 its log, then the workload's
+# argv. The guard is forked first (setsid -f: a session of its own, so a stop of the workload's
+# process group leaves it to the run-id stop), then the workload is exec'd: no moment runs
+# unguarded, and the start costs one command on the node instead of two. `exec` in the guard's
+# shell: no shell with the run's id and no role stays behind, which would look like the workload.
+GUARDED_SCRIPT = """\
+[ -L "$2" ] && { echo "$2 is a symbolic link" >&2; exit 126; }
+setsid -f sh -c "exec $1" >>"$2" 2>&1 </dev/null ||
+  { echo "the node guard did not start (setsid -f needs util-linux 2.31+)" >&2; exit 126; }
+shift 2
+exec "$@"
+"""
 
-    def one(t: Transport) -> RemoteProcess:
-        np_ = by_node[t.node.name]
-        t.write_text(heartbeat_path(np_), "")
-        return t.spawn(
-            guard_argv(plan, np_, grace_s),
-            env=run_env(plan.job.run_id, np_.node.name, "guard"),
-            cwd=np_.run_dir,
-            log_path=f"{np_.run_dir}/{GUARD_LOG}",
-        )
 
-    session.fan_out(one, timeout=timeout, what="start guards")
+def guarded_argv(plan: Plan, node_plan: NodePlan, grace_s: int) -> list[str]:
+    """The node's workload command, with the node's guard started just before it."""
+    guard = with_env(
+        guard_argv(plan, node_plan, grace_s),
+        run_env(plan.job.run_id, node_plan.node.name, "guard"),
+    )
+    log = f"{node_plan.run_dir}/{GUARD_LOG}"
+    return ["sh", "-c", GUARDED_SCRIPT, "guarded", join(guard), log, *node_plan.argv]
+
+
+def with_guards(plan: Plan, grace_s: int) -> Plan:
+    """The plan whose node commands start their guards first (for the Watch that starts them)."""
+    nodes = tuple(replace(np_, argv=tuple(guarded_argv(plan, np_, grace_s))) for np_ in plan.nodes)
+    return replace(plan, nodes=nodes)
 
 
 class Heartbeat:

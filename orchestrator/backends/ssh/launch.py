@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # How the watch of a run ended: a final status, or 'detached' (another follower took it over).
 Ending = Literal["succeeded", "failed", "cancelled", "detached"]
 POLL_S = 0.2
+MONITOR_END_S = 1.0  # a sampler's channel reports its end this soon after the run-id stop
 TAIL_LINES = 300  # enough to hold torchrun's whole failure summary
 KILL_GRACE_S = 5.0
 
@@ -167,6 +168,7 @@ class Watch:
             n.node.name: deque(maxlen=TAIL_LINES) for n in plan.nodes
         }
         self.by_node = {np_.node.name: np_ for np_ in plan.nodes}
+        self.ended_at: float | None = None  # time.monotonic() when follow saw the ending
 
     def start(self, timeout: float) -> None:
         """Every node's workload, and its sampler beside it: both spawned at once on two
@@ -230,7 +232,8 @@ class Watch:
 
         def one(t: Transport) -> None:
             proc = self.monitors.get(t.node.name)
-            if proc is not None and proc.poll() is None:
+            # The run-id stop has ended it: its end is seen in moments, without a command
+            if proc is not None and proc.wait(MONITOR_END_S) is None:
                 proc.kill_tree(grace_s=2.0)
 
         self.session.fan_out_results(one, timeout=KILL_GRACE_S + 30, what="stop monitors")
@@ -269,6 +272,7 @@ class Watch:
             if failed:
                 failure = self._first_failure(failed, exits)
             elif all(code == 0 for code in exits.values()):
+                self.ended_at = time.monotonic()
                 self.stop_all()  # the samplers and guards beside the workload
                 return Execution("succeeded", started, utcnow(), None, exits)
             elif self.detach is not None and self.detach.is_set():
@@ -280,6 +284,7 @@ class Watch:
                     timeout_s, no_progress_s, now - t0, now - self.view.last_event_at
                 )
             if failure is not None:
+                self.ended_at = time.monotonic()
                 if status == "failed" and any(c is None for c in exits.values()):
                     failure = dump_stacks(self.session, self.plan, failure)  # ranks still live
                 self.stop_all()
@@ -318,7 +323,7 @@ def stop_everywhere(
     def one(t: Transport) -> None:
         kill_run_processes(t, plan.job.run_id)
         proc = (procs or {}).get(t.node.name)
-        if proc is not None:
+        if proc is not None and proc.poll() is None:  # an ended group's rest had the run id
             proc.kill_tree(grace_s=KILL_GRACE_S)
         if on_stop is not None:
             on_stop(t, by_node[t.node.name])

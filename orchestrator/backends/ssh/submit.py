@@ -17,7 +17,7 @@ from orchestrator.backends.ssh.guard import (
     Heartbeat,
     guard_grace_s,
     heartbeat_every_s,
-    start_guards,
+    with_guards,
 )
 from orchestrator.backends.ssh.launch import Execution, Watch, collect, stage, staged_workloads
 from orchestrator.backends.ssh.preflight import VISIBLE_DEVICES_KEY, NodeReport, run_preflight
@@ -365,11 +365,11 @@ class _Submission:
     ) -> Execution:
         """Start torchrun on every node under the node guards and their heartbeat, and watch
         it to an ending; any exception stops every node first."""
-        plan, grace = self.plan, self.plan.job.cluster.follower_grace_s
+        grace = self.plan.job.cluster.follower_grace_s
+        plan = with_guards(self.plan, guard_grace_s(grace, ttl_s))  # each node's guard first
         self.view.phase("starting", f"torchrun on {len(plan.nodes)} node(s)")
         watch = Watch(plan, session, self.view, self.stop, container_cleanup(plan), taken_over)
         self.started_at = utcnow()
-        start_guards(session, plan, guard_grace_s(grace, ttl_s), START_TIMEOUT_S)
         with Heartbeat(session, plan, heartbeat_every_s(grace)):
             watch.start(START_TIMEOUT_S)
             self.phases.lap("start")
@@ -378,7 +378,10 @@ class _Submission:
             except BaseException:
                 watch.stop_all()
                 raise
-        self.phases.lap("workload")
+        # the workload's lifetime ends when its ending was seen; stopping what ran beside it
+        # (guards, samplers) and the heartbeat is the orchestrator's own time
+        self.phases.lap("workload", at=watch.ended_at)
+        self.phases.lap("stop")
         return execution
 
     def collect(

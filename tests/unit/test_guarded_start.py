@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from orchestrator.backends.ssh.guard import GUARDED_SCRIPT
+from orchestrator.backends.ssh.guard import _MINE, GUARDED_SCRIPT
 from orchestrator.transport.shell import join
 
 
@@ -32,31 +33,79 @@ def _run_processes(run_id: str) -> dict[int, dict[str, str]]:
     return found
 
 
-def test_the_guard_starts_in_its_own_session_then_the_workload_is_execd(tmp_path: Path) -> None:
+def _wait_for(what, seconds: float = 10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.02)
+    return what()
+
+
+def test_the_guard_starts_first_and_everything_of_the_run_ends_before_the_exit_code(
+    tmp_path: Path,
+) -> None:
+    """The guard in a session of its own, the workload as the wrapper's child; when the
+    workload ends, the guard and the sampler (started apart, as the submitter does) are
+    stopped before the wrapper exits with the workload's code."""
     run_id = f"guarded-{os.getpid()}-{time.monotonic_ns()}"
-    guard = join(["env", f"ORCHESTRATOR_RUN_ID={run_id}", "ORCHESTRATOR_ROLE=guard", "sleep", "30"])
-    workload = ["sh", "-c", 'echo "$$" > workload.pid; exec sleep 30']
-    env = {**os.environ, "ORCHESTRATOR_RUN_ID": run_id}
+    marks = {"ORCHESTRATOR_RUN_ID": run_id, "ORCHESTRATOR_NODE": "n1"}
+    guard = join(["env", *(f"{k}={v}" for k, v in marks.items()), "ORCHESTRATOR_ROLE=guard"])
+    guard += " sleep 60"
+    sampler = subprocess.Popen(
+        ["sleep", "60"],
+        env={**os.environ, **marks, "ORCHESTRATOR_ROLE": "monitor"},
+        start_new_session=True,
+    )
+    # the workload waits for the go file, then exits 3 (a failed rank: its code must come back)
+    wait_then_fail = "import os, time\nwhile not os.path.exists('go'): time.sleep(0.02)\nexit(3)"
+    workload = [sys.executable, "-c", wait_then_fail]
     argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", guard, str(tmp_path / "guard.log"), *workload]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, **marks}, start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(_run_processes(run_id)) < 2:
-            time.sleep(0.05)
-        found = _run_processes(run_id)
-        roles = sorted(env.get("ORCHESTRATOR_ROLE", "workload") for env in found.values())
-        # exactly the two: no shell of the guard's start stays behind looking like the workload
-        assert roles == ["guard", "workload"], found
+        found = _wait_for(lambda: len(_run_processes(run_id)) >= 4 and _run_processes(run_id))
+        roles = sorted(e.get("ORCHESTRATOR_ROLE", "-") for e in found.values())
+        # wrapper and workload (no role), the guard, the sampler: no other shell of the start
+        assert roles == ["-", "-", "guard", "monitor"], found
         (guard_pid,) = [p for p, e in found.items() if e.get("ORCHESTRATOR_ROLE") == "guard"]
-        (workload_pid,) = [p for p, e in found.items() if "ORCHESTRATOR_ROLE" not in e]
-        assert workload_pid == proc.pid  # exec'd: the spawned process is the workload
         assert os.getsid(guard_pid) == guard_pid != os.getsid(proc.pid)  # a session of its own
-        assert int((tmp_path / "workload.pid").read_text()) == proc.pid
         assert (tmp_path / "guard.log").exists()
+
+        (tmp_path / "go").write_text("")
+        assert proc.wait(15) == 3
+        assert _run_processes(run_id) == {}  # gone before the code came back
+        assert sampler.wait(5) == -signal.SIGTERM
     finally:
         for pid in _run_processes(run_id):
             os.kill(pid, signal.SIGKILL)
         proc.wait(10)
+        sampler.wait(10)
+
+
+def test_the_guards_view_of_the_run_leaves_out_its_own_subshells(tmp_path: Path) -> None:
+    """A shell whose environment carries the run id (the guard) forks subshells that show it
+    too; with own_session set, `mine` lists only the run's processes in other sessions."""
+    run_id = f"mine-{os.getpid()}-{time.monotonic_ns()}"
+    marks = {"ORCHESTRATOR_RUN_ID": run_id, "ORCHESTRATOR_NODE": "n1"}
+    other = subprocess.Popen(["sleep", "60"], env={**os.environ, **marks}, start_new_session=True)
+    script = (
+        "rid=$ORCHESTRATOR_RUN_ID; node=$ORCHESTRATOR_NODE; own_session=1\n"
+        "unset ORCHESTRATOR_RUN_ID ORCHESTRATOR_NODE\n" + _MINE + 'echo "found $(mine)"\n'
+    )
+    try:
+        _wait_for(lambda: other.pid in _run_processes(run_id))
+        out = subprocess.run(
+            ["setsid", "-w", "sh", "-c", script],
+            env={**os.environ, **marks},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.stdout.split() == ["found", str(other.pid)], out
+    finally:
+        other.kill()
+        other.wait(10)
 
 
 def test_a_guard_log_that_is_a_link_starts_neither(tmp_path: Path) -> None:

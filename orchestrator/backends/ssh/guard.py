@@ -11,6 +11,7 @@ its environment, so every stop of the run (`kill_run_processes`) ends it too.
 
 from __future__ import annotations
 
+import shlex
 import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -27,12 +28,21 @@ POLL_S = 2  # how often the guard looks (the grace is counted in whole seconds)
 
 # The run's processes on this node: they carry the run id and the node's name (nodes that
 # share a machine, as test nodes do, must not stop each other's processes). grep -F: an id or
-# a name is matched as it is written, never as a pattern (`a.c` must not match `abc`).
+# a name is matched as it is written, never as a pattern (`a.c` must not match `abc`). A shell
+# whose own environment carries the run id (the guard) sets own_session: the subshells it
+# forks show that environment too, and they are in its session, which no run process is.
 _MINE = """\
+session_of() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f4; }
 mine() {
+  skip=""; [ -n "${own_session:-}" ] && skip=$(session_of "$$")
   for f in $(grep -lxzsF -- "ORCHESTRATOR_RUN_ID=$rid" /proc/[0-9]*/environ 2>/dev/null); do
-    grep -qxzsF -- "ORCHESTRATOR_NODE=$node" "$f" && echo "$f"
-  done | sed -n 's#^/proc/\\([0-9][0-9]*\\)/environ$#\\1#p' | grep -vxF "$$"
+    grep -qxzsF -- "ORCHESTRATOR_NODE=$node" "$f" || continue
+    p=${f#/proc/}; p=${p%/environ}
+    [ "$p" = "$$" ] && continue
+    s=$(session_of "$p"); [ -n "$s" ] || continue  # gone meanwhile
+    [ -n "$skip" ] && [ "$s" = "$skip" ] && continue
+    echo "$p"
+  done
 }
 workload() {  # the workload's processes, not the guard or the sampler beside them
   for p in $(mine); do grep -qzs '^ORCHESTRATOR_ROLE=' "/proc/$p/environ" || echo "$p"; done
@@ -45,7 +55,7 @@ workload() {  # the workload's processes, not the guard or the sampler beside th
 GUARD_SCRIPT = (
     """\
 dir=$1; grace=$2; done_file=$3; shift 3
-rid=$ORCHESTRATOR_RUN_ID; node=$ORCHESTRATOR_NODE
+rid=$ORCHESTRATOR_RUN_ID; node=$ORCHESTRATOR_NODE; own_session=1
 unset ORCHESTRATOR_RUN_ID ORCHESTRATOR_NODE ORCHESTRATOR_ROLE
 hb="$dir/heartbeat"
 [ -e "$hb" ] || touch "$hb"
@@ -146,17 +156,42 @@ def guard_argv(plan: Plan, node_plan: NodePlan, grace_s: int) -> list[str]:
     ]
 
 
-# $1 the guard's command line (words quoted by shell.join), $2 its log, then the workload's
-# argv. The guard is forked first (setsid -f: a session of its own, so a stop of the workload's
-# process group leaves it to the run-id stop), then the workload is exec'd: no moment runs
-# unguarded, and the start costs one command on the node instead of two. `exec` in the guard's
-# shell: no shell with the run's id and no role stays behind, which would look like the workload.
-GUARDED_SCRIPT = """\
-[ -L "$2" ] && { echo "$2 is a symbolic link" >&2; exit 126; }
+# $1 run id, $2 node, $3 the workload's exit code. Run with the run's marks removed from its
+# environment (env -u), so that nothing it forks looks like the run's.
+_END_OF_NODE = (
+    """\
+rid=$1; node=$2; rc=$3
+"""
+    + _MINE
+    + """\
+pids=$(mine)
+if [ -n "$pids" ]; then
+  kill -TERM $pids 2>/dev/null
+  i=0
+  while [ "$i" -lt 250 ]; do
+    sleep 0.02; pids=$(mine); [ -z "$pids" ] && break; i=$((i + 1))
+  done
+  [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
+fi
+exit "$rc"
+"""
+)
+# The node's start command. $1 the guard's command line (words quoted by shell.join), $2 its
+# log, then the workload's argv. The guard is forked first (setsid -f: a session of its own,
+# so a stop of the workload's group leaves it to the run-id stop), then the workload runs: no
+# moment runs unguarded, and the start costs one command on the node instead of two. When the
+# workload ends, the node's other processes of the run (guard, sampler, anything the workload
+# left) are stopped before its exit code is reported: a succeeded run needs no stop command.
+# `exec` in the guard's shell: no shell with the run's id and no role stays behind.
+GUARDED_SCRIPT = f"""\
+[ -L "$2" ] && {{ echo "$2 is a symbolic link" >&2; exit 126; }}
 setsid -f sh -c "exec $1" >>"$2" 2>&1 </dev/null ||
-  { echo "the node guard did not start (setsid -f needs util-linux 2.31+)" >&2; exit 126; }
+  {{ echo "the node guard did not start (setsid -f needs util-linux 2.31+)" >&2; exit 126; }}
 shift 2
-exec "$@"
+"$@"
+rc=$?
+exec env -u ORCHESTRATOR_RUN_ID -u ORCHESTRATOR_NODE -u ORCHESTRATOR_ROLE \\
+  sh -c {shlex.quote(_END_OF_NODE)} sh "$ORCHESTRATOR_RUN_ID" "$ORCHESTRATOR_NODE" "$rc"
 """
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # How the watch of a run ended: a final status, or 'detached' (another follower took it over).
 Ending = Literal["succeeded", "failed", "cancelled", "detached"]
 POLL_S = 0.2
-MONITOR_END_S = 1.0  # a sampler's channel reports its end this soon after the run-id stop
+MONITOR_END_S = 1.0  # a stopped sampler's channel reports its end well within this
 TAIL_LINES = 300  # enough to hold torchrun's whole failure summary
 KILL_GRACE_S = 5.0
 
@@ -158,8 +158,11 @@ class Watch:
         stop: threading.Event,
         on_stop: Callable[[Transport, NodePlan], None] | None = None,
         detach: threading.Event | None = None,
+        self_cleaning: bool = False,
     ) -> None:
         self.plan, self.session, self.view, self.stop = plan, session, view, stop
+        # the plan's node commands stop the rest of the run themselves (guard.with_guards)
+        self.self_cleaning = self_cleaning
         self.on_stop = on_stop  # e.g. remove the run's containers on that node
         self.detach = detach  # set: another follower took the run over; leave it running
         self.procs: dict[str, RemoteProcess] = {}
@@ -273,7 +276,7 @@ class Watch:
                 failure = self._first_failure(failed, exits)
             elif all(code == 0 for code in exits.values()):
                 self.ended_at = time.monotonic()
-                self.stop_all()  # the samplers and guards beside the workload
+                self.finish()
                 return Execution("succeeded", started, utcnow(), None, exits)
             elif self.detach is not None and self.detach.is_set():
                 return Execution("detached", started, utcnow(), None, exits)
@@ -303,6 +306,24 @@ class Watch:
                 first = f
                 break
         return first
+
+    def finish(self) -> None:
+        """After a succeeded run: where every node's start command has stopped the rest of
+        the run itself, only the samplers' ends are awaited (no command on the nodes); else,
+        or when a sampler is still running, the samplers and guards are stopped."""
+        if self.self_cleaning and self.on_stop is None and self._samplers_ended(MONITOR_END_S):
+            return
+        self.stop_all()
+
+    def _samplers_ended(self, within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        try:
+            return all(
+                proc.wait(max(0.0, deadline - time.monotonic())) is not None
+                for proc in self.monitors.values()
+            )
+        except NodeError:  # a node lost at the end: the stop command says what is left
+            return False
 
     def stop_all(self) -> None:
         """TERM then KILL every node's process group; then the runtime's own cleanup."""

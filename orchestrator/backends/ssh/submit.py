@@ -368,7 +368,15 @@ class _Submission:
         grace = self.plan.job.cluster.follower_grace_s
         plan = with_guards(self.plan, guard_grace_s(grace, ttl_s))  # each node's guard first
         self.view.phase("starting", f"torchrun on {len(plan.nodes)} node(s)")
-        watch = Watch(plan, session, self.view, self.stop, container_cleanup(plan), taken_over)
+        watch = Watch(
+            plan,
+            session,
+            self.view,
+            self.stop,
+            container_cleanup(plan),
+            taken_over,
+            self_cleaning=True,
+        )
         self.started_at = utcnow()
         with Heartbeat(session, plan, heartbeat_every_s(grace)):
             watch.start(START_TIMEOUT_S)

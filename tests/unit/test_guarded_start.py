@@ -118,3 +118,28 @@ def test_a_guard_log_that_is_a_link_starts_neither(tmp_path: Path) -> None:
     assert "guard.log is a symbolic link" in proc.stderr
     time.sleep(0.2)
     assert not (tmp_path / "guard-ran").exists() and not (tmp_path / "workload-ran").exists()
+
+
+def test_on_a_local_node_the_spawns_waiting_shell_is_left_and_the_code_comes_back(
+    tmp_path: Path,
+) -> None:
+    """A `local` node's spawn puts the run's marks on its own waiting shell too: the end of
+    the node's run must not stop the shell that reports the workload's exit code."""
+    from orchestrator.specs import NodeSpec
+    from orchestrator.transport.local import LocalTransport
+
+    run_id = f"local-{os.getpid()}-{time.monotonic_ns()}"
+    marks = {"ORCHESTRATOR_RUN_ID": run_id, "ORCHESTRATOR_NODE": "n1"}
+    guard = join(["env", *(f"{k}={v}" for k, v in marks.items()), "ORCHESTRATOR_ROLE=guard"])
+    argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", guard + " sleep 60", str(tmp_path / "g.log")]
+    argv += [sys.executable, "-c", "exit(5)"]
+    transport = LocalTransport(NodeSpec("n1", "local"))
+    started = time.monotonic()
+    proc = transport.spawn(argv, env=marks, cwd=str(tmp_path), log_path=str(tmp_path / "n.log"))
+    try:
+        assert proc.wait(20) == 5
+        assert time.monotonic() - started < 4  # no 5 s wait for a shell that ignores TERM
+        assert _run_processes(run_id) == {}
+    finally:
+        for pid in _run_processes(run_id):
+            os.kill(pid, signal.SIGKILL)

@@ -31,6 +31,7 @@ POLL_S = 2  # how often the guard looks (the grace is counted in whole seconds)
 # a name is matched as it is written, never as a pattern (`a.c` must not match `abc`). A shell
 # whose own environment carries the run id (the guard) sets own_session: the subshells it
 # forks show that environment too, and they are in its session, which no run process is.
+# `keep`: pids never listed (the end of a node's run leaves out the shells waiting for it).
 _MINE = """\
 session_of() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f4; }
 mine() {
@@ -41,6 +42,7 @@ mine() {
     [ "$p" = "$$" ] && continue
     s=$(session_of "$p"); [ -n "$s" ] || continue  # gone meanwhile
     [ -n "$skip" ] && [ "$s" = "$skip" ] && continue
+    case " ${keep:-} " in *" $p "*) continue ;; esac
     echo "$p"
   done
 }
@@ -157,10 +159,15 @@ def guard_argv(plan: Plan, node_plan: NodePlan, grace_s: int) -> list[str]:
 
 
 # $1 run id, $2 node, $3 the workload's exit code. Run with the run's marks removed from its
-# environment (env -u), so that nothing it forks looks like the run's.
+# environment (env -u), so that nothing it forks looks like the run's. Its ancestors are left
+# alone: on a `local` node the spawn's own waiting shell carries the run's marks.
 _END_OF_NODE = (
     """\
 rid=$1; node=$2; rc=$3
+keep=""; p=$$
+while [ "${p:-1}" -gt 1 ]; do
+  p=$(sed -n 's/^PPid:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null); keep="$keep ${p:-}"
+done
 """
     + _MINE
     + """\

@@ -99,13 +99,15 @@ class AppContext:
         from orchestrator import backends
         from orchestrator.errors import OrchestratorError
         from orchestrator.runs.lifecycle import submitter
+        from orchestrator.store.orphans import backends_with_active_runs
 
         console = console or Console(stderr=True)
         holder = f"{self.command_name} {submitter()} pid {os.getpid()}"
         settled: list[str] = []
         try:
-            for backend in backends.all_backends():
-                settled += backend.settle(store, holder, console, runs_folder())
+            # Only the backends with a queued or running run are loaded and asked
+            for name in sorted(backends_with_active_runs(store)):
+                settled += backends.by_name(name).settle(store, holder, console, runs_folder())
         except OrchestratorError as exc:
             console.print(f"[yellow]could not settle abandoned runs: {exc.one_line()}[/]")
         return settled

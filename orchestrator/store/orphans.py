@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, and_, delete, exists, select, update
 
 from orchestrator.clock import utcnow
-from orchestrator.states import FINAL_STATUSES, BackendName, RunStatus
+from orchestrator.states import ACTIVE_STATUSES, FINAL_STATUSES, BackendName, RunStatus
 from orchestrator.store import status as run_status
 from orchestrator.store.models import NodeLease, Run, RunNode
 
@@ -44,6 +44,13 @@ def find_orphans(
     with store.reading() as conn:
         found = [follow_state(conn, rid) for (rid,) in conn.execute(query).all()]
     return [o for o in found if o is not None]
+
+
+def backends_with_active_runs(store: Store) -> set[str]:
+    """The backends that have a queued or running run: only they can have runs to settle."""
+    with store.reading() as conn:
+        query = select(Run.backend).where(Run.status.in_(ACTIVE_STATUSES)).distinct()
+        return set(conn.scalars(query))
 
 
 def follow_state(conn: Connection, run_id: str) -> Orphan | None:

@@ -107,8 +107,12 @@ def _run(
 
 
 def _pip(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """This venv's pip; `--python VENV_PYTHON` makes it install into another venv (pip >= 22.3)."""
-    proc = _run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], cwd=cwd)
+    """This venv's pip; `--python VENV_PYTHON` makes it install into another venv (pip >= 22.3).
+    Without PYTHONPATH: a checkout on it that holds an orchestrator.egg-info (left by an
+    in-tree build) made pip take the wheel's package for installed already and skip it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    argv = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    proc = _run(argv, cwd=cwd, env=env)
     assert proc.returncode == 0, (
         f"pip {' '.join(args)}:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
     )

@@ -71,6 +71,16 @@ def test_a_followed_run_holds_its_nodes_and_a_second_run_is_refused_naming_the_f
     leases.check_nodes_free(sqlite_store, manifest.cluster, ["c500-03"])  # free: no error
 
 
+def test_only_backends_with_a_queued_or_running_run_are_asked_to_settle(
+    sqlite_store: Any, fixture_runs: Path
+) -> None:
+    assert orphans.backends_with_active_runs(sqlite_store) == set()
+    _follow(sqlite_store, fixture_runs, "r1", "submit root@h pid 7")
+    assert orphans.backends_with_active_runs(sqlite_store) == {"ssh"}
+    sqlite_store.set_status("r1", "failed", reason="ended by hand")
+    assert orphans.backends_with_active_runs(sqlite_store) == set()
+
+
 def test_a_follower_that_stops_renewing_leaves_an_orphan_that_one_adopter_takes(
     sqlite_store: Any, fixture_runs: Path
 ) -> None:

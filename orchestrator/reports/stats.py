@@ -7,6 +7,7 @@ finished_at, run_id and the metric columns). docs/reports.md explains the rules.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -152,14 +153,38 @@ def flag_history(
 
 
 def regressions_by_run(
-    rows: Sequence[Mapping[Any, Any]], history: Sequence[Mapping[Any, Any]]
+    rows: Sequence[Mapping[Any, Any]],
+    history: Sequence[Mapping[Any, Any]],
+    k: int = HISTORY_RUNS,
 ) -> dict[str, list[Regression]]:
+    """find_regressions of each of `rows` against `history`, the same verdicts in
+    O((rows + history) log history): each configuration's history sorted once, then each row's
+    last k earlier runs found by bisection (rather than one scan of the history per row: 58 s
+    for a configuration's 25,000 runs)."""
+    by_config: dict[ConfigKey, list[Mapping[Any, Any]]] = {}
+    for h in history:
+        if h.get("status", "succeeded") == "succeeded" and h.get("finished_at") is not None:
+            by_config.setdefault(config_key(h), []).append(h)
+    order: dict[ConfigKey, list[tuple[Any, str]]] = {}
+    for key, runs in by_config.items():
+        runs.sort(key=_order)  # stable: ties keep their order in `history`, as find_regressions
+        order[key] = [_order(h) for h in runs]
     flagged = {}
     for row in rows:
-        found = find_regressions(row, history)
+        if row.get("status", "succeeded") != "succeeded" or row.get("finished_at") is None:
+            continue
+        key = config_key(row)
+        runs = by_config.get(key, [])
+        before = bisect.bisect_left(order.get(key, []), _order(row))  # strictly earlier ones
+        found = _flags(row, runs[max(0, before - k) : before])
         if found:
             flagged[str(row["run_id"])] = found
     return flagged
+
+
+def _order(run: Mapping[Any, Any]) -> tuple[Any, str]:
+    """Which of two runs finished first (the run id breaks a tie)."""
+    return (run["finished_at"], str(run["run_id"]))
 
 
 @dataclass

@@ -57,7 +57,11 @@ def convergence_checks(
             places, runs = orders[config_key(row)]
             at = bisect_left(places, (row["finished_at"], str(row["run_id"])))
             earlier[str(row["run_id"])] = runs[max(0, at - REFERENCE_RUNS) : at]
-        ref_curves = curves_of(conn, [h for found in earlier.values() for h in found])
+        # a run's references are mostly runs of `rows` too (a configuration's whole history):
+        # their curves are read once
+        others = {str(h["run_id"]): h for found in earlier.values() for h in found}
+        ref_curves = {i: mine[i] for i in others if i in mine}
+        ref_curves.update(curves_of(conn, [h for i, h in others.items() if i not in mine]))
     found = {}
     for run_id, curve in mine.items():
         if references is None:

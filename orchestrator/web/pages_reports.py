@@ -71,7 +71,10 @@ def _seed_data(request: Request) -> dict[str, Any]:
         if campaign is None or selection.run_ids:
             rows = with_energy(conn, seed_rows(conn, selection))  # J/image, as `report` has it
             env = environment(conn, selection)
-        history = flag_inputs(conn, rows, HISTORY_RUNS)
+        # a selection without a time, campaign or runs holds whole configurations: their
+        # history for the flags is the rows themselves, not a second read of them
+        whole = campaign is None and not run_ids and selection.since is None
+        history = rows if whole else flag_inputs(conn, rows, HISTORY_RUNS)
         options = filter_options(conn)
         warnings = run_warnings(conn, [str(r["run_id"]) for r in rows])
     flagged = flag_history(history, HISTORY_RUNS)

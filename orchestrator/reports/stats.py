@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.confidence import Interval, Olympic, interval_of, olympic
+from orchestrator.confidence import Interval, Moments, Olympic, interval_of, olympic
 from orchestrator.units import sig3
 
 # The seed's numeric columns, summarised over repeats.
@@ -57,6 +57,15 @@ def spread(values: Iterable[Any]) -> Spread | None:
         return None
     sd = statistics.stdev(numbers) if len(numbers) > 1 else None
     return Spread(len(numbers), statistics.fmean(numbers), sd, min(numbers), max(numbers))
+
+
+def spread_of_moments(moments: Moments) -> Spread | None:
+    """spread() of the values a summary row's moments describe (up to rounding in the last
+    digits of the sd)."""
+    found = moments.interval()
+    if found is None:
+        return None
+    return Spread(found.n, found.mean, found.sd, moments.low, moments.high)
 
 
 @dataclass(frozen=True)
@@ -139,14 +148,14 @@ def flag_history(
         ),
         key=lambda h: (h["finished_at"], str(h["run_id"])),
     )
-    windows: dict[ConfigKey, list[Mapping[Any, Any]]] = {}
+    windows: dict[ConfigKey, list[Mapping[str, Any]]] = {}
     flagged: dict[str, list[Regression]] = {}
     for row in ordered:
         window = windows.setdefault(config_key(row), [])
         found = _flags(row, window)
         if found:
             flagged[str(row["run_id"])] = found
-        window.append(row)
+        window.append(_watched(row))
         if len(window) > k:
             del window[0]
     return flagged
@@ -166,20 +175,27 @@ def regressions_by_run(
         if h.get("status", "succeeded") == "succeeded" and h.get("finished_at") is not None:
             by_config.setdefault(config_key(h), []).append(h)
     order: dict[ConfigKey, list[tuple[Any, str]]] = {}
+    values: dict[ConfigKey, list[Mapping[str, Any]]] = {}
     for key, runs in by_config.items():
         runs.sort(key=_order)  # stable: ties keep their order in `history`, as find_regressions
         order[key] = [_order(h) for h in runs]
+        values[key] = [_watched(h) for h in runs]
     flagged = {}
     for row in rows:
         if row.get("status", "succeeded") != "succeeded" or row.get("finished_at") is None:
             continue
         key = config_key(row)
-        runs = by_config.get(key, [])
         before = bisect.bisect_left(order.get(key, []), _order(row))  # strictly earlier ones
-        found = _flags(row, runs[max(0, before - k) : before])
+        found = _flags(row, values.get(key, [])[max(0, before - k) : before])
         if found:
             flagged[str(row["run_id"])] = found
     return flagged
+
+
+def _watched(run: Mapping[Any, Any]) -> dict[str, Any]:
+    """The values a run lends its successors' flags, in a plain dict: read ten times each
+    (once per successor), which a database row mapping makes several times slower."""
+    return {metric: run.get(metric) for metric in WATCHED}
 
 
 def _order(run: Mapping[Any, Any]) -> tuple[Any, str]:

@@ -8,21 +8,43 @@ runs of several configurations, precisions and hyper-parameters, a regression, e
   them: the same verdicts as reading every reference's curve again.
 - the seed table of whole configurations flags its rows against themselves: the same flags as
   against flag_inputs' second read.
+- the history page's level over a configuration's whole history (mean ± sd, min, max; mean ±
+  95 % interval, CV) comes from config_summaries: the same numbers as from its runs, on the page
+  as shown (a `since` before the first run makes the page read them from the runs).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import Connection, select
+from starlette.testclient import TestClient
 
+from orchestrator import units
+from orchestrator.confidence import interval_of
 from orchestrator.reports.convergence import REFERENCE_RUNS, check
 from orchestrator.reports.convergence_reads import convergence_checks, curves_of
-from orchestrator.reports.stats import HISTORY_RUNS, config_key, flag_history
+from orchestrator.reports.stats import (
+    HISTORY_RUNS,
+    METRICS,
+    config_key,
+    flag_history,
+    spread,
+    spread_of_moments,
+)
 from orchestrator.store import open_store
-from orchestrator.store.config_queries import ConfigKey, configuration_history, flag_inputs
+from orchestrator.store.config_queries import (
+    ConfigKey,
+    configuration_history,
+    configurations,
+    flag_inputs,
+    whole_history_moments,
+)
 from orchestrator.store.history import configuration_history as report_history
 from orchestrator.store.queries import SEED_TABLE, Selection, seed_rows
 from tests.support.web_fixtures import REGRESSED_RUN
@@ -115,3 +137,77 @@ def test_seed_flags_of_whole_configurations_need_no_second_read(
     assert flagged == flag_history(second_read, HISTORY_RUNS)
     if selection.vendor == "metax" and selection.topology in (None, "2x8"):
         assert REGRESSED_RUN in flagged
+
+
+def _keys(conn: Connection) -> list[ConfigKey]:
+    return [
+        ConfigKey(c["vendor"], c["config"], c["precision"], c["fix_hp"])
+        for c in configurations(conn)
+    ]
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_whole_history_moments_give_the_runs_interval_and_spread(web_store_url: str) -> None:
+    with open_store(web_store_url) as store, store.reading() as conn:
+        keys = _keys(conn)
+        found = {
+            key: (whole_history_moments(conn, key), configuration_history(conn, key))
+            for key in keys
+        }
+    assert len(keys) >= 4
+    compared = 0
+    for key, (moments, rows) in found.items():
+        assert rows
+        for metric in METRICS:
+            values = [r.get(metric) for r in rows]
+            expected, expected_spread = interval_of(values), spread(values)
+            if expected is None:
+                assert metric not in moments, (key, metric)
+                continue
+            got = moments[metric].interval()
+            assert got is not None and got.n == expected.n, (key, metric)
+            assert _close(got.mean, expected.mean) and _close(got.sd, expected.sd), (key, metric)
+            assert _close(got.half_width, expected.half_width), (key, metric)
+            shown = spread_of_moments(moments[metric])
+            assert shown is not None and expected_spread is not None
+            assert (shown.n, shown.min, shown.max) == (
+                expected_spread.n,
+                expected_spread.min,
+                expected_spread.max,
+            )
+            assert _close(shown.sd, expected_spread.sd), (key, metric)
+            for a, b in ((got.mean, expected.mean), (got.half_width, expected.half_width)):
+                assert units.metric(metric, a) == units.metric(metric, b)
+            compared += 1
+    assert compared >= 4 * len(METRICS) - 4
+
+
+def _level(html: str) -> tuple[str, str]:
+    """The page's two lines about the level: runs, mean ± sd, min, max; and the intervals."""
+    runs = re.search(r"<p>\d+ succeeded run.*?</p>", html, re.S)
+    level = re.search(r'<p id="history-level">.*?</p>', html, re.S)
+    assert runs and level, html[:2000]
+    return runs.group(0), level.group(0)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_history_page_shows_the_same_level_from_summaries_as_from_runs(
+    web_store_url: str, metric: str
+) -> None:
+    from orchestrator.web.app import create_app
+
+    with open_store(web_store_url) as store, store.reading() as conn:
+        keys = _keys(conn)
+    with TestClient(create_app(web_store_url)) as client:
+        for key in keys:
+            query = {"vendor": key.vendor, "config": key.config, "precision": key.precision}
+            query.update(fix_hp=key.fix_hp, metric=metric)
+            summary = client.get(f"/history?{urlencode(query)}")
+            from_runs = client.get(f"/history?{urlencode({**query, 'since': '2000-01-01'})}")
+            assert summary.status_code == from_runs.status_code == 200
+            assert _level(summary.text) == _level(from_runs.text), key

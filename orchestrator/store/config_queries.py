@@ -289,8 +289,9 @@ _FLAG_COLUMNS = tuple(
 
 
 def flag_inputs(conn: Connection, rows: Sequence[Mapping[Any, Any]], k: int) -> list[RowMapping]:
-    """What report_stats.flag_history needs to flag `rows`: per configuration, the k succeeded
-    runs before its earliest selected run and every succeeded run from there to its latest.
+    """What report_stats.flag_history needs to flag `rows` (and the convergence checks to find
+    each run's references): per configuration, the k succeeded runs before its earliest
+    selected run and every succeeded run from there to its latest.
     (store/history.py: configuration_history reads the configurations' whole history instead.)"""
     spans: dict[tuple[str, ...], tuple[datetime, datetime]] = {}
     for row in rows:

@@ -4,8 +4,10 @@ runs of several configurations, precisions and hyper-parameters, a regression, e
 
 - report's history (store/history.py: configuration_history) names every field of the
   configuration in the query: the same rows as every succeeded run filtered by config_key.
-- the convergence checks take a reference's curve from the runs' own curves when it is one of
-  them: the same verdicts as reading every reference's curve again.
+- the convergence checks read each configuration's runs from the 5 before the earliest checked
+  run to the latest (not its whole history) and take a reference's curve from the runs' own
+  curves when it is one of them: the same verdicts as reading every reference's curve again
+  from the whole history.
 - the seed table of whole configurations flags its rows against themselves: the same flags as
   against flag_inputs' second read.
 - the history page's level over a configuration's whole history (mean ± sd, min, max; mean ±
@@ -118,10 +120,12 @@ def test_convergence_checks_reuse_the_rows_curves_with_the_same_verdicts(
         rows = seed_rows(conn, selection)
         got = convergence_checks(conn, rows)
         expected = _convergence_reading_every_reference(conn, rows)
-        latest_only = convergence_checks(conn, rows[-1:])  # references outside the rows
-        expected_latest = _convergence_reading_every_reference(conn, rows[-1:])
+        # one run, as its page checks it: references outside the rows, runs after it too
+        singles = [rows[-1:], rows[len(rows) // 2 : len(rows) // 2 + 1]]
+        one_run = [convergence_checks(conn, one) for one in singles]
+        expected_one_run = [_convergence_reading_every_reference(conn, one) for one in singles]
     assert got == expected
-    assert latest_only == expected_latest
+    assert one_run == expected_one_run
     if selection == Selection():
         assert got and any(c.references for c in got.values())  # the data has references
 

@@ -183,6 +183,7 @@ def pages(url: str) -> list[tuple[str, str]]:
         ("history, 1 config (all runs)", f"/history?{history}"),
         ("scaling and vendors", "/scaling"),
         ("campaigns and queue", "/queue"),
+        ("campaign, 200 runs", "/campaigns/bench-campaign-1"),
     ]
 
 

@@ -153,6 +153,24 @@ def interval_from_sums(n: int, total: float, total_sq: float) -> Interval | None
     return interval(n, mean, variance)
 
 
+@dataclass(frozen=True)
+class Moments:
+    """n values summarised as a summary table keeps them: their sum, sum of squares, min, max."""
+
+    n: int
+    total: float
+    total_sq: float
+    low: float
+    high: float
+
+    def interval(self) -> Interval | None:
+        """What interval_of gives for the values themselves (up to rounding in the last
+        digits: the spread from the sums of squares, not from two passes)."""
+        if self.low == self.high:  # identical repeats: exactly no spread, as interval_of
+            return interval(self.n, self.low, 0.0 if self.n > 1 else None)
+        return interval_from_sums(self.n, self.total, self.total_sq)
+
+
 def finite(values: Iterable[Any]) -> list[float]:
     """The numbers among `values`: a failed run's missing value is not a sample."""
     numbers = []

@@ -17,7 +17,7 @@ from orchestrator.reports.convergence import (
     curve_from_epochs,
 )
 from orchestrator.reports.stats import config_key
-from orchestrator.store.config_queries import ConfigKey, configuration_history, epochs_of
+from orchestrator.store.config_queries import epochs_of, flag_inputs
 
 
 def curves_of(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[str, Curve]:
@@ -45,19 +45,27 @@ def convergence_checks(
     mine = curves_of(conn, chosen)
     earlier: dict[str, Sequence[Mapping[Any, Any]]] = {}
     if references is None:
-        # per configuration, its runs in finishing order: each run's references are the
-        # REFERENCE_RUNS before its own place (bisect, not a scan per run)
+        # per configuration, its runs in finishing order from the REFERENCE_RUNS before its
+        # earliest chosen run to its latest (a run's page reads six runs, not its
+        # configuration's whole history): each run's references are the REFERENCE_RUNS
+        # before its own place (bisect, not a scan per run)
+        finished = [r for r in chosen if r.get("finished_at") is not None]
+        around: dict[Any, list[Mapping[Any, Any]]] = {}
+        for h in flag_inputs(conn, finished, REFERENCE_RUNS):
+            around.setdefault(config_key(h), []).append(h)
         orders: dict[Any, tuple[list[tuple[Any, str]], Sequence[Mapping[Any, Any]]]] = {}
-        for key in {config_key(r) for r in chosen}:
-            history = configuration_history(conn, ConfigKey(*key))
-            orders[key] = ([(h["finished_at"], str(h["run_id"])) for h in history], history)
-        for row in chosen:
-            if row.get("finished_at") is None:
-                continue
-            places, runs = orders[config_key(row)]
+        for key, window in around.items():
+            window.sort(key=lambda h: (h["finished_at"], str(h["run_id"])))
+            orders[key] = ([(h["finished_at"], str(h["run_id"])) for h in window], window)
+        for row in finished:
+            places, runs = orders.get(config_key(row), ([], []))
             at = bisect_left(places, (row["finished_at"], str(row["run_id"])))
             earlier[str(row["run_id"])] = runs[max(0, at - REFERENCE_RUNS) : at]
-        ref_curves = curves_of(conn, [h for found in earlier.values() for h in found])
+        # a run's references are mostly runs of `rows` too (a configuration's whole history):
+        # their curves are read once
+        others = {str(h["run_id"]): h for found in earlier.values() for h in found}
+        ref_curves = {i: mine[i] for i in others if i in mine}
+        ref_curves.update(curves_of(conn, [h for i, h in others.items() if i not in mine]))
     found = {}
     for run_id, curve in mine.items():
         if references is None:

@@ -28,8 +28,11 @@ class ConfigHistory:
     points: Sequence[ChangePoint]
 
     def intervals(self, since_change: bool) -> dict[str, Interval | None]:
+        return {m: self.interval(m, since_change) for m in METRICS}
+
+    def interval(self, metric: str, since_change: bool) -> Interval | None:
         rows = since_last(self.rows, self.points) if since_change else self.rows
-        return {m: interval_of(r.get(m) for r in rows) for m in METRICS}
+        return interval_of(r.get(metric) for r in rows)
 
     @property
     def current_from(self) -> str | None:

@@ -7,13 +7,14 @@ finished_at, run_id and the metric columns). docs/reports.md explains the rules.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.confidence import Interval, Olympic, interval_of, olympic
+from orchestrator.confidence import Interval, Moments, Olympic, interval_of, olympic
 from orchestrator.units import sig3
 
 # The seed's numeric columns, summarised over repeats.
@@ -56,6 +57,15 @@ def spread(values: Iterable[Any]) -> Spread | None:
         return None
     sd = statistics.stdev(numbers) if len(numbers) > 1 else None
     return Spread(len(numbers), statistics.fmean(numbers), sd, min(numbers), max(numbers))
+
+
+def spread_of_moments(moments: Moments) -> Spread | None:
+    """spread() of the values a summary row's moments describe (up to rounding in the last
+    digits of the sd)."""
+    found = moments.interval()
+    if found is None:
+        return None
+    return Spread(found.n, found.mean, found.sd, moments.low, moments.high)
 
 
 @dataclass(frozen=True)
@@ -138,28 +148,59 @@ def flag_history(
         ),
         key=lambda h: (h["finished_at"], str(h["run_id"])),
     )
-    windows: dict[ConfigKey, list[Mapping[Any, Any]]] = {}
+    windows: dict[ConfigKey, list[Mapping[str, Any]]] = {}
     flagged: dict[str, list[Regression]] = {}
     for row in ordered:
         window = windows.setdefault(config_key(row), [])
         found = _flags(row, window)
         if found:
             flagged[str(row["run_id"])] = found
-        window.append(row)
+        window.append(_watched(row))
         if len(window) > k:
             del window[0]
     return flagged
 
 
 def regressions_by_run(
-    rows: Sequence[Mapping[Any, Any]], history: Sequence[Mapping[Any, Any]]
+    rows: Sequence[Mapping[Any, Any]],
+    history: Sequence[Mapping[Any, Any]],
+    k: int = HISTORY_RUNS,
 ) -> dict[str, list[Regression]]:
+    """find_regressions of each of `rows` against `history`, the same verdicts in
+    O((rows + history) log history): each configuration's history sorted once, then each row's
+    last k earlier runs found by bisection (rather than one scan of the history per row: 58 s
+    for a configuration's 25,000 runs)."""
+    by_config: dict[ConfigKey, list[Mapping[Any, Any]]] = {}
+    for h in history:
+        if h.get("status", "succeeded") == "succeeded" and h.get("finished_at") is not None:
+            by_config.setdefault(config_key(h), []).append(h)
+    order: dict[ConfigKey, list[tuple[Any, str]]] = {}
+    values: dict[ConfigKey, list[Mapping[str, Any]]] = {}
+    for key, runs in by_config.items():
+        runs.sort(key=_order)  # stable: ties keep their order in `history`, as find_regressions
+        order[key] = [_order(h) for h in runs]
+        values[key] = [_watched(h) for h in runs]
     flagged = {}
     for row in rows:
-        found = find_regressions(row, history)
+        if row.get("status", "succeeded") != "succeeded" or row.get("finished_at") is None:
+            continue
+        key = config_key(row)
+        before = bisect.bisect_left(order.get(key, []), _order(row))  # strictly earlier ones
+        found = _flags(row, values.get(key, [])[max(0, before - k) : before])
         if found:
             flagged[str(row["run_id"])] = found
     return flagged
+
+
+def _watched(run: Mapping[Any, Any]) -> dict[str, Any]:
+    """The values a run lends its successors' flags, in a plain dict: read ten times each
+    (once per successor), which a database row mapping makes several times slower."""
+    return {metric: run.get(metric) for metric in WATCHED}
+
+
+def _order(run: Mapping[Any, Any]) -> tuple[Any, str]:
+    """Which of two runs finished first (the run id breaks a tie)."""
+    return (run["finished_at"], str(run["run_id"]))
 
 
 @dataclass

@@ -12,8 +12,12 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import RowMapping
 
-from orchestrator.store.models import ConfigSummary, Run, RunEpoch
+from orchestrator.confidence import Moments
+from orchestrator.store.models import SUMMARY_METRICS, ConfigSummary, Run, RunEpoch
 from orchestrator.store.queries import SEED_TABLE
+
+# The seed table's names of the summaries' metrics where they differ.
+SEED_NAMES = {"e2e_time_s": "e2e_time"}
 
 # -- configurations, history, scaling ------------------------------------------------------------
 
@@ -67,6 +71,37 @@ def configuration_history(
     if since is not None:
         query = query.where(view.c.finished_at >= since)
     return list(conn.execute(query.order_by(view.c.finished_at, view.c.run_id)).mappings())
+
+
+def whole_history_moments(conn: Connection, key: ConfigKey) -> dict[str, Moments]:
+    """Each seed metric of the configuration's succeeded runs over its whole history, from
+    config_summaries (a row per hardware label the configuration ran on, added up): no read of
+    its runs. A metric no run has is left out."""
+    c = ConfigSummary.__table__.c
+    columns = []
+    for name in SUMMARY_METRICS:
+        columns += [
+            func.sum(c[f"{name}_n"]),
+            func.sum(c[f"{name}_sum"]),
+            func.sum(c[f"{name}_sum_sq"]),
+            func.min(c[f"{name}_min"]),
+            func.max(c[f"{name}_max"]),
+        ]
+    row = conn.execute(
+        select(*columns).where(
+            c.vendor == key.vendor,
+            c.config_label == key.config,
+            c.precision == key.precision,
+            c.fix_hp == key.fix_hp,
+        )
+    ).one()
+    found = {}
+    for i, name in enumerate(SUMMARY_METRICS):
+        n, total, total_sq, low, high = row[5 * i : 5 * i + 5]
+        if n:
+            shown = SEED_NAMES.get(name, name)
+            found[shown] = Moments(int(n), float(total), float(total_sq), float(low), float(high))
+    return found
 
 
 def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowMapping]:
@@ -254,8 +289,9 @@ _FLAG_COLUMNS = tuple(
 
 
 def flag_inputs(conn: Connection, rows: Sequence[Mapping[Any, Any]], k: int) -> list[RowMapping]:
-    """What report_stats.flag_history needs to flag `rows`: per configuration, the k succeeded
-    runs before its earliest selected run and every succeeded run from there to its latest.
+    """What report_stats.flag_history needs to flag `rows` (and the convergence checks to find
+    each run's references): per configuration, the k succeeded runs before its earliest
+    selected run and every succeeded run from there to its latest.
     (store/history.py: configuration_history reads the configurations' whole history instead.)"""
     spans: dict[tuple[str, ...], tuple[datetime, datetime]] = {}
     for row in rows:

@@ -32,21 +32,29 @@ def configuration_history(
     config_key: Callable[[Mapping[Any, Any]], tuple[str, ...]],
 ) -> list[Mapping[Any, Any]]:
     """Every succeeded run of the configurations the rows belong to, oldest first.
-    `config_key`: what makes two runs repeats of one configuration (the report's rule; its
-    first two fields are the vendor and the config name)."""
+    `config_key`: what makes two runs repeats of one configuration (the report's rule: the
+    vendor, the config name, the precision and fix_hp). Each field narrows the query, so only
+    the configurations' own runs are read (not those of every precision and fix_hp of a
+    config name: eight times as many rows in a lab's store); the rest is filtered here. The
+    rows' topologies (part of the config name) let it walk ix_runs_config_time rather than
+    every run in finishing order."""
     keys = {config_key(r) for r in rows}
     if not keys:
         return []
-    vendors = sorted({k[0] for k in keys})
-    configs = sorted({k[1] for k in keys})
+    view = SEED_TABLE.c
+    vendors, configs, precisions, fix_hps = (sorted({k[i] for k in keys}) for i in range(4))
+    topologies = sorted({str(r["topology"]) for r in rows})
     query = (
         select(SEED_TABLE)
         .where(
-            SEED_TABLE.c.status == "succeeded",
-            SEED_TABLE.c.vendor.in_(vendors),
-            SEED_TABLE.c.config.in_(configs),
+            view.status == "succeeded",
+            view.vendor.in_(vendors),
+            view.topology.in_(topologies),
+            view.config.in_(configs),
+            view.precision.in_(precisions),
+            view.fix_hp.in_(fix_hps),
         )
-        .order_by(SEED_TABLE.c.finished_at, SEED_TABLE.c.run_id)
+        .order_by(view.finished_at, view.run_id)
     )
     found = [dict(r) for r in conn.execute(query).mappings()]
     return [r for r in found if config_key(r) in keys]

@@ -16,7 +16,13 @@ from orchestrator.reports.compare import METRICS, compare, difference_rows, unli
 from orchestrator.reports.compare_sides import load_sides, oldest_first
 from orchestrator.reports.history_changes import load_history
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
-from orchestrator.reports.stats import HISTORY_RUNS, flag_history, group_rows, scaling_points
+from orchestrator.reports.stats import (
+    HISTORY_RUNS,
+    flag_history,
+    group_rows,
+    scaling_points,
+    spread_of_moments,
+)
 from orchestrator.states import PRECISIONS
 from orchestrator.store.config_queries import (
     ConfigKey,
@@ -24,6 +30,7 @@ from orchestrator.store.config_queries import (
     epochs_of,
     flag_inputs,
     scaling_groups,
+    whole_history_moments,
 )
 from orchestrator.store.history import campaign_run_ids
 from orchestrator.store.queries import (
@@ -71,7 +78,10 @@ def _seed_data(request: Request) -> dict[str, Any]:
         if campaign is None or selection.run_ids:
             rows = with_energy(conn, seed_rows(conn, selection))  # J/image, as `report` has it
             env = environment(conn, selection)
-        history = flag_inputs(conn, rows, HISTORY_RUNS)
+        # a selection without a time, campaign or runs holds whole configurations: their
+        # history for the flags is the rows themselves, not a second read of them
+        whole = campaign is None and not run_ids and selection.since is None
+        history = rows if whole else flag_inputs(conn, rows, HISTORY_RUNS)
         options = filter_options(conn)
         warnings = run_warnings(conn, [str(r["run_id"]) for r in rows])
     flagged = flag_history(history, HISTORY_RUNS)
@@ -241,8 +251,16 @@ def history(request: Request) -> Response:
             return render(request, "history.html", key=None, configs=configurations(conn))
         key = ConfigKey(*[str(f) for f in fields])
         found = load_history(conn, key, since)
+        # the whole history's level: its summary row's moments, not a pass over every run
+        whole = whole_history_moments(conn, key).get(metric) if since is None else None
     rows = found.rows
     regressions = flag_history(rows)
+    if since is None:
+        stats = spread_of_moments(whole) if whole else None
+        interval = whole.interval() if whole else None
+    else:
+        stats = group_rows(rows)[0].stats(metric) if rows else None
+        interval = found.interval(metric, False)
     return render(
         request,
         "history.html",
@@ -253,9 +271,9 @@ def history(request: Request) -> Response:
         rows=list(reversed(rows))[:HISTORY_TABLE_ROWS],
         total=len(rows),
         regressions=regressions,
-        stats=group_rows(rows)[0].stats(metric) if rows else None,
-        interval=found.intervals(False)[metric],
-        current=found.intervals(True)[metric],
+        stats=stats,
+        interval=interval,
+        current=found.interval(metric, True),
         changes=list(reversed(found.points)),
         starts={p.run_id: p for p in found.points},
     )

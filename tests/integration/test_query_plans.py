@@ -104,14 +104,20 @@ def whole_table_reads(lines: list[str], no_sort: bool, limited: bool = True) -> 
 def check(web_store_url: str) -> Iterator[Callable[..., None]]:
     with open_store(web_store_url) as store, store.engine.connect() as conn:
 
-        def run(read: Callable[[Connection], Any], no_sort: bool = False) -> None:
+        def run(
+            read: Callable[[Connection], Any], no_sort: bool = False, through: str | None = None
+        ) -> None:
+            """`through`: every statement on runs must use this index and walk no other."""
             with recorded(conn) as statements:
                 read(conn)
             assert statements
             for statement, params in statements:
                 lines = plan(conn, statement, params, no_sort)
-                bad = whole_table_reads(lines, no_sort, "LIMIT" in statement.upper())
+                limited = "LIMIT" in statement.upper() and through is None
+                bad = whole_table_reads(lines, no_sort, limited)
                 assert not bad, f"{statement}\n{params}\n" + "\n".join(lines)
+                if through is not None and re.search(r"\bFROM runs\b", statement):
+                    assert through in "\n".join(lines), f"{statement}\n" + "\n".join(lines)
 
         yield run
 
@@ -173,3 +179,18 @@ def test_the_queue_page_reads_no_whole_table(check: Callable[..., None]) -> None
 
 def test_compare_reads_no_whole_table(check: Callable[..., None]) -> None:
     check(lambda conn: load_sides(conn, ["metax:2x8:fp32", "nvidia:2x8:amp", MONITORED_RUN]))
+
+
+@pytest.mark.parametrize("sort", ["submitted", "p_core", "run"])
+def test_a_campaign_page_reads_only_its_runs_through_the_campaign_index(
+    check: Callable[..., None], sort: str
+) -> None:
+    """A campaign is a few hundred runs of a long history: its counts and its pages read them
+    by ix_runs_campaign_id, not by walking a sort or status index over every run (which a
+    LIMIT does not stop early when the campaign's runs are old)."""
+    f = RunFilter(campaign=CAMPAIGN_ID, sort=sort, page=1, per_page=5)
+
+    def read(conn: Connection) -> None:
+        assert campaign_progress(conn, CAMPAIGN_ID)[0]["total"] == runs_page(conn, f).total > 0
+
+    check(read, through="ix_runs_campaign_id")

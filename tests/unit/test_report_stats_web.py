@@ -1,5 +1,6 @@
-"""report_stats' helpers for the results pages: flag_history gives find_regressions' verdicts
-in one pass; scaling_points puts the ideal line through the smallest topology."""
+"""report_stats' helpers for the results pages: flag_history and regressions_by_run give
+find_regressions' verdicts without one scan of the history per run; scaling_points puts the
+ideal line through the smallest topology."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.reports.stats import flag_history, regressions_by_run, scaling_points
+from orchestrator.reports.stats import (
+    Regression,
+    find_regressions,
+    flag_history,
+    regressions_by_run,
+    scaling_points,
+)
 
 
 def _history(seed: int) -> list[dict[str, object]]:
@@ -40,6 +47,58 @@ def test_flag_history_matches_find_regressions(seed: int) -> None:
     expected = regressions_by_run(history, history)
     assert expected  # the data has regressions to find
     assert flag_history(history) == expected
+
+
+def _report_history(seed: int, runs: int) -> list[dict[str, object]]:
+    """A history with what makes the window hard: ties in time (run ids break them), runs
+    without a finish or a metric, failed and lost runs, three configurations and steps."""
+    rnd = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = []
+    for i in range(runs):
+        config = rnd.choice(["MXC500 2x8", "MXC500 1x8", "A100 2x8"])
+        level = 500.0 if i < runs // 2 else 430.0  # a step half-way
+        p_core = level * rnd.uniform(0.99, 1.01) * (0.7 if rnd.random() < 0.06 else 1.0)
+        rows.append(
+            {
+                "run_id": f"r{rnd.randint(0, 10 * runs):05d}-{i}",
+                "vendor": config.split()[0],
+                "config": config,
+                "precision": rnd.choice(["fp32", "fp32", "amp"]),
+                "fix_hp": "/",
+                "status": rnd.choice(["succeeded"] * 8 + ["failed", "lost"]),
+                "finished_at": (
+                    None if rnd.random() < 0.03 else start + timedelta(hours=rnd.randint(0, runs))
+                ),
+                "p_core": None if rnd.random() < 0.05 else p_core,
+                "p_train": p_core * rnd.uniform(0.79, 0.81),
+            }
+        )
+    return rows
+
+
+def _one_scan_per_run(
+    rows: list[dict[str, object]], history: list[dict[str, object]]
+) -> dict[str, list[Regression]]:
+    """The rule as written: each run against a scan of the whole history (the reference)."""
+    found = {str(row["run_id"]): find_regressions(row, history) for row in rows}
+    return {run_id: flags for run_id, flags in found.items() if flags}
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6, 7])
+def test_regressions_by_run_matches_one_scan_per_run(seed: int) -> None:
+    history = _report_history(seed, 400)
+    rnd = random.Random(seed)
+    rows = rnd.sample(history, 150) + _report_history(seed + 100, 60)  # some not in history
+    expected = _one_scan_per_run(rows, history)
+    assert len(expected) >= 3  # the data has regressions to find
+    got = regressions_by_run(rows, history)
+    assert got == expected  # the same runs, metrics, values, means, sds and history sizes
+    assert regressions_by_run(history, history) == _one_scan_per_run(history, history)
+    assert regressions_by_run(history, history) == flag_history(history)
+    assert regressions_by_run(rows, history, k=4) == {
+        str(r["run_id"]): f for r in rows if (f := find_regressions(r, history, k=4))
+    }
 
 
 def test_scaling_points_ideal_and_efficiency() -> None:

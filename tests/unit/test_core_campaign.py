@@ -7,9 +7,17 @@ from typing import Any
 
 import pytest
 
-from orchestrator.campaign import duration, expand, load_campaign, parse_campaign, render_expansion
+from orchestrator.campaign import (
+    check_runs,
+    duration,
+    expand,
+    load_campaign,
+    parse_campaign,
+    render_expansion,
+)
 from orchestrator.errors import ConfigError
-from orchestrator.specs import Topology
+from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.states import BackendName
 
 BASE = {"topologies": ["1x1"]}
 
@@ -290,4 +298,52 @@ def test_list_settings_that_are_not_lists_name_the_file_and_key(key: str) -> Non
 def test_a_named_set_that_is_not_a_table_names_its_key() -> None:
     assert _error({"campaign": BASE, "sets": {"big": 3}}) == (
         "c.toml: sets.big must be a table of key = value (e.g. bs = 16)"
+    )
+
+
+def _lab(nodes: int, backend: BackendName = "ssh") -> ClusterSpec:
+    members = tuple(NodeSpec(f"n{i}", f"10.0.0.{i}", accelerators=1) for i in range(1, nodes + 1))
+    return ClusterSpec("lab", "cpu", members, backend=backend, source="lab.toml")
+
+
+def _check(
+    campaign: dict[str, Any], cluster: ClusterSpec, sets: dict[str, Any] | None = None
+) -> str:
+    """check_runs over the campaign's expansion: '' when every run passes, else the one line."""
+    spec = parse_campaign({"campaign": campaign, **({"sets": sets} if sets else {})}, "c.toml")
+    try:
+        check_runs(spec, expand(spec), {None: cluster})
+    except ConfigError as exc:
+        return exc.one_line()
+    return ""
+
+
+def test_check_runs_names_the_first_bad_run_after_runs_that_repeat_a_good_one() -> None:
+    # runs 1-2: 1x1 (the second is the first again); run 3 is the first 3x1
+    campaign = {"topologies": ["1x1", "3x1", "2x1"], "precisions": ["amp"], "repeats": 2}
+    assert _check(campaign, _lab(2)) == (
+        "c.toml: run 3 (3x1 amp, set 'default', cluster 'lab'): topology 3x1 needs 3 nodes but "
+        "cluster 'lab' has 2 (add nodes to lab.toml or ask for fewer)"
+    )
+    assert _check({**campaign, "topologies": ["1x1", "2x1"]}, _lab(2)) == ""
+
+
+def test_check_runs_checks_each_runs_sets_and_the_pinned_nodes() -> None:
+    sets = {"ok": {"bs": 2}, "bad": {"lr": 0}}
+    assert _check({"topologies": ["1x1"]}, _lab(1), sets) == (
+        "c.toml: run 2 (1x1 fp32, set 'bad', cluster 'lab'): lr=0.0 must be positive (use e.g. "
+        "lr=0.02)"
+    )
+    assert _check({"topologies": ["2x1"], "nodes": ["n2"]}, _lab(2)) == (
+        "c.toml: run 1 (2x1 fp32, set 'default', cluster 'lab'): topology 2x1 needs 2 node(s) but "
+        "--nodes names 1 (name exactly as many nodes as the topology's first number)"
+    )
+    assert _check({"topologies": ["1x1"], "nodes": ["n2"]}, _lab(2)) == ""
+
+
+def test_check_runs_leaves_the_nodes_to_slurm_only_when_the_cluster_names_none() -> None:
+    assert _check({"topologies": ["4x1"]}, _lab(0, backend="slurm")) == ""
+    assert _check({"topologies": ["4x1"]}, _lab(2, backend="slurm")) == (
+        "c.toml: run 1 (4x1 fp32, set 'default', cluster 'lab'): topology 4x1 needs 4 nodes but "
+        "cluster 'lab' has 2 (add nodes to lab.toml or ask for fewer)"
     )

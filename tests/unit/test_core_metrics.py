@@ -9,7 +9,15 @@ import pytest
 
 from orchestrator.errors import IngestError
 from orchestrator.runfolder.folder import RankFile, RunFolder, read_run_folder
-from orchestrator.store.metrics import GIB, aggregate, check_complete, fix_hp
+from orchestrator.runfolder.imported import ImportedNode, ImportedResult
+from orchestrator.store.metrics import (
+    GIB,
+    RunMetrics,
+    aggregate,
+    check_complete,
+    fix_hp,
+    imported_metrics,
+)
 from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X8
 
 
@@ -117,3 +125,28 @@ def test_memory_total_prefers_the_memory_section_over_the_device() -> None:
 
     metrics = aggregate(_edited(smaller))
     assert metrics is not None and metrics.mem_total_bytes == 48 * GIB
+
+
+def test_imported_metrics_are_the_longest_node_the_slowest_rates_and_node_0s_rest() -> None:
+    def node(
+        rank: int, e2e: float, train: float, p: tuple[float, float, float], **kw
+    ) -> ImportedNode:
+        return ImportedNode(
+            rank, f"h{rank}", f"rank{rank * 8}.out.log", e2e, train, train - 5, train - 10, *p, **kw
+        )
+
+    first = node(0, 100.0, 80.0, (10.0, 12.0, 20.0), map=0.36, converged=True)
+    second = node(1, 120.0, 90.0, (9.0, 13.0, 19.0), map=0.1, converged=False)
+    imported = ImportedResult("flagperf", "faster_rcnn:1:8", 1, "/logs", None, (first, second))
+    assert imported_metrics(imported) == RunMetrics(
+        global_images=800,  # node 0's: round(10.0 images/s x 80 s)
+        e2e_time_s=120.0,
+        p_whole=9.0,
+        p_train=12.0,
+        p_core=19.0,
+        map=0.36,
+        mem_used_bytes=None,
+        mem_total_bytes=None,
+        epochs_completed=None,
+        converged=True,
+    )

@@ -99,6 +99,11 @@ def test_topology_checks_name_the_counts_and_the_remedy() -> None:
         "fewer)"
     )
     assert len(pick_nodes(cluster, Topology.parse("3x8"))) == 3
+    # no cluster file (the embedded default, one local node): the remedy is to write one
+    assert _refusal(pick_nodes, _cluster(8, source="<embedded default>"), Topology(2, 1)) == (
+        "topology 2x1 needs 2 nodes but cluster 'lab' has 1 (describe the nodes in a cluster "
+        "file (docs/cluster-file.md) and pass --cluster FILE, or ask for fewer)"
+    )
     assert _refusal(pick_nodes, cluster, Topology.parse("2x8"), ["n1"]) == (
         "topology 2x8 needs 2 node(s) but --nodes names 1 (name exactly as many nodes as the "
         "topology's first number)"

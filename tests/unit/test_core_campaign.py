@@ -42,7 +42,7 @@ def test_defaults_of_a_minimal_campaign() -> None:
         None,
         1800.0,
     )
-    assert (spec.nodes, spec.source) == (None, "dir/nightly.toml")
+    assert (spec.nodes, spec.source, spec.repeat_rule) == (None, "dir/nightly.toml", None)
 
 
 def test_every_setting_is_read() -> None:
@@ -192,6 +192,24 @@ def test_bad_durations_name_the_key(value: Any) -> None:
         (
             {"campaign": BASE, "sets": 3},
             "c.toml: sets must be tables [sets.NAME] (e.g. [sets.base])",
+        ),
+        (
+            {"campaign": {**BASE, "set": {"lr": "0.1\n#SBATCH --uid=0"}}},
+            "c.toml: campaign.set.lr holds the control character '\\n' (write it on one line)",
+        ),
+        (  # in a key too: the key reaches the command line as well
+            {"campaign": BASE, "sets": {"big": {"b\x1bs": 1}}},
+            "c.toml: sets.big.b\x1bs holds the control character '\\x1b' (write it on one line)",
+        ),
+        (
+            {"campaign": {**BASE, "repeat": {"until_ci_pct": 2, "min": 3, "max": 5}, "repeats": 2}},
+            "c.toml: campaign.repeat and campaign.repeats are both given (keep one: a count or a "
+            "rule)",
+        ),
+        (
+            {"campaign": {**BASE, "repeat": 3}},
+            "c.toml: campaign.repeat must be a table (write repeat = {until_ci_pct = 2, min = 3, "
+            'max = 10, metric = "p_core"})',
         ),
         (
             {"campaign": {**BASE, "timeout": "soon"}},

@@ -287,6 +287,22 @@ def test_each_cluster_file_mistake_is_one_exact_line(data: dict[str, Any], line:
     assert _error(data) == line
 
 
+@pytest.mark.parametrize(("value", "devices"), [([0, 3], (0, 3)), ([2], (2,))])
+def test_a_nodes_visible_devices_are_read_in_their_order(value: list[int], devices) -> None:
+    spec = parse_cluster(_with(nodes=[{**NODE, "visible_devices": value}]), "lab.toml")
+    assert spec.nodes[0].visible_devices == devices
+    assert parse_cluster(_with(), "lab.toml").nodes[0].visible_devices is None
+
+
+@pytest.mark.parametrize("value", ["2,3", [], [1, 1], [-1], [True], [1.5], [0, "1"]])
+def test_visible_devices_that_are_not_distinct_indices_are_refused(value: Any) -> None:
+    assert _error(_with(nodes=[{**NODE, "visible_devices": value}])) == (
+        f"lab.toml: nodes[0].visible_devices must be a non-empty list of distinct device "
+        f"indices, got {value!r} (e.g. visible_devices = [2, 3] (nvidia-smi's / mx-smi's "
+        "numbering))"
+    )
+
+
 def test_the_bounds_themselves_are_accepted() -> None:
     spec = parse_cluster(
         {

@@ -174,6 +174,11 @@ def test_a_slurm_cluster_needs_no_node_list() -> None:
             {"nodes": [{**NODE, "name": " "}]},
             "lab.toml: nodes[0].name must be a non-empty string, got ' ' (e.g. name = \"...\")",
         ),
+        (  # it names files and folders of the run folder
+            {"nodes": [{**NODE, "name": "../x"}]},
+            "lab.toml: nodes[0].name '../x' is not a safe name (1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit) (e.g. name = \"node-01\")",
+        ),
         (
             {"nodes": [{**NODE, "user": 3}]},
             'lab.toml: nodes[0].user must be a non-empty string, got 3 (e.g. user = "...")',
@@ -376,6 +381,14 @@ def test_a_node_may_name_its_own_key_file() -> None:
         ),
         (_with(image=3), "lab.toml: image must be a table (write it as [image])"),
         (_with(slurm=3), "lab.toml: slurm must be a table (write it as [slurm])"),
+        (_with(health=3), "lab.toml: health must be a table (write it as [health])"),
+        (_with(stragglers=3), "lab.toml: stragglers must be a table (write it as [stragglers])"),
+        (_with(energy={"x": 1}), "lab.toml: energy.x is not a known key (known keys: bmc_power)"),
+        (
+            _with(case={"hparams": {"lr": "0.1\t"}}),
+            "lab.toml: case.hparams.lr holds the control character '\\t' (write it on one line, "
+            "without newlines, tabs or other control characters)",
+        ),
     ],
 )
 def test_tables_mistakes_name_the_file_and_table(data: dict[str, Any], line: str) -> None:

@@ -253,6 +253,21 @@ def test_refusals_of_bad_hparams_and_precisions_carry_their_remedy() -> None:
     assert bad.value.one_line() == "precision 'fp8' is not known (use one of fp32, amp, fp16)"
 
 
+def test_set_values_are_checked_against_the_workloads_ranges_and_precision_is_no_set() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"lr": "0"})
+    assert caught.value.one_line() == "lr=0.0 must be positive (use e.g. lr=0.02)"
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"min_size": "900", "max_size": "800"})
+    assert caught.value.one_line().startswith("min_size=900 is larger than max_size=800 (")
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"precision": "amp"})
+    assert caught.value.one_line() == (
+        "--set precision=amp: precision is not a hyper-parameter to --set (set it with "
+        "--precision (a campaign file: precisions = [...]))"
+    )
+
+
 def test_the_job_records_who_submitted_it() -> None:
     assert _job("1x1").submitted_by == ""
     assert _job("1x1", submitted_by="alice@lab").submitted_by == "alice@lab"

@@ -18,6 +18,7 @@ from orchestrator.campaign import (
 from orchestrator.errors import ConfigError
 from orchestrator.specs import ClusterSpec, NodeSpec, Topology
 from orchestrator.states import BackendName
+from tests.support.ascii_locale import ascii_locale
 
 BASE = {"topologies": ["1x1"]}
 
@@ -234,6 +235,13 @@ def test_exactly_the_maximum_number_of_runs_is_accepted() -> None:
     spec = parse_campaign({"campaign": {"topologies": ["1x1"] * 10, "repeats": 1000}}, "c.toml")
     assert len(expand(spec)) == 10_000
     assert expand(spec)[-1].index == 10_000 and expand(spec)[-1].repeat == 1000
+
+
+def test_a_campaign_file_is_read_as_utf_8_whatever_the_locale(tmp_path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[campaign]\nname = "Größe"\ntopologies = ["1x1"]\n', "utf-8")
+    with ascii_locale():
+        assert load_campaign(str(file)).name == "Größe"
 
 
 def test_campaign_files_that_cannot_be_read_say_so(tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.config import load_cluster, parse_cluster
 from orchestrator.errors import ConfigError
+from tests.support.ascii_locale import ascii_locale
 
 NODE = {"name": "a", "address": "h"}
 
@@ -320,6 +321,13 @@ def test_the_bounds_themselves_are_accepted() -> None:
     assert spec.master_port == 65535 and spec.ssh.keepalive_s == 3600
     assert spec.ssh.connect_timeout_s == 0.5
     assert (spec.nodes[0].accelerators, spec.nodes[0].port) == (1024, 1)
+
+
+def test_a_cluster_file_is_read_as_utf_8_whatever_the_locale(tmp_path) -> None:
+    file = tmp_path / "lab.toml"
+    file.write_text('[cluster]\nname = "Größe"\n\n[[nodes]]\nname = "a"\naddress = "h"\n', "utf-8")
+    with ascii_locale():
+        assert load_cluster(str(file)).name == "Größe"
 
 
 def test_cluster_files_that_cannot_be_read_say_so(tmp_path) -> None:

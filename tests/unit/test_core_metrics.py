@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import pytest
 
 from orchestrator.errors import IngestError
+from orchestrator.monitor import Sample
 from orchestrator.runfolder.folder import RankFile, RunFolder, read_run_folder
 from orchestrator.runfolder.imported import ImportedNode, ImportedResult
 from orchestrator.store.metrics import (
@@ -17,6 +19,7 @@ from orchestrator.store.metrics import (
     check_complete,
     fix_hp,
     imported_metrics,
+    training_window,
 )
 from tests.support.store_fixtures import FIXTURE_RUNS, RUN_1X8
 
@@ -149,4 +152,71 @@ def test_imported_metrics_are_the_longest_node_the_slowest_rates_and_node_0s_res
         mem_total_bytes=None,
         epochs_completed=None,
         converged=True,
+    )
+
+
+def test_the_training_window_is_first_start_after_init_to_last_end_and_zero_without_ranks() -> None:
+    folder = read_run_folder(FIXTURE_RUNS / RUN_1X8)
+    # start_unix 1768299300.0 + init_s 41.418; the last rank's start + init + train_s
+    assert training_window(folder.ranks) == pytest.approx(
+        (1768299341.418, 1768300794.924), abs=1e-6
+    )
+    assert training_window(()) == (0.0, 0.0)
+
+
+def test_memory_is_the_largest_device_peak_of_the_devices_the_manifest_names() -> None:
+    folder = read_run_folder(FIXTURE_RUNS / RUN_1X8)
+    start, end = training_window(folder.ranks)
+    node = folder.manifest.nodes[0]
+    devices = tuple(range(8, 16))  # the launcher's visible devices: not 0..7
+
+    def at(offset: float, metric: str, value: float, device: int) -> Sample:
+        return Sample(datetime.fromtimestamp(offset, timezone.utc), metric, value, device)
+
+    samples = [
+        at(start + 5, "device_mem_used_bytes", 20 * GIB, 9),
+        at(start + 5, "device_mem_total_bytes", 64 * GIB, 9),
+        at(start + 9, "device_mem_used_bytes", 30 * GIB, 12),
+        at(start + 9, "device_mem_total_bytes", 64 * GIB, 12),
+        at(start - 20, "device_mem_used_bytes", 60 * GIB, 12),  # loading, before training
+        at(end + 1, "device_mem_used_bytes", 61 * GIB, 9),  # after training
+        at(start + 9, "device_mem_used_bytes", 63 * GIB, 0),  # another job's card
+    ]
+    manifest = replace(folder.manifest, nodes=(replace(node, devices=devices),))
+    metrics = aggregate(replace(folder, manifest=manifest, monitors={node.name: samples}))
+    assert metrics is not None
+    assert (metrics.mem_used_bytes, metrics.mem_total_bytes, metrics.mem_source) == (
+        30 * GIB,
+        64 * GIB,
+        "device",
+    )
+    assert metrics.mem_devices == (
+        {"node": node.name, "device": 9, "used_bytes": 20 * GIB, "total_bytes": 64 * GIB},
+        {"node": node.name, "device": 12, "used_bytes": 30 * GIB, "total_bytes": 64 * GIB},
+    )
+
+
+def _timings(**times: float):
+    def edit(rank: int, doc: dict) -> None:
+        doc["timings"].update(times)
+
+    return _edited(edit)
+
+
+def test_a_time_longer_than_the_time_containing_it_is_refused_with_clock_slack() -> None:
+    # core_s may exceed train_no_eval_s by 1 % + 0.05 s (clocks differ a little), no further
+    limit = 1200.0 * 1.01 + 0.05
+    assert aggregate(_timings(core_s=limit, train_no_eval_s=1200.0, train_s=1300.0)) is not None
+    with pytest.raises(IngestError) as caught:
+        aggregate(_timings(core_s=limit + 0.01, train_no_eval_s=1200.0, train_s=1300.0))
+    path = read_run_folder(FIXTURE_RUNS / RUN_1X8).ranks[0].path
+    assert caught.value.message == (
+        f"{path}: field timings.core_s: {limit + 0.01:g} s is longer than timings.train_no_eval_s "
+        "1200 s, which contains it"
+    )
+    with pytest.raises(IngestError) as caught:
+        aggregate(_timings(train_s=1500.0, e2e_s=1440.0))
+    assert caught.value.message == (
+        f"{path}: field timings.train_s: 1500 s is longer than timings.e2e_s 1440 s, which "
+        "contains it"
     )

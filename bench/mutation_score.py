@@ -175,7 +175,8 @@ def prepare(workdir: Path, modules: list[str], tests: list[str], pytest_args: li
 
 def refresh_tests(workdir: Path) -> None:
     """The checkout's tests as they are now, into the scratch copy of the last run (mutmut copies
-    tests/ on into its mutants/ folder when it starts)."""
+    tests/ on into its mutants/ folder when it starts, and the results of the mutants it is not
+    asked to run stand)."""
     for rel in working_tree_files():
         if rel.startswith("tests/"):
             target = workdir / rel
@@ -322,8 +323,11 @@ def main() -> int:
     if args.again:
         if not (workdir / "mutants").is_dir():
             parser.error(f"--again: no earlier run in {workdir} (run without --again first)")
-        refresh_tests(workdir)
         patterns = not_killed(workdir, selected)
+        refresh_tests(workdir)
+        # mutmut collects coverage again only for new test names; a test that now calls one
+        # more function must be seen calling it, so collect it all again
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         print(f"mutmut run in {workdir} again: {len(patterns)} mutant(s)", flush=True)
     else:
         tests = direct_tests(sorted(selected)) if args.direct_tests else args.tests

@@ -149,3 +149,11 @@ def test_submits_data_dir_and_backbone_weights_replace_only_the_cases_own() -> N
         "/w2.pth",
         cluster.nodes,
     )
+
+
+def test_a_node_without_a_workdir_gets_its_login_users_own() -> None:
+    import getpass
+
+    assert NodeSpec("n", "h").workdir == f"/var/tmp/orchestrator-{getpass.getuser()}"
+    assert NodeSpec("n", "h", user="bob-x").workdir == "/var/tmp/orchestrator-bob-x"
+    assert NodeSpec("n", "h", user="bob-x", workdir="/w").workdir == "/w"

@@ -153,6 +153,10 @@ def test_imported_metrics_are_the_longest_node_the_slowest_rates_and_node_0s_res
         epochs_completed=None,
         converged=True,
     )
+    # a folder made by `orchestrator import` has no rank files: its metrics are these
+    folder = read_run_folder(FIXTURE_RUNS / RUN_1X8)
+    from_import = replace(folder, manifest=replace(folder.manifest, imported=imported), ranks=())
+    assert aggregate(from_import) == imported_metrics(imported)
 
 
 def test_the_training_window_is_first_start_after_init_to_last_end_and_zero_without_ranks() -> None:

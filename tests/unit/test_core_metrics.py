@@ -179,9 +179,9 @@ def test_memory_is_the_largest_device_peak_of_the_devices_the_manifest_names() -
 
     samples = [
         at(start + 5, "device_mem_used_bytes", 20 * GIB, 9),
-        at(start + 5, "device_mem_total_bytes", 64 * GIB, 9),
+        at(start + 5, "device_mem_total_bytes", 48 * GIB, 9),
         at(start + 9, "device_mem_used_bytes", 30 * GIB, 12),
-        at(start + 9, "device_mem_total_bytes", 64 * GIB, 12),
+        at(start + 9, "device_mem_total_bytes", 48 * GIB, 12),
         at(start - 20, "device_mem_used_bytes", 60 * GIB, 12),  # loading, before training
         at(end + 1, "device_mem_used_bytes", 61 * GIB, 9),  # after training
         at(start + 9, "device_mem_used_bytes", 63 * GIB, 0),  # another job's card
@@ -191,12 +191,12 @@ def test_memory_is_the_largest_device_peak_of_the_devices_the_manifest_names() -
     assert metrics is not None
     assert (metrics.mem_used_bytes, metrics.mem_total_bytes, metrics.mem_source) == (
         30 * GIB,
-        64 * GIB,
+        48 * GIB,  # the device's, not the allocator's 64 GiB
         "device",
     )
     assert metrics.mem_devices == (
-        {"node": node.name, "device": 9, "used_bytes": 20 * GIB, "total_bytes": 64 * GIB},
-        {"node": node.name, "device": 12, "used_bytes": 30 * GIB, "total_bytes": 64 * GIB},
+        {"node": node.name, "device": 9, "used_bytes": 20 * GIB, "total_bytes": 48 * GIB},
+        {"node": node.name, "device": 12, "used_bytes": 30 * GIB, "total_bytes": 48 * GIB},
     )
 
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/mutation_score.py                 # every module below, one worker
     .venv/bin/python bench/mutation_score.py --module plan   # one module (name or path)
+    .venv/bin/python bench/mutation_score.py --direct-tests  # only the modules' own unit tests
+    .venv/bin/python bench/mutation_score.py --again         # after adding tests: rerun survivors
 
 mutmut (the dev extra) plants one small change at a time ("mutant": `<` for `<=`, `and` for
 `or`, a changed constant or string...) in a copy of this checkout and runs the unit tests that
@@ -19,6 +21,7 @@ says how long it takes. Exit code: 0, or 1 when the total score is below --min-s
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -62,6 +65,9 @@ ALSO_COPY = [
     "bench",
     "README.md",
 ]
+# Unit test files that test a module through another one it is under, and import only that one
+# (the vendor profiles are read by tables.py's Table).
+ALSO_DIRECT = {"orchestrator/tables.py": ["tests/unit/test_images_profiles.py"]}
 # A mutant's status as `mutmut results --all true` prints it -> how it counts here.
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 NOT_RUN = {"skipped", "not checked", "check was interrupted by user"}
@@ -106,6 +112,32 @@ class Counts:
         return None if self.scored <= 0 else 100.0 * self.killed / self.scored
 
 
+def imported_modules(source: str) -> set[str]:
+    """Every module an import statement of this source can name: `import a.b`, `from a import
+    b` (a and a.b), `from a.b import c` (a.b and a.b.c)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def direct_tests(modules: list[str]) -> list[str]:
+    """The unit test files that import one of these module files (by their import statements,
+    so that a moved or renamed test file is still found), and their ALSO_DIRECT files."""
+    wanted = {module_name(path) for path in modules}
+    found = {
+        str(test.relative_to(REPO))
+        for test in (REPO / "tests" / "unit").glob("test_*.py")
+        if imported_modules(test.read_text()) & wanted
+    }
+    found.update(extra for path in modules for extra in ALSO_DIRECT.get(path, []))
+    return sorted(found)
+
+
 def working_tree_files() -> list[str]:
     """Tracked and untracked (not ignored) files of the checkout, as they are on disk now."""
     out = subprocess.run(
@@ -141,6 +173,17 @@ def prepare(workdir: Path, modules: list[str], tests: list[str], pytest_args: li
         f.write("\n".join(lines) + "\n")
 
 
+def refresh_tests(workdir: Path) -> None:
+    """The checkout's tests as they are now, into the scratch copy of the last run (mutmut copies
+    tests/ on into its mutants/ folder when it starts, and the results of the mutants it is not
+    asked to run stand)."""
+    for rel in working_tree_files():
+        if rel.startswith("tests/"):
+            target = workdir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, target)
+
+
 def mutmut(workdir: Path, *args: str, capture: bool = True) -> str:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("UPDATE_GOLDEN", None)
@@ -170,6 +213,24 @@ def function_of(mutant: str) -> tuple[str, str]:
         return mutant.rsplit(".", 1)[0], mutant
     func = m.group("func")
     return m.group("module"), f"{m.group('cls')}.{func}" if m.group("cls") else func
+
+
+def statuses(workdir: Path) -> list[tuple[str, str]]:
+    """(mutant, status) as `mutmut results --all true` prints them."""
+    return [
+        (m.group(1), m.group(2))
+        for line in mutmut(workdir, "results", "--all", "true").splitlines()
+        if (m := _RESULT.match(line))
+    ]
+
+
+def not_killed(workdir: Path, selected: dict[str, tuple[str, ...] | None]) -> list[str]:
+    """The selected mutants of the last run that were not killed."""
+    return [
+        name
+        for name, status in statuses(workdir)
+        if status not in KILLED and wanted(name, selected) is not None
+    ]
 
 
 def wanted(mutant: str, selected: dict[str, tuple[str, ...] | None]) -> str | None:
@@ -228,6 +289,18 @@ def main() -> int:
         "--tests", nargs="*", default=["tests/unit"], help="test paths (default tests/unit)"
     )
     parser.add_argument(
+        "--direct-tests",
+        action="store_true",
+        help="instead of --tests: the unit test files that import a selected module",
+    )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="in WORKDIR of the last run, with the current tests: rerun only the mutants that "
+        "survived or had no test (a killed mutant stays killed while tests are only added or "
+        "strengthened); that run's --tests stand",
+    )
+    parser.add_argument(
         "--pytest-arg",
         action="append",
         default=[],
@@ -247,28 +320,37 @@ def main() -> int:
     workdir = Path(args.workdir).resolve()
     survivors_file = Path(args.survivors or workdir / "survivors.diff").resolve()
     started = time.monotonic()
-    prepare(workdir, sorted(selected), args.tests, args.pytest_arg)
-    patterns = []
-    for path, functions in selected.items():
-        mod = module_name(path)
-        patterns += (
-            [f"{mod}.*"] if functions is None else [f"{mod}.x_{f}__mutmut_*" for f in functions]
+    if args.again:
+        if not (workdir / "mutants").is_dir():
+            parser.error(f"--again: no earlier run in {workdir} (run without --again first)")
+        patterns = not_killed(workdir, selected)
+        refresh_tests(workdir)
+        # mutmut collects coverage again only for new test names; a test that now calls one
+        # more function must be seen calling it, so collect it all again
+        (workdir / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        print(f"mutmut run in {workdir} again: {len(patterns)} mutant(s)", flush=True)
+    else:
+        tests = direct_tests(sorted(selected)) if args.direct_tests else args.tests
+        prepare(workdir, sorted(selected), tests, args.pytest_arg)
+        patterns = []
+        for path, functions in selected.items():
+            mod = module_name(path)
+            patterns += (
+                [f"{mod}.*"] if functions is None else [f"{mod}.x_{f}__mutmut_*" for f in functions]
+            )
+        print(
+            f"mutmut run in {workdir} ({len(selected)} module(s), {args.max_children} worker(s), "
+            f"{len(tests)} test path(s): {' '.join(tests)})",
+            flush=True,
         )
-    print(
-        f"mutmut run in {workdir} ({len(selected)} module(s), {args.max_children} worker(s))",
-        flush=True,
-    )
-    mutmut(workdir, "run", "--max-children", str(args.max_children), *patterns, capture=False)
+    if patterns:
+        mutmut(workdir, "run", "--max-children", str(args.max_children), *patterns, capture=False)
 
     counts = {path: Counts() for path in selected}
     equivalents = load_equivalents()
     listed_equivalent: list[tuple[str, str]] = []
     diffs: list[str] = []
-    for line in mutmut(workdir, "results", "--all", "true").splitlines():
-        m = _RESULT.match(line)
-        if not m:
-            continue
-        name, status = m.groups()
+    for name, status in statuses(workdir):
         path = wanted(name, selected)
         if path is None:
             continue

@@ -7,9 +7,18 @@ from typing import Any
 
 import pytest
 
-from orchestrator.campaign import duration, expand, load_campaign, parse_campaign, render_expansion
+from orchestrator.campaign import (
+    check_runs,
+    duration,
+    expand,
+    load_campaign,
+    parse_campaign,
+    render_expansion,
+)
 from orchestrator.errors import ConfigError
-from orchestrator.specs import Topology
+from orchestrator.specs import ClusterSpec, NodeSpec, Topology
+from orchestrator.states import BackendName
+from tests.support.ascii_locale import ascii_locale
 
 BASE = {"topologies": ["1x1"]}
 
@@ -34,7 +43,7 @@ def test_defaults_of_a_minimal_campaign() -> None:
         None,
         1800.0,
     )
-    assert (spec.nodes, spec.source) == (None, "dir/nightly.toml")
+    assert (spec.nodes, spec.source, spec.repeat_rule) == (None, "dir/nightly.toml", None)
 
 
 def test_every_setting_is_read() -> None:
@@ -186,6 +195,24 @@ def test_bad_durations_name_the_key(value: Any) -> None:
             "c.toml: sets must be tables [sets.NAME] (e.g. [sets.base])",
         ),
         (
+            {"campaign": {**BASE, "set": {"lr": "0.1\n#SBATCH --uid=0"}}},
+            "c.toml: campaign.set.lr holds the control character '\\n' (write it on one line)",
+        ),
+        (  # in a key too: the key reaches the command line as well
+            {"campaign": BASE, "sets": {"big": {"b\x1bs": 1}}},
+            "c.toml: sets.big.b\x1bs holds the control character '\\x1b' (write it on one line)",
+        ),
+        (
+            {"campaign": {**BASE, "repeat": {"until_ci_pct": 2, "min": 3, "max": 5}, "repeats": 2}},
+            "c.toml: campaign.repeat and campaign.repeats are both given (keep one: a count or a "
+            "rule)",
+        ),
+        (
+            {"campaign": {**BASE, "repeat": 3}},
+            "c.toml: campaign.repeat must be a table (write repeat = {until_ci_pct = 2, min = 3, "
+            'max = 10, metric = "p_core"})',
+        ),
+        (
             {"campaign": {**BASE, "timeout": "soon"}},
             "c.toml: campaign.timeout 'soon' is not a duration (write e.g. 90s, 45m or 2h)",
         ),
@@ -208,6 +235,13 @@ def test_exactly_the_maximum_number_of_runs_is_accepted() -> None:
     spec = parse_campaign({"campaign": {"topologies": ["1x1"] * 10, "repeats": 1000}}, "c.toml")
     assert len(expand(spec)) == 10_000
     assert expand(spec)[-1].index == 10_000 and expand(spec)[-1].repeat == 1000
+
+
+def test_a_campaign_file_is_read_as_utf_8_whatever_the_locale(tmp_path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[campaign]\nname = "Größe"\ntopologies = ["1x1"]\n', "utf-8")
+    with ascii_locale():
+        assert load_campaign(str(file)).name == "Größe"
 
 
 def test_campaign_files_that_cannot_be_read_say_so(tmp_path) -> None:
@@ -290,4 +324,52 @@ def test_list_settings_that_are_not_lists_name_the_file_and_key(key: str) -> Non
 def test_a_named_set_that_is_not_a_table_names_its_key() -> None:
     assert _error({"campaign": BASE, "sets": {"big": 3}}) == (
         "c.toml: sets.big must be a table of key = value (e.g. bs = 16)"
+    )
+
+
+def _lab(nodes: int, backend: BackendName = "ssh") -> ClusterSpec:
+    members = tuple(NodeSpec(f"n{i}", f"10.0.0.{i}", accelerators=1) for i in range(1, nodes + 1))
+    return ClusterSpec("lab", "cpu", members, backend=backend, source="lab.toml")
+
+
+def _check(
+    campaign: dict[str, Any], cluster: ClusterSpec, sets: dict[str, Any] | None = None
+) -> str:
+    """check_runs over the campaign's expansion: '' when every run passes, else the one line."""
+    spec = parse_campaign({"campaign": campaign, **({"sets": sets} if sets else {})}, "c.toml")
+    try:
+        check_runs(spec, expand(spec), {None: cluster})
+    except ConfigError as exc:
+        return exc.one_line()
+    return ""
+
+
+def test_check_runs_names_the_first_bad_run_after_runs_that_repeat_a_good_one() -> None:
+    # runs 1-2: 1x1 (the second is the first again); run 3 is the first 3x1
+    campaign = {"topologies": ["1x1", "3x1", "2x1"], "precisions": ["amp"], "repeats": 2}
+    assert _check(campaign, _lab(2)) == (
+        "c.toml: run 3 (3x1 amp, set 'default', cluster 'lab'): topology 3x1 needs 3 nodes but "
+        "cluster 'lab' has 2 (add nodes to lab.toml or ask for fewer)"
+    )
+    assert _check({**campaign, "topologies": ["1x1", "2x1"]}, _lab(2)) == ""
+
+
+def test_check_runs_checks_each_runs_sets_and_the_pinned_nodes() -> None:
+    sets = {"ok": {"bs": 2}, "bad": {"lr": 0}}
+    assert _check({"topologies": ["1x1"]}, _lab(1), sets) == (
+        "c.toml: run 2 (1x1 fp32, set 'bad', cluster 'lab'): lr=0.0 must be positive (use e.g. "
+        "lr=0.02)"
+    )
+    assert _check({"topologies": ["2x1"], "nodes": ["n2"]}, _lab(2)) == (
+        "c.toml: run 1 (2x1 fp32, set 'default', cluster 'lab'): topology 2x1 needs 2 node(s) but "
+        "--nodes names 1 (name exactly as many nodes as the topology's first number)"
+    )
+    assert _check({"topologies": ["1x1"], "nodes": ["n2"]}, _lab(2)) == ""
+
+
+def test_check_runs_leaves_the_nodes_to_slurm_only_when_the_cluster_names_none() -> None:
+    assert _check({"topologies": ["4x1"]}, _lab(0, backend="slurm")) == ""
+    assert _check({"topologies": ["4x1"]}, _lab(2, backend="slurm")) == (
+        "c.toml: run 1 (4x1 fp32, set 'default', cluster 'lab'): topology 4x1 needs 4 nodes but "
+        "cluster 'lab' has 2 (add nodes to lab.toml or ask for fewer)"
     )

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.config import load_cluster, parse_cluster
 from orchestrator.errors import ConfigError
+from tests.support.ascii_locale import ascii_locale
 
 NODE = {"name": "a", "address": "h"}
 
@@ -174,6 +175,11 @@ def test_a_slurm_cluster_needs_no_node_list() -> None:
             {"nodes": [{**NODE, "name": " "}]},
             "lab.toml: nodes[0].name must be a non-empty string, got ' ' (e.g. name = \"...\")",
         ),
+        (  # it names files and folders of the run folder
+            {"nodes": [{**NODE, "name": "../x"}]},
+            "lab.toml: nodes[0].name '../x' is not a safe name (1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit) (e.g. name = \"node-01\")",
+        ),
         (
             {"nodes": [{**NODE, "user": 3}]},
             'lab.toml: nodes[0].user must be a non-empty string, got 3 (e.g. user = "...")',
@@ -287,6 +293,22 @@ def test_each_cluster_file_mistake_is_one_exact_line(data: dict[str, Any], line:
     assert _error(data) == line
 
 
+@pytest.mark.parametrize(("value", "devices"), [([0, 3], (0, 3)), ([2], (2,))])
+def test_a_nodes_visible_devices_are_read_in_their_order(value: list[int], devices) -> None:
+    spec = parse_cluster(_with(nodes=[{**NODE, "visible_devices": value}]), "lab.toml")
+    assert spec.nodes[0].visible_devices == devices
+    assert parse_cluster(_with(), "lab.toml").nodes[0].visible_devices is None
+
+
+@pytest.mark.parametrize("value", ["2,3", [], [1, 1], [-1], [True], [1.5], [0, "1"]])
+def test_visible_devices_that_are_not_distinct_indices_are_refused(value: Any) -> None:
+    assert _error(_with(nodes=[{**NODE, "visible_devices": value}])) == (
+        f"lab.toml: nodes[0].visible_devices must be a non-empty list of distinct device "
+        f"indices, got {value!r} (e.g. visible_devices = [2, 3] (nvidia-smi's / mx-smi's "
+        "numbering))"
+    )
+
+
 def test_the_bounds_themselves_are_accepted() -> None:
     spec = parse_cluster(
         {
@@ -299,6 +321,13 @@ def test_the_bounds_themselves_are_accepted() -> None:
     assert spec.master_port == 65535 and spec.ssh.keepalive_s == 3600
     assert spec.ssh.connect_timeout_s == 0.5
     assert (spec.nodes[0].accelerators, spec.nodes[0].port) == (1024, 1)
+
+
+def test_a_cluster_file_is_read_as_utf_8_whatever_the_locale(tmp_path) -> None:
+    file = tmp_path / "lab.toml"
+    file.write_text('[cluster]\nname = "Größe"\n\n[[nodes]]\nname = "a"\naddress = "h"\n', "utf-8")
+    with ascii_locale():
+        assert load_cluster(str(file)).name == "Größe"
 
 
 def test_cluster_files_that_cannot_be_read_say_so(tmp_path) -> None:
@@ -360,6 +389,14 @@ def test_a_node_may_name_its_own_key_file() -> None:
         ),
         (_with(image=3), "lab.toml: image must be a table (write it as [image])"),
         (_with(slurm=3), "lab.toml: slurm must be a table (write it as [slurm])"),
+        (_with(health=3), "lab.toml: health must be a table (write it as [health])"),
+        (_with(stragglers=3), "lab.toml: stragglers must be a table (write it as [stragglers])"),
+        (_with(energy={"x": 1}), "lab.toml: energy.x is not a known key (known keys: bmc_power)"),
+        (
+            _with(case={"hparams": {"lr": "0.1\t"}}),
+            "lab.toml: case.hparams.lr holds the control character '\\t' (write it on one line, "
+            "without newlines, tabs or other control characters)",
+        ),
     ],
 )
 def test_tables_mistakes_name_the_file_and_table(data: dict[str, Any], line: str) -> None:

@@ -3,6 +3,7 @@ processes per node, hyper-parameter precedence, local and container nodes, run i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -217,6 +218,23 @@ def test_a_set_value_may_contain_an_equals_sign() -> None:
     assert parse_sets(["data=a=b"]) == {"data": "a=b"}
 
 
+def test_a_set_value_with_a_control_character_is_refused_with_its_remedy() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_sets(["lr=0.1", "bs=16\r"])
+    assert caught.value.one_line() == (
+        "--set 'bs=16\\r' holds a control character (write it on one line)"
+    )
+
+
+def test_one_rank_renders_as_local_rank_0_and_no_master_source_as_nothing() -> None:
+    plan = build_plan(_job("1x1"), workload_hash="h", visible_devices_var="CUDA_VISIBLE_DEVICES")
+    lines = plan.render().splitlines()
+    assert "  devices:   local rank 0 on device(s) 0 (default: the first 1)" in lines
+    assert "rendezvous static, master 10.0.0.1:29600 (node 0 (n1)'s address), world size 1" in lines
+    bare = replace(plan, master_source="").render().splitlines()
+    assert "rendezvous static, master 10.0.0.1:29600, world size 1" in bare
+
+
 def test_refusals_of_bad_hparams_and_precisions_carry_their_remedy() -> None:
     from workload.faster_rcnn.errors import WorkloadError
     from workload.faster_rcnn.hparams import parse_value
@@ -233,6 +251,21 @@ def test_refusals_of_bad_hparams_and_precisions_carry_their_remedy() -> None:
     with pytest.raises(ConfigError) as bad:
         build_plan(_job("1x1", precision="fp8"), workload_hash="h")
     assert bad.value.one_line() == "precision 'fp8' is not known (use one of fp32, amp, fp16)"
+
+
+def test_set_values_are_checked_against_the_workloads_ranges_and_precision_is_no_set() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"lr": "0"})
+    assert caught.value.one_line() == "lr=0.0 must be positive (use e.g. lr=0.02)"
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"min_size": "900", "max_size": "800"})
+    assert caught.value.one_line().startswith("min_size=900 is larger than max_size=800 (")
+    with pytest.raises(ConfigError) as caught:
+        _job("1x1", sets={"precision": "amp"})
+    assert caught.value.one_line() == (
+        "--set precision=amp: precision is not a hyper-parameter to --set (set it with "
+        "--precision (a campaign file: precisions = [...]))"
+    )
 
 
 def test_the_job_records_who_submitted_it() -> None:

@@ -13,6 +13,7 @@ from orchestrator.reports.stats import (
     config_key,
     devices,
     find_regressions,
+    flag_history,
     group_rows,
     regressions_by_run,
     spread,
@@ -144,6 +145,9 @@ def test_groups_expose_their_key_parts_counts_and_stats() -> None:
     assert stats is not None
     assert stats.as_dict() == {"mean": 510.0, "sd": 10.0, "min": 500.0, "max": 520.0, "n": 3}
     assert group.stats("map") is None
+    olympic = group.olympic("p_core")  # 500, 510, 520: the fastest and the slowest dropped
+    assert olympic is not None and (olympic.mean, olympic.dropped, olympic.n) == (510.0, 2, 1)
+    assert group.olympic("map") is None
     assert Group(("v", "c", "p", "f"), "1x1").mem is None
 
 
@@ -168,6 +172,23 @@ def test_runs_finishing_at_the_same_time_are_ordered_by_run_id_for_the_newest_k(
     tied = [_run(rid, 5, v) for rid, v in (("b", 500.0), ("c", 501.0), ("d", 500.0), ("a", 100.0))]
     found = find_regressions(_run("z", 6, 400.0), tied, k=3)
     assert [(r.history_n, round(r.history_mean, 2)) for r in found] == [(3, 500.33)]
+
+
+def test_flag_history_counts_a_run_without_a_status_as_succeeded() -> None:
+    steady = [_run(f"h{i}", i, 500.0 + (i % 2)) for i in range(3)]
+    plain = {k: v for k, v in _run("now", 10, 300.0).items() if k != "status"}
+    assert [r.run_id for r in flag_history([*steady, plain])["now"]] == ["now"]
+    failed = _run("bad", 11, 100.0, status="failed")
+    assert list(flag_history([*steady, plain, failed])) == ["now"]
+
+
+def test_flag_history_orders_runs_finishing_at_the_same_time_by_run_id() -> None:
+    # a, b, c, d finish together: in run id order a has no history yet and b, c, d are the
+    # newest three before z
+    tied = [_run(rid, 5, v) for rid, v in (("b", 500.0), ("c", 501.0), ("d", 500.0), ("a", 100.0))]
+    flagged = flag_history([*tied, _run("z", 6, 400.0)], k=3)
+    assert list(flagged) == ["z"]
+    assert [(r.history_n, round(r.history_mean, 2)) for r in flagged["z"]] == [(3, 500.33)]
 
 
 def test_a_group_without_a_topology_has_an_empty_one() -> None:

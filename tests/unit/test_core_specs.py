@@ -3,10 +3,20 @@ the plausibility bounds, and the processes-per-node check for named nodes too.""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from orchestrator.errors import TopologyError
-from orchestrator.specs import ClusterSpec, JobSpec, NodeSpec, Topology, pick_nodes
+from orchestrator.specs import (
+    CaseSettings,
+    ClusterSpec,
+    JobSpec,
+    NodeSpec,
+    Topology,
+    pick_nodes,
+    with_inputs,
+)
 
 
 def _refusal(call, *args) -> str:
@@ -99,6 +109,11 @@ def test_topology_checks_name_the_counts_and_the_remedy() -> None:
         "fewer)"
     )
     assert len(pick_nodes(cluster, Topology.parse("3x8"))) == 3
+    # no cluster file (the embedded default, one local node): the remedy is to write one
+    assert _refusal(pick_nodes, _cluster(8, source="<embedded default>"), Topology(2, 1)) == (
+        "topology 2x1 needs 2 nodes but cluster 'lab' has 1 (describe the nodes in a cluster "
+        "file (docs/cluster-file.md) and pass --cluster FILE, or ask for fewer)"
+    )
     assert _refusal(pick_nodes, cluster, Topology.parse("2x8"), ["n1"]) == (
         "topology 2x8 needs 2 node(s) but --nodes names 1 (name exactly as many nodes as the "
         "topology's first number)"
@@ -116,3 +131,29 @@ def test_run_folder_on_a_node_is_its_workdir_runs_run_id() -> None:
     job = JobSpec("r1", _cluster(1), Topology(1, 1), (node,))
     assert str(job.run_dir_on(node)) == "/raid/bench/runs/r1"
     assert NodeSpec("l", "local").is_local and not node.is_local
+
+
+def test_submits_data_dir_and_backbone_weights_replace_only_the_cases_own() -> None:
+    case = CaseSettings("/data", "/w/r50.pth", "metax-c500:1x8", {"lr": "0.1"})
+    cluster = replace(_cluster(8), case=case)
+    assert with_inputs(cluster, None, None) is cluster
+    assert with_inputs(cluster, "/other", None) == replace(
+        cluster, case=CaseSettings("/other", "/w/r50.pth", "metax-c500:1x8", {"lr": "0.1"})
+    )
+    assert with_inputs(cluster, None, "none").case == CaseSettings(
+        "/data", "none", "metax-c500:1x8", {"lr": "0.1"}
+    )
+    both = with_inputs(cluster, "/d2", "/w2.pth")
+    assert (both.case.data_dir, both.case.backbone_weights, both.nodes) == (
+        "/d2",
+        "/w2.pth",
+        cluster.nodes,
+    )
+
+
+def test_a_node_without_a_workdir_gets_its_login_users_own() -> None:
+    import getpass
+
+    assert NodeSpec("n", "h").workdir == f"/var/tmp/orchestrator-{getpass.getuser()}"
+    assert NodeSpec("n", "h", user="bob-x").workdir == "/var/tmp/orchestrator-bob-x"
+    assert NodeSpec("n", "h", user="bob-x", workdir="/w").workdir == "/w"

@@ -94,6 +94,10 @@ def test_the_launch_env_lists_the_chosen_devices_in_pci_order() -> None:
     assert np_.env_dict[VAR] == "5,3" and np_.env_dict["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert np_.devices == Devices((5, 3), "CUDA_VISIBLE_DEVICES of node g1's environment")
     assert "local ranks 0..1 on device(s) 5,3 (CUDA_VISIBLE_DEVICES of node g1's" in plan.render()
+    listed = build_plan(
+        _job(_node(visible_devices=(6, 4))), workload_hash="h", visible_devices_var=VAR
+    ).nodes[0]
+    assert listed.devices == Devices((6, 4), "visible_devices of node g1 in lab.toml")
     other = build_plan(
         _job(_node()), workload_hash="h", visible_devices_var="XPU_VISIBLE_DEVICES"
     ).nodes[0]

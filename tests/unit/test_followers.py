@@ -404,15 +404,23 @@ def test_a_signal_to_attach_names_the_process_and_does_not_promise_to_stop_a_wat
     import signal
     import socket
 
+    import click
+
+    from orchestrator.cli import cli
     from orchestrator.cli.attach_cmd import STOP_LINE as announce
+    from orchestrator.cli.attach_cmd import attach
     from orchestrator.cli.context import stop_on_signals
 
     assert "every node" not in announce and "a watched one goes on" in announce
-    with stop_on_signals(announce=announce) as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.wait(5)
+    # Inside `orchestrator attach`'s own click context, as the command runs: the name then
+    # does not depend on whatever click program runs pytest (mutmut is one).
+    root = click.Context(cli, info_name="orchestrator")
+    with root, click.Context(attach, parent=root, info_name="attach"):
+        with stop_on_signals(announce=announce) as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.wait(5)
     assert capsys.readouterr().err == f"\nSIGTERM: {announce}\n"
     assert stop.cause is not None and stop.cause.exit_code == 143
     assert stop.cause.reason == (
-        f"cancelled: `orchestrator` pid {os.getpid()} on {socket.gethostname()} got SIGTERM"
+        f"cancelled: `orchestrator attach` pid {os.getpid()} on {socket.gethostname()} got SIGTERM"
     )

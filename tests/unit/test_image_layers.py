@@ -112,3 +112,7 @@ def test_a_folder_that_does_not_hash_to_its_name_is_not_recognised():
     assert legacy_layer_chain(FIRST_JSON.replace("49ac852c", "49ac852d"), chains) is None
     assert legacy_layer_chain("{}", chains) is None
     assert legacy_layer_chain("not json", chains) is None
+    # a stray character where a member should start is not JSON, even with the rest intact
+    assert legacy_layer_chain(FIRST_JSON, chains) == chains[0]
+    assert legacy_layer_chain(FIRST_JSON.replace("{", "{X", 1), chains) is None
+    assert legacy_layer_chain(FIRST_JSON.replace('":', '"X:', 1), chains) is None

@@ -115,13 +115,31 @@ def test_master_addr_accepts_ip_addresses_and_host_names(value: str) -> None:
     assert parse_cluster(_cluster_file(master_addr=value), "c.toml").master_addr == value
 
 
-@pytest.mark.parametrize("value", ["local", "a b", "-head", "head_1", "http://x", ""])
+def _refusal(data: dict[str, object]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_cluster(data, "c.toml")
+    return caught.value.one_line()
+
+
+@pytest.mark.parametrize("value", ["local", "a b", "-head", "head_1", "http://x"])
 def test_master_addr_refuses_what_is_not_an_address(value: str) -> None:
-    with pytest.raises(ConfigError, match=r"c.toml: cluster.master_addr|c.toml: .*master_addr"):
-        parse_cluster(_cluster_file(master_addr=value), "c.toml")
+    assert _refusal(_cluster_file(master_addr=value)) == (
+        f"c.toml: cluster.master_addr {value!r} is neither an IP address nor a host name (e.g. "
+        'master_addr = "10.0.0.1", node 0\'s address as the other nodes reach it)'
+    )
+
+
+def test_an_empty_master_addr_is_refused_as_an_empty_string() -> None:
+    assert _refusal(_cluster_file(master_addr="")) == (
+        "c.toml: cluster.master_addr must be a non-empty string, got '' (e.g. "
+        'master_addr = "...")'
+    )
 
 
 def test_master_addr_with_the_slurm_backend_is_refused() -> None:
     data = {"cluster": {"backend": "slurm", "master_addr": "10.0.0.1"}, "slurm": {}}
-    with pytest.raises(ConfigError, match="not used by the slurm backend"):
-        parse_cluster(data, "c.toml")
+    assert _refusal(data) == (
+        "c.toml: cluster.master_addr is not used by the slurm backend (node 0 is the "
+        "allocation's first node) (remove master_addr; the batch script takes that node's "
+        "NodeAddr)"
+    )

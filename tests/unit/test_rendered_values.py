@@ -183,5 +183,9 @@ def test_a_run_id_that_is_not_a_safe_path_part_makes_no_job(run_id: str) -> None
         name="lab", vendor="cpu", nodes=(), case=CaseSettings(data_dir="/d"), source="x"
     )
     assert make_job(cluster, Topology.parse("1x1"), (), run_id="r" * 64).run_id == "r" * 64
-    with pytest.raises(ConfigError, match="run id"):
+    with pytest.raises(ConfigError) as caught:
         make_job(cluster, Topology.parse("1x1"), (), run_id=run_id)
+    assert caught.value.one_line() == (
+        f"run id {run_id!r} is not 1-64 letters, digits, '.', '_' or '-' (let orchestrator name "
+        "the run)"
+    )

@@ -115,3 +115,21 @@ def test_scaling_points_ideal_and_efficiency() -> None:
     assert [round(p.efficiency, 3) for p in points] == [1.0, 0.95, 0.9]
     only_8 = scaling_points([("M fp32", "1x8", 240.0), ("M fp32", "2x8", 400.0)])
     assert [p.ideal for p in only_8] == [240.0, 480.0]  # the smallest topology measured
+
+
+def test_scaling_points_keep_each_series_name_and_leave_out_a_topology_of_no_devices() -> None:
+    points = scaling_points(
+        [
+            ("B fp32", "1x2", 100.0),
+            ("A amp", "1x1", 30.0),
+            ("A amp", "0x8", 99.0),  # no devices: no per-device value to scale
+            ("B fp32", "1x4", 180.0),
+            ("A amp", "1x2", 55.0),
+        ]
+    )
+    assert [(p.series, p.topology, p.devices, p.mean, p.ideal) for p in points] == [
+        ("A amp", "1x1", 1, 30.0, 30.0),
+        ("A amp", "1x2", 2, 55.0, 60.0),
+        ("B fp32", "1x2", 2, 100.0, 100.0),
+        ("B fp32", "1x4", 4, 180.0, 200.0),
+    ]

@@ -40,12 +40,17 @@ distribution = "star"
 """
 
 HEAVY = ("sqlalchemy", "alembic", "orchestrator.store")
+# The variables the child keeps from this process's environment.
+FRESH_SHELL = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM")
 
 
 def _run(code: str, args: list[str], cwd: Path) -> tuple[dict[str, object], str]:
     """What the code printed last (JSON), and everything else it wrote (stdout, stderr)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # A fresh shell's environment: no ORCHESTRATOR_* settings and nothing a test harness set
+    # for its own process (mutmut's MUTANT_UNDER_TEST would have the child look for mutmut's
+    # settings in tmp_path).
+    env = {k: v for k, v in os.environ.items() if k in FRESH_SHELL}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env["COLUMNS"] = "200"
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],

@@ -86,6 +86,18 @@ def test_string_is_stripped_defaults_may_be_none_or_required() -> None:
         )
 
 
+def test_a_string_or_a_list_item_with_a_control_character_is_refused() -> None:
+    t = _table({"s": "a\nb", "l": ["ok", "x\ty"]})
+    assert _line(lambda: t.string("s")) == (
+        "f.toml: t.s holds the control character '\\n' in 'a\\nb' (write it on one line, "
+        "without newlines, tabs or other control characters)"
+    )
+    assert _line(lambda: t.strings("l")) == (
+        "f.toml: t.l holds the control character '\\t' in 'x\\ty' (write it on one line, "
+        "without newlines, tabs or other control characters)"
+    )
+
+
 def test_string_choices_name_the_choices_and_the_default() -> None:
     t = _table({"mode": " fast ", "bad": "slow "})
     assert t.string("mode", "safe", choices=("safe", "fast")) == "fast"

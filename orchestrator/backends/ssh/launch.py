@@ -172,33 +172,28 @@ class Watch:
         }
         self.by_node = {np_.node.name: np_ for np_ in plan.nodes}
         self.ended_at: float | None = None  # time.monotonic() when follow saw the ending
+        self._lock = threading.Lock()  # monitors and the samplers being started
+        self._samplers_starting: list[threading.Thread] = []
 
     def start(self, timeout: float) -> None:
-        """Every node's workload, and its sampler beside it: both spawned at once on two
-        channels of the node's connection, so the sampler adds no round trip to the start.
-        Should any node's workload not start, every node is stopped (samplers included)."""
-        lock = threading.Lock()
-        samplers: list[threading.Thread] = []
+        """Every node's workload, then its sampler beside it. The sampler starts in the
+        background once its node's workload has: it is not on the start's path (its command
+        would compete with the workload's for the node's CPU), and it misses only the first
+        moments of the workload's imports. Should any node's workload not start, every node
+        is stopped (samplers included)."""
 
         def one(t: Transport) -> RemoteProcess:
             np_ = self.by_node[t.node.name]
+            proc = t.spawn(list(np_.argv), env=np_.env_dict, cwd=np_.run_dir, log_path=np_.log_path)
             sampler = threading.Thread(
-                target=self._start_monitor,
-                args=(t, lock),
-                name=f"monitor-{t.node.name}",
-                daemon=True,
+                target=self._start_monitor, args=(t,), name=f"monitor-{t.node.name}", daemon=True
             )
+            with self._lock:
+                self._samplers_starting.append(sampler)
             sampler.start()
-            with lock:
-                samplers.append(sampler)
-            return t.spawn(list(np_.argv), env=np_.env_dict, cwd=np_.run_dir, log_path=np_.log_path)
+            return proc
 
-        deadline = time.monotonic() + timeout
         started = self.session.fan_out_results(one, timeout=timeout, what="start")
-        with lock:
-            pending = list(samplers)
-        for sampler in pending:  # a sampler late past the deadline costs its series only
-            sampler.join(max(0.0, deadline - time.monotonic()))
         self.procs = dict(started.succeeded)
         if not started.ok():
             self.stop_all()
@@ -207,7 +202,15 @@ class Watch:
             failed = {n: str(e) for n, e in started.failed.items()}
             raise NodeError("could not start the workload", failed)
 
-    def _start_monitor(self, t: Transport, lock: threading.Lock) -> None:
+    def _samplers_started(self) -> None:
+        """Wait for the samplers still being started (each spawn has its own time limit), so
+        that no sampler starts after a stop."""
+        with self._lock:
+            starting, self._samplers_starting = self._samplers_starting, []
+        for sampler in starting:
+            sampler.join()
+
+    def _start_monitor(self, t: Transport) -> None:
         """The node's sampler, with the run's id in its environment so that every stop ends
         it. A sampler that cannot start costs the run its series on that node, nothing more."""
         np_ = self.by_node[t.node.name]
@@ -226,7 +229,7 @@ class Watch:
             )
         except Exception:  # the missing series says it, as before
             return
-        with lock:
+        with self._lock:
             self.monitors[t.node.name] = proc
 
     def stop_monitors(self) -> None:
@@ -311,6 +314,7 @@ class Watch:
         """After a succeeded run: where every node's start command has stopped the rest of
         the run itself, only the samplers' ends are awaited (no command on the nodes); else,
         or when a sampler is still running, the samplers and guards are stopped."""
+        self._samplers_started()
         if self.self_cleaning and self.on_stop is None and self._samplers_ended(MONITOR_END_S):
             return
         self.stop_all()
@@ -327,6 +331,7 @@ class Watch:
 
     def stop_all(self) -> None:
         """TERM then KILL every node's process group; then the runtime's own cleanup."""
+        self._samplers_started()
         stop_everywhere(self.session, self.plan, self.on_stop, self.procs)
         self.stop_monitors()  # already ended by the run-id kill; this reaps the spawned groups
 

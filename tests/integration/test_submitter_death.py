@@ -110,7 +110,8 @@ def test_sigkilled_submit_is_adopted_by_a_worker_and_succeeds(sshd_nodes, tiny_c
     killed = _kill(proc)
     out, err = worker.communicate(timeout=400)
     assert worker.returncode == 0, err[-3000:]
-    assert _rows(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("succeeded",)]
+    ended = _rows(db, f"SELECT status, reason FROM runs WHERE run_id = '{run_id}'")
+    assert [status for status, _ in ended] == ["succeeded"], ended
     assert _rows(db, f"SELECT count(*) FROM rank_results WHERE run_id = '{run_id}'") == [(2,)]
     adopted = _at(db, run_id, "follow by heir%")
     # ttl = grace / 3 = 5 s to expire, then the worker's next scan (every 5 s at most).

@@ -61,7 +61,8 @@ def test_the_guard_starts_first_and_everything_of_the_run_ends_before_the_exit_c
     # the workload waits for the go file, then exits 3 (a failed rank: its code must come back)
     wait_then_fail = "import os, time\nwhile not os.path.exists('go'): time.sleep(0.02)\nexit(3)"
     workload = [sys.executable, "-c", wait_then_fail]
-    argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", guard, str(tmp_path / "guard.log"), *workload]
+    argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", guard, str(tmp_path / "guard.log")]
+    argv += [str(tmp_path / "node.log.exit"), *workload]
     proc = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, **marks}, start_new_session=True)
     try:
         found = _wait_for(lambda: len(_run_processes(run_id)) >= 4 and _run_processes(run_id))
@@ -76,6 +77,7 @@ def test_the_guard_starts_first_and_everything_of_the_run_ends_before_the_exit_c
         assert proc.wait(15) == 3
         assert _run_processes(run_id) == {}  # gone before the code came back
         assert sampler.wait(5) == -signal.SIGTERM
+        assert (tmp_path / "node.log.exit").read_text() == "3\n"
     finally:
         for pid in _run_processes(run_id):
             os.kill(pid, signal.SIGKILL)
@@ -112,6 +114,7 @@ def test_a_guard_log_that_is_a_link_starts_neither(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_text("")
     (tmp_path / "guard.log").symlink_to(tmp_path / "elsewhere")
     argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", "touch guard-ran", str(tmp_path / "guard.log")]
+    argv.append(str(tmp_path / "node.log.exit"))
     argv += ["touch", "workload-ran"]
     proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 126
@@ -132,6 +135,7 @@ def test_on_a_local_node_the_spawns_waiting_shell_is_left_and_the_code_comes_bac
     marks = {"ORCHESTRATOR_RUN_ID": run_id, "ORCHESTRATOR_NODE": "n1"}
     guard = join(["env", *(f"{k}={v}" for k, v in marks.items()), "ORCHESTRATOR_ROLE=guard"])
     argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", guard + " sleep 60", str(tmp_path / "g.log")]
+    argv.append(str(tmp_path / "n.log.exit"))
     argv += [sys.executable, "-c", "exit(5)"]
     transport = LocalTransport(NodeSpec("n1", "local"))
     started = time.monotonic()
@@ -143,3 +147,34 @@ def test_on_a_local_node_the_spawns_waiting_shell_is_left_and_the_code_comes_bac
     finally:
         for pid in _run_processes(run_id):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_exit_code_is_on_the_node_while_the_rest_of_the_run_is_being_stopped(
+    tmp_path: Path,
+) -> None:
+    """An adopter reads the node's exit file (STATE_SCRIPT): it holds the workload's code from
+    the moment the workload ends, also while the end of the node's run still waits for a
+    sampler that ignores TERM (5 s, then KILL), so the node never looks like its workload
+    vanished without a code."""
+    run_id = f"exitfile-{os.getpid()}-{time.monotonic_ns()}"
+    marks = {"ORCHESTRATOR_RUN_ID": run_id, "ORCHESTRATOR_NODE": "n1"}
+    stubborn = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        env={**os.environ, **marks, "ORCHESTRATOR_ROLE": "monitor"},
+        start_new_session=True,
+    )
+    exit_file = tmp_path / "node.log.exit"
+    argv = ["sh", "-c", GUARDED_SCRIPT, "guarded", "true", str(tmp_path / "g.log"), str(exit_file)]
+    argv += [sys.executable, "-c", "exit(0)"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, **marks}, start_new_session=True)
+    try:
+        assert _wait_for(exit_file.exists, 4)
+        assert proc.poll() is None  # still stopping the sampler ...
+        assert exit_file.read_text() == "0\n"  # ... and the code is there already
+        assert proc.wait(15) == 0
+        assert stubborn.wait(5) == -signal.SIGKILL
+    finally:
+        for pid in _run_processes(run_id):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+        stubborn.wait(10)

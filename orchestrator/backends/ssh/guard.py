@@ -184,19 +184,23 @@ exit "$rc"
 """
 )
 # The node's start command. $1 the guard's command line (words quoted by shell.join), $2 its
-# log, then the workload's argv. The guard is forked first (setsid -f: a session of its own,
-# so a stop of the workload's group leaves it to the run-id stop), then the workload runs: no
-# moment runs unguarded, and the start costs one command on the node instead of two. When the
-# workload ends, the node's other processes of the run (guard, sampler, anything the workload
-# left) are stopped before its exit code is reported: a succeeded run needs no stop command.
-# `exec` in the guard's shell: no shell with the run's id and no role stays behind.
+# log, $3 the workload's exit file, then the workload's argv. The guard is forked first
+# (setsid -f: a session of its own, so a stop of the workload's group leaves it to the run-id
+# stop), then the workload runs: no moment runs unguarded, and the start costs one command on
+# the node instead of two. When the workload ends, its exit code goes to the exit file at once
+# (an adopter reading the node meanwhile sees the code, never a node whose workload is gone),
+# then the node's other processes of the run (guard, sampler, anything the workload left) are
+# stopped before the code is reported: a succeeded run needs no stop command. `exec` in the
+# guard's shell: no shell with the run's id and no role stays behind.
 GUARDED_SCRIPT = f"""\
 [ -L "$2" ] && {{ echo "$2 is a symbolic link" >&2; exit 126; }}
 setsid -f sh -c "exec $1" >>"$2" 2>&1 </dev/null ||
   {{ echo "the node guard did not start (setsid -f needs util-linux 2.31+)" >&2; exit 126; }}
-shift 2
+exitf=$3
+shift 3
 "$@"
 rc=$?
+t=$(mktemp -- "$exitf.XXXXXX") && echo "$rc" >"$t" && mv -f -- "$t" "$exitf"
 exec env -u ORCHESTRATOR_RUN_ID -u ORCHESTRATOR_NODE -u ORCHESTRATOR_ROLE \\
   sh -c {shlex.quote(_END_OF_NODE)} sh "$ORCHESTRATOR_RUN_ID" "$ORCHESTRATOR_NODE" "$rc"
 """
@@ -209,7 +213,10 @@ def guarded_argv(plan: Plan, node_plan: NodePlan, grace_s: int) -> list[str]:
         run_env(plan.job.run_id, node_plan.node.name, "guard"),
     )
     log = f"{node_plan.run_dir}/{GUARD_LOG}"
-    return ["sh", "-c", GUARDED_SCRIPT, "guarded", join(guard), log, *node_plan.argv]
+    return [
+        "sh", "-c", GUARDED_SCRIPT, "guarded", join(guard), log, exit_file(node_plan),
+        *node_plan.argv,
+    ]  # fmt: skip
 
 
 def with_guards(plan: Plan, grace_s: int) -> Plan:

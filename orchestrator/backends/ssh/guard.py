@@ -51,6 +51,19 @@ workload() {  # the workload's processes, not the guard or the sampler beside th
 }
 """
 
+# TERM the run's other processes on this node, KILL what is left after 5 s (after _MINE).
+_STOP_MINE = """\
+stop_mine() {
+  pids=$(mine); [ -z "$pids" ] && return 0
+  kill -TERM $pids 2>/dev/null
+  i=0
+  while [ "$i" -lt 250 ]; do
+    sleep 0.02; pids=$(mine); [ -z "$pids" ] && return 0; i=$((i + 1))
+  done
+  kill -KILL $pids 2>/dev/null
+}
+"""
+
 # $1 run dir, $2 grace in seconds, $3 the workload's exit file, then the docker command prefix
 # (`docker [-H HOST]`) or nothing. The run id and node name come from the environment; they
 # are unset at once so that the guard's own children (sleep, grep) never look like the run's.
@@ -61,24 +74,15 @@ rid=$ORCHESTRATOR_RUN_ID; node=$ORCHESTRATOR_NODE; own_session=1
 unset ORCHESTRATOR_RUN_ID ORCHESTRATOR_NODE ORCHESTRATOR_ROLE
 hb="$dir/heartbeat"
 [ -e "$hb" ] || touch "$hb"
-others() { mine; }
 """
     + _MINE
+    + _STOP_MINE
     + """\
-stop_others() {
-  pids=$(others); [ -z "$pids" ] && return 0
-  kill -TERM $pids 2>/dev/null
-  i=0
-  while [ "$i" -lt 50 ]; do
-    sleep 0.1; pids=$(others); [ -z "$pids" ] && return 0; i=$((i + 1))
-  done
-  kill -KILL $pids 2>/dev/null
-}
 while :; do
   sleep 2
   [ -d "$dir" ] || exit 0  # collected: the follower has stopped everything already
   if [ -e "$done_file" ]; then
-    stop_others
+    stop_mine
     exit 0
   fi
   seen=$(stat -c %Y -- "$hb" 2>/dev/null || echo 0)
@@ -86,7 +90,7 @@ while :; do
   if [ $((now - seen)) -ge "$grace" ]; then
     echo "$now $seen" >"$dir/abandoned"
     echo "no follower since $seen (grace ${grace}s): stopping run $rid" >&2
-    stop_others
+    stop_mine
     if [ "$#" -gt 0 ]; then
       ids=$("$@" ps -aq --filter "label=orchestrator.run_id=$rid")
       [ -n "$ids" ] && "$@" rm -f -v $ids >/dev/null
@@ -170,16 +174,9 @@ while [ "${p:-1}" -gt 1 ]; do
 done
 """
     + _MINE
+    + _STOP_MINE
     + """\
-pids=$(mine)
-if [ -n "$pids" ]; then
-  kill -TERM $pids 2>/dev/null
-  i=0
-  while [ "$i" -lt 250 ]; do
-    sleep 0.02; pids=$(mine); [ -z "$pids" ] && break; i=$((i + 1))
-  done
-  [ -n "$pids" ] && kill -KILL $pids 2>/dev/null
-fi
+stop_mine
 exit "$rc"
 """
 )

@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_web.py                    # 10,000 runs x 16 ranks, both backends
     .venv/bin/python bench/bench_web.py --runs 100000 --repeat 10   # 10,000, then 100,000
     .venv/bin/python bench/bench_web.py --runs 2000 --no-postgres
+    .venv/bin/python bench/bench_web.py --db sqlite:///big.db --repeat 10   # a store built before
 
 Prints numbers; asserts nothing. Targets (issue 27): every page's server p95 < 100 ms at 100,000
 runs x 16 ranks, and pages that show a fixed amount (runs pages, one run, 90 days of one
@@ -367,7 +368,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pg-url", default=os.environ.get("ORCHESTRATOR_TEST_PG_URL"))
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--db",
+        help="measure this store as it is (upgraded first, nothing added): one built earlier, "
+        "to measure it again after a change of code",
+    )
     args = parser.parse_args()
+    if args.db:
+        upgrade_store(args.db)
+        name = "postgres" if args.db.startswith("postgres") else "sqlite"
+        print(f"{name}: {args.db.split('@')[-1]}: load average {os.getloadavg()[0]:.1f}")
+        if name == "sqlite":
+            measure_pages(name, args.db, args, None)
+        else:  # `serve` reads as a SELECT-only role, as a lab's does (docs/security.md)
+            with pg_reader(args.db, args.pg_url) as reader:
+                measure_pages(name, args.db, args, reader)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         measure("sqlite", f"sqlite:///{tmp}/results.db", args)
     if args.no_postgres:

@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.reports.stats import Regression, find_regressions, regressions_by_run  # noqa: E402
+from orchestrator.regressions import Regression, find_regressions, regressions_by_run  # noqa: E402
 
 Flags = dict[str, list[Regression]]
 

@@ -47,7 +47,7 @@ from orchestrator.store.models import Campaign, MonitorSample  # noqa: E402
 from tests.support.store_fixtures import pg_reader  # noqa: E402
 
 try:  # the store before issue 27 has no summaries: the benchmark measures both
-    from orchestrator.store.summaries import rebuild_all
+    from orchestrator.store.derived import rebuild_all
 except ImportError:  # pragma: no cover
     rebuild_all = None  # type: ignore[assignment]
 

@@ -80,6 +80,14 @@ def mem_cell(label: Any, measured: bool, source: Any = None) -> str:
     return NOT_MEASURED_CPU if measured else ""
 
 
+def mem_used_gib(label: str) -> float:
+    """GiB used, from a mem label ('37.1/64.0'); -1 where it does not say."""
+    try:
+        return float(label.split("/", 1)[0])
+    except ValueError:
+        return -1.0
+
+
 def map3(value: Any) -> str:
     """COCO mAP (0 to 1) to 3 decimals: '0.001', '0.372'. '' for None."""
     return "" if value is None else f"{float(value):.3f}"

@@ -12,7 +12,7 @@ from orchestrator.cli.context import AppContext
 from orchestrator.reports.compare import COMPARE_FORMATS, Comparison
 
 if TYPE_CHECKING:
-    from orchestrator.reports.convergence import Convergence
+    from orchestrator.convergence import Convergence
 
 REGRESSION_EXIT = 1  # a threshold was crossed (bad input exits 2, as every command)
 
@@ -107,7 +107,7 @@ def compare(
     thresholds += [
         parse_threshold(t, above=True, significant=require_significant) for t in fail_above
     ]
-    from orchestrator.reports.convergence import load_reference_file
+    from orchestrator.convergence import load_reference_file
     from orchestrator.reports.convergence_reads import convergence_checks
     from orchestrator.store.config_queries import runs_of
 

@@ -102,21 +102,23 @@ def copy(app: AppContext, target: str) -> None:
 @db.command("rebuild-summaries")
 @click.pass_obj
 def rebuild_summaries(app: AppContext) -> None:
-    """Recompute the configuration summaries and the downsampled monitor series from the raw
-    rows, in one transaction. Every write keeps them up to date; this is for a store changed
-    by hand (SQL) or restored from a dump of some tables only.
+    """Recompute the configuration summaries, the runs' verdicts (regression flags, convergence
+    checks) and the downsampled monitor series from the raw rows, in one transaction. Every
+    write keeps them up to date and `db upgrade` rebuilds them for a new version's rules; this
+    is for a store changed by hand (SQL) or restored from a dump of some tables only.
 
     \b
     Example: orchestrator db rebuild-summaries
     """
     from orchestrator.store import open_store
-    from orchestrator.store.summaries import rebuild_all
+    from orchestrator.store.derived import rebuild_all
 
     with open_store(app.store_url) as store, store.transaction() as conn:
-        configs, runs = rebuild_all(conn)
+        configs, flagged, runs = rebuild_all(conn)
     click.echo(
         f"results store at {store.url}: {configs} configuration summar"
-        f"{'y' if configs == 1 else 'ies'} and the monitor series of {runs} run(s) rebuilt"
+        f"{'y' if configs == 1 else 'ies'}, the verdicts of {flagged} flagged run(s) and the "
+        f"monitor series of {runs} run(s) rebuilt"
     )
 
 

@@ -234,9 +234,10 @@ def report(
     \b
     Example: orchestrator report --vendor metax-c500 --topology 2x8 --plots plots/ > c500-2x8.md
     """
+    from orchestrator.regressions import config_key, regressions_by_run
     from orchestrator.reports.convergence_reads import convergence_checks
     from orchestrator.reports.report import render_grouped_report, render_report
-    from orchestrator.reports.stats import config_key, group_rows, regressions_by_run
+    from orchestrator.reports.stats import group_rows
     from orchestrator.store.history import campaign_run_ids, configuration_history
     from orchestrator.store.queries import (
         Selection,

@@ -9,7 +9,8 @@ from typing import Any
 from orchestrator import units
 from orchestrator.cli.output import Output, Section
 from orchestrator.reports.report import fmt
-from orchestrator.store.queries import RunDetail, describe_ib
+from orchestrator.store.environments import describe_ib
+from orchestrator.store.queries import RunDetail
 from orchestrator.store.stragglers import stored_line
 
 

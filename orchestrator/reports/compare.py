@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from orchestrator import units
 from orchestrator.confidence import Interval, Welch, interval_of, welch
+from orchestrator.convergence import Convergence
 from orchestrator.errors import ConfigError
-from orchestrator.reports.convergence import Convergence
 from orchestrator.reports.stats import METRICS, spread
 
 # Units of the seed metrics (docs/metrics.md); mAP is a fraction of 1.

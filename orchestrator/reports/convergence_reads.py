@@ -9,14 +9,14 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from orchestrator.reports.convergence import (
+from orchestrator.convergence import (
     REFERENCE_RUNS,
     Convergence,
     Curve,
     check,
     curve_from_epochs,
 )
-from orchestrator.reports.stats import config_key
+from orchestrator.regressions import config_key
 from orchestrator.store.config_queries import epochs_of, flag_inputs
 
 

@@ -14,12 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.reports.stats import (
-    Group,
-    Regression,
-    config_key,
-    devices,
-)
+from orchestrator.regressions import Regression, config_key
+from orchestrator.reports.stats import Group, devices
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -23,9 +23,10 @@ from rich.text import Text
 
 from orchestrator import units
 from orchestrator.clock import utcnow
+from orchestrator.convergence import Convergence
 from orchestrator.errors import ConfigError
-from orchestrator.reports.convergence import Convergence
-from orchestrator.reports.stats import METRICS, Group, Regression
+from orchestrator.regressions import Regression
+from orchestrator.reports.stats import METRICS, Group
 
 # Column -> (header for people, formatter). Units in the headers; times to 0.1 s, throughputs to
 # 3 significant digits, mAP to 3 decimals; CSV and JSON keep the stored values (docs/output.md).

@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.errors import StoreError
 from orchestrator.states import ACTIVE_STATUSES
-from orchestrator.store import summaries
+from orchestrator.store import derived
 from orchestrator.store.bulk import chunks
 from orchestrator.store.engine import make_engine, parse_url, redact_url
 from orchestrator.store.migrate import (
@@ -96,7 +96,7 @@ def copy_store(source_url: str, target_url: str) -> CopyReport:
             _check_target(dst, target_url)
             tables = tuple(_copy_table(src, dst, table) for table in copied_tables())
             _advance_sequences(dst)
-            summaries.rebuild(dst)
+            derived.rebuild(dst)  # this version's definitions, whatever the source's
             live = src.execute(
                 select(func.count()).where(Run.status.in_(ACTIVE_STATUSES))
             ).scalar_one()

@@ -25,6 +25,7 @@ CHILD_TABLES: tuple[Table, ...] = tuple(
     for name in (
         "monitor_samples",
         "run_monitor_series",
+        "run_verdicts",
         "rank_results",
         "run_epochs",
         "run_nodes",

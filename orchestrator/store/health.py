@@ -147,34 +147,3 @@ def _figure(row: RowMapping) -> dict[str, Any]:
     found["measured_at"] = measured.isoformat()
     found["exempt"] = bool(found["exempt"])
     return found
-
-
-def gate_line(conn: Connection, run_ids: Sequence[str]) -> str | None:
-    """The environment block's line over these runs' passing gates: how many were gated,
-    the lowest all-reduce and pair busBW and device compute measured; None if none was."""
-    lows: dict[str, tuple[float, str]] = {}
-    gated: set[str] = set()
-    ids = list(run_ids)
-    for i in range(0, len(ids), 500):
-        query = (
-            select(
-                HealthCheckRun.gated_run_id,
-                HealthFigure.check_name,
-                HealthFigure.value,
-                HealthFigure.unit,
-            )
-            .join(HealthFigure, HealthFigure.check_id == HealthCheckRun.id)
-            .where(HealthCheckRun.gated_run_id.in_(ids[i : i + 500]), HealthCheckRun.ok)
-        )
-        for run_id, check, value, unit in conn.execute(query):
-            gated.add(str(run_id))
-            if check not in lows or value < lows[check][0]:
-                lows[check] = (float(value), str(unit))
-    if not gated:
-        return None
-    parts = [f"{len(gated)} of {len(ids)} run(s) gated"]
-    for check in ("allreduce", "pair", "intra", "compute"):
-        if check in lows:
-            value, unit = lows[check]
-            parts.append(f"{check} min {value:.4g} {unit}")
-    return ", ".join(parts)

@@ -131,6 +131,11 @@ def _run(url: str, action: str, revision: str) -> Migration:
                     "see `orchestrator db current`; revisions are listed in migrations/versions/",
                 ) from None
             after = revision_of(connection)
+            if action == "upgrade" and after == head_revision():
+                from orchestrator.store.derived import rebuild_if_stale
+
+                # rows derived with another version's definitions: again, with this one's
+                rebuild_if_stale(connection)
     except SQLAlchemyError as exc:
         raise StoreError(
             f"{action} of results store at {shown} failed: {_first_line(exc)}",

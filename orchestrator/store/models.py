@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -166,6 +167,16 @@ class Run(Base):
         # The runs page's sorts (0009): each column with the run id that breaks its ties, so a
         # page is an index walk of per_page entries (store/web_queries.py), never a sort.
         *(Index(f"ix_runs_sort_{c}", c, "run_id") for c in SORTED_COLUMNS),
+        # The few runs with warnings of a configuration, for its whole-history views (0010).
+        Index(
+            "ix_runs_warned",
+            "vendor",
+            "topology",
+            "precision",
+            "finished_at",
+            sqlite_where=text("warnings IS NOT NULL"),
+            postgresql_where=text("warnings IS NOT NULL"),
+        ),
     )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -480,7 +491,7 @@ class NodeQuarantine(Base):
 
 
 # The seed metrics a configuration summary keeps sums, sums of squares and extremes of.
-SUMMARY_METRICS = ("e2e_time_s", "p_whole", "p_train", "p_core", "map")
+SUMMARY_METRICS = ("e2e_time_s", "p_whole", "p_train", "p_core", "map", "energy_per_image_j")
 RECENT_RUNS = 20  # succeeded runs a configuration summary lists, newest first
 
 
@@ -530,8 +541,63 @@ class ConfigSummary(Base):
     map_sum_sq: Mapped[float | None] = mapped_column(Float)
     map_min: Mapped[float | None] = mapped_column(Float)
     map_max: Mapped[float | None] = mapped_column(Float)
+    # 0010: J/image (columns of 0008's runs), the memory peak and the environment block
+    energy_per_image_j_n: Mapped[int | None] = mapped_column(Integer)
+    energy_per_image_j_sum: Mapped[float | None] = mapped_column(Float)
+    energy_per_image_j_sum_sq: Mapped[float | None] = mapped_column(Float)
+    energy_per_image_j_min: Mapped[float | None] = mapped_column(Float)
+    energy_per_image_j_max: Mapped[float | None] = mapped_column(Float)
+    mem_peak: Mapped[str | None] = mapped_column(String(64))  # the label with the most used
+    mem_peak_source: Mapped[str | None] = mapped_column(String(16))
+    mem_measured: Mapped[int | None] = mapped_column(Integer)  # runs whose mem is ours
+    # {"fields": {field: [values]}, "labels": [...], "wheels": [...], "gated": n,
+    #  "lows": {check: [value, unit]}}: store/environments.py
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
     # [{run_id, finished_at (ISO 8601 UTC), e2e_time_s, p_whole, p_train, p_core, map}]
     recent: Mapped[list[Any]] = mapped_column(JsonDoc)
+
+
+class RunVerdict(Base):
+    """A succeeded run's verdicts against the runs of its configuration before it (migration
+    0010), kept by store/verdicts.py like the summaries: its regression flags and a convergence
+    check that flagged it. Only runs with a verdict to show have a row."""
+
+    __tablename__ = "run_verdicts"
+    __table_args__ = (
+        Index(
+            "ix_run_verdicts_config",
+            "vendor",
+            "topology",
+            "precision",
+            "config_label",
+            "fix_hp",
+            "finished_at",
+        ),
+    )
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    vendor: Mapped[str] = mapped_column(String(64))
+    topology: Mapped[str] = mapped_column(String(16))
+    precision: Mapped[str] = mapped_column(String(16))
+    config_label: Mapped[str] = mapped_column(String(128))
+    fix_hp: Mapped[str] = mapped_column(String(255))
+    finished_at: Mapped[datetime]
+    # [{metric, value, history_mean, history_sd, history_n}]
+    regressions: Mapped[list[Any]] = mapped_column(JsonDoc)
+    # Convergence's fields, when its check flagged the run
+    convergence: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+
+
+class DerivedVersion(Base):
+    """Which definition the derived rows (summaries, verdicts) were computed with (0010):
+    store/derived.py rebuilds them when the code's differs."""
+
+    __tablename__ = "derived_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(512))
 
 
 class RunMonitorSeries(Base):

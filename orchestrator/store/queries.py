@@ -11,7 +11,15 @@ from sqlalchemy import Column, Connection, Float, MetaData, Select, String, Tabl
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
-from orchestrator.store.health import gate_line, run_gate
+from orchestrator.store.environments import (
+    gate_query,
+    lines,
+    node_query,
+    on_gated,
+    parts_of,
+    parts_of_runs,
+)
+from orchestrator.store.health import run_gate
 from orchestrator.store.models import (
     Image,
     ImageWheel,
@@ -233,80 +241,27 @@ def seed_rows(conn: Connection, selection: Selection) -> list[RowMapping]:
     return list(conn.execute(query).mappings().all())
 
 
-# The seed page's environment block: label -> how to read it from run_nodes / images.
-ENVIRONMENT_FIELDS = (
-    ("machine, accelerator", "accelerator_model"),
-    ("network", "ib"),
-    ("ranks talked (NCCL)", "fabric_summary"),
-    ("OS", "os"),
-    ("kernel", "kernel"),
-    ("accelerator driver", "driver"),
-    ("Docker", "docker"),
-    ("framework", "framework"),
-)
-_ENV_COLUMNS = (
-    RunNode.accelerator_model,
-    RunNode.accelerator_count,
-    RunNode.ib,
-    RunNode.os,
-    RunNode.kernel,
-    RunNode.driver,
-    RunNode.docker,
-    RunNode.torch,
-    Run.image_id,
-    Run.hardware_label,
-    Run.fabric_summary,
-)
-
-
 def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple[str, list[str]]]:
-    """For each environment field, the distinct values over the nodes of the runs (sorted).
-    Where no node reported its accelerator model, the machine line shows the runs'
-    hardware_label (their vendor profile's label).
+    """The seed page's environment block over these runs (store/environments.py).
 
     `runs` is a Selection (one query, the database finds the distinct environments) or run ids.
     """
-    base = select(*_ENV_COLUMNS).join(Run, Run.run_id == RunNode.run_id).distinct()
-    if isinstance(runs, Selection) and runs.limit:  # which runs depends on their order
-        chosen = _where(conn, select(SEED_TABLE.c.run_id), runs).subquery()
-        queries = [base.where(RunNode.run_id.in_(select(chosen.c.run_id)))]
-    elif isinstance(runs, Selection):
-        queries = [_where(conn, base, runs, Run.__table__)]
-    else:
-        ids = [runs] if isinstance(runs, str) else list(runs)
-        queries = [
-            base.where(RunNode.run_id.in_(ids[i : i + 500])) for i in range(0, len(ids), 500)
-        ]
-    values: dict[str, set[str]] = {key: set() for _, key in ENVIRONMENT_FIELDS}
-    images: set[str] = set()
-    labels: set[str] = set()
-    for query in queries:
-        for row in conn.execute(query).mappings():
-            _collect(values, row)
-            if row["image_id"]:
-                images.add(row["image_id"])
-            if row["hardware_label"]:
-                labels.add(row["hardware_label"])
-    if not values["accelerator_model"]:  # no node named its accelerator: the profile's label
-        values["accelerator_model"] = labels
-    wheels: set[str] = set()
-    ordered = sorted(images)
-    for i in range(0, len(ordered), 500):
-        wheel_query = select(ImageWheel.filename).where(
-            ImageWheel.image_id.in_(ordered[i : i + 500]), ImageWheel.filename.like("torch-%")
-        )
-        wheels.update(conn.scalars(wheel_query))
-    if wheels:  # the wheel file names say more than a version string
-        values["framework"] = wheels
-    found = [(label, sorted(values[key])) for label, key in ENVIRONMENT_FIELDS]
     if isinstance(runs, Selection):
         ids = list(conn.scalars(_where(conn, select(SEED_TABLE.c.run_id), runs)))
     else:
         ids = [runs] if isinstance(runs, str) else list(runs)
-    gate = gate_line(conn, ids)
-    if gate:  # only where runs were gated: reports of ungated runs keep their block
-        found.append(("fabric health (gate)", [gate]))
-    return found
+    if isinstance(runs, Selection) and not runs.limit:
+        nodes = [_where(conn, node_query(), runs, Run.__table__)]
+        gates = [
+            _where(
+                conn,
+                gate_query().join(Run, on_gated()),
+                runs,
+                Run.__table__,
+            )
+        ]
+        return lines(parts_of(conn, nodes, gates), len(ids))
+    return lines(parts_of_runs(conn, ids), len(ids))
 
 
 def run_warnings(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -340,48 +295,6 @@ def with_energy(conn: Connection, rows: Sequence[RowMapping]) -> list[dict[str, 
             found[row["run_id"]] = {k: row[k] for k in ENERGY_KEYS}
     empty = dict.fromkeys(ENERGY_KEYS)
     return [{**row, **found.get(row["run_id"], empty)} for row in rows]
-
-
-def _collect(values: dict[str, set[str]], row: RowMapping) -> None:
-    if row["accelerator_model"]:
-        count = f"{row['accelerator_count']} x " if row["accelerator_count"] else ""
-        values["accelerator_model"].add(f"{count}{row['accelerator_model']}")
-    network = describe_ib(row["ib"])
-    if network:
-        values["ib"].add(network)
-    for key in ("os", "kernel", "driver", "docker", "fabric_summary"):
-        if row[key]:
-            values[key].add(str(row[key]))
-    if row["torch"]:
-        values["framework"].add(f"torch {row['torch']}")
-
-
-def describe_ib(ports: Any) -> str | None:
-    """'InfiniBand, 2 x 200 Gb/sec (4X HDR)' from env.json's `ib` list of active ports.
-
-    Items are as the node probe reads them from /sys/class/infiniband: {hca, port, state,
-    rate, link_layer}; a port whose state does not end in ACTIVE is left out.
-    """
-    if not ports or not isinstance(ports, list):
-        return None
-    counts: dict[tuple[str, str], int] = {}
-    for port in ports:
-        if not isinstance(port, dict):
-            key = ("InfiniBand", str(port))
-        elif not str(port.get("state") or "ACTIVE").upper().endswith("ACTIVE"):
-            continue
-        else:
-            key = (
-                str(port.get("link_layer") or "InfiniBand"),
-                str(port.get("rate") or "rate unknown"),
-            )
-        counts[key] = counts.get(key, 0) + 1
-    if not counts:
-        return None
-    layers: dict[str, list[str]] = {}
-    for (layer, rate), n in sorted(counts.items()):
-        layers.setdefault(layer, []).append(f"{n} x {rate}")
-    return "; ".join(f"{layer}, {', '.join(rates)}" for layer, rates in layers.items())
 
 
 # -- the run lifecycle's reads (attach, cancel, queue) --------------------------------------------

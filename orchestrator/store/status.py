@@ -74,6 +74,9 @@ def move(
     elif status in FINAL_STATUSES:
         changes.setdefault("finished_at", at)
     before = conn.scalar(select(Run.status).where(Run.run_id == run_id))
+    # a succeeded run's verdicts and its successors' move from where it finished (a final
+    # status stamps finished_at again)
+    was = summaries.scopes_of(conn, [run_id]) if before == "succeeded" else None
     query = update(Run).where(Run.run_id == run_id)
     if expect is not None:
         query = query.where(Run.status.in_(tuple(expect)))
@@ -81,7 +84,8 @@ def move(
     if moved:
         note(conn, run_id, status, history_reason or reason, at)
         if "succeeded" in (before, status):  # what the configuration's summary counts
-            summaries.refresh(conn, summaries.scopes_of(conn, [run_id]))
+            now = summaries.scopes_of(conn, [run_id])
+            summaries.refresh(conn, now | was if was is not None else now)
     return bool(moved)
 
 

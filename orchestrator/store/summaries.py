@@ -16,40 +16,31 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, delete, func, select, text
 
-from orchestrator.store import monitor_series
-from orchestrator.store.bulk import chunks, insert_rows
+from orchestrator import units
+from orchestrator.store import verdicts
+from orchestrator.store.bulk import insert_rows
+from orchestrator.store.environments import (
+    gate_query,
+    node_query,
+    on_gated,
+    parts_of,
+)
 from orchestrator.store.models import RECENT_RUNS, SUMMARY_METRICS, ConfigSummary, Run
+from orchestrator.store.scopes import Scope, Touched, touched
 
 KEY = ("vendor", "hardware", "config_label", "topology", "precision", "fix_hp")
 HARDWARE = func.coalesce(Run.hardware_label, Run.vendor)
 
 
-@dataclass(frozen=True, order=True)
-class Scope:
-    """What one refresh recomputes: a configuration on every hardware label it ran on."""
-
-    vendor: str
-    topology: str
-    precision: str
-    config_label: str
-    fix_hp: str
-
-
-def scopes_of(conn: Connection, run_ids: Iterable[str]) -> set[Scope]:
-    """The scopes these runs count in now (runs not stored are left out)."""
-    found: set[Scope] = set()
-    columns = (Run.vendor, Run.topology, Run.precision, Run.config_label, Run.fix_hp)
-    for chunk in chunks(run_ids):
-        found.update(
-            Scope(*row) for row in conn.execute(select(*columns).where(Run.run_id.in_(chunk)))
-        )
-    return found
+def scopes_of(conn: Connection, run_ids: Iterable[str]) -> Touched:
+    """What a write of these runs touches, read before or after it (store/scopes.py)."""
+    return touched(conn, run_ids)
 
 
 def _aggregates() -> list[Any]:
@@ -130,12 +121,47 @@ def _summary_row(conn: Connection, row: Mapping[Any, Any]) -> dict[str, Any]:
     )
     out["succeeded"] = int(out["succeeded"] or 0)
     out["recent"] = _recent(conn, scope, row["hardware"]) if out["succeeded"] else []
+    out.update(_mem(conn, scope, row["hardware"]))
+    out["environment"] = _environment(conn, scope, row["hardware"])
     return out
 
 
-def refresh(conn: Connection, scopes: Iterable[Scope]) -> None:
-    """Recompute the summary rows of these scopes from their runs, in the caller's transaction."""
-    ordered = sorted(set(scopes))
+def _succeeded(scope: Scope, hardware: str) -> Any:
+    return and_(_scope_filter(scope), HARDWARE == hardware, Run.status == "succeeded")
+
+
+def _mem(conn: Connection, scope: Scope, hardware: str) -> dict[str, Any]:
+    """The memory peak over the succeeded runs (the label with the most GiB used; the earliest
+    run's among equals, as the seed table's group has it) and how many runs' mem is ours."""
+    query = (
+        select(Run.mem_label, Run.mem_source, Run.p_core, Run.source)
+        .where(_succeeded(scope, hardware))
+        .order_by(Run.finished_at, Run.run_id)
+    )
+    peak: tuple[float, str, str | None] | None = None
+    measured = 0
+    for label, source, p_core, run_source in conn.execute(query):
+        measured += units.measured_here(p_core, run_source)
+        if label and (peak is None or units.mem_used_gib(label) > peak[0]):
+            peak = (units.mem_used_gib(label), str(label), source)
+    return {
+        "mem_peak": peak[1] if peak else None,
+        "mem_peak_source": peak[2] if peak else None,
+        "mem_measured": measured,
+    }
+
+
+def _environment(conn: Connection, scope: Scope, hardware: str) -> dict[str, Any]:
+    which = _succeeded(scope, hardware)
+    nodes = [node_query().where(which)]
+    gates = [gate_query().join(Run, on_gated()).where(which)]
+    return parts_of(conn, nodes, gates).document()
+
+
+def refresh(conn: Connection, changed: Touched) -> None:
+    """Recompute the summary rows of these scopes from their runs, and the verdicts of their
+    runs from the touched ones on (store/verdicts.py), in the caller's transaction."""
+    ordered = changed.scopes
     _lock(conn, ordered)
     for scope in ordered:
         conn.execute(
@@ -150,6 +176,7 @@ def refresh(conn: Connection, scopes: Iterable[Scope]) -> None:
         query = _group(select(*_aggregates()).where(_scope_filter(scope)))
         rows = [_summary_row(conn, r) for r in conn.execute(query).mappings()]
         insert_rows(conn, ConfigSummary, rows)
+    verdicts.refresh(conn, changed)
 
 
 def _lock(conn: Connection, scopes: Sequence[Scope]) -> None:
@@ -177,11 +204,6 @@ def rebuild(conn: Connection) -> int:
     rows = [_summary_row(conn, r) for r in conn.execute(_group(select(*_aggregates()))).mappings()]
     insert_rows(conn, ConfigSummary, rows)
     return len(rows)
-
-
-def rebuild_all(conn: Connection) -> tuple[int, int]:
-    """Summaries and downsampled monitor series, all again: (summary rows, monitored runs)."""
-    return rebuild(conn), monitor_series.rebuild(conn)
 
 
 def stored(conn: Connection) -> list[dict[str, Any]]:
@@ -228,4 +250,10 @@ def _recomputed(key: tuple[str, ...], runs: list[Mapping[str, Any]]) -> dict[str
         reverse=True,
     )[:RECENT_RUNS]
     row["recent"] = [_recent_item(r) for r in latest]
+    in_order = sorted(good, key=lambda r: (r["finished_at"], r["run_id"]))
+    with_mem = [r for r in in_order if r["mem_label"]]
+    peak = max(with_mem, key=lambda r: units.mem_used_gib(r["mem_label"]), default=None)
+    row["mem_peak"] = peak["mem_label"] if peak else None
+    row["mem_peak_source"] = peak["mem_source"] if peak else None
+    row["mem_measured"] = sum(units.measured_here(r["p_core"], r["source"]) for r in good)
     return row

@@ -12,17 +12,12 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from orchestrator.errors import ConfigError
+from orchestrator.regressions import HISTORY_RUNS, flag_history
 from orchestrator.reports.compare import METRICS, compare, difference_rows, unlike_warning
 from orchestrator.reports.compare_sides import load_sides, oldest_first
 from orchestrator.reports.history_changes import load_history
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
-from orchestrator.reports.stats import (
-    HISTORY_RUNS,
-    flag_history,
-    group_rows,
-    scaling_points,
-    spread_of_moments,
-)
+from orchestrator.reports.stats import group_rows, scaling_points, spread_of_moments
 from orchestrator.states import PRECISIONS
 from orchestrator.store.config_queries import (
     ConfigKey,

@@ -11,9 +11,10 @@ from starlette.routing import Route
 from orchestrator.reports.convergence_reads import convergence_checks
 from orchestrator.states import PRECISIONS, RUN_STATUSES
 from orchestrator.store.config_queries import runs_of
+from orchestrator.store.environments import describe_ib
 from orchestrator.store.follower import followers_now
 from orchestrator.store.metrics import mem_label
-from orchestrator.store.queries import describe_ib, run_detail
+from orchestrator.store.queries import run_detail
 from orchestrator.store.stragglers import stored_line
 from orchestrator.store.web_queries import (
     RUN_SORTS,

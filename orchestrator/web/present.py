@@ -8,10 +8,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from orchestrator import units
+from orchestrator.regressions import Regression
 from orchestrator.reports.changepoints import ChangePoint
 from orchestrator.reports.compare import UNITS, metric_header, number
 from orchestrator.reports.report import group_mem
-from orchestrator.reports.stats import Regression, ScalingPoint
+from orchestrator.reports.stats import ScalingPoint
 from orchestrator.store.follower import FollowerNow
 from orchestrator.store.web_queries import Series
 

@@ -13,17 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
-from orchestrator.store import downgrade_store, open_store, upgrade_store
+from orchestrator.regressions import flag_history
+from orchestrator.reports.convergence_reads import convergence_checks
+from orchestrator.store import derived, downgrade_store, open_store, upgrade_store, verdicts
 from orchestrator.store.delete import delete_runs
+from orchestrator.store.environments import parts_of_runs
 from orchestrator.store.ingest import WritePolicy
 from orchestrator.store.models import MonitorSample, Run
 from orchestrator.store.monitor_series import downsample
 from orchestrator.store.monitor_series import stored as stored_series
+from orchestrator.store.queries import SEED_TABLE
 from orchestrator.store.summaries import recompute, refresh, scopes_of, stored
 from tests.support.web_fixtures import FIXTURE_RUNS, MONITORED_RUN, T0, _folder, make_run_folders
 
+SCOPE = ("vendor", "topology", "precision", "config_label", "fix_hp")
 REPLACE = WritePolicy(replace_published=True, adopt_campaigns=True)
 ADOPT = WritePolicy(replace_published=False, adopt_campaigns=True)
 
@@ -65,7 +70,54 @@ def assert_summaries_match(url: str) -> list[dict[str, Any]]:
         assert not different, (_key(got), {k: (got[k], expected[k]) for k in different})
     for run_id, rows in samples.items():
         assert _same(series[run_id], downsample(run_id, rows)), run_id
+    assert_environments_match(url, have)
+    assert_verdicts_match(url)
     return have
+
+
+def assert_environments_match(url: str, have: list[dict[str, Any]]) -> None:
+    """Each summary row's environment parts are those read over its succeeded runs."""
+    with open_store(url) as store, store.engine.connect() as conn:
+        for row in have:
+            ids = conn.scalars(
+                select(Run.run_id).where(
+                    *(Run.__table__.c[k] == row[k] for k in SCOPE),
+                    func.coalesce(Run.hardware_label, Run.vendor) == row["hardware"],
+                    Run.status == "succeeded",
+                )
+            )
+            assert row["environment"] == parts_of_runs(conn, list(ids)).document(), _key(row)
+
+
+def recomputed_verdicts(url: str) -> dict[str, tuple[list[Any], Any]]:
+    """Every run's regression flags and flagged convergence check as the reports compute them
+    from the raw rows (each configuration's whole history): {run_id: (flags, check)}."""
+    with open_store(url) as store, store.engine.connect() as conn:
+        rows = list(conn.execute(select(SEED_TABLE)).mappings())
+        checks = convergence_checks(conn, rows)
+    flags = flag_history(rows)
+    ids = set(flags) | {i for i, c in checks.items() if c.flagged}
+    found = {}
+    for run_id in ids:
+        check = checks.get(run_id)
+        found[run_id] = (flags.get(run_id, []), check if check and check.flagged else None)
+    return found
+
+
+def assert_verdicts_match(url: str) -> dict[str, tuple[list[Any], Any]]:
+    """run_verdicts holds exactly the recomputed verdicts, with the current rule recorded."""
+    with open_store(url) as store, store.engine.connect() as conn:
+        kept = {v.run_id: (v.regressions, v.convergence) for v in verdicts.stored(conn)}
+        assert derived.current(conn)
+    want = recomputed_verdicts(url)
+    assert sorted(kept) == sorted(want)
+    for run_id, (flags, check) in want.items():
+        got_flags, got_check = kept[run_id]
+        assert got_flags == flags, run_id
+        assert (got_check.as_dict() if got_check else None) == (
+            check.as_dict() if check else None
+        ), run_id
+    return want
 
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -185,17 +237,22 @@ def test_summaries_after_copy_both_ways_and_rebuild(
         assert_summaries_match(back)
     result = run_cli("--db", back, "db", "rebuild-summaries")
     assert result.exit_code == 0, result.err
-    assert "configuration summaries and the monitor series of 1 run(s) rebuilt" in result.out
-    assert assert_summaries_match(back) == both
+    assert "the monitor series of 1 run(s) rebuilt" in result.out
+    assert _same(assert_summaries_match(back), both)
 
 
-def test_migration_0009_fills_the_summaries_of_a_store_with_history(
+def test_migrations_0009_and_0010_fill_the_summaries_and_verdicts_of_a_store_with_history(
     url: str, folders: list[Path]
 ) -> None:
+    """0009 fills the summaries; the upgrade to the head then derives the rest (0010's
+    columns, the verdicts) with this version's definitions (store/derived.py)."""
     upgrade_store(url)
     with open_store(url) as store:
         store.ingest(folders, ADOPT)
     expected = assert_summaries_match(url)
-    downgrade_store(url, "0005")
+    flagged = assert_verdicts_match(url)
+    assert flagged, "the fixture store has no flagged run: the verdicts are not exercised"
+    downgrade_store(url, "0008")  # the runs keep their energy (0008), nothing derived is left
     assert upgrade_store(url).after is not None
-    assert assert_summaries_match(url) == expected
+    assert _same(assert_summaries_match(url), expected)
+    assert assert_verdicts_match(url).keys() == flagged.keys()

@@ -29,16 +29,10 @@ from starlette.testclient import TestClient
 
 from orchestrator import units
 from orchestrator.confidence import interval_of
-from orchestrator.reports.convergence import REFERENCE_RUNS, check
+from orchestrator.convergence import REFERENCE_RUNS, check
+from orchestrator.regressions import HISTORY_RUNS, config_key, flag_history
 from orchestrator.reports.convergence_reads import convergence_checks, curves_of
-from orchestrator.reports.stats import (
-    HISTORY_RUNS,
-    METRICS,
-    config_key,
-    flag_history,
-    spread,
-    spread_of_moments,
-)
+from orchestrator.reports.stats import METRICS, spread, spread_of_moments
 from orchestrator.store import open_store
 from orchestrator.store.config_queries import (
     ConfigKey,

@@ -40,6 +40,8 @@ TABLES = {
     "monitor_samples",
     "node_leases",
     "config_summaries",
+    "run_verdicts",
+    "derived_versions",
     "run_monitor_series",
     "slurm_follows",
     "health_checks",

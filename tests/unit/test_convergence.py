@@ -1,4 +1,4 @@
-"""Convergence checks (orchestrator/reports/convergence.py): a run whose throughput changed while
+"""Convergence checks (orchestrator/convergence.py): a run whose throughput changed while
 it reached the target in more epochs, or ended at another mAP, is "faster, but converged
 differently"; on the recorded 2x8 run's epoch curves, in `compare` and `report`."""
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.convergence import Curve, check, load_reference_file
 from orchestrator.errors import ConfigError
-from orchestrator.reports.convergence import Curve, check, load_reference_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REFERENCES = FIXTURES / "convergence" / "references.json"

@@ -8,16 +8,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.reports.stats import (
-    Group,
-    config_key,
-    devices,
-    find_regressions,
-    flag_history,
-    group_rows,
-    regressions_by_run,
-    spread,
-)
+from orchestrator.regressions import config_key, find_regressions, flag_history, regressions_by_run
+from orchestrator.reports.stats import Group, devices, group_rows, spread
 
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.regressions import regressions_by_run
 from orchestrator.reports.plots import (
     HISTORY_FILE,
     SCALING_FILE,
@@ -17,7 +18,7 @@ from orchestrator.reports.plots import (
     vendors_figure,
     write_plots,
 )
-from orchestrator.reports.stats import group_rows, regressions_by_run
+from orchestrator.reports.stats import group_rows
 
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,14 +10,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.reports.stats import (
-    config_key,
-    devices,
-    find_regressions,
-    group_rows,
-    regressions_by_run,
-    spread,
-)
+from orchestrator.regressions import config_key, find_regressions, regressions_by_run
+from orchestrator.reports.stats import devices, group_rows, spread
 from tests.support.golden import check_golden
 from tests.support.store_fixtures import ALL_RUNS, RUN_2X8
 

@@ -9,13 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator.reports.stats import (
-    Regression,
-    find_regressions,
-    flag_history,
-    regressions_by_run,
-    scaling_points,
-)
+from orchestrator.regressions import Regression, find_regressions, flag_history, regressions_by_run
+from orchestrator.reports.stats import scaling_points
 
 
 def _history(seed: int) -> list[dict[str, object]]:

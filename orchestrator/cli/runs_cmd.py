@@ -249,6 +249,12 @@ def report(
     )
 
     since_at = parse_since(since)
+    whole = group and output in ("markdown", "table") and plots_dir is None
+    if whole and campaign_id is None and not run_ids and since_at is None:
+        text = _whole_report(app, vendor, topology, precision, output, olympic)
+        if text is not None:
+            click.echo(text, nl=False)
+            return
     with app.open_store() as store, store.reading() as conn:
         rows: list[Any] = []
         env = environment(conn, [])
@@ -286,6 +292,39 @@ def report(
     else:
         text = render_report(env, shown, output, regressions, plots, warnings, convergence)
     click.echo(text, nl=False)
+
+
+def _whole_report(
+    app: AppContext,
+    vendor: str | None,
+    topology: str | None,
+    precision: str | None,
+    output: str,
+    olympic: bool,
+) -> str | None:
+    """Every run of each configuration, grouped, from what the store keeps at publish
+    (reports/whole_report.py); None while that is not current (the caller reads the runs)."""
+    from orchestrator.reports.report import render_grouped_report
+    from orchestrator.reports.whole_report import whole_view
+
+    with app.open_store() as store, store.reading() as conn:
+        view = whole_view(conn, vendor, topology, precision)
+        if view is not None and not view.groups:
+            given = {"--vendor": vendor, "--topology": topology, "--precision": precision}
+            click.echo(f"warning: {_no_runs(conn, given, 'succeeded runs')}", err=True)
+    if view is None:
+        return None
+    return render_grouped_report(
+        view.environment,
+        view.groups,
+        [],
+        view.regressions,
+        output,
+        (),
+        view.warnings,
+        olympic,
+        view.convergence,
+    )
 
 
 @click.command("query")

@@ -17,7 +17,8 @@ from orchestrator.convergence import (
     curve_from_epochs,
 )
 from orchestrator.regressions import config_key
-from orchestrator.store.config_queries import epochs_of, flag_inputs
+from orchestrator.store.config_queries import flag_inputs
+from orchestrator.store.epochs import epochs_of
 
 
 def curves_of(conn: Connection, rows: Sequence[Mapping[Any, Any]]) -> dict[str, Curve]:

@@ -26,7 +26,7 @@ from orchestrator.clock import utcnow
 from orchestrator.convergence import Convergence
 from orchestrator.errors import ConfigError
 from orchestrator.regressions import Regression
-from orchestrator.reports.stats import METRICS, Group
+from orchestrator.reports.stats import METRICS, AnyGroup, Group
 
 # Column -> (header for people, formatter). Units in the headers; times to 0.1 s, throughputs to
 # 3 significant digits, mAP to 3 decimals; CSV and JSON keep the stored values (docs/output.md).
@@ -175,7 +175,7 @@ GROUP_KEYS = ("config", "precision", "fix_hp")
 _METRIC_FORMATS = {key: formatter for key, _, formatter in SEED_HEADERS if key in METRICS}
 
 
-def _spread_cell(group: Group, metric: str, olympic: bool = False) -> str:
+def _spread_cell(group: AnyGroup, metric: str, olympic: bool = False) -> str:
     """`mean ± half-width of the 95 % interval (CV)`, the mean alone for one run; with
     `olympic`, the olympic mean after it."""
     found = group.interval(metric)
@@ -191,7 +191,7 @@ def _spread_cell(group: Group, metric: str, olympic: bool = False) -> str:
     return cell
 
 
-def metric_fields(group: Group, metric: str, olympic: bool = False) -> dict[str, Any]:
+def metric_fields(group: AnyGroup, metric: str, olympic: bool = False) -> dict[str, Any]:
     """One metric of a configuration for CSV and JSON: n, mean, sd, min, max, the 95 %
     interval, its half-width in % of the mean, CV (and the olympic mean on request)."""
     spread, found = group.stats(metric), group.interval(metric)
@@ -209,19 +209,19 @@ def metric_fields(group: Group, metric: str, olympic: bool = False) -> dict[str,
 METRIC_FIELDS = ("n", "mean", "sd", "min", "max", "ci_low", "ci_high", "ci_half_pct", "cv")
 
 
-def _spread_values(group: Group, metric: str) -> list[Any]:
+def _spread_values(group: AnyGroup, metric: str) -> list[Any]:
     s = group.stats(metric)
     return [s.mean, s.sd, s.min, s.max] if s else [None] * 4
 
 
-def _group_flag(group: Group, regressions: Mapping[str, Sequence[Regression]]) -> str:
-    found = [r for run_id in group.run_ids for r in regressions.get(run_id, ())]
+def _group_flag(group: AnyGroup, regressions: Mapping[str, Sequence[Regression]]) -> str:
+    found = group.flags(regressions)
     return "; ".join(f"{r.run_id}: {r.metric} -{r.drop:.0%}" for r in found)
 
 
 def render_grouped_report(
     environment: Sequence[tuple[str, list[str]]],
-    groups: Sequence[Group],
+    groups: Sequence[AnyGroup],
     rows: Sequence[Mapping[Any, Any]],
     regressions: Mapping[str, Sequence[Regression]],
     output: str = "markdown",
@@ -230,12 +230,15 @@ def render_grouped_report(
     olympic: bool = False,
     convergence: Sequence[Convergence] = (),
 ) -> str:
-    """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well."""
+    """Repeats aggregated per configuration; `rows` (one per run) go into the JSON as well.
+    SummaryGroups (whole configurations from their summaries) only in markdown and table: CSV
+    and JSON list each group's runs."""
     energy = _has_energy(groups)
     if output in ("markdown", "table"):
         return _grouped_text(
             environment, groups, regressions, plots, output, warnings or {}, olympic, convergence
         )
+    listed = [_with_runs(g) for g in groups]
     if output == "csv":
         columns = [*GROUP_KEYS, "n"]
         names = METRIC_FIELDS + (("olympic",) if olympic else ())
@@ -244,7 +247,7 @@ def render_grouped_report(
         columns += ["mem", "mem_source", "run_id", "regression"]  # run_id: space-separated
         columns += [f"{ENERGY_METRIC}{end}" for end in ("", "_sd", "_min", "_max")] * energy
         data = []
-        for g in groups:
+        for g in listed:
             line: list[Any] = [g.config, g.precision, g.fix_hp, g.n]
             for metric in METRICS:
                 line += list(metric_fields(g, metric, olympic).values())
@@ -277,7 +280,7 @@ def render_grouped_report(
                         else {}
                     ),
                 }
-                for g in groups
+                for g in listed
             ],
             "runs": [_run_document(row) for row in rows],
             "regressions": [
@@ -302,6 +305,12 @@ def render_grouped_report(
     )
 
 
+def _with_runs(group: AnyGroup) -> Group:
+    if not isinstance(group, Group):
+        raise TypeError("a grouped CSV or JSON report lists the runs: build it from their rows")
+    return group
+
+
 GROUPED_NOTE = (
     "Cells are mean ± half-width of the 95 % confidence interval (Student's t) over the n "
     "repeats of a configuration, with the coefficient of variation (sd / mean); mem is the peak "
@@ -313,20 +322,19 @@ OLYMPIC_NOTE = (
 ENERGY_METRIC = "energy_per_image_j"  # grouped like the seed's metrics, after them
 
 
-def _has_energy(groups: Sequence[Group]) -> bool:
+def _has_energy(groups: Sequence[AnyGroup]) -> bool:
     """Whether the grouped report gets its J/image columns: some run of it has the figure."""
     return any(g.stats(ENERGY_METRIC) is not None for g in groups)
 
 
-def group_mem(group: Group) -> str:
+def group_mem(group: AnyGroup) -> str:
     """A configuration's mem cell: its peak, or `n/a (cpu)` when its runs keep no memory
     statistics (the web's seed table shows the same)."""
-    measured = any(_measured_here(row) for row in group.rows)
-    return units.mem_cell(group.mem, measured, group.mem_source)
+    return units.mem_cell(group.mem, group.measured, group.mem_source)
 
 
 def group_cells(
-    group: Group, regressions: Mapping[str, Sequence[Regression]], olympic: bool = False
+    group: AnyGroup, regressions: Mapping[str, Sequence[Regression]], olympic: bool = False
 ) -> list[str]:
     """One configuration's row of the grouped table, for people."""
     cells = [group.config, group.precision, group.fix_hp]
@@ -337,7 +345,7 @@ def group_cells(
 
 def _grouped_text(
     environment: Sequence[tuple[str, list[str]]],
-    groups: Sequence[Group],
+    groups: Sequence[AnyGroup],
     regressions: Mapping[str, Sequence[Regression]],
     plots: Sequence[tuple[str, str]],
     output: str,

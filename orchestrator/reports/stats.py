@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator import units
 from orchestrator.confidence import Interval, Moments, Olympic, interval_of, olympic
-from orchestrator.regressions import ConfigKey, config_key
+from orchestrator.regressions import ConfigKey, Regression, config_key
 
 # The seed's numeric columns, summarised over repeats.
 METRICS = ("e2e_time", "p_whole", "p_train", "p_core", "map")
@@ -105,6 +105,15 @@ class Group:
         top = self._mem_row()
         return top.get("mem_source") if top is not None else None
 
+    @property
+    def measured(self) -> bool:
+        """Whether some run is ours with metrics (its empty mem: not measured on the device)."""
+        return any(units.measured_here(r.get("p_core"), r.get("source")) for r in self.rows)
+
+    def flags(self, regressions: Mapping[str, Sequence[Regression]]) -> list[Regression]:
+        """The regression flags of this group's runs, in its runs' order."""
+        return [r for run_id in self.run_ids for r in regressions.get(run_id, ())]
+
     def _mem_row(self) -> Mapping[Any, Any] | None:
         rows = [r for r in self.rows if r.get("mem")]
         return max(rows, key=lambda r: units.mem_used_gib(str(r["mem"])), default=None)
@@ -162,3 +171,58 @@ def scaling_points(measured: Iterable[tuple[str, str, float]]) -> list[ScalingPo
         per_device = base_mean / base_devices
         points += [ScalingPoint(name, t, n, mean, per_device * n) for n, t, mean in found]
     return points
+
+
+@dataclass(frozen=True)
+class SummaryGroup:
+    """A whole configuration as Group shows it, from its kept moments (the summaries) instead
+    of its runs: the same figures (the sd up to rounding in its last digits), without the run
+    ids, which only the per-run outputs (CSV, JSON) list."""
+
+    key: ConfigKey
+    topology: str
+    n: int
+    moments: Mapping[str, Moments]
+    mem: str | None
+    mem_source: str | None
+    measured: bool
+    flagged: Sequence[str]  # its runs with regression flags, in finishing order
+
+    @property
+    def vendor(self) -> str:
+        return self.key[0]
+
+    @property
+    def config(self) -> str:
+        return self.key[1]
+
+    @property
+    def precision(self) -> str:
+        return self.key[2]
+
+    @property
+    def fix_hp(self) -> str:
+        return self.key[3]
+
+    def stats(self, metric: str) -> Spread | None:
+        found = self.moments.get(metric)
+        return spread_of_moments(found) if found else None
+
+    def interval(self, metric: str) -> Interval | None:
+        found = self.moments.get(metric)
+        return found.interval() if found else None
+
+    def olympic(self, metric: str) -> Olympic | None:
+        """The olympic mean from the sum less the extremes: the same mean as Group's."""
+        m = self.moments.get(metric)
+        if m is None:
+            return None
+        if m.n < 3:
+            return Olympic(m.total / m.n, 0, m.n)
+        return Olympic((m.total - m.low - m.high) / (m.n - 2), 2, m.n - 2)
+
+    def flags(self, regressions: Mapping[str, Sequence[Regression]]) -> list[Regression]:
+        return [r for run_id in self.flagged for r in regressions.get(run_id, ())]
+
+
+AnyGroup = Group | SummaryGroup

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.confidence import Moments
-from orchestrator.store.models import SUMMARY_METRICS, ConfigSummary, Run, RunEpoch
+from orchestrator.store.models import SUMMARY_METRICS, ConfigSummary, Run
 from orchestrator.store.queries import SEED_TABLE
 
 # The seed table's names of the summaries' metrics where they differ.
@@ -254,20 +254,6 @@ def setups_of(conn: Connection, run_ids: Sequence[str]) -> list[RowMapping]:
     columns = (Run.run_id, Run.vendor, Run.topology, Run.cluster, Run.backend, Run.runtime)
     query = select(*columns, Run.precision, Run.fix_hp).where(Run.run_id.in_(list(run_ids)))
     return list(conn.execute(query).mappings())
-
-
-def epochs_of(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[RowMapping]]:
-    found: dict[str, list[RowMapping]] = {i: [] for i in run_ids}
-    if not run_ids:
-        return found
-    query = (
-        select(RunEpoch)
-        .where(RunEpoch.run_id.in_(list(run_ids)))
-        .order_by(RunEpoch.run_id, RunEpoch.epoch)
-    )
-    for row in conn.execute(query).mappings():
-        found[row["run_id"]].append(row)
-    return found
 
 
 # The seed table's columns that the regression flags read.

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, or_, select
 from sqlalchemy.engine import RowMapping
 
+from orchestrator.store import summaries
 from orchestrator.store.models import HealthCheckRun, HealthFigure
 
 # (check, node, peer, device, ranks): what a figure is of, the same over time.
@@ -45,6 +46,9 @@ def record_check(
         rows = [{**{k: f[k] for k in FIGURE_FIELDS}, "check_id": check_id, "measured_at": at}
                 for f in figures]  # fmt: skip
         conn.execute(insert(HealthFigure), rows)
+    gated = check.get("gated_run_id")
+    if gated and check.get("ok"):  # the gate line of its configuration's environment block
+        summaries.refresh(conn, summaries.scopes_of(conn, [str(gated)]))
     return int(check_id)
 
 

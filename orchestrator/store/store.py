@@ -169,6 +169,9 @@ class Store:
                     raise StoreError(
                         f"no run {run_id} in results store at {self.url}", "create the run first"
                     ) from None
+            if conn.scalar(select(Run.status).where(Run.run_id == run_id)) == "succeeded":
+                # a late capture: its configuration's environment block changes
+                summaries.refresh(conn, summaries.scopes_of(conn, [run_id]))
 
     def record_image(self, image: dict[str, Any]) -> None:
         """An image and its wheels, idempotent by image_id (a new tag for it replaces the old)."""

@@ -25,7 +25,7 @@ from orchestrator import regressions as reg
 from orchestrator.convergence import Convergence, check, curve_from_epochs
 from orchestrator.regressions import ConfigKey, Regression, config_key, flag_history
 from orchestrator.store.bulk import chunks, insert_rows
-from orchestrator.store.config_queries import epochs_of
+from orchestrator.store.epochs import epochs_of
 from orchestrator.store.models import Run, RunVerdict
 from orchestrator.store.scopes import Scope, Span, Touched
 

@@ -18,15 +18,16 @@ from orchestrator.reports.compare_sides import load_sides, oldest_first
 from orchestrator.reports.history_changes import load_history
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.reports.stats import group_rows, scaling_points, spread_of_moments
+from orchestrator.reports.whole_report import whole_view
 from orchestrator.states import PRECISIONS
 from orchestrator.store.config_queries import (
     ConfigKey,
     configurations,
-    epochs_of,
     flag_inputs,
     scaling_groups,
     whole_history_moments,
 )
+from orchestrator.store.epochs import epochs_of
 from orchestrator.store.history import campaign_run_ids
 from orchestrator.store.queries import (
     Selection,
@@ -47,10 +48,16 @@ HISTORY_TABLE_ROWS = 100
 # -- seed table ----------------------------------------------------------------------------------
 
 
-def _seed_data(request: Request) -> dict[str, Any]:
+def _seed_data(request: Request, runs_listed: bool = False) -> dict[str, Any]:
+    """The seed table's data; `runs_listed`: an output that lists every run (the CSV)."""
     q = request.query_params
     run_ids = tuple(q.getlist("run"))
     campaign = params.text(q, "campaign")
+    grouped = q.get("group", "1") != "0"
+    if grouped and not runs_listed and not run_ids and campaign is None and not q.get("since"):
+        found = _whole_data(request)
+        if found is not None:
+            return found
     selection = Selection(
         vendor=params.text(q, "vendor"),
         topology=params.text(q, "topology"),
@@ -90,7 +97,32 @@ def _seed_data(request: Request) -> dict[str, Any]:
         "regressions": regressions,
         "warnings": warnings,
         "options": options,
-        "grouped": q.get("group", "1") != "0",
+        "grouped": grouped,
+    }
+
+
+def _whole_data(request: Request) -> dict[str, Any] | None:
+    """Whole configurations grouped: from what the store keeps (reports/whole_report.py), a
+    few rows per configuration; None while those rows are not current."""
+    q = request.query_params
+    with reading(request) as conn:
+        view = whole_view(
+            conn,
+            params.text(q, "vendor"),
+            params.text(q, "topology"),
+            params.choice(q, "precision", PRECISIONS),
+        )
+        if view is None:
+            return None
+        options = filter_options(conn)
+    return {
+        "rows": [],
+        "env": view.environment,
+        "groups": view.groups,
+        "regressions": view.regressions,
+        "warnings": view.warnings,
+        "options": options,
+        "grouped": True,
     }
 
 
@@ -108,7 +140,7 @@ def seed(request: Request) -> Response:
 
 def seed_download(request: Request) -> Response:
     output = "csv" if request.url.path.endswith(".csv") else "markdown"
-    data = _seed_data(request)
+    data = _seed_data(request, runs_listed=output == "csv")
     if data["grouped"]:
         text = render_grouped_report(
             data["env"],

@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import Connection, event
 
 from orchestrator.reports.compare_sides import load_sides
+from orchestrator.reports.whole_report import whole_view
 from orchestrator.store import open_store
 from orchestrator.store.config_queries import flag_inputs
 from orchestrator.store.queries import Selection, environment, run_detail, run_warnings, seed_rows
@@ -171,6 +172,19 @@ def test_the_seed_table_of_a_recent_window_reads_no_whole_table(check: Callable[
         run_warnings(conn, [r["run_id"] for r in rows])
 
     check(read)
+
+
+def test_the_seed_table_of_whole_configurations_reads_no_run_but_the_warned_ones(
+    check: Callable[..., None],
+) -> None:
+    """From config_summaries and run_verdicts; of runs only those with warnings, through the
+    partial index that holds just them."""
+
+    def read(conn: Connection) -> None:
+        view = whole_view(conn, "metax", "2x8", None)
+        assert view is not None and view.groups
+
+    check(read, through="ix_runs_warned")
 
 
 def test_the_queue_page_reads_no_whole_table(check: Callable[..., None]) -> None:

@@ -137,7 +137,8 @@ def test_bad_folder_and_database_failure_write_nothing(
         )
     with pytest.raises(StoreError, match="boom"):
         pg_store.ingest([fixture_runs / RUN_1X8, fixture_runs / RUN_2X8])
-    assert all(rows == [] for rows in table_snapshot(pg_store).values())
+    written = {name: rows for name, rows in table_snapshot(pg_store).items() if rows}
+    assert list(written) == ["derived_versions"]  # the schema's own record, from the upgrade
 
 
 def test_lifecycle_from_provisional_row_to_published_run(pg_store: Any, run_copy: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from orchestrator.store import open_store, summaries
+from orchestrator.store import derived, open_store
 from orchestrator.store.models import Image, ImageWheel, Run, RunEpoch, RunNode
 
 VENDOR, LABEL, TOPOLOGY, PRECISION = "metax-c500", "MXC500 2x8", "2x8", "amp"
@@ -100,7 +100,7 @@ def plant_history(
         for part in range(0, len(epoch_rows), 4000):
             conn.execute(insert(RunEpoch), epoch_rows[part : part + 4000])
         # Rows written by hand, as `db rebuild-summaries` is for: the summaries follow them.
-        summaries.rebuild(conn)
+        derived.rebuild(conn)
     return ids
 
 

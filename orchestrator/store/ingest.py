@@ -216,7 +216,7 @@ def write(
     _insert_children(conn, new_runs + replaced, kept_envs, now)
     write_stragglers(conn, [p.folder for p in new_runs + replaced])
     # a replaced run may have moved to another configuration: both scopes are recomputed
-    summaries.refresh(conn, scopes | summaries.scopes_of(conn, written))
+    summaries.refresh(conn, scopes | summaries.scopes_of(conn, written), added_only=not replaced)
     return done
 
 

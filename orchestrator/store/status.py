@@ -85,7 +85,8 @@ def move(
         note(conn, run_id, status, history_reason or reason, at)
         if "succeeded" in (before, status):  # what the configuration's summary counts
             now = summaries.scopes_of(conn, [run_id])
-            summaries.refresh(conn, now | was if was is not None else now)
+            # into `succeeded`: the run joins its summary; out of it, the summary is recounted
+            summaries.refresh(conn, now | was if was is not None else now, added_only=was is None)
     return bool(moved)
 
 

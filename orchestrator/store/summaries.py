@@ -15,7 +15,7 @@ definition in plain Python over the raw rows, which the tests compare the table 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import astuple
 from datetime import datetime, timezone
 from typing import Any
@@ -25,17 +25,11 @@ from sqlalchemy import Connection, and_, case, delete, func, select, text
 from orchestrator import units
 from orchestrator.store import verdicts
 from orchestrator.store.bulk import insert_rows
-from orchestrator.store.environments import (
-    gate_query,
-    node_query,
-    on_gated,
-    parts_of,
-)
 from orchestrator.store.models import RECENT_RUNS, SUMMARY_METRICS, ConfigSummary, Run
 from orchestrator.store.scopes import Scope, Touched, touched
+from orchestrator.store.summary_extras import HARDWARE, extras
 
 KEY = ("vendor", "hardware", "config_label", "topology", "precision", "fix_hp")
-HARDWARE = func.coalesce(Run.hardware_label, Run.vendor)
 
 
 def scopes_of(conn: Connection, run_ids: Iterable[str]) -> Touched:
@@ -114,67 +108,49 @@ def _iso(at: datetime) -> str:
     return at.astimezone(timezone.utc).isoformat()
 
 
-def _summary_row(conn: Connection, row: Mapping[Any, Any]) -> dict[str, Any]:
+def _summary_row(
+    conn: Connection,
+    row: Mapping[Any, Any],
+    before: Mapping[str, Any] | None = None,
+    added: Collection[str] | None = None,
+) -> dict[str, Any]:
     out = dict(row)
     scope = Scope(
         row["vendor"], row["topology"], row["precision"], row["config_label"], row["fix_hp"]
     )
     out["succeeded"] = int(out["succeeded"] or 0)
     out["recent"] = _recent(conn, scope, row["hardware"]) if out["succeeded"] else []
-    out.update(_mem(conn, scope, row["hardware"]))
-    out["environment"] = _environment(conn, scope, row["hardware"])
+    out.update(extras(conn, scope, row["hardware"], before, added))
     return out
 
 
-def _succeeded(scope: Scope, hardware: str) -> Any:
-    return and_(_scope_filter(scope), HARDWARE == hardware, Run.status == "succeeded")
-
-
-def _mem(conn: Connection, scope: Scope, hardware: str) -> dict[str, Any]:
-    """The memory peak over the succeeded runs (the label with the most GiB used; the earliest
-    run's among equals, as the seed table's group has it) and how many runs' mem is ours."""
-    query = (
-        select(Run.mem_label, Run.mem_source, Run.p_core, Run.source)
-        .where(_succeeded(scope, hardware))
-        .order_by(Run.finished_at, Run.run_id)
-    )
-    peak: tuple[float, str, str | None] | None = None
-    measured = 0
-    for label, source, p_core, run_source in conn.execute(query):
-        measured += units.measured_here(p_core, run_source)
-        if label and (peak is None or units.mem_used_gib(label) > peak[0]):
-            peak = (units.mem_used_gib(label), str(label), source)
-    return {
-        "mem_peak": peak[1] if peak else None,
-        "mem_peak_source": peak[2] if peak else None,
-        "mem_measured": measured,
-    }
-
-
-def _environment(conn: Connection, scope: Scope, hardware: str) -> dict[str, Any]:
-    which = _succeeded(scope, hardware)
-    nodes = [node_query().where(which)]
-    gates = [gate_query().join(Run, on_gated()).where(which)]
-    return parts_of(conn, nodes, gates).document()
-
-
-def refresh(conn: Connection, changed: Touched) -> None:
+def refresh(conn: Connection, changed: Touched, added_only: bool = False) -> None:
     """Recompute the summary rows of these scopes from their runs, and the verdicts of their
-    runs from the touched ones on (store/verdicts.py), in the caller's transaction."""
+    runs from the touched ones on (store/verdicts.py), in the caller's transaction.
+    `added_only`: the write only added the touched runs to their scopes' succeeded runs (a
+    publish of new runs, a move into `succeeded`): the environment and memory peak then take
+    the old row and those runs (store/summary_extras.py) instead of every run."""
     ordered = changed.scopes
     _lock(conn, ordered)
     for scope in ordered:
-        conn.execute(
-            delete(ConfigSummary).where(
-                ConfigSummary.vendor == scope.vendor,
-                ConfigSummary.topology == scope.topology,
-                ConfigSummary.precision == scope.precision,
-                ConfigSummary.config_label == scope.config_label,
-                ConfigSummary.fix_hp == scope.fix_hp,
-            )
+        where = (
+            ConfigSummary.vendor == scope.vendor,
+            ConfigSummary.topology == scope.topology,
+            ConfigSummary.precision == scope.precision,
+            ConfigSummary.config_label == scope.config_label,
+            ConfigSummary.fix_hp == scope.fix_hp,
         )
+        added = changed.spans[scope].run_ids if added_only else None
+        before: dict[str, dict[str, Any]] = {}
+        if added is not None:
+            stored_rows = conn.execute(select(ConfigSummary).where(*where)).mappings()
+            before = {str(r["hardware"]): dict(r) for r in stored_rows}
+        conn.execute(delete(ConfigSummary).where(*where))
         query = _group(select(*_aggregates()).where(_scope_filter(scope)))
-        rows = [_summary_row(conn, r) for r in conn.execute(query).mappings()]
+        rows = [
+            _summary_row(conn, r, before.get(r["hardware"]), added)
+            for r in conn.execute(query).mappings()
+        ]
         insert_rows(conn, ConfigSummary, rows)
     verdicts.refresh(conn, changed)
 

@@ -21,7 +21,7 @@ from orchestrator.store import derived, downgrade_store, open_store, upgrade_sto
 from orchestrator.store.delete import delete_runs
 from orchestrator.store.environments import parts_of_runs
 from orchestrator.store.ingest import WritePolicy
-from orchestrator.store.models import MonitorSample, Run
+from orchestrator.store.models import MonitorSample, Run, RunNode
 from orchestrator.store.monitor_series import downsample
 from orchestrator.store.monitor_series import stored as stored_series
 from orchestrator.store.queries import SEED_TABLE
@@ -256,3 +256,49 @@ def test_migrations_0009_and_0010_fill_the_summaries_and_verdicts_of_a_store_wit
     assert upgrade_store(url).after is not None
     assert _same(assert_summaries_match(url), expected)
     assert assert_verdicts_match(url).keys() == flagged.keys()
+
+
+def test_a_publish_that_only_adds_runs_updates_the_peak_and_environment_from_the_old_row(
+    url: str, folders: list[Path]
+) -> None:
+    """`added_only` (a publish of new runs): the memory peak and the environment come from the
+    stored row and the new runs alone; a new higher peak, a peak tied by another label (which
+    needs every run: the earlier one wins) and a lower one each equal a recomputation."""
+    upgrade_store(url)
+    with open_store(url) as store:
+        store.ingest(folders, ADOPT)
+    with open_store(url) as store, store.engine.connect() as conn:
+        template = dict(
+            conn.execute(select(Run.__table__).where(Run.run_id == MONITORED_RUN)).mappings().one()
+        )
+        peak = max(float(r["mem_peak"].split("/")[0]) for r in stored(conn) if r["mem_peak"])
+        nodes = [
+            dict(n)
+            for n in conn.execute(
+                select(RunNode.__table__).where(RunNode.run_id == MONITORED_RUN)
+            ).mappings()
+        ]
+    labels = [
+        (f"{peak + 1:.1f}/64.0", "device"),  # a new peak
+        (f"{peak + 1:.1f}/80.0", "allocator"),  # the same GiB used, another label: a tie
+        ("1.0/64.0", "device"),  # below the peak
+    ]
+    for i, (label, source) in enumerate(labels):
+        run = {
+            **template,
+            "run_id": f"added-{i}",
+            "mem_label": label,
+            "mem_source": source,
+            "finished_at": template["finished_at"] + timedelta(days=30 + i),
+            "manifest": None,
+        }
+        with open_store(url) as store, store.transaction() as conn:
+            conn.execute(Run.__table__.insert(), [run])
+            # the new run's nodes ran another driver: a new value in the environment block
+            driver = {"driver": f"9.9.{i}", "run_id": run["run_id"]}
+            conn.execute(RunNode.__table__.insert(), [{**n, **driver} for n in nodes])
+            refresh(conn, scopes_of(conn, [run["run_id"]]), added_only=True)
+        have = assert_summaries_match(url)
+        row = next(r for r in have if r["config_label"] == template["config_label"])
+        assert row["mem_peak"] == labels[0][0]  # the earlier of the two tied labels
+        assert f"9.9.{i}" in row["environment"]["fields"]["driver"]

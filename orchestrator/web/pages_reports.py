@@ -14,7 +14,7 @@ from starlette.routing import Route
 from orchestrator.errors import ConfigError
 from orchestrator.reports.compare import METRICS, compare, difference_rows, unlike_warning
 from orchestrator.reports.compare_sides import load_sides, oldest_first
-from orchestrator.reports.history_changes import load_history
+from orchestrator.reports.history_changes import history_regressions, load_history
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.reports.stats import (
     HISTORY_RUNS,
@@ -30,6 +30,7 @@ from orchestrator.store.config_queries import (
     epochs_of,
     flag_inputs,
     scaling_groups,
+    succeeded_runs,
     whole_history_moments,
 )
 from orchestrator.store.history import campaign_run_ids
@@ -47,6 +48,9 @@ from orchestrator.web.present import epoch_charts, history_chart, scaling_chart,
 
 MAX_COMPARED = 8
 HISTORY_TABLE_ROWS = 100
+# The history page without `since` shows this many newest runs (chart, change points, flags):
+# its cost stays flat however long the history grows; `since` shows every run from a date.
+HISTORY_PAGE_RUNS = 1000
 
 
 # -- seed table ----------------------------------------------------------------------------------
@@ -250,11 +254,13 @@ def history(request: Request) -> Response:
         if not all(fields):
             return render(request, "history.html", key=None, configs=configurations(conn))
         key = ConfigKey(*[str(f) for f in fields])
-        found = load_history(conn, key, since)
-        # the whole history's level: its summary row's moments, not a pass over every run
+        # without `since`: the newest runs, a fixed amount whatever the length of the history
+        found = load_history(conn, key, since, None if since else HISTORY_PAGE_RUNS)
+        regressions = history_regressions(conn, key, found.rows)
+        # the whole history's size and level: its summary rows, not a pass over every run
         whole = whole_history_moments(conn, key).get(metric) if since is None else None
+        total = succeeded_runs(conn, key) if since is None else len(found.rows)
     rows = found.rows
-    regressions = flag_history(rows)
     if since is None:
         stats = spread_of_moments(whole) if whole else None
         interval = whole.interval() if whole else None
@@ -269,7 +275,10 @@ def history(request: Request) -> Response:
         metrics=METRICS,
         spec=history_chart(rows, regressions, metric, found.points),
         rows=list(reversed(rows))[:HISTORY_TABLE_ROWS],
-        total=len(rows),
+        total=total,
+        shown=len(rows),
+        windowed=since is None and len(rows) < total,
+        shown_from=rows[0]["finished_at"] if rows else None,
         regressions=regressions,
         stats=stats,
         interval=interval,

@@ -13,6 +13,9 @@ runs of several configurations, precisions and hyper-parameters, a regression, e
 - the history page's level over a configuration's whole history (mean ± sd, min, max; mean ±
   95 % interval, CV) comes from config_summaries: the same numbers as from its runs, on the page
   as shown (a `since` before the first run makes the page read them from the runs).
+- the history page shows a configuration's newest runs (or those from `since`) and flags them
+  with the HISTORY_RUNS runs before the first of them as their history: the same flags as over
+  the whole history, wherever the shown runs start.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from orchestrator import units
 from orchestrator.confidence import interval_of
 from orchestrator.reports.convergence import REFERENCE_RUNS, check
 from orchestrator.reports.convergence_reads import convergence_checks, curves_of
+from orchestrator.reports.history_changes import history_regressions
 from orchestrator.reports.stats import (
     HISTORY_RUNS,
     METRICS,
@@ -45,6 +49,7 @@ from orchestrator.store.config_queries import (
     configuration_history,
     configurations,
     flag_inputs,
+    runs_before,
     whole_history_moments,
 )
 from orchestrator.store.history import configuration_history as report_history
@@ -192,11 +197,12 @@ def test_whole_history_moments_give_the_runs_interval_and_spread(web_store_url: 
 
 
 def _level(html: str) -> tuple[str, str]:
-    """The page's two lines about the level: runs, mean ± sd, min, max; and the intervals."""
-    runs = re.search(r"<p>\d+ succeeded run.*?</p>", html, re.S)
-    level = re.search(r'<p id="history-level">.*?</p>', html, re.S)
+    """The page's two lines about the level: runs, mean ± sd, min, max; and the intervals
+    (less the words that name the window: "finished from", "Mean of the runs shown")."""
+    runs = re.search(r'<p id="history-count">(.*?)</p>', html, re.S)
+    level = re.search(r'<p id="history-level">Mean of [^:]*:(.*?)</p>', html, re.S)
     assert runs and level, html[:2000]
-    return runs.group(0), level.group(0)
+    return re.sub(r" finished from [^;]+", "", runs.group(1)), level.group(1)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -215,3 +221,25 @@ def test_history_page_shows_the_same_level_from_summaries_as_from_runs(
             from_runs = client.get(f"/history?{urlencode({**query, 'since': '2000-01-01'})}")
             assert summary.status_code == from_runs.status_code == 200
             assert _level(summary.text) == _level(from_runs.text), key
+
+
+def test_the_newest_runs_are_flagged_as_over_the_whole_history(web_store_url: str) -> None:
+    """Every suffix of every configuration's history (the newest n, or those from a date):
+    the HISTORY_RUNS runs before it, and its flags equal to the whole history's for its runs.
+    The regressed run among the last few of its configuration: without the runs before them
+    it would have fewer than MIN_HISTORY earlier runs and no flag."""
+    with open_store(web_store_url) as store, store.reading() as conn:
+        histories = {key: configuration_history(conn, key) for key in _keys(conn)}
+        checked = 0
+        for key, every in histories.items():
+            whole = flag_history(every, HISTORY_RUNS)
+            for n in range(1, len(every) + 1):
+                newest = configuration_history(conn, key, last=n)
+                assert newest == every[-n:], (key, n)
+                before = runs_before(conn, key, newest, HISTORY_RUNS)
+                assert before == every[-n - HISTORY_RUNS : -n], (key, n)
+                shown = {r["run_id"] for r in newest}
+                expected = {run_id: f for run_id, f in whole.items() if run_id in shown}
+                assert history_regressions(conn, key, newest) == expected, (key, n)
+                checked += REGRESSED_RUN in expected
+    assert checked >= 2

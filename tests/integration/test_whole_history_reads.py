@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 from starlette.testclient import TestClient
 
 from orchestrator import units
@@ -53,6 +55,7 @@ from orchestrator.store.config_queries import (
     whole_history_moments,
 )
 from orchestrator.store.history import configuration_history as report_history
+from orchestrator.store.models import Run
 from orchestrator.store.queries import SEED_TABLE, Selection, seed_rows
 from tests.support.web_fixtures import REGRESSED_RUN
 
@@ -243,3 +246,28 @@ def test_the_newest_runs_are_flagged_as_over_the_whole_history(web_store_url: st
                 assert history_regressions(conn, key, newest) == expected, (key, n)
                 checked += REGRESSED_RUN in expected
     assert checked >= 2
+
+
+def test_the_runs_before_the_shown_ones_count_a_run_that_finished_with_the_first(
+    sqlite_web_store: str, tmp_path: Path
+) -> None:
+    """Two runs finished at the same time, the shown runs starting with the later (by run
+    id): the other one is among the runs before them, and the k before are still k."""
+    copy = tmp_path / "ties.db"
+    shutil.copy(sqlite_web_store.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    key = ConfigKey("metax", "MXC500 2x8", "fp32", "bs=16, lr=0.08, epochs=2")
+    with open_store(url) as store:
+        with store.engine.begin() as conn:
+            every = configuration_history(conn, key)
+            tied = every[-3]["finished_at"]
+            conn.execute(
+                update(Run).where(Run.run_id == every[-4]["run_id"]).values(finished_at=tied)
+            )
+        with store.reading() as conn:
+            every = configuration_history(conn, key)
+            assert every[-4]["finished_at"] == every[-3]["finished_at"] == tied
+            for n in range(1, len(every)):
+                newest = configuration_history(conn, key, last=n)
+                assert newest == every[-n:], n
+                assert runs_before(conn, key, newest, 2) == every[-n - 2 : -n], n

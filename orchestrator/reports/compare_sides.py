@@ -18,7 +18,6 @@ from orchestrator.reports.compare import Side, config_side, run_side
 from orchestrator.store.config_queries import (
     ConfigKey,
     configuration_history,
-    configuration_rows,
     find_configurations,
     hparams_of,
     runs_of,
@@ -118,7 +117,7 @@ def _configuration(conn: Connection, item: str, last: int, since_change: bool) -
     if since_change:  # at most `last` of them
         rows, what = runs_since_change(conn, key)[-last:], " since the last change point"
     else:
-        rows, what = configuration_rows(conn, key, last), ""
+        rows, what = configuration_history(conn, key, last=last), ""
     ids = [str(r["run_id"]) for r in rows]
     label = f"{item} (mean of {len(rows)} run{'s' if len(rows) != 1 else ''}{what})"
     newest = hparams_of(conn, ids[-1:]).get(ids[-1], {})

@@ -1,5 +1,6 @@
 """A configuration's history read from the store, with its change points explained by the
-manifests of the runs around them (the reads behind `orchestrator history` and /history).
+manifests of the runs around them (the reads behind `orchestrator history` and /history), and
+the regression flags of a part of it as over the whole history.
 
 The change points are computed on the fly (no table keeps them) and remembered per history:
 the key is a digest of the history's run ids and metric values, so a published, deleted or
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from orchestrator.regressions import HISTORY_RUNS, Regression, flag_history
 from orchestrator.reports.changepoints import (
     CHANGE_METRICS,
     ChangePoint,
@@ -27,7 +29,7 @@ from orchestrator.reports.changepoints import (
     find_change_points,
 )
 from orchestrator.reports.history_report import ConfigHistory
-from orchestrator.store.config_queries import ConfigKey, configuration_history
+from orchestrator.store.config_queries import ConfigKey, configuration_history, runs_before
 from orchestrator.store.run_facts import run_facts
 
 _REMEMBERED = 64  # histories whose change points are kept
@@ -35,8 +37,12 @@ _cache: OrderedDict[str, list[ChangePoint]] = OrderedDict()
 _lock = threading.Lock()
 
 
-def load_history(conn: Connection, key: ConfigKey, since: datetime | None = None) -> ConfigHistory:
-    rows = configuration_history(conn, key, since)
+def load_history(
+    conn: Connection, key: ConfigKey, since: datetime | None = None, last: int | None = None
+) -> ConfigHistory:
+    """The configuration's succeeded runs (from `since`; only the newest `last` where given)
+    and their change points, found among those runs."""
+    rows = configuration_history(conn, key, since, last)
     digest = history_digest(rows)
     with _lock:
         points = _cache.get(digest)
@@ -51,6 +57,18 @@ def load_history(conn: Connection, key: ConfigKey, since: datetime | None = None
             while len(_cache) > _REMEMBERED:
                 _cache.popitem(last=False)
     return ConfigHistory(key.vendor, key.config, key.precision, key.fix_hp, rows, points)
+
+
+def history_regressions(
+    conn: Connection, key: ConfigKey, rows: Sequence[Mapping[Any, Any]]
+) -> dict[str, list[Regression]]:
+    """The regression flags of `rows` (the configuration's runs from some run on, oldest first)
+    as over its whole history: the HISTORY_RUNS runs before the first of them are their history
+    too, read by one short walk of the index (not the history before them)."""
+    earlier = runs_before(conn, key, rows, HISTORY_RUNS)
+    flagged = flag_history([*earlier, *rows], HISTORY_RUNS)
+    shown = {str(r["run_id"]) for r in rows}
+    return {run_id: found for run_id, found in flagged.items() if run_id in shown}
 
 
 def history_digest(rows: Sequence[Mapping[Any, Any]]) -> str:

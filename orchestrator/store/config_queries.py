@@ -56,21 +56,63 @@ def configurations(conn: Connection) -> list[RowMapping]:
 
 
 def configuration_history(
-    conn: Connection, key: ConfigKey, since: datetime | None = None
+    conn: Connection,
+    key: ConfigKey,
+    since: datetime | None = None,
+    last: int | None = None,
+    until: datetime | None = None,
 ) -> list[RowMapping]:
-    """The succeeded runs of one configuration as seed_table rows, oldest first."""
+    """The succeeded runs of one configuration as seed_table rows, oldest first: those finished
+    from `since` up to `until` (each where given), or only the newest `last` of them (a walk of
+    ix_runs_config_time back from the newest, `last` entries long)."""
     view = SEED_TABLE
     query = select(view).where(
-        view.c.topology == _topology(conn, key),
-        view.c.status == "succeeded",
         view.c.vendor == key.vendor,
-        view.c.config == key.config,
+        view.c.topology == _topology(conn, key),
         view.c.precision == key.precision,
+        view.c.status == "succeeded",
+        view.c.config == key.config,
         view.c.fix_hp == key.fix_hp,
     )
     if since is not None:
         query = query.where(view.c.finished_at >= since)
-    return list(conn.execute(query.order_by(view.c.finished_at, view.c.run_id)).mappings())
+    if until is not None:
+        query = query.where(view.c.finished_at <= until)
+    if last is None:
+        return list(conn.execute(query.order_by(view.c.finished_at, view.c.run_id)).mappings())
+    newest = query.order_by(view.c.finished_at.desc(), view.c.run_id.desc()).limit(last)
+    return list(reversed(list(conn.execute(newest).mappings())))
+
+
+def runs_before(
+    conn: Connection, key: ConfigKey, rows: Sequence[Mapping[Any, Any]], k: int
+) -> list[RowMapping]:
+    """The k succeeded runs of the configuration just before `rows` (its runs from some run on,
+    oldest first, as configuration_history reads them): the history that the regression flags
+    of the first of `rows` read. Runs that finished at the same time as the first of `rows`
+    but sort before it count; those among `rows` are dropped."""
+    if not rows:
+        return []
+    first = rows[0]["finished_at"]
+    shown = {r["run_id"] for r in rows}
+    ties = sum(1 for r in rows if r["finished_at"] == first)
+    earlier = configuration_history(conn, key, until=first, last=k + ties)
+    return [r for r in earlier if r["run_id"] not in shown][-k:]
+
+
+def succeeded_runs(conn: Connection, key: ConfigKey) -> int:
+    """How many succeeded runs the configuration has, from config_summaries (not a count of
+    its runs)."""
+    c = ConfigSummary
+    total = conn.scalar(
+        select(func.sum(c.succeeded)).where(
+            c.vendor == key.vendor,
+            c.config_label == key.config,
+            c.precision == key.precision,
+            c.fix_hp == key.fix_hp,
+        )
+    )
+    return int(total or 0)
 
 
 def whole_history_moments(conn: Connection, key: ConfigKey) -> dict[str, Moments]:
@@ -102,26 +144,6 @@ def whole_history_moments(conn: Connection, key: ConfigKey) -> dict[str, Moments
             shown = SEED_NAMES.get(name, name)
             found[shown] = Moments(int(n), float(total), float(total_sq), float(low), float(high))
     return found
-
-
-def configuration_rows(conn: Connection, key: ConfigKey, last: int) -> list[RowMapping]:
-    """The `last` succeeded runs of a configuration (seed_table rows), newest last: a walk of
-    ix_runs_config_time back from the newest, `last` entries long."""
-    view = SEED_TABLE
-    query = (
-        select(view)
-        .where(
-            view.c.vendor == key.vendor,
-            view.c.topology == _topology(conn, key),
-            view.c.precision == key.precision,
-            view.c.status == "succeeded",
-            view.c.config == key.config,
-            view.c.fix_hp == key.fix_hp,
-        )
-        .order_by(view.c.finished_at.desc(), view.c.run_id.desc())
-        .limit(last)
-    )
-    return list(reversed(list(conn.execute(query).mappings())))
 
 
 def _topology(conn: Connection, key: ConfigKey) -> str | None:

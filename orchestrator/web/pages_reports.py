@@ -15,7 +15,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.regressions import HISTORY_RUNS, flag_history
 from orchestrator.reports.compare import METRICS, compare, difference_rows, unlike_warning
 from orchestrator.reports.compare_sides import load_sides, oldest_first
-from orchestrator.reports.history_changes import load_history
+from orchestrator.reports.history_changes import history_regressions, load_history
 from orchestrator.reports.report import SEED_HEADERS, render_grouped_report, render_report
 from orchestrator.reports.stats import group_rows, scaling_points, spread_of_moments
 from orchestrator.reports.whole_report import whole_view
@@ -25,6 +25,7 @@ from orchestrator.store.config_queries import (
     configurations,
     flag_inputs,
     scaling_groups,
+    succeeded_runs,
     whole_history_moments,
 )
 from orchestrator.store.epochs import epochs_of
@@ -43,6 +44,9 @@ from orchestrator.web.present import epoch_charts, history_chart, scaling_chart,
 
 MAX_COMPARED = 8
 HISTORY_TABLE_ROWS = 100
+# The history page without `since` shows this many newest runs (chart, change points, flags):
+# its cost stays flat however long the history grows; `since` shows every run from a date.
+HISTORY_PAGE_RUNS = 1000
 
 
 # -- seed table ----------------------------------------------------------------------------------
@@ -277,11 +281,13 @@ def history(request: Request) -> Response:
         if not all(fields):
             return render(request, "history.html", key=None, configs=configurations(conn))
         key = ConfigKey(*[str(f) for f in fields])
-        found = load_history(conn, key, since)
-        # the whole history's level: its summary row's moments, not a pass over every run
+        # without `since`: the newest runs, a fixed amount whatever the length of the history
+        found = load_history(conn, key, since, None if since else HISTORY_PAGE_RUNS)
+        regressions = history_regressions(conn, key, found.rows)
+        # the whole history's size and level: its summary rows, not a pass over every run
         whole = whole_history_moments(conn, key).get(metric) if since is None else None
+        total = succeeded_runs(conn, key) if since is None else len(found.rows)
     rows = found.rows
-    regressions = flag_history(rows)
     if since is None:
         stats = spread_of_moments(whole) if whole else None
         interval = whole.interval() if whole else None
@@ -296,7 +302,10 @@ def history(request: Request) -> Response:
         metrics=METRICS,
         spec=history_chart(rows, regressions, metric, found.points),
         rows=list(reversed(rows))[:HISTORY_TABLE_ROWS],
-        total=len(rows),
+        total=total,
+        shown=len(rows),
+        windowed=since is None and len(rows) < total,
+        shown_from=rows[0]["finished_at"] if rows else None,
         regressions=regressions,
         stats=stats,
         interval=interval,

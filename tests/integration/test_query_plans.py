@@ -25,10 +25,19 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event
 
+from orchestrator.regressions import HISTORY_RUNS
 from orchestrator.reports.compare_sides import load_sides
+from orchestrator.reports.history_changes import history_regressions, load_history
 from orchestrator.reports.whole_report import whole_view
 from orchestrator.store import open_store
-from orchestrator.store.config_queries import flag_inputs
+from orchestrator.store.config_queries import (
+    ConfigKey,
+    configuration_history,
+    flag_inputs,
+    runs_before,
+    succeeded_runs,
+    whole_history_moments,
+)
 from orchestrator.store.queries import Selection, environment, run_detail, run_warnings, seed_rows
 from orchestrator.store.web_queries import (
     RUN_SORTS,
@@ -108,7 +117,8 @@ def check(web_store_url: str) -> Iterator[Callable[..., None]]:
         def run(
             read: Callable[[Connection], Any], no_sort: bool = False, through: str | None = None
         ) -> None:
-            """`through`: every statement on runs must use this index and walk no other."""
+            """`through`: every statement on runs (or the seed_table view of them) must use this
+            index and walk no other."""
             with recorded(conn) as statements:
                 read(conn)
             assert statements
@@ -117,7 +127,7 @@ def check(web_store_url: str) -> Iterator[Callable[..., None]]:
                 limited = "LIMIT" in statement.upper() and through is None
                 bad = whole_table_reads(lines, no_sort, limited)
                 assert not bad, f"{statement}\n{params}\n" + "\n".join(lines)
-                if through is not None and re.search(r"\bFROM runs\b", statement):
+                if through is not None and re.search(r"\bFROM (?:runs|seed_table)\b", statement):
                     assert through in "\n".join(lines), f"{statement}\n" + "\n".join(lines)
 
         yield run
@@ -185,6 +195,35 @@ def test_the_seed_table_of_whole_configurations_reads_no_run_but_the_warned_ones
         assert view is not None and view.groups
 
     check(read, through="ix_runs_warned")
+
+
+@pytest.mark.parametrize("since", [None, datetime(2026, 1, 16, tzinfo=timezone.utc)])
+def test_a_configuration_history_page_walks_the_configuration_index(
+    check: Callable[..., None], web_store_url: str, since: datetime | None
+) -> None:
+    """The history page's reads: the newest runs of the configuration (or those from `since`)
+    and the runs before them for the flags, through ix_runs_config_time (in its order of
+    finished_at; only runs that finished at the same time are sorted by run id); its count and
+    level from config_summaries; the manifests around a change point by run id. PostgreSQL's
+    planner, with no statistics of a tiny store, may walk ix_runs_status_time back instead (a
+    walk the LIMIT stops as well): there only no sequential scan is required."""
+    key = ConfigKey("metax", "MXC500 2x8", "fp32", "bs=16, lr=0.08, epochs=2")
+    last = 3 if since is None else None
+
+    def rows(conn: Connection) -> None:
+        shown = configuration_history(conn, key, since, last)
+        assert len(shown) == 3 if since is None else len(shown) > 3
+        assert len(runs_before(conn, key, shown, HISTORY_RUNS)) == 7 - len(shown)
+
+    def page(conn: Connection) -> None:
+        found = load_history(conn, key, since, last)
+        history_regressions(conn, key, found.rows)
+        assert succeeded_runs(conn, key) == 7
+        whole_history_moments(conn, key)
+
+    sqlite = web_store_url.startswith("sqlite")
+    check(rows, through="ix_runs_config_time" if sqlite else None)
+    check(page)
 
 
 def test_the_queue_page_reads_no_whole_table(check: Callable[..., None]) -> None:

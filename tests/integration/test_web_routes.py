@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import select, text
 from starlette.testclient import TestClient
 
+from orchestrator.regressions import flag_history
 from orchestrator.store import open_store
+from orchestrator.store.config_queries import ConfigKey, configuration_history
 from orchestrator.store.models import Run
 from tests.support.web_fixtures import (
     CAMPAIGN_ID,
@@ -322,8 +325,56 @@ def test_history_flags_the_regression(client: TestClient) -> None:
     page = client.get(f"/history?{query}")
     assert page.status_code == 200
     assert "7 succeeded runs" in page.text and "1 flagged" in page.text
-    flagged = re.findall(r'<tr class="flagged">\s*<td><a href="/runs/([^"]+)"', page.text)
-    assert flagged == [REGRESSED_RUN]
+    assert _flagged(page.text) == [REGRESSED_RUN]
+
+
+def _history_page_runs(html: str) -> list[str]:
+    table = html.split('id="history-runs"', 1)[1].split("</table>", 1)[0]
+    return re.findall(r'<td><a href="/runs/([^"]+)"', table)
+
+
+def _history_chart_points(html: str) -> int:
+    found = re.search(r'<script type="application/json" id="history-chart">(.*?)</script>', html)
+    assert found, html[:2000]
+    return len(json.loads(found.group(1))["datasets"][0]["data"])
+
+
+def test_history_shows_the_newest_runs_flagged_as_over_the_whole_history(
+    client: TestClient, web_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration of 7 runs, 3 shown at a time: the newest 3 on the chart and in the
+    table, the total said, the flags those of the whole history (the regressed run is the
+    newest: among 3 shown runs alone it has 2 before it, too few for a verdict); with `since`,
+    every run from then on."""
+    from orchestrator.web import pages_reports
+
+    monkeypatch.setattr(pages_reports, "HISTORY_PAGE_RUNS", 3)
+    key = ConfigKey("metax", "MXC500 2x8", "fp32", "bs=16, lr=0.08, epochs=2")
+    with open_store(web_store_url) as store, store.reading() as conn:
+        every = configuration_history(conn, key)
+    ids = [str(r["run_id"]) for r in every]
+    whole = flag_history(every)
+    assert len(ids) == 7 and ids[-1] == REGRESSED_RUN and list(whole) == [REGRESSED_RUN]
+    query = urlencode({"vendor": key.vendor, "config": key.config, "precision": key.precision})
+    query += "&" + urlencode({"fix_hp": key.fix_hp})
+    page = client.get(f"/history?{query}").text
+    assert _history_page_runs(page) == ids[::-1][:3]
+    assert _history_chart_points(page) == 3
+    count = page.split('id="history-count">', 1)[1].split("</p>", 1)[0]
+    assert count.startswith("7 succeeded runs in all; shown here: the newest 3, finished from ")
+    assert "1 flagged among the 3 shown" in count
+    assert _flagged(page) == [REGRESSED_RUN]
+    assert "No change point among the newest 3 runs shown; their mean: " in page
+    since = every[2]["finished_at"].strftime("%Y-%m-%d")  # a day of its own in the fixtures
+    window = client.get(f"/history?{query}&since={since}").text
+    assert _history_page_runs(window) == ids[::-1][:5]
+    assert _history_chart_points(window) == 5
+    assert f"5 succeeded runs finished from {since}; " in window and "in all" not in window
+    assert _flagged(window) == [REGRESSED_RUN]
+
+
+def _flagged(html: str) -> list[str]:
+    return re.findall(r'<tr class="flagged">\s*<td><a href="/runs/([^"]+)"', html)
 
 
 def test_queue_and_campaign(client: TestClient) -> None:

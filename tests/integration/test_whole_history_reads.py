@@ -13,18 +13,23 @@ runs of several configurations, precisions and hyper-parameters, a regression, e
 - the history page's level over a configuration's whole history (mean ± sd, min, max; mean ±
   95 % interval, CV) comes from config_summaries: the same numbers as from its runs, on the page
   as shown (a `since` before the first run makes the page read them from the runs).
+- the history page shows a configuration's newest runs (or those from `since`) and flags them
+  with the HISTORY_RUNS runs before the first of them as their history: the same flags as over
+  the whole history, wherever the shown runs start.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 from starlette.testclient import TestClient
 
 from orchestrator import units
@@ -32,6 +37,7 @@ from orchestrator.confidence import interval_of
 from orchestrator.convergence import REFERENCE_RUNS, check
 from orchestrator.regressions import HISTORY_RUNS, config_key, flag_history
 from orchestrator.reports.convergence_reads import convergence_checks, curves_of
+from orchestrator.reports.history_changes import history_regressions
 from orchestrator.reports.stats import METRICS, spread, spread_of_moments
 from orchestrator.store import open_store
 from orchestrator.store.config_queries import (
@@ -39,9 +45,11 @@ from orchestrator.store.config_queries import (
     configuration_history,
     configurations,
     flag_inputs,
+    runs_before,
     whole_history_moments,
 )
 from orchestrator.store.history import configuration_history as report_history
+from orchestrator.store.models import Run
 from orchestrator.store.queries import SEED_TABLE, Selection, seed_rows
 from tests.support.web_fixtures import REGRESSED_RUN
 
@@ -186,11 +194,12 @@ def test_whole_history_moments_give_the_runs_interval_and_spread(web_store_url: 
 
 
 def _level(html: str) -> tuple[str, str]:
-    """The page's two lines about the level: runs, mean ± sd, min, max; and the intervals."""
-    runs = re.search(r"<p>\d+ succeeded run.*?</p>", html, re.S)
-    level = re.search(r'<p id="history-level">.*?</p>', html, re.S)
+    """The page's two lines about the level: runs, mean ± sd, min, max; and the intervals
+    (less the words that name the window: "finished from", "Mean of the runs shown")."""
+    runs = re.search(r'<p id="history-count">(.*?)</p>', html, re.S)
+    level = re.search(r'<p id="history-level">Mean of [^:]*:(.*?)</p>', html, re.S)
     assert runs and level, html[:2000]
-    return runs.group(0), level.group(0)
+    return re.sub(r" finished from [^;]+", "", runs.group(1)), level.group(1)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -209,3 +218,50 @@ def test_history_page_shows_the_same_level_from_summaries_as_from_runs(
             from_runs = client.get(f"/history?{urlencode({**query, 'since': '2000-01-01'})}")
             assert summary.status_code == from_runs.status_code == 200
             assert _level(summary.text) == _level(from_runs.text), key
+
+
+def test_the_newest_runs_are_flagged_as_over_the_whole_history(web_store_url: str) -> None:
+    """Every suffix of every configuration's history (the newest n, or those from a date):
+    the HISTORY_RUNS runs before it, and its flags equal to the whole history's for its runs.
+    The regressed run among the last few of its configuration: without the runs before them
+    it would have fewer than MIN_HISTORY earlier runs and no flag."""
+    with open_store(web_store_url) as store, store.reading() as conn:
+        histories = {key: configuration_history(conn, key) for key in _keys(conn)}
+        checked = 0
+        for key, every in histories.items():
+            whole = flag_history(every, HISTORY_RUNS)
+            for n in range(1, len(every) + 1):
+                newest = configuration_history(conn, key, last=n)
+                assert newest == every[-n:], (key, n)
+                before = runs_before(conn, key, newest, HISTORY_RUNS)
+                assert before == every[-n - HISTORY_RUNS : -n], (key, n)
+                shown = {r["run_id"] for r in newest}
+                expected = {run_id: f for run_id, f in whole.items() if run_id in shown}
+                assert history_regressions(conn, key, newest) == expected, (key, n)
+                checked += REGRESSED_RUN in expected
+    assert checked >= 2
+
+
+def test_the_runs_before_the_shown_ones_count_a_run_that_finished_with_the_first(
+    sqlite_web_store: str, tmp_path: Path
+) -> None:
+    """Two runs finished at the same time, the shown runs starting with the later (by run
+    id): the other one is among the runs before them, and the k before are still k."""
+    copy = tmp_path / "ties.db"
+    shutil.copy(sqlite_web_store.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    key = ConfigKey("metax", "MXC500 2x8", "fp32", "bs=16, lr=0.08, epochs=2")
+    with open_store(url) as store:
+        with store.engine.begin() as conn:
+            every = configuration_history(conn, key)
+            tied = every[-3]["finished_at"]
+            conn.execute(
+                update(Run).where(Run.run_id == every[-4]["run_id"]).values(finished_at=tied)
+            )
+        with store.reading() as conn:
+            every = configuration_history(conn, key)
+            assert every[-4]["finished_at"] == every[-3]["finished_at"] == tied
+            for n in range(1, len(every)):
+                newest = configuration_history(conn, key, last=n)
+                assert newest == every[-n:], n
+                assert runs_before(conn, key, newest, 2) == every[-n - 2 : -n], n

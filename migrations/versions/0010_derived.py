@@ -1,5 +1,5 @@
 """Whole-history views from kept data: the per-run verdicts (regression flags, convergence
-checks), and what a configuration's summary needs for the grouped seed table without its runs
+checks, the run's warnings), and what a configuration's summary needs for the grouped seed table without its runs
 (J/image moments, the memory peak, the environment block); a record of which definitions the
 derived rows were computed with.
 
@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("regressions", _json(), nullable=False),
         sa.Column("convergence", _json(), nullable=True),
+        sa.Column("warnings", _json(), nullable=True),
         sa.ForeignKeyConstraint(
             ["run_id"], ["runs.run_id"], name="fk_run_verdicts_run_id_runs", ondelete="CASCADE"
         ),
@@ -79,18 +80,9 @@ def upgrade() -> None:
         sa.Column("version", sa.String(512), nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_derived_versions"),
     )
-    # the runs with warnings, per configuration: a few among thousands
-    op.create_index(
-        "ix_runs_warned",
-        "runs",
-        ["vendor", "topology", "precision", "finished_at"],
-        sqlite_where=sa.text("warnings IS NOT NULL"),
-        postgresql_where=sa.text("warnings IS NOT NULL"),
-    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_runs_warned", table_name="runs")
     op.drop_table("derived_versions")
     op.drop_index("ix_run_verdicts_config", table_name="run_verdicts")
     op.drop_table("run_verdicts")

@@ -112,18 +112,11 @@ def _begin_sqlite(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN DEFERRED" if deferred else "BEGIN IMMEDIATE")
 
 
-SQLITE_ANALYSIS_LIMIT = 1000
-
-
 def _optimize_sqlite(dbapi_connection: Any, _record: Any) -> None:
     # SQLite's advice for every connection that closes: ANALYZE the tables its queries would
     # have planned better with statistics (cheap when nothing changed). Without them the
-    # planner reads "status = 'succeeded'" as selective and scans every run. The limit (rows
-    # sampled per index, SQLite's recommended bound) keeps it cheap when it does run: an index
-    # that stays empty (ix_runs_warned in a store without warnings) never gets statistics, so
-    # every close re-analyzes its table, which took 135 ms of each command at 100,000 runs.
+    # planner reads "status = 'succeeded'" as selective and scans every run.
     try:
-        dbapi_connection.execute(f"PRAGMA analysis_limit = {SQLITE_ANALYSIS_LIMIT}")
         dbapi_connection.execute("PRAGMA optimize")
     except Exception:  # a locked or read-only file: statistics can wait for the next close
         pass

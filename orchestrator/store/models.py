@@ -27,7 +27,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -167,16 +166,6 @@ class Run(Base):
         # The runs page's sorts (0009): each column with the run id that breaks its ties, so a
         # page is an index walk of per_page entries (store/web_queries.py), never a sort.
         *(Index(f"ix_runs_sort_{c}", c, "run_id") for c in SORTED_COLUMNS),
-        # The few runs with warnings of a configuration, for its whole-history views (0010).
-        Index(
-            "ix_runs_warned",
-            "vendor",
-            "topology",
-            "precision",
-            "finished_at",
-            sqlite_where=text("warnings IS NOT NULL"),
-            postgresql_where=text("warnings IS NOT NULL"),
-        ),
     )
 
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -559,8 +548,8 @@ class ConfigSummary(Base):
 
 class RunVerdict(Base):
     """A succeeded run's verdicts against the runs of its configuration before it (migration
-    0010), kept by store/verdicts.py like the summaries: its regression flags and a convergence
-    check that flagged it. Only runs with a verdict to show have a row."""
+    0010), kept by store/verdicts.py like the summaries: its regression flags, a convergence
+    check that flagged it, and its warnings. Only runs with one of them have a row."""
 
     __tablename__ = "run_verdicts"
     __table_args__ = (
@@ -588,6 +577,7 @@ class RunVerdict(Base):
     regressions: Mapped[list[Any]] = mapped_column(JsonDoc)
     # Convergence's fields, when its check flagged the run
     convergence: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    warnings: Mapped[list[Any] | None] = mapped_column(JsonDoc)  # runs.warnings, when it has some
 
 
 class DerivedVersion(Base):

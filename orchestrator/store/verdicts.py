@@ -1,8 +1,8 @@
 """Per-run verdicts kept at publish (run_verdicts, migration 0010): each succeeded run's
 regression flags (orchestrator/regressions.py: against the HISTORY_RUNS runs of its
-configuration before it) and its convergence check (orchestrator/convergence.py: against the
-REFERENCE_RUNS before it) when that flagged it. A row exists only for a run with a verdict to
-show, so the whole-history views read a few rows, not every run.
+configuration before it), its convergence check (orchestrator/convergence.py: against the
+REFERENCE_RUNS before it) when that flagged it, and its warnings. A row exists only for a run
+with something to show, so the whole-history views read a few rows, not every run.
 
 A run's verdicts depend on the runs before it only: a write that touches runs from time t on
 (store/scopes.py) recomputes the verdicts of its configuration's runs from t on, reading the
@@ -50,6 +50,7 @@ _COLUMNS = (
     Run.finished_at,
     Run.p_train,
     Run.p_core,
+    Run.warnings,
 )
 
 
@@ -109,7 +110,8 @@ def _write(
     for run in chosen:
         run_id = str(run["run_id"])
         found, checked = flags.get(run_id, []), checks.get(run_id)
-        if found or checked is not None:
+        warnings = [str(w) for w in run["warnings"] or []]
+        if found or checked is not None or warnings:
             rows.append(
                 {
                     "run_id": run_id,
@@ -121,6 +123,7 @@ def _write(
                     "finished_at": run["finished_at"],
                     "regressions": [_regression_doc(r) for r in found],
                     "convergence": _convergence_doc(checked) if checked else None,
+                    "warnings": warnings or None,
                 }
             )
     insert_rows(conn, RunVerdict, rows)
@@ -196,6 +199,7 @@ class Verdict:
     key: ConfigKey
     regressions: list[Regression]
     convergence: Convergence | None
+    warnings: list[str]
 
 
 def _verdict(row: Mapping[Any, Any]) -> Verdict:
@@ -226,7 +230,7 @@ def _verdict(row: Mapping[Any, Any]) -> Verdict:
             c["throughput_change"],
         )
     key = config_key({**row, "config": row["config_label"]})
-    return Verdict(run_id, key, found, checked)
+    return Verdict(run_id, key, found, checked, [str(w) for w in row["warnings"] or []])
 
 
 def stored(

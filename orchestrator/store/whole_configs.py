@@ -1,7 +1,6 @@
 """The seed table of whole configurations (every succeeded run of each, no time window, no
 chosen runs) read from what is kept at publish: config_summaries for the groups and the
-environment block, run_verdicts for the flags, the partial index ix_runs_warned for the
-warnings. A few rows per configuration, however long its history; the reports use it when
+environment block, run_verdicts for the flags and warnings. A few rows per configuration, however long its history; the reports use it when
 store/derived.py says those rows are current, and read the runs otherwise."""
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from orchestrator.regressions import ConfigKey
 from orchestrator.store import derived, verdicts
 from orchestrator.store.config_queries import SEED_NAMES
 from orchestrator.store.environments import EnvironmentParts, lines
-from orchestrator.store.models import SUMMARY_METRICS, ConfigSummary, Run
+from orchestrator.store.models import SUMMARY_METRICS, ConfigSummary
 from orchestrator.store.verdicts import Verdict
 from orchestrator.units import mem_used_gib
 
@@ -63,11 +62,12 @@ def whole_configurations(
     for row in rows:
         parts.add(EnvironmentParts.of_document(row["environment"]))
     succeeded = sum(int(r["succeeded"]) for r in rows)
+    kept = verdicts.stored(conn, vendor, topology, precision)
     return WholeConfigurations(
         _totals(rows),
         lines(parts, succeeded),
-        verdicts.stored(conn, vendor, topology, precision),
-        _warnings(conn, filters),
+        kept,
+        dict(sorted((v.run_id, v.warnings) for v in kept if v.warnings)),
     )
 
 
@@ -108,16 +108,3 @@ def _total(key: tuple[str, ...], rows: list[dict[str, Any]]) -> ConfigTotals:
         top["mem_peak_source"] if top else None,
         sum(int(r["mem_measured"] or 0) for r in rows),
     )
-
-
-def _warnings(conn: Connection, filters: Mapping[str, str | None]) -> dict[str, list[str]]:
-    """The warnings of the selected configurations' succeeded runs (ix_runs_warned: only the
-    runs that have some)."""
-    query = select(Run.run_id, Run.warnings).where(
-        Run.warnings.is_not(None), Run.status == "succeeded"
-    )
-    for name, value in filters.items():
-        if value is not None:
-            query = query.where(Run.__table__.c[name] == value)
-    found = {str(i): [str(w) for w in found] for i, found in conn.execute(query) if found}
-    return dict(sorted(found.items()))

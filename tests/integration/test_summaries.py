@@ -24,7 +24,7 @@ from orchestrator.store.ingest import WritePolicy
 from orchestrator.store.models import MonitorSample, Run, RunNode
 from orchestrator.store.monitor_series import downsample
 from orchestrator.store.monitor_series import stored as stored_series
-from orchestrator.store.queries import SEED_TABLE
+from orchestrator.store.queries import SEED_TABLE, run_warnings
 from orchestrator.store.summaries import recompute, refresh, scopes_of, stored
 from tests.support.web_fixtures import FIXTURE_RUNS, MONITORED_RUN, T0, _folder, make_run_folders
 
@@ -89,34 +89,42 @@ def assert_environments_match(url: str, have: list[dict[str, Any]]) -> None:
             assert row["environment"] == parts_of_runs(conn, list(ids)).document(), _key(row)
 
 
-def recomputed_verdicts(url: str) -> dict[str, tuple[list[Any], Any]]:
-    """Every run's regression flags and flagged convergence check as the reports compute them
-    from the raw rows (each configuration's whole history): {run_id: (flags, check)}."""
+def recomputed_verdicts(url: str) -> dict[str, tuple[list[Any], Any, list[str]]]:
+    """Every succeeded run's regression flags, flagged convergence check and warnings as the
+    reports compute them from the raw rows (each configuration's whole history), for the runs
+    with one of them: {run_id: (flags, check, warnings)}."""
     with open_store(url) as store, store.engine.connect() as conn:
         rows = list(conn.execute(select(SEED_TABLE)).mappings())
         checks = convergence_checks(conn, rows)
+        succeeded = [r["run_id"] for r in rows if r["status"] == "succeeded"]
+        warned = run_warnings(conn, succeeded)
     flags = flag_history(rows)
-    ids = set(flags) | {i for i, c in checks.items() if c.flagged}
+    ids = set(flags) | {i for i, c in checks.items() if c.flagged} | set(warned)
     found = {}
     for run_id in ids:
         check = checks.get(run_id)
-        found[run_id] = (flags.get(run_id, []), check if check and check.flagged else None)
+        found[run_id] = (
+            flags.get(run_id, []),
+            check if check and check.flagged else None,
+            warned.get(run_id, []),
+        )
     return found
 
 
-def assert_verdicts_match(url: str) -> dict[str, tuple[list[Any], Any]]:
+def assert_verdicts_match(url: str) -> dict[str, tuple[list[Any], Any, list[str]]]:
     """run_verdicts holds exactly the recomputed verdicts, with the current rule recorded."""
     with open_store(url) as store, store.engine.connect() as conn:
-        kept = {v.run_id: (v.regressions, v.convergence) for v in verdicts.stored(conn)}
+        kept = {v.run_id: v for v in verdicts.stored(conn)}
         assert derived.current(conn)
     want = recomputed_verdicts(url)
     assert sorted(kept) == sorted(want)
-    for run_id, (flags, check) in want.items():
-        got_flags, got_check = kept[run_id]
-        assert got_flags == flags, run_id
-        assert (got_check.as_dict() if got_check else None) == (
+    for run_id, (flags, check, warnings) in want.items():
+        got = kept[run_id]
+        assert got.regressions == flags, run_id
+        assert (got.convergence.as_dict() if got.convergence else None) == (
             check.as_dict() if check else None
         ), run_id
+        assert got.warnings == warnings, run_id
     return want
 
 

@@ -1,5 +1,5 @@
 """The grouped seed table of whole configurations, read from what the store keeps at publish
-(config_summaries, run_verdicts, ix_runs_warned: reports/whole_report.py), says exactly what
+(config_summaries, run_verdicts: reports/whole_report.py), says exactly what
 reading every run says: `orchestrator report` (markdown and table, with and without --olympic)
 and the /seed page with its markdown download, on SQLite and PostgreSQL, over a store with
 regression flags, a convergence flag, warnings, energy, memory labels and a health gate. The

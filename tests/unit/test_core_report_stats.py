@@ -1,15 +1,32 @@
-"""The regression flag's rules at their edges (orchestrator/reports/stats.py): which history runs
-feed it, the 3 sd and 5 % thresholds, ties in time, the minimum history; groups and spreads."""
+"""The regression flag's rules at their edges (orchestrator/regressions.py): which history runs
+feed it, the 3 sd and 5 % thresholds, ties in time, the minimum history; groups and spreads
+(orchestrator/reports/stats.py), and a whole configuration's group from its kept moments."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from orchestrator.regressions import config_key, find_regressions, flag_history, regressions_by_run
-from orchestrator.reports.stats import Group, devices, group_rows, spread
+from orchestrator.confidence import Moments
+from orchestrator.regressions import (
+    Regression,
+    config_key,
+    find_regressions,
+    flag_history,
+    regressions_by_run,
+)
+from orchestrator.reports.stats import (
+    METRICS,
+    Group,
+    SummaryGroup,
+    devices,
+    group_rows,
+    spread,
+    spread_of_moments,
+)
 
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 
@@ -191,3 +208,121 @@ def test_a_group_without_a_topology_has_an_empty_one() -> None:
 def test_an_unreadable_memory_label_ranks_below_a_small_one() -> None:
     rows = [_run("a", 1, 1.0, mem="n/a"), _run("b", 2, 1.0, mem="0.5/64.0")]
     assert group_rows(rows)[0].mem == "0.5/64.0"
+
+
+def test_regressions_by_run_takes_rows_without_a_status_and_skips_configs_without_history() -> None:
+    def plain(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "status"}
+
+    history = [plain(_run(f"h{i}", i, 500.0 + (i % 2))) for i in range(3)]
+    now = plain(_run("now", 10, 300.0))
+    alone = _run("alone", 10, 1.0, vendor="other")  # no history of its configuration at all
+    flagged = regressions_by_run([now, alone], history)
+    assert list(flagged) == ["now"]
+    assert [(r.metric, r.history_n, r.history_mean) for r in flagged["now"]] == [
+        ("p_core", 3, pytest.approx(500 + 1 / 3))
+    ]
+    assert flagged["now"] == find_regressions(now, history)
+
+
+# Five runs of one configuration; each metric measured by the first few of them.
+SUMMARY_VALUES = {
+    "p_core": [500.0, 520.0, 510.0, 505.5, 530.25],  # five: the olympic mean drops two
+    "p_train": [400.0, 410.0, 403.0],  # three: it keeps the middle one
+    "e2e_time": [61.0, 64.5],  # two: the plain mean
+    "map": [0.372],  # one: no sd, no interval
+    "p_whole": [250.0, 250.0, 250.0, 250.0],  # identical repeats: exactly no spread
+}
+
+
+def _moments(values: list[float]) -> Moments:
+    """What a summary row keeps of these values."""
+    return Moments(
+        len(values), math.fsum(values), math.fsum(v * v for v in values), min(values), max(values)
+    )
+
+
+def _summary_and_runs(flagged: list[str]) -> tuple[SummaryGroup, Group]:
+    rows = [
+        {
+            **_run(rid, i, None, fix_hp="bs=2"),
+            **{m: v[i] if i < len(v) else None for m, v in SUMMARY_VALUES.items()},
+        }
+        for i, rid in enumerate("abcde")
+    ]
+    (group,) = group_rows(rows)
+    summary = SummaryGroup(
+        group.key,
+        group.topology,
+        group.n,
+        {m: _moments(v) for m, v in SUMMARY_VALUES.items()},
+        "30.0/64.0",
+        "device",
+        True,
+        flagged,
+    )
+    return summary, group
+
+
+def test_a_summary_group_from_kept_moments_gives_the_stats_of_the_group_of_its_runs() -> None:
+    summary, group = _summary_and_runs([])
+    assert (summary.vendor, summary.config, summary.precision, summary.fix_hp) == (
+        "metax",
+        "MXC500 2x8",
+        "fp32",
+        "bs=2",
+    )
+    for metric in (*METRICS, "not_kept"):
+        kept, runs = summary.stats(metric), group.stats(metric)
+        if runs is None:
+            assert metric == "not_kept" and kept is None
+            assert summary.interval(metric) is None and summary.olympic(metric) is None
+            continue
+        assert kept is not None, metric
+        assert (kept.n, kept.min, kept.max) == (runs.n, runs.min, runs.max), metric
+        assert kept.mean == pytest.approx(runs.mean, rel=1e-12), metric
+        assert kept.sd == (None if runs.sd is None else pytest.approx(runs.sd, rel=1e-9)), metric
+        kept_ci, runs_ci = summary.interval(metric), group.interval(metric)
+        assert kept_ci is not None and runs_ci is not None, metric
+        assert kept_ci.n == runs_ci.n and kept_ci.mean == pytest.approx(runs_ci.mean), metric
+        for part in ("sd", "half_width"):
+            want = getattr(runs_ci, part)
+            assert getattr(kept_ci, part) == (None if want is None else pytest.approx(want)), metric
+        kept_o, runs_o = summary.olympic(metric), group.olympic(metric)
+        assert kept_o is not None and runs_o is not None, metric
+        assert (kept_o.dropped, kept_o.n) == (runs_o.dropped, runs_o.n), metric
+        assert kept_o.mean == pytest.approx(runs_o.mean, rel=1e-12), metric
+    # The figures themselves, so that both sides cannot agree on a wrong one.
+    p_core = summary.stats("p_core")
+    assert p_core is not None
+    assert (p_core.n, p_core.mean, p_core.min, p_core.max) == (5, 513.15, 500.0, 530.25)
+    assert p_core.sd == pytest.approx(12.0488589, rel=1e-8)
+    p_core_ci = summary.interval("p_core")
+    assert p_core_ci is not None and p_core_ci.half_width == pytest.approx(14.9606343, rel=1e-8)
+    olympics = {m: summary.olympic(m) for m in ("p_core", "p_train", "e2e_time", "map", "p_whole")}
+    assert {m: (o.mean, o.dropped, o.n) for m, o in olympics.items() if o is not None} == {
+        "p_core": (pytest.approx(511.8333333), 2, 3),  # 505.5, 510, 520
+        "p_train": (403.0, 2, 1),
+        "e2e_time": (62.75, 0, 2),
+        "map": (0.372, 0, 1),
+        "p_whole": (250.0, 2, 2),
+    }
+    assert summary.stats("map") == group.stats("map")  # one value: no sd
+    assert spread_of_moments(Moments(0, 0.0, 0.0, 0.0, 0.0)) is None  # nothing kept
+
+
+def test_a_summary_group_lists_the_flags_of_its_flagged_runs_in_their_order() -> None:
+    def flag(run_id: str, metric: str) -> Regression:
+        return Regression(run_id, metric, 300.0, 500.0, 1.0, 10)
+
+    regressions = {
+        "b": [flag("b", "p_core")],
+        "d": [flag("d", "p_train"), flag("d", "p_core")],
+        "x": [flag("x", "p_core")],  # a run of another configuration
+    }
+    # c is flagged in the kept verdicts but has no flags in this mapping: it adds none
+    summary, group = _summary_and_runs(["b", "c", "d"])
+    expected = [regressions["b"][0], *regressions["d"]]
+    assert summary.flags(regressions) == expected
+    assert group.flags(regressions) == expected  # the same as the group of its runs
+    assert summary.flags({}) == []

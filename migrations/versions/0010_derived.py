@@ -1,4 +1,5 @@
-"""Whole-history views from kept data: the per-run verdicts (regression flags, convergence
+"""Whole-history views from kept data, and the runs page's search indexes on PostgreSQL made
+unusable for a plain `run_id = ...`: the per-run verdicts (regression flags, convergence
 checks, the run's warnings), and what a configuration's summary needs for the grouped seed table without its runs
 (J/image moments, the memory peak, the environment block); a record of which definitions the
 derived rows were computed with.
@@ -80,9 +81,34 @@ def upgrade() -> None:
         sa.Column("version", sa.String(512), nullable=False),
         sa.PrimaryKeyConstraint("name", name="pk_derived_versions"),
     )
+    _search_indexes("lower({})")
+
+
+def _search_indexes(expression: str) -> None:
+    """0009's pg_trgm GIN indexes on the bare columns serve `=` too (gin_trgm_ops has it), and
+    PostgreSQL's planner took the run_id one for `run_id IN (...)` reads (a run's warnings, its
+    energy), which walked the trigram lists of `ben`, `enc`, ... for every run: 325 ms for 76
+    runs of a 10,000-run store, instead of the primary key. Indexes on lower(column) serve the
+    search (store/search.py, now case-insensitive as SQLite's) and nothing else. Only where 0009
+    could make them (pg_trgm present)."""
+    conn = op.get_bind()
+    if conn.dialect.name != "postgresql":
+        return
+    found = conn.exec_driver_sql(
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_runs_search_run_id'"
+    ).scalar()
+    if not found:
+        return
+    for column in ("run_id", "reason"):
+        conn.exec_driver_sql(f"DROP INDEX ix_runs_search_{column}")
+        conn.exec_driver_sql(
+            f"CREATE INDEX ix_runs_search_{column} ON runs "
+            f"USING gin ({expression.format(column)} gin_trgm_ops)"
+        )
 
 
 def downgrade() -> None:
+    _search_indexes("{}")
     op.drop_table("derived_versions")
     op.drop_index("ix_run_verdicts_config", table_name="run_verdicts")
     op.drop_table("run_verdicts")

@@ -1,11 +1,12 @@
 """The runs page's text search (text anywhere in the run id or the failure reason) through a
-trigram index (migration 0009): SQLite's FTS5 table runs_search (tokenize 'trigram', kept by
-triggers on runs), PostgreSQL's pg_trgm GIN indexes on runs.run_id and runs.reason.
+trigram index (migrations 0009, 0010): SQLite's FTS5 table runs_search (tokenize 'trigram', kept
+by triggers on runs), PostgreSQL's pg_trgm GIN indexes on lower(runs.run_id) and
+lower(runs.reason).
 
 Without an index to use, the search is the plain `LIKE '%text%'` over the runs, which reads the
 whole table: text shorter than a trigram (3 characters), and a PostgreSQL store where pg_trgm
-could not be created (docs/web.md). SQLite's search ignores case (FTS5's trigram tokenizer, as
-its LIKE); PostgreSQL's is case-sensitive (LIKE), as before the index.
+could not be created (docs/web.md). Both ignore case: SQLite's FTS5 trigram tokenizer and LIKE
+do; on PostgreSQL both sides are lower-cased (the expression the indexes hold).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    func,
     literal_column,
     or_,
     text,
@@ -54,8 +56,8 @@ def indexed(conn: Connection) -> bool:
 
 def _plain(words: str) -> ColumnElement[bool]:
     return or_(
-        Run.run_id.contains(words, autoescape=True),
-        Run.reason.contains(words, autoescape=True),
+        func.lower(Run.run_id).contains(words.lower(), autoescape=True),
+        func.lower(Run.reason).contains(words.lower(), autoescape=True),
     )
 
 

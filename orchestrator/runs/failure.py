@@ -20,6 +20,12 @@ class Failure:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def by_signal(self) -> bool:
+        """A rank killed by a signal ("killed by signal 9", torchrun's "Signal 9 (SIGKILL)
+        received"): the cause of its peers' failures, not one of them."""
+        return "signal" in self.reason.lower()
+
 
 _ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 _TRACEBACK = re.compile(r"traceback\s*:\s*(.+)")

@@ -47,3 +47,26 @@ def test_no_summary_at_all_still_names_the_node():
     failure = diagnose("n2", 137, ["some output", "RuntimeError: connection closed by peer"])
     assert failure.rank is None and failure.node == "n2"
     assert "node n2" in failure.reason and "connection closed" in failure.reason
+
+
+def test_a_failure_that_is_no_signal_waits_a_while_for_a_peer_killed_by_one() -> None:
+    """A rank SIGKILLed on node2 breaks rank 0 on node1, whose error may be seen first: the
+    launcher waits up to PEER_SIGNAL_WAIT_S for node2, while it still runs, before naming the
+    cause; a signal, all nodes ended, a stop asked, or the wait over: no more waiting."""
+    from orchestrator.backends.ssh.launch import PEER_SIGNAL_WAIT_S, may_be_a_peer
+
+    broken = diagnose("node1", 1, ["RuntimeError: Connection closed by peer"])
+    killed = diagnose(
+        "node2",
+        1,
+        ["Root Cause (first observed failure):", "[0]:", "  rank      : 1 (local_rank: 0)"]
+        + ["  exitcode  : -9 (pid: 42)", "  traceback : Signal 9 (SIGKILL) received by PID 42"],
+    )
+    running = {"node1": 1, "node2": None}
+    assert may_be_a_peer(broken, running, 0.0, False)
+    assert may_be_a_peer(broken, running, PEER_SIGNAL_WAIT_S - 0.1, False)
+    assert not may_be_a_peer(broken, running, PEER_SIGNAL_WAIT_S, False)
+    assert not may_be_a_peer(broken, {"node1": 1, "node2": 1}, 0.0, False)
+    assert not may_be_a_peer(broken, running, 0.0, True)
+    assert killed.by_signal and "Signal 9" in killed.reason
+    assert not may_be_a_peer(killed, running, 0.0, False)

@@ -39,6 +39,22 @@ POLL_S = 0.2
 MONITOR_END_S = 1.0  # a stopped sampler's channel reports its end well within this
 TAIL_LINES = 300  # enough to hold torchrun's whole failure summary
 KILL_GRACE_S = 5.0
+# A rank killed on one node (a signal: the OOM killer, a kill -9) breaks its peers' collectives
+# at once, and their error can reach us first; its own torchrun notices the death at its next
+# check (every 5 s in torch 2.0, 0.1 s later). A first failure that is no signal waits this
+# long for a node whose rank died of one, the cause, while other nodes still run.
+PEER_SIGNAL_WAIT_S = 6.0
+
+
+def may_be_a_peer(
+    failure: Failure, exits: dict[str, int | None], waited_s: float, stopping: bool
+) -> bool:
+    """Whether to wait for the other nodes before naming `failure` the cause: it is no signal,
+    some node still runs, nobody asked to stop, and PEER_SIGNAL_WAIT_S has not passed."""
+    running = any(code is None for code in exits.values())
+    if failure.by_signal or not running or stopping:
+        return False
+    return waited_s < PEER_SIGNAL_WAIT_S
 
 
 @dataclass
@@ -259,6 +275,7 @@ class Watch:
         self.view.last_event_at = t0
         exits: dict[str, int | None] = {n: None for n in self.procs}
         order: list[str] = []  # nodes in the order their exit was seen
+        first_failed_at: float | None = None
         while True:
             names = list(self.procs)
             for i, name in enumerate(names):
@@ -276,7 +293,10 @@ class Watch:
             failure = None
             status: Ending = "failed"
             if failed:
+                first_failed_at = first_failed_at or now
                 failure = self._first_failure(failed, exits)
+                if may_be_a_peer(failure, exits, now - first_failed_at, self.stop.is_set()):
+                    continue
             elif all(code == 0 for code in exits.values()):
                 self.ended_at = time.monotonic()
                 self.finish()
@@ -301,11 +321,12 @@ class Watch:
 
     def _first_failure(self, failed: list[str], exits: dict[str, int | None]) -> Failure:
         # Peers of a dead rank fail too, moments later: the first exit seen is the cause; among
-        # exits seen in the same poll, a signal (negative exit code in torchrun's summary) wins.
+        # the exits seen (within PEER_SIGNAL_WAIT_S), a signal (negative exit code in torchrun's
+        # summary) wins.
         diagnosed = [diagnose(n, exits[n], list(self.tails[n])) for n in failed]
         first = diagnosed[0]
         for f in diagnosed[1:]:
-            if "signal" in f.reason and "signal" not in first.reason:
+            if f.by_signal and not first.by_signal:
                 first = f
                 break
         return first

@@ -51,13 +51,10 @@ def spread_of_moments(moments: Moments) -> Spread | None:
     return Spread(found.n, found.mean, found.sd, moments.low, moments.high)
 
 
-@dataclass
-class Group:
-    """The repeats of one configuration in a selection."""
+class _Named:
+    """A group's key by name: vendor, config (hardware + topology), precision, fix_hp."""
 
     key: ConfigKey
-    topology: str
-    rows: list[Mapping[Any, Any]] = field(default_factory=list)
 
     @property
     def vendor(self) -> str:
@@ -74,6 +71,15 @@ class Group:
     @property
     def fix_hp(self) -> str:
         return self.key[3]
+
+
+@dataclass
+class Group(_Named):
+    """The repeats of one configuration in a selection."""
+
+    key: ConfigKey
+    topology: str
+    rows: list[Mapping[Any, Any]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -174,7 +180,7 @@ def scaling_points(measured: Iterable[tuple[str, str, float]]) -> list[ScalingPo
 
 
 @dataclass(frozen=True)
-class SummaryGroup:
+class SummaryGroup(_Named):
     """A whole configuration as Group shows it, from its kept moments (the summaries) instead
     of its runs: the same figures (the sd up to rounding in its last digits), without the run
     ids, which only the per-run outputs (CSV, JSON) list."""
@@ -187,22 +193,6 @@ class SummaryGroup:
     mem_source: str | None
     measured: bool
     flagged: Sequence[str]  # its runs with regression flags, in finishing order
-
-    @property
-    def vendor(self) -> str:
-        return self.key[0]
-
-    @property
-    def config(self) -> str:
-        return self.key[1]
-
-    @property
-    def precision(self) -> str:
-        return self.key[2]
-
-    @property
-    def fix_hp(self) -> str:
-        return self.key[3]
 
     def stats(self, metric: str) -> Spread | None:
         found = self.moments.get(metric)

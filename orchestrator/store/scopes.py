@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, select
 
 from orchestrator.store.bulk import chunks
 from orchestrator.store.models import Run
@@ -24,6 +25,19 @@ class Scope:
     precision: str
     config_label: str
     fix_hp: str
+
+
+def scope_filter(table: Any, scope: Scope) -> Any:
+    """The rows of `table` (runs, or a table keyed like them) in this scope; vendor, topology,
+    precision first: the prefix of ix_runs_config_time."""
+    c = table.__table__.c
+    return and_(
+        c.vendor == scope.vendor,
+        c.topology == scope.topology,
+        c.precision == scope.precision,
+        c.config_label == scope.config_label,
+        c.fix_hp == scope.fix_hp,
+    )
 
 
 @dataclass(frozen=True)

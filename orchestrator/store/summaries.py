@@ -20,13 +20,13 @@ from dataclasses import astuple
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, func, select, text
+from sqlalchemy import Connection, case, delete, func, select, text
 
 from orchestrator import units
 from orchestrator.store import verdicts
 from orchestrator.store.bulk import insert_rows
 from orchestrator.store.models import RECENT_RUNS, SUMMARY_METRICS, ConfigSummary, Run
-from orchestrator.store.scopes import Scope, Touched, touched
+from orchestrator.store.scopes import Scope, Touched, scope_filter, touched
 from orchestrator.store.summary_extras import HARDWARE, extras
 
 KEY = ("vendor", "hardware", "config_label", "topology", "precision", "fix_hp")
@@ -71,23 +71,12 @@ def _group(query: Any) -> Any:
     )
 
 
-def _scope_filter(scope: Scope) -> Any:
-    # vendor, topology, precision first: the prefix of ix_runs_config_time
-    return and_(
-        Run.vendor == scope.vendor,
-        Run.topology == scope.topology,
-        Run.precision == scope.precision,
-        Run.config_label == scope.config_label,
-        Run.fix_hp == scope.fix_hp,
-    )
-
-
 def _recent(conn: Connection, scope: Scope, hardware: str) -> list[dict[str, Any]]:
     metrics = [Run.__table__.c[m] for m in SUMMARY_METRICS]
     query = (
         select(Run.run_id, Run.finished_at, *metrics)
         .where(
-            _scope_filter(scope),
+            scope_filter(Run, scope),
             HARDWARE == hardware,
             Run.status == "succeeded",
             Run.finished_at.is_not(None),
@@ -146,7 +135,7 @@ def refresh(conn: Connection, changed: Touched, added_only: bool = False) -> Non
             stored_rows = conn.execute(select(ConfigSummary).where(*where)).mappings()
             before = {str(r["hardware"]): dict(r) for r in stored_rows}
         conn.execute(delete(ConfigSummary).where(*where))
-        query = _group(select(*_aggregates()).where(_scope_filter(scope)))
+        query = _group(select(*_aggregates()).where(scope_filter(Run, scope)))
         rows = [
             _summary_row(conn, r, before.get(r["hardware"]), added)
             for r in conn.execute(query).mappings()

@@ -20,22 +20,14 @@ from orchestrator.store.environments import (
     parts_of,
 )
 from orchestrator.store.models import Run
-from orchestrator.store.scopes import Scope
+from orchestrator.store.scopes import Scope, scope_filter
 
 HARDWARE = func.coalesce(Run.hardware_label, Run.vendor)
 
 
 def succeeded(scope: Scope, hardware: str) -> Any:
     """The succeeded runs of a scope on one hardware label (a summary row's runs)."""
-    return and_(
-        Run.vendor == scope.vendor,
-        Run.topology == scope.topology,
-        Run.precision == scope.precision,
-        Run.config_label == scope.config_label,
-        Run.fix_hp == scope.fix_hp,
-        HARDWARE == hardware,
-        Run.status == "succeeded",
-    )
+    return and_(scope_filter(Run, scope), HARDWARE == hardware, Run.status == "succeeded")
 
 
 def extras(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, or_, select
+from sqlalchemy import Connection, delete, or_, select
 
 from orchestrator import convergence as conv
 from orchestrator import regressions as reg
@@ -27,7 +27,7 @@ from orchestrator.regressions import ConfigKey, Regression, config_key, flag_his
 from orchestrator.store.bulk import chunks, insert_rows
 from orchestrator.store.epochs import epochs_of
 from orchestrator.store.models import Run, RunVerdict
-from orchestrator.store.scopes import Scope, Span, Touched
+from orchestrator.store.scopes import Scope, Span, Touched, scope_filter
 
 # Bump VERSION when the code of a rule changes; the constants are in the string already.
 VERSION = 1
@@ -54,17 +54,6 @@ _COLUMNS = (
 )
 
 
-def _scope_filter(table: Any, scope: Scope) -> Any:
-    c = table.__table__.c
-    return and_(
-        c.vendor == scope.vendor,
-        c.topology == scope.topology,
-        c.precision == scope.precision,
-        c.config_label == scope.config_label,
-        c.fix_hp == scope.fix_hp,
-    )
-
-
 def refresh(conn: Connection, touched: Touched) -> None:
     """The verdicts of each touched scope's runs from its span on, in the caller's transaction."""
     for scope in touched.scopes:
@@ -78,7 +67,7 @@ def _refresh_scope(conn: Connection, scope: Scope, span: Span) -> None:
         if gone is not None:
             which.append(gone)
         if which:
-            conn.execute(delete(RunVerdict).where(_scope_filter(RunVerdict, scope), or_(*which)))
+            conn.execute(delete(RunVerdict).where(scope_filter(RunVerdict, scope), or_(*which)))
     if span.since is not None:
         _write(conn, scope, _runs_from(conn, scope, span.since), span.since)
 
@@ -87,7 +76,7 @@ def _runs_from(conn: Connection, scope: Scope, since: datetime | None) -> list[d
     """The scope's succeeded runs from `since` on, after the BEFORE runs before it; oldest
     first (the whole scope when `since` is None)."""
     base = select(*_COLUMNS).where(
-        _scope_filter(Run, scope), Run.status == "succeeded", Run.finished_at.is_not(None)
+        scope_filter(Run, scope), Run.status == "succeeded", Run.finished_at.is_not(None)
     )
     if since is None:
         rows = conn.execute(base.order_by(Run.finished_at, Run.run_id)).mappings()

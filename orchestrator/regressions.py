@@ -10,7 +10,7 @@ import bisect
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.units import sig3
@@ -43,6 +43,11 @@ class Regression:
     history_mean: float
     history_sd: float
     history_n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """run_id, metric, value, history_mean, history_sd, history_n: the report's JSON and
+        a stored verdict (store/verdicts.py)."""
+        return asdict(self)
 
     @property
     def drop(self) -> float:

@@ -283,18 +283,7 @@ def render_grouped_report(
                 for g in listed
             ],
             "runs": [_run_document(row) for row in rows],
-            "regressions": [
-                {
-                    "run_id": r.run_id,
-                    "metric": r.metric,
-                    "value": r.value,
-                    "history_mean": r.history_mean,
-                    "history_sd": r.history_sd,
-                    "history_n": r.history_n,
-                }
-                for found in regressions.values()
-                for r in found
-            ],
+            "regressions": [r.as_dict() for found in regressions.values() for r in found],
             "plots": {title: path for title, path in plots},
             "warnings": {run_id: list(found) for run_id, found in (warnings or {}).items()},
             "convergence": [c.as_dict() for c in convergence],

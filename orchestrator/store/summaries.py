@@ -122,19 +122,13 @@ def refresh(conn: Connection, changed: Touched, added_only: bool = False) -> Non
     ordered = changed.scopes
     _lock(conn, ordered)
     for scope in ordered:
-        where = (
-            ConfigSummary.vendor == scope.vendor,
-            ConfigSummary.topology == scope.topology,
-            ConfigSummary.precision == scope.precision,
-            ConfigSummary.config_label == scope.config_label,
-            ConfigSummary.fix_hp == scope.fix_hp,
-        )
+        where = scope_filter(ConfigSummary, scope)
         added = changed.spans[scope].run_ids if added_only else None
         before: dict[str, dict[str, Any]] = {}
         if added is not None:
-            stored_rows = conn.execute(select(ConfigSummary).where(*where)).mappings()
+            stored_rows = conn.execute(select(ConfigSummary).where(where)).mappings()
             before = {str(r["hardware"]): dict(r) for r in stored_rows}
-        conn.execute(delete(ConfigSummary).where(*where))
+        conn.execute(delete(ConfigSummary).where(where))
         query = _group(select(*_aggregates()).where(scope_filter(Run, scope)))
         rows = [
             _summary_row(conn, r, before.get(r["hardware"]), added)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, or_, select
+from sqlalchemy import Connection, delete, select
 
 from orchestrator import convergence as conv
 from orchestrator import regressions as reg
@@ -61,14 +61,12 @@ def refresh(conn: Connection, touched: Touched) -> None:
 
 
 def _refresh_scope(conn: Connection, scope: Scope, span: Span) -> None:
-    gone = RunVerdict.finished_at >= span.since if span.since is not None else None
-    for chunk in chunks(sorted(span.run_ids)) if span.run_ids else [[]]:
-        which: list[Any] = [RunVerdict.run_id.in_(chunk)] if chunk else []
-        if gone is not None:
-            which.append(gone)
-        if which:
-            conn.execute(delete(RunVerdict).where(scope_filter(RunVerdict, scope), or_(*which)))
+    # the rows of the touched runs wherever they finished before, and of every run after them
+    mine = scope_filter(RunVerdict, scope)
+    for chunk in chunks(sorted(span.run_ids)):
+        conn.execute(delete(RunVerdict).where(mine, RunVerdict.run_id.in_(chunk)))
     if span.since is not None:
+        conn.execute(delete(RunVerdict).where(mine, RunVerdict.finished_at >= span.since))
         _write(conn, scope, _runs_from(conn, scope, span.since), span.since)
 
 
@@ -159,13 +157,7 @@ def rebuild(conn: Connection) -> int:
 
 
 def _regression_doc(found: Regression) -> dict[str, Any]:
-    return {
-        "metric": found.metric,
-        "value": found.value,
-        "history_mean": found.history_mean,
-        "history_sd": found.history_sd,
-        "history_n": found.history_n,
-    }
+    return {k: v for k, v in found.as_dict().items() if k != "run_id"}  # the row has it
 
 
 def _convergence_doc(found: Convergence) -> dict[str, Any]:

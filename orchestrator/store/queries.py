@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Float, MetaData, Select, String, Table, select
+from sqlalchemy import Column, Connection, Float, MetaData, Select, String, Table, func, select
 from sqlalchemy.engine import RowMapping
 
 from orchestrator.errors import StoreError
@@ -246,21 +246,16 @@ def environment(conn: Connection, runs: Selection | Sequence[str]) -> list[tuple
 
     `runs` is a Selection (one query, the database finds the distinct environments) or run ids.
     """
-    if isinstance(runs, Selection):
+    if isinstance(runs, Selection) and not runs.limit:
+        counted = select(func.count()).select_from(SEED_TABLE)
+        count = int(conn.scalar(_where(conn, counted, runs)) or 0)  # the gate line's "of N"
+        nodes = [_where(conn, node_query(), runs, Run.__table__)]
+        gates = [_where(conn, gate_query().join(Run, on_gated()), runs, Run.__table__)]
+        return lines(parts_of(conn, nodes, gates), count)
+    if isinstance(runs, Selection):  # which runs depends on their order
         ids = list(conn.scalars(_where(conn, select(SEED_TABLE.c.run_id), runs)))
     else:
         ids = [runs] if isinstance(runs, str) else list(runs)
-    if isinstance(runs, Selection) and not runs.limit:
-        nodes = [_where(conn, node_query(), runs, Run.__table__)]
-        gates = [
-            _where(
-                conn,
-                gate_query().join(Run, on_gated()),
-                runs,
-                Run.__table__,
-            )
-        ]
-        return lines(parts_of(conn, nodes, gates), len(ids))
     return lines(parts_of_runs(conn, ids), len(ids))
 
 

@@ -149,12 +149,17 @@ def waited_in(stack: str) -> Waited | None:
         )
         if collective is None:
             continue
-        own = next((m for m in frames if "faster_rcnn" in m.group(1)), None)
+        # the workload's collective helper (comm.py) is a wrapper: name the line that called it
+        own = next((m for m in frames if _is_workload_caller(m.group(1))), None)
         caller = (
             f"{own.group(1).rsplit('/', 1)[-1]}:{own.group(2)} in {own.group(3)}" if own else ""
         )
         return Waited(collective, caller)
     return None
+
+
+def _is_workload_caller(path: str) -> bool:
+    return "faster_rcnn" in path and not path.endswith("/comm.py")
 
 
 def diagnose_hang(

@@ -64,6 +64,25 @@ def test_the_second_steps_bucket_rebuild_is_a_collective() -> None:
     assert where.caller == "device.py:187 in forward_losses"
 
 
+# Rank 0 of a real 2x1 run (CI) whose other rank stopped between an epoch's last backward and
+# the epoch's loss sum: the all_reduce sits in the workload's collective helper (comm.py)
+EPOCH_LOSS_SUM = """Current thread 0x00007f76e3048b80 (most recent call first):
+  File "/venv/torch/distributed/distributed_c10d.py", line 3913 in all_reduce
+  File "/venv/torch/distributed/c10d_logger.py", line 83 in wrapper
+  File "/srv/workload/faster_rcnn/comm.py", line 23 in _reduce
+  File "/srv/workload/faster_rcnn/comm.py", line 27 in sum
+  File "/srv/workload/faster_rcnn/train.py", line 138 in train_epoch
+  File "/srv/workload/faster_rcnn/session.py", line 179 in _train
+"""
+
+
+def test_a_collective_through_the_workloads_helper_names_the_line_that_called_it() -> None:
+    where = waited_in(EPOCH_LOSS_SUM)
+    assert where is not None
+    assert where.collective == "all_reduce"
+    assert where.caller == "train.py:138 in train_epoch"
+
+
 def test_the_reason_names_stopped_ranks_and_where_the_others_waited() -> None:
     nodes = [
         NodeStacks(

@@ -166,6 +166,7 @@ def pages(url: str) -> list[tuple[str, str]]:
         ("runs, 4 filters", "/runs?vendor=metax&topology=2x8&status=succeeded&since=90d"),
         ("runs, by p_core, page 20", "/runs?sort=p_core&order=desc&page=20"),
         ("runs, text search", "/runs?q=bench-00099"),
+        ("runs, text in 9% of reasons", "/runs?q=NCCL+timeout"),
         ("run (16 ranks)", "/runs/bench-0000003"),
         ("run, 10,000 monitor samples", "/runs/bench-0000001"),
         ("run, 100,000 monitor samples", "/runs/bench-0000002"),

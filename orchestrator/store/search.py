@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     literal_column,
     or_,
+    select,
     text,
 )
 
@@ -40,6 +41,9 @@ SQLITE_SEARCH_TABLES = frozenset(
 )
 PG_SEARCH_INDEXES = frozenset({"ix_runs_search_run_id", "ix_runs_search_reason"})
 _CACHED = "orchestrator.runs_search"
+# A search matching at most this many runs passes their ids from one read of the index on to
+# the page's statements; a wider one (a word in most reasons) joins the index in each.
+FOUND_IDS_CAP = 1000
 
 
 def indexed(conn: Connection) -> bool:
@@ -61,13 +65,39 @@ def _plain(words: str) -> ColumnElement[bool]:
     )
 
 
-def searched(conn: Connection, query: Select[Any], words: str) -> Select[Any]:
-    """`query` (over runs) narrowed to runs whose id or failure reason holds `words`, by the
-    trigram index where it serves. SQLite: a join with the FTS5 table, which SQLite's planner
-    reads first (the same filter as `run_id IN (SELECT ...)` makes it walk the sort's index over
-    the whole history, testing each run)."""
-    if len(words) < TRIGRAM or not indexed(conn) or conn.dialect.name != "sqlite":
-        return query.where(_plain(words))  # pg_trgm's GIN indexes serve LIKE '%...%' as it is
+def _fts_serves(conn: Connection, words: str) -> bool:
+    """Whether the search goes through SQLite's FTS5 table (pg_trgm's GIN indexes serve
+    LIKE '%...%' as it is)."""
+    return len(words) >= TRIGRAM and conn.dialect.name == "sqlite" and indexed(conn)
+
+
+def _match(words: str) -> ColumnElement[bool]:
     phrase = '"' + words.replace('"', '""') + '"'  # one FTS5 phrase: the text as a substring
-    match = literal_column("runs_search").op("MATCH")(bindparam("search", phrase, unique=True))
-    return query.join(RUNS_SEARCH, RUNS_SEARCH.c.run_id == Run.run_id).where(match)
+    return literal_column("runs_search").op("MATCH")(bindparam("search", phrase, unique=True))
+
+
+def found_ids(conn: Connection, words: str) -> list[str] | None:
+    """SQLite: the ids of the runs whose text holds `words`, read from the FTS5 table once, when
+    at most FOUND_IDS_CAP match; None where the index does not serve or more match. A page
+    that counts and lists the matches then reads the index once, not per statement: a phrase's
+    common trigrams (`ben` of every `bench-...` id) have lists that grow with the history."""
+    if not _fts_serves(conn, words):
+        return None
+    query = select(RUNS_SEARCH.c.run_id).where(_match(words)).limit(FOUND_IDS_CAP + 1)
+    ids = list(conn.scalars(query))
+    return ids if len(ids) <= FOUND_IDS_CAP else None
+
+
+def searched(
+    conn: Connection, query: Select[Any], words: str, found: list[str] | None = None
+) -> Select[Any]:
+    """`query` (over runs) narrowed to runs whose id or failure reason holds `words`: by the ids
+    `found_ids` read where given (runs by primary key), else by the trigram index where it
+    serves. SQLite: a join with the FTS5 table, which SQLite's planner reads first (the same
+    filter as `run_id IN (SELECT ...)` makes it walk the sort's index over the whole history,
+    testing each run)."""
+    if found is not None:
+        return query.where(Run.run_id.in_(found))
+    if not _fts_serves(conn, words):
+        return query.where(_plain(words))
+    return query.join(RUNS_SEARCH, RUNS_SEARCH.c.run_id == Run.run_id).where(_match(words))

@@ -27,7 +27,7 @@ from orchestrator.store.models import (
     RunNode,
 )
 from orchestrator.store.monitor_series import stored as stored_series
-from orchestrator.store.search import searched
+from orchestrator.store.search import found_ids, searched
 
 # Sort keys of the runs page -> column; the run id breaks ties.
 RUN_SORTS: dict[str, Any] = {
@@ -120,7 +120,10 @@ COUNT_CAP = 10_000
 _NULLABLE_SORTS = frozenset({"finished", "e2e_time", "p_whole", "p_train", "p_core", "map"})
 
 
-def _filtered(conn: Connection, query: Select[Any], f: RunFilter) -> Select[Any]:
+def _filtered(
+    conn: Connection, query: Select[Any], f: RunFilter, found: list[str] | None = None
+) -> Select[Any]:
+    """`query` narrowed by the filter; `found`: the text search's matching ids, where read."""
     for column, value in (
         (Run.vendor, f.vendor),
         (Run.topology, f.topology),
@@ -135,7 +138,7 @@ def _filtered(conn: Connection, query: Select[Any], f: RunFilter) -> Select[Any]
     if f.until:
         query = query.where(Run.submitted_at < f.until)
     if f.text:
-        query = searched(conn, query, f.text)
+        query = searched(conn, query, f.text, found)
     return query
 
 
@@ -155,13 +158,15 @@ def _summary_total(conn: Connection, f: RunFilter) -> int | None:
     return int(conn.scalar(query) or 0)
 
 
-def count_runs(conn: Connection, f: RunFilter, cap: int) -> tuple[int, bool]:
+def count_runs(
+    conn: Connection, f: RunFilter, cap: int, found: list[str] | None = None
+) -> tuple[int, bool]:
     """How many runs match, and whether that is exact: from the summaries, else counted up to
     `cap` (a bounded index walk)."""
     exact = _summary_total(conn, f)
     if exact is not None:
         return exact, True
-    matching = _filtered(conn, select(Run.run_id), f).limit(cap + 1).subquery()
+    matching = _filtered(conn, select(Run.run_id), f, found).limit(cap + 1).subquery()
     n = int(conn.scalar(select(func.count()).select_from(matching)) or 0)
     return (n, True) if n <= cap else (cap, False)
 
@@ -172,26 +177,33 @@ def runs_page(conn: Connection, f: RunFilter) -> RunsPage:
     more of the history than its page needs."""
     per_page = max(1, min(f.per_page, MAX_PER_PAGE))
     wanted = max(1, f.page)
-    total, exact = count_runs(conn, f, max(COUNT_CAP, wanted * per_page))
+    found = found_ids(conn, f.text) if f.text else None
+    if found == []:  # nothing holds the text: no statement on runs (`IN ()` would scan them)
+        return RunsPage([], 0, 1, per_page, True)
+    total, exact = count_runs(conn, f, max(COUNT_CAP, wanted * per_page), found)
     page = max(1, min(wanted, max(1, -(-total // per_page))))
-    rows = _page_rows(conn, f, per_page, (page - 1) * per_page)
+    rows = _page_rows(conn, f, per_page, (page - 1) * per_page, found)
     return RunsPage(rows, total, page, per_page, exact)
 
 
 def _not_by_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """The same order as `column`, but one no index gives: a campaign's page reads its few
-    hundred runs by ix_runs_campaign_id and sorts them. Ordered by the column itself, SQLite's
-    planner (no statistics) walks the column's sort index over the whole history instead,
-    looking for the campaign's runs among all of them (a LIMIT stops it only once found)."""
+    hundred runs by ix_runs_campaign_id (a search's, by the ids it found) and sorts them.
+    Ordered by the column itself, SQLite's planner (no statistics) walks the column's sort
+    index over the whole history instead, looking for those runs among all of them (a LIMIT
+    stops it only once found)."""
     return func.coalesce(column, column)
 
 
-def _page_rows(conn: Connection, f: RunFilter, per_page: int, offset: int) -> list[RowMapping]:
+def _page_rows(
+    conn: Connection, f: RunFilter, per_page: int, offset: int, found: list[str] | None
+) -> list[RowMapping]:
     """The rows of one page, by an index on (sort column, run_id) (ix_runs_sort_*)."""
     column = RUN_SORTS.get(f.sort, Run.submitted_at)
-    by: ColumnElement[Any] = _not_by_index(column) if f.campaign else column
+    few = f.campaign or found is not None  # a campaign's or a search's runs, read by their ids
+    by: ColumnElement[Any] = _not_by_index(column) if few else column
     order = (by.desc(), Run.run_id.desc()) if f.descending else (by.asc(), Run.run_id.asc())
-    query = _filtered(conn, select(*_RUN_ROW), f)
+    query = _filtered(conn, select(*_RUN_ROW), f, found)
     if f.sort not in _NULLABLE_SORTS:
         return list(conn.execute(query.order_by(*order).limit(per_page).offset(offset)).mappings())
     present = query.where(column.is_not(None)).order_by(*order)
@@ -201,7 +213,9 @@ def _page_rows(conn: Connection, f: RunFilter, per_page: int, offset: int) -> li
     if rows:  # this page holds the last valued runs: the NULLs start right after them
         skip = 0
     else:  # the page lies in the NULLs: skip those that earlier pages showed
-        valued = _filtered(conn, select(Run.run_id), f).where(column.is_not(None)).limit(offset)
+        valued = (
+            _filtered(conn, select(Run.run_id), f, found).where(column.is_not(None)).limit(offset)
+        )
         skip = offset - int(conn.scalar(select(func.count()).select_from(valued.subquery())) or 0)
     missing = query.where(column.is_(None)).order_by(order[1])
     rows += conn.execute(missing.limit(per_page - len(rows)).offset(skip)).mappings()

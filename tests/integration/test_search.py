@@ -5,20 +5,22 @@ owner may not create pg_trgm upgrades all the same and searches without it."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from orchestrator.store import open_store, upgrade_store
+from orchestrator.store import open_store, search, upgrade_store
 from orchestrator.store.delete import delete_runs
 from orchestrator.store.ingest import WritePolicy
 from orchestrator.store.models import Run
-from orchestrator.store.search import _plain, indexed, searched
-from tests.integration.test_query_plans import plan, recorded
+from orchestrator.store.search import _plain, found_ids, indexed, searched
+from tests.integration.test_query_plans import forget_statistics, plan, recorded
 from tests.support.web_fixtures import FIXTURE_RUNS, XSS_RUN, make_run_folders
 
 ADOPT = WritePolicy(replace_published=False, adopt_campaigns=True)
@@ -39,11 +41,23 @@ def _found(conn: Connection, words: str, indexed_search: bool) -> set[str]:
     return set(conn.scalars(query))
 
 
+def _found_by_ids(conn: Connection, words: str) -> set[str] | None:
+    """The runs page's way on SQLite: the ids read from the index once, then runs by them."""
+    ids = found_ids(conn, words)
+    return None if ids is None else set(conn.scalars(searched(conn, select(Run.run_id), "", ids)))
+
+
 def assert_same_runs(url: str) -> None:
     with open_store(url) as store, store.engine.connect() as conn:
         assert indexed(conn)
         for words in WORDS:
-            assert _found(conn, words, True) == _found(conn, words, False), words
+            expected = _found(conn, words, False)
+            assert _found(conn, words, True) == expected, words
+            by_ids = _found_by_ids(conn, words)
+            if conn.dialect.name == "sqlite" and len(words) >= search.TRIGRAM:
+                assert by_ids == expected, words
+            else:  # no FTS5 table to read ids from: the statements search themselves
+                assert by_ids is None, words
 
 
 def test_indexed_search_finds_what_like_finds(url: str, tmp_path: Path) -> None:
@@ -70,27 +84,77 @@ def test_indexed_search_finds_what_like_finds(url: str, tmp_path: Path) -> None:
 
 
 def test_the_search_reads_the_trigram_index(url: str, tmp_path: Path) -> None:
-    from orchestrator.store.web_queries import RunFilter, runs_page
+    from orchestrator.store.web_queries import RUN_SORTS, RunFilter, runs_page
 
     upgrade_store(url)
     with open_store(url) as store:
         store.ingest(make_run_folders(tmp_path / "runs"), ADOPT)
+    forget_statistics(url)
     with open_store(url) as store, store.engine.connect() as conn:
+        for sort in RUN_SORTS:  # each sort's page takes the ids, none walks its sort index
+            for descending in (True, False):
+                wanted = RunFilter(text="2x8-metax", sort=sort, descending=descending)
+                with recorded(conn) as statements:
+                    assert runs_page(conn, wanted).total == 6
+                _assert_search_plans(conn, statements)
         with recorded(conn) as statements:
-            page = runs_page(conn, RunFilter(text="2x8-metax"))
-        assert page.total == 6
-        searched = [(s, p) for s, p in statements if "FROM runs" in s]
-        assert len(searched) == 2  # the capped count and the page
-        for statement, params in searched:
-            lines = "\n".join(plan(conn, statement, params, no_sort=False))
-            if conn.dialect.name == "sqlite":
-                assert "SCAN runs_search VIRTUAL TABLE INDEX" in lines, lines
-                assert "SEARCH runs USING" in lines and "SCAN runs\n" not in lines + "\n", lines
-            else:  # the page's query may walk the sort's index (LIMIT); the count reads trigrams
-                if "count(" in statement:
-                    assert "Bitmap Index Scan on ix_runs_search_run_id" in lines, lines
-                    assert "Bitmap Index Scan on ix_runs_search_reason" in lines, lines
-                assert "Seq Scan on runs" not in lines, lines
+            nothing = runs_page(conn, RunFilter(text="no-such-text"))
+        assert (nothing.rows, nothing.total, nothing.exact) == ([], 0, True)
+        on_runs = [s for s, _ in statements if "FROM runs " in s or "FROM runs\n" in s]
+        # SQLite: the index says none match, and no statement reads runs (`IN ()` scans them)
+        assert len(on_runs) == (0 if conn.dialect.name == "sqlite" else 2), statements
+
+
+def _assert_search_plans(conn: Connection, statements: list[tuple[str, Any]]) -> None:
+    index_reads = [(s, p) for s, p in statements if "FROM runs_search" in s]
+    searched = [(s, p) for s, p in statements if "FROM runs " in s or "FROM runs\n" in s]
+    assert len(searched) >= 2  # the capped count and the page (a nullable sort's: 2 parts)
+    if conn.dialect.name == "sqlite":  # the index is read once; both statements take its ids
+        assert len(index_reads) == 1, statements
+        lines = "\n".join(plan(conn, *index_reads[0], no_sort=False))
+        assert "SCAN runs_search VIRTUAL TABLE INDEX" in lines, lines
+    else:
+        assert index_reads == [], statements
+    for statement, params in searched:
+        lines = "\n".join(plan(conn, statement, params, no_sort=False))
+        if conn.dialect.name == "sqlite":  # runs by their ids (a NULL sort value's too), no walk
+            assert re.search(
+                r"SEARCH runs USING (COVERING )?INDEX \w+ \((\w+=\? AND )?run_id=\?\)",
+                lines,
+            ), lines
+            assert "SCAN runs" not in lines, lines
+        else:  # the page's query may walk the sort's index (LIMIT); the count reads trigrams
+            if "count(" in statement:
+                assert "Bitmap Index Scan on ix_runs_search_run_id" in lines, lines
+                assert "Bitmap Index Scan on ix_runs_search_reason" in lines, lines
+            assert "Seq Scan on runs" not in lines, lines
+
+
+def test_a_search_matching_more_runs_than_the_id_list_joins_the_index_in_each_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above FOUND_IDS_CAP matches (a word in most reasons), the page's statements join the
+    FTS5 table themselves: the same page and total as the id list gives."""
+    from orchestrator.store.web_queries import RunFilter, runs_page
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    upgrade_store(url)
+    with open_store(url) as store:
+        store.ingest(make_run_folders(tmp_path / "runs"), ADOPT)
+    with open_store(url) as store, store.engine.connect() as conn:
+        wanted = RunFilter(text="2x8-metax", per_page=4)
+        listed = runs_page(conn, wanted)
+        assert found_ids(conn, "2x8-metax") is not None
+        monkeypatch.setattr(search, "FOUND_IDS_CAP", 6)  # the 6 matches: still a list
+        assert len(found_ids(conn, "2x8-metax") or []) == 6
+        monkeypatch.setattr(search, "FOUND_IDS_CAP", 5)
+        assert found_ids(conn, "2x8-metax") is None
+        with recorded(conn) as statements:
+            joined = runs_page(conn, wanted)
+    assert (joined.total, joined.exact) == (listed.total, listed.exact) == (6, True)
+    assert [r["run_id"] for r in joined.rows] == [r["run_id"] for r in listed.rows]
+    assert len(joined.rows) == 4
+    assert sum("JOIN runs_search" in s for s, _ in statements) == 2, statements
 
 
 def test_the_search_ignores_case_and_reads_by_run_id_never_walk_its_index(

@@ -48,6 +48,7 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "orchestrator/store/metrics.py": None,
     "orchestrator/reports/stats.py": None,
     "orchestrator/regressions.py": None,
+    "orchestrator/convergence.py": None,
     "orchestrator/schedule.py": ("schedule", "iter_schedule"),
     "orchestrator/transport/shell.py": None,
     "orchestrator/config.py": None,

@@ -131,8 +131,8 @@ class Convergence:
         }
 
 
-def _epochs(n: int | None) -> str:
-    return "never" if n is None else f"{n} epoch{'s' if n != 1 else ''}"
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _band(band: tuple[int | None, int | None]) -> str:

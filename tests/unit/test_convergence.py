@@ -46,6 +46,15 @@ def test_faster_and_converged_alike_is_not_flagged() -> None:
     assert found.describe().startswith("new: p_core +8.0%; converged alike")
 
 
+def test_without_a_reference_speed_the_verdict_is_only_how_it_converged() -> None:
+    unmeasured = [Curve(r.run_id, r.maps, None) for r in REFS]
+    differently = check(Curve("new", (0.10, 0.20, 0.27, 0.31, 0.33), 500.0), unmeasured)
+    assert differently is not None and differently.throughput_change is None
+    assert differently.describe().startswith("new: converged differently: did not reach ")
+    alike = check(Curve("new", (0.10, 0.20, 0.27, 0.31, 0.335, 0.345, 0.36), 500.0), unmeasured)
+    assert alike is not None and alike.describe().startswith("new: converged alike: reached ")
+
+
 def test_same_speed_but_converged_differently_is_noted_not_flagged() -> None:
     run = Curve("new", (0.10, 0.20, 0.27, 0.31, 0.33, 0.34, 0.345), 500.0)  # a lower plateau
     found = check(run, REFS)
@@ -72,20 +81,41 @@ def test_reference_file_and_its_mistakes(tmp_path: Path) -> None:
     curves, target = load_reference_file(str(REFERENCES))
     assert [c.run_id for c in curves] == [RUN_2X8, "ref-repeat-1", "ref-repeat-2"]
     assert curves[0].maps == (0.118, 0.188) and target is None
+    bad = tmp_path / "bad.json"
+    where = f"reference file {bad}"
     for content, line in (
-        ("{", "is not readable JSON"),
-        ('{"runs": []}', "has no runs"),
-        ('{"runs": [{"map": ["a"]}]}', "runs[0].map must be a list of numbers"),
-        ('{"runs": [{"map": [0.1], "p_core": "fast"}]}', "runs[0].p_core is not a number"),
-        ('{"runs": [{"map": [0.1]}], "target": "x"}', "target is not a number"),
+        ("{", f"{where} is not readable JSON ("),
+        (
+            '{"runs": []}',
+            f'{where} has no runs (write {{"runs": [{{"run_id": ..., "map": [...]}}]}})',
+        ),
+        (
+            '{"runs": [{"map": ["a"]}]}',
+            f"{where}: runs[0].map must be a list of numbers (the mAP after each epoch)",
+        ),
+        (
+            '{"runs": [{"map": [0.1], "p_core": "fast"}]}',
+            f"{where}: runs[0].p_core is not a number (e.g. 512.0)",
+        ),
+        (
+            '{"runs": [{"map": [0.1]}], "target": "x"}',
+            f"{where}: target is not a number (e.g. 0.35, or leave it out)",
+        ),
     ):
-        bad = tmp_path / "bad.json"
         bad.write_text(content)
         with pytest.raises(ConfigError) as found:
             load_reference_file(str(bad))
-        assert line in found.value.one_line()
-    with pytest.raises(ConfigError):
+        assert found.value.one_line().startswith(line), found.value.one_line()
+    assert found.value.one_line() == line  # the whole line, remedy included
+    with pytest.raises(ConfigError) as found:
         load_reference_file(str(tmp_path / "missing.json"))
+    assert found.value.one_line() == (
+        f"reference file {tmp_path / 'missing.json'} does not exist (check the path)"
+    )
+    bad.write_text("{")
+    with pytest.raises(ConfigError) as found:
+        load_reference_file(str(bad))
+    assert found.value.one_line().endswith(") (fix the file)")
 
 
 def _variant(run_copy: Any, new_id: str, day: int, core_factor: float, maps: list[float]) -> Path:
@@ -206,3 +236,147 @@ def test_the_run_page_shows_the_flag(recorded: str) -> None:
     assert "but converged differently" in line
     assert "converged alike" in alike.text.split('id="convergence"', 1)[1].split("</p>", 1)[0]
     assert 'id="convergence"' not in first.text  # the first run has no references
+
+
+# -- the rules at their edges (each asserts the value a planted off-by-one would change) -----
+
+
+def _band(epochs: int | None, band: tuple[int | None, int | None], final: float = 0.36) -> Any:
+    from orchestrator.convergence import Convergence
+
+    return Convergence("r", ("a",), 0.34, epochs, band, final, (0.358, 0.364), None)
+
+
+def test_the_epochs_band_includes_its_ends_and_never_is_a_value_of_its_own() -> None:
+    assert not _band(5, (5, 6)).epochs_outside and not _band(6, (5, 6)).epochs_outside
+    assert _band(4, (5, 6)).epochs_outside and _band(7, (5, 6)).epochs_outside
+    # the references never reached the target: so did the run (alike) or it did (different)
+    assert not _band(None, (None, None)).epochs_outside
+    assert _band(3, (None, None)).epochs_outside
+    assert _band(None, (5, 6)).epochs_outside
+
+
+def test_the_final_map_band_is_widened_by_the_tolerance_on_both_sides() -> None:
+    from orchestrator.convergence import MAP_TOLERANCE
+
+    assert MAP_TOLERANCE == 0.005
+    assert not _band(5, (5, 6), 0.358 - 0.0049).final_outside
+    assert not _band(5, (5, 6), 0.364 + 0.0049).final_outside
+    assert _band(5, (5, 6), 0.358 - 0.0051).final_outside
+    assert _band(5, (5, 6), 0.364 + 0.0051).final_outside
+    assert _band(5, (5, 6), 0.3529).converged_differently
+    assert not _band(5, (5, 6), 0.361).converged_differently
+
+
+def test_a_throughput_change_of_two_percent_either_way_counts() -> None:
+    from orchestrator.convergence import THROUGHPUT_CHANGE, Convergence
+
+    assert THROUGHPUT_CHANGE == 0.02
+
+    def changed(change: float | None) -> bool:
+        return Convergence("r", (), 0.3, 5, (5, 6), 0.36, (0.358, 0.364), change).throughput_changed
+
+    assert changed(0.02) and changed(-0.02) and changed(0.5)
+    assert not changed(0.0199) and not changed(-0.0199) and not changed(None)
+
+
+def test_the_target_is_reached_at_the_first_epoch_at_or_above_it() -> None:
+    curve = Curve("r", (0.1, 0.3, 0.3, 0.4), None)
+    assert curve.epochs_to(0.3) == 2
+    assert curve.epochs_to(0.31) == 4
+    assert curve.epochs_to(0.41) is None
+    assert curve.epochs_to(0.1) == 1
+    assert curve.final == 0.4 and Curve("e", (), None).final is None
+
+
+def test_slower_and_converged_differently_is_flagged_and_says_slower() -> None:
+    run = Curve("new", (0.10, 0.20, 0.27, 0.31, 0.33), 450.0)  # 10 % slower, a lower end
+    found = check(run, REFS)
+    assert found is not None and found.flagged
+    assert found.throughput_change == pytest.approx(450 / 500 - 1)
+    assert found.describe() == (
+        "new: slower (p_core -10.0%), but converged differently: did not reach mAP 0.343 "
+        "(references: 5–6 epochs); final mAP 0.330 (references 0.358–0.364)"
+    )
+
+
+def test_a_band_of_one_epoch_and_one_epoch_read_as_words() -> None:
+    refs = [Curve("a", (0.40, 0.41), 100.0), Curve("b", (0.40, 0.42), 100.0)]
+    found = check(Curve("new", (0.41,), None), refs)
+    assert found is not None
+    assert found.target == pytest.approx(0.95 * 0.415)
+    assert (found.epochs, found.epochs_band) == (1, (1, 1))
+    assert found.throughput_change is None and not found.flagged
+    assert found.describe() == (
+        "new: converged alike: reached mAP 0.394 in 1 epoch (references: 1 epoch); "
+        "final mAP 0.410 (references 0.410–0.420)"
+    )
+    never = check(Curve("new", (0.1, 0.2), None), [Curve("a", (0.1, 0.2), None)], target=0.5)
+    assert never is not None and never.epochs_band == (None, None) and not never.epochs_outside
+    assert never.target == 0.5
+    assert never.describe() == (
+        "new: converged alike: did not reach mAP 0.500 (references: never); "
+        "final mAP 0.200 (references 0.200–0.200)"
+    )
+
+
+def test_references_without_an_evaluated_epoch_or_a_speed_are_left_out() -> None:
+    refs = [*REFS, Curve("no-eval", (), 900.0), Curve("no-speed", (0.30, 0.35), None)]
+    found = check(Curve("new", (0.2, 0.36), 500.0), refs)
+    assert found is not None
+    assert found.references == ("a", "b", "c", "no-speed")
+    assert found.final_band == (0.35, 0.364)
+    assert found.target == pytest.approx(0.95 * (0.358 + 0.364 + 0.360 + 0.35) / 4)
+    assert found.throughput_change == pytest.approx(0.0)  # the mean of 500, 505, 495
+    zero = check(Curve("new", (0.36,), 500.0), [Curve("z", (0.36,), 0.0)])
+    assert zero is not None and zero.throughput_change is None  # no reference speed to compare
+
+
+def test_as_dict_holds_every_field_and_the_sentence() -> None:
+    run = Curve("new", (0.08, 0.15, 0.22, 0.27, 0.30, 0.32, 0.335, 0.342, 0.350), 540.0)
+    found = check(run, REFS)
+    assert found is not None
+    assert found.as_dict() == {
+        "run_id": "new",
+        "references": ["a", "b", "c"],
+        "target": pytest.approx(0.95 * (0.358 + 0.364 + 0.360) / 3),
+        "epochs_to_target": 9,
+        "references_epochs": [5, 6],
+        "final_map": 0.350,
+        "references_final_map": [0.358, 0.364],
+        "throughput_change": pytest.approx(0.08),
+        "converged_differently": True,
+        "flagged": True,
+        "text": found.describe(),
+    }
+
+
+def test_a_curve_from_the_stores_epoch_rows_is_in_epoch_order_without_unevaluated_ones() -> None:
+    from orchestrator.convergence import curve_from_epochs
+
+    rows = [{"epoch": 2, "map": 0.3}, {"epoch": 0, "map": 0.1}, {"epoch": 1, "map": None}]
+    curve = curve_from_epochs("r", rows, "512.5")
+    assert curve == Curve("r", (0.1, 0.3), 512.5)
+    assert curve_from_epochs("r", rows, None) == Curve("r", (0.1, 0.3), None)
+    assert curve_from_epochs("r", [{"epoch": 0, "map": None}], 1.0) is None
+
+
+def test_a_reference_file_names_unnamed_runs_and_reads_its_target(tmp_path: Path) -> None:
+    path = tmp_path / "refs.json"
+    path.write_text(json.dumps({"target": 0.3, "runs": [{"map": [0.1, 2]}, {"map": [0.2]}]}))
+    curves, target = load_reference_file(str(path))
+    assert [c.run_id for c in curves] == ["reference-1", "reference-2"]
+    assert curves[0].maps == (0.1, 2.0) and curves[0].p_core is None and target == 0.3
+    for content, line in (
+        ("[1, 2]", "has no runs"),
+        ('{"runs": [{"map": [true]}]}', "runs[0].map must be a list of numbers"),
+        ('{"runs": [{"map": []}]}', "runs[0].map must be a list of numbers"),
+        ('{"runs": [{"map": [0.1]}, {"map": [NaN]}]}', "runs[1].map must be a list of numbers"),
+        ('{"runs": [{"map": [0.1], "p_core": Infinity}]}', "runs[0].p_core is not a number"),
+        ('{"runs": [{"map": [0.1]}], "target": false}', "target is not a number"),
+        ('{"runs": ["x"]}', "runs[0].map must be a list of numbers"),
+    ):
+        path.write_text(content)
+        with pytest.raises(ConfigError) as found:
+            load_reference_file(str(path))
+        assert line in found.value.one_line(), content

@@ -167,6 +167,7 @@ def pages(url: str) -> list[tuple[str, str]]:
         ("runs, by p_core, page 20", "/runs?sort=p_core&order=desc&page=20"),
         ("runs, text search", "/runs?q=bench-00099"),
         ("runs, text in 9% of reasons", "/runs?q=NCCL+timeout"),
+        ("runs, text in every run id", "/runs?q=bench-"),
         ("run (16 ranks)", "/runs/bench-0000003"),
         ("run, 10,000 monitor samples", "/runs/bench-0000001"),
         ("run, 100,000 monitor samples", "/runs/bench-0000002"),

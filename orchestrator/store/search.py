@@ -11,6 +11,7 @@ do; on PostgreSQL both sides are lower-cased (the expression the indexes hold).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -76,6 +77,15 @@ def _match(words: str) -> ColumnElement[bool]:
     return literal_column("runs_search").op("MATCH")(bindparam("search", phrase, unique=True))
 
 
+@dataclass(frozen=True)
+class TextMatch:
+    """How one request finds the runs whose id or failure reason holds `words`."""
+
+    words: str
+    ids: list[str] | None = None  # read once from the index: few runs match (found_ids)
+    walk: bool = False  # many match: test each run's own text in the sort's order (walks)
+
+
 def found_ids(conn: Connection, words: str) -> list[str] | None:
     """SQLite: the ids of the runs whose text holds `words`, read from the FTS5 table once, when
     at most FOUND_IDS_CAP match; None where the index does not serve or more match. A page
@@ -88,16 +98,24 @@ def found_ids(conn: Connection, words: str) -> list[str] | None:
     return ids if len(ids) <= FOUND_IDS_CAP else None
 
 
-def searched(
-    conn: Connection, query: Select[Any], words: str, found: list[str] | None = None
-) -> Select[Any]:
-    """`query` (over runs) narrowed to runs whose id or failure reason holds `words`: by the ids
-    `found_ids` read where given (runs by primary key), else by the trigram index where it
-    serves. SQLite: a join with the FTS5 table, which SQLite's planner reads first (the same
-    filter as `run_id IN (SELECT ...)` makes it walk the sort's index over the whole history,
-    testing each run)."""
-    if found is not None:
-        return query.where(Run.run_id.in_(found))
-    if not _fts_serves(conn, words):
-        return query.where(_plain(words))
-    return query.join(RUNS_SEARCH, RUNS_SEARCH.c.run_id == Run.run_id).where(_match(words))
+def walks(conn: Connection, words: str, matches: int, wanted: int, history: int) -> bool:
+    """SQLite: whether a page of a wide search should walk the sort's index testing each run's
+    text (about wanted x history / matches runs read, `wanted`: the page's last row) rather
+    than join every match from the FTS5 table and sort them (`matches` lookups: 200 ms for a
+    text in all of 100,000 runs). The walk wins when matches^2 > wanted x history; with
+    matches clustered far back in the order it reads more, never more than the history."""
+    return _fts_serves(conn, words) and matches * matches > wanted * history
+
+
+def searched(conn: Connection, query: Select[Any], match: TextMatch) -> Select[Any]:
+    """`query` (over runs) narrowed to runs whose id or failure reason holds the words: by the
+    ids read once, or by each run's text (a walk), where the request chose so; else by the
+    trigram index where it serves. SQLite: a join with the FTS5 table, which SQLite's planner
+    reads first (the same filter as `run_id IN (SELECT ...)` makes it walk the sort's index over
+    the whole history, testing each run)."""
+    if match.ids is not None:
+        return query.where(Run.run_id.in_(match.ids))
+    if match.walk or not _fts_serves(conn, match.words):
+        return query.where(_plain(match.words))
+    join = RUNS_SEARCH.c.run_id == Run.run_id
+    return query.join(RUNS_SEARCH, join).where(_match(match.words))

@@ -11,7 +11,7 @@ table and the CLI already have (run_detail, seed_rows, environment) stay in quer
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from orchestrator.store.models import (
     RunNode,
 )
 from orchestrator.store.monitor_series import stored as stored_series
-from orchestrator.store.search import found_ids, searched
+from orchestrator.store.search import TextMatch, found_ids, searched, walks
 
 # Sort keys of the runs page -> column; the run id breaks ties.
 RUN_SORTS: dict[str, Any] = {
@@ -121,9 +121,9 @@ _NULLABLE_SORTS = frozenset({"finished", "e2e_time", "p_whole", "p_train", "p_co
 
 
 def _filtered(
-    conn: Connection, query: Select[Any], f: RunFilter, found: list[str] | None = None
+    conn: Connection, query: Select[Any], f: RunFilter, text: TextMatch | None = None
 ) -> Select[Any]:
-    """`query` narrowed by the filter; `found`: the text search's matching ids, where read."""
+    """`query` narrowed by the filter; `text`: how this request finds the text's runs."""
     for column, value in (
         (Run.vendor, f.vendor),
         (Run.topology, f.topology),
@@ -138,7 +138,7 @@ def _filtered(
     if f.until:
         query = query.where(Run.submitted_at < f.until)
     if f.text:
-        query = searched(conn, query, f.text, found)
+        query = searched(conn, query, text or TextMatch(f.text))
     return query
 
 
@@ -159,14 +159,14 @@ def _summary_total(conn: Connection, f: RunFilter) -> int | None:
 
 
 def count_runs(
-    conn: Connection, f: RunFilter, cap: int, found: list[str] | None = None
+    conn: Connection, f: RunFilter, cap: int, text: TextMatch | None = None
 ) -> tuple[int, bool]:
     """How many runs match, and whether that is exact: from the summaries, else counted up to
     `cap` (a bounded index walk)."""
     exact = _summary_total(conn, f)
     if exact is not None:
         return exact, True
-    matching = _filtered(conn, select(Run.run_id), f, found).limit(cap + 1).subquery()
+    matching = _filtered(conn, select(Run.run_id), f, text).limit(cap + 1).subquery()
     n = int(conn.scalar(select(func.count()).select_from(matching)) or 0)
     return (n, True) if n <= cap else (cap, False)
 
@@ -177,13 +177,21 @@ def runs_page(conn: Connection, f: RunFilter) -> RunsPage:
     more of the history than its page needs."""
     per_page = max(1, min(f.per_page, MAX_PER_PAGE))
     wanted = max(1, f.page)
-    found = found_ids(conn, f.text) if f.text else None
-    if found == []:  # nothing holds the text: no statement on runs (`IN ()` would scan them)
+    text = TextMatch(f.text, found_ids(conn, f.text)) if f.text else None
+    if text is not None and text.ids == []:  # no statement on runs (`IN ()` would scan them)
         return RunsPage([], 0, 1, per_page, True)
-    total, exact = count_runs(conn, f, max(COUNT_CAP, wanted * per_page), found)
+    total, exact = count_runs(conn, f, max(COUNT_CAP, wanted * per_page), text)
     page = max(1, min(wanted, max(1, -(-total // per_page))))
-    rows = _page_rows(conn, f, per_page, (page - 1) * per_page, found)
+    if text is not None and text.ids is None:
+        walk = walks(conn, text.words, total, page * per_page, _history_size(conn))
+        text = replace(text, walk=walk)
+    rows = _page_rows(conn, f, per_page, (page - 1) * per_page, text)
     return RunsPage(rows, total, page, per_page, exact)
+
+
+def _history_size(conn: Connection) -> int:
+    """How many runs the store holds, from the configuration summaries."""
+    return int(conn.scalar(select(func.coalesce(func.sum(ConfigSummary.runs), 0))) or 0)
 
 
 def _not_by_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -196,14 +204,15 @@ def _not_by_index(column: ColumnElement[Any]) -> ColumnElement[Any]:
 
 
 def _page_rows(
-    conn: Connection, f: RunFilter, per_page: int, offset: int, found: list[str] | None
+    conn: Connection, f: RunFilter, per_page: int, offset: int, text: TextMatch | None
 ) -> list[RowMapping]:
     """The rows of one page, by an index on (sort column, run_id) (ix_runs_sort_*)."""
     column = RUN_SORTS.get(f.sort, Run.submitted_at)
-    few = f.campaign or found is not None  # a campaign's or a search's runs, read by their ids
+    # a campaign's or a few matches' runs, read by their ids and sorted
+    few = f.campaign or (text is not None and text.ids is not None)
     by: ColumnElement[Any] = _not_by_index(column) if few else column
     order = (by.desc(), Run.run_id.desc()) if f.descending else (by.asc(), Run.run_id.asc())
-    query = _filtered(conn, select(*_RUN_ROW), f, found)
+    query = _filtered(conn, select(*_RUN_ROW), f, text)
     if f.sort not in _NULLABLE_SORTS:
         return list(conn.execute(query.order_by(*order).limit(per_page).offset(offset)).mappings())
     present = query.where(column.is_not(None)).order_by(*order)
@@ -214,7 +223,7 @@ def _page_rows(
         skip = 0
     else:  # the page lies in the NULLs: skip those that earlier pages showed
         valued = (
-            _filtered(conn, select(Run.run_id), f, found).where(column.is_not(None)).limit(offset)
+            _filtered(conn, select(Run.run_id), f, text).where(column.is_not(None)).limit(offset)
         )
         skip = offset - int(conn.scalar(select(func.count()).select_from(valued.subquery())) or 0)
     missing = query.where(column.is_(None)).order_by(order[1])

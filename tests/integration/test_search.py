@@ -19,7 +19,7 @@ from orchestrator.store import open_store, search, upgrade_store
 from orchestrator.store.delete import delete_runs
 from orchestrator.store.ingest import WritePolicy
 from orchestrator.store.models import Run
-from orchestrator.store.search import _plain, found_ids, indexed, searched
+from orchestrator.store.search import TextMatch, _plain, found_ids, indexed, searched, walks
 from tests.integration.test_query_plans import forget_statistics, plan, recorded
 from tests.support.web_fixtures import FIXTURE_RUNS, XSS_RUN, make_run_folders
 
@@ -37,14 +37,23 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def _found(conn: Connection, words: str, indexed_search: bool) -> set[str]:
     query = select(Run.run_id)
-    query = searched(conn, query, words) if indexed_search else query.where(_plain(words))
+    query = (
+        searched(conn, query, TextMatch(words)) if indexed_search else query.where(_plain(words))
+    )
     return set(conn.scalars(query))
 
 
 def _found_by_ids(conn: Connection, words: str) -> set[str] | None:
     """The runs page's way on SQLite: the ids read from the index once, then runs by them."""
     ids = found_ids(conn, words)
-    return None if ids is None else set(conn.scalars(searched(conn, select(Run.run_id), "", ids)))
+    if ids is None:
+        return None
+    return set(conn.scalars(searched(conn, select(Run.run_id), TextMatch(words, ids))))
+
+
+def _found_by_walk(conn: Connection, words: str) -> set[str]:
+    """A wide search's page way: each run's own text tested, no index."""
+    return set(conn.scalars(searched(conn, select(Run.run_id), TextMatch(words, walk=True))))
 
 
 def assert_same_runs(url: str) -> None:
@@ -54,6 +63,7 @@ def assert_same_runs(url: str) -> None:
             expected = _found(conn, words, False)
             assert _found(conn, words, True) == expected, words
             by_ids = _found_by_ids(conn, words)
+            assert _found_by_walk(conn, words) == expected, words
             if conn.dialect.name == "sqlite" and len(words) >= search.TRIGRAM:
                 assert by_ids == expected, words
             else:  # no FTS5 table to read ids from: the statements search themselves
@@ -130,17 +140,21 @@ def _assert_search_plans(conn: Connection, statements: list[tuple[str, Any]]) ->
             assert "Seq Scan on runs" not in lines, lines
 
 
-def test_a_search_matching_more_runs_than_the_id_list_joins_the_index_in_each_statement(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("walk", [False, True], ids=["join", "walk"])
+def test_a_search_matching_more_runs_than_the_id_list_joins_or_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, walk: bool
 ) -> None:
-    """Above FOUND_IDS_CAP matches (a word in most reasons), the page's statements join the
-    FTS5 table themselves: the same page and total as the id list gives."""
+    """Above FOUND_IDS_CAP matches, the page either joins the FTS5 table in each statement or,
+    when the matches are many for the history (`walks`), walks the sort's index testing each
+    run's text: the same page and total as the id list gives, either way."""
+    from orchestrator.store import web_queries
     from orchestrator.store.web_queries import RunFilter, runs_page
 
     url = f"sqlite:///{tmp_path / 'results.db'}"
     upgrade_store(url)
     with open_store(url) as store:
         store.ingest(make_run_folders(tmp_path / "runs"), ADOPT)
+    forget_statistics(url)
     with open_store(url) as store, store.engine.connect() as conn:
         wanted = RunFilter(text="2x8-metax", per_page=4)
         listed = runs_page(conn, wanted)
@@ -149,12 +163,32 @@ def test_a_search_matching_more_runs_than_the_id_list_joins_the_index_in_each_st
         assert len(found_ids(conn, "2x8-metax") or []) == 6
         monkeypatch.setattr(search, "FOUND_IDS_CAP", 5)
         assert found_ids(conn, "2x8-metax") is None
+        monkeypatch.setattr(web_queries, "walks", lambda *_: walk)
         with recorded(conn) as statements:
-            joined = runs_page(conn, wanted)
-    assert (joined.total, joined.exact) == (listed.total, listed.exact) == (6, True)
-    assert [r["run_id"] for r in joined.rows] == [r["run_id"] for r in listed.rows]
-    assert len(joined.rows) == 4
-    assert sum("JOIN runs_search" in s for s, _ in statements) == 2, statements
+            wide = runs_page(conn, wanted)
+        assert (wide.total, wide.exact) == (listed.total, listed.exact) == (6, True)
+        assert [r["run_id"] for r in wide.rows] == [r["run_id"] for r in listed.rows]
+        assert len(wide.rows) == 4
+        joined = [s for s, _ in statements if "JOIN runs_search" in s]
+        assert len(joined) == (1 if walk else 2), statements  # the capped count joins always
+        if walk:
+            (page,) = [(s, p) for s, p in statements if "ORDER BY" in s]
+            lines = "\n".join(plan(conn, *page, no_sort=False))
+            assert lines == "SCAN runs USING INDEX ix_runs_sort_submitted_at", lines
+
+
+def test_a_wide_search_walks_when_its_matches_squared_pass_the_page_times_the_history(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    upgrade_store(url)
+    with open_store(url) as store, store.engine.connect() as conn:
+        # 100,000 runs, a page of 50: the walk reads about 50 x 100,000 / matches runs
+        assert walks(conn, "NCCL", 2237, 50, 100_000)  # 5,004,169 > 5,000,000
+        assert not walks(conn, "NCCL", 2236, 50, 100_000)  # 4,999,696
+        assert walks(conn, "NCCL", 10_000, 999, 100_000)  # deep pages read more: 10^8 > 99.9M
+        assert not walks(conn, "NCCL", 10_000, 1000, 100_000)  # 10^8, not more
+        assert not walks(conn, "NC", 100_000, 50, 100_000)  # too short for the index anyway
 
 
 def test_the_search_ignores_case_and_reads_by_run_id_never_walk_its_index(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     Select,
     String,
+    Subquery,
     Table,
     Text,
     bindparam,
@@ -96,6 +97,14 @@ def found_ids(conn: Connection, words: str) -> list[str] | None:
     query = select(RUNS_SEARCH.c.run_id).where(_match(words)).limit(FOUND_IDS_CAP + 1)
     ids = list(conn.scalars(query))
     return ids if len(ids) <= FOUND_IDS_CAP else None
+
+
+def index_matches(conn: Connection, words: str, limit: int) -> Subquery | None:
+    """SQLite: up to `limit` FTS5 rows whose text holds `words`, as a subquery to count; None
+    where the index does not serve."""
+    if not _fts_serves(conn, words):
+        return None
+    return select(RUNS_SEARCH.c.run_id).where(_match(words)).limit(limit).subquery()
 
 
 def walks(conn: Connection, words: str, matches: int, wanted: int, history: int) -> bool:

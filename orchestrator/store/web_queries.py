@@ -27,7 +27,7 @@ from orchestrator.store.models import (
     RunNode,
 )
 from orchestrator.store.monitor_series import stored as stored_series
-from orchestrator.store.search import TextMatch, found_ids, searched, walks
+from orchestrator.store.search import TextMatch, found_ids, index_matches, searched, walks
 
 # Sort keys of the runs page -> column; the run id breaks ties.
 RUN_SORTS: dict[str, Any] = {
@@ -158,6 +158,11 @@ def _summary_total(conn: Connection, f: RunFilter) -> int | None:
     return int(conn.scalar(query) or 0)
 
 
+def _only_text(f: RunFilter) -> bool:
+    others = (f.vendor, f.topology, f.precision, f.status, f.campaign, f.since, f.until)
+    return not any(others)
+
+
 def count_runs(
     conn: Connection, f: RunFilter, cap: int, text: TextMatch | None = None
 ) -> tuple[int, bool]:
@@ -166,7 +171,12 @@ def count_runs(
     exact = _summary_total(conn, f)
     if exact is not None:
         return exact, True
-    matching = _filtered(conn, select(Run.run_id), f, text).limit(cap + 1).subquery()
+    matching = None
+    if text is not None and text.ids is None and _only_text(f):
+        # counted in the FTS5 table, which holds one row per run (its triggers): no run read
+        matching = index_matches(conn, text.words, cap + 1)
+    if matching is None:
+        matching = _filtered(conn, select(Run.run_id), f, text).limit(cap + 1).subquery()
     n = int(conn.scalar(select(func.count()).select_from(matching)) or 0)
     return (n, True) if n <= cap else (cap, False)
 

@@ -67,9 +67,9 @@ def _plain(words: str) -> ColumnElement[bool]:
     )
 
 
-def _fts_serves(conn: Connection, words: str) -> bool:
+def index_serves(conn: Connection, words: str) -> bool:
     """Whether the search goes through SQLite's FTS5 table (pg_trgm's GIN indexes serve
-    LIKE '%...%' as it is)."""
+    LIKE '%...%' as it is), which found_ids, index_matches and walks are about."""
     return len(words) >= TRIGRAM and conn.dialect.name == "sqlite" and indexed(conn)
 
 
@@ -92,28 +92,32 @@ def found_ids(conn: Connection, words: str) -> list[str] | None:
     at most FOUND_IDS_CAP match; None where the index does not serve or more match. A page
     that counts and lists the matches then reads the index once, not per statement: a phrase's
     common trigrams (`ben` of every `bench-...` id) have lists that grow with the history."""
-    if not _fts_serves(conn, words):
+    if not index_serves(conn, words):
         return None
-    query = select(RUNS_SEARCH.c.run_id).where(_match(words)).limit(FOUND_IDS_CAP + 1)
-    ids = list(conn.scalars(query))
+    ids = list(conn.scalars(_index_rows(words, FOUND_IDS_CAP + 1)))
     return ids if len(ids) <= FOUND_IDS_CAP else None
 
 
 def index_matches(conn: Connection, words: str, limit: int) -> Subquery | None:
     """SQLite: up to `limit` FTS5 rows whose text holds `words`, as a subquery to count; None
     where the index does not serve."""
-    if not _fts_serves(conn, words):
+    if not index_serves(conn, words):
         return None
-    return select(RUNS_SEARCH.c.run_id).where(_match(words)).limit(limit).subquery()
+    return _index_rows(words, limit).subquery()
 
 
-def walks(conn: Connection, words: str, matches: int, wanted: int, history: int) -> bool:
-    """SQLite: whether a page of a wide search should walk the sort's index testing each run's
-    text (about wanted x history / matches runs read, `wanted`: the page's last row) rather
-    than join every match from the FTS5 table and sort them (`matches` lookups: 200 ms for a
-    text in all of 100,000 runs). The walk wins when matches^2 > wanted x history; with
-    matches clustered far back in the order it reads more, never more than the history."""
-    return _fts_serves(conn, words) and matches * matches > wanted * history
+def _index_rows(words: str, limit: int) -> Select[Any]:
+    return select(RUNS_SEARCH.c.run_id).where(_match(words)).limit(limit)
+
+
+def walks(matches: int, wanted: int, history: int) -> bool:
+    """Where the FTS5 table serves: whether a page of a wide search should walk the sort's
+    index testing each run's text (about wanted x history / matches runs read, `wanted`: the
+    page's last row) rather than join every match from the FTS5 table and sort them
+    (`matches` lookups: 200 ms for a text in all of 100,000 runs). The walk wins when
+    matches^2 > wanted x history; with matches clustered far back in the order it reads more,
+    never more than the history."""
+    return matches * matches > wanted * history
 
 
 def searched(conn: Connection, query: Select[Any], match: TextMatch) -> Select[Any]:
@@ -124,7 +128,7 @@ def searched(conn: Connection, query: Select[Any], match: TextMatch) -> Select[A
     the whole history, testing each run)."""
     if match.ids is not None:
         return query.where(Run.run_id.in_(match.ids))
-    if match.walk or not _fts_serves(conn, match.words):
+    if match.walk or not index_serves(conn, match.words):
         return query.where(_plain(match.words))
     join = RUNS_SEARCH.c.run_id == Run.run_id
     return query.join(RUNS_SEARCH, join).where(_match(match.words))

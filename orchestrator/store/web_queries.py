@@ -27,7 +27,14 @@ from orchestrator.store.models import (
     RunNode,
 )
 from orchestrator.store.monitor_series import stored as stored_series
-from orchestrator.store.search import TextMatch, found_ids, index_matches, searched, walks
+from orchestrator.store.search import (
+    TextMatch,
+    found_ids,
+    index_matches,
+    index_serves,
+    searched,
+    walks,
+)
 
 # Sort keys of the runs page -> column; the run id breaks ties.
 RUN_SORTS: dict[str, Any] = {
@@ -192,9 +199,8 @@ def runs_page(conn: Connection, f: RunFilter) -> RunsPage:
         return RunsPage([], 0, 1, per_page, True)
     total, exact = count_runs(conn, f, max(COUNT_CAP, wanted * per_page), text)
     page = max(1, min(wanted, max(1, -(-total // per_page))))
-    if text is not None and text.ids is None:
-        walk = walks(conn, text.words, total, page * per_page, _history_size(conn))
-        text = replace(text, walk=walk)
+    if text is not None and text.ids is None and index_serves(conn, text.words):
+        text = replace(text, walk=walks(total, page * per_page, _history_size(conn)))
     rows = _page_rows(conn, f, per_page, (page - 1) * per_page, text)
     return RunsPage(rows, total, page, per_page, exact)
 

@@ -57,13 +57,6 @@ REBUILDING_BUCKETS = """Current thread 0x00007f04fb1bdb80 (most recent call firs
 """
 
 
-def test_the_second_steps_bucket_rebuild_is_a_collective() -> None:
-    where = waited_in(REBUILDING_BUCKETS)
-    assert where is not None
-    assert where.collective == "broadcast (DDP's bucket order, before forward)"
-    assert where.caller == "device.py:187 in forward_losses"
-
-
 # Rank 0 of a real 2x1 run (CI) whose other rank stopped between an epoch's last backward and
 # the epoch's loss sum: the all_reduce sits in the workload's collective helper (comm.py)
 EPOCH_LOSS_SUM = """Current thread 0x00007f76e3048b80 (most recent call first):
@@ -76,11 +69,25 @@ EPOCH_LOSS_SUM = """Current thread 0x00007f76e3048b80 (most recent call first):
 """
 
 
-def test_a_collective_through_the_workloads_helper_names_the_line_that_called_it() -> None:
-    where = waited_in(EPOCH_LOSS_SUM)
+@pytest.mark.parametrize(
+    ("stack", "collective", "caller"),
+    [
+        (
+            REBUILDING_BUCKETS,
+            "broadcast (DDP's bucket order, before forward)",
+            "device.py:187 in forward_losses",
+        ),
+        # through the workload's helper: the line that called it, not comm.py's
+        (EPOCH_LOSS_SUM, "all_reduce", "train.py:138 in train_epoch"),
+    ],
+    ids=["the second step's bucket rebuild", "the epoch's loss sum through comm.py"],
+)
+def test_a_recorded_stack_names_its_collective_and_the_workload_line_that_called_it(
+    stack: str, collective: str, caller: str
+) -> None:
+    where = waited_in(stack)
     assert where is not None
-    assert where.collective == "all_reduce"
-    assert where.caller == "train.py:138 in train_epoch"
+    assert (where.collective, where.caller) == (collective, caller)
 
 
 def test_the_reason_names_stopped_ranks_and_where_the_others_waited() -> None:
